@@ -1,0 +1,364 @@
+"""The public API (Ray's names): one sync facade over the CoreWorker's async core.
+
+``init`` starts or joins a cluster and starts this process's CoreWorker on a
+background loop; every other call goes through it. Calls that can be answered
+from this process (a ready value, a put) never cross threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aioray import config, node
+from aioray.core_worker import DRIVER, CoreWorker
+from aioray.object_ref import ObjectRef, set_core_worker
+from aioray.remote_function import RemoteFunction
+from aioray.runtime_context import RuntimeContext
+
+_lock = threading.RLock()
+_cw: CoreWorker | None = None
+_local_node: node.LocalNode | None = None
+_job_runtime_env: dict[str, Any] = {}
+_gcs_address = ""
+
+
+class InitContext:
+    """What ``init`` returns (Ray's RayContext): addresses, usable as a context manager."""
+
+    def __init__(self, address_info: dict[str, Any]) -> None:
+        self.address_info = address_info
+        self.dashboard_url: str | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.address_info[key]
+
+    def __enter__(self) -> InitContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutdown()
+
+    def disconnect(self) -> None:
+        shutdown()
+
+    def __repr__(self) -> str:
+        return f"InitContext(gcs_address={self.address_info.get('gcs_address')!r})"
+
+
+def is_initialized() -> bool:
+    """True while this process is connected to a cluster."""
+    return _cw is not None
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    namespace: str | None = None,
+    ignore_reinit_error: bool = False,
+    runtime_env: dict[str, Any] | None = None,
+    include_dashboard: bool | None = None,
+    log_to_driver: bool = True,
+    logging_level: Any = None,
+    configure_logging: bool = True,
+    _node_ip_address: str = "127.0.0.1",
+    **kwargs: Any,
+) -> InitContext:
+    """Start a local cluster, or connect to one (``address="auto"`` or ``"host:port"``)."""
+    global _cw, _local_node, _job_runtime_env, _gcs_address
+    allowed_extra = {"_system_config", "_temp_dir", "dashboard_host", "dashboard_port", "job_config"}
+    unknown = set(kwargs) - allowed_extra
+    if unknown:
+        raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    from aioray.options import validate, _runtime_env
+
+    _runtime_env("runtime_env", runtime_env)
+    validate({"resources": resources or {}}, {"resources": _resources_check})
+    with _lock:
+        if _cw is not None:
+            if ignore_reinit_error:
+                return InitContext(_address_info())
+            raise RuntimeError(
+                "Maybe you called aioray.init twice by accident? This error can be suppressed "
+                "by passing in 'ignore_reinit_error=True' or by calling 'aioray.shutdown()' "
+                "prior to 'aioray.init()'."
+            )
+        address = address or os.environ.get("AIORAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
+        if address in (None, "local"):
+            _local_node = node.LocalNode.start(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                resources=resources,
+                object_store_memory=object_store_memory,
+                node_ip=_node_ip_address,
+            )
+            gcs_address = _local_node.gcs_address
+            raylet_address = _local_node.raylet_address
+        else:
+            if num_cpus is not None or num_gpus is not None or resources:
+                raise ValueError(
+                    "When connecting to an existing cluster, num_cpus, num_gpus and resources "
+                    "must not be provided."
+                )
+            gcs_address = node.resolve_address(address)
+            raylet_address = node.find_local_raylet(gcs_address, _node_ip_address)
+        cw = CoreWorker(
+            DRIVER,
+            _node_ip_address,
+            raylet_address,
+            node.split_address(gcs_address),
+            namespace=namespace or "",
+        )
+        set_core_worker(cw)
+        try:
+            info = cw.start_in_thread()
+        except BaseException:
+            set_core_worker(None)
+            if _local_node is not None:
+                _local_node.stop()
+                _local_node = None
+            raise
+        _cw = cw
+        _gcs_address = gcs_address
+        _job_runtime_env = dict(runtime_env or {})
+        _address_cache.clear()
+        _address_cache.update(info)
+        return InitContext(_address_info())
+
+
+def _resources_check(name: str, value: Any) -> None:
+    from aioray.options import _resources
+
+    _resources(name, value)
+
+
+_address_cache: dict[str, Any] = {}
+
+
+def _address_info() -> dict[str, Any]:
+    assert _cw is not None
+    return {
+        "gcs_address": _gcs_address,
+        "address": _gcs_address,
+        "raylet_address": f"{_cw.raylet_address[0]}:{_cw.raylet_address[1]}",
+        "node_ip_address": _cw.node_ip,
+        "node_id": _cw.node_id.hex(),
+        "session_dir": _address_cache.get("session_dir", ""),
+        "session_id": _cw.session_id,
+    }
+
+
+def shutdown() -> None:
+    """Disconnect; stop the daemons this process started, leaving nothing behind."""
+    global _cw, _local_node
+    with _lock:
+        cw, _cw = _cw, None
+        if cw is not None:
+            cw.stop_thread()
+            set_core_worker(None)
+        local, _local_node = _local_node, None
+        if local is not None:
+            local.stop()
+
+
+atexit.register(shutdown)
+
+
+def ensure_connected() -> CoreWorker:
+    """The CoreWorker of this process, starting a local cluster on first use (as Ray does)."""
+    cw = _cw
+    if cw is None:
+        from aioray.object_ref import _core_worker
+
+        if _core_worker is not None:  # inside a worker process
+            return _core_worker
+        init()
+        assert _cw is not None
+        return _cw
+    return cw
+
+
+def merged_env_vars(task_env: dict[str, Any] | None) -> dict[str, str]:
+    env = dict((_job_runtime_env or {}).get("env_vars") or {})
+    if task_env:
+        env.update(task_env.get("env_vars") or {})
+    return env
+
+
+# -- the object API ---------------------------------------------------------------------------
+def _check_refs(object_refs: Any, fn: str) -> tuple[list[ObjectRef], bool]:
+    if isinstance(object_refs, ObjectRef):
+        return [object_refs], True
+    if isinstance(object_refs, (list, tuple)):
+        for r in object_refs:
+            if not isinstance(r, ObjectRef):
+                raise TypeError(
+                    f"Attempting to call `{fn}` on the value {r!r}, which is not an ObjectRef."
+                )
+        return list(object_refs), False
+    raise TypeError(
+        f"Attempting to call `{fn}` on the value {object_refs!r}, which is not an ObjectRef "
+        "or a list of ObjectRefs."
+    )
+
+
+def get(object_refs: Any, *, timeout: float | None = None) -> Any:
+    """Block until the object(s) are available and return their values."""
+    refs, single = _check_refs(object_refs, "get")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0, got {timeout}")
+    values = ensure_connected().get(refs, timeout)
+    return values[0] if single else values
+
+
+def put(value: Any, *, _owner: Any = None) -> ObjectRef:
+    """Store a value in the object store; return its ObjectRef."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("Calling 'put' on an ObjectRef is not allowed.")
+    return ensure_connected().put(value)
+
+
+def wait(
+    object_refs: Sequence[ObjectRef],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Return (ready, not_ready) once ``num_returns`` refs are ready or ``timeout`` passes."""
+    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
+        raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
+    refs, _ = _check_refs(list(object_refs), "wait")
+    if len({r.binary() for r in refs}) != len(refs):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
+        if not (num_returns == 0 and not refs):
+            raise ValueError(f"num_returns must be a positive integer, got {num_returns!r}")
+    if num_returns > len(refs):
+        raise ValueError(
+            f"num_returns ({num_returns}) cannot exceed the number of refs ({len(refs)})."
+        )
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0, got {timeout}")
+    cw = ensure_connected()
+    flags = cw.ready_now(refs)
+    if sum(flags) >= num_returns:
+        ready_ids = {r.binary() for r, f in zip(refs, flags, strict=True) if f}
+    else:
+        ready_ids = cw.run_sync(cw.wait_async(refs, num_returns, timeout, fetch_local))
+    ready, not_ready = [], []
+    for r in refs:
+        if r.binary() in ready_ids and len(ready) < num_returns:
+            ready.append(r)
+        else:
+            not_ready.append(r)
+    return ready, not_ready
+
+
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that produces ``object_ref``; its get raises TaskCancelledError."""
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"cancel() expected an ObjectRef, got {type(object_ref).__name__}")
+    cw = ensure_connected()
+    cw.post(cw.submitter.cancel, object_ref.binary(), force)
+
+
+async def get_async(object_refs: Any, *, timeout: float | None = None) -> Any:
+    """``await``-able get on any running loop."""
+    refs, single = _check_refs(object_refs, "get")
+    cw = ensure_connected()
+    objs = [cw.memory_store.get(r.binary()) for r in refs]
+    if None in objs:
+        missing = [r for r, o in zip(refs, objs, strict=True) if o is None]
+        coro = cw.fetch_many(missing)
+        if asyncio.get_running_loop() is cw.loop:
+            found = await asyncio.wait_for(coro, timeout)
+        else:
+            cfut = asyncio.run_coroutine_threadsafe(coro, cw.loop)
+            found = await asyncio.wait_for(asyncio.wrap_future(cfut), timeout)
+        objs = [
+            o if o is not None else found[r.binary()] for r, o in zip(refs, objs, strict=True)
+        ]
+    values = [cw.materialize(r.binary(), o) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
+    return values[0] if single else values
+
+
+def get_future(ref: ObjectRef) -> concurrent.futures.Future[Any]:
+    cw = ensure_connected()
+    result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            result.set_result(cw.get([ref])[0])
+        except BaseException as e:
+            result.set_exception(e)
+
+    threading.Thread(target=run, daemon=True, name="aioray-future").start()
+    return result
+
+
+# -- cluster state ------------------------------------------------------------------------------
+def _gcs_call(method: str, body: Any = None) -> Any:
+    cw = ensure_connected()
+    if cw.gcs is None:
+        raise RuntimeError("this process has no GCS connection")
+    return cw.run_sync(cw.gcs.call(method, body), config.DAEMON_START_TIMEOUT_S)
+
+
+def nodes() -> list[dict[str, Any]]:
+    """One dict per node, with Ray's keys (NodeID, Alive, Resources, ...)."""
+    return list(_gcs_call("get_nodes"))
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of all alive nodes."""
+    return _sum_resources("Resources")
+
+
+def available_resources() -> dict[str, float]:
+    """Resources not currently in use, over all alive nodes."""
+    return _sum_resources("Available")
+
+
+def _sum_resources(key: str) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for n in nodes():
+        if n["Alive"]:
+            for k, v in n[key].items():
+                total[k] = total.get(k, 0.0) + v
+    return {k: v for k, v in total.items() if v > 0 or key == "Resources"}
+
+
+def get_runtime_context() -> RuntimeContext:
+    """Ids of the current job, task, node and worker."""
+    return RuntimeContext(ensure_connected(), _job_runtime_env)
+
+
+def remote(*args: Any, **kwargs: Any) -> Any:
+    """Decorator: ``@remote`` or ``@remote(num_cpus=2, ...)`` turns a function into a task."""
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("The @remote decorator takes keyword options only, e.g. @remote(num_cpus=1).")
+
+    def decorator(fn: Callable[..., Any]) -> Any:
+        return _make_remote(fn, kwargs)
+
+    return decorator
+
+
+def _make_remote(target: Any, opts: dict[str, Any]) -> Any:
+    if isinstance(target, type):
+        raise NotImplementedError("actors (@remote on a class) are not implemented yet")
+    if not callable(target):
+        raise TypeError(f"@remote expects a function or a class, got {type(target).__name__}")
+    return RemoteFunction(target, opts)

@@ -1,0 +1,28 @@
+"""Tunables, one place. Environment variables AIORAY_<NAME> override defaults."""
+
+from __future__ import annotations
+
+import os
+
+
+def _env(name: str, default: float) -> float:
+    return float(os.environ.get(f"AIORAY_{name}", default))
+
+
+# Values at least this large go to the node's shared-memory store; smaller ones
+# live in the owner's memory and travel inline inside messages (Ray: 100 KiB).
+MAX_INLINE_BYTES = int(_env("MAX_INLINE_BYTES", 100 * 1024))
+# Tasks pushed to one leased worker before earlier ones finish (pipelining).
+MAX_TASKS_IN_FLIGHT_PER_WORKER = int(_env("MAX_TASKS_IN_FLIGHT_PER_WORKER", 16))
+# Lease requests outstanding per scheduling class.
+MAX_PENDING_LEASES_PER_CLASS = int(_env("MAX_PENDING_LEASES_PER_CLASS", 10))
+# How long an owner keeps an idle lease before returning it to the raylet.
+LEASE_LINGER_S = _env("LEASE_LINGER_S", 0.01)
+# Workers the raylet starts ahead of demand (capped by num_cpus).
+PRESTART_WORKERS = int(_env("PRESTART_WORKERS", 2))
+# Seconds between a raylet's resource reports to the GCS while they change.
+RESOURCE_REPORT_S = _env("RESOURCE_REPORT_S", 0.05)
+SESSION_ROOT = os.environ.get("AIORAY_SESSION_ROOT", "/tmp/aioray")
+SHM_DIR = os.environ.get("AIORAY_SHM_DIR", "/dev/shm")
+SHM_PREFIX = "aioray_"
+DAEMON_START_TIMEOUT_S = _env("DAEMON_START_TIMEOUT_S", 30.0)

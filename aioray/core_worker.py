@@ -1,0 +1,510 @@
+"""CoreWorker: the owner of everything its process creates.
+
+Every driver and every worker runs one. Its event loop (a background thread in a
+driver, the main thread in a worker) holds the connections, the reference counts,
+the memory store and the task submitter; user code runs on other threads and
+reaches the loop through ``post`` (fire-and-forget, batched: one cross-thread
+wake-up however many calls queue behind it) or ``run_sync`` (wait for a result).
+
+Hot paths avoid the loop altogether where they can: ``put`` of a small value
+writes straight into the memory store; ``get`` of a value already there reads it
+in the caller's thread; a large value is written to and read from shared memory
+by the caller's thread itself.
+
+Owner services (RPC, for borrowers elsewhere):
+    get_object(oid)   -> the value inline, or where it lives; waits until it exists
+    wait_object(oid)  -> when it exists, without its value
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import os
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from aioray import config, ids, object_store, rpc, serialization
+from aioray.exceptions import (
+    GetTimeoutError,
+    ObjectFreedError,
+    ObjectLostError,
+    OwnerDiedError,
+    RaySystemError,
+    RayTaskError,
+)
+from aioray.memory_store import MemoryStore, StoredObject
+from aioray.object_ref import ObjectRef
+from aioray.reference_counter import ReferenceCounter
+from aioray.task_submitter import TaskSubmitter
+
+logger = logging.getLogger("aioray")
+
+DRIVER = "driver"
+WORKER = "worker"
+
+# Wire form of an object in get_object replies.
+OBJ_INLINE, OBJ_SHM, OBJ_FREED = 0, 1, 2
+
+
+def encode_object(obj: StoredObject) -> rpc.Reply:
+    if obj.in_shm:
+        return rpc.Reply([OBJ_SHM, obj.size, obj.node_id])
+    assert obj.data is not None
+    return rpc.Reply([OBJ_INLINE, len(obj.buffers), obj.is_error], [obj.data, *obj.buffers])
+
+
+def decode_object(oid: bytes, body: list[Any], buffers: list[Any]) -> StoredObject:
+    kind = body[0]
+    if kind == OBJ_INLINE:
+        return StoredObject(buffers[0], buffers[1 : 1 + body[1]], is_error=body[2])
+    if kind == OBJ_SHM:
+        return StoredObject(node_id=body[2], size=body[1])
+    raise ObjectFreedError(oid.hex())
+
+
+class CoreWorker:
+    def __init__(
+        self,
+        mode: str,
+        node_ip: str,
+        raylet_address: tuple[str, int],
+        gcs_address: tuple[str, int] | None,
+        worker_id: bytes | None = None,
+        job_id: bytes = b"\0\0\0\0",
+        namespace: str = "",
+    ) -> None:
+        self.mode = mode
+        self.node_ip = node_ip
+        self.raylet_address = raylet_address
+        self.gcs_address = gcs_address
+        self.worker_id = worker_id or ids.random_id(16)
+        self.job_id = job_id
+        self.namespace = namespace
+        self.node_id = b""
+        self.session_id = ""
+        self.ids = ids.IdGenerator(self.worker_id)
+        self.refs = ReferenceCounter(self._out_of_scope)
+        self.memory_store = MemoryStore()
+        self.owned: set[bytes] = set()
+        self.address: tuple[str, int, bytes] = (node_ip, 0, self.worker_id)
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.raylet: rpc.Connection = None  # type: ignore[assignment]
+        self.gcs: rpc.Connection | None = None
+        self.server: rpc.Server | None = None
+        self.submitter = TaskSubmitter(self)
+        self.extra_handlers: dict[str, rpc.Handler] = {}
+        self.task_context = threading.local()
+        self._loop_thread_id = -1
+        self._thread: threading.Thread | None = None
+        self._posted: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._post_scheduled = False
+        self._peers: dict[tuple[str, int], rpc.Connection] = {}
+        self._connecting: dict[tuple[str, int], asyncio.Future[rpc.Connection]] = {}
+        self._fetching: dict[bytes, asyncio.Future[StoredObject]] = {}
+        self._free_shm: list[bytes] = []
+        self._blocked = 0
+        self._warned: set[str] = set()
+        self.closing = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<CoreWorker {self.mode} {self.worker_id.hex()[:8]} owned={len(self.owned)} "
+            f"objects={len(self.memory_store)} tasks={len(self.submitter.tasks)}>"
+        )
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def start(self) -> dict[str, Any]:
+        """Start the owner's RPC server and register with the local raylet."""
+        self.loop = asyncio.get_running_loop()
+        self._loop_thread_id = threading.get_ident()
+        handlers = {**rpc.handlers_of(self), **self.extra_handlers}
+        self.server = rpc.Server(handlers)
+        await self.server.start(self.node_ip, 0)
+        self.address = (self.node_ip, self.server.port, self.worker_id)
+        raylet_handlers = {
+            "lease_infeasible": self.handle_lease_infeasible,
+            **self.extra_handlers,
+        }
+        self.raylet, info = await rpc.connect(
+            *self.raylet_address,
+            handlers=raylet_handlers,
+            hello={
+                "role": self.mode,
+                "worker_id": self.worker_id,
+                "pid": os.getpid(),
+                "port": self.server.port,
+            },
+            name="raylet",
+        )
+        self.node_id = info["node_id"]
+        self.session_id = info["session_id"]
+        self.raylet.on_close.append(self._raylet_lost)
+        if self.mode == DRIVER and self.gcs_address is not None:
+            self.gcs, _ = await rpc.connect(*self.gcs_address, hello={"role": "driver"}, name="gcs")
+            job = await self.gcs.call("register_job", {"pid": os.getpid(), "ns": self.namespace})
+            self.job_id = job["job_id"]
+        return dict(info)
+
+    def start_in_thread(self, timeout: float = config.DAEMON_START_TIMEOUT_S) -> dict[str, Any]:
+        """Run the loop in a daemon thread (driver mode) and start the CoreWorker on it."""
+        from aioray._loop import new_event_loop
+
+        loop = new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            ready.set()
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="aioray-core-worker", daemon=True)
+        self._thread.start()
+        ready.wait()
+        fut = asyncio.run_coroutine_threadsafe(self.start(), loop)
+        try:
+            return fut.result(timeout)
+        except BaseException:
+            self.stop_thread()
+            raise
+
+    async def stop(self) -> None:
+        self.closing = True
+        self.submitter.shutdown()
+        self._flush_frees()
+        if self.server is not None:
+            await self.server.stop()
+        for conn in [self.raylet, self.gcs, *self._peers.values()]:
+            if conn is not None:
+                conn.close()
+        self._peers.clear()
+
+    def stop_thread(self) -> None:
+        if self._thread is None:
+            return
+        loop = self.loop or None
+        if loop is not None and loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(self.stop(), loop).result(5)
+            except Exception:
+                logger.debug("core worker stop failed", exc_info=True)
+            loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(5)
+        self._thread = None
+
+    def _raylet_lost(self, conn: rpc.Connection) -> None:
+        if not self.closing:
+            logger.error("lost the connection to the local raylet")
+            self.submitter.fail_all(RaySystemError("the local raylet died"))
+
+    # -- crossing threads ----------------------------------------------------------
+    def in_loop_thread(self) -> bool:
+        return threading.get_ident() == self._loop_thread_id
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop soon; calls from one thread keep their order."""
+        self._posted.append((fn, args))
+        if not self._post_scheduled:
+            self._post_scheduled = True
+            if self.in_loop_thread():
+                self.loop.call_soon(self._drain_posted)
+            else:
+                try:
+                    self.loop.call_soon_threadsafe(self._drain_posted)
+                except RuntimeError:  # loop closed during shutdown
+                    pass
+
+    def _drain_posted(self) -> None:
+        self._post_scheduled = False
+        posted = self._posted
+        while posted:
+            fn, args = posted.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("posted call %s failed", getattr(fn, "__name__", fn))
+
+    def run_sync(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
+        """Run a coroutine on the loop from another thread and wait for its result."""
+        if self.in_loop_thread():
+            coro.close()
+            raise RuntimeError("blocking aioray call on the CoreWorker's own event loop")
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout}s.")
+        except BaseException:
+            fut.cancel()
+            raise
+
+    # -- connections to peers (workers, owners) ------------------------------------
+    async def connect_peer(self, ip: str, port: int) -> rpc.Connection:
+        key = (ip, port)
+        conn = self._peers.get(key)
+        if conn is not None and not conn.is_closed:
+            return conn
+        pending = self._connecting.get(key)
+        if pending is None:
+            pending = self.loop.create_future()
+            self._connecting[key] = pending
+            try:
+                conn, _ = await rpc.connect(
+                    ip,
+                    port,
+                    handlers=self.extra_handlers,
+                    hello={"role": "peer", "worker_id": self.worker_id},
+                    name=f"peer {ip}:{port}",
+                )
+            except BaseException as e:
+                del self._connecting[key]
+                pending.set_exception(e)
+                pending.exception()  # mark retrieved
+                raise
+            del self._connecting[key]
+            self._peers[key] = conn
+            conn.on_close.append(lambda c: self._peers.pop(key, None))
+            pending.set_result(conn)
+            return conn
+        return await asyncio.shield(pending)
+
+    # -- objects: put ----------------------------------------------------------------
+    def put(self, value: Any) -> ObjectRef:
+        """Store ``value`` as a new object owned by this process (any thread)."""
+        so = serialization.serialize(value)
+        return self.put_serialized(so)
+
+    def put_serialized(self, so: serialization.SerializedObject) -> ObjectRef:
+        oid = ids.object_id(self.ids.task_id(), 0)
+        if so.contained_refs:
+            self.refs.mark_escaped(r.binary() for r in so.contained_refs)
+        self.owned.add(oid)
+        ref = ObjectRef(oid, self.address)
+        self.memory_store.put(oid, self.store_serialized(oid, so, copy=True))
+        return ref
+
+    def store_serialized(
+        self, oid: bytes, so: serialization.SerializedObject, copy: bool
+    ) -> StoredObject:
+        """Keep small values inline; write large ones to this node's shm store."""
+        size = so.total_bytes
+        if size < config.MAX_INLINE_BYTES:
+            # Copy buffers that view the caller's memory: the object is immutable.
+            bufs = [bytes(b) for b in so.buffers] if copy else so.buffers
+            return StoredObject(so.data, bufs, is_error=so.is_error, size=size)
+        path = object_store.segment_path(self.session_id, oid)
+        size = object_store.write_segment(path, so.data, so.buffers)
+        self.post(self._notify_sealed, oid, size)
+        return StoredObject(node_id=self.node_id, size=size, is_error=so.is_error)
+
+    def _notify_sealed(self, oid: bytes, size: int) -> None:
+        if not self.raylet.is_closed:
+            self.raylet.notify("object_sealed", [oid, size, self.worker_id])
+
+    # -- objects: get ------------------------------------------------------------------
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None = None) -> list[Any]:
+        """Values of ``refs`` in order (caller's thread); raises the first error."""
+        store = self.memory_store
+        objs: list[StoredObject | None] = [store.get(r._id) for r in refs]
+        if None in objs:
+            missing = [r for r, o in zip(refs, objs, strict=True) if o is None]
+            blocked = self.mode == WORKER
+            if blocked:
+                self.post(self._set_blocked, 1)
+            try:
+                found = self.run_sync(self.fetch_many(missing), timeout)
+            finally:
+                if blocked:
+                    self.post(self._set_blocked, -1)
+            objs = [o if o is not None else found[r._id] for r, o in zip(refs, objs, strict=True)]
+        return [self.materialize(r._id, o) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
+
+    def _set_blocked(self, delta: int) -> None:
+        # A worker blocked in get gives its CPU back so nested tasks can run.
+        before = self._blocked
+        self._blocked += delta
+        if (before == 0) != (self._blocked == 0) and not self.raylet.is_closed:
+            self.raylet.notify("worker_blocked", self._blocked > 0)
+
+    async def fetch_many(self, refs: Sequence[ObjectRef]) -> dict[bytes, StoredObject]:
+        objs = await asyncio.gather(*[self.fetch(r) for r in refs])
+        return {r._id: o for r, o in zip(refs, objs, strict=True)}
+
+    def fetch(self, ref: ObjectRef) -> asyncio.Future[StoredObject]:
+        """(loop) A future for the object: from this process, or from its owner."""
+        oid = ref._id
+        obj = self.memory_store.get(oid)
+        if obj is not None or oid in self.owned:
+            return self.memory_store.wait_for(oid, self.loop)
+        pending = self._fetching.get(oid)
+        if pending is None:
+            pending = self.loop.create_task(self._fetch_from_owner(ref))
+            self._fetching[oid] = pending
+            pending.add_done_callback(lambda _: self._fetching.pop(oid, None))
+        return pending
+
+    async def _fetch_from_owner(self, ref: ObjectRef) -> StoredObject:
+        oid, owner = ref._id, ref._owner
+        if owner is None or owner[2] == self.worker_id:
+            raise ObjectFreedError(oid.hex())
+        try:
+            conn = await self.connect_peer(owner[0], owner[1])
+            body, bufs = await conn.call_full("get_object", oid)
+        except ConnectionError:
+            raise OwnerDiedError(
+                oid.hex(), f"The owner of object {oid.hex()} ({owner[0]}:{owner[1]}) has died."
+            ) from None
+        obj = decode_object(oid, body, bufs)
+        if self.refs.local_count(oid) > 0:
+            self.memory_store.put(oid, obj)  # cache while this process holds the ref
+        return obj
+
+    def materialize(self, oid: bytes, obj: StoredObject) -> Any:
+        """Deserialize a stored object in the caller's thread; raise it if it is an error."""
+        if obj.in_shm:
+            if obj.node_id != self.node_id:
+                raise ObjectLostError(oid.hex(), "object lives on another node (not supported yet)")
+            try:
+                data, bufs = object_store.read_segment(
+                    object_store.segment_path(self.session_id, oid)
+                )
+            except FileNotFoundError:
+                raise ObjectLostError(oid.hex()) from None
+            value = serialization.deserialize(data, bufs)
+        else:
+            assert obj.data is not None
+            value = serialization.deserialize(obj.data, obj.buffers)
+        if obj.is_error:
+            if isinstance(value, RayTaskError):
+                raise value.as_instanceof_cause()
+            raise value
+        return value
+
+    # -- objects: wait ------------------------------------------------------------------
+    def ready_now(self, refs: Sequence[ObjectRef]) -> list[bool]:
+        store = self.memory_store
+        return [r._id in store for r in refs]
+
+    async def wait_async(
+        self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None, fetch: bool
+    ) -> set[bytes]:
+        """(loop) Ids of refs ready once ``num_returns`` are, or at the timeout."""
+        ready = {r._id for r in refs if r._id in self.memory_store}
+        if len(ready) >= num_returns or timeout == 0:
+            return ready
+        futs: dict[asyncio.Future[Any], bytes] = {}
+        for r in refs:
+            if r._id in ready:
+                continue
+            if fetch or r._id in self.owned:
+                fut: asyncio.Future[Any] = self.fetch(r)
+            else:
+                fut = self.loop.create_task(self._wait_at_owner(r))
+            futs[fut] = r._id
+        deadline = None if timeout is None else self.loop.time() + timeout
+        pending = set(futs)
+        try:
+            while len(ready) < num_returns and pending:
+                left = None if deadline is None else max(0.0, deadline - self.loop.time())
+                done, pending = await asyncio.wait(
+                    pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    break
+                ready.update(futs[f] for f in done)
+        finally:
+            for f in pending:
+                f.cancel()
+        return ready
+
+    async def _wait_at_owner(self, ref: ObjectRef) -> None:
+        owner = ref._owner
+        if owner is None:
+            return
+        try:
+            conn = await self.connect_peer(owner[0], owner[1])
+            await conn.call("wait_object", ref._id)
+        except ConnectionError:
+            return  # the owner died: the object is "ready" (get will raise)
+
+    # -- freeing ----------------------------------------------------------------------------
+    def _out_of_scope(self, oid: bytes) -> None:
+        if self.loop is not None and not self.closing:
+            self.post(self._free, oid)
+
+    def _free(self, oid: bytes) -> None:
+        if self.refs.in_scope(oid):
+            return  # referenced again since (e.g. a ref unpickled from a value)
+        obj = self.memory_store.delete(oid)
+        if oid in self.owned:
+            self.owned.discard(oid)
+            self.memory_store.fail_waiters(oid, ObjectFreedError(oid.hex()))
+            if obj is not None and obj.in_shm:
+                self.free_shm(oid)
+
+    def free_shm(self, oid: bytes) -> None:
+        if not self._free_shm:
+            self.loop.call_soon(self._flush_frees)
+        self._free_shm.append(oid)
+
+    def _flush_frees(self) -> None:
+        oids, self._free_shm = self._free_shm, []
+        if oids and self.raylet is not None and not self.raylet.is_closed:
+            self.raylet.notify("free_objects", oids)
+
+    def store_result(self, oid: bytes, obj: StoredObject) -> None:
+        """(loop) A task's return value arrived; keep it only if still referenced."""
+        if self.refs.in_scope(oid):
+            self.memory_store.put(oid, obj)
+        else:
+            self.owned.discard(oid)
+            if obj.in_shm:
+                self.free_shm(oid)
+
+    # -- owner RPC handlers -------------------------------------------------------------------
+    def handle_get_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
+        obj = self.memory_store.get(oid)
+        if obj is not None:
+            return encode_object(obj)
+        if oid not in self.owned:
+            return [OBJ_FREED]
+        reply: asyncio.Future[rpc.Reply] = self.loop.create_future()
+
+        def done(f: asyncio.Future[StoredObject]) -> None:
+            if reply.done():
+                return
+            if f.cancelled() or f.exception() is not None:
+                reply.set_result(rpc.Reply([OBJ_FREED]))
+            else:
+                reply.set_result(encode_object(f.result()))
+
+        self.memory_store.wait_for(oid, self.loop).add_done_callback(done)
+        return reply
+
+    def handle_wait_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
+        if oid in self.memory_store or oid not in self.owned:
+            return True
+        reply: asyncio.Future[bool] = self.loop.create_future()
+        self.memory_store.wait_for(oid, self.loop).add_done_callback(
+            lambda f: reply.done() or reply.set_result(True)
+        )
+        return reply
+
+    def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
+        shape = str({k: v for k, v in sorted(body["res"].items())})
+        if shape in self._warned:
+            return
+        self._warned.add(shape)
+        logger.warning(
+            "The following resource request cannot be scheduled right now: %s. "
+            "No node in the cluster has these resources (cluster total: %s); "
+            "the task stays pending until a node that can run it joins.",
+            shape,
+            body.get("total"),
+        )

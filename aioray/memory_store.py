@@ -1,0 +1,90 @@
+"""The in-process object table: values of small objects, locations of large ones.
+
+Owned objects land here when their task finishes or when they are put; borrowed
+objects are cached here once fetched. Waiters are futures of the CoreWorker's
+loop. Writes happen on that loop, except a put of a brand-new object (nothing can
+be waiting for an id that did not exist); reads are single dict lookups and safe
+from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aioray.protocol import Buffer
+
+
+class StoredObject:
+    """One object: inline (data + buffers) or a pointer to a node's shm store."""
+
+    __slots__ = ("buffers", "data", "is_error", "node_id", "size")
+
+    def __init__(
+        self,
+        data: Buffer | None = None,
+        buffers: list[Buffer] | None = None,
+        is_error: bool = False,
+        node_id: bytes | None = None,
+        size: int = 0,
+    ) -> None:
+        self.data = data
+        self.buffers = buffers or []
+        self.is_error = is_error
+        self.node_id = node_id  # set: the object lives in that node's shm store
+        self.size = size
+
+    @property
+    def in_shm(self) -> bool:
+        return self.node_id is not None and self.data is None
+
+    def __repr__(self) -> str:
+        where = f"shm@{self.node_id.hex()[:8]}" if self.node_id else "inline"
+        return f"<StoredObject {where} size={self.size} error={self.is_error}>"
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._objects: dict[bytes, StoredObject] = {}
+        self._waiters: dict[bytes, list[asyncio.Future[StoredObject]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def get(self, oid: bytes) -> StoredObject | None:
+        return self._objects.get(oid)
+
+    def __contains__(self, oid: bytes) -> bool:
+        return oid in self._objects
+
+    def put(self, oid: bytes, obj: StoredObject) -> None:
+        self._objects[oid] = obj
+        waiters = self._waiters.pop(oid, None)
+        if waiters:
+            for w in waiters:
+                if not w.done():
+                    w.set_result(obj)
+
+    def wait_for(self, oid: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[StoredObject]:
+        """A future resolved when ``oid`` is stored (at once if it already is)."""
+        fut: asyncio.Future[StoredObject] = loop.create_future()
+        obj = self._objects.get(oid)
+        if obj is not None:
+            fut.set_result(obj)
+        else:
+            self._waiters.setdefault(oid, []).append(fut)
+        return fut
+
+    def delete(self, oid: bytes) -> StoredObject | None:
+        return self._objects.pop(oid, None)
+
+    def fail_waiters(self, oid: bytes, exc: BaseException) -> None:
+        for w in self._waiters.pop(oid, []):
+            if not w.done():
+                w.set_exception(exc)
+
+    def items(self) -> list[tuple[bytes, StoredObject]]:
+        return list(self._objects.items())
+
+    def stats(self) -> dict[str, Any]:
+        return {"objects": len(self._objects), "waiting": len(self._waiters)}

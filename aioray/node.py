@@ -1,0 +1,233 @@
+"""Starting and finding a node's daemons (GCS, raylet) as real processes.
+
+``LocalNode.start`` binds the listening sockets itself and hands them to the
+children (``pass_fds``), so both daemons start in parallel with no port race and
+clients can connect at once (the kernel queues connections until the daemon
+accepts). A daemon started by ``init()`` holds the read end of a "lifeline" pipe
+whose write end only the driver has: when the driver exits for any reason the
+pipe closes and the daemons shut down, so nothing outlives its driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psutil
+
+from aioray import config, object_store
+
+CLUSTER_FILE = os.path.join(config.SESSION_ROOT, "aioray_current_cluster")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"Invalid address {address!r}: expected 'host:port'.")
+    return host, int(port)
+
+
+def resolve_address(address: str) -> str:
+    """Turn "auto" into the address of the cluster started on this machine."""
+    if address != "auto":
+        split_address(address)
+        return address
+    try:
+        with open(CLUSTER_FILE) as f:
+            info = json.load(f)
+    except (FileNotFoundError, ValueError):
+        raise ConnectionError(
+            "Could not find any running aioray instance. Start one with 'aioray start --head'."
+        ) from None
+    if not psutil.pid_exists(info.get("gcs_pid", -1)):
+        raise ConnectionError(f"The aioray cluster at {info['gcs_address']} is not running.")
+    return str(info["gcs_address"])
+
+
+def find_local_raylet(gcs_address: str, node_ip: str) -> tuple[str, int]:
+    """Ask the GCS which raylet runs on this host."""
+    from aioray import _loop, rpc
+
+    async def query() -> list[dict[str, Any]]:
+        conn, _ = await rpc.connect(*split_address(gcs_address), hello={"role": "client"}, timeout=5)
+        try:
+            return list(await conn.call("get_nodes"))
+        finally:
+            conn.close()
+
+    try:
+        nodes = _loop.run(query())
+    except ConnectionError as e:
+        raise ConnectionError(f"Could not connect to the aioray cluster at {gcs_address}: {e}") from None
+    alive = [n for n in nodes if n["Alive"]]
+    for n in alive:
+        if n["NodeManagerAddress"] == node_ip:
+            return n["NodeManagerAddress"], n["NodeManagerPort"]
+    if alive:
+        return alive[0]["NodeManagerAddress"], alive[0]["NodeManagerPort"]
+    raise ConnectionError(f"The cluster at {gcs_address} has no alive node.")
+
+
+def _listen(ip: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((ip, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def new_session_dir() -> tuple[str, str]:
+    session_id = os.urandom(4).hex()
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    path = os.path.join(config.SESSION_ROOT, f"session_{stamp}_{os.getpid()}_{session_id}")
+    os.makedirs(os.path.join(path, "logs"), exist_ok=True)
+    return session_id, path
+
+
+def default_object_store_memory() -> int:
+    total = psutil.virtual_memory().total
+    want = int(total * 0.3)
+    try:
+        st = os.statvfs(object_store.shm_dir())
+        want = min(want, int(st.f_bavail * st.f_frsize * 0.95))
+    except OSError:
+        pass
+    return max(want, 64 * 1024 * 1024)
+
+
+class LocalNode:
+    """The daemon processes of one node started from this machine."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.gcs_address = ""
+        self.raylet_address: tuple[str, int] = ("", 0)
+        self.session_dir = ""
+        self.session_id = ""
+        self._lifeline_w: int | None = None
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        resources: dict[str, float] | None = None,
+        object_store_memory: int | None = None,
+        node_ip: str = "127.0.0.1",
+        head: bool = True,
+        gcs_address: str | None = None,
+        gcs_port: int = 0,
+        raylet_port: int = 0,
+        detached: bool = False,
+        labels: dict[str, str] | None = None,
+    ) -> LocalNode:
+        self = cls()
+        self.session_id, self.session_dir = new_session_dir()
+        logs = os.path.join(self.session_dir, "logs")
+        fds: list[int] = []
+        socks = []
+        lifeline_r = None
+        if not detached:
+            lifeline_r, self._lifeline_w = os.pipe()
+            fds.append(lifeline_r)
+        common = ["--session-dir", self.session_dir]
+        if lifeline_r is not None:
+            common += ["--lifeline-fd", str(lifeline_r)]
+        try:
+            if head:
+                gsock = _listen(node_ip, gcs_port)
+                socks.append(gsock)
+                self.gcs_address = f"{node_ip}:{gsock.getsockname()[1]}"
+                self._spawn(
+                    "gcs",
+                    [*common, "--listen-fd", str(gsock.fileno()), "--session-id", self.session_id],
+                    [*fds, gsock.fileno()],
+                    logs,
+                    detached,
+                )
+            else:
+                assert gcs_address is not None
+                self.gcs_address = gcs_address
+            rsock = _listen(node_ip, raylet_port)
+            socks.append(rsock)
+            self.raylet_address = (node_ip, rsock.getsockname()[1])
+            args = [
+                *common,
+                "--listen-fd",
+                str(rsock.fileno()),
+                "--gcs-address",
+                self.gcs_address,
+                "--node-ip",
+                node_ip,
+                "--num-cpus",
+                str(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
+                "--num-gpus",
+                str(num_gpus or 0),
+                "--resources",
+                json.dumps(resources or {}),
+                "--object-store-memory",
+                str(object_store_memory or default_object_store_memory()),
+                "--labels",
+                json.dumps(labels or {}),
+            ]
+            if head:
+                args.append("--head")
+            self._spawn("raylet", args, [*fds, rsock.fileno()], logs, detached)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            for s in socks:
+                s.close()
+            if lifeline_r is not None:
+                os.close(lifeline_r)
+        return self
+
+    def _spawn(self, name: str, args: list[str], fds: list[int], logs: str, detached: bool) -> None:
+        cmd = [sys.executable, "-m", f"aioray.daemons.{name}", *args]
+        out: Any = None
+        if detached:
+            out = open(os.path.join(logs, f"{name}.out"), "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            cmd,
+            pass_fds=fds,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=detached,
+        )
+        if out is not None:
+            out.close()
+        self.procs.append(proc)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the lifeline, wait for the daemons to exit, kill what remains, sweep shm."""
+        if self._lifeline_w is not None:
+            os.close(self._lifeline_w)
+            self._lifeline_w = None
+        else:
+            for p in self.procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = []
+        for path in object_store.list_segments(self.session_id):
+            object_store.delete_segment(path)

@@ -1,0 +1,128 @@
+"""``@remote`` functions: option handling and building a task on ``.remote()``."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aioray import config, ids, options, serialization
+from aioray.object_ref import ObjectRef
+from aioray.task_spec import TaskEntry, split_args
+
+
+class RemoteFunction:
+    """A function turned into a task by ``@aioray.remote``; call it with ``.remote()``."""
+
+    def __init__(self, fn: Callable[..., Any], task_options: dict[str, Any]) -> None:
+        options.validate(task_options, options.TASK_OPTIONS)
+        self._function = fn
+        self._options = {**options.TASK_DEFAULTS, **task_options}
+        self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
+        self._fn_bytes: bytes | None = None
+        self._fid = b""
+        self._lock = threading.Lock()
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Remote functions cannot be called directly. Instead of running "
+            f"'{self._name}()', try '{self._name}.remote()'."
+        )
+
+    def __repr__(self) -> str:
+        return f"<RemoteFunction {self._name}>"
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Submit the task; return its ObjectRef (a list of them if num_returns > 1)."""
+        return self._remote(args, kwargs, self._options)
+
+    def options(self, **task_options: Any) -> _BoundOptions:
+        """Return a copy whose ``.remote()`` uses these options."""
+        options.validate(task_options, options.TASK_OPTIONS)
+        return _BoundOptions(self, {**self._options, **task_options})
+
+    def _export(self) -> tuple[bytes, bytes]:
+        if self._fn_bytes is None:
+            with self._lock:
+                if self._fn_bytes is None:
+                    try:
+                        data = serialization.dumps_function(self._function)
+                    except Exception as e:
+                        raise TypeError(f"Could not serialize the function {self._name}: {e}") from e
+                    self._fid = hashlib.sha1(data).digest()
+                    self._fn_bytes = data
+        return self._fid, self._fn_bytes
+
+    def _remote(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]) -> Any:
+        from aioray import api
+
+        cw = api.ensure_connected()
+        fid, fn_bytes = self._export()
+        nret = opts["num_returns"]
+        if not isinstance(nret, int):
+            raise ValueError(f"num_returns={nret!r} is not supported for tasks yet")
+        call_args, dep_refs = split_args(args, kwargs, ObjectRef)
+        spec: dict[str, Any] = {
+            "fid": fid,
+            "name": self._name,
+            "nret": nret,
+            "job": cw.job_id,
+            "owner": list(cw.address),
+        }
+        blob = None
+        if args or kwargs:
+            try:
+                so = serialization.serialize(call_args)
+            except TypeError as e:
+                raise TypeError(f"Could not serialize the arguments of {self._name}: {e}") from None
+            if so.contained_refs:
+                cw.refs.mark_escaped(r.binary() for r in so.contained_refs)
+            if so.total_bytes >= config.MAX_INLINE_BYTES:
+                # Large arguments go to the object store once, like a put.
+                dep_refs.append(cw.put_serialized(so))
+                spec["ar"] = len(dep_refs) - 1
+            else:
+                so.buffers = [bytes(b) for b in so.buffers]
+                spec["a"] = len(so.buffers)
+                blob = so
+        env = api.merged_env_vars(opts.get("runtime_env"))
+        if env:
+            spec["env"] = env
+        resources = options.resource_request(opts)
+        task_id = cw.ids.task_id()
+        spec["tid"] = task_id
+        return_ids = [ids.object_id(task_id, i + 1) for i in range(nret)]
+        cw.owned.update(return_ids)
+        refs = [ObjectRef(oid, cw.address) for oid in return_ids]
+        sched_key = (tuple(sorted(resources.items())), tuple(sorted(env.items())) if env else ())
+        task = TaskEntry(
+            spec,
+            return_ids,
+            blob,
+            dep_refs,
+            resources,
+            opts["max_retries"],
+            opts["retry_exceptions"],
+            fn_bytes,
+            sched_key,
+        )
+        cw.post(cw.submitter.submit, task)
+        if nret == 1:
+            return refs[0]
+        return refs if nret else None
+
+
+class _BoundOptions:
+    def __init__(self, fn: RemoteFunction, opts: dict[str, Any]) -> None:
+        self._fn = fn
+        self._opts = opts
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fn._remote(args, kwargs, self._opts)
+
+    def options(self, **task_options: Any) -> _BoundOptions:
+        options.validate(task_options, options.TASK_OPTIONS)
+        return _BoundOptions(self._fn, {**self._opts, **task_options})

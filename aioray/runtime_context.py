@@ -1,0 +1,64 @@
+"""``get_runtime_context()``: ids of the current job, task, node and worker."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aioray.core_worker import CoreWorker
+
+
+class RuntimeContext:
+    """What the calling code runs as (Ray's RuntimeContext)."""
+
+    def __init__(self, cw: CoreWorker, runtime_env: dict[str, Any] | None = None) -> None:
+        self._cw = cw
+        self._runtime_env = runtime_env or {}
+
+    def get_job_id(self) -> str:
+        return self._cw.job_id.hex()
+
+    def get_node_id(self) -> str:
+        return self._cw.node_id.hex()
+
+    def get_worker_id(self) -> str:
+        return self._cw.worker_id.hex()
+
+    def get_task_id(self) -> str | None:
+        tid = getattr(self._cw.task_context, "task_id", None)
+        return tid.hex() if tid else None
+
+    def get_actor_id(self) -> str | None:
+        return None
+
+    @property
+    def job_id(self) -> str:
+        return self.get_job_id()
+
+    @property
+    def node_id(self) -> str:
+        return self.get_node_id()
+
+    @property
+    def task_id(self) -> str | None:
+        return self.get_task_id()
+
+    @property
+    def worker_id(self) -> str:
+        return self.get_worker_id()
+
+    @property
+    def namespace(self) -> str:
+        return self._cw.namespace
+
+    @property
+    def runtime_env(self) -> dict[str, Any]:
+        return dict(self._runtime_env)
+
+    def get_runtime_env_string(self) -> str:
+        import json
+
+        return json.dumps(self._runtime_env)
+
+    def get(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "node_id": self.node_id, "task_id": self.task_id}

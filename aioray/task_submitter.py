@@ -1,0 +1,336 @@
+"""Owner-driven, lease-based submission of normal tasks (DESIGN.md "Task path").
+
+All on the CoreWorker's loop:
+
+1. ``submit``: wait for the task's owned dependencies; inline small values.
+2. Queue it under its scheduling class (resource shape + runtime env).
+3. Ask the local raylet for worker leases for that class, at most
+   MAX_PENDING_LEASES_PER_CLASS at once and never more than queued tasks.
+4. Push tasks straight to leased workers, up to MAX_TASKS_IN_FLIGHT_PER_WORKER each
+   (pipelining); a worker runs them in order.
+5. A reply stores the results; an idle lease lingers LEASE_LINGER_S for the next
+   task of its class, then goes back to the raylet.
+
+Failures: a connection to a worker that drops with tasks in flight means the worker
+died; those tasks are retried on a new lease while ``max_retries`` allows, else
+fail with WorkerCrashedError. Application errors retry only under
+``retry_exceptions``. A cancelled task is never retried.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from aioray import config, ids, rpc, serialization
+from aioray.exceptions import (
+    RaySystemError,
+    RayTaskError,
+    TaskCancelledError,
+    TaskUnschedulableError,
+    WorkerCrashedError,
+)
+from aioray.memory_store import StoredObject
+from aioray.task_spec import DEP_INLINE, DEP_OWNER, DEP_SHM, RET_INLINE, TaskEntry
+
+if TYPE_CHECKING:
+    from aioray.core_worker import CoreWorker
+
+logger = logging.getLogger("aioray")
+
+
+class Lease:
+    """A worker leased from a raylet for one scheduling class."""
+
+    __slots__ = ("cls", "conn", "inflight", "lease_id", "linger", "raylet", "worker_id")
+
+    def __init__(
+        self, cls: SchedulingClass, lease_id: int, worker_id: bytes, conn: rpc.Connection
+    ) -> None:
+        self.cls = cls
+        self.lease_id = lease_id
+        self.worker_id = worker_id
+        self.conn = conn
+        self.inflight = 0
+        self.linger: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.lease_id} worker={self.worker_id.hex()[:8]} inflight={self.inflight}>"
+
+
+class SchedulingClass:
+    __slots__ = ("env", "key", "leases", "pending_leases", "queue", "resources")
+
+    def __init__(self, key: tuple[Any, ...], resources: dict[str, float], env: Any) -> None:
+        self.key = key
+        self.resources = resources
+        self.env = env
+        self.queue: collections.deque[TaskEntry] = collections.deque()
+        self.leases: list[Lease] = []
+        self.pending_leases = 0
+
+
+class TaskSubmitter:
+    def __init__(self, cw: CoreWorker) -> None:
+        self.cw = cw
+        self.tasks: dict[bytes, TaskEntry] = {}
+        self.classes: dict[tuple[Any, ...], SchedulingClass] = {}
+
+    def __repr__(self) -> str:
+        return f"<TaskSubmitter tasks={len(self.tasks)} classes={len(self.classes)}>"
+
+    # -- 1. dependencies --------------------------------------------------------------------
+    def submit(self, task: TaskEntry) -> None:
+        self.tasks[task.task_id] = task
+        store, owned = self.cw.memory_store, self.cw.owned
+        waiting = [
+            store.wait_for(oid, self.cw.loop)
+            for oid in task.dep_ids
+            if oid not in store and oid in owned
+        ]
+        if not waiting:
+            self._deps_ready(task)
+            return
+        remaining = [len(waiting)]
+
+        def one_ready(_: Any) -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0 and task.state == "pending_deps":
+                self._deps_ready(task)
+
+        for fut in waiting:
+            fut.add_done_callback(one_ready)
+
+    def _deps_ready(self, task: TaskEntry) -> None:
+        bufs: list[Any] = []
+        blob = task.args_blob
+        if blob is not None:
+            bufs.append(blob.data)
+            bufs.extend(blob.buffers)
+        descs: list[list[Any]] = []
+        store = self.cw.memory_store
+        for ref in task.dep_refs:
+            oid = ref._id
+            obj = store.get(oid)
+            if obj is None:
+                owner = ref._owner
+                descs.append([DEP_OWNER, oid, list(owner) if owner else None])
+            elif obj.in_shm:
+                descs.append([DEP_SHM, oid, obj.node_id])
+            elif obj.is_error:
+                # A failed argument fails the task without running it (as in Ray).
+                self._finish(task, [obj] * len(task.return_ids))
+                return
+            else:
+                descs.append([DEP_INLINE, oid, len(obj.buffers)])
+                bufs.append(obj.data)
+                bufs.extend(obj.buffers)
+        task.spec["d"] = descs
+        task.out_buffers = bufs
+        self._enqueue(task)
+
+    # -- 2-4. queue, lease, push ---------------------------------------------------------------
+    def _enqueue(self, task: TaskEntry) -> None:
+        cls = self.classes.get(task.sched_key)
+        if cls is None:
+            env = task.spec.get("env")
+            cls = self.classes[task.sched_key] = SchedulingClass(
+                task.sched_key, task.resources, env
+            )
+        task.state = "queued"
+        cls.queue.append(task)
+        self._dispatch(cls)
+
+    def _dispatch(self, cls: SchedulingClass) -> None:
+        queue = cls.queue
+        limit = config.MAX_TASKS_IN_FLIGHT_PER_WORKER
+        while queue:
+            best = None
+            for lease in cls.leases:
+                if lease.inflight < limit and (best is None or lease.inflight < best.inflight):
+                    best = lease
+            if best is None:
+                break
+            self._push(queue.popleft(), best)
+        want = min(len(queue), config.MAX_PENDING_LEASES_PER_CLASS) - cls.pending_leases
+        for _ in range(want):
+            self._request_lease(cls)
+        if not queue:
+            for lease in cls.leases:
+                if lease.inflight == 0 and lease.linger is None:
+                    lease.linger = self.cw.loop.call_later(
+                        config.LEASE_LINGER_S, self._return_lease, lease
+                    )
+
+    def _request_lease(self, cls: SchedulingClass) -> None:
+        cls.pending_leases += 1
+        body = {"res": cls.resources, "env": cls.env, "owner": self.cw.worker_id}
+        try:
+            fut = self.cw.raylet.call_nowait("request_lease", body)
+        except ConnectionError as e:
+            cls.pending_leases -= 1
+            self._fail_queue(cls, RaySystemError(f"cannot reach the raylet: {e}"))
+            return
+        fut.add_done_callback(partial(self._on_lease, cls))
+
+    def _on_lease(self, cls: SchedulingClass, fut: Any) -> None:
+        cls.pending_leases -= 1
+        if fut.cancelled() or fut.exception() is not None:
+            if not self.cw.closing:
+                self._fail_queue(cls, RaySystemError(f"worker lease failed: {fut.exception()}"))
+            return
+        body, _ = fut.result()
+        if "error" in body:
+            self._fail_queue(cls, TaskUnschedulableError(body["error"]))
+            return
+        host, port = body["addr"]
+        self.cw.loop.create_task(self._connect_lease(cls, body["lid"], body["wid"], host, port))
+
+    async def _connect_lease(
+        self, cls: SchedulingClass, lease_id: int, worker_id: bytes, host: str, port: int
+    ) -> None:
+        try:
+            conn = await self.cw.connect_peer(host, port)
+        except ConnectionError:
+            self.cw.raylet.notify("return_lease", [lease_id, True])
+            self._dispatch(cls)
+            return
+        lease = Lease(cls, lease_id, worker_id, conn)
+        cls.leases.append(lease)
+        self._dispatch(cls)
+
+    def _push(self, task: TaskEntry, lease: Lease) -> None:
+        if lease.linger is not None:
+            lease.linger.cancel()
+            lease.linger = None
+        spec = task.spec
+        sent = lease.conn.state.setdefault("fids", set())
+        if spec["fid"] not in sent:
+            sent.add(spec["fid"])
+            spec = {**spec, "fn": task.fn_bytes}
+        task.state = "running"
+        task.lease = lease
+        lease.inflight += 1
+        try:
+            fut = lease.conn.call_nowait("push_task", spec, task.out_buffers)
+        except ConnectionError:
+            lease.inflight -= 1
+            self._lease_lost(lease)
+            self._crashed(task)
+            return
+        fut.add_done_callback(partial(self._on_reply, task, lease))
+
+    def _on_reply(self, task: TaskEntry, lease: Lease, fut: Any) -> None:
+        lease.inflight -= 1
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or isinstance(exc, ConnectionError):
+            self._lease_lost(lease)
+            self._crashed(task)
+        elif exc is not None:
+            self._fail(task, RaySystemError(f"push_task failed: {exc}"))
+        else:
+            body, bufs = fut.result()
+            self._finished(task, body, bufs)
+        self._dispatch(lease.cls)
+
+    def _return_lease(self, lease: Lease) -> None:
+        lease.linger = None
+        if lease.inflight or lease not in lease.cls.leases:
+            return
+        lease.cls.leases.remove(lease)
+        if not self.cw.raylet.is_closed:
+            self.cw.raylet.notify("return_lease", [lease.lease_id, False])
+
+    def _lease_lost(self, lease: Lease) -> None:
+        if lease in lease.cls.leases:
+            lease.cls.leases.remove(lease)
+        if lease.linger is not None:
+            lease.linger.cancel()
+
+    # -- 5. results and failures ------------------------------------------------------------------
+    def _finished(self, task: TaskEntry, body: dict[str, Any], bufs: list[Any]) -> None:
+        if body.get("x") and self._should_retry_error(task, body, bufs):
+            task.attempts_left -= 1 if task.attempts_left > 0 else 0
+            self._enqueue(task)
+            return
+        objs = []
+        off = 0
+        for ret in body["r"]:
+            if ret[0] == RET_INLINE:
+                n = ret[1]
+                objs.append(StoredObject(bufs[off], bufs[off + 1 : off + 1 + n], is_error=ret[2]))
+                off += 1 + n
+            else:
+                objs.append(StoredObject(node_id=ret[2], size=ret[1]))
+        self._finish(task, objs)
+
+    def _should_retry_error(self, task: TaskEntry, body: dict[str, Any], bufs: list[Any]) -> bool:
+        if task.cancelled or task.attempts_left == 0 or not task.retry_exceptions:
+            return False
+        if task.retry_exceptions is True:
+            return True
+        try:
+            err = serialization.deserialize(bufs[0], bufs[1 : 1 + body["r"][0][1]])
+        except Exception:
+            return False
+        cause = err.cause if isinstance(err, RayTaskError) else err
+        return isinstance(cause, tuple(task.retry_exceptions))  # type: ignore[arg-type]
+
+    def _crashed(self, task: TaskEntry) -> None:
+        if task.cancelled:
+            self._fail(task, TaskCancelledError(task.task_id.hex()))
+        elif task.attempts_left != 0:
+            if task.attempts_left > 0:
+                task.attempts_left -= 1
+            logger.info("retrying %r after its worker died", task)
+            self._enqueue(task)
+        else:
+            self._fail(task, WorkerCrashedError())
+
+    def _fail(self, task: TaskEntry, exc: BaseException) -> None:
+        so = serialization.serialize(exc, is_error=True)
+        obj = StoredObject(so.data, so.buffers, is_error=True)
+        self._finish(task, [obj] * len(task.return_ids))
+
+    def _finish(self, task: TaskEntry, objs: list[StoredObject]) -> None:
+        task.state = "finished"
+        self.tasks.pop(task.task_id, None)
+        for oid, obj in zip(task.return_ids, objs, strict=True):
+            self.cw.store_result(oid, obj)
+        task.dep_refs = []  # drop the argument pins (in the loop: frees are posted)
+        task.args_blob = None
+        task.out_buffers = []
+
+    def _fail_queue(self, cls: SchedulingClass, exc: BaseException) -> None:
+        while cls.queue:
+            self._fail(cls.queue.popleft(), exc)
+
+    # -- cancellation and shutdown ------------------------------------------------------------------
+    def cancel(self, object_id: bytes, force: bool) -> None:
+        task = self.tasks.get(ids.task_id_of(object_id))
+        if task is None:
+            return
+        task.cancelled = True
+        if task.state == "pending_deps":
+            self._fail(task, TaskCancelledError(task.task_id.hex()))
+        elif task.state == "queued":
+            cls = self.classes.get(task.sched_key)
+            if cls is not None and task in cls.queue:
+                cls.queue.remove(task)
+            self._fail(task, TaskCancelledError(task.task_id.hex()))
+        elif task.state == "running" and not task.lease.conn.is_closed:
+            task.lease.conn.notify("cancel_task", [task.task_id, force])
+
+    def fail_all(self, exc: BaseException) -> None:
+        for task in list(self.tasks.values()):
+            if task.state != "finished":
+                self._fail(task, exc)
+
+    def shutdown(self) -> None:
+        for cls in self.classes.values():
+            for lease in cls.leases:
+                if lease.linger is not None:
+                    lease.linger.cancel()
+            cls.leases.clear()

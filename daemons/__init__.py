@@ -1,0 +1,1 @@
+"""aioray's long-running processes: GCS, raylet, fork server and workers."""

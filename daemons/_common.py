@@ -1,0 +1,54 @@
+"""What every daemon shares: logging to the session, the lifeline, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+
+
+def setup_logging(session_dir: str | None, name: str) -> None:
+    level = os.environ.get("AIORAY_LOG_LEVEL", "INFO").upper()
+    fmt = f"%(asctime)s %(levelname)s {name} %(process)d %(name)s: %(message)s"
+    if session_dir:
+        path = os.path.join(session_dir, "logs", f"{name}.log")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        logging.basicConfig(filename=path, level=level, format=fmt)
+    else:
+        logging.basicConfig(level=level, format=fmt)
+
+
+def watch_lifeline(fd: int | None, on_close: Callable[[], None]) -> None:
+    """Call ``on_close`` when the parent's end of the lifeline pipe closes."""
+    if fd is None:
+        return
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            on_close()
+
+    loop.add_reader(fd, readable)
+
+
+def install_signal_handlers(on_signal: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+
+
+def listening_socket(fd: int | None, host: str, port: int) -> socket.socket | None:
+    """The socket inherited from the launcher, if any (else the daemon binds itself)."""
+    if fd is None:
+        return None
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return sock

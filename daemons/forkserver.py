@@ -1,0 +1,64 @@
+"""The fork server: a warm template that forks workers in milliseconds.
+
+It imports what a worker needs, then waits on its control socket for one JSON
+line per worker: ``{"args": {...}, "env": {...}}``; it forks, answers
+``{"pid": N}``, and the child becomes a worker. The server holds no threads and
+no event loop, so forking is safe. Children are reaped by the kernel
+(SIGCHLD ignored); a child restores default signal handling first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+
+# Imported here so that every forked worker starts with them loaded.
+import cloudpickle  # noqa: F401
+import msgpack  # noqa: F401
+import numpy
+
+from aioray import api, core_worker  # noqa: F401
+from aioray.daemons import worker
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="aioray.daemons.forkserver")
+    p.add_argument("--control-fd", type=int, required=True)
+    p.add_argument("--session-dir", default="")
+    a = p.parse_args()
+    control = socket.socket(fileno=a.control_fd)
+    stream = control.makefile("rwb")
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the driver's terminal is for the driver
+    for line in stream:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            stream.close()
+            control.close()
+            _become_worker(request)  # never returns
+        stream.write(json.dumps({"pid": pid}).encode() + b"\n")
+        stream.flush()
+    sys.exit(0)
+
+
+def _become_worker(request: dict[str, object]) -> None:
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.environ.update(request.get("env") or {})  # type: ignore[arg-type]
+        numpy.random.seed()  # forked children would otherwise share one RNG state
+        worker.main(request["args"])  # type: ignore[arg-type]
+        code = 0
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The Global Control Service: cluster-wide tables and pub/sub."""

@@ -1,0 +1,27 @@
+"""``python -m aioray.daemons.gcs``: run the GCS in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+
+from aioray import _loop
+from aioray.daemons._common import setup_logging
+from aioray.daemons.gcs.server import GcsServer
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="aioray.daemons.gcs")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=6379)
+    p.add_argument("--listen-fd", type=int)
+    p.add_argument("--lifeline-fd", type=int)
+    p.add_argument("--session-dir", default="")
+    p.add_argument("--session-id", default="")
+    a = p.parse_args()
+    setup_logging(a.session_dir, "gcs")
+    server = GcsServer(a.session_dir, a.session_id)
+    _loop.run(server.run(a.host, a.port, a.listen_fd, a.lifeline_fd))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The GCS service: node table, jobs, internal key-value store.
+
+One per cluster. Raylets register their node and report resources; drivers
+register jobs and query cluster state. A node whose connection drops is marked
+dead at once (its raylet is gone). The actor table, placement groups, pub/sub and
+SQLite persistence hang off this service in their own modules as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from aioray import rpc
+from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
+
+logger = logging.getLogger(__name__)
+
+
+class GcsServer:
+    def __init__(self, session_dir: str, session_id: str) -> None:
+        self.session_dir = session_dir
+        self.session_id = session_id or os.urandom(4).hex()
+        self.nodes: dict[bytes, dict[str, Any]] = {}
+        self.next_job = 1
+        self.kv: dict[str, dict[bytes, bytes]] = {}
+        self.server = rpc.Server(rpc.handlers_of(self), hello_check=self._hello)
+        self._stopped = asyncio.Event()
+
+    def __repr__(self) -> str:
+        alive = sum(n["Alive"] for n in self.nodes.values())
+        return f"<GcsServer nodes={alive}/{len(self.nodes)} jobs={self.next_job - 1}>"
+
+    def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
+        # The authentication token check goes here.
+        return {"session_id": self.session_id, "session_dir": self.session_dir}
+
+    async def run(self, host: str, port: int, listen_fd: int | None, lifeline_fd: int | None) -> None:
+        await self.server.start(host, port, sock=listening_socket(listen_fd, host, port))
+        logger.info("GCS listening on %s:%d", self.server.host, self.server.port)
+        watch_lifeline(lifeline_fd, self._stopped.set)
+        install_signal_handlers(self._stopped.set)
+        await self._stopped.wait()
+        logger.info("GCS stopping")
+        await self.server.stop()
+
+    # -- nodes ----------------------------------------------------------------------------
+    def handle_register_node(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
+        node_id = body["node_id"]
+        self.nodes[node_id] = {
+            "NodeID": node_id.hex(),
+            "Alive": True,
+            "NodeManagerAddress": body["ip"],
+            "NodeManagerPort": body["port"],
+            "NodeManagerHostname": body.get("hostname", ""),
+            "NodeName": body["ip"],
+            "Resources": body["resources"],
+            "Available": dict(body["resources"]),
+            "Labels": body.get("labels", {}),
+            "IsHead": body.get("head", False),
+            "StartTime": time.time(),
+            "alive": True,
+        }
+        conn.on_close.append(lambda _: self._node_dead(node_id))
+        logger.info("node %s registered at %s:%s", node_id.hex()[:8], body["ip"], body["port"])
+        return {"session_id": self.session_id, "session_dir": self.session_dir}
+
+    def _node_dead(self, node_id: bytes) -> None:
+        node = self.nodes.get(node_id)
+        if node is not None and node["Alive"]:
+            node["Alive"] = node["alive"] = False
+            node["Available"] = {}
+            logger.warning("node %s is dead (connection lost)", node_id.hex()[:8])
+
+    def handle_report_resources(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        node_id, available = body
+        node = self.nodes.get(node_id)
+        if node is not None and node["Alive"]:
+            node["Available"] = available
+
+    def handle_get_nodes(self, conn: rpc.Connection, body: Any, _: Any) -> list[dict[str, Any]]:
+        return list(self.nodes.values())
+
+    # -- jobs -----------------------------------------------------------------------------
+    def handle_register_job(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
+        job = self.next_job
+        self.next_job += 1
+        return {"job_id": job.to_bytes(4, "little")}
+
+    # -- internal key-value store -----------------------------------------------------------
+    def handle_kv_put(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+        ns, key, value, overwrite = body
+        table = self.kv.setdefault(ns, {})
+        if key in table and not overwrite:
+            return False
+        table[key] = value
+        return True
+
+    def handle_kv_get(self, conn: rpc.Connection, body: list[Any], _: Any) -> bytes | None:
+        ns, key = body
+        return self.kv.get(ns, {}).get(key)
+
+    def handle_kv_del(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+        ns, key = body
+        return self.kv.get(ns, {}).pop(key, None) is not None
+
+    def handle_kv_keys(self, conn: rpc.Connection, body: list[Any], _: Any) -> list[bytes]:
+        ns, prefix = body
+        return [k for k in self.kv.get(ns, {}) if k.startswith(prefix)]
+
+    def handle_shutdown(self, conn: rpc.Connection, body: Any, _: Any) -> bool:
+        self._stopped.set()
+        return True

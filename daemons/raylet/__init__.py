@@ -1,0 +1,1 @@
+"""The raylet: one per node. Resources, worker leases, the worker pool, the object store."""

@@ -1,0 +1,48 @@
+"""``python -m aioray.daemons.raylet``: run one node's raylet in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from aioray import _loop, config
+from aioray.daemons._common import setup_logging
+from aioray.daemons.raylet.server import Raylet
+from aioray.node import split_address
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="aioray.daemons.raylet")
+    p.add_argument("--gcs-address", required=True)
+    p.add_argument("--node-ip", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--listen-fd", type=int)
+    p.add_argument("--lifeline-fd", type=int)
+    p.add_argument("--session-dir", default="")
+    p.add_argument("--num-cpus", type=float, default=1)
+    p.add_argument("--num-gpus", type=float, default=0)
+    p.add_argument("--resources", default="{}")
+    p.add_argument("--object-store-memory", type=int, default=0)
+    p.add_argument("--labels", default="{}")
+    p.add_argument("--head", action="store_true")
+    a = p.parse_args()
+    setup_logging(a.session_dir, "raylet")
+    resources = {"CPU": a.num_cpus, "GPU": a.num_gpus, **json.loads(a.resources)}
+    resources[f"node:{a.node_ip}"] = 1.0
+    if a.head:
+        resources["node:__internal_head__"] = 1.0
+    raylet = Raylet(
+        node_ip=a.node_ip,
+        gcs_address=split_address(a.gcs_address),
+        resources=resources,
+        object_store_memory=a.object_store_memory,
+        session_dir=a.session_dir,
+        head=a.head,
+        labels=json.loads(a.labels),
+        prestart=config.PRESTART_WORKERS,
+    )
+    _loop.run(raylet.run(a.listen_fd, a.port, a.lifeline_fd))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""The raylet service: grants worker leases against the node's resources.
+
+Lease protocol (owner <-> raylet):
+1. ``request_lease {res, env}``: answered when a worker with that runtime env is
+   idle and the resources are free, with ``{lid, wid, addr}``. Requests wait in
+   FIFO order, but a later request that fits may pass an earlier one that does
+   not. A request no node could ever satisfy stays queued and its owner is told
+   once (``lease_infeasible``) so the user sees a warning naming it.
+2. The owner pushes tasks straight to the worker, then ``return_lease [lid, dead]``.
+3. A worker blocked in ``get`` hands back its CPUs (``worker_blocked``) so nested
+   tasks can run, and takes them again when it wakes (possibly overcommitting
+   for a moment, as Ray does).
+If the worker dies, its lease ends here; if the owner dies, its leases return.
+
+The node's object table (segments sealed here) is kept for freeing and for the
+final sweep; capacity and spilling build on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+from typing import Any
+
+from aioray import object_store, rpc
+from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
+from aioray.daemons.raylet.resources import NodeResources
+from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseRequest:
+    __slots__ = ("conn", "env", "env_key", "fut", "res", "warned")
+
+    def __init__(self, conn: rpc.Connection, res: dict[str, float], env: Any) -> None:
+        self.conn = conn
+        self.res = res
+        self.env = env
+        self.env_key = env_key_of(env)
+        self.fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.warned = False
+
+
+class Lease:
+    __slots__ = ("blocked", "conn", "lease_id", "res", "worker")
+
+    def __init__(
+        self, lease_id: int, worker: WorkerHandle, res: dict[str, float], conn: rpc.Connection
+    ) -> None:
+        self.lease_id = lease_id
+        self.worker = worker
+        self.res = res
+        self.conn = conn
+        self.blocked = False
+
+
+class Raylet:
+    def __init__(
+        self,
+        *,
+        node_ip: str,
+        gcs_address: tuple[str, int],
+        resources: dict[str, float],
+        object_store_memory: int,
+        session_dir: str,
+        head: bool,
+        labels: dict[str, str],
+        prestart: int,
+    ) -> None:
+        self.node_id = os.urandom(16)
+        self.node_ip = node_ip
+        self.gcs_address = gcs_address
+        self.resources = NodeResources(resources)
+        self.object_store_memory = object_store_memory
+        self.session_dir = session_dir
+        self.session_id = ""
+        self.head = head
+        self.labels = labels
+        self.prestart = prestart
+        self.gcs: rpc.Connection | None = None
+        self.server = rpc.Server(rpc.handlers_of(self), hello_check=self._hello)
+        self.pool: WorkerPool | None = None
+        self.requests: list[LeaseRequest] = []
+        self.leases: dict[int, Lease] = {}
+        self.objects: dict[bytes, int] = {}  # sealed segments here: id -> size
+        self._lease_ids = itertools.count(1)
+        self._schedule_soon = False
+        self._report_soon = False
+        self._stopped = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Raylet node={self.node_id.hex()[:8]} leases={len(self.leases)} "
+            f"queued={len(self.requests)} objects={len(self.objects)} {self.pool!r}>"
+        )
+
+    def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
+        # The authentication token check goes here.
+        return {
+            "node_id": self.node_id,
+            "session_id": self.session_id,
+            "session_dir": self.session_dir,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def run(self, listen_fd: int | None, port: int, lifeline_fd: int | None) -> None:
+        watch_lifeline(lifeline_fd, self._stopped.set)
+        install_signal_handlers(self._stopped.set)
+        self.pool = WorkerPool(
+            {"node_ip": self.node_ip, "raylet_port": 0, "session_dir": self.session_dir},
+            self.session_dir,
+        )
+        fork_server = asyncio.ensure_future(self.pool.start())
+        sock = listening_socket(listen_fd, self.node_ip, port)
+        if sock is None:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.node_ip, port))
+            sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        self.pool.worker_args["raylet_port"] = self.port
+        self.gcs, _ = await rpc.connect(*self.gcs_address, hello={"role": "raylet"}, name="gcs")
+        self.gcs.on_close.append(lambda _: self._gcs_lost())
+        info = await self.gcs.call(
+            "register_node",
+            {
+                "node_id": self.node_id,
+                "ip": self.node_ip,
+                "port": self.port,
+                "hostname": socket.gethostname(),
+                "resources": {**self.resources.total, "object_store_memory": float(self.object_store_memory)},
+                "labels": self.labels,
+                "head": self.head,
+            },
+        )
+        self.session_id = info["session_id"]
+        self.session_dir = self.session_dir or info["session_dir"]
+        await self.server.start(sock=sock)
+        logger.info("raylet %s listening on %s:%d", self.node_id.hex()[:8], self.node_ip, self.port)
+        await fork_server
+        for _ in range(min(self.prestart, int(self.resources.total.get("CPU", 0)))):
+            asyncio.ensure_future(self.pool.start_worker(None))
+        await self._stopped.wait()
+        await self.stop()
+
+    def _gcs_lost(self) -> None:
+        if not self._stopped.is_set():
+            logger.error("lost the GCS connection; stopping")
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        logger.info("raylet stopping")
+        for req in self.requests:
+            if not req.fut.done():
+                req.fut.set_result({"error": "the raylet is shutting down"})
+        await self.server.stop()
+        if self.pool is not None:
+            await self.pool.stop()
+        for path in object_store.list_segments(self.session_id):
+            object_store.delete_segment(path)
+        if self.gcs is not None:
+            self.gcs.close()
+
+    # -- connections --------------------------------------------------------------------------
+    def handle_register_worker(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> bool:
+        assert self.pool is not None
+        w = self.pool.register(body["worker_id"], body["port"], conn)
+        if w is None:
+            raise ValueError("unknown worker id")
+        conn.state["worker"] = w
+        conn.on_close.append(lambda _: self._worker_dead(w))
+        self._schedule()
+        return True
+
+    def handle_register_client(self, conn: rpc.Connection, body: Any, _: Any) -> bool:
+        conn.on_close.append(self._owner_gone)
+        return True
+
+    def _worker_dead(self, w: WorkerHandle) -> None:
+        assert self.pool is not None
+        self.pool.remove(w.worker_id)
+        if w.lease_id is not None:
+            lease = self.leases.pop(w.lease_id, None)
+            if lease is not None and not lease.blocked:
+                self.resources.release(lease.res)
+        if not self._stopped.is_set():
+            logger.info("worker %s (pid %d) exited", w.worker_id.hex()[:8], w.pid)
+            self._schedule()
+
+    def _owner_gone(self, conn: rpc.Connection) -> None:
+        for req in [r for r in self.requests if r.conn is conn]:
+            self.requests.remove(req)
+        for lease in [x for x in self.leases.values() if x.conn is conn]:
+            self._end_lease(lease.lease_id, worker_ok=True)
+        self._schedule()
+
+    # -- leases -----------------------------------------------------------------------------------
+    def handle_request_lease(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
+        if "owner_watch" not in conn.state:
+            conn.state["owner_watch"] = True
+            conn.on_close.append(self._owner_gone)
+        req = LeaseRequest(conn, {k: float(v) for k, v in body["res"].items()}, body.get("env"))
+        self.requests.append(req)
+        self._schedule()
+        return req.fut
+
+    def handle_return_lease(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        lease_id, worker_dead = body
+        self._end_lease(lease_id, worker_ok=not worker_dead)
+        self._schedule()
+
+    def _end_lease(self, lease_id: int, worker_ok: bool) -> None:
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return
+        if not lease.blocked:
+            self.resources.release(lease.res)
+        self._report()
+        w = lease.worker
+        if worker_ok and w.conn is not None and not w.conn.is_closed and self.pool is not None:
+            self.pool.push_idle(w)
+
+    def handle_worker_blocked(self, conn: rpc.Connection, blocked: bool, _: Any) -> None:
+        w = conn.state.get("worker")
+        lease = self.leases.get(w.lease_id) if w is not None and w.lease_id else None
+        if lease is None or lease.blocked == blocked:
+            return
+        lease.blocked = blocked
+        cpu = {k: v for k, v in lease.res.items() if k == "CPU"}
+        if blocked:
+            self.resources.release(cpu)
+        else:
+            self.resources.acquire(cpu)
+        self._report()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._schedule_soon:
+            self._schedule_soon = True
+            asyncio.get_running_loop().call_soon(self._run_scheduler)
+
+    def _run_scheduler(self) -> None:
+        self._schedule_soon = False
+        assert self.pool is not None
+        needed: dict[str, int] = {}
+        for req in list(self.requests):
+            if req.fut.done():  # the owner went away
+                self.requests.remove(req)
+                continue
+            if not self.resources.feasible(req.res):
+                if not req.warned:
+                    req.warned = True
+                    if not req.conn.is_closed:
+                        req.conn.notify(
+                            "lease_infeasible", {"res": req.res, "total": self.resources.total}
+                        )
+                continue
+            if not self.resources.fits(req.res):
+                continue
+            worker = self.pool.pop_idle(req.env_key)
+            if worker is None:
+                needed[req.env_key] = needed.get(req.env_key, 0) + 1
+                continue
+            self.requests.remove(req)
+            self._grant(req, worker)
+        for env_key, n in needed.items():
+            missing = n - self.pool.starting.get(env_key, 0)
+            env = next(r.env for r in self.requests if r.env_key == env_key)
+            for _ in range(max(0, missing)):
+                asyncio.ensure_future(self.pool.start_worker(env))
+
+    def _grant(self, req: LeaseRequest, worker: WorkerHandle) -> None:
+        lease_id = next(self._lease_ids)
+        self.resources.acquire(req.res)
+        worker.lease_id = lease_id
+        self.leases[lease_id] = Lease(lease_id, worker, req.res, req.conn)
+        req.fut.set_result({"lid": lease_id, "wid": worker.worker_id, "addr": [self.node_ip, worker.port]})
+        self._report()
+
+    def _report(self) -> None:
+        if not self._report_soon:
+            self._report_soon = True
+            asyncio.get_running_loop().call_soon(self._send_report)
+
+    def _send_report(self) -> None:
+        self._report_soon = False
+        if self.gcs is not None and not self.gcs.is_closed:
+            avail = self.resources.snapshot()
+            avail["object_store_memory"] = float(
+                max(0, self.object_store_memory - sum(self.objects.values()))
+            )
+            self.gcs.notify("report_resources", [self.node_id, avail])
+
+    # -- objects ------------------------------------------------------------------------------------
+    def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        oid, size, _owner = body
+        self.objects[oid] = size
+
+    def handle_free_objects(self, conn: rpc.Connection, oids: list[bytes], _: Any) -> None:
+        for oid in oids:
+            self.objects.pop(oid, None)
+            object_store.delete_segment(object_store.segment_path(self.session_id, oid))
+
+    def handle_get_state(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
+        assert self.pool is not None
+        return {
+            "node_id": self.node_id,
+            "available": self.resources.snapshot(),
+            "total": self.resources.total,
+            "workers": len(self.pool.workers),
+            "leases": len(self.leases),
+            "queued": len(self.requests),
+            "objects": len(self.objects),
+        }

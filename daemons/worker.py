@@ -1,0 +1,250 @@
+"""A worker process: a CoreWorker on the main thread's loop, tasks on an execution thread.
+
+The loop keeps answering (pushes, cancels, owner requests, the raylet) while user
+code computes. ``push_task`` resolves arguments that must be fetched, then hands
+the task to the execution thread through a queue; results come back through the
+CoreWorker's batched ``post`` and the reply is sent from the loop. A task is
+cancelled by raising KeyboardInterrupt in the execution thread; ``force`` exits
+the process, which its owner sees as a crash of a task it cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import queue
+import threading
+import traceback
+from typing import Any
+
+from aioray import _loop, config, object_store, rpc, serialization
+from aioray.core_worker import WORKER, CoreWorker
+from aioray.exceptions import RayTaskError, TaskCancelledError
+from aioray.memory_store import StoredObject
+from aioray.object_ref import ObjectRef, set_core_worker
+from aioray.protocol import Buffer
+from aioray.task_spec import DEP_INLINE, DEP_OWNER, DEP_SHM, RET_INLINE, RET_SHM, substitute
+
+logger = logging.getLogger(__name__)
+
+
+class _Job:
+    __slots__ = ("buffers", "fetched", "fut", "spec")
+
+    def __init__(self, spec: dict[str, Any], buffers: list[Buffer], fut: asyncio.Future[Any]) -> None:
+        self.spec = spec
+        self.buffers = buffers
+        self.fut = fut
+        self.fetched: dict[bytes, StoredObject] = {}
+
+
+class TaskExecutor:
+    def __init__(self, cw: CoreWorker) -> None:
+        self.cw = cw
+        self.functions: dict[bytes, Any] = {}
+        self.fn_bytes: dict[bytes, bytes] = {}
+        self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.current: bytes | None = None
+        self.cancelled: set[bytes] = set()
+        self.thread = threading.Thread(target=self._run, name="aioray-exec", daemon=True)
+        self.pid = os.getpid()
+
+    def handlers(self) -> dict[str, rpc.Handler]:
+        return {"push_task": self.handle_push_task, "cancel_task": self.handle_cancel_task}
+
+    # -- loop side --------------------------------------------------------------------------
+    def handle_push_task(
+        self, conn: rpc.Connection, spec: dict[str, Any], buffers: list[Buffer]
+    ) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self.cw.loop.create_future()
+        fn = spec.pop("fn", None)
+        if fn is not None:
+            self.fn_bytes[spec["fid"]] = fn
+        job = _Job(spec, buffers, fut)
+        remote = [d for d in spec.get("d", ()) if d[0] == DEP_OWNER]
+        if remote:
+            self.cw.loop.create_task(self._fetch_then_run(job, remote))
+        else:
+            self.queue.put(job)
+        return fut
+
+    async def _fetch_then_run(self, job: _Job, deps: list[list[Any]]) -> None:
+        refs = [ObjectRef(d[1], tuple(d[2]) if d[2] else None, _count=False) for d in deps]  # type: ignore[arg-type]
+        results = await asyncio.gather(*[self.cw.fetch(r) for r in refs], return_exceptions=True)
+        for d, obj in zip(deps, results, strict=True):
+            if isinstance(obj, BaseException):
+                so = serialization.serialize(obj, is_error=True)
+                obj = StoredObject(so.data, so.buffers, is_error=True)
+            job.fetched[d[1]] = obj
+        self.queue.put(job)
+
+    def handle_cancel_task(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        task_id, force = body
+        if self.current == task_id:
+            if force:
+                logger.info("force-cancelling task %s: exiting", task_id.hex())
+                os._exit(1)
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self.thread.ident or 0), ctypes.py_object(KeyboardInterrupt)
+            )
+        else:
+            self.cancelled.add(task_id)
+
+    def _reply(self, job: _Job, body: dict[str, Any], buffers: list[Buffer]) -> None:
+        if not job.fut.done():
+            job.fut.set_result(rpc.Reply(body, buffers))
+
+    # -- execution thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            try:
+                body, bufs = self._execute(job)
+            except KeyboardInterrupt:  # a cancel that arrived just as the task finished
+                body, bufs = self._error(job.spec, TaskCancelledError(job.spec["tid"].hex()), False)
+            self.cw.post(self._reply, job, body, bufs)
+
+    def _execute(self, job: _Job) -> tuple[dict[str, Any], list[Buffer]]:
+        spec = job.spec
+        task_id = spec["tid"]
+        if task_id in self.cancelled:
+            self.cancelled.discard(task_id)
+            return self._error(spec, TaskCancelledError(task_id.hex()), False)
+        ctx = self.cw.task_context
+        ctx.task_id = task_id
+        self.cw.job_id = spec["job"]
+        self.current = task_id
+        try:
+            try:
+                fn = self._function(spec["fid"])
+                args, kwargs = self._arguments(spec, job)
+                result = fn(*args, **kwargs)
+            finally:
+                self.current = None
+        except KeyboardInterrupt:
+            return self._error(spec, TaskCancelledError(task_id.hex()), False)
+        except Exception as e:
+            return self._task_error(spec, e)
+        finally:
+            ctx.task_id = None
+        try:
+            return self._returns(spec, result)
+        except Exception as e:
+            return self._task_error(spec, e)
+
+    def _function(self, fid: bytes) -> Any:
+        fn = self.functions.get(fid)
+        if fn is None:
+            fn = self.functions[fid] = serialization.deserialize(self.fn_bytes.pop(fid))
+        return fn
+
+    def _arguments(self, spec: dict[str, Any], job: _Job) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        bufs = job.buffers
+        off = 0
+        call: Any = ((), {})
+        if "a" in spec:
+            n = spec["a"]
+            call = serialization.deserialize(bufs[0], bufs[1 : 1 + n])
+            off = 1 + n
+        values = []
+        for kind, oid, extra in spec.get("d", ()):
+            if kind == DEP_INLINE:
+                obj = StoredObject(bufs[off], bufs[off + 1 : off + 1 + extra])
+                off += 1 + extra
+            elif kind == DEP_SHM:
+                obj = StoredObject(node_id=extra, size=0)
+            else:
+                obj = job.fetched[oid]
+            values.append(self.cw.materialize(oid, obj))
+        if "ar" in spec:
+            call = values[spec["ar"]]
+        args, kwargs = call
+        return substitute(args, kwargs, values)
+
+    def _returns(self, spec: dict[str, Any], result: Any) -> tuple[dict[str, Any], list[Buffer]]:
+        nret = spec["nret"]
+        if nret == 1:
+            values = [result]
+        elif nret == 0:
+            values = []
+        else:
+            values = list(result) if isinstance(result, (tuple, list)) else []
+            if len(values) != nret:
+                raise ValueError(
+                    f"Task {spec['name']} declared num_returns={nret} but returned "
+                    f"{type(result).__name__} {_len_or_none(result)}."
+                )
+        rets: list[list[Any]] = []
+        bufs: list[Buffer] = []
+        for i, value in enumerate(values):
+            so = serialization.serialize(value)
+            if so.contained_refs:
+                self.cw.refs.mark_escaped(r.binary() for r in so.contained_refs)
+            if so.total_bytes < config.MAX_INLINE_BYTES:
+                rets.append([RET_INLINE, len(so.buffers), False])
+                bufs.append(so.data)
+                bufs.extend(so.buffers)
+            else:
+                oid = spec["tid"] + (i + 1).to_bytes(4, "little")
+                path = object_store.segment_path(self.cw.session_id, oid)
+                size = object_store.write_segment(path, so.data, so.buffers)
+                self.cw.post(self.cw._notify_sealed, oid, size)
+                rets.append([RET_SHM, size, self.cw.node_id])
+        return {"r": rets}, bufs
+
+    def _task_error(self, spec: dict[str, Any], e: BaseException) -> tuple[dict[str, Any], list[Buffer]]:
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        err = RayTaskError(spec["name"], tb, e, self.pid, self.cw.node_ip)
+        return self._error(spec, err, True)
+
+    def _error(
+        self, spec: dict[str, Any], err: BaseException, app_error: bool
+    ) -> tuple[dict[str, Any], list[Buffer]]:
+        try:
+            so = serialization.serialize(err, is_error=True)
+        except TypeError:  # the cause cannot be pickled: keep its text only
+            assert isinstance(err, RayTaskError)
+            err = RayTaskError(err.function_name, err.traceback_str, None, err.pid, err.ip)
+            so = serialization.serialize(err, is_error=True)
+        nret = max(1, spec["nret"])
+        parts = [so.data, *so.buffers]
+        body: dict[str, Any] = {"r": [[RET_INLINE, len(so.buffers), True]] * nret}
+        if app_error:
+            body["x"] = True
+        return body, parts * nret
+
+
+def _len_or_none(value: Any) -> str:
+    try:
+        return f"of length {len(value)}"
+    except TypeError:
+        return "(not a sequence)"
+
+
+def main(args: dict[str, Any]) -> None:
+    """Entry point of a forked worker: serve until the raylet goes away."""
+    loop = _loop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    cw = CoreWorker(
+        WORKER,
+        args["node_ip"],
+        (args["node_ip"], args["raylet_port"]),
+        None,
+        worker_id=bytes.fromhex(args["worker_id"]),
+    )
+    executor = TaskExecutor(cw)
+    cw.extra_handlers = executor.handlers()
+    set_core_worker(cw)
+
+    async def start() -> None:
+        await cw.start()
+        cw.raylet.on_close.append(lambda _: os._exit(0))
+        executor.thread.start()
+        await cw.raylet.call("register_worker", {"worker_id": cw.worker_id, "port": cw.address[1]})
+
+    loop.run_until_complete(start())
+    loop.run_forever()
