@@ -22,7 +22,7 @@ LEASE_LINGER_S = _env("LEASE_LINGER_S", 0.01)
 PRESTART_WORKERS = int(_env("PRESTART_WORKERS", 2))
 # Seconds between a raylet's resource reports to the GCS while they change.
 RESOURCE_REPORT_S = _env("RESOURCE_REPORT_S", 0.05)
-SESSION_ROOT = os.environ.get("AIORAY_SESSION_ROOT", "/tmp/aioray")
+SESSION_ROOT = os.environ.get("AIORAY_SESSION_ROOT", "/tmp/aioray-sessions")
 SHM_DIR = os.environ.get("AIORAY_SHM_DIR", "/dev/shm")
 SHM_PREFIX = "aioray_"
 DAEMON_START_TIMEOUT_S = _env("DAEMON_START_TIMEOUT_S", 30.0)

@@ -35,6 +35,18 @@ class RemoteFunction:
     def __repr__(self) -> str:
         return f"<RemoteFunction {self._name}>"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tasks that call themselves pickle this object: ship the function, not the cache.
+        return {"fn": self._function, "options": self._options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._function = state["fn"]
+        self._options = state["options"]
+        self._name = getattr(self._function, "__qualname__", "function")
+        self._fn_bytes = None
+        self._fid = b""
+        self._lock = threading.Lock()
+
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Submit the task; return its ObjectRef (a list of them if num_returns > 1)."""
         return self._remote(args, kwargs, self._options)
