@@ -14,6 +14,8 @@ def _env(name: str, default: float) -> float:
 MAX_INLINE_BYTES = int(_env("MAX_INLINE_BYTES", 100 * 1024))
 # Tasks pushed to one leased worker before earlier ones finish (pipelining).
 MAX_TASKS_IN_FLIGHT_PER_WORKER = int(_env("MAX_TASKS_IN_FLIGHT_PER_WORKER", 16))
+# Pipelining is used only for classes whose tasks run shorter than this on average.
+PIPELINE_BELOW_S = _env("PIPELINE_BELOW_S", 0.002)
 # Lease requests outstanding per scheduling class.
 MAX_PENDING_LEASES_PER_CLASS = int(_env("MAX_PENDING_LEASES_PER_CLASS", 10))
 # How long an owner keeps an idle lease before returning it to the raylet.

@@ -55,11 +55,18 @@ def _nbytes(buf: Buffer) -> int:
     return buf.nbytes if isinstance(buf, memoryview) else len(buf)
 
 
-def check_prefix(header_len: int, nbuffers: int) -> None:
-    if header_len == 0 or header_len > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header length {header_len} outside 1..{MAX_HEADER_BYTES}")
-    if nbuffers > MAX_BUFFERS:
-        raise ProtocolError(f"{nbuffers} buffers in one frame (limit {MAX_BUFFERS})")
+# Until a peer has completed the handshake it may send only a small hello: nothing
+# it claims can make us allocate more than this.
+HELLO_MAX_HEADER_BYTES: Final = 64 * 1024
+
+
+def check_prefix(
+    header_len: int, nbuffers: int, max_header: int = MAX_HEADER_BYTES, max_buffers: int = MAX_BUFFERS
+) -> None:
+    if header_len == 0 or header_len > max_header:
+        raise ProtocolError(f"header length {header_len} outside 1..{max_header}")
+    if nbuffers > max_buffers:
+        raise ProtocolError(f"{nbuffers} buffers in one frame (limit {max_buffers})")
 
 
 def check_buffer_lengths(lengths: Sequence[int]) -> None:
@@ -77,7 +84,7 @@ def decode_header(data: Buffer) -> tuple[int, int, str | None, Any]:
     if not isinstance(msg, list) or len(msg) != 4:
         raise ProtocolError("header is not a 4-element array")
     kind, seq, method, body = msg
-    if kind not in (REQUEST, RESPONSE, ERROR, NOTIFY) or not isinstance(seq, int):
+    if type(kind) is not int or kind not in (REQUEST, RESPONSE, ERROR, NOTIFY) or type(seq) is not int:
         raise ProtocolError(f"bad message kind {kind!r} or sequence {seq!r}")
     if kind in (REQUEST, NOTIFY) and not isinstance(method, str):
         raise ProtocolError(f"request without a method name: {method!r}")
@@ -95,6 +102,9 @@ class FrameDecoder:
     LARGE = 256 * 1024
 
     def __init__(self, capacity: int = 512 * 1024) -> None:
+        # Limits in force; a server lowers them until the peer's hello is accepted.
+        self.max_header = MAX_HEADER_BYTES
+        self.max_buffers = MAX_BUFFERS
         self._buf = bytearray(capacity)
         self._view = memoryview(self._buf)
         self._start = 0
@@ -107,6 +117,11 @@ class FrameDecoder:
         self._big: bytearray | None = None
         self._big_view: memoryview | None = None
         self._big_filled = 0
+
+    @property
+    def partial(self) -> bool:
+        """True while a frame has started arriving but is not complete."""
+        return self._header is not None or self._big is not None or self._end > self._start
 
     def get_buffer(self) -> memoryview:
         if self._big_view is not None:
@@ -147,7 +162,7 @@ class FrameDecoder:
                 if avail < 8:
                     break
                 hlen, nbuf = PREFIX.unpack_from(self._buf, self._start)
-                check_prefix(hlen, nbuf)
+                check_prefix(hlen, nbuf, self.max_header, self.max_buffers)
                 need = 8 + 8 * nbuf + hlen
                 if avail < need:
                     if need > len(self._buf) - self._start:

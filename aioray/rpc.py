@@ -90,6 +90,11 @@ class Connection(asyncio.BufferedProtocol):
         self._server_side = server_side
         self._hello_check = hello_check
         self._greeted = not server_side
+        if server_side:
+            self._decoder.max_header = protocol.HELLO_MAX_HEADER_BYTES
+            self._decoder.max_buffers = 0
+        self._dead = False  # aborted: ignore whatever else the peer already sent
+        self._hello_timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.closed: asyncio.Future[None] = self.loop.create_future()
@@ -123,7 +128,7 @@ class Connection(asyncio.BufferedProtocol):
             self._abort(f"protocol error: {e}")
             return
         for kind, seq, method, body, buffers in frames:
-            if self._transport is None:
+            if self._dead:
                 return
             self._dispatch(kind, seq, method, body, buffers)
 
@@ -131,8 +136,14 @@ class Connection(asyncio.BufferedProtocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._decoder.partial and not self._dead:
+            logger.warning("%r closed in the middle of a frame", self)
         self._transport = None
-        err = ConnectionLost(f"connection {self.name} lost" + (f": {exc}" if exc else ""))
+        self._dead = True
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        label = f"connection {self.name}" if self.name else "connection"
+        err = ConnectionLost(f"{label} lost" + (f": {exc}" if exc else ""))
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():
@@ -197,7 +208,7 @@ class Connection(asyncio.BufferedProtocol):
             self._reply(seq, method, result)
 
     def _finish(self, kind: int, seq: int, method: str, task: asyncio.Future[Any]) -> None:
-        if self._transport is None:
+        if self._transport is None or self._dead:
             return
         if task.cancelled():
             if kind == REQUEST:
@@ -210,10 +221,14 @@ class Connection(asyncio.BufferedProtocol):
             self._reply(seq, method, task.result())
 
     def _reply(self, seq: int, method: str, result: Any) -> None:
-        if isinstance(result, Reply):
-            self._send(RESPONSE, seq, None, result.body, result.buffers)
-        else:
-            self._send(RESPONSE, seq, None, result)
+        try:
+            if isinstance(result, Reply):
+                self._send(RESPONSE, seq, None, result.body, result.buffers)
+            else:
+                self._send(RESPONSE, seq, None, result)
+        except (TypeError, ValueError, OverflowError) as e:  # msgpack cannot encode the result
+            logger.error("handler %s returned an unencodable result: %s", method, e)
+            self._send(ERROR, seq, method, ["EncodeError", f"unencodable result: {e}"])
 
     def _reply_error(self, kind: int, seq: int, method: str, exc: BaseException) -> None:
         if kind == REQUEST:
@@ -222,7 +237,8 @@ class Connection(asyncio.BufferedProtocol):
             logger.error("notification handler %s failed", method, exc_info=exc)
 
     def _greet(self, kind: int, seq: int, method: str | None, body: Any) -> None:
-        self._hello_timer.cancel()
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
         if kind != REQUEST or method != "hello" or not isinstance(body, dict):
             self._abort(f"first frame is not a handshake (method={method!r})")
             return
@@ -240,11 +256,14 @@ class Connection(asyncio.BufferedProtocol):
             return
         self.peer_info = body
         self._greeted = True
+        self._decoder.max_header = protocol.MAX_HEADER_BYTES
+        self._decoder.max_buffers = protocol.MAX_BUFFERS
         self._send(RESPONSE, seq, None, {"version": protocol.PROTOCOL_VERSION, **(answer or {})})
 
     def _abort(self, reason: str, flush: bool = False) -> None:
-        if self._transport is None:
+        if self._transport is None or self._dead:
             return
+        self._dead = True
         peer = self._transport.get_extra_info("peername")
         logger.warning("dropping connection from %s: %s", peer, reason)
         if flush:

@@ -6,8 +6,11 @@ All on the CoreWorker's loop:
 2. Queue it under its scheduling class (resource shape + runtime env).
 3. Ask the local raylet for worker leases for that class, at most
    MAX_PENDING_LEASES_PER_CLASS at once and never more than queued tasks.
-4. Push tasks straight to leased workers, up to MAX_TASKS_IN_FLIGHT_PER_WORKER each
-   (pipelining); a worker runs them in order.
+4. Push tasks straight to leased workers. One task in flight per worker, as in
+   Ray, unless the function is measured to be tiny (a moving average of the
+   execution time workers report, under PIPELINE_BELOW_S): such a task may queue
+   behind other tiny tasks on a busy worker, up to MAX_TASKS_IN_FLIGHT_PER_WORKER,
+   hiding the round trip. Nothing queues behind a task not known to be tiny.
 5. A reply stores the results; an idle lease lingers LEASE_LINGER_S for the next
    task of its class, then goes back to the raylet.
 
@@ -44,7 +47,7 @@ logger = logging.getLogger("aioray")
 class Lease:
     """A worker leased from a raylet for one scheduling class."""
 
-    __slots__ = ("cls", "conn", "inflight", "lease_id", "linger", "raylet", "worker_id")
+    __slots__ = ("cls", "conn", "inflight", "lease_id", "linger", "unknown", "worker_id")
 
     def __init__(
         self, cls: SchedulingClass, lease_id: int, worker_id: bytes, conn: rpc.Connection
@@ -54,6 +57,7 @@ class Lease:
         self.worker_id = worker_id
         self.conn = conn
         self.inflight = 0
+        self.unknown = 0  # tasks in flight not known to be tiny: nothing may queue behind
         self.linger: Any = None
 
     def __repr__(self) -> str:
@@ -77,6 +81,11 @@ class TaskSubmitter:
         self.cw = cw
         self.tasks: dict[bytes, TaskEntry] = {}
         self.classes: dict[tuple[Any, ...], SchedulingClass] = {}
+        self.exec_time: dict[bytes, float] = {}  # function id -> moving average (s)
+
+    def _is_tiny(self, fid: bytes) -> bool:
+        avg = self.exec_time.get(fid)
+        return avg is not None and avg < config.PIPELINE_BELOW_S
 
     def __repr__(self) -> str:
         return f"<TaskSubmitter tasks={len(self.tasks)} classes={len(self.classes)}>"
@@ -147,13 +156,15 @@ class TaskSubmitter:
         queue = cls.queue
         limit = config.MAX_TASKS_IN_FLIGHT_PER_WORKER
         while queue:
+            tiny = self._is_tiny(queue[0].spec["fid"])
             best = None
             for lease in cls.leases:
-                if lease.inflight < limit and (best is None or lease.inflight < best.inflight):
+                ok = lease.inflight == 0 or (tiny and not lease.unknown and lease.inflight < limit)
+                if ok and (best is None or lease.inflight < best.inflight):
                     best = lease
             if best is None:
                 break
-            self._push(queue.popleft(), best)
+            self._push(queue.popleft(), best, tiny)
         want = min(len(queue), config.MAX_PENDING_LEASES_PER_CLASS) - cls.pending_leases
         for _ in range(want):
             self._request_lease(cls)
@@ -201,7 +212,7 @@ class TaskSubmitter:
         cls.leases.append(lease)
         self._dispatch(cls)
 
-    def _push(self, task: TaskEntry, lease: Lease) -> None:
+    def _push(self, task: TaskEntry, lease: Lease, tiny: bool) -> None:
         if lease.linger is not None:
             lease.linger.cancel()
             lease.linger = None
@@ -213,6 +224,7 @@ class TaskSubmitter:
         task.state = "running"
         task.lease = lease
         lease.inflight += 1
+        lease.unknown += not tiny
         try:
             fut = lease.conn.call_nowait("push_task", spec, task.out_buffers)
         except ConnectionError:
@@ -220,10 +232,11 @@ class TaskSubmitter:
             self._lease_lost(lease)
             self._crashed(task)
             return
-        fut.add_done_callback(partial(self._on_reply, task, lease))
+        fut.add_done_callback(partial(self._on_reply, task, lease, tiny))
 
-    def _on_reply(self, task: TaskEntry, lease: Lease, fut: Any) -> None:
+    def _on_reply(self, task: TaskEntry, lease: Lease, tiny: bool, fut: Any) -> None:
         lease.inflight -= 1
+        lease.unknown -= not tiny
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or isinstance(exc, ConnectionError):
             self._lease_lost(lease)
@@ -232,6 +245,11 @@ class TaskSubmitter:
             self._fail(task, RaySystemError(f"push_task failed: {exc}"))
         else:
             body, bufs = fut.result()
+            t = body.get("t")
+            if t is not None:
+                fid = task.spec["fid"]
+                avg = self.exec_time.get(fid)
+                self.exec_time[fid] = t if avg is None else 0.8 * avg + 0.2 * t
             self._finished(task, body, bufs)
         self._dispatch(lease.cls)
 

@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -118,6 +119,7 @@ class TaskExecutor:
         ctx.task_id = task_id
         self.cw.job_id = spec["job"]
         self.current = task_id
+        start = time.perf_counter()
         try:
             try:
                 fn = self._function(spec["fid"])
@@ -125,6 +127,7 @@ class TaskExecutor:
                 result = fn(*args, **kwargs)
             finally:
                 self.current = None
+                elapsed = time.perf_counter() - start
         except KeyboardInterrupt:
             return self._error(spec, TaskCancelledError(task_id.hex()), False)
         except Exception as e:
@@ -132,9 +135,11 @@ class TaskExecutor:
         finally:
             ctx.task_id = None
         try:
-            return self._returns(spec, result)
+            body, bufs = self._returns(spec, result)
         except Exception as e:
             return self._task_error(spec, e)
+        body["t"] = elapsed
+        return body, bufs
 
     def _function(self, fid: bytes) -> Any:
         fn = self.functions.get(fid)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import psutil
+
 from aioray import _loop, config
 from aioray.daemons._common import setup_logging
 from aioray.daemons.raylet.server import Raylet
@@ -23,11 +25,14 @@ def main() -> None:
     p.add_argument("--num-gpus", type=float, default=0)
     p.add_argument("--resources", default="{}")
     p.add_argument("--object-store-memory", type=int, default=0)
+    p.add_argument("--memory", type=float, default=0)
     p.add_argument("--labels", default="{}")
     p.add_argument("--head", action="store_true")
     a = p.parse_args()
     setup_logging(a.session_dir, "raylet")
-    resources = {"CPU": a.num_cpus, "GPU": a.num_gpus, **json.loads(a.resources)}
+    # Ray's default "memory" resource: what is free now, less the object store.
+    memory = a.memory or max(0.0, psutil.virtual_memory().available * 0.7 - a.object_store_memory)
+    resources = {"CPU": a.num_cpus, "GPU": a.num_gpus, "memory": memory, **json.loads(a.resources)}
     resources[f"node:{a.node_ip}"] = 1.0
     if a.head:
         resources["node:__internal_head__"] = 1.0
