@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+uvloop: Any
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
@@ -19,5 +21,5 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 def run(main: object) -> object:
     """asyncio.run with uvloop."""
     if uvloop is not None:
-        return uvloop.run(main)  # type: ignore[arg-type]
+        return uvloop.run(main)
     return asyncio.run(main)  # type: ignore[arg-type]

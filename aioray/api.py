@@ -75,11 +75,17 @@ def init(
 ) -> InitContext:
     """Start a local cluster, or connect to one (``address="auto"`` or ``"host:port"``)."""
     global _cw, _local_node, _job_runtime_env, _gcs_address
-    allowed_extra = {"_system_config", "_temp_dir", "dashboard_host", "dashboard_port", "job_config"}
+    allowed_extra = {
+        "_system_config",
+        "_temp_dir",
+        "dashboard_host",
+        "dashboard_port",
+        "job_config",
+    }
     unknown = set(kwargs) - allowed_extra
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    from aioray.options import validate, _runtime_env
+    from aioray.options import _runtime_env, validate
 
     _runtime_env("runtime_env", runtime_env)
     validate({"resources": resources or {}}, {"resources": _resources_check})
@@ -240,9 +246,9 @@ def wait(
     refs, _ = _check_refs(list(object_refs), "wait")
     if len({r.binary() for r in refs}) != len(refs):
         raise ValueError("Wait requires a list of unique object refs.")
-    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
-        if not (num_returns == 0 and not refs):
-            raise ValueError(f"num_returns must be a positive integer, got {num_returns!r}")
+    bad_type = isinstance(num_returns, bool) or not isinstance(num_returns, int)
+    if (bad_type or num_returns < 1) and not (num_returns == 0 and not refs):
+        raise ValueError(f"num_returns must be a positive integer, got {num_returns!r}")
     if num_returns > len(refs):
         raise ValueError(
             f"num_returns ({num_returns}) cannot exceed the number of refs ({len(refs)})."
@@ -255,7 +261,8 @@ def wait(
         ready_ids = {r.binary() for r, f in zip(refs, flags, strict=True) if f}
     else:
         ready_ids = cw.run_sync(cw.wait_async(refs, num_returns, timeout, fetch_local))
-    ready, not_ready = [], []
+    ready: list[ObjectRef] = []
+    not_ready: list[ObjectRef] = []
     for r in refs:
         if r.binary() in ready_ids and len(ready) < num_returns:
             ready.append(r)
@@ -285,9 +292,7 @@ async def get_async(object_refs: Any, *, timeout: float | None = None) -> Any:
         else:
             cfut = asyncio.run_coroutine_threadsafe(coro, cw.loop)
             found = await asyncio.wait_for(asyncio.wrap_future(cfut), timeout)
-        objs = [
-            o if o is not None else found[r.binary()] for r, o in zip(refs, objs, strict=True)
-        ]
+        objs = [o if o is not None else found[r.binary()] for r, o in zip(refs, objs, strict=True)]
     values = [cw.materialize(r.binary(), o) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
     return values[0] if single else values
 
@@ -338,6 +343,12 @@ def _sum_resources(key: str) -> dict[str, float]:
     return {k: v for k, v in total.items() if v > 0 or key == "Resources"}
 
 
+def get_gpu_ids() -> list[int]:
+    """GPU ids assigned to the current task (empty in a driver or a CPU task)."""
+    cw = ensure_connected()
+    return list(getattr(cw.task_context, "gpu_ids", []))
+
+
 def get_runtime_context() -> RuntimeContext:
     """Ids of the current job, task, node and worker."""
     return RuntimeContext(ensure_connected(), _job_runtime_env)
@@ -348,7 +359,9 @@ def remote(*args: Any, **kwargs: Any) -> Any:
     if len(args) == 1 and not kwargs and callable(args[0]):
         return _make_remote(args[0], {})
     if args:
-        raise TypeError("The @remote decorator takes keyword options only, e.g. @remote(num_cpus=1).")
+        raise TypeError(
+            "The @remote decorator takes keyword options only, e.g. @remote(num_cpus=1)."
+        )
 
     def decorator(fn: Callable[..., Any]) -> Any:
         return _make_remote(fn, kwargs)

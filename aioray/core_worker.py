@@ -38,6 +38,7 @@ from aioray.exceptions import (
 )
 from aioray.memory_store import MemoryStore, StoredObject
 from aioray.object_ref import ObjectRef
+from aioray.protocol import Buffer
 from aioray.reference_counter import ReferenceCounter
 from aioray.task_submitter import TaskSubmitter
 
@@ -239,7 +240,9 @@ class CoreWorker:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
             fut.cancel()
-            raise GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout}s.")
+            raise GetTimeoutError(
+                f"Get timed out: some object(s) not ready after {timeout}s."
+            ) from None
         except BaseException:
             fut.cancel()
             raise
@@ -269,10 +272,14 @@ class CoreWorker:
                 raise
             del self._connecting[key]
             self._peers[key] = conn
-            conn.on_close.append(lambda c: self._peers.pop(key, None))
+            conn.on_close.append(lambda c: self._forget_peer(key, c))
             pending.set_result(conn)
             return conn
         return await asyncio.shield(pending)
+
+    def _forget_peer(self, key: tuple[str, int], conn: rpc.Connection) -> None:
+        if self._peers.get(key) is conn:
+            del self._peers[key]
 
     # -- objects: put ----------------------------------------------------------------
     def put(self, value: Any) -> ObjectRef:
@@ -296,7 +303,7 @@ class CoreWorker:
         size = so.total_bytes
         if size < config.MAX_INLINE_BYTES:
             # Copy buffers that view the caller's memory: the object is immutable.
-            bufs = [bytes(b) for b in so.buffers] if copy else so.buffers
+            bufs: list[Buffer] = [bytes(b) for b in so.buffers] if copy else so.buffers
             return StoredObject(so.data, bufs, is_error=so.is_error, size=size)
         path = object_store.segment_path(self.session_id, oid)
         size = object_store.write_segment(path, so.data, so.buffers)
@@ -491,9 +498,12 @@ class CoreWorker:
         if oid in self.memory_store or oid not in self.owned:
             return True
         reply: asyncio.Future[bool] = self.loop.create_future()
-        self.memory_store.wait_for(oid, self.loop).add_done_callback(
-            lambda f: reply.done() or reply.set_result(True)
-        )
+
+        def done(_: asyncio.Future[StoredObject]) -> None:
+            if not reply.done():
+                reply.set_result(True)
+
+        self.memory_store.wait_for(oid, self.loop).add_done_callback(done)
         return reply
 
     def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:

@@ -33,7 +33,8 @@ class RayTaskError(RayError):
 
     def _message(self) -> str:
         where = f" (pid={self.pid}, ip={self.ip})" if self.pid is not None else ""
-        return f"{type(self.cause).__name__ if self.cause else 'Error'} in {self.function_name}(){where}\n{self.traceback_str}"
+        kind = type(self.cause).__name__ if self.cause else "Error"
+        return f"{kind} in {self.function_name}(){where}\n{self.traceback_str}"
 
     def __str__(self) -> str:
         return self._message()
@@ -46,7 +47,7 @@ class RayTaskError(RayError):
         cause_cls = type(cause)
         try:
             cls = _dual_class(cause_cls)
-            err = cls.__new__(cls)
+            err: RayTaskError = RayTaskError.__new__(cls)
             err.args = cause.args
             err.__dict__.update(getattr(cause, "__dict__", {}))
             RayTaskError.__init__(
@@ -58,13 +59,16 @@ class RayTaskError(RayError):
             return self
 
     def __reduce__(self) -> Any:
-        return (RayTaskError, (self.function_name, self.traceback_str, self.cause, self.pid, self.ip))
+        return (
+            RayTaskError,
+            (self.function_name, self.traceback_str, self.cause, self.pid, self.ip),
+        )
 
 
-_dual_classes: dict[type, type] = {}
+_dual_classes: dict[type, type[RayTaskError]] = {}
 
 
-def _dual_class(cause_cls: type) -> type:
+def _dual_class(cause_cls: type) -> type[RayTaskError]:
     cls = _dual_classes.get(cause_cls)
     if cls is None:
         name = f"RayTaskError({cause_cls.__name__})"
@@ -94,7 +98,8 @@ class WorkerCrashedError(RayError):
 
     def __init__(self, message: str = "") -> None:
         super().__init__(
-            message or "The worker died unexpectedly while executing this task "
+            message
+            or "The worker died unexpectedly while executing this task "
             "(os._exit, a signal, or out of memory)."
         )
 

@@ -55,16 +55,20 @@ def find_local_raylet(gcs_address: str, node_ip: str) -> tuple[str, int]:
     from aioray import _loop, rpc
 
     async def query() -> list[dict[str, Any]]:
-        conn, _ = await rpc.connect(*split_address(gcs_address), hello={"role": "client"}, timeout=5)
+        conn, _ = await rpc.connect(
+            *split_address(gcs_address), hello={"role": "client"}, timeout=5
+        )
         try:
             return list(await conn.call("get_nodes"))
         finally:
             conn.close()
 
     try:
-        nodes = _loop.run(query())
+        nodes: list[dict[str, Any]] = _loop.run(query())  # type: ignore[assignment]
     except ConnectionError as e:
-        raise ConnectionError(f"Could not connect to the aioray cluster at {gcs_address}: {e}") from None
+        raise ConnectionError(
+            f"Could not connect to the aioray cluster at {gcs_address}: {e}"
+        ) from None
     alive = [n for n in nodes if n["Alive"]]
     for n in alive:
         if n["NodeManagerAddress"] == node_ip:

@@ -61,7 +61,10 @@ HELLO_MAX_HEADER_BYTES: Final = 64 * 1024
 
 
 def check_prefix(
-    header_len: int, nbuffers: int, max_header: int = MAX_HEADER_BYTES, max_buffers: int = MAX_BUFFERS
+    header_len: int,
+    nbuffers: int,
+    max_header: int = MAX_HEADER_BYTES,
+    max_buffers: int = MAX_BUFFERS,
 ) -> None:
     if header_len == 0 or header_len > max_header:
         raise ProtocolError(f"header length {header_len} outside 1..{max_header}")
@@ -84,7 +87,11 @@ def decode_header(data: Buffer) -> tuple[int, int, str | None, Any]:
     if not isinstance(msg, list) or len(msg) != 4:
         raise ProtocolError("header is not a 4-element array")
     kind, seq, method, body = msg
-    if type(kind) is not int or kind not in (REQUEST, RESPONSE, ERROR, NOTIFY) or type(seq) is not int:
+    if (
+        type(kind) is not int
+        or kind not in (REQUEST, RESPONSE, ERROR, NOTIFY)
+        or type(seq) is not int
+    ):
         raise ProtocolError(f"bad message kind {kind!r} or sequence {seq!r}")
     if kind in (REQUEST, NOTIFY) and not isinstance(method, str):
         raise ProtocolError(f"request without a method name: {method!r}")
@@ -154,7 +161,7 @@ class FrameDecoder:
         return self._parse()
 
     def _parse(self) -> list[tuple[int, int, str | None, Any, list[Buffer]]]:
-        frames = []
+        frames: list[tuple[int, int, str | None, Any, list[Buffer]]] = []
         view = self._view
         while True:
             if self._header is None:

@@ -63,7 +63,9 @@ class RemoteFunction:
                     try:
                         data = serialization.dumps_function(self._function)
                     except Exception as e:
-                        raise TypeError(f"Could not serialize the function {self._name}: {e}") from e
+                        raise TypeError(
+                            f"Could not serialize the function {self._name}: {e}"
+                        ) from e
                     self._fid = hashlib.sha1(data).digest()
                     self._fn_bytes = data
         return self._fid, self._fn_bytes

@@ -176,7 +176,7 @@ class Connection(asyncio.BufferedProtocol):
         if not self._greeted:
             self._greet(kind, seq, method, body)
             return
-        if kind == RESPONSE or kind == ERROR:
+        if kind in (RESPONSE, ERROR):
             fut = self._pending.pop(seq, None)
             if fut is None or fut.done():
                 return

@@ -61,15 +61,14 @@ def serialize(value: Any, is_error: bool = False) -> SerializedObject:
         return SerializedObject(pickle.dumps(value, 5), [], None, is_error)
     buffers: list[Buffer] = []
     previous = getattr(_capture, "refs", None)
-    _capture.refs = refs = []
+    refs: list[Any] = []
+    _capture.refs = refs
     try:
         data = cloudpickle.dumps(
             value, protocol=5, buffer_callback=lambda b: buffers.append(b.raw())
         )
     except Exception as e:
-        raise TypeError(
-            f"Could not serialize {_short_repr(value)}: {type(e).__name__}: {e}"
-        ) from e
+        raise TypeError(f"Could not serialize {_short_repr(value)}: {type(e).__name__}: {e}") from e
     finally:
         _capture.refs = previous
     return SerializedObject(data, buffers, refs, is_error)

@@ -47,7 +47,7 @@ logger = logging.getLogger("aioray")
 class Lease:
     """A worker leased from a raylet for one scheduling class."""
 
-    __slots__ = ("cls", "conn", "inflight", "lease_id", "linger", "unknown", "worker_id")
+    __slots__ = ("cls", "conn", "gpus", "inflight", "lease_id", "linger", "unknown", "worker_id")
 
     def __init__(
         self, cls: SchedulingClass, lease_id: int, worker_id: bytes, conn: rpc.Connection
@@ -58,6 +58,7 @@ class Lease:
         self.conn = conn
         self.inflight = 0
         self.unknown = 0  # tasks in flight not known to be tiny: nothing may queue behind
+        self.gpus: list[int] = []
         self.linger: Any = None
 
     def __repr__(self) -> str:
@@ -197,10 +198,18 @@ class TaskSubmitter:
             self._fail_queue(cls, TaskUnschedulableError(body["error"]))
             return
         host, port = body["addr"]
-        self.cw.loop.create_task(self._connect_lease(cls, body["lid"], body["wid"], host, port))
+        self.cw.loop.create_task(
+            self._connect_lease(cls, body["lid"], body["wid"], host, port, body.get("gpus", []))
+        )
 
     async def _connect_lease(
-        self, cls: SchedulingClass, lease_id: int, worker_id: bytes, host: str, port: int
+        self,
+        cls: SchedulingClass,
+        lease_id: int,
+        worker_id: bytes,
+        host: str,
+        port: int,
+        gpus: list[int],
     ) -> None:
         try:
             conn = await self.cw.connect_peer(host, port)
@@ -209,6 +218,7 @@ class TaskSubmitter:
             self._dispatch(cls)
             return
         lease = Lease(cls, lease_id, worker_id, conn)
+        lease.gpus = gpus
         cls.leases.append(lease)
         self._dispatch(cls)
 
@@ -221,6 +231,8 @@ class TaskSubmitter:
         if spec["fid"] not in sent:
             sent.add(spec["fid"])
             spec = {**spec, "fn": task.fn_bytes}
+        if lease.gpus:
+            spec = {**spec, "gpu": lease.gpus}
         task.state = "running"
         task.lease = lease
         lease.inflight += 1
@@ -294,7 +306,7 @@ class TaskSubmitter:
         except Exception:
             return False
         cause = err.cause if isinstance(err, RayTaskError) else err
-        return isinstance(cause, tuple(task.retry_exceptions))  # type: ignore[arg-type]
+        return isinstance(cause, tuple(task.retry_exceptions))
 
     def _crashed(self, task: TaskEntry) -> None:
         if task.cancelled:
@@ -325,7 +337,7 @@ class TaskSubmitter:
         while cls.queue:
             self._fail(cls.queue.popleft(), exc)
 
-    # -- cancellation and shutdown ------------------------------------------------------------------
+    # -- cancellation and shutdown ---------------------------------------------------------
     def cancel(self, object_id: bytes, force: bool) -> None:
         task = self.tasks.get(ids.task_id_of(object_id))
         if task is None:

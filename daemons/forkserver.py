@@ -15,14 +15,15 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
 # Imported here so that every forked worker starts with them loaded.
 import cloudpickle  # noqa: F401
 import msgpack  # noqa: F401
 import numpy
+from aioray.daemons import worker
 
 from aioray import api, core_worker  # noqa: F401
-from aioray.daemons import worker
 
 
 def main() -> None:
@@ -33,7 +34,9 @@ def main() -> None:
     control = socket.socket(fileno=a.control_fd)
     stream = control.makefile("rwb")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the driver's terminal is for the driver
+    signal.signal(
+        signal.SIGINT, signal.SIG_IGN
+    )  # Ctrl-C in the driver's terminal is for the driver
     for line in stream:
         request = json.loads(line)
         pid = os.fork()
@@ -46,13 +49,13 @@ def main() -> None:
     sys.exit(0)
 
 
-def _become_worker(request: dict[str, object]) -> None:
+def _become_worker(request: dict[str, Any]) -> None:
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.environ.update(request.get("env") or {})  # type: ignore[arg-type]
+        os.environ.update(request.get("env") or {})
         numpy.random.seed()  # forked children would otherwise share one RNG state
-        worker.main(request["args"])  # type: ignore[arg-type]
+        worker.main(request["args"])
         code = 0
     finally:
         sys.stdout.flush()

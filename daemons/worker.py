@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 class _Job:
     __slots__ = ("buffers", "fetched", "fut", "spec")
 
-    def __init__(self, spec: dict[str, Any], buffers: list[Buffer], fut: asyncio.Future[Any]) -> None:
+    def __init__(
+        self, spec: dict[str, Any], buffers: list[Buffer], fut: asyncio.Future[Any]
+    ) -> None:
         self.spec = spec
         self.buffers = buffers
         self.fut = fut
@@ -51,6 +53,7 @@ class TaskExecutor:
         self.cancelled: set[bytes] = set()
         self.thread = threading.Thread(target=self._run, name="aioray-exec", daemon=True)
         self.pid = os.getpid()
+        self.cuda_env = os.environ.get("CUDA_VISIBLE_DEVICES")
 
     def handlers(self) -> dict[str, rpc.Handler]:
         return {"push_task": self.handle_push_task, "cancel_task": self.handle_cancel_task}
@@ -72,7 +75,7 @@ class TaskExecutor:
         return fut
 
     async def _fetch_then_run(self, job: _Job, deps: list[list[Any]]) -> None:
-        refs = [ObjectRef(d[1], tuple(d[2]) if d[2] else None, _count=False) for d in deps]  # type: ignore[arg-type]
+        refs = [ObjectRef(d[1], _owner_of(d[2]), _count=False) for d in deps]
         results = await asyncio.gather(*[self.cw.fetch(r) for r in refs], return_exceptions=True)
         for d, obj in zip(deps, results, strict=True):
             if isinstance(obj, BaseException):
@@ -117,6 +120,14 @@ class TaskExecutor:
             return self._error(spec, TaskCancelledError(task_id.hex()), False)
         ctx = self.cw.task_context
         ctx.task_id = task_id
+        gpus = spec.get("gpu")
+        ctx.gpu_ids = gpus or []
+        if gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
+        elif self.cuda_env is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_env
         self.cw.job_id = spec["job"]
         self.current = task_id
         start = time.perf_counter()
@@ -201,7 +212,9 @@ class TaskExecutor:
                 rets.append([RET_SHM, size, self.cw.node_id])
         return {"r": rets}, bufs
 
-    def _task_error(self, spec: dict[str, Any], e: BaseException) -> tuple[dict[str, Any], list[Buffer]]:
+    def _task_error(
+        self, spec: dict[str, Any], e: BaseException
+    ) -> tuple[dict[str, Any], list[Buffer]]:
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
         err = RayTaskError(spec["name"], tb, e, self.pid, self.cw.node_ip)
         return self._error(spec, err, True)
@@ -221,6 +234,10 @@ class TaskExecutor:
         if app_error:
             body["x"] = True
         return body, parts * nret
+
+
+def _owner_of(address: list[Any] | None) -> tuple[str, int, bytes] | None:
+    return (address[0], address[1], address[2]) if address else None
 
 
 def _len_or_none(value: Any) -> str:

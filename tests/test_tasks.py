@@ -799,3 +799,24 @@ def test_workers_are_reused(ray_shared):
     assert counts.most_common(1)[0][1] >= 5, f"workers not reused: {counts}"
     cmdline = " ".join(psutil.Process(pids[-1]).cmdline())
     assert "aioray.daemons" in cmdline
+
+
+def test_worker_output_streams_to_driver(ray_shared, capfd):
+    """print() in a task shows up on the driver, prefixed with the worker's pid."""
+    token = f"hello-from-task-{os.getpid()}-{time.time_ns()}"
+
+    @ray.remote
+    def talk(text):
+        print(text, flush=True)
+        return os.getpid()
+
+    pid = ray.get(talk.remote(token), timeout=GET_TIMEOUT)
+    seen: list[str] = []
+
+    def streamed() -> list[str]:
+        out, err = capfd.readouterr()
+        seen.append(out + err)
+        return [ln for ln in "".join(seen).splitlines() if token in ln]
+
+    lines = wait_for_condition(streamed, message=f"{token!r} never reached the driver")
+    assert any(f"pid={pid}" in ln for ln in lines), lines

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from aioray import _loop
 from aioray.daemons._common import setup_logging
 from aioray.daemons.gcs.server import GcsServer
+
+from aioray import _loop
 
 
 def main() -> None:

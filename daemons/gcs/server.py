@@ -14,8 +14,9 @@ import os
 import time
 from typing import Any
 
-from aioray import rpc
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
+
+from aioray import rpc
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ class GcsServer:
         # The authentication token check goes here.
         return {"session_id": self.session_id, "session_dir": self.session_dir}
 
-    async def run(self, host: str, port: int, listen_fd: int | None, lifeline_fd: int | None) -> None:
+    async def run(
+        self, host: str, port: int, listen_fd: int | None, lifeline_fd: int | None
+    ) -> None:
         await self.server.start(host, port, sock=listening_socket(listen_fd, host, port))
         logger.info("GCS listening on %s:%d", self.server.host, self.server.port)
         watch_lifeline(lifeline_fd, self._stopped.set)

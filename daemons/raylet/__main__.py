@@ -6,10 +6,10 @@ import argparse
 import json
 
 import psutil
-
-from aioray import _loop, config
 from aioray.daemons._common import setup_logging
 from aioray.daemons.raylet.server import Raylet
+
+from aioray import _loop, config
 from aioray.node import split_address
 
 

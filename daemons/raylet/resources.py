@@ -13,6 +13,26 @@ class NodeResources:
     def __init__(self, total: dict[str, float]) -> None:
         self.total = {k: float(v) for k, v in total.items() if v > 0}
         self.available = dict(self.total)
+        # Free capacity of each GPU id, so a lease can be told which devices are its own.
+        self.gpu_free = {i: 1.0 for i in range(int(self.total.get("GPU", 0)))}
+
+    def assign_gpus(self, amount: float) -> list[tuple[int, float]]:
+        """Pick device ids for a GPU request: whole free GPUs, or one GPU with room."""
+        if amount <= 0 or not self.gpu_free:
+            return []
+        if amount >= 1:
+            ids = [i for i, free in self.gpu_free.items() if free >= 1 - EPS][: int(amount + 0.5)]
+            taken = [(i, 1.0) for i in ids]
+        else:
+            room = [i for i, free in self.gpu_free.items() if free + EPS >= amount]
+            taken = [(room[0], amount)] if room else []
+        for i, share in taken:
+            self.gpu_free[i] -= share
+        return taken
+
+    def release_gpus(self, taken: list[tuple[int, float]]) -> None:
+        for i, share in taken:
+            self.gpu_free[i] = min(1.0, self.gpu_free[i] + share)
 
     def __repr__(self) -> str:
         return f"<NodeResources available={self.available} total={self.total}>"

@@ -25,10 +25,11 @@ import os
 import socket
 from typing import Any
 
-from aioray import object_store, rpc
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.raylet.resources import NodeResources
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
+
+from aioray import object_store, rpc
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class LeaseRequest:
 
 
 class Lease:
-    __slots__ = ("blocked", "conn", "lease_id", "res", "worker")
+    __slots__ = ("blocked", "conn", "gpus", "lease_id", "res", "worker")
 
     def __init__(
         self, lease_id: int, worker: WorkerHandle, res: dict[str, float], conn: rpc.Connection
@@ -56,6 +57,7 @@ class Lease:
         self.res = res
         self.conn = conn
         self.blocked = False
+        self.gpus: list[tuple[int, float]] = []
 
 
 class Raylet:
@@ -132,7 +134,10 @@ class Raylet:
                 "ip": self.node_ip,
                 "port": self.port,
                 "hostname": socket.gethostname(),
-                "resources": {**self.resources.total, "object_store_memory": float(self.object_store_memory)},
+                "resources": {
+                    **self.resources.total,
+                    "object_store_memory": float(self.object_store_memory),
+                },
                 "labels": self.labels,
                 "head": self.head,
             },
@@ -143,7 +148,7 @@ class Raylet:
         logger.info("raylet %s listening on %s:%d", self.node_id.hex()[:8], self.node_ip, self.port)
         await fork_server
         for _ in range(min(self.prestart, int(self.resources.total.get("CPU", 0)))):
-            asyncio.ensure_future(self.pool.start_worker(None))
+            self.pool.spawn(None)
         await self._stopped.wait()
         await self.stop()
 
@@ -185,8 +190,10 @@ class Raylet:
         self.pool.remove(w.worker_id)
         if w.lease_id is not None:
             lease = self.leases.pop(w.lease_id, None)
-            if lease is not None and not lease.blocked:
-                self.resources.release(lease.res)
+            if lease is not None:
+                self.resources.release_gpus(lease.gpus)
+                if not lease.blocked:
+                    self.resources.release(lease.res)
         if not self._stopped.is_set():
             logger.info("worker %s (pid %d) exited", w.worker_id.hex()[:8], w.pid)
             self._schedule()
@@ -219,6 +226,7 @@ class Raylet:
             return
         if not lease.blocked:
             self.resources.release(lease.res)
+        self.resources.release_gpus(lease.gpus)
         self._report()
         w = lease.worker
         if worker_ok and w.conn is not None and not w.conn.is_closed and self.pool is not None:
@@ -271,14 +279,22 @@ class Raylet:
             missing = n - self.pool.starting.get(env_key, 0)
             env = next(r.env for r in self.requests if r.env_key == env_key)
             for _ in range(max(0, missing)):
-                asyncio.ensure_future(self.pool.start_worker(env))
+                self.pool.spawn(env)
 
     def _grant(self, req: LeaseRequest, worker: WorkerHandle) -> None:
         lease_id = next(self._lease_ids)
         self.resources.acquire(req.res)
         worker.lease_id = lease_id
-        self.leases[lease_id] = Lease(lease_id, worker, req.res, req.conn)
-        req.fut.set_result({"lid": lease_id, "wid": worker.worker_id, "addr": [self.node_ip, worker.port]})
+        lease = self.leases[lease_id] = Lease(lease_id, worker, req.res, req.conn)
+        lease.gpus = self.resources.assign_gpus(req.res.get("GPU", 0.0))
+        req.fut.set_result(
+            {
+                "lid": lease_id,
+                "wid": worker.worker_id,
+                "addr": [self.node_ip, worker.port],
+                "gpus": [i for i, _ in lease.gpus],
+            }
+        )
         self._report()
 
     def _report(self) -> None:
@@ -295,7 +311,7 @@ class Raylet:
             )
             self.gcs.notify("report_resources", [self.node_id, avail])
 
-    # -- objects ------------------------------------------------------------------------------------
+    # -- objects ---------------------------------------------------------------------------
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         oid, size, _owner = body
         self.objects[oid] = size

@@ -26,7 +26,16 @@ logger = logging.getLogger(__name__)
 
 
 class WorkerHandle:
-    __slots__ = ("conn", "env_key", "lease_id", "pid", "port", "registered", "worker_id", "idle_since")
+    __slots__ = (
+        "conn",
+        "env_key",
+        "idle_since",
+        "lease_id",
+        "pid",
+        "port",
+        "registered",
+        "worker_id",
+    )
 
     def __init__(self, worker_id: bytes, env_key: str, pid: int) -> None:
         self.worker_id = worker_id
@@ -53,6 +62,7 @@ class WorkerPool:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
+        self._spawning: set[asyncio.Future[None]] = set()
 
     def __repr__(self) -> str:
         idle = sum(len(v) for v in self.idle.values())
@@ -75,6 +85,17 @@ class WorkerPool:
         )
         theirs.close()
         self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+
+    def spawn(self, env: dict[str, str] | None) -> None:
+        """Start a worker in the background (a failure is logged by start_worker)."""
+        task = asyncio.ensure_future(self.start_worker(env))
+        self._spawning.add(task)
+        task.add_done_callback(self._spawn_done)
+
+    def _spawn_done(self, task: asyncio.Future[None]) -> None:
+        self._spawning.discard(task)
+        if not task.cancelled():
+            task.exception()  # already logged; mark retrieved
 
     async def start_worker(self, env: dict[str, str] | None) -> None:
         """Fork one worker; it registers itself through ``register``."""
