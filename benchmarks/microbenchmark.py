@@ -522,7 +522,10 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[Config, bool]:
         help="tiny durations: a smoke test of every benchmark in < 60 s",
     )
     parser.add_argument("--list", action="store_true", help="print the benchmark names and exit")
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["--"]:  # as passed on by `aioray microbenchmark -- ...`
+        words = words[1:]
+    args = parser.parse_args(words)
     base = QUICK if args.quick else Config()
     chosen = {
         k: getattr(args, k)

@@ -3,7 +3,7 @@
 Every wait is bounded by asyncio.wait_for and nothing sleeps: tests await events set
 by handlers. Malformed-input tests speak raw bytes through asyncio.open_connection,
 then check that the server dropped that peer only, logged why, and still serves a
-well-behaved client. 
+well-behaved client.
 """
 
 from __future__ import annotations
