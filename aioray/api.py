@@ -124,6 +124,7 @@ def init(
             node.split_address(gcs_address),
             namespace=namespace or "",
         )
+        cw.log_to_driver = log_to_driver
         set_core_worker(cw)
         try:
             info = cw.start_in_thread()

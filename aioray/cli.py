@@ -36,8 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("stop", help="stop the daemons started on this machine by 'aioray start'")
     status = sub.add_parser("status", help="nodes, their resources and state")
     status.add_argument("--address", default="auto")
-    bench = sub.add_parser("microbenchmark", help="run benchmarks/microbenchmark.py")
-    bench.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser(
+        "microbenchmark",
+        help="run benchmarks/microbenchmark.py (options after it go to the benchmark)",
+        add_help=False,
+    )
     return p
 
 
@@ -190,7 +193,7 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def cmd_microbenchmark(a: argparse.Namespace) -> int:
+def cmd_microbenchmark(args: list[str]) -> int:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = os.path.join(here, "benchmarks", "microbenchmark.py")
     if not os.path.exists(script):
@@ -200,19 +203,16 @@ def cmd_microbenchmark(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    sys.argv = [script, *a.args]
-    runpy.run_path(script, run_name="__main__")
-    return 0
+    module = runpy.run_path(script, run_name="aioray_microbenchmark")
+    return int(module["main"](args) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["microbenchmark"]:  # every later option belongs to the benchmark
+        return cmd_microbenchmark(argv[1:])
     a = _parser().parse_args(argv)
-    commands = {
-        "start": cmd_start,
-        "stop": cmd_stop,
-        "status": cmd_status,
-        "microbenchmark": cmd_microbenchmark,
-    }
+    commands = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status}
     return commands[a.command](a)
 
 

@@ -23,6 +23,7 @@ import collections
 import concurrent.futures
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -112,6 +113,7 @@ class CoreWorker:
         self._blocked = 0
         self._warned: set[str] = set()
         self.closing = False
+        self.log_to_driver = True
 
     def __repr__(self) -> str:
         return (
@@ -130,6 +132,7 @@ class CoreWorker:
         self.address = (self.node_ip, self.server.port, self.worker_id)
         raylet_handlers = {
             "lease_infeasible": self.handle_lease_infeasible,
+            "worker_log": self.handle_worker_log,
             **self.extra_handlers,
         }
         self.raylet, info = await rpc.connect(
@@ -140,6 +143,7 @@ class CoreWorker:
                 "worker_id": self.worker_id,
                 "pid": os.getpid(),
                 "port": self.server.port,
+                "logs": self.log_to_driver,
             },
             name="raylet",
         )
@@ -505,6 +509,16 @@ class CoreWorker:
 
         self.memory_store.wait_for(oid, self.loop).add_done_callback(done)
         return reply
+
+    def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        pid, ip, stream, lines = body
+        out = sys.stderr if stream == "stderr" else sys.stdout
+        prefix = f"(pid={pid}, ip={ip}) "
+        try:
+            out.write("".join(f"{prefix}{line}\n" for line in lines))
+            out.flush()
+        except (OSError, ValueError):  # the driver's stream is closed
+            pass
 
     def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
         shape = str({k: v for k, v in sorted(body["res"].items())})

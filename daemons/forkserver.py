@@ -44,8 +44,11 @@ def main() -> None:
             stream.close()
             control.close()
             _become_worker(request)  # never returns
-        stream.write(json.dumps({"pid": pid}).encode() + b"\n")
-        stream.flush()
+        try:
+            stream.write(json.dumps({"pid": pid}).encode() + b"\n")
+            stream.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            os._exit(0)  # the raylet is gone (shutting down): so are we, without a flush
     sys.exit(0)
 
 

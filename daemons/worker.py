@@ -20,6 +20,8 @@ import time
 import traceback
 from typing import Any
 
+from aioray.daemons import worker_output
+
 from aioray import _loop, config, object_store, rpc, serialization
 from aioray.core_worker import WORKER, CoreWorker
 from aioray.exceptions import RayTaskError, TaskCancelledError
@@ -265,6 +267,7 @@ def main(args: dict[str, Any]) -> None:
     async def start() -> None:
         await cw.start()
         cw.raylet.on_close.append(lambda _: os._exit(0))
+        worker_output.capture(cw)
         executor.thread.start()
         await cw.raylet.call("register_worker", {"worker_id": cw.worker_id, "port": cw.address[1]})
 

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +286,21 @@ def test_cli_help(tmp_path):
     assert start_help.returncode == 0, start_help.stderr
     for flag in ("--head", "--port", "--num-cpus", "--resources"):
         assert flag in start_help.stdout
+
+
+@pytest.mark.parametrize("ray_start", [{"log_to_driver": False}], indirect=True)
+def test_log_to_driver_false_keeps_worker_output_away(ray_start, capfd):
+    """With log_to_driver=False nothing a task prints reaches the driver."""
+    token = f"silent-{os.getpid()}-{time.time_ns()}"
+
+    @ray.remote
+    def talk(text):
+        print(text, flush=True)
+        return text
+
+    # Once a second task has printed and returned, the first one's line would have
+    # been forwarded already (one worker stream, one raylet, in order).
+    assert ray.get(talk.remote(token), timeout=GET_TIMEOUT) == token
+    assert ray.get(talk.remote("after"), timeout=GET_TIMEOUT) == "after"
+    out, err = capfd.readouterr()
+    assert token not in out + err

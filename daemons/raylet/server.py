@@ -311,6 +311,12 @@ class Raylet:
             )
             self.gcs.notify("report_resources", [self.node_id, avail])
 
+    def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        for peer in self.server.connections:
+            info = peer.peer_info or {}
+            if info.get("role") == "driver" and info.get("logs", True) and not peer.is_closed:
+                peer.notify("worker_log", body)
+
     # -- objects ---------------------------------------------------------------------------
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         oid, size, _owner = body
