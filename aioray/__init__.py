@@ -1,16 +1,19 @@
 """aioray: Ray Core in pure Python on asyncio. ``import aioray as ray``."""
 
-from aioray import exceptions
+from aioray import actor, exceptions
+from aioray.actor import ActorClass, ActorHandle, method
 from aioray.api import (
     available_resources,
     cancel,
     cluster_resources,
     get,
+    get_actor,
     get_async,
     get_gpu_ids,
     get_runtime_context,
     init,
     is_initialized,
+    kill,
     nodes,
     put,
     remote,
@@ -23,19 +26,25 @@ from aioray.remote_function import RemoteFunction
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActorClass",
+    "ActorHandle",
     "ObjectRef",
     "RemoteFunction",
     "__version__",
+    "actor",
     "available_resources",
     "cancel",
     "cluster_resources",
     "exceptions",
     "get",
+    "get_actor",
     "get_async",
     "get_gpu_ids",
     "get_runtime_context",
     "init",
     "is_initialized",
+    "kill",
+    "method",
     "nodes",
     "put",
     "remote",

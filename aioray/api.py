@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import inspect
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -277,7 +278,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expected an ObjectRef, got {type(object_ref).__name__}")
     cw = ensure_connected()
-    cw.post(cw.submitter.cancel, object_ref.binary(), force)
+    cw.post(cw.cancel, object_ref.binary(), force, recursive)
 
 
 async def get_async(object_refs: Any, *, timeout: float | None = None) -> Any:
@@ -315,9 +316,44 @@ def get_future(ref: ObjectRef) -> concurrent.futures.Future[Any]:
 # -- cluster state ------------------------------------------------------------------------------
 def _gcs_call(method: str, body: Any = None) -> Any:
     cw = ensure_connected()
-    if cw.gcs is None:
-        raise RuntimeError("this process has no GCS connection")
-    return cw.run_sync(cw.gcs.call(method, body), config.DAEMON_START_TIMEOUT_S)
+
+    async def call() -> Any:
+        gcs = await cw.gcs_connection()
+        return await gcs.call(method, body)
+
+    return cw.run_sync(call(), config.DAEMON_START_TIMEOUT_S)
+
+
+def kill(actor: Any, *, no_restart: bool = True) -> None:
+    """Kill an actor at once; with ``no_restart=False`` it may restart (max_restarts)."""
+    from aioray.actor import ActorHandle
+
+    if not isinstance(actor, ActorHandle):
+        raise ValueError(f"ray.kill() only supports actors; got {type(actor).__name__}.")
+    _gcs_call("kill_actor", [actor._actor_id, no_restart])
+
+
+def get_actor(name: str, namespace: str | None = None) -> Any:
+    """The handle of the named actor in ``namespace`` (default: this job's)."""
+    from aioray.actor import ActorHandle
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"Please supply a non-empty actor name, got {name!r}.")
+    cw = ensure_connected()
+    ns = namespace if namespace is not None else cw.namespace
+    info = _gcs_call("get_named_actor", [name, ns])
+    if info is None:
+        raise ValueError(f"Failed to look up actor with name '{name}' in namespace '{ns}'.")
+    return ActorHandle(info["aid"], info["meta"])
+
+
+def list_named_actors(all_namespaces: bool = False) -> list[Any]:
+    """Names of live named actors: this namespace's, or dicts for all namespaces."""
+    cw = ensure_connected()
+    found = _gcs_call("list_named_actors", [cw.namespace, all_namespaces])
+    if all_namespaces:
+        return [{"name": a["name"], "namespace": a["namespace"]} for a in found]
+    return [a["name"] for a in found]
 
 
 def nodes() -> list[dict[str, Any]]:
@@ -372,7 +408,15 @@ def remote(*args: Any, **kwargs: Any) -> Any:
 
 def _make_remote(target: Any, opts: dict[str, Any]) -> Any:
     if isinstance(target, type):
-        raise NotImplementedError("actors (@remote on a class) are not implemented yet")
+        from aioray.actor import ActorClass
+
+        return ActorClass(target, opts)
     if not callable(target):
         raise TypeError(f"@remote expects a function or a class, got {type(target).__name__}")
+    if inspect.iscoroutinefunction(target):
+        raise ValueError(
+            "'async def' should not be used for remote tasks. You can wrap the async "
+            "function with `asyncio.run(f())`. See https://docs.ray.io/en/latest/ray-core/"
+            "actors/async_api.html"
+        )
     return RemoteFunction(target, opts)

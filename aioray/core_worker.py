@@ -29,6 +29,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from aioray import config, ids, object_store, rpc, serialization
+from aioray.actor_submitter import ActorSubmitter
 from aioray.exceptions import (
     GetTimeoutError,
     ObjectFreedError,
@@ -98,6 +99,9 @@ class CoreWorker:
         self.gcs: rpc.Connection | None = None
         self.server: rpc.Server | None = None
         self.submitter = TaskSubmitter(self)
+        self.actors = ActorSubmitter(self)
+        self.actor_id: bytes | None = None  # set in a worker that hosts an actor
+        self._gcs_connecting: asyncio.Lock | None = None
         self.extra_handlers: dict[str, rpc.Handler] = {}
         self.task_context = threading.local()
         self._loop_thread_id = -1
@@ -111,6 +115,7 @@ class CoreWorker:
         self._fetching: dict[bytes, asyncio.Future[StoredObject]] = {}
         self._free_shm: list[bytes] = []
         self._blocked = 0
+        self._blocking: dict[int, concurrent.futures.Future[Any]] = {}
         self._warned: set[str] = set()
         self.closing = False
         self.log_to_driver = True
@@ -149,12 +154,41 @@ class CoreWorker:
         )
         self.node_id = info["node_id"]
         self.session_id = info["session_id"]
+        if self.gcs_address is None and info.get("gcs_address"):
+            host, port = info["gcs_address"]
+            self.gcs_address = (host, int(port))
         self.raylet.on_close.append(self._raylet_lost)
         if self.mode == DRIVER and self.gcs_address is not None:
-            self.gcs, _ = await rpc.connect(*self.gcs_address, hello={"role": "driver"}, name="gcs")
-            job = await self.gcs.call("register_job", {"pid": os.getpid(), "ns": self.namespace})
+            gcs = await self.gcs_connection()
+            job = await gcs.call("register_job", {"pid": os.getpid(), "ns": self.namespace})
             self.job_id = job["job_id"]
+            self.namespace = self.namespace or job["namespace"]
         return dict(info)
+
+    async def gcs_connection(self) -> rpc.Connection:
+        """The GCS connection, opened on first use in a worker (drivers open it at start)."""
+        if self.gcs is not None and not self.gcs.is_closed:
+            return self.gcs
+        if self._gcs_connecting is None:
+            self._gcs_connecting = asyncio.Lock()
+        async with self._gcs_connecting:
+            if self.gcs is None or self.gcs.is_closed:
+                if self.gcs_address is None:
+                    raise ConnectionError("this process does not know the GCS address")
+                self.gcs, _ = await rpc.connect(
+                    *self.gcs_address,
+                    handlers={"lease_infeasible": self.handle_lease_infeasible},
+                    hello={"role": self.mode},
+                    name="gcs",
+                )
+        return self.gcs
+
+    def cancel(self, object_id: bytes, force: bool, recursive: bool = True) -> None:
+        """(loop) Cancel the normal task or actor call that produces ``object_id``."""
+        if ids.task_id_of(object_id) in self.submitter.tasks:
+            self.submitter.cancel(object_id, force, recursive)
+        else:
+            self.actors.cancel(object_id, force)
 
     def start_in_thread(self, timeout: float = config.DAEMON_START_TIMEOUT_S) -> dict[str, Any]:
         """Run the loop in a daemon thread (driver mode) and start the CoreWorker on it."""
@@ -240,6 +274,8 @@ class CoreWorker:
             coro.close()
             raise RuntimeError("blocking aioray call on the CoreWorker's own event loop")
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        me = threading.get_ident()
+        self._blocking[me] = fut
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -250,6 +286,14 @@ class CoreWorker:
         except BaseException:
             fut.cancel()
             raise
+        finally:
+            self._blocking.pop(me, None)
+
+    def interrupt_blocking(self, thread_id: int) -> None:
+        """Wake a thread blocked in run_sync (so a cancel raised in it takes effect)."""
+        fut = self._blocking.get(thread_id)
+        if fut is not None:
+            fut.cancel()
 
     # -- connections to peers (workers, owners) ------------------------------------
     async def connect_peer(self, ip: str, port: int) -> rpc.Connection:

@@ -6,11 +6,14 @@ import functools
 import hashlib
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aioray import config, ids, options, serialization
 from aioray.object_ref import ObjectRef
 from aioray.task_spec import TaskEntry, split_args
+
+if TYPE_CHECKING:
+    from aioray.core_worker import CoreWorker
 
 
 class RemoteFunction:
@@ -78,30 +81,15 @@ class RemoteFunction:
         nret = opts["num_returns"]
         if not isinstance(nret, int):
             raise ValueError(f"num_returns={nret!r} is not supported for tasks yet")
-        call_args, dep_refs = split_args(args, kwargs, ObjectRef)
         spec: dict[str, Any] = {
             "fid": fid,
             "name": self._name,
             "nret": nret,
             "job": cw.job_id,
+            "ns": cw.namespace,
             "owner": list(cw.address),
         }
-        blob = None
-        if args or kwargs:
-            try:
-                so = serialization.serialize(call_args)
-            except TypeError as e:
-                raise TypeError(f"Could not serialize the arguments of {self._name}: {e}") from None
-            if so.contained_refs:
-                cw.refs.mark_escaped(r.binary() for r in so.contained_refs)
-            if so.total_bytes >= config.MAX_INLINE_BYTES:
-                # Large arguments go to the object store once, like a put.
-                dep_refs.append(cw.put_serialized(so))
-                spec["ar"] = len(dep_refs) - 1
-            else:
-                so.buffers = [bytes(b) for b in so.buffers]
-                spec["a"] = len(so.buffers)
-                blob = so
+        blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
         env = api.merged_env_vars(opts.get("runtime_env"))
         if env:
             spec["env"] = env
@@ -127,6 +115,33 @@ class RemoteFunction:
         if nret == 1:
             return refs[0]
         return refs if nret else None
+
+
+def pack_arguments(
+    cw: CoreWorker, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], spec: dict[str, Any]
+) -> tuple[serialization.SerializedObject | None, list[ObjectRef]]:
+    """Pickle a call's arguments (in the caller's thread) into ``spec``.
+
+    Returns the inline argument blob (or None) and the ObjectRefs the call depends on.
+    Top-level refs become dependencies; arguments of MAX_INLINE_BYTES or more go to
+    the object store once, like a put, and travel as one more dependency.
+    """
+    call_args, dep_refs = split_args(args, kwargs, ObjectRef)
+    if not args and not kwargs:
+        return None, dep_refs
+    try:
+        so = serialization.serialize(call_args)
+    except TypeError as e:
+        raise TypeError(f"Could not serialize the arguments of {name}: {e}") from None
+    if so.contained_refs:
+        cw.refs.mark_escaped(r.binary() for r in so.contained_refs)
+    if so.total_bytes >= config.MAX_INLINE_BYTES:
+        dep_refs.append(cw.put_serialized(so))
+        spec["ar"] = len(dep_refs) - 1
+        return None, dep_refs
+    so.buffers = [bytes(b) for b in so.buffers]
+    spec["a"] = len(so.buffers)
+    return so, dep_refs
 
 
 class _BoundOptions:

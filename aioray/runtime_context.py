@@ -29,7 +29,12 @@ class RuntimeContext:
         return tid.hex() if tid else None
 
     def get_actor_id(self) -> str | None:
-        return None
+        aid = self._cw.actor_id
+        return aid.hex() if aid else None
+
+    @property
+    def actor_id(self) -> str | None:
+        return self.get_actor_id()
 
     @property
     def job_id(self) -> str:

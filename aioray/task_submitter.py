@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,20 @@ if TYPE_CHECKING:
     from aioray.core_worker import CoreWorker
 
 logger = logging.getLogger("aioray")
+
+
+def parse_returns(body: dict[str, Any], bufs: list[Any]) -> list[StoredObject]:
+    """The return values in a push reply: inline (pickle + buffers) or in shm."""
+    objs = []
+    off = 0
+    for ret in body["r"]:
+        if ret[0] == RET_INLINE:
+            n = ret[1]
+            objs.append(StoredObject(bufs[off], bufs[off + 1 : off + 1 + n], is_error=ret[2]))
+            off += 1 + n
+        else:
+            objs.append(StoredObject(node_id=ret[2], size=ret[1]))
+    return objs
 
 
 class Lease:
@@ -94,6 +109,10 @@ class TaskSubmitter:
     # -- 1. dependencies --------------------------------------------------------------------
     def submit(self, task: TaskEntry) -> None:
         self.tasks[task.task_id] = task
+        self.prepare(task, self._enqueue)
+
+    def prepare(self, task: TaskEntry, then: Callable[[TaskEntry], None]) -> None:
+        """Wait for the task's owned dependencies, describe them, then call ``then``."""
         store, owned = self.cw.memory_store, self.cw.owned
         waiting = [
             store.wait_for(oid, self.cw.loop)
@@ -101,19 +120,19 @@ class TaskSubmitter:
             if oid not in store and oid in owned
         ]
         if not waiting:
-            self._deps_ready(task)
+            self._deps_ready(task, then)
             return
         remaining = [len(waiting)]
 
         def one_ready(_: Any) -> None:
             remaining[0] -= 1
             if remaining[0] == 0 and task.state == "pending_deps":
-                self._deps_ready(task)
+                self._deps_ready(task, then)
 
         for fut in waiting:
             fut.add_done_callback(one_ready)
 
-    def _deps_ready(self, task: TaskEntry) -> None:
+    def _deps_ready(self, task: TaskEntry, then: Callable[[TaskEntry], None]) -> None:
         bufs: list[Any] = []
         blob = task.args_blob
         if blob is not None:
@@ -131,7 +150,7 @@ class TaskSubmitter:
                 descs.append([DEP_SHM, oid, obj.node_id])
             elif obj.is_error:
                 # A failed argument fails the task without running it (as in Ray).
-                self._finish(task, [obj] * len(task.return_ids))
+                self.finish(task, [obj] * len(task.return_ids))
                 return
             else:
                 descs.append([DEP_INLINE, oid, len(obj.buffers)])
@@ -139,7 +158,7 @@ class TaskSubmitter:
                 bufs.extend(obj.buffers)
         task.spec["d"] = descs
         task.out_buffers = bufs
-        self._enqueue(task)
+        then(task)
 
     # -- 2-4. queue, lease, push ---------------------------------------------------------------
     def _enqueue(self, task: TaskEntry) -> None:
@@ -254,7 +273,7 @@ class TaskSubmitter:
             self._lease_lost(lease)
             self._crashed(task)
         elif exc is not None:
-            self._fail(task, RaySystemError(f"push_task failed: {exc}"))
+            self.fail(task, RaySystemError(f"push_task failed: {exc}"))
         else:
             body, bufs = fut.result()
             t = body.get("t")
@@ -285,16 +304,7 @@ class TaskSubmitter:
             task.attempts_left -= 1 if task.attempts_left > 0 else 0
             self._enqueue(task)
             return
-        objs = []
-        off = 0
-        for ret in body["r"]:
-            if ret[0] == RET_INLINE:
-                n = ret[1]
-                objs.append(StoredObject(bufs[off], bufs[off + 1 : off + 1 + n], is_error=ret[2]))
-                off += 1 + n
-            else:
-                objs.append(StoredObject(node_id=ret[2], size=ret[1]))
-        self._finish(task, objs)
+        self.finish(task, parse_returns(body, bufs))
 
     def _should_retry_error(self, task: TaskEntry, body: dict[str, Any], bufs: list[Any]) -> bool:
         if task.cancelled or task.attempts_left == 0 or not task.retry_exceptions:
@@ -310,21 +320,23 @@ class TaskSubmitter:
 
     def _crashed(self, task: TaskEntry) -> None:
         if task.cancelled:
-            self._fail(task, TaskCancelledError(task.task_id.hex()))
+            self.fail(task, TaskCancelledError(task.task_id.hex()))
         elif task.attempts_left != 0:
             if task.attempts_left > 0:
                 task.attempts_left -= 1
             logger.info("retrying %r after its worker died", task)
             self._enqueue(task)
         else:
-            self._fail(task, WorkerCrashedError())
+            self.fail(task, WorkerCrashedError())
 
-    def _fail(self, task: TaskEntry, exc: BaseException) -> None:
+    def fail(self, task: TaskEntry, exc: BaseException) -> None:
+        """Store ``exc`` as every return value of the task."""
         so = serialization.serialize(exc, is_error=True)
         obj = StoredObject(so.data, so.buffers, is_error=True)
-        self._finish(task, [obj] * len(task.return_ids))
+        self.finish(task, [obj] * len(task.return_ids))
 
-    def _finish(self, task: TaskEntry, objs: list[StoredObject]) -> None:
+    def finish(self, task: TaskEntry, objs: list[StoredObject]) -> None:
+        """Store the task's return values and release what it pinned."""
         task.state = "finished"
         self.tasks.pop(task.task_id, None)
         for oid, obj in zip(task.return_ids, objs, strict=True):
@@ -335,28 +347,31 @@ class TaskSubmitter:
 
     def _fail_queue(self, cls: SchedulingClass, exc: BaseException) -> None:
         while cls.queue:
-            self._fail(cls.queue.popleft(), exc)
+            self.fail(cls.queue.popleft(), exc)
 
     # -- cancellation and shutdown ---------------------------------------------------------
-    def cancel(self, object_id: bytes, force: bool) -> None:
-        task = self.tasks.get(ids.task_id_of(object_id))
+    def cancel(self, object_id: bytes, force: bool, recursive: bool = True) -> None:
+        self.cancel_task(ids.task_id_of(object_id), force, recursive)
+
+    def cancel_task(self, task_id: bytes, force: bool, recursive: bool = True) -> None:
+        task = self.tasks.get(task_id)
         if task is None:
             return
         task.cancelled = True
         if task.state == "pending_deps":
-            self._fail(task, TaskCancelledError(task.task_id.hex()))
+            self.fail(task, TaskCancelledError(task.task_id.hex()))
         elif task.state == "queued":
             cls = self.classes.get(task.sched_key)
             if cls is not None and task in cls.queue:
                 cls.queue.remove(task)
-            self._fail(task, TaskCancelledError(task.task_id.hex()))
+            self.fail(task, TaskCancelledError(task.task_id.hex()))
         elif task.state == "running" and not task.lease.conn.is_closed:
-            task.lease.conn.notify("cancel_task", [task.task_id, force])
+            task.lease.conn.notify("cancel_task", [task.task_id, force, recursive])
 
     def fail_all(self, exc: BaseException) -> None:
         for task in list(self.tasks.values()):
             if task.state != "finished":
-                self._fail(task, exc)
+                self.fail(task, exc)
 
     def shutdown(self) -> None:
         for cls in self.classes.values():

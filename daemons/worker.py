@@ -21,10 +21,12 @@ import traceback
 from typing import Any
 
 from aioray.daemons import worker_output
+from aioray.daemons.actor_host import ActorHost, run_terminate
 
 from aioray import _loop, config, object_store, rpc, serialization
+from aioray.actor import ActorExit
 from aioray.core_worker import WORKER, CoreWorker
-from aioray.exceptions import RayTaskError, TaskCancelledError
+from aioray.exceptions import RaySystemError, RayTaskError, TaskCancelledError
 from aioray.memory_store import StoredObject
 from aioray.object_ref import ObjectRef, set_core_worker
 from aioray.protocol import Buffer
@@ -56,9 +58,14 @@ class TaskExecutor:
         self.thread = threading.Thread(target=self._run, name="aioray-exec", daemon=True)
         self.pid = os.getpid()
         self.cuda_env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.actor = ActorHost(self)
 
     def handlers(self) -> dict[str, rpc.Handler]:
-        return {"push_task": self.handle_push_task, "cancel_task": self.handle_cancel_task}
+        return {
+            "push_task": self.handle_push_task,
+            "cancel_task": self.handle_cancel_task,
+            **self.actor.handlers(),
+        }
 
     # -- loop side --------------------------------------------------------------------------
     def handle_push_task(
@@ -77,6 +84,11 @@ class TaskExecutor:
         return fut
 
     async def _fetch_then_run(self, job: _Job, deps: list[list[Any]]) -> None:
+        await self.fetch_deps(job, deps)
+        self.queue.put(job)
+
+    async def fetch_deps(self, job: _Job, deps: list[list[Any]]) -> None:
+        """Fetch dependencies owned elsewhere into ``job.fetched`` (errors stored as errors)."""
         refs = [ObjectRef(d[1], _owner_of(d[2]), _count=False) for d in deps]
         results = await asyncio.gather(*[self.cw.fetch(r) for r in refs], return_exceptions=True)
         for d, obj in zip(deps, results, strict=True):
@@ -84,21 +96,28 @@ class TaskExecutor:
                 so = serialization.serialize(obj, is_error=True)
                 obj = StoredObject(so.data, so.buffers, is_error=True)
             job.fetched[d[1]] = obj
-        self.queue.put(job)
 
     def handle_cancel_task(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        task_id, force = body
+        task_id, force = body[0], body[1]
+        recursive = body[2] if len(body) > 2 else True
+        if self.actor.cancel(task_id):
+            return
         if self.current == task_id:
+            if recursive:  # Ray's default: the tasks this task submitted go too
+                for child in list(self.cw.submitter.tasks):
+                    self.cw.submitter.cancel_task(child, force)
             if force:
                 logger.info("force-cancelling task %s: exiting", task_id.hex())
                 os._exit(1)
+            ident = self.thread.ident or 0
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self.thread.ident or 0), ctypes.py_object(KeyboardInterrupt)
+                ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt)
             )
+            self.cw.interrupt_blocking(ident)  # a task blocked in get wakes to see it
         else:
             self.cancelled.add(task_id)
 
-    def _reply(self, job: _Job, body: dict[str, Any], buffers: list[Buffer]) -> None:
+    def reply(self, job: _Job, body: dict[str, Any], buffers: list[Buffer]) -> None:
         if not job.fut.done():
             job.fut.set_result(rpc.Reply(body, buffers))
 
@@ -109,17 +128,26 @@ class TaskExecutor:
             if job is None:
                 return
             try:
-                body, bufs = self._execute(job)
+                body, bufs = self.execute(job)
             except KeyboardInterrupt:  # a cancel that arrived just as the task finished
-                body, bufs = self._error(job.spec, TaskCancelledError(job.spec["tid"].hex()), False)
-            self.cw.post(self._reply, job, body, bufs)
+                body, bufs = self.error(job.spec, TaskCancelledError(job.spec["tid"].hex()), False)
+            except ActorExit:
+                self.actor.exit()  # no reply: the caller observes the actor's death
+                continue
+            except BaseException as e:  # a bug of ours: answer, and keep the thread alive
+                logger.exception("executing %s failed", job.spec.get("name"))
+                body, bufs = self.error(job.spec, RaySystemError(f"worker error: {e!r}"), False)
+            self.cw.post(self.reply, job, body, bufs)
 
-    def _execute(self, job: _Job) -> tuple[dict[str, Any], list[Buffer]]:
+    def execute(self, job: _Job) -> tuple[dict[str, Any], list[Buffer]]:
+        """Run one task or actor call (any thread); return the reply body and buffers."""
         spec = job.spec
         task_id = spec["tid"]
         if task_id in self.cancelled:
             self.cancelled.discard(task_id)
-            return self._error(spec, TaskCancelledError(task_id.hex()), False)
+            return self.error(spec, TaskCancelledError(task_id.hex()), False)
+        if spec.get("create"):
+            return self._create_actor(spec, job)
         ctx = self.cw.task_context
         ctx.task_id = task_id
         gpus = spec.get("gpu")
@@ -135,32 +163,49 @@ class TaskExecutor:
         start = time.perf_counter()
         try:
             try:
-                fn = self._function(spec["fid"])
-                args, kwargs = self._arguments(spec, job)
+                fn = self._function(spec)
+                args, kwargs = self.arguments(spec, job)
                 result = fn(*args, **kwargs)
             finally:
                 self.current = None
                 elapsed = time.perf_counter() - start
         except KeyboardInterrupt:
-            return self._error(spec, TaskCancelledError(task_id.hex()), False)
+            return self.error(spec, TaskCancelledError(task_id.hex()), False)
         except Exception as e:
-            return self._task_error(spec, e)
+            return self.task_error(spec, e)
         finally:
             ctx.task_id = None
         try:
-            body, bufs = self._returns(spec, result)
+            body, bufs = self.returns(spec, result)
         except Exception as e:
-            return self._task_error(spec, e)
+            return self.task_error(spec, e)
         body["t"] = elapsed
         return body, bufs
 
-    def _function(self, fid: bytes) -> Any:
+    def _create_actor(self, spec: dict[str, Any], job: _Job) -> tuple[dict[str, Any], list[Buffer]]:
+        self.cw.job_id = spec["job"]
+        try:
+            cls = serialization.deserialize(spec["cls"])
+            args, kwargs = self.arguments(spec, job)
+            self.actor.construct(cls, args, kwargs)
+        except Exception as e:
+            _, parts = self.task_error(spec, e)
+            return {"error": True}, parts
+        return {"r": [], "pid": self.pid}, []
+
+    def _function(self, spec: dict[str, Any]) -> Any:
+        method = spec.get("m")
+        if method is not None:
+            if method == "__ray_terminate__":
+                return run_terminate
+            return getattr(self.actor.instance, method)
+        fid = spec["fid"]
         fn = self.functions.get(fid)
         if fn is None:
             fn = self.functions[fid] = serialization.deserialize(self.fn_bytes.pop(fid))
         return fn
 
-    def _arguments(self, spec: dict[str, Any], job: _Job) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def arguments(self, spec: dict[str, Any], job: _Job) -> tuple[tuple[Any, ...], dict[str, Any]]:
         bufs = job.buffers
         off = 0
         call: Any = ((), {})
@@ -183,7 +228,7 @@ class TaskExecutor:
         args, kwargs = call
         return substitute(args, kwargs, values)
 
-    def _returns(self, spec: dict[str, Any], result: Any) -> tuple[dict[str, Any], list[Buffer]]:
+    def returns(self, spec: dict[str, Any], result: Any) -> tuple[dict[str, Any], list[Buffer]]:
         nret = spec["nret"]
         if nret == 1:
             values = [result]
@@ -214,14 +259,14 @@ class TaskExecutor:
                 rets.append([RET_SHM, size, self.cw.node_id])
         return {"r": rets}, bufs
 
-    def _task_error(
+    def task_error(
         self, spec: dict[str, Any], e: BaseException
     ) -> tuple[dict[str, Any], list[Buffer]]:
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
         err = RayTaskError(spec["name"], tb, e, self.pid, self.cw.node_ip)
-        return self._error(spec, err, True)
+        return self.error(spec, err, True)
 
-    def _error(
+    def error(
         self, spec: dict[str, Any], err: BaseException, app_error: bool
     ) -> tuple[dict[str, Any], list[Buffer]]:
         try:

@@ -14,7 +14,7 @@ import threading
 import pytest
 
 import aioray as ray
-from aioray.exceptions import RayError
+from aioray.exceptions import RayError, RayTaskError
 
 GET_TIMEOUT = 30
 SERIALIZATION_ERRORS = (TypeError, RayError, ValueError)
@@ -47,6 +47,13 @@ def test_auto_init_on_first_put():
         assert ray.get(ref, timeout=GET_TIMEOUT) == "auto-put"
     finally:
         ray.shutdown()
+    assert not ray.is_initialized()
+
+
+def test_init_auto_without_cluster_raises_connection_error():
+    assert not ray.is_initialized()
+    with pytest.raises(ConnectionError):
+        ray.init(address="auto")
     assert not ray.is_initialized()
 
 
@@ -139,6 +146,15 @@ def test_cpu_in_resources_is_rejected():
             return 1
 
 
+def test_async_def_remote_function_is_rejected():
+    """Ray: "'async def' should not be used for remote tasks" (ValueError at decoration)."""
+    with pytest.raises(ValueError, match="async"):
+
+        @ray.remote
+        async def f():
+            return 1
+
+
 # --------------------------------------------------------------- with a cluster
 
 
@@ -224,3 +240,38 @@ def test_second_init_with_ignore_reinit_error(ray_shared):
         return "same cluster"
 
     assert ray.get(f.remote(), timeout=GET_TIMEOUT) == "same cluster"
+
+
+def test_unpicklable_return_value_fails_at_get(ray_shared):
+    @ray.remote
+    def returns_lock():
+        return threading.Lock()
+
+    with pytest.raises(RayError, match=r"(?i)lock"):
+        ray.get(returns_lock.remote(), timeout=GET_TIMEOUT)
+
+
+def test_exception_that_cannot_be_rebuilt(ray_shared):
+    """An exception class with a custom __init__ still surfaces as a RayTaskError."""
+
+    class NeedsTwoArgs(Exception):
+        def __init__(self, a, b):
+            super().__init__(f"{a}-{b}")
+            self.lock = threading.Lock()  # makes the instance unpicklable too
+
+    @ray.remote
+    def raises():
+        raise NeedsTwoArgs("first", "second")
+
+    with pytest.raises(RayTaskError, match="first-second"):
+        ray.get(raises.remote(), timeout=GET_TIMEOUT)
+
+
+def test_wrong_number_of_returns(ray_shared):
+    @ray.remote(num_returns=3)
+    def two():
+        return 1, 2
+
+    refs = two.remote()
+    with pytest.raises((ValueError, RayError)):
+        ray.get(refs, timeout=GET_TIMEOUT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -304,3 +305,62 @@ def test_log_to_driver_false_keeps_worker_output_away(ray_start, capfd):
     assert ray.get(talk.remote("after"), timeout=GET_TIMEOUT) == "after"
     out, err = capfd.readouterr()
     assert token not in out + err
+
+
+def _write_script(code: str, tmp_path: Path, name: str) -> Path:
+    script = tmp_path / f"{name}.py"
+    script.write_text(code)
+    return script
+
+
+def test_driver_exit_without_shutdown_cleans_up(tmp_path):
+    """A script that never calls shutdown() still leaves nothing behind (atexit)."""
+    script = _write_script(
+        "import aioray as ray\n"
+        "ray.init(num_cpus=1)\n"
+        "print(ray.get(ray.put('exiting')), flush=True)\n",
+        tmp_path,
+        "no_shutdown",
+    )
+    out_path, err_path = tmp_path / "out", tmp_path / "err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            timeout=CLI_TIMEOUT,
+        )
+    assert proc.returncode == 0, err_path.read_text()
+    assert out_path.read_text().strip() == "exiting"
+    # the autouse leak check asserts that no process or segment survived
+
+
+def test_killed_driver_takes_its_cluster_down(tmp_path):
+    """Daemons started by init() share the driver's fate, even on SIGKILL."""
+    script = _write_script(
+        "import threading\nimport aioray as ray\n"
+        "ray.init(num_cpus=1)\n"
+        "print(ray.get(ray.put('up')), flush=True)\n"
+        "threading.Event().wait()\n",
+        tmp_path,
+        "killed",
+    )
+    driver = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        text=True,
+    )
+    try:
+        readable, _, _ = select.select([driver.stdout], [], [], GET_TIMEOUT)
+        assert readable, "the driver never reported its cluster up"
+        assert driver.stdout.readline().strip() == "up"
+    finally:
+        driver.kill()
+        driver.wait(timeout=CLI_TIMEOUT)
+        driver.stdout.close()
+    # the autouse leak check waits (bounded) for the orphaned daemons to exit

@@ -9,11 +9,12 @@ import os
 import time
 
 import numpy as np
+import psutil
 import pytest
 from conftest import shm_entries, wait_for_condition
 
 import aioray as ray
-from aioray.exceptions import GetTimeoutError, RayError, RayTaskError
+from aioray.exceptions import GetTimeoutError, OwnerDiedError, RayError, RayTaskError
 
 GET_TIMEOUT = 30
 LARGE = 1024 * 1024  # well above the 100 KiB inline threshold
@@ -39,6 +40,29 @@ def _echo():
 
 
 echo = _echo()  # defined in a function so it is pickled by value
+
+
+# ---------------------------------------------- tests that need a fresh cluster
+# (first in the module: they kill workers, which must not disturb the shared cluster)
+
+
+def test_get_after_owner_died_raises_owner_died(ray_start):
+    """Objects owned by a worker become OwnerDiedError once it dies (never a hang)."""
+
+    @ray.remote(max_retries=0)
+    def owner():
+        big = ray.put(np.ones(200_000))
+        small = ray.put("owned by a worker")
+        return [big, small], os.getpid()
+
+    refs, pid = ray.get(owner.remote(), timeout=GET_TIMEOUT)
+    proc = psutil.Process(pid)
+    proc.kill()
+    proc.wait(timeout=10)
+    for ref in refs:
+        with pytest.raises(OwnerDiedError):
+            ray.get(ref, timeout=GET_TIMEOUT)
+    assert isinstance(OwnerDiedError(), RayError)
 
 
 # ------------------------------------------------------------------------- put/get
@@ -376,3 +400,47 @@ def test_task_receives_1000_nested_refs(ray_shared):
 
     refs = [ray.put(i) for i in range(1000)]
     assert ray.get(total.remote(refs), timeout=GET_TIMEOUT) == sum(range(1000))
+
+
+def test_large_arguments_by_value(ray_shared):
+    """A large value passed straight to .remote() (no put) reaches the task intact."""
+
+    @ray.remote
+    def total(arr):
+        return float(arr.sum()), arr.flags.writeable
+
+    @ray.remote
+    def make():
+        return np.ones(LARGE // 8)
+
+    arr = np.ones(LARGE // 4)
+    assert ray.get(total.remote(arr), timeout=GET_TIMEOUT) == (float(LARGE // 4), False)
+    # a large task result feeds another task without passing through the driver
+    assert ray.get(total.remote(make.remote()), timeout=GET_TIMEOUT) == (float(LARGE // 8), False)
+
+
+def test_api_is_thread_safe(ray_shared):
+    """put/get/remote from several driver threads at once, as Ray allows."""
+
+    @ray.remote
+    def double(x):
+        return 2 * x
+
+    def work(seed: int) -> bool:
+        for i in range(20):
+            value = seed * 1000 + i
+            if ray.get(double.remote(ray.put(value)), timeout=GET_TIMEOUT) != 2 * value:
+                return False
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(4)))
+
+
+def test_many_small_tasks(ray_shared):
+    @ray.remote
+    def inc(x):
+        return x + 1
+
+    refs = [inc.remote(i) for i in range(1000)]
+    assert ray.get(refs, timeout=GET_TIMEOUT) == list(range(1, 1001))

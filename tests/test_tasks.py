@@ -84,6 +84,23 @@ def test_numpy_rng_differs_between_workers(ray_start, tmp_path):
     assert draws_a != draws_b
 
 
+def test_killed_idle_worker_returns_its_resources(ray_start):
+    """A worker killed between tasks gives its CPU back; the cluster reads idle again."""
+
+    @ray.remote
+    def pid():
+        return os.getpid()
+
+    worker = psutil.Process(ray.get(pid.remote(), timeout=GET_TIMEOUT))
+    worker.kill()
+    worker.wait(timeout=10)
+    wait_for_condition(
+        lambda: ray.available_resources().get("CPU") == 2,
+        message=lambda: f"CPU not returned after worker death: {ray.available_resources()}",
+    )
+    assert ray.get(pid.remote(), timeout=GET_TIMEOUT) != worker.pid
+
+
 # ------------------------------------------------------------------ remote & options
 
 
@@ -726,6 +743,55 @@ def test_cancel_force_kills_worker(ray_shared, tmp_path):
         return "after"
 
     assert ray.get(after.remote(), timeout=GET_TIMEOUT) == "after"
+
+
+def _parent_and_child():
+    @ray.remote
+    def child(started, release):
+        open(started, "w").close()
+        deadline = time.time() + 30
+        while not os.path.exists(release) and time.time() < deadline:
+            time.sleep(0.01)
+        return "child finished"
+
+    @ray.remote
+    def parent(started, release):
+        return ray.get(child.remote(started, release))
+
+    return parent
+
+
+def test_cancel_task_blocked_in_get(ray_shared, tmp_path):
+    """A running task waiting in ray.get is interrupted by cancel too."""
+    started, release = str(tmp_path / "child-started"), tmp_path / "release"
+    try:
+        ref = _parent_and_child().remote(started, str(release))
+        wait_for_file(started)
+        ray.cancel(ref)
+        with pytest.raises(TaskCancelledError):
+            ray.get(ref, timeout=10)
+    finally:
+        release.touch()  # never leave the child holding a CPU for later tests
+
+
+def test_cancel_is_recursive(ray_shared, tmp_path):
+    """Ray's default recursive=True cancels the children a cancelled task submitted."""
+    started, release = str(tmp_path / "child-started"), tmp_path / "release"
+    try:
+        ref = _parent_and_child().remote(started, str(release))
+        wait_for_file(started)
+        ray.cancel(ref)
+        with pytest.raises(TaskCancelledError):
+            ray.get(ref, timeout=10)
+
+        @ray.remote(num_cpus=2)
+        def needs_every_cpu():
+            return "both CPUs free"
+
+        # possible only once the (unreleased) child has been cancelled as well
+        assert ray.get(needs_every_cpu.remote(), timeout=10) == "both CPUs free"
+    finally:
+        release.touch()
 
 
 def test_cancel_finished_task_is_noop(ray_shared):

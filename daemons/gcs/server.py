@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
+from aioray.daemons.gcs.actor_manager import ActorManager
 
 from aioray import rpc
 
@@ -28,7 +29,10 @@ class GcsServer:
         self.nodes: dict[bytes, dict[str, Any]] = {}
         self.next_job = 1
         self.kv: dict[str, dict[bytes, bytes]] = {}
-        self.server = rpc.Server(rpc.handlers_of(self), hello_check=self._hello)
+        self.raylets: dict[bytes, rpc.Connection] = {}
+        self.actors = ActorManager(self)
+        handlers = {**rpc.handlers_of(self), **self.actors.handlers()}
+        self.server = rpc.Server(handlers, hello_check=self._hello)
         self._stopped = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -67,6 +71,7 @@ class GcsServer:
             "StartTime": time.time(),
             "alive": True,
         }
+        self.raylets[node_id] = conn
         conn.on_close.append(lambda _: self._node_dead(node_id))
         logger.info("node %s registered at %s:%s", node_id.hex()[:8], body["ip"], body["port"])
         return {"session_id": self.session_id, "session_dir": self.session_dir}
@@ -76,7 +81,35 @@ class GcsServer:
         if node is not None and node["Alive"]:
             node["Alive"] = node["alive"] = False
             node["Available"] = {}
+            self.raylets.pop(node_id, None)
             logger.warning("node %s is dead (connection lost)", node_id.hex()[:8])
+            self.actors.node_died(node_id)
+
+    def raylet_conn(self, node_id: bytes) -> rpc.Connection | None:
+        return self.raylets.get(node_id)
+
+    def node_of(self, conn: rpc.Connection) -> bytes | None:
+        return next((n for n, c in self.raylets.items() if c is conn), None)
+
+    def pick_raylet(self, res: dict[str, float]) -> rpc.Connection | None:
+        """An alive node whose totals fit the request, the one with most free CPU first."""
+        best, best_cpu = None, -1.0
+        for node_id, conn in self.raylets.items():
+            node = self.nodes[node_id]
+            if all(node["Resources"].get(k, 0.0) + 1e-9 >= v for k, v in res.items()):
+                cpu = node["Available"].get("CPU", 0.0)
+                if cpu > best_cpu:
+                    best, best_cpu = conn, cpu
+        if best is None and self.raylets:
+            # Infeasible everywhere: queue at a raylet, which warns the owner once.
+            best = next(iter(self.raylets.values()))
+        return best
+
+    def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
+        # An actor's lease cannot be placed: tell the owners of pending actors.
+        for rec in self.actors.actors.values():
+            if rec.state == "PENDING_CREATION" and not rec.owner.is_closed:
+                rec.owner.notify("lease_infeasible", body)
 
     def handle_report_resources(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         node_id, available = body
@@ -91,7 +124,9 @@ class GcsServer:
     def handle_register_job(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
         job = self.next_job
         self.next_job += 1
-        return {"job_id": job.to_bytes(4, "little")}
+        # Like Ray, a job without a namespace gets an anonymous one of its own.
+        namespace = body.get("ns") or f"anonymous-{os.urandom(8).hex()}"
+        return {"job_id": job.to_bytes(4, "little"), "namespace": namespace}
 
     # -- internal key-value store -----------------------------------------------------------
     def handle_kv_put(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:

@@ -22,6 +22,7 @@ import asyncio
 import itertools
 import logging
 import os
+import signal
 import socket
 from typing import Any
 
@@ -35,11 +36,20 @@ logger = logging.getLogger(__name__)
 
 
 class LeaseRequest:
-    __slots__ = ("conn", "env", "env_key", "fut", "res", "warned")
+    __slots__ = ("actor", "conn", "env", "env_key", "fut", "hold", "res", "warned")
 
-    def __init__(self, conn: rpc.Connection, res: dict[str, float], env: Any) -> None:
+    def __init__(
+        self,
+        conn: rpc.Connection,
+        res: dict[str, float],
+        env: Any,
+        hold: dict[str, float] | None = None,
+        actor: bytes | None = None,
+    ) -> None:
         self.conn = conn
-        self.res = res
+        self.res = res  # must fit to grant
+        self.hold = res if hold is None else hold  # held while the lease lives
+        self.actor = actor
         self.env = env
         self.env_key = env_key_of(env)
         self.fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -47,7 +57,7 @@ class LeaseRequest:
 
 
 class Lease:
-    __slots__ = ("blocked", "conn", "gpus", "lease_id", "res", "worker")
+    __slots__ = ("actor", "blocked", "conn", "gpus", "lease_id", "res", "worker")
 
     def __init__(
         self, lease_id: int, worker: WorkerHandle, res: dict[str, float], conn: rpc.Connection
@@ -58,6 +68,7 @@ class Lease:
         self.conn = conn
         self.blocked = False
         self.gpus: list[tuple[int, float]] = []
+        self.actor: bytes | None = None
 
 
 class Raylet:
@@ -106,6 +117,7 @@ class Raylet:
             "node_id": self.node_id,
             "session_id": self.session_id,
             "session_dir": self.session_dir,
+            "gcs_address": list(self.gcs_address),
         }
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -125,7 +137,9 @@ class Raylet:
             sock.setblocking(False)
         self.port = sock.getsockname()[1]
         self.pool.worker_args["raylet_port"] = self.port
-        self.gcs, _ = await rpc.connect(*self.gcs_address, hello={"role": "raylet"}, name="gcs")
+        self.gcs, _ = await rpc.connect(
+            *self.gcs_address, handlers=rpc.handlers_of(self), hello={"role": "raylet"}, name="gcs"
+        )
         self.gcs.on_close.append(lambda _: self._gcs_lost())
         info = await self.gcs.call(
             "register_node",
@@ -194,6 +208,9 @@ class Raylet:
                 self.resources.release_gpus(lease.gpus)
                 if not lease.blocked:
                     self.resources.release(lease.res)
+                if lease.actor is not None and self.gcs is not None and not self.gcs.is_closed:
+                    self.gcs.notify("actor_worker_died", [lease.actor, f"worker pid {w.pid} died"])
+                self._report()
         if not self._stopped.is_set():
             logger.info("worker %s (pid %d) exited", w.worker_id.hex()[:8], w.pid)
             self._schedule()
@@ -210,7 +227,14 @@ class Raylet:
         if "owner_watch" not in conn.state:
             conn.state["owner_watch"] = True
             conn.on_close.append(self._owner_gone)
-        req = LeaseRequest(conn, {k: float(v) for k, v in body["res"].items()}, body.get("env"))
+        hold = body.get("hold")
+        req = LeaseRequest(
+            conn,
+            {k: float(v) for k, v in body["res"].items()},
+            body.get("env"),
+            None if hold is None else {k: float(v) for k, v in hold.items()},
+            body.get("actor"),
+        )
         self.requests.append(req)
         self._schedule()
         return req.fut
@@ -229,7 +253,9 @@ class Raylet:
         self.resources.release_gpus(lease.gpus)
         self._report()
         w = lease.worker
-        if worker_ok and w.conn is not None and not w.conn.is_closed and self.pool is not None:
+        if lease.actor is not None:
+            _kill(w.pid)  # an actor's worker holds its state: never reused
+        elif worker_ok and w.conn is not None and not w.conn.is_closed and self.pool is not None:
             self.pool.push_idle(w)
 
     def handle_worker_blocked(self, conn: rpc.Connection, blocked: bool, _: Any) -> None:
@@ -283,9 +309,10 @@ class Raylet:
 
     def _grant(self, req: LeaseRequest, worker: WorkerHandle) -> None:
         lease_id = next(self._lease_ids)
-        self.resources.acquire(req.res)
+        self.resources.acquire(req.hold)
         worker.lease_id = lease_id
-        lease = self.leases[lease_id] = Lease(lease_id, worker, req.res, req.conn)
+        lease = self.leases[lease_id] = Lease(lease_id, worker, req.hold, req.conn)
+        lease.actor = req.actor
         lease.gpus = self.resources.assign_gpus(req.res.get("GPU", 0.0))
         req.fut.set_result(
             {
@@ -310,6 +337,16 @@ class Raylet:
                 max(0, self.object_store_memory - sum(self.objects.values()))
             )
             self.gcs.notify("report_resources", [self.node_id, avail])
+
+    def handle_kill_actor_worker(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
+        for lease in self.leases.values():
+            if lease.actor == aid:
+                _kill(lease.worker.pid)
+
+    def handle_actor_exiting(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
+        # Forwarded before the worker's death is reported: the GCS will not restart it.
+        if self.gcs is not None and not self.gcs.is_closed:
+            self.gcs.notify("actor_exiting", aid)
 
     def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         for peer in self.server.connections:
@@ -338,3 +375,10 @@ class Raylet:
             "queued": len(self.requests),
             "objects": len(self.objects),
         }
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

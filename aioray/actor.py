@@ -1,0 +1,311 @@
+"""Actors: ``@remote`` classes, their handles and method calls (Ray's names).
+
+Vocabulary: an *actor class* (``Cls``) creates actors with ``Cls.remote()``; an
+*ActorHandle* names one actor and may be copied, pickled and passed anywhere; an
+*ActorMethod* (``handle.method``) submits a call with ``.remote()``.
+
+Creation registers the actor at the GCS, which leases a dedicated worker and
+runs ``__init__`` there; calls go straight from the caller to that worker
+(``actor_submitter.py``). The creator's handles are counted in its process: when
+the last one is gone (and no copy left the process) the actor is terminated
+after its queued calls, as in Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aioray import config, ids, options, serialization
+from aioray.object_ref import ObjectRef
+from aioray.remote_function import pack_arguments
+from aioray.task_spec import TaskEntry
+
+_ACTOR_DEFAULTS: dict[str, Any] = {
+    "max_restarts": 0,
+    "max_task_retries": 0,
+    "max_concurrency": None,
+    "max_pending_calls": -1,
+    "lifetime": None,
+    "get_if_exists": False,
+    "name": None,
+    "namespace": None,
+}
+
+
+def method(*args: Any, **kwargs: Any) -> Callable[..., Any]:
+    """Decorate an actor method: ``@aioray.method(num_returns=2, concurrency_group="io")``."""
+    allowed = {"num_returns", "concurrency_group", "max_task_retries", "retry_exceptions"}
+    unknown = set(kwargs) - allowed
+    if args or unknown:
+        raise ValueError(f"@method takes keyword options {sorted(allowed)}, got {sorted(unknown)}")
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__aioray_method_options__ = kwargs  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
+
+
+def _class_meta(cls: type, opts: dict[str, Any]) -> dict[str, Any]:
+    methods: dict[str, dict[str, Any]] = {}
+    is_async = False
+    for name, fn in inspect.getmembers(cls, predicate=inspect.isfunction):
+        if name.startswith("__") and name != "__call__":
+            continue
+        mopts = getattr(fn, "__aioray_method_options__", {})
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            is_async = True
+        methods[name] = {"nret": mopts.get("num_returns", 1), "cg": mopts.get("concurrency_group")}
+    max_conc = opts.get("max_concurrency") or (1000 if is_async else 1)
+    return {
+        "cls": cls.__qualname__,
+        "methods": methods,
+        "async": is_async,
+        "max_concurrency": max_conc,
+        "groups": opts.get("concurrency_groups") or {},
+        "max_task_retries": opts.get("max_task_retries", 0),
+        "max_pending_calls": opts.get("max_pending_calls", -1),
+    }
+
+
+class ActorClass:
+    """A class turned into an actor factory by ``@aioray.remote``."""
+
+    def __init__(self, cls: type, actor_options: dict[str, Any]) -> None:
+        options.validate(actor_options, options.ACTOR_OPTIONS)
+        self._cls = cls
+        self._options = {**_ACTOR_DEFAULTS, **actor_options}
+        self._name = cls.__qualname__
+        self._cls_bytes: bytes | None = None
+        self._lock = threading.Lock()
+        self.__doc__ = cls.__doc__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Actors cannot be instantiated directly. Instead of '{self._name}()', "
+            f"use '{self._name}.remote()'."
+        )
+
+    def __repr__(self) -> str:
+        return f"<ActorClass {self._name}>"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cls": self._cls, "options": self._options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["cls"], {})  # type: ignore[misc]
+        self._options = state["options"]
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        """Create the actor; return its handle at once."""
+        return self._remote(args, kwargs, self._options)
+
+    def options(self, **actor_options: Any) -> _ActorClassOptions:
+        options.validate(actor_options, options.ACTOR_OPTIONS)
+        return _ActorClassOptions(self, {**self._options, **actor_options})
+
+    def _export(self) -> bytes:
+        if self._cls_bytes is None:
+            with self._lock:
+                if self._cls_bytes is None:
+                    try:
+                        self._cls_bytes = serialization.dumps_function(self._cls)
+                    except Exception as e:
+                        raise TypeError(
+                            f"Could not serialize the actor class {self._name}: {e}"
+                        ) from e
+        return self._cls_bytes
+
+    def _remote(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]
+    ) -> ActorHandle:
+        from aioray import api
+
+        cw = api.ensure_connected()
+        cls_bytes = self._export()
+        meta = _class_meta(self._cls, opts)
+        namespace = opts.get("namespace") or cw.namespace
+        name = opts.get("name")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"Actor name must be a non-empty string, got {name!r}")
+        if opts.get("lifetime") not in (None, "detached", "non_detached"):
+            raise ValueError(
+                f"lifetime must be 'detached' or 'non_detached', got {opts.get('lifetime')!r}"
+            )
+        actor_id = ids.random_id(16)
+        spec: dict[str, Any] = {
+            "create": True,
+            "tid": cw.ids.task_id(),
+            "aid": actor_id,
+            "cls": cls_bytes,
+            "name": f"{self._name}.__init__",
+            "nret": 0,
+            "job": cw.job_id,
+            "ns": namespace,
+            "owner": list(cw.address),
+            "fid": hashlib.sha1(cls_bytes).digest(),
+            "meta": meta,
+        }
+        blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
+        # Creation arguments stay pinned: a restart runs __init__ with them again.
+        cw.refs.mark_escaped(r.binary() for r in dep_refs)
+        env = api.merged_env_vars(opts.get("runtime_env"))
+        if env:
+            spec["env"] = env
+        explicit_cpus = "num_cpus" in opts and opts["num_cpus"] is not None
+        hold = options.resource_request({**opts, "num_cpus": opts.get("num_cpus") or 0})
+        sched = dict(hold)
+        if not explicit_cpus:
+            sched["CPU"] = 1.0  # Ray: 1 CPU to schedule an actor, 0 while it runs
+        request = {
+            "aid": actor_id,
+            "name": name,
+            "ns": namespace,
+            "detached": opts.get("lifetime") == "detached",
+            "get_if_exists": bool(opts.get("get_if_exists")),
+            "max_restarts": opts.get("max_restarts", 0),
+            "res": sched,
+            "hold": hold,
+            "env": env or None,
+            "meta": meta,
+            "owner": cw.worker_id,
+        }
+        task = TaskEntry(spec, [], blob, dep_refs, {}, 0, False, None, ())
+        info = cw.run_sync(cw.actors.create(request, task), config.DAEMON_START_TIMEOUT_S)
+        return ActorHandle(info["aid"], info["meta"], creator=info["aid"] == actor_id)
+
+
+class _ActorClassOptions:
+    def __init__(self, actor_class: ActorClass, opts: dict[str, Any]) -> None:
+        self._actor_class = actor_class
+        self._opts = opts
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        return self._actor_class._remote(args, kwargs, self._opts)
+
+
+class ActorHandle:
+    """A handle to one actor; ``handle.method.remote(...)`` calls it."""
+
+    def __init__(self, actor_id: bytes, meta: dict[str, Any], creator: bool = False) -> None:
+        from aioray import api
+
+        self._actor_id = actor_id
+        self._meta = meta
+        self._cw = api.ensure_connected()
+        self._creator = creator
+        self._cw.actors.add_handle(actor_id, creator)
+
+    def __del__(self) -> None:
+        try:
+            self._cw.actors.remove_handle(self._actor_id)
+        except Exception:  # interpreter shutdown
+            pass
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        if name.startswith("__") and name != "__ray_terminate__":
+            raise AttributeError(name)
+        methods = self._meta["methods"]
+        if name not in methods and name != "__ray_terminate__":
+            raise AttributeError(f"'{self._meta['cls']}' actor has no method '{name}'")
+        return ActorMethod(self, name, methods.get(name, {}))
+
+    def __repr__(self) -> str:
+        return f"Actor({self._meta['cls']}, {self._actor_id.hex()})"
+
+    def __reduce__(self) -> Any:
+        # A copy leaves this process: the actor must outlive this process's handles.
+        self._cw.actors.mark_escaped(self._actor_id)
+        return (_rebuild_handle, (self._actor_id, self._meta))
+
+    @property
+    def _actor_id_hex(self) -> str:
+        return self._actor_id.hex()
+
+
+def _rebuild_handle(actor_id: bytes, meta: dict[str, Any]) -> ActorHandle:
+    return ActorHandle(actor_id, meta)
+
+
+class ActorMethod:
+    """One method of an actor; ``.remote(*args)`` submits a call."""
+
+    def __init__(self, handle: ActorHandle, name: str, mopts: dict[str, Any]) -> None:
+        self._handle = handle
+        self._name = name
+        self._mopts = dict(mopts)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Actor methods cannot be called directly. Instead of '{self._name}()', "
+            f"try '{self._name}.remote()'."
+        )
+
+    def options(self, **mopts: Any) -> ActorMethod:
+        unknown = set(mopts) - {"num_returns", "concurrency_group", "name"}
+        if unknown:
+            raise ValueError(f"Invalid actor method option(s): {sorted(unknown)}")
+        m = ActorMethod(self._handle, self._name, self._mopts)
+        if "num_returns" in mopts:
+            m._mopts["nret"] = mopts["num_returns"]
+        if "concurrency_group" in mopts:
+            m._mopts["cg"] = mopts["concurrency_group"]
+        return m
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        h = self._handle
+        cw = h._cw
+        nret = self._mopts.get("nret", 1)
+        if not isinstance(nret, int):
+            raise ValueError(f"num_returns={nret!r} is not supported for actor methods yet")
+        spec: dict[str, Any] = {
+            "aid": h._actor_id,
+            "m": self._name,
+            "name": f"{h._meta['cls']}.{self._name}",
+            "nret": nret,
+            "job": cw.job_id,
+            "ns": cw.namespace,
+            "owner": list(cw.address),
+        }
+        if self._mopts.get("cg"):
+            spec["cg"] = self._mopts["cg"]
+        blob, dep_refs = pack_arguments(cw, spec["name"], args, kwargs, spec)
+        cw.actors.reserve_call(h._actor_id, h._meta)
+        task_id = cw.ids.task_id()
+        spec["tid"] = task_id
+        return_ids = [ids.object_id(task_id, i + 1) for i in range(nret)]
+        cw.owned.update(return_ids)
+        refs = [ObjectRef(oid, cw.address) for oid in return_ids]
+        task = TaskEntry(
+            spec,
+            return_ids,
+            blob,
+            dep_refs,
+            {},
+            h._meta.get("max_task_retries", 0),
+            False,
+            None,
+            (),
+        )
+        cw.post(cw.actors.submit, task)
+        if nret == 1:
+            return refs[0]
+        return refs if nret else None
+
+
+def exit_actor() -> None:
+    """Intentionally exit the current actor: the caller sees it die, queued calls fail."""
+    from aioray.object_ref import _core_worker
+
+    cw = _core_worker
+    if cw is None or getattr(cw, "actor_id", None) is None:
+        raise TypeError("exit_actor() can only be called inside an actor")
+    raise ActorExit()
+
+
+class ActorExit(BaseException):
+    """Raised by exit_actor(): unwinds the calling method; the worker then exits."""

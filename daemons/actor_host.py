@@ -1,0 +1,219 @@
+"""Hosting one actor in a worker: creation, ordered calls, three ways to run them.
+
+- A plain actor runs calls one at a time, in order, on the execution thread it
+  shares with tasks (the same queue as TaskExecutor).
+- A threaded actor (``max_concurrency`` > 1, or a concurrency group) runs calls
+  on a thread pool per concurrency group.
+- An async actor (any ``async def`` method) runs every call as a coroutine on an
+  event loop of its own thread, at most ``max_concurrency`` at once per group, so
+  a coroutine that blocks by mistake cannot silence the worker's main loop.
+
+Calls start in arrival order: a call whose arguments must first be fetched holds
+back the calls behind it (an ordering chain of futures), so one caller's calls
+run in submission order. ``exit_actor()`` and ``__ray_terminate__`` tell the
+raylet the exit is intentional, then the process exits; callers see the death.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from aioray import rpc, serialization
+from aioray.actor import ActorExit
+from aioray.exceptions import TaskCancelledError
+from aioray.protocol import Buffer
+from aioray.task_spec import DEP_OWNER
+
+if TYPE_CHECKING:
+    from aioray.daemons.worker import TaskExecutor, _Job
+
+logger = logging.getLogger(__name__)
+
+
+class ActorHost:
+    def __init__(self, executor: TaskExecutor) -> None:
+        self.ex = executor
+        self.cw = executor.cw
+        self.instance: Any = None
+        self.meta: dict[str, Any] = {}
+        self.pools: dict[str | None, concurrent.futures.ThreadPoolExecutor] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.semaphores: dict[str | None, asyncio.Semaphore] = {}
+        self.running: dict[bytes, asyncio.Future[Any]] = {}
+        self._tail: asyncio.Future[None] | None = None
+        self._exiting = False
+
+    def handlers(self) -> dict[str, rpc.Handler]:
+        return {
+            "create_actor": self.handle_create_actor,
+            "push_actor_task": self.handle_push_actor_task,
+        }
+
+    # -- creation --------------------------------------------------------------------------
+    def handle_create_actor(
+        self, conn: rpc.Connection, spec: dict[str, Any], bufs: list[Buffer]
+    ) -> asyncio.Future[Any]:
+        self.meta = spec["meta"]
+        self.cw.actor_id = spec["aid"]
+        self.cw.namespace = spec.get("ns", "")
+        if self.meta.get("async"):
+            self._start_loop()
+        return self.ex.handle_push_task(conn, spec, bufs)
+
+    def construct(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """(execution thread) Run __init__; methods are callable from now on."""
+        self.instance = cls(*args, **kwargs)
+
+    def _start_loop(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            from aioray._loop import new_event_loop
+
+            loop = new_event_loop()
+            asyncio.set_event_loop(loop)
+            self.loop = loop
+            ready.set()
+            loop.run_forever()
+
+        threading.Thread(target=run, name="aioray-actor-loop", daemon=True).start()
+        ready.wait()
+
+    # -- calls -----------------------------------------------------------------------------
+    def handle_push_actor_task(
+        self, conn: rpc.Connection, spec: dict[str, Any], bufs: list[Buffer]
+    ) -> asyncio.Future[Any]:
+        from aioray.daemons.worker import _Job
+
+        fut: asyncio.Future[Any] = self.cw.loop.create_future()
+        job = _Job(spec, bufs, fut)
+        remote = [d for d in spec.get("d", ()) if d[0] == DEP_OWNER]
+        prev = self._tail
+        if not remote and (prev is None or prev.done()):
+            self._dispatch(job)
+            return fut
+        mine: asyncio.Future[None] = self.cw.loop.create_future()
+        self._tail = mine
+        self.cw.loop.create_task(self._dispatch_in_order(job, remote, prev, mine))
+        return fut
+
+    async def _dispatch_in_order(
+        self,
+        job: _Job,
+        remote: list[Any],
+        prev: asyncio.Future[None] | None,
+        mine: asyncio.Future[None],
+    ) -> None:
+        try:
+            if remote:
+                await self.ex.fetch_deps(job, remote)
+            if prev is not None:
+                await prev
+            self._dispatch(job)
+        finally:
+            mine.set_result(None)
+
+    def _dispatch(self, job: _Job) -> None:
+        group = job.spec.get("cg") or self._group_of(job.spec["m"])
+        if self.meta.get("async"):
+            assert self.loop is not None
+            asyncio.run_coroutine_threadsafe(self._run_async(job, group), self.loop)
+        elif group is not None or self.meta.get("max_concurrency", 1) > 1:
+            self._pool(group).submit(self._run_threaded, job)
+        else:
+            self.ex.queue.put(job)
+
+    def _group_of(self, method: str) -> str | None:
+        m = self.meta["methods"].get(method)
+        return m.get("cg") if m else None
+
+    def _size(self, group: str | None) -> int:
+        if group is None:
+            return int(self.meta.get("max_concurrency", 1))
+        groups = self.meta.get("groups") or {}
+        if group not in groups:
+            raise ValueError(f"unknown concurrency group {group!r}")
+        return int(groups[group])
+
+    def _pool(self, group: str | None) -> concurrent.futures.ThreadPoolExecutor:
+        pool = self.pools.get(group)
+        if pool is None:
+            pool = self.pools[group] = concurrent.futures.ThreadPoolExecutor(
+                self._size(group), thread_name_prefix=f"aioray-actor-{group or 'default'}"
+            )
+        return pool
+
+    def _run_threaded(self, job: _Job) -> None:
+        try:
+            body, bufs = self.ex.execute(job)
+        except KeyboardInterrupt:
+            body, bufs = self.ex.error(job.spec, TaskCancelledError(job.spec["tid"].hex()), False)
+        self.cw.post(self.ex.reply, job, body, bufs)
+
+    async def _run_async(self, job: _Job, group: str | None) -> None:
+        sem = self.semaphores.get(group)
+        if sem is None:
+            sem = self.semaphores[group] = asyncio.Semaphore(self._size(group))
+        spec = job.spec
+        task_id = spec["tid"]
+        async with sem:
+            current = asyncio.current_task()
+            assert current is not None
+            self.running[task_id] = current
+            start = time.perf_counter()
+            try:
+                fn = getattr(self.instance, spec["m"])
+                args, kwargs = self.ex.arguments(spec, job)
+                result = fn(*args, **kwargs)
+                if asyncio.iscoroutine(result):
+                    result = await result
+                body, bufs = self.ex.returns(spec, result)
+                body["t"] = time.perf_counter() - start
+            except asyncio.CancelledError:
+                body, bufs = self.ex.error(spec, TaskCancelledError(task_id.hex()), False)
+            except ActorExit:
+                self.exit()
+                return
+            except Exception as e:
+                body, bufs = self.ex.task_error(spec, e)
+            finally:
+                self.running.pop(task_id, None)
+        self.cw.post(self.ex.reply, job, body, bufs)
+
+    def cancel(self, task_id: bytes) -> bool:
+        """Cancel a running async call (its asyncio task); False if there is none."""
+        task = self.running.get(task_id)
+        if task is None or self.loop is None:
+            return False
+        self.loop.call_soon_threadsafe(task.cancel)
+        return True
+
+    # -- exit ------------------------------------------------------------------------------
+    def exit(self) -> None:
+        """(any thread) Intentional exit: the raylet hears it first, then the process ends."""
+        if self._exiting:
+            return
+        self._exiting = True
+        self.cw.post(self._exit_on_loop)
+
+    def _exit_on_loop(self) -> None:
+        aid = self.cw.actor_id
+        if aid is not None and not self.cw.raylet.is_closed:
+            self.cw.raylet.notify("actor_exiting", aid)
+            self.cw.raylet.close()  # flushes the notice before the process ends
+        self.cw.loop.call_soon(os._exit, 0)
+
+
+def run_terminate() -> None:
+    """The body of ``__ray_terminate__``: reached after every call queued before it."""
+    raise ActorExit()
+
+
+def deserialize_class(data: bytes) -> Any:
+    return serialization.deserialize(data)

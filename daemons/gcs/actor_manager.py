@@ -1,0 +1,265 @@
+"""The GCS actor table: scheduling, creation, restarts, names and death.
+
+An actor's life, driven here:
+
+1. ``create_actor`` (from its owner) registers it (a taken name is refused;
+   ``get_if_exists`` answers with the existing actor) and starts scheduling.
+2. Scheduling asks a raylet for a dedicated worker lease (Ray's actor resources:
+   ``res`` must fit to place it, ``hold`` is kept while it lives), then sends the
+   creation spec to that worker, which runs ``__init__``. ALIVE at that address.
+3. When the raylet reports the worker dead, the actor restarts (RESTARTING, then
+   step 2 again) while ``max_restarts`` allows (-1: forever), unless the death
+   was intentional (``exit_actor``, ``kill(no_restart=True)``). Otherwise DEAD.
+   An exception in ``__init__`` is DEAD at once, with that error as the cause.
+4. A non-detached actor dies with its owner (the owner's GCS connection closes).
+
+Every change bumps ``version``; callers long-poll ``wait_actor [aid, version]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aioray import rpc, serialization
+from aioray.protocol import Buffer
+
+if TYPE_CHECKING:
+    from aioray.daemons.gcs.server import GcsServer
+
+logger = logging.getLogger(__name__)
+
+PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
+
+
+class ActorRecord:
+    def __init__(self, body: dict[str, Any], buffers: list[Buffer], owner: rpc.Connection) -> None:
+        self.aid: bytes = body["aid"]
+        self.spec: dict[str, Any] = body["spec"]
+        self.buffers = buffers
+        self.name: str | None = body.get("name")
+        self.namespace: str = body.get("ns") or ""
+        self.detached: bool = body.get("detached", False)
+        self.max_restarts: int = body.get("max_restarts", 0)
+        self.res: dict[str, float] = body.get("res", {})
+        self.hold: dict[str, float] = body.get("hold", {})
+        self.env = body.get("env")
+        self.meta: dict[str, Any] = body["meta"]
+        self.owner = owner
+        self.state = PENDING
+        self.version = 0
+        self.addr: list[Any] | None = None
+        self.node_id: bytes | None = None
+        self.num_restarts = 0
+        self.death = ""
+        self.no_restart = False  # an intentional exit or kill(no_restart=True)
+        self.waiters: list[asyncio.Future[dict[str, Any]]] = []
+        self.pid = 0
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "aid": self.aid,
+            "state": self.state,
+            "version": self.version,
+            "addr": self.addr,
+            "death": self.death,
+            "meta": self.meta,
+            "name": self.name,
+            "namespace": self.namespace,
+            "pid": self.pid,
+            "num_restarts": self.num_restarts,
+        }
+
+
+class ActorManager:
+    def __init__(self, gcs: GcsServer) -> None:
+        self.gcs = gcs
+        self.actors: dict[bytes, ActorRecord] = {}
+        self.names: dict[tuple[str, str], bytes] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        alive = sum(a.state == ALIVE for a in self.actors.values())
+        return f"<ActorManager actors={len(self.actors)} alive={alive} named={len(self.names)}>"
+
+    def handlers(self) -> dict[str, rpc.Handler]:
+        return {
+            "create_actor": self.handle_create_actor,
+            "wait_actor": self.handle_wait_actor,
+            "kill_actor": self.handle_kill_actor,
+            "actor_worker_died": self.handle_actor_worker_died,
+            "actor_exiting": self.handle_actor_exiting,
+            "get_named_actor": self.handle_get_named_actor,
+            "list_named_actors": self.handle_list_named_actors,
+            "list_actors": self.handle_list_actors,
+        }
+
+    # -- 1. registration -------------------------------------------------------------------
+    def handle_create_actor(
+        self, conn: rpc.Connection, body: dict[str, Any], bufs: list[Buffer]
+    ) -> Any:
+        name, ns = body.get("name"), body.get("ns") or ""
+        if name:
+            existing = self.names.get((ns, name))
+            if existing is not None and self.actors[existing].state != DEAD:
+                if body.get("get_if_exists"):
+                    rec = self.actors[existing]
+                    return {"aid": rec.aid, "meta": rec.meta}
+                return {"error": f"The name {name!r} (namespace={ns!r}) is already taken."}
+        rec = ActorRecord(body, list(bufs), conn)
+        self.actors[rec.aid] = rec
+        if name:
+            self.names[(ns, name)] = rec.aid
+        if "owner_watch" not in conn.state:
+            conn.state["owner_watch"] = True
+            conn.on_close.append(self._owner_died)
+        self._spawn(self._schedule(rec))
+        return {"aid": rec.aid, "meta": rec.meta}
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- 2. scheduling and creation --------------------------------------------------------
+    async def _schedule(self, rec: ActorRecord) -> None:
+        raylet = self.gcs.pick_raylet(rec.res)
+        if raylet is None:
+            self._set_dead(rec, "No alive node can host the actor.")
+            return
+        body = {"res": rec.res, "hold": rec.hold, "env": rec.env, "actor": rec.aid}
+        try:
+            lease = await raylet.call("request_lease", body)
+        except ConnectionError:
+            self._retry_or_die(rec, "The node chosen for the actor died.")
+            return
+        if "error" in lease or rec.state == DEAD:
+            if rec.state != DEAD:
+                self._set_dead(rec, f"The actor could not be scheduled: {lease.get('error')}")
+            elif "lid" in lease:
+                raylet.notify("kill_actor_worker", rec.aid)
+            return
+        host, port = lease["addr"]
+        try:
+            worker, _ = await rpc.connect(host, port, hello={"role": "gcs"}, name="actor worker")
+            body, bufs = await worker.call_full("create_actor", rec.spec, rec.buffers)
+            worker.close()
+        except (ConnectionError, rpc.RpcError) as e:
+            logger.warning("creating actor %s failed: %s", rec.aid.hex()[:8], e)
+            return  # the raylet reports the worker's death; restart logic runs from there
+        if body.get("error"):
+            err = serialization.deserialize(bufs[0], bufs[1:])
+            rec.no_restart = True
+            self._set_dead(
+                rec, f"The actor died because of an error raised in its creation task: {err}"
+            )
+            raylet.notify("kill_actor_worker", rec.aid)
+            return
+        if rec.state == DEAD:  # killed while being created
+            raylet.notify("kill_actor_worker", rec.aid)
+            return
+        rec.addr = [host, port, lease["wid"]]
+        rec.node_id = self.gcs.node_of(raylet)
+        rec.pid = body.get("pid", 0)
+        self._set_state(rec, ALIVE)
+
+    # -- 3. death and restarts -------------------------------------------------------------
+    def handle_actor_worker_died(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        aid, reason = body
+        rec = self.actors.get(aid)
+        if rec is not None and rec.state != DEAD:
+            self._retry_or_die(rec, reason)
+
+    def handle_actor_exiting(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
+        rec = self.actors.get(aid)
+        if rec is not None:
+            rec.no_restart = True
+            rec.death = "The actor exited intentionally (exit_actor or __ray_terminate__)."
+
+    def _retry_or_die(self, rec: ActorRecord, reason: str) -> None:
+        can_restart = rec.max_restarts == -1 or rec.num_restarts < rec.max_restarts
+        if rec.no_restart or not can_restart:
+            self._set_dead(rec, rec.death or f"The actor died unexpectedly: {reason}")
+            return
+        rec.num_restarts += 1
+        rec.addr = None
+        logger.info("restarting actor %s (%d)", rec.aid.hex()[:8], rec.num_restarts)
+        self._set_state(rec, RESTARTING)
+        self._spawn(self._schedule(rec))
+
+    def handle_kill_actor(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+        aid, no_restart = body
+        rec = self.actors.get(aid)
+        if rec is None or rec.state == DEAD:
+            return False
+        self._kill(rec, no_restart, "The actor was killed by ray.kill().")
+        return True
+
+    def _kill(self, rec: ActorRecord, no_restart: bool, why: str) -> None:
+        if no_restart:
+            rec.no_restart = True
+            rec.death = why
+        if rec.state in (ALIVE,) and rec.node_id is not None:
+            raylet = self.gcs.raylet_conn(rec.node_id)
+            if raylet is not None:
+                raylet.notify("kill_actor_worker", rec.aid)
+                return
+        if no_restart:
+            self._set_dead(rec, why)
+
+    def _owner_died(self, conn: rpc.Connection) -> None:
+        for rec in list(self.actors.values()):
+            if rec.owner is conn and not rec.detached and rec.state != DEAD:
+                self._kill(rec, True, "The actor's owner died.")
+
+    def _set_dead(self, rec: ActorRecord, death: str) -> None:
+        rec.death = death
+        if rec.name and self.names.get((rec.namespace, rec.name)) == rec.aid:
+            del self.names[(rec.namespace, rec.name)]
+        self._set_state(rec, DEAD)
+        rec.buffers = []  # the creation arguments are no longer needed
+
+    def _set_state(self, rec: ActorRecord, state: str) -> None:
+        rec.state = state
+        rec.version += 1
+        waiters, rec.waiters = rec.waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(rec.info())
+
+    def node_died(self, node_id: bytes) -> None:
+        for rec in list(self.actors.values()):
+            if rec.node_id == node_id and rec.state in (ALIVE, PENDING):
+                self._retry_or_die(rec, "its node died")
+
+    # -- queries ---------------------------------------------------------------------------
+    def handle_wait_actor(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+        aid, version = body
+        rec = self.actors.get(aid)
+        if rec is None:
+            return {"aid": aid, "state": DEAD, "version": version + 1, "death": "Unknown actor."}
+        if rec.version > version or rec.state == DEAD:
+            return rec.info()
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        rec.waiters.append(fut)
+        return fut
+
+    def handle_get_named_actor(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+        name, ns = body
+        aid = self.names.get((ns, name))
+        if aid is None:
+            return None
+        rec = self.actors[aid]
+        return {"aid": aid, "meta": rec.meta}
+
+    def handle_list_named_actors(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+        ns, all_namespaces = body
+        return [
+            {"name": name, "namespace": space}
+            for (space, name), aid in self.names.items()
+            if (all_namespaces or space == ns) and self.actors[aid].state != DEAD
+        ]
+
+    def handle_list_actors(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+        return [rec.info() for rec in self.actors.values()]
