@@ -132,6 +132,8 @@ class ActorClass:
         name = opts.get("name")
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"Actor name must be a non-empty string, got {name!r}")
+        if opts.get("get_if_exists") and not name:
+            raise ValueError("The actor name must be specified to use `get_if_exists`.")
         if opts.get("lifetime") not in (None, "detached", "non_detached"):
             raise ValueError(
                 f"lifetime must be 'detached' or 'non_detached', got {opts.get('lifetime')!r}"
@@ -216,6 +218,12 @@ class ActorHandle:
 
     def __repr__(self) -> str:
         return f"Actor({self._meta['cls']}, {self._actor_id.hex()})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
 
     def __reduce__(self) -> Any:
         # A copy leaves this process: the actor must outlive this process's handles.

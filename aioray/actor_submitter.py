@@ -26,7 +26,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aioray import ids, rpc
-from aioray.exceptions import ActorDiedError, PendingCallsLimitExceeded
+from aioray.exceptions import ActorDiedError, PendingCallsLimitExceeded, TaskCancelledError
 from aioray.task_spec import TaskEntry
 from aioray.task_submitter import parse_returns
 
@@ -131,7 +131,13 @@ class ActorSubmitter:
             self._pending_calls[aid] = max(0, self._pending_calls.get(aid, 0) - 1)
 
     def _terminate(self, aid: bytes) -> None:
-        spec = {"aid": aid, "m": "__ray_terminate__", "name": "__ray_terminate__", "nret": 0}
+        spec = {
+            "aid": aid,
+            "m": "__ray_terminate__",
+            "name": "__ray_terminate__",
+            "nret": 0,
+            "job": self.cw.job_id,
+        }
         spec["tid"] = self.cw.ids.task_id()
         self._pending_calls[aid] = self._pending_calls.get(aid, 0) + 1
         self.submit(TaskEntry(spec, [], None, [], {}, 0, False, None, ()))
@@ -170,6 +176,8 @@ class ActorSubmitter:
             return
         while a.queue:
             task = a.queue.popleft()
+            if task.state == "finished":  # cancelled before it was sent
+                continue
             try:
                 fut = conn.call_nowait("push_actor_task", task.spec, task.out_buffers)
             except ConnectionError:
@@ -207,6 +215,11 @@ class ActorSubmitter:
         """Cancel an actor call producing ``object_id``; False if it is not one of ours."""
         tid = ids.task_id_of(object_id)
         for a in self.actors.values():
+            waiting = [t for t in (*a.queue, *a.ready.values()) if t.task_id == tid]
+            if waiting:  # not sent yet: fail it where it stands; _flush skips it
+                self._release_call(a.aid)
+                self.cw.submitter.fail(waiting[0], TaskCancelledError(tid.hex()))
+                return True
             task = a.inflight.get(tid)
             if task is not None and a.conn is not None and not a.conn.is_closed:
                 task.cancelled = True

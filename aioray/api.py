@@ -383,7 +383,7 @@ def _sum_resources(key: str) -> dict[str, float]:
 def get_gpu_ids() -> list[int]:
     """GPU ids assigned to the current task (empty in a driver or a CPU task)."""
     cw = ensure_connected()
-    return list(getattr(cw.task_context, "gpu_ids", []))
+    return list(getattr(cw.task_context, "gpu_ids", None) or cw.actor_gpu_ids())
 
 
 def get_runtime_context() -> RuntimeContext:

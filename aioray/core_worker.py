@@ -183,6 +183,10 @@ class CoreWorker:
                 )
         return self.gcs
 
+    def actor_gpu_ids(self) -> list[int]:
+        host = self.extra_handlers.get("create_actor")
+        return list(getattr(getattr(host, "__self__", None), "gpus", []))
+
     def cancel(self, object_id: bytes, force: bool, recursive: bool = True) -> None:
         """(loop) Cancel the normal task or actor call that produces ``object_id``."""
         if ids.task_id_of(object_id) in self.submitter.tasks:

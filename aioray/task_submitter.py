@@ -339,7 +339,8 @@ class TaskSubmitter:
         """Store the task's return values and release what it pinned."""
         task.state = "finished"
         self.tasks.pop(task.task_id, None)
-        for oid, obj in zip(task.return_ids, objs, strict=True):
+        # An error reply carries one entry even for num_returns=0.
+        for oid, obj in zip(task.return_ids, objs, strict=False):
             self.cw.store_result(oid, obj)
         task.dep_refs = []  # drop the argument pins (in the loop: frees are posted)
         task.args_blob = None

@@ -48,6 +48,7 @@ class ActorHost:
         self.running: dict[bytes, asyncio.Future[Any]] = {}
         self._tail: asyncio.Future[None] | None = None
         self._exiting = False
+        self.gpus: list[int] = []
 
     def handlers(self) -> dict[str, rpc.Handler]:
         return {
@@ -120,6 +121,9 @@ class ActorHost:
             mine.set_result(None)
 
     def _dispatch(self, job: _Job) -> None:
+        if job.spec["m"] == "__ray_terminate__" and self._concurrent():
+            self._terminate_concurrent()
+            return
         group = job.spec.get("cg") or self._group_of(job.spec["m"])
         if self.meta.get("async"):
             assert self.loop is not None
@@ -127,7 +131,29 @@ class ActorHost:
         elif group is not None or self.meta.get("max_concurrency", 1) > 1:
             self._pool(group).submit(self._run_threaded, job)
         else:
-            self.ex.queue.put(job)
+            self.ex.enqueue(job)
+
+    def _concurrent(self) -> bool:
+        return bool(self.meta.get("async") or self.meta.get("max_concurrency", 1) > 1 or self.pools)
+
+    def _terminate_concurrent(self) -> None:
+        """Calls already running finish first (Ray), then the actor exits."""
+        if self.meta.get("async"):
+            assert self.loop is not None
+
+            async def drain() -> None:
+                await asyncio.gather(*self.running.values(), return_exceptions=True)
+                self.exit()
+
+            asyncio.run_coroutine_threadsafe(drain(), self.loop)
+            return
+
+        def drain_pools() -> None:
+            for pool in list(self.pools.values()):
+                pool.shutdown(wait=True)
+            self.exit()
+
+        threading.Thread(target=drain_pools, name="aioray-actor-exit", daemon=True).start()
 
     def _group_of(self, method: str) -> str | None:
         m = self.meta["methods"].get(method)
@@ -152,6 +178,9 @@ class ActorHost:
     def _run_threaded(self, job: _Job) -> None:
         try:
             body, bufs = self.ex.execute(job)
+        except ActorExit:
+            self.exit()
+            return
         except KeyboardInterrupt:
             body, bufs = self.ex.error(job.spec, TaskCancelledError(job.spec["tid"].hex()), False)
         self.cw.post(self.ex.reply, job, body, bufs)
@@ -203,11 +232,25 @@ class ActorHost:
         self.cw.post(self._exit_on_loop)
 
     def _exit_on_loop(self) -> None:
+        self.cw.loop.create_task(self._exit())
+
+    async def _exit(self) -> None:
+        # 1. Let replies posted before the exit reach their connections' buffers.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        # 2. The raylet hears "intentional" before it sees this process die.
         aid = self.cw.actor_id
         if aid is not None and not self.cw.raylet.is_closed:
             self.cw.raylet.notify("actor_exiting", aid)
-            self.cw.raylet.close()  # flushes the notice before the process ends
-        self.cw.loop.call_soon(os._exit, 0)
+        # 3. Close callers' connections gracefully (flushing replies), then go.
+        peers = list(self.cw.server.connections) if self.cw.server else []
+        for conn in peers:
+            conn.close()
+        if peers:
+            await asyncio.wait([c.closed for c in peers], timeout=2.0)
+        self.cw.raylet.close()
+        await asyncio.wait([self.cw.raylet.closed], timeout=2.0)
+        os._exit(0)
 
 
 def run_terminate() -> None:

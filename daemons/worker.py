@@ -55,6 +55,7 @@ class TaskExecutor:
         self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.current: bytes | None = None
         self.cancelled: set[bytes] = set()
+        self.queued: dict[bytes, _Job] = {}  # waiting for the execution thread
         self.thread = threading.Thread(target=self._run, name="aioray-exec", daemon=True)
         self.pid = os.getpid()
         self.cuda_env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -80,12 +81,17 @@ class TaskExecutor:
         if remote:
             self.cw.loop.create_task(self._fetch_then_run(job, remote))
         else:
-            self.queue.put(job)
+            self.enqueue(job)
         return fut
+
+    def enqueue(self, job: _Job) -> None:
+        """Hand a job to the execution thread (FIFO); it can be cancelled until it starts."""
+        self.queued[job.spec["tid"]] = job
+        self.queue.put(job)
 
     async def _fetch_then_run(self, job: _Job, deps: list[list[Any]]) -> None:
         await self.fetch_deps(job, deps)
-        self.queue.put(job)
+        self.enqueue(job)
 
     async def fetch_deps(self, job: _Job, deps: list[list[Any]]) -> None:
         """Fetch dependencies owned elsewhere into ``job.fetched`` (errors stored as errors)."""
@@ -116,6 +122,10 @@ class TaskExecutor:
             self.cw.interrupt_blocking(ident)  # a task blocked in get wakes to see it
         else:
             self.cancelled.add(task_id)
+            job = self.queued.pop(task_id, None)
+            if job is not None:  # not started: answer now, the thread will skip it
+                answer, parts = self.error(job.spec, TaskCancelledError(task_id.hex()), False)
+                self.reply(job, answer, parts)
 
     def reply(self, job: _Job, body: dict[str, Any], buffers: list[Buffer]) -> None:
         if not job.fut.done():
@@ -143,6 +153,7 @@ class TaskExecutor:
         """Run one task or actor call (any thread); return the reply body and buffers."""
         spec = job.spec
         task_id = spec["tid"]
+        self.queued.pop(task_id, None)
         if task_id in self.cancelled:
             self.cancelled.discard(task_id)
             return self.error(spec, TaskCancelledError(task_id.hex()), False)
@@ -150,7 +161,9 @@ class TaskExecutor:
             return self._create_actor(spec, job)
         ctx = self.cw.task_context
         ctx.task_id = task_id
-        gpus = spec.get("gpu")
+        self.cw.job_id = spec.get("job", self.cw.job_id)
+        self.cw.namespace = spec.get("ns", self.cw.namespace)
+        gpus = spec.get("gpu") or self.actor.gpus
         ctx.gpu_ids = gpus or []
         if gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
@@ -158,7 +171,6 @@ class TaskExecutor:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_env
-        self.cw.job_id = spec["job"]
         self.current = task_id
         start = time.perf_counter()
         try:
@@ -184,6 +196,10 @@ class TaskExecutor:
 
     def _create_actor(self, spec: dict[str, Any], job: _Job) -> tuple[dict[str, Any], list[Buffer]]:
         self.cw.job_id = spec["job"]
+        self.actor.gpus = spec.get("gpu") or []
+        if self.actor.gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.actor.gpus)
+            self.cw.task_context.gpu_ids = self.actor.gpus
         try:
             cls = serialization.deserialize(spec["cls"])
             args, kwargs = self.arguments(spec, job)
@@ -235,7 +251,9 @@ class TaskExecutor:
         elif nret == 0:
             values = []
         else:
-            values = list(result) if isinstance(result, (tuple, list)) else []
+            # A tuple, a list or a generator (Ray allows yielding the num_returns values).
+            iterable = hasattr(result, "__iter__") and not isinstance(result, (str, bytes, dict))
+            values = list(result) if iterable else []
             if len(values) != nret:
                 raise ValueError(
                     f"Task {spec['name']} declared num_returns={nret} but returned "

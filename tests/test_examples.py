@@ -67,3 +67,24 @@ def test_retrieve_wait():
         "follow-up: ((4, 'Python'), (5, 'for'))",
         "follow-up: ((6, 'Machine'), (7, 'Learning'))",
     ]
+
+
+def test_counter_actor():
+    out = run_example("counter_actor.py")
+    assert "increment results: [1, 3, 6, 10, 15]" in out
+    assert "final count: 15" in out
+    history = [
+        ("increment", 1, 1),
+        ("increment", 2, 3),
+        ("increment", 3, 6),
+        ("increment", 4, 10),
+        ("increment", 5, 15),
+    ]
+    assert f"history: {history}" in out
+
+
+def test_data_tracker():
+    out = run_example("data_tracker.py")
+    words = ["Learning", "Ray", "Flexible", "Distributed", "Python", "for", "Data", "Science"]
+    assert f"data: {list(enumerate(words))}" in out
+    assert "tracker counts: 8" in out

@@ -56,6 +56,7 @@ class ActorRecord:
         self.no_restart = False  # an intentional exit or kill(no_restart=True)
         self.waiters: list[asyncio.Future[dict[str, Any]]] = []
         self.pid = 0
+        self.gpus: list[int] = []
 
     def info(self) -> dict[str, Any]:
         return {
@@ -141,9 +142,10 @@ class ActorManager:
                 raylet.notify("kill_actor_worker", rec.aid)
             return
         host, port = lease["addr"]
+        spec = {**rec.spec, "gpu": lease.get("gpus", [])}
         try:
             worker, _ = await rpc.connect(host, port, hello={"role": "gcs"}, name="actor worker")
-            body, bufs = await worker.call_full("create_actor", rec.spec, rec.buffers)
+            body, bufs = await worker.call_full("create_actor", spec, rec.buffers)
             worker.close()
         except (ConnectionError, rpc.RpcError) as e:
             logger.warning("creating actor %s failed: %s", rec.aid.hex()[:8], e)
@@ -160,6 +162,7 @@ class ActorManager:
             raylet.notify("kill_actor_worker", rec.aid)
             return
         rec.addr = [host, port, lease["wid"]]
+        rec.gpus = lease.get("gpus", [])
         rec.node_id = self.gcs.node_of(raylet)
         rec.pid = body.get("pid", 0)
         self._set_state(rec, ALIVE)
