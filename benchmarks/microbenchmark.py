@@ -27,6 +27,9 @@ import psutil
 
 import aioray as ray
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run_path does not add it
+import actor_benchmarks
+
 MiB = 1024 * 1024
 
 
@@ -399,14 +402,38 @@ AIORAY = [
 ]
 
 
+# ---- actors: Ray's definitions (benchmarks/actor_benchmarks.py) and two lines of ours ------
+
+ACTORS = [rate(name, mult)(setup) for name, setup, mult in actor_benchmarks.RATES]
+
+
+def _actor_creation(cfg: Config) -> Result:
+    rates = [actor_benchmarks.actor_creation(100)[1] for _ in range(max(1, cfg.trials // 2))]
+    return Result(
+        "actor creation (100 actors, ready to serve)",
+        statistics.fmean(rates),
+        statistics.pstdev(rates),
+    )
+
+
+def _idle_actor_memory(cfg: Config) -> Result:
+    mib = actor_benchmarks.idle_actor_uss_mib()
+    return Result("idle actor memory MiB", mib, 0.0, rate=False)
+
+
+ACTORS += [
+    Benchmark("actor creation (100 actors, ready to serve)", _actor_creation),
+    Benchmark("idle actor memory MiB", _idle_actor_memory),
+]
+
+
 # ---- the groups, in Ray's order ----------------------------------------------------------
-# Add the actor benchmarks here when aioray has actors, as their own group after
-# "tasks and objects": Ray's "multi client tasks async", "1:1 actor calls sync" ... "n:n
-# async-actor calls async" (sharing one cluster, init_kwargs {}), then "placement group
-# create/removal" with init_kwargs {"resources": {"custom": 100}}.
+# Still to come: "placement group create/removal" with init_kwargs {"resources":
+# {"custom": 100}} (placement groups arrive with multi-node clusters).
 
 GROUPS: list[Group] = [
     Group("tasks and objects", TASKS_AND_OBJECTS, {}),
+    Group("actors", ACTORS, {}),
     Group("aioray", AIORAY, None),
 ]
 
