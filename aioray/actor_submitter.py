@@ -9,7 +9,9 @@ For each actor this process talks to, one ``_Actor`` record on the CoreWorker lo
    RESTARTING, or DEAD with a cause. While not ALIVE, calls wait in the queue.
 3. Calls are pushed straight to the actor's worker. If that connection drops,
    calls in flight are sent again after the restart while ``max_task_retries``
-   allows, else fail with ActorDiedError. Once DEAD, every call fails fast.
+   allows. Otherwise they wait for the GCS's verdict: ActorUnavailableError if the
+   actor is restarting (the call may or may not have run), ActorDiedError if it is
+   dead. Once DEAD, every call fails fast.
 
 Handles are counted per process. When the creator's last handle goes and no
 copy has left the process, the actor gets ``__ray_terminate__``, which runs after
@@ -26,7 +28,12 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aioray import ids, rpc
-from aioray.exceptions import ActorDiedError, PendingCallsLimitExceeded, TaskCancelledError
+from aioray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    PendingCallsLimitExceeded,
+    TaskCancelledError,
+)
 from aioray.task_spec import TaskEntry
 from aioray.task_submitter import parse_returns
 
@@ -44,6 +51,7 @@ class _Actor:
         "conn",
         "death",
         "inflight",
+        "lost",
         "next_send",
         "next_seq",
         "queue",
@@ -64,6 +72,7 @@ class _Actor:
         self.ready: dict[int, TaskEntry] = {}
         self.queue: collections.deque[TaskEntry] = collections.deque()
         self.inflight: dict[bytes, TaskEntry] = {}
+        self.lost: list[TaskEntry] = []  # in flight when the connection dropped
         self.watching = False
 
 
@@ -188,13 +197,15 @@ class ActorSubmitter:
             fut.add_done_callback(partial(self._on_reply, a, task))
 
     def _on_reply(self, a: _Actor, task: TaskEntry, fut: asyncio.Future[Any]) -> None:
+        exc = None if fut.cancelled() else fut.exception()  # always retrieve it
         if task.state == "finished":  # already failed when the actor was declared dead
             return
         a.inflight.pop(task.task_id, None)
-        exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or isinstance(exc, ConnectionError):
-            if a.state == DEAD or task.attempts_left == 0 or task.cancelled:
+            if a.state == DEAD or task.cancelled:
                 self._fail(a, task, "The actor died unexpectedly before finishing this task.")
+            elif task.attempts_left == 0:
+                a.lost.append(task)  # its error depends on whether the actor comes back
             else:
                 if task.attempts_left > 0:
                     task.attempts_left -= 1
@@ -246,6 +257,16 @@ class ActorSubmitter:
             return
         a.version = info["version"]
         a.state = info["state"]
+        lost, a.lost = a.lost, []
+        for task in lost:
+            self._release_call(a.aid)
+            self.cw.submitter.fail(
+                task,
+                ActorUnavailableError(
+                    "The actor is temporarily unavailable (it restarted); the call may or "
+                    "may not have run."
+                ),
+            )
         if a.state != ALIVE:
             a.conn = None
             return
@@ -269,7 +290,8 @@ class ActorSubmitter:
         a.state = DEAD
         a.death = death
         a.conn = None
-        for task in list(a.inflight.values()):
+        for task in [*a.inflight.values(), *a.lost]:
             a.inflight.pop(task.task_id, None)
             self._fail(a, task)
+        a.lost = []
         self._flush(a)

@@ -510,12 +510,22 @@ def test_in_flight_call_fails_without_task_retries(ray_shared, tmp_path):
     ref = recorder.block.remote(started, str(attempts))
     pid = int(wait_for_file(started))
     os.kill(pid, signal.SIGKILL)
-    with pytest.raises(RayActorError):  # ActorDiedError, or ActorUnavailableError
+    # The actor restarts (max_restarts=1): the lost call is "unavailable", not "dead".
+    with pytest.raises(ActorUnavailableError):
         ray.get(ref, timeout=GET_TIMEOUT)
     assert attempts.read_text() == "x", "a call without retries ran twice"
     # the actor itself restarted and serves later calls
     assert _call_until_available(lambda: recorder.append.remote("later")) == 1
     ray.kill(recorder)
+
+
+def test_in_flight_call_on_an_actor_that_cannot_restart_is_dead(ray_shared, tmp_path):
+    recorder = Recorder.options(max_restarts=0).remote(str(tmp_path / "init-log"))
+    started = str(tmp_path / "started")
+    ref = recorder.block.remote(started, str(tmp_path / "attempts"))
+    os.kill(int(wait_for_file(started)), signal.SIGKILL)
+    with pytest.raises(ActorDiedError):
+        ray.get(ref, timeout=GET_TIMEOUT)
 
 
 def test_infinite_restarts(ray_shared):
