@@ -219,6 +219,11 @@ class ActorHandle:
     def __repr__(self) -> str:
         return f"Actor({self._meta['cls']}, {self._actor_id.hex()})"
 
+    def _repr_html_(self) -> str:
+        from aioray import _html
+
+        return _html.actor_handle_html(self)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
 

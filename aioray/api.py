@@ -51,6 +51,11 @@ class InitContext:
     def __repr__(self) -> str:
         return f"InitContext(gcs_address={self.address_info.get('gcs_address')!r})"
 
+    def _repr_html_(self) -> str:
+        from aioray import _html
+
+        return _html.context_html(self)
+
 
 def is_initialized() -> bool:
     """True while this process is connected to a cluster."""

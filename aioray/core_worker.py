@@ -23,7 +23,6 @@ import collections
 import concurrent.futures
 import logging
 import os
-import sys
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -559,14 +558,9 @@ class CoreWorker:
         return reply
 
     def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        pid, ip, stream, lines = body
-        out = sys.stderr if stream == "stderr" else sys.stdout
-        prefix = f"(pid={pid}, ip={ip}) "
-        try:
-            out.write("".join(f"{prefix}{line}\n" for line in lines))
-            out.flush()
-        except (OSError, ValueError):  # the driver's stream is closed
-            pass
+        from aioray import log_monitor
+
+        log_monitor.print_lines(body)
 
     def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
         shape = str({k: v for k, v in sorted(body["res"].items())})

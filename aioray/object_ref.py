@@ -64,6 +64,11 @@ class ObjectRef:
     def __repr__(self) -> str:
         return f"ObjectRef({self._id.hex()})"
 
+    def _repr_html_(self) -> str:
+        from aioray import _html
+
+        return _html.object_ref_html(self)
+
     def __reduce__(self) -> Any:
         serialization.record_ref(self)
         return (_rebuild_ref, (self._id, self._owner))
