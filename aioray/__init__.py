@@ -8,7 +8,6 @@ from aioray.api import (
     cluster_resources,
     get,
     get_actor,
-    get_async,
     get_gpu_ids,
     get_runtime_context,
     init,
@@ -20,8 +19,10 @@ from aioray.api import (
     shutdown,
     wait,
 )
+from aioray.async_api import get_async, init_async, put_async, shutdown_async, wait_async
 from aioray.object_ref import ObjectRef
 from aioray.remote_function import RemoteFunction
+from aioray.streaming import ObjectRefGenerator
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "ActorClass",
     "ActorHandle",
     "ObjectRef",
+    "ObjectRefGenerator",
     "RemoteFunction",
     "__version__",
     "actor",
@@ -42,12 +44,16 @@ __all__ = [
     "get_gpu_ids",
     "get_runtime_context",
     "init",
+    "init_async",
     "is_initialized",
     "kill",
     "method",
     "nodes",
     "put",
+    "put_async",
     "remote",
     "shutdown",
+    "shutdown_async",
     "wait",
+    "wait_async",
 ]

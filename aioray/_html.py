@@ -1,18 +1,212 @@
-"""HTML views for notebooks (``_repr_html_`` of the init context, ObjectRef, ActorHandle)."""
+"""HTML views for notebooks: ``_repr_html_`` of the init context, ObjectRef, ActorHandle.
+
+Jupyter calls these to display an object, so they must never raise and never
+block for long. Every live query is guarded: a failure (or a handle left over from
+a previous session) turns into a word in the table instead of an error. No view
+starts a cluster: each asks only the CoreWorker the object was made with.
+"""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Coroutine, Iterable
 from typing import Any
+
+# How long a view may wait for the GCS before it says "unknown".
+QUERY_TIMEOUT_S = 2.0
+
+_STYLE = "text-align:left;padding:1px 8px 1px 0"
+
+
+def _table(title: str, rows: Iterable[tuple[str, str]]) -> str:
+    """A two-column table; keys are escaped here, values arrive as HTML."""
+    body = "".join(
+        f'<tr><th style="{_STYLE}">{html.escape(k)}</th><td style="{_STYLE}">{v}</td></tr>'
+        for k, v in rows
+    )
+    return f'<div class="aioray-repr"><b>{title}</b><table>{body}</table></div>'
+
+
+def _code(text: object) -> str:
+    return f"<code>{html.escape(str(text))}</code>"
+
+
+def _current_core_worker() -> Any:
+    """This process's CoreWorker (driver or worker), or None when not connected."""
+    from aioray import object_ref
+
+    return object_ref._core_worker
+
+
+def _live(cw: Any) -> bool:
+    """True when ``cw`` is this process's current, running CoreWorker."""
+    return cw is not None and cw is _current_core_worker() and not cw.closing
+
+
+def _gcs_query(cw: Any, method: str, body: Any = None) -> Any:
+    """One GCS call with a short timeout; raises on any failure (callers guard)."""
+
+    async def call() -> Any:
+        gcs = await cw.gcs_connection()
+        return await gcs.call(method, body)
+
+    coro: Coroutine[Any, Any, Any] = call()
+    return cw.run_sync(coro, QUERY_TIMEOUT_S)
+
+
+def _format_amount(name: str, value: float) -> str:
+    if "memory" in name.lower():
+        return _format_bytes(value)
+    return f"{value:g}"
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover - the loop always returns
+
+
+# -- the init context -------------------------------------------------------------------------
+def _resources_html() -> str:
+    import aioray
+
+    try:
+        total = aioray.cluster_resources()
+        available = aioray.available_resources()
+    except Exception as e:
+        return f"<i>unavailable ({html.escape(type(e).__name__)})</i>"
+    if not total:
+        return "<i>none</i>"
+    items = []
+    for name in sorted(total):
+        free = _format_amount(name, available.get(name, 0.0))
+        items.append(
+            f"{html.escape(name)}: {html.escape(free)} free of "
+            f"{html.escape(_format_amount(name, total[name]))}"
+        )
+    return "<br>".join(items)
+
+
+def _dashboard_html(url: str | None) -> str:
+    if not url:
+        return "<i>no dashboard</i>"
+    href = url if "://" in url else f"http://{url}"
+    return f'<a href="{html.escape(href, quote=True)}" target="_blank">{html.escape(url)}</a>'
 
 
 def context_html(ctx: Any) -> str:
-    return f"<b>aioray</b> {html.escape(str(ctx.address_info.get('gcs_address')))}"
+    """The cluster an ``init`` context names: addresses, resources, dashboard link."""
+    try:
+        info: dict[str, Any] = dict(ctx.address_info)
+        cw = _current_core_worker()
+        connected = _live(cw) and info.get("session_id") == getattr(cw, "session_id", None)
+        rows = [
+            ("GCS address", _code(info.get("gcs_address"))),
+            ("Raylet address", _code(info.get("raylet_address"))),
+            ("Node", _code(str(info.get("node_id") or "")[:16])),
+            ("Session", _code(info.get("session_dir") or info.get("session_id") or "")),
+            ("Dashboard", _dashboard_html(getattr(ctx, "dashboard_url", None))),
+        ]
+        if connected:
+            rows.insert(0, ("Status", "connected"))
+            rows.append(("Namespace", _code(getattr(cw, "namespace", ""))))
+            rows.append(("Resources", _resources_html()))
+        else:
+            rows.insert(0, ("Status", "<i>not connected (shut down)</i>"))
+        return _table("aioray cluster", rows)
+    except Exception as e:
+        return f"<b>aioray cluster</b> <i>(view failed: {html.escape(repr(e))})</i>"
+
+
+# -- ObjectRef --------------------------------------------------------------------------------
+def _object_state(ref: Any) -> str:
+    import aioray
+
+    cw = getattr(ref, "_cw", None)
+    if not _live(cw):
+        return "<i>unknown (not connected to the session that made it)</i>"
+    try:
+        ready, _ = aioray.wait([ref], timeout=0)
+    except Exception as e:
+        return f"<i>unknown ({html.escape(type(e).__name__)})</i>"
+    if not ready:
+        return "pending"
+    obj = cw.memory_store.get(ref.binary())  # a dict lookup, safe from any thread
+    if obj is None:
+        return "ready"
+    if obj.is_error:
+        return "ready (the task failed; <code>get</code> raises its error)"
+    where = "shared memory" if obj.in_shm else "inline"
+    size = f", {_format_bytes(obj.size)}" if obj.size else ""
+    return f"ready ({where}{html.escape(size)})"
 
 
 def object_ref_html(ref: Any) -> str:
-    return f"<code>ObjectRef({html.escape(ref.hex())})</code>"
+    """One object: its id, the task that makes it, and whether it is ready."""
+    try:
+        owner = ref.owner_address
+        rows = [
+            ("Object id", _code(ref.hex())),
+            ("Task id", _code(ref.task_id())),
+            ("Owner", _code(f"{owner[0]}:{owner[1]}") if owner else "<i>unknown</i>"),
+            ("State", _object_state(ref)),
+        ]
+        return _table("ObjectRef", rows)
+    except Exception as e:
+        return f"<code>ObjectRef</code> <i>(view failed: {html.escape(repr(e))})</i>"
+
+
+# -- ActorHandle ------------------------------------------------------------------------------
+def _actor_info(handle: Any) -> dict[str, Any] | None:
+    """The GCS's record of the actor (state, pid, restarts), or None if unreachable."""
+    cw = getattr(handle, "_cw", None)
+    if not _live(cw):
+        return None
+    try:
+        # wait_actor answers at once when our version (-1) is older than the GCS's.
+        info = _gcs_query(cw, "wait_actor", [handle._actor_id, -1])
+        return dict(info) if info else None
+    except Exception:
+        return None
+
+
+def _local_state(handle: Any) -> str | None:
+    """The state this process last learned, without a round trip."""
+    try:
+        record = handle._cw.actors.actors.get(handle._actor_id)
+        return None if record is None else str(record.state)
+    except Exception:
+        return None
 
 
 def actor_handle_html(handle: Any) -> str:
-    return f"<code>{html.escape(repr(handle))}</code>"
+    """One actor: class, id, state (from the GCS), name, pid and restarts."""
+    try:
+        meta = getattr(handle, "_meta", {}) or {}
+        rows = [
+            ("Class", _code(meta.get("cls", "?"))),
+            ("Actor id", _code(handle._actor_id.hex())),
+        ]
+        info = _actor_info(handle)
+        if info is None:
+            state = _local_state(handle) or "unknown"
+            rows.append(("State", html.escape(state)))
+        else:
+            rows.append(("State", html.escape(str(info.get("state", "unknown")))))
+            if info.get("death"):
+                rows.append(("Cause", html.escape(str(info["death"]))))
+            if info.get("name"):
+                rows.append(("Name", _code(f"{info.get('namespace') or ''}/{info['name']}")))
+            if info.get("pid"):
+                rows.append(("Pid", _code(info["pid"])))
+            if info.get("num_restarts"):
+                rows.append(("Restarts", _code(info["num_restarts"])))
+        kind = "async" if meta.get("async") else "sync"
+        rows.append(
+            ("Kind", f"{kind}, max_concurrency={html.escape(str(meta.get('max_concurrency')))}")
+        )
+        return _table("Actor", rows)
+    except Exception as e:
+        return f"<code>Actor</code> <i>(view failed: {html.escape(repr(e))})</i>"

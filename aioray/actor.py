@@ -22,6 +22,7 @@ from typing import Any
 from aioray import config, ids, options, serialization
 from aioray.object_ref import ObjectRef
 from aioray.remote_function import pack_arguments
+from aioray.streaming import STREAMING
 from aioray.task_spec import TaskEntry
 
 _ACTOR_DEFAULTS: dict[str, Any] = {
@@ -259,7 +260,12 @@ class ActorMethod:
         )
 
     def options(self, **mopts: Any) -> ActorMethod:
-        unknown = set(mopts) - {"num_returns", "concurrency_group", "name"}
+        unknown = set(mopts) - {
+            "num_returns",
+            "concurrency_group",
+            "name",
+            "_generator_backpressure_num_objects",
+        }
         if unknown:
             raise ValueError(f"Invalid actor method option(s): {sorted(unknown)}")
         m = ActorMethod(self._handle, self._name, self._mopts)
@@ -267,14 +273,19 @@ class ActorMethod:
             m._mopts["nret"] = mopts["num_returns"]
         if "concurrency_group" in mopts:
             m._mopts["cg"] = mopts["concurrency_group"]
+        if "_generator_backpressure_num_objects" in mopts:
+            m._mopts["bp"] = mopts["_generator_backpressure_num_objects"]
         return m
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         h = self._handle
         cw = h._cw
         nret = self._mopts.get("nret", 1)
-        if not isinstance(nret, int):
-            raise ValueError(f"num_returns={nret!r} is not supported for actor methods yet")
+        streaming = nret == "streaming"
+        if streaming:
+            nret = STREAMING
+        elif not isinstance(nret, int):
+            raise ValueError(f"num_returns={nret!r} is not supported (use an int or 'streaming')")
         spec: dict[str, Any] = {
             "aid": h._actor_id,
             "m": self._name,
@@ -290,6 +301,11 @@ class ActorMethod:
         cw.actors.reserve_call(h._actor_id, h._meta)
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
+        if streaming:
+            spec["bp"] = self._mopts.get("bp", 0)
+            gen = cw.streams.create(task_id)
+            cw.post(cw.actors.submit, TaskEntry(spec, [], blob, dep_refs, {}, 0, False, None, ()))
+            return gen
         return_ids = [ids.object_id(task_id, i + 1) for i in range(nret)]
         cw.owned.update(return_ids)
         refs = [ObjectRef(oid, cw.address) for oid in return_ids]

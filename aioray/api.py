@@ -13,6 +13,7 @@ import concurrent.futures
 import inspect
 import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -208,7 +209,7 @@ def merged_env_vars(task_env: dict[str, Any] | None) -> dict[str, str]:
 
 
 # -- the object API ---------------------------------------------------------------------------
-def _check_refs(object_refs: Any, fn: str) -> tuple[list[ObjectRef], bool]:
+def check_refs(object_refs: Any, fn: str) -> tuple[list[ObjectRef], bool]:
     if isinstance(object_refs, ObjectRef):
         return [object_refs], True
     if isinstance(object_refs, (list, tuple)):
@@ -226,11 +227,32 @@ def _check_refs(object_refs: Any, fn: str) -> tuple[list[ObjectRef], bool]:
 
 def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     """Block until the object(s) are available and return their values."""
-    refs, single = _check_refs(object_refs, "get")
+    refs, single = check_refs(object_refs, "get")
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be >= 0, got {timeout}")
+    _warn_if_blocking_a_loop()
     values = ensure_connected().get(refs, timeout)
     return values[0] if single else values
+
+
+_warned_blocking = False
+
+
+def _warn_if_blocking_a_loop() -> None:
+    global _warned_blocking
+    if _warned_blocking:
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop in this thread (a script, a worker thread): nothing to block
+    _warned_blocking = True
+    warnings.warn(
+        "Using blocking aioray.get inside a running event loop blocks the loop until the "
+        "objects are ready. Use `await object_ref` or `await aioray.get_async(refs)` instead.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def put(value: Any, *, _owner: Any = None) -> ObjectRef:
@@ -248,9 +270,21 @@ def wait(
     fetch_local: bool = True,
 ) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """Return (ready, not_ready) once ``num_returns`` refs are ready or ``timeout`` passes."""
+    refs = check_wait_args(object_refs, num_returns, timeout)
+    cw = ensure_connected()
+    flags = cw.ready_now(refs)
+    if sum(flags) >= num_returns:
+        ready_ids = {r.binary() for r, f in zip(refs, flags, strict=True) if f}
+    else:
+        ready_ids = cw.run_sync(cw.wait_async(refs, num_returns, timeout, fetch_local))
+    return split_ready(refs, ready_ids, num_returns)
+
+
+def check_wait_args(object_refs: Any, num_returns: int, timeout: float | None) -> list[ObjectRef]:
+    """Validate wait()'s arguments as Ray does; return the refs as a list."""
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
-    refs, _ = _check_refs(list(object_refs), "wait")
+    refs, _ = check_refs(list(object_refs), "wait")
     if len({r.binary() for r in refs}) != len(refs):
         raise ValueError("Wait requires a list of unique object refs.")
     bad_type = isinstance(num_returns, bool) or not isinstance(num_returns, int)
@@ -262,12 +296,13 @@ def wait(
         )
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be >= 0, got {timeout}")
-    cw = ensure_connected()
-    flags = cw.ready_now(refs)
-    if sum(flags) >= num_returns:
-        ready_ids = {r.binary() for r, f in zip(refs, flags, strict=True) if f}
-    else:
-        ready_ids = cw.run_sync(cw.wait_async(refs, num_returns, timeout, fetch_local))
+    return refs
+
+
+def split_ready(
+    refs: list[ObjectRef], ready_ids: set[bytes], num_returns: int
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """(ready, not_ready) in input order, at most num_returns ready."""
     ready: list[ObjectRef] = []
     not_ready: list[ObjectRef] = []
     for r in refs:
@@ -284,24 +319,6 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
         raise TypeError(f"cancel() expected an ObjectRef, got {type(object_ref).__name__}")
     cw = ensure_connected()
     cw.post(cw.cancel, object_ref.binary(), force, recursive)
-
-
-async def get_async(object_refs: Any, *, timeout: float | None = None) -> Any:
-    """``await``-able get on any running loop."""
-    refs, single = _check_refs(object_refs, "get")
-    cw = ensure_connected()
-    objs = [cw.memory_store.get(r.binary()) for r in refs]
-    if None in objs:
-        missing = [r for r, o in zip(refs, objs, strict=True) if o is None]
-        coro = cw.fetch_many(missing)
-        if asyncio.get_running_loop() is cw.loop:
-            found = await asyncio.wait_for(coro, timeout)
-        else:
-            cfut = asyncio.run_coroutine_threadsafe(coro, cw.loop)
-            found = await asyncio.wait_for(asyncio.wrap_future(cfut), timeout)
-        objs = [o if o is not None else found[r.binary()] for r, o in zip(refs, objs, strict=True)]
-    values = [cw.materialize(r.binary(), o) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
-    return values[0] if single else values
 
 
 def get_future(ref: ObjectRef) -> concurrent.futures.Future[Any]:

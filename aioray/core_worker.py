@@ -41,6 +41,7 @@ from aioray.memory_store import MemoryStore, StoredObject
 from aioray.object_ref import ObjectRef
 from aioray.protocol import Buffer
 from aioray.reference_counter import ReferenceCounter
+from aioray.streaming import StreamManager
 from aioray.task_submitter import TaskSubmitter
 
 logger = logging.getLogger("aioray")
@@ -99,6 +100,7 @@ class CoreWorker:
         self.server: rpc.Server | None = None
         self.submitter = TaskSubmitter(self)
         self.actors = ActorSubmitter(self)
+        self.streams = StreamManager(self)
         self.actor_id: bytes | None = None  # set in a worker that hosts an actor
         self._gcs_connecting: asyncio.Lock | None = None
         self.extra_handlers: dict[str, rpc.Handler] = {}
@@ -312,7 +314,10 @@ class CoreWorker:
                 conn, _ = await rpc.connect(
                     ip,
                     port,
-                    handlers=self.extra_handlers,
+                    handlers={
+                        "stream_item": self.streams.handle_stream_item,
+                        **self.extra_handlers,
+                    },
                     hello={"role": "peer", "worker_id": self.worker_id},
                     name=f"peer {ip}:{port}",
                 )
@@ -495,6 +500,10 @@ class CoreWorker:
     def _out_of_scope(self, oid: bytes) -> None:
         if self.loop is not None and not self.closing:
             self.post(self._free, oid)
+
+    def free_unreferenced(self, oid: bytes) -> None:
+        """(loop) Free an owned object that no ObjectRef in this process names."""
+        self._free(oid)
 
     def _free(self, oid: bytes) -> None:
         if self.refs.in_scope(oid):

@@ -1,4 +1,11 @@
-"""ObjectRef: the user's handle to an object, counted by its process's CoreWorker."""
+"""ObjectRef: the user's handle to an object, counted by its process's CoreWorker.
+
+An ObjectRef is also an asyncio future (duck-typed: ``asyncio.isfuture`` is true),
+so ``asyncio.wait([ref])``, ``gather``, ``wait_for`` and ``as_completed`` accept it
+on Python 3.11+, where plain awaitables are refused. The future behaviour delegates
+to one fetch task per event loop; cancelling it cancels the fetch, never the task
+that produces the object (as in Ray).
+"""
 
 from __future__ import annotations
 
@@ -24,11 +31,15 @@ def set_core_worker(cw: CoreWorker | None) -> None:
 class ObjectRef:
     """A reference to an object in the cluster: a future for a task's result or a put value."""
 
-    __slots__ = ("__weakref__", "_cw", "_id", "_owner")
+    __slots__ = ("__weakref__", "_afut", "_cw", "_id", "_owner")
+
+    # asyncio.isfuture() checks for this class attribute; the ref never yields itself.
+    _asyncio_future_blocking = False
 
     def __init__(self, object_id: bytes, owner: tuple[str, int, bytes] | None, _count: bool = True):
         self._id = object_id
         self._owner = owner
+        self._afut: asyncio.Future[Any] | None = None
         cw = _core_worker
         self._cw = cw if _count else None
         if self._cw is not None:
@@ -77,19 +88,71 @@ class ObjectRef:
         return self._async_get().__await__()
 
     async def _async_get(self) -> Any:
-        from aioray import api
+        from aioray import async_api
 
-        return await api.get_async(self)
+        return await async_api.get_async(self)
 
     def as_future(self) -> asyncio.Future[Any]:
         """An asyncio future on the running loop that resolves to the value."""
-        return asyncio.ensure_future(self._async_get())
+        return self._future()
+
+    # -- the asyncio.Future protocol, delegated ------------------------------------------------
+    def _future(self) -> asyncio.Future[Any]:
+        fut = self._afut
+        loop = asyncio.get_event_loop()
+        if fut is None or fut.get_loop() is not loop:
+            fut = self._afut = loop.create_task(self._async_get())
+        return fut
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._future().get_loop()
+
+    def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
+        self._future().add_done_callback(_ForRef(fn, self), context=context)
+
+    def remove_done_callback(self, fn: Any) -> int:
+        return self._future().remove_done_callback(_ForRef(fn, self))
+
+    def done(self) -> bool:
+        return self._future().done()
+
+    def cancelled(self) -> bool:
+        return self._future().cancelled()
+
+    def result(self) -> Any:
+        return self._future().result()
+
+    def exception(self) -> BaseException | None:
+        return self._future().exception()
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Stop waiting here; the task that produces the object keeps running."""
+        return self._future().cancel(msg)
 
     def future(self) -> concurrent.futures.Future[Any]:
         """A concurrent.futures.Future that resolves to the value (or its error)."""
         from aioray import api
 
         return api.get_future(self)
+
+
+class _ForRef:
+    """A done-callback that reports the ObjectRef (not our inner task) as the future."""
+
+    __slots__ = ("fn", "ref")
+
+    def __init__(self, fn: Any, ref: ObjectRef) -> None:
+        self.fn = fn
+        self.ref = ref
+
+    def __call__(self, _: Any) -> None:
+        self.fn(self.ref)
+
+    def __eq__(self, other: object) -> bool:  # so remove_done_callback finds it
+        return isinstance(other, _ForRef) and other.fn == self.fn and other.ref is self.ref
+
+    def __hash__(self) -> int:
+        return hash((id(self.fn), id(self.ref)))
 
 
 def _rebuild_ref(object_id: bytes, owner: tuple[str, int, bytes] | None) -> ObjectRef:

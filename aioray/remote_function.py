@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from aioray import config, ids, options, serialization
 from aioray.object_ref import ObjectRef
+from aioray.streaming import STREAMING
 from aioray.task_spec import TaskEntry, split_args
 
 if TYPE_CHECKING:
@@ -79,8 +80,11 @@ class RemoteFunction:
         cw = api.ensure_connected()
         fid, fn_bytes = self._export()
         nret = opts["num_returns"]
-        if not isinstance(nret, int):
-            raise ValueError(f"num_returns={nret!r} is not supported for tasks yet")
+        streaming = nret == "streaming"
+        if streaming:
+            nret = STREAMING
+        elif not isinstance(nret, int):
+            raise ValueError(f"num_returns={nret!r} is not supported (use an int or 'streaming')")
         spec: dict[str, Any] = {
             "fid": fid,
             "name": self._name,
@@ -96,10 +100,16 @@ class RemoteFunction:
         resources = options.resource_request(opts)
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
+        sched_key = (tuple(sorted(resources.items())), tuple(sorted(env.items())) if env else ())
+        if streaming:  # never retried: items already consumed cannot be taken back
+            spec["bp"] = opts.get("_generator_backpressure_num_objects") or 0
+            gen = cw.streams.create(task_id)
+            task = TaskEntry(spec, [], blob, dep_refs, resources, 0, False, fn_bytes, sched_key)
+            cw.post(cw.submitter.submit, task)
+            return gen
         return_ids = [ids.object_id(task_id, i + 1) for i in range(nret)]
         cw.owned.update(return_ids)
         refs = [ObjectRef(oid, cw.address) for oid in return_ids]
-        sched_key = (tuple(sorted(resources.items())), tuple(sorted(env.items())) if env else ())
         task = TaskEntry(
             spec,
             return_ids,

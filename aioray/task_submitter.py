@@ -7,10 +7,12 @@ All on the CoreWorker's loop:
 3. Ask the local raylet for worker leases for that class, at most
    MAX_PENDING_LEASES_PER_CLASS at once and never more than queued tasks.
 4. Push tasks straight to leased workers. One task in flight per worker, as in
-   Ray, unless the function is measured to be tiny (a moving average of the
-   execution time workers report, under PIPELINE_BELOW_S): such a task may queue
-   behind other tiny tasks on a busy worker, up to MAX_TASKS_IN_FLIGHT_PER_WORKER,
-   hiding the round trip. Nothing queues behind a task not known to be tiny.
+   Ray, unless there is a real backlog (several queued tasks per lease) and the
+   function is measured to be tiny (a moving average of the execution time workers
+   report, under PIPELINE_BELOW_S): then it may queue behind other tiny tasks on a
+   busy worker, up to MAX_TASKS_IN_FLIGHT_PER_WORKER, hiding the round trip.
+   Nothing queues behind a task not known to be tiny, and a few tasks never queue
+   behind each other while another worker could be leased.
 5. A reply stores the results; an idle lease lingers LEASE_LINGER_S for the next
    task of its class, then goes back to the raylet.
 
@@ -37,6 +39,7 @@ from aioray.exceptions import (
     WorkerCrashedError,
 )
 from aioray.memory_store import StoredObject
+from aioray.streaming import STREAMING
 from aioray.task_spec import DEP_INLINE, DEP_OWNER, DEP_SHM, RET_INLINE, TaskEntry
 
 if TYPE_CHECKING:
@@ -176,7 +179,8 @@ class TaskSubmitter:
         queue = cls.queue
         limit = config.MAX_TASKS_IN_FLIGHT_PER_WORKER
         while queue:
-            tiny = self._is_tiny(queue[0].spec["fid"])
+            backlog = len(queue) >= 4 * max(1, len(cls.leases))
+            tiny = backlog and self._is_tiny(queue[0].spec["fid"])
             best = None
             for lease in cls.leases:
                 ok = lease.inflight == 0 or (tiny and not lease.unknown and lease.inflight < limit)
@@ -339,6 +343,8 @@ class TaskSubmitter:
         """Store the task's return values and release what it pinned."""
         task.state = "finished"
         self.tasks.pop(task.task_id, None)
+        if task.spec.get("nret") == STREAMING:
+            self.cw.streams.task_done(task.task_id, objs)
         # An error reply carries one entry even for num_returns=0.
         for oid, obj in zip(task.return_ids, objs, strict=False):
             self.cw.store_result(oid, obj)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 import os
 import threading
@@ -28,6 +29,7 @@ from aioray import rpc, serialization
 from aioray.actor import ActorExit
 from aioray.exceptions import TaskCancelledError
 from aioray.protocol import Buffer
+from aioray.streaming import STREAMING
 from aioray.task_spec import DEP_OWNER
 
 if TYPE_CHECKING:
@@ -93,7 +95,7 @@ class ActorHost:
         from aioray.daemons.worker import _Job
 
         fut: asyncio.Future[Any] = self.cw.loop.create_future()
-        job = _Job(spec, bufs, fut)
+        job = _Job(spec, bufs, fut, conn)
         remote = [d for d in spec.get("d", ()) if d[0] == DEP_OWNER]
         prev = self._tail
         if not remote and (prev is None or prev.done()):
@@ -200,9 +202,12 @@ class ActorHost:
                 fn = getattr(self.instance, spec["m"])
                 args, kwargs = self.ex.arguments(spec, job)
                 result = fn(*args, **kwargs)
-                if asyncio.iscoroutine(result):
+                if inspect.iscoroutine(result):  # asyncio.iscoroutine also accepts generators
                     result = await result
-                body, bufs = self.ex.returns(spec, result)
+                if spec["nret"] == STREAMING:
+                    body, bufs = await self._stream_async(job, result)
+                else:
+                    body, bufs = self.ex.returns(spec, result)
                 body["t"] = time.perf_counter() - start
             except asyncio.CancelledError:
                 body, bufs = self.ex.error(spec, TaskCancelledError(task_id.hex()), False)
@@ -214,6 +219,18 @@ class ActorHost:
             finally:
                 self.running.pop(task_id, None)
         self.cw.post(self.ex.reply, job, body, bufs)
+
+    async def _stream_async(self, job: _Job, gen: Any) -> tuple[dict[str, Any], list[Buffer]]:
+        count = 0
+        if hasattr(gen, "__aiter__"):
+            async for item in gen:
+                self.ex.send_item(job, count, item)
+                count += 1
+        else:
+            for item in gen:
+                self.ex.send_item(job, count, item)
+                count += 1
+        return {"r": [], "n": count}, []
 
     def cancel(self, task_id: bytes) -> bool:
         """Cancel a running async call (its asyncio task); False if there is none."""

@@ -30,20 +30,26 @@ from aioray.exceptions import RaySystemError, RayTaskError, TaskCancelledError
 from aioray.memory_store import StoredObject
 from aioray.object_ref import ObjectRef, set_core_worker
 from aioray.protocol import Buffer
+from aioray.streaming import STREAMING
 from aioray.task_spec import DEP_INLINE, DEP_OWNER, DEP_SHM, RET_INLINE, RET_SHM, substitute
 
 logger = logging.getLogger(__name__)
 
 
 class _Job:
-    __slots__ = ("buffers", "fetched", "fut", "spec")
+    __slots__ = ("buffers", "conn", "fetched", "fut", "spec")
 
     def __init__(
-        self, spec: dict[str, Any], buffers: list[Buffer], fut: asyncio.Future[Any]
+        self,
+        spec: dict[str, Any],
+        buffers: list[Buffer],
+        fut: asyncio.Future[Any],
+        conn: rpc.Connection | None = None,
     ) -> None:
         self.spec = spec
         self.buffers = buffers
         self.fut = fut
+        self.conn = conn  # the caller's connection: streamed items go back on it
         self.fetched: dict[bytes, StoredObject] = {}
 
 
@@ -56,6 +62,8 @@ class TaskExecutor:
         self.current: bytes | None = None
         self.cancelled: set[bytes] = set()
         self.queued: dict[bytes, _Job] = {}  # waiting for the execution thread
+        self.stream_acks: dict[bytes, int] = {}  # streaming task -> items its caller took
+        self.stream_cond = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="aioray-exec", daemon=True)
         self.pid = os.getpid()
         self.cuda_env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -65,6 +73,7 @@ class TaskExecutor:
         return {
             "push_task": self.handle_push_task,
             "cancel_task": self.handle_cancel_task,
+            "stream_ack": self.handle_stream_ack,
             **self.actor.handlers(),
         }
 
@@ -76,7 +85,7 @@ class TaskExecutor:
         fn = spec.pop("fn", None)
         if fn is not None:
             self.fn_bytes[spec["fid"]] = fn
-        job = _Job(spec, buffers, fut)
+        job = _Job(spec, buffers, fut, conn)
         remote = [d for d in spec.get("d", ()) if d[0] == DEP_OWNER]
         if remote:
             self.cw.loop.create_task(self._fetch_then_run(job, remote))
@@ -178,6 +187,8 @@ class TaskExecutor:
                 fn = self._function(spec)
                 args, kwargs = self.arguments(spec, job)
                 result = fn(*args, **kwargs)
+                if spec["nret"] == STREAMING:
+                    result = self._stream(spec, job, result)
             finally:
                 self.current = None
                 elapsed = time.perf_counter() - start
@@ -187,6 +198,10 @@ class TaskExecutor:
             return self.task_error(spec, e)
         finally:
             ctx.task_id = None
+        if spec["nret"] == STREAMING:
+            body, bufs = result
+            body["t"] = elapsed
+            return body, bufs
         try:
             body, bufs = self.returns(spec, result)
         except Exception as e:
@@ -262,20 +277,66 @@ class TaskExecutor:
         rets: list[list[Any]] = []
         bufs: list[Buffer] = []
         for i, value in enumerate(values):
-            so = serialization.serialize(value)
-            if so.contained_refs:
-                self.cw.refs.mark_escaped(r.binary() for r in so.contained_refs)
-            if so.total_bytes < config.MAX_INLINE_BYTES:
-                rets.append([RET_INLINE, len(so.buffers), False])
-                bufs.append(so.data)
-                bufs.extend(so.buffers)
-            else:
-                oid = spec["tid"] + (i + 1).to_bytes(4, "little")
-                path = object_store.segment_path(self.cw.session_id, oid)
-                size = object_store.write_segment(path, so.data, so.buffers)
-                self.cw.post(self.cw._notify_sealed, oid, size)
-                rets.append([RET_SHM, size, self.cw.node_id])
+            rets.append(self.pack_value(spec["tid"], i, value, bufs))
         return {"r": rets}, bufs
+
+    def pack_value(self, task_id: bytes, index: int, value: Any, bufs: list[Buffer]) -> list[Any]:
+        """Serialize return value ``index``: inline into ``bufs``, or into this node's shm."""
+        so = serialization.serialize(value)
+        if so.contained_refs:
+            self.cw.refs.mark_escaped(r.binary() for r in so.contained_refs)
+        if so.total_bytes < config.MAX_INLINE_BYTES:
+            bufs.append(so.data)
+            bufs.extend(so.buffers)
+            return [RET_INLINE, len(so.buffers), False]
+        oid = task_id + (index + 1).to_bytes(4, "little")
+        path = object_store.segment_path(self.cw.session_id, oid)
+        size = object_store.write_segment(path, so.data, so.buffers)
+        self.cw.post(self.cw._notify_sealed, oid, size)
+        return [RET_SHM, size, self.cw.node_id]
+
+    # -- streaming generators (aioray/streaming.py has the protocol) -----------------------
+    def _stream(
+        self, spec: dict[str, Any], job: _Job, gen: Any
+    ) -> tuple[dict[str, Any], list[Buffer]]:
+        if not hasattr(gen, "__iter__") or isinstance(gen, (str, bytes, dict)):
+            raise TypeError(
+                f"{spec['name']} has num_returns='streaming' but returned "
+                f"{type(gen).__name__}, not a generator"
+            )
+        task_id, limit, count = spec["tid"], spec.get("bp") or 0, 0
+        try:
+            for item in gen:
+                self.send_item(job, count, item)
+                count += 1
+                if limit > 0:
+                    self._wait_for_consumer(task_id, count - limit)
+        finally:
+            with self.stream_cond:
+                self.stream_acks.pop(task_id, None)
+        return {"r": [], "n": count}, []
+
+    def send_item(self, job: _Job, index: int, value: Any) -> None:
+        """(any thread) Serialize one streamed item and send it to the caller."""
+        bufs: list[Buffer] = []
+        desc = self.pack_value(job.spec["tid"], index, value, bufs)
+        self.cw.post(self._notify_item, job, [job.spec["tid"], index, *desc], bufs)
+
+    def _notify_item(self, job: _Job, body: list[Any], bufs: list[Buffer]) -> None:
+        if job.conn is not None and not job.conn.is_closed:
+            job.conn.notify("stream_item", body, bufs)
+
+    def _wait_for_consumer(self, task_id: bytes, at_least: int) -> None:
+        with self.stream_cond:
+            while self.stream_acks.get(task_id, 0) < at_least:
+                # A timeout, so a cancel (an exception raised in this thread) gets through.
+                self.stream_cond.wait(0.1)
+
+    def handle_stream_ack(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        task_id, consumed = body
+        with self.stream_cond:
+            self.stream_acks[task_id] = max(consumed, self.stream_acks.get(task_id, 0))
+            self.stream_cond.notify_all()
 
     def task_error(
         self, spec: dict[str, Any], e: BaseException

@@ -2,6 +2,7 @@
 
 from aioray.api import list_named_actors
 from aioray.util.actor_pool import ActorPool
+from aioray.util.iteration import as_completed, map_unordered
 from aioray.util.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
     PlacementGroupSchedulingStrategy,
@@ -11,5 +12,7 @@ __all__ = [
     "ActorPool",
     "NodeAffinitySchedulingStrategy",
     "PlacementGroupSchedulingStrategy",
+    "as_completed",
     "list_named_actors",
+    "map_unordered",
 ]

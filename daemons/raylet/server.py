@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import socket
-from typing import Any
+from typing import Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.raylet.resources import NodeResources
@@ -349,10 +349,36 @@ class Raylet:
             self.gcs.notify("actor_exiting", aid)
 
     def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """Append a worker's lines to its log file, and forward them to drivers that want them."""
+        pid, _ip, stream, lines = body[:4]
+        f = self._worker_log_file(conn, pid, stream)
+        if f is not None:
+            try:
+                f.write(("\n".join(lines) + "\n").encode("utf-8", "replace"))
+            except OSError as e:  # a full disk must not stop the forwarding
+                logger.warning("cannot write worker pid %d's log: %s", pid, e)
         for peer in self.server.connections:
             info = peer.peer_info or {}
             if info.get("role") == "driver" and info.get("logs", True) and not peer.is_closed:
                 peer.notify("worker_log", body)
+
+    def _worker_log_file(self, conn: rpc.Connection, pid: int, stream: str) -> BinaryIO | None:
+        """``<session>/logs/worker-<pid>.out|.err``, opened once, closed with the connection."""
+        files: dict[str, BinaryIO | None] = conn.state.setdefault("log_files", {})
+        if stream in files:
+            return files[stream]
+        files[stream] = None  # no session dir, or it cannot be opened: skip, once
+        if self.session_dir:
+            suffix = "err" if stream == "stderr" else "out"
+            path = os.path.join(self.session_dir, "logs", f"worker-{pid}.{suffix}")
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                f = files[stream] = open(path, "ab", buffering=0)  # noqa: SIM115 - closed below
+            except OSError as e:
+                logger.warning("cannot open %s: %s", path, e)
+            else:
+                conn.on_close.append(lambda _: f.close())
+        return files[stream]
 
     # -- objects ---------------------------------------------------------------------------
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:

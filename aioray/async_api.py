@@ -1,0 +1,96 @@
+"""The asyncio face of the API: awaitable get, wait, put, init and shutdown.
+
+Every coroutine here works on any running loop. When the caller's loop is the
+CoreWorker's own loop the work is awaited directly; from any other loop it is
+handed over once (``run_coroutine_threadsafe``) and awaited as a wrapped future,
+never by blocking a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Generator, Sequence
+from typing import Any
+
+from aioray import api
+from aioray.core_worker import CoreWorker
+from aioray.object_ref import ObjectRef
+
+
+async def _on_core_loop(cw: CoreWorker, coro: Coroutine[Any, Any, Any]) -> Any:
+    if asyncio.get_running_loop() is cw.loop:
+        return await coro
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, cw.loop))
+
+
+async def get_async(object_refs: Any, *, timeout: float | None = None) -> Any:
+    """``await``-able get: the value(s), raising the task's error; never blocks the loop."""
+    refs, single = api.check_refs(object_refs, "get")
+    cw = api.ensure_connected()
+    objs = [cw.memory_store.get(r.binary()) for r in refs]
+    if None in objs:
+        missing = [r for r, o in zip(refs, objs, strict=True) if o is None]
+        try:
+            found = await asyncio.wait_for(_on_core_loop(cw, cw.fetch_many(missing)), timeout)
+        except asyncio.TimeoutError:
+            from aioray.exceptions import GetTimeoutError
+
+            raise GetTimeoutError(
+                f"Get timed out: some object(s) not ready after {timeout}s."
+            ) from None
+        objs = [o if o is not None else found[r.binary()] for r, o in zip(refs, objs, strict=True)]
+    values = [cw.materialize(r.binary(), o) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
+    return values[0] if single else values
+
+
+async def wait_async(
+    object_refs: Sequence[ObjectRef],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = False,
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """``await``-able wait. With ``fetch_local=False`` (the default here) a ref is ready
+    as soon as its object exists anywhere; its value is not pulled."""
+    refs = api.check_wait_args(object_refs, num_returns, timeout)
+    cw = api.ensure_connected()
+    ready_ids = await _on_core_loop(cw, cw.wait_async(refs, num_returns, timeout, fetch_local))
+    return api.split_ready(refs, ready_ids, num_returns)
+
+
+async def put_async(value: Any) -> ObjectRef:
+    """``await``-able put: a large value is written to shared memory off the loop."""
+    return await asyncio.to_thread(api.put, value)
+
+
+class _InitAsync:
+    """``await aioray.init_async(...)`` or ``async with aioray.init_async(...):``."""
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._args = args
+        self._kwargs = kwargs
+        self._ctx: Any = None
+
+    async def _start(self) -> Any:
+        # init starts processes and waits for them: do it off the caller's loop.
+        self._ctx = await asyncio.to_thread(api.init, *self._args, **self._kwargs)
+        return self._ctx
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> Any:
+        return await self._start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await shutdown_async()
+
+
+def init_async(*args: Any, **kwargs: Any) -> _InitAsync:
+    """Start or join a cluster without blocking the running loop (same arguments as init)."""
+    return _InitAsync(args, kwargs)
+
+
+async def shutdown_async() -> None:
+    """Shut down without blocking the running loop."""
+    await asyncio.to_thread(api.shutdown)
