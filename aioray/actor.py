@@ -60,7 +60,12 @@ def _class_meta(cls: type, opts: dict[str, Any]) -> dict[str, Any]:
         mopts = getattr(fn, "__aioray_method_options__", {})
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             is_async = True
-        methods[name] = {"nret": mopts.get("num_returns", 1), "cg": mopts.get("concurrency_group")}
+        generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        default_nret = "streaming" if generator else 1  # Ray >= 2.8: generators stream
+        methods[name] = {
+            "nret": mopts.get("num_returns", default_nret),
+            "cg": mopts.get("concurrency_group"),
+        }
     max_conc = opts.get("max_concurrency") or (1000 if is_async else 1)
     return {
         "cls": cls.__qualname__,

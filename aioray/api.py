@@ -12,6 +12,7 @@ import atexit
 import concurrent.futures
 import inspect
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -246,6 +247,15 @@ def _warn_if_blocking_a_loop() -> None:
         asyncio.get_running_loop()
     except RuntimeError:
         return  # no loop in this thread (a script, a worker thread): nothing to block
+    # Only code that is itself a coroutine should await instead. A notebook cell runs
+    # while the kernel's loop runs, but a plain cell is not a coroutine: no warning.
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("aioray."):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None or not frame.f_code.co_flags & (
+        inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+    ):
+        return
     _warned_blocking = True
     warnings.warn(
         "Using blocking aioray.get inside a running event loop blocks the loop until the "

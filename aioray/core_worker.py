@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextvars
 import logging
 import os
 import threading
@@ -210,7 +211,10 @@ class CoreWorker:
         self._thread = threading.Thread(target=run, name="aioray-core-worker", daemon=True)
         self._thread.start()
         ready.wait()
-        fut = asyncio.run_coroutine_threadsafe(self.start(), loop)
+        # Start in an empty context: run_coroutine_threadsafe copies the caller's
+        # contextvars into everything the loop then does. In Jupyter that context holds
+        # the init cell's output routing, and worker prints would all land in that cell.
+        fut = contextvars.Context().run(asyncio.run_coroutine_threadsafe, self.start(), loop)
         try:
             return fut.result(timeout)
         except BaseException:

@@ -206,7 +206,9 @@ class LocalNode:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
-            start_new_session=detached,
+            # Their own session: a Ctrl-C in the driver's terminal interrupts the driver,
+            # not the cluster (the lifeline still ties them to the driver's life).
+            start_new_session=True,
         )
         if out is not None:
             out.close()

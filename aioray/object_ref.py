@@ -97,10 +97,13 @@ class ObjectRef:
         return self._future()
 
     # -- the asyncio.Future protocol, delegated ------------------------------------------------
-    def _future(self) -> asyncio.Future[Any]:
+    def _future(self, new_waiter: bool = False) -> asyncio.Future[Any]:
         fut = self._afut
         loop = asyncio.get_event_loop()
-        if fut is None or fut.get_loop() is not loop:
+        # A cancelled wait (a timed-out wait_for) must not poison the next wait; but
+        # only a new waiter replaces it: the one that cancelled still reads the result.
+        stale = new_waiter and fut is not None and fut.cancelled()
+        if fut is None or fut.get_loop() is not loop or stale:
             fut = self._afut = loop.create_task(self._async_get())
         return fut
 
@@ -108,7 +111,7 @@ class ObjectRef:
         return self._future().get_loop()
 
     def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
-        self._future().add_done_callback(_ForRef(fn, self), context=context)
+        self._future(new_waiter=True).add_done_callback(_ForRef(fn, self), context=context)
 
     def remove_done_callback(self, fn: Any) -> int:
         return self._future().remove_done_callback(_ForRef(fn, self))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ class RemoteFunction:
         options.validate(task_options, options.TASK_OPTIONS)
         self._function = fn
         self._options = {**options.TASK_DEFAULTS, **task_options}
+        if "num_returns" not in task_options and inspect.isgeneratorfunction(fn):
+            self._options["num_returns"] = "streaming"  # Ray >= 2.8: generators stream
         self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
         self._fn_bytes: bytes | None = None
         self._fid = b""
