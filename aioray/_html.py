@@ -9,7 +9,7 @@ starts a cluster: each asks only the CoreWorker the object was made with.
 from __future__ import annotations
 
 import html
-from collections.abc import Coroutine, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 # How long a view may wait for the GCS before it says "unknown".
@@ -50,8 +50,7 @@ def _gcs_query(cw: Any, method: str, body: Any = None) -> Any:
         gcs = await cw.gcs_connection()
         return await gcs.call(method, body)
 
-    coro: Coroutine[Any, Any, Any] = call()
-    return cw.run_sync(coro, QUERY_TIMEOUT_S)
+    return cw.run_sync(call(), QUERY_TIMEOUT_S)
 
 
 def _format_amount(name: str, value: float) -> str:
@@ -61,11 +60,14 @@ def _format_amount(name: str, value: float) -> str:
 
 
 def _format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover - the loop always returns
+    if n < 1024:
+        return f"{n:.0f} B"
+    scaled, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if scaled < 1024:
+            break
+        scaled, unit = scaled / 1024, bigger
+    return f"{scaled:.1f} {unit}"
 
 
 # -- the init context -------------------------------------------------------------------------
@@ -81,6 +83,8 @@ def _resources_html() -> str:
         return "<i>none</i>"
     items = []
     for name in sorted(total):
+        if name.startswith("node:"):
+            continue  # one per node, for affinity; noise in a summary
         free = _format_amount(name, available.get(name, 0.0))
         items.append(
             f"{html.escape(name)}: {html.escape(free)} free of "
@@ -125,7 +129,7 @@ def _object_state(ref: Any) -> str:
     import aioray
 
     cw = getattr(ref, "_cw", None)
-    if not _live(cw):
+    if cw is None or not _live(cw):
         return "<i>unknown (not connected to the session that made it)</i>"
     try:
         ready, _ = aioray.wait([ref], timeout=0)
@@ -161,12 +165,9 @@ def object_ref_html(ref: Any) -> str:
 # -- ActorHandle ------------------------------------------------------------------------------
 def _actor_info(handle: Any) -> dict[str, Any] | None:
     """The GCS's record of the actor (state, pid, restarts), or None if unreachable."""
-    cw = getattr(handle, "_cw", None)
-    if not _live(cw):
-        return None
     try:
         # wait_actor answers at once when our version (-1) is older than the GCS's.
-        info = _gcs_query(cw, "wait_actor", [handle._actor_id, -1])
+        info = _gcs_query(handle._cw, "wait_actor", [handle._actor_id, -1])
         return dict(info) if info else None
     except Exception:
         return None
@@ -189,10 +190,12 @@ def actor_handle_html(handle: Any) -> str:
             ("Class", _code(meta.get("cls", "?"))),
             ("Actor id", _code(handle._actor_id.hex())),
         ]
-        info = _actor_info(handle)
-        if info is None:
-            state = _local_state(handle) or "unknown"
-            rows.append(("State", html.escape(state)))
+        live = _live(getattr(handle, "_cw", None))
+        info = _actor_info(handle) if live else None
+        if not live:
+            rows.append(("State", "<i>unknown (not connected to the session that made it)</i>"))
+        elif info is None:
+            rows.append(("State", html.escape(_local_state(handle) or "unknown")))
         else:
             rows.append(("State", html.escape(str(info.get("state", "unknown")))))
             if info.get("death"):

@@ -39,7 +39,13 @@ _ACTOR_DEFAULTS: dict[str, Any] = {
 
 def method(*args: Any, **kwargs: Any) -> Callable[..., Any]:
     """Decorate an actor method: ``@aioray.method(num_returns=2, concurrency_group="io")``."""
-    allowed = {"num_returns", "concurrency_group", "max_task_retries", "retry_exceptions"}
+    allowed = {
+        "num_returns",
+        "concurrency_group",
+        "max_task_retries",
+        "retry_exceptions",
+        "_generator_backpressure_num_objects",
+    }
     unknown = set(kwargs) - allowed
     if args or unknown:
         raise ValueError(f"@method takes keyword options {sorted(allowed)}, got {sorted(unknown)}")
@@ -65,6 +71,7 @@ def _class_meta(cls: type, opts: dict[str, Any]) -> dict[str, Any]:
         methods[name] = {
             "nret": mopts.get("num_returns", default_nret),
             "cg": mopts.get("concurrency_group"),
+            "bp": mopts.get("_generator_backpressure_num_objects", 0),
         }
     max_conc = opts.get("max_concurrency") or (1000 if is_async else 1)
     return {

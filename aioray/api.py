@@ -325,9 +325,15 @@ def split_ready(
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that produces ``object_ref``; its get raises TaskCancelledError."""
+    from aioray.streaming import ObjectRefGenerator
+
+    cw = ensure_connected()
+    if isinstance(object_ref, ObjectRefGenerator):
+        # Any of its object ids names the task: (task id, 1).
+        cw.post(cw.cancel, object_ref.task_id + (1).to_bytes(4, "little"), force, recursive)
+        return
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expected an ObjectRef, got {type(object_ref).__name__}")
-    cw = ensure_connected()
     cw.post(cw.cancel, object_ref.binary(), force, recursive)
 
 

@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("stop", help="stop the daemons started on this machine by 'aioray start'")
     status = sub.add_parser("status", help="nodes, their resources and state")
     status.add_argument("--address", default="auto")
+    logs = sub.add_parser("logs", help="list a session's log files, or print and follow one")
+    logs.add_argument("name", nargs="?", help="a file name, or a worker's pid (its .out and .err)")
+    logs.add_argument("-n", "--lines", type=int, default=100, help="lines to print (default 100)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until Ctrl-C")
+    logs.add_argument("--session-dir", help="the session (default: the latest)")
     sub.add_parser(
         "microbenchmark",
         help="run benchmarks/microbenchmark.py (options after it go to the benchmark)",
@@ -193,6 +198,115 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
+def cmd_logs(a: argparse.Namespace) -> int:
+    session = a.session_dir or latest_session()
+    if session is None:
+        print(f"aioray logs: no session under {node.config.SESSION_ROOT}", file=sys.stderr)
+        return 1
+    logs = os.path.join(session, "logs")
+    try:
+        names = sorted(os.listdir(logs))
+    except OSError as e:
+        print(f"aioray logs: {e}", file=sys.stderr)
+        return 1
+    if a.name is None:
+        print(f"Log files of {session}:")
+        for name in names:
+            print(f"  {name:<28} {_fmt_size(os.path.getsize(os.path.join(logs, name)))}")
+        return 0
+    chosen = _match_logs(a.name, names)
+    if not chosen:
+        print(f"aioray logs: no log file {a.name!r} in {logs}", file=sys.stderr)
+        return 1
+    paths = [os.path.join(logs, name) for name in chosen]
+    for path in paths:
+        if len(paths) > 1:
+            print(f"==> {os.path.basename(path)} <==")
+        sys.stdout.write("".join(tail_lines(path, a.lines)))
+    sys.stdout.flush()
+    if a.follow:
+        _follow(paths)
+    return 0
+
+
+def latest_session(root: str | None = None) -> str | None:
+    """The most recently started session directory under ``root`` (SESSION_ROOT)."""
+    root = root or node.config.SESSION_ROOT
+    try:
+        dirs = [e for e in os.scandir(root) if e.is_dir() and e.name.startswith("session_")]
+    except OSError:
+        return None
+    # Names begin with the start time to the second; ctime orders a second's sessions.
+    newest = max(
+        dirs,
+        key=lambda e: (e.name[: len("session_YYYY-mm-dd_HH-MM-SS")], e.stat().st_ctime),
+        default=None,
+    )
+    return None if newest is None else newest.path
+
+
+def _match_logs(name: str, names: list[str]) -> list[str]:
+    """An exact file name; else files of that stem (``raylet``, ``worker-12``, ``12``)."""
+    if name in names:
+        return [name]
+    stem = f"worker-{name}" if name.isdigit() else name
+    return [n for n in names if n.rsplit(".", 1)[0] == stem]
+
+
+def tail_lines(path: str, n: int) -> list[str]:
+    """The last ``n`` lines of ``path``, read backwards from the end in blocks."""
+    if n <= 0:
+        return []
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        data = b""
+        while end > 0 and data.count(b"\n") <= n:
+            start = max(0, end - 65536)
+            f.seek(start)
+            data = f.read(end - start) + data
+            end = start
+    lines = data.decode("utf-8", "replace").splitlines(keepends=True)
+    return lines[-n:]
+
+
+def _follow(paths: list[str]) -> None:
+    offsets = {path: os.path.getsize(path) for path in paths}
+    last = paths[-1]
+    try:
+        while True:
+            for path in paths:
+                try:
+                    size = os.path.getsize(path)
+                except OSError:
+                    continue
+                if size < offsets[path]:  # truncated: start over
+                    offsets[path] = 0
+                if size == offsets[path]:
+                    continue
+                with open(path, "rb") as f:
+                    f.seek(offsets[path])
+                    data = f.read(size - offsets[path])
+                offsets[path] = size
+                if len(paths) > 1 and path != last:
+                    print(f"\n==> {os.path.basename(path)} <==")
+                    last = path
+                sys.stdout.flush()
+                sys.stdout.buffer.write(data)  # bytes: a character split across reads stays whole
+                sys.stdout.buffer.flush()
+            time.sleep(0.2)  # polling files, as tail -f does
+    except KeyboardInterrupt:
+        pass
+
+
+def _fmt_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{n}B" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size:.1f}GiB"
+
+
 def cmd_microbenchmark(args: list[str]) -> int:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = os.path.join(here, "benchmarks", "microbenchmark.py")
@@ -212,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["microbenchmark"]:  # every later option belongs to the benchmark
         return cmd_microbenchmark(argv[1:])
     a = _parser().parse_args(argv)
-    commands = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status}
+    commands = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "logs": cmd_logs}
     return commands[a.command](a)
 
 

@@ -25,6 +25,7 @@ import contextvars
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -102,6 +103,7 @@ class CoreWorker:
         self.submitter = TaskSubmitter(self)
         self.actors = ActorSubmitter(self)
         self.streams = StreamManager(self)
+        self.loop_fetchers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self.actor_id: bytes | None = None  # set in a worker that hosts an actor
         self._gcs_connecting: asyncio.Lock | None = None
         self.extra_handlers: dict[str, rpc.Handler] = {}

@@ -20,6 +20,7 @@ off. Both settings are read per message, so they apply without a restart.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -208,3 +209,6 @@ def flush() -> None:
     """Print pending ``[repeated Nx]`` summaries now (call at shutdown; any thread)."""
     if _monitor is not None:
         _monitor.flush()
+
+
+atexit.register(flush)  # a script that never calls shutdown() still sees its summaries

@@ -39,7 +39,7 @@ class ObjectRef:
     def __init__(self, object_id: bytes, owner: tuple[str, int, bytes] | None, _count: bool = True):
         self._id = object_id
         self._owner = owner
-        self._afut: asyncio.Future[Any] | None = None
+        self._afut: dict[asyncio.AbstractEventLoop, asyncio.Future[Any]] | None = None
         cw = _core_worker
         self._cw = cw if _count else None
         if self._cw is not None:
@@ -85,12 +85,14 @@ class ObjectRef:
         return (_rebuild_ref, (self._id, self._owner))
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._async_get().__await__()
+        # Each await gets a future of its own: cancelling one awaiter cancels no other.
+        return self._new_future().__await__()
 
-    async def _async_get(self) -> Any:
-        from aioray import async_api
+    def _new_future(self) -> asyncio.Future[Any]:
+        from aioray import api, async_api
 
-        return await async_api.get_async(self)
+        loop = asyncio.get_event_loop()
+        return async_api.fetcher_for(api.ensure_connected(), loop).future(self)
 
     def as_future(self) -> asyncio.Future[Any]:
         """An asyncio future on the running loop that resolves to the value."""
@@ -98,13 +100,16 @@ class ObjectRef:
 
     # -- the asyncio.Future protocol, delegated ------------------------------------------------
     def _future(self, new_waiter: bool = False) -> asyncio.Future[Any]:
-        fut = self._afut
+        # One future per event loop, so asyncio.wait/gather see one consistent future.
         loop = asyncio.get_event_loop()
+        futs = self._afut
+        if futs is None:
+            futs = self._afut = {}
+        fut = futs.get(loop)
         # A cancelled wait (a timed-out wait_for) must not poison the next wait; but
         # only a new waiter replaces it: the one that cancelled still reads the result.
-        stale = new_waiter and fut is not None and fut.cancelled()
-        if fut is None or fut.get_loop() is not loop or stale:
-            fut = self._afut = loop.create_task(self._async_get())
+        if fut is None or (new_waiter and fut.cancelled()):
+            fut = futs[loop] = self._new_future()
         return fut
 
     def get_loop(self) -> asyncio.AbstractEventLoop:

@@ -20,7 +20,7 @@ import asyncio
 import threading
 from typing import TYPE_CHECKING, Any
 
-from aioray import ids, rpc
+from aioray import ids, rpc, serialization
 from aioray.memory_store import StoredObject
 from aioray.object_ref import ObjectRef
 from aioray.task_spec import RET_INLINE
@@ -39,6 +39,7 @@ class _Stream:
         "conn",
         "count",
         "done",
+        "final",
         "next",
         "task_id",
         "waiters",
@@ -52,6 +53,7 @@ class _Stream:
         self.acked = 0
         self.done = False
         self.abandoned = False
+        self.final: StoredObject | None = None  # what completed()'s ref resolves to
         self.conn: rpc.Connection | None = None
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
@@ -100,6 +102,10 @@ class StreamManager:
             return
         if objs:  # the task failed: its error is the last item
             self._add(s, task_id, s.count, objs[0], s.conn)
+        s.final = objs[0] if objs else _NONE
+        done_id = ids.object_id(task_id, 0)
+        if done_id in self.cw.owned:  # completed() was called: its ref is ready now
+            self.cw.memory_store.put(done_id, s.final)
         with s.cond:
             s.done = True
             s.cond.notify_all()
@@ -115,6 +121,9 @@ class StreamManager:
     def ack(self, s: _Stream) -> None:
         if s.conn is not None and not s.conn.is_closed:
             s.conn.notify("stream_ack", [s.task_id, s.next])
+
+
+_NONE = StoredObject(serialization.serialize(None).data, [])
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:
@@ -172,12 +181,24 @@ class ObjectRefGenerator:
         self._m.cw.post(self._m.ack, s)
         return ref
 
+    @property
+    def task_id(self) -> bytes:
+        return self._s.task_id
+
     def is_finished(self) -> bool:
         s = self._s
         return s.done and s.next >= s.count
 
-    def completed(self) -> bool:
-        return self._s.done
+    def completed(self) -> ObjectRef:
+        """A ref that is ready when the task has ended (its get raises the task's error)."""
+        s = self._s
+        done_id = ids.object_id(s.task_id, 0)
+        cw = self._m.cw
+        cw.owned.add(done_id)
+        ref = ObjectRef(done_id, cw.address)
+        if s.final is not None:
+            cw.post(cw.memory_store.put, done_id, s.final)
+        return ref
 
     def __del__(self) -> None:
         s = self._s

@@ -337,7 +337,8 @@ class TaskSubmitter:
         """Store ``exc`` as every return value of the task."""
         so = serialization.serialize(exc, is_error=True)
         obj = StoredObject(so.data, so.buffers, is_error=True)
-        self.finish(task, [obj] * len(task.return_ids))
+        # A stream has no return ids: its error becomes its last item.
+        self.finish(task, [obj] * max(1, len(task.return_ids)))
 
     def finish(self, task: TaskEntry, objs: list[StoredObject]) -> None:
         """Store the task's return values and release what it pinned."""

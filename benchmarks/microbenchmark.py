@@ -427,6 +427,25 @@ ACTORS += [
 ]
 
 
+# ---- the async API: awaiting results against the sync get of the same -------------------
+
+
+@rate("single client tasks async gather", 10000)
+def _tasks_async_gather() -> Callable[[], object]:
+    # Compare with "single client tasks async" (a sync get of 1000): awaiting must not be slower.
+    import asyncio
+
+    small_value = _small_value()
+
+    async def gather() -> None:
+        await asyncio.gather(*[small_value.remote() for _ in range(10000)])
+
+    return lambda: asyncio.run(gather())
+
+
+ASYNC_API = [_tasks_async_gather]
+
+
 # ---- the groups, in Ray's order ----------------------------------------------------------
 # Still to come: "placement group create/removal" with init_kwargs {"resources":
 # {"custom": 100}} (placement groups arrive with multi-node clusters).
@@ -434,6 +453,7 @@ ACTORS += [
 GROUPS: list[Group] = [
     Group("tasks and objects", TASKS_AND_OBJECTS, {}),
     Group("actors", ACTORS, {}),
+    Group("async api", ASYNC_API, {}),
     Group("aioray", AIORAY, None),
 ]
 

@@ -221,15 +221,14 @@ class ActorHost:
         self.cw.post(self.ex.reply, job, body, bufs)
 
     async def _stream_async(self, job: _Job, gen: Any) -> tuple[dict[str, Any], list[Buffer]]:
-        count = 0
-        if hasattr(gen, "__aiter__"):
-            async for item in gen:
-                self.ex.send_item(job, count, item)
-                count += 1
-        else:
-            for item in gen:
-                self.ex.send_item(job, count, item)
-                count += 1
+        task_id, limit, count = job.spec["tid"], job.spec.get("bp") or 0, 0
+        items = gen if hasattr(gen, "__aiter__") else _as_async(gen)
+        async for item in items:
+            self.ex.send_item(job, count, item)
+            count += 1
+            if limit > 0 and count - self.ex.stream_acks.get(task_id, 0) >= limit:
+                # Off this loop: other calls of the actor keep running meanwhile.
+                await asyncio.to_thread(self.ex.wait_for_consumer, task_id, count - limit + 1)
         return {"r": [], "n": count}, []
 
     def cancel(self, task_id: bytes) -> bool:
@@ -268,6 +267,11 @@ class ActorHost:
         self.cw.raylet.close()
         await asyncio.wait([self.cw.raylet.closed], timeout=2.0)
         os._exit(0)
+
+
+async def _as_async(items: Any) -> Any:
+    for item in items:
+        yield item
 
 
 def run_terminate() -> None:

@@ -309,8 +309,8 @@ class TaskExecutor:
             for item in gen:
                 self.send_item(job, count, item)
                 count += 1
-                if limit > 0:
-                    self._wait_for_consumer(task_id, count - limit)
+                if limit > 0:  # Ray: pause while produced - consumed >= limit
+                    self.wait_for_consumer(task_id, count - limit + 1)
         finally:
             with self.stream_cond:
                 self.stream_acks.pop(task_id, None)
@@ -326,7 +326,7 @@ class TaskExecutor:
         if job.conn is not None and not job.conn.is_closed:
             job.conn.notify("stream_item", body, bufs)
 
-    def _wait_for_consumer(self, task_id: bytes, at_least: int) -> None:
+    def wait_for_consumer(self, task_id: bytes, at_least: int) -> None:
         with self.stream_cond:
             while self.stream_acks.get(task_id, 0) < at_least:
                 # A timeout, so a cancel (an exception raised in this thread) gets through.

@@ -1,6 +1,6 @@
 """``progress(refs)``: a get that shows a progress bar while the refs complete.
 
-Built on the public API only: ``wait`` reports refs as they become ready, the bar
+Built on ``wait`` and ``get``: ``wait`` reports refs as they become ready, the bar
 advances, and a final ``get`` returns the values in order (raising the first error,
 as ``get`` does). The bar is tqdm's when tqdm is installed (the ``progress`` extra),
 the notebook widget when ipywidgets is too; otherwise one plain line on stderr.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
 import aioray as ray
+from aioray import api
 
 # The plain bar redraws at most this often (it is a line of text, not a widget).
 PLAIN_REFRESH_S = 0.1
@@ -34,6 +34,7 @@ class PlainBar:
         self.desc = desc or "aioray.get"
         self.file = file if file is not None else sys.stderr
         self._last_draw = 0.0
+        self._drawn = -1  # the count on screen
         self._draw()
 
     def __repr__(self) -> str:
@@ -46,11 +47,13 @@ class PlainBar:
             self._draw()
 
     def close(self) -> None:
-        self._draw()
+        if self._drawn != self.n:
+            self._draw()
         self._write("\n")
 
     def _draw(self) -> None:
         self._last_draw = time.monotonic()
+        self._drawn = self.n
         pct = 100 * self.n // self.total if self.total else 100
         self._write(f"\r{self.desc}: {self.n}/{self.total} ({pct}%)")
 
@@ -93,9 +96,7 @@ def progress(object_refs: Any, desc: str | None = None, *, timeout: float | None
     ``object_refs`` is one ObjectRef or a list of them; the values come back in the
     same shape and order. ``timeout`` bounds the whole wait (GetTimeoutError).
     """
-    refs: Sequence[Any] = [object_refs] if isinstance(object_refs, ray.ObjectRef) else object_refs
-    if not isinstance(refs, (list, tuple)):
-        return ray.get(object_refs, timeout=timeout)  # get raises its usual TypeError
+    refs, _ = api.check_refs(object_refs, "get")  # get's own TypeErrors
     pending = list(dict.fromkeys(refs))  # wait needs unique refs; duplicates count once
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = make_bar(len(pending), desc)

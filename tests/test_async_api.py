@@ -1,0 +1,637 @@
+"""End-to-end tests of the asyncio face of aioray: awaiting refs, the *_async API,
+ray.util.as_completed / map_unordered, and the warning for a blocking get on a loop.
+
+Every test body is a coroutine run by ``asyncio.run`` (the cluster fixtures are sync).
+Tasks that must stay unfinished wait for a file in ``tmp_path``, which the test creates
+when it is ready; the test side only ever waits with a deadline. The ``init_async``
+tests start their own cluster, so they come before the first ``ray_shared`` test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_for_condition
+
+import aioray as ray
+from aioray import api
+from aioray.exceptions import GetTimeoutError, RayTaskError
+from aioray.util import as_completed, map_unordered
+
+RAY_SHARED_INIT_KWARGS = {"num_cpus": 4}
+
+DEADLINE_S = 20.0  # how long a gated task waits for its file before giving up
+
+
+@ray.remote
+def echo(x: Any) -> Any:
+    return x
+
+
+@ray.remote
+def fail(message: str) -> None:
+    raise KeyError(message)
+
+
+@ray.remote
+def after_file(path: str, value: Any) -> Any:
+    """Return ``value`` once ``path`` exists (raise after DEADLINE_S so nothing hangs)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)
+    return value
+
+
+@ray.remote
+def start_then_return(job: tuple[str, int]) -> int:
+    """Record that the task for ``job = (directory, item)`` started (a file); return item."""
+    started_dir, item = job
+    Path(started_dir, f"started_{item}").touch()
+    return item
+
+
+def _started(directory: Path) -> int:
+    return sum(1 for name in os.listdir(directory) if name.startswith("started_"))
+
+
+# -------------------------------------------------------- init_async (own cluster)
+
+
+def test_async_with_init_async_starts_and_shuts_down_a_cluster() -> None:
+    async def main() -> None:
+        async with ray.init_async(num_cpus=1) as ctx:
+            assert ray.is_initialized()
+            assert ctx["gcs_address"]
+            assert await echo.remote(3) == 3
+        assert not ray.is_initialized()
+
+    asyncio.run(main())
+
+
+def test_await_init_async_does_not_block_the_loop() -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    async def main() -> None:
+        tick_task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)  # the ticker takes its first step
+        before = ticks
+        ctx = await ray.init_async(num_cpus=1)
+        during_init = ticks - before
+        try:
+            assert ray.is_initialized()
+            assert ctx["gcs_address"]
+            assert await ray.get_async(echo.remote("x")) == "x"
+        finally:
+            await ray.shutdown_async()
+            tick_task.cancel()
+        assert not ray.is_initialized()
+        # Starting daemons takes far longer than a few ms: a loop left free kept ticking.
+        assert during_init >= 3, f"the loop ticked {during_init} times during init"
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------- awaiting ObjectRefs
+
+
+def test_object_ref_is_an_asyncio_future(ray_shared: Any) -> None:
+    async def main() -> None:
+        ref = echo.remote(1)
+        assert asyncio.isfuture(ref)
+        assert asyncio.ensure_future(ref) is ref
+        assert await ref == 1
+        assert await ref == 1  # awaiting twice is fine
+
+    asyncio.run(main())
+
+
+def test_await_gather_and_wait_for_on_the_driver_loop(ray_shared: Any) -> None:
+    async def main() -> None:
+        refs = [echo.remote(i) for i in range(20)]
+        assert await asyncio.gather(*refs) == list(range(20))
+        assert await asyncio.wait_for(echo.remote("w"), timeout=DEADLINE_S) == "w"
+        same = echo.remote(5)
+        assert await asyncio.gather(same, same) == [5, 5]
+
+    asyncio.run(main())
+
+
+def test_gather_raises_the_users_exception(ray_shared: Any) -> None:
+    async def main() -> None:
+        with pytest.raises(KeyError) as info:
+            await asyncio.gather(echo.remote(1), fail.remote("bad"))
+        assert isinstance(info.value, RayTaskError)
+        results = await asyncio.gather(fail.remote("x"), echo.remote(2), return_exceptions=True)
+        assert isinstance(results[0], KeyError)
+        assert results[1] == 2
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="the 3.11+ refusal of awaitables")
+def test_asyncio_wait_accepts_refs_on_python_311(ray_shared: Any) -> None:
+    async def main() -> None:
+        refs = [echo.remote(i) for i in range(5)]
+        done, pending = await asyncio.wait(refs, timeout=DEADLINE_S)
+        assert not pending
+        assert done == set(refs)  # the refs themselves, not wrappers
+        assert sorted(r.result() for r in done) == list(range(5))
+
+    asyncio.run(main())
+
+
+def test_asyncio_wait_first_completed_leaves_the_slow_ref_pending(
+    ray_shared: Any, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+
+    async def main() -> None:
+        slow = after_file.remote(str(gate), "slow")
+        fast = echo.remote("fast")
+        done, pending = await asyncio.wait(
+            [slow, fast], timeout=DEADLINE_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        assert done == {fast}
+        assert pending == {slow}
+        gate.touch()
+        done, pending = await asyncio.wait([slow], timeout=DEADLINE_S)
+        assert done == {slow}
+        assert slow.result() == "slow"
+
+    asyncio.run(main())
+
+
+def test_asyncio_as_completed_yields_in_completion_order(ray_shared: Any, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+
+    async def main() -> None:
+        slow = after_file.remote(str(gate), "slow")
+        fast = echo.remote("fast")
+        order = []
+        for next_done in asyncio.as_completed([slow, fast], timeout=DEADLINE_S):
+            value = await next_done
+            order.append(value)
+            gate.touch()  # the slow one may finish only after the fast one arrived
+        assert order == ["fast", "slow"]
+
+    asyncio.run(main())
+
+
+def test_cancelling_an_await_does_not_cancel_the_task(ray_shared: Any, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+
+    async def main() -> None:
+        ref = after_file.remote(str(gate), 42)
+
+        async def waiter() -> Any:
+            return await ref
+
+        awaiting = asyncio.create_task(waiter())
+        for _ in range(5):
+            await asyncio.sleep(0)  # let it start awaiting
+        awaiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await awaiting
+        gate.touch()
+        assert await ref == 42  # the task ran on and finished
+
+    asyncio.run(main())
+    assert ray.get(echo.remote(0)) == 0
+
+
+def test_cancelling_the_ref_as_a_future_does_not_cancel_the_task(
+    ray_shared: Any, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+
+    async def main() -> None:
+        ref = after_file.remote(str(gate), "kept")
+        done, _ = await asyncio.wait([ref], timeout=0)
+        assert not done
+        ref.cancel()  # the Future protocol: stops this wait only
+        gate.touch()
+        assert await ref == "kept"
+
+    asyncio.run(main())
+
+
+def test_wait_for_timeout_raises_timeout_and_the_task_finishes(
+    ray_shared: Any, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+
+    async def main() -> None:
+        ref = after_file.remote(str(gate), "late")
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ref, timeout=0.05)
+        gate.touch()
+        assert await ref == "late"
+        # A timed-out wait must not poison the ref for the asyncio.Future protocol.
+        done, _ = await asyncio.wait([ref], timeout=DEADLINE_S)
+        assert done == {ref}
+        assert ref.result() == "late"
+
+    asyncio.run(main())
+    assert ray.get(echo.remote(0)) == 0
+
+
+def test_a_ref_can_be_awaited_on_successive_loops(ray_shared: Any) -> None:
+    ref = echo.remote("twice")
+
+    async def main() -> Any:
+        done, _ = await asyncio.wait([ref], timeout=DEADLINE_S)
+        assert done == {ref}
+        return await ref
+
+    assert asyncio.run(main()) == "twice"
+    assert asyncio.run(main()) == "twice"
+
+
+def test_the_same_ref_awaited_from_two_loops_at_once(ray_shared: Any, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ref = after_file.remote(str(gate), "both")
+    waiting = threading.Barrier(3, timeout=DEADLINE_S)
+
+    def on_own_loop() -> tuple[int, int]:
+        async def main() -> tuple[int, int]:
+            wait = asyncio.create_task(asyncio.wait([ref], timeout=DEADLINE_S))
+            await asyncio.sleep(0)  # the wait registers its callback on the ref
+            waiting.wait()  # both loops wait before the task may finish
+            done, pending = await wait
+            return len(done), len(pending)
+
+        return asyncio.run(main())
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(on_own_loop) for _ in range(2)]
+        waiting.wait()
+        gate.touch()
+        results = [f.result(timeout=DEADLINE_S + 5) for f in futures]
+    assert results == [(1, 0), (1, 0)]
+
+
+def test_ref_future_is_a_concurrent_future(ray_shared: Any) -> None:
+    fut = echo.remote("cf").future()
+    assert isinstance(fut, concurrent.futures.Future)
+    assert fut.result(timeout=DEADLINE_S) == "cf"
+    bad = fail.remote("oops").future()
+    assert isinstance(bad.exception(timeout=DEADLINE_S), KeyError)
+
+    async def main() -> Any:
+        return await asyncio.wrap_future(echo.remote("wrapped").future())
+
+    assert asyncio.run(main()) == "wrapped"
+
+
+@ray.remote
+class AsyncConsumer:
+    """An async actor that awaits refs it is handed (inside a list, so unresolved)."""
+
+    async def gather(self, refs: list[Any]) -> list[Any]:
+        return await asyncio.gather(*refs)
+
+    async def wait_all(self, refs: list[Any]) -> list[Any]:
+        done, pending = await asyncio.wait(refs, timeout=DEADLINE_S)
+        assert not pending
+        return sorted(r.result() for r in done)
+
+    async def first_completed(self, refs: list[Any]) -> Any:
+        for next_done in asyncio.as_completed(refs, timeout=DEADLINE_S):
+            return await next_done
+
+    async def wait_for(self, ref: list[Any]) -> Any:
+        return await asyncio.wait_for(ref[0], timeout=DEADLINE_S)
+
+    async def submit_and_await(self, n: int) -> int:
+        return sum(await asyncio.gather(*[echo.remote(i) for i in range(n)]))
+
+
+def test_async_actor_awaits_refs(ray_shared: Any, tmp_path: Path) -> None:
+    actor = AsyncConsumer.remote()
+    refs = [echo.remote(i) for i in range(4)]
+    assert ray.get(actor.gather.remote(refs), timeout=DEADLINE_S) == [0, 1, 2, 3]
+    assert ray.get(actor.wait_all.remote(refs), timeout=DEADLINE_S) == [0, 1, 2, 3]
+    assert ray.get(actor.wait_for.remote([echo.remote("w")]), timeout=DEADLINE_S) == "w"
+    assert ray.get(actor.submit_and_await.remote(10), timeout=DEADLINE_S) == 45
+    gate = tmp_path / "gate"
+    slow = after_file.remote(str(gate), "slow")
+    first = actor.first_completed.remote([slow, echo.remote("fast")])
+    assert ray.get(first, timeout=DEADLINE_S) == "fast"
+    gate.touch()
+    assert ray.get(slow, timeout=DEADLINE_S) == "slow"
+    ray.kill(actor)
+
+
+@ray.remote
+def task_with_its_own_loop(refs: list[Any]) -> dict[str, Any]:
+    """A task that runs a user's event loop and awaits refs on it."""
+
+    async def main() -> dict[str, Any]:
+        gathered = await asyncio.gather(*refs)
+        done, pending = await asyncio.wait(refs, timeout=DEADLINE_S)
+        nested = await echo.remote("nested")
+        timed = await asyncio.wait_for(echo.remote("timed"), timeout=DEADLINE_S)
+        fetched = await ray.get_async(refs)
+        return {
+            "gathered": gathered,
+            "done": len(done),
+            "pending": len(pending),
+            "nested": nested,
+            "timed": timed,
+            "fetched": fetched,
+        }
+
+    return asyncio.run(main())
+
+
+def test_task_running_its_own_loop_awaits_refs(ray_shared: Any) -> None:
+    refs = [echo.remote(i) for i in range(3)]
+    result = ray.get(task_with_its_own_loop.remote(refs), timeout=DEADLINE_S)
+    assert result == {
+        "gathered": [0, 1, 2],
+        "done": 3,
+        "pending": 0,
+        "nested": "nested",
+        "timed": "timed",
+        "fetched": [0, 1, 2],
+    }
+
+
+# ---------------------------------------------------------------- the *_async API
+
+
+def test_get_async_single_list_and_error(ray_shared: Any) -> None:
+    async def main() -> None:
+        assert await ray.get_async(echo.remote("one")) == "one"
+        assert await ray.get_async([echo.remote(1), echo.remote(2)]) == [1, 2]
+        assert await ray.get_async([]) == []
+        with pytest.raises(KeyError):
+            await ray.get_async(fail.remote("bad"))
+        with pytest.raises(TypeError):
+            await ray.get_async(42)
+
+    asyncio.run(main())
+
+
+def test_get_async_timeout_raises_get_timeout_error(ray_shared: Any, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+
+    async def main() -> None:
+        ref = after_file.remote(str(gate), "eventually")
+        with pytest.raises(GetTimeoutError) as info:
+            await ray.get_async(ref, timeout=0.05)
+        assert isinstance(info.value, TimeoutError)
+        gate.touch()
+        assert await ray.get_async(ref, timeout=DEADLINE_S) == "eventually"
+
+    asyncio.run(main())
+
+
+def test_put_async_round_trips_small_and_large_values(ray_shared: Any) -> None:
+    async def main() -> None:
+        small = await ray.put_async({"a": 1})
+        assert isinstance(small, ray.ObjectRef)
+        assert await small == {"a": 1}
+        big = bytes(range(256)) * 40_000  # 10 MB: goes to shared memory
+        ref = await ray.put_async(big)
+        assert await ray.get_async(ref) == big
+        assert await echo.remote(ref) == big  # usable as a task argument
+
+    asyncio.run(main())
+
+
+def test_wait_async_splits_ready_and_not_ready(ray_shared: Any, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+
+    async def main() -> None:
+        slow = after_file.remote(str(gate), "slow")
+        fast = echo.remote("fast")
+        ready, not_ready = await ray.wait_async([slow, fast], num_returns=1, timeout=DEADLINE_S)
+        assert ready == [fast]
+        assert not_ready == [slow]
+        ready, not_ready = await ray.wait_async([slow], timeout=0.05)
+        assert (ready, not_ready) == ([], [slow])
+        gate.touch()
+        ready, not_ready = await ray.wait_async(
+            [slow, fast], num_returns=2, timeout=DEADLINE_S, fetch_local=False
+        )
+        assert ready == [slow, fast]  # input order
+        assert not_ready == []
+        assert await ray.get_async(ready) == ["slow", "fast"]
+        with pytest.raises(ValueError):
+            await ray.wait_async([fast], num_returns=2)
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------- util.as_completed / map_unordered
+
+
+def test_util_as_completed_sync_and_async_in_completion_order(
+    ray_shared: Any, tmp_path: Path
+) -> None:
+    gates = [tmp_path / "gate_sync", tmp_path / "gate_async"]
+
+    # for: the slow ref was submitted first but arrives last.
+    slow = after_file.remote(str(gates[0]), "slow")
+    order = []
+    for value in as_completed([slow, echo.remote("fast")], chunk_size=1):
+        order.append(value)
+        gates[0].touch()
+    assert order == ["fast", "slow"]
+
+    async def main() -> list[Any]:
+        slow = after_file.remote(str(gates[1]), "slow")
+        seen = []
+        async for ref in as_completed(
+            [slow, echo.remote("fast")], chunk_size=1, yield_obj_refs=True
+        ):
+            assert isinstance(ref, ray.ObjectRef)
+            seen.append(await ref)
+            gates[1].touch()
+        return seen
+
+    assert asyncio.run(main()) == ["fast", "slow"]
+
+
+def test_util_as_completed_yields_every_result_once(ray_shared: Any) -> None:
+    refs = [echo.remote(i) for i in range(25)]
+    assert sorted(as_completed(refs, chunk_size=4)) == list(range(25))
+
+    async def main() -> list[Any]:
+        return [v async for v in as_completed(refs, chunk_size=7)]
+
+    assert sorted(asyncio.run(main())) == list(range(25))
+    assert list(as_completed([])) == []
+
+
+def test_util_as_completed_and_map_unordered_reject_chunk_size_below_1(
+    ray_shared: Any,
+) -> None:
+    with pytest.raises(ValueError):
+        list(as_completed([echo.remote(1)], chunk_size=0))
+    with pytest.raises(ValueError):
+        list(map_unordered(echo, [1, 2], chunk_size=0))
+    with pytest.raises(ValueError):
+        list(map_unordered(echo, [1, 2], backpressure_size=0))
+
+
+def test_util_map_unordered_sync_and_async(ray_shared: Any) -> None:
+    assert sorted(map_unordered(echo, range(30), chunk_size=3)) == list(range(30))
+    refs = list(map_unordered(echo, range(5), yield_obj_refs=True))
+    assert all(isinstance(r, ray.ObjectRef) for r in refs)
+    assert sorted(ray.get(refs)) == list(range(5))
+
+    async def main() -> list[Any]:
+        return [v async for v in map_unordered(echo, range(30), backpressure_size=4)]
+
+    assert sorted(asyncio.run(main())) == list(range(30))
+
+
+class _Submissions:
+    """Wraps a remote function to count submissions (map_unordered only calls .remote)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.submitted = 0
+
+    def remote(self, item: Any) -> Any:
+        self.submitted += 1
+        return self.fn.remote(item)
+
+
+@pytest.mark.parametrize("backpressure", [1, 3])
+def test_map_unordered_backpressure_bounds_tasks_started(
+    ray_shared: Any, tmp_path: Path, backpressure: int
+) -> None:
+    items = 12
+    fn = _Submissions(start_then_return)
+    consumed = 0
+    for _ in map_unordered(
+        fn, [(str(tmp_path), i) for i in range(items)], backpressure_size=backpressure, chunk_size=1
+    ):
+        consumed += 1
+        # Nothing runs while we hold a result: at most `backpressure` beyond those consumed.
+        assert fn.submitted <= consumed + backpressure
+        assert _started(tmp_path) <= consumed + backpressure
+    assert consumed == items
+    wait_for_condition(lambda: _started(tmp_path) == items)
+
+
+@pytest.mark.parametrize("backpressure", [1, 3])
+def test_async_map_unordered_backpressure_bounds_tasks_started(
+    ray_shared: Any, tmp_path: Path, backpressure: int
+) -> None:
+    items = 12
+    fn = _Submissions(start_then_return)
+
+    async def main() -> int:
+        consumed = 0
+        async for _ in map_unordered(
+            fn,
+            [(str(tmp_path), i) for i in range(items)],
+            backpressure_size=backpressure,
+            chunk_size=1,
+        ):
+            consumed += 1
+            assert fn.submitted <= consumed + backpressure
+            assert _started(tmp_path) <= consumed + backpressure
+        return consumed
+
+    assert asyncio.run(main()) == items
+
+
+def test_map_unordered_without_backpressure_starts_everything(
+    ray_shared: Any, tmp_path: Path
+) -> None:
+    # The control for the two tests above: with no bound, every task starts before the
+    # first result is consumed, so their bound is not met by accident.
+    items = 12
+    results = map_unordered(
+        start_then_return,
+        [(str(tmp_path), i) for i in range(items)],
+        backpressure_size=None,
+        chunk_size=1,
+    )
+    first = next(iter(results))
+    assert 0 <= first < items
+    wait_for_condition(lambda: _started(tmp_path) == items)
+
+
+# -------------------------------------------------------- blocking get on a loop
+
+
+@pytest.fixture
+def fresh_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocking-get warning is once per process: re-arm it for this test."""
+    monkeypatch.setattr(api, "_warned_blocking", False)
+
+
+def test_blocking_get_on_a_running_loop_warns_once(ray_shared: Any, fresh_warning: None) -> None:
+    async def main() -> list[Any]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            first = ray.get(echo.remote(1))
+            second = ray.get([echo.remote(2)])
+        assert (first, second) == (1, [2])
+        return caught
+
+    caught = asyncio.run(main())
+    runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(runtime) == 1, [str(w.message) for w in caught]
+    assert "await" in str(runtime[0].message)
+    assert runtime[0].filename == __file__  # points at the caller's line
+
+
+def test_blocking_get_from_a_worker_thread_does_not_warn(
+    ray_shared: Any, fresh_warning: None
+) -> None:
+    async def main() -> tuple[Any, Any]:
+        loop = asyncio.get_running_loop()
+        in_executor = await loop.run_in_executor(None, ray.get, echo.remote("exec"))
+        from_thread: list[Any] = []
+        thread = threading.Thread(target=lambda: from_thread.append(ray.get(echo.remote("t"))))
+        thread.start()
+        await asyncio.to_thread(thread.join, DEADLINE_S)
+        return in_executor, from_thread
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert asyncio.run(main()) == ("exec", ["t"])
+        assert ray.get(echo.remote("plain")) == "plain"  # no loop here at all
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert api._warned_blocking is False
+
+
+def test_blocking_get_from_a_plain_callback_on_the_loop_does_not_warn(
+    ray_shared: Any, fresh_warning: None
+) -> None:
+    # Code that is not a coroutine (a loop callback, a notebook cell) cannot await:
+    # the warning is only for coroutines.
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        result = loop.create_future()
+        loop.call_soon(lambda: result.set_result(ray.get(echo.remote("cb"))))
+        return await result
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert asyncio.run(main()) == "cb"
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
