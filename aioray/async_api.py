@@ -179,6 +179,21 @@ def _resolve(cw: CoreWorker, ref: ObjectRef, fut: asyncio.Future[Any], outcome: 
         fut.set_exception(e)
 
 
+_last: tuple[Any, LoopFetcher] | None = None
+
+
+def fetcher_for_running_loop() -> LoopFetcher:
+    """The fetcher of the running loop (cached: gather asks once per ref)."""
+    global _last
+    loop = asyncio.get_event_loop()
+    last = _last
+    if last is not None and last[0] is loop and last[1].cw is api.ensure_connected():
+        return last[1]
+    f = fetcher_for(api.ensure_connected(), loop)
+    _last = (loop, f)
+    return f
+
+
 def fetcher_for(cw: CoreWorker, loop: asyncio.AbstractEventLoop) -> LoopFetcher:
     fetchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopFetcher] = cw.loop_fetchers
     f = fetchers.get(loop)

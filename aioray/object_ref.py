@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from asyncio.events import _get_running_loop
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,7 @@ class ObjectRef:
     def __init__(self, object_id: bytes, owner: tuple[str, int, bytes] | None, _count: bool = True):
         self._id = object_id
         self._owner = owner
-        self._afut: dict[asyncio.AbstractEventLoop, asyncio.Future[Any]] | None = None
+        self._afut: Any = None  # (loop, future) or {loop: future}
         cw = _core_worker
         self._cw = cw if _count else None
         if self._cw is not None:
@@ -89,10 +90,9 @@ class ObjectRef:
         return self._new_future().__await__()
 
     def _new_future(self) -> asyncio.Future[Any]:
-        from aioray import api, async_api
+        from aioray import async_api
 
-        loop = asyncio.get_event_loop()
-        return async_api.fetcher_for(api.ensure_connected(), loop).future(self)
+        return async_api.fetcher_for_running_loop().future(self)
 
     def as_future(self) -> asyncio.Future[Any]:
         """An asyncio future on the running loop that resolves to the value."""
@@ -101,15 +101,25 @@ class ObjectRef:
     # -- the asyncio.Future protocol, delegated ------------------------------------------------
     def _future(self, new_waiter: bool = False) -> asyncio.Future[Any]:
         # One future per event loop, so asyncio.wait/gather see one consistent future.
-        loop = asyncio.get_event_loop()
-        futs = self._afut
-        if futs is None:
-            futs = self._afut = {}
-        fut = futs.get(loop)
+        # Stored as (loop, future) for the common single-loop case, a dict beyond it.
+        loop = _get_running_loop() or asyncio.get_event_loop()
+        held = self._afut
+        if type(held) is tuple and held[0] is loop:
+            fut = held[1]
+        elif type(held) is dict:
+            fut = held.get(loop)
+        else:
+            fut = None
         # A cancelled wait (a timed-out wait_for) must not poison the next wait; but
         # only a new waiter replaces it: the one that cancelled still reads the result.
         if fut is None or (new_waiter and fut.cancelled()):
-            fut = futs[loop] = self._new_future()
+            fut = self._new_future()
+            if held is None or (type(held) is tuple and held[0] is loop):
+                self._afut = (loop, fut)
+            else:
+                futs = held if type(held) is dict else {held[0]: held[1]}
+                futs[loop] = fut
+                self._afut = futs
         return fut
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
