@@ -180,6 +180,9 @@ def shutdown() -> None:
         if cw is not None:
             cw.stop_thread()
             set_core_worker(None)
+            from aioray import log_monitor
+
+            log_monitor.flush()  # print pending "[repeated Nx]" summaries
         local, _local_node = _local_node, None
         if local is not None:
             local.stop()

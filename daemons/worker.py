@@ -166,6 +166,7 @@ class TaskExecutor:
         if task_id in self.cancelled:
             self.cancelled.discard(task_id)
             return self.error(spec, TaskCancelledError(task_id.hex()), False)
+        worker_output.set_current_name(spec["name"])  # the (name pid=...) prefix of its prints
         if spec.get("create"):
             return self._create_actor(spec, job)
         ctx = self.cw.task_context

@@ -9,6 +9,7 @@ whole.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -123,6 +124,27 @@ def test_remote_class_returns_handle_and_refs(ray_shared):
     ref = greeter.greet.remote("aioray")
     assert isinstance(ref, ray.ObjectRef)
     assert ray.get(ref, timeout=GET_TIMEOUT) == "hello, aioray"
+
+
+def test_creation_does_not_wait_for_init(ray_shared, tmp_path):
+    """.remote() returns a handle at once; __init__ runs in the actor's worker."""
+    release = tmp_path / "release"
+
+    @ray.remote
+    class SlowInit:
+        def __init__(self, path):
+            deadline = time.time() + 20
+            while not os.path.exists(path) and time.time() < deadline:
+                time.sleep(0.01)
+            self.released = os.path.exists(path)
+
+        def released_(self):
+            return self.released
+
+    handle = SlowInit.remote(str(release))  # would deadlock if it waited for __init__
+    ref = handle.released_.remote()
+    release.touch()
+    assert ray.get(ref, timeout=GET_TIMEOUT) is True
 
 
 def test_module_level_actor_class(ray_shared):
@@ -350,6 +372,31 @@ def test_generator_method_with_num_returns(ray_shared):
     assert ray.get(list(refs), timeout=GET_TIMEOUT) == ["item-0", "item-1", "item-2"]
 
 
+def test_generator_methods_stream_their_items(ray_shared):
+    """Ray >= 2.8: a generator method streams (an ObjectRefGenerator), sync or async,
+    with num_returns="streaming" or with no num_returns at all."""
+
+    @ray.remote
+    class Source:
+        def numbers(self, n):
+            for i in range(n):
+                yield i * 10
+
+        async def words(self, n):
+            for i in range(n):
+                await asyncio.sleep(0)
+                yield f"word-{i}"
+
+    source = Source.remote()
+    explicit = source.numbers.options(num_returns="streaming").remote(3)
+    assert [ray.get(ref, timeout=GET_TIMEOUT) for ref in explicit] == [0, 10, 20]
+    streamed = source.words.options(num_returns="streaming").remote(2)
+    assert [ray.get(ref, timeout=GET_TIMEOUT) for ref in streamed] == ["word-0", "word-1"]
+    # the default for a generator method is to stream
+    assert [ray.get(ref, timeout=GET_TIMEOUT) for ref in source.numbers.remote(2)] == [0, 10]
+    assert [ray.get(ref, timeout=GET_TIMEOUT) for ref in source.words.remote(1)] == ["word-0"]
+
+
 # ------------------------------------------------------------------------ resources
 
 
@@ -431,10 +478,14 @@ def test_actor_with_custom_resource_waits_for_it(ray_shared):
 
 def test_memory_option(ray_shared):
     handle = Counter.options(memory=50 * 1024 * 1024).remote()
+    # memory is a resource like any other: more than the node has never schedules
+    too_big = Counter.options(memory=10**15).remote()
     try:
         assert ray.get(handle.increment.remote(), timeout=GET_TIMEOUT) == 1
+        ready, _ = ray.wait([too_big.increment.remote()], timeout=0.5)
+        assert ready == [], "an actor asking for a petabyte of memory was scheduled"
     finally:
-        ray.kill(handle)
+        _kill_all(handle, too_big)
 
 
 def test_scheduling_strategies(ray_shared):
