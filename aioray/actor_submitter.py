@@ -216,6 +216,8 @@ class ActorSubmitter:
             self.cw.submitter.fail(task, ActorDiedError(f"actor call failed: {exc}"))
             return
         body, bufs = fut.result()
+        if "o" in body:
+            self.cw.expect_logs(body)
         self.cw.submitter.finish(task, parse_returns(body, bufs))
 
     def _fail(self, a: _Actor, task: TaskEntry, why: str = "") -> None:

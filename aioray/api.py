@@ -235,7 +235,9 @@ def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be >= 0, got {timeout}")
     _warn_if_blocking_a_loop()
-    values = ensure_connected().get(refs, timeout)
+    cw = ensure_connected()
+    values = cw.get(refs, timeout)
+    cw.wait_for_logs()
     return values[0] if single else values
 
 

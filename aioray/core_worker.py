@@ -123,6 +123,9 @@ class CoreWorker:
         self._warned: set[str] = set()
         self.closing = False
         self.log_to_driver = True
+        self._logs_seen: dict[tuple[int, str], int] = {}  # (pid, stream) -> sync number
+        self._logs_expected: dict[tuple[int, str], int] = {}
+        self._logs_seen_cond = threading.Condition()
 
     def __repr__(self) -> str:
         return (
@@ -575,7 +578,34 @@ class CoreWorker:
     def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         from aioray import log_monitor
 
-        log_monitor.print_lines(body)
+        if body[3]:
+            log_monitor.print_lines(body)
+        if len(body) > 5:  # a sync notice: every line before it has been printed
+            with self._logs_seen_cond:
+                self._logs_seen[(body[0], body[2])] = body[5]
+                self._logs_seen_cond.notify_all()
+
+    def expect_logs(self, body: dict[str, Any]) -> None:
+        """(loop) A reply says its task printed: wait for its worker's sync notice."""
+        seen = body.get("o")
+        if seen and self.mode == DRIVER and self.log_to_driver:
+            pid, seq = seen
+            with self._logs_seen_cond:
+                for stream in ("stdout", "stderr"):
+                    key = (pid, stream)
+                    self._logs_expected[key] = max(seq, self._logs_expected.get(key, 0))
+
+    def wait_for_logs(self, timeout: float = 0.5) -> None:
+        """Before get returns: let the prints of the tasks it waited for arrive first
+        (bounded: a line lost with a dead raylet must not stall the caller)."""
+        if not self._logs_expected:
+            return
+        with self._logs_seen_cond:
+            self._logs_seen_cond.wait_for(
+                lambda: all(self._logs_seen.get(k, 0) >= n for k, n in self._logs_expected.items()),
+                timeout,
+            )
+            self._logs_expected.clear()  # met, or given up on: never wait twice for it
 
     def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
         shape = str({k: v for k, v in sorted(body["res"].items())})

@@ -280,6 +280,8 @@ class TaskSubmitter:
             self.fail(task, RaySystemError(f"push_task failed: {exc}"))
         else:
             body, bufs = fut.result()
+            if "o" in body:
+                self.cw.expect_logs(body)
             t = body.get("t")
             if t is not None:
                 fid = task.spec["fid"]

@@ -182,6 +182,7 @@ class TaskExecutor:
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_env
         self.current = task_id
+        printed = worker_output.writes()
         start = time.perf_counter()
         try:
             try:
@@ -208,6 +209,8 @@ class TaskExecutor:
         except Exception as e:
             return self.task_error(spec, e)
         body["t"] = elapsed
+        if worker_output.writes() != printed:  # the task printed: its lines go first
+            body["o"] = [self.pid, worker_output.sync()]
         return body, bufs
 
     def _create_actor(self, spec: dict[str, Any], job: _Job) -> tuple[dict[str, Any], list[Buffer]]:

@@ -12,6 +12,15 @@ which writes a marker line into both pipes: the reader learns the new name
 exactly where it falls among the bytes, so a task's last lines still carry its
 own name even when they are read after the next task has started (as Ray's
 ``:task_name:`` markers do).
+
+Ordering with results: a task's prints travel worker -> raylet -> driver while its
+result goes worker -> owner, so a driver's ``get`` could return before the lines
+arrive (and in a notebook they would land in the next cell). When a task wrote to
+``sys.stdout``/``sys.stderr`` the executor calls ``sync()``: a numbered marker goes
+into both pipes; each reader, on reaching it, forwards an empty ``worker_log`` that
+carries the number (behind the task's lines, in stream order), and the execution
+thread waits until both readers got there. The reply carries the number too, and
+the driver's ``get`` waits (bounded) until it has seen that notice on both streams.
 """
 
 from __future__ import annotations
@@ -19,18 +28,66 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aioray.core_worker import CoreWorker
 
 # Written into the pipes, never forwarded: the rest of the line is the new name.
 NAME_MARKER = b"\x00\x1eaioray-name:"
+# Written into the pipes, never forwarded: the readers have reached it (see sync()).
+SYNC_MARKER = b"\x00\x1eaioray-sync:"
+SYNC_TIMEOUT_S = 1.0
 
 current_name: str | None = None
 """The display name of what this worker runs now (set by ``set_current_name``)."""
 
 _captured: CoreWorker | None = None
+_sync = threading.Condition()
+_synced: dict[str, int] = {"stdout": 0, "stderr": 0}  # last sync marker each reader passed
+_sync_seq = 0
+
+
+class _CountingStream:
+    """sys.stdout/sys.stderr, counting writes so a task that printed can be told apart."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return int(self._stream.write(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def writes() -> int:
+    """How many times Python code has written to stdout/stderr in this worker."""
+    out, err = sys.stdout, sys.stderr
+    return getattr(out, "writes", 0) + getattr(err, "writes", 0)
+
+
+def sync() -> int:
+    """(execution thread) Wait until every line written so far has been forwarded;
+    return the sync number the driver will see after those lines."""
+    global _sync_seq
+    if _captured is None:
+        return 0
+    with _sync:
+        _sync_seq += 1
+        seq = _sync_seq
+    marker = SYNC_MARKER + str(seq).encode() + b"\n"
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        try:
+            stream.flush()
+            os.write(fd, marker)
+        except (OSError, ValueError):
+            pass
+    with _sync:
+        _sync.wait_for(lambda: min(_synced.values()) >= seq, SYNC_TIMEOUT_S)
+    return seq
 
 
 def capture(cw: CoreWorker) -> None:
@@ -44,6 +101,7 @@ def capture(cw: CoreWorker) -> None:
         os.close(w)
         stream = getattr(sys, name)
         stream.reconfigure(line_buffering=True)  # a print reaches the driver at once
+        setattr(sys, name, _CountingStream(stream))
         threading.Thread(
             target=_pump, args=(cw, r, original, name), name=f"aioray-{name}", daemon=True
         ).start()
@@ -118,11 +176,33 @@ def _pump(cw: CoreWorker, r: int, original: int, stream: str) -> None:
         else:
             pending += chunk
             *lines, pending = pending.split(b"\n")
+        reached = 0
+        if SYNC_MARKER in chunk or any(SYNC_MARKER in ln for ln in lines):
+            kept = []
+            for ln in lines:
+                at = ln.find(SYNC_MARKER)
+                if at < 0:
+                    kept.append(ln)
+                    continue
+                if at:
+                    kept.append(ln[:at])
+                reached = max(reached, int(ln[at + len(SYNC_MARKER) :] or 0))
+            lines = kept
         groups, name = split_names(lines, name)
         for label, text in groups:
             cw.post(_send, cw, stream, label, text, original)
+        if reached:  # everything before the marker is posted: the notice follows it
+            cw.post(_send_sync, cw, stream, reached)
+            with _sync:
+                _synced[stream] = reached
+                _sync.notify_all()
         if not chunk:
             return
+
+
+def _send_sync(cw: CoreWorker, stream: str, seq: int) -> None:
+    if cw.raylet is not None and not cw.raylet.is_closed:
+        cw.raylet.notify("worker_log", [os.getpid(), cw.node_ip, stream, [], None, seq])
 
 
 def _send(cw: CoreWorker, stream: str, name: str | None, lines: list[str], original: int) -> None:

@@ -351,7 +351,7 @@ class Raylet:
     def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         """Append a worker's lines to its log file, and forward them to drivers that want them."""
         pid, _ip, stream, lines = body[:4]
-        f = self._worker_log_file(conn, pid, stream)
+        f = self._worker_log_file(conn, pid, stream) if lines else None  # sync notices: no text
         if f is not None:
             try:
                 f.write(("\n".join(lines) + "\n").encode("utf-8", "replace"))
