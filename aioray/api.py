@@ -229,8 +229,15 @@ def check_refs(object_refs: Any, fn: str) -> tuple[list[ObjectRef], bool]:
     )
 
 
-def get(object_refs: Any, *, timeout: float | None = None) -> Any:
-    """Block until the object(s) are available and return their values."""
+def get(object_refs: Any, *, timeout: float | None = None, progress: bool = False) -> Any:
+    """Block until the object(s) are available and return their values.
+
+    ``progress=True`` shows a progress bar while a list of refs completes.
+    """
+    if progress:
+        from aioray.util.progress import progress as with_bar
+
+        return with_bar(object_refs, timeout=timeout)
     refs, single = check_refs(object_refs, "get")
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be >= 0, got {timeout}")

@@ -3,6 +3,7 @@
 from aioray.api import list_named_actors
 from aioray.util.actor_pool import ActorPool
 from aioray.util.iteration import as_completed, map_unordered
+from aioray.util.progress import progress
 from aioray.util.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
     PlacementGroupSchedulingStrategy,
@@ -15,4 +16,5 @@ __all__ = [
     "as_completed",
     "list_named_actors",
     "map_unordered",
+    "progress",
 ]
