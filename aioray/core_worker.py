@@ -25,6 +25,7 @@ import contextvars
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -69,6 +70,25 @@ def decode_object(oid: bytes, body: list[Any], buffers: list[Any]) -> StoredObje
     if kind == OBJ_SHM:
         return StoredObject(node_id=body[2], size=body[1])
     raise ObjectFreedError(oid.hex())
+
+
+def _result_interruptibly(fut: concurrent.futures.Future[Any], timeout: float | None) -> Any:
+    """fut.result(timeout), but in the main thread wait in slices: a SIGINT that lands
+    just before a lock wait begins would otherwise never be acted on (Ctrl-C, or a
+    notebook's interrupt button, must always get through a blocked get)."""
+    if threading.current_thread() is not threading.main_thread():
+        return fut.result(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = INTERRUPT_SLICE_S if deadline is None else deadline - time.monotonic()
+        try:
+            return fut.result(max(0.0, min(INTERRUPT_SLICE_S, left)))
+        except concurrent.futures.TimeoutError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+
+
+INTERRUPT_SLICE_S = 0.25
 
 
 class CoreWorker:
@@ -291,7 +311,7 @@ class CoreWorker:
         me = threading.get_ident()
         self._blocking[me] = fut
         try:
-            return fut.result(timeout)
+            return _result_interruptibly(fut, timeout)
         except concurrent.futures.TimeoutError:
             fut.cancel()
             raise GetTimeoutError(

@@ -149,7 +149,7 @@ class ObjectRefGenerator:
         s = self._s
         with s.cond:
             while s.next >= s.count and not s.done:
-                s.cond.wait()
+                s.cond.wait(0.25)  # in slices, so a Ctrl-C always gets through
         return self._take()
 
     def __aiter__(self) -> ObjectRefGenerator:
