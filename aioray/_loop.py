@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
+import time
 from typing import Any
 
 uvloop: Any
@@ -23,3 +26,22 @@ def run(main: object) -> object:
     if uvloop is not None:
         return uvloop.run(main)
     return asyncio.run(main)  # type: ignore[arg-type]
+
+
+INTERRUPT_SLICE_S = 0.25
+
+
+def result_interruptibly(fut: concurrent.futures.Future[Any], timeout: float | None) -> Any:
+    """fut.result(timeout), but in the main thread wait in slices: a SIGINT that lands
+    just before a lock wait begins would otherwise never be acted on (Ctrl-C, or a
+    notebook's interrupt button, must always get through a blocked get)."""
+    if threading.current_thread() is not threading.main_thread():
+        return fut.result(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = INTERRUPT_SLICE_S if deadline is None else deadline - time.monotonic()
+        try:
+            return fut.result(max(0.0, min(INTERRUPT_SLICE_S, left)))
+        except concurrent.futures.TimeoutError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise

@@ -234,13 +234,13 @@ def get(object_refs: Any, *, timeout: float | None = None, progress: bool = Fals
 
     ``progress=True`` shows a progress bar while a list of refs completes.
     """
+    refs, single = check_refs(object_refs, "get")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0, got {timeout}")
     if progress:
         from aioray.util.progress import progress as with_bar
 
         return with_bar(object_refs, timeout=timeout)
-    refs, single = check_refs(object_refs, "get")
-    if timeout is not None and timeout < 0:
-        raise ValueError(f"timeout must be >= 0, got {timeout}")
     _warn_if_blocking_a_loop()
     cw = ensure_connected()
     values = cw.get(refs, timeout)

@@ -25,12 +25,12 @@ import contextvars
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from aioray import config, ids, object_store, rpc, serialization
+from aioray import config, ids, log_monitor, object_store, rpc, serialization
+from aioray._loop import result_interruptibly
 from aioray.actor_submitter import ActorSubmitter
 from aioray.exceptions import (
     GetTimeoutError,
@@ -70,25 +70,6 @@ def decode_object(oid: bytes, body: list[Any], buffers: list[Any]) -> StoredObje
     if kind == OBJ_SHM:
         return StoredObject(node_id=body[2], size=body[1])
     raise ObjectFreedError(oid.hex())
-
-
-def _result_interruptibly(fut: concurrent.futures.Future[Any], timeout: float | None) -> Any:
-    """fut.result(timeout), but in the main thread wait in slices: a SIGINT that lands
-    just before a lock wait begins would otherwise never be acted on (Ctrl-C, or a
-    notebook's interrupt button, must always get through a blocked get)."""
-    if threading.current_thread() is not threading.main_thread():
-        return fut.result(timeout)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = INTERRUPT_SLICE_S if deadline is None else deadline - time.monotonic()
-        try:
-            return fut.result(max(0.0, min(INTERRUPT_SLICE_S, left)))
-        except concurrent.futures.TimeoutError:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise
-
-
-INTERRUPT_SLICE_S = 0.25
 
 
 class CoreWorker:
@@ -143,9 +124,7 @@ class CoreWorker:
         self._warned: set[str] = set()
         self.closing = False
         self.log_to_driver = True
-        self._logs_seen: dict[tuple[int, str], int] = {}  # (pid, stream) -> sync number
-        self._logs_expected: dict[tuple[int, str], int] = {}
-        self._logs_seen_cond = threading.Condition()
+        self.logs = log_monitor.LogSync()
 
     def __repr__(self) -> str:
         return (
@@ -311,7 +290,7 @@ class CoreWorker:
         me = threading.get_ident()
         self._blocking[me] = fut
         try:
-            return _result_interruptibly(fut, timeout)
+            return result_interruptibly(fut, timeout)
         except concurrent.futures.TimeoutError:
             fut.cancel()
             raise GetTimeoutError(
@@ -596,36 +575,15 @@ class CoreWorker:
         return reply
 
     def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        from aioray import log_monitor
-
-        if body[3]:
-            log_monitor.print_lines(body)
-        if len(body) > 5:  # a sync notice: every line before it has been printed
-            with self._logs_seen_cond:
-                self._logs_seen[(body[0], body[2])] = body[5]
-                self._logs_seen_cond.notify_all()
+        self.logs.received(body)
 
     def expect_logs(self, body: dict[str, Any]) -> None:
-        """(loop) A reply says its task printed: wait for its worker's sync notice."""
-        seen = body.get("o")
-        if seen and self.mode == DRIVER and self.log_to_driver:
-            pid, seq = seen
-            with self._logs_seen_cond:
-                for stream in ("stdout", "stderr"):
-                    key = (pid, stream)
-                    self._logs_expected[key] = max(seq, self._logs_expected.get(key, 0))
+        """(loop) A reply says its task printed: get waits for those lines."""
+        if self.mode == DRIVER and self.log_to_driver:
+            self.logs.expect(body.get("o"))
 
-    def wait_for_logs(self, timeout: float = 0.5) -> None:
-        """Before get returns: let the prints of the tasks it waited for arrive first
-        (bounded: a line lost with a dead raylet must not stall the caller)."""
-        if not self._logs_expected:
-            return
-        with self._logs_seen_cond:
-            self._logs_seen_cond.wait_for(
-                lambda: all(self._logs_seen.get(k, 0) >= n for k, n in self._logs_expected.items()),
-                timeout,
-            )
-            self._logs_expected.clear()  # met, or given up on: never wait twice for it
+    def wait_for_logs(self) -> None:
+        self.logs.wait()
 
     def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
         shape = str({k: v for k, v in sorted(body["res"].items())})

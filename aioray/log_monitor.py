@@ -212,3 +212,46 @@ def flush() -> None:
 
 
 atexit.register(flush)  # a script that never calls shutdown() still sees its summaries
+
+
+class LogSync:
+    """Lets a driver's get return only after the prints of the tasks it waited for.
+
+    A worker forwards a numbered sync notice behind a task's lines (one per stream);
+    the task's reply carries the number; ``wait`` blocks (bounded) until both
+    notices have arrived, so those lines have been printed.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._seen: dict[tuple[int, str], int] = {}  # (pid, stream) -> sync number
+        self._expected: dict[tuple[int, str], int] = {}
+
+    def received(self, body: list[Any]) -> None:
+        """(loop) A ``worker_log`` message: print its lines, note a sync notice."""
+        if body[3]:
+            print_lines(body)
+        if len(body) > 5:
+            with self._cond:
+                self._seen[(body[0], body[2])] = body[5]
+                self._cond.notify_all()
+
+    def expect(self, seen: Any) -> None:
+        if not seen:
+            return
+        pid, seq = seen
+        with self._cond:
+            for stream in ("stdout", "stderr"):
+                key = (pid, stream)
+                self._expected[key] = max(seq, self._expected.get(key, 0))
+
+    def wait(self, timeout: float = 0.5) -> None:
+        """Bounded: a line lost with a dead raylet must not stall the caller."""
+        if not self._expected:
+            return
+        with self._cond:
+            self._cond.wait_for(
+                lambda: all(self._seen.get(k, 0) >= n for k, n in self._expected.items()),
+                timeout,
+            )
+            self._expected.clear()  # met, or given up on: never wait twice for it
