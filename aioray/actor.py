@@ -21,7 +21,7 @@ from typing import Any
 
 from aioray import config, ids, options, serialization
 from aioray.object_ref import ObjectRef
-from aioray.remote_function import pack_arguments
+from aioray.remote_function import _api, pack_arguments
 from aioray.streaming import STREAMING
 from aioray.task_spec import TaskEntry
 
@@ -136,8 +136,7 @@ class ActorClass:
     def _remote(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]
     ) -> ActorHandle:
-        from aioray import api
-
+        api = _api()
         cw = api.ensure_connected()
         cls_bytes = self._export()
         meta = _class_meta(self._cls, opts)
@@ -207,11 +206,9 @@ class ActorHandle:
     """A handle to one actor; ``handle.method.remote(...)`` calls it."""
 
     def __init__(self, actor_id: bytes, meta: dict[str, Any], creator: bool = False) -> None:
-        from aioray import api
-
         self._actor_id = actor_id
         self._meta = meta
-        self._cw = api.ensure_connected()
+        self._cw = _api().ensure_connected()
         self._creator = creator
         self._cw.actors.add_handle(actor_id, creator)
 

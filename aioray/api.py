@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aioray import config, node
+from aioray import object_ref as _object_ref
 from aioray.core_worker import DRIVER, CoreWorker
 from aioray.object_ref import ObjectRef, set_core_worker
 from aioray.remote_function import RemoteFunction
@@ -195,10 +196,9 @@ def ensure_connected() -> CoreWorker:
     """The CoreWorker of this process, starting a local cluster on first use (as Ray does)."""
     cw = _cw
     if cw is None:
-        from aioray.object_ref import _core_worker
-
-        if _core_worker is not None:  # inside a worker process
-            return _core_worker
+        worker_cw = _object_ref._core_worker
+        if worker_cw is not None:  # inside a worker process
+            return worker_cw
         init()
         assert _cw is not None
         return _cw

@@ -99,6 +99,10 @@ async def shutdown_async() -> None:
     await asyncio.to_thread(api.shutdown)
 
 
+COALESCE_ABOVE = 64
+COALESCE_S = 0.005
+
+
 class LoopFetcher:
     """Resolves plain futures of one caller loop with object values, in batches.
 
@@ -117,6 +121,7 @@ class LoopFetcher:
             collections.deque()
         )
         self._deliver_scheduled = False
+        self._outstanding = 0  # futures asked for and not yet delivered
 
     def future(self, ref: ObjectRef) -> asyncio.Future[Any]:
         """(caller loop) A new future that resolves to the value of ``ref``."""
@@ -126,6 +131,7 @@ class LoopFetcher:
             _resolve(self.cw, ref, fut, obj)
             return fut
         self._asked.append((ref, fut))
+        self._outstanding += 1
         if not self._ask_scheduled:
             self._ask_scheduled = True
             self.loop.call_soon(self._ask)
@@ -156,7 +162,16 @@ class LoopFetcher:
         self._arrived.append((ref, fut, outcome))
         if not self._deliver_scheduled:
             self._deliver_scheduled = True
-            self.loop.call_soon_threadsafe(self._deliver)
+            if self._outstanding > COALESCE_ABOVE:
+                # Many awaited at once (a gather): wake the caller's thread a few times
+                # in all rather than once per reply batch; the two threads otherwise
+                # fight over the GIL while replies stream in.
+                self.cw.loop.call_later(COALESCE_S, self._wake)
+            else:
+                self._wake()
+
+    def _wake(self) -> None:
+        self.loop.call_soon_threadsafe(self._deliver)
 
     def _deliver(self) -> None:
         """(caller loop)"""
@@ -164,6 +179,7 @@ class LoopFetcher:
         arrived = self._arrived
         while arrived:
             ref, fut, outcome = arrived.popleft()
+            self._outstanding -= 1
             _resolve(self.cw, ref, fut, outcome)
 
 
@@ -187,9 +203,10 @@ def fetcher_for_running_loop() -> LoopFetcher:
     global _last
     loop = asyncio.get_event_loop()
     last = _last
-    if last is not None and last[0] is loop and last[1].cw is api.ensure_connected():
+    cw = api.ensure_connected()
+    if last is not None and last[0] is loop and last[1].cw is cw:
         return last[1]
-    f = fetcher_for(api.ensure_connected(), loop)
+    f = fetcher_for(cw, loop)
     _last = (loop, f)
     return f
 

@@ -20,6 +20,8 @@ from aioray import serialization
 if TYPE_CHECKING:
     from aioray.core_worker import CoreWorker
 
+_async_api: Any = None
+
 # The CoreWorker of this process (driver or worker); set when it starts.
 _core_worker: CoreWorker | None = None
 
@@ -90,9 +92,12 @@ class ObjectRef:
         return self._new_future().__await__()
 
     def _new_future(self) -> asyncio.Future[Any]:
-        from aioray import async_api
+        global _async_api
+        if _async_api is None:  # resolved once: it imports this module
+            from aioray import async_api
 
-        return async_api.fetcher_for_running_loop().future(self)
+            _async_api = async_api
+        return _async_api.fetcher_for_running_loop().future(self)
 
     def as_future(self) -> asyncio.Future[Any]:
         """An asyncio future on the running loop that resolves to the value."""
@@ -100,6 +105,15 @@ class ObjectRef:
 
     # -- the asyncio.Future protocol, delegated ------------------------------------------------
     def _future(self, new_waiter: bool = False) -> asyncio.Future[Any]:
+        # gather/wait call this ~7 times per ref: the common case must be cheap.
+        held = self._afut
+        if held.__class__ is tuple and held[0] is _get_running_loop():
+            fut: asyncio.Future[Any] = held[1]
+            if not new_waiter or not fut.cancelled():
+                return fut
+        return self._future_slow(new_waiter)
+
+    def _future_slow(self, new_waiter: bool) -> asyncio.Future[Any]:
         # One future per event loop, so asyncio.wait/gather see one consistent future.
         # Stored as (loop, future) for the common single-loop case, a dict beyond it.
         loop = _get_running_loop() or asyncio.get_event_loop()

@@ -78,8 +78,7 @@ class RemoteFunction:
         return self._fid, self._fn_bytes
 
     def _remote(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]) -> Any:
-        from aioray import api
-
+        api = _api()
         cw = api.ensure_connected()
         fid, fn_bytes = self._export()
         nret = opts["num_returns"]
@@ -128,6 +127,20 @@ class RemoteFunction:
         if nret == 1:
             return refs[0]
         return refs if nret else None
+
+
+_api_module: Any = None
+
+
+def _api() -> Any:
+    """aioray.api, resolved once: a function-level import on every .remote() costs
+    more than the rest of building the call (it imports this module: no top import)."""
+    global _api_module
+    if _api_module is None:
+        from aioray import api
+
+        _api_module = api
+    return _api_module
 
 
 def pack_arguments(

@@ -46,6 +46,8 @@ def split_args(
 ) -> tuple[Any, list[Any]]:
     """Replace top-level refs by placeholders; return (args_and_kwargs, refs)."""
     deps: list[Any] = []
+    if not args and not kwargs:
+        return (args, kwargs), deps
     if not any(type(a) is ref_type for a in args) and not any(
         type(v) is ref_type for v in kwargs.values()
     ):
