@@ -351,16 +351,11 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
 
 def get_future(ref: ObjectRef) -> concurrent.futures.Future[Any]:
     cw = ensure_connected()
-    result: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
-    def run() -> None:
-        try:
-            result.set_result(cw.get([ref])[0])
-        except BaseException as e:
-            result.set_exception(e)
+    async def value() -> Any:  # waits on the CoreWorker's loop: no thread per future
+        return cw.materialize(ref.binary(), await cw.fetch(ref))
 
-    threading.Thread(target=run, daemon=True, name="aioray-future").start()
-    return result
+    return asyncio.run_coroutine_threadsafe(value(), cw.loop)
 
 
 # -- cluster state ------------------------------------------------------------------------------

@@ -66,25 +66,18 @@ class ActorPool:
         All values are submitted at once; results not yet taken from earlier
         submissions are discarded first (a still-running one is ignored).
         """
-        while self.has_next():
-            try:
-                self.get_next(timeout=0, ignore_if_timedout=True)
-            except TimeoutError:
-                pass
-        for value in values:
-            self.submit(fn, value)
-
-        def results() -> Iterator[Any]:
-            while self.has_next():
-                yield self.get_next()
-
-        return results()
+        return self._map(fn, values, self.get_next)
 
     def map_unordered(self, fn: Callable[[Any, V], Any], values: Iterable[V]) -> Iterator[Any]:
         """Like map(), but yields each result as soon as it is ready, in any order."""
+        return self._map(fn, values, self.get_next_unordered)
+
+    def _map(
+        self, fn: Callable[[Any, V], Any], values: Iterable[V], take: Callable[..., Any]
+    ) -> Iterator[Any]:
         while self.has_next():
             try:
-                self.get_next_unordered(timeout=0, ignore_if_timedout=True)
+                take(timeout=0, ignore_if_timedout=True)
             except TimeoutError:
                 pass
         for value in values:
@@ -92,7 +85,7 @@ class ActorPool:
 
         def results() -> Iterator[Any]:
             while self.has_next():
-                yield self.get_next_unordered()
+                yield take()
 
         return results()
 
