@@ -10,6 +10,7 @@ from any thread.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aioray.protocol import Buffer
@@ -47,6 +48,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self._objects: dict[bytes, StoredObject] = {}
         self._waiters: dict[bytes, list[asyncio.Future[StoredObject]]] = {}
+        # Plain callbacks (the loop fetchers'): no future per awaited ref.
+        self._callbacks: dict[bytes, list[Callable[[Any], None]]] = {}
 
     def __len__(self) -> int:
         return len(self._objects)
@@ -64,6 +67,9 @@ class MemoryStore:
             for w in waiters:
                 if not w.done():
                     w.set_result(obj)
+        if self._callbacks:
+            for cb in self._callbacks.pop(oid, ()):
+                cb(obj)
 
     def wait_for(self, oid: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[StoredObject]:
         """A future resolved when ``oid`` is stored (at once if it already is)."""
@@ -75,6 +81,15 @@ class MemoryStore:
             self._waiters.setdefault(oid, []).append(fut)
         return fut
 
+    def when_stored(self, oid: bytes, callback: Callable[[Any], None]) -> None:
+        """(loop) Call ``callback(obj)`` once ``oid`` is stored, or with the error
+        that ends the wait (``fail_waiters``); at once if it is already stored."""
+        obj = self._objects.get(oid)
+        if obj is not None:
+            callback(obj)
+        else:
+            self._callbacks.setdefault(oid, []).append(callback)
+
     def delete(self, oid: bytes) -> StoredObject | None:
         return self._objects.pop(oid, None)
 
@@ -82,9 +97,11 @@ class MemoryStore:
         for w in self._waiters.pop(oid, []):
             if not w.done():
                 w.set_exception(exc)
+        for cb in self._callbacks.pop(oid, ()):
+            cb(exc)
 
     def items(self) -> list[tuple[bytes, StoredObject]]:
         return list(self._objects.items())
 
     def stats(self) -> dict[str, Any]:
-        return {"objects": len(self._objects), "waiting": len(self._waiters)}
+        return {"objects": len(self._objects), "waiting": len(self._waiters) + len(self._callbacks)}
