@@ -166,7 +166,7 @@ class ActorClass:
         }
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
         # Creation arguments stay pinned: a restart runs __init__ with them again.
-        cw.refs.mark_escaped(r.binary() for r in dep_refs)
+        cw.refs.pin(r.binary() for r in [*dep_refs, *(blob.contained_refs if blob else ())])
         env = api.merged_env_vars(opts.get("runtime_env"))
         if env:
             spec["env"] = env

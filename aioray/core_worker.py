@@ -32,6 +32,7 @@ from typing import Any
 from aioray import config, ids, log_monitor, object_store, rpc, serialization
 from aioray._loop import result_interruptibly
 from aioray.actor_submitter import ActorSubmitter
+from aioray.borrowing import Borrowing, pairs_of
 from aioray.exceptions import (
     GetTimeoutError,
     ObjectFreedError,
@@ -40,7 +41,13 @@ from aioray.exceptions import (
     RaySystemError,
     RayTaskError,
 )
-from aioray.memory_store import MemoryStore, StoredObject
+from aioray.memory_store import (
+    OBJ_FREED,
+    MemoryStore,
+    StoredObject,
+    decode_object,
+    encode_object,
+)
 from aioray.object_ref import ObjectRef
 from aioray.protocol import Buffer
 from aioray.reference_counter import ReferenceCounter
@@ -51,25 +58,6 @@ logger = logging.getLogger("aioray")
 
 DRIVER = "driver"
 WORKER = "worker"
-
-# Wire form of an object in get_object replies.
-OBJ_INLINE, OBJ_SHM, OBJ_FREED = 0, 1, 2
-
-
-def encode_object(obj: StoredObject) -> rpc.Reply:
-    if obj.in_shm:
-        return rpc.Reply([OBJ_SHM, obj.size, obj.node_id])
-    assert obj.data is not None
-    return rpc.Reply([OBJ_INLINE, len(obj.buffers), obj.is_error], [obj.data, *obj.buffers])
-
-
-def decode_object(oid: bytes, body: list[Any], buffers: list[Any]) -> StoredObject:
-    kind = body[0]
-    if kind == OBJ_INLINE:
-        return StoredObject(buffers[0], buffers[1 : 1 + body[1]], is_error=body[2])
-    if kind == OBJ_SHM:
-        return StoredObject(node_id=body[2], size=body[1])
-    raise ObjectFreedError(oid.hex())
 
 
 class CoreWorker:
@@ -94,6 +82,7 @@ class CoreWorker:
         self.session_id = ""
         self.ids = ids.IdGenerator(self.worker_id)
         self.refs = ReferenceCounter(self._out_of_scope)
+        self.borrowing = Borrowing(self)
         self.memory_store = MemoryStore()
         self.owned: set[bytes] = set()
         self.address: tuple[str, int, bytes] = (node_ip, 0, self.worker_id)
@@ -137,7 +126,11 @@ class CoreWorker:
         """Start the owner's RPC server and register with the local raylet."""
         self.loop = asyncio.get_running_loop()
         self._loop_thread_id = threading.get_ident()
-        handlers = {**rpc.handlers_of(self), **self.extra_handlers}
+        handlers = {
+            **rpc.handlers_of(self),
+            "borrow": self.borrowing.handle_borrow,
+            **self.extra_handlers,
+        }
         self.server = rpc.Server(handlers)
         await self.server.start(self.node_ip, 0)
         self.address = (self.node_ip, self.server.port, self.worker_id)
@@ -353,11 +346,13 @@ class CoreWorker:
 
     def put_serialized(self, so: serialization.SerializedObject) -> ObjectRef:
         oid = ids.object_id(self.ids.task_id(), 0)
-        if so.contained_refs:
-            self.refs.mark_escaped(r.binary() for r in so.contained_refs)
         self.owned.add(oid)
         ref = ObjectRef(oid, self.address)
-        self.memory_store.put(oid, self.store_serialized(oid, so, copy=True))
+        obj = self.store_serialized(oid, so, copy=True)
+        if so.contained_refs:  # the new object holds the refs inside it
+            obj.contained = pairs_of(so.contained_refs)
+            self.refs.add_contained(p[0] for p in obj.contained)
+        self.memory_store.put(oid, obj)
         return ref
 
     def store_serialized(
@@ -420,7 +415,7 @@ class CoreWorker:
             pending.add_done_callback(lambda _: self._fetching.pop(oid, None))
         return pending
 
-    async def _fetch_from_owner(self, ref: ObjectRef) -> StoredObject:
+    async def _fetch_from_owner(self, ref: ObjectRef, keep: bool = False) -> StoredObject:
         oid, owner = ref._id, ref._owner
         if owner is None or owner[2] == self.worker_id:
             raise ObjectFreedError(oid.hex())
@@ -432,9 +427,20 @@ class CoreWorker:
                 oid.hex(), f"The owner of object {oid.hex()} ({owner[0]}:{owner[1]}) has died."
             ) from None
         obj = decode_object(oid, body, bufs)
+        if obj.contained:  # the owner lent us holds on the refs inside
+            self.borrowing.receive(obj.contained)
+            self.refs.add_contained(p[0] for p in obj.contained)
         if self.refs.local_count(oid) > 0:
             self.memory_store.put(oid, obj)  # cache while this process holds the ref
+        elif obj.contained and not keep:  # nobody wants it any more
+            self.loop.call_soon(self.release_contained, obj)
         return obj
+
+    def release_contained(self, obj: StoredObject) -> None:
+        """A copy of an object is dropped: so are its holds on the refs inside."""
+        if obj.contained:
+            pairs, obj.contained = obj.contained, None
+            self.refs.remove_contained(p[0] for p in pairs)
 
     def materialize(self, oid: bytes, obj: StoredObject) -> Any:
         """Deserialize a stored object in the caller's thread; raise it if it is an error."""
@@ -522,6 +528,10 @@ class CoreWorker:
             self.memory_store.fail_waiters(oid, ObjectFreedError(oid.hex()))
             if obj is not None and obj.in_shm:
                 self.free_shm(oid)
+        else:
+            self.borrowing.release(oid)
+        if obj is not None and obj.contained:
+            self.release_contained(obj)
 
     def free_shm(self, oid: bytes) -> None:
         if not self._free_shm:
@@ -535,19 +545,23 @@ class CoreWorker:
 
     def store_result(self, oid: bytes, obj: StoredObject) -> None:
         """(loop) A task's return value arrived; keep it only if still referenced."""
+        if obj.contained:  # the worker lent us holds on the refs inside
+            self.borrowing.receive(obj.contained)
+            self.refs.add_contained(p[0] for p in obj.contained)
         if self.refs.in_scope(oid):
             self.memory_store.put(oid, obj)
         else:
             self.owned.discard(oid)
             if obj.in_shm:
                 self.free_shm(oid)
+            self.release_contained(obj)
 
     # -- owner RPC handlers -------------------------------------------------------------------
     def handle_get_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
         obj = self.memory_store.get(oid)
-        if obj is not None:
+        if obj is not None and not obj.contained:
             return encode_object(obj)
-        if oid not in self.owned:
+        if obj is None and oid not in self.owned:
             return [OBJ_FREED]
         reply: asyncio.Future[rpc.Reply] = self.loop.create_future()
 
@@ -556,8 +570,15 @@ class CoreWorker:
                 return
             if f.cancelled() or f.exception() is not None:
                 reply.set_result(rpc.Reply([OBJ_FREED]))
-            else:
-                reply.set_result(encode_object(f.result()))
+                return
+            found = f.result()
+
+            def send() -> None:
+                if not reply.done():
+                    reply.set_result(encode_object(found))
+
+            # The reader will hold the refs inside: register that before it can see them.
+            self.borrowing.lend(found.contained or (), send)
 
         self.memory_store.wait_for(oid, self.loop).add_done_callback(done)
         return reply

@@ -13,13 +13,15 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from aioray import rpc
+from aioray.exceptions import ObjectFreedError
 from aioray.protocol import Buffer
 
 
 class StoredObject:
     """One object: inline (data + buffers) or a pointer to a node's shm store."""
 
-    __slots__ = ("buffers", "data", "is_error", "node_id", "size")
+    __slots__ = ("buffers", "contained", "data", "is_error", "node_id", "size")
 
     def __init__(
         self,
@@ -28,12 +30,16 @@ class StoredObject:
         is_error: bool = False,
         node_id: bytes | None = None,
         size: int = 0,
+        contained: list[list[Any]] | None = None,
     ) -> None:
         self.data = data
         self.buffers = buffers or []
         self.is_error = is_error
         self.node_id = node_id  # set: the object lives in that node's shm store
         self.size = size
+        # Refs inside the value, as [object id, owner address] pairs: while this copy
+        # is stored, it holds them (borrowing.py).
+        self.contained = contained
 
     @property
     def in_shm(self) -> bool:
@@ -42,6 +48,29 @@ class StoredObject:
     def __repr__(self) -> str:
         where = f"shm@{self.node_id.hex()[:8]}" if self.node_id else "inline"
         return f"<StoredObject {where} size={self.size} error={self.is_error}>"
+
+
+# Wire form of an object in get_object replies.
+OBJ_INLINE, OBJ_SHM, OBJ_FREED = 0, 1, 2
+
+
+def encode_object(obj: StoredObject) -> rpc.Reply:
+    if obj.in_shm:
+        return rpc.Reply([OBJ_SHM, obj.size, obj.node_id, obj.contained])
+    assert obj.data is not None
+    return rpc.Reply(
+        [OBJ_INLINE, len(obj.buffers), obj.is_error, obj.contained], [obj.data, *obj.buffers]
+    )
+
+
+def decode_object(oid: bytes, body: list[Any], buffers: list[Any]) -> StoredObject:
+    kind = body[0]
+    contained = body[3] if len(body) > 3 else None
+    if kind == OBJ_INLINE:
+        return StoredObject(buffers[0], buffers[1 : 1 + body[1]], body[2], contained=contained)
+    if kind == OBJ_SHM:
+        return StoredObject(node_id=body[2], size=body[1], contained=contained)
+    raise ObjectFreedError(oid.hex())
 
 
 class MemoryStore:

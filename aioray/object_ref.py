@@ -40,7 +40,12 @@ class ObjectRef:
     # asyncio.isfuture() checks for this class attribute; the ref never yields itself.
     _asyncio_future_blocking = False
 
-    def __init__(self, object_id: bytes, owner: tuple[str, int, bytes] | None, _count: bool = True):
+    def __init__(
+        self,
+        object_id: bytes,
+        owner: tuple[str, int, bytes] | None = None,
+        _count: bool = True,
+    ) -> None:
         self._id = object_id
         self._owner = owner
         self._afut: Any = None  # (loop, future) or {loop: future}

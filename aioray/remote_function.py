@@ -159,8 +159,8 @@ def pack_arguments(
         so = serialization.serialize(call_args)
     except TypeError as e:
         raise TypeError(f"Could not serialize the arguments of {name}: {e}") from None
-    if so.contained_refs:
-        cw.refs.mark_escaped(r.binary() for r in so.contained_refs)
+    # Refs nested in the arguments: the blob keeps their instances (so the objects)
+    # alive until the task is done; the submitter lends them to the worker.
     if so.total_bytes >= config.MAX_INLINE_BYTES:
         dep_refs.append(cw.put_serialized(so))
         spec["ar"] = len(dep_refs) - 1

@@ -31,6 +31,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aioray import config, ids, rpc, serialization
+from aioray.borrowing import pairs_of
 from aioray.exceptions import (
     RaySystemError,
     RayTaskError,
@@ -53,12 +54,15 @@ def parse_returns(body: dict[str, Any], bufs: list[Any]) -> list[StoredObject]:
     objs = []
     off = 0
     for ret in body["r"]:
+        contained = ret[3] if len(ret) > 3 else None
         if ret[0] == RET_INLINE:
             n = ret[1]
-            objs.append(StoredObject(bufs[off], bufs[off + 1 : off + 1 + n], is_error=ret[2]))
+            objs.append(
+                StoredObject(bufs[off], bufs[off + 1 : off + 1 + n], ret[2], contained=contained)
+            )
             off += 1 + n
         else:
-            objs.append(StoredObject(node_id=ret[2], size=ret[1]))
+            objs.append(StoredObject(node_id=ret[2], size=ret[1], contained=contained))
     return objs
 
 
@@ -161,7 +165,25 @@ class TaskSubmitter:
                 bufs.extend(obj.buffers)
         task.spec["d"] = descs
         task.out_buffers = bufs
-        then(task)
+        lent = pairs_of(blob.contained_refs) if blob is not None else []
+        for ref in task.dep_refs:
+            obj = store.get(ref._id)
+            if obj is not None and obj.contained:
+                lent.extend(obj.contained)
+        if not lent:
+            then(task)
+            return
+        # Refs inside the arguments: the worker borrows them (borrowing.py).
+        task.spec["cr"] = lent
+        self.cw.borrowing.lend(lent, lambda: then(task))
+
+    def _requeue(self, task: TaskEntry) -> None:
+        """Run the task again: a new worker borrows the refs inside its arguments anew."""
+        lent = task.spec.get("cr")
+        if lent:
+            self.cw.borrowing.lend(lent, lambda: self._enqueue(task))
+        else:
+            self._enqueue(task)
 
     # -- 2-4. queue, lease, push ---------------------------------------------------------------
     def _enqueue(self, task: TaskEntry) -> None:
@@ -308,7 +330,7 @@ class TaskSubmitter:
     def _finished(self, task: TaskEntry, body: dict[str, Any], bufs: list[Any]) -> None:
         if body.get("x") and self._should_retry_error(task, body, bufs):
             task.attempts_left -= 1 if task.attempts_left > 0 else 0
-            self._enqueue(task)
+            self._requeue(task)
             return
         self.finish(task, parse_returns(body, bufs))
 
@@ -331,7 +353,7 @@ class TaskSubmitter:
             if task.attempts_left > 0:
                 task.attempts_left -= 1
             logger.info("retrying %r after its worker died", task)
-            self._enqueue(task)
+            self._requeue(task)
         else:
             self.fail(task, WorkerCrashedError())
 
