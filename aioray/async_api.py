@@ -42,7 +42,7 @@ async def get_async(object_refs: Any, *, timeout: float | None = None) -> Any:
                 f"Get timed out: some object(s) not ready after {timeout}s."
             ) from None
         objs = [o if o is not None else found[r.binary()] for r, o in zip(refs, objs, strict=True)]
-    values = [cw.materialize(r.binary(), o) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
+    values = [cw.materialize(r.binary(), o, r._owner) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
     return values[0] if single else values
 
 
@@ -235,7 +235,7 @@ def _resolve(cw: CoreWorker, ref: ObjectRef, fut: Any, outcome: Any) -> None:
         fut.set_result(value)
         return
     try:
-        fut.set_result(cw.materialize(ref._id, outcome))
+        fut.set_result(cw.materialize(ref._id, outcome, ref._owner))
     except BaseException as e:  # the object is an error, or was lost
         fut.set_exception(e)
 

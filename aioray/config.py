@@ -28,3 +28,5 @@ SESSION_ROOT = os.environ.get("AIORAY_SESSION_ROOT", "/tmp/aioray-sessions")
 SHM_DIR = os.environ.get("AIORAY_SHM_DIR", "/dev/shm")
 SHM_PREFIX = "aioray_"
 DAEMON_START_TIMEOUT_S = _env("DAEMON_START_TIMEOUT_S", 30.0)
+# Bytes of task arguments an owner keeps to re-run tasks whose results are lost (Ray: 1 GiB).
+MAX_LINEAGE_BYTES = int(_env("MAX_LINEAGE_BYTES", 1024**3))

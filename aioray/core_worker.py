@@ -41,14 +41,14 @@ from aioray.exceptions import (
     RaySystemError,
     RayTaskError,
 )
+from aioray.lineage import Lineage
 from aioray.memory_store import (
-    OBJ_FREED,
     MemoryStore,
     StoredObject,
     decode_object,
-    encode_object,
 )
 from aioray.object_ref import ObjectRef
+from aioray.owner_service import OwnerService
 from aioray.protocol import Buffer
 from aioray.reference_counter import ReferenceCounter
 from aioray.streaming import StreamManager
@@ -83,6 +83,8 @@ class CoreWorker:
         self.ids = ids.IdGenerator(self.worker_id)
         self.refs = ReferenceCounter(self._out_of_scope)
         self.borrowing = Borrowing(self)
+        self.lineage = Lineage(self)
+        self.owner_service = OwnerService(self)
         self.memory_store = MemoryStore()
         self.owned: set[bytes] = set()
         self.address: tuple[str, int, bytes] = (node_ip, 0, self.worker_id)
@@ -129,6 +131,7 @@ class CoreWorker:
         handlers = {
             **rpc.handlers_of(self),
             "borrow": self.borrowing.handle_borrow,
+            **rpc.handlers_of(self.owner_service),
             **self.extra_handlers,
         }
         self.server = rpc.Server(handlers)
@@ -389,7 +392,7 @@ class CoreWorker:
                 if blocked:
                     self.post(self._set_blocked, -1)
             objs = [o if o is not None else found[r._id] for r, o in zip(refs, objs, strict=True)]
-        return [self.materialize(r._id, o) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
+        return [self.materialize(r._id, o, r._owner) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
 
     def _set_blocked(self, delta: int) -> None:
         # A worker blocked in get gives its CPU back so nested tasks can run.
@@ -442,17 +445,18 @@ class CoreWorker:
             pairs, obj.contained = obj.contained, None
             self.refs.remove_contained(p[0] for p in pairs)
 
-    def materialize(self, oid: bytes, obj: StoredObject) -> Any:
-        """Deserialize a stored object in the caller's thread; raise it if it is an error."""
+    def materialize(self, oid: bytes, obj: StoredObject, owner: Any = None) -> Any:
+        """Deserialize a stored object in the caller's thread; raise it if it is an error.
+
+        A lost shared-memory copy is rebuilt (lineage.py) by its owner, ``owner``."""
         if obj.in_shm:
-            if obj.node_id != self.node_id:
-                raise ObjectLostError(oid.hex(), "object lives on another node (not supported yet)")
             try:
-                data, bufs = object_store.read_segment(
-                    object_store.segment_path(self.session_id, oid)
-                )
-            except FileNotFoundError:
-                raise ObjectLostError(oid.hex()) from None
+                data, bufs = self.read_shm(oid, obj)
+            except ObjectLostError:
+                if self.in_loop_thread() or self.closing:
+                    raise
+                obj = self.run_sync(self.owner_service.recover(oid, owner))
+                data, bufs = self.read_shm(oid, obj)
             value = serialization.deserialize(data, bufs)
         else:
             assert obj.data is not None
@@ -462,6 +466,15 @@ class CoreWorker:
                 raise value.as_instanceof_cause()
             raise value
         return value
+
+    def read_shm(self, oid: bytes, obj: StoredObject) -> tuple[Any, list[Any]]:
+        """Map a shared-memory object; ObjectLostError if no copy is left to read."""
+        if obj.node_id != self.node_id:
+            raise ObjectLostError(oid.hex(), "object lives on another node (not supported yet)")
+        try:
+            return object_store.read_segment(object_store.segment_path(self.session_id, oid))
+        except FileNotFoundError:
+            raise ObjectLostError(oid.hex(), f"Object {oid.hex()}'s copy is gone.") from None
 
     # -- objects: wait ------------------------------------------------------------------
     def ready_now(self, refs: Sequence[ObjectRef]) -> list[bool]:
@@ -528,6 +541,7 @@ class CoreWorker:
             self.memory_store.fail_waiters(oid, ObjectFreedError(oid.hex()))
             if obj is not None and obj.in_shm:
                 self.free_shm(oid)
+            self.lineage.release(oid)
         else:
             self.borrowing.release(oid)
         if obj is not None and obj.contained:
@@ -555,45 +569,6 @@ class CoreWorker:
             if obj.in_shm:
                 self.free_shm(oid)
             self.release_contained(obj)
-
-    # -- owner RPC handlers -------------------------------------------------------------------
-    def handle_get_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
-        obj = self.memory_store.get(oid)
-        if obj is not None and not obj.contained:
-            return encode_object(obj)
-        if obj is None and oid not in self.owned:
-            return [OBJ_FREED]
-        reply: asyncio.Future[rpc.Reply] = self.loop.create_future()
-
-        def done(f: asyncio.Future[StoredObject]) -> None:
-            if reply.done():
-                return
-            if f.cancelled() or f.exception() is not None:
-                reply.set_result(rpc.Reply([OBJ_FREED]))
-                return
-            found = f.result()
-
-            def send() -> None:
-                if not reply.done():
-                    reply.set_result(encode_object(found))
-
-            # The reader will hold the refs inside: register that before it can see them.
-            self.borrowing.lend(found.contained or (), send)
-
-        self.memory_store.wait_for(oid, self.loop).add_done_callback(done)
-        return reply
-
-    def handle_wait_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
-        if oid in self.memory_store or oid not in self.owned:
-            return True
-        reply: asyncio.Future[bool] = self.loop.create_future()
-
-        def done(_: asyncio.Future[StoredObject]) -> None:
-            if not reply.done():
-                reply.set_result(True)
-
-        self.memory_store.wait_for(oid, self.loop).add_done_callback(done)
-        return reply
 
     def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         self.logs.received(body)

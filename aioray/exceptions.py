@@ -132,6 +132,14 @@ class ObjectReconstructionFailedError(ObjectLostError):
     """Lineage reconstruction of the object failed."""
 
 
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectReconstructionFailedError):
+    """The task that makes the object has no retries left to rebuild it."""
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedError):
+    """The lineage needed to rebuild the object was not kept (over the lineage budget)."""
+
+
 class RayActorError(RayError):
     """The actor died or could not be created."""
 

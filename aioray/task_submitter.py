@@ -154,7 +154,8 @@ class TaskSubmitter:
                 owner = ref._owner
                 descs.append([DEP_OWNER, oid, list(owner) if owner else None])
             elif obj.in_shm:
-                descs.append([DEP_SHM, oid, obj.node_id])
+                owner = ref._owner
+                descs.append([DEP_SHM, oid, obj.node_id, list(owner) if owner else None])
             elif obj.is_error:
                 # A failed argument fails the task without running it (as in Ray).
                 self.finish(task, [obj] * len(task.return_ids))
@@ -373,9 +374,11 @@ class TaskSubmitter:
         # An error reply carries one entry even for num_returns=0.
         for oid, obj in zip(task.return_ids, objs, strict=False):
             self.cw.store_result(oid, obj)
+        task.out_buffers = []
+        if self.cw.lineage.keep(task, objs):
+            return  # its arguments stay: it may run again to rebuild a lost result
         task.dep_refs = []  # drop the argument pins (in the loop: frees are posted)
         task.args_blob = None
-        task.out_buffers = []
 
     def _fail_queue(self, cls: SchedulingClass, exc: BaseException) -> None:
         while cls.queue:

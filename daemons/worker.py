@@ -280,15 +280,19 @@ class TaskExecutor:
             call = serialization.deserialize(bufs[0], bufs[1 : 1 + n])
             off = 1 + n
         values = []
-        for kind, oid, extra in spec.get("d", ()):
+        for dep in spec.get("d", ()):
+            kind, oid, extra = dep[:3]
+            owner = None
             if kind == DEP_INLINE:
                 obj = StoredObject(bufs[off], bufs[off + 1 : off + 1 + extra])
                 off += 1 + extra
             elif kind == DEP_SHM:
                 obj = StoredObject(node_id=extra, size=0)
+                owner = _owner_of(dep[3] if len(dep) > 3 else None)
             else:
                 obj = job.fetched[oid]
-            values.append(self.cw.materialize(oid, obj))
+                owner = _owner_of(extra)
+            values.append(self.cw.materialize(oid, obj, owner))
         if "ar" in spec:
             call = values[spec["ar"]]
         args, kwargs = call
