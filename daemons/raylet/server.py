@@ -179,8 +179,12 @@ class Raylet:
         await self.server.stop()
         if self.pool is not None:
             await self.pool.stop()
-        for path in object_store.list_segments(self.session_id):
-            object_store.delete_segment(path)
+        if self.head:
+            for path in object_store.list_segments(self.session_id):
+                object_store.delete_segment(path)
+        else:  # other nodes on this machine share the session's segment names
+            for oid in self.objects:
+                object_store.delete_segment(object_store.segment_path(self.session_id, oid))
         if self.gcs is not None:
             self.gcs.close()
 
