@@ -28,6 +28,8 @@ from typing import Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.raylet.resources import NodeResources
+from aioray.daemons.raylet.scheduler import strategy_from_wire
+from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
 from aioray import object_store, rpc
@@ -36,7 +38,19 @@ logger = logging.getLogger(__name__)
 
 
 class LeaseRequest:
-    __slots__ = ("actor", "conn", "env", "env_key", "fut", "hold", "res", "warned")
+    __slots__ = (
+        "actor",
+        "conn",
+        "env",
+        "env_key",
+        "fut",
+        "hold",
+        "hops",
+        "placed",
+        "res",
+        "strategy",
+        "warned",
+    )
 
     def __init__(
         self,
@@ -54,6 +68,9 @@ class LeaseRequest:
         self.env_key = env_key_of(env)
         self.fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.warned = False
+        self.strategy: Any = None  # scheduler.py's wire form; None is DEFAULT
+        self.hops = 0  # times it was spilled before reaching this raylet
+        self.placed = False  # the policy chose this node
 
 
 class Lease:
@@ -101,6 +118,7 @@ class Raylet:
         self.leases: dict[int, Lease] = {}
         self.objects: dict[bytes, int] = {}  # sealed segments here: id -> size
         self._lease_ids = itertools.count(1)
+        self.spillback = Spillback(self.node_id, node_ip, 0)
         self._schedule_soon = False
         self._report_soon = False
         self._stopped = asyncio.Event()
@@ -136,6 +154,7 @@ class Raylet:
             sock.bind((self.node_ip, port))
             sock.setblocking(False)
         self.port = sock.getsockname()[1]
+        self.spillback.local.port = self.port
         self.pool.worker_args["raylet_port"] = self.port
         self.gcs, _ = await rpc.connect(
             *self.gcs_address, handlers=rpc.handlers_of(self), hello={"role": "raylet"}, name="gcs"
@@ -239,6 +258,8 @@ class Raylet:
             None if hold is None else {k: float(v) for k, v in hold.items()},
             body.get("actor"),
         )
+        req.strategy = strategy_from_wire(body.get("ss"))
+        req.hops = body.get("hops", 0)
         self.requests.append(req)
         self._schedule()
         return req.fut
@@ -285,11 +306,16 @@ class Raylet:
         self._schedule_soon = False
         assert self.pool is not None
         needed: dict[str, int] = {}
+        self.spillback.begin_pass(self.resources)
         for req in list(self.requests):
             if req.fut.done():  # the owner went away
                 self.requests.remove(req)
                 continue
-            if not self.resources.feasible(req.res):
+            where = self.spillback.decide(req)
+            if where == ANSWERED:  # spilled to another node, or unschedulable
+                self.requests.remove(req)
+                continue
+            if where == NOWHERE or not self.resources.feasible(req.res):
                 if not req.warned:
                     req.warned = True
                     if not req.conn.is_closed:
@@ -341,6 +367,12 @@ class Raylet:
                 max(0, self.object_store_memory - sum(self.objects.values()))
             )
             self.gcs.notify("report_resources", [self.node_id, avail])
+
+    def handle_cluster_view(self, conn: rpc.Connection, entries: list[Any], _: Any) -> None:
+        """The GCS's batched news of other nodes (resources, joins, deaths)."""
+        self.spillback.apply_view(entries)
+        if self.requests:
+            self._schedule()
 
     def handle_kill_actor_worker(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
         for lease in self.leases.values():
