@@ -12,9 +12,11 @@ machine that loses power looks like to the rest of the cluster.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -141,6 +143,7 @@ class Cluster:
         self._next_ip = 1
         self._connected = False
         self._gcs_address = ""
+        self._env: dict[str, str] = {}  # daemons' config, from the head's _system_config
         if shutdown_at_exit:
             atexit.register(self.shutdown)
         if initialize_head:
@@ -184,16 +187,10 @@ class Cluster:
         args = {**DEFAULT_NODE_ARGS, **{k: v for k, v in node_args.items() if k in NODE_ARGS}}
         ip = args.pop("node_ip_address", None) or self._new_ip()
         head = self.head_node is None
-        local = node.LocalNode.start(
-            num_cpus=args.get("num_cpus"),
-            num_gpus=args.get("num_gpus"),
-            resources=args.get("resources"),
-            object_store_memory=args.get("object_store_memory") or DEFAULT_OBJECT_STORE_MEMORY,
-            labels=args.get("labels"),
-            node_ip=ip,
-            head=head,
-            gcs_address=None if head else self._gcs_address,
-        )
+        if head:
+            self._env = system_config_env(node_args.get("_system_config") or {})
+        with _environ(self._env):
+            local = self._start(args, ip, head)
         new = ClusterNode(local, head, ip, args)
         if head:
             self.head_node = new
@@ -203,6 +200,18 @@ class Cluster:
         if wait:
             self._wait_registered([new], config_timeout())
         return new
+
+    def _start(self, args: dict[str, Any], ip: str, head: bool) -> node.LocalNode:
+        return node.LocalNode.start(
+            num_cpus=args.get("num_cpus"),
+            num_gpus=args.get("num_gpus"),
+            resources=args.get("resources"),
+            object_store_memory=args.get("object_store_memory") or DEFAULT_OBJECT_STORE_MEMORY,
+            labels=args.get("labels"),
+            node_ip=ip,
+            head=head,
+            gcs_address=None if head else self._gcs_address,
+        )
 
     def remove_node(self, node: ClusterNode, allow_graceful: bool = True) -> None:
         """Stop a node. ``allow_graceful=False`` SIGKILLs its raylet and workers."""
@@ -285,6 +294,34 @@ class Cluster:
             self.head_node.kill_all_processes()
             self.head_node = None
         atexit.unregister(self.shutdown)
+
+
+# Ray's failure-detection settings, in the head's _system_config, as aioray config.
+def system_config_env(system_config: dict[str, Any]) -> dict[str, str]:
+    """Environment for the daemons from Ray's ``_system_config`` keys we honour."""
+    env: dict[str, str] = {}
+    period_ms = system_config.get("health_check_period_ms")
+    threshold = system_config.get("health_check_failure_threshold")
+    if period_ms is not None:
+        env["AIORAY_NODE_HEARTBEAT_S"] = str(period_ms / 1000)
+        # Dead after `threshold` missed checks (Ray's default threshold: 5).
+        env["AIORAY_NODE_TIMEOUT_S"] = str(period_ms * (threshold or 5) / 1000)
+    return env
+
+
+@contextlib.contextmanager
+def _environ(extra: dict[str, str]) -> Iterator[None]:
+    """Set variables for the children started inside (they inherit the environment)."""
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def config_timeout() -> float:

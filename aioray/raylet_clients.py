@@ -71,6 +71,28 @@ class RayletClients:
         pending.set_result(conn)
         return conn
 
+    def handle_node_dead(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """A node died (news from the local raylet): drop what this process had there.
+
+        Closing the connections fails what is in flight on them the way a crash
+        would, so tasks retry elsewhere under max_retries, actor calls wait for the
+        restart, and lease requests queued there go back to the local raylet.
+        """
+        _node_id, ip, port, ip_shared = body
+        raylet = self.conns.pop((ip, port), None)
+        doomed: list[rpc.Connection] = []
+        if raylet is not None:
+            doomed.append(raylet)
+            for cls in self.cw.submitter.classes.values():
+                doomed.extend(lease.conn for lease in cls.leases if lease.raylet is raylet)
+        if not ip_shared:  # the IP names that node alone: its workers (actors) too
+            peers = self.cw._peers  # the owner's connections to workers, by address
+            doomed.extend(c for (host, _port), c in peers.items() if host == ip)
+        if doomed:
+            logger.info("node %s:%d died; dropping %d connection(s) to it", ip, port, len(doomed))
+        for c in doomed:
+            c.close()
+
     def close(self) -> None:
         for conn in self.conns.values():
             conn.close()

@@ -10,6 +10,7 @@ import pytest
 from conftest import wait_for_condition
 
 import aioray as ray
+from aioray import _loop, rpc
 from aioray.exceptions import ActorUnschedulableError, TaskUnschedulableError
 from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -50,11 +51,34 @@ def on(node: str, soft: bool = False) -> NodeAffinitySchedulingStrategy:
     return NodeAffinitySchedulingStrategy(node, soft=soft)
 
 
+def head_raylet_view(cluster: Any) -> dict[str, dict[str, float]]:
+    """What the head's raylet believes every node has available."""
+
+    async def query() -> Any:
+        conn, _ = await rpc.connect(
+            "127.0.0.1", cluster.head_node.node_manager_port, hello={"role": "client"}
+        )
+        try:
+            return (await conn.call("get_state"))["view"]
+        finally:
+            conn.close()
+
+    return _loop.run(query())  # type: ignore[return-value]
+
+
+def settled(cluster: Any) -> bool:
+    """Every node idle, as seen by the GCS and by the head's raylet."""
+    views = [head_raylet_view(cluster), {n["NodeID"]: n["Available"] for n in ray.nodes()}]
+    return all(view.get(nid, {}).get("CPU") == 1 for view in views for nid in ids_of(cluster))
+
+
 @pytest.fixture
 def warm(ray_cluster: Any) -> Any:
-    """Every node has run a task (its worker is up), so timing cannot skew placement."""
+    """Every node has run a task (its worker is up) and is idle again in every view,
+    so neither worker start-up nor stale views can skew placement."""
     for nid in ids_of(ray_cluster):
         assert ray.get(node_id.options(scheduling_strategy=on(nid)).remote()) == nid
+    wait_for_condition(lambda: settled(ray_cluster), 10, message="views never settled")
     return ray_cluster
 
 

@@ -32,7 +32,7 @@ from aioray.daemons.raylet.scheduler import strategy_from_wire
 from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
-from aioray import object_store, rpc
+from aioray import config, object_store, rpc
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ class Raylet:
             *self.gcs_address, handlers=rpc.handlers_of(self), hello={"role": "raylet"}, name="gcs"
         )
         self.gcs.on_close.append(lambda _: self._gcs_lost())
+        self._heartbeat()
         info = await self.gcs.call(
             "register_node",
             {
@@ -184,6 +185,12 @@ class Raylet:
             self.pool.spawn(None)
         await self._stopped.wait()
         await self.stop()
+
+    def _heartbeat(self) -> None:
+        """Tell the GCS this node lives (node_health.py), every NODE_HEARTBEAT_S."""
+        if self.gcs is not None and not self.gcs.is_closed and not self._stopped.is_set():
+            self.gcs.notify("heartbeat", self.node_id)
+            asyncio.get_running_loop().call_later(config.NODE_HEARTBEAT_S, self._heartbeat)
 
     def _gcs_lost(self) -> None:
         if not self._stopped.is_set():
@@ -370,7 +377,14 @@ class Raylet:
 
     def handle_cluster_view(self, conn: rpc.Connection, entries: list[Any], _: Any) -> None:
         """The GCS's batched news of other nodes (resources, joins, deaths)."""
-        self.spillback.apply_view(entries)
+        for dead in self.spillback.apply_view(entries):
+            # Owners here may have tasks or actors there whose connections stay silent
+            # (a frozen or cut-off node): tell them, so they retry elsewhere.
+            news = [dead.node_id, dead.ip, dead.port, self.spillback.ip_shared(dead)]
+            for peer in self.server.connections:
+                role = (peer.peer_info or {}).get("role")
+                if role in ("driver", "worker") and not peer.is_closed:
+                    peer.notify("node_dead", news)
         if self.requests:
             self._schedule()
 
@@ -436,6 +450,10 @@ class Raylet:
             "leases": len(self.leases),
             "queued": len(self.requests),
             "objects": len(self.objects),
+            "view": {
+                **{n.node_id.hex(): n.available for n in self.spillback.view.nodes.values()},
+                self.node_id.hex(): self.resources.snapshot(),
+            },
         }
 
 
