@@ -24,6 +24,7 @@ from aioray.object_ref import ObjectRef
 from aioray.remote_function import _api, pack_arguments
 from aioray.streaming import STREAMING
 from aioray.task_spec import TaskEntry
+from aioray.util.scheduling_strategies import strategy_to_wire
 
 _ACTOR_DEFAULTS: dict[str, Any] = {
     "max_restarts": 0,
@@ -187,6 +188,8 @@ class ActorClass:
             "env": env or None,
             "meta": meta,
             "owner": cw.worker_id,
+            "node": cw.node_id,  # ties go to the creator's node, as with tasks
+            "ss": strategy_to_wire(opts.get("scheduling_strategy")),
         }
         task = TaskEntry(spec, [], blob, dep_refs, {}, 0, False, None, ())
         info = cw.run_sync(cw.actors.create(request, task), config.DAEMON_START_TIMEOUT_S)

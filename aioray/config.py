@@ -24,6 +24,11 @@ LEASE_LINGER_S = _env("LEASE_LINGER_S", 0.01)
 PRESTART_WORKERS = int(_env("PRESTART_WORKERS", 2))
 # Seconds between a raylet's resource reports to the GCS while they change.
 RESOURCE_REPORT_S = _env("RESOURCE_REPORT_S", 0.05)
+# How often the GCS pushes the resource changes it collected to every raylet.
+RESOURCE_BROADCAST_S = _env("RESOURCE_BROADCAST_S", 0.05)
+# Raylets heartbeat the GCS this often; a node silent for NODE_TIMEOUT_S is dead.
+NODE_HEARTBEAT_S = _env("NODE_HEARTBEAT_S", 1.0)
+NODE_TIMEOUT_S = _env("NODE_TIMEOUT_S", 10.0)
 SESSION_ROOT = os.environ.get("AIORAY_SESSION_ROOT", "/tmp/aioray-sessions")
 SHM_DIR = os.environ.get("AIORAY_SHM_DIR", "/dev/shm")
 SHM_PREFIX = "aioray_"

@@ -140,6 +140,7 @@ class CoreWorker:
         raylet_handlers = {
             "lease_infeasible": self.handle_lease_infeasible,
             "worker_log": self.handle_worker_log,
+            "node_dead": self.submitter.remote_raylets.handle_node_dead,
             **self.extra_handlers,
         }
         self.raylet, info = await rpc.connect(
@@ -211,9 +212,8 @@ class CoreWorker:
         self._thread = threading.Thread(target=run, name="aioray-core-worker", daemon=True)
         self._thread.start()
         ready.wait()
-        # Start in an empty context: run_coroutine_threadsafe copies the caller's
-        # contextvars into everything the loop then does. In Jupyter that context holds
-        # the init cell's output routing, and worker prints would all land in that cell.
+        # An empty context: run_coroutine_threadsafe copies the caller's contextvars into
+        # all the loop does; in Jupyter they route output to the init cell (prints land there).
         fut = contextvars.Context().run(asyncio.run_coroutine_threadsafe, self.start(), loop)
         try:
             return fut.result(timeout)

@@ -28,15 +28,29 @@ from typing import Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.raylet.resources import NodeResources
+from aioray.daemons.raylet.scheduler import strategy_from_wire
+from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
-from aioray import object_store, rpc
+from aioray import config, object_store, rpc
 
 logger = logging.getLogger(__name__)
 
 
 class LeaseRequest:
-    __slots__ = ("actor", "conn", "env", "env_key", "fut", "hold", "res", "warned")
+    __slots__ = (
+        "actor",
+        "conn",
+        "env",
+        "env_key",
+        "fut",
+        "hold",
+        "hops",
+        "placed",
+        "res",
+        "strategy",
+        "warned",
+    )
 
     def __init__(
         self,
@@ -54,6 +68,9 @@ class LeaseRequest:
         self.env_key = env_key_of(env)
         self.fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.warned = False
+        self.strategy: Any = None  # scheduler.py's wire form; None is DEFAULT
+        self.hops = 0  # times it was spilled before reaching this raylet
+        self.placed = False  # the policy chose this node
 
 
 class Lease:
@@ -101,6 +118,7 @@ class Raylet:
         self.leases: dict[int, Lease] = {}
         self.objects: dict[bytes, int] = {}  # sealed segments here: id -> size
         self._lease_ids = itertools.count(1)
+        self.spillback = Spillback(self.node_id, node_ip, 0)
         self._schedule_soon = False
         self._report_soon = False
         self._stopped = asyncio.Event()
@@ -136,11 +154,13 @@ class Raylet:
             sock.bind((self.node_ip, port))
             sock.setblocking(False)
         self.port = sock.getsockname()[1]
+        self.spillback.local.port = self.port
         self.pool.worker_args["raylet_port"] = self.port
         self.gcs, _ = await rpc.connect(
             *self.gcs_address, handlers=rpc.handlers_of(self), hello={"role": "raylet"}, name="gcs"
         )
         self.gcs.on_close.append(lambda _: self._gcs_lost())
+        self._heartbeat()
         info = await self.gcs.call(
             "register_node",
             {
@@ -166,6 +186,12 @@ class Raylet:
         await self._stopped.wait()
         await self.stop()
 
+    def _heartbeat(self) -> None:
+        """Tell the GCS this node lives (node_health.py), every NODE_HEARTBEAT_S."""
+        if self.gcs is not None and not self.gcs.is_closed and not self._stopped.is_set():
+            self.gcs.notify("heartbeat", self.node_id)
+            asyncio.get_running_loop().call_later(config.NODE_HEARTBEAT_S, self._heartbeat)
+
     def _gcs_lost(self) -> None:
         if not self._stopped.is_set():
             logger.error("lost the GCS connection; stopping")
@@ -179,8 +205,12 @@ class Raylet:
         await self.server.stop()
         if self.pool is not None:
             await self.pool.stop()
-        for path in object_store.list_segments(self.session_id):
-            object_store.delete_segment(path)
+        if self.head:
+            for path in object_store.list_segments(self.session_id):
+                object_store.delete_segment(path)
+        else:  # other nodes on this machine share the session's segment names
+            for oid in self.objects:
+                object_store.delete_segment(object_store.segment_path(self.session_id, oid))
         if self.gcs is not None:
             self.gcs.close()
 
@@ -235,6 +265,8 @@ class Raylet:
             None if hold is None else {k: float(v) for k, v in hold.items()},
             body.get("actor"),
         )
+        req.strategy = strategy_from_wire(body.get("ss"))
+        req.hops = body.get("hops", 0)
         self.requests.append(req)
         self._schedule()
         return req.fut
@@ -281,11 +313,16 @@ class Raylet:
         self._schedule_soon = False
         assert self.pool is not None
         needed: dict[str, int] = {}
+        self.spillback.begin_pass(self.resources)
         for req in list(self.requests):
             if req.fut.done():  # the owner went away
                 self.requests.remove(req)
                 continue
-            if not self.resources.feasible(req.res):
+            where = self.spillback.decide(req)
+            if where == ANSWERED:  # spilled to another node, or unschedulable
+                self.requests.remove(req)
+                continue
+            if where == NOWHERE or not self.resources.feasible(req.res):
                 if not req.warned:
                     req.warned = True
                     if not req.conn.is_closed:
@@ -337,6 +374,19 @@ class Raylet:
                 max(0, self.object_store_memory - sum(self.objects.values()))
             )
             self.gcs.notify("report_resources", [self.node_id, avail])
+
+    def handle_cluster_view(self, conn: rpc.Connection, entries: list[Any], _: Any) -> None:
+        """The GCS's batched news of other nodes (resources, joins, deaths)."""
+        for dead in self.spillback.apply_view(entries):
+            # Owners here may have tasks or actors there whose connections stay silent
+            # (a frozen or cut-off node): tell them, so they retry elsewhere.
+            news = [dead.node_id, dead.ip, dead.port, self.spillback.ip_shared(dead)]
+            for peer in self.server.connections:
+                role = (peer.peer_info or {}).get("role")
+                if role in ("driver", "worker") and not peer.is_closed:
+                    peer.notify("node_dead", news)
+        if self.requests:
+            self._schedule()
 
     def handle_kill_actor_worker(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
         for lease in self.leases.values():
@@ -400,6 +450,10 @@ class Raylet:
             "leases": len(self.leases),
             "queued": len(self.requests),
             "objects": len(self.objects),
+            "view": {
+                **{n.node_id.hex(): n.available for n in self.spillback.view.nodes.values()},
+                self.node_id.hex(): self.resources.snapshot(),
+            },
         }
 
 
