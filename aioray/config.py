@@ -24,6 +24,9 @@ LEASE_LINGER_S = _env("LEASE_LINGER_S", 0.01)
 PRESTART_WORKERS = int(_env("PRESTART_WORKERS", 2))
 # Seconds between a raylet's resource reports to the GCS while they change.
 RESOURCE_REPORT_S = _env("RESOURCE_REPORT_S", 0.05)
+# A request for object store room that nothing under way can satisfy (no spill in
+# flight, nothing spillable) waits this long for frees, then fails.
+OBJECT_STORE_FULL_TIMEOUT_S = _env("OBJECT_STORE_FULL_TIMEOUT_S", 1.0)
 SESSION_ROOT = os.environ.get("AIORAY_SESSION_ROOT", "/tmp/aioray-sessions")
 SHM_DIR = os.environ.get("AIORAY_SHM_DIR", "/dev/shm")
 SHM_PREFIX = "aioray_"

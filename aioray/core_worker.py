@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from aioray import config, ids, log_monitor, object_store, rpc, serialization
+from aioray import config, ids, log_monitor, rpc, serialization, store_client
 from aioray._loop import result_interruptibly
 from aioray.actor_submitter import ActorSubmitter
 from aioray.exceptions import (
@@ -369,9 +369,7 @@ class CoreWorker:
             # Copy buffers that view the caller's memory: the object is immutable.
             bufs: list[Buffer] = [bytes(b) for b in so.buffers] if copy else so.buffers
             return StoredObject(so.data, bufs, is_error=so.is_error, size=size)
-        path = object_store.segment_path(self.session_id, oid)
-        size = object_store.write_segment(path, so.data, so.buffers)
-        self.post(self._notify_sealed, oid, size)
+        size = store_client.write_object(self, oid, so.data, so.buffers)
         return StoredObject(node_id=self.node_id, size=size, is_error=so.is_error)
 
     def _notify_sealed(self, oid: bytes, size: int) -> None:
@@ -441,12 +439,7 @@ class CoreWorker:
         if obj.in_shm:
             if obj.node_id != self.node_id:
                 raise ObjectLostError(oid.hex(), "object lives on another node (not supported yet)")
-            try:
-                data, bufs = object_store.read_segment(
-                    object_store.segment_path(self.session_id, oid)
-                )
-            except FileNotFoundError:
-                raise ObjectLostError(oid.hex()) from None
+            data, bufs = store_client.read_object(self, oid)
             value = serialization.deserialize(data, bufs)
         else:
             assert obj.data is not None
