@@ -22,6 +22,12 @@ def _add_node_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs (default: 0)")
     p.add_argument("--resources", default="{}", help="custom resources as JSON, e.g. '{\"x\": 2}'")
     p.add_argument("--object-store-memory", type=int, default=None, help="bytes of shared memory")
+    p.add_argument(
+        "--object-spilling-directory",
+        default=None,
+        help="where objects spill when the store is full (default: the session dir)",
+    )
+    p.add_argument("--system-config", default=None, help="_system_config as JSON")
     p.add_argument("--labels", default="{}", help="node labels as JSON")
 
 
@@ -49,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _json_object_arg(flag: str, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise SystemExit(f"aioray: {flag} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"aioray: {flag} must be a JSON object")
+    return value
+
+
 def _resources_arg(text: str) -> dict[str, float]:
     try:
         value = json.loads(text)
@@ -74,6 +90,8 @@ def cmd_start(a: argparse.Namespace) -> int:
         num_gpus=a.num_gpus,
         resources=_resources_arg(a.resources),
         object_store_memory=a.object_store_memory,
+        object_spilling_directory=a.object_spilling_directory,
+        system_config=_json_object_arg("--system-config", a.system_config or "{}"),
         node_ip=a.node_ip_address,
         head=a.head,
         gcs_address=gcs_address,

@@ -29,6 +29,9 @@ RESOURCE_BROADCAST_S = _env("RESOURCE_BROADCAST_S", 0.05)
 # Raylets heartbeat the GCS this often; a node silent for NODE_TIMEOUT_S is dead.
 NODE_HEARTBEAT_S = _env("NODE_HEARTBEAT_S", 1.0)
 NODE_TIMEOUT_S = _env("NODE_TIMEOUT_S", 10.0)
+# A request for object store room that nothing under way can satisfy (no spill in
+# flight, nothing spillable) waits this long for frees, then fails.
+OBJECT_STORE_FULL_TIMEOUT_S = _env("OBJECT_STORE_FULL_TIMEOUT_S", 1.0)
 SESSION_ROOT = os.environ.get("AIORAY_SESSION_ROOT", "/tmp/aioray-sessions")
 SHM_DIR = os.environ.get("AIORAY_SHM_DIR", "/dev/shm")
 SHM_PREFIX = "aioray_"

@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from aioray import config, ids, log_monitor, object_store, rpc, serialization
+from aioray import config, ids, log_monitor, rpc, serialization, store_client
 from aioray._loop import result_interruptibly
 from aioray.actor_submitter import ActorSubmitter
 from aioray.borrowing import Borrowing, pairs_of
@@ -367,9 +367,7 @@ class CoreWorker:
             # Copy buffers that view the caller's memory: the object is immutable.
             bufs: list[Buffer] = [bytes(b) for b in so.buffers] if copy else so.buffers
             return StoredObject(so.data, bufs, is_error=so.is_error, size=size)
-        path = object_store.segment_path(self.session_id, oid)
-        size = object_store.write_segment(path, so.data, so.buffers)
-        self.post(self._notify_sealed, oid, size)
+        size = store_client.write_object(self, oid, so.data, so.buffers)
         return StoredObject(node_id=self.node_id, size=size, is_error=so.is_error)
 
     def _notify_sealed(self, oid: bytes, size: int) -> None:
@@ -452,10 +450,13 @@ class CoreWorker:
         if obj.in_shm:
             try:
                 data, bufs = self.read_shm(oid, obj)
-            except ObjectLostError:
+            except ObjectLostError as lost:
                 if self.in_loop_thread() or self.closing:
                     raise
-                obj = self.run_sync(self.owner_service.recover(oid, owner))
+                try:
+                    obj = self.run_sync(self.owner_service.recover(oid, owner))
+                except ObjectLostError as e:  # both reasons: why it is gone, why not rebuilt
+                    raise type(e)(oid.hex(), f"{lost} {e}") from None
                 data, bufs = self.read_shm(oid, obj)
             value = serialization.deserialize(data, bufs)
         else:
@@ -471,10 +472,7 @@ class CoreWorker:
         """Map a shared-memory object; ObjectLostError if no copy is left to read."""
         if obj.node_id != self.node_id:
             raise ObjectLostError(oid.hex(), "object lives on another node (not supported yet)")
-        try:
-            return object_store.read_segment(object_store.segment_path(self.session_id, oid))
-        except FileNotFoundError:
-            raise ObjectLostError(oid.hex(), f"Object {oid.hex()}'s copy is gone.") from None
+        return store_client.read_object(self, oid)  # restores a spilled copy first
 
     # -- objects: wait ------------------------------------------------------------------
     def ready_now(self, refs: Sequence[ObjectRef]) -> list[bool]:

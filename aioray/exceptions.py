@@ -124,6 +124,10 @@ class ObjectStoreFullError(RayError):
     """The object store has no room for the object."""
 
 
+class OutOfDiskError(RayError):
+    """The object store is full and the local disk is too full to spill to."""
+
+
 class OutOfMemoryError(RayError):
     """The node ran out of memory and the worker was killed."""
 
@@ -177,6 +181,7 @@ __all__ = [
     "ObjectLostError",
     "ObjectReconstructionFailedError",
     "ObjectStoreFullError",
+    "OutOfDiskError",
     "OutOfMemoryError",
     "OwnerDiedError",
     "PendingCallsLimitExceeded",

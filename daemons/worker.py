@@ -23,7 +23,7 @@ from typing import Any
 from aioray.daemons import worker_output
 from aioray.daemons.actor_host import ActorHost, run_terminate
 
-from aioray import _loop, config, object_store, rpc, serialization
+from aioray import _loop, config, rpc, serialization, store_client
 from aioray.actor import ActorExit
 from aioray.borrowing import pairs_of
 from aioray.core_worker import WORKER, CoreWorker
@@ -339,9 +339,7 @@ class TaskExecutor:
             bufs.extend(so.buffers)
             return [RET_INLINE, len(so.buffers), False, contained]
         oid = task_id + (index + 1).to_bytes(4, "little")
-        path = object_store.segment_path(self.cw.session_id, oid)
-        size = object_store.write_segment(path, so.data, so.buffers)
-        self.cw.post(self.cw._notify_sealed, oid, size)
+        size = store_client.write_object(self.cw, oid, so.data, so.buffers)
         return [RET_SHM, size, self.cw.node_id, contained]
 
     # -- streaming generators (aioray/streaming.py has the protocol) -----------------------

@@ -12,8 +12,8 @@ Lease protocol (owner <-> raylet):
    for a moment, as Ray does).
 If the worker dies, its lease ends here; if the owner dies, its leases return.
 
-The node's object table (segments sealed here) is kept for freeing and for the
-final sweep; capacity and spilling build on it.
+The node's object store (capacity, spilling, restoring) is ``StoreService``
+(store_service.py); the object handlers below delegate to it.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from aioray.daemons._common import install_signal_handlers, listening_socket, wa
 from aioray.daemons.raylet.resources import NodeResources
 from aioray.daemons.raylet.scheduler import strategy_from_wire
 from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
+from aioray.daemons.raylet.store_service import SpillConfig, StoreService
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
-from aioray import config, object_store, rpc
+from aioray import config, rpc
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class Raylet:
         head: bool,
         labels: dict[str, str],
         prestart: int,
+        spill: SpillConfig | None = None,
     ) -> None:
         self.node_id = os.urandom(16)
         self.node_ip = node_ip
@@ -116,17 +118,18 @@ class Raylet:
         self.pool: WorkerPool | None = None
         self.requests: list[LeaseRequest] = []
         self.leases: dict[int, Lease] = {}
-        self.objects: dict[bytes, int] = {}  # sealed segments here: id -> size
+        self.store = StoreService(object_store_memory, spill or SpillConfig(), self._report_later)
         self._lease_ids = itertools.count(1)
         self.spillback = Spillback(self.node_id, node_ip, 0)
         self._schedule_soon = False
         self._report_soon = False
+        self._store_report_soon = False
         self._stopped = asyncio.Event()
 
     def __repr__(self) -> str:
         return (
             f"<Raylet node={self.node_id.hex()[:8]} leases={len(self.leases)} "
-            f"queued={len(self.requests)} objects={len(self.objects)} {self.pool!r}>"
+            f"queued={len(self.requests)} {self.store!r} {self.pool!r}>"
         )
 
     def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +181,7 @@ class Raylet:
         )
         self.session_id = info["session_id"]
         self.session_dir = self.session_dir or info["session_dir"]
+        self.store.start(self.session_id, self.session_dir, self.node_id)
         await self.server.start(sock=sock)
         logger.info("raylet %s listening on %s:%d", self.node_id.hex()[:8], self.node_ip, self.port)
         await fork_server
@@ -205,12 +209,7 @@ class Raylet:
         await self.server.stop()
         if self.pool is not None:
             await self.pool.stop()
-        if self.head:
-            for path in object_store.list_segments(self.session_id):
-                object_store.delete_segment(path)
-        else:  # other nodes on this machine share the session's segment names
-            for oid in self.objects:
-                object_store.delete_segment(object_store.segment_path(self.session_id, oid))
+        self.store.stop(every_segment=self.head)
         if self.gcs is not None:
             self.gcs.close()
 
@@ -366,13 +365,22 @@ class Raylet:
             self._report_soon = True
             asyncio.get_running_loop().call_soon(self._send_report)
 
+    def _report_later(self) -> None:
+        # Object store usage changes with every put: report it at most every
+        # RESOURCE_REPORT_S instead of once per object.
+        if not self._store_report_soon:
+            self._store_report_soon = True
+            asyncio.get_running_loop().call_later(config.RESOURCE_REPORT_S, self._store_changed)
+
+    def _store_changed(self) -> None:
+        self._store_report_soon = False
+        self._report()
+
     def _send_report(self) -> None:
         self._report_soon = False
         if self.gcs is not None and not self.gcs.is_closed:
             avail = self.resources.snapshot()
-            avail["object_store_memory"] = float(
-                max(0, self.object_store_memory - sum(self.objects.values()))
-            )
+            avail["object_store_memory"] = float(self.store.manager.available)
             self.gcs.notify("report_resources", [self.node_id, avail])
 
     def handle_cluster_view(self, conn: rpc.Connection, entries: list[Any], _: Any) -> None:
@@ -431,14 +439,17 @@ class Raylet:
         return files[stream]
 
     # -- objects ---------------------------------------------------------------------------
+    def handle_create_object(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+        return self.store.create_object(conn, body)
+
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        oid, size, _owner = body
-        self.objects[oid] = size
+        self.store.object_sealed(body)
+
+    def handle_restore_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
+        return self.store.restore_object(oid)
 
     def handle_free_objects(self, conn: rpc.Connection, oids: list[bytes], _: Any) -> None:
-        for oid in oids:
-            self.objects.pop(oid, None)
-            object_store.delete_segment(object_store.segment_path(self.session_id, oid))
+        self.store.free_objects(oids)
 
     def handle_get_state(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
         assert self.pool is not None
@@ -449,7 +460,8 @@ class Raylet:
             "workers": len(self.pool.workers),
             "leases": len(self.leases),
             "queued": len(self.requests),
-            "objects": len(self.objects),
+            "objects": len(self.store.manager.entries),
+            "object_store": self.store.stats(),
             "view": {
                 **{n.node_id.hex(): n.available for n in self.spillback.view.nodes.values()},
                 self.node_id.hex(): self.resources.snapshot(),
