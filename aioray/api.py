@@ -390,8 +390,8 @@ def get_future(ref: ObjectRef) -> concurrent.futures.Future[Any]:
 
     async def value() -> Any:  # waits on the CoreWorker's loop: no thread per future
         obj = await cw.fetch(ref)
-        if obj.in_shm and obj.node_id == cw.node_id:
-            await store_client.restore_async(cw, ref.binary())
+        if obj.in_shm:  # restore or pull it here; read_object cannot wait on the loop
+            await store_client.restore_async(cw, ref.binary(), obj.node_id)
         return cw.materialize(ref.binary(), obj)
 
     return asyncio.run_coroutine_threadsafe(value(), cw.loop)

@@ -109,7 +109,7 @@ class CoreWorker:
         self._peers: dict[tuple[str, int], rpc.Connection] = {}
         self._connecting: dict[tuple[str, int], asyncio.Future[rpc.Connection]] = {}
         self._fetching: dict[bytes, asyncio.Future[StoredObject]] = {}
-        self._free_shm: list[bytes] = []
+        self._free_shm: list[tuple[bytes, bytes | None]] = []
         self._blocked = 0
         self._blocking: dict[int, concurrent.futures.Future[Any]] = {}
         self._warned: set[str] = set()
@@ -469,10 +469,10 @@ class CoreWorker:
         return value
 
     def read_shm(self, oid: bytes, obj: StoredObject) -> tuple[Any, list[Any]]:
-        """Map a shared-memory object; ObjectLostError if no copy is left to read."""
-        if obj.node_id != self.node_id:
-            raise ObjectLostError(oid.hex(), "object lives on another node (not supported yet)")
-        return store_client.read_object(self, oid)  # restores a spilled copy first
+        """Map a shared-memory object; ObjectLostError if no copy is left to read.
+
+        Restores a spilled copy first, or pulls one from another node."""
+        return store_client.read_object(self, oid, obj.node_id)
 
     # -- objects: wait ------------------------------------------------------------------
     def ready_now(self, refs: Sequence[ObjectRef]) -> list[bool]:
@@ -538,22 +538,24 @@ class CoreWorker:
             self.owned.discard(oid)
             self.memory_store.fail_waiters(oid, ObjectFreedError(oid.hex()))
             if obj is not None and obj.in_shm:
-                self.free_shm(oid)
+                self.free_shm(oid, obj.node_id)
             self.lineage.release(oid)
         else:
             self.borrowing.release(oid)
         if obj is not None and obj.contained:
             self.release_contained(obj)
 
-    def free_shm(self, oid: bytes) -> None:
+    def free_shm(self, oid: bytes, node_id: bytes | None = None) -> None:
+        """(loop) Free a shared-memory object in the store of ``node_id`` (default: here)
+        and every copy pulled from it."""
         if not self._free_shm:
             self.loop.call_soon(self._flush_frees)
-        self._free_shm.append(oid)
+        self._free_shm.append((oid, node_id))
 
     def _flush_frees(self) -> None:
-        oids, self._free_shm = self._free_shm, []
-        if oids and self.raylet is not None and not self.raylet.is_closed:
-            self.raylet.notify("free_objects", oids)
+        frees, self._free_shm = self._free_shm, []
+        if frees and self.raylet is not None and not self.raylet.is_closed:
+            store_client.send_frees(self, frees)
 
     def store_result(self, oid: bytes, obj: StoredObject) -> None:
         """(loop) A task's return value arrived; keep it only if still referenced."""
@@ -565,7 +567,7 @@ class CoreWorker:
         else:
             self.owned.discard(oid)
             if obj.in_shm:
-                self.free_shm(oid)
+                self.free_shm(oid, obj.node_id)
             self.release_contained(obj)
 
     def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:

@@ -123,9 +123,13 @@ class Lineage:
             if old is not None and old.in_shm and old.node_id == cw.node_id:
                 # A surviving sibling's segment would block the new write: drop it here.
                 try:
-                    os.unlink(object_store.segment_path(cw.session_id, rid))
+                    os.unlink(object_store.segment_path(cw.session_id, rid, cw.node_id))
                 except FileNotFoundError:
                     pass
+            elif old is not None and old.in_shm:
+                # On another node (maybe dead): free it and the copies pulled from it,
+                # wherever the new run puts its result.
+                cw.free_shm(rid, old.node_id)
             cw.owned.add(rid)
         task.state = "pending_deps"
         task.cancelled = False

@@ -1,12 +1,13 @@
 """The client side of a node's shared-memory object store: segment files.
 
-Each large object is one file in /dev/shm named after the session and the object
-id, written with a single ``pwritev`` (measured 2.8 GB/s into a fresh tmpfs file,
-twice an mmap copy, because the kernel allocates pages without a fault per page)
-and read with ``mmap``: readers get read-only views, and numpy arrays unpickled
-from them are zero-copy. Deleting an object unlinks the file; a reader still
-holding a view keeps the memory mapped until the view is gone, so freeing can
-never pull memory from under a live array. No multiprocessing resource tracker
+Each large object is one file in /dev/shm named after the session, the node
+whose store holds it and the object id, written with a single ``pwritev``
+(measured 2.8 GB/s into a fresh tmpfs file, twice an mmap copy, because the
+kernel allocates pages without a fault per page) and read with ``mmap``:
+readers get read-only views, and numpy arrays unpickled from them are zero-copy.
+Deleting an object unlinks the file; a reader still holding a view keeps the
+memory mapped until the view is gone, so freeing can never pull memory from
+under a live array. No multiprocessing resource tracker
 is involved (CPython gh-82300 unlinks segments a process merely attached to).
 
 Layout: header ``<8sIQ`` (magic, buffer count, pickle length), buffer lengths
@@ -34,8 +35,18 @@ def shm_dir() -> str:
     return config.SHM_DIR if os.path.isdir(config.SHM_DIR) else "/tmp"
 
 
-def segment_path(session_id: str, object_id: bytes) -> str:
-    return os.path.join(shm_dir(), f"{config.SHM_PREFIX}{session_id}_{object_id.hex()}")
+def node_prefix(session_id: str, node_id: bytes) -> str:
+    """The file name prefix of every segment in one node's store."""
+    return f"{config.SHM_PREFIX}{session_id}_{node_id.hex()[:16]}_"
+
+
+def segment_path(session_id: str, object_id: bytes, node_id: bytes) -> str:
+    """Where ``node_id``'s store keeps its copy of ``object_id``.
+
+    Each node's store is its own namespace (the node id is in the name): nodes of
+    a test cluster share one /dev/shm, and a node must read only its own copies.
+    """
+    return os.path.join(shm_dir(), node_prefix(session_id, node_id) + object_id.hex())
 
 
 def _pad(n: int) -> int:
@@ -118,8 +129,12 @@ def delete_segment(path: str) -> None:
     _unlink(path)
 
 
-def list_segments(session_id: str | None = None) -> list[str]:
-    prefix = config.SHM_PREFIX + (f"{session_id}_" if session_id else "")
+def list_segments(session_id: str | None = None, node_id: bytes | None = None) -> list[str]:
+    """Segment files (and partial pulls) of a session, or of one node of it."""
+    if session_id and node_id:
+        prefix = node_prefix(session_id, node_id)
+    else:
+        prefix = config.SHM_PREFIX + (f"{session_id}_" if session_id else "")
     d = shm_dir()
     try:
         return [os.path.join(d, n) for n in os.listdir(d) if n.startswith(prefix)]

@@ -121,9 +121,12 @@ class FrameDecoder:
         self._lengths: list[int] = []
         self._buffers: list[Buffer] = []
         # Large raw buffer receiving directly from the socket.
-        self._big: bytearray | None = None
+        self._big: bytearray | memoryview | None = None
         self._big_view: memoryview | None = None
         self._big_filled = 0
+        # Caller-provided destinations for the raw buffers of expected responses, by
+        # sequence id (``Connection.call_into``): object chunks land in shared memory.
+        self.destinations: dict[int, list[memoryview]] = {}
 
     @property
     def partial(self) -> bool:
@@ -136,6 +139,16 @@ class FrameDecoder:
         if self._end == len(self._buf):
             self._make_room()
         return self._view[self._end :]
+
+    def _destination(self, n: int) -> memoryview | None:
+        """The caller's memory for the next raw buffer of this frame, if it has some."""
+        assert self._header is not None
+        kind, seq = self._header[0], self._header[1]
+        dests = self.destinations.get(seq) if kind == RESPONSE else None
+        i = len(self._buffers)
+        if dests is None or i >= len(dests) or dests[i].nbytes != n:
+            return None
+        return dests[i]
 
     def _make_room(self, need: int = 0) -> None:
         # Never resize in place: the transport may still hold a view of the old buffer.
@@ -153,7 +166,8 @@ class FrameDecoder:
             if self._big_filled < len(self._big):
                 return []
             assert self._big_view is not None
-            self._big_view.release()
+            if self._big_view is not self._big:  # our own bytearray, not a destination
+                self._big_view.release()
             self._buffers.append(self._big)
             self._big, self._big_view, self._big_filled = None, None, 0
         else:
@@ -187,6 +201,17 @@ class FrameDecoder:
             while len(self._buffers) < len(self._lengths):
                 n = self._lengths[len(self._buffers)]
                 avail = self._end - self._start
+                dest = self._destination(n) if self.destinations else None
+                if dest is not None:
+                    take = min(avail, n)
+                    dest[:take] = view[self._start : self._start + take]
+                    self._start += take
+                    if take == n:
+                        self._buffers.append(dest)
+                        continue
+                    self._start = self._end = 0
+                    self._big, self._big_view, self._big_filled = dest, dest, take
+                    return frames
                 if avail >= n:
                     self._buffers.append(bytes(view[self._start : self._start + n]))
                     self._start += n

@@ -145,6 +145,7 @@ class Connection(asyncio.BufferedProtocol):
         label = f"connection {self.name}" if self.name else "connection"
         err = ConnectionLost(f"{label} lost" + (f": {exc}" if exc else ""))
         pending, self._pending = self._pending, {}
+        self._decoder.destinations.clear()
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(err)
@@ -177,6 +178,8 @@ class Connection(asyncio.BufferedProtocol):
             self._greet(kind, seq, method, body)
             return
         if kind in (RESPONSE, ERROR):
+            if self._decoder.destinations:
+                self._decoder.destinations.pop(seq, None)
             fut = self._pending.pop(seq, None)
             if fut is None or fut.done():
                 return
@@ -297,6 +300,20 @@ class Connection(asyncio.BufferedProtocol):
         fut: asyncio.Future[tuple[Any, list[Buffer]]] = self.loop.create_future()
         self._send(REQUEST, seq, method, body, buffers)
         self._pending[seq] = fut
+        return fut
+
+    def call_into(
+        self, method: str, body: Any, destinations: list[memoryview]
+    ) -> asyncio.Future[tuple[Any, list[Buffer]]]:
+        """Send a request whose reply's raw buffers are received straight into
+        ``destinations`` (one memoryview per buffer, of the exact length; a buffer of
+        another length is received into new memory as usual). The views must stay
+        writable until the future is done or the connection closed."""
+        seq = next(self._seq)
+        fut: asyncio.Future[tuple[Any, list[Buffer]]] = self.loop.create_future()
+        self._send(REQUEST, seq, method, body)
+        self._pending[seq] = fut
+        self._decoder.destinations[seq] = destinations
         return fut
 
     async def call(self, method: str, body: Any = None, buffers: Sequence[Buffer] = ()) -> Any:

@@ -5,8 +5,10 @@ Writing a large object (put, task return) takes one round trip to the local
 raylet first (``create_object``): it answers at once when the object fits, or
 after evicting cached copies and spilling older objects to disk. Small objects
 never come here. Reading needs no round trip unless the segment is gone: then
-the raylet restores it from its spill file (``restore_object``) and the read is
-tried again. The raylet's side is ``daemons/raylet/store_service.py``.
+the raylet restores it from its spill file (``restore_object``), or, for an
+object whose primary copy is on another node, pulls a copy into this node's
+store (``pull_object``), and the read is tried again. The raylet's side is
+``daemons/raylet/store_service.py`` and ``daemons/raylet/object_transfer.py``.
 """
 
 from __future__ import annotations
@@ -52,9 +54,13 @@ def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]
     size, _ = object_store.layout(_nbytes(data), [_nbytes(b) for b in buffers])
     if not cw.in_loop_thread():  # the loop cannot wait for itself: room is made after the seal
         _raise_if_error(oid, _call_raylet(cw, "create_object", [oid, size]))
-    path = object_store.segment_path(cw.session_id, oid)
+    path = object_store.segment_path(cw.session_id, oid, cw.node_id)
     try:
-        object_store.write_segment(path, data, buffers)
+        try:
+            object_store.write_segment(path, data, buffers)
+        except FileExistsError:  # a copy of an earlier run of this task (lineage)
+            object_store.delete_segment(path)
+            object_store.write_segment(path, data, buffers)
     except BaseException as e:
         cw.post(_notify_raylet, cw, "free_objects", [oid])  # give the room back
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.ENOMEM):
@@ -68,9 +74,13 @@ def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]
     return size
 
 
-def read_object(cw: CoreWorker, oid: bytes) -> tuple[memoryview, list[memoryview]]:
-    """Map the object's segment, restoring it from the spill disk first if needed."""
-    path = object_store.segment_path(cw.session_id, oid)
+def read_object(
+    cw: CoreWorker, oid: bytes, node_id: bytes | None = None
+) -> tuple[memoryview, list[memoryview]]:
+    """Map this node's copy of the object: restored from the spill disk first if
+    needed, or pulled from ``node_id`` (where its primary copy is) if that is not here."""
+    path = object_store.segment_path(cw.session_id, oid, cw.node_id)
+    remote = node_id is not None and node_id != cw.node_id
     for _ in range(RESTORE_ATTEMPTS):
         try:
             return object_store.read_segment(path)
@@ -81,7 +91,10 @@ def read_object(cw: CoreWorker, oid: bytes) -> tuple[memoryview, list[memoryview
                 f"object {oid.hex()} was spilled and cannot be restored from the event loop "
                 "thread; restore_async() it first"
             )
-        reply = _call_raylet(cw, "restore_object", oid)
+        if remote:
+            reply = _call_raylet(cw, "pull_object", [oid, node_id])
+        else:
+            reply = _call_raylet(cw, "restore_object", oid)
         if reply is not None and reply[0] == "ObjectLostError":
             object_lost(cw, oid, reply[1])
         _raise_if_error(oid, reply)
@@ -90,13 +103,17 @@ def read_object(cw: CoreWorker, oid: bytes) -> tuple[memoryview, list[memoryview
     )
 
 
-async def restore_async(cw: CoreWorker, oid: bytes) -> None:
-    """(loop) Make sure a local segment exists before ``read_object`` runs on the loop."""
+async def restore_async(cw: CoreWorker, oid: bytes, node_id: bytes | None = None) -> None:
+    """(loop) Make sure a local segment exists before ``read_object`` runs on the loop:
+    restore it, or pull it from ``node_id``."""
     import os
 
-    if os.path.exists(object_store.segment_path(cw.session_id, oid)):
+    if os.path.exists(object_store.segment_path(cw.session_id, oid, cw.node_id)):
         return
-    reply = await cw.raylet.call("restore_object", oid)
+    if node_id is not None and node_id != cw.node_id:
+        reply = await cw.raylet.call("pull_object", [oid, node_id])
+    else:
+        reply = await cw.raylet.call("restore_object", oid)
     if reply is not None and reply[0] == "ObjectLostError":
         object_lost(cw, oid, reply[1])
     _raise_if_error(oid, reply)
@@ -109,6 +126,22 @@ def object_lost(cw: CoreWorker, oid: bytes, reason: str) -> NoReturn:
     hooks in here; for now the reader gets ObjectLostError with the reason.
     """
     raise ObjectLostError(oid.hex(), f"Object {oid.hex()} is lost: {reason}.")
+
+
+def send_frees(cw: CoreWorker, frees: list[tuple[bytes, bytes | None]]) -> None:
+    """(loop) Tell the local raylet which objects the owner freed. Those whose primary
+    copy is on another node go as ``free_objects_at``: the raylet forwards them."""
+    here: list[bytes] = []
+    away: dict[bytes, list[bytes]] = {}
+    for oid, node in frees:
+        if node is None or node == cw.node_id:
+            here.append(oid)
+        else:
+            away.setdefault(node, []).append(oid)
+    if here:
+        cw.raylet.notify("free_objects", here)
+    if away:
+        cw.raylet.notify("free_objects_at", [[node, oids] for node, oids in away.items()])
 
 
 def _raise_if_error(oid: bytes, reply: Any) -> None:

@@ -89,7 +89,7 @@ class StreamManager:
         oid = ids.object_id(task_id, index + 1)
         if s is None or s.abandoned:
             if obj.in_shm:
-                self.cw.free_shm(oid)
+                self.cw.free_shm(oid, obj.node_id)
             self.cw.release_contained(obj)
             return
         self.cw.owned.add(oid)

@@ -25,7 +25,7 @@ N = 50_000  # float64: 400 KB, kept in shared memory
 def segment_exists(oid: bytes) -> bool:
     cw = api._cw
     assert cw is not None
-    return os.path.exists(object_store.segment_path(cw.session_id, oid))
+    return os.path.exists(object_store.segment_path(cw.session_id, oid, cw.node_id))
 
 
 def wait_freed(oid: bytes) -> None:

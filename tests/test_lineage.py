@@ -24,7 +24,7 @@ N = 50_000  # float64: 400 KB, kept in shared memory
 def lose(ref: Any) -> None:
     cw = api._cw
     assert cw is not None
-    os.unlink(object_store.segment_path(cw.session_id, ref.binary()))
+    os.unlink(object_store.segment_path(cw.session_id, ref.binary(), cw.node_id))
 
 
 def runs(path: Path) -> int:

@@ -27,6 +27,7 @@ import socket
 from typing import Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
+from aioray.daemons.raylet.object_transfer import ObjectTransfer
 from aioray.daemons.raylet.resources import NodeResources
 from aioray.daemons.raylet.scheduler import strategy_from_wire
 from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
@@ -114,11 +115,13 @@ class Raylet:
         self.labels = labels
         self.prestart = prestart
         self.gcs: rpc.Connection | None = None
-        self.server = rpc.Server(rpc.handlers_of(self), hello_check=self._hello)
+        self.server_handlers = rpc.handlers_of(self)
+        self.server = rpc.Server(self.server_handlers, hello_check=self._hello)
         self.pool: WorkerPool | None = None
         self.requests: list[LeaseRequest] = []
         self.leases: dict[int, Lease] = {}
         self.store = StoreService(object_store_memory, spill or SpillConfig(), self._report_later)
+        self.transfer = ObjectTransfer(self)
         self._lease_ids = itertools.count(1)
         self.spillback = Spillback(self.node_id, node_ip, 0)
         self._schedule_soon = False
@@ -207,6 +210,7 @@ class Raylet:
             if not req.fut.done():
                 req.fut.set_result({"error": "the raylet is shutting down"})
         await self.server.stop()
+        self.transfer.close()
         if self.pool is not None:
             await self.pool.stop()
         self.store.stop(every_segment=self.head)
@@ -386,6 +390,7 @@ class Raylet:
     def handle_cluster_view(self, conn: rpc.Connection, entries: list[Any], _: Any) -> None:
         """The GCS's batched news of other nodes (resources, joins, deaths)."""
         for dead in self.spillback.apply_view(entries):
+            self.transfer.node_died(dead.node_id)
             # Owners here may have tasks or actors there whose connections stay silent
             # (a frozen or cut-off node): tell them, so they retry elsewhere.
             news = [dead.node_id, dead.ip, dead.port, self.spillback.ip_shared(dead)]
@@ -449,7 +454,28 @@ class Raylet:
         return self.store.restore_object(oid)
 
     def handle_free_objects(self, conn: rpc.Connection, oids: list[bytes], _: Any) -> None:
+        self.free_here(oids)
+
+    def free_here(self, oids: list[bytes]) -> None:
+        """Free this node's copies, and (for its primaries) the copies pulled from here."""
         self.store.free_objects(oids)
+        self.transfer.freed(oids)
+
+    # -- object transfer (object_transfer.py) -----------------------------------------------
+    def handle_free_objects_at(self, conn: rpc.Connection, groups: list[Any], _: Any) -> None:
+        self.transfer.free_at(groups)
+
+    def handle_pull_object(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+        return self.transfer.pull(body[0], body[1])
+
+    async def handle_transfer_begin(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
+        return await self.transfer.begin(conn, oid)
+
+    def handle_transfer_chunk(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+        return self.transfer.chunk(body[0], int(body[1]), int(body[2]))
+
+    def handle_transfer_end(self, conn: rpc.Connection, oid: bytes, _: Any) -> None:
+        self.transfer.end(conn, oid)
 
     def handle_get_state(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
         assert self.pool is not None
@@ -462,6 +488,7 @@ class Raylet:
             "queued": len(self.requests),
             "objects": len(self.store.manager.entries),
             "object_store": self.store.stats(),
+            "transfer": self.transfer.stats(),
             "view": {
                 **{n.node_id.hex(): n.available for n in self.spillback.view.nodes.values()},
                 self.node_id.hex(): self.resources.snapshot(),

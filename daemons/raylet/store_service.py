@@ -105,6 +105,7 @@ class StoreService:
         self.spill = spill
         self.on_change = on_change
         self.session_id = ""
+        self.node_id = b""
         self.spill_dir = ""
         self._own_spill_dir = False  # the default dir is ours alone: removed at stop
         self.io = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="aioray-spill")
@@ -119,6 +120,7 @@ class StoreService:
 
     def start(self, session_id: str, session_dir: str, node_id: bytes) -> None:
         self.session_id = session_id
+        self.node_id = node_id
         if self.spill.directory:
             self.spill_dir = os.path.join(
                 self.spill.directory, f"aioray_spilled_objects_{node_id.hex()}"
@@ -135,9 +137,9 @@ class StoreService:
         if every_segment:
             for path in object_store.list_segments(self.session_id):
                 object_store.delete_segment(path)
-        else:
-            for oid in self.manager.entries:
-                object_store.delete_segment(self._segment(oid))
+        else:  # this node's namespace: also segments whose seal never came, partial pulls
+            for path in object_store.list_segments(self.session_id, self.node_id):
+                object_store.delete_segment(path)
         for e in self.manager.entries.values():
             spill_io.remove(e.spill_path)
         if self.spill_dir:
@@ -149,12 +151,16 @@ class StoreService:
     # -- handlers (the raylet delegates) ----------------------------------------------
     def create_object(self, conn: rpc.Connection, body: list[Any]) -> Any:
         oid, size = body
+        e = self.manager.entries.get(oid)
+        if e is not None and not e.primary and e.state == IN_SHM:
+            # A cached copy of an earlier run of this task (lineage re-ran it here).
+            self.free_objects([oid])
         return self._ask(Request(oid, int(size), CREATE, conn))
 
     def object_sealed(self, body: list[Any]) -> None:
         oid, size = body[0], int(body[1])
         e = self.manager.entries.get(oid)
-        if e is None and not os.path.exists(self._segment(oid)):
+        if e is None and not os.path.exists(self.segment(oid)):
             return  # freed before its seal arrived (seal and free came on different links)
         self.manager.seal(oid, size)
         self._run()
@@ -163,12 +169,12 @@ class StoreService:
         for oid in oids:
             self.lost.pop(oid, None)
             e = self.manager.free(oid)
-            object_store.delete_segment(self._segment(oid))
+            object_store.delete_segment(self.segment(oid))
             if e is not None:
                 if e.state != SPILLING:  # a spill in flight deletes its own file when done
                     spill_io.remove(e.spill_path)
                 if e.state == RESTORING:
-                    spill_io.remove(self._segment(oid) + ".part")
+                    spill_io.remove(self.segment(oid) + ".part")
         self._run()
 
     def restore_object(self, oid: bytes) -> Any:
@@ -195,7 +201,7 @@ class StoreService:
     async def reserve_secondary(self, oid: bytes, size: int) -> Reply:
         """Make room for a copy of a remote object before writing its segment here.
 
-        Then write ``object_store.segment_path(session_id, oid)`` and call
+        Then write ``segment(oid)`` and call
         ``add_secondary``. Secondary copies are evicted (not spilled) when room is
         needed, unless pinned (``manager.pin``) by a reader.
         """
@@ -229,7 +235,7 @@ class StoreService:
         for req in act.granted:
             self._granted(req)
         for oid, _ in act.evict:
-            object_store.delete_segment(self._segment(oid))
+            object_store.delete_segment(self.segment(oid))
         for oid, e in act.spill:
             self._start_spill(oid, e)
         for req, reason in act.failed:
@@ -335,11 +341,12 @@ class StoreService:
         ]
 
     # -- spill and restore I/O ------------------------------------------------------------
-    def _segment(self, oid: bytes) -> str:
-        return object_store.segment_path(self.session_id, oid)
+    def segment(self, oid: bytes) -> str:
+        """This node's segment file for ``oid``."""
+        return object_store.segment_path(self.session_id, oid, self.node_id)
 
     def _start_spill(self, oid: bytes, e: Entry) -> None:
-        segment = self._segment(oid)
+        segment = self.segment(oid)
         dst = os.path.join(self.spill_dir, oid.hex())
         started = time.monotonic()
         fut = asyncio.get_running_loop().run_in_executor(self.io, spill_io.copy_file, segment, dst)
@@ -357,7 +364,7 @@ class StoreService:
                 logger.error("spilling object %s failed: %s", oid.hex(), exc)
                 self._spill_error = f"spilling to {self.spill_dir} failed: {exc}"
         elif self.manager.spill_done(oid, dst):
-            object_store.delete_segment(self._segment(oid))
+            object_store.delete_segment(self.segment(oid))
             self._spill_error = None
             size = f.result()
             logger.info(
@@ -372,7 +379,7 @@ class StoreService:
 
     def _start_restore(self, oid: bytes, e: Entry) -> None:
         assert e.spill_path is not None
-        src, dst = e.spill_path, self._segment(oid)
+        src, dst = e.spill_path, self.segment(oid)
         fut = asyncio.get_running_loop().run_in_executor(self.io, spill_io.copy_file, src, dst)
         fut.add_done_callback(lambda f: self._restore_finished(oid, src, f))
 
@@ -383,7 +390,7 @@ class StoreService:
         reply: Reply = None
         if exc is None:
             if not self.manager.restore_done(oid):
-                object_store.delete_segment(self._segment(oid))  # freed meanwhile
+                object_store.delete_segment(self.segment(oid))  # freed meanwhile
         elif isinstance(exc, FileNotFoundError) and exc.filename == src:
             reply = ["ObjectLostError", self.object_gone(oid, src)]
         else:

@@ -1,0 +1,388 @@
+"""Object transfer between nodes: pull remote objects into this node's store, and
+serve this node's objects to the raylets that pull them.
+
+A process reads only segments of its own node's store. When it needs an object
+whose copy is on another node, it asks its raylet (``pull_object [oid, node]``),
+which copies the object from that node's raylet:
+
+1. ``transfer_begin oid`` -> ``[size]``: the source maps its segment (restoring
+   it from its spill file first if needed) and remembers who pulled it.
+2. Room is reserved in this node's store as a *secondary* copy (evictable while
+   no one reads it; the store may evict or spill to make the room).
+3. The copy is written into ``<segment>.pulling``, preallocated to its size and
+   mapped: ``transfer_chunk [oid, offset, length]`` requests, CHUNK_BYTES each,
+   WINDOW of them in flight, and each reply's bytes are received by the socket
+   straight into the mapped destination (``Connection.call_into``). No part of
+   the object passes through Python memory of its own.
+4. ``transfer_end oid``; the file is renamed into place (a reader never maps a
+   half-written copy) and sealed as a secondary copy.
+Every reader of the object on this node waits for the same pull (one per object
+per node), and later readers find the segment in place without asking.
+
+Frees. Every copy is pulled from the node that holds the primary copy, so that
+node knows every copy: when its owner's free reaches it, it forwards the free to
+each node that pulled. The owner sends frees of objects on other nodes to its
+own raylet (``free_objects_at``), which forwards them to the primary's node; if
+that node is dead, to every node (the copies it knew of are orphans now).
+
+A pull fails with ObjectLostError when the source node is dead or unreachable
+or no longer has the object; the reader then asks the owner to rebuild it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+import os
+from typing import TYPE_CHECKING, Any
+
+from aioray.daemons.raylet.object_manager import CREATING, IN_SHM
+
+from aioray import config, rpc
+
+if TYPE_CHECKING:
+    from aioray.daemons.raylet.server import Raylet
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = int(config._env("TRANSFER_CHUNK_BYTES", 8 * 1024 * 1024))
+WINDOW = int(config._env("TRANSFER_WINDOW", 4))  # chunk requests in flight per pull
+
+Reply = list[str] | None  # None: the copy is here; [error class name, message]
+
+
+def _prepare(path: str, size: int) -> mmap.mmap:
+    """Create the destination file at its full size and map it writable (I/O thread).
+
+    ``posix_fallocate`` has tmpfs allocate every page at once, and MAP_POPULATE maps
+    them in one go: receiving then takes no page fault per 4 KiB.
+    """
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        if size:
+            os.posix_fallocate(fd, 0, size)
+        return mmap.mmap(fd, max(size, 1), flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _map_readonly(path: str) -> memoryview:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        return memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ))
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class ObjectTransfer:
+    def __init__(self, raylet: Raylet) -> None:
+        self.raylet = raylet
+        self.store = raylet.store
+        self.peers: dict[bytes, rpc.Connection] = {}  # other raylets, by node id
+        self._opening: dict[bytes, asyncio.Future[rpc.Connection]] = {}
+        self.pulls: dict[bytes, asyncio.Future[Reply]] = {}
+        self.copies: dict[bytes, set[bytes]] = {}  # our objects -> nodes that pulled them
+        self.serving: dict[bytes, list[Any]] = {}  # oid -> [view of the segment, pullers]
+        self._sending: set[asyncio.Future[None]] = set()
+        self.num_pulls = 0
+        self.bytes_pulled = 0
+        self.num_served = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<ObjectTransfer peers={len(self.peers)} pulling={len(self.pulls)} "
+            f"serving={len(self.serving)} pulled={self.num_pulls}>"
+        )
+
+    # -- pulling --------------------------------------------------------------------------
+    def pull(self, oid: bytes, source: bytes) -> Any:
+        """A reader here wants ``oid``, whose primary copy is on node ``source``."""
+        pending = self.pulls.get(oid)
+        if pending is not None:
+            return asyncio.shield(pending)
+        e = self.store.manager.entries.get(oid)
+        if e is not None and e.state != CREATING:
+            if e.primary:  # rebuilt here since the reader learned its location
+                return self.store.restore_object(oid)
+            if e.state == IN_SHM and os.path.exists(self.store.segment(oid)):
+                return None
+            self.store.free_objects([oid])  # a cached copy without its segment: start over
+        fut = self.pulls[oid] = asyncio.ensure_future(self._pull(oid, source))
+        fut.add_done_callback(lambda _: self.pulls.pop(oid, None))
+        return asyncio.shield(fut)
+
+    async def _pull(self, oid: bytes, source: bytes) -> Reply:
+        try:
+            conn = await self.connect(source)
+            begin = await conn.call("transfer_begin", oid)
+        except (ConnectionError, rpc.RpcError) as e:
+            return ["ObjectLostError", self._unreachable(source, e)]
+        if len(begin) == 2:
+            return list(begin)  # the source does not have it
+        size = int(begin[0])
+        try:
+            refused = await self.store.reserve_secondary(oid, size)
+            if refused is not None:
+                return refused
+            return await self._receive(conn, oid, size, source)
+        finally:
+            if not conn.is_closed:
+                conn.notify("transfer_end", oid)
+
+    async def _receive(self, conn: rpc.Connection, oid: bytes, size: int, source: bytes) -> Reply:
+        path = self.store.segment(oid)
+        tmp = path + ".pulling"
+        loop = asyncio.get_running_loop()
+        try:
+            mm = await loop.run_in_executor(None, _prepare, tmp, size)
+        except OSError as e:
+            self._give_back(oid)
+            return ["ObjectStoreFullError", f"cannot create the copy of {oid.hex()} here: {e}"]
+        view = memoryview(mm)
+        try:
+            await self._chunks(conn, oid, view, size)
+        except (ConnectionError, rpc.RpcError) as e:
+            _unlink(tmp)
+            self._give_back(oid)
+            return ["ObjectLostError", self._unreachable(source, e)]
+        finally:
+            view.release()
+            try:
+                mm.close()
+            except BufferError:  # a late chunk view still exists: the GC unmaps it
+                pass
+        entry = self.store.manager.entries.get(oid)
+        if entry is None or entry.primary or entry.state != CREATING:
+            _unlink(tmp)  # freed while being pulled
+            return ["ObjectLostError", f"object {oid.hex()} was freed while being pulled"]
+        os.rename(tmp, path)
+        self.store.add_secondary(oid, size)
+        self.num_pulls += 1
+        self.bytes_pulled += size
+        return None
+
+    async def _chunks(self, conn: rpc.Connection, oid: bytes, view: memoryview, size: int) -> None:
+        """Receive ``size`` bytes into ``view``, WINDOW chunk requests in flight."""
+        offsets = iter(range(0, size, CHUNK_BYTES))
+        in_flight: set[asyncio.Future[Any]] = set()
+        try:
+            while True:
+                for off in offsets:
+                    n = min(CHUNK_BYTES, size - off)
+                    in_flight.add(
+                        conn.call_into("transfer_chunk", [oid, off, n], [view[off : off + n]])
+                    )
+                    if len(in_flight) >= WINDOW:
+                        break
+                if not in_flight:
+                    return
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for f in done:
+                    _, bufs = f.result()  # raises what the source raised
+                    if not bufs or not isinstance(bufs[0], memoryview):
+                        raise rpc.RpcError("transfer_chunk", "ProtocolError", "chunk not received")
+        finally:
+            for f in in_flight:
+                f.cancel()
+
+    def _give_back(self, oid: bytes) -> None:
+        e = self.store.manager.entries.get(oid)
+        if e is not None and not e.primary and e.state == CREATING:
+            self.store.free_objects([oid])
+
+    def _unreachable(self, source: bytes, e: BaseException) -> str:
+        node = self.raylet.spillback.view.nodes.get(source)
+        if node is not None and not node.alive:
+            return f"the node {source.hex()} that held it died"
+        return f"its node {source.hex()} could not be reached ({e})"
+
+    # -- serving --------------------------------------------------------------------------
+    async def begin(self, conn: rpc.Connection, oid: bytes) -> list[Any]:
+        """Another raylet starts pulling ``oid`` from us: ``[size]`` or ``[class, why]``."""
+        entry = self.serving.get(oid)
+        if entry is None:
+            try:
+                view = _map_readonly(self.store.segment(oid))
+            except FileNotFoundError:
+                reply = self.store.restore_object(oid)  # spilled: bring it back first
+                if isinstance(reply, asyncio.Future):
+                    reply = await reply
+                if reply is not None:
+                    return list(reply)
+                try:
+                    view = _map_readonly(self.store.segment(oid))
+                except FileNotFoundError:
+                    return ["ObjectLostError", f"object {oid.hex()} left node {self._me()}"]
+            entry = self.serving.get(oid) or [view, 0]
+            self.serving[oid] = entry
+        entry[1] += 1
+        served: list[bytes] = conn.state.setdefault("serving", [])
+        if not served:
+            conn.on_close.append(self._puller_gone)
+        served.append(oid)
+        peer = (conn.peer_info or {}).get("node_id")
+        if peer is not None:
+            self.copies.setdefault(oid, set()).add(peer)
+            self._remember(peer, conn)
+        self.num_served += 1
+        return [entry[0].nbytes]
+
+    def chunk(self, oid: bytes, offset: int, length: int) -> rpc.Reply:
+        entry = self.serving.get(oid)
+        if entry is None:
+            raise KeyError(f"object {oid.hex()} is not being transferred from here")
+        view: memoryview = entry[0]
+        if offset < 0 or length < 0 or offset + length > view.nbytes:
+            raise ValueError(f"chunk {offset}+{length} outside object of {view.nbytes} bytes")
+        return rpc.Reply(None, [view[offset : offset + length]])  # sent from the mapping
+
+    def end(self, conn: rpc.Connection, oid: bytes) -> None:
+        served: list[bytes] = conn.state.get("serving", [])
+        if oid in served:
+            served.remove(oid)
+            self._release(oid)
+
+    def _release(self, oid: bytes) -> None:
+        entry = self.serving.get(oid)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self.serving[oid]  # unmapped once the last chunk in flight is sent
+
+    def _puller_gone(self, conn: rpc.Connection) -> None:
+        for oid in conn.state.get("serving", []):
+            self._release(oid)
+
+    # -- frees ------------------------------------------------------------------------------
+    def freed(self, oids: list[bytes]) -> None:
+        """Objects of this node were freed: so are the copies other nodes pulled."""
+        by_node: dict[bytes, list[bytes]] = {}
+        for oid in oids:
+            for node in self.copies.pop(oid, ()):
+                by_node.setdefault(node, []).append(oid)
+        for node, batch in by_node.items():
+            self.send(node, "free_objects", batch)
+
+    def free_at(self, groups: list[list[Any]]) -> None:
+        """An owner here freed objects whose primary copies are on other nodes."""
+        for node, oids in groups:
+            if node == self.raylet.node_id:
+                self.raylet.free_here(oids)
+                continue
+            view = self.raylet.spillback.view.nodes.get(node)
+            if view is not None and view.alive:
+                self.send(node, "free_objects", oids)
+            else:  # its copies elsewhere lost their way to the frees: tell everyone
+                self.raylet.free_here(oids)
+                for other in self.raylet.spillback.view.nodes.values():
+                    if other.alive and other.node_id != self.raylet.node_id:
+                        self.send(other.node_id, "free_objects", oids)
+
+    def send(self, node: bytes, method: str, body: Any) -> None:
+        conn = self.peers.get(node)
+        if conn is not None and not conn.is_closed:
+            conn.notify(method, body)
+            return
+
+        async def later() -> None:
+            try:
+                (await self.connect(node)).notify(method, body)
+            except ConnectionError as e:
+                logger.info("cannot tell node %s %s: %s", node.hex()[:8], method, e)
+
+        task = asyncio.ensure_future(later())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    # -- connections to other raylets ----------------------------------------------------
+    async def connect(self, node: bytes) -> rpc.Connection:
+        conn = self.peers.get(node)
+        if conn is not None and not conn.is_closed:
+            return conn
+        pending = self._opening.get(node)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = self._opening[node] = asyncio.get_running_loop().create_future()
+        try:
+            ip, port = await self._address(node)
+            conn, _ = await rpc.connect(
+                ip,
+                port,
+                handlers=self.raylet.server_handlers,
+                hello={"role": "raylet", "node_id": self.raylet.node_id},
+                name=f"raylet {node.hex()[:8]}",
+            )
+        except BaseException as e:
+            del self._opening[node]
+            pending.set_exception(e)
+            pending.exception()
+            raise
+        del self._opening[node]
+        self._remember(node, conn)
+        pending.set_result(conn)
+        return conn
+
+    def _remember(self, node: bytes, conn: rpc.Connection) -> None:
+        old = self.peers.get(node)
+        if old is not None and not old.is_closed:
+            return
+        self.peers[node] = conn
+
+        def forget(c: rpc.Connection) -> None:
+            if self.peers.get(node) is c:
+                del self.peers[node]
+
+        conn.on_close.append(forget)
+
+    async def _address(self, node: bytes) -> tuple[str, int]:
+        view = self.raylet.spillback.view.nodes.get(node)
+        if view is not None:
+            if not view.alive:
+                raise ConnectionError(f"node {node.hex()} is dead")
+            return view.ip, view.port
+        gcs = self.raylet.gcs
+        if gcs is not None and not gcs.is_closed:  # joined after our last cluster view
+            for n in await gcs.call("get_nodes"):
+                if n["NodeID"] == node.hex():
+                    if not n["Alive"]:
+                        raise ConnectionError(f"node {node.hex()} is dead")
+                    return n["NodeManagerAddress"], int(n["NodeManagerPort"])
+        raise ConnectionError(f"node {node.hex()} is not in the cluster")
+
+    def node_died(self, node: bytes) -> None:
+        conn = self.peers.pop(node, None)
+        if conn is not None:
+            conn.close()  # pulls from it fail now: their readers go to lineage
+        for holders in self.copies.values():
+            holders.discard(node)
+
+    def _me(self) -> str:
+        return self.raylet.node_id.hex()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "pulls": self.num_pulls,
+            "bytes_pulled": self.bytes_pulled,
+            "served": self.num_served,
+            "pulling": len(self.pulls),
+            "peers": len(self.peers),
+        }
+
+    def close(self) -> None:
+        for conn in list(self.peers.values()):
+            conn.close()
+        self.peers.clear()
+        for fut in self.pulls.values():
+            fut.cancel()
