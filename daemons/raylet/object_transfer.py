@@ -32,6 +32,7 @@ or no longer has the object; the reader then asks the owner to rebuild it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import mmap
 import os
@@ -52,22 +53,16 @@ WINDOW = int(config._env("TRANSFER_WINDOW", 4))  # chunk requests in flight per 
 Reply = list[str] | None  # None: the copy is here; [error class name, message]
 
 
-def _prepare(path: str, size: int) -> mmap.mmap:
-    """Create the destination file at its full size and map it writable (I/O thread).
-
-    ``posix_fallocate`` has tmpfs allocate every page at once, and MAP_POPULATE maps
-    them in one go: receiving then takes no page fault per 4 KiB.
-    """
+def _create(path: str, size: int) -> tuple[int, mmap.mmap]:
+    """Create the destination file at its full size (no pages yet) and map it writable."""
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
-        if size:
-            os.posix_fallocate(fd, 0, size)
-        return mmap.mmap(fd, max(size, 1), flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        os.ftruncate(fd, size)
+        return fd, mmap.mmap(fd, max(size, 1))
     except BaseException:
+        os.close(fd)
         os.unlink(path)
         raise
-    finally:
-        os.close(fd)
 
 
 def _map_readonly(path: str) -> memoryview:
@@ -96,6 +91,7 @@ class ObjectTransfer:
         self.copies: dict[bytes, set[bytes]] = {}  # our objects -> nodes that pulled them
         self.serving: dict[bytes, list[Any]] = {}  # oid -> [view of the segment, pullers]
         self._sending: set[asyncio.Future[None]] = set()
+        self.io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aioray-pull")
         self.num_pulls = 0
         self.bytes_pulled = 0
         self.num_served = 0
@@ -144,20 +140,32 @@ class ObjectTransfer:
     async def _receive(self, conn: rpc.Connection, oid: bytes, size: int, source: bytes) -> Reply:
         path = self.store.segment(oid)
         tmp = path + ".pulling"
-        loop = asyncio.get_running_loop()
         try:
-            mm = await loop.run_in_executor(None, _prepare, tmp, size)
+            fd, mm = _create(tmp, size)
         except OSError as e:
             self._give_back(oid)
             return ["ObjectStoreFullError", f"cannot create the copy of {oid.hex()} here: {e}"]
+        # Reserve each chunk's pages (posix_fallocate, on the I/O thread, in order) before
+        # asking for it: a full /dev/shm is then an error here, not a SIGBUS while
+        # receiving, and the allocation of the next chunks overlaps this one's transfer.
+        loop = asyncio.get_running_loop()
+        reserved = [
+            loop.run_in_executor(self.io, os.posix_fallocate, fd, off, min(CHUNK_BYTES, size - off))
+            for off in range(0, size, CHUNK_BYTES)
+        ]
+        loop.run_in_executor(self.io, os.close, fd)  # after them: one thread, FIFO
         view = memoryview(mm)
         try:
-            await self._chunks(conn, oid, view, size)
-        except (ConnectionError, rpc.RpcError) as e:
+            await self._chunks(conn, oid, view, size, reserved)
+        except (ConnectionError, rpc.RpcError, OSError) as e:
             _unlink(tmp)
             self._give_back(oid)
-            return ["ObjectLostError", self._unreachable(source, e)]
+            if isinstance(e, (ConnectionError, rpc.RpcError)):
+                return ["ObjectLostError", self._unreachable(source, e)]
+            return ["ObjectStoreFullError", f"cannot write the copy of {oid.hex()} here: {e}"]
         finally:
+            for f in reserved:
+                f.cancel()
             view.release()
             try:
                 mm.close()
@@ -173,13 +181,22 @@ class ObjectTransfer:
         self.bytes_pulled += size
         return None
 
-    async def _chunks(self, conn: rpc.Connection, oid: bytes, view: memoryview, size: int) -> None:
-        """Receive ``size`` bytes into ``view``, WINDOW chunk requests in flight."""
-        offsets = iter(range(0, size, CHUNK_BYTES))
+    async def _chunks(
+        self,
+        conn: rpc.Connection,
+        oid: bytes,
+        view: memoryview,
+        size: int,
+        reserved: list[asyncio.Future[None]],
+    ) -> None:
+        """Receive ``size`` bytes into ``view``, WINDOW chunk requests in flight; chunk
+        ``i`` is asked for once ``reserved[i]`` is done."""
+        offsets = iter(enumerate(range(0, size, CHUNK_BYTES)))
         in_flight: set[asyncio.Future[Any]] = set()
         try:
             while True:
-                for off in offsets:
+                for i, off in offsets:
+                    await reserved[i]
                     n = min(CHUNK_BYTES, size - off)
                     in_flight.add(
                         conn.call_into("transfer_chunk", [oid, off, n], [view[off : off + n]])
@@ -386,3 +403,4 @@ class ObjectTransfer:
         self.peers.clear()
         for fut in self.pulls.values():
             fut.cancel()
+        self.io.shutdown(wait=False, cancel_futures=True)
