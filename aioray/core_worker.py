@@ -454,7 +454,7 @@ class CoreWorker:
                 if self.in_loop_thread() or self.closing:
                     raise
                 try:
-                    obj = self.run_sync(self.owner_service.recover(oid, owner))
+                    obj = self.run_sync(self.owner_service.recover(oid, owner, obj.node_id))
                 except ObjectLostError as e:  # both reasons: why it is gone, why not rebuilt
                     raise type(e)(oid.hex(), f"{lost} {e}") from None
                 data, bufs = self.read_shm(oid, obj)

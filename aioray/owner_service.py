@@ -2,7 +2,10 @@
 
     get_object(oid)          -> the value inline, or where it lives; waits until it exists
     wait_object(oid)         -> when it exists, without its value
-    reconstruct_object(oid)  -> its only copy is lost: rebuild it (lineage.py), then as get_object
+    reconstruct_object(oid | [oid, node])
+                             -> its only copy is lost (the copy on ``node``): rebuild it
+                                (lineage.py), then as get_object; if it was rebuilt
+                                since, elsewhere than ``node``, just as get_object
 
 and, on the asking side, ``recover``: the way back from a lost copy to a readable one.
 """
@@ -70,28 +73,39 @@ class OwnerService:
         cw.memory_store.wait_for(oid, cw.loop).add_done_callback(done)
         return reply
 
-    async def handle_reconstruct_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
+    async def handle_reconstruct_object(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+        oid, lost_on = (body, None) if isinstance(body, bytes) else body
         if oid not in self.cw.owned:
             return [OBJ_FREED]
         try:
-            obj = await self.cw.lineage.rebuild(oid)
+            obj = self._moved(oid, lost_on) or await self.cw.lineage.rebuild(oid)
         except ObjectLostError as e:
             return [OBJ_LOST, type(e).__name__, str(e)]
         reply: asyncio.Future[rpc.Reply] = self.cw.loop.create_future()
         self._send(reply, obj)
         return await reply
 
+    def _moved(self, oid: bytes, lost_on: bytes | None) -> StoredObject | None:
+        """The object as stored now, if it was rebuilt on another node than ``lost_on``
+        (the reader had a stale location): no need to run its task once more."""
+        obj = self.cw.memory_store.get(oid)
+        if obj is not None and lost_on is not None and obj.in_shm and obj.node_id != lost_on:
+            return obj
+        return None
+
     # -- the asking side -------------------------------------------------------------------
-    async def recover(self, oid: bytes, owner: Any) -> StoredObject:
-        """(loop) A readable copy of ``oid`` after its copy was found lost."""
+    async def recover(self, oid: bytes, owner: Any, lost_on: bytes | None = None) -> StoredObject:
+        """(loop) A readable copy of ``oid`` after its copy on node ``lost_on`` was found lost."""
         cw = self.cw
         if oid in cw.owned:
-            return await cw.lineage.rebuild(oid)
+            return self._moved(oid, lost_on) or await cw.lineage.rebuild(oid)
         if not owner or owner[2] == cw.worker_id:
             raise ObjectLostError(oid.hex(), f"Object {oid.hex()} is lost; its owner is unknown.")
         try:
             conn = await cw.connect_peer(owner[0], owner[1])
-            body, bufs = await conn.call_full("reconstruct_object", oid)
+            body, bufs = await conn.call_full(
+                "reconstruct_object", oid if lost_on is None else [oid, lost_on]
+            )
         except ConnectionError:
             raise OwnerDiedError(
                 oid.hex(), f"The owner of object {oid.hex()} ({owner[0]}:{owner[1]}) has died."
@@ -104,4 +118,7 @@ class OwnerService:
             cw.borrowing.receive(obj.contained)
             cw.refs.add_contained(p[0] for p in obj.contained)
             cw.loop.call_soon(cw.release_contained, obj)  # the caller holds the ref itself
-        return obj  # same id, same node: a cached location stays valid
+        cached = cw.memory_store.get(oid)
+        if cached is not None and cached.in_shm and obj.in_shm:
+            cached.node_id = obj.node_id  # rebuilt elsewhere: the cached location moves too
+        return obj

@@ -200,6 +200,42 @@ def test_pull_of_a_freed_object_is_an_object_lost_error(nodes: Any) -> None:
     del ref
 
 
+@pytest.fixture
+def small(ray_cluster: Any) -> Any:
+    """A node whose store holds two 20 MiB objects, not three."""
+    node = ray_cluster.add_node(num_cpus=1, object_store_memory=50 * MiB)
+    yield node
+    ray_cluster.remove_node(node)
+
+
+def test_pulls_into_a_full_store_evict_older_cached_copies(nodes: Any, small: Any) -> None:
+    _, a, _ = nodes
+    refs = [make.options(scheduling_strategy=on(a)).remote(20 * MiB, seed=i) for i in range(3)]
+    for i, ref in enumerate(refs):
+        got = ray.get(checksum.options(scheduling_strategy=on(small)).remote(ref), timeout=60)
+        assert got[0] == expected(20 * MiB, seed=i)
+    store = raylet_state(small)["object_store"]
+    assert store["used"] <= 50 * MiB and store["objects"] == 2  # the first copy was evicted
+    assert store["spilled_total"] == 0  # cached copies are dropped, never spilled
+    pulls = transfer_stats(small)["pulls"]
+    got = ray.get(checksum.options(scheduling_strategy=on(small)).remote(refs[0]), timeout=60)
+    assert got[0] == expected(20 * MiB, seed=0)
+    assert transfer_stats(small)["pulls"] == pulls + 1  # pulled again
+
+
+def test_pull_from_a_spilled_primary_copy_restores_it_there(nodes: Any, small: Any) -> None:
+    _, _, b = nodes
+    refs = [make.options(scheduling_strategy=on(small)).remote(20 * MiB, seed=i) for i in range(3)]
+    ray.wait(refs, num_returns=3, timeout=GET_TIMEOUT, fetch_local=False)
+    wait_for_condition(
+        lambda: raylet_state(small)["object_store"]["spilled_total"] >= 1, 10, message="no spill"
+    )
+    for i, ref in enumerate(refs):
+        got = ray.get(checksum.options(scheduling_strategy=on(b)).remote(ref), timeout=60)
+        assert got[0] == expected(20 * MiB, seed=i)
+    assert raylet_state(small)["object_store"]["restored_total"] >= 1
+
+
 @ray.remote(max_retries=2)
 def produce(marker: str, nbytes: int) -> Any:
     with open(marker, "a") as f:
@@ -240,6 +276,39 @@ def test_object_on_a_killed_node_is_rebuilt_from_lineage(
     a = ray_cluster.list_all_nodes()[1]
     got, _, _ = ray.get(checksum.options(scheduling_strategy=on(a)).remote(ref), timeout=60)
     assert got == digest(np.full(4 * MiB, 5, dtype=np.uint8))
+
+
+@ray.remote
+def block_until(path: str) -> None:
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.01)  # another process's file: no event to wait on
+
+
+def test_tasks_holding_a_stale_location_do_not_rebuild_it_again(
+    ray_cluster: Any, victim: Any, tmp_path: Path
+) -> None:
+    """Readers on two nodes queued with the dead node's location: one rebuild serves both
+    (the second is told where the object is now instead of running its task again)."""
+    marker = tmp_path / "runs"
+    _, a, b = ray_cluster.list_all_nodes()[:3]
+    ref = produce.options(scheduling_strategy=on(victim, soft=True), max_retries=1).remote(
+        str(marker), 4 * MiB
+    )
+    ray.wait([ref], timeout=GET_TIMEOUT, fetch_local=False)
+    gates = {n.node_id: tmp_path / n.node_id for n in (a, b)}
+    blockers = [
+        block_until.options(scheduling_strategy=on(n)).remote(str(gates[n.node_id])) for n in (a, b)
+    ]
+    readers = [checksum.options(scheduling_strategy=on(n)).remote(ref) for n in (a, b)]
+    ray_cluster.remove_node(victim, allow_graceful=False)
+    want = digest(np.full(4 * MiB, 5, dtype=np.uint8))
+    for n, reader in zip((a, b), readers, strict=True):  # one after the other
+        gates[n.node_id].touch()
+        assert ray.get(reader, timeout=GET_TIMEOUT)[0] == want
+    ray.get(blockers, timeout=GET_TIMEOUT)
+    assert len(marker.read_text().split()) == 2  # the first run and one rebuild
 
 
 def test_task_result_without_retries_on_a_killed_node_is_lost(

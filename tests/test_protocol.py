@@ -317,3 +317,35 @@ def test_malformed_frame_after_good_ones_in_the_same_stream() -> None:
     assert feed(decoder, good) == [(REQUEST, 1, "m", None, [])]
     with pytest.raises(ProtocolError):
         feed(decoder, raw_frame(b"\xc1"))
+
+
+# -- receiving into caller-provided destinations (object transfer) ------------------
+
+
+@pytest.mark.parametrize("size", [100, LARGE - 1, LARGE, 3 * LARGE + 7])
+@pytest.mark.parametrize("chunk", [4096, 1 << 20])
+def test_response_buffer_lands_in_its_destination(size: int, chunk: int) -> None:
+    payload = os.urandom(size)
+    dest = bytearray(size)
+    decoder = FrameDecoder()
+    decoder.destinations[5] = [memoryview(dest)]
+    data = wire(encode_frame(RESPONSE, 5, None, None, [payload]))
+    data += wire(encode_frame(RESPONSE, 6, None, None, [payload]))  # no destination: as usual
+    frames = feed(decoder, data, max_chunk=chunk)
+    assert dest == payload
+    assert frames[0][4][0].obj is dest  # the view given, not a copy
+    assert frames[1][4][0] == payload and not isinstance(frames[1][4][0], memoryview)
+
+
+def test_destination_of_the_wrong_size_or_kind_is_not_used() -> None:
+    payload = os.urandom(2 * LARGE)
+    dest = bytearray(2 * LARGE - 1)
+    decoder = FrameDecoder()
+    decoder.destinations[1] = [memoryview(dest)]
+    decoder.destinations[2] = [memoryview(bytearray(2 * LARGE))]
+    data = wire(encode_frame(RESPONSE, 1, None, None, [payload]))
+    data += wire(encode_frame(REQUEST, 2, "m", None, [payload]))  # a request never uses one
+    frames = feed(decoder, data, max_chunk=65536)
+    assert [bytes(f[4][0]) for f in frames] == [payload, payload]
+    assert dest == bytearray(2 * LARGE - 1)
+    assert not any(decoder.destinations[2][0])

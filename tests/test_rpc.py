@@ -324,6 +324,19 @@ async def test_reply_with_a_10_mib_buffer(client: Connection, service: Service) 
     assert await bounded(client.call("blob")) == {"size": 10 << 20}
 
 
+async def test_call_into_receives_the_reply_into_the_given_memory(
+    client: Connection, service: Service
+) -> None:
+    service.blob = os.urandom(10 << 20)
+    dest = bytearray(len(service.blob))
+    body, buffers = await bounded(client.call_into("blob", None, [memoryview(dest)]))
+    assert body == {"size": 10 << 20}
+    assert dest == service.blob
+    assert isinstance(buffers[0], memoryview) and buffers[0].obj is dest
+    # The next call without a destination is received as usual.
+    assert (await bounded(client.call_full("blob")))[1][0] == service.blob
+
+
 async def test_request_with_a_10_mib_buffer_round_trip(client: Connection) -> None:
     blob = os.urandom(10 << 20)
     body, buffers = await bounded(client.call_full("echo_buffers", "up", [blob, b"tail"]))
