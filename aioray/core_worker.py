@@ -390,6 +390,8 @@ class CoreWorker:
                 if blocked:
                     self.post(self._set_blocked, -1)
             objs = [o if o is not None else found[r._id] for r, o in zip(refs, objs, strict=True)]
+        if len(objs) > 1:  # objects on other nodes: pulled together, not one by one
+            store_client.prefetch(self, ((r._id, o) for r, o in zip(refs, objs, strict=True)))  # type: ignore[misc]
         return [self.materialize(r._id, o, r._owner) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
 
     def _set_blocked(self, delta: int) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aioray import object_store
@@ -30,6 +32,7 @@ from aioray.protocol import Buffer
 
 if TYPE_CHECKING:
     from aioray.core_worker import CoreWorker
+    from aioray.memory_store import StoredObject
 
 # A restored object can be spilled again before this reader maps it (when others
 # keep the store full); after this many restores the reader gives up.
@@ -103,11 +106,44 @@ def read_object(
     )
 
 
+def prefetch(cw: CoreWorker, objs: Iterable[tuple[bytes, StoredObject]]) -> None:
+    """Pull the objects that live on other nodes all at once (not one read at a time);
+    the reads that follow find them here. Failures are left to those reads."""
+    if cw.in_loop_thread():
+        return
+    wanted = [
+        [oid, obj.node_id]
+        for oid, obj in objs
+        if obj.in_shm
+        and obj.node_id != cw.node_id
+        and not os.path.exists(object_store.segment_path(cw.session_id, oid, cw.node_id))
+    ]
+    if len(wanted) < 2:
+        return
+    all_done: concurrent.futures.Future[None] = concurrent.futures.Future()
+    left = [len(wanted)]
+
+    def send() -> None:
+        if cw.raylet.is_closed:
+            all_done.set_result(None)
+            return
+        for body in wanted:
+            cw.raylet.call_nowait("pull_object", body).add_done_callback(one_done)
+
+    def one_done(f: Any) -> None:
+        if not f.cancelled():
+            f.exception()  # retrieved: the read reports it
+        left[0] -= 1
+        if left[0] == 0 and not all_done.done():
+            all_done.set_result(None)
+
+    cw.post(send)
+    result_interruptibly(all_done, None)
+
+
 async def restore_async(cw: CoreWorker, oid: bytes, node_id: bytes | None = None) -> None:
     """(loop) Make sure a local segment exists before ``read_object`` runs on the loop:
     restore it, or pull it from ``node_id``."""
-    import os
-
     if os.path.exists(object_store.segment_path(cw.session_id, oid, cw.node_id)):
         return
     if node_id is not None and node_id != cw.node_id:

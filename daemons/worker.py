@@ -279,7 +279,7 @@ class TaskExecutor:
             n = spec["a"]
             call = serialization.deserialize(bufs[0], bufs[1 : 1 + n])
             off = 1 + n
-        values = []
+        deps = []
         for dep in spec.get("d", ()):
             kind, oid, extra = dep[:3]
             owner = None
@@ -292,7 +292,10 @@ class TaskExecutor:
             else:
                 obj = job.fetched[oid]
                 owner = _owner_of(extra)
-            values.append(self.cw.materialize(oid, obj, owner))
+            deps.append((oid, obj, owner))
+        if len(deps) > 1:  # arguments on other nodes: pulled together, not one by one
+            store_client.prefetch(self.cw, ((oid, obj) for oid, obj, _ in deps))
+        values = [self.cw.materialize(oid, obj, owner) for oid, obj, owner in deps]
         if "ar" in spec:
             call = values[spec["ar"]]
         args, kwargs = call

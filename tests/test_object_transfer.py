@@ -123,6 +123,24 @@ def test_driver_gets_an_object_made_on_another_node(nodes: Any) -> None:
     assert transfer_stats(head)["pulls"] == before["pulls"] + 1  # the second get reads it here
 
 
+@ray.remote
+def digests(*arrays: Any) -> list[str]:
+    return [hashlib.blake2b(memoryview(x)).hexdigest() for x in arrays]
+
+
+def test_several_remote_objects_in_one_get_or_task(nodes: Any) -> None:
+    head, a, b = nodes
+    before = transfer_stats(head)["pulls"]
+    refs = [
+        make.options(scheduling_strategy=on(n)).remote(5 * MiB, seed=i)
+        for i, n in enumerate((a, b, a))
+    ]
+    want = [expected(5 * MiB, seed=i) for i in range(3)]
+    assert [digest(x) for x in ray.get(refs, timeout=GET_TIMEOUT)] == want
+    assert transfer_stats(head)["pulls"] == before + 3
+    assert ray.get(digests.options(scheduling_strategy=on(b)).remote(*refs)) == want
+
+
 def test_many_readers_on_one_node_share_one_pull(nodes: Any) -> None:
     _, a, b = nodes
     before_b, before_a = transfer_stats(b), transfer_stats(a)
