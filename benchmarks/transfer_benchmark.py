@@ -8,6 +8,9 @@
 - "1 GiB broadcast to 3 nodes": the driver puts 1 GiB on the head, then one task on
   each of 3 other nodes reads it (workers warmed up first); seconds until all three
   have it, mean ± std.
+- A baseline measured in the same run: 100 MiB sent by one process over a plain
+  blocking loopback socket into another's mapped /dev/shm file (``recv_into``), the
+  most this machine does for the same bytes without any framing or event loop.
 
 Every node is a raylet on its own loopback address of this machine (cluster_utils),
 so the bytes cross real TCP connections between processes, but the nodes share the
@@ -17,6 +20,9 @@ machine's cores and memory bandwidth.
 from __future__ import annotations
 
 import argparse
+import mmap
+import os
+import socket
 import statistics
 import time
 from typing import Any
@@ -80,6 +86,42 @@ def broadcast(receivers: list[Any], gib: float, trials: int) -> list[float]:
     return times
 
 
+def raw_socket_baseline(trials: int) -> list[float]:
+    size = 100 * MiB
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    pid = os.fork()
+    if pid == 0:  # the sender
+        conn, _ = srv.accept()
+        data = memoryview(bytearray(size))
+        for _ in range(trials):
+            conn.recv(1)
+            conn.sendall(data)
+        os._exit(0)
+    rates = []
+    with socket.create_connection(srv.getsockname()) as sock:
+        path = f"/dev/shm/aioray_bench_{os.getpid()}"
+        for _ in range(trials):
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            os.ftruncate(fd, size)
+            dest = mmap.mmap(fd, size)
+            os.close(fd)
+            view = memoryview(dest)
+            start = time.perf_counter()
+            sock.send(b"g")
+            got = 0
+            while got < size:
+                got += sock.recv_into(view[got:], size - got)
+            rates.append(size / (time.perf_counter() - start) / 2**30)
+            view.release()
+            dest.close()
+            os.unlink(path)
+    os.waitpid(pid, 0)
+    srv.close()
+    return rates
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=5)
@@ -98,6 +140,8 @@ def main() -> None:
         times = broadcast(receivers, a.broadcast_gib, a.trials)
         label = f"{a.broadcast_gib:g} GiB broadcast to {len(receivers)} nodes"
         print(f"{label} (seconds) = {fmt(times)}")
+        raw = raw_socket_baseline(a.trials)
+        print(f"baseline: raw loopback socket 100 MiB into shm (GiB/s) = {fmt(raw)}")
     finally:
         cluster.shutdown()
 
