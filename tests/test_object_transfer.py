@@ -218,6 +218,26 @@ def test_pull_of_a_freed_object_is_an_object_lost_error(nodes: Any) -> None:
     del ref
 
 
+def test_pull_from_a_node_that_is_not_in_the_cluster_fails_cleanly(nodes: Any) -> None:
+    _, _, b = nodes
+
+    async def pull() -> Any:
+        conn, _ = await rpc.connect(
+            b.node_ip_address, b.node_manager_port, hello={"role": "client"}, timeout=5
+        )
+        try:
+            unknown = await conn.call("pull_object", [os.urandom(24), os.urandom(16)])
+            with pytest.raises(rpc.RpcError):
+                await conn.call("pull_object", ["not an id"])
+            return unknown
+        finally:
+            conn.close()
+
+    reply = _loop.run(pull())
+    assert reply[0] == "ObjectLostError" and "is not in the cluster" in reply[1]
+    assert raylet_state(b)["transfer"]["pulling"] == 0  # and the raylet still serves
+
+
 @pytest.fixture
 def small(ray_cluster: Any) -> Any:
     """A node whose store holds two 20 MiB objects, not three."""
@@ -327,6 +347,24 @@ def test_tasks_holding_a_stale_location_do_not_rebuild_it_again(
         assert ray.get(reader, timeout=GET_TIMEOUT)[0] == want
     ray.get(blockers, timeout=GET_TIMEOUT)
     assert len(marker.read_text().split()) == 2  # the first run and one rebuild
+
+
+def test_copies_pulled_from_a_dead_node_are_freed_with_the_ref(
+    ray_cluster: Any, victim: Any, tmp_path: Path
+) -> None:
+    _, _, b = ray_cluster.list_all_nodes()[:3]
+    ref = produce.options(scheduling_strategy=on(victim), max_retries=0).remote(
+        str(tmp_path / "runs"), 3 * MiB
+    )
+    ray.get(checksum.options(scheduling_strategy=on(b)).remote(ref), timeout=GET_TIMEOUT)
+    on_b = [n for n in copies_of(ref) if node_prefix(b) in n]
+    assert on_b
+    ray_cluster.remove_node(victim, allow_graceful=False)
+    wait_for_condition(
+        lambda: not any(n["NodeID"] == victim.node_id and n["Alive"] for n in ray.nodes()), 10
+    )
+    del ref  # its primary's node cannot forward the free: every node is told
+    wait_for_condition(lambda: not copies_of_hex(on_b), 10, message=lambda: str(on_b))
 
 
 def test_task_result_without_retries_on_a_killed_node_is_lost(
