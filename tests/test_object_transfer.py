@@ -123,6 +123,31 @@ def test_driver_gets_an_object_made_on_another_node(nodes: Any) -> None:
     assert transfer_stats(head)["pulls"] == before["pulls"] + 1  # the second get reads it here
 
 
+def test_concurrent_pull_requests_for_one_object_share_one_transfer(nodes: Any) -> None:
+    """Two readers ask b's raylet at the same moment: a serves the object once."""
+    _, a, b = nodes
+    ref = make.options(scheduling_strategy=on(a)).remote(20 * MiB)
+    ray.wait([ref], timeout=GET_TIMEOUT, fetch_local=False)
+    before_a, before_b = transfer_stats(a), transfer_stats(b)
+
+    body = [ref.binary(), bytes.fromhex(a.node_id)]
+
+    async def two_pulls() -> list[Any]:
+        conn, _ = await rpc.connect(
+            b.node_ip_address, b.node_manager_port, hello={"role": "client"}, timeout=5
+        )
+        try:
+            calls = [conn.call_nowait("pull_object", body) for _ in range(2)]
+            return [(await c)[0] for c in calls]
+        finally:
+            conn.close()
+
+    assert _loop.run(two_pulls()) == [None, None]
+    assert transfer_stats(a)["served"] == before_a["served"] + 1
+    assert transfer_stats(b)["pulls"] == before_b["pulls"] + 1
+    del ref
+
+
 @ray.remote
 def digests(*arrays: Any) -> list[str]:
     return [hashlib.blake2b(memoryview(x)).hexdigest() for x in arrays]
