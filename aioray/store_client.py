@@ -111,12 +111,14 @@ def prefetch(cw: CoreWorker, objs: Iterable[tuple[bytes, StoredObject]]) -> None
     the reads that follow find them here. Failures are left to those reads."""
     if cw.in_loop_thread():
         return
+    here = cw.node_id
+    away = [(oid, obj.node_id) for oid, obj in objs if obj.node_id not in (None, here)]
+    if len(away) < 2:  # the common case: one slot compare per object
+        return
     wanted = [
-        [oid, obj.node_id]
-        for oid, obj in objs
-        if obj.in_shm
-        and obj.node_id != cw.node_id
-        and not os.path.exists(object_store.segment_path(cw.session_id, oid, cw.node_id))
+        [oid, node]
+        for oid, node in away
+        if not os.path.exists(object_store.segment_path(cw.session_id, oid, here))
     ]
     if len(wanted) < 2:
         return
