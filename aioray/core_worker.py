@@ -52,8 +52,7 @@ logger = logging.getLogger("aioray")
 DRIVER = "driver"
 WORKER = "worker"
 
-# Wire form of an object in get_object replies.
-OBJ_INLINE, OBJ_SHM, OBJ_FREED = 0, 1, 2
+OBJ_INLINE, OBJ_SHM, OBJ_FREED = 0, 1, 2  # wire form of an object in get_object replies
 
 
 def encode_object(obj: StoredObject) -> rpc.Reply:
@@ -144,6 +143,7 @@ class CoreWorker:
         raylet_handlers = {
             "lease_infeasible": self.handle_lease_infeasible,
             "worker_log": self.handle_worker_log,
+            "worker_oom_killed": self.submitter.handle_worker_oom_killed,
             **self.extra_handlers,
         }
         self.raylet, info = await rpc.connect(

@@ -18,7 +18,9 @@ All on the CoreWorker's loop:
 
 Failures: a connection to a worker that drops with tasks in flight means the worker
 died; those tasks are retried on a new lease while ``max_retries`` allows, else
-fail with WorkerCrashedError. Application errors retry only under
+fail with WorkerCrashedError. If the raylet's memory monitor said it killed the
+worker for lack of memory (``worker_oom_killed``, before the kill), the failure is
+an OutOfMemoryError carrying its message instead. Application errors retry only under
 ``retry_exceptions``. A cancelled task is never retried.
 """
 
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from aioray import config, ids, rpc, serialization
 from aioray.exceptions import (
+    OutOfMemoryError,
     RaySystemError,
     RayTaskError,
     TaskCancelledError,
@@ -65,7 +68,17 @@ def parse_returns(body: dict[str, Any], bufs: list[Any]) -> list[StoredObject]:
 class Lease:
     """A worker leased from a raylet for one scheduling class."""
 
-    __slots__ = ("cls", "conn", "gpus", "inflight", "lease_id", "linger", "unknown", "worker_id")
+    __slots__ = (
+        "cls",
+        "conn",
+        "gpus",
+        "inflight",
+        "lease_id",
+        "linger",
+        "oom",
+        "unknown",
+        "worker_id",
+    )
 
     def __init__(
         self, cls: SchedulingClass, lease_id: int, worker_id: bytes, conn: rpc.Connection
@@ -78,6 +91,7 @@ class Lease:
         self.unknown = 0  # tasks in flight not known to be tiny: nothing may queue behind
         self.gpus: list[int] = []
         self.linger: Any = None
+        self.oom: str | None = None  # why the memory monitor killed the worker
 
     def __repr__(self) -> str:
         return f"<Lease {self.lease_id} worker={self.worker_id.hex()[:8]} inflight={self.inflight}>"
@@ -201,7 +215,13 @@ class TaskSubmitter:
 
     def _request_lease(self, cls: SchedulingClass) -> None:
         cls.pending_leases += 1
-        body = {"res": cls.resources, "env": cls.env, "owner": self.cw.worker_id}
+        body = {
+            "res": cls.resources,
+            "env": cls.env,
+            "owner": self.cw.worker_id,
+            # The memory monitor kills retriable work first.
+            "retriable": bool(cls.queue) and cls.queue[0].attempts_left != 0,
+        }
         try:
             fut = self.cw.raylet.call_nowait("request_lease", body)
         except ConnectionError as e:
@@ -325,15 +345,36 @@ class TaskSubmitter:
         return isinstance(cause, tuple(task.retry_exceptions))
 
     def _crashed(self, task: TaskEntry) -> None:
+        oom = task.lease.oom if task.lease is not None else None
         if task.cancelled:
             self.fail(task, TaskCancelledError(task.task_id.hex()))
         elif task.attempts_left != 0:
             if task.attempts_left > 0:
                 task.attempts_left -= 1
-            logger.info("retrying %r after its worker died", task)
+            why = "was killed for lack of memory" if oom else "died"
+            logger.info("retrying %r after its worker %s", task, why)
             self._enqueue(task)
+        elif oom:
+            name, tid = task.spec.get("name"), task.task_id.hex()
+            self.fail(
+                task,
+                OutOfMemoryError(
+                    f"Task {name} (task ID: {tid}) was killed due to the node running low "
+                    f"on memory, and it has no retries left (max_retries).\n{oom}"
+                ),
+            )
         else:
             self.fail(task, WorkerCrashedError())
+
+    def handle_worker_oom_killed(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+        """The raylet is about to kill a leased worker for memory: remember why."""
+        lease_id, why = body
+        for cls in self.classes.values():
+            for lease in cls.leases:
+                if lease.lease_id == lease_id:
+                    lease.oom = why
+                    return True
+        return False
 
     def fail(self, task: TaskEntry, exc: BaseException) -> None:
         """Store ``exc`` as every return value of the task."""

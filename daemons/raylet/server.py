@@ -24,19 +24,21 @@ import logging
 import os
 import signal
 import socket
+import time
 from typing import Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
+from aioray.daemons.raylet.memory_monitor import MemoryMonitor
 from aioray.daemons.raylet.resources import NodeResources
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
-from aioray import object_store, rpc
+from aioray import config, object_store, rpc
 
 logger = logging.getLogger(__name__)
 
 
 class LeaseRequest:
-    __slots__ = ("actor", "conn", "env", "env_key", "fut", "hold", "res", "warned")
+    __slots__ = ("actor", "conn", "env", "env_key", "fut", "hold", "res", "retriable", "warned")
 
     def __init__(
         self,
@@ -54,10 +56,21 @@ class LeaseRequest:
         self.env_key = env_key_of(env)
         self.fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.warned = False
+        self.retriable = False  # the task it is requested for may be retried (memory monitor)
 
 
 class Lease:
-    __slots__ = ("actor", "blocked", "conn", "gpus", "lease_id", "res", "worker")
+    __slots__ = (
+        "actor",
+        "blocked",
+        "conn",
+        "gpus",
+        "granted_at",
+        "lease_id",
+        "res",
+        "retriable",
+        "worker",
+    )
 
     def __init__(
         self, lease_id: int, worker: WorkerHandle, res: dict[str, float], conn: rpc.Connection
@@ -69,6 +82,8 @@ class Lease:
         self.blocked = False
         self.gpus: list[tuple[int, float]] = []
         self.actor: bytes | None = None
+        self.retriable = False
+        self.granted_at = time.monotonic()
 
 
 class Raylet:
@@ -104,6 +119,7 @@ class Raylet:
         self._schedule_soon = False
         self._report_soon = False
         self._stopped = asyncio.Event()
+        self.memory_monitor = MemoryMonitor(self, *config.memory_monitor_settings())
 
     def __repr__(self) -> str:
         return (
@@ -161,6 +177,7 @@ class Raylet:
         await self.server.start(sock=sock)
         logger.info("raylet %s listening on %s:%d", self.node_id.hex()[:8], self.node_ip, self.port)
         await fork_server
+        self.memory_monitor.start()
         for _ in range(min(self.prestart, int(self.resources.total.get("CPU", 0)))):
             self.pool.spawn(None)
         await self._stopped.wait()
@@ -173,6 +190,7 @@ class Raylet:
 
     async def stop(self) -> None:
         logger.info("raylet stopping")
+        self.memory_monitor.stop()
         for req in self.requests:
             if not req.fut.done():
                 req.fut.set_result({"error": "the raylet is shutting down"})
@@ -202,6 +220,7 @@ class Raylet:
     def _worker_dead(self, w: WorkerHandle) -> None:
         assert self.pool is not None
         self.pool.remove(w.worker_id)
+        oom = self.memory_monitor.worker_dead(w)
         if w.lease_id is not None:
             lease = self.leases.pop(w.lease_id, None)
             if lease is not None:
@@ -209,7 +228,8 @@ class Raylet:
                 if not lease.blocked:
                     self.resources.release(lease.res)
                 if lease.actor is not None and self.gcs is not None and not self.gcs.is_closed:
-                    self.gcs.notify("actor_worker_died", [lease.actor, f"worker pid {w.pid} died"])
+                    why = oom or f"worker pid {w.pid} died"
+                    self.gcs.notify("actor_worker_died", [lease.actor, why])
                 self._report()
         if not self._stopped.is_set():
             logger.info("worker %s (pid %d) exited", w.worker_id.hex()[:8], w.pid)
@@ -235,6 +255,7 @@ class Raylet:
             None if hold is None else {k: float(v) for k, v in hold.items()},
             body.get("actor"),
         )
+        req.retriable = bool(body.get("retriable"))
         self.requests.append(req)
         self._schedule()
         return req.fut
@@ -313,6 +334,7 @@ class Raylet:
         worker.lease_id = lease_id
         lease = self.leases[lease_id] = Lease(lease_id, worker, req.hold, req.conn)
         lease.actor = req.actor
+        lease.retriable = req.retriable
         lease.gpus = self.resources.assign_gpus(req.res.get("GPU", 0.0))
         req.fut.set_result(
             {
@@ -400,6 +422,7 @@ class Raylet:
             "leases": len(self.leases),
             "queued": len(self.requests),
             "objects": len(self.objects),
+            "oom_kills": self.memory_monitor.kills,
         }
 
 

@@ -1,0 +1,231 @@
+"""The raylet's memory monitor: over the threshold it kills the newest retriable
+task's worker; the task retries or fails with OutOfMemoryError; the node survives.
+
+Each cluster gets a threshold just above the memory the machine uses now, so a
+task allocating (and touching) a few hundred MiB crosses it. Other processes on
+the machine move the reading too, so the margin is generous and allocations go
+well past it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aioray.daemons.raylet.memory_monitor import (
+    Candidate,
+    MemoryMonitor,
+    MemorySnapshot,
+    choose_victim,
+    read_memory,
+)
+
+import aioray as ray
+from aioray import api, config
+from aioray.exceptions import OutOfMemoryError, WorkerCrashedError
+
+MiB = 1024**2
+MARGIN = 500 * MiB  # threshold above the current use; the cluster itself takes ~50 MiB
+ALLOC_LIMIT = 1536 * MiB  # a task allocates at most this much, in steps
+
+
+def hog_function() -> Any:
+    """A task body that allocates and touches memory in steps, then holds it.
+
+    Built inside a function so it is pickled by value (workers cannot import tests/).
+    """
+
+    def allocate_until_killed(limit: int = ALLOC_LIMIT, hold_s: float = 20.0) -> int:
+        import numpy as np
+
+        chunks = []
+        while len(chunks) * 64 * MiB < limit:
+            chunks.append(np.ones(64 * MiB, dtype=np.uint8))
+            time.sleep(0.02)
+        deadline = time.monotonic() + hold_s
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(chunks)
+
+    return allocate_until_killed
+
+
+def raylet_state() -> dict[str, Any]:
+    cw = api.ensure_connected()
+    state: dict[str, Any] = cw.run_sync(cw.raylet.call("get_state"), timeout=10)
+    return state
+
+
+@pytest.fixture
+def oom_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A cluster whose memory threshold sits MARGIN above the machine's use now."""
+    now = read_memory()
+    threshold = (now.used + MARGIN) / now.total
+    monkeypatch.setenv("AIORAY_MEMORY_USAGE_THRESHOLD", f"{threshold:.6f}")
+    monkeypatch.setenv("AIORAY_MEMORY_MONITOR_REFRESH_MS", "50")
+    ctx = ray.init(num_cpus=2)
+    try:
+        yield ctx
+    finally:
+        ray.shutdown()
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def test_choose_victim_newest_retriable_first() -> None:
+    old_retriable = Candidate(1, True, 1.0)
+    new_retriable = Candidate(2, True, 2.0)
+    newest_plain = Candidate(3, False, 3.0)
+    assert choose_victim([old_retriable, newest_plain, new_retriable]) is new_retriable
+    assert choose_victim([newest_plain, Candidate(4, False, 0.5)]) is newest_plain
+    assert choose_victim([Candidate(5, False, 9.0), old_retriable]) is old_retriable
+    assert choose_victim([]) is None
+
+
+class _FakeWorker:
+    def __init__(self, wid: bytes, pid: int) -> None:
+        self.worker_id, self.pid, self.lease_id = wid, pid, 1
+
+
+class _FakeRaylet:
+    node_ip = "10.0.0.7"
+    node_id = bytes(range(16))
+    leases: dict[int, Any] = {}
+
+
+def test_kill_message_names_node_memory_threshold_and_worker() -> None:
+    monitor = MemoryMonitor(_FakeRaylet(), 0.9, 0.05)  # type: ignore[arg-type]
+    snap = MemorySnapshot(used=23 * 1024**3, total=24 * 1024**3)
+    text = monitor.describe(_FakeWorker(b"\xab" * 16, 4242), snap, True)  # type: ignore[arg-type]
+    assert "IP: 10.0.0.7" in text and bytes(range(16)).hex() in text
+    assert "23.00GB / 24.00GB (0.958)" in text
+    assert "threshold of 0.9." in text
+    assert "pid=4242" in text and "ab" * 16 in text
+    assert "could be retried" in text
+
+
+def test_memory_reading_is_sane() -> None:
+    snap = read_memory()
+    assert 0 < snap.used < snap.total
+    assert 0.0 < snap.fraction < 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needle"),
+    [
+        ("AIORAY_MEMORY_USAGE_THRESHOLD", "1.5", "AIORAY_MEMORY_USAGE_THRESHOLD must be"),
+        ("AIORAY_MEMORY_USAGE_THRESHOLD", "lots", "got 'lots'"),
+        ("AIORAY_MEMORY_MONITOR_REFRESH_MS", "-1", "AIORAY_MEMORY_MONITOR_REFRESH_MS must be"),
+    ],
+)
+def test_bad_settings_fail_init_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, needle: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=needle):
+        config.memory_monitor_settings()
+    with pytest.raises(ValueError, match=needle):
+        ray.init(num_cpus=1)
+    assert not ray.is_initialized()
+
+
+def test_defaults_follow_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIORAY_MEMORY_USAGE_THRESHOLD", raising=False)
+    monkeypatch.delenv("AIORAY_MEMORY_MONITOR_REFRESH_MS", raising=False)
+    assert config.memory_monitor_settings() == (0.95, 0.25)
+
+
+# ------------------------------------------------------------------------ end to end
+
+
+def test_task_without_retries_fails_with_out_of_memory_error(oom_cluster: Any) -> None:
+    hog = ray.remote(max_retries=0)(hog_function())
+    ref = hog.remote()
+    with pytest.raises(OutOfMemoryError) as info:
+        ray.get(ref, timeout=60)
+    assert not isinstance(info.value, WorkerCrashedError)
+    text = str(info.value)
+    assert "allocate_until_killed" in text and ref.task_id() in text
+    assert "running low on memory" in text
+    assert "IP: 127.0.0.1" in text and "exceeds the memory usage threshold" in text
+    assert raylet_state()["oom_kills"] == 1
+
+    # The node survives and keeps running tasks.
+    @ray.remote
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert ray.get([add.remote(i, 1) for i in range(20)], timeout=30) == list(range(1, 21))
+    assert ray.get(ray.put("still here"), timeout=10) == "still here"
+    assert raylet_state()["oom_kills"] == 1
+
+
+def test_retriable_task_is_retried_after_an_oom_kill(oom_cluster: Any, tmp_path: Any) -> None:
+    marker = str(tmp_path / "first-attempt")
+
+    allocate_until_killed = hog_function()
+
+    @ray.remote(max_retries=1)
+    def hog_once(path: str) -> str:
+        if os.path.exists(path):
+            return "second attempt"
+        open(path, "w").close()
+        allocate_until_killed()
+        return "first attempt survived"
+
+    assert ray.get(hog_once.remote(marker), timeout=60) == "second attempt"
+    assert raylet_state()["oom_kills"] == 1
+    assert ray.get(ray.remote(lambda: 42).remote(), timeout=30) == 42
+
+
+def test_newest_retriable_task_is_killed_first(oom_cluster: Any, tmp_path: Any) -> None:
+    """A non-retriable task runs first; a retriable one allocates: only the latter dies."""
+    started = str(tmp_path / "steady-started")
+
+    @ray.remote(max_retries=0)
+    def steady(path: str) -> str:
+        open(path, "w").close()
+        time.sleep(3)
+        return "steady done"
+
+    marker = str(tmp_path / "hog-first-attempt")
+    allocate_until_killed = hog_function()
+
+    @ray.remote(max_retries=2)
+    def hog(path: str) -> str:
+        if os.path.exists(path):
+            return "hog retried"
+        open(path, "w").close()
+        allocate_until_killed()
+        return "hog survived"
+
+    steady_ref = steady.remote(started)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(started) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    hog_ref = hog.remote(marker)
+    assert ray.get(hog_ref, timeout=60) == "hog retried"
+    assert ray.get(steady_ref, timeout=30) == "steady done"
+    assert raylet_state()["oom_kills"] == 1
+
+
+def test_monitor_disabled_with_zero_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Threshold far below the current use: an enabled monitor would kill at once.
+    monkeypatch.setenv("AIORAY_MEMORY_USAGE_THRESHOLD", "0.001")
+    monkeypatch.setenv("AIORAY_MEMORY_MONITOR_REFRESH_MS", "0")
+    ray.init(num_cpus=1)
+    try:
+
+        @ray.remote(max_retries=0)
+        def slow() -> str:
+            time.sleep(0.5)
+            return "done"
+
+        assert ray.get(slow.remote(), timeout=30) == "done"
+        assert raylet_state()["oom_kills"] == 0
+    finally:
+        ray.shutdown()
