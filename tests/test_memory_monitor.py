@@ -229,3 +229,23 @@ def test_monitor_disabled_with_zero_refresh(monkeypatch: pytest.MonkeyPatch) -> 
         assert raylet_state()["oom_kills"] == 0
     finally:
         ray.shutdown()
+
+
+def test_actor_killed_for_memory_dies_with_the_reason(oom_cluster: Any) -> None:
+    allocate_until_killed = hog_function()
+
+    @ray.remote
+    class Hog:
+        def grow(self) -> int:
+            return allocate_until_killed()
+
+    hog = Hog.remote()
+    with pytest.raises(ray.exceptions.ActorDiedError) as info:
+        ray.get(hog.grow.remote(), timeout=60)
+    assert "exceeds the memory usage threshold" in str(info.value)
+    assert "an actor" in str(info.value)
+    # Every later call names the OOM kill too.
+    with pytest.raises(ray.exceptions.ActorDiedError, match="exceeds the memory usage threshold"):
+        ray.get(hog.grow.remote(), timeout=30)
+    assert raylet_state()["oom_kills"] == 1
+    assert ray.get(ray.remote(lambda: "alive").remote(), timeout=30) == "alive"

@@ -209,7 +209,7 @@ class MemoryMonitor:
 
     async def _kill(self, lease: Lease, snap: MemorySnapshot, retriable: bool) -> None:
         w = lease.worker
-        why = self.describe(w, snap, retriable)
+        why = self.describe(w, snap, retriable, actor=lease.actor is not None)
         logger.warning("killing worker pid %d (lease %d): %s", w.pid, lease.lease_id, why)
         if lease.actor is None and not lease.conn.is_closed:
             try:
@@ -231,10 +231,17 @@ class MemoryMonitor:
         except ProcessLookupError:
             pass
 
-    def describe(self, w: WorkerHandle, snap: MemorySnapshot, retriable: bool) -> str:
+    def describe(
+        self, w: WorkerHandle, snap: MemorySnapshot, retriable: bool, actor: bool = False
+    ) -> str:
         """Ray's wording: where, how much, against which threshold, and why this worker."""
         r = self.raylet
-        which = "task that could be retried" if retriable else "task (none could be retried)"
+        if actor:
+            which = "work: an actor (no task that could be retried was running)"
+        elif retriable:
+            which = "task that could be retried"
+        else:
+            which = "task (none could be retried)"
         return (
             f"Memory on the node (IP: {r.node_ip}, ID: {r.node_id.hex()}) where the worker "
             f"(pid={w.pid}, worker ID: {w.worker_id.hex()}) was running was {_usage(snap)}, "
