@@ -302,6 +302,7 @@ class Raylet:
         self._schedule_soon = False
         assert self.pool is not None
         needed: dict[str, int] = {}
+        waiting: list[dict[str, float]] = []
         for req in list(self.requests):
             if req.fut.done():  # the owner went away
                 self.requests.remove(req)
@@ -319,9 +320,15 @@ class Raylet:
             worker = self.pool.pop_idle(req.env_key)
             if worker is None:
                 needed[req.env_key] = needed.get(req.env_key, 0) + 1
+                # Held for this pass, so later requests do not each start a worker
+                # for the same free CPUs (10 queued requests used to start 10).
+                self.resources.acquire(req.res)
+                waiting.append(req.res)
                 continue
             self.requests.remove(req)
             self._grant(req, worker)
+        for res in waiting:
+            self.resources.release(res)
         for env_key, n in needed.items():
             missing = n - self.pool.starting.get(env_key, 0)
             env = next(r.env for r in self.requests if r.env_key == env_key)
