@@ -4,8 +4,9 @@
   dropping each ref at once, then waits until the owner has freed them all (its
   memory store is back to where it started). The rate counts such calls, as Ray's
   "... containing 10k refs" lines do; multiply by 10,000 for objects per second.
-- ``whole-cluster RSS over 10,000 task/put cycles``: one cycle puts a small value
-  and gets the result of a task that takes it. The RSS of the driver plus every
+- ``whole-cluster RSS over 10,000 task/put cycles``: one cycle puts a value and
+  gets the result of a task that takes it (a small value, or every tenth cycle a
+  200 KB array that travels through shared memory both ways). The RSS of the driver plus every
   process it started (GCS, raylet, fork server, workers) is summed at the start,
   every 1,000 cycles and at the end. The growth line is end minus start.
   The driver's CoreWorker tables and the raylet's counts are printed beside it,
@@ -25,6 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import psutil
 
 import aioray as ray
@@ -90,9 +92,15 @@ def put_free(trials: int, rounds: int) -> tuple[float, float]:
     return statistics.fmean(rates), statistics.pstdev(rates)
 
 
+BIG = np.ones(200_000 // 8)  # above the inline limit: goes through shared memory
+
+
 def cycle(echo: Any, i: int) -> None:
-    ref = ray.put(i)
-    assert ray.get(echo.remote(ref)) == i
+    """A put and a task that takes it; every tenth cycle the value is a shm object."""
+    if i % 10:
+        assert ray.get(echo.remote(ray.put(i))) == i
+    else:
+        assert ray.get(echo.remote(ray.put(BIG))).nbytes == BIG.nbytes
 
 
 def memory_over_cycles(cycles: int, every: int) -> list[tuple[int, tuple[int, int, int]]]:

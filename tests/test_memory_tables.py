@@ -5,8 +5,12 @@ the warm-up. Entry counts, not RSS, so the check is deterministic."""
 from __future__ import annotations
 
 import gc
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -110,3 +114,21 @@ def test_nested_refs_are_not_pinned_forever(cluster: Any) -> None:
     after = settled_counts()
     grown = {k: (before.get(k, 0), v) for k, v in after.items() if v > before.get(k, 0)}
     assert not grown, f"tables grew (before, after): {grown}"
+
+
+@pytest.mark.timeout(120)
+def test_memory_benchmark_quick_prints_its_lines() -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_benchmark.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--cycles", "300"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert re.search(r"^put\+free of 10k small objects per second \S+ \+- \S+$", out, re.M), out
+    assert re.search(r"^whole-cluster RSS MiB after 300 task/put cycles \S+ ", out, re.M), out
+    assert re.search(r"^whole-cluster RSS growth MiB over 300 task/put cycles \S+ ", out, re.M)
+    assert "driver tables that grew" in proc.stderr

@@ -13,7 +13,8 @@ Lease protocol (owner <-> raylet):
 If the worker dies, its lease ends here; if the owner dies, its leases return.
 
 The node's object table (segments sealed here) is kept for freeing and for the
-final sweep; capacity and spilling build on it.
+final sweep; capacity and spilling build on it. The memory monitor
+(``memory_monitor.py``) kills a leased worker when the node runs low on memory.
 """
 
 from __future__ import annotations
