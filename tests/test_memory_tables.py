@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import aioray as ray
-from aioray import api
+from aioray import api, ids
 from aioray.memory_tables import core_worker_tables
 
 RAYLET_COUNTS = ("workers", "leases", "queued", "objects")
@@ -132,3 +132,18 @@ def test_memory_benchmark_quick_prints_its_lines() -> None:
     assert re.search(r"^whole-cluster RSS MiB after 300 task/put cycles \S+ ", out, re.M), out
     assert re.search(r"^whole-cluster RSS growth MiB over 300 task/put cycles \S+ ", out, re.M)
     assert "driver tables that grew" in proc.stderr
+
+
+def test_a_free_that_overtakes_the_seal_leaves_no_raylet_entry(cluster: Any) -> None:
+    """A worker seals a task's return on its raylet connection while the owner frees
+    it on another; when the free wins the race, the late seal must not be recorded."""
+    cw = api.ensure_connected()
+    oid = ids.random_id(ids.OBJECT_ID_SIZE)
+
+    async def race() -> dict[str, Any]:
+        cw.raylet.notify("free_objects", [oid])
+        cw.raylet.notify("object_sealed", [oid, 1000, cw.worker_id])
+        state: dict[str, Any] = await cw.raylet.call("get_state")
+        return state
+
+    assert cw.run_sync(race(), timeout=10)["objects"] == 0

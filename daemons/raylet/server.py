@@ -413,7 +413,10 @@ class Raylet:
     # -- objects ---------------------------------------------------------------------------
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         oid, size, _owner = body
-        self.objects[oid] = size
+        # A task's return is sealed by its worker but freed by its owner, over other
+        # connections: the free can arrive first, and must not leave an entry behind.
+        if os.path.exists(object_store.segment_path(self.session_id, oid)):
+            self.objects[oid] = size
 
     def handle_free_objects(self, conn: rpc.Connection, oids: list[bytes], _: Any) -> None:
         for oid in oids:
