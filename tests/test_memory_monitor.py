@@ -254,3 +254,56 @@ def test_actor_killed_for_memory_dies_with_the_reason(oom_cluster: Any) -> None:
         ray.get(hog.grow.remote(), timeout=30)
     assert raylet_state()["oom_kills"] == 1
     assert ray.get(ray.remote(lambda: "alive").remote(), timeout=30) == "alive"
+
+
+class _FakeConn:
+    def __init__(self) -> None:
+        self.is_closed = False
+        self.told: list[Any] = []
+
+    async def call(self, method: str, body: Any) -> bool:
+        self.told.append((method, body))
+        return True
+
+
+class _FakeLease:
+    def __init__(self, lease_id: int, pid: int, retriable: bool, granted_at: float) -> None:
+        self.lease_id = lease_id
+        self.worker = _FakeWorker(lease_id.to_bytes(16, "big"), pid)
+        self.worker.lease_id = lease_id
+        self.actor = None
+        self.retriable = retriable
+        self.granted_at = granted_at
+        self.conn = _FakeConn()
+
+
+async def test_one_kill_per_pressure_spike_then_the_next_victim() -> None:
+    """Memory stays high: the monitor kills the chosen worker, then waits for its
+    death and one more refresh before it kills the next one."""
+    import asyncio
+    import subprocess
+
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        raylet = _FakeRaylet()
+        raylet.leases = {
+            1: _FakeLease(1, procs[0].pid, True, 1.0),
+            2: _FakeLease(2, procs[1].pid, False, 2.0),
+        }
+        high = MemorySnapshot(used=99, total=100)
+        monitor = MemoryMonitor(raylet, 0.9, 0.01, read=lambda: high)  # type: ignore[arg-type]
+        monitor.start()
+        await asyncio.wait_for(asyncio.to_thread(procs[0].wait), 10)  # the retriable one
+        assert raylet.leases[1].conn.told[0][0] == "worker_oom_killed"
+        await asyncio.sleep(0.2)  # many readings over the threshold meanwhile
+        assert monitor.kills == 1 and procs[1].poll() is None
+        # Its death is seen: after one refresh the next victim goes.
+        why = monitor.worker_dead(raylet.leases.pop(1).worker)  # type: ignore[arg-type]
+        assert why is not None and "pid=" in why
+        await asyncio.wait_for(asyncio.to_thread(procs[1].wait), 10)
+        assert monitor.kills == 2
+        monitor.stop()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
