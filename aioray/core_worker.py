@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from aioray import config, ids, log_monitor, rpc, serialization, store_client
+from aioray import config, ids, log_monitor, memory_report, rpc, serialization, store_client
 from aioray._loop import result_interruptibly
 from aioray.actor_submitter import ActorSubmitter
 from aioray.borrowing import Borrowing, pairs_of
@@ -140,6 +140,7 @@ class CoreWorker:
         raylet_handlers = {
             "lease_infeasible": self.handle_lease_infeasible,
             "worker_log": self.handle_worker_log,
+            "memory_summary": lambda c, b, _: memory_report.process_summary(self),
             "node_dead": self.submitter.remote_raylets.handle_node_dead,
             **self.extra_handlers,
         }
@@ -370,9 +371,9 @@ class CoreWorker:
         size = store_client.write_object(self, oid, so.data, so.buffers)
         return StoredObject(node_id=self.node_id, size=size, is_error=so.is_error)
 
-    def _notify_sealed(self, oid: bytes, size: int) -> None:
+    def _notify_sealed(self, oid: bytes, size: int, owner: bytes | None = None) -> None:
         if not self.raylet.is_closed:
-            self.raylet.notify("object_sealed", [oid, size, self.worker_id])
+            self.raylet.notify("object_sealed", [oid, size, owner or self.worker_id])
 
     # -- objects: get ------------------------------------------------------------------
     def get(self, refs: Sequence[ObjectRef], timeout: float | None = None) -> list[Any]:
