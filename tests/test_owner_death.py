@@ -61,9 +61,7 @@ def test_owner_death_frees_its_objects_and_borrowers_get_owner_died(ray_start: A
         ray.get(ref, timeout=GET_TIMEOUT)
 
 
-def test_get_of_a_pending_object_fails_when_its_owner_dies(
-    ray_start: Any, tmp_path: Path
-) -> None:
+def test_get_of_a_pending_object_fails_when_its_owner_dies(ray_start: Any, tmp_path: Path) -> None:
     owner = Owner.remote()
     marker = tmp_path / "release"
     [pending] = ray.get(owner.start_slow.remote(str(marker)), timeout=GET_TIMEOUT)
