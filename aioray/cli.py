@@ -22,6 +22,12 @@ def _add_node_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs (default: 0)")
     p.add_argument("--resources", default="{}", help="custom resources as JSON, e.g. '{\"x\": 2}'")
     p.add_argument("--object-store-memory", type=int, default=None, help="bytes of shared memory")
+    p.add_argument(
+        "--object-spilling-directory",
+        default=None,
+        help="where objects spill when the store is full (default: the session dir)",
+    )
+    p.add_argument("--system-config", default=None, help="_system_config as JSON")
     p.add_argument("--labels", default="{}", help="node labels as JSON")
 
 
@@ -36,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("stop", help="stop the daemons started on this machine by 'aioray start'")
     status = sub.add_parser("status", help="nodes, their resources and state")
     status.add_argument("--address", default="auto")
+    memory = sub.add_parser("memory", help="object references across the cluster (like ray memory)")
+    memory.add_argument("--address", default="auto")
     logs = sub.add_parser("logs", help="list a session's log files, or print and follow one")
     logs.add_argument("name", nargs="?", help="a file name, or a worker's pid (its .out and .err)")
     logs.add_argument("-n", "--lines", type=int, default=100, help="lines to print (default 100)")
@@ -47,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     return p
+
+
+def _json_object_arg(flag: str, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise SystemExit(f"aioray: {flag} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"aioray: {flag} must be a JSON object")
+    return value
 
 
 def _resources_arg(text: str) -> dict[str, float]:
@@ -74,6 +92,8 @@ def cmd_start(a: argparse.Namespace) -> int:
         num_gpus=a.num_gpus,
         resources=_resources_arg(a.resources),
         object_store_memory=a.object_store_memory,
+        object_spilling_directory=a.object_spilling_directory,
+        system_config=_json_object_arg("--system-config", a.system_config or "{}"),
         node_ip=a.node_ip_address,
         head=a.head,
         gcs_address=gcs_address,
@@ -189,6 +209,18 @@ def cmd_status(a: argparse.Namespace) -> int:
                 continue
             total, free = n["Resources"][key], n["Available"].get(key, 0.0)
             print(f"    {key}: {_fmt(total - free)}/{_fmt(total)} used")
+    return 0
+
+
+def cmd_memory(a: argparse.Namespace) -> int:
+    from aioray import memory_report
+
+    try:
+        address = node.resolve_address(a.address)
+        print(memory_report.memory_summary(address))
+    except ConnectionError as e:
+        print(f"aioray memory: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -326,7 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["microbenchmark"]:  # every later option belongs to the benchmark
         return cmd_microbenchmark(argv[1:])
     a = _parser().parse_args(argv)
-    commands = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "logs": cmd_logs}
+    commands = {
+        "start": cmd_start,
+        "stop": cmd_stop,
+        "status": cmd_status,
+        "logs": cmd_logs,
+        "memory": cmd_memory,
+    }
     return commands[a.command](a)
 
 

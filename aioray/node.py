@@ -125,6 +125,8 @@ class LocalNode:
         num_gpus: float | None = None,
         resources: dict[str, float] | None = None,
         object_store_memory: int | None = None,
+        object_spilling_directory: str | None = None,
+        system_config: dict[str, Any] | None = None,
         node_ip: str = "127.0.0.1",
         head: bool = True,
         gcs_address: str | None = None,
@@ -183,6 +185,10 @@ class LocalNode:
                 "--labels",
                 json.dumps(labels or {}),
             ]
+            if object_spilling_directory:
+                args += ["--object-spilling-directory", object_spilling_directory]
+            if system_config:
+                args += ["--system-config", json.dumps(system_config)]
             if head:
                 args.append("--head")
             self._spawn("raylet", args, [*fds, rsock.fileno()], logs, detached)

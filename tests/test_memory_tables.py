@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import wait_for_condition
 
 import aioray as ray
 from aioray import api, ids
@@ -100,12 +101,9 @@ def test_a_burst_starts_no_more_workers_than_cpus(cluster: Any) -> None:
     assert raylet_state()["workers"] <= 2
 
 
-@pytest.mark.xfail(
-    reason="known interim leak: a ref pickled inside a value is pinned for the owner's "
-    "lifetime until borrowing (issue #4, reference counter rewrite) lands",
-    strict=False,
-)
 def test_nested_refs_are_not_pinned_forever(cluster: Any) -> None:
+    """Borrowing: a ref inside a put value is freed with the outer value."""
+    wait_for_condition(lambda: raylet_state()["workers"] == 2)  # prestarted, as in the loop
     for i in range(20):
         ray.get(ray.put([ray.put(i)]), timeout=10)
     before = settled_counts()
