@@ -144,7 +144,7 @@ class CoreWorker:
         raylet_handlers = {
             "lease_infeasible": self.handle_lease_infeasible,
             "worker_log": self.handle_worker_log,
-            "node_dead": self.submitter.remote_raylets.handle_node_dead,
+            "node_event": self.submitter.remote_raylets.handle_node_event,
             **self.extra_handlers,
         }
         self.raylet, info = await rpc.connect(

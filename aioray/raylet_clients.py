@@ -29,6 +29,7 @@ class RayletClients:
         self.cw = cw
         self.conns: dict[tuple[str, int], rpc.Connection] = {}
         self._opening: dict[tuple[str, int], asyncio.Future[rpc.Connection]] = {}
+        self.following = False  # a driver connected to every raylet for their output
 
     def __repr__(self) -> str:
         return f"<RayletClients {sorted(self.conns)}>"
@@ -52,6 +53,7 @@ class RayletClients:
                 handlers={
                     "lease_infeasible": self.cw.handle_lease_infeasible,
                     "worker_log": self.cw.handle_worker_log,
+                    "node_event": self.handle_node_event,  # each raylet tells: idempotent
                 },
                 hello={
                     "role": self.cw.mode,
@@ -71,8 +73,44 @@ class RayletClients:
         pending.set_result(conn)
         return conn
 
-    def handle_node_dead(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        """A node died (news from the local raylet): drop what this process had there.
+    # -- node events (from the local raylet) --------------------------------------------
+    def handle_node_event(self, conn: rpc.Connection | None, body: list[Any], _: Any) -> None:
+        if body[0] == "dead":
+            self.node_dead(body[1:])
+        elif body[0] == "added" and self.following:
+            _node_id, ip, port = body[1:4]
+            self.cw.loop.create_task(self._follow(ip, port))
+
+    def follow_logs(self) -> None:
+        """(loop) In a driver that prints its workers' output: hear every node's workers.
+
+        A raylet forwards its workers' lines to the drivers connected to it, so a
+        driver connects to every raylet now, and to each node that joins later.
+        """
+        if self.cw.mode != "driver" or not self.cw.log_to_driver:
+            return
+        self.following = True
+        self.cw.loop.create_task(self._follow_all())
+
+    async def _follow_all(self) -> None:
+        try:
+            gcs = await self.cw.gcs_connection()
+            nodes = await gcs.call("get_nodes")
+        except (ConnectionError, rpc.RpcError) as e:
+            logger.debug("cannot list the nodes to follow their output: %s", e)
+            return
+        for n in nodes:
+            if n["Alive"]:
+                await self._follow(n["NodeManagerAddress"], n["NodeManagerPort"])
+
+    async def _follow(self, ip: str, port: int) -> None:
+        try:
+            await self.connect(ip, port)
+        except ConnectionError as e:
+            logger.debug("cannot follow the output of raylet %s:%d: %s", ip, port, e)
+
+    def node_dead(self, body: list[Any]) -> None:
+        """A node died: drop what this process had there.
 
         Closing the connections fails what is in flight on them the way a crash
         would, so tasks retry elsewhere under max_retries, actor calls wait for the

@@ -177,3 +177,31 @@ def test_affinity_to_a_dead_or_unknown_node(ray_cluster: Any) -> None:
 def test_affinity_with_a_bad_node_id_is_refused() -> None:
     with pytest.raises(ValueError, match="node id in hex"):
         NodeAffinitySchedulingStrategy("not-a-node", soft=False)
+
+
+@ray.remote
+class Talker:
+    def say(self, text: str) -> str:
+        print(text)
+        return ray.get_runtime_context().get_node_id()
+
+
+def test_output_of_workers_on_other_nodes_reaches_the_driver(
+    ray_cluster: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    late = ray_cluster.add_node(num_cpus=1)  # joined after the driver connected
+    try:
+        for target in (ray_cluster.worker_nodes[0], late):
+            actor = Talker.options(scheduling_strategy=on(target.node_id)).remote()
+            assert ray.get(actor.say.remote("warm-up")) == target.node_id
+            token = f"hello-from-{target.node_ip_address}-{time.time_ns()}"
+            start = time.monotonic()
+            assert ray.get(actor.say.remote(token)) == target.node_id
+            # The line is there when get returns (no 0.5 s wait for a sync notice).
+            assert time.monotonic() - start < 0.45
+            out, err = capfd.readouterr()
+            assert token in out + err
+            assert f"ip={target.node_ip_address}" in out + err
+            ray.kill(actor)
+    finally:
+        ray_cluster.remove_node(late)

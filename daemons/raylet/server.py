@@ -377,14 +377,17 @@ class Raylet:
 
     def handle_cluster_view(self, conn: rpc.Connection, entries: list[Any], _: Any) -> None:
         """The GCS's batched news of other nodes (resources, joins, deaths)."""
-        for dead in self.spillback.apply_view(entries):
-            # Owners here may have tasks or actors there whose connections stay silent
-            # (a frozen or cut-off node): tell them, so they retry elsewhere.
-            news = [dead.node_id, dead.ip, dead.port, self.spillback.ip_shared(dead)]
-            for peer in self.server.connections:
-                role = (peer.peer_info or {}).get("role")
-                if role in ("driver", "worker") and not peer.is_closed:
-                    peer.notify("node_dead", news)
+        joined, died = self.spillback.apply_view(entries)
+        # Owners here may have tasks or actors on a dead node whose connections stay
+        # silent (a frozen or cut-off node): tell them, so they retry elsewhere. Drivers
+        # connect to a new node's raylet to hear its workers' output.
+        news = [["added", n.node_id, n.ip, n.port] for n in joined]
+        news += [["dead", n.node_id, n.ip, n.port, self.spillback.ip_shared(n)] for n in died]
+        for peer in self.server.connections if news else ():
+            role = (peer.peer_info or {}).get("role")
+            if role in ("driver", "worker") and not peer.is_closed:
+                for event in news:
+                    peer.notify("node_event", event)
         if self.requests:
             self._schedule()
 
