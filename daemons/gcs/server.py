@@ -2,8 +2,10 @@
 
 One per cluster. Raylets register their node and report resources; drivers
 register jobs and query cluster state. A node whose connection drops is marked
-dead at once (its raylet is gone). The actor table, placement groups, pub/sub and
-SQLite persistence hang off this service in their own modules as they arrive.
+dead at once (its raylet is gone), one that stops heartbeating after a timeout
+(``node_health.py``). The resource view goes out to the raylets from
+``cluster_view.py``. The actor table, placement groups, pub/sub and SQLite
+persistence hang off this service in their own modules as they arrive.
 """
 
 from __future__ import annotations
@@ -108,11 +110,14 @@ class GcsServer:
                 rec.owner.notify("lease_infeasible", body)
 
     def handle_report_resources(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        node_id, available = body
+        node_id, available = body[:2]
+        total = body[2] if len(body) > 2 else None  # only when the node's totals changed
         node = self.nodes.get(node_id)
         if node is not None and node["Alive"]:
             node["Available"] = available
-            self.view.resources_changed(node_id, available)
+            if total is not None:
+                node["Resources"] = total
+            self.view.resources_changed(node_id, available, total)
             self.health.seen(node_id)
 
     def handle_heartbeat(self, conn: rpc.Connection, node_id: bytes, _: Any) -> None:

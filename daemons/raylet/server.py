@@ -11,6 +11,9 @@ Lease protocol (owner <-> raylet):
    tasks can run, and takes them again when it wakes (possibly overcommitting
    for a moment, as Ray does).
 If the worker dies, its lease ends here; if the owner dies, its leases return.
+Before a request is granted here, the cluster policy may send it to another node
+(``spillback.py``: the reply is ``{"spill": [node_id, ip, port]}``); the cluster
+view it decides on comes from the GCS (``cluster_view`` notices).
 
 The node's object table (segments sealed here) is kept for freeing and for the
 final sweep; capacity and spilling build on it.
@@ -119,6 +122,7 @@ class Raylet:
         self.objects: dict[bytes, int] = {}  # sealed segments here: id -> size
         self._lease_ids = itertools.count(1)
         self.spillback = Spillback(self.node_id, node_ip, 0)
+        self._reported_total = dict(self.resources.total)  # as registered
         self._schedule_soon = False
         self._report_soon = False
         self._stopped = asyncio.Event()
@@ -373,7 +377,14 @@ class Raylet:
             avail["object_store_memory"] = float(
                 max(0, self.object_store_memory - sum(self.objects.values()))
             )
-            self.gcs.notify("report_resources", [self.node_id, avail])
+            body: list[Any] = [self.node_id, avail]
+            if self.resources.total != self._reported_total:
+                # Totals change when placement-group bundles are committed or removed.
+                self._reported_total = dict(self.resources.total)
+                body.append(
+                    {**self._reported_total, "object_store_memory": float(self.object_store_memory)}
+                )
+            self.gcs.notify("report_resources", body)
 
     def handle_cluster_view(self, conn: rpc.Connection, entries: list[Any], _: Any) -> None:
         """The GCS's batched news of other nodes (resources, joins, deaths)."""
