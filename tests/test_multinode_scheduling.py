@@ -205,3 +205,21 @@ def test_output_of_workers_on_other_nodes_reaches_the_driver(
             ray.kill(actor)
     finally:
         ray_cluster.remove_node(late)
+
+
+@ray.remote
+def fan_out(folder: str) -> tuple[str, list[str]]:
+    """A task that is itself an owner: its children spread from its own node."""
+    spread = meet.options(scheduling_strategy="SPREAD")
+    children = [spread.remote(folder, 3) for _ in range(3)]
+    return ray.get_runtime_context().get_node_id(), ray.get(children)
+
+
+def test_a_task_on_another_node_spreads_its_own_tasks(warm: Any, tmp_path: Any) -> None:
+    # The parent holds no CPU while it waits in get, so its node can run a child too.
+    last = warm.worker_nodes[-1].node_id
+    parent, children = ray.get(
+        fan_out.options(scheduling_strategy=on(last)).remote(str(tmp_path)), timeout=60
+    )
+    assert parent == last
+    assert sorted(children) == sorted(ids_of(warm))
