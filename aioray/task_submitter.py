@@ -256,6 +256,9 @@ class TaskSubmitter:
         if "spill" in body:  # another node should run it (raylet_clients.py)
             self.cw.loop.create_task(self._follow_spill(cls, body, sent))
             return
+        if "error" in body and not body.get("unschedulable") and raylet is not self.cw.raylet:
+            self._send_lease_request(cls, self.cw.raylet, _unspilled(sent))  # it is stopping
+            return
         cls.pending_leases -= 1
         if "error" in body:
             self._fail_queue(cls, TaskUnschedulableError(body["error"]))

@@ -68,7 +68,7 @@ async def test_a_silent_node_is_declared_dead_and_its_connection_closed() -> Non
         await asyncio.sleep(0.02)
     assert quiet.is_closed and not chatty.is_closed
     dead = gcs.nodes[b"q" * 16]
-    assert dead["Alive"] is False and "no heartbeat" in dead["DeathReason"]
+    assert dead["Alive"] is False and "missing too many heartbeats" in dead["DeathReasonMessage"]
     assert gcs.nodes[b"c" * 16]["Alive"] is True
     settle(gcs)
     assert [e[5] for e in chatty.views() if e[0] == b"q" * 16][-1] is False  # told: dead

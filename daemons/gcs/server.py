@@ -79,18 +79,22 @@ class GcsServer:
             "alive": True,
         }
         self.raylets[node_id] = conn
-        conn.on_close.append(lambda _: self.node_dead(node_id, "connection lost"))
+        conn.on_close.append(
+            lambda _: self.node_dead(node_id, "the raylet died (its connection to the GCS dropped)")
+        )
         self.view.node_added(self.nodes[node_id], node_id)
         self.health.watch(node_id)
         logger.info("node %s registered at %s:%s", node_id.hex()[:8], body["ip"], body["port"])
         return {"session_id": self.session_id, "session_dir": self.session_dir}
 
-    def node_dead(self, node_id: bytes, why: str) -> None:
+    def node_dead(self, node_id: bytes, why: str, expected: bool = False) -> None:
         node = self.nodes.get(node_id)
         if node is not None and node["Alive"]:
             node["Alive"] = node["alive"] = False
             node["Available"] = {}
-            node["DeathReason"] = why
+            # Ray's NodeDeathInfo.Reason: 1 EXPECTED_TERMINATION, 2 UNEXPECTED_TERMINATION.
+            node["DeathReason"] = 1 if expected else 2
+            node["DeathReasonMessage"] = why
             self.raylets.pop(node_id, None)
             self.health.forget(node_id)
             logger.warning("node %s is dead (%s)", node_id.hex()[:8], why)
@@ -119,6 +123,11 @@ class GcsServer:
                 node["Resources"] = total
             self.view.resources_changed(node_id, available, total)
             self.health.seen(node_id)
+
+    def handle_node_stopping(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """A raylet that stops on purpose says so first (Ray: EXPECTED_TERMINATION)."""
+        node_id, why = body
+        self.node_dead(node_id, why, expected=True)
 
     def handle_heartbeat(self, conn: rpc.Connection, node_id: bytes, _: Any) -> None:
         self.health.seen(node_id)

@@ -203,6 +203,8 @@ class Raylet:
 
     async def stop(self) -> None:
         logger.info("raylet stopping")
+        if self.gcs is not None and not self.gcs.is_closed:
+            self.gcs.notify("node_stopping", [self.node_id, "the raylet was stopped"])
         for req in self.requests:
             if not req.fut.done():
                 req.fut.set_result({"error": "the raylet is shutting down"})
