@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from aioray.daemons.gcs.server import GcsServer
 
 
@@ -72,4 +73,14 @@ async def test_a_silent_node_is_declared_dead_and_its_connection_closed() -> Non
     assert gcs.nodes[b"c" * 16]["Alive"] is True
     settle(gcs)
     assert [e[5] for e in chatty.views() if e[0] == b"q" * 16][-1] is False  # told: dead
+    gcs.health.stop()
+
+
+async def test_a_node_declared_dead_cannot_register_again() -> None:
+    gcs = GcsServer("", "s")
+    conn = register(gcs, b"d" * 16, "127.0.0.5", 1)
+    conn.close()
+    assert gcs.nodes[b"d" * 16]["Alive"] is False
+    with pytest.raises(ValueError, match="declared dead"):
+        register(gcs, b"d" * 16, "127.0.0.5", 1)
     gcs.health.stop()

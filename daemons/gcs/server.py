@@ -64,6 +64,13 @@ class GcsServer:
     # -- nodes ----------------------------------------------------------------------------
     def handle_register_node(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
         node_id = body["node_id"]
+        old = self.nodes.get(node_id)
+        if old is not None and not old["Alive"]:
+            # Its tasks were retried and its actors restarted elsewhere: it must not return.
+            raise ValueError(
+                f"node {node_id.hex()} was declared dead ({old.get('DeathReasonMessage')}); "
+                "restart it to join as a new node"
+            )
         self.nodes[node_id] = {
             "NodeID": node_id.hex(),
             "Alive": True,
