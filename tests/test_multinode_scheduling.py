@@ -140,13 +140,16 @@ def test_custom_resources_steer_tasks_and_actors(ray_cluster: Any) -> None:
     ray.kill(actor)
 
 
-def test_infeasible_task_runs_once_a_node_that_fits_joins(ray_cluster: Any) -> None:
+def test_infeasible_task_and_actor_run_once_a_node_that_fits_joins(ray_cluster: Any) -> None:
     ref = node_id.options(resources={"late": 1}).remote()
+    actor = Where.options(resources={"late": 1}).remote()
     ready, _ = ray.wait([ref], timeout=0.3)
     assert not ready
-    late = ray_cluster.add_node(num_cpus=1, resources={"late": 1})
+    late = ray_cluster.add_node(num_cpus=2, resources={"late": 2})
     try:
         assert ray.get(ref, timeout=20) == late.node_id
+        assert ray.get(actor.node.remote(), timeout=20) == late.node_id
+        ray.kill(actor)
     finally:
         ray_cluster.remove_node(late)
 
