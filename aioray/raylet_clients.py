@@ -1,12 +1,17 @@
-"""An owner's connections to raylets other than its own, and lease spillback.
+"""An owner's connections to raylets other than its own: spillback and node events.
 
-An owner asks its local raylet for a worker lease. The raylet may answer
-``{"spill": [node_id, ip, port], "hops": n}``: another node should run it. The
-owner then asks that raylet (``hops`` tells it not to bounce the request on).
-Connections to other raylets are opened on the first spill and kept, one per
-raylet, so a spilled lease costs one extra round trip and later leases on that
-node none more than local ones. A driver's connections say ``role: driver`` so
-those raylets also forward their workers' prints to it.
+1. An owner asks its local raylet for a worker lease (``request_lease``). The
+   raylet may answer ``{"spill": [node_id, ip, port], "hops": n}``: another node
+   should run it. The owner asks that raylet (``hops`` tells it not to bounce the
+   request on). If that node died or is stopping, the request goes back to the
+   local raylet, which places it again.
+2. Connections to other raylets are opened on the first spill and kept, one per
+   raylet, so a spilled lease costs one extra round trip and later leases on that
+   node none more than local ones.
+3. A driver's connections say ``role: driver`` so those raylets forward their
+   workers' prints to it; a driver connects to every raylet (``follow_logs``).
+4. ``node_event`` (from the raylets): a dead node's connections are closed, so
+   what ran there fails as a crash and is retried elsewhere.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aioray import rpc
@@ -22,6 +29,9 @@ if TYPE_CHECKING:
     from aioray.core_worker import CoreWorker
 
 logger = logging.getLogger("aioray")
+
+# Called once per lease request: (the raylet that answered, its reply or an exception).
+LeaseDone = Callable[["rpc.Connection", Any], None]
 
 
 class RayletClients:
@@ -72,6 +82,57 @@ class RayletClients:
         self.conns[key] = conn
         pending.set_result(conn)
         return conn
+
+    # -- lease requests ------------------------------------------------------------------
+    def request_lease(self, body: dict[str, Any], done: LeaseDone) -> None:
+        """Ask the local raylet for a lease, following spills to other raylets.
+
+        ``done(raylet, reply)`` runs once: with the raylet that granted or refused
+        it and its reply, or with an exception. A request whose target node died or
+        is stopping goes back to the local raylet, which places it again.
+        """
+        self._send(self.cw.raylet, body, done)
+
+    def _send(self, raylet: rpc.Connection, body: dict[str, Any], done: LeaseDone) -> None:
+        try:
+            fut = raylet.call_nowait("request_lease", body)
+        except ConnectionError as e:
+            if raylet is not self.cw.raylet:  # the node it was spilled to is gone
+                self._send(self.cw.raylet, _unspilled(body), done)
+            else:
+                done(raylet, e)
+            return
+        fut.add_done_callback(partial(self._on_reply, raylet, body, done))
+
+    def _on_reply(
+        self, raylet: rpc.Connection, sent: dict[str, Any], done: LeaseDone, fut: Any
+    ) -> None:
+        local = raylet is self.cw.raylet
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            if isinstance(exc, ConnectionError) and not local and not self.cw.closing:
+                self._send(self.cw.raylet, _unspilled(sent), done)  # its node died
+            else:
+                done(raylet, exc or asyncio.CancelledError())
+            return
+        reply, _ = fut.result()
+        if "spill" in reply:
+            self.cw.loop.create_task(self._follow_spill(reply, sent, done))
+        elif "error" in reply and not reply.get("unschedulable") and not local:
+            self._send(self.cw.raylet, _unspilled(sent), done)  # that raylet is stopping
+        else:
+            done(raylet, reply)
+
+    async def _follow_spill(
+        self, reply: dict[str, Any], sent: dict[str, Any], done: LeaseDone
+    ) -> None:
+        _node_id, ip, port = reply["spill"]
+        try:
+            raylet = await self.connect(ip, port)
+            body = {**sent, "hops": reply["hops"]}
+        except ConnectionError:
+            raylet, body = self.cw.raylet, _unspilled(sent)
+        self._send(raylet, body, done)
 
     # -- node events (from the local raylet) --------------------------------------------
     def handle_node_event(self, conn: rpc.Connection | None, body: list[Any], _: Any) -> None:
@@ -144,3 +205,7 @@ def lease_body(
     if strategy is not None:
         body["ss"] = strategy
     return body
+
+
+def _unspilled(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "hops"}
