@@ -142,7 +142,7 @@ class CoreWorker:
             "worker_log": self.handle_worker_log,
             "worker_oom_killed": self.submitter.handle_worker_oom_killed,
             "memory_summary": lambda c, b, _: memory_report.process_summary(self),
-            "node_dead": self.submitter.remote_raylets.handle_node_dead,
+            "node_event": self.submitter.remote_raylets.handle_node_event,
             **self.extra_handlers,
         }
         self.raylet, info = await rpc.connect(

@@ -253,60 +253,24 @@ class TaskSubmitter:
         body = lease_body(cls.resources, cls.env, self.cw.worker_id, cls.strategy)
         # The memory monitor kills retriable work first.
         body["retriable"] = bool(cls.queue) and cls.queue[0].attempts_left != 0
-        self._send_lease_request(cls, self.cw.raylet, body)
+        self.remote_raylets.request_lease(body, partial(self._on_lease, cls))
 
-    def _send_lease_request(
-        self, cls: SchedulingClass, raylet: rpc.Connection, body: dict[str, Any]
-    ) -> None:
-        try:
-            fut = raylet.call_nowait("request_lease", body)
-        except ConnectionError as e:
-            if raylet is not self.cw.raylet:  # the node it was spilled to is gone
-                self._send_lease_request(cls, self.cw.raylet, _unspilled(body))
-                return
-            cls.pending_leases -= 1
-            self._fail_queue(cls, RaySystemError(f"cannot reach the raylet: {e}"))
-            return
-        fut.add_done_callback(partial(self._on_lease, cls, raylet, body))
-
-    def _on_lease(
-        self, cls: SchedulingClass, raylet: rpc.Connection, sent: dict[str, Any], fut: Any
-    ) -> None:
-        exc = None if fut.cancelled() else fut.exception()
-        if fut.cancelled() or exc is not None:
-            spilled_node_died = isinstance(exc, ConnectionError) and raylet is not self.cw.raylet
-            if spilled_node_died and not self.cw.closing:  # ask the local raylet again
-                self._send_lease_request(cls, self.cw.raylet, _unspilled(sent))
-                return
-            cls.pending_leases -= 1
-            if not self.cw.closing:
-                self._fail_queue(cls, RaySystemError(f"worker lease failed: {exc}"))
-            return
-        body, _ = fut.result()
-        if "spill" in body:  # another node should run it (raylet_clients.py)
-            self.cw.loop.create_task(self._follow_spill(cls, body, sent))
-            return
+    def _on_lease(self, cls: SchedulingClass, raylet: rpc.Connection, reply: Any) -> None:
+        """The final answer to a lease request (spills already followed, raylet_clients.py)."""
         cls.pending_leases -= 1
-        if "error" in body:
-            self._fail_queue(cls, TaskUnschedulableError(body["error"]))
+        if isinstance(reply, BaseException):
+            if not self.cw.closing:
+                self._fail_queue(cls, RaySystemError(f"worker lease failed: {reply}"))
             return
-        host, port = body["addr"]
+        if "error" in reply:
+            self._fail_queue(cls, TaskUnschedulableError(reply["error"]))
+            return
+        host, port = reply["addr"]
         self.cw.loop.create_task(
             self._connect_lease(
-                cls, raylet, body["lid"], body["wid"], host, port, body.get("gpus", [])
+                cls, raylet, reply["lid"], reply["wid"], host, port, reply.get("gpus", [])
             )
         )
-
-    async def _follow_spill(
-        self, cls: SchedulingClass, reply: dict[str, Any], sent: dict[str, Any]
-    ) -> None:
-        _node_id, ip, port = reply["spill"]
-        try:
-            raylet = await self.remote_raylets.connect(ip, port)
-            body = {**sent, "hops": reply["hops"]}
-        except ConnectionError:
-            raylet, body = self.cw.raylet, _unspilled(sent)
-        self._send_lease_request(cls, raylet, body)
 
     async def _connect_lease(
         self,
@@ -498,7 +462,3 @@ class TaskSubmitter:
                     lease.linger.cancel()
             cls.leases.clear()
         self.remote_raylets.close()
-
-
-def _unspilled(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k != "hops"}

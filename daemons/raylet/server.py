@@ -11,6 +11,9 @@ Lease protocol (owner <-> raylet):
    tasks can run, and takes them again when it wakes (possibly overcommitting
    for a moment, as Ray does).
 If the worker dies, its lease ends here; if the owner dies, its leases return.
+Before a request is granted here, the cluster policy may send it to another node
+(``spillback.py``: the reply is ``{"spill": [node_id, ip, port]}``); the cluster
+view it decides on comes from the GCS (``cluster_view`` notices).
 
 The node's object store (capacity, spilling, restoring) is ``StoreService``
 (store_service.py); the object handlers below delegate to it.
@@ -143,6 +146,7 @@ class Raylet:
         self.store = StoreService(object_store_memory, spill or SpillConfig(), self._report_later)
         self._lease_ids = itertools.count(1)
         self.spillback = Spillback(self.node_id, node_ip, 0)
+        self._reported_total = dict(self.resources.total)  # as registered
         self._schedule_soon = False
         self._report_soon = False
         self._store_report_soon = False
@@ -228,6 +232,8 @@ class Raylet:
     async def stop(self) -> None:
         logger.info("raylet stopping")
         self.memory_monitor.stop()
+        if self.gcs is not None and not self.gcs.is_closed:
+            self.gcs.notify("node_stopping", [self.node_id, "the raylet was stopped"])
         for req in self.requests:
             if not req.fut.done():
                 req.fut.set_result({"error": "the raylet is shutting down"})
@@ -417,18 +423,28 @@ class Raylet:
         if self.gcs is not None and not self.gcs.is_closed:
             avail = self.resources.snapshot()
             avail["object_store_memory"] = float(self.store.manager.available)
-            self.gcs.notify("report_resources", [self.node_id, avail])
+            body: list[Any] = [self.node_id, avail]
+            if self.resources.total != self._reported_total:
+                # Totals change when placement-group bundles are committed or removed.
+                self._reported_total = dict(self.resources.total)
+                body.append(
+                    {**self._reported_total, "object_store_memory": float(self.object_store_memory)}
+                )
+            self.gcs.notify("report_resources", body)
 
     def handle_cluster_view(self, conn: rpc.Connection, entries: list[Any], _: Any) -> None:
         """The GCS's batched news of other nodes (resources, joins, deaths)."""
-        for dead in self.spillback.apply_view(entries):
-            # Owners here may have tasks or actors there whose connections stay silent
-            # (a frozen or cut-off node): tell them, so they retry elsewhere.
-            news = [dead.node_id, dead.ip, dead.port, self.spillback.ip_shared(dead)]
-            for peer in self.server.connections:
-                role = (peer.peer_info or {}).get("role")
-                if role in ("driver", "worker") and not peer.is_closed:
-                    peer.notify("node_dead", news)
+        joined, died = self.spillback.apply_view(entries)
+        # Owners here may have tasks or actors on a dead node whose connections stay
+        # silent (a frozen or cut-off node): tell them, so they retry elsewhere. Drivers
+        # connect to a new node's raylet to hear its workers' output.
+        news = [["added", n.node_id, n.ip, n.port] for n in joined]
+        news += [["dead", n.node_id, n.ip, n.port, self.spillback.ip_shared(n)] for n in died]
+        for peer in self.server.connections if news else ():
+            role = (peer.peer_info or {}).get("role")
+            if role in ("driver", "worker") and not peer.is_closed:
+                for event in news:
+                    peer.notify("node_event", event)
         if self.requests:
             self._schedule()
 
