@@ -140,6 +140,7 @@ class Cluster:
             raise ValueError("Cluster(connect=True) requires initialize_head=True.")
         self.head_node: ClusterNode | None = None
         self.worker_nodes: list[ClusterNode] = []
+        self.started_nodes: list[ClusterNode] = []  # every node ever started, removed or not
         self._next_ip = 1
         self._connected = False
         self._gcs_address = ""
@@ -192,6 +193,7 @@ class Cluster:
         with _environ(self._env):
             local = self._start(args, ip, head)
         new = ClusterNode(local, head, ip, args)
+        self.started_nodes.append(new)
         if head:
             self.head_node = new
             self._gcs_address = local.gcs_address

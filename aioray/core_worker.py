@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from aioray import config, ids, log_monitor, rpc, serialization, store_client
+from aioray import config, ids, log_monitor, memory_report, rpc, serialization, store_client
 from aioray._loop import result_interruptibly
 from aioray.actor_submitter import ActorSubmitter
 from aioray.borrowing import Borrowing, pairs_of
@@ -140,7 +140,9 @@ class CoreWorker:
         raylet_handlers = {
             "lease_infeasible": self.handle_lease_infeasible,
             "worker_log": self.handle_worker_log,
-            "node_dead": self.submitter.remote_raylets.handle_node_dead,
+            "worker_oom_killed": self.submitter.handle_worker_oom_killed,
+            "memory_summary": lambda c, b, _: memory_report.process_summary(self),
+            "node_event": self.submitter.remote_raylets.handle_node_event,
             **self.extra_handlers,
         }
         self.raylet, info = await rpc.connect(
@@ -370,9 +372,9 @@ class CoreWorker:
         size = store_client.write_object(self, oid, so.data, so.buffers)
         return StoredObject(node_id=self.node_id, size=size, is_error=so.is_error)
 
-    def _notify_sealed(self, oid: bytes, size: int) -> None:
+    def _notify_sealed(self, oid: bytes, size: int, owner: bytes | None = None) -> None:
         if not self.raylet.is_closed:
-            self.raylet.notify("object_sealed", [oid, size, self.worker_id])
+            self.raylet.notify("object_sealed", [oid, size, owner or self.worker_id])
 
     # -- objects: get ------------------------------------------------------------------
     def get(self, refs: Sequence[ObjectRef], timeout: float | None = None) -> list[Any]:
@@ -471,9 +473,8 @@ class CoreWorker:
         return value
 
     def read_shm(self, oid: bytes, obj: StoredObject) -> tuple[Any, list[Any]]:
-        """Map a shared-memory object; ObjectLostError if no copy is left to read.
-
-        Restores a spilled copy first, or pulls one from another node."""
+        """Map (restore, or pull from its node) a shared-memory object; ObjectLostError
+        if no copy is left to read."""
         return store_client.read_object(self, oid, obj.node_id)
 
     # -- objects: wait ------------------------------------------------------------------
@@ -538,7 +539,8 @@ class CoreWorker:
         obj = self.memory_store.delete(oid)
         if oid in self.owned:
             self.owned.discard(oid)
-            self.memory_store.fail_waiters(oid, ObjectFreedError(oid.hex()))
+            if self.memory_store.has_waiters(oid):  # (an error object costs ~3 us)
+                self.memory_store.fail_waiters(oid, ObjectFreedError(oid.hex()))
             if obj is not None and obj.in_shm:
                 self.free_shm(oid, obj.node_id)
             self.lineage.release(oid)
@@ -548,8 +550,7 @@ class CoreWorker:
             self.release_contained(obj)
 
     def free_shm(self, oid: bytes, node_id: bytes | None = None) -> None:
-        """(loop) Free a shared-memory object in the store of ``node_id`` (default: here)
-        and every copy pulled from it."""
+        """(loop) Free an object in ``node_id``'s store (default here) and its copies."""
         if not self._free_shm:
             self.loop.call_soon(self._flush_frees)
         self._free_shm.append((oid, node_id))

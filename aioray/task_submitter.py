@@ -18,7 +18,9 @@ All on the CoreWorker's loop:
 
 Failures: a connection to a worker that drops with tasks in flight means the worker
 died; those tasks are retried on a new lease while ``max_retries`` allows, else
-fail with WorkerCrashedError. Application errors retry only under
+fail with WorkerCrashedError. If the raylet's memory monitor said it killed the
+worker for lack of memory (``worker_oom_killed``, before the kill), the failure is
+an OutOfMemoryError carrying its message instead. Application errors retry only under
 ``retry_exceptions``. A cancelled task is never retried.
 """
 
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from aioray import config, ids, rpc, serialization
 from aioray.borrowing import pairs_of
 from aioray.exceptions import (
+    OutOfMemoryError,
     RaySystemError,
     RayTaskError,
     TaskCancelledError,
@@ -77,6 +80,7 @@ class Lease:
         "inflight",
         "lease_id",
         "linger",
+        "oom",
         "raylet",
         "unknown",
         "worker_id",
@@ -99,6 +103,7 @@ class Lease:
         self.unknown = 0  # tasks in flight not known to be tiny: nothing may queue behind
         self.gpus: list[int] = []
         self.linger: Any = None
+        self.oom: str | None = None  # why the memory monitor killed the worker
 
     def __repr__(self) -> str:
         return f"<Lease {self.lease_id} worker={self.worker_id.hex()[:8]} inflight={self.inflight}>"
@@ -246,60 +251,26 @@ class TaskSubmitter:
     def _request_lease(self, cls: SchedulingClass) -> None:
         cls.pending_leases += 1
         body = lease_body(cls.resources, cls.env, self.cw.worker_id, cls.strategy)
-        self._send_lease_request(cls, self.cw.raylet, body)
+        # The memory monitor kills retriable work first.
+        body["retriable"] = bool(cls.queue) and cls.queue[0].attempts_left != 0
+        self.remote_raylets.request_lease(body, partial(self._on_lease, cls))
 
-    def _send_lease_request(
-        self, cls: SchedulingClass, raylet: rpc.Connection, body: dict[str, Any]
-    ) -> None:
-        try:
-            fut = raylet.call_nowait("request_lease", body)
-        except ConnectionError as e:
-            if raylet is not self.cw.raylet:  # the node it was spilled to is gone
-                self._send_lease_request(cls, self.cw.raylet, _unspilled(body))
-                return
-            cls.pending_leases -= 1
-            self._fail_queue(cls, RaySystemError(f"cannot reach the raylet: {e}"))
-            return
-        fut.add_done_callback(partial(self._on_lease, cls, raylet, body))
-
-    def _on_lease(
-        self, cls: SchedulingClass, raylet: rpc.Connection, sent: dict[str, Any], fut: Any
-    ) -> None:
-        exc = None if fut.cancelled() else fut.exception()
-        if fut.cancelled() or exc is not None:
-            spilled_node_died = isinstance(exc, ConnectionError) and raylet is not self.cw.raylet
-            if spilled_node_died and not self.cw.closing:  # ask the local raylet again
-                self._send_lease_request(cls, self.cw.raylet, _unspilled(sent))
-                return
-            cls.pending_leases -= 1
-            if not self.cw.closing:
-                self._fail_queue(cls, RaySystemError(f"worker lease failed: {exc}"))
-            return
-        body, _ = fut.result()
-        if "spill" in body:  # another node should run it (raylet_clients.py)
-            self.cw.loop.create_task(self._follow_spill(cls, body, sent))
-            return
+    def _on_lease(self, cls: SchedulingClass, raylet: rpc.Connection, reply: Any) -> None:
+        """The final answer to a lease request (spills already followed, raylet_clients.py)."""
         cls.pending_leases -= 1
-        if "error" in body:
-            self._fail_queue(cls, TaskUnschedulableError(body["error"]))
+        if isinstance(reply, BaseException):
+            if not self.cw.closing:
+                self._fail_queue(cls, RaySystemError(f"worker lease failed: {reply}"))
             return
-        host, port = body["addr"]
+        if "error" in reply:
+            self._fail_queue(cls, TaskUnschedulableError(reply["error"]))
+            return
+        host, port = reply["addr"]
         self.cw.loop.create_task(
             self._connect_lease(
-                cls, raylet, body["lid"], body["wid"], host, port, body.get("gpus", [])
+                cls, raylet, reply["lid"], reply["wid"], host, port, reply.get("gpus", [])
             )
         )
-
-    async def _follow_spill(
-        self, cls: SchedulingClass, reply: dict[str, Any], sent: dict[str, Any]
-    ) -> None:
-        _node_id, ip, port = reply["spill"]
-        try:
-            raylet = await self.remote_raylets.connect(ip, port)
-            body = {**sent, "hops": reply["hops"]}
-        except ConnectionError:
-            raylet, body = self.cw.raylet, _unspilled(sent)
-        self._send_lease_request(cls, raylet, body)
 
     async def _connect_lease(
         self,
@@ -403,15 +374,36 @@ class TaskSubmitter:
         return isinstance(cause, tuple(task.retry_exceptions))
 
     def _crashed(self, task: TaskEntry) -> None:
+        oom = task.lease.oom if task.lease is not None else None
         if task.cancelled:
             self.fail(task, TaskCancelledError(task.task_id.hex()))
         elif task.attempts_left != 0:
             if task.attempts_left > 0:
                 task.attempts_left -= 1
-            logger.info("retrying %r after its worker died", task)
+            why = "was killed for lack of memory" if oom else "died"
+            logger.info("retrying %r after its worker %s", task, why)
             self._requeue(task)
+        elif oom:
+            name, tid = task.spec.get("name"), task.task_id.hex()
+            self.fail(
+                task,
+                OutOfMemoryError(
+                    f"Task {name} (task ID: {tid}) was killed due to the node running low "
+                    f"on memory, and it has no retries left (max_retries).\n{oom}"
+                ),
+            )
         else:
             self.fail(task, WorkerCrashedError())
+
+    def handle_worker_oom_killed(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+        """The raylet is about to kill a leased worker for memory: remember why."""
+        lease_id, why = body
+        for cls in self.classes.values():
+            for lease in cls.leases:
+                if lease.lease_id == lease_id and lease.raylet is conn:  # ids are per raylet
+                    lease.oom = why
+                    return True
+        return False
 
     def fail(self, task: TaskEntry, exc: BaseException) -> None:
         """Store ``exc`` as every return value of the task."""
@@ -470,7 +462,3 @@ class TaskSubmitter:
                     lease.linger.cancel()
             cls.leases.clear()
         self.remote_raylets.close()
-
-
-def _unspilled(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k != "hops"}

@@ -337,25 +337,16 @@ def ray_cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
     shm_before = shm_entries()
     specs = getattr(request.module, "CLUSTER_NODES", CLUSTER_NODES_DEFAULT)
     cluster = Cluster(initialize_head=True, head_node_args=specs[0])
-    started = [cluster.head_node]
     try:
         for spec in specs[1:]:
-            started.append(cluster.add_node(**spec))
+            cluster.add_node(**spec)
         cluster.wait_for_nodes()
         ctx = cluster.connect()
     except BaseException:
         cluster.shutdown()
         raise
-    original_add = cluster.add_node
-
-    def add_node(**kwargs: Any) -> Any:
-        new = original_add(**kwargs)
-        started.append(new)
-        return new
-
-    cluster.add_node = add_node  # type: ignore[method-assign]
     shared = SharedCluster(ctx, set(), (), processes_before, shm_before)
-    shared.extra["markers"] = lambda: [n.session_dir for n in started if n is not None]
+    shared.extra["markers"] = lambda: [n.session_dir for n in cluster.started_nodes]
     _SHARED.append(shared)
     try:
         yield cluster

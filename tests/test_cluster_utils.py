@@ -71,6 +71,8 @@ def test_remove_node_stops_its_processes(ray_cluster: Any, graceful: bool) -> No
     wait_for_condition(lambda: extra.node_id not in alive_ids(), 10, message="node not dead")
     dead = next(n for n in ray.nodes() if n["NodeID"] == extra.node_id)
     assert dead["Alive"] is False
+    # Ray's NodeDeathInfo.Reason: EXPECTED_TERMINATION (1) or UNEXPECTED_TERMINATION (2).
+    assert dead["DeathReason"] == (1 if graceful else 2), dead["DeathReasonMessage"]
     ray_cluster.wait_for_nodes()
     with pytest.raises(ValueError, match="not a node"):
         ray_cluster.remove_node(extra)

@@ -140,13 +140,16 @@ def test_custom_resources_steer_tasks_and_actors(ray_cluster: Any) -> None:
     ray.kill(actor)
 
 
-def test_infeasible_task_runs_once_a_node_that_fits_joins(ray_cluster: Any) -> None:
+def test_infeasible_task_and_actor_run_once_a_node_that_fits_joins(ray_cluster: Any) -> None:
     ref = node_id.options(resources={"late": 1}).remote()
+    actor = Where.options(resources={"late": 1}).remote()
     ready, _ = ray.wait([ref], timeout=0.3)
     assert not ready
-    late = ray_cluster.add_node(num_cpus=1, resources={"late": 1})
+    late = ray_cluster.add_node(num_cpus=2, resources={"late": 2})
     try:
         assert ray.get(ref, timeout=20) == late.node_id
+        assert ray.get(actor.node.remote(), timeout=20) == late.node_id
+        ray.kill(actor)
     finally:
         ray_cluster.remove_node(late)
 
@@ -177,3 +180,49 @@ def test_affinity_to_a_dead_or_unknown_node(ray_cluster: Any) -> None:
 def test_affinity_with_a_bad_node_id_is_refused() -> None:
     with pytest.raises(ValueError, match="node id in hex"):
         NodeAffinitySchedulingStrategy("not-a-node", soft=False)
+
+
+@ray.remote
+class Talker:
+    def say(self, text: str) -> str:
+        print(text)
+        return ray.get_runtime_context().get_node_id()
+
+
+def test_output_of_workers_on_other_nodes_reaches_the_driver(
+    ray_cluster: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    late = ray_cluster.add_node(num_cpus=1)  # joined after the driver connected
+    try:
+        for target in (ray_cluster.worker_nodes[0], late):
+            actor = Talker.options(scheduling_strategy=on(target.node_id)).remote()
+            assert ray.get(actor.say.remote("warm-up")) == target.node_id
+            token = f"hello-from-{target.node_ip_address}-{time.time_ns()}"
+            start = time.monotonic()
+            assert ray.get(actor.say.remote(token)) == target.node_id
+            # The line is there when get returns (no 0.5 s wait for a sync notice).
+            assert time.monotonic() - start < 0.45
+            out, err = capfd.readouterr()
+            assert token in out + err
+            assert f"ip={target.node_ip_address}" in out + err
+            ray.kill(actor)
+    finally:
+        ray_cluster.remove_node(late)
+
+
+@ray.remote
+def fan_out(folder: str) -> tuple[str, list[str]]:
+    """A task that is itself an owner: its children spread from its own node."""
+    spread = meet.options(scheduling_strategy="SPREAD")
+    children = [spread.remote(folder, 3) for _ in range(3)]
+    return ray.get_runtime_context().get_node_id(), ray.get(children)
+
+
+def test_a_task_on_another_node_spreads_its_own_tasks(warm: Any, tmp_path: Any) -> None:
+    # The parent holds no CPU while it waits in get, so its node can run a child too.
+    last = warm.worker_nodes[-1].node_id
+    parent, children = ray.get(
+        fan_out.options(scheduling_strategy=on(last)).remote(str(tmp_path)), timeout=60
+    )
+    assert parent == last
+    assert sorted(children) == sorted(ids_of(warm))

@@ -76,7 +76,9 @@ def test_removed_node_is_dead_in_nodes(ray_cluster: Any, victim: Any) -> None:
     ray_cluster.remove_node(victim, allow_graceful=False)
     wait_for_condition(lambda: not alive(victim.node_id), 10, message="node still alive")
     entry = next(n for n in ray.nodes() if n["NodeID"] == victim.node_id)
-    assert entry["Alive"] is False and "connection lost" in entry["DeathReason"]
+    assert entry["Alive"] is False
+    assert entry["DeathReason"] == 2  # UNEXPECTED_TERMINATION
+    assert "raylet died" in entry["DeathReasonMessage"]
     assert ray.cluster_resources()["CPU"] == 2
 
 
@@ -122,7 +124,7 @@ def test_actor_without_restarts_dies_with_its_node(ray_cluster: Any, victim: Any
     actor = Where.options(scheduling_strategy=on(victim.node_id, soft=False)).remote()
     assert ray.get(actor.node.remote()) == victim.node_id
     ray_cluster.remove_node(victim, allow_graceful=False)
-    with pytest.raises(ActorDiedError, match="node died"):
+    with pytest.raises(ActorDiedError, match="its node has died"):
         wait_for_condition(lambda: ray.get(actor.node.remote(), timeout=10) and False, 30)
 
 
@@ -137,7 +139,8 @@ def test_silent_node_is_marked_dead_and_its_tasks_retried(
     try:
         wait_for_condition(lambda: not alive(victim.node_id), 10, message="not marked dead")
         entry = next(n for n in ray.nodes() if n["NodeID"] == victim.node_id)
-        assert "no heartbeat" in entry["DeathReason"]
+        assert entry["DeathReason"] == 2
+        assert "missing too many heartbeats" in entry["DeathReasonMessage"]
         survivor = ray.get(ref, timeout=30)
         assert survivor != victim.node_id
         with pytest.raises(TaskUnschedulableError, match="is dead"):
@@ -155,3 +158,23 @@ def test_silent_node_is_marked_dead_and_its_tasks_retried(
                 pass
     # Awake again, its raylet finds the GCS gone and stops itself and its workers.
     wait_for_condition(lambda: not victim.any_processes_alive(), 15, message="node not stopped")
+
+
+def test_actor_on_a_frozen_node_restarts_elsewhere(ray_cluster: Any, victim: Any) -> None:
+    actor = Where.options(
+        scheduling_strategy=on(victim.node_id, soft=True), max_restarts=1, max_task_retries=1
+    ).remote()
+    assert ray.get(actor.node.remote()) == victim.node_id
+    pids = victim.all_processes()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        # A call in flight on the frozen node is retried on the restarted actor.
+        assert ray.get(actor.node.remote(), timeout=30) != victim.node_id
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    ray.kill(actor)

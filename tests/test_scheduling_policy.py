@@ -83,3 +83,26 @@ def test_a_dead_node_stays_dead_and_gets_nothing() -> None:
     v.apply([node(B, 1, 1).to_wire()])  # a late report from before its death
     assert not v.nodes[B].alive
     assert v.pick(CPU1, None).kind == LOCAL
+
+
+def test_node_affinity_when_the_node_is_busy() -> None:
+    v = view(node(A, 1, 1), node(B, 1, 0))
+    # Default: wait there. _spill_on_unavailable (soft): go elsewhere.
+    # _fail_on_unavailable (hard): fail now.
+    assert v.pick(CPU1, [NODE, B, True, False, False]).kind == SPILL
+    spilled = v.pick(CPU1, [NODE, B, True, True, False])
+    assert spilled.kind == LOCAL
+    failed = v.pick(CPU1, [NODE, B, False, False, True])
+    assert failed.kind == UNSCHEDULABLE and "unavailable" in failed.reason
+
+
+def test_strategy_wire_form() -> None:
+    from aioray.util.scheduling_strategies import (
+        NodeAffinitySchedulingStrategy,
+        strategy_to_wire,
+    )
+
+    assert strategy_to_wire(None) is None and strategy_to_wire("DEFAULT") is None
+    assert strategy_to_wire("SPREAD") == SPREAD
+    wire = strategy_to_wire(NodeAffinitySchedulingStrategy(B.hex(), soft=True))
+    assert wire == [NODE, B, True, False, False]

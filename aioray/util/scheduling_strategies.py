@@ -8,7 +8,13 @@ from typing import Any
 class NodeAffinitySchedulingStrategy:
     """Run on the node with ``node_id``; with ``soft=True`` fall back to any node."""
 
-    def __init__(self, node_id: str, soft: bool, _spill_on_unavailable: bool = False) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        soft: bool,
+        _spill_on_unavailable: bool = False,
+        _fail_on_unavailable: bool = False,
+    ) -> None:
         try:
             bytes.fromhex(node_id)
         except (TypeError, ValueError):
@@ -19,6 +25,7 @@ class NodeAffinitySchedulingStrategy:
         self.node_id = node_id
         self.soft = soft
         self._spill_on_unavailable = _spill_on_unavailable
+        self._fail_on_unavailable = _fail_on_unavailable
 
     def __repr__(self) -> str:
         return f"NodeAffinitySchedulingStrategy(node_id={self.node_id!r}, soft={self.soft})"
@@ -48,5 +55,11 @@ def strategy_to_wire(strategy: Any) -> Any:
     if strategy == "SPREAD":
         return "SPREAD"
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
-        return ["NODE", bytes.fromhex(strategy.node_id), bool(strategy.soft)]
+        return [
+            "NODE",
+            bytes.fromhex(strategy.node_id),
+            bool(strategy.soft),
+            bool(strategy._spill_on_unavailable),
+            bool(strategy._fail_on_unavailable),
+        ]
     return None

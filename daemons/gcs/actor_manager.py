@@ -154,6 +154,8 @@ class ActorManager:
             try:
                 while raylet is not None:
                     lease = await raylet.call("request_lease", body)
+                    if "error" in lease and not lease.get("unschedulable"):
+                        raise ConnectionError(lease["error"])  # that raylet is stopping
                     if "spill" not in lease:
                         return raylet, lease
                     body["hops"] = lease["hops"]
@@ -216,10 +218,10 @@ class ActorManager:
             rec.no_restart = True
             rec.death = "The actor exited intentionally (exit_actor or __ray_terminate__)."
 
-    def _retry_or_die(self, rec: ActorRecord, reason: str) -> None:
+    def _retry_or_die(self, rec: ActorRecord, reason: str, death: str = "") -> None:
         can_restart = rec.max_restarts == -1 or rec.num_restarts < rec.max_restarts
         if rec.no_restart or not can_restart:
-            self._set_dead(rec, rec.death or f"The actor died unexpectedly: {reason}")
+            self._set_dead(rec, rec.death or death or f"The actor died unexpectedly: {reason}")
             return
         rec.num_restarts += 1
         rec.addr = None
@@ -271,7 +273,9 @@ class ActorManager:
     def node_died(self, node_id: bytes) -> None:
         for rec in list(self.actors.values()):
             if rec.node_id == node_id and rec.state in (ALIVE, PENDING, RESTARTING):
-                self._retry_or_die(rec, "its node died")
+                self._retry_or_die(
+                    rec, "its node died", "The actor died because its node has died."
+                )
 
     # -- queries ---------------------------------------------------------------------------
     def handle_wait_actor(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:

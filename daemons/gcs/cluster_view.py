@@ -52,10 +52,14 @@ class ClusterViewPublisher:
             conn.notify("cluster_view", [n.to_wire() for n in self.view.nodes.values()])
         self._mark(node_id, urgent=True)
 
-    def resources_changed(self, node_id: bytes, available: dict[str, float]) -> None:
+    def resources_changed(
+        self, node_id: bytes, available: dict[str, float], total: dict[str, float] | None = None
+    ) -> None:
         node = self.view.nodes.get(node_id)
         if node is not None and node.alive:
             node.available = dict(available)
+            if total is not None:
+                node.total = dict(total)
             self._mark(node_id, urgent=False)
 
     def node_dead(self, node_id: bytes) -> None:
@@ -70,11 +74,14 @@ class ClusterViewPublisher:
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
             self._flush_now = True
-            self._flush_handle = loop.call_soon(self._flush)
+            self._flush_handle = loop.call_soon(self.flush)
         elif self._flush_handle is None:
-            self._flush_handle = loop.call_later(config.RESOURCE_BROADCAST_S, self._flush)
+            self._flush_handle = loop.call_later(config.RESOURCE_BROADCAST_S, self.flush)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Send what changed since the last broadcast to every raylet."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()  # called directly: the timer has nothing left to do
         self._flush_handle = None
         self._flush_now = False
         dirty, self._dirty = self._dirty, set()

@@ -61,7 +61,11 @@ class NodeHealth:
                 )
                 self.forget(node_id)
                 conn = self.gcs.raylets.get(node_id)
-                self.gcs.node_dead(node_id, f"no heartbeat for {now - seen:.1f}s")
+                self.gcs.node_dead(
+                    node_id,
+                    f"Health check failed due to missing too many heartbeats "
+                    f"(none for {now - seen:.1f}s)",
+                )
                 if conn is not None:
                     conn.close()
         if self.last_seen:

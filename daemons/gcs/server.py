@@ -2,8 +2,10 @@
 
 One per cluster. Raylets register their node and report resources; drivers
 register jobs and query cluster state. A node whose connection drops is marked
-dead at once (its raylet is gone). The actor table, placement groups, pub/sub and
-SQLite persistence hang off this service in their own modules as they arrive.
+dead at once (its raylet is gone), one that stops heartbeating after a timeout
+(``node_health.py``). The resource view goes out to the raylets from
+``cluster_view.py``. The actor table, placement groups, pub/sub and SQLite
+persistence hang off this service in their own modules as they arrive.
 """
 
 from __future__ import annotations
@@ -62,6 +64,13 @@ class GcsServer:
     # -- nodes ----------------------------------------------------------------------------
     def handle_register_node(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
         node_id = body["node_id"]
+        old = self.nodes.get(node_id)
+        if old is not None and not old["Alive"]:
+            # Its tasks were retried and its actors restarted elsewhere: it must not return.
+            raise ValueError(
+                f"node {node_id.hex()} was declared dead ({old.get('DeathReasonMessage')}); "
+                "restart it to join as a new node"
+            )
         self.nodes[node_id] = {
             "NodeID": node_id.hex(),
             "Alive": True,
@@ -77,18 +86,22 @@ class GcsServer:
             "alive": True,
         }
         self.raylets[node_id] = conn
-        conn.on_close.append(lambda _: self.node_dead(node_id, "connection lost"))
+        conn.on_close.append(
+            lambda _: self.node_dead(node_id, "the raylet died (its connection to the GCS dropped)")
+        )
         self.view.node_added(self.nodes[node_id], node_id)
         self.health.watch(node_id)
         logger.info("node %s registered at %s:%s", node_id.hex()[:8], body["ip"], body["port"])
         return {"session_id": self.session_id, "session_dir": self.session_dir}
 
-    def node_dead(self, node_id: bytes, why: str) -> None:
+    def node_dead(self, node_id: bytes, why: str, expected: bool = False) -> None:
         node = self.nodes.get(node_id)
         if node is not None and node["Alive"]:
             node["Alive"] = node["alive"] = False
             node["Available"] = {}
-            node["DeathReason"] = why
+            # Ray's NodeDeathInfo.Reason: 1 EXPECTED_TERMINATION, 2 UNEXPECTED_TERMINATION.
+            node["DeathReason"] = 1 if expected else 2
+            node["DeathReasonMessage"] = why
             self.raylets.pop(node_id, None)
             self.health.forget(node_id)
             logger.warning("node %s is dead (%s)", node_id.hex()[:8], why)
@@ -108,12 +121,20 @@ class GcsServer:
                 rec.owner.notify("lease_infeasible", body)
 
     def handle_report_resources(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        node_id, available = body
+        node_id, available = body[:2]
+        total = body[2] if len(body) > 2 else None  # only when the node's totals changed
         node = self.nodes.get(node_id)
         if node is not None and node["Alive"]:
             node["Available"] = available
-            self.view.resources_changed(node_id, available)
+            if total is not None:
+                node["Resources"] = total
+            self.view.resources_changed(node_id, available, total)
             self.health.seen(node_id)
+
+    def handle_node_stopping(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """A raylet that stops on purpose says so first (Ray: EXPECTED_TERMINATION)."""
+        node_id, why = body
+        self.node_dead(node_id, why, expected=True)
 
     def handle_heartbeat(self, conn: rpc.Connection, node_id: bytes, _: Any) -> None:
         self.health.seen(node_id)

@@ -16,9 +16,11 @@ never hold). Policies, with Ray's semantics:
   ever run the request, else on the best feasible node.
 - SPREAD: round-robin over feasible nodes, taking the next one where the
   request fits now (any feasible one if none fits).
-- Node affinity ``[NODE, node_id, soft]``: that node while it is alive and
-  feasible (waiting there when busy); otherwise hard -> unschedulable, soft ->
-  DEFAULT.
+- Node affinity ``[NODE, node_id, soft, spill_on_unavailable, fail_on_unavailable]``:
+  that node while it is alive and feasible, waiting there when busy (unless soft
+  with spill_on_unavailable: DEFAULT; or hard with fail_on_unavailable:
+  unschedulable). A dead, unknown or infeasible node: hard -> unschedulable,
+  soft -> DEFAULT.
 
 Resources are opaque names, so placement-group bundles (committed as resources
 such as ``CPU_group_<pgid>`` on a node's totals) steer requests with no change
@@ -198,12 +200,17 @@ class ClusterView:
 
     def _pick_affinity(self, res: dict[str, float], strategy: Any) -> Decision | None:
         _, node_id, soft = strategy[:3]
+        spill_if_busy, fail_if_busy = [*strategy[3:5], False, False][:2]
         target = self.nodes.get(node_id)
         if target is not None and target.alive and target.feasible(res):
-            return self._place(target)
-        if soft:
+            if target.fits(res) or not (spill_if_busy if soft else fail_if_busy):
+                return self._place(target)
+            if soft:
+                return None
+            why = "is unavailable (its resources are in use)"
+        elif soft:
             return None
-        if target is None:
+        elif target is None:
             why = "is unknown"
         elif not target.alive:
             why = "is dead"

@@ -11,9 +11,14 @@ Lease protocol (owner <-> raylet):
    tasks can run, and takes them again when it wakes (possibly overcommitting
    for a moment, as Ray does).
 If the worker dies, its lease ends here; if the owner dies, its leases return.
+Before a request is granted here, the cluster policy may send it to another node
+(``spillback.py``: the reply is ``{"spill": [node_id, ip, port]}``); the cluster
+view it decides on comes from the GCS (``cluster_view`` notices).
 
 The node's object store (capacity, spilling, restoring) is ``StoreService``
 (store_service.py); the object handlers below delegate to it.
+The memory monitor (``memory_monitor.py``) kills a leased worker when the node
+runs low on memory.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ import logging
 import os
 import signal
 import socket
+import time
 from typing import Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
+from aioray.daemons.raylet.memory_monitor import MemoryMonitor
+from aioray.daemons.raylet.object_owners import ObjectOwners
 from aioray.daemons.raylet.object_transfer import ObjectTransfer
 from aioray.daemons.raylet.resources import NodeResources
 from aioray.daemons.raylet.scheduler import strategy_from_wire
@@ -34,7 +42,7 @@ from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
 from aioray.daemons.raylet.store_service import SpillConfig, StoreService
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
-from aioray import config, rpc
+from aioray import config, memory_report, rpc
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,7 @@ class LeaseRequest:
         "hops",
         "placed",
         "res",
+        "retriable",
         "strategy",
         "warned",
     )
@@ -73,10 +82,21 @@ class LeaseRequest:
         self.strategy: Any = None  # scheduler.py's wire form; None is DEFAULT
         self.hops = 0  # times it was spilled before reaching this raylet
         self.placed = False  # the policy chose this node
+        self.retriable = False  # the task it is requested for may be retried (memory monitor)
 
 
 class Lease:
-    __slots__ = ("actor", "blocked", "conn", "gpus", "lease_id", "res", "worker")
+    __slots__ = (
+        "actor",
+        "blocked",
+        "conn",
+        "gpus",
+        "granted_at",
+        "lease_id",
+        "res",
+        "retriable",
+        "worker",
+    )
 
     def __init__(
         self, lease_id: int, worker: WorkerHandle, res: dict[str, float], conn: rpc.Connection
@@ -88,6 +108,8 @@ class Lease:
         self.blocked = False
         self.gpus: list[tuple[int, float]] = []
         self.actor: bytes | None = None
+        self.retriable = False
+        self.granted_at = time.monotonic()
 
 
 class Raylet:
@@ -116,7 +138,10 @@ class Raylet:
         self.prestart = prestart
         self.gcs: rpc.Connection | None = None
         self.server_handlers = rpc.handlers_of(self)
-        self.server = rpc.Server(self.server_handlers, hello_check=self._hello)
+        self.server = rpc.Server(
+            self.server_handlers, hello_check=self._hello, on_connect=self._on_connect
+        )
+        self.owners = ObjectOwners()
         self.pool: WorkerPool | None = None
         self.requests: list[LeaseRequest] = []
         self.leases: dict[int, Lease] = {}
@@ -124,10 +149,12 @@ class Raylet:
         self.transfer = ObjectTransfer(self)
         self._lease_ids = itertools.count(1)
         self.spillback = Spillback(self.node_id, node_ip, 0)
+        self._reported_total = dict(self.resources.total)  # as registered
         self._schedule_soon = False
         self._report_soon = False
         self._store_report_soon = False
         self._stopped = asyncio.Event()
+        self.memory_monitor = MemoryMonitor(self, *config.memory_monitor_settings())
 
     def __repr__(self) -> str:
         return (
@@ -188,6 +215,7 @@ class Raylet:
         await self.server.start(sock=sock)
         logger.info("raylet %s listening on %s:%d", self.node_id.hex()[:8], self.node_ip, self.port)
         await fork_server
+        self.memory_monitor.start()
         for _ in range(min(self.prestart, int(self.resources.total.get("CPU", 0)))):
             self.pool.spawn(None)
         await self._stopped.wait()
@@ -206,6 +234,9 @@ class Raylet:
 
     async def stop(self) -> None:
         logger.info("raylet stopping")
+        self.memory_monitor.stop()
+        if self.gcs is not None and not self.gcs.is_closed:
+            self.gcs.notify("node_stopping", [self.node_id, "the raylet was stopped"])
         for req in self.requests:
             if not req.fut.done():
                 req.fut.set_result({"error": "the raylet is shutting down"})
@@ -235,6 +266,7 @@ class Raylet:
     def _worker_dead(self, w: WorkerHandle) -> None:
         assert self.pool is not None
         self.pool.remove(w.worker_id)
+        oom = self.memory_monitor.worker_dead(w)
         if w.lease_id is not None:
             lease = self.leases.pop(w.lease_id, None)
             if lease is not None:
@@ -242,7 +274,8 @@ class Raylet:
                 if not lease.blocked:
                     self.resources.release(lease.res)
                 if lease.actor is not None and self.gcs is not None and not self.gcs.is_closed:
-                    self.gcs.notify("actor_worker_died", [lease.actor, f"worker pid {w.pid} died"])
+                    why = oom or f"worker pid {w.pid} died"
+                    self.gcs.notify("actor_worker_died", [lease.actor, why])
                 self._report()
         if not self._stopped.is_set():
             logger.info("worker %s (pid %d) exited", w.worker_id.hex()[:8], w.pid)
@@ -268,6 +301,7 @@ class Raylet:
             None if hold is None else {k: float(v) for k, v in hold.items()},
             body.get("actor"),
         )
+        req.retriable = bool(body.get("retriable"))
         req.strategy = strategy_from_wire(body.get("ss"))
         req.hops = body.get("hops", 0)
         self.requests.append(req)
@@ -316,6 +350,7 @@ class Raylet:
         self._schedule_soon = False
         assert self.pool is not None
         needed: dict[str, int] = {}
+        waiting: list[dict[str, float]] = []
         self.spillback.begin_pass(self.resources)
         for req in list(self.requests):
             if req.fut.done():  # the owner went away
@@ -338,9 +373,15 @@ class Raylet:
             worker = self.pool.pop_idle(req.env_key)
             if worker is None:
                 needed[req.env_key] = needed.get(req.env_key, 0) + 1
+                # Held for this pass, so later requests do not each start a worker
+                # for the same free CPUs (10 queued requests used to start 10).
+                self.resources.acquire(req.res)
+                waiting.append(req.res)
                 continue
             self.requests.remove(req)
             self._grant(req, worker)
+        for res in waiting:
+            self.resources.release(res)
         for env_key, n in needed.items():
             missing = n - self.pool.starting.get(env_key, 0)
             env = next(r.env for r in self.requests if r.env_key == env_key)
@@ -353,6 +394,7 @@ class Raylet:
         worker.lease_id = lease_id
         lease = self.leases[lease_id] = Lease(lease_id, worker, req.hold, req.conn)
         lease.actor = req.actor
+        lease.retriable = req.retriable
         lease.gpus = self.resources.assign_gpus(req.res.get("GPU", 0.0))
         req.fut.set_result(
             {
@@ -385,19 +427,30 @@ class Raylet:
         if self.gcs is not None and not self.gcs.is_closed:
             avail = self.resources.snapshot()
             avail["object_store_memory"] = float(self.store.manager.available)
-            self.gcs.notify("report_resources", [self.node_id, avail])
+            body: list[Any] = [self.node_id, avail]
+            if self.resources.total != self._reported_total:
+                # Totals change when placement-group bundles are committed or removed.
+                self._reported_total = dict(self.resources.total)
+                body.append(
+                    {**self._reported_total, "object_store_memory": float(self.object_store_memory)}
+                )
+            self.gcs.notify("report_resources", body)
 
     def handle_cluster_view(self, conn: rpc.Connection, entries: list[Any], _: Any) -> None:
         """The GCS's batched news of other nodes (resources, joins, deaths)."""
-        for dead in self.spillback.apply_view(entries):
+        joined, died = self.spillback.apply_view(entries)
+        for dead in died:
             self.transfer.node_died(dead.node_id)
-            # Owners here may have tasks or actors there whose connections stay silent
-            # (a frozen or cut-off node): tell them, so they retry elsewhere.
-            news = [dead.node_id, dead.ip, dead.port, self.spillback.ip_shared(dead)]
-            for peer in self.server.connections:
-                role = (peer.peer_info or {}).get("role")
-                if role in ("driver", "worker") and not peer.is_closed:
-                    peer.notify("node_dead", news)
+        # Owners here may have tasks or actors on a dead node whose connections stay
+        # silent (a frozen or cut-off node): tell them, so they retry elsewhere. Drivers
+        # connect to a new node's raylet to hear its workers' output.
+        news = [["added", n.node_id, n.ip, n.port] for n in joined]
+        news += [["dead", n.node_id, n.ip, n.port, self.spillback.ip_shared(n)] for n in died]
+        for peer in self.server.connections if news else ():
+            role = (peer.peer_info or {}).get("role")
+            if role in ("driver", "worker") and not peer.is_closed:
+                for event in news:
+                    peer.notify("node_event", event)
         if self.requests:
             self._schedule()
 
@@ -448,7 +501,18 @@ class Raylet:
         return self.store.create_object(conn, body)
 
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        self.owners.sealed(body[0], body[2] if len(body) > 2 else None)
         self.store.object_sealed(body)
+
+    def _on_connect(self, conn: rpc.Connection) -> None:
+        conn.on_close.append(self._peer_gone)
+
+    def _peer_gone(self, conn: rpc.Connection) -> None:
+        owner = (conn.peer_info or {}).get("worker_id")
+        if owner and not self._stopped.is_set():
+            orphans = self.owners.owner_died(owner)
+            if orphans:  # their owner died: nobody can read them any more, anywhere
+                self.free_here(orphans)
 
     def handle_restore_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
         return self.store.restore_object(oid)
@@ -458,6 +522,8 @@ class Raylet:
 
     def free_here(self, oids: list[bytes]) -> None:
         """Free this node's copies, and (for its primaries) the copies pulled from here."""
+        for oid in oids:
+            self.owners.freed(oid)
         self.store.free_objects(oids)
         self.transfer.freed(oids)
 
@@ -477,6 +543,23 @@ class Raylet:
     def handle_transfer_end(self, conn: rpc.Connection, oid: bytes, _: Any) -> None:
         self.transfer.end(conn, oid)
 
+    async def handle_memory_summary(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+        """``aioray memory``: every local process's references and this store's view."""
+        peers = [
+            c
+            for c in self.server.connections
+            if (c.peer_info or {}).get("role") in ("driver", "worker") and not c.is_closed
+        ]
+        store = {
+            oid: [
+                e.size,
+                "spilled" if e.state == "SPILLED" else "in shared memory",
+                e.spill_path or "",
+            ]
+            for oid, e in self.store.manager.entries.items()
+        }
+        return await memory_report.node_summary(peers, store)
+
     def handle_get_state(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
         assert self.pool is not None
         return {
@@ -493,6 +576,7 @@ class Raylet:
                 **{n.node_id.hex(): n.available for n in self.spillback.view.nodes.values()},
                 self.node_id.hex(): self.resources.snapshot(),
             },
+            "oom_kills": self.memory_monitor.kills,
         }
 
 

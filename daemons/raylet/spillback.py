@@ -50,12 +50,16 @@ class Spillback:
     def __repr__(self) -> str:
         return f"<Spillback {self.view!r}>"
 
-    def apply_view(self, entries: list[list[Any]]) -> list[NodeView]:
-        """Take the GCS's news; return the nodes that just died."""
+    def apply_view(self, entries: list[list[Any]]) -> tuple[list[NodeView], list[NodeView]]:
+        """Take the GCS's news; return the nodes that just joined, and those that died."""
+        known = set(self.view.nodes)
         was_alive = {n.node_id for n in self.view.nodes.values() if n.alive}
         self.view.apply([e for e in entries if e[0] != self.local.node_id])
         self.view.set_local(self.local)
-        return [n for n in self.view.nodes.values() if not n.alive and n.node_id in was_alive]
+        nodes = self.view.nodes.values()
+        joined = [n for n in nodes if n.alive and n.node_id not in known]
+        died = [n for n in nodes if not n.alive and n.node_id in was_alive]
+        return joined, died
 
     def ip_shared(self, node: NodeView) -> bool:
         """Whether an alive node has the same IP (then an IP names no single node)."""
