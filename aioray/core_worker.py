@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from aioray import config, ids, log_monitor, rpc, serialization, store_client
+from aioray import config, ids, log_monitor, placement_groups, rpc, serialization, store_client
 from aioray._loop import result_interruptibly
 from aioray.actor_submitter import ActorSubmitter
 from aioray.borrowing import Borrowing, pairs_of
@@ -180,7 +180,10 @@ class CoreWorker:
                     raise ConnectionError("this process does not know the GCS address")
                 self.gcs, _ = await rpc.connect(
                     *self.gcs_address,
-                    handlers={"lease_infeasible": self.handle_lease_infeasible},
+                    handlers={
+                        "lease_infeasible": self.handle_lease_infeasible,
+                        "placement_group_infeasible": placement_groups.handle_infeasible,
+                    },
                     hello={"role": self.mode},
                     name="gcs",
                 )

@@ -50,7 +50,9 @@ class NodeResources:
 
     def release(self, request: dict[str, float]) -> None:
         for k, v in request.items():
-            self.available[k] = min(self.total.get(k, 0.0), self.available.get(k, 0.0) + v)
+            total = self.total.get(k)
+            if total is not None:  # a removed placement group's resources are gone
+                self.available[k] = min(total, self.available.get(k, 0.0) + v)
 
     def snapshot(self) -> dict[str, float]:
         return {k: round(max(v, 0.0), 6) for k, v in self.available.items()}

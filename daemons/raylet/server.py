@@ -27,6 +27,7 @@ import socket
 from typing import Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
+from aioray.daemons.raylet.bundles import BundleService
 from aioray.daemons.raylet.resources import NodeResources
 from aioray.daemons.raylet.scheduler import strategy_from_wire
 from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
@@ -34,6 +35,7 @@ from aioray.daemons.raylet.store_service import SpillConfig, StoreService
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
 from aioray import config, rpc
+from aioray.bundle_resources import is_group_resource
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +116,8 @@ class Raylet:
         self.labels = labels
         self.prestart = prestart
         self.gcs: rpc.Connection | None = None
-        self.server = rpc.Server(rpc.handlers_of(self), hello_check=self._hello)
+        self.bundles = BundleService(self)  # placement-group reservations
+        self.server = rpc.Server(self._handlers(), hello_check=self._hello)
         self.pool: WorkerPool | None = None
         self.requests: list[LeaseRequest] = []
         self.leases: dict[int, Lease] = {}
@@ -131,6 +134,9 @@ class Raylet:
             f"<Raylet node={self.node_id.hex()[:8]} leases={len(self.leases)} "
             f"queued={len(self.requests)} {self.store!r} {self.pool!r}>"
         )
+
+    def _handlers(self) -> dict[str, rpc.Handler]:
+        return {**rpc.handlers_of(self), **self.bundles.handlers()}
 
     def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
         # The authentication token check goes here.
@@ -160,7 +166,7 @@ class Raylet:
         self.spillback.local.port = self.port
         self.pool.worker_args["raylet_port"] = self.port
         self.gcs, _ = await rpc.connect(
-            *self.gcs_address, handlers=rpc.handlers_of(self), hello={"role": "raylet"}, name="gcs"
+            *self.gcs_address, handlers=self._handlers(), hello={"role": "raylet"}, name="gcs"
         )
         self.gcs.on_close.append(lambda _: self._gcs_lost())
         self._heartbeat()
@@ -295,7 +301,8 @@ class Raylet:
         if lease is None or lease.blocked == blocked:
             return
         lease.blocked = blocked
-        cpu = {k: v for k, v in lease.res.items() if k == "CPU"}
+        # A placement group's CPUs too, so nested tasks in one bundle cannot deadlock.
+        cpu = {k: v for k, v in lease.res.items() if k == "CPU" or k.startswith("CPU_group_")}
         if blocked:
             self.resources.release(cpu)
         else:
@@ -324,7 +331,8 @@ class Raylet:
             if where == NOWHERE or not self.resources.feasible(req.res):
                 if not req.warned:
                     req.warned = True
-                    if not req.conn.is_closed:
+                    # A task waiting for its placement group is not infeasible (Ray: no warning).
+                    if not req.conn.is_closed and not any(map(is_group_resource, req.res)):
                         req.conn.notify(
                             "lease_infeasible", {"res": req.res, "total": self.resources.total}
                         )
@@ -359,6 +367,11 @@ class Raylet:
             }
         )
         self._report()
+
+    def resources_changed(self) -> None:
+        """The node's resources changed outside a lease (placement-group bundles)."""
+        self._report()
+        self._schedule()
 
     def _report(self) -> None:
         if not self._report_soon:

@@ -1,0 +1,110 @@
+"""The raylet's half of placement-group reservation: two-phase bundle accounting.
+
+The GCS reserves a group's bundles on every chosen node atomically
+(daemons/gcs/placement_groups.py):
+
+1. ``prepare_bundles [pg, [[index, resources], ...]]``: all or nothing, the
+   node holds the bundles' resources aside (taken from ``available``, so leases
+   cannot take them) and answers True; False if they do not all fit now.
+2. ``commit_bundles [pg, [index, ...]]``: each prepared bundle becomes the
+   group's resources (``CPU_group_<i>_<pg>``, ``CPU_group_<pg>``, ... in
+   aioray/bundle_resources.py), added to the node's totals, which tasks and
+   actors in the group lease.
+3. ``cancel_bundles [pg, [index, ...]]``: a rollback (prepared) or a removal
+   (committed). Workers leasing the group's resources are killed (Ray's
+   semantics), the group's resources disappear, the reserved ones return.
+
+Every step reports the node's resources to the GCS at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+from aioray import rpc
+from aioray.bundle_resources import add, group_resources, is_group_resource
+
+if TYPE_CHECKING:
+    from aioray.daemons.raylet.server import Raylet
+
+BundleKey = tuple[bytes, int]
+
+
+class BundleService:
+    def __init__(self, raylet: Raylet) -> None:
+        self.raylet = raylet
+        self.prepared: dict[BundleKey, dict[str, float]] = {}
+        self.committed: dict[BundleKey, dict[str, float]] = {}
+
+    def __repr__(self) -> str:
+        return f"<BundleService prepared={len(self.prepared)} committed={len(self.committed)}>"
+
+    def handlers(self) -> dict[str, rpc.Handler]:
+        return {
+            "prepare_bundles": self.handle_prepare_bundles,
+            "commit_bundles": self.handle_commit_bundles,
+            "cancel_bundles": self.handle_cancel_bundles,
+        }
+
+    def handle_prepare_bundles(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+        pg, bundles = body
+        new = [
+            (int(i), {k: float(v) for k, v in res.items()})
+            for i, res in bundles
+            if (pg, i) not in self.prepared and (pg, i) not in self.committed
+        ]
+        need: dict[str, float] = {}
+        for _i, res in new:
+            add(need, res)
+        resources = self.raylet.resources
+        if not resources.fits(need):
+            return False
+        resources.acquire(need)
+        for i, res in new:
+            self.prepared[(pg, i)] = res
+        self.raylet.resources_changed()
+        return True
+
+    def handle_commit_bundles(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+        pg, indexes = body
+        resources = self.raylet.resources
+        for i in indexes:
+            res = self.prepared.pop((pg, i), None)
+            if res is None:
+                continue
+            self.committed[(pg, i)] = res
+            group = group_resources(pg.hex(), i, res)
+            add(resources.total, group)
+            add(resources.available, group)
+        self.raylet.resources_changed()
+        return True
+
+    def handle_cancel_bundles(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        pg, indexes = body
+        resources = self.raylet.resources
+        removed_committed = False
+        for i in indexes:
+            res = self.prepared.pop((pg, i), None)
+            if res is None:
+                res = self.committed.pop((pg, i), None)
+                removed_committed = removed_committed or res is not None
+            if res is not None:
+                resources.release(res)
+        if removed_committed:
+            self._kill_group_workers(pg.hex())
+            if not any(key[0] == pg for key in self.committed):
+                for table in (resources.total, resources.available):
+                    for name in [k for k in table if is_group_resource(k, pg.hex())]:
+                        del table[name]
+        self.raylet.resources_changed()
+
+    def _kill_group_workers(self, pg_hex: str) -> None:
+        """Removing a group kills the tasks and actors running in it (as Ray does)."""
+        for lease in self.raylet.leases.values():
+            if any(is_group_resource(k, pg_hex) for k in lease.res):
+                try:
+                    os.kill(lease.worker.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
