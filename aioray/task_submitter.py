@@ -36,6 +36,7 @@ from aioray.exceptions import (
     RaySystemError,
     RayTaskError,
     TaskCancelledError,
+    TaskPlacementGroupRemoved,
     TaskUnschedulableError,
     WorkerCrashedError,
 )
@@ -281,7 +282,8 @@ class TaskSubmitter:
             return
         cls.pending_leases -= 1
         if "error" in body:
-            self._fail_queue(cls, TaskUnschedulableError(body["error"]))
+            error = TaskPlacementGroupRemoved if body.get("pg_removed") else TaskUnschedulableError
+            self._fail_queue(cls, error(body["error"]))
             return
         host, port = body["addr"]
         self.cw.loop.create_task(

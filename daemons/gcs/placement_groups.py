@@ -303,8 +303,8 @@ class PlacementGroupManager:
                 by_node.setdefault(n, []).append(i)
                 if rec["committed"][i]:
                     self._totals(n, pgid, i, rec["bundles"][i], -1)
-        for n, indexes in by_node.items():
-            self._notify(n, "cancel_bundles", [pgid, indexes])
+        for n in list(self.gcs.raylets):  # every raylet: requests for it fail from now on
+            self._notify(n, "cancel_bundles", [pgid, by_node.get(n, []), True])
         rec["nodes"] = [None] * len(rec["bundles"])
         rec["committed"] = [False] * len(rec["bundles"])
         self._changed(rec)

@@ -10,15 +10,18 @@ The GCS reserves a group's bundles on every chosen node atomically
    group's resources (``CPU_group_<i>_<pg>``, ``CPU_group_<pg>``, ... in
    aioray/bundle_resources.py), added to the node's totals, which tasks and
    actors in the group lease.
-3. ``cancel_bundles [pg, [index, ...]]``: a rollback (prepared) or a removal
-   (committed). Workers leasing the group's resources are killed (Ray's
-   semantics), the group's resources disappear, the reserved ones return.
+3. ``cancel_bundles [pg, [index, ...], removed]``: a rollback (prepared) or a
+   removal (committed). Workers leasing the group's resources are killed (Ray's
+   semantics), the group's resources disappear, the reserved ones return. A
+   removal goes to every raylet, which from then on fails lease requests for the
+   group's resources instead of queueing them forever.
 
 Every step reports the node's resources to the GCS at once.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 from typing import TYPE_CHECKING, Any
@@ -27,9 +30,10 @@ from aioray import rpc
 from aioray.bundle_resources import add, group_resources, is_group_resource
 
 if TYPE_CHECKING:
-    from aioray.daemons.raylet.server import Raylet
+    from aioray.daemons.raylet.server import LeaseRequest, Raylet
 
 BundleKey = tuple[bytes, int]
+MAX_REMOVED_KEPT = 10000
 
 
 class BundleService:
@@ -37,6 +41,8 @@ class BundleService:
         self.raylet = raylet
         self.prepared: dict[BundleKey, dict[str, float]] = {}
         self.committed: dict[BundleKey, dict[str, float]] = {}
+        self.removed: set[str] = set()  # removed groups (id hex): their requests fail
+        self._removed_order: collections.deque[str] = collections.deque()
 
     def __repr__(self) -> str:
         return f"<BundleService prepared={len(self.prepared)} committed={len(self.committed)}>"
@@ -82,7 +88,12 @@ class BundleService:
         return True
 
     def handle_cancel_bundles(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        pg, indexes = body
+        pg, indexes = body[0], body[1]
+        if len(body) > 2 and body[2]:  # the group was removed (sent to every raylet)
+            self.removed.add(pg.hex())
+            self._removed_order.append(pg.hex())
+            while len(self._removed_order) > MAX_REMOVED_KEPT:
+                self.removed.discard(self._removed_order.popleft())
         resources = self.raylet.resources
         removed_committed = False
         for i in indexes:
@@ -99,6 +110,19 @@ class BundleService:
                     for name in [k for k in table if is_group_resource(k, pg.hex())]:
                         del table[name]
         self.raylet.resources_changed()
+
+    def refuse(self, req: LeaseRequest) -> bool:
+        """Fail a lease request for a removed group (Ray: TaskPlacementGroupRemoved)."""
+        for name in req.res:
+            if is_group_resource(name) and name.rsplit("_", 1)[-1] in self.removed:
+                req.fut.set_result(
+                    {
+                        "error": f"The placement group {name.rsplit('_', 1)[-1]} was removed.",
+                        "pg_removed": True,
+                    }
+                )
+                return True
+        return False
 
     def _kill_group_workers(self, pg_hex: str) -> None:
         """Removing a group kills the tasks and actors running in it (as Ray does)."""

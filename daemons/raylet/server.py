@@ -329,6 +329,9 @@ class Raylet:
                 self.requests.remove(req)
                 continue
             if where == NOWHERE or not self.resources.feasible(req.res):
+                if self.bundles.removed and self.bundles.refuse(req):
+                    self.requests.remove(req)
+                    continue
                 if not req.warned:
                     req.warned = True
                     # A task waiting for its placement group is not infeasible (Ray: no warning).
