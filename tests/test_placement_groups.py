@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -228,6 +230,28 @@ def test_ready_of_a_group_removed_while_pending_raises(idle: Any) -> None:
     remove_placement_group(pg)
     with pytest.raises(ray.exceptions.RaySystemError, match="removed"):
         ray.get(ready, timeout=20)
+
+
+def test_groups_fate_share_with_their_driver_unless_detached(idle: Any) -> None:
+    script = (
+        "import aioray as ray\n"
+        f"ray.init(address={idle.address!r}, namespace='pgs')\n"
+        "a = ray.util.placement_group([{'CPU': 1}], name='mine')\n"
+        "b = ray.util.placement_group([{'CPU': 1}], name='kept', lifetime='detached')\n"
+        "assert a.wait(20) and b.wait(20)\n"
+        "ray.shutdown()\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    states = {t["name"]: t["state"] for t in placement_group_table().values()}
+    wait_for_condition(
+        lambda: (
+            {t["name"]: t["state"] for t in placement_group_table().values()}.get("mine")
+            == "REMOVED"
+        ),
+        10,
+    )
+    assert states["kept"] == "CREATED"
+    # The detached group lives on (in its namespace); the idle fixture removes it.
 
 
 # ------------------------------------------------------- pending and atomicity

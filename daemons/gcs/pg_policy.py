@@ -43,10 +43,12 @@ def _total(bundles: Iterable[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _utilization(node: NodeView, room: dict[str, float]) -> float:
+def _utilization(node: NodeView, room: dict[str, float], res: dict[str, float]) -> float:
+    """The busiest of the requested resources (and CPU) as a used fraction."""
     worst = 0.0
-    for k, total in node.total.items():
-        if total > 0 and "_group_" not in k:
+    for k in {"CPU", *res}:
+        total = node.total.get(k, 0.0)
+        if total > 0:
             worst = max(worst, 1.0 - room.get(k, 0.0) / total)
     return worst
 
@@ -79,7 +81,7 @@ def place(
         if fitting:
             best = min(
                 fitting,
-                key=lambda n: (-count.get(n.node_id, 0), _utilization(n, room[n.node_id])),
+                key=lambda n: (-count.get(n.node_id, 0), _utilization(n, room[n.node_id], need)),
             )
             return dict.fromkeys(order, best.node_id)
         if strategy == "STRICT_PACK":
@@ -95,12 +97,12 @@ def place(
         if strategy == "PACK":
             best = min(
                 fitting,
-                key=lambda n: (-count.get(n.node_id, 0), _utilization(n, room[n.node_id])),
+                key=lambda n: (-count.get(n.node_id, 0), _utilization(n, room[n.node_id], res)),
             )
         else:
             best = min(
                 fitting,
-                key=lambda n: (count.get(n.node_id, 0), _utilization(n, room[n.node_id])),
+                key=lambda n: (count.get(n.node_id, 0), _utilization(n, room[n.node_id], res)),
             )
         out[i] = best.node_id
         count[best.node_id] = count.get(best.node_id, 0) + 1

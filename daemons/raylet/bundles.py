@@ -41,6 +41,8 @@ class BundleService:
         self.raylet = raylet
         self.prepared: dict[BundleKey, dict[str, float]] = {}
         self.committed: dict[BundleKey, dict[str, float]] = {}
+        self._names: dict[bytes, set[str]] = {}  # each group's resource names on this node
+        self._held: dict[bytes, set[int]] = {}  # each group's committed bundles here
         self.removed: set[str] = set()  # removed groups (id hex): their requests fail
         self._removed_order: collections.deque[str] = collections.deque()
 
@@ -84,6 +86,8 @@ class BundleService:
             group = group_resources(pg.hex(), i, res)
             add(resources.total, group)
             add(resources.available, group)
+            self._names.setdefault(pg, set()).update(group)
+            self._held.setdefault(pg, set()).add(i)
         self.raylet.resources_changed()
         return True
 
@@ -105,10 +109,13 @@ class BundleService:
                 resources.release(res)
         if removed_committed:
             self._kill_group_workers(pg.hex())
-            if not any(key[0] == pg for key in self.committed):
-                for table in (resources.total, resources.available):
-                    for name in [k for k in table if is_group_resource(k, pg.hex())]:
-                        del table[name]
+            held = self._held.get(pg, set())
+            held.difference_update(indexes)
+            if not held:  # the group's last bundle here: its resource names go
+                self._held.pop(pg, None)
+                for name in self._names.pop(pg, ()):
+                    resources.total.pop(name, None)
+                    resources.available.pop(name, None)
         self.raylet.resources_changed()
 
     def refuse(self, req: LeaseRequest) -> bool:
