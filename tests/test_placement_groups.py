@@ -186,7 +186,19 @@ def test_actor_in_a_bundle(idle: Any) -> None:
     assert ray.wait([ref], timeout=0.5)[0] == []
     ray.kill(actor)
     assert ray.get(ref, timeout=20) == where[1]
+    # Removing the group kills its actors for good, even restartable ones.
+    survivor = Where.options(max_restarts=-1, scheduling_strategy=in_bundle(pg, 0)).remote()
+    assert ray.get(survivor.node.remote(), timeout=20) == where[0]
     remove_placement_group(pg)
+
+    def died() -> bool:
+        try:
+            ray.get(survivor.node.remote(), timeout=20)
+        except ray.exceptions.ActorDiedError:
+            return True
+        return False
+
+    wait_for_condition(died, 20, message="the actor outlived its placement group")
 
 
 def test_named_group_lookup(idle: Any) -> None:
