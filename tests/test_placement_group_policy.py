@@ -156,3 +156,41 @@ async def test_a_raylet_dying_during_prepare_rolls_back_every_prepare() -> None:
     await _settle(manager, b"g3")
     rec = manager.groups[b"g3"]
     assert rec["state"] == CREATED and set(rec["nodes"]) == {A, C}
+
+
+async def test_the_table_is_plain_data_that_can_be_loaded_back() -> None:
+    raylets = {n: FakeRaylet(True) for n in (A, B, C)}
+    manager = PlacementGroupManager(FakeGcs(raylets))  # type: ignore[arg-type]
+    written: dict[bytes, dict[str, Any]] = {}
+    manager.listeners.append(lambda rec: written.__setitem__(rec["id"], dict(rec)))
+    _create(manager, b"g4", "PACK")
+    await _settle(manager, b"g4")
+    assert written[b"g4"]["state"] == CREATED
+    manager.handle_create_placement_group(
+        FakeRaylet(True),  # type: ignore[arg-type]
+        {
+            "id": b"g5",
+            "name": "later",
+            "bundles": [{"CPU": 64}],
+            "strategy": "PACK",
+            "detached": True,
+        },
+        None,
+    )
+    assert written[b"g5"]["state"] == PENDING
+    again = PlacementGroupManager(FakeGcs({n: FakeRaylet(True) for n in (A, B, C)}))  # type: ignore[arg-type]
+    again.load(list(written.values()))
+    assert (
+        again.groups[b"g4"]["state"] == CREATED
+        and again.groups[b"g4"]["nodes"] == manager.groups[b"g4"]["nodes"]
+    )
+    assert again.names[("", "later")] == b"g5" and list(again._queue) == [b"g5"]
+    again.remove(b"g5")
+    manager.remove(b"g5")
+
+
+def test_a_bad_peer_cannot_create_a_group_with_negative_resources() -> None:
+    manager = PlacementGroupManager(FakeGcs({}))  # type: ignore[arg-type]
+    body = {"id": b"g6", "bundles": [{"CPU": -1}], "strategy": "PACK", "detached": True}
+    assert "error" in manager.handle_create_placement_group(FakeRaylet(True), body, None)  # type: ignore[arg-type]
+    assert manager.groups == {}

@@ -270,9 +270,11 @@ def test_groups_fate_share_with_their_driver_unless_detached(idle: Any) -> None:
 
 
 def test_a_group_that_cannot_fit_reserves_nothing(idle: Any) -> None:
-    # Two bundles would fit, the third cannot: none of them is held.
+    # Three bundles would fit, the fourth cannot: none of them is held.
     pg = placement_group([{"CPU": 2}, {"CPU": 2}, {"CPU": 2}, {"CPU": 1}], strategy="SPREAD")
-    assert not pg.wait(0.5)
+    ready = pg.ready()
+    assert ray.wait([ready], timeout=0.3) == ([], [ready])
+    assert not pg.wait(0.2)
     assert ray.available_resources().get("CPU") == 6
     assert placement_group_table(pg)["state"] == "PENDING"
     assert placement_group_table(pg)["bundles_to_node_id"] == {}

@@ -88,7 +88,12 @@ class PlacementGroupManager:
         pgid, name, ns = body["id"], body.get("name") or "", body.get("ns") or ""
         bundles = [{str(k): float(v) for k, v in b.items()} for b in body["bundles"]]
         strategy = body["strategy"]
-        if strategy not in STRATEGIES or not bundles or not all(bundles):
+        if (
+            strategy not in STRATEGIES
+            or not bundles
+            or not all(b and all(v > 0 for v in b.values()) for b in bundles)
+            or pgid in self.groups
+        ):  # the caller validates; this keeps a bad peer from corrupting the table
             return {"error": f"invalid placement group: {strategy!r} {bundles!r}"}
         if name and (ns, name) in self.names:
             return {"error": f"A placement group named {name!r} already exists (namespace {ns!r})."}
@@ -129,6 +134,24 @@ class PlacementGroupManager:
     def _owner_gone(self, conn: rpc.Connection) -> None:
         for pgid in [p for p, c in self._owners.items() if c is conn]:
             self.remove(pgid)
+
+    def load(self, records: list[dict[str, Any]]) -> None:
+        """Take back a table written through ``listeners`` (a restarted GCS).
+
+        Created groups keep their nodes; the others are queued again.
+        """
+        for rec in records:
+            rec = {**rec, "nodes": list(rec["nodes"]), "committed": list(rec["committed"])}
+            self.groups[rec["id"]] = rec
+            if rec["state"] == REMOVED:
+                self._removed.append(rec["id"])
+                continue
+            if rec["name"]:
+                self.names[(rec["ns"], rec["name"])] = rec["id"]
+            if rec["state"] != CREATED:
+                self._queue.append(rec["id"])
+        if self._queue:
+            self.kick()
 
     # -- 2. placing ------------------------------------------------------------------------
     def kick(self) -> None:
