@@ -101,10 +101,15 @@ class RemoteFunction:
         if env:
             spec["env"] = env
         resources = options.resource_request(opts)
-        placement = placement_groups.placement_of(cw, opts)
-        if placement is not None:  # in a placement group: lease the bundle's resources
-            resources = placement_groups.rewrite(placement, resources, self._name)
-            spec["pg"] = placement
+        if (
+            opts["scheduling_strategy"] is not None
+            or "placement_group" in opts
+            or placement_groups.capturing
+        ):
+            placement = placement_groups.placement_of(cw, opts)
+            if placement is not None:  # in a placement group: lease the bundle's resources
+                resources = placement_groups.rewrite(placement, resources, self._name)
+                spec["pg"] = placement
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
         sched_key: tuple[Any, ...] = (

@@ -202,7 +202,9 @@ class TaskExecutor:
             return self._create_actor(spec, job)
         ctx = self.cw.task_context
         ctx.task_id = task_id
-        ctx.pg = spec.get("pg")  # get_current_placement_group; captured child tasks
+        ctx.pg = pg = spec.get("pg")  # get_current_placement_group; captured child tasks
+        if pg:
+            placement_groups.task_placement(pg)
         self.cw.job_id = spec.get("job", self.cw.job_id)
         self.cw.namespace = spec.get("ns", self.cw.namespace)
         gpus = spec.get("gpu") or self.actor.gpus
