@@ -66,8 +66,9 @@ def test_dead_nodes_are_never_chosen_and_infeasibility_is_explained() -> None:
 
 
 class FakeRaylet:
-    def __init__(self, answer: Any) -> None:
+    def __init__(self, answer: Any, commit: Any = True) -> None:
         self.answer = answer  # what prepare_bundles answers (an exception: the node died)
+        self.commit = commit  # what commit_bundles answers
         self.calls: list[tuple[str, Any]] = []
         self.is_closed = False
         self.state: dict[str, Any] = {}
@@ -75,9 +76,10 @@ class FakeRaylet:
 
     async def call(self, method: str, body: Any) -> Any:
         self.calls.append((method, body))
-        if method == "prepare_bundles" and isinstance(self.answer, BaseException):
-            raise self.answer
-        return self.answer if method == "prepare_bundles" else True
+        answer = self.answer if method == "prepare_bundles" else self.commit
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
     def notify(self, method: str, body: Any) -> None:
         self.calls.append((method, body))
@@ -194,3 +196,20 @@ def test_a_bad_peer_cannot_create_a_group_with_negative_resources() -> None:
     body = {"id": b"g6", "bundles": [{"CPU": -1}], "strategy": "PACK", "detached": True}
     assert "error" in manager.handle_create_placement_group(FakeRaylet(True), body, None)  # type: ignore[arg-type]
     assert manager.groups == {}
+
+
+async def test_a_failed_commit_gives_the_bundles_back_and_places_them_again() -> None:
+    flaky = FakeRaylet(True, commit=RuntimeError("commit failed"))
+    raylets = {A: FakeRaylet(True), B: flaky, C: FakeRaylet(True)}
+    manager = PlacementGroupManager(FakeGcs(raylets))  # type: ignore[arg-type]
+    _create(manager, b"g7", "STRICT_SPREAD")
+    await _settle(manager, b"g7")
+    rec = manager.groups[b"g7"]
+    assert rec["state"] == PENDING and rec["nodes"].count(None) == 1
+    assert flaky.methods() == ["prepare_bundles", "commit_bundles", "cancel_bundles"]
+    flaky.commit = True
+    manager.gcs.view.resources_changed(B, {"CPU": 2.0})  # its report after the cancel
+    manager.kick()
+    await asyncio.sleep(0.01)
+    await _settle(manager, b"g7")
+    assert rec["state"] == CREATED and sorted(rec["nodes"]) == [A, B, C]

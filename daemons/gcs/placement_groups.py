@@ -252,6 +252,13 @@ class PlacementGroupManager:
                     if rec["nodes"][i] == n:
                         rec["committed"][i] = True
                         self._totals(n, pgid, i, bundles[i], +1)
+            elif ok is not True and rec["state"] != REMOVED:
+                # A dead node's bundles were already reset (node_died); a live raylet
+                # that failed the commit gives them back, and they are placed again.
+                for i in by_node[n]:
+                    if rec["nodes"][i] == n:
+                        rec["nodes"][i] = None
+                self._notify(n, "cancel_bundles", [pgid, by_node[n]])
         if rec["state"] == REMOVED:
             return True
         if not all(rec["committed"]):
