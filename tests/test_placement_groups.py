@@ -17,7 +17,7 @@ from aioray.exceptions import TaskPlacementGroupRemoved, WorkerCrashedError
 from aioray.util import placement_group, placement_group_table, remove_placement_group
 from aioray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-CLUSTER_NODES = [{"num_cpus": 2}, {"num_cpus": 2}, {"num_cpus": 2}]
+CLUSTER_NODES = [{"num_cpus": 2, "num_gpus": 2}, {"num_cpus": 2}, {"num_cpus": 2}]
 
 
 @ray.remote(num_cpus=1)
@@ -199,6 +199,28 @@ def test_actor_in_a_bundle(idle: Any) -> None:
         return False
 
     wait_for_condition(died, 20, message="the actor outlived its placement group")
+
+
+@ray.remote(num_cpus=0, num_gpus=1)
+def gpu_ids() -> tuple[list[int], str]:
+    return ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+def test_tasks_in_gpu_bundles_get_the_bundles_devices(idle: Any) -> None:
+    pg = placement_group([{"GPU": 1}, {"GPU": 1}], strategy="STRICT_PACK")
+    assert pg.wait(20)
+    assert set(placement_group_table(pg)["bundles_to_node_id"].values()) == {idle.head_node.node_id}
+    seen = [
+        ray.get(gpu_ids.options(scheduling_strategy=in_bundle(pg, i)).remote(), timeout=20)
+        for i in range(2)
+    ]
+    assert sorted(ids[0] for ids, _ in seen) == [0, 1]
+    assert [env for _, env in seen] == [str(ids[0]) for ids, _ in seen]
+    # Both devices are the group's: a GPU task outside it waits until the group goes.
+    outside = gpu_ids.remote()
+    assert ray.wait([outside], timeout=0.5)[0] == []
+    remove_placement_group(pg)
+    assert len(ray.get(outside, timeout=20)[0]) == 1
 
 
 def test_named_group_lookup(idle: Any) -> None:

@@ -26,6 +26,8 @@ import os
 import signal
 from typing import TYPE_CHECKING, Any
 
+from aioray.daemons.raylet.resources import give_back_gpus, take_gpus
+
 from aioray import rpc
 from aioray.bundle_resources import add, group_resources, is_group_resource
 
@@ -41,6 +43,9 @@ class BundleService:
         self.raylet = raylet
         self.prepared: dict[BundleKey, dict[str, float]] = {}
         self.committed: dict[BundleKey, dict[str, float]] = {}
+        self._gpu_taken: dict[BundleKey, list[tuple[int, float]]] = {}
+        self.gpu_pools: dict[BundleKey, dict[int, float]] = {}  # bundle -> GPU id -> free
+        self._lease_pool: dict[int, BundleKey] = {}  # lease -> the bundle its GPUs are from
         self._names: dict[bytes, set[str]] = {}  # each group's resource names on this node
         self._held: dict[bytes, set[int]] = {}  # each group's committed bundles here
         self.removed: set[str] = set()  # removed groups (id hex): their requests fail
@@ -72,6 +77,10 @@ class BundleService:
         resources.acquire(need)
         for i, res in new:
             self.prepared[(pg, i)] = res
+            taken = resources.assign_gpus(res.get("GPU", 0.0))
+            if taken:  # the bundle's own devices: its tasks get their ids from these
+                self._gpu_taken[(pg, i)] = taken
+                self.gpu_pools[(pg, i)] = dict(taken)
         self.raylet.resources_changed()
         return True
 
@@ -107,6 +116,8 @@ class BundleService:
                 removed_committed = removed_committed or res is not None
             if res is not None:
                 resources.release(res)
+                resources.release_gpus(self._gpu_taken.pop((pg, i), []))
+                self.gpu_pools.pop((pg, i), None)
         if removed_committed:
             self._kill_group_workers(pg.hex())
             held = self._held.get(pg, set())
@@ -117,6 +128,31 @@ class BundleService:
                     resources.total.pop(name, None)
                     resources.available.pop(name, None)
         self.raylet.resources_changed()
+
+    def assign_gpus(self, lease_id: int, res: dict[str, float]) -> list[tuple[int, float]]:
+        """Device ids for a lease of a bundle's GPUs (``GPU_group_[<i>_]<pg>``)."""
+        for name, amount in res.items():
+            if not name.startswith("GPU_group_"):
+                continue
+            head, _, pg_hex = name[len("GPU_group_") :].rpartition("_")  # head: the index
+            pg = bytes.fromhex(pg_hex)
+            keys = [(pg, int(head))] if head else [k for k in self.gpu_pools if k[0] == pg]
+            for key in keys:
+                taken = take_gpus(self.gpu_pools.get(key, {}), amount)
+                if taken:
+                    self._lease_pool[lease_id] = key
+                    return taken
+        return []
+
+    def release_gpus(self, lease_id: int, taken: list[tuple[int, float]]) -> bool:
+        """Give a lease's GPUs back to its bundle; False if they came from the node."""
+        key = self._lease_pool.pop(lease_id, None)
+        if key is None:
+            return False
+        pool = self.gpu_pools.get(key)
+        if pool is not None:  # else the bundle is gone and gave its devices back
+            give_back_gpus(pool, taken)
+        return True
 
     def refuse(self, req: LeaseRequest) -> bool:
         """Fail a lease request for a removed group (Ray: TaskPlacementGroupRemoved)."""

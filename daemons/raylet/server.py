@@ -240,7 +240,7 @@ class Raylet:
         if w.lease_id is not None:
             lease = self.leases.pop(w.lease_id, None)
             if lease is not None:
-                self.resources.release_gpus(lease.gpus)
+                self._release_gpus(lease)
                 if not lease.blocked:
                     self.resources.release(lease.res)
                 if lease.actor is not None and self.gcs is not None and not self.gcs.is_closed:
@@ -287,13 +287,17 @@ class Raylet:
             return
         if not lease.blocked:
             self.resources.release(lease.res)
-        self.resources.release_gpus(lease.gpus)
+        self._release_gpus(lease)
         self._report()
         w = lease.worker
         if lease.actor is not None:
             _kill(w.pid)  # an actor's worker holds its state: never reused
         elif worker_ok and w.conn is not None and not w.conn.is_closed and self.pool is not None:
             self.pool.push_idle(w)
+
+    def _release_gpus(self, lease: Lease) -> None:
+        if lease.gpus and not self.bundles.release_gpus(lease.lease_id, lease.gpus):
+            self.resources.release_gpus(lease.gpus)
 
     def handle_worker_blocked(self, conn: rpc.Connection, blocked: bool, _: Any) -> None:
         w = conn.state.get("worker")
@@ -361,6 +365,8 @@ class Raylet:
         lease = self.leases[lease_id] = Lease(lease_id, worker, req.hold, req.conn)
         lease.actor = req.actor
         lease.gpus = self.resources.assign_gpus(req.res.get("GPU", 0.0))
+        if not lease.gpus and self.bundles.gpu_pools:  # a placement group bundle's GPUs
+            lease.gpus = self.bundles.assign_gpus(lease_id, req.res)
         req.fut.set_result(
             {
                 "lid": lease_id,
