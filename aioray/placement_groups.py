@@ -328,6 +328,10 @@ def handle_infeasible(conn: rpc.Connection, message: str, _: Any) -> None:
     logger.warning("%s", message)
 
 
+# What a CoreWorker's GCS connection handles for placement groups.
+GCS_HANDLERS: dict[str, Any] = {"placement_group_infeasible": handle_infeasible}
+
+
 # -- helpers -------------------------------------------------------------------------------------
 def _start_ready(cw: CoreWorker, oid: bytes, pg: PlacementGroup) -> None:
     task = asyncio.ensure_future(_resolve_ready(cw, oid, pg))

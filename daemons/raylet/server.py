@@ -14,6 +14,8 @@ If the worker dies, its lease ends here; if the owner dies, its leases return.
 
 The node's object store (capacity, spilling, restoring) is ``StoreService``
 (store_service.py); the object handlers below delegate to it.
+The memory monitor (``memory_monitor.py``) kills a leased worker when the node
+runs low on memory.
 """
 
 from __future__ import annotations
@@ -24,17 +26,20 @@ import logging
 import os
 import signal
 import socket
+import time
 from typing import Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.raylet.bundles import BundleService
+from aioray.daemons.raylet.memory_monitor import MemoryMonitor
+from aioray.daemons.raylet.object_owners import ObjectOwners
 from aioray.daemons.raylet.resources import NodeResources
 from aioray.daemons.raylet.scheduler import strategy_from_wire
 from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
 from aioray.daemons.raylet.store_service import SpillConfig, StoreService
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
-from aioray import config, rpc
+from aioray import config, memory_report, rpc
 from aioray.bundle_resources import is_group_resource
 
 logger = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ class LeaseRequest:
         "hops",
         "placed",
         "res",
+        "retriable",
         "strategy",
         "warned",
     )
@@ -74,10 +80,21 @@ class LeaseRequest:
         self.strategy: Any = None  # scheduler.py's wire form; None is DEFAULT
         self.hops = 0  # times it was spilled before reaching this raylet
         self.placed = False  # the policy chose this node
+        self.retriable = False  # the task it is requested for may be retried (memory monitor)
 
 
 class Lease:
-    __slots__ = ("actor", "blocked", "conn", "gpus", "lease_id", "res", "worker")
+    __slots__ = (
+        "actor",
+        "blocked",
+        "conn",
+        "gpus",
+        "granted_at",
+        "lease_id",
+        "res",
+        "retriable",
+        "worker",
+    )
 
     def __init__(
         self, lease_id: int, worker: WorkerHandle, res: dict[str, float], conn: rpc.Connection
@@ -89,6 +106,8 @@ class Lease:
         self.blocked = False
         self.gpus: list[tuple[int, float]] = []
         self.actor: bytes | None = None
+        self.retriable = False
+        self.granted_at = time.monotonic()
 
 
 class Raylet:
@@ -117,7 +136,10 @@ class Raylet:
         self.prestart = prestart
         self.gcs: rpc.Connection | None = None
         self.bundles = BundleService(self)  # placement-group reservations
-        self.server = rpc.Server(self._handlers(), hello_check=self._hello)
+        self.server = rpc.Server(
+            self._handlers(), hello_check=self._hello, on_connect=self._on_connect
+        )
+        self.owners = ObjectOwners()
         self.pool: WorkerPool | None = None
         self.requests: list[LeaseRequest] = []
         self.leases: dict[int, Lease] = {}
@@ -128,6 +150,7 @@ class Raylet:
         self._report_soon = False
         self._store_report_soon = False
         self._stopped = asyncio.Event()
+        self.memory_monitor = MemoryMonitor(self, *config.memory_monitor_settings())
 
     def __repr__(self) -> str:
         return (
@@ -191,6 +214,7 @@ class Raylet:
         await self.server.start(sock=sock)
         logger.info("raylet %s listening on %s:%d", self.node_id.hex()[:8], self.node_ip, self.port)
         await fork_server
+        self.memory_monitor.start()
         for _ in range(min(self.prestart, int(self.resources.total.get("CPU", 0)))):
             self.pool.spawn(None)
         await self._stopped.wait()
@@ -209,6 +233,7 @@ class Raylet:
 
     async def stop(self) -> None:
         logger.info("raylet stopping")
+        self.memory_monitor.stop()
         for req in self.requests:
             if not req.fut.done():
                 req.fut.set_result({"error": "the raylet is shutting down"})
@@ -237,6 +262,7 @@ class Raylet:
     def _worker_dead(self, w: WorkerHandle) -> None:
         assert self.pool is not None
         self.pool.remove(w.worker_id)
+        oom = self.memory_monitor.worker_dead(w)
         if w.lease_id is not None:
             lease = self.leases.pop(w.lease_id, None)
             if lease is not None:
@@ -244,7 +270,8 @@ class Raylet:
                 if not lease.blocked:
                     self.resources.release(lease.res)
                 if lease.actor is not None and self.gcs is not None and not self.gcs.is_closed:
-                    self.gcs.notify("actor_worker_died", [lease.actor, f"worker pid {w.pid} died"])
+                    why = oom or f"worker pid {w.pid} died"
+                    self.gcs.notify("actor_worker_died", [lease.actor, why])
                 self._report()
         if not self._stopped.is_set():
             logger.info("worker %s (pid %d) exited", w.worker_id.hex()[:8], w.pid)
@@ -270,6 +297,7 @@ class Raylet:
             None if hold is None else {k: float(v) for k, v in hold.items()},
             body.get("actor"),
         )
+        req.retriable = bool(body.get("retriable"))
         req.strategy = strategy_from_wire(body.get("ss"))
         req.hops = body.get("hops", 0)
         self.requests.append(req)
@@ -323,6 +351,7 @@ class Raylet:
         self._schedule_soon = False
         assert self.pool is not None
         needed: dict[str, int] = {}
+        waiting: list[dict[str, float]] = []
         self.spillback.begin_pass(self.resources)
         for req in list(self.requests):
             if req.fut.done():  # the owner went away
@@ -349,9 +378,15 @@ class Raylet:
             worker = self.pool.pop_idle(req.env_key)
             if worker is None:
                 needed[req.env_key] = needed.get(req.env_key, 0) + 1
+                # Held for this pass, so later requests do not each start a worker
+                # for the same free CPUs (10 queued requests used to start 10).
+                self.resources.acquire(req.res)
+                waiting.append(req.res)
                 continue
             self.requests.remove(req)
             self._grant(req, worker)
+        for res in waiting:
+            self.resources.release(res)
         for env_key, n in needed.items():
             missing = n - self.pool.starting.get(env_key, 0)
             env = next(r.env for r in self.requests if r.env_key == env_key)
@@ -364,6 +399,7 @@ class Raylet:
         worker.lease_id = lease_id
         lease = self.leases[lease_id] = Lease(lease_id, worker, req.hold, req.conn)
         lease.actor = req.actor
+        lease.retriable = req.retriable
         lease.gpus = self.resources.assign_gpus(req.res.get("GPU", 0.0))
         if not lease.gpus and self.bundles.gpu_pools:  # a placement group bundle's GPUs
             lease.gpus = self.bundles.assign_gpus(lease_id, req.res)
@@ -465,13 +501,43 @@ class Raylet:
         return self.store.create_object(conn, body)
 
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        self.owners.sealed(body[0], body[2] if len(body) > 2 else None)
         self.store.object_sealed(body)
+
+    def _on_connect(self, conn: rpc.Connection) -> None:
+        conn.on_close.append(self._peer_gone)
+
+    def _peer_gone(self, conn: rpc.Connection) -> None:
+        owner = (conn.peer_info or {}).get("worker_id")
+        if owner and not self._stopped.is_set():
+            orphans = self.owners.owner_died(owner)
+            if orphans:  # their owner died: nobody can read them any more
+                self.store.free_objects(orphans)
 
     def handle_restore_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
         return self.store.restore_object(oid)
 
     def handle_free_objects(self, conn: rpc.Connection, oids: list[bytes], _: Any) -> None:
+        for oid in oids:
+            self.owners.freed(oid)
         self.store.free_objects(oids)
+
+    async def handle_memory_summary(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+        """``aioray memory``: every local process's references and this store's view."""
+        peers = [
+            c
+            for c in self.server.connections
+            if (c.peer_info or {}).get("role") in ("driver", "worker") and not c.is_closed
+        ]
+        store = {
+            oid: [
+                e.size,
+                "spilled" if e.state == "SPILLED" else "in shared memory",
+                e.spill_path or "",
+            ]
+            for oid, e in self.store.manager.entries.items()
+        }
+        return await memory_report.node_summary(peers, store)
 
     def handle_get_state(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
         assert self.pool is not None
@@ -488,6 +554,7 @@ class Raylet:
                 **{n.node_id.hex(): n.available for n in self.spillback.view.nodes.values()},
                 self.node_id.hex(): self.resources.snapshot(),
             },
+            "oom_kills": self.memory_monitor.kills,
         }
 
 
