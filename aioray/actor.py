@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from aioray import config, ids, options, serialization
+from aioray import config, ids, options, placement_groups, serialization
 from aioray.object_ref import ObjectRef
 from aioray.remote_function import _api, pack_arguments
 from aioray.streaming import STREAMING
@@ -176,6 +176,12 @@ class ActorClass:
         sched = dict(hold)
         if not explicit_cpus:
             sched["CPU"] = 1.0  # Ray: 1 CPU to schedule an actor, 0 while it runs
+        placement = placement_groups.placement_of(cw, opts)
+        if placement is not None:  # in a placement group: hold the bundle's resources
+            # The bundle's resources are already the group's: no extra CPU to place it.
+            hold = placement_groups.rewrite(placement, hold, self._name)
+            sched = dict(hold)
+            spec["pg"] = placement
         request = {
             "aid": actor_id,
             "name": name,

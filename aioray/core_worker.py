@@ -49,6 +49,7 @@ from aioray.memory_store import (
 )
 from aioray.object_ref import ObjectRef
 from aioray.owner_service import OwnerService
+from aioray.placement_groups import GCS_HANDLERS as PG_HANDLERS
 from aioray.protocol import Buffer
 from aioray.reference_counter import ReferenceCounter
 from aioray.streaming import StreamManager
@@ -182,7 +183,7 @@ class CoreWorker:
                     raise ConnectionError("this process does not know the GCS address")
                 self.gcs, _ = await rpc.connect(
                     *self.gcs_address,
-                    handlers={"lease_infeasible": self.handle_lease_infeasible},
+                    handlers={"lease_infeasible": self.handle_lease_infeasible, **PG_HANDLERS},
                     hello={"role": self.mode},
                     name="gcs",
                 )

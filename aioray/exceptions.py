@@ -164,6 +164,14 @@ class ActorUnschedulableError(RayError):
     """The actor can never be scheduled."""
 
 
+class TaskPlacementGroupRemoved(RayError):
+    """The task's placement group was removed, so it can never run."""
+
+
+class ActorPlacementGroupRemoved(RayError):
+    """The actor's placement group was removed."""
+
+
 class PendingCallsLimitExceeded(RayError):
     """Too many calls are queued on the actor (max_pending_calls)."""
 
@@ -174,6 +182,7 @@ class RuntimeEnvSetupError(RayError):
 
 __all__ = [
     "ActorDiedError",
+    "ActorPlacementGroupRemoved",
     "ActorUnavailableError",
     "ActorUnschedulableError",
     "GetTimeoutError",
@@ -191,6 +200,7 @@ __all__ = [
     "RayTaskError",
     "RuntimeEnvSetupError",
     "TaskCancelledError",
+    "TaskPlacementGroupRemoved",
     "TaskUnschedulableError",
     "WorkerCrashedError",
 ]

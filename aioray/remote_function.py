@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aioray import config, ids, options, serialization
+from aioray import config, ids, options, placement_groups, serialization
 from aioray.object_ref import ObjectRef
 from aioray.streaming import STREAMING
 from aioray.task_spec import TaskEntry, split_args
@@ -101,6 +101,15 @@ class RemoteFunction:
         if env:
             spec["env"] = env
         resources = options.resource_request(opts)
+        if (
+            opts["scheduling_strategy"] is not None
+            or "placement_group" in opts
+            or placement_groups.capturing
+        ):
+            placement = placement_groups.placement_of(cw, opts)
+            if placement is not None:  # in a placement group: lease the bundle's resources
+                resources = placement_groups.rewrite(placement, resources, self._name)
+                spec["pg"] = placement
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
         sched_key: tuple[Any, ...] = (

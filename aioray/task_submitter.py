@@ -39,6 +39,7 @@ from aioray.exceptions import (
     RaySystemError,
     RayTaskError,
     TaskCancelledError,
+    TaskPlacementGroupRemoved,
     TaskUnschedulableError,
     WorkerCrashedError,
 )
@@ -263,7 +264,8 @@ class TaskSubmitter:
                 self._fail_queue(cls, RaySystemError(f"worker lease failed: {reply}"))
             return
         if "error" in reply:
-            self._fail_queue(cls, TaskUnschedulableError(reply["error"]))
+            error = TaskPlacementGroupRemoved if reply.get("pg_removed") else TaskUnschedulableError
+            self._fail_queue(cls, error(reply["error"]))
             return
         host, port = reply["addr"]
         self.cw.loop.create_task(

@@ -23,7 +23,7 @@ from typing import Any
 from aioray.daemons import worker_output
 from aioray.daemons.actor_host import ActorHost, run_terminate
 
-from aioray import _loop, config, rpc, serialization, store_client
+from aioray import _loop, config, placement_groups, rpc, serialization, store_client
 from aioray.actor import ActorExit
 from aioray.borrowing import pairs_of
 from aioray.core_worker import WORKER, CoreWorker
@@ -202,6 +202,9 @@ class TaskExecutor:
             return self._create_actor(spec, job)
         ctx = self.cw.task_context
         ctx.task_id = task_id
+        ctx.pg = pg = spec.get("pg")  # get_current_placement_group; captured child tasks
+        if pg:
+            placement_groups.task_placement(pg)
         self.cw.job_id = spec.get("job", self.cw.job_id)
         self.cw.namespace = spec.get("ns", self.cw.namespace)
         gpus = spec.get("gpu") or self.actor.gpus
@@ -246,6 +249,7 @@ class TaskExecutor:
 
     def _create_actor(self, spec: dict[str, Any], job: _Job) -> tuple[dict[str, Any], list[Buffer]]:
         self.cw.job_id = spec["job"]
+        placement_groups.set_actor_placement(spec.get("pg"))
         self.actor.gpus = spec.get("gpu") or []
         if self.actor.gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.actor.gpus)

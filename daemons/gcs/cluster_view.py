@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aioray.daemons.raylet.scheduler import ClusterView, Decision, NodeView
 
 from aioray import config
+from aioray.bundle_resources import add
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer
@@ -61,6 +62,14 @@ class ClusterViewPublisher:
             if total is not None:
                 node.total = dict(total)
             self._mark(node_id, urgent=False)
+
+    def totals_changed(self, node_id: bytes, res: dict[str, float], sign: int) -> None:
+        """Placement-group bundles joined (sign 1) or left (-1) a node's totals: tell all now."""
+        node = self.view.nodes.get(node_id)
+        if node is not None and node.alive:
+            add(node.total, res, sign)
+            add(node.available, res, sign)
+            self._mark(node_id, urgent=True)
 
     def node_dead(self, node_id: bytes) -> None:
         self.view.mark_dead(node_id)

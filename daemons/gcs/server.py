@@ -20,6 +20,7 @@ from aioray.daemons._common import install_signal_handlers, listening_socket, wa
 from aioray.daemons.gcs.actor_manager import ActorManager
 from aioray.daemons.gcs.cluster_view import ClusterViewPublisher
 from aioray.daemons.gcs.node_health import NodeHealth
+from aioray.daemons.gcs.placement_groups import PlacementGroupManager
 
 from aioray import rpc
 
@@ -37,7 +38,12 @@ class GcsServer:
         self.actors = ActorManager(self)
         self.view = ClusterViewPublisher(self)
         self.health = NodeHealth(self)
-        handlers = {**rpc.handlers_of(self), **self.actors.handlers()}
+        self.placement_groups = PlacementGroupManager(self)
+        handlers = {
+            **rpc.handlers_of(self),
+            **self.actors.handlers(),
+            **self.placement_groups.handlers(),
+        }
         self.server = rpc.Server(handlers, hello_check=self._hello)
         self._stopped = asyncio.Event()
 
@@ -91,6 +97,7 @@ class GcsServer:
         )
         self.view.node_added(self.nodes[node_id], node_id)
         self.health.watch(node_id)
+        self.placement_groups.kick()  # a pending group may fit on the new node
         logger.info("node %s registered at %s:%s", node_id.hex()[:8], body["ip"], body["port"])
         return {"session_id": self.session_id, "session_dir": self.session_dir}
 
@@ -107,6 +114,7 @@ class GcsServer:
             logger.warning("node %s is dead (%s)", node_id.hex()[:8], why)
             self.view.node_dead(node_id)
             self.actors.node_died(node_id)
+            self.placement_groups.node_died(node_id)
 
     def raylet_conn(self, node_id: bytes) -> rpc.Connection | None:
         return self.raylets.get(node_id)
@@ -130,6 +138,7 @@ class GcsServer:
                 node["Resources"] = total
             self.view.resources_changed(node_id, available, total)
             self.health.seen(node_id)
+            self.placement_groups.resources_reported()
 
     def handle_node_stopping(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         """A raylet that stops on purpose says so first (Ray: EXPECTED_TERMINATION)."""
@@ -148,7 +157,8 @@ class GcsServer:
         self.next_job += 1
         # Like Ray, a job without a namespace gets an anonymous one of its own.
         namespace = body.get("ns") or f"anonymous-{os.urandom(8).hex()}"
-        return {"job_id": job.to_bytes(4, "little"), "namespace": namespace}
+        conn.state["job_id"] = job.to_bytes(4, "little")  # its placement groups die with it
+        return {"job_id": conn.state["job_id"], "namespace": namespace}
 
     # -- internal key-value store -----------------------------------------------------------
     def handle_kv_put(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:

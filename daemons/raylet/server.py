@@ -33,6 +33,7 @@ import time
 from typing import Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
+from aioray.daemons.raylet.bundles import BundleService
 from aioray.daemons.raylet.memory_monitor import MemoryMonitor
 from aioray.daemons.raylet.object_owners import ObjectOwners
 from aioray.daemons.raylet.object_transfer import ObjectTransfer
@@ -43,6 +44,7 @@ from aioray.daemons.raylet.store_service import SpillConfig, StoreService
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
 from aioray import config, memory_report, rpc
+from aioray.bundle_resources import is_group_resource
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +139,8 @@ class Raylet:
         self.labels = labels
         self.prestart = prestart
         self.gcs: rpc.Connection | None = None
-        self.server_handlers = rpc.handlers_of(self)
+        self.bundles = BundleService(self)  # placement-group reservations
+        self.server_handlers = self._handlers()  # also serves other raylets' connections
         self.server = rpc.Server(
             self.server_handlers, hello_check=self._hello, on_connect=self._on_connect
         )
@@ -149,7 +152,6 @@ class Raylet:
         self.transfer = ObjectTransfer(self)
         self._lease_ids = itertools.count(1)
         self.spillback = Spillback(self.node_id, node_ip, 0)
-        self._reported_total = dict(self.resources.total)  # as registered
         self._schedule_soon = False
         self._report_soon = False
         self._store_report_soon = False
@@ -161,6 +163,9 @@ class Raylet:
             f"<Raylet node={self.node_id.hex()[:8]} leases={len(self.leases)} "
             f"queued={len(self.requests)} {self.store!r} {self.pool!r}>"
         )
+
+    def _handlers(self) -> dict[str, rpc.Handler]:
+        return {**rpc.handlers_of(self), **self.bundles.handlers()}
 
     def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
         # The authentication token check goes here.
@@ -190,7 +195,7 @@ class Raylet:
         self.spillback.local.port = self.port
         self.pool.worker_args["raylet_port"] = self.port
         self.gcs, _ = await rpc.connect(
-            *self.gcs_address, handlers=rpc.handlers_of(self), hello={"role": "raylet"}, name="gcs"
+            *self.gcs_address, handlers=self._handlers(), hello={"role": "raylet"}, name="gcs"
         )
         self.gcs.on_close.append(lambda _: self._gcs_lost())
         self._heartbeat()
@@ -270,7 +275,7 @@ class Raylet:
         if w.lease_id is not None:
             lease = self.leases.pop(w.lease_id, None)
             if lease is not None:
-                self.resources.release_gpus(lease.gpus)
+                self._release_gpus(lease)
                 if not lease.blocked:
                     self.resources.release(lease.res)
                 if lease.actor is not None and self.gcs is not None and not self.gcs.is_closed:
@@ -319,7 +324,7 @@ class Raylet:
             return
         if not lease.blocked:
             self.resources.release(lease.res)
-        self.resources.release_gpus(lease.gpus)
+        self._release_gpus(lease)
         self._report()
         w = lease.worker
         if lease.actor is not None:
@@ -327,13 +332,18 @@ class Raylet:
         elif worker_ok and w.conn is not None and not w.conn.is_closed and self.pool is not None:
             self.pool.push_idle(w)
 
+    def _release_gpus(self, lease: Lease) -> None:
+        if lease.gpus and not self.bundles.release_gpus(lease.lease_id, lease.gpus):
+            self.resources.release_gpus(lease.gpus)
+
     def handle_worker_blocked(self, conn: rpc.Connection, blocked: bool, _: Any) -> None:
         w = conn.state.get("worker")
         lease = self.leases.get(w.lease_id) if w is not None and w.lease_id else None
         if lease is None or lease.blocked == blocked:
             return
         lease.blocked = blocked
-        cpu = {k: v for k, v in lease.res.items() if k == "CPU"}
+        # A placement group's CPUs too, so nested tasks in one bundle cannot deadlock.
+        cpu = {k: v for k, v in lease.res.items() if k == "CPU" or k.startswith("CPU_group_")}
         if blocked:
             self.resources.release(cpu)
         else:
@@ -361,9 +371,13 @@ class Raylet:
                 self.requests.remove(req)
                 continue
             if where == NOWHERE or not self.resources.feasible(req.res):
+                if self.bundles.removed and self.bundles.refuse(req):
+                    self.requests.remove(req)
+                    continue
                 if not req.warned:
                     req.warned = True
-                    if not req.conn.is_closed:
+                    # A task waiting for its placement group is not infeasible (Ray: no warning).
+                    if not req.conn.is_closed and not any(map(is_group_resource, req.res)):
                         req.conn.notify(
                             "lease_infeasible", {"res": req.res, "total": self.resources.total}
                         )
@@ -396,6 +410,8 @@ class Raylet:
         lease.actor = req.actor
         lease.retriable = req.retriable
         lease.gpus = self.resources.assign_gpus(req.res.get("GPU", 0.0))
+        if not lease.gpus and self.bundles.gpu_pools:  # a placement group bundle's GPUs
+            lease.gpus = self.bundles.assign_gpus(lease_id, req.res)
         req.fut.set_result(
             {
                 "lid": lease_id,
@@ -405,6 +421,11 @@ class Raylet:
             }
         )
         self._report()
+
+    def resources_changed(self) -> None:
+        """The node's resources changed outside a lease (placement-group bundles)."""
+        self._report()
+        self._schedule()
 
     def _report(self) -> None:
         if not self._report_soon:
@@ -427,14 +448,8 @@ class Raylet:
         if self.gcs is not None and not self.gcs.is_closed:
             avail = self.resources.snapshot()
             avail["object_store_memory"] = float(self.store.manager.available)
-            body: list[Any] = [self.node_id, avail]
-            if self.resources.total != self._reported_total:
-                # Totals change when placement-group bundles are committed or removed.
-                self._reported_total = dict(self.resources.total)
-                body.append(
-                    {**self._reported_total, "object_store_memory": float(self.object_store_memory)}
-                )
-            self.gcs.notify("report_resources", body)
+            # Totals are not reported: the GCS adds placement-group bundles to them itself.
+            self.gcs.notify("report_resources", [self.node_id, avail])
 
     def handle_cluster_view(self, conn: rpc.Connection, entries: list[Any], _: Any) -> None:
         """The GCS's batched news of other nodes (resources, joins, deaths)."""
