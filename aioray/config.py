@@ -28,3 +28,8 @@ SESSION_ROOT = os.environ.get("AIORAY_SESSION_ROOT", "/tmp/aioray-sessions")
 SHM_DIR = os.environ.get("AIORAY_SHM_DIR", "/dev/shm")
 SHM_PREFIX = "aioray_"
 DAEMON_START_TIMEOUT_S = _env("DAEMON_START_TIMEOUT_S", 30.0)
+# How long a raylet, driver or worker keeps trying to reach a GCS that went away
+# (e.g. killed and restarted) before giving up (Ray: gcs_rpc_server_reconnect_timeout_s).
+GCS_RECONNECT_TIMEOUT_S = _env("GCS_RECONNECT_TIMEOUT_S", 60.0)
+# Connecting to a daemon (TCP connect and handshake) fails after this long.
+CONNECT_TIMEOUT_S = _env("CONNECT_TIMEOUT_S", 5.0)

@@ -34,7 +34,9 @@ PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "D
 
 
 class ActorRecord:
-    def __init__(self, body: dict[str, Any], buffers: list[Buffer], owner: rpc.Connection) -> None:
+    def __init__(
+        self, body: dict[str, Any], buffers: list[Buffer], owner: rpc.Connection | None
+    ) -> None:
         self.aid: bytes = body["aid"]
         self.spec: dict[str, Any] = body["spec"]
         self.buffers = buffers
@@ -46,7 +48,8 @@ class ActorRecord:
         self.hold: dict[str, float] = body.get("hold", {})
         self.env = body.get("env")
         self.meta: dict[str, Any] = body["meta"]
-        self.owner = owner
+        self.owner = owner  # None: restored after a GCS restart, until the owner reconnects
+        self.owner_wid: bytes | None = (owner.peer_info or {}).get("worker_id") if owner else None
         self.state = PENDING
         self.version = 0
         self.addr: list[Any] | None = None
@@ -115,6 +118,7 @@ class ActorManager:
         if "owner_watch" not in conn.state:
             conn.state["owner_watch"] = True
             conn.on_close.append(self._owner_died)
+        self.gcs.persistence.actor_changed(rec)
         self._spawn(self._schedule(rec))
         return {"aid": rec.aid, "meta": rec.meta}
 
@@ -226,6 +230,7 @@ class ActorManager:
     def _set_state(self, rec: ActorRecord, state: str) -> None:
         rec.state = state
         rec.version += 1
+        self.gcs.persistence.actor_changed(rec)
         waiters, rec.waiters = rec.waiters, []
         for w in waiters:
             if not w.done():

@@ -2,8 +2,10 @@
 
 One per cluster. Raylets register their node and report resources; drivers
 register jobs and query cluster state. A node whose connection drops is marked
-dead at once (its raylet is gone). The actor table, placement groups, pub/sub and
-SQLite persistence hang off this service in their own modules as they arrive.
+dead at once (its raylet is gone). The actor table, placement groups and pub/sub
+hang off this service in their own modules. Durable tables are written through to
+SQLite in the session directory (``store.py``); a GCS restarted on the same
+session directory recovers them (``recovery.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.gcs.actor_manager import ActorManager
+from aioray.daemons.gcs.recovery import Persistence, kv_key
+from aioray.daemons.gcs.store import GcsStore
 
 from aioray import rpc
 
@@ -25,12 +29,14 @@ logger = logging.getLogger(__name__)
 class GcsServer:
     def __init__(self, session_dir: str, session_id: str) -> None:
         self.session_dir = session_dir
-        self.session_id = session_id or os.urandom(4).hex()
         self.nodes: dict[bytes, dict[str, Any]] = {}
         self.next_job = 1
         self.kv: dict[str, dict[bytes, bytes]] = {}
         self.raylets: dict[bytes, rpc.Connection] = {}
         self.actors = ActorManager(self)
+        self.store = GcsStore(session_dir)
+        self.persistence = Persistence(self, self.store)
+        self.session_id = self.persistence.restore() or session_id or os.urandom(4).hex()
         handlers = {**rpc.handlers_of(self), **self.actors.handlers()}
         self.server = rpc.Server(handlers, hello_check=self._hello)
         self._stopped = asyncio.Event()
@@ -48,11 +54,14 @@ class GcsServer:
     ) -> None:
         await self.server.start(host, port, sock=listening_socket(listen_fd, host, port))
         logger.info("GCS listening on %s:%d", self.server.host, self.server.port)
+        self.persistence.save_session(self.session_id, self.session_dir)
+        self.persistence.start()
         watch_lifeline(lifeline_fd, self._stopped.set)
         install_signal_handlers(self._stopped.set)
         await self._stopped.wait()
         logger.info("GCS stopping")
         await self.server.stop()
+        self.store.close()
 
     # -- nodes ----------------------------------------------------------------------------
     def handle_register_node(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
@@ -74,6 +83,7 @@ class GcsServer:
         self.raylets[node_id] = conn
         conn.on_close.append(lambda _: self._node_dead(node_id))
         logger.info("node %s registered at %s:%s", node_id.hex()[:8], body["ip"], body["port"])
+        self.persistence.reconcile_node(node_id, body.get("actors"))
         return {"session_id": self.session_id, "session_dir": self.session_dir}
 
     def _node_dead(self, node_id: bytes) -> None:
@@ -108,7 +118,7 @@ class GcsServer:
     def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
         # An actor's lease cannot be placed: tell the owners of pending actors.
         for rec in self.actors.actors.values():
-            if rec.state == "PENDING_CREATION" and not rec.owner.is_closed:
+            if rec.state == "PENDING_CREATION" and rec.owner and not rec.owner.is_closed:
                 rec.owner.notify("lease_infeasible", body)
 
     def handle_report_resources(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
@@ -126,6 +136,8 @@ class GcsServer:
         self.next_job += 1
         # Like Ray, a job without a namespace gets an anonymous one of its own.
         namespace = body.get("ns") or f"anonymous-{os.urandom(8).hex()}"
+        info = {"pid": body.get("pid", 0), "namespace": namespace, "start": time.time()}
+        self.persistence.job_registered(job.to_bytes(4, "little"), info)
         return {"job_id": job.to_bytes(4, "little"), "namespace": namespace}
 
     # -- internal key-value store -----------------------------------------------------------
@@ -135,6 +147,7 @@ class GcsServer:
         if key in table and not overwrite:
             return False
         table[key] = value
+        self.store.put("kv", kv_key(ns, key), value)
         return True
 
     def handle_kv_get(self, conn: rpc.Connection, body: list[Any], _: Any) -> bytes | None:
@@ -143,11 +156,15 @@ class GcsServer:
 
     def handle_kv_del(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
         ns, key = body
+        self.store.delete("kv", kv_key(ns, key))
         return self.kv.get(ns, {}).pop(key, None) is not None
 
     def handle_kv_keys(self, conn: rpc.Connection, body: list[Any], _: Any) -> list[bytes]:
         ns, prefix = body
         return [k for k in self.kv.get(ns, {}) if k.startswith(prefix)]
+
+    def handle_owner_reconnected(self, conn: rpc.Connection, worker_id: bytes, _: Any) -> None:
+        self.persistence.owner_reconnected(conn, worker_id)
 
     def handle_shutdown(self, conn: rpc.Connection, body: Any, _: Any) -> bool:
         self._stopped.set()

@@ -27,6 +27,7 @@ import socket
 from typing import Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
+from aioray.daemons.raylet.gcs_link import GcsLink
 from aioray.daemons.raylet.resources import NodeResources
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
@@ -95,6 +96,7 @@ class Raylet:
         self.labels = labels
         self.prestart = prestart
         self.gcs: rpc.Connection | None = None
+        self.gcs_link = GcsLink(self)  # registration; reconnects after a GCS restart
         self.server = rpc.Server(rpc.handlers_of(self), hello_check=self._hello)
         self.pool: WorkerPool | None = None
         self.requests: list[LeaseRequest] = []
@@ -137,25 +139,7 @@ class Raylet:
             sock.setblocking(False)
         self.port = sock.getsockname()[1]
         self.pool.worker_args["raylet_port"] = self.port
-        self.gcs, _ = await rpc.connect(
-            *self.gcs_address, handlers=rpc.handlers_of(self), hello={"role": "raylet"}, name="gcs"
-        )
-        self.gcs.on_close.append(lambda _: self._gcs_lost())
-        info = await self.gcs.call(
-            "register_node",
-            {
-                "node_id": self.node_id,
-                "ip": self.node_ip,
-                "port": self.port,
-                "hostname": socket.gethostname(),
-                "resources": {
-                    **self.resources.total,
-                    "object_store_memory": float(self.object_store_memory),
-                },
-                "labels": self.labels,
-                "head": self.head,
-            },
-        )
+        info = await self.gcs_link.connect()
         self.session_id = info["session_id"]
         self.session_dir = self.session_dir or info["session_dir"]
         await self.server.start(sock=sock)
@@ -166,10 +150,15 @@ class Raylet:
         await self._stopped.wait()
         await self.stop()
 
-    def _gcs_lost(self) -> None:
-        if not self._stopped.is_set():
-            logger.error("lost the GCS connection; stopping")
-            self._stopped.set()
+    @property
+    def stopping(self) -> bool:
+        return self._stopped.is_set()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    def report_resources(self) -> None:
+        self._report()
 
     async def stop(self) -> None:
         logger.info("raylet stopping")
@@ -208,8 +197,9 @@ class Raylet:
                 self.resources.release_gpus(lease.gpus)
                 if not lease.blocked:
                     self.resources.release(lease.res)
-                if lease.actor is not None and self.gcs is not None and not self.gcs.is_closed:
-                    self.gcs.notify("actor_worker_died", [lease.actor, f"worker pid {w.pid} died"])
+                if lease.actor is not None:
+                    died = [lease.actor, f"worker pid {w.pid} died"]
+                    self.gcs_link.notify("actor_worker_died", died)
                 self._report()
         if not self._stopped.is_set():
             logger.info("worker %s (pid %d) exited", w.worker_id.hex()[:8], w.pid)
@@ -224,7 +214,8 @@ class Raylet:
 
     # -- leases -----------------------------------------------------------------------------------
     def handle_request_lease(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
-        if "owner_watch" not in conn.state:
+        # The GCS's actor leases outlive its connection: the GCS may restart (gcs_link).
+        if "owner_watch" not in conn.state and conn is not self.gcs:
             conn.state["owner_watch"] = True
             conn.on_close.append(self._owner_gone)
         hold = body.get("hold")
@@ -345,8 +336,7 @@ class Raylet:
 
     def handle_actor_exiting(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
         # Forwarded before the worker's death is reported: the GCS will not restart it.
-        if self.gcs is not None and not self.gcs.is_closed:
-            self.gcs.notify("actor_exiting", aid)
+        self.gcs_link.notify("actor_exiting", aid)
 
     def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         """Append a worker's lines to its log file, and forward them to drivers that want them."""
