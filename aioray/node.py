@@ -93,8 +93,8 @@ def find_local_raylet(gcs_address: str, node_ip: str) -> tuple[str, int]:
     while True:
         try:
             nodes: list[dict[str, Any]] = _loop.run(query())  # type: ignore[assignment]
-        except ConnectionError as e:
-            raise ConnectionError(
+        except ConnectionError as e:  # keep the class: AuthenticationError says why
+            raise type(e)(
                 f"Could not connect to the aioray cluster at {gcs_address}: {e}"
             ) from None
         alive = [n for n in nodes if n["Alive"]]
