@@ -159,3 +159,63 @@ def test_raylet_gives_up_after_the_reconnect_timeout(monkeypatch: pytest.MonkeyP
         assert raylet.returncode == 0
     finally:
         h.stop()
+
+
+def _gcs_log(head: Head) -> str:
+    with open(os.path.join(head.node.session_dir, "logs", "gcs.log")) as f:
+        return f.read()
+
+
+ORPHAN_DRIVER = """
+import sys, time
+import aioray as ray
+
+@ray.remote
+class Orphan:
+    def ping(self):
+        return 1
+
+ray.init(address=sys.argv[1])
+a = Orphan.options(name="orphan", namespace="t").remote()
+ray.get(a.ping.remote())
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_owners_that_come_back_keep_their_actors_and_the_others_lose_them(
+    head: Head,
+) -> None:
+    ray.init(address=head.address)
+    mine = Counter.remote()  # not detached: it lives as long as this driver
+    assert ray.get(mine.incr.remote(), timeout=GET_TIMEOUT) == 1
+    other = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_DRIVER, head.address],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "ready"
+        head.kill_gcs()
+        other.kill()  # its owner dies while the GCS is down: nobody tells the GCS
+        other.wait(10)
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait(10)
+        if other.stdout is not None:
+            other.stdout.close()
+    head.restart_gcs({**os.environ, "AIORAY_GCS_RECONNECT_TIMEOUT_S": "2"})
+    assert ray.get(mine.incr.remote(), timeout=GET_TIMEOUT) == 2
+    wait_for_condition(lambda: "reconnect period over" in _gcs_log(head), timeout=20)
+
+    def orphan_gone() -> bool:
+        try:
+            ray.get_actor("orphan", namespace="t")
+        except ValueError:
+            return True
+        return False
+
+    wait_for_condition(orphan_gone, timeout=10, message="the orphaned actor still lives")
+    assert ray.get(mine.incr.remote(), timeout=GET_TIMEOUT) == 3  # its owner came back

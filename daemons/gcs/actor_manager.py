@@ -130,6 +130,8 @@ class ActorManager:
     # -- 2. scheduling and creation --------------------------------------------------------
     async def _schedule(self, rec: ActorRecord) -> None:
         raylet = self.gcs.pick_raylet(rec.res)
+        if raylet is None and self.gcs.persistence.defer(rec):
+            return  # a restarted GCS waits for its nodes to re-register
         if raylet is None:
             self._set_dead(rec, "No alive node can host the actor.")
             return

@@ -80,6 +80,7 @@ class Persistence:
         self.placement_groups: dict[bytes, Any] = {}  # rows for the placement-group manager
         self._to_schedule: list[ActorRecord] = []
         self._spec_saved: set[bytes] = set()
+        self._waiting_for_nodes = False  # restored, and nodes may still come back
 
     def __repr__(self) -> str:
         return f"<Persistence restored={self.restored} {self.store!r}>"
@@ -143,7 +144,14 @@ class Persistence:
     def start(self) -> None:
         """(loop) After a restart, give nodes and owners time to come back."""
         if self.restored:
+            self._waiting_for_nodes = True
             asyncio.get_running_loop().call_later(config.GCS_RECONNECT_TIMEOUT_S, self._deadline)
+
+    def defer(self, rec: ActorRecord) -> bool:
+        """No node can take ``rec`` now: after a restart, wait for nodes to re-register."""
+        if self._waiting_for_nodes:
+            self._to_schedule.append(rec)
+        return self._waiting_for_nodes
 
     # -- reconciling -----------------------------------------------------------------------
     def reconcile_node(self, node_id: bytes, hosted: list[bytes] | None) -> None:
@@ -175,11 +183,17 @@ class Persistence:
 
     def _deadline(self) -> None:
         manager = self.gcs.actors
+        logger.info("reconnect period over: settling actors whose node or owner is gone")
+        self._waiting_for_nodes = False
         for rec in list(manager.actors.values()):
             if rec.state == ALIVE and (rec.node_id is None or rec.node_id not in self.gcs.raylets):
                 manager._retry_or_die(rec, "its node did not reconnect after the GCS restarted")
             elif rec.owner is None and not rec.detached and rec.state != DEAD:
                 manager._kill(rec, True, "The actor's owner died.")
+        to_schedule, self._to_schedule = self._to_schedule, []
+        for rec in to_schedule:
+            if rec.state in (PENDING, RESTARTING):
+                manager._spawn(manager._schedule(rec))  # no node came back: it dies there
 
 
 def kv_key(ns: str, key: bytes) -> bytes:

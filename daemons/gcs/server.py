@@ -46,7 +46,7 @@ class GcsServer:
         return f"<GcsServer nodes={alive}/{len(self.nodes)} jobs={self.next_job - 1}>"
 
     def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
-        # The authentication token check goes here.
+        # The cluster token was checked before this (rpc, auth).
         return {"session_id": self.session_id, "session_dir": self.session_dir}
 
     async def run(

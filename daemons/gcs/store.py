@@ -2,8 +2,10 @@
 
 Tables (key -> msgpack value): ``actors`` (state that changes: ALIVE, address,
 restarts), ``actor_specs`` (creation spec and pickled class, written once),
-``jobs``, ``kv`` (internal key-value store), ``placement_groups`` (for the
-placement-group manager) and ``meta`` (session id).
+``jobs``, ``kv`` (internal key-value store), ``placement_groups`` and ``meta``
+(session id). The placement-group manager writes its rows with
+``gcs.store.put("placement_groups", pg_id, row)`` (any msgpack value) and finds
+them after a restart in ``gcs.persistence.placement_groups``.
 
 Writes are collected per event-loop iteration and committed in one transaction at
 its end (``call_soon``). A handler's reply is flushed to its socket by a callback

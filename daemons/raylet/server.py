@@ -114,7 +114,7 @@ class Raylet:
         )
 
     def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
-        # The authentication token check goes here.
+        # The cluster token was checked before this (rpc, auth).
         return {
             "node_id": self.node_id,
             "session_id": self.session_id,
