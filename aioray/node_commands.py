@@ -70,7 +70,29 @@ def _start_node(a: argparse.Namespace, *, detached: bool) -> tuple[node.LocalNod
         if token is not None:
             auth.set_token(token)
         _check_gcs(gcs_address)
-    n = node.LocalNode.start(
+    try:
+        n = _launch(a, resources, labels, gcs_address, token, detached)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        where = f"{a.node_ip_address}:{a.port}" if a.head else a.node_ip_address
+        raise SystemExit(f"aioray: cannot listen on {where}: {e.strerror or e}") from None
+    auth.set_token(n.token)
+    try:
+        _wait_for_node(n, config.DAEMON_START_TIMEOUT_S)
+    except BaseException:
+        n.stop()
+        raise
+    return n, n.token
+
+
+def _launch(
+    a: argparse.Namespace,
+    resources: dict[str, Any],
+    labels: dict[str, Any],
+    gcs_address: str | None,
+    token: str | None,
+    detached: bool,
+) -> node.LocalNode:
+    return node.LocalNode.start(
         num_cpus=a.num_cpus,
         num_gpus=a.num_gpus,
         resources=resources,
@@ -84,13 +106,6 @@ def _start_node(a: argparse.Namespace, *, detached: bool) -> tuple[node.LocalNod
         token=token,
         log_to_stderr=not detached,
     )
-    auth.set_token(n.token)
-    try:
-        _wait_for_node(n, config.DAEMON_START_TIMEOUT_S)
-    except BaseException:
-        n.stop()
-        raise
-    return n, n.token
 
 
 def cmd_start(a: argparse.Namespace) -> int:

@@ -292,3 +292,16 @@ def test_cli_silent_address_times_out(tmp_path: Path) -> None:
 def test_serve_node_bad_arguments(args: list[str], message: str, tmp_path: Path) -> None:
     proc = _cli("serve-node", *args, tmp_path=tmp_path, name="bad")
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_serve_node_port_in_use_or_foreign_address(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = _cli("serve-node", "--head", "--port", str(port), tmp_path=tmp_path, name="taken")
+    assert proc.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in proc.stderr
+    proc = _cli("serve-node", "--head", "--port", "0", "--node-ip-address", "192.0.2.1",
+                tmp_path=tmp_path, name="foreign")  # fmt: skip
+    assert proc.returncode != 0 and "cannot listen on 192.0.2.1:0" in proc.stderr
