@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aioray import auth, config, node
+from aioray import auth, config, node, store_client
 from aioray import object_ref as _object_ref
 from aioray.core_worker import DRIVER, CoreWorker
 from aioray.object_ref import ObjectRef, set_core_worker
@@ -72,6 +72,7 @@ def init(
     num_gpus: float | None = None,
     resources: dict[str, float] | None = None,
     object_store_memory: int | None = None,
+    object_spilling_directory: str | None = None,
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
     runtime_env: dict[str, Any] | None = None,
@@ -97,6 +98,9 @@ def init(
     from aioray.options import _runtime_env, validate
 
     _runtime_env("runtime_env", runtime_env)
+    system_config = _check_store_options(
+        object_store_memory, object_spilling_directory, kwargs.get("_system_config")
+    )
     validate({"resources": resources or {}}, {"resources": _resources_check})
     with _lock:
         if _cw is not None:
@@ -114,6 +118,8 @@ def init(
                 num_gpus=num_gpus,
                 resources=resources,
                 object_store_memory=object_store_memory,
+                object_spilling_directory=object_spilling_directory,
+                system_config=system_config,
                 node_ip=_node_ip_address,
             )
             auth.set_token(_local_node.token)
@@ -124,6 +130,11 @@ def init(
                 raise ValueError(
                     "When connecting to an existing cluster, num_cpus, num_gpus and resources "
                     "must not be provided."
+                )
+            if object_store_memory is not None or object_spilling_directory is not None:
+                raise ValueError(
+                    "When connecting to an existing cluster, object_store_memory and "
+                    "object_spilling_directory must not be provided."
                 )
             gcs_address = node.resolve_address(address)
             auth.set_token(node.token_for(gcs_address))
@@ -151,6 +162,31 @@ def init(
         _address_cache.clear()
         _address_cache.update(info)
         return InitContext(_address_info())
+
+
+OBJECT_STORE_MINIMUM_MEMORY_BYTES = 75 * 1024 * 1024  # Ray's minimum
+
+
+def _check_store_options(
+    object_store_memory: Any, spilling_directory: Any, system_config: Any
+) -> dict[str, Any]:
+    if object_store_memory is not None:
+        if not isinstance(object_store_memory, int) or isinstance(object_store_memory, bool):
+            raise TypeError(
+                f"object_store_memory must be an int (bytes), got {object_store_memory!r}"
+            )
+        if object_store_memory < OBJECT_STORE_MINIMUM_MEMORY_BYTES:
+            raise ValueError(
+                f"Attempting to cap object store memory usage at {object_store_memory} bytes, "
+                f"but the minimum allowed is {OBJECT_STORE_MINIMUM_MEMORY_BYTES} bytes."
+            )
+    if spilling_directory is not None and not isinstance(spilling_directory, str):
+        raise TypeError(f"object_spilling_directory must be a str path, got {spilling_directory!r}")
+    if system_config is None:
+        return {}
+    if not isinstance(system_config, dict):
+        raise TypeError(f"_system_config must be a dict, got {type(system_config).__name__}")
+    return system_config
 
 
 def _resources_check(name: str, value: Any) -> None:
@@ -356,7 +392,10 @@ def get_future(ref: ObjectRef) -> concurrent.futures.Future[Any]:
     cw = ensure_connected()
 
     async def value() -> Any:  # waits on the CoreWorker's loop: no thread per future
-        return cw.materialize(ref.binary(), await cw.fetch(ref))
+        obj = await cw.fetch(ref)
+        if obj.in_shm and obj.node_id == cw.node_id:
+            await store_client.restore_async(cw, ref.binary())
+        return cw.materialize(ref.binary(), obj)
 
     return asyncio.run_coroutine_threadsafe(value(), cw.loop)
 

@@ -24,10 +24,20 @@ LEASE_LINGER_S = _env("LEASE_LINGER_S", 0.01)
 PRESTART_WORKERS = int(_env("PRESTART_WORKERS", 2))
 # Seconds between a raylet's resource reports to the GCS while they change.
 RESOURCE_REPORT_S = _env("RESOURCE_REPORT_S", 0.05)
+# How often the GCS pushes the resource changes it collected to every raylet.
+RESOURCE_BROADCAST_S = _env("RESOURCE_BROADCAST_S", 0.05)
+# Raylets heartbeat the GCS this often; a node silent for NODE_TIMEOUT_S is dead.
+NODE_HEARTBEAT_S = _env("NODE_HEARTBEAT_S", 1.0)
+NODE_TIMEOUT_S = _env("NODE_TIMEOUT_S", 10.0)
+# A request for object store room that nothing under way can satisfy (no spill in
+# flight, nothing spillable) waits this long for frees, then fails.
+OBJECT_STORE_FULL_TIMEOUT_S = _env("OBJECT_STORE_FULL_TIMEOUT_S", 1.0)
 SESSION_ROOT = os.environ.get("AIORAY_SESSION_ROOT", "/tmp/aioray-sessions")
 SHM_DIR = os.environ.get("AIORAY_SHM_DIR", "/dev/shm")
 SHM_PREFIX = "aioray_"
 DAEMON_START_TIMEOUT_S = _env("DAEMON_START_TIMEOUT_S", 30.0)
+# Bytes of task arguments an owner keeps to re-run tasks whose results are lost (Ray: 1 GiB).
+MAX_LINEAGE_BYTES = int(_env("MAX_LINEAGE_BYTES", 1024**3))
 # How long a raylet, driver or worker keeps trying to reach a GCS that went away
 # (e.g. killed and restarted) before giving up (Ray: gcs_rpc_server_reconnect_timeout_s).
 GCS_RECONNECT_TIMEOUT_S = _env("GCS_RECONNECT_TIMEOUT_S", 60.0)

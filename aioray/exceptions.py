@@ -124,12 +124,24 @@ class ObjectStoreFullError(RayError):
     """The object store has no room for the object."""
 
 
+class OutOfDiskError(RayError):
+    """The object store is full and the local disk is too full to spill to."""
+
+
 class OutOfMemoryError(RayError):
     """The node ran out of memory and the worker was killed."""
 
 
 class ObjectReconstructionFailedError(ObjectLostError):
     """Lineage reconstruction of the object failed."""
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectReconstructionFailedError):
+    """The task that makes the object has no retries left to rebuild it."""
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedError):
+    """The lineage needed to rebuild the object was not kept (over the lineage budget)."""
 
 
 class RayActorError(RayError):
@@ -169,6 +181,7 @@ __all__ = [
     "ObjectLostError",
     "ObjectReconstructionFailedError",
     "ObjectStoreFullError",
+    "OutOfDiskError",
     "OutOfMemoryError",
     "OwnerDiedError",
     "PendingCallsLimitExceeded",

@@ -48,12 +48,19 @@ def resolve_address(address: str) -> str:
     return str(info["gcs_address"])
 
 
+# Tokens of the head nodes this process started (LocalNode, cluster_utils.Cluster).
+_started_tokens: dict[str, str] = {}
+
+
 def token_for(gcs_address: str) -> str | None:
-    """The token to join the cluster at ``gcs_address``: the environment's, else the one
-    ``aioray start --head`` left in the cluster file of this machine for that address."""
+    """The token to join the cluster at ``gcs_address``: the environment's, else that
+    of a head this process started there, else the one ``aioray start --head`` left in
+    this machine's cluster file for that address."""
     token = auth.token_from_env()
     if token is not None or not auth.enabled():
         return token
+    if gcs_address in _started_tokens:
+        return _started_tokens[gcs_address]
     info = read_cluster_file()
     if info.get("gcs_address") == gcs_address:
         return info.get("token")
@@ -157,6 +164,8 @@ class LocalNode:
         num_gpus: float | None = None,
         resources: dict[str, float] | None = None,
         object_store_memory: int | None = None,
+        object_spilling_directory: str | None = None,
+        system_config: dict[str, Any] | None = None,
         node_ip: str = "127.0.0.1",
         head: bool = True,
         gcs_address: str | None = None,
@@ -175,9 +184,12 @@ class LocalNode:
         """
         self = cls()
         self.session_id, self.session_dir = new_session_dir()
-        self.token = token or auth.token_from_env()
-        if head and self.token is None and auth.enabled():
-            self.token = auth.generate_token()
+        if head:
+            self.token = token or auth.token_from_env()
+            if self.token is None and auth.enabled():
+                self.token = auth.generate_token()
+        else:
+            self.token = token or (token_for(gcs_address) if gcs_address else None)
         self._env = dict(os.environ)
         if self.token is not None and auth.enabled():
             self._env[auth.TOKEN_ENV] = self.token
@@ -199,6 +211,8 @@ class LocalNode:
                 gsock = _listen(node_ip, gcs_port)
                 socks.append(gsock)
                 self.gcs_address = f"{node_ip}:{gsock.getsockname()[1]}"
+                if self.token is not None:
+                    _started_tokens[self.gcs_address] = self.token
                 self._spawn(
                     "gcs",
                     [*common, "--listen-fd", str(gsock.fileno()), "--session-id", self.session_id],
@@ -231,6 +245,10 @@ class LocalNode:
                 "--labels",
                 json.dumps(labels or {}),
             ]
+            if object_spilling_directory:
+                args += ["--object-spilling-directory", object_spilling_directory]
+            if system_config:
+                args += ["--system-config", json.dumps(system_config)]
             if head:
                 args.append("--head")
             self._spawn("raylet", args, [*fds, rsock.fileno()], logs, detached)

@@ -33,6 +33,12 @@ def add_node_options(p: argparse.ArgumentParser, *, foreground: bool) -> None:
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs (default: 0)")
     p.add_argument("--resources", default="{}", help="custom resources as JSON, e.g. '{\"x\": 2}'")
     p.add_argument("--object-store-memory", type=int, default=None, help="bytes of shared memory")
+    p.add_argument(
+        "--object-spilling-directory",
+        default=None,
+        help="where objects spill when the store is full (default: the session dir)",
+    )
+    p.add_argument("--system-config", default=None, help="_system_config as JSON")
     p.add_argument("--labels", default="{}", help="node labels as JSON")
     p.add_argument(
         "--token",
@@ -59,6 +65,7 @@ def _start_node(a: argparse.Namespace, *, detached: bool) -> tuple[node.LocalNod
         raise SystemExit("aioray: give --head to start a cluster or --address to join one")
     resources = _json_object("--resources", a.resources)
     labels = _json_object("--labels", a.labels)
+    system_config = _json_object("--system-config", a.system_config or "{}")
     token = a.token
     gcs_address = None
     if a.address:
@@ -71,7 +78,7 @@ def _start_node(a: argparse.Namespace, *, detached: bool) -> tuple[node.LocalNod
             auth.set_token(token)
         _check_gcs(gcs_address)
     try:
-        n = _launch(a, resources, labels, gcs_address, token, detached)
+        n = _launch(a, resources, labels, system_config, gcs_address, token, detached)
     except OSError as e:  # the port is taken, or the address is not this machine's
         where = f"{a.node_ip_address}:{a.port}" if a.head else a.node_ip_address
         raise SystemExit(f"aioray: cannot listen on {where}: {e.strerror or e}") from None
@@ -88,6 +95,7 @@ def _launch(
     a: argparse.Namespace,
     resources: dict[str, Any],
     labels: dict[str, Any],
+    system_config: dict[str, Any],
     gcs_address: str | None,
     token: str | None,
     detached: bool,
@@ -97,6 +105,8 @@ def _launch(
         num_gpus=a.num_gpus,
         resources=resources,
         object_store_memory=a.object_store_memory,
+        object_spilling_directory=a.object_spilling_directory,
+        system_config=system_config,
         node_ip=a.node_ip_address,
         head=a.head,
         gcs_address=gcs_address,

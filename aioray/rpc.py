@@ -360,8 +360,11 @@ async def connect(
     *,
     timeout: float = 10.0,
     name: str = "",
+    token: str | None = None,
 ) -> tuple[Connection, Any]:
-    """Open a connection and perform the handshake; return it with the server's answer."""
+    """Open a connection and perform the handshake; return it with the server's answer.
+
+    ``token``: the cluster token to prove (default: this process's, ``auth``)."""
     loop = asyncio.get_running_loop()
     try:
         _, conn = await asyncio.wait_for(
@@ -371,7 +374,7 @@ async def connect(
         raise ConnectionError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
     body = {"version": protocol.PROTOCOL_VERSION, **(hello or {})}
     try:
-        token = auth.cluster_token()
+        token = token or auth.cluster_token()
         if token is not None:
             # The challenge is already on its way: this waits for it, not a round trip.
             body["auth"] = auth.proof(token, await asyncio.wait_for(conn.challenge, timeout))

@@ -41,22 +41,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _spec_row(rec: ActorRecord, buffers: list[Any]) -> dict[str, Any]:
-    body = {
-        "aid": rec.aid,
-        "spec": rec.spec,
-        "name": rec.name,
-        "ns": rec.namespace,
-        "detached": rec.detached,
-        "max_restarts": rec.max_restarts,
-        "res": rec.res,
-        "hold": rec.hold,
-        "env": rec.env,
-        "meta": rec.meta,
-    }
-    return {"body": body, "bufs": [bytes(b) for b in buffers]}
-
-
 def _state_row(rec: ActorRecord) -> dict[str, Any]:
     return {
         "state": rec.state,
@@ -69,6 +53,7 @@ def _state_row(rec: ActorRecord) -> dict[str, Any]:
         "pid": rec.pid,
         "gpus": rec.gpus,
         "owner_wid": rec.owner_wid,
+        "unschedulable": rec.unschedulable,
     }
 
 
@@ -79,21 +64,27 @@ class Persistence:
         self.restored = False
         self.placement_groups: dict[bytes, Any] = {}  # rows for the placement-group manager
         self._to_schedule: list[ActorRecord] = []
-        self._spec_saved: set[bytes] = set()
+        self._bodies: dict[bytes, dict[str, Any]] = {}  # creation bodies of live actors
         self._waiting_for_nodes = False  # restored, and nodes may still come back
 
     def __repr__(self) -> str:
         return f"<Persistence restored={self.restored} {self.store!r}>"
 
     # -- saving ----------------------------------------------------------------------------
+    def actor_created(self, rec: ActorRecord, body: dict[str, Any]) -> None:
+        """Save the creation body and arguments once; ``actor_changed`` saves the rest."""
+        if self.store.durable:
+            self._bodies[rec.aid] = body
+            row = {"body": body, "bufs": [bytes(b) for b in rec.buffers]}
+            self.store.put("actor_specs", rec.aid, row)
+            self.actor_changed(rec)
+
     def actor_changed(self, rec: ActorRecord) -> None:
         if not self.store.durable:
             return
-        if rec.aid not in self._spec_saved:
-            self._spec_saved.add(rec.aid)
-            self.store.put("actor_specs", rec.aid, _spec_row(rec, rec.buffers))
-        elif rec.state == DEAD:  # its creation arguments are dropped in memory too
-            self.store.put("actor_specs", rec.aid, _spec_row(rec, []))
+        if rec.state == DEAD and rec.aid in self._bodies:
+            # Its creation arguments are dropped in memory too: keep only the body.
+            self.store.put("actor_specs", rec.aid, {"body": self._bodies.pop(rec.aid), "bufs": []})
         self.store.put("actors", rec.aid, _state_row(rec))
 
     def job_registered(self, job_id: bytes, info: dict[str, Any]) -> None:
@@ -121,7 +112,8 @@ class Persistence:
             for field, value in row.items():
                 setattr(rec, field, value)
             manager.actors[aid] = rec
-            self._spec_saved.add(aid)
+            if rec.state != DEAD:
+                self._bodies[aid] = spec["body"]
             if rec.name and rec.state != DEAD:
                 manager.names[(rec.namespace, rec.name)] = aid
             if rec.state in (PENDING, RESTARTING):

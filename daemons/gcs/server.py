@@ -18,6 +18,8 @@ from typing import Any
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.gcs.actor_manager import ActorManager
+from aioray.daemons.gcs.cluster_view import ClusterViewPublisher
+from aioray.daemons.gcs.node_health import NodeHealth
 from aioray.daemons.gcs.recovery import Persistence, kv_key
 from aioray.daemons.gcs.store import GcsStore
 
@@ -34,6 +36,8 @@ class GcsServer:
         self.kv: dict[str, dict[bytes, bytes]] = {}
         self.raylets: dict[bytes, rpc.Connection] = {}
         self.actors = ActorManager(self)
+        self.view = ClusterViewPublisher(self)
+        self.health = NodeHealth(self)
         self.store = GcsStore(session_dir)
         self.persistence = Persistence(self, self.store)
         self.session_id = self.persistence.restore() or session_id or os.urandom(4).hex()
@@ -60,12 +64,17 @@ class GcsServer:
         install_signal_handlers(self._stopped.set)
         await self._stopped.wait()
         logger.info("GCS stopping")
+        self.health.stop()
         await self.server.stop()
         self.store.close()
 
     # -- nodes ----------------------------------------------------------------------------
     def handle_register_node(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
         node_id = body["node_id"]
+        known = self.nodes.get(node_id)
+        if known is not None and not known["Alive"]:  # a dead node never comes back as itself
+            why = known.get("DeathReason", "")
+            return {"refused": f"node {node_id.hex()[:8]} was declared dead ({why})"}
         self.nodes[node_id] = {
             "NodeID": node_id.hex(),
             "Alive": True,
@@ -81,18 +90,23 @@ class GcsServer:
             "alive": True,
         }
         self.raylets[node_id] = conn
-        conn.on_close.append(lambda _: self._node_dead(node_id))
+        conn.on_close.append(lambda _: self.node_dead(node_id, "connection lost"))
+        self.view.node_added(self.nodes[node_id], node_id)
+        self.health.watch(node_id)
         logger.info("node %s registered at %s:%s", node_id.hex()[:8], body["ip"], body["port"])
         self.persistence.reconcile_node(node_id, body.get("actors"))
         return {"session_id": self.session_id, "session_dir": self.session_dir}
 
-    def _node_dead(self, node_id: bytes) -> None:
+    def node_dead(self, node_id: bytes, why: str) -> None:
         node = self.nodes.get(node_id)
         if node is not None and node["Alive"]:
             node["Alive"] = node["alive"] = False
             node["Available"] = {}
+            node["DeathReason"] = why
             self.raylets.pop(node_id, None)
-            logger.warning("node %s is dead (connection lost)", node_id.hex()[:8])
+            self.health.forget(node_id)
+            logger.warning("node %s is dead (%s)", node_id.hex()[:8], why)
+            self.view.node_dead(node_id)
             self.actors.node_died(node_id)
 
     def raylet_conn(self, node_id: bytes) -> rpc.Connection | None:
@@ -100,20 +114,6 @@ class GcsServer:
 
     def node_of(self, conn: rpc.Connection) -> bytes | None:
         return next((n for n, c in self.raylets.items() if c is conn), None)
-
-    def pick_raylet(self, res: dict[str, float]) -> rpc.Connection | None:
-        """An alive node whose totals fit the request, the one with most free CPU first."""
-        best, best_cpu = None, -1.0
-        for node_id, conn in self.raylets.items():
-            node = self.nodes[node_id]
-            if all(node["Resources"].get(k, 0.0) + 1e-9 >= v for k, v in res.items()):
-                cpu = node["Available"].get("CPU", 0.0)
-                if cpu > best_cpu:
-                    best, best_cpu = conn, cpu
-        if best is None and self.raylets:
-            # Infeasible everywhere: queue at a raylet, which warns the owner once.
-            best = next(iter(self.raylets.values()))
-        return best
 
     def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
         # An actor's lease cannot be placed: tell the owners of pending actors.
@@ -126,6 +126,11 @@ class GcsServer:
         node = self.nodes.get(node_id)
         if node is not None and node["Alive"]:
             node["Available"] = available
+            self.view.resources_changed(node_id, available)
+            self.health.seen(node_id)
+
+    def handle_heartbeat(self, conn: rpc.Connection, node_id: bytes, _: Any) -> None:
+        self.health.seen(node_id)
 
     def handle_get_nodes(self, conn: rpc.Connection, body: Any, _: Any) -> list[dict[str, Any]]:
         return list(self.nodes.values())

@@ -10,6 +10,7 @@ import sys
 import psutil
 from aioray.daemons._common import setup_logging
 from aioray.daemons.raylet.server import Raylet
+from aioray.daemons.raylet.store_service import spill_config_from
 
 from aioray import _loop, config
 from aioray.node import split_address
@@ -27,6 +28,8 @@ def main() -> None:
     p.add_argument("--num-gpus", type=float, default=0)
     p.add_argument("--resources", default="{}")
     p.add_argument("--object-store-memory", type=int, default=0)
+    p.add_argument("--object-spilling-directory", default="")
+    p.add_argument("--system-config", default="{}")
     p.add_argument("--memory", type=float, default=0)
     p.add_argument("--labels", default="{}")
     p.add_argument("--head", action="store_true")
@@ -47,6 +50,7 @@ def main() -> None:
         head=a.head,
         labels=json.loads(a.labels),
         prestart=config.PRESTART_WORKERS,
+        spill=spill_config_from(a.object_spilling_directory, json.loads(a.system_config)),
     )
     try:
         _loop.run(raylet.run(a.listen_fd, a.port, a.lifeline_fd))

@@ -13,6 +13,11 @@ When the GCS connection drops, the raylet keeps serving its workers and owners
 
 Lease requests the lost GCS had queued here are dropped: the restarted GCS
 schedules those actors again.
+
+A GCS that declared this node dead (missed heartbeats, ``node_health.py``) closes
+the connection too; when the raylet comes back, the GCS refuses to register the
+node again under its old id, and the raylet stops (with its workers), as a dead
+node must. The raylet also sends the heartbeats here.
 """
 
 from __future__ import annotations
@@ -31,11 +36,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class NodeRefused(Exception):
+    """The GCS will not take this node back (it declared it dead)."""
+
+
 class GcsLink:
     def __init__(self, raylet: Raylet) -> None:
         self.raylet = raylet
         self._undelivered: list[tuple[str, Any]] = []
         self._reconnecting: asyncio.Task[None] | None = None
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
         self.reconnects = 0
 
     def __repr__(self) -> str:
@@ -63,13 +73,28 @@ class GcsLink:
             self._undelivered[:0] = undelivered
             conn.close()
             raise
+        if info.get("refused"):
+            conn.close()
+            raise NodeRefused(info["refused"])
         old, r.gcs = r.gcs, conn
         if old is not None:
             for lease in r.leases.values():
                 if lease.conn is old:
                     lease.conn = conn
         conn.on_close.append(lambda _: self.lost())
+        self._heartbeat()
         return dict(info)
+
+    def _heartbeat(self) -> None:
+        """Tell the GCS this node lives (node_health.py), every NODE_HEARTBEAT_S."""
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.cancel()
+        self._heartbeat_timer = None
+        gcs = self.raylet.gcs
+        if gcs is not None and not gcs.is_closed and not self.raylet.stopping:
+            gcs.notify("heartbeat", self.raylet.node_id)
+            loop = asyncio.get_running_loop()
+            self._heartbeat_timer = loop.call_later(config.NODE_HEARTBEAT_S, self._heartbeat)
 
     def _registration(self, rejoin: bool) -> dict[str, Any]:
         r = self.raylet
@@ -117,6 +142,10 @@ class GcsLink:
             while not r.stopping:
                 try:
                     await self.connect(rejoin=True)
+                except NodeRefused as e:
+                    logger.error("the GCS refused this node: %s; stopping", e)
+                    r.request_stop()
+                    return
                 except (ConnectionError, rpc.RpcError) as e:
                     if time.monotonic() + delay >= deadline:
                         logger.error(

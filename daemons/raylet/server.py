@@ -12,8 +12,8 @@ Lease protocol (owner <-> raylet):
    for a moment, as Ray does).
 If the worker dies, its lease ends here; if the owner dies, its leases return.
 
-The node's object table (segments sealed here) is kept for freeing and for the
-final sweep; capacity and spilling build on it.
+The node's object store (capacity, spilling, restoring) is ``StoreService``
+(store_service.py); the object handlers below delegate to it.
 """
 
 from __future__ import annotations
@@ -29,15 +29,30 @@ from typing import Any, BinaryIO
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.raylet.gcs_link import GcsLink
 from aioray.daemons.raylet.resources import NodeResources
+from aioray.daemons.raylet.scheduler import strategy_from_wire
+from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
+from aioray.daemons.raylet.store_service import SpillConfig, StoreService
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
-from aioray import object_store, rpc
+from aioray import config, rpc
 
 logger = logging.getLogger(__name__)
 
 
 class LeaseRequest:
-    __slots__ = ("actor", "conn", "env", "env_key", "fut", "hold", "res", "warned")
+    __slots__ = (
+        "actor",
+        "conn",
+        "env",
+        "env_key",
+        "fut",
+        "hold",
+        "hops",
+        "placed",
+        "res",
+        "strategy",
+        "warned",
+    )
 
     def __init__(
         self,
@@ -55,6 +70,9 @@ class LeaseRequest:
         self.env_key = env_key_of(env)
         self.fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.warned = False
+        self.strategy: Any = None  # scheduler.py's wire form; None is DEFAULT
+        self.hops = 0  # times it was spilled before reaching this raylet
+        self.placed = False  # the policy chose this node
 
 
 class Lease:
@@ -84,6 +102,7 @@ class Raylet:
         head: bool,
         labels: dict[str, str],
         prestart: int,
+        spill: SpillConfig | None = None,
     ) -> None:
         self.node_id = os.urandom(16)
         self.node_ip = node_ip
@@ -101,16 +120,18 @@ class Raylet:
         self.pool: WorkerPool | None = None
         self.requests: list[LeaseRequest] = []
         self.leases: dict[int, Lease] = {}
-        self.objects: dict[bytes, int] = {}  # sealed segments here: id -> size
+        self.store = StoreService(object_store_memory, spill or SpillConfig(), self._report_later)
         self._lease_ids = itertools.count(1)
+        self.spillback = Spillback(self.node_id, node_ip, 0)
         self._schedule_soon = False
         self._report_soon = False
+        self._store_report_soon = False
         self._stopped = asyncio.Event()
 
     def __repr__(self) -> str:
         return (
             f"<Raylet node={self.node_id.hex()[:8]} leases={len(self.leases)} "
-            f"queued={len(self.requests)} objects={len(self.objects)} {self.pool!r}>"
+            f"queued={len(self.requests)} {self.store!r} {self.pool!r}>"
         )
 
     def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -138,10 +159,12 @@ class Raylet:
             sock.bind((self.node_ip, port))
             sock.setblocking(False)
         self.port = sock.getsockname()[1]
+        self.spillback.local.port = self.port
         self.pool.worker_args["raylet_port"] = self.port
         info = await self.gcs_link.connect()
         self.session_id = info["session_id"]
         self.session_dir = self.session_dir or info["session_dir"]
+        self.store.start(self.session_id, self.session_dir, self.node_id)
         await self.server.start(sock=sock)
         logger.info("raylet %s listening on %s:%d", self.node_id.hex()[:8], self.node_ip, self.port)
         await fork_server
@@ -168,8 +191,7 @@ class Raylet:
         await self.server.stop()
         if self.pool is not None:
             await self.pool.stop()
-        for path in object_store.list_segments(self.session_id):
-            object_store.delete_segment(path)
+        self.store.stop(every_segment=self.head)
         if self.gcs is not None:
             self.gcs.close()
 
@@ -226,6 +248,8 @@ class Raylet:
             None if hold is None else {k: float(v) for k, v in hold.items()},
             body.get("actor"),
         )
+        req.strategy = strategy_from_wire(body.get("ss"))
+        req.hops = body.get("hops", 0)
         self.requests.append(req)
         self._schedule()
         return req.fut
@@ -272,11 +296,16 @@ class Raylet:
         self._schedule_soon = False
         assert self.pool is not None
         needed: dict[str, int] = {}
+        self.spillback.begin_pass(self.resources)
         for req in list(self.requests):
             if req.fut.done():  # the owner went away
                 self.requests.remove(req)
                 continue
-            if not self.resources.feasible(req.res):
+            where = self.spillback.decide(req)
+            if where == ANSWERED:  # spilled to another node, or unschedulable
+                self.requests.remove(req)
+                continue
+            if where == NOWHERE or not self.resources.feasible(req.res):
                 if not req.warned:
                     req.warned = True
                     if not req.conn.is_closed:
@@ -320,14 +349,36 @@ class Raylet:
             self._report_soon = True
             asyncio.get_running_loop().call_soon(self._send_report)
 
+    def _report_later(self) -> None:
+        # Object store usage changes with every put: report it at most every
+        # RESOURCE_REPORT_S instead of once per object.
+        if not self._store_report_soon:
+            self._store_report_soon = True
+            asyncio.get_running_loop().call_later(config.RESOURCE_REPORT_S, self._store_changed)
+
+    def _store_changed(self) -> None:
+        self._store_report_soon = False
+        self._report()
+
     def _send_report(self) -> None:
         self._report_soon = False
         if self.gcs is not None and not self.gcs.is_closed:
             avail = self.resources.snapshot()
-            avail["object_store_memory"] = float(
-                max(0, self.object_store_memory - sum(self.objects.values()))
-            )
+            avail["object_store_memory"] = float(self.store.manager.available)
             self.gcs.notify("report_resources", [self.node_id, avail])
+
+    def handle_cluster_view(self, conn: rpc.Connection, entries: list[Any], _: Any) -> None:
+        """The GCS's batched news of other nodes (resources, joins, deaths)."""
+        for dead in self.spillback.apply_view(entries):
+            # Owners here may have tasks or actors there whose connections stay silent
+            # (a frozen or cut-off node): tell them, so they retry elsewhere.
+            news = [dead.node_id, dead.ip, dead.port, self.spillback.ip_shared(dead)]
+            for peer in self.server.connections:
+                role = (peer.peer_info or {}).get("role")
+                if role in ("driver", "worker") and not peer.is_closed:
+                    peer.notify("node_dead", news)
+        if self.requests:
+            self._schedule()
 
     def handle_kill_actor_worker(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
         for lease in self.leases.values():
@@ -371,14 +422,17 @@ class Raylet:
         return files[stream]
 
     # -- objects ---------------------------------------------------------------------------
+    def handle_create_object(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+        return self.store.create_object(conn, body)
+
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        oid, size, _owner = body
-        self.objects[oid] = size
+        self.store.object_sealed(body)
+
+    def handle_restore_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
+        return self.store.restore_object(oid)
 
     def handle_free_objects(self, conn: rpc.Connection, oids: list[bytes], _: Any) -> None:
-        for oid in oids:
-            self.objects.pop(oid, None)
-            object_store.delete_segment(object_store.segment_path(self.session_id, oid))
+        self.store.free_objects(oids)
 
     def handle_get_state(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
         assert self.pool is not None
@@ -389,7 +443,12 @@ class Raylet:
             "workers": len(self.pool.workers),
             "leases": len(self.leases),
             "queued": len(self.requests),
-            "objects": len(self.objects),
+            "objects": len(self.store.manager.entries),
+            "object_store": self.store.stats(),
+            "view": {
+                **{n.node_id.hex(): n.available for n in self.spillback.view.nodes.values()},
+                self.node_id.hex(): self.resources.snapshot(),
+            },
         }
 
 

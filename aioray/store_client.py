@@ -1,0 +1,150 @@
+"""A process's side of the node object store's capacity: room before writing,
+restore before reading, and the one place that declares an object lost.
+
+Writing a large object (put, task return) takes one round trip to the local
+raylet first (``create_object``): it answers at once when the object fits, or
+after evicting cached copies and spilling older objects to disk. Small objects
+never come here. Reading needs no round trip unless the segment is gone: then
+the raylet restores it from its spill file (``restore_object``) and the read is
+tried again. The raylet's side is ``daemons/raylet/store_service.py``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from aioray import object_store
+from aioray._loop import result_interruptibly
+from aioray.exceptions import (
+    ObjectLostError,
+    ObjectStoreFullError,
+    OutOfDiskError,
+    RayError,
+    RaySystemError,
+)
+from aioray.protocol import Buffer
+
+if TYPE_CHECKING:
+    from aioray.core_worker import CoreWorker
+
+# A restored object can be spilled again before this reader maps it (when others
+# keep the store full); after this many restores the reader gives up.
+RESTORE_ATTEMPTS = 8
+
+_ERRORS: dict[str, type[RayError]] = {
+    "ObjectStoreFullError": ObjectStoreFullError,
+    "OutOfDiskError": OutOfDiskError,
+    "ObjectLostError": ObjectLostError,
+}
+
+
+def _nbytes(b: Buffer) -> int:
+    return b.nbytes if isinstance(b, memoryview) else len(b)
+
+
+def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]) -> int:
+    """Get room in this node's store, write the segment, announce it; return its size.
+
+    Raises ObjectStoreFullError / OutOfDiskError when the object cannot be stored.
+    """
+    size, _ = object_store.layout(_nbytes(data), [_nbytes(b) for b in buffers])
+    if not cw.in_loop_thread():  # the loop cannot wait for itself: room is made after the seal
+        _raise_if_error(oid, _call_raylet(cw, "create_object", [oid, size]))
+    path = object_store.segment_path(cw.session_id, oid)
+    try:
+        object_store.write_segment(path, data, buffers)
+    except BaseException as e:
+        cw.post(_notify_raylet, cw, "free_objects", [oid])  # give the room back
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.ENOMEM):
+            raise ObjectStoreFullError(
+                f"Failed to write object {oid.hex()} of {size} bytes to shared memory: "
+                f"{e.strerror} ({object_store.shm_dir()} is smaller than object_store_memory, "
+                "or objects that were spilled are still mapped by readers)."
+            ) from None
+        raise
+    cw.post(cw._notify_sealed, oid, size)
+    return size
+
+
+def read_object(cw: CoreWorker, oid: bytes) -> tuple[memoryview, list[memoryview]]:
+    """Map the object's segment, restoring it from the spill disk first if needed."""
+    path = object_store.segment_path(cw.session_id, oid)
+    for _ in range(RESTORE_ATTEMPTS):
+        try:
+            return object_store.read_segment(path)
+        except FileNotFoundError:
+            pass
+        if cw.in_loop_thread():
+            raise RaySystemError(
+                f"object {oid.hex()} was spilled and cannot be restored from the event loop "
+                "thread; restore_async() it first"
+            )
+        reply = _call_raylet(cw, "restore_object", oid)
+        if reply is not None and reply[0] == "ObjectLostError":
+            object_lost(cw, oid, reply[1])
+        _raise_if_error(oid, reply)
+    object_lost(
+        cw, oid, f"it was restored {RESTORE_ATTEMPTS} times and spilled again before it was read"
+    )
+
+
+async def restore_async(cw: CoreWorker, oid: bytes) -> None:
+    """(loop) Make sure a local segment exists before ``read_object`` runs on the loop."""
+    import os
+
+    if os.path.exists(object_store.segment_path(cw.session_id, oid)):
+        return
+    reply = await cw.raylet.call("restore_object", oid)
+    if reply is not None and reply[0] == "ObjectLostError":
+        object_lost(cw, oid, reply[1])
+    _raise_if_error(oid, reply)
+
+
+def object_lost(cw: CoreWorker, oid: bytes, reason: str) -> NoReturn:
+    """Every copy of ``oid`` this node had is gone (e.g. its spill file was deleted).
+
+    The single decision point for "the object is gone": lineage reconstruction
+    hooks in here; for now the reader gets ObjectLostError with the reason.
+    """
+    raise ObjectLostError(oid.hex(), f"Object {oid.hex()} is lost: {reason}.")
+
+
+def _raise_if_error(oid: bytes, reply: Any) -> None:
+    if reply is not None:
+        cls = _ERRORS.get(reply[0], RaySystemError)
+        if cls is ObjectLostError:
+            raise ObjectLostError(oid.hex(), reply[1])
+        raise cls(reply[1])
+
+
+def _notify_raylet(cw: CoreWorker, method: str, body: Any) -> None:
+    if not cw.raylet.is_closed:
+        cw.raylet.notify(method, body)
+
+
+def _call_raylet(cw: CoreWorker, method: str, body: Any) -> Any:
+    """A request to the local raylet from a thread other than the loop; wait for its reply.
+
+    Cheaper than ``run_sync``: no coroutine or Task, just a posted send and the reply's
+    callback resolving a concurrent future.
+    """
+    result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def send() -> None:
+        if cw.raylet.is_closed:
+            result.set_exception(RaySystemError("the local raylet is gone"))
+            return
+        cw.raylet.call_nowait(method, body).add_done_callback(done)
+
+    def done(f: Any) -> None:
+        if f.cancelled():
+            result.cancel()
+        elif f.exception() is not None:
+            result.set_exception(f.exception())
+        else:
+            result.set_result(f.result()[0])
+
+    cw.post(send)
+    return result_interruptibly(result, None)

@@ -1,0 +1,79 @@
+"""Spill I/O: copying object segments between shared memory and the spill disk.
+
+Blocking functions, run on the store service's I/O threads, never on the
+raylet's loop. The copy stays in the kernel (``sendfile`` between two regular
+files; no Python buffer), and every destination is written under a temporary
+name and renamed into place, so a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+
+_CHUNK = 1 << 30  # sendfile moves at most ~2 GiB per call
+
+
+def copy_file(src: str, dst: str) -> int:
+    """Copy ``src`` to ``dst`` (which must not exist); return the bytes copied.
+
+    Raises FileNotFoundError if ``src`` is gone, OSError (ENOSPC, ...) on a full disk;
+    ``dst`` is never left half-written.
+    """
+    tmp = dst + ".part"
+    fin = os.open(src, os.O_RDONLY)
+    try:
+        size = os.fstat(fin).st_size
+        fout = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+        try:
+            _copy_fd(fin, fout, size)
+        except BaseException:
+            os.close(fout)
+            remove(tmp)
+            raise
+        os.close(fout)
+    finally:
+        os.close(fin)
+    os.rename(tmp, dst)
+    return size
+
+
+def _copy_fd(fin: int, fout: int, size: int) -> None:
+    done = 0
+    try:
+        while done < size:
+            n = os.sendfile(fout, fin, done, min(_CHUNK, size - done))
+            if n == 0:
+                raise OSError(errno.EIO, "source file shrank while being copied")
+            done += n
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS) or done:
+            raise
+        # sendfile to this kind of file is not supported: copy through user space.
+        os.lseek(fin, 0, os.SEEK_SET)
+        while True:
+            chunk = os.read(fin, 1 << 24)
+            if not chunk:
+                break
+            os.write(fout, chunk)
+
+
+def remove(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def disk_usage_fraction(path: str) -> float:
+    """Fraction of the file system holding ``path`` that is in use (0.0 - 1.0)."""
+    st = os.statvfs(path)
+    if st.f_blocks == 0:
+        return 0.0
+    return 1.0 - st.f_bavail / st.f_blocks
+
+
+def remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,415 @@
+"""The raylet's object store service: the async shell around ``ObjectManager``.
+
+Protocol with the processes of this node (each message names one object):
+1. ``create_object [oid, size]`` (request): before writing a segment, the creator
+   asks for room. The reply comes when the object fits: at once in the common
+   case, after evictions and spills when the store is full. ``None`` means go
+   ahead; ``[error class name, message]`` means it can never fit, or it does not
+   fit and nothing can be spilled (ObjectStoreFullError, OutOfDiskError).
+2. ``object_sealed [oid, size, worker]`` (notify): the segment is complete; from
+   now on it may be spilled. A seal with no room asked first (a creator on its
+   own event loop cannot wait) is taken as is and room is made after the fact.
+3. ``restore_object oid`` (request): a reader found the segment gone. Answered
+   ``None`` once the segment exists again (restored from the spill file), or
+   ``[class name, message]`` when it cannot be (the spill file vanished, ...).
+4. ``free_objects [oid, ...]`` (notify, from the owner): delete the segment and
+   the spill file.
+If a creator's connection closes before it sealed, its room is given back.
+
+Spills and restores copy files on a small thread pool (``spill_io``), so the loop
+never waits on a disk. A segment is unlinked only once its spill file is
+complete; a reader that mapped it before keeps its pages (that is how unlinked
+files work), and a reader that opens it after asks for a restore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aioray.daemons.raylet import spill_io
+from aioray.daemons.raylet.object_manager import (
+    CREATE,
+    CREATING,
+    DISK_FULL,
+    IN_SHM,
+    RESTORE,
+    RESTORING,
+    SECONDARY,
+    SPILLED,
+    SPILLING,
+    TOO_BIG,
+    Actions,
+    Entry,
+    ObjectManager,
+    Request,
+)
+
+from aioray import config, object_store, rpc
+
+logger = logging.getLogger(__name__)
+
+Reply = list[str] | None  # None: done; [error class name, message]: failed
+
+
+@dataclass
+class SpillConfig:
+    """Where and whether to spill; Ray's option names."""
+
+    directory: str = ""  # object_spilling_directory; "" = <session_dir>/spill
+    enabled: bool = True  # _system_config automatic_object_spilling_enabled
+    local_fs_capacity_threshold: float = 0.95
+
+
+def spill_config_from(directory: str | None, system_config: dict[str, Any]) -> SpillConfig:
+    """Build the spill settings from ``object_spilling_directory`` and ``_system_config``.
+
+    Ray's ``object_spilling_config`` (a JSON string ``{"type": "filesystem",
+    "params": {"directory_path": ...}}``) is accepted too.
+    """
+    cfg = SpillConfig(directory=directory or "")
+    raw = system_config.get("object_spilling_config")
+    if raw and not cfg.directory:
+        spec = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        if spec.get("type", "filesystem") != "filesystem":
+            raise ValueError(
+                f"object_spilling_config type {spec.get('type')!r} is not supported "
+                "(only 'filesystem')"
+            )
+        path = spec.get("params", {}).get("directory_path", "")
+        cfg.directory = path[0] if isinstance(path, list) else str(path)
+    if "automatic_object_spilling_enabled" in system_config:
+        cfg.enabled = bool(system_config["automatic_object_spilling_enabled"])
+    if "local_fs_capacity_threshold" in system_config:
+        cfg.local_fs_capacity_threshold = float(system_config["local_fs_capacity_threshold"])
+    return cfg
+
+
+def fmt_bytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB ({n} bytes)"
+
+
+class StoreService:
+    def __init__(
+        self, capacity: int, spill: SpillConfig, on_change: Callable[[], None] = lambda: None
+    ) -> None:
+        self.manager = ObjectManager(capacity, spill.enabled)
+        self.spill = spill
+        self.on_change = on_change
+        self.session_id = ""
+        self.spill_dir = ""
+        self._own_spill_dir = False  # the default dir is ours alone: removed at stop
+        self.io = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="aioray-spill")
+        self.lost: dict[bytes, str] = {}  # why an object here is gone (spill file vanished)
+        self._restore_waiters: dict[bytes, list[asyncio.Future[Reply]]] = {}
+        self._spill_error: str | None = None
+        self._stuck_timer: asyncio.TimerHandle | None = None
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return f"<StoreService {self.manager!r} spill_dir={self.spill_dir!r}>"
+
+    def start(self, session_id: str, session_dir: str, node_id: bytes) -> None:
+        self.session_id = session_id
+        if self.spill.directory:
+            self.spill_dir = os.path.join(
+                self.spill.directory, f"aioray_spilled_objects_{node_id.hex()}"
+            )
+        else:
+            self.spill_dir = os.path.join(session_dir or "/tmp", "spill", node_id.hex()[:12])
+            self._own_spill_dir = True
+
+    def stop(self, every_segment: bool = True) -> None:
+        """Delete this node's segments and spill files (with ``every_segment``, the
+        whole session's: the head sweeps what other nodes on this machine left)."""
+        self._stopped = True
+        self.io.shutdown(wait=True, cancel_futures=True)
+        if every_segment:
+            for path in object_store.list_segments(self.session_id):
+                object_store.delete_segment(path)
+        else:
+            for oid in self.manager.entries:
+                object_store.delete_segment(self._segment(oid))
+        for e in self.manager.entries.values():
+            spill_io.remove(e.spill_path)
+        if self.spill_dir:
+            if self._own_spill_dir:
+                spill_io.remove_tree(os.path.dirname(self.spill_dir))
+            else:
+                spill_io.remove_tree(self.spill_dir)
+
+    # -- handlers (the raylet delegates) ----------------------------------------------
+    def create_object(self, conn: rpc.Connection, body: list[Any]) -> Any:
+        oid, size = body
+        return self._ask(Request(oid, int(size), CREATE, conn))
+
+    def object_sealed(self, body: list[Any]) -> None:
+        oid, size = body[0], int(body[1])
+        e = self.manager.entries.get(oid)
+        if e is None and not os.path.exists(self._segment(oid)):
+            return  # freed before its seal arrived (seal and free came on different links)
+        self.manager.seal(oid, size)
+        self._run()
+
+    def free_objects(self, oids: list[bytes]) -> None:
+        for oid in oids:
+            self.lost.pop(oid, None)
+            e = self.manager.free(oid)
+            object_store.delete_segment(self._segment(oid))
+            if e is not None:
+                if e.state != SPILLING:  # a spill in flight deletes its own file when done
+                    spill_io.remove(e.spill_path)
+                if e.state == RESTORING:
+                    spill_io.remove(self._segment(oid) + ".part")
+        self._run()
+
+    def restore_object(self, oid: bytes) -> Any:
+        """Bring a spilled object back into shared memory (a reader found it gone)."""
+        e = self.manager.entries.get(oid)
+        if e is None:
+            reason = self.lost.get(oid) or (
+                "it is not in this node's object store (it was freed, or its node lost it)"
+            )
+            return ["ObjectLostError", reason]
+        if e.state in (CREATING, IN_SHM, SPILLING):
+            return None  # the segment exists: read again
+        waiters = self._restore_waiters.get(oid)
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        if waiters is not None:
+            waiters.append(fut)  # a restore is queued or under way
+            return fut
+        self._restore_waiters[oid] = [fut]
+        self.manager.request(Request(oid, e.size, RESTORE))
+        self._run()
+        return fut
+
+    # -- for object transfer between nodes -----------------------------------------------
+    async def reserve_secondary(self, oid: bytes, size: int) -> Reply:
+        """Make room for a copy of a remote object before writing its segment here.
+
+        Then write ``object_store.segment_path(session_id, oid)`` and call
+        ``add_secondary``. Secondary copies are evicted (not spilled) when room is
+        needed, unless pinned (``manager.pin``) by a reader.
+        """
+        reply = self._ask(Request(oid, size, SECONDARY))
+        return await reply if isinstance(reply, asyncio.Future) else reply
+
+    def add_secondary(self, oid: bytes, size: int) -> None:
+        self.manager.add_secondary(oid, size)
+        self._run()
+
+    # -- scheduling -----------------------------------------------------------------------
+    def _ask(self, req: Request) -> Any:
+        """Queue a request for room: its reply now if decided at once, else a future."""
+        conn = req.token
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        req.token = (fut, conn)
+        self.manager.request(req)
+        self._run()
+        if fut.done():
+            return fut.result()
+        return fut
+
+    def _run(self) -> None:
+        if self._stopped:
+            return
+        act = self.manager.schedule(self._can_spill)
+        self._perform(act)
+        self.on_change()  # cheap: the raylet reports usage at most every RESOURCE_REPORT_S
+
+    def _perform(self, act: Actions) -> None:
+        for req in act.granted:
+            self._granted(req)
+        for oid, _ in act.evict:
+            object_store.delete_segment(self._segment(oid))
+        for oid, e in act.spill:
+            self._start_spill(oid, e)
+        for req, reason in act.failed:
+            self._answer(req, self._error(req, reason))
+        if act.stuck and self._stuck_timer is None:
+            self._stuck_timer = asyncio.get_running_loop().call_later(
+                config.OBJECT_STORE_FULL_TIMEOUT_S, self._give_up
+            )
+        elif not act.stuck and self._stuck_timer is not None:
+            self._stuck_timer.cancel()
+            self._stuck_timer = None
+
+    def _granted(self, req: Request) -> None:
+        if req.kind == RESTORE:
+            e = self.manager.entries.get(req.oid)
+            if e is not None and e.state == RESTORING:
+                self._start_restore(req.oid, e)
+            else:
+                self._restored(req.oid, None)
+            return
+        fut, conn = req.token
+        if req.kind == CREATE and conn is not None:
+            if conn.is_closed:  # the creator died while waiting for room
+                self.manager.free(req.oid)
+                return
+            creating: set[bytes] | None = conn.state.get("creating")
+            if creating is None:
+                creating = conn.state["creating"] = set()
+                conn.on_close.append(self._creator_gone)
+            creating.add(req.oid)
+        if not fut.done():
+            fut.set_result(None)
+
+    def _creator_gone(self, conn: rpc.Connection) -> None:
+        stale = [
+            oid
+            for oid in conn.state.get("creating", ())
+            if (e := self.manager.entries.get(oid)) is not None and e.state == CREATING
+        ]
+        if stale:
+            self.free_objects(stale)
+
+    def _answer(self, req: Request, reply: Reply) -> None:
+        if req.kind == RESTORE:
+            self._restored(req.oid, reply)
+            return
+        fut, _ = req.token
+        if not fut.done():
+            fut.set_result(reply)
+
+    def _restored(self, oid: bytes, reply: Reply) -> None:
+        for fut in self._restore_waiters.pop(oid, []):
+            if not fut.done():
+                fut.set_result(reply)
+
+    def _give_up(self) -> None:
+        self._stuck_timer = None
+        req = self.manager.fail_head()
+        if req is not None:
+            self._answer(req, self._error(req, "full"))
+        self._run()
+
+    def _can_spill(self) -> bool:
+        if self._spill_error is not None:
+            return False
+        try:
+            os.makedirs(self.spill_dir, exist_ok=True)
+            return spill_io.disk_usage_fraction(self.spill_dir) < (
+                self.spill.local_fs_capacity_threshold
+            )
+        except OSError as e:
+            self._spill_error = f"cannot use the spill directory {self.spill_dir}: {e}"
+            return False
+
+    def _error(self, req: Request, reason: str) -> list[str]:
+        m = self.manager
+        what = f"object {req.oid.hex()} of {fmt_bytes(req.size)}"
+        if reason == TOO_BIG:
+            return [
+                "ObjectStoreFullError",
+                f"Cannot store {what}: it is larger than the object store's capacity of "
+                f"{fmt_bytes(m.capacity)}. Give the node a larger object_store_memory.",
+            ]
+        if reason == DISK_FULL:
+            why = self._spill_error or (
+                f"the spill directory {self.spill_dir} is "
+                f"{spill_io.disk_usage_fraction(self.spill_dir):.0%} full, over "
+                f"local_fs_capacity_threshold={self.spill.local_fs_capacity_threshold}"
+            )
+            return [
+                "OutOfDiskError",
+                f"Local disk is full: {why}. Cannot store {what}: the object store is full "
+                f"({fmt_bytes(m.used)} of {fmt_bytes(m.capacity)} in use) and nothing can "
+                "be spilled.",
+            ]
+        cause = (
+            "object spilling is disabled" if not m.spilling_enabled else "nothing can be spilled"
+        )
+        return [
+            "ObjectStoreFullError",
+            f"Failed to store {what}: the object store is full ({fmt_bytes(m.used)} of "
+            f"{fmt_bytes(m.capacity)} in use by objects still in scope) and {cause}.",
+        ]
+
+    # -- spill and restore I/O ------------------------------------------------------------
+    def _segment(self, oid: bytes) -> str:
+        return object_store.segment_path(self.session_id, oid)
+
+    def _start_spill(self, oid: bytes, e: Entry) -> None:
+        segment = self._segment(oid)
+        dst = os.path.join(self.spill_dir, oid.hex())
+        started = time.monotonic()
+        fut = asyncio.get_running_loop().run_in_executor(self.io, spill_io.copy_file, segment, dst)
+        fut.add_done_callback(lambda f: self._spill_finished(oid, dst, f, started))
+
+    def _spill_finished(self, oid: bytes, dst: str, f: asyncio.Future[int], started: float) -> None:
+        if f.cancelled():
+            return
+        exc = f.exception()
+        if exc is not None:
+            self.manager.spill_failed(oid)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._spill_error = f"spilling to {self.spill_dir} failed: {exc.strerror}"
+            elif not isinstance(exc, FileNotFoundError):  # not freed meanwhile
+                logger.error("spilling object %s failed: %s", oid.hex(), exc)
+                self._spill_error = f"spilling to {self.spill_dir} failed: {exc}"
+        elif self.manager.spill_done(oid, dst):
+            object_store.delete_segment(self._segment(oid))
+            self._spill_error = None
+            size = f.result()
+            logger.info(
+                "Spilled %.1f MiB, 1 objects, write throughput %.0f MiB/s",
+                size / 2**20,
+                size / 2**20 / max(time.monotonic() - started, 1e-6),
+            )
+        else:
+            spill_io.remove(dst)  # freed while being spilled
+        self.on_change()
+        self._run()
+
+    def _start_restore(self, oid: bytes, e: Entry) -> None:
+        assert e.spill_path is not None
+        src, dst = e.spill_path, self._segment(oid)
+        fut = asyncio.get_running_loop().run_in_executor(self.io, spill_io.copy_file, src, dst)
+        fut.add_done_callback(lambda f: self._restore_finished(oid, src, f))
+
+    def _restore_finished(self, oid: bytes, src: str, f: asyncio.Future[int]) -> None:
+        if f.cancelled():
+            return
+        exc = f.exception()
+        reply: Reply = None
+        if exc is None:
+            if not self.manager.restore_done(oid):
+                object_store.delete_segment(self._segment(oid))  # freed meanwhile
+        elif isinstance(exc, FileNotFoundError) and exc.filename == src:
+            reply = ["ObjectLostError", self.object_gone(oid, src)]
+        else:
+            self.manager.restore_failed(oid)
+            reply = ["ObjectStoreFullError", f"restoring object {oid.hex()} failed: {exc}"]
+        self._restored(oid, reply)
+        self.on_change()
+        self._run()
+
+    def object_gone(self, oid: bytes, spill_path: str) -> str:
+        """The only copy of ``oid`` on this node (its spill file) vanished: forget it.
+
+        Returns the reason, which every later reader is told too.
+        """
+        reason = (
+            f"its spill file {spill_path} was deleted, and it had no other copy "
+            "(it was spilled because the object store was full)"
+        )
+        e = self.manager.entries.get(oid)
+        if e is not None and e.state in (SPILLED, RESTORING):
+            self.manager.free(oid)
+        self.lost[oid] = reason
+        return reason
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.manager.stats(), "spill_dir": self.spill_dir}
+
+
+__all__ = ["SECONDARY", "SPILLED", "SpillConfig", "StoreService", "spill_config_from"]
