@@ -13,6 +13,8 @@ never be missing while a ref is in flight:
 - receive: the receiver records the hold as *credit* (or, if it owns the ref
   itself, nets it out). The value that carried the refs holds them (``contained``
   for stored objects, a temporary local hold for a task's arguments).
+- adopt: the receiver tells the owner, on its own connection, which holds are its
+  own; if that connection closes (the borrower died) the owner drops them.
 - release: when a borrowed object leaves scope in a process (no instance, no
   pending task, no stored object containing it), its credit goes back to the
   owner in one ``borrow`` notification with a negative count (batched per owner
@@ -41,6 +43,7 @@ logger = logging.getLogger("aioray")
 
 # A contained ref on the wire: [object id, owner address [ip, port, worker id]].
 Pair = Sequence[Any]
+ADOPT = 1
 
 
 def pairs_of(refs: Iterable[Any]) -> list[list[Any]]:
@@ -57,8 +60,10 @@ def pairs_of(refs: Iterable[Any]) -> list[list[Any]]:
 class Borrowing:
     def __init__(self, cw: CoreWorker) -> None:
         self.cw = cw
-        self._returns: dict[tuple[str, int], list[list[Any]]] = {}
+        self._outbox: dict[tuple[str, int], list[list[Any]]] = {}
         self._flush_scheduled = False
+        # Owner side: holds each borrower adopted, by its connection.
+        self._held_by: dict[rpc.Connection, dict[bytes, int]] = {}
 
     def _owns(self, pair: Pair) -> bool:
         return pair[1][2] == self.cw.worker_id
@@ -97,29 +102,35 @@ class Borrowing:
 
     # -- receiving ----------------------------------------------------------------------------
     def receive(self, pairs: Sequence[Pair]) -> None:
-        """(loop) Holds were registered for this process: record them."""
+        """(loop) Holds were registered for this process: record them, and tell each
+        owner they are ours (so it can drop them if this process dies)."""
         refs = self.cw.refs
         for pair in pairs:
             if self._owns(pair):
                 refs.add_borrowers(pair[0], -1)  # our own object came back: count it here
             else:
-                refs.add_credit(pair[0], tuple(pair[1]), 1)
+                owner = tuple(pair[1])
+                refs.add_credit(pair[0], owner, 1)
+                self._send(owner, [pair[0], 1, ADOPT])
 
     # -- returning -----------------------------------------------------------------------------
     def release(self, oid: bytes) -> None:
         """(loop) A borrowed object left scope here: give its credit back to the owner."""
         owner, n = self.cw.refs.take_credit(oid)
-        if not n or owner is None:
-            return
-        self._returns.setdefault((owner[0], owner[1]), []).append([oid, -n])
+        if n and owner is not None:
+            self._send(owner, [oid, -n])
+
+    def _send(self, owner: Any, entry: list[Any]) -> None:
+        # Adoptions and returns to one owner keep their order: one queue, one connection.
+        self._outbox.setdefault((owner[0], owner[1]), []).append(entry)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.cw.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        returns, self._returns = self._returns, {}
-        for addr, body in returns.items():
+        outbox, self._outbox = self._outbox, {}
+        for addr, body in outbox.items():
             conn = self.cw._peers.get(addr)
             if conn is not None and not conn.is_closed:
                 conn.notify("borrow", body)
@@ -135,8 +146,36 @@ class Borrowing:
 
     # -- owner side ----------------------------------------------------------------------------
     def handle_borrow(self, conn: rpc.Connection, body: list[list[Any]], _: Any) -> bool:
+        """Entries: [oid, +n] holds registered for a receiver (by its sender), [oid, n,
+        ADOPT] the receiver saying they are its own, [oid, -n] the receiver returning."""
         refs, owned = self.cw.refs, self.cw.owned
-        for oid, n in body:
-            if oid in owned:
-                refs.add_borrowers(oid, n)
+        held = self._held_by.get(conn)
+        for entry in body:
+            oid, n = entry[0], entry[1]
+            if oid not in owned:
+                continue
+            if len(entry) > 2:  # ADOPT: attribute, the count itself is unchanged
+                if held is None:
+                    held = self._held_by[conn] = {}
+                    conn.on_close.append(self._borrower_gone)
+                held[oid] = held.get(oid, 0) + n
+                continue
+            if n < 0 and held:
+                h = held.get(oid, 0)
+                if h:
+                    left = h - min(h, -n)
+                    if left:
+                        held[oid] = left
+                    else:
+                        del held[oid]
+            refs.add_borrowers(oid, n)
         return True
+
+    def _borrower_gone(self, conn: rpc.Connection) -> None:
+        """A borrower's connection closed (it died): its holds go with it."""
+        held = self._held_by.pop(conn, None)
+        if not held or self.cw.closing:
+            return
+        for oid, n in held.items():
+            if oid in self.cw.owned:
+                self.cw.refs.add_borrowers(oid, -n)

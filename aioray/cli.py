@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="nodes, their resources and state")
     status.add_argument("--address", default="auto")
     status.add_argument("--token", help="the cluster token (default: as for start)")
+    memory = sub.add_parser("memory", help="object references across the cluster (like ray memory)")
+    memory.add_argument("--address", default="auto")
     logs = sub.add_parser("logs", help="list a session's log files, or print and follow one")
     logs.add_argument("name", nargs="?", help="a file name, or a worker's pid (its .out and .err)")
     logs.add_argument("-n", "--lines", type=int, default=100, help="lines to print (default 100)")
@@ -36,6 +38,19 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     return p
+
+
+def cmd_memory(a: argparse.Namespace) -> int:
+    from aioray import auth, memory_report
+
+    try:
+        address = node.resolve_address(a.address)
+        auth.set_token(node.token_for(address))
+        print(memory_report.memory_summary(address))
+    except ConnectionError as e:
+        print(f"aioray memory: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_logs(a: argparse.Namespace) -> int:
@@ -172,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "stop": node_commands.cmd_stop,
         "status": node_commands.cmd_status,
         "logs": cmd_logs,
+        "memory": cmd_memory,
     }
     return commands[a.command](a)
 

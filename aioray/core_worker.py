@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from aioray import config, ids, log_monitor, rpc, serialization, store_client
+from aioray import config, ids, log_monitor, memory_report, rpc, serialization, store_client
 from aioray._loop import result_interruptibly
 from aioray.actor_submitter import ActorSubmitter
 from aioray.borrowing import Borrowing, pairs_of
@@ -141,6 +141,7 @@ class CoreWorker:
         raylet_handlers = {
             "lease_infeasible": self.handle_lease_infeasible,
             "worker_log": self.handle_worker_log,
+            "memory_summary": lambda c, b, _: memory_report.process_summary(self),
             "node_dead": self.submitter.remote_raylets.handle_node_dead,
             **self.extra_handlers,
         }
@@ -357,9 +358,9 @@ class CoreWorker:
         size = store_client.write_object(self, oid, so.data, so.buffers)
         return StoredObject(node_id=self.node_id, size=size, is_error=so.is_error)
 
-    def _notify_sealed(self, oid: bytes, size: int) -> None:
+    def _notify_sealed(self, oid: bytes, size: int, owner: bytes | None = None) -> None:
         if not self.raylet.is_closed:
-            self.raylet.notify("object_sealed", [oid, size, self.worker_id])
+            self.raylet.notify("object_sealed", [oid, size, owner or self.worker_id])
 
     # -- objects: get ------------------------------------------------------------------
     def get(self, refs: Sequence[ObjectRef], timeout: float | None = None) -> list[Any]:
@@ -523,7 +524,8 @@ class CoreWorker:
         obj = self.memory_store.delete(oid)
         if oid in self.owned:
             self.owned.discard(oid)
-            self.memory_store.fail_waiters(oid, ObjectFreedError(oid.hex()))
+            if self.memory_store.has_waiters(oid):  # (an error object costs ~3 us)
+                self.memory_store.fail_waiters(oid, ObjectFreedError(oid.hex()))
             if obj is not None and obj.in_shm:
                 self.free_shm(oid)
             self.lineage.release(oid)

@@ -122,6 +122,9 @@ class MemoryStore:
     def delete(self, oid: bytes) -> StoredObject | None:
         return self._objects.pop(oid, None)
 
+    def has_waiters(self, oid: bytes) -> bool:
+        return oid in self._waiters or oid in self._callbacks
+
     def fail_waiters(self, oid: bytes, exc: BaseException) -> None:
         for w in self._waiters.pop(oid, []):
             if not w.done():

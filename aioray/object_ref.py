@@ -157,7 +157,11 @@ class ObjectRef:
             if loop is not None:
                 w = self._afut = _Waiting(loop, self)
                 w.callbacks.append((fn, context))
-                _fetcher().watch(self, w)
+                last = _async_api._last if _async_api is not None else None
+                if last is not None and last[0] is loop and last[1].cw is self._cw:
+                    last[1].watch(self, w)  # this loop's fetcher, as cached by async_api
+                else:
+                    _fetcher().watch(self, w)
                 return
         w = self._waiting(new_waiter=True)
         if w.state:

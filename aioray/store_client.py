@@ -44,7 +44,9 @@ def _nbytes(b: Buffer) -> int:
     return b.nbytes if isinstance(b, memoryview) else len(b)
 
 
-def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]) -> int:
+def write_object(
+    cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer], owner: bytes | None = None
+) -> int:
     """Get room in this node's store, write the segment, announce it; return its size.
 
     Raises ObjectStoreFullError / OutOfDiskError when the object cannot be stored.
@@ -64,7 +66,7 @@ def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]
                 "or objects that were spilled are still mapped by readers)."
             ) from None
         raise
-    cw.post(cw._notify_sealed, oid, size)
+    cw.post(cw._notify_sealed, oid, size, owner)
     return size
 
 

@@ -317,14 +317,19 @@ class TaskExecutor:
         bufs: list[Buffer] = []
         lend: list[ObjectRef] = []
         for i, value in enumerate(values):
-            rets.append(self.pack_value(spec["tid"], i, value, bufs, lend))
+            rets.append(self.pack_value(spec, i, value, bufs, lend))
         body: dict[str, Any] = {"r": rets}
         if lend:  # kept alive until lent: reply() pops it before sending
             body["_lend"] = lend
         return body, bufs
 
     def pack_value(
-        self, task_id: bytes, index: int, value: Any, bufs: list[Buffer], lend: list[ObjectRef]
+        self,
+        spec: dict[str, Any],
+        index: int,
+        value: Any,
+        bufs: list[Buffer],
+        lend: list[ObjectRef],
     ) -> list[Any]:
         """Serialize return value ``index``: inline into ``bufs``, or into this node's shm.
 
@@ -338,8 +343,9 @@ class TaskExecutor:
             bufs.append(so.data)
             bufs.extend(so.buffers)
             return [RET_INLINE, len(so.buffers), False, contained]
-        oid = task_id + (index + 1).to_bytes(4, "little")
-        size = store_client.write_object(self.cw, oid, so.data, so.buffers)
+        oid = spec["tid"] + (index + 1).to_bytes(4, "little")
+        owner = spec["owner"][2] if spec.get("owner") else None  # the caller owns returns
+        size = store_client.write_object(self.cw, oid, so.data, so.buffers, owner)
         return [RET_SHM, size, self.cw.node_id, contained]
 
     # -- streaming generators (aioray/streaming.py has the protocol) -----------------------
@@ -367,7 +373,7 @@ class TaskExecutor:
         """(any thread) Serialize one streamed item and send it to the caller."""
         bufs: list[Buffer] = []
         lend: list[ObjectRef] = []
-        desc = self.pack_value(job.spec["tid"], index, value, bufs, lend)
+        desc = self.pack_value(job.spec, index, value, bufs, lend)
         self.cw.post(self._notify_item, job, [job.spec["tid"], index, *desc], bufs, lend)
 
     def _notify_item(

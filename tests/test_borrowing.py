@@ -125,6 +125,17 @@ def test_ref_passed_through_three_hops(ray_shared: Any) -> None:
     ray.kill(holder)
 
 
+def test_a_dead_borrowers_holds_are_dropped(ray_shared: Any) -> None:
+    holder = Holder.remote()
+    ref = ray.put(np.full(N, 6.0))
+    oid = ref.binary()
+    assert ray.get(holder.keep.remote([ref]), timeout=GET_TIMEOUT)
+    del ref
+    assert_alive(oid)  # the actor holds it
+    ray.kill(holder)  # it dies holding the ref: its connection closes, its hold goes
+    wait_freed(oid)
+
+
 def test_nested_argument_freed_after_the_task(ray_shared: Any) -> None:
     ref = ray.put(np.full(N, 1.0))
     oid = ref.binary()

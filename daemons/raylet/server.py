@@ -28,13 +28,14 @@ from typing import Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.raylet.gcs_link import GcsLink
+from aioray.daemons.raylet.object_owners import ObjectOwners
 from aioray.daemons.raylet.resources import NodeResources
 from aioray.daemons.raylet.scheduler import strategy_from_wire
 from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
 from aioray.daemons.raylet.store_service import SpillConfig, StoreService
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
-from aioray import config, rpc
+from aioray import config, memory_report, rpc
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,10 @@ class Raylet:
         self.prestart = prestart
         self.gcs: rpc.Connection | None = None
         self.gcs_link = GcsLink(self)  # registration; reconnects after a GCS restart
-        self.server = rpc.Server(rpc.handlers_of(self), hello_check=self._hello)
+        self.server = rpc.Server(
+            rpc.handlers_of(self), hello_check=self._hello, on_connect=self._on_connect
+        )
+        self.owners = ObjectOwners()
         self.pool: WorkerPool | None = None
         self.requests: list[LeaseRequest] = []
         self.leases: dict[int, Lease] = {}
@@ -426,13 +430,43 @@ class Raylet:
         return self.store.create_object(conn, body)
 
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        self.owners.sealed(body[0], body[2] if len(body) > 2 else None)
         self.store.object_sealed(body)
+
+    def _on_connect(self, conn: rpc.Connection) -> None:
+        conn.on_close.append(self._peer_gone)
+
+    def _peer_gone(self, conn: rpc.Connection) -> None:
+        owner = (conn.peer_info or {}).get("worker_id")
+        if owner and not self._stopped.is_set():
+            orphans = self.owners.owner_died(owner)
+            if orphans:  # their owner died: nobody can read them any more
+                self.store.free_objects(orphans)
 
     def handle_restore_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
         return self.store.restore_object(oid)
 
     def handle_free_objects(self, conn: rpc.Connection, oids: list[bytes], _: Any) -> None:
+        for oid in oids:
+            self.owners.freed(oid)
         self.store.free_objects(oids)
+
+    async def handle_memory_summary(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+        """``aioray memory``: every local process's references and this store's view."""
+        peers = [
+            c
+            for c in self.server.connections
+            if (c.peer_info or {}).get("role") in ("driver", "worker") and not c.is_closed
+        ]
+        store = {
+            oid: [
+                e.size,
+                "spilled" if e.state == "SPILLED" else "in shared memory",
+                e.spill_path or "",
+            ]
+            for oid, e in self.store.manager.entries.items()
+        }
+        return await memory_report.node_summary(peers, store)
 
     def handle_get_state(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
         assert self.pool is not None
