@@ -24,6 +24,7 @@ import psutil
 from aioray import auth, config, object_store
 
 CLUSTER_FILE = os.path.join(config.SESSION_ROOT, "aioray_current_cluster")
+GCS_ADDRESS_FILE = "gcs_address"  # in a head's session directory
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -64,6 +65,31 @@ def token_for(gcs_address: str) -> str | None:
     info = read_cluster_file()
     if info.get("gcs_address") == gcs_address:
         return info.get("token")
+    return _session_token(gcs_address)
+
+
+def _session_token(gcs_address: str) -> str | None:
+    """The token of a head started on this machine (by ``init()`` too) at that address:
+    its session directory records the address and keeps the token, readable by the
+    user who started it only (as Ray's local clusters keep theirs in a file)."""
+    try:
+        sessions = sorted(
+            (e for e in os.scandir(config.SESSION_ROOT) if e.name.startswith("session_")),
+            key=lambda e: e.stat().st_mtime,
+            reverse=True,
+        )
+    except OSError:
+        return None
+    for entry in sessions:
+        try:
+            with open(os.path.join(entry.path, GCS_ADDRESS_FILE)) as f:
+                if f.read().strip() != gcs_address:
+                    continue
+        except OSError:
+            continue
+        token = auth.read_token_file(entry.path)
+        if token is not None:
+            return token
     return None
 
 
@@ -213,6 +239,8 @@ class LocalNode:
                 self.gcs_address = f"{node_ip}:{gsock.getsockname()[1]}"
                 if self.token is not None:
                     _started_tokens[self.gcs_address] = self.token
+                with open(os.path.join(self.session_dir, GCS_ADDRESS_FILE), "w") as f:
+                    f.write(self.gcs_address)
                 self._spawn(
                     "gcs",
                     [*common, "--listen-fd", str(gsock.fileno()), "--session-id", self.session_id],

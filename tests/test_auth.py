@@ -177,3 +177,23 @@ def test_auth_mode_disabled_needs_no_token(monkeypatch: pytest.MonkeyPatch) -> N
         assert ray.get(ray.put(1), timeout=GET_TIMEOUT) == 1
     finally:
         ray.shutdown()
+
+
+def test_a_process_of_the_same_user_finds_a_local_clusters_token(ray_start: Any) -> None:
+    """Like Ray's local token file: the head's session directory keeps it (mode 0600)."""
+    address = ray_start.address_info["gcs_address"]
+    env = {k: v for k, v in os.environ.items() if k not in (auth.TOKEN_ENV, "RAY_AUTH_TOKEN")}
+    code = (
+        "import aioray as ray\n"
+        f"ray.init(address={address!r})\n"
+        "print(ray.get(ray.put('joined')))\n"
+        "ray.shutdown()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "joined"
+    session = ray_start.address_info["session_dir"]
+    mode = os.stat(os.path.join(session, auth.TOKEN_FILE)).st_mode
+    assert stat.S_IMODE(mode) == 0o600
