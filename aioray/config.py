@@ -43,3 +43,33 @@ MAX_LINEAGE_BYTES = int(_env("MAX_LINEAGE_BYTES", 1024**3))
 GCS_RECONNECT_TIMEOUT_S = _env("GCS_RECONNECT_TIMEOUT_S", 60.0)
 # Connecting to a daemon (TCP connect and handshake) fails after this long.
 CONNECT_TIMEOUT_S = _env("CONNECT_TIMEOUT_S", 5.0)
+
+
+def memory_monitor_settings() -> tuple[float, float]:
+    """(usage threshold as a fraction, refresh period in s) of the raylet's memory monitor.
+
+    Ray's RAY_memory_usage_threshold and RAY_memory_monitor_refresh_ms, read from
+    AIORAY_MEMORY_USAGE_THRESHOLD (default 0.95) and AIORAY_MEMORY_MONITOR_REFRESH_MS
+    (default 250; 0 disables the monitor). Raises ValueError naming a bad variable.
+    """
+    raw = os.environ.get("AIORAY_MEMORY_USAGE_THRESHOLD", "0.95")
+    try:
+        threshold = float(raw)
+    except ValueError:
+        threshold = float("nan")
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(
+            f"AIORAY_MEMORY_USAGE_THRESHOLD must be a fraction of the node's memory in "
+            f"(0, 1], e.g. 0.95; got {raw!r}."
+        )
+    raw = os.environ.get("AIORAY_MEMORY_MONITOR_REFRESH_MS", "250")
+    try:
+        refresh_ms = float(raw)
+    except ValueError:
+        refresh_ms = float("nan")
+    if not refresh_ms >= 0.0:
+        raise ValueError(
+            f"AIORAY_MEMORY_MONITOR_REFRESH_MS must be a number of milliseconds >= 0 "
+            f"(0 disables the memory monitor); got {raw!r}."
+        )
+    return threshold, refresh_ms / 1000.0

@@ -141,6 +141,7 @@ class CoreWorker:
         raylet_handlers = {
             "lease_infeasible": self.handle_lease_infeasible,
             "worker_log": self.handle_worker_log,
+            "worker_oom_killed": self.submitter.handle_worker_oom_killed,
             "memory_summary": lambda c, b, _: memory_report.process_summary(self),
             "node_dead": self.submitter.remote_raylets.handle_node_dead,
             **self.extra_handlers,

@@ -208,6 +208,7 @@ class LocalNode:
         generates one. ``log_to_stderr``: the daemons log to this process's stderr
         (``aioray serve-node``) as well as to the session's log files.
         """
+        config.memory_monitor_settings()  # a bad setting fails here, not in the raylet
         self = cls()
         self.session_id, self.session_dir = new_session_dir()
         if head:

@@ -52,6 +52,7 @@ class RayletClients:
                 handlers={
                     "lease_infeasible": self.cw.handle_lease_infeasible,
                     "worker_log": self.cw.handle_worker_log,
+                    "worker_oom_killed": self.cw.submitter.handle_worker_oom_killed,
                 },
                 hello={
                     "role": self.cw.mode,

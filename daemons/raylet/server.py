@@ -14,6 +14,8 @@ If the worker dies, its lease ends here; if the owner dies, its leases return.
 
 The node's object store (capacity, spilling, restoring) is ``StoreService``
 (store_service.py); the object handlers below delegate to it.
+The memory monitor (``memory_monitor.py``) kills a leased worker when the node
+runs low on memory.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ import logging
 import os
 import signal
 import socket
+import time
 from typing import Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.raylet.gcs_link import GcsLink
+from aioray.daemons.raylet.memory_monitor import MemoryMonitor
 from aioray.daemons.raylet.object_owners import ObjectOwners
 from aioray.daemons.raylet.resources import NodeResources
 from aioray.daemons.raylet.scheduler import strategy_from_wire
@@ -51,6 +55,7 @@ class LeaseRequest:
         "hops",
         "placed",
         "res",
+        "retriable",
         "strategy",
         "warned",
     )
@@ -74,10 +79,21 @@ class LeaseRequest:
         self.strategy: Any = None  # scheduler.py's wire form; None is DEFAULT
         self.hops = 0  # times it was spilled before reaching this raylet
         self.placed = False  # the policy chose this node
+        self.retriable = False  # the task it is requested for may be retried (memory monitor)
 
 
 class Lease:
-    __slots__ = ("actor", "blocked", "conn", "gpus", "lease_id", "res", "worker")
+    __slots__ = (
+        "actor",
+        "blocked",
+        "conn",
+        "gpus",
+        "granted_at",
+        "lease_id",
+        "res",
+        "retriable",
+        "worker",
+    )
 
     def __init__(
         self, lease_id: int, worker: WorkerHandle, res: dict[str, float], conn: rpc.Connection
@@ -89,6 +105,8 @@ class Lease:
         self.blocked = False
         self.gpus: list[tuple[int, float]] = []
         self.actor: bytes | None = None
+        self.retriable = False
+        self.granted_at = time.monotonic()
 
 
 class Raylet:
@@ -131,6 +149,7 @@ class Raylet:
         self._report_soon = False
         self._store_report_soon = False
         self._stopped = asyncio.Event()
+        self.memory_monitor = MemoryMonitor(self, *config.memory_monitor_settings())
 
     def __repr__(self) -> str:
         return (
@@ -172,6 +191,7 @@ class Raylet:
         await self.server.start(sock=sock)
         logger.info("raylet %s listening on %s:%d", self.node_id.hex()[:8], self.node_ip, self.port)
         await fork_server
+        self.memory_monitor.start()
         for _ in range(min(self.prestart, int(self.resources.total.get("CPU", 0)))):
             self.pool.spawn(None)
         await self._stopped.wait()
@@ -189,6 +209,7 @@ class Raylet:
 
     async def stop(self) -> None:
         logger.info("raylet stopping")
+        self.memory_monitor.stop()
         for req in self.requests:
             if not req.fut.done():
                 req.fut.set_result({"error": "the raylet is shutting down"})
@@ -217,6 +238,7 @@ class Raylet:
     def _worker_dead(self, w: WorkerHandle) -> None:
         assert self.pool is not None
         self.pool.remove(w.worker_id)
+        oom = self.memory_monitor.worker_dead(w)
         if w.lease_id is not None:
             lease = self.leases.pop(w.lease_id, None)
             if lease is not None:
@@ -224,8 +246,8 @@ class Raylet:
                 if not lease.blocked:
                     self.resources.release(lease.res)
                 if lease.actor is not None:
-                    died = [lease.actor, f"worker pid {w.pid} died"]
-                    self.gcs_link.notify("actor_worker_died", died)
+                    why = oom or f"worker pid {w.pid} died"
+                    self.gcs_link.notify("actor_worker_died", [lease.actor, why])
                 self._report()
         if not self._stopped.is_set():
             logger.info("worker %s (pid %d) exited", w.worker_id.hex()[:8], w.pid)
@@ -252,6 +274,7 @@ class Raylet:
             None if hold is None else {k: float(v) for k, v in hold.items()},
             body.get("actor"),
         )
+        req.retriable = bool(body.get("retriable"))
         req.strategy = strategy_from_wire(body.get("ss"))
         req.hops = body.get("hops", 0)
         self.requests.append(req)
@@ -300,6 +323,7 @@ class Raylet:
         self._schedule_soon = False
         assert self.pool is not None
         needed: dict[str, int] = {}
+        waiting: list[dict[str, float]] = []
         self.spillback.begin_pass(self.resources)
         for req in list(self.requests):
             if req.fut.done():  # the owner went away
@@ -322,9 +346,15 @@ class Raylet:
             worker = self.pool.pop_idle(req.env_key)
             if worker is None:
                 needed[req.env_key] = needed.get(req.env_key, 0) + 1
+                # Held for this pass, so later requests do not each start a worker
+                # for the same free CPUs (10 queued requests used to start 10).
+                self.resources.acquire(req.res)
+                waiting.append(req.res)
                 continue
             self.requests.remove(req)
             self._grant(req, worker)
+        for res in waiting:
+            self.resources.release(res)
         for env_key, n in needed.items():
             missing = n - self.pool.starting.get(env_key, 0)
             env = next(r.env for r in self.requests if r.env_key == env_key)
@@ -337,6 +367,7 @@ class Raylet:
         worker.lease_id = lease_id
         lease = self.leases[lease_id] = Lease(lease_id, worker, req.hold, req.conn)
         lease.actor = req.actor
+        lease.retriable = req.retriable
         lease.gpus = self.resources.assign_gpus(req.res.get("GPU", 0.0))
         req.fut.set_result(
             {
@@ -483,6 +514,7 @@ class Raylet:
                 **{n.node_id.hex(): n.available for n in self.spillback.view.nodes.values()},
                 self.node_id.hex(): self.resources.snapshot(),
             },
+            "oom_kills": self.memory_monitor.kills,
         }
 
 
