@@ -1,6 +1,6 @@
 """Connection handshake cost with and without a cluster token, and GCS SQLite commit cost.
 
-    python benchmarks/handshake_and_gcs_store.py
+python benchmarks/handshake_and_gcs_store.py
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import asyncio
 import tempfile
 import time
 
-from aioray import _loop, auth, rpc
 from aioray.daemons.gcs.store import GcsStore
+
+from aioray import _loop, auth, rpc
 
 
 async def connect_cost(token: str | None, n: int = 2000) -> float:
