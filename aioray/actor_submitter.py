@@ -247,9 +247,12 @@ class ActorSubmitter:
     # -- following the actor's state -------------------------------------------------------
     async def _watch(self, a: _Actor) -> None:
         try:
-            gcs = await self.cw.gcs_connection()
             while a.state != DEAD and not self.cw.closing:
-                info = await gcs.call("wait_actor", [a.aid, a.version])
+                gcs = await self.cw.gcs_connection()  # reconnects after a GCS restart
+                try:
+                    info = await gcs.call("wait_actor", [a.aid, a.version])
+                except rpc.ConnectionLost:
+                    continue  # the GCS went away mid-poll: ask it (or its successor) again
                 await self._apply(a, info)
         except ConnectionError:
             if not self.cw.closing:

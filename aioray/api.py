@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aioray import config, node, store_client
+from aioray import auth, config, node, store_client
 from aioray import object_ref as _object_ref
 from aioray.core_worker import DRIVER, CoreWorker
 from aioray.object_ref import ObjectRef, set_core_worker
@@ -122,6 +122,7 @@ def init(
                 system_config=system_config,
                 node_ip=_node_ip_address,
             )
+            auth.set_token(_local_node.token)
             gcs_address = _local_node.gcs_address
             raylet_address = _local_node.raylet_address
         else:
@@ -136,6 +137,7 @@ def init(
                     "object_spilling_directory must not be provided."
                 )
             gcs_address = node.resolve_address(address)
+            auth.set_token(node.token_for(gcs_address))
             raylet_address = node.find_local_raylet(gcs_address, _node_ip_address)
         cw = CoreWorker(
             DRIVER,
@@ -224,6 +226,7 @@ def shutdown() -> None:
         local, _local_node = _local_node, None
         if local is not None:
             local.stop()
+        auth.reset()
 
 
 atexit.register(shutdown)

@@ -268,7 +268,10 @@ class Cluster:
 
         async def query() -> list[dict[str, Any]]:
             conn, _ = await rpc.connect(
-                *node.split_address(self._gcs_address), hello={"role": "client"}, timeout=5
+                *node.split_address(self._gcs_address),
+                hello={"role": "client"},
+                timeout=5,
+                token=node.token_for(self._gcs_address),
             )
             try:
                 return list(await conn.call("get_nodes"))

@@ -38,6 +38,11 @@ SHM_PREFIX = "aioray_"
 DAEMON_START_TIMEOUT_S = _env("DAEMON_START_TIMEOUT_S", 30.0)
 # Bytes of task arguments an owner keeps to re-run tasks whose results are lost (Ray: 1 GiB).
 MAX_LINEAGE_BYTES = int(_env("MAX_LINEAGE_BYTES", 1024**3))
+# How long a raylet, driver or worker keeps trying to reach a GCS that went away
+# (e.g. killed and restarted) before giving up (Ray: gcs_rpc_server_reconnect_timeout_s).
+GCS_RECONNECT_TIMEOUT_S = _env("GCS_RECONNECT_TIMEOUT_S", 60.0)
+# Connecting to a daemon (TCP connect and handshake) fails after this long.
+CONNECT_TIMEOUT_S = _env("CONNECT_TIMEOUT_S", 5.0)
 
 
 def memory_monitor_settings() -> tuple[float, float]:

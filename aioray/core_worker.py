@@ -41,6 +41,7 @@ from aioray.exceptions import (
     RaySystemError,
     RayTaskError,
 )
+from aioray.gcs_client import GcsClient
 from aioray.lineage import Lineage
 from aioray.memory_store import (
     MemoryStore,
@@ -49,7 +50,6 @@ from aioray.memory_store import (
 )
 from aioray.object_ref import ObjectRef
 from aioray.owner_service import OwnerService
-from aioray.placement_groups import GCS_HANDLERS as PG_HANDLERS
 from aioray.protocol import Buffer
 from aioray.reference_counter import ReferenceCounter
 from aioray.streaming import StreamManager
@@ -98,7 +98,7 @@ class CoreWorker:
         self.streams = StreamManager(self)
         self.loop_fetchers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self.actor_id: bytes | None = None  # set in a worker that hosts an actor
-        self._gcs_connecting: asyncio.Lock | None = None
+        self.gcs_client = GcsClient(self)
         self.extra_handlers: dict[str, rpc.Handler] = {}
         self.task_context = threading.local()
         self._loop_thread_id = -1
@@ -172,22 +172,8 @@ class CoreWorker:
         return dict(info)
 
     async def gcs_connection(self) -> rpc.Connection:
-        """The GCS connection, opened on first use in a worker (drivers open it at start)."""
-        if self.gcs is not None and not self.gcs.is_closed:
-            return self.gcs
-        if self._gcs_connecting is None:
-            self._gcs_connecting = asyncio.Lock()
-        async with self._gcs_connecting:
-            if self.gcs is None or self.gcs.is_closed:
-                if self.gcs_address is None:
-                    raise ConnectionError("this process does not know the GCS address")
-                self.gcs, _ = await rpc.connect(
-                    *self.gcs_address,
-                    handlers={"lease_infeasible": self.handle_lease_infeasible, **PG_HANDLERS},
-                    hello={"role": self.mode},
-                    name="gcs",
-                )
-        return self.gcs
+        """The GCS connection: opened on first use in a worker, reopened after a restart."""
+        return await self.gcs_client.connection()
 
     def actor_gpu_ids(self) -> list[int]:
         host = self.extra_handlers.get("create_actor")

@@ -21,9 +21,10 @@ from typing import Any
 
 import psutil
 
-from aioray import config, object_store
+from aioray import auth, config, object_store
 
 CLUSTER_FILE = os.path.join(config.SESSION_ROOT, "aioray_current_cluster")
+GCS_ADDRESS_FILE = "gcs_address"  # in a head's session directory
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -38,10 +39,8 @@ def resolve_address(address: str) -> str:
     if address != "auto":
         split_address(address)
         return address
-    try:
-        with open(CLUSTER_FILE) as f:
-            info = json.load(f)
-    except (FileNotFoundError, ValueError):
+    info = read_cluster_file()
+    if not info:
         raise ConnectionError(
             "Could not find any running aioray instance. Start one with 'aioray start --head'."
         ) from None
@@ -50,32 +49,96 @@ def resolve_address(address: str) -> str:
     return str(info["gcs_address"])
 
 
+# Tokens of the head nodes this process started (LocalNode, cluster_utils.Cluster).
+_started_tokens: dict[str, str] = {}
+
+
+def token_for(gcs_address: str) -> str | None:
+    """The token to join the cluster at ``gcs_address``: the environment's, else that
+    of a head this process started there, else the one ``aioray start --head`` left in
+    this machine's cluster file for that address."""
+    token = auth.token_from_env()
+    if token is not None or not auth.enabled():
+        return token
+    if gcs_address in _started_tokens:
+        return _started_tokens[gcs_address]
+    info = read_cluster_file()
+    if info.get("gcs_address") == gcs_address:
+        return info.get("token")
+    return _session_token(gcs_address)
+
+
+def _session_token(gcs_address: str) -> str | None:
+    """The token of a head started on this machine (by ``init()`` too) at that address:
+    its session directory records the address and keeps the token, readable by the
+    user who started it only (as Ray's local clusters keep theirs in a file)."""
+    try:
+        sessions = sorted(
+            (e for e in os.scandir(config.SESSION_ROOT) if e.name.startswith("session_")),
+            key=lambda e: e.stat().st_mtime,
+            reverse=True,
+        )
+    except OSError:
+        return None
+    for entry in sessions:
+        try:
+            with open(os.path.join(entry.path, GCS_ADDRESS_FILE)) as f:
+                if f.read().strip() != gcs_address:
+                    continue
+        except OSError:
+            continue
+        token = auth.read_token_file(entry.path)
+        if token is not None:
+            return token
+    return None
+
+
+def read_cluster_file() -> dict[str, Any]:
+    try:
+        with open(CLUSTER_FILE) as f:
+            return dict(json.load(f))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def write_cluster_file(info: dict[str, Any]) -> None:
+    """The head's address, pids and token, for ``address="auto"`` (owner-only: a secret)."""
+    os.makedirs(os.path.dirname(CLUSTER_FILE), exist_ok=True)
+    fd = os.open(CLUSTER_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f)
+
+
 def find_local_raylet(gcs_address: str, node_ip: str) -> tuple[str, int]:
     """Ask the GCS which raylet runs on this host."""
     from aioray import _loop, rpc
 
     async def query() -> list[dict[str, Any]]:
         conn, _ = await rpc.connect(
-            *split_address(gcs_address), hello={"role": "client"}, timeout=5
+            *split_address(gcs_address), hello={"role": "client"}, timeout=config.CONNECT_TIMEOUT_S
         )
         try:
             return list(await conn.call("get_nodes"))
         finally:
             conn.close()
 
-    try:
-        nodes: list[dict[str, Any]] = _loop.run(query())  # type: ignore[assignment]
-    except ConnectionError as e:
-        raise ConnectionError(
-            f"Could not connect to the aioray cluster at {gcs_address}: {e}"
-        ) from None
-    alive = [n for n in nodes if n["Alive"]]
-    for n in alive:
-        if n["NodeManagerAddress"] == node_ip:
-            return n["NodeManagerAddress"], n["NodeManagerPort"]
-    if alive:
-        return alive[0]["NodeManagerAddress"], alive[0]["NodeManagerPort"]
-    raise ConnectionError(f"The cluster at {gcs_address} has no alive node.")
+    deadline = time.monotonic() + config.CONNECT_TIMEOUT_S
+    while True:
+        try:
+            nodes: list[dict[str, Any]] = _loop.run(query())  # type: ignore[assignment]
+        except ConnectionError as e:  # keep the class: AuthenticationError says why
+            raise type(e)(
+                f"Could not connect to the aioray cluster at {gcs_address}: {e}"
+            ) from None
+        alive = [n for n in nodes if n["Alive"]]
+        for n in alive:
+            if n["NodeManagerAddress"] == node_ip:
+                return n["NodeManagerAddress"], n["NodeManagerPort"]
+        if alive:
+            return alive[0]["NodeManagerAddress"], alive[0]["NodeManagerPort"]
+        if time.monotonic() >= deadline:
+            raise ConnectionError(f"The cluster at {gcs_address} has no alive node.")
+        time.sleep(0.05)  # a node that is starting registers within moments
 
 
 def _listen(ip: str, port: int) -> socket.socket:
@@ -115,7 +178,9 @@ class LocalNode:
         self.raylet_address: tuple[str, int] = ("", 0)
         self.session_dir = ""
         self.session_id = ""
+        self.token: str | None = None
         self._lifeline_w: int | None = None
+        self._env: dict[str, str] = {}
 
     @classmethod
     def start(
@@ -134,10 +199,30 @@ class LocalNode:
         raylet_port: int = 0,
         detached: bool = False,
         labels: dict[str, str] | None = None,
+        token: str | None = None,
+        log_to_stderr: bool = False,
     ) -> LocalNode:
+        """Start the node's daemons (the GCS too with ``head``).
+
+        ``token``: the cluster token; a head without one uses the environment's or
+        generates one. ``log_to_stderr``: the daemons log to this process's stderr
+        (``aioray serve-node``) as well as to the session's log files.
+        """
         config.memory_monitor_settings()  # a bad setting fails here, not in the raylet
         self = cls()
         self.session_id, self.session_dir = new_session_dir()
+        if head:
+            self.token = token or auth.token_from_env()
+            if self.token is None and auth.enabled():
+                self.token = auth.generate_token()
+        else:
+            self.token = token or (token_for(gcs_address) if gcs_address else None)
+        self._env = dict(os.environ)
+        if self.token is not None and auth.enabled():
+            self._env[auth.TOKEN_ENV] = self.token
+            auth.write_token_file(self.session_dir, self.token)
+        if log_to_stderr:
+            self._env["AIORAY_LOG_TO_STDERR"] = "1"
         logs = os.path.join(self.session_dir, "logs")
         fds: list[int] = []
         socks = []
@@ -153,6 +238,10 @@ class LocalNode:
                 gsock = _listen(node_ip, gcs_port)
                 socks.append(gsock)
                 self.gcs_address = f"{node_ip}:{gsock.getsockname()[1]}"
+                if self.token is not None:
+                    _started_tokens[self.gcs_address] = self.token
+                with open(os.path.join(self.session_dir, GCS_ADDRESS_FILE), "w") as f:
+                    f.write(self.gcs_address)
                 self._spawn(
                     "gcs",
                     [*common, "--listen-fd", str(gsock.fileno()), "--session-id", self.session_id],
@@ -213,6 +302,7 @@ class LocalNode:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
+            env=self._env,
             # Their own session: a Ctrl-C in the driver's terminal interrupts the driver,
             # not the cluster (the lifeline still ties them to the driver's life).
             start_new_session=True,

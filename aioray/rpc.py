@@ -3,10 +3,11 @@
 One ``Connection`` multiplexes requests in flight (by sequence id), responses and
 one-way notifications in both directions. Outgoing frames written during one loop
 iteration are flushed together with a single ``writelines``. Every connection
-starts with a handshake (``hello``: protocol version, role, and the place where an
-authentication token check goes); a peer that fails it, or sends a malformed or
-oversized frame, is disconnected with a logged reason while the server keeps
-serving everyone else.
+starts with a handshake: the server sends a ``challenge``, the client answers with
+``hello`` (protocol version, role, the HMAC of the challenge under the cluster
+token, see ``auth``); a peer that fails it, or sends a malformed or oversized
+frame, is disconnected with a logged reason while the server keeps serving
+everyone else, and the client raises that reason.
 
 Handlers are methods named ``handle_<method>`` on a service object, plain or
 ``async``; they receive ``(conn, body, buffers)`` and return a body, or
@@ -23,7 +24,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aioray import protocol
+from aioray import auth, protocol
 from aioray.protocol import ERROR, NOTIFY, REQUEST, RESPONSE, Buffer, ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class Connection(asyncio.BufferedProtocol):
             self._decoder.max_buffers = 0
         self._dead = False  # aborted: ignore whatever else the peer already sent
         self._hello_timer: asyncio.TimerHandle | None = None
+        self._challenge = b""  # server side: what this peer must answer
+        self.challenge: asyncio.Future[bytes] = self.loop.create_future()  # client side
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.closed: asyncio.Future[None] = self.loop.create_future()
@@ -117,6 +120,8 @@ class Connection(asyncio.BufferedProtocol):
             self._hello_timer = self.loop.call_later(
                 HANDSHAKE_TIMEOUT_S, self._abort, "no handshake within timeout"
             )
+            self._challenge = auth.new_challenge()
+            self._send(NOTIFY, 0, "challenge", self._challenge)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._decoder.get_buffer()
@@ -142,6 +147,8 @@ class Connection(asyncio.BufferedProtocol):
         self._dead = True
         if self._hello_timer is not None:
             self._hello_timer.cancel()
+        if not self.challenge.done():
+            self.challenge.set_result(b"")  # a connect() waiting for it then sees the loss
         label = f"connection {self.name}" if self.name else "connection"
         err = ConnectionLost(f"{label} lost" + (f": {exc}" if exc else ""))
         pending, self._pending = self._pending, {}
@@ -191,6 +198,9 @@ class Connection(asyncio.BufferedProtocol):
         assert method is not None
         handler = self._handlers.get(method)
         if handler is None:
+            if method == "challenge" and not self.challenge.done() and isinstance(body, bytes):
+                self.challenge.set_result(body)  # the server's first frame (see auth)
+                return
             logger.warning("unknown method %r from %r", method, self)
             if kind == REQUEST:
                 self._send(ERROR, seq, method, ["UnknownMethod", f"no method {method!r}"])
@@ -250,6 +260,11 @@ class Connection(asyncio.BufferedProtocol):
             reason = f"protocol version {version!r} != {protocol.PROTOCOL_VERSION}"
             self._send(ERROR, seq, method, ["HandshakeError", reason])
             self._abort(reason, flush=True)
+            return
+        refused = auth.check(auth.cluster_token(), self._challenge, body.get("auth"))
+        if refused is not None:
+            self._send(ERROR, seq, method, ["AuthenticationError", refused])
+            self._abort(f"authentication failed: {refused}", flush=True)
             return
         try:
             answer = self._hello_check(body) if self._hello_check else {}
@@ -362,8 +377,11 @@ async def connect(
     *,
     timeout: float = 10.0,
     name: str = "",
+    token: str | None = None,
 ) -> tuple[Connection, Any]:
-    """Open a connection and perform the handshake; return it with the server's answer."""
+    """Open a connection and perform the handshake; return it with the server's answer.
+
+    ``token``: the cluster token to prove (default: this process's, ``auth``)."""
     loop = asyncio.get_running_loop()
     try:
         _, conn = await asyncio.wait_for(
@@ -373,10 +391,17 @@ async def connect(
         raise ConnectionError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
     body = {"version": protocol.PROTOCOL_VERSION, **(hello or {})}
     try:
+        token = token or auth.cluster_token()
+        if token is not None:
+            # The challenge is already on its way: this waits for it, not a round trip.
+            body["auth"] = auth.proof(token, await asyncio.wait_for(conn.challenge, timeout))
         answer = await asyncio.wait_for(conn.call("hello", body), timeout)
     except RpcError as e:
         conn.close()
-        raise ConnectionError(f"{host}:{port} refused the handshake: {e.remote_message}") from None
+        cls = (
+            auth.AuthenticationError if e.remote_type == "AuthenticationError" else ConnectionError
+        )
+        raise cls(f"{host}:{port} refused the handshake: {e.remote_message}") from None
     except (ConnectionError, asyncio.TimeoutError) as e:
         conn.close()
         raise ConnectionError(f"handshake with {host}:{port} failed: {e}") from None

@@ -13,12 +13,14 @@ from collections.abc import Callable
 def setup_logging(session_dir: str | None, name: str) -> None:
     level = os.environ.get("AIORAY_LOG_LEVEL", "INFO").upper()
     fmt = f"%(asctime)s %(levelname)s {name} %(process)d %(name)s: %(message)s"
+    handlers: list[logging.Handler] = []
     if session_dir:
         path = os.path.join(session_dir, "logs", f"{name}.log")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        logging.basicConfig(filename=path, level=level, format=fmt)
-    else:
-        logging.basicConfig(level=level, format=fmt)
+        handlers.append(logging.FileHandler(path))
+    if not session_dir or os.environ.get("AIORAY_LOG_TO_STDERR") == "1":
+        handlers.append(logging.StreamHandler())  # aioray serve-node: the container's log
+    logging.basicConfig(level=level, format=fmt, handlers=handlers)
 
 
 def watch_lifeline(fd: int | None, on_close: Callable[[], None]) -> None:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
-from aioray import protocol, rpc
+from aioray import auth, protocol, rpc
 from aioray.protocol import (
     MAX_BUFFER_BYTES,
     MAX_BUFFERS,
@@ -189,6 +189,9 @@ async def raw_connection(
 ) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     reader, writer = await bounded(asyncio.open_connection(server.host, server.port))
     try:
+        # The server speaks first: its authentication challenge (aioray.auth).
+        challenge = await bounded(reader.readexactly(len(CHALLENGE)))
+        assert challenge[: -auth.CHALLENGE_BYTES] == CHALLENGE[: -auth.CHALLENGE_BYTES]
         yield reader, writer
     finally:
         writer.close()
@@ -227,6 +230,7 @@ def frame(kind: int, seq: int, method: str | None, body: Any = None) -> bytes:
 
 
 HELLO = frame(REQUEST, 1, "hello", {"version": protocol.PROTOCOL_VERSION})
+CHALLENGE = frame(NOTIFY, 0, "challenge", bytes(auth.CHALLENGE_BYTES))
 
 
 async def raw_handshake(

@@ -7,7 +7,7 @@ import argparse
 from aioray.daemons._common import setup_logging
 from aioray.daemons.gcs.server import GcsServer
 
-from aioray import _loop
+from aioray import _loop, auth
 
 
 def main() -> None:
@@ -20,6 +20,16 @@ def main() -> None:
     p.add_argument("--session-id", default="")
     a = p.parse_args()
     setup_logging(a.session_dir, "gcs")
+    # The token: the environment's, else the one kept in the session directory (a
+    # GCS restarted by hand with the same --session-dir), else a new one stored there.
+    token = auth.token_from_env() or (
+        auth.read_token_file(a.session_dir) if a.session_dir else None
+    )
+    if token is None and auth.enabled():
+        token = auth.generate_token()
+        if a.session_dir:
+            auth.write_token_file(a.session_dir, token)
+    auth.set_token(token)
     server = GcsServer(a.session_dir, a.session_id)
     _loop.run(server.run(a.host, a.port, a.listen_fd, a.lifeline_fd))
 

@@ -37,7 +37,9 @@ MAX_PLACEMENT_ATTEMPTS = 10
 
 
 class ActorRecord:
-    def __init__(self, body: dict[str, Any], buffers: list[Buffer], owner: rpc.Connection) -> None:
+    def __init__(
+        self, body: dict[str, Any], buffers: list[Buffer], owner: rpc.Connection | None
+    ) -> None:
         self.aid: bytes = body["aid"]
         self.spec: dict[str, Any] = body["spec"]
         self.buffers = buffers
@@ -52,7 +54,8 @@ class ActorRecord:
         self.owner_node: bytes | None = body.get("node")
         self.unschedulable = False
         self.meta: dict[str, Any] = body["meta"]
-        self.owner = owner
+        self.owner = owner  # None: restored after a GCS restart, until the owner reconnects
+        self.owner_wid: bytes | None = (owner.peer_info or {}).get("worker_id") if owner else None
         self.state = PENDING
         self.version = 0
         self.addr: list[Any] | None = None
@@ -123,6 +126,7 @@ class ActorManager:
         if "owner_watch" not in conn.state:
             conn.state["owner_watch"] = True
             conn.on_close.append(self._owner_died)
+        self.gcs.persistence.actor_created(rec, body)
         self._spawn(self._schedule(rec))
         return {"aid": rec.aid, "meta": rec.meta}
 
@@ -135,6 +139,8 @@ class ActorManager:
     async def _lease(self, rec: ActorRecord) -> tuple[rpc.Connection, dict[str, Any]] | None:
         """A worker lease on the node the policy picks (following spills); None: dead."""
         for _ in range(MAX_PLACEMENT_ATTEMPTS):
+            if not self.gcs.raylets and self.gcs.persistence.defer(rec):
+                return None  # a restarted GCS waits for its nodes to re-register
             decision = self.gcs.view.pick(rec.res, rec.strategy, rec.owner_node)
             if decision.kind == UNSCHEDULABLE:
                 rec.unschedulable = rec.no_restart = True
@@ -265,6 +271,7 @@ class ActorManager:
     def _set_state(self, rec: ActorRecord, state: str) -> None:
         rec.state = state
         rec.version += 1
+        self.gcs.persistence.actor_changed(rec)
         waiters, rec.waiters = rec.waiters, []
         for w in waiters:
             if not w.done():

@@ -4,8 +4,10 @@ One per cluster. Raylets register their node and report resources; drivers
 register jobs and query cluster state. A node whose connection drops is marked
 dead at once (its raylet is gone), one that stops heartbeating after a timeout
 (``node_health.py``). The resource view goes out to the raylets from
-``cluster_view.py``. The actor table, placement groups, pub/sub and SQLite
-persistence hang off this service in their own modules as they arrive.
+``cluster_view.py``. The actor table, placement groups and pub/sub hang off this
+service in their own modules. Durable tables are written through to SQLite in the
+session directory (``store.py``); a GCS restarted on the same session directory
+recovers them (``recovery.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from aioray.daemons.gcs.actor_manager import ActorManager
 from aioray.daemons.gcs.cluster_view import ClusterViewPublisher
 from aioray.daemons.gcs.node_health import NodeHealth
 from aioray.daemons.gcs.placement_groups import PlacementGroupManager
+from aioray.daemons.gcs.recovery import Persistence, kv_key
+from aioray.daemons.gcs.store import GcsStore
 
 from aioray import rpc
 
@@ -30,7 +34,6 @@ logger = logging.getLogger(__name__)
 class GcsServer:
     def __init__(self, session_dir: str, session_id: str) -> None:
         self.session_dir = session_dir
-        self.session_id = session_id or os.urandom(4).hex()
         self.nodes: dict[bytes, dict[str, Any]] = {}
         self.next_job = 1
         self.kv: dict[str, dict[bytes, bytes]] = {}
@@ -38,6 +41,9 @@ class GcsServer:
         self.actors = ActorManager(self)
         self.view = ClusterViewPublisher(self)
         self.health = NodeHealth(self)
+        self.store = GcsStore(session_dir)
+        self.persistence = Persistence(self, self.store)
+        self.session_id = self.persistence.restore() or session_id or os.urandom(4).hex()
         self.placement_groups = PlacementGroupManager(self)
         handlers = {
             **rpc.handlers_of(self),
@@ -52,7 +58,7 @@ class GcsServer:
         return f"<GcsServer nodes={alive}/{len(self.nodes)} jobs={self.next_job - 1}>"
 
     def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
-        # The authentication token check goes here.
+        # The cluster token was checked before this (rpc, auth).
         return {"session_id": self.session_id, "session_dir": self.session_dir}
 
     async def run(
@@ -60,23 +66,23 @@ class GcsServer:
     ) -> None:
         await self.server.start(host, port, sock=listening_socket(listen_fd, host, port))
         logger.info("GCS listening on %s:%d", self.server.host, self.server.port)
+        self.persistence.save_session(self.session_id, self.session_dir)
+        self.persistence.start()
         watch_lifeline(lifeline_fd, self._stopped.set)
         install_signal_handlers(self._stopped.set)
         await self._stopped.wait()
         logger.info("GCS stopping")
         self.health.stop()
         await self.server.stop()
+        self.store.close()
 
     # -- nodes ----------------------------------------------------------------------------
     def handle_register_node(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
         node_id = body["node_id"]
-        old = self.nodes.get(node_id)
-        if old is not None and not old["Alive"]:
-            # Its tasks were retried and its actors restarted elsewhere: it must not return.
-            raise ValueError(
-                f"node {node_id.hex()} was declared dead ({old.get('DeathReasonMessage')}); "
-                "restart it to join as a new node"
-            )
+        known = self.nodes.get(node_id)
+        if known is not None and not known["Alive"]:  # a dead node never comes back as itself
+            why = known.get("DeathReason", "")
+            return {"refused": f"node {node_id.hex()[:8]} was declared dead ({why})"}
         self.nodes[node_id] = {
             "NodeID": node_id.hex(),
             "Alive": True,
@@ -99,6 +105,7 @@ class GcsServer:
         self.health.watch(node_id)
         self.placement_groups.kick()  # a pending group may fit on the new node
         logger.info("node %s registered at %s:%s", node_id.hex()[:8], body["ip"], body["port"])
+        self.persistence.reconcile_node(node_id, body.get("actors"))
         return {"session_id": self.session_id, "session_dir": self.session_dir}
 
     def node_dead(self, node_id: bytes, why: str, expected: bool = False) -> None:
@@ -125,7 +132,7 @@ class GcsServer:
     def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
         # An actor's lease cannot be placed: tell the owners of pending actors.
         for rec in self.actors.actors.values():
-            if rec.state == "PENDING_CREATION" and not rec.owner.is_closed:
+            if rec.state == "PENDING_CREATION" and rec.owner and not rec.owner.is_closed:
                 rec.owner.notify("lease_infeasible", body)
 
     def handle_report_resources(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
@@ -158,6 +165,8 @@ class GcsServer:
         # Like Ray, a job without a namespace gets an anonymous one of its own.
         namespace = body.get("ns") or f"anonymous-{os.urandom(8).hex()}"
         conn.state["job_id"] = job.to_bytes(4, "little")  # its placement groups die with it
+        info = {"pid": body.get("pid", 0), "namespace": namespace, "start": time.time()}
+        self.persistence.job_registered(conn.state["job_id"], info)
         return {"job_id": conn.state["job_id"], "namespace": namespace}
 
     # -- internal key-value store -----------------------------------------------------------
@@ -167,6 +176,7 @@ class GcsServer:
         if key in table and not overwrite:
             return False
         table[key] = value
+        self.store.put("kv", kv_key(ns, key), value)
         return True
 
     def handle_kv_get(self, conn: rpc.Connection, body: list[Any], _: Any) -> bytes | None:
@@ -175,11 +185,15 @@ class GcsServer:
 
     def handle_kv_del(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
         ns, key = body
+        self.store.delete("kv", kv_key(ns, key))
         return self.kv.get(ns, {}).pop(key, None) is not None
 
     def handle_kv_keys(self, conn: rpc.Connection, body: list[Any], _: Any) -> list[bytes]:
         ns, prefix = body
         return [k for k in self.kv.get(ns, {}) if k.startswith(prefix)]
+
+    def handle_owner_reconnected(self, conn: rpc.Connection, worker_id: bytes, _: Any) -> None:
+        self.persistence.owner_reconnected(conn, worker_id)
 
     def handle_shutdown(self, conn: rpc.Connection, body: Any, _: Any) -> bool:
         self._stopped.set()

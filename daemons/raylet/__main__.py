@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 
 import psutil
 from aioray.daemons._common import setup_logging
@@ -50,7 +52,11 @@ def main() -> None:
         prestart=config.PRESTART_WORKERS,
         spill=spill_config_from(a.object_spilling_directory, json.loads(a.system_config)),
     )
-    _loop.run(raylet.run(a.listen_fd, a.port, a.lifeline_fd))
+    try:
+        _loop.run(raylet.run(a.listen_fd, a.port, a.lifeline_fd))
+    except ConnectionError as e:  # the GCS is unreachable or refused us: say why, briefly
+        logging.getLogger("aioray.raylet").error("cannot join the cluster: %s", e)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

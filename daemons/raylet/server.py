@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.raylet.bundles import BundleService
+from aioray.daemons.raylet.gcs_link import GcsLink
 from aioray.daemons.raylet.memory_monitor import MemoryMonitor
 from aioray.daemons.raylet.object_owners import ObjectOwners
 from aioray.daemons.raylet.object_transfer import ObjectTransfer
@@ -141,6 +142,7 @@ class Raylet:
         self.gcs: rpc.Connection | None = None
         self.bundles = BundleService(self)  # placement-group reservations
         self.server_handlers = self._handlers()  # also serves other raylets' connections
+        self.gcs_link = GcsLink(self)  # registration; reconnects after a GCS restart
         self.server = rpc.Server(
             self.server_handlers, hello_check=self._hello, on_connect=self._on_connect
         )
@@ -168,7 +170,7 @@ class Raylet:
         return {**rpc.handlers_of(self), **self.bundles.handlers()}
 
     def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
-        # The authentication token check goes here.
+        # The cluster token was checked before this (rpc, auth).
         return {
             "node_id": self.node_id,
             "session_id": self.session_id,
@@ -194,26 +196,7 @@ class Raylet:
         self.port = sock.getsockname()[1]
         self.spillback.local.port = self.port
         self.pool.worker_args["raylet_port"] = self.port
-        self.gcs, _ = await rpc.connect(
-            *self.gcs_address, handlers=self._handlers(), hello={"role": "raylet"}, name="gcs"
-        )
-        self.gcs.on_close.append(lambda _: self._gcs_lost())
-        self._heartbeat()
-        info = await self.gcs.call(
-            "register_node",
-            {
-                "node_id": self.node_id,
-                "ip": self.node_ip,
-                "port": self.port,
-                "hostname": socket.gethostname(),
-                "resources": {
-                    **self.resources.total,
-                    "object_store_memory": float(self.object_store_memory),
-                },
-                "labels": self.labels,
-                "head": self.head,
-            },
-        )
+        info = await self.gcs_link.connect()
         self.session_id = info["session_id"]
         self.session_dir = self.session_dir or info["session_dir"]
         self.store.start(self.session_id, self.session_dir, self.node_id)
@@ -226,16 +209,15 @@ class Raylet:
         await self._stopped.wait()
         await self.stop()
 
-    def _heartbeat(self) -> None:
-        """Tell the GCS this node lives (node_health.py), every NODE_HEARTBEAT_S."""
-        if self.gcs is not None and not self.gcs.is_closed and not self._stopped.is_set():
-            self.gcs.notify("heartbeat", self.node_id)
-            asyncio.get_running_loop().call_later(config.NODE_HEARTBEAT_S, self._heartbeat)
+    @property
+    def stopping(self) -> bool:
+        return self._stopped.is_set()
 
-    def _gcs_lost(self) -> None:
-        if not self._stopped.is_set():
-            logger.error("lost the GCS connection; stopping")
-            self._stopped.set()
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    def report_resources(self) -> None:
+        self._report()
 
     async def stop(self) -> None:
         logger.info("raylet stopping")
@@ -278,9 +260,9 @@ class Raylet:
                 self._release_gpus(lease)
                 if not lease.blocked:
                     self.resources.release(lease.res)
-                if lease.actor is not None and self.gcs is not None and not self.gcs.is_closed:
+                if lease.actor is not None:
                     why = oom or f"worker pid {w.pid} died"
-                    self.gcs.notify("actor_worker_died", [lease.actor, why])
+                    self.gcs_link.notify("actor_worker_died", [lease.actor, why])
                 self._report()
         if not self._stopped.is_set():
             logger.info("worker %s (pid %d) exited", w.worker_id.hex()[:8], w.pid)
@@ -295,7 +277,8 @@ class Raylet:
 
     # -- leases -----------------------------------------------------------------------------------
     def handle_request_lease(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
-        if "owner_watch" not in conn.state:
+        # The GCS's actor leases outlive its connection: the GCS may restart (gcs_link).
+        if "owner_watch" not in conn.state and conn is not self.gcs:
             conn.state["owner_watch"] = True
             conn.on_close.append(self._owner_gone)
         hold = body.get("hold")
@@ -476,8 +459,7 @@ class Raylet:
 
     def handle_actor_exiting(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
         # Forwarded before the worker's death is reported: the GCS will not restart it.
-        if self.gcs is not None and not self.gcs.is_closed:
-            self.gcs.notify("actor_exiting", aid)
+        self.gcs_link.notify("actor_exiting", aid)
 
     def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         """Append a worker's lines to its log file, and forward them to drivers that want them."""
