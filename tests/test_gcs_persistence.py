@@ -220,3 +220,20 @@ def test_owners_that_come_back_keep_their_actors_and_the_others_lose_them(
 
     wait_for_condition(orphan_gone, timeout=10, message="the orphaned actor still lives")
     assert ray.get(mine.incr.remote(), timeout=GET_TIMEOUT) == 3  # its owner came back
+
+
+def test_a_detached_placement_group_survives_a_gcs_kill(head: Head) -> None:
+    ray.init(address=head.address)
+    pg = ray.util.placement_group([{"CPU": 1}], strategy="PACK", name="kept", lifetime="detached")
+    assert pg.wait(20)
+    head.kill_gcs()
+    head.restart_gcs()
+    wait_for_condition(lambda: _alive_nodes() == 1, timeout=20, message="raylet never rejoined")
+    again = ray.util.get_placement_group("kept")
+    assert again.id == pg.id and again.wait(20)
+    table = ray.util.placement_group_table(again)
+    assert table["state"] == "CREATED", table
+    strategy = ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy(again, 0)
+    task = plus_one.options(num_cpus=1, scheduling_strategy=strategy)
+    assert ray.get(task.remote(1), timeout=GET_TIMEOUT) == 2
+    ray.util.remove_placement_group(again)

@@ -45,6 +45,9 @@ class GcsServer:
         self.persistence = Persistence(self, self.store)
         self.session_id = self.persistence.restore() or session_id or os.urandom(4).hex()
         self.placement_groups = PlacementGroupManager(self)
+        self.placement_groups.listeners.append(
+            lambda rec: self.store.put("placement_groups", rec["id"], rec)
+        )
         handlers = {
             **rpc.handlers_of(self),
             **self.actors.handlers(),
@@ -68,6 +71,8 @@ class GcsServer:
         logger.info("GCS listening on %s:%d", self.server.host, self.server.port)
         self.persistence.save_session(self.session_id, self.session_dir)
         self.persistence.start()
+        if self.persistence.placement_groups:  # a restart: take the saved groups back
+            self.placement_groups.load(list(self.persistence.placement_groups.values()))
         watch_lifeline(lifeline_fd, self._stopped.set)
         install_signal_handlers(self._stopped.set)
         await self._stopped.wait()
