@@ -47,25 +47,61 @@ def _nbytes(b: Buffer) -> int:
 def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]) -> int:
     """Get room in this node's store, write the segment, announce it; return its size.
 
-    Raises ObjectStoreFullError / OutOfDiskError when the object cannot be stored.
+    The request for room and the write overlap: the round trip costs nothing when
+    the store has room. When it is full, this object's pages exist while the
+    raylet spills others to make room (a transient overshoot of at most one
+    object per writing thread); a write that finds /dev/shm itself full waits
+    for the room and is tried again. Raises ObjectStoreFullError / OutOfDiskError
+    when the object cannot be stored.
     """
     size, _ = object_store.layout(_nbytes(data), [_nbytes(b) for b in buffers])
-    if not cw.in_loop_thread():  # the loop cannot wait for itself: room is made after the seal
-        _raise_if_error(oid, _call_raylet(cw, "create_object", [oid, size]))
     path = object_store.segment_path(cw.session_id, oid)
+    if cw.in_loop_thread():  # the loop cannot wait for itself: room is made after the seal
+        _write(cw, oid, path, data, buffers, size)
+        cw.post(cw._notify_sealed, oid, size)
+        return size
+    room = _send_to_raylet(cw, "create_object", [oid, size])
     try:
-        object_store.write_segment(path, data, buffers)
-    except BaseException as e:
-        cw.post(_notify_raylet, cw, "free_objects", [oid])  # give the room back
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.ENOMEM):
-            raise ObjectStoreFullError(
-                f"Failed to write object {oid.hex()} of {size} bytes to shared memory: "
-                f"{e.strerror} ({object_store.shm_dir()} is smaller than object_store_memory, "
-                "or objects that were spilled are still mapped by readers)."
-            ) from None
-        raise
+        _write(cw, oid, path, data, buffers, size)
+    except _ShmFull:
+        _raise_if_error(oid, result_interruptibly(room, None))
+        _write(cw, oid, path, data, buffers, size, final=True)
+    else:
+        try:
+            _raise_if_error(oid, result_interruptibly(room, None))
+        except BaseException:
+            object_store.delete_segment(path)
+            raise
     cw.post(cw._notify_sealed, oid, size)
     return size
+
+
+class _ShmFull(Exception):
+    pass
+
+
+def _write(
+    cw: CoreWorker,
+    oid: bytes,
+    path: str,
+    data: Buffer,
+    buffers: list[Buffer],
+    size: int,
+    final: bool = False,
+) -> None:
+    try:
+        object_store.write_segment(path, data, buffers)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.ENOMEM):
+            raise
+        if not final and not cw.in_loop_thread():
+            raise _ShmFull from None
+        cw.post(_notify_raylet, cw, "free_objects", [oid])  # give the room back
+        raise ObjectStoreFullError(
+            f"Failed to write object {oid.hex()} of {size} bytes to shared memory: "
+            f"{e.strerror} ({object_store.shm_dir()} is smaller than object_store_memory, "
+            "or objects that were spilled are still mapped by readers)."
+        ) from None
 
 
 def read_object(cw: CoreWorker, oid: bytes) -> tuple[memoryview, list[memoryview]]:
@@ -125,7 +161,12 @@ def _notify_raylet(cw: CoreWorker, method: str, body: Any) -> None:
 
 
 def _call_raylet(cw: CoreWorker, method: str, body: Any) -> Any:
-    """A request to the local raylet from a thread other than the loop; wait for its reply.
+    """A request to the local raylet from a thread other than the loop; wait for its reply."""
+    return result_interruptibly(_send_to_raylet(cw, method, body), None)
+
+
+def _send_to_raylet(cw: CoreWorker, method: str, body: Any) -> concurrent.futures.Future[Any]:
+    """Send a request to the local raylet from any thread but the loop's; a future reply.
 
     Cheaper than ``run_sync``: no coroutine or Task, just a posted send and the reply's
     callback resolving a concurrent future.
@@ -147,4 +188,4 @@ def _call_raylet(cw: CoreWorker, method: str, body: Any) -> Any:
             result.set_result(f.result()[0])
 
     cw.post(send)
-    return result_interruptibly(result, None)
+    return result
