@@ -1,10 +1,11 @@
 """A process's side of the node object store's capacity: room before writing,
 restore before reading, and the one place that declares an object lost.
 
-Writing a large object (put, task return) takes one round trip to the local
-raylet first (``create_object``): it answers at once when the object fits, or
-after evicting cached copies and spilling older objects to disk. Small objects
-never come here. Reading needs no round trip unless the segment is gone: then
+Writing a large object (put, task return) asks the local raylet for room
+(``create_object``) while the segment is being written: the raylet answers at
+once when the object fits, or after evicting cached copies and spilling older
+objects to disk, and the writer waits for that answer before sealing. Small
+objects never come here. Reading needs no round trip unless the segment is gone: then
 the raylet restores it from its spill file (``restore_object``) and the read is
 tried again. The raylet's side is ``daemons/raylet/store_service.py``.
 """

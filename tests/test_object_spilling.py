@@ -243,3 +243,42 @@ def test_bad_store_options_are_refused() -> None:
     with pytest.raises(TypeError, match="object_spilling_directory must be a str"):
         ray.init(object_spilling_directory=3)
     assert not ray.is_initialized()
+
+
+def test_cli_start_takes_store_options(tmp_path: Any) -> None:
+    from test_cluster_lifecycle import _cli, _free_port
+
+    port = _free_port()
+    spill = str(tmp_path / "cli-spill")
+    started = _cli(
+        "start",
+        "--head",
+        "--port",
+        str(port),
+        "--num-cpus",
+        "1",
+        "--object-store-memory",
+        str(100 * MiB),
+        "--object-spilling-directory",
+        spill,
+        "--system-config",
+        json.dumps({"local_fs_capacity_threshold": 0.99}),
+        tmp_path=tmp_path,
+        name="start",
+    )
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        ray.init(address=f"127.0.0.1:{port}")
+        try:
+            assert ray.cluster_resources()["object_store_memory"] == 100 * MiB
+            refs = [ray.put(np.full(N50, i, dtype=np.int64)) for i in range(3)]
+            assert spill_files(spill)
+            assert [int(ray.get(r)[9]) for r in refs] == [0, 1, 2]
+            del refs
+            wait_for_condition(lambda: not spill_files(spill))
+        finally:
+            ray.shutdown()
+    finally:
+        stopped = _cli("stop", tmp_path=tmp_path, name="stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    wait_for_condition(lambda: not os.path.exists(spill) or not os.listdir(spill))
