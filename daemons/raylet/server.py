@@ -397,7 +397,7 @@ class Raylet:
         return self.store.create_object(conn, body)
 
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        self.store.object_sealed(body)
+        self.store.object_sealed(conn, body)
 
     def handle_restore_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
         return self.store.restore_object(oid)

@@ -1,14 +1,16 @@
 """The raylet's object store service: the async shell around ``ObjectManager``.
 
 Protocol with the processes of this node (each message names one object):
-1. ``create_object [oid, size]`` (request): before writing a segment, the creator
-   asks for room. The reply comes when the object fits: at once in the common
-   case, after evictions and spills when the store is full. ``None`` means go
-   ahead; ``[error class name, message]`` means it can never fit, or it does not
-   fit and nothing can be spilled (ObjectStoreFullError, OutOfDiskError).
-2. ``object_sealed [oid, size, worker]`` (notify): the segment is complete; from
-   now on it may be spilled. A seal with no room asked first (a creator on its
-   own event loop cannot wait) is taken as is and room is made after the fact.
+1. ``create_object [oid, size]`` (request): the creator asks for room, writing
+   the segment while the request is in flight. The reply comes when the object
+   fits: at once in the common case, after evictions and spills when the store
+   is full. ``None`` means keep it; ``[error class name, message]`` means it can
+   never fit, or it does not fit and nothing can be spilled
+   (ObjectStoreFullError, OutOfDiskError).
+2. ``object_sealed [oid, size, worker]`` (notify, on the same connection): the
+   segment is complete; from now on it may be spilled. A seal with no room asked
+   first (a creator on its own event loop cannot wait) is taken as is, and room
+   is made after the fact.
 3. ``restore_object oid`` (request): a reader found the segment gone. Answered
    ``None`` once the segment exists again (restored from the spill file), or
    ``[class name, message]`` when it cannot be (the spill file vanished, ...).
@@ -146,8 +148,12 @@ class StoreService:
         oid, size = body
         return self._ask(Request(oid, int(size), CREATE, conn))
 
-    def object_sealed(self, body: list[Any]) -> None:
+    def object_sealed(self, conn: rpc.Connection | None, body: list[Any]) -> None:
         oid, size = body[0], int(body[1])
+        if conn is not None:
+            creating = conn.state.get("creating")
+            if creating:
+                creating.discard(oid)
         e = self.manager.entries.get(oid)
         if e is None and not os.path.exists(self._segment(oid)):
             return  # freed before its seal arrived (seal and free came on different links)
