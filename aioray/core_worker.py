@@ -92,6 +92,7 @@ class CoreWorker:
         self.namespace = namespace
         self.node_id = b""
         self.session_id = ""
+        self.store_capacity = 0  # the local node's object_store_memory (0: unknown)
         self.ids = ids.IdGenerator(self.worker_id)
         self.refs = ReferenceCounter(self._out_of_scope)
         self.memory_store = MemoryStore()
@@ -160,6 +161,7 @@ class CoreWorker:
         )
         self.node_id = info["node_id"]
         self.session_id = info["session_id"]
+        self.store_capacity = int(info.get("object_store_memory") or 0)
         if self.gcs_address is None and info.get("gcs_address"):
             host, port = info["gcs_address"]
             self.gcs_address = (host, int(port))

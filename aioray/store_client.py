@@ -62,6 +62,8 @@ def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]
         cw.post(cw._notify_sealed, oid, size)
         return size
     room = _send_to_raylet(cw, "create_object", [oid, size])
+    if 0 < cw.store_capacity < size:  # can never fit: the raylet's answer says why
+        _raise_if_error(oid, result_interruptibly(room, None))
     try:
         _write(cw, oid, path, data, buffers, size)
     except _ShmFull:

@@ -76,8 +76,10 @@ def assert_store_empty(spill_dir: str) -> None:
 
 
 def test_put_and_drop_50mib_200_times(store: str) -> None:
+    value = np.zeros(N50, dtype=np.int64)
     for i in range(200):
-        ref = ray.put(np.full(N50, i, dtype=np.int64))
+        value[0] = value[-1] = i
+        ref = ray.put(value)
         a = ray.get(ref)
         assert a[0] == i and a[-1] == i
         del a, ref

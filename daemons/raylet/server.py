@@ -121,6 +121,7 @@ class Raylet:
             "session_id": self.session_id,
             "session_dir": self.session_dir,
             "gcs_address": list(self.gcs_address),
+            "object_store_memory": self.object_store_memory,
         }
 
     # -- lifecycle -------------------------------------------------------------------------
