@@ -284,3 +284,16 @@ def test_cli_start_takes_store_options(tmp_path: Any) -> None:
         stopped = _cli("stop", tmp_path=tmp_path, name="stop")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     wait_for_condition(lambda: not os.path.exists(spill) or not os.listdir(spill))
+
+
+def test_workers_putting_and_reading_at_once_share_the_store(store: str) -> None:
+    @ray.remote
+    def churn(seed: int) -> list[int]:
+        # 210 MiB per task: each one alone overflows the 200 MiB store.
+        refs = [ray.put(np.full(30 * MiB // 8, seed * 10 + k, dtype=np.int64)) for k in range(7)]
+        return [int(ray.get(r)[-1]) for r in refs]
+
+    results = ray.get([churn.remote(s) for s in range(2)], timeout=120)
+    assert results == [[s * 10 + k for k in range(7)] for s in range(2)]
+    assert store_stats()["spilled_total"] >= 1
+    assert_store_empty(store)

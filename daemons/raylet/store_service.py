@@ -60,6 +60,9 @@ from aioray import config, object_store, rpc
 logger = logging.getLogger(__name__)
 
 Reply = list[str] | None  # None: done; [error class name, message]: failed
+# After a spill failed (disk full, directory unusable), requests that need a
+# spill fail at once for this long before the disk is tried again.
+SPILL_RETRY_S = 5.0
 
 
 @dataclass
@@ -112,7 +115,8 @@ class StoreService:
         self.io = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="aioray-spill")
         self.lost: dict[bytes, str] = {}  # why an object here is gone (spill file vanished)
         self._restore_waiters: dict[bytes, list[asyncio.Future[Reply]]] = {}
-        self._spill_error: str | None = None
+        self._spill_error: str | None = None  # why spilling failed last (for a while)
+        self._spill_error_at = 0.0
         self._stuck_timer: asyncio.TimerHandle | None = None
         self._stopped = False
 
@@ -121,6 +125,18 @@ class StoreService:
 
     def start(self, session_id: str, session_dir: str, node_id: bytes) -> None:
         self.session_id = session_id
+        try:
+            st = os.statvfs(object_store.shm_dir())
+            if self.manager.capacity > st.f_blocks * st.f_frsize:
+                logger.warning(
+                    "object_store_memory (%d bytes) is larger than %s (%d bytes): puts may "
+                    "fail with ObjectStoreFullError before the store is full",
+                    self.manager.capacity,
+                    object_store.shm_dir(),
+                    st.f_blocks * st.f_frsize,
+                )
+        except OSError:
+            pass
         if self.spill.directory:
             self.spill_dir = os.path.join(
                 self.spill.directory, f"aioray_spilled_objects_{node_id.hex()}"
@@ -295,15 +311,22 @@ class StoreService:
 
     def _can_spill(self) -> bool:
         if self._spill_error is not None:
-            return False
+            if time.monotonic() - self._spill_error_at < SPILL_RETRY_S:
+                return False
+            self._spill_error = None  # the disk may have room again: try it
+
         try:
             os.makedirs(self.spill_dir, exist_ok=True)
             return spill_io.disk_usage_fraction(self.spill_dir) < (
                 self.spill.local_fs_capacity_threshold
             )
         except OSError as e:
-            self._spill_error = f"cannot use the spill directory {self.spill_dir}: {e}"
+            self._set_spill_error(f"cannot use the spill directory {self.spill_dir}: {e}")
             return False
+
+    def _set_spill_error(self, why: str) -> None:
+        self._spill_error = why
+        self._spill_error_at = time.monotonic()
 
     def _error(self, req: Request, reason: str) -> list[str]:
         m = self.manager
@@ -353,10 +376,10 @@ class StoreService:
         if exc is not None:
             self.manager.spill_failed(oid)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._spill_error = f"spilling to {self.spill_dir} failed: {exc.strerror}"
+                self._set_spill_error(f"spilling to {self.spill_dir} failed: {exc.strerror}")
             elif not isinstance(exc, FileNotFoundError):  # not freed meanwhile
                 logger.error("spilling object %s failed: %s", oid.hex(), exc)
-                self._spill_error = f"spilling to {self.spill_dir} failed: {exc}"
+                self._set_spill_error(f"spilling to {self.spill_dir} failed: {exc}")
         elif self.manager.spill_done(oid, dst):
             object_store.delete_segment(self._segment(oid))
             self._spill_error = None
