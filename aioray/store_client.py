@@ -62,19 +62,22 @@ def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]
         cw.post(cw._notify_sealed, oid, size)
         return size
     room = _send_to_raylet(cw, "create_object", [oid, size])
-    if 0 < cw.store_capacity < size:  # can never fit: the raylet's answer says why
-        _raise_if_error(oid, result_interruptibly(room, None))
     try:
-        _write(cw, oid, path, data, buffers, size)
-    except _ShmFull:
-        _raise_if_error(oid, result_interruptibly(room, None))
-        _write(cw, oid, path, data, buffers, size, final=True)
-    else:
-        try:
+        if 0 < cw.store_capacity < size:  # can never fit: the raylet's answer says why
             _raise_if_error(oid, result_interruptibly(room, None))
-        except BaseException:
-            object_store.delete_segment(path)
-            raise
+        try:
+            _write(cw, oid, path, data, buffers, size)
+        except _ShmFull:
+            _raise_if_error(oid, result_interruptibly(room, None))
+            _write(cw, oid, path, data, buffers, size, final=True)
+        else:
+            _raise_if_error(oid, result_interruptibly(room, None))
+    except BaseException:
+        # Refused, or interrupted (Ctrl-C) while waiting for room: give back
+        # whatever was granted or is still queued, and the pages.
+        object_store.delete_segment(path)
+        cw.post(_notify_raylet, cw, "free_objects", [oid])
+        raise
     cw.post(cw._notify_sealed, oid, size)
     return size
 
@@ -99,7 +102,8 @@ def _write(
             raise
         if not final and not cw.in_loop_thread():
             raise _ShmFull from None
-        cw.post(_notify_raylet, cw, "free_objects", [oid])  # give the room back
+        if cw.in_loop_thread():
+            cw.post(_notify_raylet, cw, "free_objects", [oid])  # give the room back
         raise ObjectStoreFullError(
             f"Failed to write object {oid.hex()} of {size} bytes to shared memory: "
             f"{e.strerror} ({object_store.shm_dir()} is smaller than object_store_memory, "

@@ -179,6 +179,8 @@ class StoreService:
     def free_objects(self, oids: list[bytes]) -> None:
         for oid in oids:
             self.lost.pop(oid, None)
+            for req in self.manager.drop_requests(oid):
+                self._answer(req, ["ObjectLostError", "it was freed"])
             e = self.manager.free(oid)
             object_store.delete_segment(self._segment(oid))
             if e is not None:
