@@ -93,12 +93,13 @@ def test_three_times_capacity_alive_spills_and_restores(store: str) -> None:
     assert stats["used"] <= STORE
     assert stats["spilled_bytes"] >= 8 * 50 * MiB
     assert len(spill_files(store)) >= 8
-    for _ in range(2):  # twice: restored objects get spilled again to make room
-        for i, ref in enumerate(refs):
-            a = ray.get(ref)
-            assert a.shape == (N50,) and a[0] == i and a[-1] == i and a[N50 // 2] == i
-            del a
-    assert store_stats()["restored_total"] >= 12
+    # Restoring the later ones drops restored earlier ones again (their files stay).
+    for i, ref in enumerate(refs):
+        a = ray.get(ref)
+        assert a.shape == (N50,) and a[0] == i and a[-1] == i and a[N50 // 2] == i
+        del a
+    stats = store_stats()
+    assert stats["restored_total"] >= 8 and stats["used"] <= STORE
     del refs, ref
     assert_store_empty(store)
 
