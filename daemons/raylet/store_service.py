@@ -215,8 +215,9 @@ class StoreService:
         """Make room for a copy of a remote object before writing its segment here.
 
         Then write ``object_store.segment_path(session_id, oid)`` and call
-        ``add_secondary``. Secondary copies are evicted (not spilled) when room is
-        needed, unless pinned (``manager.pin``) by a reader.
+        ``add_secondary`` (or ``free_objects([oid])`` if the transfer failed, to
+        give the room back). Secondary copies are evicted (not spilled) when room
+        is needed, unless pinned (``manager.pin``) by a reader.
         """
         reply = self._ask(Request(oid, size, SECONDARY))
         return await reply if isinstance(reply, asyncio.Future) else reply
