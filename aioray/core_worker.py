@@ -93,6 +93,7 @@ class CoreWorker:
         self.node_id = b""
         self.session_id = ""
         self.store_capacity = 0  # the local node's object_store_memory (0: unknown)
+        self.store_room = 0  # free bytes in it at the raylet's last answer (store_client)
         self.ids = ids.IdGenerator(self.worker_id)
         self.refs = ReferenceCounter(self._out_of_scope)
         self.memory_store = MemoryStore()

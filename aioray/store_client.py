@@ -48,12 +48,13 @@ def _nbytes(b: Buffer) -> int:
 def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]) -> int:
     """Get room in this node's store, write the segment, announce it; return its size.
 
-    The request for room and the write overlap: the round trip costs nothing when
-    the store has room. When it is full, this object's pages exist while the
-    raylet spills others to make room (a transient overshoot of at most one
-    object per writing thread); a write that finds /dev/shm itself full waits
-    for the room and is tried again. Raises ObjectStoreFullError / OutOfDiskError
-    when the object cannot be stored.
+    The request for room and the write overlap, and the writer waits for the
+    answer only when the raylet's previous answer left less than twice this
+    object's size free: with room, a large put costs no round trip. When the
+    store is full, this object's pages exist while the raylet spills others (a
+    transient overshoot of at most one object per writing thread); a write that
+    finds /dev/shm itself full waits for the room and is tried again. Raises
+    ObjectStoreFullError / OutOfDiskError when the object cannot be stored.
     """
     size, _ = object_store.layout(_nbytes(data), [_nbytes(b) for b in buffers])
     path = object_store.segment_path(cw.session_id, oid)
@@ -62,6 +63,13 @@ def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]
         cw.post(cw._notify_sealed, oid, size)
         return size
     room = _send_to_raylet(cw, "create_object", [oid, size])
+    room.add_done_callback(lambda f: _learn_room(cw, f))
+    # Plenty of room at the last answer: do not wait for this one (the raylet takes
+    # the seal as is if it comes first). Half the room, so that several writers
+    # racing on a stale figure cannot overshoot much; the raylet spills any excess.
+    wait = size > cw.store_room // 2
+    if not wait:
+        cw.store_room -= size
     try:
         if 0 < cw.store_capacity < size:  # can never fit: the raylet's answer says why
             _raise_if_error(oid, result_interruptibly(room, None))
@@ -71,7 +79,8 @@ def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]
             _raise_if_error(oid, result_interruptibly(room, None))
             _write(cw, oid, path, data, buffers, size, final=True)
         else:
-            _raise_if_error(oid, result_interruptibly(room, None))
+            if wait:
+                _raise_if_error(oid, result_interruptibly(room, None))
     except BaseException:
         # Refused, or interrupted (Ctrl-C) while waiting for room: give back
         # whatever was granted or is still queued, and the pages.
@@ -80,6 +89,11 @@ def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]
         raise
     cw.post(cw._notify_sealed, oid, size)
     return size
+
+
+def _learn_room(cw: CoreWorker, f: concurrent.futures.Future[Any]) -> None:
+    if not f.cancelled() and f.exception() is None and isinstance(f.result(), int):
+        cw.store_room = f.result()
 
 
 class _ShmFull(Exception):
@@ -155,7 +169,7 @@ def object_lost(cw: CoreWorker, oid: bytes, reason: str) -> NoReturn:
 
 
 def _raise_if_error(oid: bytes, reply: Any) -> None:
-    if reply is not None:
+    if reply is not None and not isinstance(reply, int):
         cls = _ERRORS.get(reply[0], RaySystemError)
         if cls is ObjectLostError:
             raise ObjectLostError(oid.hex(), reply[1])

@@ -46,7 +46,7 @@ async def put(svc: StoreService, conn: FakeConn, i: int, size: int) -> None:
     reply = svc.create_object(conn, [oid(i), size])  # type: ignore[arg-type]
     if isinstance(reply, asyncio.Future):
         reply = await asyncio.wait_for(reply, 10)
-    assert reply is None
+    assert isinstance(reply, int)  # granted: the bytes still free
     with open(object_store.segment_path("sess", oid(i)), "wb") as f:
         f.write(bytes([i]) * size)
     svc.object_sealed(conn, [oid(i), size, b""])  # type: ignore[arg-type]
@@ -86,7 +86,7 @@ async def test_restore_of_a_deleted_spill_file_names_it(service: StoreService) -
 
 async def test_creator_that_dies_before_sealing_gives_room_back(service: StoreService) -> None:
     conn = FakeConn()
-    assert service.create_object(conn, [oid(1), 6 * MB]) is None  # type: ignore[arg-type]
+    assert service.create_object(conn, [oid(1), 6 * MB]) == 4 * MB  # type: ignore[arg-type]
     path = object_store.segment_path("sess", oid(1))
     with open(path, "wb") as f:
         f.write(b"half")
@@ -116,3 +116,21 @@ def test_spill_config_accepts_ray_spellings() -> None:
     assert spill_config_from("/y", {}).directory == "/y"
     with pytest.raises(ValueError, match="only 'filesystem'"):
         spill_config_from(None, {"object_spilling_config": '{"type": "smart_open"}'})
+
+
+async def test_a_seal_before_the_grant_takes_the_object_as_is(service: StoreService) -> None:
+    conn = FakeConn()
+    await put(service, conn, 1, 8 * MB)
+    waiting = service.create_object(conn, [oid(2), 4 * MB])  # type: ignore[arg-type]
+    assert isinstance(waiting, asyncio.Future)  # the first must be spilled first
+    with open(object_store.segment_path("sess", oid(2)), "wb") as f:
+        f.write(b"\x02" * 4 * MB)
+    service.object_sealed(conn, [oid(2), 4 * MB, b""])  # type: ignore[arg-type]
+    assert waiting.done() and not service.manager.queue
+    assert service.manager.entries[oid(2)].state == "IN_SHM"
+    await asyncio.wait_for(_until(lambda: service.manager.used <= 10 * MB), 10)
+
+
+async def _until(predicate: Any) -> None:
+    while not predicate():
+        await asyncio.sleep(0.01)

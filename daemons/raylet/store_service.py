@@ -4,9 +4,10 @@ Protocol with the processes of this node (each message names one object):
 1. ``create_object [oid, size]`` (request): the creator asks for room, writing
    the segment while the request is in flight. The reply comes when the object
    fits: at once in the common case, after evictions and spills when the store
-   is full. ``None`` means keep it; ``[error class name, message]`` means it can
-   never fit, or it does not fit and nothing can be spilled
-   (ObjectStoreFullError, OutOfDiskError).
+   is full. An int (the bytes still free) means keep it; ``[error class name,
+   message]`` means it can never fit, or it does not fit and nothing can be
+   spilled (ObjectStoreFullError, OutOfDiskError). A creator that knows the
+   store has plenty of room (from the last reply) does not wait for the answer.
 2. ``object_sealed [oid, size, worker]`` (notify, on the same connection): the
    segment is complete; from now on it may be spilled. A seal with no room asked
    first (a creator on its own event loop cannot wait) is taken as is, and room
@@ -171,8 +172,13 @@ class StoreService:
             if creating:
                 creating.discard(oid)
         e = self.manager.entries.get(oid)
-        if e is None and not os.path.exists(self._segment(oid)):
-            return  # freed before its seal arrived (seal and free came on different links)
+        if e is None:
+            if not os.path.exists(self._segment(oid)):
+                return  # freed before its seal arrived (seal and free came on different links)
+            # Written without waiting for room (the creator thought there was plenty):
+            # its request, if still queued, is moot; room is made after the fact.
+            for req in self.manager.drop_requests(oid):
+                self._answer(req, None)
         self.manager.seal(oid, size)
         self._run()
 
@@ -220,7 +226,9 @@ class StoreService:
         is needed, unless pinned (``manager.pin``) by a reader.
         """
         reply = self._ask(Request(oid, size, SECONDARY))
-        return await reply if isinstance(reply, asyncio.Future) else reply
+        if isinstance(reply, asyncio.Future):
+            reply = await reply
+        return None if isinstance(reply, int) else reply
 
     def add_secondary(self, oid: bytes, size: int) -> None:
         self.manager.add_secondary(oid, size)
@@ -281,7 +289,7 @@ class StoreService:
                 conn.on_close.append(self._creator_gone)
             creating.add(req.oid)
         if not fut.done():
-            fut.set_result(None)
+            fut.set_result(self.manager.available)  # lets the creator skip the next wait
 
     def _creator_gone(self, conn: rpc.Connection) -> None:
         stale = [
