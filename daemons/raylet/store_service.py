@@ -118,6 +118,12 @@ class StoreService:
         self._restore_waiters: dict[bytes, list[asyncio.Future[Reply]]] = {}
         self._spill_error: str | None = None  # why spilling failed last (for a while)
         self._spill_error_at = 0.0
+        self.io_totals = {
+            "spill_bytes": 0,
+            "spill_seconds": 0.0,
+            "restore_bytes": 0,
+            "restore_seconds": 0.0,
+        }
         self._stuck_timer: asyncio.TimerHandle | None = None
         self._stopped = False
 
@@ -394,11 +400,13 @@ class StoreService:
         elif self.manager.spill_done(oid, dst):
             object_store.delete_segment(self._segment(oid))
             self._spill_error = None
-            size = f.result()
+            size, took = f.result(), max(time.monotonic() - started, 1e-6)
+            self.io_totals["spill_bytes"] += size
+            self.io_totals["spill_seconds"] += took
             logger.info(
                 "Spilled %.1f MiB, 1 objects, write throughput %.0f MiB/s",
                 size / 2**20,
-                size / 2**20 / max(time.monotonic() - started, 1e-6),
+                size / 2**20 / took,
             )
         else:
             spill_io.remove(dst)  # freed while being spilled
@@ -408,15 +416,26 @@ class StoreService:
     def _start_restore(self, oid: bytes, e: Entry) -> None:
         assert e.spill_path is not None
         src, dst = e.spill_path, self._segment(oid)
+        started = time.monotonic()
         fut = asyncio.get_running_loop().run_in_executor(self.io, spill_io.copy_file, src, dst)
-        fut.add_done_callback(lambda f: self._restore_finished(oid, src, f))
+        fut.add_done_callback(lambda f: self._restore_finished(oid, src, f, started))
 
-    def _restore_finished(self, oid: bytes, src: str, f: asyncio.Future[int]) -> None:
+    def _restore_finished(
+        self, oid: bytes, src: str, f: asyncio.Future[int], started: float
+    ) -> None:
         if f.cancelled():
             return
         exc = f.exception()
         reply: Reply = None
         if exc is None:
+            size, took = f.result(), max(time.monotonic() - started, 1e-6)
+            self.io_totals["restore_bytes"] += size
+            self.io_totals["restore_seconds"] += took
+            logger.info(
+                "Restored %.1f MiB, 1 objects, read throughput %.0f MiB/s",
+                size / 2**20,
+                size / 2**20 / took,
+            )
             if not self.manager.restore_done(oid):
                 object_store.delete_segment(self._segment(oid))  # freed meanwhile
         elif isinstance(exc, FileNotFoundError) and exc.filename == src:
@@ -444,7 +463,7 @@ class StoreService:
         return reason
 
     def stats(self) -> dict[str, Any]:
-        return {**self.manager.stats(), "spill_dir": self.spill_dir}
+        return {**self.manager.stats(), **self.io_totals, "spill_dir": self.spill_dir}
 
 
 __all__ = ["SECONDARY", "SPILLED", "SpillConfig", "StoreService", "spill_config_from"]
