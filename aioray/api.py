@@ -390,7 +390,7 @@ def get_future(ref: ObjectRef) -> concurrent.futures.Future[Any]:
 
     async def value() -> Any:  # waits on the CoreWorker's loop: no thread per future
         obj = await cw.fetch(ref)
-        if obj.in_shm and obj.node_id == cw.node_id:
+        if store_client.spilled_here(cw, ref.binary(), obj):
             await store_client.restore_async(cw, ref.binary())
         return cw.materialize(ref.binary(), obj)
 

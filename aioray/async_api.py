@@ -15,7 +15,7 @@ from collections.abc import Coroutine, Generator, Sequence
 from functools import partial
 from typing import Any
 
-from aioray import api
+from aioray import api, store_client
 from aioray.core_worker import CoreWorker
 from aioray.object_ref import ObjectRef
 
@@ -42,6 +42,13 @@ async def get_async(object_refs: Any, *, timeout: float | None = None) -> Any:
                 f"Get timed out: some object(s) not ready after {timeout}s."
             ) from None
         objs = [o if o is not None else found[r.binary()] for r, o in zip(refs, objs, strict=True)]
+    spilled = [
+        r.binary()
+        for r, o in zip(refs, objs, strict=True)
+        if store_client.spilled_here(cw, r.binary(), o)  # type: ignore[arg-type]
+    ]
+    if spilled:  # restore on the core loop: reading must not block this one
+        await _on_core_loop(cw, store_client.restore_all_async(cw, spilled))
     values = [cw.materialize(r.binary(), o) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
     return values[0] if single else values
 

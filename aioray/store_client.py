@@ -12,8 +12,10 @@ tried again. The raylet's side is ``daemons/raylet/store_service.py``.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import errno
+import os
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aioray import object_store
@@ -29,6 +31,7 @@ from aioray.protocol import Buffer
 
 if TYPE_CHECKING:
     from aioray.core_worker import CoreWorker
+    from aioray.memory_store import StoredObject
 
 # A restored object can be spilled again before this reader maps it (when others
 # keep the store full); after this many restores the reader gives up.
@@ -147,16 +150,28 @@ def read_object(cw: CoreWorker, oid: bytes) -> tuple[memoryview, list[memoryview
     )
 
 
+def spilled_here(cw: CoreWorker, oid: bytes, obj: StoredObject) -> bool:
+    """Is ``obj`` in this node's store but its segment gone (spilled)? One stat call."""
+    return (
+        obj.in_shm
+        and obj.node_id == cw.node_id
+        and not os.path.exists(object_store.segment_path(cw.session_id, oid))
+    )
+
+
 async def restore_async(cw: CoreWorker, oid: bytes) -> None:
     """(loop) Make sure a local segment exists before ``read_object`` runs on the loop."""
-    import os
-
     if os.path.exists(object_store.segment_path(cw.session_id, oid)):
         return
     reply = await cw.raylet.call("restore_object", oid)
     if reply is not None and reply[0] == "ObjectLostError":
         object_lost(cw, oid, reply[1])
     _raise_if_error(oid, reply)
+
+
+async def restore_all_async(cw: CoreWorker, oids: list[bytes]) -> None:
+    """(loop) ``restore_async`` of several objects at once."""
+    await asyncio.gather(*[restore_async(cw, oid) for oid in oids])
 
 
 def object_lost(cw: CoreWorker, oid: bytes, reason: str) -> NoReturn:

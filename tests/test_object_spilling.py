@@ -133,6 +133,11 @@ def test_get_future_and_await_restore_spilled_objects(store: str) -> None:
         return [int((await r)[3]) for r in first]
 
     assert asyncio.run(main(refs[:3])) == [0, 1, 2]
+
+    async def batch(some: list[Any]) -> list[int]:
+        return [int(a[4]) for a in await ray.get_async(some)]
+
+    assert asyncio.run(batch(refs[3:] + refs[:2])) == [3, 4, 5, 0, 1]
     del refs
     assert_store_empty(store)
 
