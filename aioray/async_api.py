@@ -17,6 +17,7 @@ from typing import Any
 
 from aioray import api, store_client
 from aioray.core_worker import CoreWorker
+from aioray.memory_store import StoredObject
 from aioray.object_ref import ObjectRef
 
 
@@ -134,7 +135,7 @@ class LoopFetcher:
         """(caller loop) A new future that resolves to the value of ``ref``."""
         fut: asyncio.Future[Any] = self.loop.create_future()
         obj = self.cw.memory_store.get(ref.binary())
-        if obj is not None:
+        if obj is not None and not store_client.spilled_here(self.cw, ref.binary(), obj):
             _resolve(self.cw, ref, fut, obj)
             return fut
         self._asked.append((ref, fut))
@@ -163,6 +164,23 @@ class LoopFetcher:
             outcome: Any = asyncio.CancelledError()
         else:
             outcome = done.exception() or done.result()
+            if isinstance(outcome, StoredObject) and store_client.spilled_here(
+                self.cw, ref.binary(), outcome
+            ):
+                # Restore here, so the caller's loop only maps the segment.
+                oid = ref.binary()
+                restore = self.cw.loop.create_task(store_client.restore_async(self.cw, oid))
+                restore.add_done_callback(partial(self._restored, ref, fut, outcome))
+                return
+        self._deliver_outcome(ref, fut, outcome)
+
+    def _restored(self, ref: ObjectRef, fut: asyncio.Future[Any], obj: Any, t: Any) -> None:
+        """(CoreWorker loop)"""
+        outcome = asyncio.CancelledError() if t.cancelled() else (t.exception() or obj)
+        self._deliver_outcome(ref, fut, outcome)
+
+    def _deliver_outcome(self, ref: ObjectRef, fut: asyncio.Future[Any], outcome: Any) -> None:
+        """(CoreWorker loop)"""
         if self.loop is self.cw.loop:
             _resolve(self.cw, ref, fut, outcome)
             return
