@@ -303,3 +303,16 @@ def test_workers_putting_and_reading_at_once_share_the_store(store: str) -> None
     assert results == [[s * 10 + k for k in range(7)] for s in range(2)]
     assert store_stats()["spilled_total"] >= 1
     assert_store_empty(store)
+
+
+def test_default_spill_directory_is_in_the_session_dir_and_removed() -> None:
+    ray.init(num_cpus=1, object_store_memory=100 * MiB)
+    try:
+        spill_dir = store_stats()["spill_dir"]
+        assert spill_dir.startswith(ray.api._local_node.session_dir)  # type: ignore[union-attr]
+        refs = [ray.put(np.full(N50, i, dtype=np.int64)) for i in range(3)]
+        assert spill_files(spill_dir)
+        assert int(ray.get(refs[0])[1]) == 0
+    finally:
+        ray.shutdown()
+    assert not os.path.exists(spill_dir)

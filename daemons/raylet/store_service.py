@@ -112,7 +112,7 @@ class StoreService:
         self.on_change = on_change
         self.session_id = ""
         self.spill_dir = ""
-        self._own_spill_dir = False  # the default dir is ours alone: removed at stop
+        self._own_spill_dir = False  # the default <session_dir>/spill: removed when empty
         self.io = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="aioray-spill")
         self.lost: dict[bytes, str] = {}  # why an object here is gone (spill file vanished)
         self._restore_waiters: dict[bytes, list[asyncio.Future[Reply]]] = {}
@@ -161,10 +161,12 @@ class StoreService:
         for e in self.manager.entries.values():
             spill_io.remove(e.spill_path)
         if self.spill_dir:
-            if self._own_spill_dir:
-                spill_io.remove_tree(os.path.dirname(self.spill_dir))
-            else:
-                spill_io.remove_tree(self.spill_dir)
+            spill_io.remove_tree(self.spill_dir)
+            if self._own_spill_dir:  # <session_dir>/spill, once no other node uses it
+                try:
+                    os.rmdir(os.path.dirname(self.spill_dir))
+                except OSError:
+                    pass
 
     # -- handlers (the raylet delegates) ----------------------------------------------
     def create_object(self, conn: rpc.Connection, body: list[Any]) -> Any:
