@@ -1,6 +1,6 @@
 """aioray: Ray Core in pure Python on asyncio. ``import aioray as ray``."""
 
-from aioray import actor, exceptions
+from aioray import actor, exceptions, util  # util: ray.util.placement_group after `import ray`
 from aioray.actor import ActorClass, ActorHandle, method
 from aioray.api import (
     available_resources,
@@ -54,6 +54,7 @@ __all__ = [
     "remote",
     "shutdown",
     "shutdown_async",
+    "util",
     "wait",
     "wait_async",
 ]

@@ -19,11 +19,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from aioray import config, ids, options, serialization
+from aioray import config, ids, options, placement_groups, serialization
 from aioray.object_ref import ObjectRef
 from aioray.remote_function import _api, pack_arguments
 from aioray.streaming import STREAMING
 from aioray.task_spec import TaskEntry
+from aioray.util.scheduling_strategies import strategy_to_wire
 
 _ACTOR_DEFAULTS: dict[str, Any] = {
     "max_restarts": 0,
@@ -166,7 +167,7 @@ class ActorClass:
         }
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
         # Creation arguments stay pinned: a restart runs __init__ with them again.
-        cw.refs.mark_escaped(r.binary() for r in dep_refs)
+        cw.refs.pin(r.binary() for r in [*dep_refs, *(blob.contained_refs if blob else ())])
         env = api.merged_env_vars(opts.get("runtime_env"))
         if env:
             spec["env"] = env
@@ -175,6 +176,12 @@ class ActorClass:
         sched = dict(hold)
         if not explicit_cpus:
             sched["CPU"] = 1.0  # Ray: 1 CPU to schedule an actor, 0 while it runs
+        placement = placement_groups.placement_of(cw, opts)
+        if placement is not None:  # in a placement group: hold the bundle's resources
+            # The bundle's resources are already the group's: no extra CPU to place it.
+            hold = placement_groups.rewrite(placement, hold, self._name)
+            sched = dict(hold)
+            spec["pg"] = placement
         request = {
             "aid": actor_id,
             "name": name,
@@ -187,6 +194,8 @@ class ActorClass:
             "env": env or None,
             "meta": meta,
             "owner": cw.worker_id,
+            "node": cw.node_id,  # ties go to the creator's node, as with tasks
+            "ss": strategy_to_wire(opts.get("scheduling_strategy")),
         }
         task = TaskEntry(spec, [], blob, dep_refs, {}, 0, False, None, ())
         info = cw.run_sync(cw.actors.create(request, task), config.DAEMON_START_TIMEOUT_S)

@@ -31,6 +31,7 @@ from aioray import ids, rpc
 from aioray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
+    ActorUnschedulableError,
     PendingCallsLimitExceeded,
     TaskCancelledError,
 )
@@ -57,6 +58,7 @@ class _Actor:
         "queue",
         "ready",
         "state",
+        "unschedulable",
         "version",
         "watching",
     )
@@ -74,6 +76,7 @@ class _Actor:
         self.inflight: dict[bytes, TaskEntry] = {}
         self.lost: list[TaskEntry] = []  # in flight when the connection dropped
         self.watching = False
+        self.unschedulable = False  # dead because it could never be placed
 
 
 class ActorSubmitter:
@@ -222,7 +225,8 @@ class ActorSubmitter:
 
     def _fail(self, a: _Actor, task: TaskEntry, why: str = "") -> None:
         self._release_call(a.aid)
-        self.cw.submitter.fail(task, ActorDiedError(why or a.death or "The actor is dead."))
+        err = ActorUnschedulableError if a.unschedulable else ActorDiedError
+        self.cw.submitter.fail(task, err(why or a.death or "The actor is dead."))
 
     def cancel(self, object_id: bytes, force: bool) -> bool:
         """Cancel an actor call producing ``object_id``; False if it is not one of ours."""
@@ -255,6 +259,7 @@ class ActorSubmitter:
 
     async def _apply(self, a: _Actor, info: dict[str, Any]) -> None:
         if info["state"] == DEAD:
+            a.unschedulable = bool(info.get("unschedulable"))
             self._apply_dead(a, info.get("death") or "The actor is dead.")
             return
         a.version = info["version"]

@@ -155,6 +155,7 @@ def init(
                 _local_node = None
             raise
         _cw = cw
+        cw.post(cw.submitter.remote_raylets.follow_logs)  # other nodes' worker output
         _gcs_address = gcs_address
         _job_runtime_env = dict(runtime_env or {})
         _address_cache.clear()

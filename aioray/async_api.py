@@ -15,10 +15,10 @@ from collections.abc import Coroutine, Generator, Sequence
 from functools import partial
 from typing import Any
 
-from aioray import api, store_client
+from aioray import api, serialization, store_client
 from aioray.core_worker import CoreWorker
 from aioray.memory_store import StoredObject
-from aioray.object_ref import ObjectRef
+from aioray.object_ref import ObjectRef, _Waiting
 
 
 async def _on_core_loop(cw: CoreWorker, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -50,7 +50,7 @@ async def get_async(object_refs: Any, *, timeout: float | None = None) -> Any:
     ]
     if spilled:  # restore on the core loop: reading must not block this one
         await _on_core_loop(cw, store_client.restore_all_async(cw, spilled))
-    values = [cw.materialize(r.binary(), o) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
+    values = [cw.materialize(r.binary(), o, r._owner) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
     return values[0] if single else values
 
 
@@ -123,27 +123,29 @@ class LoopFetcher:
     def __init__(self, cw: CoreWorker, loop: asyncio.AbstractEventLoop) -> None:
         self.cw = cw
         self.loop = loop
-        self._asked: list[tuple[ObjectRef, asyncio.Future[Any]]] = []
+        self._asked: list[tuple[ObjectRef, Any]] = []
         self._ask_scheduled = False
-        self._arrived: collections.deque[tuple[ObjectRef, asyncio.Future[Any], Any]] = (
-            collections.deque()
-        )
+        self._arrived: collections.deque[tuple[ObjectRef, Any, Any]] = collections.deque()
         self._deliver_scheduled = False
         self._outstanding = 0  # futures asked for and not yet delivered
 
     def future(self, ref: ObjectRef) -> asyncio.Future[Any]:
         """(caller loop) A new future that resolves to the value of ``ref``."""
         fut: asyncio.Future[Any] = self.loop.create_future()
+        self.watch(ref, fut)
+        return fut
+
+    def watch(self, ref: ObjectRef, target: Any) -> None:
+        """(caller loop) Resolve ``target`` (a future, or a ref's own future state)."""
         obj = self.cw.memory_store.get(ref.binary())
         if obj is not None and not store_client.spilled_here(self.cw, ref.binary(), obj):
-            _resolve(self.cw, ref, fut, obj)
-            return fut
-        self._asked.append((ref, fut))
+            _resolve(self.cw, ref, target, obj)
+            return
+        self._asked.append((ref, target))
         self._outstanding += 1
         if not self._ask_scheduled:
             self._ask_scheduled = True
             self.loop.call_soon(self._ask)
-        return fut
 
     def _ask(self) -> None:
         self._ask_scheduled = False
@@ -153,38 +155,46 @@ class LoopFetcher:
         else:
             self.cw.post(self._fetch, batch)
 
-    def _fetch(self, batch: list[tuple[ObjectRef, asyncio.Future[Any]]]) -> None:
+    def _fetch(self, batch: list[tuple[ObjectRef, Any]]) -> None:
         """(CoreWorker loop)"""
-        for ref, fut in batch:
-            self.cw.fetch(ref).add_done_callback(partial(self._arrive, ref, fut))
+        cw = self.cw
+        store, owned = cw.memory_store, cw.owned
+        for ref, target in batch:
+            if ref._id in owned:  # this process makes it: wait in the store, no future
+                store.when_stored(ref._id, partial(self._arrived_one, ref, target))
+            else:
+                cw.fetch(ref).add_done_callback(partial(self._arrive, ref, target))
 
-    def _arrive(self, ref: ObjectRef, fut: asyncio.Future[Any], done: asyncio.Future[Any]) -> None:
+    def _arrive(self, ref: ObjectRef, target: Any, done: asyncio.Future[Any]) -> None:
         """(CoreWorker loop)"""
         if done.cancelled():
             outcome: Any = asyncio.CancelledError()
         else:
             outcome = done.exception() or done.result()
-            if isinstance(outcome, StoredObject) and store_client.spilled_here(
-                self.cw, ref.binary(), outcome
-            ):
-                # Restore here, so the caller's loop only maps the segment.
-                oid = ref.binary()
-                restore = self.cw.loop.create_task(store_client.restore_async(self.cw, oid))
-                restore.add_done_callback(partial(self._restored, ref, fut, outcome))
-                return
-        self._deliver_outcome(ref, fut, outcome)
+        self._arrived_one(ref, target, outcome)
 
-    def _restored(self, ref: ObjectRef, fut: asyncio.Future[Any], obj: Any, t: Any) -> None:
+    def _arrived_one(self, ref: ObjectRef, target: Any, outcome: Any) -> None:
+        """(CoreWorker loop) ``outcome`` is the stored object or the error."""
+        if isinstance(outcome, StoredObject) and store_client.spilled_here(
+            self.cw, ref.binary(), outcome
+        ):
+            # Restore here, so the caller's loop only maps the segment.
+            restore = self.cw.loop.create_task(store_client.restore_async(self.cw, ref.binary()))
+            restore.add_done_callback(partial(self._restored, ref, target, outcome))
+            return
+        self._deliver_one(ref, target, outcome)
+
+    def _restored(self, ref: ObjectRef, target: Any, obj: Any, t: Any) -> None:
         """(CoreWorker loop)"""
         outcome = asyncio.CancelledError() if t.cancelled() else (t.exception() or obj)
-        self._deliver_outcome(ref, fut, outcome)
+        self._deliver_one(ref, target, outcome)
 
-    def _deliver_outcome(self, ref: ObjectRef, fut: asyncio.Future[Any], outcome: Any) -> None:
+    def _deliver_one(self, ref: ObjectRef, target: Any, outcome: Any) -> None:
         """(CoreWorker loop)"""
         if self.loop is self.cw.loop:
-            _resolve(self.cw, ref, fut, outcome)
+            _resolve(self.cw, ref, target, outcome)
             return
-        self._arrived.append((ref, fut, outcome))
+        self._arrived.append((ref, target, outcome))
         if not self._deliver_scheduled:
             self._deliver_scheduled = True
             if self._outstanding > COALESCE_ABOVE:
@@ -199,23 +209,57 @@ class LoopFetcher:
         self.loop.call_soon_threadsafe(self._deliver)
 
     def _deliver(self) -> None:
-        """(caller loop)"""
+        """(caller loop) Resolve what arrived; run the refs' done-callbacks in one go."""
         self._deliver_scheduled = False
         arrived = self._arrived
+        callbacks: list[tuple[Any, Any, Any]] = []
+        cw = self.cw
+        n = 0
         while arrived:
-            ref, fut, outcome = arrived.popleft()
-            self._outstanding -= 1
-            _resolve(self.cw, ref, fut, outcome)
+            ref, target, outcome = arrived.popleft()
+            n += 1
+            if target.__class__ is _Waiting and not target.state:
+                target.batch = callbacks
+            _resolve(cw, ref, target, outcome)
+        self._outstanding -= n
+        if callbacks:
+            # One scheduled call for the whole batch instead of one per ref: a gather of
+            # 10,000 refs otherwise pays 10,000 loop handles on the caller's loop.
+            self.loop.call_soon(_run_callbacks, callbacks)
 
 
-def _resolve(cw: CoreWorker, ref: ObjectRef, fut: asyncio.Future[Any], outcome: Any) -> None:
+def _run_callbacks(callbacks: list[tuple[Any, Any, Any]]) -> None:
+    for fn, ref, ctx in callbacks:
+        try:
+            if ctx is None:
+                fn(ref)
+            else:
+                ctx.run(fn, ref)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as e:
+            loop = asyncio.get_running_loop()
+            loop.call_exception_handler(
+                {"message": f"Exception in callback {fn!r}", "exception": e}
+            )
+
+
+def _resolve(cw: CoreWorker, ref: ObjectRef, fut: Any, outcome: Any) -> None:
     if fut.done():  # the waiter was cancelled: the task itself goes on
         return
     if isinstance(outcome, BaseException):
         fut.set_exception(outcome)
         return
+    if outcome.data is not None and not outcome.is_error:  # inline value: the common case
+        try:
+            value = serialization.deserialize(outcome.data, outcome.buffers)
+        except BaseException as e:
+            fut.set_exception(e)
+            return
+        fut.set_result(value)
+        return
     try:
-        fut.set_result(cw.materialize(ref.binary(), outcome))
+        fut.set_result(cw.materialize(ref._id, outcome, ref._owner))
     except BaseException as e:  # the object is an error, or was lost
         fut.set_exception(e)
 

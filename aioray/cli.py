@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("stop", help="stop the daemons started on this machine by 'aioray start'")
     status = sub.add_parser("status", help="nodes, their resources and state")
     status.add_argument("--address", default="auto")
+    memory = sub.add_parser("memory", help="object references across the cluster (like ray memory)")
+    memory.add_argument("--address", default="auto")
     logs = sub.add_parser("logs", help="list a session's log files, or print and follow one")
     logs.add_argument("name", nargs="?", help="a file name, or a worker's pid (its .out and .err)")
     logs.add_argument("-n", "--lines", type=int, default=100, help="lines to print (default 100)")
@@ -210,6 +212,18 @@ def cmd_status(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memory(a: argparse.Namespace) -> int:
+    from aioray import memory_report
+
+    try:
+        address = node.resolve_address(a.address)
+        print(memory_report.memory_summary(address))
+    except ConnectionError as e:
+        print(f"aioray memory: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _fmt(x: float) -> str:
     if x >= 1024**3:
         return f"{x / 1024**3:.2f}GiB"
@@ -344,7 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["microbenchmark"]:  # every later option belongs to the benchmark
         return cmd_microbenchmark(argv[1:])
     a = _parser().parse_args(argv)
-    commands = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "logs": cmd_logs}
+    commands = {
+        "start": cmd_start,
+        "stop": cmd_stop,
+        "status": cmd_status,
+        "logs": cmd_logs,
+        "memory": cmd_memory,
+    }
     return commands[a.command](a)
 
 

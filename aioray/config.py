@@ -24,6 +24,11 @@ LEASE_LINGER_S = _env("LEASE_LINGER_S", 0.01)
 PRESTART_WORKERS = int(_env("PRESTART_WORKERS", 2))
 # Seconds between a raylet's resource reports to the GCS while they change.
 RESOURCE_REPORT_S = _env("RESOURCE_REPORT_S", 0.05)
+# How often the GCS pushes the resource changes it collected to every raylet.
+RESOURCE_BROADCAST_S = _env("RESOURCE_BROADCAST_S", 0.05)
+# Raylets heartbeat the GCS this often; a node silent for NODE_TIMEOUT_S is dead.
+NODE_HEARTBEAT_S = _env("NODE_HEARTBEAT_S", 1.0)
+NODE_TIMEOUT_S = _env("NODE_TIMEOUT_S", 10.0)
 # A request for object store room that nothing under way can satisfy (no spill in
 # flight, nothing spillable) waits this long for frees, then fails.
 OBJECT_STORE_FULL_TIMEOUT_S = _env("OBJECT_STORE_FULL_TIMEOUT_S", 1.0)
@@ -31,3 +36,35 @@ SESSION_ROOT = os.environ.get("AIORAY_SESSION_ROOT", "/tmp/aioray-sessions")
 SHM_DIR = os.environ.get("AIORAY_SHM_DIR", "/dev/shm")
 SHM_PREFIX = "aioray_"
 DAEMON_START_TIMEOUT_S = _env("DAEMON_START_TIMEOUT_S", 30.0)
+# Bytes of task arguments an owner keeps to re-run tasks whose results are lost (Ray: 1 GiB).
+MAX_LINEAGE_BYTES = int(_env("MAX_LINEAGE_BYTES", 1024**3))
+
+
+def memory_monitor_settings() -> tuple[float, float]:
+    """(usage threshold as a fraction, refresh period in s) of the raylet's memory monitor.
+
+    Ray's RAY_memory_usage_threshold and RAY_memory_monitor_refresh_ms, read from
+    AIORAY_MEMORY_USAGE_THRESHOLD (default 0.95) and AIORAY_MEMORY_MONITOR_REFRESH_MS
+    (default 250; 0 disables the monitor). Raises ValueError naming a bad variable.
+    """
+    raw = os.environ.get("AIORAY_MEMORY_USAGE_THRESHOLD", "0.95")
+    try:
+        threshold = float(raw)
+    except ValueError:
+        threshold = float("nan")
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(
+            f"AIORAY_MEMORY_USAGE_THRESHOLD must be a fraction of the node's memory in "
+            f"(0, 1], e.g. 0.95; got {raw!r}."
+        )
+    raw = os.environ.get("AIORAY_MEMORY_MONITOR_REFRESH_MS", "250")
+    try:
+        refresh_ms = float(raw)
+    except ValueError:
+        refresh_ms = float("nan")
+    if not refresh_ms >= 0.0:
+        raise ValueError(
+            f"AIORAY_MEMORY_MONITOR_REFRESH_MS must be a number of milliseconds >= 0 "
+            f"(0 disables the memory monitor); got {raw!r}."
+        )
+    return threshold, refresh_ms / 1000.0

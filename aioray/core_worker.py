@@ -29,9 +29,10 @@ import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from aioray import config, ids, log_monitor, rpc, serialization, store_client
+from aioray import config, ids, log_monitor, memory_report, rpc, serialization, store_client
 from aioray._loop import result_interruptibly
 from aioray.actor_submitter import ActorSubmitter
+from aioray.borrowing import Borrowing, pairs_of
 from aioray.exceptions import (
     GetTimeoutError,
     ObjectFreedError,
@@ -40,8 +41,15 @@ from aioray.exceptions import (
     RaySystemError,
     RayTaskError,
 )
-from aioray.memory_store import MemoryStore, StoredObject
+from aioray.lineage import Lineage
+from aioray.memory_store import (
+    MemoryStore,
+    StoredObject,
+    decode_object,
+)
 from aioray.object_ref import ObjectRef
+from aioray.owner_service import OwnerService
+from aioray.placement_groups import GCS_HANDLERS as PG_HANDLERS
 from aioray.protocol import Buffer
 from aioray.reference_counter import ReferenceCounter
 from aioray.streaming import StreamManager
@@ -51,25 +59,6 @@ logger = logging.getLogger("aioray")
 
 DRIVER = "driver"
 WORKER = "worker"
-
-# Wire form of an object in get_object replies.
-OBJ_INLINE, OBJ_SHM, OBJ_FREED = 0, 1, 2
-
-
-def encode_object(obj: StoredObject) -> rpc.Reply:
-    if obj.in_shm:
-        return rpc.Reply([OBJ_SHM, obj.size, obj.node_id])
-    assert obj.data is not None
-    return rpc.Reply([OBJ_INLINE, len(obj.buffers), obj.is_error], [obj.data, *obj.buffers])
-
-
-def decode_object(oid: bytes, body: list[Any], buffers: list[Any]) -> StoredObject:
-    kind = body[0]
-    if kind == OBJ_INLINE:
-        return StoredObject(buffers[0], buffers[1 : 1 + body[1]], is_error=body[2])
-    if kind == OBJ_SHM:
-        return StoredObject(node_id=body[2], size=body[1])
-    raise ObjectFreedError(oid.hex())
 
 
 class CoreWorker:
@@ -96,6 +85,9 @@ class CoreWorker:
         self.store_room = 0  # free bytes in it at the raylet's last answer (store_client)
         self.ids = ids.IdGenerator(self.worker_id)
         self.refs = ReferenceCounter(self._out_of_scope)
+        self.borrowing = Borrowing(self)
+        self.lineage = Lineage(self)
+        self.owner_service = OwnerService(self)
         self.memory_store = MemoryStore()
         self.owned: set[bytes] = set()
         self.address: tuple[str, int, bytes] = (node_ip, 0, self.worker_id)
@@ -139,13 +131,21 @@ class CoreWorker:
         """Start the owner's RPC server and register with the local raylet."""
         self.loop = asyncio.get_running_loop()
         self._loop_thread_id = threading.get_ident()
-        handlers = {**rpc.handlers_of(self), **self.extra_handlers}
+        handlers = {
+            **rpc.handlers_of(self),
+            "borrow": self.borrowing.handle_borrow,
+            **rpc.handlers_of(self.owner_service),
+            **self.extra_handlers,
+        }
         self.server = rpc.Server(handlers)
         await self.server.start(self.node_ip, 0)
         self.address = (self.node_ip, self.server.port, self.worker_id)
         raylet_handlers = {
             "lease_infeasible": self.handle_lease_infeasible,
             "worker_log": self.handle_worker_log,
+            "worker_oom_killed": self.submitter.handle_worker_oom_killed,
+            "memory_summary": lambda c, b, _: memory_report.process_summary(self),
+            "node_event": self.submitter.remote_raylets.handle_node_event,
             **self.extra_handlers,
         }
         self.raylet, info = await rpc.connect(
@@ -186,7 +186,7 @@ class CoreWorker:
                     raise ConnectionError("this process does not know the GCS address")
                 self.gcs, _ = await rpc.connect(
                     *self.gcs_address,
-                    handlers={"lease_infeasible": self.handle_lease_infeasible},
+                    handlers={"lease_infeasible": self.handle_lease_infeasible, **PG_HANDLERS},
                     hello={"role": self.mode},
                     name="gcs",
                 )
@@ -218,9 +218,8 @@ class CoreWorker:
         self._thread = threading.Thread(target=run, name="aioray-core-worker", daemon=True)
         self._thread.start()
         ready.wait()
-        # Start in an empty context: run_coroutine_threadsafe copies the caller's
-        # contextvars into everything the loop then does. In Jupyter that context holds
-        # the init cell's output routing, and worker prints would all land in that cell.
+        # An empty context: run_coroutine_threadsafe copies the caller's contextvars into
+        # all the loop does; in Jupyter they route output to the init cell (prints land there).
         fut = contextvars.Context().run(asyncio.run_coroutine_threadsafe, self.start(), loop)
         try:
             return fut.result(timeout)
@@ -356,11 +355,13 @@ class CoreWorker:
 
     def put_serialized(self, so: serialization.SerializedObject) -> ObjectRef:
         oid = ids.object_id(self.ids.task_id(), 0)
-        if so.contained_refs:
-            self.refs.mark_escaped(r.binary() for r in so.contained_refs)
         self.owned.add(oid)
         ref = ObjectRef(oid, self.address)
-        self.memory_store.put(oid, self.store_serialized(oid, so, copy=True))
+        obj = self.store_serialized(oid, so, copy=True)
+        if so.contained_refs:  # the new object holds the refs inside it
+            obj.contained = pairs_of(so.contained_refs)
+            self.refs.add_contained(p[0] for p in obj.contained)
+        self.memory_store.put(oid, obj)
         return ref
 
     def store_serialized(
@@ -375,9 +376,9 @@ class CoreWorker:
         size = store_client.write_object(self, oid, so.data, so.buffers)
         return StoredObject(node_id=self.node_id, size=size, is_error=so.is_error)
 
-    def _notify_sealed(self, oid: bytes, size: int) -> None:
+    def _notify_sealed(self, oid: bytes, size: int, owner: bytes | None = None) -> None:
         if not self.raylet.is_closed:
-            self.raylet.notify("object_sealed", [oid, size, self.worker_id])
+            self.raylet.notify("object_sealed", [oid, size, owner or self.worker_id])
 
     # -- objects: get ------------------------------------------------------------------
     def get(self, refs: Sequence[ObjectRef], timeout: float | None = None) -> list[Any]:
@@ -395,7 +396,7 @@ class CoreWorker:
                 if blocked:
                     self.post(self._set_blocked, -1)
             objs = [o if o is not None else found[r._id] for r, o in zip(refs, objs, strict=True)]
-        return [self.materialize(r._id, o) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
+        return [self.materialize(r._id, o, r._owner) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
 
     def _set_blocked(self, delta: int) -> None:
         # A worker blocked in get gives its CPU back so nested tasks can run.
@@ -421,7 +422,7 @@ class CoreWorker:
             pending.add_done_callback(lambda _: self._fetching.pop(oid, None))
         return pending
 
-    async def _fetch_from_owner(self, ref: ObjectRef) -> StoredObject:
+    async def _fetch_from_owner(self, ref: ObjectRef, keep: bool = False) -> StoredObject:
         oid, owner = ref._id, ref._owner
         if owner is None or owner[2] == self.worker_id:
             raise ObjectFreedError(oid.hex())
@@ -433,16 +434,36 @@ class CoreWorker:
                 oid.hex(), f"The owner of object {oid.hex()} ({owner[0]}:{owner[1]}) has died."
             ) from None
         obj = decode_object(oid, body, bufs)
+        if obj.contained:  # the owner lent us holds on the refs inside
+            self.borrowing.receive(obj.contained)
+            self.refs.add_contained(p[0] for p in obj.contained)
         if self.refs.local_count(oid) > 0:
             self.memory_store.put(oid, obj)  # cache while this process holds the ref
+        elif obj.contained and not keep:  # nobody wants it any more
+            self.loop.call_soon(self.release_contained, obj)
         return obj
 
-    def materialize(self, oid: bytes, obj: StoredObject) -> Any:
-        """Deserialize a stored object in the caller's thread; raise it if it is an error."""
+    def release_contained(self, obj: StoredObject) -> None:
+        """A copy of an object is dropped: so are its holds on the refs inside."""
+        if obj.contained:
+            pairs, obj.contained = obj.contained, None
+            self.refs.remove_contained(p[0] for p in pairs)
+
+    def materialize(self, oid: bytes, obj: StoredObject, owner: Any = None) -> Any:
+        """Deserialize a stored object in the caller's thread; raise it if it is an error.
+
+        A lost shared-memory copy is rebuilt (lineage.py) by its owner, ``owner``."""
         if obj.in_shm:
-            if obj.node_id != self.node_id:
-                raise ObjectLostError(oid.hex(), "object lives on another node (not supported yet)")
-            data, bufs = store_client.read_object(self, oid)
+            try:
+                data, bufs = self.read_shm(oid, obj)
+            except ObjectLostError as lost:
+                if self.in_loop_thread() or self.closing:
+                    raise
+                try:
+                    obj = self.run_sync(self.owner_service.recover(oid, owner))
+                except ObjectLostError as e:  # both reasons: why it is gone, why not rebuilt
+                    raise type(e)(oid.hex(), f"{lost} {e}") from None
+                data, bufs = self.read_shm(oid, obj)
             value = serialization.deserialize(data, bufs)
         else:
             assert obj.data is not None
@@ -452,6 +473,12 @@ class CoreWorker:
                 raise value.as_instanceof_cause()
             raise value
         return value
+
+    def read_shm(self, oid: bytes, obj: StoredObject) -> tuple[Any, list[Any]]:
+        """Map a shared-memory object; ObjectLostError if no copy is left to read."""
+        if obj.node_id != self.node_id:
+            raise ObjectLostError(oid.hex(), "object lives on another node (not supported yet)")
+        return store_client.read_object(self, oid)  # restores a spilled copy first
 
     # -- objects: wait ------------------------------------------------------------------
     def ready_now(self, refs: Sequence[ObjectRef]) -> list[bool]:
@@ -515,9 +542,15 @@ class CoreWorker:
         obj = self.memory_store.delete(oid)
         if oid in self.owned:
             self.owned.discard(oid)
-            self.memory_store.fail_waiters(oid, ObjectFreedError(oid.hex()))
+            if self.memory_store.has_waiters(oid):  # (an error object costs ~3 us)
+                self.memory_store.fail_waiters(oid, ObjectFreedError(oid.hex()))
             if obj is not None and obj.in_shm:
                 self.free_shm(oid)
+            self.lineage.release(oid)
+        else:
+            self.borrowing.release(oid)
+        if obj is not None and obj.contained:
+            self.release_contained(obj)
 
     def free_shm(self, oid: bytes) -> None:
         if not self._free_shm:
@@ -531,44 +564,16 @@ class CoreWorker:
 
     def store_result(self, oid: bytes, obj: StoredObject) -> None:
         """(loop) A task's return value arrived; keep it only if still referenced."""
+        if obj.contained:  # the worker lent us holds on the refs inside
+            self.borrowing.receive(obj.contained)
+            self.refs.add_contained(p[0] for p in obj.contained)
         if self.refs.in_scope(oid):
             self.memory_store.put(oid, obj)
         else:
             self.owned.discard(oid)
             if obj.in_shm:
                 self.free_shm(oid)
-
-    # -- owner RPC handlers -------------------------------------------------------------------
-    def handle_get_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
-        obj = self.memory_store.get(oid)
-        if obj is not None:
-            return encode_object(obj)
-        if oid not in self.owned:
-            return [OBJ_FREED]
-        reply: asyncio.Future[rpc.Reply] = self.loop.create_future()
-
-        def done(f: asyncio.Future[StoredObject]) -> None:
-            if reply.done():
-                return
-            if f.cancelled() or f.exception() is not None:
-                reply.set_result(rpc.Reply([OBJ_FREED]))
-            else:
-                reply.set_result(encode_object(f.result()))
-
-        self.memory_store.wait_for(oid, self.loop).add_done_callback(done)
-        return reply
-
-    def handle_wait_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
-        if oid in self.memory_store or oid not in self.owned:
-            return True
-        reply: asyncio.Future[bool] = self.loop.create_future()
-
-        def done(_: asyncio.Future[StoredObject]) -> None:
-            if not reply.done():
-                reply.set_result(True)
-
-        self.memory_store.wait_for(oid, self.loop).add_done_callback(done)
-        return reply
+            self.release_contained(obj)
 
     def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         self.logs.received(body)

@@ -136,6 +136,14 @@ class ObjectReconstructionFailedError(ObjectLostError):
     """Lineage reconstruction of the object failed."""
 
 
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectReconstructionFailedError):
+    """The task that makes the object has no retries left to rebuild it."""
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedError):
+    """The lineage needed to rebuild the object was not kept (over the lineage budget)."""
+
+
 class RayActorError(RayError):
     """The actor died or could not be created."""
 
@@ -156,6 +164,14 @@ class ActorUnschedulableError(RayError):
     """The actor can never be scheduled."""
 
 
+class TaskPlacementGroupRemoved(RayError):
+    """The task's placement group was removed, so it can never run."""
+
+
+class ActorPlacementGroupRemoved(RayError):
+    """The actor's placement group was removed."""
+
+
 class PendingCallsLimitExceeded(RayError):
     """Too many calls are queued on the actor (max_pending_calls)."""
 
@@ -166,6 +182,7 @@ class RuntimeEnvSetupError(RayError):
 
 __all__ = [
     "ActorDiedError",
+    "ActorPlacementGroupRemoved",
     "ActorUnavailableError",
     "ActorUnschedulableError",
     "GetTimeoutError",
@@ -183,6 +200,7 @@ __all__ = [
     "RayTaskError",
     "RuntimeEnvSetupError",
     "TaskCancelledError",
+    "TaskPlacementGroupRemoved",
     "TaskUnschedulableError",
     "WorkerCrashedError",
 ]

@@ -10,15 +10,18 @@ from any thread.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
+from aioray import rpc
+from aioray.exceptions import ObjectFreedError
 from aioray.protocol import Buffer
 
 
 class StoredObject:
     """One object: inline (data + buffers) or a pointer to a node's shm store."""
 
-    __slots__ = ("buffers", "data", "is_error", "node_id", "size")
+    __slots__ = ("buffers", "contained", "data", "is_error", "node_id", "size")
 
     def __init__(
         self,
@@ -27,12 +30,16 @@ class StoredObject:
         is_error: bool = False,
         node_id: bytes | None = None,
         size: int = 0,
+        contained: list[list[Any]] | None = None,
     ) -> None:
         self.data = data
         self.buffers = buffers or []
         self.is_error = is_error
         self.node_id = node_id  # set: the object lives in that node's shm store
         self.size = size
+        # Refs inside the value, as [object id, owner address] pairs: while this copy
+        # is stored, it holds them (borrowing.py).
+        self.contained = contained
 
     @property
     def in_shm(self) -> bool:
@@ -43,10 +50,35 @@ class StoredObject:
         return f"<StoredObject {where} size={self.size} error={self.is_error}>"
 
 
+# Wire form of an object in get_object replies.
+OBJ_INLINE, OBJ_SHM, OBJ_FREED = 0, 1, 2
+
+
+def encode_object(obj: StoredObject) -> rpc.Reply:
+    if obj.in_shm:
+        return rpc.Reply([OBJ_SHM, obj.size, obj.node_id, obj.contained])
+    assert obj.data is not None
+    return rpc.Reply(
+        [OBJ_INLINE, len(obj.buffers), obj.is_error, obj.contained], [obj.data, *obj.buffers]
+    )
+
+
+def decode_object(oid: bytes, body: list[Any], buffers: list[Any]) -> StoredObject:
+    kind = body[0]
+    contained = body[3] if len(body) > 3 else None
+    if kind == OBJ_INLINE:
+        return StoredObject(buffers[0], buffers[1 : 1 + body[1]], body[2], contained=contained)
+    if kind == OBJ_SHM:
+        return StoredObject(node_id=body[2], size=body[1], contained=contained)
+    raise ObjectFreedError(oid.hex())
+
+
 class MemoryStore:
     def __init__(self) -> None:
         self._objects: dict[bytes, StoredObject] = {}
         self._waiters: dict[bytes, list[asyncio.Future[StoredObject]]] = {}
+        # Plain callbacks (the loop fetchers'): no future per awaited ref.
+        self._callbacks: dict[bytes, list[Callable[[Any], None]]] = {}
 
     def __len__(self) -> int:
         return len(self._objects)
@@ -64,6 +96,9 @@ class MemoryStore:
             for w in waiters:
                 if not w.done():
                     w.set_result(obj)
+        if self._callbacks:
+            for cb in self._callbacks.pop(oid, ()):
+                cb(obj)
 
     def wait_for(self, oid: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[StoredObject]:
         """A future resolved when ``oid`` is stored (at once if it already is)."""
@@ -75,16 +110,30 @@ class MemoryStore:
             self._waiters.setdefault(oid, []).append(fut)
         return fut
 
+    def when_stored(self, oid: bytes, callback: Callable[[Any], None]) -> None:
+        """(loop) Call ``callback(obj)`` once ``oid`` is stored, or with the error
+        that ends the wait (``fail_waiters``); at once if it is already stored."""
+        obj = self._objects.get(oid)
+        if obj is not None:
+            callback(obj)
+        else:
+            self._callbacks.setdefault(oid, []).append(callback)
+
     def delete(self, oid: bytes) -> StoredObject | None:
         return self._objects.pop(oid, None)
+
+    def has_waiters(self, oid: bytes) -> bool:
+        return oid in self._waiters or oid in self._callbacks
 
     def fail_waiters(self, oid: bytes, exc: BaseException) -> None:
         for w in self._waiters.pop(oid, []):
             if not w.done():
                 w.set_exception(exc)
+        for cb in self._callbacks.pop(oid, ()):
+            cb(exc)
 
     def items(self) -> list[tuple[bytes, StoredObject]]:
         return list(self._objects.items())
 
     def stats(self) -> dict[str, Any]:
-        return {"objects": len(self._objects), "waiting": len(self._waiters)}
+        return {"objects": len(self._objects), "waiting": len(self._waiters) + len(self._callbacks)}

@@ -136,6 +136,7 @@ class LocalNode:
         detached: bool = False,
         labels: dict[str, str] | None = None,
     ) -> LocalNode:
+        config.memory_monitor_settings()  # a bad setting fails here, not in the raylet
         self = cls()
         self.session_id, self.session_dir = new_session_dir()
         logs = os.path.join(self.session_dir, "logs")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import weakref
 from asyncio.events import _get_running_loop
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,12 @@ class ObjectRef:
     # asyncio.isfuture() checks for this class attribute; the ref never yields itself.
     _asyncio_future_blocking = False
 
-    def __init__(self, object_id: bytes, owner: tuple[str, int, bytes] | None, _count: bool = True):
+    def __init__(
+        self,
+        object_id: bytes,
+        owner: tuple[str, int, bytes] | None = None,
+        _count: bool = True,
+    ) -> None:
         self._id = object_id
         self._owner = owner
         self._afut: Any = None  # (loop, future) or {loop: future}
@@ -101,65 +107,116 @@ class ObjectRef:
 
     def as_future(self) -> asyncio.Future[Any]:
         """An asyncio future on the running loop that resolves to the value."""
-        return self._future()
+        return self._new_future()
 
-    # -- the asyncio.Future protocol, delegated ------------------------------------------------
-    def _future(self, new_waiter: bool = False) -> asyncio.Future[Any]:
-        # gather/wait call this ~7 times per ref: the common case must be cheap.
+    # -- the asyncio.Future protocol ----------------------------------------------------------
+    # The ref keeps its own future state per event loop (a _Waiting), resolved in batches
+    # by the loop's fetcher; callbacks are scheduled with the ref itself as argument, so
+    # gather/wait over many refs cost no inner future and no wrapper call per ref.
+    def _waiting(self, new_waiter: bool = False) -> _Waiting:
         held = self._afut
-        if held.__class__ is tuple and held[0] is _get_running_loop():
-            fut: asyncio.Future[Any] = held[1]
-            if not new_waiter or not fut.cancelled():
-                return fut
-        return self._future_slow(new_waiter)
+        if (
+            held.__class__ is _Waiting
+            and held.loop is _get_running_loop()
+            and not (new_waiter and held.state == _CANCELLED)
+        ):
+            return held
+        return self._waiting_slow(new_waiter)
 
-    def _future_slow(self, new_waiter: bool) -> asyncio.Future[Any]:
-        # One future per event loop, so asyncio.wait/gather see one consistent future.
-        # Stored as (loop, future) for the common single-loop case, a dict beyond it.
+    def _waiting_slow(self, new_waiter: bool) -> _Waiting:
         loop = _get_running_loop() or asyncio.get_event_loop()
         held = self._afut
-        if type(held) is tuple and held[0] is loop:
-            fut = held[1]
-        elif type(held) is dict:
-            fut = held.get(loop)
+        w: _Waiting | None
+        if held.__class__ is _Waiting and held.loop is loop:
+            w = held
+        elif held.__class__ is dict:
+            w = held.get(loop)
         else:
-            fut = None
+            w = None
         # A cancelled wait (a timed-out wait_for) must not poison the next wait; but
         # only a new waiter replaces it: the one that cancelled still reads the result.
-        if fut is None or (new_waiter and fut.cancelled()):
-            fut = self._new_future()
-            if held is None or (type(held) is tuple and held[0] is loop):
-                self._afut = (loop, fut)
+        if w is None or (new_waiter and w.state == _CANCELLED):
+            w = _Waiting(loop, self)
+            if held is None or (held.__class__ is _Waiting and held.loop is loop):
+                self._afut = w
             else:
-                futs = held if type(held) is dict else {held[0]: held[1]}
-                futs[loop] = fut
-                self._afut = futs
-        return fut
+                ws = held if held.__class__ is dict else {held.loop: held}
+                ws[loop] = w
+                self._afut = ws
+            _fetcher().watch(self, w)
+        return w
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self._future().get_loop()
+        # gather/ensure_future ask first: answer without starting a fetch.
+        loop = _get_running_loop()
+        return loop if loop is not None else self._waiting().loop
 
     def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
-        self._future(new_waiter=True).add_done_callback(_ForRef(fn, self), context=context)
+        if self._afut is None:  # first use as a future (every ref of a gather): start here
+            loop = _get_running_loop()
+            if loop is not None:
+                w = self._afut = _Waiting(loop, self)
+                w.callbacks.append((fn, context))
+                last = _async_api._last if _async_api is not None else None
+                if last is not None and last[0] is loop and last[1].cw is self._cw:
+                    last[1].watch(self, w)  # this loop's fetcher, as cached by async_api
+                else:
+                    _fetcher().watch(self, w)
+                return
+        w = self._waiting(new_waiter=True)
+        if w.state:
+            w.loop.call_soon(fn, self, context=context)
+        else:
+            w.callbacks.append((fn, context))
 
     def remove_done_callback(self, fn: Any) -> int:
-        return self._future().remove_done_callback(_ForRef(fn, self))
+        w = self._waiting()
+        before = len(w.callbacks)
+        w.callbacks = [cb for cb in w.callbacks if cb[0] != fn]
+        return before - len(w.callbacks)
 
+    # gather and wait call these per ref: the lookup of _waiting() is inlined.
     def done(self) -> bool:
-        return self._future().done()
+        w = self._afut
+        if w.__class__ is not _Waiting or w.loop is not _get_running_loop():
+            w = self._waiting_slow(False)
+        return w.state != _PENDING
 
     def cancelled(self) -> bool:
-        return self._future().cancelled()
+        w = self._afut
+        if w.__class__ is not _Waiting or w.loop is not _get_running_loop():
+            w = self._waiting_slow(False)
+        return w.state == _CANCELLED
 
     def result(self) -> Any:
-        return self._future().result()
+        w = self._afut
+        if w.__class__ is not _Waiting or w.loop is not _get_running_loop():
+            w = self._waiting_slow(False)
+        if w.state == _DONE:
+            if w.exc is not None:
+                raise w.exc
+            return w.value
+        if w.state == _CANCELLED:
+            raise w.exc  # type: ignore[misc]
+        raise asyncio.InvalidStateError("Result is not ready.")
 
     def exception(self) -> BaseException | None:
-        return self._future().exception()
+        w = self._afut
+        if w.__class__ is not _Waiting or w.loop is not _get_running_loop():
+            w = self._waiting_slow(False)
+        if w.state == _DONE:
+            return w.exc
+        if w.state == _CANCELLED:
+            raise w.exc  # type: ignore[misc]
+        raise asyncio.InvalidStateError("Exception is not set.")
 
     def cancel(self, msg: Any = None) -> bool:
         """Stop waiting here; the task that produces the object keeps running."""
-        return self._future().cancel(msg)
+        w = self._waiting()
+        if w.state:
+            return False
+        w.finish(_CANCELLED, None, asyncio.CancelledError(msg) if msg else asyncio.CancelledError())
+        return True
 
     def future(self) -> concurrent.futures.Future[Any]:
         """A concurrent.futures.Future that resolves to the value (or its error)."""
@@ -168,23 +225,63 @@ class ObjectRef:
         return api.get_future(self)
 
 
-class _ForRef:
-    """A done-callback that reports the ObjectRef (not our inner task) as the future."""
+_PENDING, _DONE, _CANCELLED = 0, 1, 2
 
-    __slots__ = ("fn", "ref")
 
-    def __init__(self, fn: Any, ref: ObjectRef) -> None:
-        self.fn = fn
-        self.ref = ref
+class _Waiting:
+    """The future state of one ObjectRef on one event loop (see ObjectRef._waiting).
 
-    def __call__(self, _: Any) -> None:
-        self.fn(self.ref)
+    Holds the ref weakly: callbacks get the ref itself, and a pending state must not
+    keep a ref (and so its object) alive on its own.
+    """
 
-    def __eq__(self, other: object) -> bool:  # so remove_done_callback finds it
-        return isinstance(other, _ForRef) and other.fn == self.fn and other.ref is self.ref
+    __slots__ = ("batch", "callbacks", "exc", "loop", "ref", "state", "value")
 
-    def __hash__(self) -> int:
-        return hash((id(self.fn), id(self.ref)))
+    def __init__(self, loop: asyncio.AbstractEventLoop, ref: ObjectRef) -> None:
+        self.loop = loop
+        self.ref = weakref.ref(ref)
+        self.state = _PENDING
+        self.value: Any = None
+        self.exc: BaseException | None = None
+        self.callbacks: list[tuple[Any, Any]] = []
+        # Set by the fetcher for one resolution: collect the callbacks there instead of
+        # scheduling each one (the fetcher schedules the whole batch once).
+        self.batch: list[tuple[Any, Any, Any]] | None = None
+
+    # The fetcher resolves these like asyncio futures.
+    def done(self) -> bool:
+        return self.state != _PENDING
+
+    def set_result(self, value: Any) -> None:
+        self.finish(_DONE, value, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.finish(_DONE, None, exc)
+
+    def finish(self, state: int, value: Any, exc: BaseException | None) -> None:
+        if self.state:
+            return
+        self.state, self.value, self.exc = state, value, exc
+        callbacks, self.callbacks = self.callbacks, []
+        ref = self.ref()
+        batch, self.batch = self.batch, None
+        if ref is None or not callbacks:
+            return
+        if batch is not None:
+            batch.extend((fn, ref, ctx) for fn, ctx in callbacks)
+            return
+        call_soon = self.loop.call_soon
+        for fn, ctx in callbacks:
+            call_soon(fn, ref, context=ctx)
+
+
+def _fetcher() -> Any:
+    global _async_api
+    if _async_api is None:
+        from aioray import async_api
+
+        _async_api = async_api
+    return _async_api.fetcher_for_running_loop()
 
 
 def _rebuild_ref(object_id: bytes, owner: tuple[str, int, bytes] | None) -> ObjectRef:

@@ -9,10 +9,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aioray import config, ids, options, serialization
+from aioray import config, ids, options, placement_groups, serialization
 from aioray.object_ref import ObjectRef
 from aioray.streaming import STREAMING
 from aioray.task_spec import TaskEntry, split_args
+from aioray.util.scheduling_strategies import strategy_to_wire
 
 if TYPE_CHECKING:
     from aioray.core_worker import CoreWorker
@@ -100,9 +101,26 @@ class RemoteFunction:
         if env:
             spec["env"] = env
         resources = options.resource_request(opts)
+        if (
+            opts["scheduling_strategy"] is not None
+            or "placement_group" in opts
+            or placement_groups.capturing
+        ):
+            placement = placement_groups.placement_of(cw, opts)
+            if placement is not None:  # in a placement group: lease the bundle's resources
+                resources = placement_groups.rewrite(placement, resources, self._name)
+                spec["pg"] = placement
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
-        sched_key = (tuple(sorted(resources.items())), tuple(sorted(env.items())) if env else ())
+        sched_key: tuple[Any, ...] = (
+            tuple(sorted(resources.items())),
+            tuple(sorted(env.items())) if env else (),
+        )
+        if opts["scheduling_strategy"] is not None:
+            strategy = strategy_to_wire(opts["scheduling_strategy"])
+            if strategy is not None:
+                spec["ss"] = strategy
+                sched_key = (*sched_key, repr(strategy))
         if streaming:  # never retried: items already consumed cannot be taken back
             spec["bp"] = opts.get("_generator_backpressure_num_objects") or 0
             gen = cw.streams.create(task_id)
@@ -159,8 +177,8 @@ def pack_arguments(
         so = serialization.serialize(call_args)
     except TypeError as e:
         raise TypeError(f"Could not serialize the arguments of {name}: {e}") from None
-    if so.contained_refs:
-        cw.refs.mark_escaped(r.binary() for r in so.contained_refs)
+    # Refs nested in the arguments: the blob keeps their instances (so the objects)
+    # alive until the task is done; the submitter lends them to the worker.
     if so.total_bytes >= config.MAX_INLINE_BYTES:
         dep_refs.append(cw.put_serialized(so))
         spec["ar"] = len(dep_refs) - 1

@@ -48,7 +48,9 @@ def _nbytes(b: Buffer) -> int:
     return b.nbytes if isinstance(b, memoryview) else len(b)
 
 
-def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]) -> int:
+def write_object(
+    cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer], owner: bytes | None = None
+) -> int:
     """Get room in this node's store, write the segment, announce it; return its size.
 
     The request for room and the write overlap, and the writer waits for the
@@ -63,7 +65,7 @@ def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]
     path = object_store.segment_path(cw.session_id, oid)
     if cw.in_loop_thread():  # the loop cannot wait for itself: room is made after the seal
         _write(cw, oid, path, data, buffers, size)
-        cw.post(cw._notify_sealed, oid, size)
+        cw.post(cw._notify_sealed, oid, size, owner)
         return size
     room = _send_to_raylet(cw, "create_object", [oid, size])
     room.add_done_callback(lambda f: _learn_room(cw, f))
@@ -90,7 +92,7 @@ def write_object(cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer]
         object_store.delete_segment(path)
         cw.post(_notify_raylet, cw, "free_objects", [oid])
         raise
-    cw.post(cw._notify_sealed, oid, size)
+    cw.post(cw._notify_sealed, oid, size, owner)
     return size
 
 

@@ -71,12 +71,16 @@ class StreamManager:
 
     # -- loop side ------------------------------------------------------------------------------
     def handle_stream_item(self, conn: rpc.Connection, body: list[Any], bufs: list[Any]) -> None:
-        task_id, index, kind, a, b = body
+        task_id, index, kind, a, b = body[:5]
+        contained = body[5] if len(body) > 5 else None
         s = self.streams.get(task_id)
         if kind == RET_INLINE:
-            obj = StoredObject(bufs[0], bufs[1 : 1 + a], is_error=b)
+            obj = StoredObject(bufs[0], bufs[1 : 1 + a], b, contained=contained)
         else:
-            obj = StoredObject(node_id=b, size=a)
+            obj = StoredObject(node_id=b, size=a, contained=contained)
+        if contained:  # the worker lent us the refs inside the item
+            self.cw.borrowing.receive(contained)
+            self.cw.refs.add_contained(p[0] for p in contained)
         self._add(s, task_id, index, obj, conn)
 
     def _add(
@@ -86,6 +90,7 @@ class StreamManager:
         if s is None or s.abandoned:
             if obj.in_shm:
                 self.cw.free_shm(oid)
+            self.cw.release_contained(obj)
             return
         self.cw.owned.add(oid)
         self.cw.memory_store.put(oid, obj)

@@ -18,7 +18,9 @@ All on the CoreWorker's loop:
 
 Failures: a connection to a worker that drops with tasks in flight means the worker
 died; those tasks are retried on a new lease while ``max_retries`` allows, else
-fail with WorkerCrashedError. Application errors retry only under
+fail with WorkerCrashedError. If the raylet's memory monitor said it killed the
+worker for lack of memory (``worker_oom_killed``, before the kill), the failure is
+an OutOfMemoryError carrying its message instead. Application errors retry only under
 ``retry_exceptions``. A cancelled task is never retried.
 """
 
@@ -31,14 +33,18 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aioray import config, ids, rpc, serialization
+from aioray.borrowing import pairs_of
 from aioray.exceptions import (
+    OutOfMemoryError,
     RaySystemError,
     RayTaskError,
     TaskCancelledError,
+    TaskPlacementGroupRemoved,
     TaskUnschedulableError,
     WorkerCrashedError,
 )
 from aioray.memory_store import StoredObject
+from aioray.raylet_clients import RayletClients, lease_body
 from aioray.streaming import STREAMING
 from aioray.task_spec import DEP_INLINE, DEP_OWNER, DEP_SHM, RET_INLINE, TaskEntry
 
@@ -53,24 +59,44 @@ def parse_returns(body: dict[str, Any], bufs: list[Any]) -> list[StoredObject]:
     objs = []
     off = 0
     for ret in body["r"]:
+        contained = ret[3] if len(ret) > 3 else None
         if ret[0] == RET_INLINE:
             n = ret[1]
-            objs.append(StoredObject(bufs[off], bufs[off + 1 : off + 1 + n], is_error=ret[2]))
+            objs.append(
+                StoredObject(bufs[off], bufs[off + 1 : off + 1 + n], ret[2], contained=contained)
+            )
             off += 1 + n
         else:
-            objs.append(StoredObject(node_id=ret[2], size=ret[1]))
+            objs.append(StoredObject(node_id=ret[2], size=ret[1], contained=contained))
     return objs
 
 
 class Lease:
     """A worker leased from a raylet for one scheduling class."""
 
-    __slots__ = ("cls", "conn", "gpus", "inflight", "lease_id", "linger", "unknown", "worker_id")
+    __slots__ = (
+        "cls",
+        "conn",
+        "gpus",
+        "inflight",
+        "lease_id",
+        "linger",
+        "oom",
+        "raylet",
+        "unknown",
+        "worker_id",
+    )
 
     def __init__(
-        self, cls: SchedulingClass, lease_id: int, worker_id: bytes, conn: rpc.Connection
+        self,
+        cls: SchedulingClass,
+        lease_id: int,
+        worker_id: bytes,
+        conn: rpc.Connection,
+        raylet: rpc.Connection,
     ) -> None:
         self.cls = cls
+        self.raylet = raylet  # the raylet that granted it (spilled leases: another node's)
         self.lease_id = lease_id
         self.worker_id = worker_id
         self.conn = conn
@@ -78,18 +104,22 @@ class Lease:
         self.unknown = 0  # tasks in flight not known to be tiny: nothing may queue behind
         self.gpus: list[int] = []
         self.linger: Any = None
+        self.oom: str | None = None  # why the memory monitor killed the worker
 
     def __repr__(self) -> str:
         return f"<Lease {self.lease_id} worker={self.worker_id.hex()[:8]} inflight={self.inflight}>"
 
 
 class SchedulingClass:
-    __slots__ = ("env", "key", "leases", "pending_leases", "queue", "resources")
+    __slots__ = ("env", "key", "leases", "pending_leases", "queue", "resources", "strategy")
 
-    def __init__(self, key: tuple[Any, ...], resources: dict[str, float], env: Any) -> None:
+    def __init__(
+        self, key: tuple[Any, ...], resources: dict[str, float], env: Any, strategy: Any = None
+    ) -> None:
         self.key = key
         self.resources = resources
         self.env = env
+        self.strategy = strategy
         self.queue: collections.deque[TaskEntry] = collections.deque()
         self.leases: list[Lease] = []
         self.pending_leases = 0
@@ -101,6 +131,7 @@ class TaskSubmitter:
         self.tasks: dict[bytes, TaskEntry] = {}
         self.classes: dict[tuple[Any, ...], SchedulingClass] = {}
         self.exec_time: dict[bytes, float] = {}  # function id -> moving average (s)
+        self.remote_raylets = RayletClients(cw)
 
     def _is_tiny(self, fid: bytes) -> bool:
         avg = self.exec_time.get(fid)
@@ -150,7 +181,8 @@ class TaskSubmitter:
                 owner = ref._owner
                 descs.append([DEP_OWNER, oid, list(owner) if owner else None])
             elif obj.in_shm:
-                descs.append([DEP_SHM, oid, obj.node_id])
+                owner = ref._owner
+                descs.append([DEP_SHM, oid, obj.node_id, list(owner) if owner else None])
             elif obj.is_error:
                 # A failed argument fails the task without running it (as in Ray).
                 self.finish(task, [obj] * len(task.return_ids))
@@ -161,7 +193,25 @@ class TaskSubmitter:
                 bufs.extend(obj.buffers)
         task.spec["d"] = descs
         task.out_buffers = bufs
-        then(task)
+        lent = pairs_of(blob.contained_refs) if blob is not None else []
+        for ref in task.dep_refs:
+            obj = store.get(ref._id)
+            if obj is not None and obj.contained:
+                lent.extend(obj.contained)
+        if not lent:
+            then(task)
+            return
+        # Refs inside the arguments: the worker borrows them (borrowing.py).
+        task.spec["cr"] = lent
+        self.cw.borrowing.lend(lent, lambda: then(task))
+
+    def _requeue(self, task: TaskEntry) -> None:
+        """Run the task again: a new worker borrows the refs inside its arguments anew."""
+        lent = task.spec.get("cr")
+        if lent:
+            self.cw.borrowing.lend(lent, lambda: self._enqueue(task))
+        else:
+            self._enqueue(task)
 
     # -- 2-4. queue, lease, push ---------------------------------------------------------------
     def _enqueue(self, task: TaskEntry) -> None:
@@ -169,7 +219,7 @@ class TaskSubmitter:
         if cls is None:
             env = task.spec.get("env")
             cls = self.classes[task.sched_key] = SchedulingClass(
-                task.sched_key, task.resources, env
+                task.sched_key, task.resources, env, task.spec.get("ss")
             )
         task.state = "queued"
         cls.queue.append(task)
@@ -195,39 +245,39 @@ class TaskSubmitter:
         if not queue:
             for lease in cls.leases:
                 if lease.inflight == 0 and lease.linger is None:
-                    lease.linger = self.cw.loop.call_later(
-                        config.LEASE_LINGER_S, self._return_lease, lease
-                    )
+                    # SPREAD places each lease anew: a lingering one would pin the next task.
+                    linger = 0.0 if cls.strategy == "SPREAD" else config.LEASE_LINGER_S
+                    lease.linger = self.cw.loop.call_later(linger, self._return_lease, lease)
 
     def _request_lease(self, cls: SchedulingClass) -> None:
         cls.pending_leases += 1
-        body = {"res": cls.resources, "env": cls.env, "owner": self.cw.worker_id}
-        try:
-            fut = self.cw.raylet.call_nowait("request_lease", body)
-        except ConnectionError as e:
-            cls.pending_leases -= 1
-            self._fail_queue(cls, RaySystemError(f"cannot reach the raylet: {e}"))
-            return
-        fut.add_done_callback(partial(self._on_lease, cls))
+        body = lease_body(cls.resources, cls.env, self.cw.worker_id, cls.strategy)
+        # The memory monitor kills retriable work first.
+        body["retriable"] = bool(cls.queue) and cls.queue[0].attempts_left != 0
+        self.remote_raylets.request_lease(body, partial(self._on_lease, cls))
 
-    def _on_lease(self, cls: SchedulingClass, fut: Any) -> None:
+    def _on_lease(self, cls: SchedulingClass, raylet: rpc.Connection, reply: Any) -> None:
+        """The final answer to a lease request (spills already followed, raylet_clients.py)."""
         cls.pending_leases -= 1
-        if fut.cancelled() or fut.exception() is not None:
+        if isinstance(reply, BaseException):
             if not self.cw.closing:
-                self._fail_queue(cls, RaySystemError(f"worker lease failed: {fut.exception()}"))
+                self._fail_queue(cls, RaySystemError(f"worker lease failed: {reply}"))
             return
-        body, _ = fut.result()
-        if "error" in body:
-            self._fail_queue(cls, TaskUnschedulableError(body["error"]))
+        if "error" in reply:
+            error = TaskPlacementGroupRemoved if reply.get("pg_removed") else TaskUnschedulableError
+            self._fail_queue(cls, error(reply["error"]))
             return
-        host, port = body["addr"]
+        host, port = reply["addr"]
         self.cw.loop.create_task(
-            self._connect_lease(cls, body["lid"], body["wid"], host, port, body.get("gpus", []))
+            self._connect_lease(
+                cls, raylet, reply["lid"], reply["wid"], host, port, reply.get("gpus", [])
+            )
         )
 
     async def _connect_lease(
         self,
         cls: SchedulingClass,
+        raylet: rpc.Connection,
         lease_id: int,
         worker_id: bytes,
         host: str,
@@ -237,10 +287,11 @@ class TaskSubmitter:
         try:
             conn = await self.cw.connect_peer(host, port)
         except ConnectionError:
-            self.cw.raylet.notify("return_lease", [lease_id, True])
+            if not raylet.is_closed:
+                raylet.notify("return_lease", [lease_id, True])
             self._dispatch(cls)
             return
-        lease = Lease(cls, lease_id, worker_id, conn)
+        lease = Lease(cls, lease_id, worker_id, conn, raylet)
         lease.gpus = gpus
         cls.leases.append(lease)
         self._dispatch(cls)
@@ -295,8 +346,8 @@ class TaskSubmitter:
         if lease.inflight or lease not in lease.cls.leases:
             return
         lease.cls.leases.remove(lease)
-        if not self.cw.raylet.is_closed:
-            self.cw.raylet.notify("return_lease", [lease.lease_id, False])
+        if not lease.raylet.is_closed:
+            lease.raylet.notify("return_lease", [lease.lease_id, False])
 
     def _lease_lost(self, lease: Lease) -> None:
         if lease in lease.cls.leases:
@@ -308,7 +359,7 @@ class TaskSubmitter:
     def _finished(self, task: TaskEntry, body: dict[str, Any], bufs: list[Any]) -> None:
         if body.get("x") and self._should_retry_error(task, body, bufs):
             task.attempts_left -= 1 if task.attempts_left > 0 else 0
-            self._enqueue(task)
+            self._requeue(task)
             return
         self.finish(task, parse_returns(body, bufs))
 
@@ -325,15 +376,36 @@ class TaskSubmitter:
         return isinstance(cause, tuple(task.retry_exceptions))
 
     def _crashed(self, task: TaskEntry) -> None:
+        oom = task.lease.oom if task.lease is not None else None
         if task.cancelled:
             self.fail(task, TaskCancelledError(task.task_id.hex()))
         elif task.attempts_left != 0:
             if task.attempts_left > 0:
                 task.attempts_left -= 1
-            logger.info("retrying %r after its worker died", task)
-            self._enqueue(task)
+            why = "was killed for lack of memory" if oom else "died"
+            logger.info("retrying %r after its worker %s", task, why)
+            self._requeue(task)
+        elif oom:
+            name, tid = task.spec.get("name"), task.task_id.hex()
+            self.fail(
+                task,
+                OutOfMemoryError(
+                    f"Task {name} (task ID: {tid}) was killed due to the node running low "
+                    f"on memory, and it has no retries left (max_retries).\n{oom}"
+                ),
+            )
         else:
             self.fail(task, WorkerCrashedError())
+
+    def handle_worker_oom_killed(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+        """The raylet is about to kill a leased worker for memory: remember why."""
+        lease_id, why = body
+        for cls in self.classes.values():
+            for lease in cls.leases:
+                if lease.lease_id == lease_id and lease.raylet is conn:  # ids are per raylet
+                    lease.oom = why
+                    return True
+        return False
 
     def fail(self, task: TaskEntry, exc: BaseException) -> None:
         """Store ``exc`` as every return value of the task."""
@@ -351,9 +423,11 @@ class TaskSubmitter:
         # An error reply carries one entry even for num_returns=0.
         for oid, obj in zip(task.return_ids, objs, strict=False):
             self.cw.store_result(oid, obj)
+        task.out_buffers = []
+        if self.cw.lineage.keep(task, objs):
+            return  # its arguments stay: it may run again to rebuild a lost result
         task.dep_refs = []  # drop the argument pins (in the loop: frees are posted)
         task.args_blob = None
-        task.out_buffers = []
 
     def _fail_queue(self, cls: SchedulingClass, exc: BaseException) -> None:
         while cls.queue:
@@ -389,3 +463,4 @@ class TaskSubmitter:
                 if lease.linger is not None:
                     lease.linger.cancel()
             cls.leases.clear()
+        self.remote_raylets.close()

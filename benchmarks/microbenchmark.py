@@ -446,13 +446,35 @@ def _tasks_async_gather() -> Callable[[], object]:
 ASYNC_API = [_tasks_async_gather]
 
 
+# ---- placement groups: Ray's definition (100 groups of one tiny bundle, then removed) ----
+
+NUM_PGS = 100
+
+
+@rate("placement group create/removal", NUM_PGS)
+def _placement_group_create_removal() -> Callable[[], object]:
+    from aioray.util import placement_group, remove_placement_group
+
+    def create_and_remove() -> None:
+        pgs = [placement_group([{"custom": 0.001}]) for _ in range(NUM_PGS)]
+        for pg in pgs:
+            pg.wait(timeout_seconds=30)
+        # Removal is part of the measure, as in Ray: without it the table keeps growing.
+        for pg in pgs:
+            remove_placement_group(pg)
+
+    return create_and_remove
+
+
+PLACEMENT_GROUPS = [_placement_group_create_removal]
+
+
 # ---- the groups, in Ray's order ----------------------------------------------------------
-# Still to come: "placement group create/removal" with init_kwargs {"resources":
-# {"custom": 100}} (placement groups arrive with multi-node clusters).
 
 GROUPS: list[Group] = [
     Group("tasks and objects", TASKS_AND_OBJECTS, {}),
     Group("actors", ACTORS, {}),
+    Group("placement groups", PLACEMENT_GROUPS, {"resources": {"custom": 100}}),
     Group("async api", ASYNC_API, {}),
     Group("aioray", AIORAY, None),
 ]

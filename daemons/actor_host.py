@@ -96,6 +96,8 @@ class ActorHost:
 
         fut: asyncio.Future[Any] = self.cw.loop.create_future()
         job = _Job(spec, bufs, fut, conn)
+        if "cr" in spec:
+            job.hold(self.cw, spec["cr"])
         remote = [d for d in spec.get("d", ()) if d[0] == DEP_OWNER]
         prev = self._tail
         if not remote and (prev is None or prev.done()):

@@ -23,8 +23,9 @@ from typing import Any
 from aioray.daemons import worker_output
 from aioray.daemons.actor_host import ActorHost, run_terminate
 
-from aioray import _loop, config, rpc, serialization, store_client
+from aioray import _loop, config, placement_groups, rpc, serialization, store_client
 from aioray.actor import ActorExit
+from aioray.borrowing import pairs_of
 from aioray.core_worker import WORKER, CoreWorker
 from aioray.exceptions import RaySystemError, RayTaskError, TaskCancelledError
 from aioray.memory_store import StoredObject
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 class _Job:
-    __slots__ = ("buffers", "conn", "fetched", "fut", "spec")
+    __slots__ = ("buffers", "conn", "fetched", "fut", "holds", "spec")
 
     def __init__(
         self,
@@ -51,6 +52,14 @@ class _Job:
         self.fut = fut
         self.conn = conn  # the caller's connection: streamed items go back on it
         self.fetched: dict[bytes, StoredObject] = {}
+        self.holds: list[bytes] = []  # borrowed refs the job's arguments carry
+
+    def hold(self, cw: CoreWorker, pairs: list[Any]) -> None:
+        """(loop) The caller lent us these refs: hold them until the reply is sent."""
+        cw.borrowing.receive(pairs)
+        oids = [p[0] for p in pairs]
+        cw.refs.add_contained(oids)
+        self.holds.extend(oids)
 
 
 class TaskExecutor:
@@ -86,6 +95,8 @@ class TaskExecutor:
         if fn is not None:
             self.fn_bytes[spec["fid"]] = fn
         job = _Job(spec, buffers, fut, conn)
+        if "cr" in spec:
+            job.hold(self.cw, spec["cr"])
         remote = [d for d in spec.get("d", ()) if d[0] == DEP_OWNER]
         if remote:
             self.cw.loop.create_task(self._fetch_then_run(job, remote))
@@ -104,12 +115,21 @@ class TaskExecutor:
 
     async def fetch_deps(self, job: _Job, deps: list[list[Any]]) -> None:
         """Fetch dependencies owned elsewhere into ``job.fetched`` (errors stored as errors)."""
+        cw = self.cw
         refs = [ObjectRef(d[1], _owner_of(d[2]), _count=False) for d in deps]
-        results = await asyncio.gather(*[self.cw.fetch(r) for r in refs], return_exceptions=True)
+        results = await asyncio.gather(
+            *[
+                cw.fetch(r) if r._id in cw.memory_store else cw._fetch_from_owner(r, keep=True)
+                for r in refs
+            ],
+            return_exceptions=True,
+        )
         for d, obj in zip(deps, results, strict=True):
             if isinstance(obj, BaseException):
                 so = serialization.serialize(obj, is_error=True)
                 obj = StoredObject(so.data, so.buffers, is_error=True)
+            elif obj.contained and d[1] not in cw.memory_store:  # ours until the reply
+                job.holds.extend(p[0] for p in obj.contained)
             job.fetched[d[1]] = obj
 
     def handle_cancel_task(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
@@ -137,8 +157,19 @@ class TaskExecutor:
                 self.reply(job, answer, parts)
 
     def reply(self, job: _Job, body: dict[str, Any], buffers: list[Buffer]) -> None:
+        """(loop) Answer the caller; first lend it the refs inside the return values."""
+        lend = body.pop("_lend", None)
+        if lend:
+            self.cw.borrowing.lend(pairs_of(lend), lambda: self._send_reply(job, body, buffers))
+        else:
+            self._send_reply(job, body, buffers)
+
+    def _send_reply(self, job: _Job, body: dict[str, Any], buffers: list[Buffer]) -> None:
         if not job.fut.done():
             job.fut.set_result(rpc.Reply(body, buffers))
+        if job.holds:
+            holds, job.holds = job.holds, []
+            self.cw.refs.remove_contained(holds)
 
     # -- execution thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -171,6 +202,9 @@ class TaskExecutor:
             return self._create_actor(spec, job)
         ctx = self.cw.task_context
         ctx.task_id = task_id
+        ctx.pg = pg = spec.get("pg")  # get_current_placement_group; captured child tasks
+        if pg:
+            placement_groups.task_placement(pg)
         self.cw.job_id = spec.get("job", self.cw.job_id)
         self.cw.namespace = spec.get("ns", self.cw.namespace)
         gpus = spec.get("gpu") or self.actor.gpus
@@ -215,6 +249,7 @@ class TaskExecutor:
 
     def _create_actor(self, spec: dict[str, Any], job: _Job) -> tuple[dict[str, Any], list[Buffer]]:
         self.cw.job_id = spec["job"]
+        placement_groups.set_actor_placement(spec.get("pg"))
         self.actor.gpus = spec.get("gpu") or []
         if self.actor.gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.actor.gpus)
@@ -249,15 +284,19 @@ class TaskExecutor:
             call = serialization.deserialize(bufs[0], bufs[1 : 1 + n])
             off = 1 + n
         values = []
-        for kind, oid, extra in spec.get("d", ()):
+        for dep in spec.get("d", ()):
+            kind, oid, extra = dep[:3]
+            owner = None
             if kind == DEP_INLINE:
                 obj = StoredObject(bufs[off], bufs[off + 1 : off + 1 + extra])
                 off += 1 + extra
             elif kind == DEP_SHM:
                 obj = StoredObject(node_id=extra, size=0)
+                owner = _owner_of(dep[3] if len(dep) > 3 else None)
             else:
                 obj = job.fetched[oid]
-            values.append(self.cw.materialize(oid, obj))
+                owner = _owner_of(extra)
+            values.append(self.cw.materialize(oid, obj, owner))
         if "ar" in spec:
             call = values[spec["ar"]]
         args, kwargs = call
@@ -280,22 +319,38 @@ class TaskExecutor:
                 )
         rets: list[list[Any]] = []
         bufs: list[Buffer] = []
+        lend: list[ObjectRef] = []
         for i, value in enumerate(values):
-            rets.append(self.pack_value(spec["tid"], i, value, bufs))
-        return {"r": rets}, bufs
+            rets.append(self.pack_value(spec, i, value, bufs, lend))
+        body: dict[str, Any] = {"r": rets}
+        if lend:  # kept alive until lent: reply() pops it before sending
+            body["_lend"] = lend
+        return body, bufs
 
-    def pack_value(self, task_id: bytes, index: int, value: Any, bufs: list[Buffer]) -> list[Any]:
-        """Serialize return value ``index``: inline into ``bufs``, or into this node's shm."""
+    def pack_value(
+        self,
+        spec: dict[str, Any],
+        index: int,
+        value: Any,
+        bufs: list[Buffer],
+        lend: list[ObjectRef],
+    ) -> list[Any]:
+        """Serialize return value ``index``: inline into ``bufs``, or into this node's shm.
+
+        Refs inside the value are appended to ``lend``: the caller will borrow them."""
         so = serialization.serialize(value)
+        contained = None
         if so.contained_refs:
-            self.cw.refs.mark_escaped(r.binary() for r in so.contained_refs)
+            lend.extend(so.contained_refs)
+            contained = pairs_of(so.contained_refs)
         if so.total_bytes < config.MAX_INLINE_BYTES:
             bufs.append(so.data)
             bufs.extend(so.buffers)
-            return [RET_INLINE, len(so.buffers), False]
-        oid = task_id + (index + 1).to_bytes(4, "little")
-        size = store_client.write_object(self.cw, oid, so.data, so.buffers)
-        return [RET_SHM, size, self.cw.node_id]
+            return [RET_INLINE, len(so.buffers), False, contained]
+        oid = spec["tid"] + (index + 1).to_bytes(4, "little")
+        owner = spec["owner"][2] if spec.get("owner") else None  # the caller owns returns
+        size = store_client.write_object(self.cw, oid, so.data, so.buffers, owner)
+        return [RET_SHM, size, self.cw.node_id, contained]
 
     # -- streaming generators (aioray/streaming.py has the protocol) -----------------------
     def _stream(
@@ -321,12 +376,21 @@ class TaskExecutor:
     def send_item(self, job: _Job, index: int, value: Any) -> None:
         """(any thread) Serialize one streamed item and send it to the caller."""
         bufs: list[Buffer] = []
-        desc = self.pack_value(job.spec["tid"], index, value, bufs)
-        self.cw.post(self._notify_item, job, [job.spec["tid"], index, *desc], bufs)
+        lend: list[ObjectRef] = []
+        desc = self.pack_value(job.spec, index, value, bufs, lend)
+        self.cw.post(self._notify_item, job, [job.spec["tid"], index, *desc], bufs, lend)
 
-    def _notify_item(self, job: _Job, body: list[Any], bufs: list[Buffer]) -> None:
-        if job.conn is not None and not job.conn.is_closed:
-            job.conn.notify("stream_item", body, bufs)
+    def _notify_item(
+        self, job: _Job, body: list[Any], bufs: list[Buffer], lend: list[ObjectRef]
+    ) -> None:
+        def send() -> None:
+            if job.conn is not None and not job.conn.is_closed:
+                job.conn.notify("stream_item", body, bufs)
+
+        if lend:
+            self.cw.borrowing.lend(pairs_of(lend), send)
+        else:
+            send()
 
     def wait_for_consumer(self, task_id: bytes, at_least: int) -> None:
         with self.stream_cond:

@@ -166,7 +166,11 @@ class SharedCluster:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def owns(self, pid: int, cmdline: str) -> bool:
-        if pid in self.root_pids or any(marker in cmdline for marker in self.markers):
+        markers = self.markers
+        more = self.extra.get("markers")  # a cluster that adds nodes later names them here
+        if more is not None:
+            markers = markers + tuple(more())
+        if pid in self.root_pids or any(marker in cmdline for marker in markers):
             return True
         try:
             proc = psutil.Process(pid)
@@ -309,4 +313,46 @@ def ray_shared(request: pytest.FixtureRequest) -> Iterator[Any]:
             _shutdown_and_check_ports(ctx)
         assert_no_leaks(
             processes_before, shm_before, None, f"module {request.module.__name__} (ray_shared)"
+        )
+
+
+# ------------------------------------------------------------------ multi-node clusters
+
+CLUSTER_NODES_DEFAULT: list[dict[str, Any]] = [{"num_cpus": 1}, {"num_cpus": 1}, {"num_cpus": 1}]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """One multi-node ``Cluster`` for a whole module, with this process connected as driver.
+
+    Nodes come from the module's ``CLUSTER_NODES`` (the first is the head; default:
+    three nodes of 1 CPU). Tests may add and remove nodes; the processes of every
+    node the cluster ever started are the cluster's, not per-test leaks.
+    """
+    from aioray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        pytest.fail("ray_cluster: aioray is already initialized", pytrace=False)
+    processes_before = aioray_processes()
+    shm_before = shm_entries()
+    specs = getattr(request.module, "CLUSTER_NODES", CLUSTER_NODES_DEFAULT)
+    cluster = Cluster(initialize_head=True, head_node_args=specs[0])
+    try:
+        for spec in specs[1:]:
+            cluster.add_node(**spec)
+        cluster.wait_for_nodes()
+        ctx = cluster.connect()
+    except BaseException:
+        cluster.shutdown()
+        raise
+    shared = SharedCluster(ctx, set(), (), processes_before, shm_before)
+    shared.extra["markers"] = lambda: [n.session_dir for n in cluster.started_nodes]
+    _SHARED.append(shared)
+    try:
+        yield cluster
+    finally:
+        _SHARED.remove(shared)
+        cluster.shutdown()
+        assert_no_leaks(
+            processes_before, shm_before, None, f"module {request.module.__name__} (ray_cluster)"
         )

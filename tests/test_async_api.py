@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import os
 import sys
 import threading
@@ -129,6 +130,42 @@ def test_await_gather_and_wait_for_on_the_driver_loop(ray_shared: Any) -> None:
         assert await asyncio.wait_for(echo.remote("w"), timeout=DEADLINE_S) == "w"
         same = echo.remote(5)
         assert await asyncio.gather(same, same) == [5, 5]
+
+    asyncio.run(main())
+
+
+def test_done_callbacks_get_the_ref_in_order_with_their_context(ray_shared: Any) -> None:
+    # Callbacks of refs resolved together run as one batch: each still gets the ref
+    # itself, in its own contextvars context, and one that raises reaches the loop's
+    # exception handler without stopping the others.
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        refs = [echo.remote(i) for i in range(100)]
+        seen: list[tuple[Any, str]] = []
+        all_done = loop.create_future()
+
+        def cb(ref: Any) -> None:
+            seen.append((ref, var.get()))
+            if len(seen) == len(refs):
+                all_done.set_result(None)
+
+        def bad(ref: Any) -> None:
+            raise ValueError("boom")
+
+        refs[0].add_done_callback(bad)
+        for i, ref in enumerate(refs):
+            ctx = contextvars.copy_context()
+            ctx.run(var.set, f"v{i}")
+            ref.add_done_callback(cb, context=ctx)
+        await asyncio.wait_for(all_done, DEADLINE_S)
+        assert {id(r) for r, _ in seen} == {id(r) for r in refs}
+        assert sorted(v for _, v in seen) == sorted(f"v{i}" for i in range(100))
+        assert all(r.done() and r.result() == i for i, r in enumerate(refs))
+        assert any("boom" in str(e.get("exception")) for e in errors)
 
     asyncio.run(main())
 

@@ -203,8 +203,11 @@ class _Kernel:
         return self.finish(self.kc.execute(code), timeout)
 
     def finish(self, msg_id: str, timeout: float = CELL_TIMEOUT_S) -> dict[str, Any]:
-        reply = self.kc.get_shell_msg(timeout=timeout)
-        assert reply["parent_header"]["msg_id"] == msg_id
+        deadline = time.monotonic() + timeout
+        while True:  # skip late replies to earlier requests (a slow kernel_info, say)
+            reply = self.kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
         self.wait_for(
             lambda m: (
                 m["msg_type"] == "status"

@@ -22,6 +22,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from aioray.daemons.raylet.scheduler import UNSCHEDULABLE, strategy_from_wire
+
 from aioray import rpc, serialization
 from aioray.protocol import Buffer
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
+MAX_PLACEMENT_ATTEMPTS = 10
 
 
 class ActorRecord:
@@ -45,6 +48,9 @@ class ActorRecord:
         self.res: dict[str, float] = body.get("res", {})
         self.hold: dict[str, float] = body.get("hold", {})
         self.env = body.get("env")
+        self.strategy = strategy_from_wire(body.get("ss"))
+        self.owner_node: bytes | None = body.get("node")
+        self.unschedulable = False
         self.meta: dict[str, Any] = body["meta"]
         self.owner = owner
         self.state = PENDING
@@ -70,6 +76,8 @@ class ActorRecord:
             "namespace": self.namespace,
             "pid": self.pid,
             "num_restarts": self.num_restarts,
+            "unschedulable": self.unschedulable,
+            "node_id": self.node_id,
         }
 
 
@@ -124,24 +132,55 @@ class ActorManager:
         task.add_done_callback(self._tasks.discard)
 
     # -- 2. scheduling and creation --------------------------------------------------------
+    async def _lease(self, rec: ActorRecord) -> tuple[rpc.Connection, dict[str, Any]] | None:
+        """A worker lease on the node the policy picks (following spills); None: dead."""
+        for _ in range(MAX_PLACEMENT_ATTEMPTS):
+            decision = self.gcs.view.pick(rec.res, rec.strategy, rec.owner_node)
+            if decision.kind == UNSCHEDULABLE:
+                rec.unschedulable = rec.no_restart = True
+                self._set_dead(rec, decision.reason)
+                return None
+            body = {"res": rec.res, "hold": rec.hold, "env": rec.env, "actor": rec.aid}
+            if rec.strategy is not None:
+                body["ss"] = rec.strategy
+            if decision.node is not None:  # placed: that raylet grants it or waits for room
+                raylet = self.gcs.raylet_conn(decision.node.node_id)
+                body["hops"] = 1
+                self.gcs.view.deduct(decision.node.node_id, rec.hold)
+            else:  # infeasible now: wait at a raylet, which warns and spills once a node fits
+                raylet = self.gcs.raylet_conn(rec.owner_node or b"") or next(
+                    iter(self.gcs.raylets.values()), None
+                )
+            try:
+                while raylet is not None:
+                    lease = await raylet.call("request_lease", body)
+                    if "error" in lease and not lease.get("unschedulable"):
+                        raise ConnectionError(lease["error"])  # that raylet is stopping
+                    if "spill" not in lease:
+                        return raylet, lease
+                    body["hops"] = lease["hops"]
+                    raylet = self.gcs.raylet_conn(lease["spill"][0])
+            except ConnectionError:
+                continue  # that node died first: place it again
+            if not self.gcs.raylets:
+                break
+        self._set_dead(rec, "No alive node can host the actor.")
+        return None
+
     async def _schedule(self, rec: ActorRecord) -> None:
-        raylet = self.gcs.pick_raylet(rec.res)
-        if raylet is None:
-            self._set_dead(rec, "No alive node can host the actor.")
+        placed = await self._lease(rec)
+        if placed is None:
             return
-        body = {"res": rec.res, "hold": rec.hold, "env": rec.env, "actor": rec.aid}
-        try:
-            lease = await raylet.call("request_lease", body)
-        except ConnectionError:
-            self._retry_or_die(rec, "The node chosen for the actor died.")
-            return
+        raylet, lease = placed
         if "error" in lease or rec.state == DEAD:
             if rec.state != DEAD:
+                rec.unschedulable = bool(lease.get("unschedulable"))
                 self._set_dead(rec, f"The actor could not be scheduled: {lease.get('error')}")
             elif "lid" in lease:
                 raylet.notify("kill_actor_worker", rec.aid)
             return
         host, port = lease["addr"]
+        rec.node_id = self.gcs.node_of(raylet)  # from here its node's death restarts it
         spec = {**rec.spec, "gpu": lease.get("gpus", [])}
         try:
             worker, _ = await rpc.connect(host, port, hello={"role": "gcs"}, name="actor worker")
@@ -163,7 +202,6 @@ class ActorManager:
             return
         rec.addr = [host, port, lease["wid"]]
         rec.gpus = lease.get("gpus", [])
-        rec.node_id = self.gcs.node_of(raylet)
         rec.pid = body.get("pid", 0)
         self._set_state(rec, ALIVE)
 
@@ -180,13 +218,14 @@ class ActorManager:
             rec.no_restart = True
             rec.death = "The actor exited intentionally (exit_actor or __ray_terminate__)."
 
-    def _retry_or_die(self, rec: ActorRecord, reason: str) -> None:
+    def _retry_or_die(self, rec: ActorRecord, reason: str, death: str = "") -> None:
         can_restart = rec.max_restarts == -1 or rec.num_restarts < rec.max_restarts
         if rec.no_restart or not can_restart:
-            self._set_dead(rec, rec.death or f"The actor died unexpectedly: {reason}")
+            self._set_dead(rec, rec.death or death or f"The actor died unexpectedly: {reason}")
             return
         rec.num_restarts += 1
         rec.addr = None
+        rec.node_id = None
         logger.info("restarting actor %s (%d)", rec.aid.hex()[:8], rec.num_restarts)
         self._set_state(rec, RESTARTING)
         self._spawn(self._schedule(rec))
@@ -233,8 +272,10 @@ class ActorManager:
 
     def node_died(self, node_id: bytes) -> None:
         for rec in list(self.actors.values()):
-            if rec.node_id == node_id and rec.state in (ALIVE, PENDING):
-                self._retry_or_die(rec, "its node died")
+            if rec.node_id == node_id and rec.state in (ALIVE, PENDING, RESTARTING):
+                self._retry_or_die(
+                    rec, "its node died", "The actor died because its node has died."
+                )
 
     # -- queries ---------------------------------------------------------------------------
     def handle_wait_actor(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:

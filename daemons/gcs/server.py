@@ -2,8 +2,10 @@
 
 One per cluster. Raylets register their node and report resources; drivers
 register jobs and query cluster state. A node whose connection drops is marked
-dead at once (its raylet is gone). The actor table, placement groups, pub/sub and
-SQLite persistence hang off this service in their own modules as they arrive.
+dead at once (its raylet is gone), one that stops heartbeating after a timeout
+(``node_health.py``). The resource view goes out to the raylets from
+``cluster_view.py``. The actor table, placement groups, pub/sub and SQLite
+persistence hang off this service in their own modules as they arrive.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from typing import Any
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.gcs.actor_manager import ActorManager
+from aioray.daemons.gcs.cluster_view import ClusterViewPublisher
+from aioray.daemons.gcs.node_health import NodeHealth
+from aioray.daemons.gcs.placement_groups import PlacementGroupManager
 
 from aioray import rpc
 
@@ -31,7 +36,14 @@ class GcsServer:
         self.kv: dict[str, dict[bytes, bytes]] = {}
         self.raylets: dict[bytes, rpc.Connection] = {}
         self.actors = ActorManager(self)
-        handlers = {**rpc.handlers_of(self), **self.actors.handlers()}
+        self.view = ClusterViewPublisher(self)
+        self.health = NodeHealth(self)
+        self.placement_groups = PlacementGroupManager(self)
+        handlers = {
+            **rpc.handlers_of(self),
+            **self.actors.handlers(),
+            **self.placement_groups.handlers(),
+        }
         self.server = rpc.Server(handlers, hello_check=self._hello)
         self._stopped = asyncio.Event()
 
@@ -52,11 +64,19 @@ class GcsServer:
         install_signal_handlers(self._stopped.set)
         await self._stopped.wait()
         logger.info("GCS stopping")
+        self.health.stop()
         await self.server.stop()
 
     # -- nodes ----------------------------------------------------------------------------
     def handle_register_node(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
         node_id = body["node_id"]
+        old = self.nodes.get(node_id)
+        if old is not None and not old["Alive"]:
+            # Its tasks were retried and its actors restarted elsewhere: it must not return.
+            raise ValueError(
+                f"node {node_id.hex()} was declared dead ({old.get('DeathReasonMessage')}); "
+                "restart it to join as a new node"
+            )
         self.nodes[node_id] = {
             "NodeID": node_id.hex(),
             "Alive": True,
@@ -72,38 +92,35 @@ class GcsServer:
             "alive": True,
         }
         self.raylets[node_id] = conn
-        conn.on_close.append(lambda _: self._node_dead(node_id))
+        conn.on_close.append(
+            lambda _: self.node_dead(node_id, "the raylet died (its connection to the GCS dropped)")
+        )
+        self.view.node_added(self.nodes[node_id], node_id)
+        self.health.watch(node_id)
+        self.placement_groups.kick()  # a pending group may fit on the new node
         logger.info("node %s registered at %s:%s", node_id.hex()[:8], body["ip"], body["port"])
         return {"session_id": self.session_id, "session_dir": self.session_dir}
 
-    def _node_dead(self, node_id: bytes) -> None:
+    def node_dead(self, node_id: bytes, why: str, expected: bool = False) -> None:
         node = self.nodes.get(node_id)
         if node is not None and node["Alive"]:
             node["Alive"] = node["alive"] = False
             node["Available"] = {}
+            # Ray's NodeDeathInfo.Reason: 1 EXPECTED_TERMINATION, 2 UNEXPECTED_TERMINATION.
+            node["DeathReason"] = 1 if expected else 2
+            node["DeathReasonMessage"] = why
             self.raylets.pop(node_id, None)
-            logger.warning("node %s is dead (connection lost)", node_id.hex()[:8])
+            self.health.forget(node_id)
+            logger.warning("node %s is dead (%s)", node_id.hex()[:8], why)
+            self.view.node_dead(node_id)
             self.actors.node_died(node_id)
+            self.placement_groups.node_died(node_id)
 
     def raylet_conn(self, node_id: bytes) -> rpc.Connection | None:
         return self.raylets.get(node_id)
 
     def node_of(self, conn: rpc.Connection) -> bytes | None:
         return next((n for n, c in self.raylets.items() if c is conn), None)
-
-    def pick_raylet(self, res: dict[str, float]) -> rpc.Connection | None:
-        """An alive node whose totals fit the request, the one with most free CPU first."""
-        best, best_cpu = None, -1.0
-        for node_id, conn in self.raylets.items():
-            node = self.nodes[node_id]
-            if all(node["Resources"].get(k, 0.0) + 1e-9 >= v for k, v in res.items()):
-                cpu = node["Available"].get("CPU", 0.0)
-                if cpu > best_cpu:
-                    best, best_cpu = conn, cpu
-        if best is None and self.raylets:
-            # Infeasible everywhere: queue at a raylet, which warns the owner once.
-            best = next(iter(self.raylets.values()))
-        return best
 
     def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
         # An actor's lease cannot be placed: tell the owners of pending actors.
@@ -112,10 +129,24 @@ class GcsServer:
                 rec.owner.notify("lease_infeasible", body)
 
     def handle_report_resources(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        node_id, available = body
+        node_id, available = body[:2]
+        total = body[2] if len(body) > 2 else None  # only when the node's totals changed
         node = self.nodes.get(node_id)
         if node is not None and node["Alive"]:
             node["Available"] = available
+            if total is not None:
+                node["Resources"] = total
+            self.view.resources_changed(node_id, available, total)
+            self.health.seen(node_id)
+            self.placement_groups.resources_reported()
+
+    def handle_node_stopping(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """A raylet that stops on purpose says so first (Ray: EXPECTED_TERMINATION)."""
+        node_id, why = body
+        self.node_dead(node_id, why, expected=True)
+
+    def handle_heartbeat(self, conn: rpc.Connection, node_id: bytes, _: Any) -> None:
+        self.health.seen(node_id)
 
     def handle_get_nodes(self, conn: rpc.Connection, body: Any, _: Any) -> list[dict[str, Any]]:
         return list(self.nodes.values())
@@ -126,7 +157,8 @@ class GcsServer:
         self.next_job += 1
         # Like Ray, a job without a namespace gets an anonymous one of its own.
         namespace = body.get("ns") or f"anonymous-{os.urandom(8).hex()}"
-        return {"job_id": job.to_bytes(4, "little"), "namespace": namespace}
+        conn.state["job_id"] = job.to_bytes(4, "little")  # its placement groups die with it
+        return {"job_id": conn.state["job_id"], "namespace": namespace}
 
     # -- internal key-value store -----------------------------------------------------------
     def handle_kv_put(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:

@@ -9,6 +9,28 @@ from __future__ import annotations
 EPS = 1e-9
 
 
+def take_gpus(gpu_free: dict[int, float], amount: float) -> list[tuple[int, float]]:
+    """Take ``amount`` GPUs from ``gpu_free`` (id -> free share): whole free GPUs, or a
+    share of one GPU with room. Returns (id, share) pairs."""
+    if amount <= 0 or not gpu_free:
+        return []
+    if amount >= 1:
+        ids = [i for i, free in gpu_free.items() if free >= 1 - EPS][: int(amount + 0.5)]
+        taken = [(i, 1.0) for i in ids]
+    else:
+        room = [i for i, free in gpu_free.items() if free + EPS >= amount]
+        taken = [(room[0], amount)] if room else []
+    for i, share in taken:
+        gpu_free[i] -= share
+    return taken
+
+
+def give_back_gpus(gpu_free: dict[int, float], taken: list[tuple[int, float]]) -> None:
+    for i, share in taken:
+        if i in gpu_free:
+            gpu_free[i] = min(1.0, gpu_free[i] + share)
+
+
 class NodeResources:
     def __init__(self, total: dict[str, float]) -> None:
         self.total = {k: float(v) for k, v in total.items() if v > 0}
@@ -18,21 +40,10 @@ class NodeResources:
 
     def assign_gpus(self, amount: float) -> list[tuple[int, float]]:
         """Pick device ids for a GPU request: whole free GPUs, or one GPU with room."""
-        if amount <= 0 or not self.gpu_free:
-            return []
-        if amount >= 1:
-            ids = [i for i, free in self.gpu_free.items() if free >= 1 - EPS][: int(amount + 0.5)]
-            taken = [(i, 1.0) for i in ids]
-        else:
-            room = [i for i, free in self.gpu_free.items() if free + EPS >= amount]
-            taken = [(room[0], amount)] if room else []
-        for i, share in taken:
-            self.gpu_free[i] -= share
-        return taken
+        return take_gpus(self.gpu_free, amount)
 
     def release_gpus(self, taken: list[tuple[int, float]]) -> None:
-        for i, share in taken:
-            self.gpu_free[i] = min(1.0, self.gpu_free[i] + share)
+        give_back_gpus(self.gpu_free, taken)
 
     def __repr__(self) -> str:
         return f"<NodeResources available={self.available} total={self.total}>"
@@ -50,7 +61,9 @@ class NodeResources:
 
     def release(self, request: dict[str, float]) -> None:
         for k, v in request.items():
-            self.available[k] = min(self.total.get(k, 0.0), self.available.get(k, 0.0) + v)
+            total = self.total.get(k)
+            if total is not None:  # a removed placement group's resources are gone
+                self.available[k] = min(total, self.available.get(k, 0.0) + v)
 
     def snapshot(self) -> dict[str, float]:
         return {k: round(max(v, 0.0), 6) for k, v in self.available.items()}

@@ -11,9 +11,14 @@ Lease protocol (owner <-> raylet):
    tasks can run, and takes them again when it wakes (possibly overcommitting
    for a moment, as Ray does).
 If the worker dies, its lease ends here; if the owner dies, its leases return.
+Before a request is granted here, the cluster policy may send it to another node
+(``spillback.py``: the reply is ``{"spill": [node_id, ip, port]}``); the cluster
+view it decides on comes from the GCS (``cluster_view`` notices).
 
 The node's object store (capacity, spilling, restoring) is ``StoreService``
 (store_service.py); the object handlers below delegate to it.
+The memory monitor (``memory_monitor.py``) kills a leased worker when the node
+runs low on memory.
 """
 
 from __future__ import annotations
@@ -24,20 +29,40 @@ import logging
 import os
 import signal
 import socket
+import time
 from typing import Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
+from aioray.daemons.raylet.bundles import BundleService
+from aioray.daemons.raylet.memory_monitor import MemoryMonitor
+from aioray.daemons.raylet.object_owners import ObjectOwners
 from aioray.daemons.raylet.resources import NodeResources
+from aioray.daemons.raylet.scheduler import strategy_from_wire
+from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
 from aioray.daemons.raylet.store_service import SpillConfig, StoreService
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
-from aioray import config, rpc
+from aioray import config, memory_report, rpc
+from aioray.bundle_resources import is_group_resource
 
 logger = logging.getLogger(__name__)
 
 
 class LeaseRequest:
-    __slots__ = ("actor", "conn", "env", "env_key", "fut", "hold", "res", "warned")
+    __slots__ = (
+        "actor",
+        "conn",
+        "env",
+        "env_key",
+        "fut",
+        "hold",
+        "hops",
+        "placed",
+        "res",
+        "retriable",
+        "strategy",
+        "warned",
+    )
 
     def __init__(
         self,
@@ -55,10 +80,24 @@ class LeaseRequest:
         self.env_key = env_key_of(env)
         self.fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.warned = False
+        self.strategy: Any = None  # scheduler.py's wire form; None is DEFAULT
+        self.hops = 0  # times it was spilled before reaching this raylet
+        self.placed = False  # the policy chose this node
+        self.retriable = False  # the task it is requested for may be retried (memory monitor)
 
 
 class Lease:
-    __slots__ = ("actor", "blocked", "conn", "gpus", "lease_id", "res", "worker")
+    __slots__ = (
+        "actor",
+        "blocked",
+        "conn",
+        "gpus",
+        "granted_at",
+        "lease_id",
+        "res",
+        "retriable",
+        "worker",
+    )
 
     def __init__(
         self, lease_id: int, worker: WorkerHandle, res: dict[str, float], conn: rpc.Connection
@@ -70,6 +109,8 @@ class Lease:
         self.blocked = False
         self.gpus: list[tuple[int, float]] = []
         self.actor: bytes | None = None
+        self.retriable = False
+        self.granted_at = time.monotonic()
 
 
 class Raylet:
@@ -97,22 +138,31 @@ class Raylet:
         self.labels = labels
         self.prestart = prestart
         self.gcs: rpc.Connection | None = None
-        self.server = rpc.Server(rpc.handlers_of(self), hello_check=self._hello)
+        self.bundles = BundleService(self)  # placement-group reservations
+        self.server = rpc.Server(
+            self._handlers(), hello_check=self._hello, on_connect=self._on_connect
+        )
+        self.owners = ObjectOwners()
         self.pool: WorkerPool | None = None
         self.requests: list[LeaseRequest] = []
         self.leases: dict[int, Lease] = {}
         self.store = StoreService(object_store_memory, spill or SpillConfig(), self._report_later)
         self._lease_ids = itertools.count(1)
+        self.spillback = Spillback(self.node_id, node_ip, 0)
         self._schedule_soon = False
         self._report_soon = False
         self._store_report_soon = False
         self._stopped = asyncio.Event()
+        self.memory_monitor = MemoryMonitor(self, *config.memory_monitor_settings())
 
     def __repr__(self) -> str:
         return (
             f"<Raylet node={self.node_id.hex()[:8]} leases={len(self.leases)} "
             f"queued={len(self.requests)} {self.store!r} {self.pool!r}>"
         )
+
+    def _handlers(self) -> dict[str, rpc.Handler]:
+        return {**rpc.handlers_of(self), **self.bundles.handlers()}
 
     def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
         # The authentication token check goes here.
@@ -140,11 +190,13 @@ class Raylet:
             sock.bind((self.node_ip, port))
             sock.setblocking(False)
         self.port = sock.getsockname()[1]
+        self.spillback.local.port = self.port
         self.pool.worker_args["raylet_port"] = self.port
         self.gcs, _ = await rpc.connect(
-            *self.gcs_address, handlers=rpc.handlers_of(self), hello={"role": "raylet"}, name="gcs"
+            *self.gcs_address, handlers=self._handlers(), hello={"role": "raylet"}, name="gcs"
         )
         self.gcs.on_close.append(lambda _: self._gcs_lost())
+        self._heartbeat()
         info = await self.gcs.call(
             "register_node",
             {
@@ -166,10 +218,17 @@ class Raylet:
         await self.server.start(sock=sock)
         logger.info("raylet %s listening on %s:%d", self.node_id.hex()[:8], self.node_ip, self.port)
         await fork_server
+        self.memory_monitor.start()
         for _ in range(min(self.prestart, int(self.resources.total.get("CPU", 0)))):
             self.pool.spawn(None)
         await self._stopped.wait()
         await self.stop()
+
+    def _heartbeat(self) -> None:
+        """Tell the GCS this node lives (node_health.py), every NODE_HEARTBEAT_S."""
+        if self.gcs is not None and not self.gcs.is_closed and not self._stopped.is_set():
+            self.gcs.notify("heartbeat", self.node_id)
+            asyncio.get_running_loop().call_later(config.NODE_HEARTBEAT_S, self._heartbeat)
 
     def _gcs_lost(self) -> None:
         if not self._stopped.is_set():
@@ -178,13 +237,16 @@ class Raylet:
 
     async def stop(self) -> None:
         logger.info("raylet stopping")
+        self.memory_monitor.stop()
+        if self.gcs is not None and not self.gcs.is_closed:
+            self.gcs.notify("node_stopping", [self.node_id, "the raylet was stopped"])
         for req in self.requests:
             if not req.fut.done():
                 req.fut.set_result({"error": "the raylet is shutting down"})
         await self.server.stop()
         if self.pool is not None:
             await self.pool.stop()
-        self.store.stop()
+        self.store.stop(every_segment=self.head)
         if self.gcs is not None:
             self.gcs.close()
 
@@ -206,14 +268,16 @@ class Raylet:
     def _worker_dead(self, w: WorkerHandle) -> None:
         assert self.pool is not None
         self.pool.remove(w.worker_id)
+        oom = self.memory_monitor.worker_dead(w)
         if w.lease_id is not None:
             lease = self.leases.pop(w.lease_id, None)
             if lease is not None:
-                self.resources.release_gpus(lease.gpus)
+                self._release_gpus(lease)
                 if not lease.blocked:
                     self.resources.release(lease.res)
                 if lease.actor is not None and self.gcs is not None and not self.gcs.is_closed:
-                    self.gcs.notify("actor_worker_died", [lease.actor, f"worker pid {w.pid} died"])
+                    why = oom or f"worker pid {w.pid} died"
+                    self.gcs.notify("actor_worker_died", [lease.actor, why])
                 self._report()
         if not self._stopped.is_set():
             logger.info("worker %s (pid %d) exited", w.worker_id.hex()[:8], w.pid)
@@ -239,6 +303,9 @@ class Raylet:
             None if hold is None else {k: float(v) for k, v in hold.items()},
             body.get("actor"),
         )
+        req.retriable = bool(body.get("retriable"))
+        req.strategy = strategy_from_wire(body.get("ss"))
+        req.hops = body.get("hops", 0)
         self.requests.append(req)
         self._schedule()
         return req.fut
@@ -254,7 +321,7 @@ class Raylet:
             return
         if not lease.blocked:
             self.resources.release(lease.res)
-        self.resources.release_gpus(lease.gpus)
+        self._release_gpus(lease)
         self._report()
         w = lease.worker
         if lease.actor is not None:
@@ -262,13 +329,18 @@ class Raylet:
         elif worker_ok and w.conn is not None and not w.conn.is_closed and self.pool is not None:
             self.pool.push_idle(w)
 
+    def _release_gpus(self, lease: Lease) -> None:
+        if lease.gpus and not self.bundles.release_gpus(lease.lease_id, lease.gpus):
+            self.resources.release_gpus(lease.gpus)
+
     def handle_worker_blocked(self, conn: rpc.Connection, blocked: bool, _: Any) -> None:
         w = conn.state.get("worker")
         lease = self.leases.get(w.lease_id) if w is not None and w.lease_id else None
         if lease is None or lease.blocked == blocked:
             return
         lease.blocked = blocked
-        cpu = {k: v for k, v in lease.res.items() if k == "CPU"}
+        # A placement group's CPUs too, so nested tasks in one bundle cannot deadlock.
+        cpu = {k: v for k, v in lease.res.items() if k == "CPU" or k.startswith("CPU_group_")}
         if blocked:
             self.resources.release(cpu)
         else:
@@ -285,14 +357,24 @@ class Raylet:
         self._schedule_soon = False
         assert self.pool is not None
         needed: dict[str, int] = {}
+        waiting: list[dict[str, float]] = []
+        self.spillback.begin_pass(self.resources)
         for req in list(self.requests):
             if req.fut.done():  # the owner went away
                 self.requests.remove(req)
                 continue
-            if not self.resources.feasible(req.res):
+            where = self.spillback.decide(req)
+            if where == ANSWERED:  # spilled to another node, or unschedulable
+                self.requests.remove(req)
+                continue
+            if where == NOWHERE or not self.resources.feasible(req.res):
+                if self.bundles.removed and self.bundles.refuse(req):
+                    self.requests.remove(req)
+                    continue
                 if not req.warned:
                     req.warned = True
-                    if not req.conn.is_closed:
+                    # A task waiting for its placement group is not infeasible (Ray: no warning).
+                    if not req.conn.is_closed and not any(map(is_group_resource, req.res)):
                         req.conn.notify(
                             "lease_infeasible", {"res": req.res, "total": self.resources.total}
                         )
@@ -302,9 +384,15 @@ class Raylet:
             worker = self.pool.pop_idle(req.env_key)
             if worker is None:
                 needed[req.env_key] = needed.get(req.env_key, 0) + 1
+                # Held for this pass, so later requests do not each start a worker
+                # for the same free CPUs (10 queued requests used to start 10).
+                self.resources.acquire(req.res)
+                waiting.append(req.res)
                 continue
             self.requests.remove(req)
             self._grant(req, worker)
+        for res in waiting:
+            self.resources.release(res)
         for env_key, n in needed.items():
             missing = n - self.pool.starting.get(env_key, 0)
             env = next(r.env for r in self.requests if r.env_key == env_key)
@@ -317,7 +405,10 @@ class Raylet:
         worker.lease_id = lease_id
         lease = self.leases[lease_id] = Lease(lease_id, worker, req.hold, req.conn)
         lease.actor = req.actor
+        lease.retriable = req.retriable
         lease.gpus = self.resources.assign_gpus(req.res.get("GPU", 0.0))
+        if not lease.gpus and self.bundles.gpu_pools:  # a placement group bundle's GPUs
+            lease.gpus = self.bundles.assign_gpus(lease_id, req.res)
         req.fut.set_result(
             {
                 "lid": lease_id,
@@ -327,6 +418,11 @@ class Raylet:
             }
         )
         self._report()
+
+    def resources_changed(self) -> None:
+        """The node's resources changed outside a lease (placement-group bundles)."""
+        self._report()
+        self._schedule()
 
     def _report(self) -> None:
         if not self._report_soon:
@@ -349,7 +445,24 @@ class Raylet:
         if self.gcs is not None and not self.gcs.is_closed:
             avail = self.resources.snapshot()
             avail["object_store_memory"] = float(self.store.manager.available)
+            # Totals are not reported: the GCS adds placement-group bundles to them itself.
             self.gcs.notify("report_resources", [self.node_id, avail])
+
+    def handle_cluster_view(self, conn: rpc.Connection, entries: list[Any], _: Any) -> None:
+        """The GCS's batched news of other nodes (resources, joins, deaths)."""
+        joined, died = self.spillback.apply_view(entries)
+        # Owners here may have tasks or actors on a dead node whose connections stay
+        # silent (a frozen or cut-off node): tell them, so they retry elsewhere. Drivers
+        # connect to a new node's raylet to hear its workers' output.
+        news = [["added", n.node_id, n.ip, n.port] for n in joined]
+        news += [["dead", n.node_id, n.ip, n.port, self.spillback.ip_shared(n)] for n in died]
+        for peer in self.server.connections if news else ():
+            role = (peer.peer_info or {}).get("role")
+            if role in ("driver", "worker") and not peer.is_closed:
+                for event in news:
+                    peer.notify("node_event", event)
+        if self.requests:
+            self._schedule()
 
     def handle_kill_actor_worker(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
         for lease in self.leases.values():
@@ -398,13 +511,43 @@ class Raylet:
         return self.store.create_object(conn, body)
 
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        self.owners.sealed(body[0], body[2] if len(body) > 2 else None)
         self.store.object_sealed(conn, body)
+
+    def _on_connect(self, conn: rpc.Connection) -> None:
+        conn.on_close.append(self._peer_gone)
+
+    def _peer_gone(self, conn: rpc.Connection) -> None:
+        owner = (conn.peer_info or {}).get("worker_id")
+        if owner and not self._stopped.is_set():
+            orphans = self.owners.owner_died(owner)
+            if orphans:  # their owner died: nobody can read them any more
+                self.store.free_objects(orphans)
 
     def handle_restore_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
         return self.store.restore_object(oid)
 
     def handle_free_objects(self, conn: rpc.Connection, oids: list[bytes], _: Any) -> None:
+        for oid in oids:
+            self.owners.freed(oid)
         self.store.free_objects(oids)
+
+    async def handle_memory_summary(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+        """``aioray memory``: every local process's references and this store's view."""
+        peers = [
+            c
+            for c in self.server.connections
+            if (c.peer_info or {}).get("role") in ("driver", "worker") and not c.is_closed
+        ]
+        store = {
+            oid: [
+                e.size,
+                "spilled" if e.state == "SPILLED" else "in shared memory",
+                e.spill_path or "",
+            ]
+            for oid, e in self.store.manager.entries.items()
+        }
+        return await memory_report.node_summary(peers, store)
 
     def handle_get_state(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
         assert self.pool is not None
@@ -417,6 +560,11 @@ class Raylet:
             "queued": len(self.requests),
             "objects": len(self.store.manager.entries),
             "object_store": self.store.stats(),
+            "view": {
+                **{n.node_id.hex(): n.available for n in self.spillback.view.nodes.values()},
+                self.node_id.hex(): self.resources.snapshot(),
+            },
+            "oom_kills": self.memory_monitor.kills,
         }
 
 

@@ -152,12 +152,17 @@ class StoreService:
             self.spill_dir = os.path.join(session_dir or "/tmp", "spill", node_id.hex()[:12])
             self._own_spill_dir = True
 
-    def stop(self) -> None:
-        """Delete every segment and spill file of this node."""
+    def stop(self, every_segment: bool = True) -> None:
+        """Delete this node's segments and spill files (with ``every_segment``, the
+        whole session's: the head sweeps what other nodes on this machine left)."""
         self._stopped = True
         self.io.shutdown(wait=True, cancel_futures=True)
-        for path in object_store.list_segments(self.session_id):
-            object_store.delete_segment(path)
+        if every_segment:
+            for path in object_store.list_segments(self.session_id):
+                object_store.delete_segment(path)
+        else:
+            for oid in self.manager.entries:
+                object_store.delete_segment(self._segment(oid))
         for e in self.manager.entries.values():
             spill_io.remove(e.spill_path)
         if self.spill_dir:

@@ -1,0 +1,46 @@
+"""Sizes of a CoreWorker's bookkeeping tables, for leak checks and the memory benchmark.
+
+A process that runs the same put/task cycle forever must not grow any table. Rather
+than naming each table (and going stale as modules change), this walks the
+CoreWorker and the state objects it holds and reports the length of every dict, set,
+list and deque attribute, as ``"<owner>.<attribute>": size``. Per-key tables of
+the scheduling classes (queues, leases) are summed over the classes.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from typing import Any
+
+_CONTAINERS = (dict, set, frozenset, list, collections.deque)
+
+
+def _attributes(obj: Any) -> Iterator[tuple[str, Any]]:
+    seen: set[str] = set()
+    for cls in type(obj).__mro__:
+        for name in getattr(cls, "__slots__", ()):
+            if name not in seen and hasattr(obj, name):
+                seen.add(name)
+                yield name, getattr(obj, name)
+    yield from getattr(obj, "__dict__", {}).items()
+
+
+def _sizes(prefix: str, obj: Any, out: dict[str, int]) -> None:
+    for name, value in _attributes(obj):
+        if isinstance(value, _CONTAINERS):
+            out[f"{prefix}.{name}"] = len(value)
+
+
+def core_worker_tables(cw: Any) -> dict[str, int]:
+    """(any thread; a snapshot, not atomic) Every table of ``cw`` and its state objects."""
+    out: dict[str, int] = {}
+    _sizes("core_worker", cw, out)
+    for name in ("refs", "memory_store", "submitter", "actors", "streams"):
+        part = getattr(cw, name, None)
+        if part is not None:
+            _sizes(name, part, out)
+    classes = getattr(getattr(cw, "submitter", None), "classes", {})
+    for field in ("queue", "leases"):
+        out[f"submitter.classes.{field}"] = sum(len(getattr(c, field)) for c in classes.values())
+    return out

@@ -1,0 +1,76 @@
+"""Owner death: borrowers' gets raise OwnerDiedError promptly, the owner's objects are freed."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+from conftest import wait_for_condition, wait_for_file
+
+import aioray as ray
+from aioray import api, object_store
+from aioray.exceptions import OwnerDiedError
+
+GET_TIMEOUT = 30
+N = 50_000  # float64: 400 KB, kept in shared memory
+
+
+def segment_exists(oid: bytes) -> bool:
+    cw = api._cw
+    assert cw is not None
+    return os.path.exists(object_store.segment_path(cw.session_id, oid))
+
+
+@ray.remote
+def slow(marker: str) -> int:
+    deadline = time.time() + 30
+    while not os.path.exists(marker) and time.time() < deadline:
+        time.sleep(0.01)
+    return 1
+
+
+@ray.remote
+class Owner:
+    def make(self) -> list[Any]:
+        return [ray.put(np.full(N, 1.0))]
+
+    def start_slow(self, marker: str) -> list[Any]:
+        return [slow.remote(marker)]
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_owner_death_frees_its_objects_and_borrowers_get_owner_died(ray_start: Any) -> None:
+    owner = Owner.remote()
+    [ref] = ray.get(owner.make.remote(), timeout=GET_TIMEOUT)
+    assert ray.get(ref, timeout=GET_TIMEOUT).sum() == N
+    assert segment_exists(ref.binary())
+    pid = ray.get(owner.pid.remote(), timeout=GET_TIMEOUT)
+    psutil.Process(pid).kill()
+    wait_for_condition(
+        lambda: not segment_exists(ref.binary()),
+        message="the dead owner's object was not freed",
+    )
+    with pytest.raises(OwnerDiedError, match="owner"):
+        ray.get(ref, timeout=GET_TIMEOUT)
+
+
+def test_get_of_a_pending_object_fails_when_its_owner_dies(ray_start: Any, tmp_path: Path) -> None:
+    owner = Owner.remote()
+    marker = tmp_path / "release"
+    [pending] = ray.get(owner.start_slow.remote(str(marker)), timeout=GET_TIMEOUT)
+    pid = ray.get(owner.pid.remote(), timeout=GET_TIMEOUT)
+    fut = pending.future()  # waiting at the owner: its reply can never come now
+    psutil.Process(pid).kill()
+    start = time.monotonic()
+    with pytest.raises(OwnerDiedError):
+        fut.result(timeout=GET_TIMEOUT)
+    assert time.monotonic() - start < 10, "a borrower's get hung after its owner died"
+    marker.write_text("go")  # let the orphaned task finish
+    wait_for_file(marker)
