@@ -81,8 +81,6 @@ class CoreWorker:
         self.namespace = namespace
         self.node_id = b""
         self.session_id = ""
-        self.store_capacity = 0  # the local node's object_store_memory (0: unknown)
-        self.store_room = 0  # free bytes in it at the raylet's last answer (store_client)
         self.ids = ids.IdGenerator(self.worker_id)
         self.refs = ReferenceCounter(self._out_of_scope)
         self.borrowing = Borrowing(self)
@@ -162,7 +160,8 @@ class CoreWorker:
         )
         self.node_id = info["node_id"]
         self.session_id = info["session_id"]
-        self.store_capacity = int(info.get("object_store_memory") or 0)
+        # object_store_memory, and its free bytes at the last answer (store_client)
+        self.store_capacity, self.store_room = int(info.get("object_store_memory") or 0), 0
         if self.gcs_address is None and info.get("gcs_address"):
             host, port = info["gcs_address"]
             self.gcs_address = (host, int(port))
