@@ -15,8 +15,9 @@ from collections.abc import Coroutine, Generator, Sequence
 from functools import partial
 from typing import Any
 
-from aioray import api, serialization
+from aioray import api, serialization, store_client
 from aioray.core_worker import CoreWorker
+from aioray.memory_store import StoredObject
 from aioray.object_ref import ObjectRef, _Waiting
 
 
@@ -42,6 +43,13 @@ async def get_async(object_refs: Any, *, timeout: float | None = None) -> Any:
                 f"Get timed out: some object(s) not ready after {timeout}s."
             ) from None
         objs = [o if o is not None else found[r.binary()] for r, o in zip(refs, objs, strict=True)]
+    spilled = [
+        (r.binary(), o.node_id)  # type: ignore[union-attr]
+        for r, o in zip(refs, objs, strict=True)
+        if store_client.not_here(cw, r.binary(), o)  # type: ignore[arg-type]
+    ]
+    if spilled:  # restore on the core loop: reading must not block this one
+        await _on_core_loop(cw, store_client.restore_all_async(cw, spilled))
     values = [cw.materialize(r.binary(), o, r._owner) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
     return values[0] if single else values
 
@@ -130,7 +138,7 @@ class LoopFetcher:
     def watch(self, ref: ObjectRef, target: Any) -> None:
         """(caller loop) Resolve ``target`` (a future, or a ref's own future state)."""
         obj = self.cw.memory_store.get(ref.binary())
-        if obj is not None:
+        if obj is not None and not store_client.not_here(self.cw, ref.binary(), obj):
             _resolve(self.cw, ref, target, obj)
             return
         self._asked.append((ref, target))
@@ -167,6 +175,24 @@ class LoopFetcher:
 
     def _arrived_one(self, ref: ObjectRef, target: Any, outcome: Any) -> None:
         """(CoreWorker loop) ``outcome`` is the stored object or the error."""
+        if isinstance(outcome, StoredObject) and store_client.not_here(
+            self.cw, ref.binary(), outcome
+        ):
+            # Restore or pull here, so the caller's loop only maps the segment.
+            restore = self.cw.loop.create_task(
+                store_client.restore_async(self.cw, ref.binary(), outcome.node_id)
+            )
+            restore.add_done_callback(partial(self._restored, ref, target, outcome))
+            return
+        self._deliver_one(ref, target, outcome)
+
+    def _restored(self, ref: ObjectRef, target: Any, obj: Any, t: Any) -> None:
+        """(CoreWorker loop)"""
+        outcome = asyncio.CancelledError() if t.cancelled() else (t.exception() or obj)
+        self._deliver_one(ref, target, outcome)
+
+    def _deliver_one(self, ref: ObjectRef, target: Any, outcome: Any) -> None:
+        """(CoreWorker loop)"""
         if self.loop is self.cw.loop:
             _resolve(self.cw, ref, target, outcome)
             return

@@ -160,6 +160,8 @@ class CoreWorker:
         )
         self.node_id = info["node_id"]
         self.session_id = info["session_id"]
+        # object_store_memory, and its free bytes at the last answer (store_client)
+        self.store_capacity, self.store_room = int(info.get("object_store_memory") or 0), 0
         if self.gcs_address is None and info.get("gcs_address"):
             host, port = info["gcs_address"]
             self.gcs_address = (host, int(port))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -334,3 +335,6 @@ class LocalNode:
         self.procs = []
         for path in object_store.list_segments(self.session_id):
             object_store.delete_segment(path)
+        # Spill files in the session dir (the default spill directory) if the raylet
+        # could not delete them itself.
+        shutil.rmtree(os.path.join(self.session_dir, "spill"), ignore_errors=True)

@@ -182,3 +182,14 @@ def test_seal_without_reservation_is_counted_and_room_made_after():
     assert [o for o, _ in act.spill] == [oid(1)]
     m.spill_done(oid(1), "/spill/1")
     assert m.used == 50 * MB
+
+
+def test_freeing_an_object_drops_its_queued_requests():
+    m = ObjectManager(100 * MB)
+    create(m, 1, 80 * MB)
+    m.request(Request(oid(2), 50 * MB, CREATE))
+    m.request(Request(oid(3), 10 * MB, CREATE))
+    m.schedule()  # 2 waits for the spill of 1
+    assert [r.oid for r in m.drop_requests(oid(2))] == [oid(2)]
+    assert [r.oid for r in m.queue] == [oid(3)]
+    assert m.drop_requests(oid(2)) == []

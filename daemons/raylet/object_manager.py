@@ -147,6 +147,7 @@ class ObjectManager:
         """The owner freed the object (or its creator died mid-write): forget it.
 
         Returns the entry so the shell can delete its segment and spill file.
+        Requests still queued for it are dropped (see ``drop_requests``).
         """
         e = self.entries.pop(oid, None)
         if e is None:
@@ -160,6 +161,14 @@ class ObjectManager:
         if e.state in (SPILLED, RESTORING):
             self.spilled_bytes -= e.size
         return e
+
+    def drop_requests(self, oid: bytes) -> list[Request]:
+        """Take the queued requests for ``oid`` out of the queue (it was freed)."""
+        if not any(r.oid == oid for r in self.queue):
+            return []
+        dropped = [r for r in self.queue if r.oid == oid]
+        self.queue = collections.deque(r for r in self.queue if r.oid != oid)
+        return dropped
 
     def spill_done(self, oid: bytes, path: str) -> bool:
         """The copy to disk finished; False if the object was freed meanwhile."""

@@ -176,6 +176,7 @@ class Raylet:
             "session_id": self.session_id,
             "session_dir": self.session_dir,
             "gcs_address": list(self.gcs_address),
+            "object_store_memory": self.object_store_memory,
         }
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -499,7 +500,7 @@ class Raylet:
 
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         self.owners.sealed(body[0], body[2] if len(body) > 2 else None)
-        self.store.object_sealed(body)
+        self.store.object_sealed(conn, body)
 
     def _on_connect(self, conn: rpc.Connection) -> None:
         conn.on_close.append(self._peer_gone)

@@ -1,14 +1,17 @@
 """The raylet's object store service: the async shell around ``ObjectManager``.
 
 Protocol with the processes of this node (each message names one object):
-1. ``create_object [oid, size]`` (request): before writing a segment, the creator
-   asks for room. The reply comes when the object fits: at once in the common
-   case, after evictions and spills when the store is full. ``None`` means go
-   ahead; ``[error class name, message]`` means it can never fit, or it does not
-   fit and nothing can be spilled (ObjectStoreFullError, OutOfDiskError).
-2. ``object_sealed [oid, size, worker]`` (notify): the segment is complete; from
-   now on it may be spilled. A seal with no room asked first (a creator on its
-   own event loop cannot wait) is taken as is and room is made after the fact.
+1. ``create_object [oid, size]`` (request): the creator asks for room, writing
+   the segment while the request is in flight. The reply comes when the object
+   fits: at once in the common case, after evictions and spills when the store
+   is full. An int (the bytes still free) means keep it; ``[error class name,
+   message]`` means it can never fit, or it does not fit and nothing can be
+   spilled (ObjectStoreFullError, OutOfDiskError). A creator that knows the
+   store has plenty of room (from the last reply) does not wait for the answer.
+2. ``object_sealed [oid, size, worker]`` (notify, on the same connection): the
+   segment is complete; from now on it may be spilled. A seal with no room asked
+   first (a creator on its own event loop cannot wait) is taken as is, and room
+   is made after the fact.
 3. ``restore_object oid`` (request): a reader found the segment gone. Answered
    ``None`` once the segment exists again (restored from the spill file), or
    ``[class name, message]`` when it cannot be (the spill file vanished, ...).
@@ -58,6 +61,9 @@ from aioray import config, object_store, rpc
 logger = logging.getLogger(__name__)
 
 Reply = list[str] | None  # None: done; [error class name, message]: failed
+# After a spill failed (disk full, directory unusable), requests that need a
+# spill fail at once for this long before the disk is tried again.
+SPILL_RETRY_S = 5.0
 
 
 @dataclass
@@ -107,11 +113,18 @@ class StoreService:
         self.session_id = ""
         self.node_id = b""
         self.spill_dir = ""
-        self._own_spill_dir = False  # the default dir is ours alone: removed at stop
+        self._own_spill_dir = False  # the default <session_dir>/spill: removed when empty
         self.io = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="aioray-spill")
         self.lost: dict[bytes, str] = {}  # why an object here is gone (spill file vanished)
         self._restore_waiters: dict[bytes, list[asyncio.Future[Reply]]] = {}
-        self._spill_error: str | None = None
+        self._spill_error: str | None = None  # why spilling failed last (for a while)
+        self._spill_error_at = 0.0
+        self.io_totals = {
+            "spill_bytes": 0,
+            "spill_seconds": 0.0,
+            "restore_bytes": 0,
+            "restore_seconds": 0.0,
+        }
         self._stuck_timer: asyncio.TimerHandle | None = None
         self._stopped = False
 
@@ -121,6 +134,18 @@ class StoreService:
     def start(self, session_id: str, session_dir: str, node_id: bytes) -> None:
         self.session_id = session_id
         self.node_id = node_id
+        try:
+            st = os.statvfs(object_store.shm_dir())
+            if self.manager.capacity > st.f_blocks * st.f_frsize:
+                logger.warning(
+                    "object_store_memory (%d bytes) is larger than %s (%d bytes): puts may "
+                    "fail with ObjectStoreFullError before the store is full",
+                    self.manager.capacity,
+                    object_store.shm_dir(),
+                    st.f_blocks * st.f_frsize,
+                )
+        except OSError:
+            pass
         if self.spill.directory:
             self.spill_dir = os.path.join(
                 self.spill.directory, f"aioray_spilled_objects_{node_id.hex()}"
@@ -143,10 +168,12 @@ class StoreService:
         for e in self.manager.entries.values():
             spill_io.remove(e.spill_path)
         if self.spill_dir:
-            if self._own_spill_dir:
-                spill_io.remove_tree(os.path.dirname(self.spill_dir))
-            else:
-                spill_io.remove_tree(self.spill_dir)
+            spill_io.remove_tree(self.spill_dir)
+            if self._own_spill_dir:  # <session_dir>/spill, once no other node uses it
+                try:
+                    os.rmdir(os.path.dirname(self.spill_dir))
+                except OSError:
+                    pass
 
     # -- handlers (the raylet delegates) ----------------------------------------------
     def create_object(self, conn: rpc.Connection, body: list[Any]) -> Any:
@@ -157,17 +184,28 @@ class StoreService:
             self.free_objects([oid])
         return self._ask(Request(oid, int(size), CREATE, conn))
 
-    def object_sealed(self, body: list[Any]) -> None:
+    def object_sealed(self, conn: rpc.Connection | None, body: list[Any]) -> None:
         oid, size = body[0], int(body[1])
+        if conn is not None:
+            creating = conn.state.get("creating")
+            if creating:
+                creating.discard(oid)
         e = self.manager.entries.get(oid)
-        if e is None and not os.path.exists(self.segment(oid)):
-            return  # freed before its seal arrived (seal and free came on different links)
+        if e is None:
+            if not os.path.exists(self.segment(oid)):
+                return  # freed before its seal arrived (seal and free came on different links)
+            # Written without waiting for room (the creator thought there was plenty):
+            # its request, if still queued, is moot; room is made after the fact.
+            for req in self.manager.drop_requests(oid):
+                self._answer(req, None)
         self.manager.seal(oid, size)
         self._run()
 
     def free_objects(self, oids: list[bytes]) -> None:
         for oid in oids:
             self.lost.pop(oid, None)
+            for req in self.manager.drop_requests(oid):
+                self._answer(req, ["ObjectLostError", "it was freed"])
             e = self.manager.free(oid)
             object_store.delete_segment(self.segment(oid))
             if e is not None:
@@ -201,12 +239,15 @@ class StoreService:
     async def reserve_secondary(self, oid: bytes, size: int) -> Reply:
         """Make room for a copy of a remote object before writing its segment here.
 
-        Then write ``segment(oid)`` and call
-        ``add_secondary``. Secondary copies are evicted (not spilled) when room is
-        needed, unless pinned (``manager.pin``) by a reader.
+        Then write ``segment(oid)`` and call ``add_secondary`` (or
+        ``free_objects([oid])`` if the transfer failed, to give the room back).
+        Secondary copies are evicted (not spilled) when room is needed, unless pinned
+        (``manager.pin``) by a reader.
         """
         reply = self._ask(Request(oid, size, SECONDARY))
-        return await reply if isinstance(reply, asyncio.Future) else reply
+        if isinstance(reply, asyncio.Future):
+            reply = await reply
+        return None if isinstance(reply, int) else reply
 
     def add_secondary(self, oid: bytes, size: int) -> None:
         self.manager.add_secondary(oid, size)
@@ -267,7 +308,7 @@ class StoreService:
                 conn.on_close.append(self._creator_gone)
             creating.add(req.oid)
         if not fut.done():
-            fut.set_result(None)
+            fut.set_result(self.manager.available)  # lets the creator skip the next wait
 
     def _creator_gone(self, conn: rpc.Connection) -> None:
         stale = [
@@ -300,15 +341,22 @@ class StoreService:
 
     def _can_spill(self) -> bool:
         if self._spill_error is not None:
-            return False
+            if time.monotonic() - self._spill_error_at < SPILL_RETRY_S:
+                return False
+            self._spill_error = None  # the disk may have room again: try it
+
         try:
             os.makedirs(self.spill_dir, exist_ok=True)
             return spill_io.disk_usage_fraction(self.spill_dir) < (
                 self.spill.local_fs_capacity_threshold
             )
         except OSError as e:
-            self._spill_error = f"cannot use the spill directory {self.spill_dir}: {e}"
+            self._set_spill_error(f"cannot use the spill directory {self.spill_dir}: {e}")
             return False
+
+    def _set_spill_error(self, why: str) -> None:
+        self._spill_error = why
+        self._spill_error_at = time.monotonic()
 
     def _error(self, req: Request, reason: str) -> list[str]:
         m = self.manager
@@ -359,18 +407,20 @@ class StoreService:
         if exc is not None:
             self.manager.spill_failed(oid)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._spill_error = f"spilling to {self.spill_dir} failed: {exc.strerror}"
+                self._set_spill_error(f"spilling to {self.spill_dir} failed: {exc.strerror}")
             elif not isinstance(exc, FileNotFoundError):  # not freed meanwhile
                 logger.error("spilling object %s failed: %s", oid.hex(), exc)
-                self._spill_error = f"spilling to {self.spill_dir} failed: {exc}"
+                self._set_spill_error(f"spilling to {self.spill_dir} failed: {exc}")
         elif self.manager.spill_done(oid, dst):
             object_store.delete_segment(self.segment(oid))
             self._spill_error = None
-            size = f.result()
+            size, took = f.result(), max(time.monotonic() - started, 1e-6)
+            self.io_totals["spill_bytes"] += size
+            self.io_totals["spill_seconds"] += took
             logger.info(
                 "Spilled %.1f MiB, 1 objects, write throughput %.0f MiB/s",
                 size / 2**20,
-                size / 2**20 / max(time.monotonic() - started, 1e-6),
+                size / 2**20 / took,
             )
         else:
             spill_io.remove(dst)  # freed while being spilled
@@ -380,15 +430,26 @@ class StoreService:
     def _start_restore(self, oid: bytes, e: Entry) -> None:
         assert e.spill_path is not None
         src, dst = e.spill_path, self.segment(oid)
+        started = time.monotonic()
         fut = asyncio.get_running_loop().run_in_executor(self.io, spill_io.copy_file, src, dst)
-        fut.add_done_callback(lambda f: self._restore_finished(oid, src, f))
+        fut.add_done_callback(lambda f: self._restore_finished(oid, src, f, started))
 
-    def _restore_finished(self, oid: bytes, src: str, f: asyncio.Future[int]) -> None:
+    def _restore_finished(
+        self, oid: bytes, src: str, f: asyncio.Future[int], started: float
+    ) -> None:
         if f.cancelled():
             return
         exc = f.exception()
         reply: Reply = None
         if exc is None:
+            size, took = f.result(), max(time.monotonic() - started, 1e-6)
+            self.io_totals["restore_bytes"] += size
+            self.io_totals["restore_seconds"] += took
+            logger.info(
+                "Restored %.1f MiB, 1 objects, read throughput %.0f MiB/s",
+                size / 2**20,
+                size / 2**20 / took,
+            )
             if not self.manager.restore_done(oid):
                 object_store.delete_segment(self.segment(oid))  # freed meanwhile
         elif isinstance(exc, FileNotFoundError) and exc.filename == src:
@@ -416,7 +477,7 @@ class StoreService:
         return reason
 
     def stats(self) -> dict[str, Any]:
-        return {**self.manager.stats(), "spill_dir": self.spill_dir}
+        return {**self.manager.stats(), **self.io_totals, "spill_dir": self.spill_dir}
 
 
 __all__ = ["SECONDARY", "SPILLED", "SpillConfig", "StoreService", "spill_config_from"]
