@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
 from aioray.daemons.gcs.server import GcsServer
 
 
@@ -81,6 +80,9 @@ async def test_a_node_declared_dead_cannot_register_again() -> None:
     conn = register(gcs, b"d" * 16, "127.0.0.5", 1)
     conn.close()
     assert gcs.nodes[b"d" * 16]["Alive"] is False
-    with pytest.raises(ValueError, match="declared dead"):
-        register(gcs, b"d" * 16, "127.0.0.5", 1)
+    again = FakeRaylet()
+    body = {"node_id": b"d" * 16, "ip": "127.0.0.5", "port": 1, "resources": {"CPU": 1}}
+    reply = gcs.handle_register_node(again, body, [])  # type: ignore[arg-type]
+    assert "declared dead" in reply["refused"]  # the raylet stops on this answer
+    assert gcs.nodes[b"d" * 16]["Alive"] is False
     gcs.health.stop()
