@@ -68,6 +68,15 @@ def wait_for_file(path: os.PathLike[str] | str, timeout: float = 20.0) -> str:
         return f.read()
 
 
+def local_segment(oid: bytes) -> str:
+    """This driver's node's /dev/shm segment path for object ``oid``."""
+    from aioray import api, object_store
+
+    cw = api._cw
+    assert cw is not None
+    return object_store.segment_path(cw.session_id, oid, cw.node_id)
+
+
 def aioray_processes() -> dict[tuple[int, float], str]:
     """Live (non-zombie) processes whose command line mentions aioray.daemons.
 

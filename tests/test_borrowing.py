@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import wait_for_condition
+from conftest import local_segment, wait_for_condition
 
 import aioray as ray
-from aioray import api, object_store
+from aioray import api
 from aioray.exceptions import ObjectFreedError, ObjectLostError
 
 GET_TIMEOUT = 30
@@ -23,9 +23,7 @@ N = 50_000  # float64: 400 KB, kept in shared memory
 
 
 def segment_exists(oid: bytes) -> bool:
-    cw = api._cw
-    assert cw is not None
-    return os.path.exists(object_store.segment_path(cw.session_id, oid, cw.node_id))
+    return os.path.exists(local_segment(oid))
 
 
 def wait_freed(oid: bytes) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import local_segment
 
 import aioray as ray
-from aioray import api, object_store
 from aioray.exceptions import ObjectLostError, ObjectReconstructionFailedMaxAttemptsExceededError
 
 GET_TIMEOUT = 30
@@ -22,9 +22,7 @@ N = 50_000  # float64: 400 KB, kept in shared memory
 
 
 def lose(ref: Any) -> None:
-    cw = api._cw
-    assert cw is not None
-    os.unlink(object_store.segment_path(cw.session_id, ref.binary(), cw.node_id))
+    os.unlink(local_segment(ref.binary()))
 
 
 def runs(path: Path) -> int:

@@ -10,10 +10,9 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-from conftest import wait_for_condition, wait_for_file
+from conftest import local_segment, wait_for_condition, wait_for_file
 
 import aioray as ray
-from aioray import api, object_store
 from aioray.exceptions import OwnerDiedError
 
 GET_TIMEOUT = 30
@@ -21,9 +20,7 @@ N = 50_000  # float64: 400 KB, kept in shared memory
 
 
 def segment_exists(oid: bytes) -> bool:
-    cw = api._cw
-    assert cw is not None
-    return os.path.exists(object_store.segment_path(cw.session_id, oid, cw.node_id))
+    return os.path.exists(local_segment(oid))
 
 
 @ray.remote
