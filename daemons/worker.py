@@ -76,6 +76,7 @@ class TaskExecutor:
         self.thread = threading.Thread(target=self._run, name="aioray-exec", daemon=True)
         self.pid = os.getpid()
         self.cuda_env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.cuda_now = self.cuda_env  # what os.environ holds now
         self.actor = ActorHost(self)
 
     def handlers(self) -> dict[str, rpc.Handler]:
@@ -209,12 +210,13 @@ class TaskExecutor:
         self.cw.namespace = spec.get("ns", self.cw.namespace)
         gpus = spec.get("gpu") or self.actor.gpus
         ctx.gpu_ids = gpus or []
-        if gpus:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
-        elif self.cuda_env is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_env
+        cuda = ",".join(str(i) for i in gpus) if gpus else self.cuda_env
+        if cuda != self.cuda_now:  # os.environ writes cost microseconds: only on change
+            self.cuda_now = cuda
+            if cuda is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = cuda
         self.current = task_id
         printed = worker_output.writes()
         start = time.perf_counter()
