@@ -113,6 +113,12 @@ class Borrowing:
                 refs.add_credit(pair[0], owner, 1)
                 self._send(owner, [pair[0], 1, ADOPT])
 
+    def hold(self, pairs: Sequence[Pair]) -> None:
+        """(loop) A value carrying these refs arrived and is kept here: record the
+        holds lent for it and hold the refs until ``refs.remove_contained``."""
+        self.receive(pairs)
+        self.cw.refs.add_contained(p[0] for p in pairs)
+
     # -- returning -----------------------------------------------------------------------------
     def release(self, oid: bytes) -> None:
         """(loop) A borrowed object left scope here: give its credit back to the owner."""

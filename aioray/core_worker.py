@@ -422,8 +422,7 @@ class CoreWorker:
             ) from None
         obj = decode_object(oid, body, bufs)
         if obj.contained:  # the owner lent us holds on the refs inside
-            self.borrowing.receive(obj.contained)
-            self.refs.add_contained(p[0] for p in obj.contained)
+            self.borrowing.hold(obj.contained)
         if self.refs.local_count(oid) > 0:
             self.memory_store.put(oid, obj)  # cache while this process holds the ref
         elif obj.contained and not keep:  # nobody wants it any more
@@ -552,8 +551,7 @@ class CoreWorker:
     def store_result(self, oid: bytes, obj: StoredObject) -> None:
         """(loop) A task's return value arrived; keep it only if still referenced."""
         if obj.contained:  # the worker lent us holds on the refs inside
-            self.borrowing.receive(obj.contained)
-            self.refs.add_contained(p[0] for p in obj.contained)
+            self.borrowing.hold(obj.contained)
         if self.refs.in_scope(oid):
             self.memory_store.put(oid, obj)
         else:

@@ -44,3 +44,22 @@ def core_worker_tables(cw: Any) -> dict[str, int]:
     for field in ("queue", "leases"):
         out[f"submitter.classes.{field}"] = sum(len(getattr(c, field)) for c in classes.values())
     return out
+
+
+def raylet_state(address: tuple[str, int] | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    """A raylet's ``get_state`` (its tables and store counters): this driver's own
+    raylet, or the one at ``address`` over a connection of its own."""
+    from aioray import _loop, api, rpc
+
+    if address is None:
+        cw = api.ensure_connected()
+        return dict(cw.run_sync(cw.raylet.call("get_state"), timeout=timeout))
+
+    async def query() -> dict[str, Any]:
+        conn, _ = await rpc.connect(*address, hello={"role": "client"}, timeout=timeout)
+        try:
+            return dict(await conn.call("get_state"))
+        finally:
+            conn.close()
+
+    return dict(_loop.run(query()))  # type: ignore[call-overload]

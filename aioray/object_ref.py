@@ -98,12 +98,7 @@ class ObjectRef:
         return self._new_future().__await__()
 
     def _new_future(self) -> asyncio.Future[Any]:
-        global _async_api
-        if _async_api is None:  # resolved once: it imports this module
-            from aioray import async_api
-
-            _async_api = async_api
-        return _async_api.fetcher_for_running_loop().future(self)
+        return _fetcher().future(self)
 
     def as_future(self) -> asyncio.Future[Any]:
         """An asyncio future on the running loop that resolves to the value."""
@@ -276,6 +271,7 @@ class _Waiting:
 
 
 def _fetcher() -> Any:
+    """The running loop's LoopFetcher (async_api is resolved once: it imports us)."""
     global _async_api
     if _async_api is None:
         from aioray import async_api

@@ -115,8 +115,7 @@ class OwnerService:
             raise cls(oid.hex(), body[2])
         obj = decode_object(oid, body, bufs)
         if obj.contained:
-            cw.borrowing.receive(obj.contained)
-            cw.refs.add_contained(p[0] for p in obj.contained)
+            cw.borrowing.hold(obj.contained)
             cw.loop.call_soon(cw.release_contained, obj)  # the caller holds the ref itself
         cached = cw.memory_store.get(oid)
         if cached is not None and cached.in_shm and obj.in_shm:

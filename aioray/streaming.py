@@ -79,8 +79,7 @@ class StreamManager:
         else:
             obj = StoredObject(node_id=b, size=a, contained=contained)
         if contained:  # the worker lent us the refs inside the item
-            self.cw.borrowing.receive(contained)
-            self.cw.refs.add_contained(p[0] for p in contained)
+            self.cw.borrowing.hold(contained)
         self._add(s, task_id, index, obj, conn)
 
     def _add(

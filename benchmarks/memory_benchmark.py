@@ -31,7 +31,7 @@ import psutil
 
 import aioray as ray
 from aioray import api
-from aioray.memory_tables import core_worker_tables
+from aioray.memory_tables import core_worker_tables, raylet_state
 
 MiB = 1024 * 1024
 
@@ -53,12 +53,6 @@ def cluster_memory() -> tuple[int, int, int]:
         pss += info.pss
         n += 1
     return rss, pss, n
-
-
-def raylet_state() -> dict[str, Any]:
-    cw = api.ensure_connected()
-    state: dict[str, Any] = cw.run_sync(cw.raylet.call("get_state"), timeout=30)
-    return state
 
 
 def wait_freed(baseline: int, timeout: float = 30.0) -> None:

@@ -23,23 +23,14 @@ from typing import Any
 import numpy as np
 
 import aioray as ray
-from aioray import _loop, rpc
+from aioray.memory_tables import raylet_state
 
 MiB = 1 << 20
 SIZE = 100 * MiB
 
 
 def store_stats() -> dict[str, Any]:
-    host, port = ray.api._cw.raylet_address  # type: ignore[union-attr]
-
-    async def query() -> dict[str, Any]:
-        conn, _ = await rpc.connect(host, port, hello={"role": "client"}, timeout=5)
-        try:
-            return dict((await conn.call("get_state"))["object_store"])
-        finally:
-            conn.close()
-
-    return _loop.run(query())  # type: ignore[return-value]
+    return dict(raylet_state()["object_store"])
 
 
 def wait_used(at_most: int) -> None:

@@ -56,10 +56,8 @@ class _Job:
 
     def hold(self, cw: CoreWorker, pairs: list[Any]) -> None:
         """(loop) The caller lent us these refs: hold them until the reply is sent."""
-        cw.borrowing.receive(pairs)
-        oids = [p[0] for p in pairs]
-        cw.refs.add_contained(oids)
-        self.holds.extend(oids)
+        cw.borrowing.hold(pairs)
+        self.holds.extend(p[0] for p in pairs)
 
 
 class TaskExecutor:

@@ -24,8 +24,9 @@ from aioray.daemons.raylet.memory_monitor import (
 )
 
 import aioray as ray
-from aioray import api, config
+from aioray import config
 from aioray.exceptions import OutOfMemoryError, WorkerCrashedError
+from aioray.memory_tables import raylet_state
 
 MiB = 1024**2
 # Threshold above the current use (the cluster itself takes ~50 MiB). Other processes on
@@ -53,12 +54,6 @@ def hog_function() -> Any:
         return len(chunks)
 
     return allocate_until_killed
-
-
-def raylet_state() -> dict[str, Any]:
-    cw = api.ensure_connected()
-    state: dict[str, Any] = cw.run_sync(cw.raylet.call("get_state"), timeout=10)
-    return state
 
 
 @pytest.fixture

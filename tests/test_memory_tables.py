@@ -19,15 +19,9 @@ from conftest import wait_for_condition
 
 import aioray as ray
 from aioray import api, ids
-from aioray.memory_tables import core_worker_tables
+from aioray.memory_tables import core_worker_tables, raylet_state
 
 RAYLET_COUNTS = ("workers", "leases", "queued", "objects")
-
-
-def raylet_state() -> dict[str, Any]:
-    cw = api.ensure_connected()
-    state: dict[str, Any] = cw.run_sync(cw.raylet.call("get_state"), timeout=10)
-    return state
 
 
 def settled_counts() -> dict[str, int]:

@@ -10,8 +10,8 @@ import pytest
 from conftest import wait_for_condition
 
 import aioray as ray
-from aioray import _loop, rpc
 from aioray.exceptions import ActorUnschedulableError, TaskUnschedulableError
+from aioray.memory_tables import raylet_state
 from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 CLUSTER_NODES = [
@@ -19,6 +19,12 @@ CLUSTER_NODES = [
     {"num_cpus": 1, "resources": {"custom": 2}},
     {"num_cpus": 1},
 ]
+
+
+def head_raylet_view(cluster: Any) -> dict[str, dict[str, float]]:
+    """What the head's raylet believes every node has available."""
+    head = cluster.head_node
+    return dict(raylet_state((head.node_ip_address, head.node_manager_port))["view"])
 
 
 @ray.remote
@@ -49,21 +55,6 @@ def ids_of(cluster: Any) -> list[str]:
 
 def on(node: str, soft: bool = False) -> NodeAffinitySchedulingStrategy:
     return NodeAffinitySchedulingStrategy(node, soft=soft)
-
-
-def head_raylet_view(cluster: Any) -> dict[str, dict[str, float]]:
-    """What the head's raylet believes every node has available."""
-
-    async def query() -> Any:
-        conn, _ = await rpc.connect(
-            "127.0.0.1", cluster.head_node.node_manager_port, hello={"role": "client"}
-        )
-        try:
-            return (await conn.call("get_state"))["view"]
-        finally:
-            conn.close()
-
-    return _loop.run(query())  # type: ignore[return-value]
 
 
 def settled(cluster: Any) -> bool:

@@ -17,12 +17,16 @@ import pytest
 from conftest import wait_for_condition
 
 import aioray as ray
-from aioray import _loop, rpc
 from aioray.exceptions import ObjectLostError, ObjectStoreFullError, OutOfDiskError
+from aioray.memory_tables import raylet_state
 
 MiB = 1 << 20
 STORE = 200 * MiB
 N50 = 50 * MiB // 8  # int64 elements in 50 MiB
+
+
+def store_stats() -> dict[str, Any]:
+    return dict(raylet_state()["object_store"])
 
 
 def shm_files() -> list[str]:
@@ -35,19 +39,6 @@ def spill_files(root: str) -> list[str]:
     for dirpath, _, names in os.walk(root):
         found += [os.path.join(dirpath, n) for n in names]
     return found
-
-
-def store_stats() -> dict[str, Any]:
-    host, port = ray.api._cw.raylet_address  # type: ignore[union-attr]
-
-    async def query() -> dict[str, Any]:
-        conn, _ = await rpc.connect(host, port, hello={"role": "client"}, timeout=5)
-        try:
-            return dict((await conn.call("get_state"))["object_store"])
-        finally:
-            conn.close()
-
-    return _loop.run(query())  # type: ignore[return-value]
 
 
 @pytest.fixture

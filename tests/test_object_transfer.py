@@ -19,6 +19,7 @@ from conftest import wait_for_condition
 import aioray as ray
 from aioray import _loop, config, rpc
 from aioray.exceptions import ObjectLostError, OwnerDiedError
+from aioray.memory_tables import raylet_state
 from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 # head + two nodes; fast failure detection: a node silent for 5 x 100 ms is dead.
@@ -34,25 +35,16 @@ MiB = 1024 * 1024
 GET_TIMEOUT = 60
 
 
+def node_state(node: Any) -> dict[str, Any]:
+    return raylet_state((node.node_ip_address, node.node_manager_port))
+
+
 def on(node: Any, soft: bool = False) -> NodeAffinitySchedulingStrategy:
     return NodeAffinitySchedulingStrategy(node.node_id, soft=soft)
 
 
-def raylet_state(node: Any) -> dict[str, Any]:
-    async def query() -> dict[str, Any]:
-        conn, _ = await rpc.connect(
-            node.node_ip_address, node.node_manager_port, hello={"role": "client"}, timeout=5
-        )
-        try:
-            return dict(await conn.call("get_state"))
-        finally:
-            conn.close()
-
-    return _loop.run(query())  # type: ignore[no-any-return]
-
-
 def transfer_stats(node: Any) -> dict[str, int]:
-    return dict(raylet_state(node)["transfer"])
+    return dict(node_state(node)["transfer"])
 
 
 def copies_of(ref: Any) -> list[str]:
@@ -208,12 +200,12 @@ def test_copies_on_every_node_are_freed_with_the_refs(nodes: Any) -> None:
     assert {p for p in (node_prefix(x) for x in nodes) if any(p in n for n in names)} == {
         node_prefix(x) for x in nodes
     }
-    used_before = {x.node_id: raylet_state(x)["object_store"]["objects"] for x in nodes}
+    used_before = {x.node_id: node_state(x)["object_store"]["objects"] for x in nodes}
     del ref
     wait_for_condition(lambda: not copies_of_hex(names), 10, message=lambda: str(names))
     for x in nodes:
         wait_for_condition(
-            lambda x=x: raylet_state(x)["object_store"]["objects"] < used_before[x.node_id],
+            lambda x=x: node_state(x)["object_store"]["objects"] < used_before[x.node_id],
             10,
             message=f"node {x.node_id[:8]} still counts the copy",
         )
@@ -260,7 +252,7 @@ def test_pull_from_a_node_that_is_not_in_the_cluster_fails_cleanly(nodes: Any) -
 
     reply = _loop.run(pull())
     assert reply[0] == "ObjectLostError" and "is not in the cluster" in reply[1]
-    assert raylet_state(b)["transfer"]["pulling"] == 0  # and the raylet still serves
+    assert node_state(b)["transfer"]["pulling"] == 0  # and the raylet still serves
 
 
 @pytest.fixture
@@ -277,7 +269,7 @@ def test_pulls_into_a_full_store_evict_older_cached_copies(nodes: Any, small: An
     for i, ref in enumerate(refs):
         got = ray.get(checksum.options(scheduling_strategy=on(small)).remote(ref), timeout=60)
         assert got[0] == expected(20 * MiB, seed=i)
-    store = raylet_state(small)["object_store"]
+    store = node_state(small)["object_store"]
     assert store["used"] <= 50 * MiB and store["objects"] == 2  # the first copy was evicted
     assert store["spilled_total"] == 0  # cached copies are dropped, never spilled
     pulls = transfer_stats(small)["pulls"]
@@ -291,12 +283,12 @@ def test_pull_from_a_spilled_primary_copy_restores_it_there(nodes: Any, small: A
     refs = [make.options(scheduling_strategy=on(small)).remote(20 * MiB, seed=i) for i in range(3)]
     ray.wait(refs, num_returns=3, timeout=GET_TIMEOUT, fetch_local=False)
     wait_for_condition(
-        lambda: raylet_state(small)["object_store"]["spilled_total"] >= 1, 10, message="no spill"
+        lambda: node_state(small)["object_store"]["spilled_total"] >= 1, 10, message="no spill"
     )
     for i, ref in enumerate(refs):
         got = ray.get(checksum.options(scheduling_strategy=on(b)).remote(ref), timeout=60)
         assert got[0] == expected(20 * MiB, seed=i)
-    assert raylet_state(small)["object_store"]["restored_total"] >= 1
+    assert node_state(small)["object_store"]["restored_total"] >= 1
 
 
 @ray.remote(max_retries=2)
