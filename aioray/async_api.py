@@ -18,7 +18,7 @@ from typing import Any
 from aioray import api, serialization, store_client
 from aioray.core_worker import CoreWorker
 from aioray.memory_store import StoredObject
-from aioray.object_ref import ObjectRef, _Waiting
+from aioray.object_ref import _DONE, ObjectRef, _Waiting
 
 
 async def _on_core_loop(cw: CoreWorker, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -127,7 +127,11 @@ class LoopFetcher:
         self._ask_scheduled = False
         self._arrived: collections.deque[tuple[ObjectRef, Any, Any]] = collections.deque()
         self._deliver_scheduled = False
+        self._deliver_timer: asyncio.TimerHandle | None = None
         self._outstanding = 0  # futures asked for and not yet delivered
+        self._ready: list[tuple[Any, Any, Any]] = []  # callbacks of refs settled at once
+        self._ready_scheduled = False
+        self._lookup = cw.memory_store.get
 
     def future(self, ref: ObjectRef) -> asyncio.Future[Any]:
         """(caller loop) A new future that resolves to the value of ``ref``."""
@@ -137,15 +141,30 @@ class LoopFetcher:
 
     def watch(self, ref: ObjectRef, target: Any) -> None:
         """(caller loop) Resolve ``target`` (a future, or a ref's own future state)."""
-        obj = self.cw.memory_store.get(ref.binary())
-        if obj is not None and not store_client.not_here(self.cw, ref.binary(), obj):
-            _resolve(self.cw, ref, target, obj)
+        cw, oid = self.cw, ref._id
+        obj = self._lookup(oid)
+        if obj is not None and (obj.data is not None or not store_client.not_here(cw, oid, obj)):
+            if target.__class__ is _Waiting:
+                # Already here (a gather over finished refs): settle now, but run the
+                # callbacks of all such refs in one scheduled call, as asyncio would
+                # run each in a call of its own.
+                _settle(cw, ref, target, obj, self._ready)
+                if not self._ready_scheduled:
+                    self._ready_scheduled = True
+                    self.loop.call_soon(self._run_ready)
+            else:
+                _resolve(cw, ref, target, obj)
             return
         self._asked.append((ref, target))
         self._outstanding += 1
         if not self._ask_scheduled:
             self._ask_scheduled = True
             self.loop.call_soon(self._ask)
+
+    def _run_ready(self) -> None:
+        self._ready_scheduled = False
+        ready, self._ready = self._ready, []
+        _run_callbacks(ready)
 
     def _ask(self) -> None:
         self._ask_scheduled = False
@@ -175,12 +194,14 @@ class LoopFetcher:
 
     def _arrived_one(self, ref: ObjectRef, target: Any, outcome: Any) -> None:
         """(CoreWorker loop) ``outcome`` is the stored object or the error."""
-        if isinstance(outcome, StoredObject) and store_client.not_here(
-            self.cw, ref.binary(), outcome
+        if (
+            outcome.__class__ is StoredObject
+            and outcome.data is None
+            and store_client.not_here(self.cw, ref._id, outcome)
         ):
             # Restore or pull here, so the caller's loop only maps the segment.
             restore = self.cw.loop.create_task(
-                store_client.restore_async(self.cw, ref.binary(), outcome.node_id)
+                store_client.restore_async(self.cw, ref._id, outcome.node_id)
             )
             restore.add_done_callback(partial(self._restored, ref, target, outcome))
             return
@@ -196,16 +217,23 @@ class LoopFetcher:
         if self.loop is self.cw.loop:
             _resolve(self.cw, ref, target, outcome)
             return
-        self._arrived.append((ref, target, outcome))
+        arrived = self._arrived
+        arrived.append((ref, target, outcome))
+        if len(arrived) == self._outstanding:
+            if self._deliver_timer is not None:
+                self._deliver_timer.cancel()
+                self._deliver_timer = None
+            if not self._deliver_scheduled:
+                self._deliver_scheduled = True
+                self._wake()
+        elif not self._deliver_scheduled and self._deliver_timer is None:
+            self._deliver_timer = self.cw.loop.call_later(COALESCE_S, self._wake_late)
+
+    def _wake_late(self) -> None:
+        self._deliver_timer = None
         if not self._deliver_scheduled:
             self._deliver_scheduled = True
-            if self._outstanding > COALESCE_ABOVE:
-                # Many awaited at once (a gather): wake the caller's thread a few times
-                # in all rather than once per reply batch; the two threads otherwise
-                # fight over the GIL while replies stream in.
-                self.cw.loop.call_later(COALESCE_S, self._wake)
-            else:
-                self._wake()
+            self._wake()
 
     def _wake(self) -> None:
         self.loop.call_soon_threadsafe(self._deliver)
@@ -214,20 +242,22 @@ class LoopFetcher:
         """(caller loop) Resolve what arrived; run the refs' done-callbacks in one go."""
         self._deliver_scheduled = False
         arrived = self._arrived
-        callbacks: list[tuple[Any, Any, Any]] = []
+        ready: list[tuple[Any, Any, Any]] = []
         cw = self.cw
         n = 0
         while arrived:
             ref, target, outcome = arrived.popleft()
             n += 1
-            if target.__class__ is _Waiting and not target.state:
-                target.batch = callbacks
-            _resolve(cw, ref, target, outcome)
+            if target.__class__ is _Waiting:
+                if not target.state:
+                    _settle(cw, ref, target, outcome, ready)
+            else:
+                _resolve(cw, ref, target, outcome)
         self._outstanding -= n
-        if callbacks:
+        if ready:
             # One scheduled call for the whole batch instead of one per ref: a gather of
             # 10,000 refs otherwise pays 10,000 loop handles on the caller's loop.
-            self.loop.call_soon(_run_callbacks, callbacks)
+            self.loop.call_soon(_run_callbacks, ready)
 
 
 def _run_callbacks(callbacks: list[tuple[Any, Any, Any]]) -> None:
@@ -246,24 +276,43 @@ def _run_callbacks(callbacks: list[tuple[Any, Any, Any]]) -> None:
             )
 
 
-def _resolve(cw: CoreWorker, ref: ObjectRef, fut: Any, outcome: Any) -> None:
-    if fut.done():  # the waiter was cancelled: the task itself goes on
-        return
+def _outcome(cw: CoreWorker, ref: ObjectRef, outcome: Any) -> tuple[Any, BaseException | None]:
+    """(value, error) of an arrival: a stored object, or the error that ended the wait."""
     if isinstance(outcome, BaseException):
-        fut.set_exception(outcome)
-        return
-    if outcome.data is not None and not outcome.is_error:  # inline value: the common case
-        try:
-            value = serialization.deserialize(outcome.data, outcome.buffers)
-        except BaseException as e:
-            fut.set_exception(e)
-            return
-        fut.set_result(value)
-        return
+        return None, outcome
     try:
-        fut.set_result(cw.materialize(ref._id, outcome, ref._owner))
+        if outcome.data is not None and not outcome.is_error:  # inline value: the common case
+            return serialization.deserialize(outcome.data, outcome.buffers), None
+        return cw.materialize(ref._id, outcome, ref._owner), None
     except BaseException as e:  # the object is an error, or was lost
-        fut.set_exception(e)
+        return None, e
+
+
+def _settle(
+    cw: CoreWorker, ref: ObjectRef, w: _Waiting, outcome: Any, ready: list[tuple[Any, Any, Any]]
+) -> None:
+    """Resolve a ref's own future state, adding its callbacks to ``ready`` to run later."""
+    w.value, w.exc = _outcome(cw, ref, outcome)
+    w.state = _DONE
+    callbacks = w.callbacks
+    if callbacks:
+        w.callbacks = []
+        for fn, ctx in callbacks:
+            ready.append((fn, ref, ctx))
+
+
+def _resolve(cw: CoreWorker, ref: ObjectRef, fut: Any, outcome: Any) -> None:
+    """Resolve ``fut`` (an asyncio future or a ref's state) now, callbacks unbatched."""
+    waiting = fut.__class__ is _Waiting
+    if fut.state if waiting else fut.done():  # the waiter was cancelled: the task goes on
+        return
+    value, exc = _outcome(cw, ref, outcome)
+    if waiting:
+        fut.finish(ref, _DONE, value, exc)
+    elif exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
 
 
 _last: tuple[Any, LoopFetcher] | None = None

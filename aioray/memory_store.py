@@ -79,12 +79,11 @@ class MemoryStore:
         self._waiters: dict[bytes, list[asyncio.Future[StoredObject]]] = {}
         # Plain callbacks (the loop fetchers'): no future per awaited ref.
         self._callbacks: dict[bytes, list[Callable[[Any], None]]] = {}
+        # The lookup every get and await makes: the dict's own method, no Python frame.
+        self.get: Callable[[bytes], StoredObject | None] = self._objects.get
 
     def __len__(self) -> int:
         return len(self._objects)
-
-    def get(self, oid: bytes) -> StoredObject | None:
-        return self._objects.get(oid)
 
     def __contains__(self, oid: bytes) -> bool:
         return oid in self._objects

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import weakref
 from asyncio.events import _get_running_loop
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
@@ -131,7 +130,7 @@ class ObjectRef:
         # A cancelled wait (a timed-out wait_for) must not poison the next wait; but
         # only a new waiter replaces it: the one that cancelled still reads the result.
         if w is None or (new_waiter and w.state == _CANCELLED):
-            w = _Waiting(loop, self)
+            w = _Waiting(loop, [])
             if held is None or (held.__class__ is _Waiting and held.loop is loop):
                 self._afut = w
             else:
@@ -150,8 +149,7 @@ class ObjectRef:
         if self._afut is None:  # first use as a future (every ref of a gather): start here
             loop = _get_running_loop()
             if loop is not None:
-                w = self._afut = _Waiting(loop, self)
-                w.callbacks.append((fn, context))
+                w = self._afut = _Waiting(loop, [(fn, context)])
                 last = _async_api._last if _async_api is not None else None
                 if last is not None and last[0] is loop and last[1].cw is self._cw:
                     last[1].watch(self, w)  # this loop's fetcher, as cached by async_api
@@ -210,7 +208,8 @@ class ObjectRef:
         w = self._waiting()
         if w.state:
             return False
-        w.finish(_CANCELLED, None, asyncio.CancelledError(msg) if msg else asyncio.CancelledError())
+        exc = asyncio.CancelledError(msg) if msg else asyncio.CancelledError()
+        w.finish(self, _CANCELLED, None, exc)
         return True
 
     def future(self) -> concurrent.futures.Future[Any]:
@@ -226,45 +225,26 @@ _PENDING, _DONE, _CANCELLED = 0, 1, 2
 class _Waiting:
     """The future state of one ObjectRef on one event loop (see ObjectRef._waiting).
 
-    Holds the ref weakly: callbacks get the ref itself, and a pending state must not
-    keep a ref (and so its object) alive on its own.
+    It does not point back at its ref (the ref points at it): whoever resolves it
+    passes the ref, so a pending state never keeps a ref, and its object, alive.
+    The loop's fetcher settles these in batches and runs their callbacks together.
     """
 
-    __slots__ = ("batch", "callbacks", "exc", "loop", "ref", "state", "value")
+    __slots__ = ("callbacks", "exc", "loop", "state", "value")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, ref: ObjectRef) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, callbacks: list[tuple[Any, Any]]) -> None:
         self.loop = loop
-        self.ref = weakref.ref(ref)
         self.state = _PENDING
         self.value: Any = None
         self.exc: BaseException | None = None
-        self.callbacks: list[tuple[Any, Any]] = []
-        # Set by the fetcher for one resolution: collect the callbacks there instead of
-        # scheduling each one (the fetcher schedules the whole batch once).
-        self.batch: list[tuple[Any, Any, Any]] | None = None
+        self.callbacks = callbacks
 
-    # The fetcher resolves these like asyncio futures.
-    def done(self) -> bool:
-        return self.state != _PENDING
-
-    def set_result(self, value: Any) -> None:
-        self.finish(_DONE, value, None)
-
-    def set_exception(self, exc: BaseException) -> None:
-        self.finish(_DONE, None, exc)
-
-    def finish(self, state: int, value: Any, exc: BaseException | None) -> None:
+    def finish(self, ref: ObjectRef, state: int, value: Any, exc: BaseException | None) -> None:
+        """Settle now and schedule each callback (the unbatched path)."""
         if self.state:
             return
         self.state, self.value, self.exc = state, value, exc
         callbacks, self.callbacks = self.callbacks, []
-        ref = self.ref()
-        batch, self.batch = self.batch, None
-        if ref is None or not callbacks:
-            return
-        if batch is not None:
-            batch.extend((fn, ref, ctx) for fn, ctx in callbacks)
-            return
         call_soon = self.loop.call_soon
         for fn, ctx in callbacks:
             call_soon(fn, ref, context=ctx)
