@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import weakref
 from collections.abc import Coroutine, Generator, Sequence
 from functools import partial
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from aioray import api, serialization, store_client
 from aioray.core_worker import CoreWorker
 from aioray.memory_store import StoredObject
-from aioray.object_ref import _DONE, ObjectRef, _Waiting
+from aioray.object_ref import ObjectRef
 
 
 async def _on_core_loop(cw: CoreWorker, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -112,13 +111,21 @@ COALESCE_S = 0.005
 
 
 class LoopFetcher:
-    """Resolves plain futures of one caller loop with object values, in batches.
+    """Resolves the futures of one caller loop with object values, in batches.
 
     Every ref awaited on that loop during one iteration crosses to the CoreWorker's
     loop in a single call, and values come back in batches too (one wake-up of the
     caller's loop per CoreWorker loop iteration), so ``gather`` over 10,000 refs does
     not cost 10,000 thread hops each way.
+
+    It is also the "loop" of the refs' own future states (ObjectRef._bind): a C Future
+    schedules each callback with ``loop.call_soon``, which on asyncio's own loop costs a
+    Handle per ref; through ``call_soon`` below, the callbacks of every ref resolved in
+    one go run in a single call of the real loop.
     """
+
+    # Future.__init__ asks its loop for get_debug(): answered without a Python frame.
+    get_debug = staticmethod(bool)
 
     def __init__(self, cw: CoreWorker, loop: asyncio.AbstractEventLoop) -> None:
         self.cw = cw
@@ -129,9 +136,35 @@ class LoopFetcher:
         self._deliver_scheduled = False
         self._deliver_timer: asyncio.TimerHandle | None = None
         self._outstanding = 0  # futures asked for and not yet delivered
-        self._ready: list[tuple[Any, Any, Any]] = []  # callbacks of refs settled at once
-        self._ready_scheduled = False
         self._lookup = cw.memory_store.get
+        self._ready: list[tuple[Any, Any, Any]] = []
+        self._ready_scheduled = False
+
+    def call_soon(self, fn: Any, arg: Any, *, context: Any = None) -> None:
+        """(caller loop) The refs' futures schedule their callbacks here."""
+        self._ready.append((fn, arg, context))
+        if not self._ready_scheduled:
+            self._ready_scheduled = True
+            self.loop.call_soon(self._run_ready)
+
+    def _run_ready(self) -> None:
+        self._ready_scheduled = False
+        ready, self._ready = self._ready, []
+        for fn, arg, ctx in ready:
+            try:
+                if ctx is None:
+                    fn(arg)
+                else:
+                    ctx.run(fn, arg)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as e:
+                self.loop.call_exception_handler(
+                    {"message": f"Exception in callback {fn!r}", "exception": e}
+                )
+
+    def is_closed(self) -> bool:
+        return self.loop.is_closed()
 
     def future(self, ref: ObjectRef) -> asyncio.Future[Any]:
         """(caller loop) A new future that resolves to the value of ``ref``."""
@@ -139,32 +172,19 @@ class LoopFetcher:
         self.watch(ref, fut)
         return fut
 
-    def watch(self, ref: ObjectRef, target: Any) -> None:
-        """(caller loop) Resolve ``target`` (a future, or a ref's own future state)."""
+    def watch(self, ref: ObjectRef, fut: asyncio.Future[Any]) -> None:
+        """(caller loop) Resolve ``fut``, a future of this loop (the ref's own, or one
+        made for an await), with the value of ``ref``."""
         cw, oid = self.cw, ref._id
         obj = self._lookup(oid)
         if obj is not None and (obj.data is not None or not store_client.not_here(cw, oid, obj)):
-            if target.__class__ is _Waiting:
-                # Already here (a gather over finished refs): settle now, but run the
-                # callbacks of all such refs in one scheduled call, as asyncio would
-                # run each in a call of its own.
-                _settle(cw, ref, target, obj, self._ready)
-                if not self._ready_scheduled:
-                    self._ready_scheduled = True
-                    self.loop.call_soon(self._run_ready)
-            else:
-                _resolve(cw, ref, target, obj)
+            _resolve(cw, ref, fut, obj)
             return
-        self._asked.append((ref, target))
+        self._asked.append((ref, fut))
         self._outstanding += 1
         if not self._ask_scheduled:
             self._ask_scheduled = True
             self.loop.call_soon(self._ask)
-
-    def _run_ready(self) -> None:
-        self._ready_scheduled = False
-        ready, self._ready = self._ready, []
-        _run_callbacks(ready)
 
     def _ask(self) -> None:
         self._ask_scheduled = False
@@ -239,80 +259,42 @@ class LoopFetcher:
         self.loop.call_soon_threadsafe(self._deliver)
 
     def _deliver(self) -> None:
-        """(caller loop) Resolve what arrived; run the refs' done-callbacks in one go."""
+        """(caller loop) Resolve what arrived, in one go."""
         self._deliver_scheduled = False
         arrived = self._arrived
-        ready: list[tuple[Any, Any, Any]] = []
-        cw = self.cw
+        cw, loop = self.cw, self.loop
         n = 0
         while arrived:
-            ref, target, outcome = arrived.popleft()
+            ref, fut, outcome = arrived.popleft()
             n += 1
-            if target.__class__ is _Waiting:
-                if not target.state:
-                    _settle(cw, ref, target, outcome, ready)
-            else:
-                _resolve(cw, ref, target, outcome)
+            owner = fut._loop
+            if owner is self or owner is loop:  # else a ref's state was rebound since
+                _resolve(cw, ref, fut, outcome)
         self._outstanding -= n
-        if ready:
-            # One scheduled call for the whole batch instead of one per ref: a gather of
-            # 10,000 refs otherwise pays 10,000 loop handles on the caller's loop.
-            self.loop.call_soon(_run_callbacks, ready)
 
 
-def _run_callbacks(callbacks: list[tuple[Any, Any, Any]]) -> None:
-    for fn, ref, ctx in callbacks:
-        try:
-            if ctx is None:
-                fn(ref)
-            else:
-                ctx.run(fn, ref)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as e:
-            loop = asyncio.get_running_loop()
-            loop.call_exception_handler(
-                {"message": f"Exception in callback {fn!r}", "exception": e}
-            )
-
-
-def _outcome(cw: CoreWorker, ref: ObjectRef, outcome: Any) -> tuple[Any, BaseException | None]:
-    """(value, error) of an arrival: a stored object, or the error that ended the wait."""
+def _resolve(cw: CoreWorker, ref: ObjectRef, fut: asyncio.Future[Any], outcome: Any) -> None:
+    """(the future's loop) ``outcome`` is the stored object or the error that ended the wait."""
+    if _future_done(fut):  # the waiter was cancelled: the task itself goes on
+        return
     if isinstance(outcome, BaseException):
-        return None, outcome
+        _set_exception(fut, outcome)
+        return
     try:
         if outcome.data is not None and not outcome.is_error:  # inline value: the common case
-            return serialization.deserialize(outcome.data, outcome.buffers), None
-        return cw.materialize(ref._id, outcome, ref._owner), None
+            value = serialization.deserialize(outcome.data, outcome.buffers)
+        else:
+            value = cw.materialize(ref._id, outcome, ref._owner)
     except BaseException as e:  # the object is an error, or was lost
-        return None, e
-
-
-def _settle(
-    cw: CoreWorker, ref: ObjectRef, w: _Waiting, outcome: Any, ready: list[tuple[Any, Any, Any]]
-) -> None:
-    """Resolve a ref's own future state, adding its callbacks to ``ready`` to run later."""
-    w.value, w.exc = _outcome(cw, ref, outcome)
-    w.state = _DONE
-    callbacks = w.callbacks
-    if callbacks:
-        w.callbacks = []
-        for fn, ctx in callbacks:
-            ready.append((fn, ref, ctx))
-
-
-def _resolve(cw: CoreWorker, ref: ObjectRef, fut: Any, outcome: Any) -> None:
-    """Resolve ``fut`` (an asyncio future or a ref's state) now, callbacks unbatched."""
-    waiting = fut.__class__ is _Waiting
-    if fut.state if waiting else fut.done():  # the waiter was cancelled: the task goes on
+        _set_exception(fut, e)
         return
-    value, exc = _outcome(cw, ref, outcome)
-    if waiting:
-        fut.finish(ref, _DONE, value, exc)
-    elif exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(value)
+    _set_result(fut, value)
+
+
+# Called unbound: ObjectRef refuses set_result from users (its value comes from its task).
+_future_done = asyncio.Future.done
+_set_result = asyncio.Future.set_result
+_set_exception = asyncio.Future.set_exception
 
 
 _last: tuple[Any, LoopFetcher] | None = None
@@ -332,8 +314,12 @@ def fetcher_for_running_loop() -> LoopFetcher:
 
 
 def fetcher_for(cw: CoreWorker, loop: asyncio.AbstractEventLoop) -> LoopFetcher:
-    fetchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopFetcher] = cw.loop_fetchers
+    fetchers: dict[asyncio.AbstractEventLoop, LoopFetcher] = cw.loop_fetchers
     f = fetchers.get(loop)
     if f is None:
+        # A fetcher holds its loop, so the weak keys never die on their own: drop the
+        # fetchers of closed loops (one per finished asyncio.run) here.
+        for old in [lp for lp in fetchers if lp.is_closed()]:
+            del fetchers[old]
         f = fetchers[loop] = LoopFetcher(cw, loop)
     return f

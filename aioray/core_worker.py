@@ -25,7 +25,6 @@ import contextvars
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -96,7 +95,7 @@ class CoreWorker:
         self.submitter = TaskSubmitter(self)
         self.actors = ActorSubmitter(self)
         self.streams = StreamManager(self)
-        self.loop_fetchers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self.loop_fetchers: dict[Any, Any] = {}  # caller loop -> async_api.LoopFetcher
         self.actor_id: bytes | None = None  # set in a worker that hosts an actor
         self.gcs_client = GcsClient(self)
         self.extra_handlers: dict[str, rpc.Handler] = {}

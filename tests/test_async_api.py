@@ -302,17 +302,17 @@ def test_a_ref_can_be_awaited_on_successive_loops(ray_shared: Any) -> None:
 
 
 def test_the_same_ref_awaited_from_two_loops_at_once(ray_shared: Any, tmp_path: Path) -> None:
+    # `await ref` makes a future per await: any number of loops may await one ref.
     gate = tmp_path / "gate"
     ref = after_file.remote(str(gate), "both")
     waiting = threading.Barrier(3, timeout=DEADLINE_S)
 
-    def on_own_loop() -> tuple[int, int]:
-        async def main() -> tuple[int, int]:
-            wait = asyncio.create_task(asyncio.wait([ref], timeout=DEADLINE_S))
-            await asyncio.sleep(0)  # the wait registers its callback on the ref
+    def on_own_loop() -> Any:
+        async def main() -> Any:
+            awaiting = asyncio.create_task(asyncio.wait_for(ref.as_future(), DEADLINE_S))
+            await asyncio.sleep(0)
             waiting.wait()  # both loops wait before the task may finish
-            done, pending = await wait
-            return len(done), len(pending)
+            return await awaiting
 
         return asyncio.run(main())
 
@@ -320,8 +320,50 @@ def test_the_same_ref_awaited_from_two_loops_at_once(ray_shared: Any, tmp_path: 
         futures = [pool.submit(on_own_loop) for _ in range(2)]
         waiting.wait()
         gate.touch()
-        results = [f.result(timeout=DEADLINE_S + 5) for f in futures]
-    assert results == [(1, 0), (1, 0)]
+        assert [f.result(timeout=DEADLINE_S + 5) for f in futures] == ["both", "both"]
+
+
+def test_a_ref_used_as_a_future_by_two_live_loops_at_once_is_a_clear_error(
+    ray_shared: Any, tmp_path: Path
+) -> None:
+    # As a future (asyncio.wait, gather) the ref itself is the future, and an asyncio
+    # future has one loop: a second live loop gets an error that says what to do.
+    gate = tmp_path / "gate"
+    ref = after_file.remote(str(gate), "one")
+    first_waits = threading.Event()
+    second_tried = threading.Event()
+
+    def first() -> Any:
+        async def main() -> Any:
+            wait = asyncio.create_task(asyncio.wait([ref], timeout=DEADLINE_S))
+            await asyncio.sleep(0)  # the wait registers its callback on the ref
+            first_waits.set()
+            await asyncio.to_thread(second_tried.wait, DEADLINE_S)
+            gate.touch()
+            done, _ = await wait
+            return [r.result() for r in done]
+
+        return asyncio.run(main())
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        result = pool.submit(first)
+        assert first_waits.wait(DEADLINE_S)
+
+        async def second() -> None:
+            with pytest.raises(RuntimeError, match="another event loop.*await ref"):
+                await asyncio.wait([ref], timeout=DEADLINE_S)
+
+        try:
+            asyncio.run(second())
+        finally:
+            second_tried.set()
+        assert result.result(timeout=DEADLINE_S + 5) == ["one"]
+
+    async def third() -> Any:  # once the value is in, any loop may use the ref
+        done, _ = await asyncio.wait([ref], timeout=DEADLINE_S)
+        return [r.result() for r in done], await asyncio.gather(ref)
+
+    assert asyncio.run(third()) == (["one"], ["one"])
 
 
 def test_ref_future_is_a_concurrent_future(ray_shared: Any) -> None:
@@ -672,3 +714,16 @@ def test_blocking_get_from_a_plain_callback_on_the_loop_does_not_warn(
         warnings.simplefilter("always")
         assert asyncio.run(main()) == "cb"
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_fetcher_per_finished_loop_is_not_kept(ray_shared: Any) -> None:
+    # One asyncio.run after another (a script calling asyncio.run per request) must not
+    # leave a fetcher, and its closed loop, behind for each.
+    cw = api.ensure_connected()
+    for i in range(20):
+        assert asyncio.run(_await_one(i)) == i
+    assert len(cw.loop_fetchers) <= 1
+
+
+async def _await_one(i: int) -> Any:
+    return await echo.remote(i)
