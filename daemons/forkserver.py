@@ -37,19 +37,38 @@ def main() -> None:
     signal.signal(
         signal.SIGINT, signal.SIG_IGN
     )  # Ctrl-C in the driver's terminal is for the driver
-    for line in stream:
-        request = json.loads(line)
+    for line in _requests(stream):
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict) or not isinstance(request.get("args"), dict):
+                raise ValueError("no worker arguments")
+        except ValueError as e:
+            _answer(stream, {"error": f"malformed fork request {line[:80]!r}: {e!r}"})
+            continue
         pid = os.fork()
         if pid == 0:
             stream.close()
             control.close()
             _become_worker(request)  # never returns
-        try:
-            stream.write(json.dumps({"pid": pid}).encode() + b"\n")
-            stream.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            os._exit(0)  # the raylet is gone (shutting down): so are we, without a flush
+        _answer(stream, {"pid": pid})
     sys.exit(0)
+
+
+def _answer(stream: Any, reply: dict[str, Any]) -> None:
+    try:
+        stream.write(json.dumps(reply).encode() + b"\n")
+        stream.flush()
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(0)  # the raylet is gone (shutting down): so are we, without a flush
+
+
+def _requests(stream: Any) -> Any:
+    """The raylet's request lines until it goes; a reset (it closed with our answer
+    unread) is a close too, not an error to print on the user's terminal."""
+    try:
+        yield from stream
+    except ConnectionResetError:
+        return
 
 
 def _become_worker(request: dict[str, Any]) -> None:

@@ -110,7 +110,10 @@ class WorkerPool:
                 line = await self._reader.readline()
             if not line:
                 raise ConnectionError("fork server exited")
-            pid = json.loads(line)["pid"]
+            reply = json.loads(line)
+            if "error" in reply:
+                raise RuntimeError(f"fork server: {reply['error']}")
+            pid = reply["pid"]
         except Exception:
             self.starting[env_key] -= 1
             logger.exception("could not start a worker")
