@@ -477,29 +477,37 @@ class CoreWorker:
         if len(ready) >= num_returns or timeout == 0:
             return ready
         futs: dict[asyncio.Future[Any], bytes] = {}
+        shared: set[asyncio.Future[Any]] = set()  # other callers' fetches: never cancelled
         for r in refs:
             if r._id in ready:
                 continue
             if fetch or r._id in self.owned:
                 fut: asyncio.Future[Any] = self.fetch(r)
+                if fut is self._fetching.get(r._id):
+                    shared.add(fut)
             else:
                 fut = self.loop.create_task(self._wait_at_owner(r))
             futs[fut] = r._id
-        deadline = None if timeout is None else self.loop.time() + timeout
-        pending = set(futs)
+        # One callback per ref and a count: asyncio.wait(FIRST_COMPLETED) in a loop would
+        # re-register every pending ref on each wake-up (quadratic in the number of refs).
+        enough: asyncio.Future[None] = self.loop.create_future()
+
+        def arrived(f: asyncio.Future[Any]) -> None:
+            ready.add(futs[f])
+            if len(ready) >= num_returns and not enough.done():
+                enough.set_result(None)
+
+        for f in futs:
+            f.add_done_callback(arrived)
         try:
-            while len(ready) < num_returns and pending:
-                left = None if deadline is None else max(0.0, deadline - self.loop.time())
-                done, pending = await asyncio.wait(
-                    pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
-                )
-                if not done:
-                    break
-                ready.update(futs[f] for f in done)
+            await asyncio.wait([enough], timeout=timeout)
         finally:
-            for f in pending:
-                f.cancel()
-        return ready
+            for f in futs:
+                if not f.done():
+                    f.remove_done_callback(arrived)
+                    if f not in shared:
+                        f.cancel()
+        return set(ready)
 
     async def _wait_at_owner(self, ref: ObjectRef) -> None:
         owner = ref._owner

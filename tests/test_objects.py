@@ -213,6 +213,32 @@ def test_wait_num_returns_and_timeout(ray_shared, tmp_path):
     assert (ready, not_ready) == ([slow], [])
 
 
+def test_a_timed_out_wait_leaves_a_concurrent_get_of_a_borrowed_ref_alone(ray_shared, tmp_path):
+    # wait and get of a borrowed ref share one fetch from the owner: a wait that times
+    # out must stop waiting, not cancel the fetch another caller still awaits.
+    release = str(tmp_path / "release")
+    blocker = _blocker()
+
+    @ray.remote
+    class Owner:
+        def make(self, path):
+            return [blocker.remote(path, "owned elsewhere")]
+
+    owner = Owner.remote()
+    [ref] = ray.get(owner.make.remote(release), timeout=GET_TIMEOUT)
+    pending = ref.future()
+    assert ray.wait([ref], timeout=0.2) == ([], [ref])
+    open(release, "w").close()
+    assert pending.result(timeout=GET_TIMEOUT) == "owned elsewhere"
+    ray.kill(owner)
+
+
+def test_wait_for_all_of_many_refs(ray_shared):
+    refs = [echo.remote(i) for i in range(3000)]
+    ready, not_ready = ray.wait(refs, num_returns=len(refs), timeout=GET_TIMEOUT)
+    assert ready == refs and not not_ready
+
+
 def test_wait_with_large_objects(ray_shared):
     @ray.remote
     def big(i):
