@@ -350,7 +350,7 @@ def test_a_ref_used_as_a_future_by_two_live_loops_at_once_is_a_clear_error(
         assert first_waits.wait(DEADLINE_S)
 
         async def second() -> None:
-            with pytest.raises(RuntimeError, match="another event loop.*await ref"):
+            with pytest.raises(RuntimeError, match=r"another event loop.*await ref"):
                 await asyncio.wait([ref], timeout=DEADLINE_S)
 
         try:
