@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Coroutine, Generator, Sequence
+import pickle
+import threading
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from functools import partial
 from typing import Any
 
-from aioray import api, serialization, store_client
+from aioray import api, object_ref, serialization, store_client
 from aioray.core_worker import CoreWorker
+from aioray.exceptions import ObjectFreedError
 from aioray.memory_store import StoredObject
 from aioray.object_ref import ObjectRef
 
@@ -106,7 +109,6 @@ async def shutdown_async() -> None:
     await asyncio.to_thread(api.shutdown)
 
 
-COALESCE_ABOVE = 64
 COALESCE_S = 0.005
 
 
@@ -130,6 +132,19 @@ class LoopFetcher:
     def __init__(self, cw: CoreWorker, loop: asyncio.AbstractEventLoop) -> None:
         self.cw = cw
         self.loop = loop
+        # ObjectRef trusts a remembered fetcher while this is true. For asyncio's loops
+        # it reads the thread running the loop (None when stopped) without a Python frame.
+        self.loop_running: Callable[[], Any] = (
+            partial(getattr, loop, "_thread_id")
+            if isinstance(loop, asyncio.BaseEventLoop)
+            else loop.is_running
+        )
+        # The results this process owns are awaited by a watch in its memory store,
+        # registered from this loop's thread: no hop to the CoreWorker's loop and back.
+        self._watch_direct = loop is not cw.loop
+        self._owned = cw.owned
+        self._objects = cw.memory_store.objects
+        self._watched = cw.memory_store.watched
         self._asked: list[tuple[ObjectRef, Any]] = []
         self._ask_scheduled = False
         self._arrived: collections.deque[tuple[ObjectRef, Any, Any]] = collections.deque()
@@ -143,7 +158,7 @@ class LoopFetcher:
     def call_soon(self, fn: Any, arg: Any, *, context: Any = None) -> None:
         """(caller loop) The refs' futures schedule their callbacks here."""
         self._ready.append((fn, arg, context))
-        if not self._ready_scheduled:
+        if not self._ready_scheduled:  # (_deliver runs them itself when it is done)
             self._ready_scheduled = True
             self.loop.call_soon(self._run_ready)
 
@@ -175,13 +190,29 @@ class LoopFetcher:
     def watch(self, ref: ObjectRef, fut: asyncio.Future[Any]) -> None:
         """(caller loop) Resolve ``fut``, a future of this loop (the ref's own, or one
         made for an await), with the value of ``ref``."""
-        cw, oid = self.cw, ref._id
+        oid = ref._id
         obj = self._lookup(oid)
-        if obj is not None and (obj.data is not None or not store_client.not_here(cw, oid, obj)):
-            _resolve(cw, ref, fut, obj)
+        if obj is not None and (
+            obj.data is not None or not store_client.not_here(self.cw, oid, obj)
+        ):
+            _resolve(self.cw, ref, fut, obj)
             return
+        self._outstanding += 1  # (before the watch: a delivery counts against it)
+        if obj is None and self._watch_direct and oid in self._owned:
+            # MemoryStore.put pops the watch and calls self.arrived. Each dict operation
+            # is atomic, and the order makes the race with a put on the core loop safe:
+            # we register, then look for the object; put stores, then looks for a watch.
+            # Whichever comes second sees the other, and whoever pops the watch delivers
+            # it (here: through the core loop, as put would).
+            entry = (self, ref, fut)
+            if self._watched.setdefault(oid, entry) is entry:
+                if oid in self._objects:
+                    taken = self._watched.pop(oid, None)
+                    if taken is not None:
+                        self.cw.post(_deliver_taken, self.cw, oid, taken)
+                return
+            # (another loop watches this object: the core loop serves this one)
         self._asked.append((ref, fut))
-        self._outstanding += 1
         if not self._ask_scheduled:
             self._ask_scheduled = True
             self.loop.call_soon(self._ask)
@@ -200,7 +231,7 @@ class LoopFetcher:
         store, owned = cw.memory_store, cw.owned
         for ref, target in batch:
             if ref._id in owned:  # this process makes it: wait in the store, no future
-                store.when_stored(ref._id, partial(self._arrived_one, ref, target))
+                store.when_stored(ref._id, partial(self.arrived, ref, target))
             else:
                 cw.fetch(ref).add_done_callback(partial(self._arrive, ref, target))
 
@@ -210,9 +241,9 @@ class LoopFetcher:
             outcome: Any = asyncio.CancelledError()
         else:
             outcome = done.exception() or done.result()
-        self._arrived_one(ref, target, outcome)
+        self.arrived(ref, target, outcome)
 
-    def _arrived_one(self, ref: ObjectRef, target: Any, outcome: Any) -> None:
+    def arrived(self, ref: ObjectRef, target: Any, outcome: Any) -> None:
         """(CoreWorker loop) ``outcome`` is the stored object or the error."""
         if (
             outcome.__class__ is StoredObject
@@ -262,15 +293,46 @@ class LoopFetcher:
         """(caller loop) Resolve what arrived, in one go."""
         self._deliver_scheduled = False
         arrived = self._arrived
+        n = len(arrived)  # (what arrives meanwhile is delivered by the next wake-up)
+        ran_ready = self._ready_scheduled
+        self._ready_scheduled = True  # the callbacks of what we resolve run at the end
+        try:
+            self._resolve_arrived(arrived.popleft, n)
+        finally:
+            self._outstanding -= n
+            if not ran_ready:  # else _run_ready is scheduled already and runs them
+                self._run_ready()
+
+    def _resolve_arrived(self, pop: Any, n: int) -> None:
         cw, loop = self.cw, self.loop
-        n = 0
-        while arrived:
-            ref, fut, outcome = arrived.popleft()
-            n += 1
+        for _ in range(n):
+            ref, fut, outcome = pop()
             owner = fut._loop
-            if owner is self or owner is loop:  # else a ref's state was rebound since
+            if owner is not self and owner is not loop:
+                continue  # the ref's state was rebound since
+            if (  # an inline value, the common case: _resolve's first branch, inlined
+                outcome.__class__ is StoredObject
+                and outcome.data is not None
+                and not outcome.is_error
+                and not _future_done(fut)
+            ):
+                try:
+                    if outcome.buffers:
+                        value = _loads(outcome.data, buffers=outcome.buffers)
+                    else:
+                        value = _loads(outcome.data)
+                except BaseException as e:
+                    _set_exception(fut, e)
+                else:
+                    _set_result(fut, value)
+            else:
                 _resolve(cw, ref, fut, outcome)
-        self._outstanding -= n
+
+
+def _deliver_taken(cw: CoreWorker, oid: bytes, entry: tuple[LoopFetcher, ObjectRef, Any]) -> None:
+    """(CoreWorker loop) A watch taken back from the store after its object arrived."""
+    fetcher, ref, fut = entry
+    fetcher.arrived(ref, fut, cw.memory_store.get(oid) or ObjectFreedError(oid.hex()))
 
 
 def _resolve(cw: CoreWorker, ref: ObjectRef, fut: asyncio.Future[Any], outcome: Any) -> None:
@@ -295,21 +357,19 @@ def _resolve(cw: CoreWorker, ref: ObjectRef, fut: asyncio.Future[Any], outcome: 
 _future_done = asyncio.Future.done
 _set_result = asyncio.Future.set_result
 _set_exception = asyncio.Future.set_exception
-
-
-_last: tuple[Any, LoopFetcher] | None = None
+_loads = pickle.loads  # serialization.deserialize, without its frame
 
 
 def fetcher_for_running_loop() -> LoopFetcher:
-    """The fetcher of the running loop (cached: gather asks once per ref)."""
-    global _last
+    """The fetcher of the running loop, remembered for this thread while that loop runs
+    (ObjectRef looks there first); outside a running loop, that of get_event_loop()."""
     loop = asyncio.get_event_loop()
-    last = _last
-    cw = api.ensure_connected()
-    if last is not None and last[0] is loop and last[1].cw is cw:
-        return last[1]
-    f = fetcher_for(cw, loop)
-    _last = (loop, f)
+    f = fetcher_for(api.ensure_connected(), loop)
+    if asyncio.events._get_running_loop() is loop:
+        running = object_ref._running_fetchers
+        for ident in [i for i, old in running.items() if old.loop.is_closed()]:
+            del running[ident]
+        running[threading.get_ident()] = f
     return f
 
 

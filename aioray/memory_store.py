@@ -5,6 +5,10 @@ objects are cached here once fetched. Waiters are futures of the CoreWorker's
 loop. Writes happen on that loop, except a put of a brand-new object (nothing can
 be waiting for an id that did not exist); reads are single dict lookups and safe
 from any thread.
+
+The one thing other threads write is a watch: a caller loop's fetcher registers the
+owned objects it awaits straight into ``watched`` (LoopFetcher.watch says why that is
+safe), so awaiting a task's result costs no hop to this loop and back, only the delivery.
 """
 
 from __future__ import annotations
@@ -81,6 +85,10 @@ class MemoryStore:
         self._callbacks: dict[bytes, list[Callable[[Any], None]]] = {}
         # The lookup every get and await makes: the dict's own method, no Python frame.
         self.get: Callable[[bytes], StoredObject | None] = self._objects.get
+        # Watches registered from caller loops' threads: object id -> (fetcher, ref,
+        # future), delivered with fetcher.arrived(ref, future, object or error).
+        self.watched: dict[bytes, tuple[Any, Any, Any]] = {}
+        self.objects = self._objects
 
     def __len__(self) -> int:
         return len(self._objects)
@@ -98,6 +106,10 @@ class MemoryStore:
         if self._callbacks:
             for cb in self._callbacks.pop(oid, ()):
                 cb(obj)
+        if self.watched:
+            watch = self.watched.pop(oid, None)
+            if watch is not None:
+                watch[0].arrived(watch[1], watch[2], obj)
 
     def wait_for(self, oid: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[StoredObject]:
         """A future resolved when ``oid`` is stored (at once if it already is)."""
@@ -122,7 +134,7 @@ class MemoryStore:
         return self._objects.pop(oid, None)
 
     def has_waiters(self, oid: bytes) -> bool:
-        return oid in self._waiters or oid in self._callbacks
+        return oid in self._waiters or oid in self._callbacks or oid in self.watched
 
     def fail_waiters(self, oid: bytes, exc: BaseException) -> None:
         for w in self._waiters.pop(oid, []):
@@ -130,9 +142,15 @@ class MemoryStore:
                 w.set_exception(exc)
         for cb in self._callbacks.pop(oid, ()):
             cb(exc)
+        watch = self.watched.pop(oid, None)
+        if watch is not None:
+            watch[0].arrived(watch[1], watch[2], exc)
 
     def items(self) -> list[tuple[bytes, StoredObject]]:
         return list(self._objects.items())
 
     def stats(self) -> dict[str, Any]:
-        return {"objects": len(self._objects), "waiting": len(self._waiters) + len(self._callbacks)}
+        return {
+            "objects": len(self._objects),
+            "waiting": len(self._waiters) + len(self._callbacks) + len(self.watched),
+        }

@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 from asyncio.events import _get_running_loop
 from collections.abc import Generator
+from threading import get_ident as _get_ident
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aioray import serialization
@@ -34,9 +35,19 @@ _future_cancelled = _Future.cancelled
 _future_add_done_callback = _Future.add_done_callback
 
 
+# Each thread's running loop's fetcher. On Python 3.11 asyncio's _get_running_loop
+# asks the kernel for the pid on every call inside a running loop (~0.5 us here), and
+# gather uses a ref as a future two or three times; this lookup costs ~0.1 us. An entry
+# is trusted while its loop runs (a loop stopped in this thread and restarted in
+# another while this one runs a third would fool it; uvloop does not say which thread
+# runs it). async_api fills it; a new CoreWorker empties it.
+_running_fetchers: dict[int, Any] = {}
+
+
 def set_core_worker(cw: CoreWorker | None) -> None:
     global _core_worker
     _core_worker = cw
+    _running_fetchers.clear()
 
 
 class ObjectRef(_Future):
@@ -101,30 +112,38 @@ class ObjectRef(_Future):
     def __await__(self) -> Generator[Any, None, Any]:
         # Each await gets a future of its own: cancelling one awaiter cancels no other,
         # and any number of loops may await the same ref at once.
-        return _fetcher().future(self).__await__()
+        return _current_fetcher().future(self).__await__()
 
     __iter__ = __await__
 
     def as_future(self) -> asyncio.Future[Any]:
         """A new asyncio future on the running loop that resolves to the value."""
-        return _fetcher().future(self)
+        return _current_fetcher().future(self)
 
     # -- the asyncio.Future protocol ----------------------------------------------------------
     # get_loop and add_done_callback are where asyncio starts using a ref as a future:
     # they bind its state to the running loop's fetcher (which resolves it and batches its
     # callbacks: async_api.LoopFetcher) and start its fetch; the rest is the C Future's.
     def get_loop(self) -> asyncio.AbstractEventLoop:
-        fetcher: Any = self._loop
+        f = _running_fetchers.get(_get_ident())
+        if f is not None and f.loop_running():
+            bound: Any = self._loop
+            if bound is f:
+                if not _future_cancelled(self):
+                    return f.loop
+            elif bound is None:  # the first wait on a fresh ref: gather's common case
+                _future_init(self, loop=f)
+                f.watch(self, self)
+                return f.loop
+        fetcher = self._bind()
         running = _get_running_loop()
-        if fetcher is None or fetcher.loop is not running or _future_cancelled(self):
-            fetcher = self._bind()
-            if running is not None:  # (a state done on another loop stays bound there)
-                return running
-        return fetcher.loop
+        # (a state done on another loop stays bound there, and serves this one too)
+        return running if running is not None else fetcher.loop
 
     def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
-        fetcher: Any = self._loop
-        if fetcher is None or fetcher.loop is not _get_running_loop() or _future_cancelled(self):
+        f: Any = _running_fetchers.get(_get_ident())
+        bound: Any = self._loop
+        if f is None or bound is not f or _future_cancelled(self) or not f.loop_running():
             fetcher = self._bind()
             running = _get_running_loop()
             if running is not None and fetcher.loop is not running:  # done on another loop
@@ -144,11 +163,7 @@ class ObjectRef(_Future):
         same on every loop) or another live loop is waiting on it (an asyncio future
         has one loop: that is an error). A cancelled state is replaced too: a timed-out
         wait must not poison the next one."""
-        last = _async_api._last if _async_api is not None else None
-        if last is not None and last[0] is _get_running_loop() and last[1].cw is _core_worker:
-            fetcher = last[1]  # the fetcher of the last call: a gather binds once per ref
-        else:
-            fetcher = _fetcher()
+        fetcher = _current_fetcher()
         bound: Any = self._loop
         if bound is fetcher:
             if not _future_cancelled(self):
@@ -179,8 +194,12 @@ class ObjectRef(_Future):
         return api.get_future(self)
 
 
-def _fetcher() -> Any:
-    """The running loop's LoopFetcher (async_api is resolved once: it imports us)."""
+def _current_fetcher() -> Any:
+    """The running loop's LoopFetcher; outside a running loop, that of the loop
+    asyncio.get_event_loop() gives (async_api is resolved once: it imports us)."""
+    f = _running_fetchers.get(_get_ident())
+    if f is not None and f.loop_running():
+        return f
     global _async_api
     if _async_api is None:
         from aioray import async_api

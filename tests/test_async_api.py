@@ -24,7 +24,7 @@ import pytest
 from conftest import wait_for_condition
 
 import aioray as ray
-from aioray import api
+from aioray import api, object_ref
 from aioray.exceptions import GetTimeoutError, RayTaskError
 from aioray.util import as_completed, map_unordered
 
@@ -727,3 +727,141 @@ def test_a_fetcher_per_finished_loop_is_not_kept(ray_shared: Any) -> None:
 
 async def _await_one(i: int) -> Any:
     return await echo.remote(i)
+
+
+# -- the watch a caller loop registers in the memory store (LoopFetcher.watch) -------------
+# The caller's thread registers a watch and then looks for the object; put, on the core
+# loop, stores the object and then looks for a watch. These tests make the put land at
+# each point of that sequence, for real on the core loop's thread, and check the value
+# arrives exactly once and nothing is left behind.
+
+
+class _PutDuringWatch(dict):  # type: ignore[type-arg]
+    """A watch table that has the core loop store the awaited object, for real, just
+    before (``when="before"``) or just after (``"after"``) the watch is registered."""
+
+    def __init__(self, cw: Any, when: str) -> None:
+        super().__init__()
+        self.cw, self.when, self.puts = cw, when, 0
+
+    def _put_on_core_loop(self, oid: bytes) -> None:
+        from aioray.memory_store import StoredObject
+        from aioray.serialization import serialize
+
+        data = serialize(("value of", oid)).data
+
+        async def put() -> None:
+            self.cw.memory_store.put(oid, StoredObject(data))
+
+        asyncio.run_coroutine_threadsafe(put(), self.cw.loop).result(DEADLINE_S)
+        self.puts += 1
+
+    def setdefault(self, oid: bytes, entry: Any) -> Any:
+        if self.when == "before":
+            self._put_on_core_loop(oid)
+        got = super().setdefault(oid, entry)
+        if self.when == "after":
+            self._put_on_core_loop(oid)
+        return got
+
+
+def _pending_owned_refs(cw: Any, n: int) -> list[ray.ObjectRef]:
+    """Refs to objects this driver owns and has not stored yet (as a task's results)."""
+    from aioray import ids
+
+    refs = []
+    for _ in range(n):
+        oid = ids.object_id(cw.ids.task_id(), 0)
+        cw.owned.add(oid)
+        refs.append(ray.ObjectRef(oid))
+    return refs
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("how", ["gather", "await"])
+def test_a_result_stored_while_its_watch_registers_arrives_once(
+    ray_shared: Any, when: str, how: str
+) -> None:
+    cw = api.ensure_connected()
+    refs = _pending_owned_refs(cw, 20)
+
+    async def main() -> list[Any]:
+        fetcher = object_ref._current_fetcher()
+        table = _PutDuringWatch(cw, when)
+        fetcher._watched = table
+        try:
+            if how == "gather":
+                got = await asyncio.wait_for(asyncio.gather(*refs), DEADLINE_S)
+            else:
+                got = [await asyncio.wait_for(r, DEADLINE_S) for r in refs]
+        finally:
+            fetcher._watched = cw.memory_store.watched
+        assert table.puts == len(refs)
+        assert not table, "a watch was left in the table"
+        assert fetcher._outstanding == 0
+        return got
+
+    assert asyncio.run(main()) == [("value of", r.binary()) for r in refs]
+    assert not cw.memory_store.watched
+
+
+def test_results_stored_while_a_gather_registers_arrive_once(ray_shared: Any) -> None:
+    # The same race, as it happens: tasks finish while gather walks their refs.
+    cw = api.ensure_connected()
+
+    async def main() -> None:
+        for _ in range(10):
+            refs = [echo.remote(i) for i in range(300)]
+            got = await asyncio.wait_for(asyncio.gather(*refs), DEADLINE_S)
+            assert got == list(range(300))
+
+    asyncio.run(main())
+    assert not cw.memory_store.watched
+    assert all(f._outstanding == 0 for f in cw.loop_fetchers.values())
+
+
+# -- which loop is running: ObjectRef remembers each thread's running loop's fetcher --------
+
+
+@pytest.mark.parametrize("make_loop", ["asyncio", "uvloop"])
+def test_a_ref_waits_on_the_loop_running_now_not_the_last_one(
+    ray_shared: Any, make_loop: str
+) -> None:
+    # A loop stopped but not closed, then another run in the same thread: the refs of
+    # the second must be bound to the second (not the remembered fetcher of the first).
+    import uvloop
+
+    new_loop = uvloop.new_event_loop if make_loop == "uvloop" else asyncio.new_event_loop
+    first, second = new_loop(), new_loop()
+
+    async def gather_on(loop: asyncio.AbstractEventLoop, *values: int) -> Any:
+        refs = [echo.remote(v) for v in values]
+        got = await asyncio.wait_for(asyncio.gather(*refs), DEADLINE_S)
+        assert all(r.get_loop() is loop for r in refs)
+        return got
+
+    try:
+        assert first.run_until_complete(gather_on(first, 1, 2)) == [1, 2]
+        assert second.run_until_complete(gather_on(second, 3, 4)) == [3, 4]
+        assert first.run_until_complete(gather_on(first, 5)) == [5]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_refs_awaited_from_several_threads_loops_at_once(ray_shared: Any) -> None:
+    # Each thread's running loop is remembered for that thread only.
+    def on_own_loop(base: int) -> list[Any]:
+        async def main() -> list[Any]:
+            out = []
+            for i in range(5):
+                refs = [echo.remote(base + i * 10 + j) for j in range(10)]
+                out += await asyncio.wait_for(asyncio.gather(*refs), DEADLINE_S)
+                assert all(r.get_loop() is asyncio.get_running_loop() for r in refs)
+            return out
+
+        return asyncio.run(main())
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(on_own_loop, [0, 1000, 2000]))
+    assert results == [list(range(b, b + 50)) for b in (0, 1000, 2000)]
