@@ -109,7 +109,12 @@ async def shutdown_async() -> None:
     await asyncio.to_thread(api.shutdown)
 
 
+# A caller loop is woken when everything it awaits has arrived, else at most COALESCE_S
+# after the first undelivered arrival. While results stream in and each wake-up delivers
+# only part of them, the wait doubles up to COALESCE_MAX_S: a wake-up takes the GIL from
+# the core loop, which is then not feeding workers.
 COALESCE_S = 0.005
+COALESCE_MAX_S = 0.05
 
 
 class LoopFetcher:
@@ -150,6 +155,7 @@ class LoopFetcher:
         self._arrived: collections.deque[tuple[ObjectRef, Any, Any]] = collections.deque()
         self._deliver_scheduled = False
         self._deliver_timer: asyncio.TimerHandle | None = None
+        self._coalesce_s = COALESCE_S
         self._outstanding = 0  # futures asked for and not yet delivered
         self._lookup = cw.memory_store.get
         self._ready: list[tuple[Any, Any, Any]] = []
@@ -271,6 +277,7 @@ class LoopFetcher:
         arrived = self._arrived
         arrived.append((ref, target, outcome))
         if len(arrived) == self._outstanding:
+            self._coalesce_s = COALESCE_S
             if self._deliver_timer is not None:
                 self._deliver_timer.cancel()
                 self._deliver_timer = None
@@ -278,10 +285,11 @@ class LoopFetcher:
                 self._deliver_scheduled = True
                 self._wake()
         elif not self._deliver_scheduled and self._deliver_timer is None:
-            self._deliver_timer = self.cw.loop.call_later(COALESCE_S, self._wake_late)
+            self._deliver_timer = self.cw.loop.call_later(self._coalesce_s, self._wake_late)
 
     def _wake_late(self) -> None:
         self._deliver_timer = None
+        self._coalesce_s = min(self._coalesce_s * 2, COALESCE_MAX_S)
         if not self._deliver_scheduled:
             self._deliver_scheduled = True
             self._wake()

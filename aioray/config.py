@@ -12,8 +12,12 @@ def _env(name: str, default: float) -> float:
 # Values at least this large go to the node's shared-memory store; smaller ones
 # live in the owner's memory and travel inline inside messages (Ray: 100 KiB).
 MAX_INLINE_BYTES = int(_env("MAX_INLINE_BYTES", 100 * 1024))
-# Tasks pushed to one leased worker before earlier ones finish (pipelining).
-MAX_TASKS_IN_FLIGHT_PER_WORKER = int(_env("MAX_TASKS_IN_FLIGHT_PER_WORKER", 16))
+# Tasks pushed to one leased worker before earlier ones finish (pipelining), at most.
+MAX_TASKS_IN_FLIGHT_PER_WORKER = int(_env("MAX_TASKS_IN_FLIGHT_PER_WORKER", 256))
+# Below that, as many as the function's measured average time says take this long: the
+# owner's core loop shares the GIL with the caller's threads, and can wait a whole
+# switch interval (5 ms) for it while they run; its workers must not run dry meanwhile.
+PIPELINE_QUEUE_S = _env("PIPELINE_QUEUE_S", 0.01)
 # Pipelining is used only for classes whose tasks run shorter than this on average.
 PIPELINE_BELOW_S = _env("PIPELINE_BELOW_S", 0.002)
 # Lease requests outstanding per scheduling class.

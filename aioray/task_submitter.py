@@ -10,7 +10,9 @@ All on the CoreWorker's loop:
    Ray, unless there is a real backlog (several queued tasks per lease) and the
    function is measured to be tiny (a moving average of the execution time workers
    report, under PIPELINE_BELOW_S): then it may queue behind other tiny tasks on a
-   busy worker, up to MAX_TASKS_IN_FLIGHT_PER_WORKER, hiding the round trip.
+   busy worker, hiding the round trip, up to PIPELINE_QUEUE_S of work by that average
+   (at most MAX_TASKS_IN_FLIGHT_PER_WORKER): enough that the worker does not run dry
+   while this loop waits for the GIL (a caller thread may hold it for 5 ms).
    Nothing queues behind a task not known to be tiny, and a few tasks never queue
    behind each other while another worker could be leased.
 5. A reply stores the results; an idle lease lingers LEASE_LINGER_S for the next
@@ -133,9 +135,15 @@ class TaskSubmitter:
         self.exec_time: dict[bytes, float] = {}  # function id -> moving average (s)
         self.remote_raylets = RayletClients(cw)
 
-    def _is_tiny(self, fid: bytes) -> bool:
+    def _pipeline_limit(self, fid: bytes) -> int:
+        """Tasks of ``fid`` one worker may have in flight: 1 unless they are tiny."""
         avg = self.exec_time.get(fid)
-        return avg is not None and avg < config.PIPELINE_BELOW_S
+        if avg is None or avg >= config.PIPELINE_BELOW_S:
+            return 1
+        by_time = (
+            int(config.PIPELINE_QUEUE_S / avg) if avg > 0 else config.MAX_TASKS_IN_FLIGHT_PER_WORKER
+        )
+        return max(2, min(config.MAX_TASKS_IN_FLIGHT_PER_WORKER, by_time))
 
     def __repr__(self) -> str:
         return f"<TaskSubmitter tasks={len(self.tasks)} classes={len(self.classes)}>"
@@ -227,10 +235,10 @@ class TaskSubmitter:
 
     def _dispatch(self, cls: SchedulingClass) -> None:
         queue = cls.queue
-        limit = config.MAX_TASKS_IN_FLIGHT_PER_WORKER
         while queue:
             backlog = len(queue) >= 4 * max(1, len(cls.leases))
-            tiny = backlog and self._is_tiny(queue[0].spec["fid"])
+            limit = self._pipeline_limit(queue[0].spec["fid"]) if backlog else 1
+            tiny = limit > 1
             best = None
             for lease in cls.leases:
                 ok = lease.inflight == 0 or (tiny and not lease.unknown and lease.inflight < limit)

@@ -865,3 +865,62 @@ def test_refs_awaited_from_several_threads_loops_at_once(ray_shared: Any) -> Non
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         results = list(pool.map(on_own_loop, [0, 1000, 2000]))
     assert results == [list(range(b, b + 50)) for b in (0, 1000, 2000)]
+
+
+def _store_on_core_loop(cw: Any, refs: list[ray.ObjectRef]) -> None:
+    """Store a value for each of ``refs`` (pending owned objects) on the core loop."""
+    from aioray.memory_store import StoredObject
+    from aioray.serialization import serialize
+
+    async def put() -> None:
+        for r in refs:
+            cw.memory_store.put(r.binary(), StoredObject(serialize(("value of", r.binary())).data))
+
+    asyncio.run_coroutine_threadsafe(put(), cw.loop).result(DEADLINE_S)
+
+
+def test_partial_deliveries_back_off_and_a_complete_one_resets(ray_shared: Any) -> None:
+    # While results stream in, each wake-up of the caller's loop that delivers only part
+    # of what it awaits doubles the wait before the next (up to COALESCE_MAX_S); one that
+    # delivers everything brings it back, so a lone await is never held back.
+    from aioray import async_api
+
+    cw = api.ensure_connected()
+    refs = _pending_owned_refs(cw, 30)
+
+    async def main() -> None:
+        fetcher = object_ref._current_fetcher()
+        assert fetcher._coalesce_s == async_api.COALESCE_S
+        waiting = [asyncio.ensure_future(r.as_future()) for r in refs]
+        await asyncio.sleep(0)  # the watches are registered
+        for k, expected in ((0, 2), (10, 4), (20, 8)):
+            _store_on_core_loop(cw, refs[k : k + 5])
+            await asyncio.wait_for(asyncio.gather(*waiting[k : k + 5]), DEADLINE_S)
+            assert fetcher._coalesce_s == async_api.COALESCE_S * expected
+        _store_on_core_loop(cw, [r for i, r in enumerate(refs) if i % 10 >= 5])
+        got = await asyncio.wait_for(asyncio.gather(*waiting), DEADLINE_S)
+        assert got == [("value of", r.binary()) for r in refs]
+        assert fetcher._coalesce_s == async_api.COALESCE_S
+
+    asyncio.run(main())
+
+
+def test_the_backoff_is_capped(ray_shared: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aioray import async_api
+
+    monkeypatch.setattr(async_api, "COALESCE_MAX_S", async_api.COALESCE_S * 3)
+    cw = api.ensure_connected()
+    refs = _pending_owned_refs(cw, 4)
+
+    async def main() -> None:
+        fetcher = object_ref._current_fetcher()
+        waiting = [asyncio.ensure_future(r.as_future()) for r in refs]
+        await asyncio.sleep(0)
+        for i in range(3):
+            _store_on_core_loop(cw, refs[i : i + 1])
+            await asyncio.wait_for(waiting[i], DEADLINE_S)
+        assert fetcher._coalesce_s == async_api.COALESCE_S * 3
+        _store_on_core_loop(cw, refs[3:])
+        await asyncio.wait_for(waiting[3], DEADLINE_S)
+
+    asyncio.run(main())

@@ -1,0 +1,71 @@
+"""How many tiny tasks the owner queues on one leased worker (task_submitter._dispatch).
+
+No cluster: a TaskSubmitter whose pushes are recorded instead of sent, with leases and
+measured execution times set by the test. The depth is a time budget (PIPELINE_QUEUE_S
+of work by the function's average), so a worker has enough queued to keep busy while
+the owner's core loop waits a GIL switch interval for a busy caller thread.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from aioray import config
+from aioray.task_submitter import Lease, SchedulingClass, TaskSubmitter
+
+FID = b"f" * 16
+
+
+class _RecordingSubmitter(TaskSubmitter):
+    def __init__(self) -> None:
+        super().__init__(SimpleNamespace())  # type: ignore[arg-type]
+        self.pushed: list[tuple[Any, Lease]] = []
+
+    def _push(self, task: Any, lease: Lease, tiny: bool) -> None:
+        self.pushed.append((task, lease))
+        lease.inflight += 1
+        lease.unknown += not tiny
+
+    def _request_lease(self, cls: SchedulingClass) -> None:
+        cls.pending_leases += 1
+
+
+def _dispatch(avg_s: float | None, queued: int, workers: int = 1) -> list[int]:
+    """Queue ``queued`` tasks of a function measured at ``avg_s``; return each worker's
+    tasks in flight after one dispatch."""
+    sub = _RecordingSubmitter()
+    if avg_s is not None:
+        sub.exec_time[FID] = avg_s
+    cls = SchedulingClass(("k",), {"CPU": 1.0}, None)
+    cls.leases = [Lease(cls, i, bytes(16), None, None) for i in range(workers)]  # type: ignore[arg-type]
+    cls.queue.extend(SimpleNamespace(spec={"fid": FID}) for _ in range(queued))  # type: ignore[misc]
+    sub._dispatch(cls)
+    return [lease.inflight for lease in cls.leases]
+
+
+def test_a_tiny_function_queues_its_time_budget_on_a_worker() -> None:
+    # 100 us tasks, 10 ms budget: 100 in flight (the old fixed cap of 16 ran dry in 1.6 ms).
+    assert _dispatch(100e-6, queued=1000) == [int(config.PIPELINE_QUEUE_S / 100e-6)]
+
+
+def test_the_depth_is_capped() -> None:
+    assert _dispatch(1e-7, queued=2000) == [config.MAX_TASKS_IN_FLIGHT_PER_WORKER]
+
+
+@pytest.mark.parametrize("avg_s", [None, config.PIPELINE_BELOW_S, 0.5])
+def test_unmeasured_or_slow_functions_run_one_at_a_time(avg_s: float | None) -> None:
+    assert _dispatch(avg_s, queued=100, workers=2) == [1, 1]
+
+
+def test_a_short_queue_is_spread_not_pipelined() -> None:
+    # Fewer than 4 queued per worker: no backlog, so no task waits behind another.
+    assert _dispatch(100e-6, queued=7, workers=2) == [1, 1]
+
+
+def test_a_function_just_under_the_threshold_still_pipelines_a_little() -> None:
+    assert _dispatch(config.PIPELINE_BELOW_S * 0.99, queued=100) == [
+        max(2, int(config.PIPELINE_QUEUE_S / (config.PIPELINE_BELOW_S * 0.99)))
+    ]
