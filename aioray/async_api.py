@@ -375,8 +375,9 @@ def fetcher_for_running_loop() -> LoopFetcher:
     f = fetcher_for(api.ensure_connected(), loop)
     if asyncio.events._get_running_loop() is loop:
         running = object_ref._running_fetchers
-        for ident in [i for i, old in running.items() if old.loop.is_closed()]:
-            del running[ident]
+        for ident, old in list(running.items()):  # (a copy: other threads write it too)
+            if old.loop.is_closed():
+                running.pop(ident, None)  # (at worst a live entry goes: it comes back)
         running[threading.get_ident()] = f
     return f
 
