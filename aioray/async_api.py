@@ -148,7 +148,6 @@ class LoopFetcher:
         # registered from this loop's thread: no hop to the CoreWorker's loop and back.
         self._watch_direct = loop is not cw.loop
         self._owned = cw.owned
-        self._objects = cw.memory_store.objects
         self._watched = cw.memory_store.watched
         self._asked: list[tuple[ObjectRef, Any]] = []
         self._ask_scheduled = False
@@ -212,7 +211,7 @@ class LoopFetcher:
             # it (here: through the core loop, as put would).
             entry = (self, ref, fut)
             if self._watched.setdefault(oid, entry) is entry:
-                if oid in self._objects:
+                if self._lookup(oid) is not None:
                     taken = self._watched.pop(oid, None)
                     if taken is not None:
                         self.cw.post(_deliver_taken, self.cw, oid, taken)

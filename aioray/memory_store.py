@@ -88,7 +88,6 @@ class MemoryStore:
         # Watches registered from caller loops' threads: object id -> (fetcher, ref,
         # future), delivered with fetcher.arrived(ref, future, object or error).
         self.watched: dict[bytes, tuple[Any, Any, Any]] = {}
-        self.objects = self._objects
 
     def __len__(self) -> int:
         return len(self._objects)

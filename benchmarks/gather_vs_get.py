@@ -57,13 +57,11 @@ def main() -> None:
         sync_get(2000)
         run(gather(2000))
         ratios = []
+        arms = {"sync": lambda: sync_get(a.n), "gather": lambda: run(gather(a.n))}
         for i in range(a.rounds):
-            s = lambda: timed(lambda: sync_get(a.n), a.n)  # noqa: E731
-            g = lambda: timed(lambda: run(gather(a.n)), a.n)  # noqa: E731
-            if i % 2 == 0:
-                (s_rate, s_cpu), (g_rate, g_cpu) = s(), g()
-            else:
-                (g_rate, g_cpu), (s_rate, s_cpu) = g(), s()
+            order = ["sync", "gather"] if i % 2 == 0 else ["gather", "sync"]
+            got = {arm: timed(arms[arm], a.n) for arm in order}
+            (s_rate, s_cpu), (g_rate, g_cpu) = got["sync"], got["gather"]
             ratios.append(g_rate / s_rate)
             print(
                 f"round {i}: sync get {s_rate:8.0f}/s ({s_cpu:4.1f} us driver CPU)  "

@@ -744,25 +744,27 @@ class _PutDuringWatch(dict):  # type: ignore[type-arg]
         super().__init__()
         self.cw, self.when, self.puts = cw, when, 0
 
-    def _put_on_core_loop(self, oid: bytes) -> None:
-        from aioray.memory_store import StoredObject
-        from aioray.serialization import serialize
-
-        data = serialize(("value of", oid)).data
-
-        async def put() -> None:
-            self.cw.memory_store.put(oid, StoredObject(data))
-
-        asyncio.run_coroutine_threadsafe(put(), self.cw.loop).result(DEADLINE_S)
-        self.puts += 1
-
     def setdefault(self, oid: bytes, entry: Any) -> Any:
         if self.when == "before":
-            self._put_on_core_loop(oid)
+            _store_on_core_loop(self.cw, [oid])
         got = super().setdefault(oid, entry)
         if self.when == "after":
-            self._put_on_core_loop(oid)
+            _store_on_core_loop(self.cw, [oid])
+        self.puts += 1
         return got
+
+
+def _store_on_core_loop(cw: Any, oids: list[bytes]) -> None:
+    """Store ``("value of", oid)`` for each of ``oids`` (pending owned objects), for
+    real, on the core loop; return once it is stored."""
+    from aioray.memory_store import StoredObject
+    from aioray.serialization import serialize
+
+    async def put() -> None:
+        for oid in oids:
+            cw.memory_store.put(oid, StoredObject(serialize(("value of", oid)).data))
+
+    asyncio.run_coroutine_threadsafe(put(), cw.loop).result(DEADLINE_S)
 
 
 def _pending_owned_refs(cw: Any, n: int) -> list[ray.ObjectRef]:
@@ -867,22 +869,10 @@ def test_refs_awaited_from_several_threads_loops_at_once(ray_shared: Any) -> Non
     assert results == [list(range(b, b + 50)) for b in (0, 1000, 2000)]
 
 
-def _store_on_core_loop(cw: Any, refs: list[ray.ObjectRef]) -> None:
-    """Store a value for each of ``refs`` (pending owned objects) on the core loop."""
-    from aioray.memory_store import StoredObject
-    from aioray.serialization import serialize
-
-    async def put() -> None:
-        for r in refs:
-            cw.memory_store.put(r.binary(), StoredObject(serialize(("value of", r.binary())).data))
-
-    asyncio.run_coroutine_threadsafe(put(), cw.loop).result(DEADLINE_S)
-
-
 def test_partial_deliveries_back_off_and_a_complete_one_resets(ray_shared: Any) -> None:
     # While results stream in, each wake-up of the caller's loop that delivers only part
     # of what it awaits doubles the wait before the next (up to COALESCE_MAX_S); one that
-    # delivers everything brings it back, so a lone await is never held back.
+    # delivers everything brings it back (an await with nothing else pending is not held).
     from aioray import async_api
 
     cw = api.ensure_connected()
@@ -891,13 +881,12 @@ def test_partial_deliveries_back_off_and_a_complete_one_resets(ray_shared: Any) 
     async def main() -> None:
         fetcher = object_ref._current_fetcher()
         assert fetcher._coalesce_s == async_api.COALESCE_S
-        waiting = [asyncio.ensure_future(r.as_future()) for r in refs]
-        await asyncio.sleep(0)  # the watches are registered
+        waiting = [r.as_future() for r in refs]  # (each registers its watch at once)
         for k, expected in ((0, 2), (10, 4), (20, 8)):
-            _store_on_core_loop(cw, refs[k : k + 5])
+            _store_on_core_loop(cw, [r.binary() for r in refs[k : k + 5]])
             await asyncio.wait_for(asyncio.gather(*waiting[k : k + 5]), DEADLINE_S)
             assert fetcher._coalesce_s == async_api.COALESCE_S * expected
-        _store_on_core_loop(cw, [r for i, r in enumerate(refs) if i % 10 >= 5])
+        _store_on_core_loop(cw, [r.binary() for i, r in enumerate(refs) if i % 10 >= 5])
         got = await asyncio.wait_for(asyncio.gather(*waiting), DEADLINE_S)
         assert got == [("value of", r.binary()) for r in refs]
         assert fetcher._coalesce_s == async_api.COALESCE_S
@@ -914,13 +903,12 @@ def test_the_backoff_is_capped(ray_shared: Any, monkeypatch: pytest.MonkeyPatch)
 
     async def main() -> None:
         fetcher = object_ref._current_fetcher()
-        waiting = [asyncio.ensure_future(r.as_future()) for r in refs]
-        await asyncio.sleep(0)
+        waiting = [r.as_future() for r in refs]
         for i in range(3):
-            _store_on_core_loop(cw, refs[i : i + 1])
+            _store_on_core_loop(cw, [refs[i].binary()])
             await asyncio.wait_for(waiting[i], DEADLINE_S)
         assert fetcher._coalesce_s == async_api.COALESCE_S * 3
-        _store_on_core_loop(cw, refs[3:])
+        _store_on_core_loop(cw, [refs[3].binary()])
         await asyncio.wait_for(waiting[3], DEADLINE_S)
 
     asyncio.run(main())

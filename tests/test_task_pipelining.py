@@ -1,6 +1,6 @@
 """How many tiny tasks the owner queues on one leased worker (task_submitter._dispatch).
 
-No cluster: a TaskSubmitter whose pushes are recorded instead of sent, with leases and
+No cluster: a TaskSubmitter whose pushes are counted instead of sent, with leases and
 measured execution times set by the test. The depth is a time budget (PIPELINE_QUEUE_S
 of work by the function's average), so a worker has enough queued to keep busy while
 the owner's core loop waits a GIL switch interval for a busy caller thread.
@@ -19,13 +19,13 @@ from aioray.task_submitter import Lease, SchedulingClass, TaskSubmitter
 FID = b"f" * 16
 
 
-class _RecordingSubmitter(TaskSubmitter):
+class _CountingSubmitter(TaskSubmitter):
+    """Counts pushes on the lease instead of sending them; asks for no lease."""
+
     def __init__(self) -> None:
         super().__init__(SimpleNamespace())  # type: ignore[arg-type]
-        self.pushed: list[tuple[Any, Lease]] = []
 
     def _push(self, task: Any, lease: Lease, tiny: bool) -> None:
-        self.pushed.append((task, lease))
         lease.inflight += 1
         lease.unknown += not tiny
 
@@ -36,7 +36,7 @@ class _RecordingSubmitter(TaskSubmitter):
 def _dispatch(avg_s: float | None, queued: int, workers: int = 1) -> list[int]:
     """Queue ``queued`` tasks of a function measured at ``avg_s``; return each worker's
     tasks in flight after one dispatch."""
-    sub = _RecordingSubmitter()
+    sub = _CountingSubmitter()
     if avg_s is not None:
         sub.exec_time[FID] = avg_s
     cls = SchedulingClass(("k",), {"CPU": 1.0}, None)
