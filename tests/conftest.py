@@ -62,7 +62,11 @@ def wait_for_condition(
 
 
 def wait_for_file(path: os.PathLike[str] | str, timeout: float = 20.0) -> str:
-    """Wait until ``path`` exists (written by a task) and return its text."""
+    """Wait until ``path`` exists (written by a task) and return its text.
+
+    A writer whose content matters writes a temporary file and renames it onto
+    ``path``: the file appears complete or not at all.
+    """
     wait_for_condition(lambda: os.path.exists(path), timeout, message=f"{path} never appeared")
     with open(path) as f:
         return f.read()

@@ -28,8 +28,10 @@ CLUSTER_NODES = [
 def stay(folder: str, victim: str) -> str:
     """Mark where it started; on the victim node, hang until the node is gone."""
     me = ray.get_runtime_context().get_node_id()
-    with open(os.path.join(folder, f"started-{me}"), "w") as f:
+    marker = os.path.join(folder, f"started-{me}")
+    with open(marker + ".tmp", "w") as f:
         f.write(me)
+    os.rename(marker + ".tmp", marker)  # the test must never read a half-written marker
     if me == victim:
         time.sleep(60)
     return me
