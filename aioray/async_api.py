@@ -248,11 +248,12 @@ class LoopFetcher:
             outcome = done.exception() or done.result()
         self.arrived(ref, target, outcome)
 
-    def arrived(self, ref: ObjectRef, target: Any, outcome: Any) -> None:
+    def arrived(self, ref: ObjectRef, target: Any, outcome: Any, restored: bool = False) -> None:
         """(CoreWorker loop) ``outcome`` is the stored object or the error."""
         if (
             outcome.__class__ is StoredObject
             and outcome.data is None
+            and not restored
             and store_client.not_here(self.cw, ref._id, outcome)
         ):
             # Restore or pull here, so the caller's loop only maps the segment.
@@ -261,30 +262,30 @@ class LoopFetcher:
             )
             restore.add_done_callback(partial(self._restored, ref, target, outcome))
             return
-        self._deliver_one(ref, target, outcome)
+        if self._watch_direct:  # (delivery inlined: this runs once per result)
+            arrived = self._arrived
+            arrived.append((ref, target, outcome))
+            if len(arrived) == self._outstanding:
+                self._deliver_all()
+            elif not self._deliver_scheduled and self._deliver_timer is None:
+                self._deliver_timer = self.cw.loop.call_later(self._coalesce_s, self._wake_late)
+        else:
+            _resolve(self.cw, ref, target, outcome)
 
     def _restored(self, ref: ObjectRef, target: Any, obj: Any, t: Any) -> None:
         """(CoreWorker loop)"""
         outcome = asyncio.CancelledError() if t.cancelled() else (t.exception() or obj)
-        self._deliver_one(ref, target, outcome)
+        self.arrived(ref, target, outcome, restored=True)
 
-    def _deliver_one(self, ref: ObjectRef, target: Any, outcome: Any) -> None:
-        """(CoreWorker loop)"""
-        if self.loop is self.cw.loop:
-            _resolve(self.cw, ref, target, outcome)
-            return
-        arrived = self._arrived
-        arrived.append((ref, target, outcome))
-        if len(arrived) == self._outstanding:
-            self._coalesce_s = COALESCE_S
-            if self._deliver_timer is not None:
-                self._deliver_timer.cancel()
-                self._deliver_timer = None
-            if not self._deliver_scheduled:
-                self._deliver_scheduled = True
-                self._wake()
-        elif not self._deliver_scheduled and self._deliver_timer is None:
-            self._deliver_timer = self.cw.loop.call_later(self._coalesce_s, self._wake_late)
+    def _deliver_all(self) -> None:
+        """(CoreWorker loop) Everything asked for has arrived: wake the caller now."""
+        self._coalesce_s = COALESCE_S
+        if self._deliver_timer is not None:
+            self._deliver_timer.cancel()
+            self._deliver_timer = None
+        if not self._deliver_scheduled:
+            self._deliver_scheduled = True
+            self._wake()
 
     def _wake_late(self) -> None:
         self._deliver_timer = None

@@ -79,7 +79,7 @@ class Lineage:
             return
         del self.tasks[tid]
         self.nbytes -= _blob_bytes(task)
-        task.dep_refs = []  # the arguments may go now
+        task.dep_refs = ()  # the arguments may go now
         task.args_blob = None
 
     async def rebuild(self, oid: bytes) -> StoredObject:

@@ -14,7 +14,7 @@ safe), so awaiting a task's result costs no hop to this loop and back, only the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aioray import rpc
@@ -30,14 +30,14 @@ class StoredObject:
     def __init__(
         self,
         data: Buffer | None = None,
-        buffers: list[Buffer] | None = None,
+        buffers: Sequence[Buffer] | None = None,
         is_error: bool = False,
         node_id: bytes | None = None,
         size: int = 0,
         contained: list[list[Any]] | None = None,
     ) -> None:
         self.data = data
-        self.buffers = buffers or []
+        self.buffers: Sequence[Buffer] = buffers or ()  # (no list per object for the GC)
         self.is_error = is_error
         self.node_id = node_id  # set: the object lives in that node's shm store
         self.size = size

@@ -32,6 +32,7 @@ class RemoteFunction:
         self._fn_bytes: bytes | None = None
         self._fid = b""
         self._lock = threading.Lock()
+        self._request: tuple[Any, ...] = ()  # (options, their resources, its sort key)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -54,6 +55,7 @@ class RemoteFunction:
         self._fn_bytes = None
         self._fid = b""
         self._lock = threading.Lock()
+        self._request = ()
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Submit the task; return its ObjectRef (a list of them if num_returns > 1)."""
@@ -94,13 +96,17 @@ class RemoteFunction:
             "nret": nret,
             "job": cw.job_id,
             "ns": cw.namespace,
-            "owner": list(cw.address),
+            "owner": cw.address,
         }
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
         env = api.merged_env_vars(opts.get("runtime_env"))
         if env:
             spec["env"] = env
-        resources = options.resource_request(opts)
+        request = self._request  # the same options, call after call: computed once
+        if not request or request[0] is not opts:
+            resources = options.resource_request(opts)
+            request = self._request = (opts, resources, tuple(sorted(resources.items())))
+        resources = request[1]
         if (
             opts["scheduling_strategy"] is not None
             or "placement_group" in opts
@@ -113,7 +119,7 @@ class RemoteFunction:
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
         sched_key: tuple[Any, ...] = (
-            tuple(sorted(resources.items())),
+            request[2] if resources is request[1] else tuple(sorted(resources.items())),
             tuple(sorted(env.items())) if env else (),
         )
         if opts["scheduling_strategy"] is not None:
@@ -127,7 +133,10 @@ class RemoteFunction:
             task = TaskEntry(spec, [], blob, dep_refs, resources, 0, False, fn_bytes, sched_key)
             cw.post(cw.submitter.submit, task)
             return gen
-        return_ids = [ids.object_id(task_id, i + 1) for i in range(nret)]
+        if nret == 1:  # (a tuple of bytes: the garbage collector soon stops walking it)
+            return_ids: tuple[bytes, ...] = (ids.object_id(task_id, 1),)
+        else:
+            return_ids = tuple([ids.object_id(task_id, i + 1) for i in range(nret)])
         cw.owned.update(return_ids)
         refs = [ObjectRef(oid, cw.address) for oid in return_ids]
         task = TaskEntry(

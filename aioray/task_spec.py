@@ -14,6 +14,7 @@ inline dependency's pickle and buffers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aioray import serialization
@@ -83,7 +84,6 @@ class TaskEntry:
         "args_blob",
         "attempts_left",
         "cancelled",
-        "dep_descs",
         "dep_ids",
         "dep_refs",
         "fn_bytes",
@@ -100,9 +100,9 @@ class TaskEntry:
     def __init__(
         self,
         spec: dict[str, Any],
-        return_ids: list[bytes],
+        return_ids: Sequence[bytes],
         args_blob: serialization.SerializedObject | None,
-        dep_refs: list[Any],
+        dep_refs: Sequence[Any],
         resources: dict[str, float],
         max_retries: int,
         retry_exceptions: bool | list[type],
@@ -112,10 +112,11 @@ class TaskEntry:
         self.spec = spec
         self.return_ids = return_ids
         self.args_blob = args_blob
-        self.dep_refs = dep_refs  # ObjectRefs, kept alive until the task is done
-        self.dep_ids = [r.binary() for r in dep_refs]
-        self.dep_descs: list[list[Any]] = []
-        self.out_buffers: list[Buffer] = []
+        # Thousands of these are alive at once, and the garbage collector walks every
+        # container among them: the usual empty ones are the shared ().
+        self.dep_refs: Sequence[Any] = dep_refs or ()  # kept alive until the task is done
+        self.dep_ids: tuple[bytes, ...] = tuple([r._id for r in dep_refs]) if dep_refs else ()
+        self.out_buffers: Sequence[Buffer] = ()
         self.resources = resources
         self.attempts_left = max_retries
         self.retry_exceptions = retry_exceptions

@@ -175,8 +175,11 @@ class TaskSubmitter:
             fut.add_done_callback(one_ready)
 
     def _deps_ready(self, task: TaskEntry, then: Callable[[TaskEntry], None]) -> None:
-        bufs: list[Any] = []
         blob = task.args_blob
+        if blob is None and not task.dep_refs:  # no arguments: nothing to describe or lend
+            then(task)
+            return
+        bufs: list[Any] = []
         if blob is not None:
             bufs.append(blob.data)
             bufs.extend(blob.buffers)
@@ -199,7 +202,8 @@ class TaskSubmitter:
                 descs.append([DEP_INLINE, oid, len(obj.buffers)])
                 bufs.append(obj.data)
                 bufs.extend(obj.buffers)
-        task.spec["d"] = descs
+        if descs:  # (the worker reads a missing "d" as none)
+            task.spec["d"] = descs
         task.out_buffers = bufs
         lent = pairs_of(blob.contained_refs) if blob is not None else []
         for ref in task.dep_refs:
@@ -431,10 +435,10 @@ class TaskSubmitter:
         # An error reply carries one entry even for num_returns=0.
         for oid, obj in zip(task.return_ids, objs, strict=False):
             self.cw.store_result(oid, obj)
-        task.out_buffers = []
+        task.out_buffers = ()
         if self.cw.lineage.keep(task, objs):
             return  # its arguments stay: it may run again to rebuild a lost result
-        task.dep_refs = []  # drop the argument pins (in the loop: frees are posted)
+        task.dep_refs = ()  # drop the argument pins (in the loop: frees are posted)
         task.args_blob = None
 
     def _fail_queue(self, cls: SchedulingClass, exc: BaseException) -> None:
