@@ -147,7 +147,7 @@ class LoopFetcher:
         # The results this process owns are awaited by a watch in its memory store,
         # registered from this loop's thread: no hop to the CoreWorker's loop and back.
         self._watch_direct = loop is not cw.loop
-        self._owned = cw.owned
+        self._owned_direct = cw.owned if self._watch_direct else frozenset()
         self._watched = cw.memory_store.watched
         self._asked: list[tuple[ObjectRef, Any]] = []
         self._ask_scheduled = False
@@ -159,6 +159,8 @@ class LoopFetcher:
         self._lookup = cw.memory_store.get
         self._ready: list[tuple[Any, Any, Any]] = []
         self._ready_scheduled = False
+        # The ref get_loop has just bound, until its add_done_callback (ObjectRef).
+        self.fresh: ObjectRef | None = None
 
     def call_soon(self, fn: Any, arg: Any, *, context: Any = None) -> None:
         """(caller loop) The refs' futures schedule their callbacks here."""
@@ -203,7 +205,7 @@ class LoopFetcher:
             _resolve(self.cw, ref, fut, obj)
             return
         self._outstanding += 1  # (before the watch: a delivery counts against it)
-        if obj is None and self._watch_direct and oid in self._owned:
+        if obj is None and oid in self._owned_direct:
             # MemoryStore.put pops the watch and calls self.arrived. Each dict operation
             # is atomic, and the order makes the race with a put on the core loop safe:
             # we register, then look for the object; put stores, then looks for a watch.
@@ -300,6 +302,7 @@ class LoopFetcher:
     def _deliver(self) -> None:
         """(caller loop) Resolve what arrived, in one go."""
         self._deliver_scheduled = False
+        self.fresh = None  # (never holds a ref past a delivery)
         arrived = self._arrived
         n = len(arrived)  # (what arrives meanwhile is delivered by the next wake-up)
         ran_ready = self._ready_scheduled
@@ -315,10 +318,11 @@ class LoopFetcher:
         cw, loop = self.cw, self.loop
         for _ in range(n):
             ref, fut, outcome = pop()
-            owner = fut._loop
-            if owner is not self and owner is not loop:
-                continue  # the ref's state was rebound since
-            if (  # an inline value, the common case: _resolve's first branch, inlined
+            if fut._loop is not self:  # an await's own future; or a ref's state, rebound since
+                if fut._loop is loop:
+                    _resolve(cw, ref, fut, outcome)
+                continue
+            if (  # a ref's own state, an inline value: the common case, _resolve inlined
                 outcome.__class__ is StoredObject
                 and outcome.data is not None
                 and not outcome.is_error

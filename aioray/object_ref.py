@@ -128,12 +128,12 @@ class ObjectRef(_Future):
         f = _running_fetchers.get(_get_ident())
         if f is not None and f.loop_running():
             bound: Any = self._loop
-            if bound is f:
-                if not _future_cancelled(self):
-                    return f.loop
-            elif bound is None:  # the first wait on a fresh ref: gather's common case
+            if bound is None:  # the first wait on a fresh ref: gather's common case
                 _future_init(self, loop=f)
+                f.fresh = self  # (add_done_callback follows, in gather and ensure_future)
                 f.watch(self, self)
+                return f.loop
+            if bound is f and not _future_cancelled(self):
                 return f.loop
         fetcher = self._bind()
         running = _get_running_loop()
@@ -141,8 +141,13 @@ class ObjectRef(_Future):
         return running if running is not None else fetcher.loop
 
     def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
-        f: Any = _running_fetchers.get(_get_ident())
         bound: Any = self._loop
+        if bound is not None and bound.fresh is self:
+            # get_loop has just bound this ref on the running loop: that was checked.
+            bound.fresh = None
+            _future_add_done_callback(self, fn, context=context)
+            return
+        f: Any = _running_fetchers.get(_get_ident())
         if f is None or bound is not f or _future_cancelled(self) or not f.loop_running():
             fetcher = self._bind()
             running = _get_running_loop()

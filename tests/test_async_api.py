@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -820,6 +821,45 @@ def test_results_stored_while_a_gather_registers_arrive_once(ray_shared: Any) ->
     asyncio.run(main())
     assert not cw.memory_store.watched
     assert all(f._outstanding == 0 for f in cw.loop_fetchers.values())
+
+
+def test_gather_leaves_no_ref_marked_fresh(ray_shared: Any) -> None:
+    # get_loop marks the ref it binds; gather's add_done_callback that follows takes
+    # the mark off (the fetcher must not hold a ref the program has dropped).
+    cw = api.ensure_connected()
+    refs = _pending_owned_refs(cw, 3)
+
+    async def main() -> Any:
+        fetcher = object_ref._current_fetcher()
+        outer = asyncio.gather(*refs)
+        assert fetcher.fresh is None
+        _store_on_core_loop(cw, [r.binary() for r in refs])
+        return await asyncio.wait_for(outer, DEADLINE_S)
+
+    assert asyncio.run(main()) == [("value of", r.binary()) for r in refs]
+
+
+def test_a_ref_bound_without_a_callback_is_released_by_its_delivery(ray_shared: Any) -> None:
+    cw = api.ensure_connected()
+    held = _pending_owned_refs(cw, 1)
+    oid = held[0].binary()
+
+    async def main() -> weakref.ref[Any]:
+        ref = held[0]
+        fetcher = object_ref._current_fetcher()
+        assert ref.get_loop() is asyncio.get_running_loop()  # binds it, and no callback
+        assert fetcher.fresh is ref
+        _store_on_core_loop(cw, [oid])
+        deadline = time.monotonic() + DEADLINE_S
+        while fetcher.fresh is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # the delivery runs on this loop
+        assert fetcher.fresh is None
+        assert ref.result() == ("value of", oid)
+        return weakref.ref(ref)
+
+    gone = asyncio.run(main())
+    held.clear()
+    assert gone() is None, "a loop fetcher still holds the ref"
 
 
 # -- which loop is running: ObjectRef remembers each thread's running loop's fetcher --------
