@@ -130,7 +130,7 @@ class ObjectRef(_Future):
             bound: Any = self._loop
             if bound is None:  # the first wait on a fresh ref: gather's common case
                 _future_init(self, loop=f)
-                f.fresh = self  # (add_done_callback follows, in gather and ensure_future)
+                f.fresh = self  # (gather, wait_for and as_completed add a callback next)
                 f.watch(self, self)
                 return f.loop
             if bound is f and not _future_cancelled(self):
