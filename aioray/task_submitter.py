@@ -234,15 +234,26 @@ class TaskSubmitter:
                 task.sched_key, task.resources, env, task.spec.get("ss")
             )
         task.state = "queued"
-        cls.queue.append(task)
+        queue = cls.queue
+        queue.append(task)
+        if len(queue) > max(4 * max(1, len(cls.leases)), config.MAX_PENDING_LEASES_PER_CLASS):
+            # Past both lengths _dispatch looks at (the backlog that lets tiny tasks
+            # queue on a worker, and the lease requests): the last dispatch found no
+            # room, and room comes only with a reply or a lease, which dispatch.
+            return
         self._dispatch(cls)
 
     def _dispatch(self, cls: SchedulingClass) -> None:
         queue = cls.queue
+        limit_fid, limit = None, 1
         while queue:
-            backlog = len(queue) >= 4 * max(1, len(cls.leases))
-            limit = self._pipeline_limit(queue[0].spec["fid"]) if backlog else 1
-            tiny = limit > 1
+            if len(queue) >= 4 * max(1, len(cls.leases)):  # a backlog: tiny tasks may queue
+                fid = queue[0].spec["fid"]
+                if fid is not limit_fid:
+                    limit_fid, limit = fid, self._pipeline_limit(fid)
+                tiny = limit > 1
+            else:
+                tiny = False
             best = None
             for lease in cls.leases:
                 ok = lease.inflight == 0 or (tiny and not lease.unknown and lease.inflight < limit)

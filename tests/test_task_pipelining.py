@@ -69,3 +69,25 @@ def test_a_function_just_under_the_threshold_still_pipelines_a_little() -> None:
     assert _dispatch(config.PIPELINE_BELOW_S * 0.99, queued=100) == [
         max(2, int(config.PIPELINE_QUEUE_S / (config.PIPELINE_BELOW_S * 0.99)))
     ]
+
+
+def test_a_queue_with_no_room_is_not_dispatched_again_on_each_submit() -> None:
+    # Every submission used to walk the leases again: 10,000 queued tasks, 10,000 walks
+    # that found nothing. Past the lengths dispatch looks at, a submission only queues.
+    sub = _CountingSubmitter()
+    walks = []
+    dispatch = sub._dispatch
+    sub._dispatch = lambda cls: (walks.append(len(cls.queue)), dispatch(cls))  # type: ignore[method-assign]
+    cls = sub.classes[("k",)] = SchedulingClass(("k",), {"CPU": 1.0}, None)
+    busy = Lease(cls, 0, bytes(16), None, None)  # type: ignore[arg-type]
+    busy.inflight = busy.unknown = 1  # running a task not known to be tiny: no room
+    cls.leases = [busy]
+    for _ in range(50):
+        sub._enqueue(SimpleNamespace(sched_key=("k",), spec={"fid": FID}, state=""))  # type: ignore[arg-type]
+    threshold = max(4, config.MAX_PENDING_LEASES_PER_CLASS)
+    assert walks == list(range(1, threshold + 1))
+    assert cls.pending_leases == config.MAX_PENDING_LEASES_PER_CLASS
+    # The reply that frees the worker dispatches: the queue moves on.
+    busy.inflight = busy.unknown = 0
+    sub._dispatch(cls)
+    assert busy.inflight == 1 and len(cls.queue) == 49
