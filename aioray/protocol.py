@@ -28,6 +28,7 @@ ERROR: Final = 2
 NOTIFY: Final = 3
 
 PREFIX = struct.Struct("<II")
+_LENGTH = struct.Struct("<Q")  # the common frame carries one raw buffer
 MAX_HEADER_BYTES: Final = 64 * 1024 * 1024
 MAX_BUFFERS: Final = 4096
 MAX_BUFFER_BYTES: Final = 1 << 33  # 8 GiB: anything larger is chunked by the sender
@@ -191,11 +192,25 @@ class FrameDecoder:
                         view = self._view
                     break
                 s = self._start + 8
-                lengths = list(struct.unpack_from(f"<{nbuf}Q", self._buf, s)) if nbuf else []
+                if nbuf == 1:
+                    lengths = [_LENGTH.unpack_from(self._buf, s)[0]]
+                else:
+                    lengths = list(struct.unpack_from(f"<{nbuf}Q", self._buf, s)) if nbuf else []
                 check_buffer_lengths(lengths)
                 s += 8 * nbuf
-                self._header = decode_header(view[s : s + hlen])
-                self._start = s + hlen
+                header = decode_header(view[s : s + hlen])
+                s += hlen
+                if self._end - s >= sum(lengths) and not self.destinations:
+                    # The whole frame is here (the common case): cut it out in one go.
+                    buffers: list[Buffer] = []
+                    for n in lengths:
+                        buffers.append(bytes(view[s : s + n]))
+                        s += n
+                    self._start = s
+                    frames.append((*header, buffers))
+                    continue
+                self._header = header
+                self._start = s
                 self._lengths = lengths
                 self._buffers = []
             while len(self._buffers) < len(self._lengths):

@@ -243,8 +243,17 @@ class TaskSubmitter:
             return
         self._dispatch(cls)
 
-    def _dispatch(self, cls: SchedulingClass) -> None:
+    def _dispatch(self, cls: SchedulingClass, replied: Lease | None = None) -> None:
+        """Push queued tasks to the leases with room; ask for leases the queue needs.
+
+        ``replied``: the lease a reply just came back on. Every dispatch leaves no
+        lease with room while tasks wait, and a reply frees a slot on its own lease
+        only, so that lease alone is offered the queue (not every lease walked again).
+        """
         queue = cls.queue
+        leases = cls.leases
+        if replied is not None:
+            leases = [replied] if replied in leases else []
         limit_fid, limit = None, 1
         while queue:
             if len(queue) >= 4 * max(1, len(cls.leases)):  # a backlog: tiny tasks may queue
@@ -255,7 +264,7 @@ class TaskSubmitter:
             else:
                 tiny = False
             best = None
-            for lease in cls.leases:
+            for lease in leases:
                 ok = lease.inflight == 0 or (tiny and not lease.unknown and lease.inflight < limit)
                 if ok and (best is None or lease.inflight < best.inflight):
                     best = lease
@@ -350,19 +359,22 @@ class TaskSubmitter:
         if fut.cancelled() or isinstance(exc, ConnectionError):
             self._lease_lost(lease)
             self._crashed(task)
-        elif exc is not None:
+            self._dispatch(lease.cls)
+            return
+        if exc is not None:
             self.fail(task, RaySystemError(f"push_task failed: {exc}"))
-        else:
-            body, bufs = fut.result()
-            if "o" in body:
-                self.cw.expect_logs(body)
-            t = body.get("t")
-            if t is not None:
-                fid = task.spec["fid"]
-                avg = self.exec_time.get(fid)
-                self.exec_time[fid] = t if avg is None else 0.8 * avg + 0.2 * t
-            self._finished(task, body, bufs)
-        self._dispatch(lease.cls)
+            self._dispatch(lease.cls)
+            return
+        body, bufs = fut.result()
+        if "o" in body:
+            self.cw.expect_logs(body)
+        t = body.get("t")
+        if t is not None:
+            fid = task.spec["fid"]
+            avg = self.exec_time.get(fid)
+            self.exec_time[fid] = t if avg is None else 0.8 * avg + 0.2 * t
+        self._finished(task, body, bufs)
+        self._dispatch(lease.cls, lease)
 
     def _return_lease(self, lease: Lease) -> None:
         lease.linger = None

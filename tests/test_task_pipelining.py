@@ -91,3 +91,39 @@ def test_a_queue_with_no_room_is_not_dispatched_again_on_each_submit() -> None:
     busy.inflight = busy.unknown = 0
     sub._dispatch(cls)
     assert busy.inflight == 1 and len(cls.queue) == 49
+
+
+class _WatchedLease(Lease):
+    """A busy lease that counts how often dispatch looks at it."""
+
+    looked = 0
+
+    @property  # type: ignore[override]
+    def inflight(self) -> int:
+        _WatchedLease.looked += 1
+        return 1
+
+    @inflight.setter
+    def inflight(self, value: int) -> None:
+        pass
+
+
+def test_a_reply_offers_the_queue_to_its_own_lease_only() -> None:
+    # A reply frees a slot on its own lease; the other leases had no room after the
+    # last dispatch and still have none, so they are not walked again per reply.
+    sub = _CountingSubmitter()
+    sub.exec_time[FID] = 100e-6
+    cls = SchedulingClass(("k",), {"CPU": 1.0}, None)
+    busy = [_WatchedLease(cls, i, bytes(16), None, None) for i in range(8)]  # type: ignore[arg-type]
+    replied = Lease(cls, 99, bytes(16), None, None)  # type: ignore[arg-type]
+    cls.leases = [*busy, replied]
+    cls.queue.extend(SimpleNamespace(spec={"fid": FID}) for _ in range(1000))  # type: ignore[misc]
+    _WatchedLease.looked = 0
+    sub._dispatch(cls, replied)
+    assert _WatchedLease.looked == 0
+    assert replied.inflight == int(config.PIPELINE_QUEUE_S / 100e-6)
+    # A reply on a lease no longer held (its worker died) pushes nothing to it.
+    gone = Lease(cls, 100, bytes(16), None, None)  # type: ignore[arg-type]
+    before = len(cls.queue)
+    sub._dispatch(cls, gone)
+    assert gone.inflight == 0 and len(cls.queue) == before
