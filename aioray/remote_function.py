@@ -32,7 +32,7 @@ class RemoteFunction:
         self._fn_bytes: bytes | None = None
         self._fid = b""
         self._lock = threading.Lock()
-        self._request: tuple[Any, ...] = ()  # (options, their resources, its sort key)
+        self._request: tuple[Any, ...] = ()  # (options, their resources, their class key)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -105,7 +105,7 @@ class RemoteFunction:
         request = self._request  # the same options, call after call: computed once
         if not request or request[0] is not opts:
             resources = options.resource_request(opts)
-            request = self._request = (opts, resources, tuple(sorted(resources.items())))
+            request = self._request = (opts, resources, (tuple(sorted(resources.items())), ()))
         resources = request[1]
         if (
             opts["scheduling_strategy"] is not None
@@ -118,10 +118,12 @@ class RemoteFunction:
                 spec["pg"] = placement
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
-        sched_key: tuple[Any, ...] = (
-            request[2] if resources is request[1] else tuple(sorted(resources.items())),
-            tuple(sorted(env.items())) if env else (),
-        )
+        sched_key: tuple[Any, ...] = request[2]  # (resources, runtime env), shared
+        if resources is not request[1] or env:
+            sched_key = (
+                tuple(sorted(resources.items())),
+                tuple(sorted(env.items())) if env else (),
+            )
         if opts["scheduling_strategy"] is not None:
             strategy = strategy_to_wire(opts["scheduling_strategy"])
             if strategy is not None:
