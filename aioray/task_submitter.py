@@ -55,6 +55,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("aioray")
 
+# Queued tasks per lease that make a backlog: only then may tiny tasks queue on a busy
+# worker (below it, a few tasks are spread over leases instead).
+BACKLOG_PER_LEASE = 4
+
 
 def parse_returns(body: dict[str, Any], bufs: list[Any]) -> list[StoredObject]:
     """The return values in a push reply: inline (pickle + buffers) or in shm."""
@@ -236,7 +240,8 @@ class TaskSubmitter:
         task.state = "queued"
         queue = cls.queue
         queue.append(task)
-        if len(queue) > max(4 * max(1, len(cls.leases)), config.MAX_PENDING_LEASES_PER_CLASS):
+        backlog = BACKLOG_PER_LEASE * max(1, len(cls.leases))
+        if len(queue) > max(backlog, config.MAX_PENDING_LEASES_PER_CLASS):
             # Past both lengths _dispatch looks at (the backlog that lets tiny tasks
             # queue on a worker, and the lease requests): the last dispatch found no
             # room, and room comes only with a reply or a lease, which dispatch.
@@ -256,7 +261,7 @@ class TaskSubmitter:
             leases = [replied] if replied in leases else []
         limit_fid, limit = None, 1
         while queue:
-            if len(queue) >= 4 * max(1, len(cls.leases)):  # a backlog: tiny tasks may queue
+            if len(queue) >= BACKLOG_PER_LEASE * max(1, len(cls.leases)):  # tiny tasks may queue
                 fid = queue[0].spec["fid"]
                 if fid is not limit_fid:
                     limit_fid, limit = fid, self._pipeline_limit(fid)
@@ -356,25 +361,24 @@ class TaskSubmitter:
         lease.inflight -= 1
         lease.unknown -= not tiny
         exc = None if fut.cancelled() else fut.exception()
+        replied = None  # (after an error every lease is walked again)
         if fut.cancelled() or isinstance(exc, ConnectionError):
             self._lease_lost(lease)
             self._crashed(task)
-            self._dispatch(lease.cls)
-            return
-        if exc is not None:
+        elif exc is not None:
             self.fail(task, RaySystemError(f"push_task failed: {exc}"))
-            self._dispatch(lease.cls)
-            return
-        body, bufs = fut.result()
-        if "o" in body:
-            self.cw.expect_logs(body)
-        t = body.get("t")
-        if t is not None:
-            fid = task.spec["fid"]
-            avg = self.exec_time.get(fid)
-            self.exec_time[fid] = t if avg is None else 0.8 * avg + 0.2 * t
-        self._finished(task, body, bufs)
-        self._dispatch(lease.cls, lease)
+        else:
+            body, bufs = fut.result()
+            if "o" in body:
+                self.cw.expect_logs(body)
+            t = body.get("t")
+            if t is not None:
+                fid = task.spec["fid"]
+                avg = self.exec_time.get(fid)
+                self.exec_time[fid] = t if avg is None else 0.8 * avg + 0.2 * t
+            self._finished(task, body, bufs)
+            replied = lease
+        self._dispatch(lease.cls, replied)
 
     def _return_lease(self, lease: Lease) -> None:
         lease.linger = None
