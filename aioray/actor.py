@@ -338,7 +338,7 @@ class ActorMethod:
             None,
             (),
         )
-        cw.post(cw.actors.submit, task)
+        cw.post_task(cw.actors.submit, task)
         if nret == 1:
             return refs[0]
         return refs if nret else None

@@ -20,6 +20,9 @@ MAX_TASKS_IN_FLIGHT_PER_WORKER = int(_env("MAX_TASKS_IN_FLIGHT_PER_WORKER", 256)
 PIPELINE_QUEUE_S = _env("PIPELINE_QUEUE_S", 0.01)
 # Pipelining is used only for classes whose tasks run shorter than this on average.
 PIPELINE_BELOW_S = _env("PIPELINE_BELOW_S", 0.002)
+# A caller thread submitting tasks or actor calls releases the GIL once every this
+# many, so the core loop is not kept waiting a whole switch interval (CoreWorker.post_task).
+SUBMIT_YIELD_EVERY = max(1, int(_env("SUBMIT_YIELD_EVERY", 256)))
 # Lease requests outstanding per scheduling class.
 MAX_PENDING_LEASES_PER_CLASS = int(_env("MAX_PENDING_LEASES_PER_CLASS", 10))
 # How long an owner keeps an idle lease before returning it to the raylet.

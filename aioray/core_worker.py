@@ -22,9 +22,11 @@ import asyncio
 import collections
 import concurrent.futures
 import contextvars
+import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -58,6 +60,11 @@ logger = logging.getLogger("aioray")
 
 DRIVER = "driver"
 WORKER = "worker"
+
+
+def release_gil() -> None:
+    """Let a thread waiting for the GIL take it: ``sleep`` releases it, even for 0 s."""
+    time.sleep(0)
 
 
 class CoreWorker:
@@ -106,6 +113,7 @@ class CoreWorker:
             collections.deque()
         )
         self._post_scheduled = False
+        self._submitted = itertools.count(1)  # tasks and actor calls posted (post_task)
         self._peers: dict[tuple[str, int], rpc.Connection] = {}
         self._connecting: dict[tuple[str, int], asyncio.Future[rpc.Connection]] = {}
         self._fetching: dict[bytes, asyncio.Future[StoredObject]] = {}
@@ -256,6 +264,18 @@ class CoreWorker:
                     self.loop.call_soon_threadsafe(self._drain_posted)
                 except RuntimeError:  # loop closed during shutdown
                     pass
+
+    def post_task(self, submit: Callable[[Any], None], task: Any) -> None:
+        """``post`` a task or actor call a caller thread submits.
+
+        Every SUBMIT_YIELD_EVERY of them the caller releases the GIL once. A thread
+        submitting in a tight loop otherwise keeps it for whole switch intervals (5 ms)
+        while this loop, which pushes the tasks and stores their results, waits for it:
+        workers run dry, and the results of the burst all arrive after it, as pending
+        waits that cost more than finding them stored."""
+        self.post(submit, task)
+        if not next(self._submitted) % config.SUBMIT_YIELD_EVERY and not self.in_loop_thread():
+            release_gil()
 
     def _drain_posted(self) -> None:
         self._post_scheduled = False

@@ -152,7 +152,7 @@ class RemoteFunction:
             fn_bytes,
             sched_key,
         )
-        cw.post(cw.submitter.submit, task)
+        cw.post_task(cw.submitter.submit, task)
         if nret == 1:
             return refs[0]
         return refs if nret else None

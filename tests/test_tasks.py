@@ -886,3 +886,57 @@ def test_worker_output_streams_to_driver(ray_shared, capfd):
 
     lines = wait_for_condition(streamed, message=f"{token!r} never reached the driver")
     assert any(f"pid={pid}" in ln for ln in lines), lines
+
+
+@ray.remote
+class _Counter:
+    def incr(self) -> int:
+        return 1
+
+
+def _count_gil_releases(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from aioray import core_worker
+
+    released: list[int] = []
+    monkeypatch.setattr(core_worker, "release_gil", lambda: released.append(1))
+    return released
+
+
+def test_a_burst_of_submissions_releases_the_gil_every_so_often(
+    ray_shared: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thread submitting in a tight loop would keep the GIL for whole switch intervals
+    # while the core loop (which pushes the tasks and stores their results) waits.
+    from aioray import config
+
+    released = _count_gil_releases(monkeypatch)
+    every = config.SUBMIT_YIELD_EVERY
+    refs = [module_level_square.remote(i) for i in range(2 * every)]
+    assert len(released) == 2
+    counter = _Counter.remote()
+    calls = [counter.incr.remote() for _ in range(every)]
+    assert len(released) == 3  # actor calls count too
+    assert sum(ray.get(calls, timeout=GET_TIMEOUT)) == every
+    assert ray.get(refs, timeout=GET_TIMEOUT) == [i * i for i in range(2 * every)]
+    ray.kill(counter)
+
+
+def test_submissions_made_on_the_core_loop_do_not_release_the_gil(
+    ray_shared: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (the core loop's own thread has nobody to hand the GIL to that would help it)
+    import asyncio
+
+    from aioray import api, config
+
+    cw = api.ensure_connected()
+    released = _count_gil_releases(monkeypatch)
+    posted: list[int] = []
+
+    async def burst() -> None:
+        for i in range(2 * config.SUBMIT_YIELD_EVERY):
+            cw.post_task(posted.append, i)
+
+    asyncio.run_coroutine_threadsafe(burst(), cw.loop).result(GET_TIMEOUT)
+    wait_for_condition(lambda: len(posted) == 2 * config.SUBMIT_YIELD_EVERY, GET_TIMEOUT)
+    assert released == []
