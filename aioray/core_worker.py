@@ -28,6 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from functools import partial
 from typing import Any
 
 from aioray import config, ids, log_monitor, memory_report, rpc, serialization, store_client
@@ -65,6 +66,34 @@ WORKER = "worker"
 def release_gil() -> None:
     """Let a thread waiting for the GIL take it: ``sleep`` releases it, even for 0 s."""
     time.sleep(0)
+
+
+def _all_stored(
+    store: MemoryStore,
+    oids: list[bytes],
+    found: dict[bytes, StoredObject],
+    loop: asyncio.AbstractEventLoop,
+) -> asyncio.Future[None]:
+    """(loop) A future done once every one of ``oids`` is stored (each put in ``found``),
+    or failed with the first error that ends one of their waits."""
+    done: asyncio.Future[None] = loop.create_future()
+    left = len(oids)
+
+    def stored(oid: bytes, obj: Any) -> None:
+        nonlocal left
+        if done.done():  # failed already, or the get was given up (timeout)
+            return
+        if isinstance(obj, BaseException):
+            done.set_exception(obj)
+            return
+        found[oid] = obj
+        left -= 1
+        if not left:
+            done.set_result(None)
+
+    for oid in oids:
+        store.when_stored(oid, partial(stored, oid))
+    return done
 
 
 class CoreWorker:
@@ -412,8 +441,35 @@ class CoreWorker:
             self.raylet.notify("worker_blocked", self._blocked > 0)
 
     async def fetch_many(self, refs: Sequence[ObjectRef]) -> dict[bytes, StoredObject]:
-        objs = await asyncio.gather(*[self.fetch(r) for r in refs])
-        return {r._id: o for r, o in zip(refs, objs, strict=True)}
+        """(loop) The objects of ``refs`` by id; raises the first error that ends a wait.
+
+        The owned objects not stored yet (a get of task results) wait in the store
+        together, counted down by one future: no future and gather callback each."""
+        store, owned = self.memory_store, self.owned
+        found: dict[bytes, StoredObject] = {}
+        pending: list[bytes] = []
+        waits: list[asyncio.Future[Any]] = []
+        fetched: list[bytes] = []
+        for r in refs:
+            oid = r._id
+            obj = store.get(oid)
+            if obj is not None:
+                found[oid] = obj
+            elif oid in owned:
+                pending.append(oid)
+            else:
+                fetched.append(oid)
+                waits.append(self.fetch(r))
+        if pending:
+            waits.append(_all_stored(store, pending, found, self.loop))
+        if len(waits) == 1:
+            got = [await waits[0]]
+        elif waits:
+            got = await asyncio.gather(*waits)
+        else:
+            return found
+        found.update(zip(fetched, got[: len(fetched)], strict=True))  # (then the countdown)
+        return found
 
     def fetch(self, ref: ObjectRef) -> asyncio.Future[StoredObject]:
         """(loop) A future for the object: from this process, or from its owner."""

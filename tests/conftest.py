@@ -40,6 +40,33 @@ DEFAULT_INIT_KWARGS: dict[str, Any] = {"num_cpus": 2}
 # --------------------------------------------------------------------------- helpers
 
 
+def store_on_core_loop(cw: Any, oids: list[bytes], timeout: float = 20.0) -> None:
+    """Store ``("value of", oid)`` for each of ``oids`` (pending owned objects), for
+    real, on the core loop; return once it is stored."""
+    import asyncio
+
+    from aioray.memory_store import StoredObject
+    from aioray.serialization import serialize
+
+    async def put() -> None:
+        for oid in oids:
+            cw.memory_store.put(oid, StoredObject(serialize(("value of", oid)).data))
+
+    asyncio.run_coroutine_threadsafe(put(), cw.loop).result(timeout)
+
+
+def pending_owned_refs(cw: Any, n: int) -> list[ray.ObjectRef]:
+    """Refs to objects this driver owns and has not stored yet (as a task's results)."""
+    from aioray import ids
+
+    refs = []
+    for _ in range(n):
+        oid = ids.object_id(cw.ids.task_id(), 0)
+        cw.owned.add(oid)
+        refs.append(ray.ObjectRef(oid))
+    return refs
+
+
 def wait_for_condition(
     predicate: Callable[[], Any],
     timeout: float = 10.0,

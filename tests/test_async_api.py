@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for_condition
+from conftest import pending_owned_refs, store_on_core_loop, wait_for_condition
 
 import aioray as ray
 from aioray import api, object_ref
@@ -747,37 +747,12 @@ class _PutDuringWatch(dict):  # type: ignore[type-arg]
 
     def setdefault(self, oid: bytes, entry: Any) -> Any:
         if self.when == "before":
-            _store_on_core_loop(self.cw, [oid])
+            store_on_core_loop(self.cw, [oid])
         got = super().setdefault(oid, entry)
         if self.when == "after":
-            _store_on_core_loop(self.cw, [oid])
+            store_on_core_loop(self.cw, [oid])
         self.puts += 1
         return got
-
-
-def _store_on_core_loop(cw: Any, oids: list[bytes]) -> None:
-    """Store ``("value of", oid)`` for each of ``oids`` (pending owned objects), for
-    real, on the core loop; return once it is stored."""
-    from aioray.memory_store import StoredObject
-    from aioray.serialization import serialize
-
-    async def put() -> None:
-        for oid in oids:
-            cw.memory_store.put(oid, StoredObject(serialize(("value of", oid)).data))
-
-    asyncio.run_coroutine_threadsafe(put(), cw.loop).result(DEADLINE_S)
-
-
-def _pending_owned_refs(cw: Any, n: int) -> list[ray.ObjectRef]:
-    """Refs to objects this driver owns and has not stored yet (as a task's results)."""
-    from aioray import ids
-
-    refs = []
-    for _ in range(n):
-        oid = ids.object_id(cw.ids.task_id(), 0)
-        cw.owned.add(oid)
-        refs.append(ray.ObjectRef(oid))
-    return refs
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -786,7 +761,7 @@ def test_a_result_stored_while_its_watch_registers_arrives_once(
     ray_shared: Any, when: str, how: str
 ) -> None:
     cw = api.ensure_connected()
-    refs = _pending_owned_refs(cw, 20)
+    refs = pending_owned_refs(cw, 20)
 
     async def main() -> list[Any]:
         fetcher = object_ref._current_fetcher()
@@ -827,13 +802,13 @@ def test_gather_leaves_no_ref_marked_fresh(ray_shared: Any) -> None:
     # get_loop marks the ref it binds; gather's add_done_callback that follows takes
     # the mark off (the fetcher must not hold a ref the program has dropped).
     cw = api.ensure_connected()
-    refs = _pending_owned_refs(cw, 3)
+    refs = pending_owned_refs(cw, 3)
 
     async def main() -> Any:
         fetcher = object_ref._current_fetcher()
         outer = asyncio.gather(*refs)
         assert fetcher.fresh is None
-        _store_on_core_loop(cw, [r.binary() for r in refs])
+        store_on_core_loop(cw, [r.binary() for r in refs])
         return await asyncio.wait_for(outer, DEADLINE_S)
 
     assert asyncio.run(main()) == [("value of", r.binary()) for r in refs]
@@ -841,7 +816,7 @@ def test_gather_leaves_no_ref_marked_fresh(ray_shared: Any) -> None:
 
 def test_a_ref_bound_without_a_callback_is_released_by_its_delivery(ray_shared: Any) -> None:
     cw = api.ensure_connected()
-    held = _pending_owned_refs(cw, 1)
+    held = pending_owned_refs(cw, 1)
     oid = held[0].binary()
 
     async def main() -> weakref.ref[Any]:
@@ -849,7 +824,7 @@ def test_a_ref_bound_without_a_callback_is_released_by_its_delivery(ray_shared: 
         fetcher = object_ref._current_fetcher()
         assert ref.get_loop() is asyncio.get_running_loop()  # binds it, and no callback
         assert fetcher.fresh is ref
-        _store_on_core_loop(cw, [oid])
+        store_on_core_loop(cw, [oid])
         deadline = time.monotonic() + DEADLINE_S
         while fetcher.fresh is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.005)  # the delivery runs on this loop
@@ -916,17 +891,17 @@ def test_partial_deliveries_back_off_and_a_complete_one_resets(ray_shared: Any) 
     from aioray import async_api
 
     cw = api.ensure_connected()
-    refs = _pending_owned_refs(cw, 30)
+    refs = pending_owned_refs(cw, 30)
 
     async def main() -> None:
         fetcher = object_ref._current_fetcher()
         assert fetcher._coalesce_s == async_api.COALESCE_S
         waiting = [r.as_future() for r in refs]  # (each registers its watch at once)
         for k, expected in ((0, 2), (10, 4), (20, 8)):
-            _store_on_core_loop(cw, [r.binary() for r in refs[k : k + 5]])
+            store_on_core_loop(cw, [r.binary() for r in refs[k : k + 5]])
             await asyncio.wait_for(asyncio.gather(*waiting[k : k + 5]), DEADLINE_S)
             assert fetcher._coalesce_s == async_api.COALESCE_S * expected
-        _store_on_core_loop(cw, [r.binary() for i, r in enumerate(refs) if i % 10 >= 5])
+        store_on_core_loop(cw, [r.binary() for i, r in enumerate(refs) if i % 10 >= 5])
         got = await asyncio.wait_for(asyncio.gather(*waiting), DEADLINE_S)
         assert got == [("value of", r.binary()) for r in refs]
         assert fetcher._coalesce_s == async_api.COALESCE_S
@@ -939,16 +914,16 @@ def test_the_backoff_is_capped(ray_shared: Any, monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(async_api, "COALESCE_MAX_S", async_api.COALESCE_S * 3)
     cw = api.ensure_connected()
-    refs = _pending_owned_refs(cw, 4)
+    refs = pending_owned_refs(cw, 4)
 
     async def main() -> None:
         fetcher = object_ref._current_fetcher()
         waiting = [r.as_future() for r in refs]
         for i in range(3):
-            _store_on_core_loop(cw, [refs[i].binary()])
+            store_on_core_loop(cw, [refs[i].binary()])
             await asyncio.wait_for(waiting[i], DEADLINE_S)
         assert fetcher._coalesce_s == async_api.COALESCE_S * 3
-        _store_on_core_loop(cw, [refs[3].binary()])
+        store_on_core_loop(cw, [refs[3].binary()])
         await asyncio.wait_for(waiting[3], DEADLINE_S)
 
     asyncio.run(main())

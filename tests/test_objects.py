@@ -470,3 +470,77 @@ def test_many_small_tasks(ray_shared):
 
     refs = [inc.remote(i) for i in range(1000)]
     assert ray.get(refs, timeout=GET_TIMEOUT) == list(range(1, 1001))
+
+
+# ------------------------------------------------- get of results not stored yet
+
+
+def _fetch_many(cw, refs):
+    """Start CoreWorker.fetch_many on the core loop; return its concurrent future once
+    every pending one of ``refs`` waits in the store."""
+    import asyncio
+
+    fut = asyncio.run_coroutine_threadsafe(cw.fetch_many(refs), cw.loop)
+    waiting = [r.binary() for r in refs if cw.memory_store.get(r.binary()) is None]
+    wait_for_condition(
+        lambda: all(cw.memory_store.has_waiters(oid) for oid in waiting), GET_TIMEOUT
+    )
+    return fut
+
+
+def test_a_get_of_pending_results_returns_once_the_last_is_stored(ray_shared):
+    from conftest import pending_owned_refs, store_on_core_loop
+
+    from aioray import api
+
+    cw = api.ensure_connected()
+    a, b, c = pending_owned_refs(cw, 3)
+    here = ray.put("here")
+    fut = _fetch_many(cw, [a, here, b, a, c])  # (a twice)
+    store_on_core_loop(cw, [a.binary(), b.binary()])
+    assert not fut.done()
+    store_on_core_loop(cw, [c.binary()])
+    found = fut.result(GET_TIMEOUT)
+    assert set(found) == {r.binary() for r in (a, b, c, here)}
+    assert ray.get([a, here, c, a], timeout=GET_TIMEOUT) == [
+        ("value of", a.binary()),
+        "here",
+        ("value of", c.binary()),
+        ("value of", a.binary()),
+    ]
+
+
+def test_a_get_of_pending_results_raises_the_first_error_that_ends_a_wait(ray_shared):
+    import asyncio
+
+    from conftest import pending_owned_refs, store_on_core_loop
+
+    from aioray import api
+    from aioray.exceptions import ObjectLostError
+
+    cw = api.ensure_connected()
+    lost, later = pending_owned_refs(cw, 2)
+    fut = _fetch_many(cw, [lost, later])
+    error = ObjectLostError(lost.hex(), "lost for the test")
+
+    async def fail() -> None:
+        cw.memory_store.fail_waiters(lost.binary(), error)
+
+    asyncio.run_coroutine_threadsafe(fail(), cw.loop).result(GET_TIMEOUT)
+    with pytest.raises(ObjectLostError, match="lost for the test"):
+        fut.result(GET_TIMEOUT)
+    store_on_core_loop(cw, [later.binary()])  # its wait, given up, ignores it
+    assert ray.get(later, timeout=GET_TIMEOUT) == ("value of", later.binary())
+
+
+def test_a_timed_out_get_of_pending_results_leaves_them_gettable(ray_shared):
+    from conftest import pending_owned_refs, store_on_core_loop
+
+    from aioray import api
+
+    cw = api.ensure_connected()
+    refs = pending_owned_refs(cw, 3)
+    with pytest.raises(GetTimeoutError):
+        ray.get(refs, timeout=0.05)
+    store_on_core_loop(cw, [r.binary() for r in refs])
+    assert ray.get(refs, timeout=GET_TIMEOUT) == [("value of", r.binary()) for r in refs]
