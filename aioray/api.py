@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aioray import auth, config, node, store_client
+from aioray import auth, config, node, object_waits, store_client
 from aioray import object_ref as _object_ref
 from aioray.core_worker import DRIVER, CoreWorker
 from aioray.object_ref import ObjectRef, set_core_worker
@@ -334,11 +334,12 @@ def wait(
     """Return (ready, not_ready) once ``num_returns`` refs are ready or ``timeout`` passes."""
     refs = check_wait_args(object_refs, num_returns, timeout)
     cw = ensure_connected()
-    flags = cw.ready_now(refs)
+    flags = object_waits.ready_now(cw, refs)
     if sum(flags) >= num_returns:
         ready_ids = {r.binary() for r, f in zip(refs, flags, strict=True) if f}
     else:
-        ready_ids = cw.run_sync(cw.wait_async(refs, num_returns, timeout, fetch_local))
+        waiting = object_waits.wait_async(cw, refs, num_returns, timeout, fetch_local)
+        ready_ids = cw.run_sync(waiting)
     return split_ready(refs, ready_ids, num_returns)
 
 

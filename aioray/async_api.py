@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine, Generator, Sequence
 from functools import partial
 from typing import Any
 
-from aioray import api, object_ref, serialization, store_client
+from aioray import api, object_ref, object_waits, serialization, store_client
 from aioray.core_worker import CoreWorker
 from aioray.exceptions import ObjectFreedError
 from aioray.memory_store import StoredObject
@@ -37,7 +37,8 @@ async def get_async(object_refs: Any, *, timeout: float | None = None) -> Any:
     if None in objs:
         missing = [r for r, o in zip(refs, objs, strict=True) if o is None]
         try:
-            found = await asyncio.wait_for(_on_core_loop(cw, cw.fetch_many(missing)), timeout)
+            fetching = _on_core_loop(cw, object_waits.fetch_many(cw, missing))
+            found = await asyncio.wait_for(fetching, timeout)
         except asyncio.TimeoutError:
             from aioray.exceptions import GetTimeoutError
 
@@ -67,7 +68,9 @@ async def wait_async(
     as soon as its object exists anywhere; its value is not pulled."""
     refs = api.check_wait_args(object_refs, num_returns, timeout)
     cw = api.ensure_connected()
-    ready_ids = await _on_core_loop(cw, cw.wait_async(refs, num_returns, timeout, fetch_local))
+    ready_ids = await _on_core_loop(
+        cw, object_waits.wait_async(cw, refs, num_returns, timeout, fetch_local)
+    )
     return api.split_ready(refs, ready_ids, num_returns)
 
 

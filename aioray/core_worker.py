@@ -28,10 +28,18 @@ import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from functools import partial
 from typing import Any
 
-from aioray import config, ids, log_monitor, memory_report, rpc, serialization, store_client
+from aioray import (
+    config,
+    ids,
+    log_monitor,
+    memory_report,
+    object_waits,
+    rpc,
+    serialization,
+    store_client,
+)
 from aioray._loop import result_interruptibly
 from aioray.actor_submitter import ActorSubmitter
 from aioray.borrowing import Borrowing, pairs_of
@@ -66,34 +74,6 @@ WORKER = "worker"
 def release_gil() -> None:
     """Let a thread waiting for the GIL take it: ``sleep`` releases it, even for 0 s."""
     time.sleep(0)
-
-
-def _all_stored(
-    store: MemoryStore,
-    oids: list[bytes],
-    found: dict[bytes, StoredObject],
-    loop: asyncio.AbstractEventLoop,
-) -> asyncio.Future[None]:
-    """(loop) A future done once every one of ``oids`` is stored (each put in ``found``),
-    or failed with the first error that ends one of their waits."""
-    done: asyncio.Future[None] = loop.create_future()
-    left = len(oids)
-
-    def stored(oid: bytes, obj: Any) -> None:
-        nonlocal left
-        if done.done():  # failed already, or the get was given up (timeout)
-            return
-        if isinstance(obj, BaseException):
-            done.set_exception(obj)
-            return
-        found[oid] = obj
-        left -= 1
-        if not left:
-            done.set_result(None)
-
-    for oid in oids:
-        store.when_stored(oid, partial(stored, oid))
-    return done
 
 
 class CoreWorker:
@@ -145,7 +125,8 @@ class CoreWorker:
         self._submitted = itertools.count(1)  # tasks and actor calls posted (post_task)
         self._peers: dict[tuple[str, int], rpc.Connection] = {}
         self._connecting: dict[tuple[str, int], asyncio.Future[rpc.Connection]] = {}
-        self._fetching: dict[bytes, asyncio.Future[StoredObject]] = {}
+        # Objects being fetched from their owners (shared by every get and wait of them).
+        self.fetching: dict[bytes, asyncio.Future[StoredObject]] = {}
         self._free_shm: list[tuple[bytes, bytes | None]] = []
         self._blocked = 0
         self._blocking: dict[int, concurrent.futures.Future[Any]] = {}
@@ -424,7 +405,7 @@ class CoreWorker:
             if blocked:
                 self.post(self._set_blocked, 1)
             try:
-                found = self.run_sync(self.fetch_many(missing), timeout)
+                found = self.run_sync(object_waits.fetch_many(self, missing), timeout)
             finally:
                 if blocked:
                     self.post(self._set_blocked, -1)
@@ -440,48 +421,17 @@ class CoreWorker:
         if (before == 0) != (self._blocked == 0) and not self.raylet.is_closed:
             self.raylet.notify("worker_blocked", self._blocked > 0)
 
-    async def fetch_many(self, refs: Sequence[ObjectRef]) -> dict[bytes, StoredObject]:
-        """(loop) The objects of ``refs`` by id; raises the first error that ends a wait.
-
-        The owned objects not stored yet (a get of task results) wait in the store
-        together, counted down by one future: no future and gather callback each."""
-        store, owned = self.memory_store, self.owned
-        found: dict[bytes, StoredObject] = {}
-        pending: list[bytes] = []
-        waits: list[asyncio.Future[Any]] = []
-        fetched: list[bytes] = []
-        for r in refs:
-            oid = r._id
-            obj = store.get(oid)
-            if obj is not None:
-                found[oid] = obj
-            elif oid in owned:
-                pending.append(oid)
-            else:
-                fetched.append(oid)
-                waits.append(self.fetch(r))
-        if pending:
-            waits.append(_all_stored(store, pending, found, self.loop))
-        if len(waits) == 1:
-            got = [await waits[0]]
-        elif waits:
-            got = await asyncio.gather(*waits)
-        else:
-            return found
-        found.update(zip(fetched, got[: len(fetched)], strict=True))  # (then the countdown)
-        return found
-
     def fetch(self, ref: ObjectRef) -> asyncio.Future[StoredObject]:
         """(loop) A future for the object: from this process, or from its owner."""
         oid = ref._id
         obj = self.memory_store.get(oid)
         if obj is not None or oid in self.owned:
             return self.memory_store.wait_for(oid, self.loop)
-        pending = self._fetching.get(oid)
+        pending = self.fetching.get(oid)
         if pending is None:
             pending = self.loop.create_task(self._fetch_from_owner(ref))
-            self._fetching[oid] = pending
-            pending.add_done_callback(lambda _: self._fetching.pop(oid, None))
+            self.fetching[oid] = pending
+            pending.add_done_callback(lambda _: self.fetching.pop(oid, None))
         return pending
 
     async def _fetch_from_owner(self, ref: ObjectRef, keep: bool = False) -> StoredObject:
@@ -539,61 +489,6 @@ class CoreWorker:
         """Map (restore, or pull from its node) a shared-memory object; ObjectLostError
         if no copy is left to read."""
         return store_client.read_object(self, oid, obj.node_id)
-
-    # -- objects: wait ------------------------------------------------------------------
-    def ready_now(self, refs: Sequence[ObjectRef]) -> list[bool]:
-        store = self.memory_store
-        return [r._id in store for r in refs]
-
-    async def wait_async(
-        self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None, fetch: bool
-    ) -> set[bytes]:
-        """(loop) Ids of refs ready once ``num_returns`` are, or at the timeout."""
-        ready = {r._id for r in refs if r._id in self.memory_store}
-        if len(ready) >= num_returns or timeout == 0:
-            return ready
-        futs: dict[asyncio.Future[Any], bytes] = {}
-        shared: set[asyncio.Future[Any]] = set()  # other callers' fetches: never cancelled
-        for r in refs:
-            if r._id in ready:
-                continue
-            if fetch or r._id in self.owned:
-                fut: asyncio.Future[Any] = self.fetch(r)
-                if fut is self._fetching.get(r._id):
-                    shared.add(fut)
-            else:
-                fut = self.loop.create_task(self._wait_at_owner(r))
-            futs[fut] = r._id
-        # One callback per ref and a count: asyncio.wait(FIRST_COMPLETED) in a loop would
-        # re-register every pending ref on each wake-up (quadratic in the number of refs).
-        enough: asyncio.Future[None] = self.loop.create_future()
-
-        def arrived(f: asyncio.Future[Any]) -> None:
-            ready.add(futs[f])
-            if len(ready) >= num_returns and not enough.done():
-                enough.set_result(None)
-
-        for f in futs:
-            f.add_done_callback(arrived)
-        try:
-            await asyncio.wait([enough], timeout=timeout)
-        finally:
-            for f in futs:
-                if not f.done():
-                    f.remove_done_callback(arrived)
-                    if f not in shared:
-                        f.cancel()
-        return set(ready)
-
-    async def _wait_at_owner(self, ref: ObjectRef) -> None:
-        owner = ref._owner
-        if owner is None:
-            return
-        try:
-            conn = await self.connect_peer(owner[0], owner[1])
-            await conn.call("wait_object", ref._id)
-        except ConnectionError:
-            return  # the owner died: the object is "ready" (get will raise)
 
     # -- freeing ----------------------------------------------------------------------------
     def _out_of_scope(self, oid: bytes) -> None:

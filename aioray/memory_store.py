@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from aioray import rpc
@@ -128,6 +129,31 @@ class MemoryStore:
             callback(obj)
         else:
             self._callbacks.setdefault(oid, []).append(callback)
+
+    def when_all_stored(
+        self, oids: list[bytes], found: dict[bytes, StoredObject], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[None]:
+        """(loop) A future done once every one of ``oids`` (none stored yet) is stored,
+        each put in ``found``, or failed with the first error that ends one of their
+        waits. One future and a count, not a future each."""
+        done: asyncio.Future[None] = loop.create_future()
+        left = len(oids)
+
+        def stored(oid: bytes, obj: Any) -> None:
+            nonlocal left
+            if done.done():  # failed already, or the wait was given up (timeout)
+                return
+            if isinstance(obj, BaseException):
+                done.set_exception(obj)
+                return
+            found[oid] = obj
+            left -= 1
+            if not left:
+                done.set_result(None)
+
+        for oid in oids:
+            self.when_stored(oid, partial(stored, oid))
+        return done
 
     def delete(self, oid: bytes) -> StoredObject | None:
         return self._objects.pop(oid, None)

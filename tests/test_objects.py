@@ -476,11 +476,13 @@ def test_many_small_tasks(ray_shared):
 
 
 def _fetch_many(cw, refs):
-    """Start CoreWorker.fetch_many on the core loop; return its concurrent future once
+    """Start object_waits.fetch_many on the core loop; return its concurrent future once
     every pending one of ``refs`` waits in the store."""
     import asyncio
 
-    fut = asyncio.run_coroutine_threadsafe(cw.fetch_many(refs), cw.loop)
+    from aioray import object_waits
+
+    fut = asyncio.run_coroutine_threadsafe(object_waits.fetch_many(cw, refs), cw.loop)
     waiting = [r.binary() for r in refs if cw.memory_store.get(r.binary()) is None]
     wait_for_condition(
         lambda: all(cw.memory_store.has_waiters(oid) for oid in waiting), GET_TIMEOUT
