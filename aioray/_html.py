@@ -33,7 +33,7 @@ def _code(text: object) -> str:
 
 def _current_core_worker() -> Any:
     """This process's CoreWorker (driver or worker), or None when not connected."""
-    from aioray import object_ref
+    from aioray._private.owner import object_ref
 
     return object_ref._core_worker
 

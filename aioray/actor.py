@@ -19,11 +19,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from aioray import config, ids, options, placement_groups, serialization
-from aioray.object_ref import ObjectRef
+from aioray._private.core import options
+from aioray._private.owner import placement_groups
+from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.owner.streaming import STREAMING
+from aioray._private.wire import config, ids, serialization
+from aioray._private.wire.task_spec import TaskEntry
 from aioray.remote_function import _api, pack_arguments
-from aioray.streaming import STREAMING
-from aioray.task_spec import TaskEntry
 from aioray.util.scheduling_strategies import strategy_to_wire
 
 _ACTOR_DEFAULTS: dict[str, Any] = {
@@ -346,7 +348,7 @@ class ActorMethod:
 
 def exit_actor() -> None:
     """Intentionally exit the current actor: the caller sees it die, queued calls fail."""
-    from aioray.object_ref import _core_worker
+    from aioray._private.owner.object_ref import _core_worker
 
     cw = _core_worker
     if cw is None or getattr(cw, "actor_id", None) is None:

@@ -18,10 +18,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aioray import auth, config, node, object_waits, store_client
-from aioray import object_ref as _object_ref
-from aioray.core_worker import DRIVER, CoreWorker
-from aioray.object_ref import ObjectRef, set_core_worker
+from aioray._private.node import node
+from aioray._private.owner import object_ref as _object_ref
+from aioray._private.owner import object_waits, store_client
+from aioray._private.owner.core_worker import DRIVER, CoreWorker
+from aioray._private.owner.object_ref import ObjectRef, set_core_worker
+from aioray._private.wire import auth, config
 from aioray.remote_function import RemoteFunction
 from aioray.runtime_context import RuntimeContext
 
@@ -95,7 +97,7 @@ def init(
     unknown = set(kwargs) - allowed_extra
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    from aioray.options import _runtime_env, validate
+    from aioray._private.core.options import _runtime_env, validate
 
     _runtime_env("runtime_env", runtime_env)
     system_config = _check_store_options(
@@ -191,7 +193,7 @@ def _check_store_options(
 
 
 def _resources_check(name: str, value: Any) -> None:
-    from aioray.options import _resources
+    from aioray._private.core.options import _resources
 
     _resources(name, value)
 
@@ -220,7 +222,7 @@ def shutdown() -> None:
         if cw is not None:
             cw.stop_thread()
             set_core_worker(None)
-            from aioray import log_monitor
+            from aioray._private.owner import log_monitor
 
             log_monitor.flush()  # print pending "[repeated Nx]" summaries
         local, _local_node = _local_node, None
@@ -378,7 +380,7 @@ def split_ready(
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that produces ``object_ref``; its get raises TaskCancelledError."""
-    from aioray.streaming import ObjectRefGenerator
+    from aioray._private.owner.streaming import ObjectRefGenerator
 
     cw = ensure_connected()
     if isinstance(object_ref, ObjectRefGenerator):

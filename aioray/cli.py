@@ -9,7 +9,7 @@ import runpy
 import sys
 import time
 
-from aioray import node, node_commands
+from aioray._private.node import node, node_commands
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_memory(a: argparse.Namespace) -> int:
-    from aioray import auth, memory_report
+    from aioray._private.node import memory_report
+    from aioray._private.wire import auth
 
     try:
         address = node.resolve_address(a.address)

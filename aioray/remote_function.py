@@ -9,14 +9,16 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aioray import config, ids, options, placement_groups, serialization
-from aioray.object_ref import ObjectRef
-from aioray.streaming import STREAMING
-from aioray.task_spec import TaskEntry, split_args
+from aioray._private.core import options
+from aioray._private.owner import placement_groups
+from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.owner.streaming import STREAMING
+from aioray._private.wire import config, ids, serialization
+from aioray._private.wire.task_spec import TaskEntry, split_args
 from aioray.util.scheduling_strategies import strategy_to_wire
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
 
 
 class RemoteFunction:

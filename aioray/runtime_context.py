@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
 
 
 class RuntimeContext:

@@ -25,12 +25,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from aioray import rpc, serialization
+from aioray._private.owner.streaming import STREAMING
+from aioray._private.rpc import rpc
+from aioray._private.wire import serialization
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.task_spec import DEP_OWNER
 from aioray.actor import ActorExit
 from aioray.exceptions import TaskCancelledError
-from aioray.protocol import Buffer
-from aioray.streaming import STREAMING
-from aioray.task_spec import DEP_OWNER
 
 if TYPE_CHECKING:
     from aioray.daemons.worker import TaskExecutor, _Job
@@ -77,7 +78,7 @@ class ActorHost:
         ready = threading.Event()
 
         def run() -> None:
-            from aioray._loop import new_event_loop
+            from aioray._private.rpc.loop import new_event_loop
 
             loop = new_event_loop()
             asyncio.set_event_loop(loop)

@@ -23,7 +23,8 @@ import msgpack  # noqa: F401
 import numpy
 from aioray.daemons import worker
 
-from aioray import api, core_worker  # noqa: F401
+from aioray import api  # noqa: F401
+from aioray._private.owner import core_worker  # noqa: F401
 
 
 def main() -> None:

@@ -23,16 +23,26 @@ from typing import Any
 from aioray.daemons import worker_output
 from aioray.daemons.actor_host import ActorHost, run_terminate
 
-from aioray import _loop, config, placement_groups, rpc, serialization, store_client
+from aioray._private.core.borrowing import pairs_of
+from aioray._private.core.memory_store import StoredObject
+from aioray._private.owner import placement_groups, store_client
+from aioray._private.owner.core_worker import WORKER, CoreWorker
+from aioray._private.owner.object_ref import ObjectRef, set_core_worker
+from aioray._private.owner.streaming import STREAMING
+from aioray._private.rpc import loop as _loop
+from aioray._private.rpc import rpc
+from aioray._private.wire import config, serialization
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.task_spec import (
+    DEP_INLINE,
+    DEP_OWNER,
+    DEP_SHM,
+    RET_INLINE,
+    RET_SHM,
+    substitute,
+)
 from aioray.actor import ActorExit
-from aioray.borrowing import pairs_of
-from aioray.core_worker import WORKER, CoreWorker
 from aioray.exceptions import RaySystemError, RayTaskError, TaskCancelledError
-from aioray.memory_store import StoredObject
-from aioray.object_ref import ObjectRef, set_core_worker
-from aioray.protocol import Buffer
-from aioray.streaming import STREAMING
-from aioray.task_spec import DEP_INLINE, DEP_OWNER, DEP_SHM, RET_INLINE, RET_SHM, substitute
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +365,7 @@ class TaskExecutor:
         size = store_client.write_object(self.cw, oid, so.data, so.buffers, owner)
         return [RET_SHM, size, self.cw.node_id, contained]
 
-    # -- streaming generators (aioray/streaming.py has the protocol) -----------------------
+    # -- streaming generators (the protocol: aioray/_private/owner/streaming.py) -----------
     def _stream(
         self, spec: dict[str, Any], job: _Job, gen: Any
     ) -> tuple[dict[str, Any], list[Buffer]]:

@@ -45,8 +45,8 @@ def store_on_core_loop(cw: Any, oids: list[bytes], timeout: float = 20.0) -> Non
     real, on the core loop; return once it is stored."""
     import asyncio
 
-    from aioray.memory_store import StoredObject
-    from aioray.serialization import serialize
+    from aioray._private.core.memory_store import StoredObject
+    from aioray._private.wire.serialization import serialize
 
     async def put() -> None:
         for oid in oids:
@@ -57,7 +57,7 @@ def store_on_core_loop(cw: Any, oids: list[bytes], timeout: float = 20.0) -> Non
 
 def pending_owned_refs(cw: Any, n: int) -> list[ray.ObjectRef]:
     """Refs to objects this driver owns and has not stored yet (as a task's results)."""
-    from aioray import ids
+    from aioray._private.wire import ids
 
     refs = []
     for _ in range(n):
@@ -101,7 +101,8 @@ def wait_for_file(path: os.PathLike[str] | str, timeout: float = 20.0) -> str:
 
 def local_segment(oid: bytes) -> str:
     """This driver's node's /dev/shm segment path for object ``oid``."""
-    from aioray import api, object_store
+    from aioray import api
+    from aioray._private.wire import object_store
 
     cw = api._cw
     assert cw is not None

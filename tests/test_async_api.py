@@ -25,7 +25,8 @@ import pytest
 from conftest import pending_owned_refs, store_on_core_loop, wait_for_condition
 
 import aioray as ray
-from aioray import api, object_ref
+from aioray import api
+from aioray._private.owner import object_ref
 from aioray.exceptions import GetTimeoutError, RayTaskError
 from aioray.util import as_completed, map_unordered
 

@@ -18,7 +18,9 @@ import pytest
 from conftest import port_of, wait_for_condition
 
 import aioray as ray
-from aioray import auth, node, protocol, rpc
+from aioray._private.node import node
+from aioray._private.rpc import rpc
+from aioray._private.wire import auth, protocol
 from aioray.api import _gcs_call
 
 REPO = Path(__file__).resolve().parent.parent

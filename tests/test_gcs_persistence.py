@@ -14,7 +14,8 @@ import pytest
 from conftest import listening_ports, port_of, wait_for_condition, wait_ports_closed
 
 import aioray as ray
-from aioray import auth, node
+from aioray._private.node import node
+from aioray._private.wire import auth
 from aioray.experimental import internal_kv
 
 GET_TIMEOUT = 30

@@ -12,7 +12,7 @@ from pathlib import Path
 from conftest import wait_for_condition
 
 import aioray as ray
-from aioray import node
+from aioray._private.node import node
 from aioray.cluster_utils import Cluster
 from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

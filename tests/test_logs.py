@@ -19,8 +19,9 @@ from aioray.daemons import worker_output
 from conftest import wait_for_condition
 
 import aioray as ray
-from aioray import cli, log_monitor
-from aioray.log_monitor import LogDeduplicator
+from aioray import cli
+from aioray._private.owner import log_monitor
+from aioray._private.owner.log_monitor import LogDeduplicator
 
 GET_TIMEOUT = 30
 NODE_IP = "127.0.0.1"

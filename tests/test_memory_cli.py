@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 import aioray as ray
-from aioray import memory_report
+from aioray._private.node import memory_report
 
 GET_TIMEOUT = 30
 

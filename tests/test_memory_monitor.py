@@ -24,9 +24,9 @@ from aioray.daemons.raylet.memory_monitor import (
 )
 
 import aioray as ray
-from aioray import config
+from aioray._private.node.memory_tables import raylet_state
+from aioray._private.wire import config
 from aioray.exceptions import OutOfMemoryError, WorkerCrashedError
-from aioray.memory_tables import raylet_state
 
 MiB = 1024**2
 # Threshold above the current use (the cluster itself takes ~50 MiB). Other processes on

@@ -18,8 +18,9 @@ import pytest
 from conftest import wait_for_condition
 
 import aioray as ray
-from aioray import api, ids
-from aioray.memory_tables import core_worker_tables, raylet_state
+from aioray import api
+from aioray._private.node.memory_tables import core_worker_tables, raylet_state
+from aioray._private.wire import ids
 
 RAYLET_COUNTS = ("workers", "leases", "queued", "objects")
 

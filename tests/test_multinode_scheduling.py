@@ -10,8 +10,8 @@ import pytest
 from conftest import wait_for_condition
 
 import aioray as ray
+from aioray._private.node.memory_tables import raylet_state
 from aioray.exceptions import ActorUnschedulableError, TaskUnschedulableError
-from aioray.memory_tables import raylet_state
 from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 CLUSTER_NODES = [

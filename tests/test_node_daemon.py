@@ -17,7 +17,8 @@ import pytest
 from conftest import listening_ports, shm_entries, wait_for_condition, wait_ports_closed
 
 import aioray as ray
-from aioray import auth, config, node
+from aioray._private.node import node
+from aioray._private.wire import auth, config
 
 REPO = Path(__file__).resolve().parent.parent
 GET_TIMEOUT = 30
@@ -94,7 +95,7 @@ def token_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
 
 
 def _nodes(address: str) -> list[dict[str, Any]]:
-    from aioray.node_commands import gcs_call
+    from aioray._private.node.node_commands import gcs_call
 
     auth.set_token(node.token_for(address))
     return list(gcs_call(address, "get_nodes"))

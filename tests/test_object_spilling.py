@@ -17,8 +17,8 @@ import pytest
 from conftest import wait_for_condition
 
 import aioray as ray
+from aioray._private.node.memory_tables import raylet_state
 from aioray.exceptions import ObjectLostError, ObjectStoreFullError, OutOfDiskError
-from aioray.memory_tables import raylet_state
 
 MiB = 1 << 20
 STORE = 200 * MiB

@@ -17,9 +17,11 @@ import pytest
 from conftest import wait_for_condition
 
 import aioray as ray
-from aioray import _loop, config, rpc
+from aioray._private.node.memory_tables import raylet_state
+from aioray._private.rpc import loop as _loop
+from aioray._private.rpc import rpc
+from aioray._private.wire import config
 from aioray.exceptions import ObjectLostError, OwnerDiedError
-from aioray.memory_tables import raylet_state
 from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 # head + two nodes; fast failure detection: a node silent for 5 x 100 ms is dead.

@@ -480,7 +480,7 @@ def _fetch_many(cw, refs):
     every pending one of ``refs`` waits in the store."""
     import asyncio
 
-    from aioray import object_waits
+    from aioray._private.owner import object_waits
 
     fut = asyncio.run_coroutine_threadsafe(object_waits.fetch_many(cw, refs), cw.loop)
     waiting = [r.binary() for r in refs if cw.memory_store.get(r.binary()) is None]

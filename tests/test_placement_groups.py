@@ -81,7 +81,7 @@ def idle(ray_cluster: Any) -> Any:
 
 
 def _pgid(info: dict[str, Any]) -> Any:
-    from aioray.placement_groups import PlacementGroupID
+    from aioray._private.owner.placement_groups import PlacementGroupID
 
     return PlacementGroupID(bytes.fromhex(info["placement_group_id"]))
 

@@ -1,4 +1,4 @@
-"""Unit tests for aioray.protocol: frame encoding and the sans-I/O FrameDecoder.
+"""Unit tests for aioray._private.wire.protocol: frame encoding and the sans-I/O FrameDecoder.
 
 No event loop, no sockets. Bytes reach the decoder the way a BufferedProtocol
 transport delivers them: copied into ``get_buffer()``, then ``buffer_updated(n)``.
@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from aioray.protocol import (
+from aioray._private.wire.protocol import (
     ERROR,
     MAX_BUFFER_BYTES,
     MAX_BUFFERS,

@@ -1,4 +1,4 @@
-"""Service tests for aioray.rpc on real loopback sockets, under asyncio and uvloop.
+"""Service tests for aioray._private.rpc.rpc on real loopback sockets, under asyncio and uvloop.
 
 Every wait is bounded by asyncio.wait_for and nothing sleeps: tests await events set
 by handlers. Malformed-input tests speak raw bytes through asyncio.open_connection,
@@ -19,8 +19,10 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
-from aioray import auth, protocol, rpc
-from aioray.protocol import (
+from aioray._private.rpc import rpc
+from aioray._private.rpc.rpc import Connection, ConnectionLost, Reply, RpcError, Server, connect
+from aioray._private.wire import auth, protocol
+from aioray._private.wire.protocol import (
     MAX_BUFFER_BYTES,
     MAX_BUFFERS,
     MAX_HEADER_BYTES,
@@ -32,7 +34,6 @@ from aioray.protocol import (
     FrameDecoder,
     encode_frame,
 )
-from aioray.rpc import Connection, ConnectionLost, Reply, RpcError, Server, connect
 
 T = TypeVar("T")
 
@@ -189,7 +190,7 @@ async def raw_connection(
 ) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     reader, writer = await bounded(asyncio.open_connection(server.host, server.port))
     try:
-        # The server speaks first: its authentication challenge (aioray.auth).
+        # The server speaks first: its authentication challenge (aioray._private.wire.auth).
         challenge = await bounded(reader.readexactly(len(CHALLENGE)))
         assert challenge[: -auth.CHALLENGE_BYTES] == CHALLENGE[: -auth.CHALLENGE_BYTES]
         yield reader, writer

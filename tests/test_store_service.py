@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aioray.daemons.raylet.store_service import SpillConfig, StoreService, spill_config_from
 
-from aioray import config, object_store
+from aioray._private.wire import config, object_store
 
 MB = 1 << 20
 

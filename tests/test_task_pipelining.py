@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from aioray import config
-from aioray.task_submitter import Lease, SchedulingClass, TaskSubmitter
+from aioray._private.owner.task_submitter import Lease, SchedulingClass, TaskSubmitter
+from aioray._private.wire import config
 
 FID = b"f" * 16
 

@@ -895,7 +895,7 @@ class _Counter:
 
 
 def _count_gil_releases(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    from aioray import core_worker
+    from aioray._private.owner import core_worker
 
     released: list[int] = []
     monkeypatch.setattr(core_worker, "release_gil", lambda: released.append(1))
@@ -907,7 +907,7 @@ def test_a_burst_of_submissions_releases_the_gil_every_so_often(
 ) -> None:
     # A thread submitting in a tight loop would keep the GIL for whole switch intervals
     # while the core loop (which pushes the tasks and stores their results) waits.
-    from aioray import config
+    from aioray._private.wire import config
 
     released = _count_gil_releases(monkeypatch)
     every = config.SUBMIT_YIELD_EVERY
@@ -927,7 +927,8 @@ def test_submissions_made_on_the_core_loop_do_not_release_the_gil(
     # (the core loop's own thread has nobody to hand the GIL to that would help it)
     import asyncio
 
-    from aioray import api, config
+    from aioray import api
+    from aioray._private.wire import config
 
     cw = api.ensure_connected()
     released = _count_gil_releases(monkeypatch)

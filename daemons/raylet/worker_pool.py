@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from aioray import rpc
+from aioray._private.rpc import rpc
 
 logger = logging.getLogger(__name__)
 

@@ -21,18 +21,18 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from aioray import config, ids, object_store
+from aioray._private.core.memory_store import StoredObject
+from aioray._private.owner.streaming import STREAMING
+from aioray._private.wire import config, ids, object_store
+from aioray._private.wire.task_spec import TaskEntry
 from aioray.exceptions import (
     ObjectLostError,
     ObjectReconstructionFailedLineageEvictedError,
     ObjectReconstructionFailedMaxAttemptsExceededError,
 )
-from aioray.memory_store import StoredObject
-from aioray.streaming import STREAMING
-from aioray.task_spec import TaskEntry
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
 
 logger = logging.getLogger("aioray")
 

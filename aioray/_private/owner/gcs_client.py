@@ -16,11 +16,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from aioray import config, rpc
-from aioray.placement_groups import GCS_HANDLERS as PG_HANDLERS
+from aioray._private.owner.placement_groups import GCS_HANDLERS as PG_HANDLERS
+from aioray._private.rpc import rpc
+from aioray._private.wire import config
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
 
 logger = logging.getLogger(__name__)
 

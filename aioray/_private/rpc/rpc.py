@@ -24,8 +24,8 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aioray import auth, protocol
-from aioray.protocol import ERROR, NOTIFY, REQUEST, RESPONSE, Buffer, ProtocolError
+from aioray._private.wire import auth, protocol
+from aioray._private.wire.protocol import ERROR, NOTIFY, REQUEST, RESPONSE, Buffer, ProtocolError
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,10 @@ from typing import Any
 
 import psutil
 
-from aioray import _loop, auth, config, node, rpc
+from aioray._private.node import node
+from aioray._private.rpc import loop as _loop
+from aioray._private.rpc import rpc
+from aioray._private.wire import auth, config
 
 
 def add_node_options(p: argparse.ArgumentParser, *, foreground: bool) -> None:

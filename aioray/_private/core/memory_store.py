@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from aioray import rpc
+from aioray._private.rpc import rpc
+from aioray._private.wire.protocol import Buffer
 from aioray.exceptions import ObjectFreedError
-from aioray.protocol import Buffer
 
 
 class StoredObject:

@@ -27,7 +27,10 @@ import threading
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from aioray import ids, rpc
+from aioray._private.owner.task_submitter import parse_returns
+from aioray._private.rpc import rpc
+from aioray._private.wire import ids
+from aioray._private.wire.task_spec import TaskEntry
 from aioray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
@@ -35,11 +38,9 @@ from aioray.exceptions import (
     PendingCallsLimitExceeded,
     TaskCancelledError,
 )
-from aioray.task_spec import TaskEntry
-from aioray.task_submitter import parse_returns
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
 
 logger = logging.getLogger("aioray")
 

@@ -21,8 +21,8 @@ import os
 import struct
 from collections.abc import Sequence
 
-from aioray import config
-from aioray.protocol import Buffer
+from aioray._private.wire import config
+from aioray._private.wire.protocol import Buffer
 
 MAGIC = b"AIORAY01"
 _HEAD = struct.Struct("<8sIQ")

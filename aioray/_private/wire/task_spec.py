@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from aioray import serialization
-from aioray.memory_store import StoredObject
-from aioray.protocol import Buffer
+from aioray._private.core.memory_store import StoredObject
+from aioray._private.wire import serialization
+from aioray._private.wire.protocol import Buffer
 
 DEP_INLINE = 0
 DEP_SHM = 1

@@ -14,14 +14,15 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from aioray import bundle_resources, config, ids, serialization
+from aioray._private.core import bundle_resources
+from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.wire import config, ids, serialization
 from aioray.exceptions import RaySystemError
-from aioray.object_ref import ObjectRef
 from aioray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 if TYPE_CHECKING:
-    from aioray import rpc
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.rpc import rpc
 
 logger = logging.getLogger("aioray")
 

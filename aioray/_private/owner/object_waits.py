@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
-    from aioray.memory_store import StoredObject
-    from aioray.object_ref import ObjectRef
+    from aioray._private.core.memory_store import StoredObject
+    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.object_ref import ObjectRef
 
 
 async def fetch_many(cw: CoreWorker, refs: Sequence[ObjectRef]) -> dict[bytes, StoredObject]:

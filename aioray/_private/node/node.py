@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from aioray import auth, config, object_store
+from aioray._private.wire import auth, config, object_store
 
 CLUSTER_FILE = os.path.join(config.SESSION_ROOT, "aioray_current_cluster")
 GCS_ADDRESS_FILE = "gcs_address"  # in a head's session directory
@@ -112,7 +112,8 @@ def write_cluster_file(info: dict[str, Any]) -> None:
 
 def find_local_raylet(gcs_address: str, node_ip: str) -> tuple[str, int]:
     """Ask the GCS which raylet runs on this host."""
-    from aioray import _loop, rpc
+    from aioray._private.rpc import loop as _loop
+    from aioray._private.rpc import rpc
 
     async def query() -> list[dict[str, Any]]:
         conn, _ = await rpc.connect(

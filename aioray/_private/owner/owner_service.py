@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from aioray import exceptions, rpc
+from aioray import exceptions
+from aioray._private.core.memory_store import OBJ_FREED, StoredObject, decode_object, encode_object
+from aioray._private.rpc import rpc
 from aioray.exceptions import ObjectLostError, OwnerDiedError
-from aioray.memory_store import OBJ_FREED, StoredObject, decode_object, encode_object
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
 
 OBJ_LOST = 3  # reconstruct_object failed: [OBJ_LOST, error class name, message]
 

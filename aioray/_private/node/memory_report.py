@@ -16,7 +16,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
 
 # Ray's names for the reference types, plus BORROWED for a ref owned elsewhere.
 LOCAL = "LOCAL_REFERENCE"

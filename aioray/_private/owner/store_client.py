@@ -21,8 +21,9 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from aioray import object_store
-from aioray._loop import result_interruptibly
+from aioray._private.rpc.loop import result_interruptibly
+from aioray._private.wire import object_store
+from aioray._private.wire.protocol import Buffer
 from aioray.exceptions import (
     ObjectLostError,
     ObjectStoreFullError,
@@ -30,11 +31,10 @@ from aioray.exceptions import (
     RayError,
     RaySystemError,
 )
-from aioray.protocol import Buffer
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
-    from aioray.memory_store import StoredObject
+    from aioray._private.core.memory_store import StoredObject
+    from aioray._private.owner.core_worker import CoreWorker
 
 # A restored object can be spilled again before this reader maps it (when others
 # keep the store full); after this many restores the reader gives up.

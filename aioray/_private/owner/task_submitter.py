@@ -34,8 +34,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from aioray import config, ids, rpc, serialization
-from aioray.borrowing import pairs_of
+from aioray._private.core.borrowing import pairs_of
+from aioray._private.core.memory_store import StoredObject
+from aioray._private.owner.raylet_clients import RayletClients, lease_body
+from aioray._private.owner.streaming import STREAMING
+from aioray._private.rpc import rpc
+from aioray._private.wire import config, ids, serialization
+from aioray._private.wire.task_spec import DEP_INLINE, DEP_OWNER, DEP_SHM, RET_INLINE, TaskEntry
 from aioray.exceptions import (
     OutOfMemoryError,
     RaySystemError,
@@ -45,13 +50,9 @@ from aioray.exceptions import (
     TaskUnschedulableError,
     WorkerCrashedError,
 )
-from aioray.memory_store import StoredObject
-from aioray.raylet_clients import RayletClients, lease_body
-from aioray.streaming import STREAMING
-from aioray.task_spec import DEP_INLINE, DEP_OWNER, DEP_SHM, RET_INLINE, TaskEntry
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
 
 logger = logging.getLogger("aioray")
 

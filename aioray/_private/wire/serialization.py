@@ -17,7 +17,7 @@ from typing import Any
 
 import cloudpickle
 
-from aioray.protocol import Buffer
+from aioray._private.wire.protocol import Buffer
 
 _capture = threading.local()
 

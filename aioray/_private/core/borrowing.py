@@ -34,10 +34,10 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from aioray import rpc
+from aioray._private.rpc import rpc
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
 
 logger = logging.getLogger("aioray")
 

@@ -30,19 +30,26 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from aioray import (
-    config,
-    ids,
-    log_monitor,
-    memory_report,
-    object_waits,
-    rpc,
-    serialization,
-    store_client,
+from aioray._private.core.borrowing import Borrowing, pairs_of
+from aioray._private.core.lineage import Lineage
+from aioray._private.core.memory_store import (
+    MemoryStore,
+    StoredObject,
+    decode_object,
 )
-from aioray._loop import result_interruptibly
-from aioray.actor_submitter import ActorSubmitter
-from aioray.borrowing import Borrowing, pairs_of
+from aioray._private.core.reference_counter import ReferenceCounter
+from aioray._private.node import memory_report
+from aioray._private.owner import log_monitor, object_waits, store_client
+from aioray._private.owner.actor_submitter import ActorSubmitter
+from aioray._private.owner.gcs_client import GcsClient
+from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.owner.owner_service import OwnerService
+from aioray._private.owner.streaming import StreamManager
+from aioray._private.owner.task_submitter import TaskSubmitter
+from aioray._private.rpc import rpc
+from aioray._private.rpc.loop import result_interruptibly
+from aioray._private.wire import config, ids, serialization
+from aioray._private.wire.protocol import Buffer
 from aioray.exceptions import (
     GetTimeoutError,
     ObjectFreedError,
@@ -51,19 +58,6 @@ from aioray.exceptions import (
     RaySystemError,
     RayTaskError,
 )
-from aioray.gcs_client import GcsClient
-from aioray.lineage import Lineage
-from aioray.memory_store import (
-    MemoryStore,
-    StoredObject,
-    decode_object,
-)
-from aioray.object_ref import ObjectRef
-from aioray.owner_service import OwnerService
-from aioray.protocol import Buffer
-from aioray.reference_counter import ReferenceCounter
-from aioray.streaming import StreamManager
-from aioray.task_submitter import TaskSubmitter
 
 logger = logging.getLogger("aioray")
 
@@ -207,7 +201,7 @@ class CoreWorker:
 
     def start_in_thread(self, timeout: float = config.DAEMON_START_TIMEOUT_S) -> dict[str, Any]:
         """Run the loop in a daemon thread (driver mode) and start the CoreWorker on it."""
-        from aioray._loop import new_event_loop
+        from aioray._private.rpc.loop import new_event_loop
 
         loop = new_event_loop()
         ready = threading.Event()

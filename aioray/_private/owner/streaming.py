@@ -20,13 +20,14 @@ import asyncio
 import threading
 from typing import TYPE_CHECKING, Any
 
-from aioray import ids, rpc, serialization
-from aioray.memory_store import StoredObject
-from aioray.object_ref import ObjectRef
-from aioray.task_spec import RET_INLINE
+from aioray._private.core.memory_store import StoredObject
+from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.rpc import rpc
+from aioray._private.wire import ids, serialization
+from aioray._private.wire.task_spec import RET_INLINE
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
 
 STREAMING = -1  # the wire value of num_returns="streaming"
 

@@ -18,10 +18,10 @@ from collections.abc import Generator
 from threading import get_ident as _get_ident
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from aioray import serialization
+from aioray._private.wire import serialization
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
 
 _async_api: Any = None
 
