@@ -1,4 +1,4 @@
-"""``aioray.util.placement_group``: Ray's placement-group API (aioray/_private/owner/placement_groups)."""
+"""``aioray.util.placement_group``: Ray's placement group API (over owner.placement_groups)."""
 
 from __future__ import annotations
 
