@@ -1,6 +1,11 @@
 """aioray: Ray Core in pure Python on asyncio. ``import aioray as ray``."""
 
-from aioray import actor, exceptions, util  # util: ray.util.placement_group after `import ray`
+from aioray import (  # util: ray.util.placement_group after `import ray`
+    _html,  # noqa: F401  (gives ObjectRef, ActorHandle and InitContext their notebook views)
+    actor,
+    exceptions,
+    util,
+)
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.owner.streaming import ObjectRefGenerator
 from aioray.actor import ActorClass, ActorHandle, method

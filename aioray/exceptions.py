@@ -180,6 +180,13 @@ class RuntimeEnvSetupError(RayError):
     """The runtime environment could not be set up."""
 
 
+class ActorExit(BaseException):
+    """Raised by exit_actor(): unwinds the calling method; the worker then exits.
+
+    (aioray.actor.exit_actor raises it; it lives here, at the bottom, because the worker
+    daemon that catches it sits below the public API.)"""
+
+
 __all__ = [
     "ActorDiedError",
     "ActorPlacementGroupRemoved",

@@ -10,12 +10,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioray._private.core import options
-from aioray._private.owner import placement_groups
+from aioray._private.core.scheduling_strategies import strategy_to_wire
+from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
-from aioray._private.owner.streaming import STREAMING
 from aioray._private.wire import config, ids, serialization
-from aioray._private.wire.task_spec import TaskEntry, split_args
-from aioray.util.scheduling_strategies import strategy_to_wire
+from aioray._private.wire.task_spec import STREAMING, TaskEntry, split_args
 
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
@@ -83,8 +82,7 @@ class RemoteFunction:
         return self._fid, self._fn_bytes
 
     def _remote(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]) -> Any:
-        api = _api()
-        cw = api.ensure_connected()
+        cw = worker_context.ensure_connected()
         fid, fn_bytes = self._export()
         nret = opts["num_returns"]
         streaming = nret == "streaming"
@@ -101,7 +99,7 @@ class RemoteFunction:
             "owner": cw.address,
         }
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
-        env = api.merged_env_vars(opts.get("runtime_env"))
+        env = worker_context.merged_env_vars(opts.get("runtime_env"))
         if env:
             spec["env"] = env
         request = self._request  # the same options, call after call: computed once
@@ -158,20 +156,6 @@ class RemoteFunction:
         if nret == 1:
             return refs[0]
         return refs if nret else None
-
-
-_api_module: Any = None
-
-
-def _api() -> Any:
-    """aioray.api, resolved once: a function-level import on every .remote() costs
-    more than the rest of building the call (it imports this module: no top import)."""
-    global _api_module
-    if _api_module is None:
-        from aioray import api
-
-        _api_module = api
-    return _api_module
 
 
 def pack_arguments(

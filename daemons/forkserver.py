@@ -23,8 +23,7 @@ import msgpack  # noqa: F401
 import numpy
 from aioray.daemons import worker
 
-from aioray import api  # noqa: F401
-from aioray._private.owner import core_worker  # noqa: F401
+from aioray._private.owner import core_worker  # noqa: F401  (aioray itself loads the API)
 
 
 def main() -> None:

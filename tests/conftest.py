@@ -101,10 +101,10 @@ def wait_for_file(path: os.PathLike[str] | str, timeout: float = 20.0) -> str:
 
 def local_segment(oid: bytes) -> str:
     """This driver's node's /dev/shm segment path for object ``oid``."""
-    from aioray import api
+    from aioray._private.owner import worker_context
     from aioray._private.wire import object_store
 
-    cw = api._cw
+    cw = worker_context.core_worker
     assert cw is not None
     return object_store.segment_path(cw.session_id, oid, cw.node_id)
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import local_segment, wait_for_condition
 
 import aioray as ray
-from aioray import api
+from aioray._private.owner import worker_context
 from aioray.exceptions import ObjectFreedError, ObjectLostError
 
 GET_TIMEOUT = 30
@@ -170,7 +170,7 @@ def test_getting_a_freed_object_rebuilt_from_its_id_raises(ray_shared: Any) -> N
 
 
 def test_many_put_and_drop_cycles_leave_no_holds(ray_shared: Any) -> None:
-    cw = api._cw
+    cw = worker_context.core_worker
     assert cw is not None
     gc.collect()
     before = cw.refs.num_tracked()

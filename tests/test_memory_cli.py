@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 import aioray as ray
-from aioray._private.node import memory_report
+from aioray.cli import memory_summary
 
 GET_TIMEOUT = 30
 
@@ -27,7 +27,7 @@ def test_memory_lists_references_by_type_owner_and_location(ray_start: Any) -> N
     small = ray.put("small")
     keeper = Keeper.remote()
     assert ray.get(keeper.keep.remote([big]), timeout=GET_TIMEOUT)
-    report = memory_report.memory_summary()
+    report = memory_summary()
     lines = {line.split()[0]: line for line in report.splitlines() if line[:1].isalnum()}
     assert "LOCAL_REFERENCE" in lines[small.hex()] and "inline" in lines[small.hex()]
     assert "in shared memory" in lines[big.hex()] and "MiB" in lines[big.hex()]

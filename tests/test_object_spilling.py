@@ -18,6 +18,7 @@ from conftest import wait_for_condition
 
 import aioray as ray
 from aioray._private.node.memory_tables import raylet_state
+from aioray._private.owner import worker_context
 from aioray.exceptions import ObjectLostError, ObjectStoreFullError, OutOfDiskError
 
 MiB = 1 << 20
@@ -30,7 +31,7 @@ def store_stats() -> dict[str, Any]:
 
 
 def shm_files() -> list[str]:
-    sid = ray.api._cw.session_id  # type: ignore[union-attr]
+    sid = worker_context.core_worker.session_id  # type: ignore[union-attr]
     return [n for n in os.listdir("/dev/shm") if n.startswith(f"aioray_{sid}_")]
 
 
@@ -118,7 +119,7 @@ def test_task_returns_overflowing_the_store_spill(store: str) -> None:
 def test_get_future_and_await_restore_spilled_objects(store: str) -> None:
     refs = [ray.put(np.full(N50, i, dtype=np.int64)) for i in range(6)]
     assert spill_files(store)
-    assert ray.api.get_future(refs[0]).result(30)[7] == 0
+    assert refs[0].future().result(30)[7] == 0
 
     async def main(first: list[Any]) -> list[int]:
         return [int((await r)[3]) for r in first]

@@ -45,7 +45,7 @@ from aioray.daemons.raylet.store_service import SpillConfig, StoreService
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
 from aioray._private.core.bundle_resources import is_group_resource
-from aioray._private.node import memory_report
+from aioray._private.owner import memory_report
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
 

@@ -22,9 +22,8 @@ import os
 from typing import TYPE_CHECKING
 
 from aioray._private.core.memory_store import StoredObject
-from aioray._private.owner.streaming import STREAMING
 from aioray._private.wire import config, ids, object_store
-from aioray._private.wire.task_spec import TaskEntry
+from aioray._private.wire.task_spec import STREAMING, TaskEntry
 from aioray.exceptions import (
     ObjectLostError,
     ObjectReconstructionFailedLineageEvictedError,

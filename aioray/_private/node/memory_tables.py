@@ -49,12 +49,12 @@ def core_worker_tables(cw: Any) -> dict[str, int]:
 def raylet_state(address: tuple[str, int] | None = None, timeout: float = 10.0) -> dict[str, Any]:
     """A raylet's ``get_state`` (its tables and store counters): this driver's own
     raylet, or the one at ``address`` over a connection of its own."""
-    from aioray import api
+    from aioray._private.owner import worker_context
     from aioray._private.rpc import loop as _loop
     from aioray._private.rpc import rpc
 
     if address is None:
-        cw = api.ensure_connected()
+        cw = worker_context.ensure_connected()
         return dict(cw.run_sync(cw.raylet.call("get_state"), timeout=timeout))
 
     async def query() -> dict[str, Any]:

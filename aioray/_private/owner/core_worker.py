@@ -38,8 +38,7 @@ from aioray._private.core.memory_store import (
     decode_object,
 )
 from aioray._private.core.reference_counter import ReferenceCounter
-from aioray._private.node import memory_report
-from aioray._private.owner import log_monitor, object_waits, store_client
+from aioray._private.owner import log_monitor, memory_report, object_waits, store_client
 from aioray._private.owner.actor_submitter import ActorSubmitter
 from aioray._private.owner.gcs_client import GcsClient
 from aioray._private.owner.object_ref import ObjectRef

@@ -14,19 +14,24 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from asyncio.events import _get_running_loop
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from threading import get_ident as _get_ident
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from aioray._private.owner import object_waits, worker_context
 from aioray._private.wire import serialization
 
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
 
-_async_api: Any = None
 
-# The CoreWorker of this process (driver or worker); set when it starts.
-_core_worker: CoreWorker | None = None
+def _no_fetcher() -> Any:
+    raise RuntimeError("aioray.async_api is not imported (import aioray does it)")
+
+
+# The running loop's LoopFetcher (outside a running loop, that of get_event_loop()):
+# aioray.async_api, which owns the fetchers and builds on this module, sets it at import.
+fetcher_for_running_loop: Callable[[], Any] = _no_fetcher
 
 _Future = asyncio.Future
 _future_init = _Future.__init__
@@ -45,8 +50,8 @@ _running_fetchers: dict[int, Any] = {}
 
 
 def set_core_worker(cw: CoreWorker | None) -> None:
-    global _core_worker
-    _core_worker = cw
+    """Make ``cw`` this process's CoreWorker (worker_context holds it), or none."""
+    worker_context.core_worker = cw
     _running_fetchers.clear()
 
 
@@ -65,7 +70,7 @@ class ObjectRef(_Future):
         # that is never awaited costs nothing for it.
         self._id = object_id
         self._owner = owner
-        cw = _core_worker
+        cw = worker_context.core_worker
         self._cw = cw if _count else None
         if self._cw is not None:
             self._cw.refs.add_local(object_id)
@@ -100,10 +105,7 @@ class ObjectRef(_Future):
     def __repr__(self) -> str:
         return f"ObjectRef({self._id.hex()})"
 
-    def _repr_html_(self) -> str:
-        from aioray import _html
-
-        return _html.object_ref_html(self)
+    # (_repr_html_, the notebook view, is set by aioray._html, which renders above this floor)
 
     def __reduce__(self) -> Any:
         serialization.record_ref(self)
@@ -194,23 +196,16 @@ class ObjectRef(_Future):
 
     def future(self) -> concurrent.futures.Future[Any]:
         """A concurrent.futures.Future that resolves to the value (or its error)."""
-        from aioray import api
-
-        return api.get_future(self)
+        return object_waits.get_future(self)
 
 
 def _current_fetcher() -> Any:
     """The running loop's LoopFetcher; outside a running loop, that of the loop
-    asyncio.get_event_loop() gives (async_api is resolved once: it imports us)."""
+    asyncio.get_event_loop() gives (async_api sets the hook: it imports us)."""
     f = _running_fetchers.get(_get_ident())
     if f is not None and f.loop_running():
         return f
-    global _async_api
-    if _async_api is None:
-        from aioray import async_api
-
-        _async_api = async_api
-    return _async_api.fetcher_for_running_loop()
+    return fetcher_for_running_loop()
 
 
 def _rebuild_ref(object_id: bytes, owner: tuple[str, int, bytes] | None) -> ObjectRef:

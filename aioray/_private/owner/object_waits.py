@@ -1,5 +1,6 @@
 """Waiting for objects on the CoreWorker's loop: for their values (``fetch_many``, what
-``get`` waits on) and for their readiness alone (``wait_async``, what ``wait`` waits on).
+``get`` waits on) and for their readiness alone (``wait_async``, what ``wait`` waits on);
+``get_future`` is a ref's value as a concurrent future (``ObjectRef.future``).
 
 Owned objects are waited for in the memory store; borrowed ones at their owner.
 """
@@ -7,8 +8,12 @@ Owned objects are waited for in the memory store; borrowed ones at their owner.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from aioray._private.owner import store_client
+from aioray._private.owner.worker_context import ensure_connected
 
 if TYPE_CHECKING:
     from aioray._private.core.memory_store import StoredObject
@@ -104,3 +109,15 @@ async def _wait_at_owner(cw: CoreWorker, ref: ObjectRef) -> None:
         await conn.call("wait_object", ref._id)
     except ConnectionError:
         return  # the owner died: the object is "ready" (get will raise)
+
+
+def get_future(ref: ObjectRef) -> concurrent.futures.Future[Any]:
+    cw = ensure_connected()
+
+    async def value() -> Any:  # waits on the CoreWorker's loop: no thread per future
+        obj = await cw.fetch(ref)
+        if obj.in_shm:  # restore or pull it here; read_object cannot wait on the loop
+            await store_client.restore_async(cw, ref.binary(), obj.node_id)
+        return cw.materialize(ref.binary(), obj)
+
+    return asyncio.run_coroutine_threadsafe(value(), cw.loop)

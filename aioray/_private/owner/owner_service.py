@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from aioray import exceptions
+import aioray.exceptions as exceptions
 from aioray._private.core.memory_store import OBJ_FREED, StoredObject, decode_object, encode_object
 from aioray._private.rpc import rpc
 from aioray.exceptions import ObjectLostError, OwnerDiedError

@@ -15,10 +15,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from aioray._private.core import bundle_resources
+from aioray._private.core.scheduling_strategies import PlacementGroupSchedulingStrategy
 from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.owner.worker_context import ensure_connected
 from aioray._private.wire import config, ids, serialization
 from aioray.exceptions import RaySystemError
-from aioray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
@@ -95,7 +96,7 @@ class PlacementGroup:
         """An ObjectRef that resolves (to this group) once every bundle is reserved.
 
         Works with ``get``, ``wait`` and ``await``."""
-        cw = _api().ensure_connected()
+        cw = ensure_connected()
         oid = ids.object_id(cw.ids.task_id(), 1)
         cw.owned.add(oid)
         ref = ObjectRef(oid, cw.address)
@@ -184,7 +185,7 @@ def create(
     validate(bundles, strategy, lifetime)
     if not isinstance(name, str):
         raise ValueError(f"The placement group name must be a string, got {name!r}.")
-    cw = _api().ensure_connected()
+    cw = ensure_connected()
     pgid = ids.random_id(18)
     clean = [{k: float(v) for k, v in b.items() if v > 0} for b in bundles]
     body = {
@@ -211,13 +212,13 @@ def remove(placement_group: PlacementGroup) -> None:
             f"remove_placement_group() expects a PlacementGroup, got "
             f"{type(placement_group).__name__}."
         )
-    _gcs_notify(_api().ensure_connected(), "remove_placement_group", placement_group.id.binary())
+    _gcs_notify(ensure_connected(), "remove_placement_group", placement_group.id.binary())
 
 
 def get_by_name(name: str) -> PlacementGroup:
     if not isinstance(name, str) or not name:
         raise ValueError("Please supply a non-empty value to get_placement_group")
-    cw = _api().ensure_connected()
+    cw = ensure_connected()
     info = _gcs_call("get_placement_group", [name, cw.namespace])
     if info is None:
         raise ValueError(f"Failed to look up placement group with name: {name}")
@@ -248,7 +249,7 @@ def _ray_format(rec: dict[str, Any]) -> dict[str, Any]:
 
 def current() -> PlacementGroup | None:
     """The group the calling task or actor runs in (None in a driver or outside one)."""
-    cw = _api().ensure_connected()
+    cw = ensure_connected()
     ctx = cw.task_context.__dict__.get("pg") or _actor_placement
     if not ctx:
         return None
@@ -379,16 +380,10 @@ async def _connect_and_notify(cw: CoreWorker, method: str, body: Any) -> None:
 
 
 def _gcs_call(method: str, body: Any = None, timeout: float | None = None) -> Any:
-    cw = _api().ensure_connected()
+    cw = ensure_connected()
 
     async def call() -> Any:
         gcs = await cw.gcs_connection()
         return await gcs.call(method, body)
 
     return cw.run_sync(call(), timeout or config.DAEMON_START_TIMEOUT_S)
-
-
-def _api() -> Any:
-    from aioray import api
-
-    return api

@@ -29,8 +29,6 @@ from aioray._private.wire.task_spec import RET_INLINE
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
 
-STREAMING = -1  # the wire value of num_returns="streaming"
-
 
 class _Stream:
     __slots__ = (

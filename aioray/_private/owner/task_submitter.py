@@ -37,10 +37,16 @@ from typing import TYPE_CHECKING, Any
 from aioray._private.core.borrowing import pairs_of
 from aioray._private.core.memory_store import StoredObject
 from aioray._private.owner.raylet_clients import RayletClients, lease_body
-from aioray._private.owner.streaming import STREAMING
 from aioray._private.rpc import rpc
 from aioray._private.wire import config, ids, serialization
-from aioray._private.wire.task_spec import DEP_INLINE, DEP_OWNER, DEP_SHM, RET_INLINE, TaskEntry
+from aioray._private.wire.task_spec import (
+    DEP_INLINE,
+    DEP_OWNER,
+    DEP_SHM,
+    RET_INLINE,
+    STREAMING,
+    TaskEntry,
+)
 from aioray.exceptions import (
     OutOfMemoryError,
     RaySystemError,

@@ -15,11 +15,15 @@ inline dependency's pickle and buffers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aioray._private.core.memory_store import StoredObject
 from aioray._private.wire import serialization
 from aioray._private.wire.protocol import Buffer
+
+if TYPE_CHECKING:
+    from aioray._private.core.memory_store import StoredObject
+
+STREAMING = -1  # the wire value of num_returns="streaming" (owner/streaming.py)
 
 DEP_INLINE = 0
 DEP_SHM = 1

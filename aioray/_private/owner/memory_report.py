@@ -5,8 +5,8 @@ Three levels answer, each from its own tables:
   process references, with the kind of each hold and who owns it;
 - a raylet (``memory_summary``): asks every driver and worker on its node, and adds
   its store's view of each object (in shared memory or spilled, and where);
-- the CLI (any driver): asks every alive raylet through the GCS node table, then
-  prints one section per process and cluster-wide totals.
+- the CLI (any driver: aioray.cli.memory_summary): asks every alive raylet through the
+  GCS node table, then prints one section per process and cluster-wide totals.
 """
 
 from __future__ import annotations
@@ -140,20 +140,3 @@ def format_report(nodes: list[dict[str, Any]], skip_pid: int | None = None) -> s
         f"memory; {len(spilled)} spilled, {_size(sum(v[0] for v in spilled))} on disk"
     )
     return "\n".join(lines)
-
-
-def memory_summary(address: str | None = None) -> str:
-    """The ``aioray memory`` report, from this driver (joining ``address`` if not connected)."""
-    from aioray import api
-
-    joined = False
-    if not api.is_initialized():
-        api.init(address=address or "auto", log_to_driver=False)
-        joined = True
-    try:
-        cw = api.ensure_connected()
-        nodes = cw.run_sync(cluster_summary(cw), timeout=30)
-        return format_report(nodes, skip_pid=os.getpid() if joined else None)
-    finally:
-        if joined:
-            api.shutdown()
