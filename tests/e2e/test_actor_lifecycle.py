@@ -29,7 +29,7 @@ from aioray.exceptions import (
     RayActorError,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GET_TIMEOUT = 30
 CLI_TIMEOUT = 60
 

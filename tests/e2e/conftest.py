@@ -13,8 +13,7 @@ import gc
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +26,8 @@ import pytest
 SESSION_ROOT = tempfile.mkdtemp(prefix="aioray-test-")
 os.environ["AIORAY_SESSION_ROOT"] = SESSION_ROOT
 atexit.register(shutil.rmtree, SESSION_ROOT, True)
+
+from helpers import wait_for_condition, wait_for_file  # noqa: E402, F401  (tests import them here)
 
 import aioray as ray  # noqa: E402  (after the session root is set)
 
@@ -65,38 +66,6 @@ def pending_owned_refs(cw: Any, n: int) -> list[ray.ObjectRef]:
         cw.owned.add(oid)
         refs.append(ray.ObjectRef(oid))
     return refs
-
-
-def wait_for_condition(
-    predicate: Callable[[], Any],
-    timeout: float = 10.0,
-    interval: float = 0.02,
-    message: str | Callable[[], str] = "condition not met",
-) -> Any:
-    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes.
-
-    Returns the truthy value; raises AssertionError naming ``message`` on timeout.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            text = message() if callable(message) else message
-            raise AssertionError(f"timed out after {timeout:.1f}s: {text}")
-        time.sleep(interval)
-
-
-def wait_for_file(path: os.PathLike[str] | str, timeout: float = 20.0) -> str:
-    """Wait until ``path`` exists (written by a task) and return its text.
-
-    A writer whose content matters writes a temporary file and renames it onto
-    ``path``: the file appears complete or not at all.
-    """
-    wait_for_condition(lambda: os.path.exists(path), timeout, message=f"{path} never appeared")
-    with open(path) as f:
-        return f.read()
 
 
 def local_segment(oid: bytes) -> str:

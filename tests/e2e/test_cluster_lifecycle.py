@@ -26,7 +26,7 @@ from conftest import (
 
 import aioray as ray
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GET_TIMEOUT = 30
 CLI_TIMEOUT = 60
 

@@ -526,7 +526,7 @@ def test_cancel_queued_call_on_a_sync_actor(ray_shared, tmp_path):
 
 
 def test_actor_pool(ray_shared):
-    """The API in Ray's docs; tests/test_actor_pool.py covers every corner."""
+    """The API in Ray's docs; tests/e2e/test_actor_pool.py covers every corner."""
     from aioray.util import ActorPool
 
     @ray.remote

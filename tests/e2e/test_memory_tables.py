@@ -111,7 +111,7 @@ def test_nested_refs_are_not_pinned_forever(cluster: Any) -> None:
 
 @pytest.mark.timeout(120)
 def test_memory_benchmark_quick_prints_its_lines() -> None:
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_benchmark.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_benchmark.py"
     proc = subprocess.run(
         [sys.executable, str(script), "--quick", "--cycles", "300"],
         stdin=subprocess.DEVNULL,

@@ -97,7 +97,7 @@ def test_node_affinity_when_the_node_is_busy() -> None:
 
 
 def test_strategy_wire_form() -> None:
-    from aioray.util.scheduling_strategies import (
+    from aioray._private.core.scheduling_strategies import (
         NodeAffinitySchedulingStrategy,
         strategy_to_wire,
     )

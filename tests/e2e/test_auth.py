@@ -23,7 +23,7 @@ from aioray._private.rpc import rpc
 from aioray._private.wire import auth, protocol
 from aioray.api import _gcs_call
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GET_TIMEOUT = 30
 
 

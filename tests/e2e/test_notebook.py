@@ -43,7 +43,7 @@ from aioray import _html
 from aioray.exceptions import GetTimeoutError
 from aioray.util.progress import PlainBar, make_bar, progress
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "examples" / "notebook.ipynb"
 KERNEL_NAME = "aioray-test"
 CELL_TIMEOUT_S = 60

@@ -20,7 +20,7 @@ import aioray as ray
 from aioray._private.node import node
 from aioray._private.wire import auth, config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GET_TIMEOUT = 30
 CLI_TIMEOUT = 60
 SECOND_IP = "127.0.0.2"  # all of 127/8 is loopback on Linux: a second node's own address

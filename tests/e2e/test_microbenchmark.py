@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "microbenchmark.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "microbenchmark.py"
 
 LINE = re.compile(r"^single client tasks sync per second (\S+) \+- (\S+)$", re.MULTILINE)
 
