@@ -1,4 +1,4 @@
-"""Owner-driven, lease-based submission of normal tasks (DESIGN.md "Task path").
+"""Owner-driven, lease-based submission of normal tasks (docs/architecture.md, "Task path").
 
 All on the CoreWorker's loop:
 

@@ -4,7 +4,7 @@ Large contiguous buffers (numpy arrays, bytes-likes) are not copied into the pic
 stream; they travel as separate raw buffers (frames on the wire, aligned sections
 in a shared-memory segment) and come back as zero-copy views. ObjectRefs found
 inside a value are collected while pickling, so the owner knows which refs a value
-carries (borrowing, DESIGN.md "Ownership").
+carries (borrowing: docs/architecture.md, "Ownership").
 """
 
 from __future__ import annotations
