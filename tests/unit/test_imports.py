@@ -15,6 +15,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 # Where each source folder installs (pyproject.toml's package-dir).
 ROOTS = {"aioray": "aioray", "daemons": "aioray.daemons"}
@@ -50,6 +52,9 @@ def _import_alone(module: str) -> tuple[str, int, str]:
     return module, done.returncode, done.stderr
 
 
+# ~90 interpreters that each load the whole package: ~10 s on an idle 2-core machine,
+# several times that on a loaded one, so a bound of its own, well above pytest's default.
+@pytest.mark.timeout(600)
 def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
     modules = all_modules()
     assert "aioray._private.owner.core_worker" in modules
