@@ -47,6 +47,7 @@ def _state_row(rec: ActorRecord) -> dict[str, Any]:
         "version": rec.version,
         "addr": rec.addr,
         "node_id": rec.node_id,
+        "worker_id": rec.worker_id,
         "num_restarts": rec.num_restarts,
         "death": rec.death,
         "no_restart": rec.no_restart,

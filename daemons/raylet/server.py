@@ -263,7 +263,8 @@ class Raylet:
                     self.resources.release(lease.res)
                 if lease.actor is not None:
                     why = oom or f"worker pid {w.pid} died"
-                    self.gcs_link.notify("actor_worker_died", [lease.actor, why])
+                    # Named by worker: the GCS ignores the death of a replaced incarnation.
+                    self.gcs_link.notify("actor_worker_died", [lease.actor, w.worker_id, why])
                 self._report()
         if not self._stopped.is_set():
             logger.info("worker %s (pid %d) exited", w.worker_id.hex()[:8], w.pid)
@@ -460,7 +461,9 @@ class Raylet:
 
     def handle_actor_exiting(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
         # Forwarded before the worker's death is reported: the GCS will not restart it.
-        self.gcs_link.notify("actor_exiting", aid)
+        w = conn.state.get("worker")
+        if w is not None:
+            self.gcs_link.notify("actor_exiting", [aid, w.worker_id])
 
     def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         """Append a worker's lines to its log file, and forward them to drivers that want them."""

@@ -1,0 +1,61 @@
+"""Nodes leaving a running cluster: nothing that could survive is lost.
+
+One module cluster: a head (1 CPU, no ``w``) and a node ``A`` with ``{"w": 1}``.
+Each test adds the node it removes (``B``, also ``{"w": 1}``) and steers work onto it
+with a soft node affinity, so what ran on ``B`` can only run again on ``A``. Both
+ways a node leaves are tested: gracefully (its raylet says ``node_stopping`` and
+stops its workers) and by SIGKILL of all its processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import wait_for_condition
+
+import aioray as ray
+from aioray.exceptions import ActorUnavailableError
+from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+CLUSTER_NODES = [{"num_cpus": 1}, {"num_cpus": 1, "resources": {"w": 1}}]
+GET_TIMEOUT = 30
+MODES = [pytest.param(True, id="graceful"), pytest.param(False, id="sigkill")]
+
+
+@ray.remote
+class Where:
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+def on(node: Any) -> NodeAffinitySchedulingStrategy:
+    return NodeAffinitySchedulingStrategy(node.node_id, soft=True)
+
+
+def alive(node_id: str) -> bool:
+    return any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes())
+
+
+@pytest.mark.parametrize("graceful", MODES)
+def test_actor_on_a_removed_node_restarts_on_the_other(ray_cluster: Any, graceful: bool) -> None:
+    """Issue 14.1: the node's stop restarts the actor; its worker's death, reported
+    after, belongs to the old incarnation and must not use up a second restart."""
+    b = ray_cluster.add_node(num_cpus=1, resources={"w": 1})
+    actor = Where.options(
+        max_restarts=1, num_cpus=1, resources={"w": 1}, scheduling_strategy=on(b)
+    ).remote()
+    assert ray.get(actor.node.remote(), timeout=GET_TIMEOUT) == b.node_id
+    ray_cluster.remove_node(b, allow_graceful=graceful)
+
+    def moved() -> str | None:
+        try:
+            return ray.get(actor.node.remote(), timeout=10)
+        except ActorUnavailableError:  # restarting: a call in flight may fail meanwhile
+            return None
+
+    new_home = wait_for_condition(moved, 30, message="the actor did not restart")
+    assert new_home != b.node_id and alive(new_home)
+    for _ in range(3):  # and it stays up
+        assert ray.get(actor.node.remote(), timeout=GET_TIMEOUT) == new_home
+    ray.kill(actor)
