@@ -532,6 +532,11 @@ class Raylet:
     def handle_free_objects_at(self, conn: rpc.Connection, groups: list[Any], _: Any) -> None:
         self.transfer.free_at(groups)
 
+    def handle_free_copies(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """Another raylet frees the copies here of objects pulled from node ``source``."""
+        source, oids = body
+        self.store.free_copies(source, oids)
+
     def handle_pull_object(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
         return self.transfer.pull(body[0], body[1])
 
