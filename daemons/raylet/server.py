@@ -583,6 +583,7 @@ class Raylet:
                 self.node_id.hex(): self.resources.snapshot(),
             },
             "oom_kills": self.memory_monitor.kills,
+            "gcs_reconnects": self.gcs_link.reconnects,
         }
 
 
