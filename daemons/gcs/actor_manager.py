@@ -11,6 +11,8 @@ An actor's life, driven here:
    step 2 again) while ``max_restarts`` allows (-1: forever), unless the death
    was intentional (``exit_actor``, ``kill(no_restart=True)``). Otherwise DEAD.
    An exception in ``__init__`` is DEAD at once, with that error as the cause.
+   A death (and an intentional exit) names the worker it happened to: one of an
+   incarnation already replaced (its node's death restarted it first) is ignored.
 4. A non-detached actor dies with its owner (the owner's GCS connection closes).
 
 Every change bumps ``version``; callers long-poll ``wait_actor [aid, version]``.
@@ -61,6 +63,7 @@ class ActorRecord:
         self.version = 0
         self.addr: list[Any] | None = None
         self.node_id: bytes | None = None
+        self.worker_id: bytes | None = None  # the current incarnation's worker, once leased
         self.num_restarts = 0
         self.death = ""
         self.no_restart = False  # an intentional exit or kill(no_restart=True)
@@ -188,6 +191,7 @@ class ActorManager:
             return
         host, port = lease["addr"]
         rec.node_id = self.gcs.node_of(raylet)  # from here its node's death restarts it
+        rec.worker_id = lease["wid"]  # and from here this worker's death does
         spec = {**rec.spec, "gpu": lease.get("gpus", [])}
         try:
             worker, _ = await rpc.connect(host, port, hello={"role": "gcs"}, name="actor worker")
@@ -214,14 +218,19 @@ class ActorManager:
 
     # -- 3. death and restarts -------------------------------------------------------------
     def handle_actor_worker_died(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        aid, reason = body
+        aid, worker_id, reason = body
         rec = self.actors.get(aid)
-        if rec is not None and rec.state != DEAD:
+        # Why the worker id: a node that stops on purpose says so (``node_stopping``,
+        # which restarts its actors at once) before it stops its workers, whose deaths
+        # it reports after. Applied to the record already restarting, such a death
+        # counted twice and used up the next restart (issue 14).
+        if rec is not None and rec.state != DEAD and worker_id == rec.worker_id:
             self._retry_or_die(rec, reason)
 
-    def handle_actor_exiting(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
+    def handle_actor_exiting(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        aid, worker_id = body
         rec = self.actors.get(aid)
-        if rec is not None:
+        if rec is not None and worker_id == rec.worker_id:  # not a replaced incarnation
             rec.no_restart = True
             rec.death = "The actor exited intentionally (exit_actor or __ray_terminate__)."
 
@@ -233,6 +242,7 @@ class ActorManager:
         rec.num_restarts += 1
         rec.addr = None
         rec.node_id = None
+        rec.worker_id = None  # news of the old worker concerns a replaced incarnation
         logger.info("restarting actor %s (%d)", rec.aid.hex()[:8], rec.num_restarts)
         self._set_state(rec, RESTARTING)
         self._spawn(self._schedule(rec))

@@ -1,7 +1,8 @@
 """What the GCS saves to its store, and how a restarted GCS picks up where it stopped.
 
 Saving: every actor state change (``ActorManager._set_state``), every job, every
-internal-KV write goes to the store (``store.py``), committed before the reply.
+internal-KV write, every node registration and death goes to the store
+(``store.py``), committed before the reply.
 
 Restoring, when a GCS starts on a session directory that has a database (it was
 killed and restarted with the same ``--session-dir``):
@@ -9,7 +10,9 @@ killed and restarted with the same ``--session-dir``):
 1. The session id, the job counter, the internal KV and the placement-group rows
    are loaded as they were. Actors are loaded with their state, address, node and
    name, so ``get_actor(name)`` answers at once and callers reach an ALIVE actor
-   directly at its worker, which never stopped.
+   directly at its worker, which never stopped. The node table too, so ``nodes()``
+   answers at once as before the restart (not ``[]`` until raylets re-register),
+   and a node that was dead stays dead (it is refused if its raylet comes back).
 2. Raylets reconnect by themselves and register their node again under the same
    node id, listing the actors their workers still host (``reconcile_node``). An
    actor the GCS has as ALIVE there but the raylet does not list died while the
@@ -19,9 +22,10 @@ killed and restarted with the same ``--session-dir``):
    once a node is back.
 4. Owners reconnect lazily and say who they are (``owner_reconnected``); their
    non-detached actors are tied to the new connection. After
-   ``GCS_RECONNECT_TIMEOUT_S``, ALIVE actors whose node never came back are
-   restarted or declared dead, and non-detached actors whose owner never came
-   back die with it, as they would have if the GCS had seen the owner go.
+   ``GCS_RECONNECT_TIMEOUT_S``, nodes that never came back are dead, ALIVE actors
+   whose node never came back are restarted or declared dead, and non-detached
+   actors whose owner never came back die with it, as they would have if the GCS
+   had seen the owner go.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def _state_row(rec: ActorRecord) -> dict[str, Any]:
         "version": rec.version,
         "addr": rec.addr,
         "node_id": rec.node_id,
+        "worker_id": rec.worker_id,
         "num_restarts": rec.num_restarts,
         "death": rec.death,
         "no_restart": rec.no_restart,
@@ -65,6 +70,7 @@ class Persistence:
         self.restored = False
         self.placement_groups: dict[bytes, Any] = {}  # rows for the placement-group manager
         self._to_schedule: list[ActorRecord] = []
+        self._nodes_to_return: set[bytes] = set()  # restored alive, not registered again
         self._bodies: dict[bytes, dict[str, Any]] = {}  # creation bodies of live actors
         self._waiting_for_nodes = False  # restored, and nodes may still come back
 
@@ -91,6 +97,11 @@ class Persistence:
     def job_registered(self, job_id: bytes, info: dict[str, Any]) -> None:
         self.store.put("jobs", job_id, info)
 
+    def node_changed(self, node_id: bytes, info: dict[str, Any]) -> None:
+        """A node registered or died (its resource reports are not saved)."""
+        self._nodes_to_return.discard(node_id)
+        self.store.put("nodes", node_id, info)
+
     # -- restoring -------------------------------------------------------------------------
     def restore(self) -> str | None:
         """Load what a previous GCS of this session saved; return its session id."""
@@ -103,6 +114,9 @@ class Persistence:
             ns, key = _unpack_kv_key(packed)
             self.gcs.kv.setdefault(ns, {})[key] = value
         self.placement_groups = self.store.load("placement_groups")
+        nodes = self.store.load("nodes")
+        self.gcs.nodes.update(nodes)
+        self._nodes_to_return = {n for n, info in nodes.items() if info["Alive"]}
         specs = self.store.load("actor_specs")
         manager = self.gcs.actors
         for aid, row in self.store.load("actors").items():
@@ -119,7 +133,7 @@ class Persistence:
                 manager.names[(rec.namespace, rec.name)] = aid
             if rec.state in (PENDING, RESTARTING):
                 self._to_schedule.append(rec)
-        self.restored = bool(meta or jobs or specs)
+        self.restored = bool(meta or jobs or specs or nodes)
         if self.restored:
             logger.info(
                 "restored session %s: %d actors, %d jobs, %d KV namespaces",
@@ -178,6 +192,10 @@ class Persistence:
         manager = self.gcs.actors
         logger.info("reconnect period over: settling actors whose node or owner is gone")
         self._waiting_for_nodes = False
+        for node_id in list(self._nodes_to_return):
+            # Into the view first, so that the raylets that knew it hear of its death.
+            self.gcs.view.node_added(self.gcs.nodes[node_id], node_id)
+            self.gcs.node_dead(node_id, "the node did not reconnect after the GCS restarted")
         for rec in list(manager.actors.values()):
             if rec.state == ALIVE and (rec.node_id is None or rec.node_id not in self.gcs.raylets):
                 manager._retry_or_die(rec, "its node did not reconnect after the GCS restarted")

@@ -106,6 +106,7 @@ class GcsServer:
         conn.on_close.append(
             lambda _: self.node_dead(node_id, "the raylet died (its connection to the GCS dropped)")
         )
+        self.persistence.node_changed(node_id, self.nodes[node_id])
         self.view.node_added(self.nodes[node_id], node_id)
         self.health.watch(node_id)
         self.placement_groups.kick()  # a pending group may fit on the new node
@@ -121,6 +122,7 @@ class GcsServer:
             # Ray's NodeDeathInfo.Reason: 1 EXPECTED_TERMINATION, 2 UNEXPECTED_TERMINATION.
             node["DeathReason"] = 1 if expected else 2
             node["DeathReasonMessage"] = why
+            self.persistence.node_changed(node_id, node)
             self.raylets.pop(node_id, None)
             self.health.forget(node_id)
             logger.warning("node %s is dead (%s)", node_id.hex()[:8], why)

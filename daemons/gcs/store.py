@@ -2,8 +2,9 @@
 
 Tables (key -> msgpack value): ``actors`` (state that changes: ALIVE, address,
 restarts), ``actor_specs`` (creation spec and pickled class, written once),
-``jobs``, ``kv`` (internal key-value store), ``placement_groups`` and ``meta``
-(session id). The placement-group manager writes its rows with
+``jobs``, ``kv`` (internal key-value store), ``placement_groups``, ``nodes`` (the
+node table, written when a node registers or dies) and ``meta`` (session id).
+The placement-group manager writes its rows with
 ``gcs.store.put("placement_groups", pg_id, row)`` (any msgpack value) and finds
 them after a restart in ``gcs.persistence.placement_groups``.
 
@@ -34,7 +35,7 @@ import msgpack
 
 logger = logging.getLogger(__name__)
 
-TABLES = ("actors", "actor_specs", "jobs", "kv", "placement_groups", "meta")
+TABLES = ("actors", "actor_specs", "jobs", "kv", "placement_groups", "nodes", "meta")
 DB_FILE = "gcs.sqlite"
 
 

@@ -60,6 +60,7 @@ class Entry:
     state: str
     spill_path: str | None = None  # set once a spill finished; kept after a restore
     pins: int = 0  # readers of a secondary copy; a pinned copy is not evicted
+    source: bytes | None = None  # a secondary copy: the node it was pulled from
 
 
 @dataclass(slots=True)

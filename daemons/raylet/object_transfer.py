@@ -23,7 +23,10 @@ Frees. Every copy is pulled from the node that holds the primary copy, so that
 node knows every copy: when its owner's free reaches it, it forwards the free to
 each node that pulled. The owner sends frees of objects on other nodes to its
 own raylet (``free_objects_at``), which forwards them to the primary's node; if
-that node is dead, to every node (the copies it knew of are orphans now).
+that node is dead, to every node (the copies it knew of are orphans now). A
+forwarded free names the node the copies came from (``free_copies [source,
+oids]``) and frees only those: the owner frees a lost object's old copies when it
+rebuilds it under the same id, and that free must not hit the rebuilt copy.
 
 A pull fails with ObjectLostError when the source node is dead or unreachable
 or no longer has the object; the reader then asks the owner to rebuild it.
@@ -130,7 +133,7 @@ class ObjectTransfer:
             return list(begin)  # the source does not have it
         size = int(begin[0])
         try:
-            refused = await self.store.reserve_secondary(oid, size)
+            refused = await self.store.reserve_secondary(oid, size, source)
             if refused is not None:
                 return refused
             return await self._receive(conn, oid, size, source)
@@ -291,7 +294,7 @@ class ObjectTransfer:
             for node in self.copies.pop(oid, ()):
                 by_node.setdefault(node, []).append(oid)
         for node, batch in by_node.items():
-            self.send(node, "free_objects", batch)
+            self.send(node, "free_copies", [self.raylet.node_id, batch])
 
     def free_at(self, groups: list[list[Any]]) -> None:
         """An owner here freed objects whose primary copies are on other nodes."""
@@ -303,10 +306,12 @@ class ObjectTransfer:
             if view is not None and view.alive:
                 self.send(node, "free_objects", oids)
             else:  # its copies elsewhere lost their way to the frees: tell everyone
-                self.raylet.free_here(oids)
+                # Only the copies pulled from the dead node: the owner may be rebuilding
+                # the object under this id right now, here or anywhere (issue 14).
+                self.store.free_copies(node, oids)
                 for other in self.raylet.spillback.view.nodes.values():
                     if other.alive and other.node_id != self.raylet.node_id:
-                        self.send(other.node_id, "free_objects", oids)
+                        self.send(other.node_id, "free_copies", [node, oids])
 
     def send(self, node: bytes, method: str, body: Any) -> None:
         conn = self.peers.get(node)

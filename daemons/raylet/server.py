@@ -265,7 +265,8 @@ class Raylet:
                     self.resources.release(lease.res)
                 if lease.actor is not None:
                     why = oom or f"worker pid {w.pid} died"
-                    self.gcs_link.notify("actor_worker_died", [lease.actor, why])
+                    # Named by worker: the GCS ignores the death of a replaced incarnation.
+                    self.gcs_link.notify("actor_worker_died", [lease.actor, w.worker_id, why])
                 self._report()
         if not self._stopped.is_set():
             logger.info("worker %s (pid %d) exited", w.worker_id.hex()[:8], w.pid)
@@ -462,7 +463,9 @@ class Raylet:
 
     def handle_actor_exiting(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
         # Forwarded before the worker's death is reported: the GCS will not restart it.
-        self.gcs_link.notify("actor_exiting", aid)
+        w = conn.state.get("worker")
+        if w is not None:
+            self.gcs_link.notify("actor_exiting", [aid, w.worker_id])
 
     def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
         """Append a worker's lines to its log file, and forward them to drivers that want them."""
@@ -531,6 +534,11 @@ class Raylet:
     def handle_free_objects_at(self, conn: rpc.Connection, groups: list[Any], _: Any) -> None:
         self.transfer.free_at(groups)
 
+    def handle_free_copies(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """Another raylet frees the copies here of objects pulled from node ``source``."""
+        source, oids = body
+        self.store.free_copies(source, oids)
+
     def handle_pull_object(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
         return self.transfer.pull(body[0], body[1])
 
@@ -577,6 +585,7 @@ class Raylet:
                 self.node_id.hex(): self.resources.snapshot(),
             },
             "oom_kills": self.memory_monitor.kills,
+            "gcs_reconnects": self.gcs_link.reconnects,
         }
 
 

@@ -237,8 +237,9 @@ class StoreService:
         return fut
 
     # -- for object transfer between nodes -----------------------------------------------
-    async def reserve_secondary(self, oid: bytes, size: int) -> Reply:
-        """Make room for a copy of a remote object before writing its segment here.
+    async def reserve_secondary(self, oid: bytes, size: int, source: bytes) -> Reply:
+        """Make room for a copy of ``oid`` pulled from node ``source`` before writing
+        its segment here.
 
         Then write ``segment(oid)`` and call ``add_secondary`` (or
         ``free_objects([oid])`` if the transfer failed, to give the room back).
@@ -248,11 +249,31 @@ class StoreService:
         reply = self._ask(Request(oid, size, SECONDARY))
         if isinstance(reply, asyncio.Future):
             reply = await reply
-        return None if isinstance(reply, int) else reply
+        if isinstance(reply, int):
+            e = self.manager.entries.get(oid)
+            if e is not None and not e.primary:
+                e.source = source
+            return None
+        return reply
 
     def add_secondary(self, oid: bytes, size: int) -> None:
         self.manager.add_secondary(oid, size)
         self._run()
+
+    def free_copies(self, source: bytes, oids: list[bytes]) -> None:
+        """Free the copies of ``oids`` pulled from node ``source``, and only those.
+
+        Why not every copy of those ids: a lost object is rebuilt under the same id,
+        possibly here or on a node that then serves it. A free meant for the copies
+        of the lost one must never hit the new primary or a copy pulled from it.
+        """
+        mine = []
+        for oid in oids:
+            e = self.manager.entries.get(oid)
+            if e is not None and not e.primary and e.source == source:
+                mine.append(oid)
+        if mine:
+            self.free_objects(mine)
 
     # -- scheduling -----------------------------------------------------------------------
     def _ask(self, req: Request) -> Any:

@@ -163,6 +163,32 @@ def test_raylet_gives_up_after_the_reconnect_timeout(monkeypatch: pytest.MonkeyP
         h.stop()
 
 
+def test_a_saved_node_that_never_comes_back_is_declared_dead(head: Head) -> None:
+    """The restarted GCS lists the saved node as alive at once; if its raylet does not
+    register again within the reconnect period, the node is dead, and a raylet that
+    wakes up after that is refused and stops (a dead node never comes back)."""
+    ray.init(address=head.address)
+    [before] = ray.nodes()
+    raylet = head.node.procs[1]
+    raylet.send_signal(signal.SIGSTOP)
+    try:
+        head.kill_gcs()
+        head.restart_gcs({**os.environ, "AIORAY_GCS_RECONNECT_TIMEOUT_S": "2"})
+        [saved] = ray.nodes()
+        assert saved["NodeID"] == before["NodeID"] and saved["Alive"]
+        wait_for_condition(lambda: not ray.nodes()[0]["Alive"], timeout=20)
+        assert "did not reconnect" in ray.nodes()[0]["DeathReasonMessage"]
+    finally:
+        raylet.send_signal(signal.SIGCONT)
+    raylet.wait(20)
+    assert "refused this node" in _raylet_log(head)
+
+
+def _raylet_log(head: Head) -> str:
+    with open(os.path.join(head.node.session_dir, "logs", "raylet.log")) as f:
+        return f.read()
+
+
 def _gcs_log(head: Head) -> str:
     with open(os.path.join(head.node.session_dir, "logs", "gcs.log")) as f:
         return f.read()

@@ -3,6 +3,7 @@ with a second node at another loopback address, and --address pointing at nothin
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -226,6 +227,46 @@ def test_start_address_joins_a_second_node_and_stop_stops_both(
     assert stopped.returncode == 0 and "Stopped 3 aioray daemon" in stopped.stdout
     wait_ports_closed({"gcs": port})
     assert port not in listening_ports()
+
+
+def test_stop_stops_a_gcs_restarted_by_hand(token_env: dict[str, str], tmp_path: Path) -> None:
+    """Issue 14.7: after ``kill -9`` of the GCS and its restart as docs/deploy.md says,
+    ``aioray stop`` finds every daemon of the session, the new GCS included."""
+    from conftest import aioray_processes
+
+    processes_before = aioray_processes()
+    port = _free_port()
+    head = _cli("start", "--head", "--port", str(port), "--num-cpus", "1", env=token_env,
+                tmp_path=tmp_path, name="head")  # fmt: skip
+    assert head.returncode == 0, head.stderr
+    restarted: subprocess.Popen[bytes] | None = None
+    try:
+        with open(os.path.join(config.SESSION_ROOT, "started_nodes.json")) as f:
+            [record] = json.load(f)
+        os.kill(record["gcs_pid"], signal.SIGKILL)
+        cmd = [sys.executable, "-m", "aioray.daemons.gcs", "--host", "127.0.0.1"]
+        cmd += ["--port", str(port), "--session-dir", record["session_dir"]]
+        restarted = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=token_env)
+        address = f"127.0.0.1:{port}"
+
+        def serving() -> bool:
+            try:
+                return [n["Alive"] for n in _nodes(address)] == [True]
+            except ConnectionError:  # not listening yet
+                return False
+
+        wait_for_condition(serving, timeout=30, message="the restarted GCS does not answer")
+    finally:
+        stopped = _cli("stop", tmp_path=tmp_path, name="stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "Stopped 2 aioray daemon" in stopped.stdout, stopped.stdout
+    assert restarted is not None and restarted.wait(20) == 0  # SIGTERM: a clean stop
+
+    def remaining() -> dict[tuple[int, float], str]:
+        return {k: v for k, v in aioray_processes().items() if k not in processes_before}
+
+    wait_for_condition(lambda: not remaining(), message=lambda: f"stop left: {remaining()}")
+    wait_ports_closed({"gcs": port})
 
 
 # ------------------------------------------------------------------ bad input: --address

@@ -137,3 +137,29 @@ async def test_a_seal_before_the_grant_takes_the_object_as_is(service: StoreServ
 async def _until(predicate: Any) -> None:
     while not predicate():
         await asyncio.sleep(0.01)
+
+
+async def _pulled(svc: StoreService, i: int, size: int, source: bytes) -> None:
+    """A secondary copy of object ``i`` pulled from node ``source``, as object transfer
+    writes one."""
+    assert await svc.reserve_secondary(oid(i), size, source) is None
+    with open(object_store.segment_path("sess", oid(i), NODE), "wb") as f:
+        f.write(bytes([i]) * size)
+    svc.add_secondary(oid(i), size)
+
+
+async def test_free_copies_frees_only_the_copies_pulled_from_that_node(
+    service: StoreService,
+) -> None:
+    """A lost object is rebuilt under the same id: the free of the copies pulled from
+    its dead node must leave a rebuilt primary, and copies from elsewhere, alone."""
+    dead, alive = b"\x0d" * 16, b"\x0a" * 16
+    await _pulled(service, 1, MB, dead)
+    await _pulled(service, 2, MB, alive)
+    await put(service, FakeConn(), 3, MB)  # rebuilt here: the primary copy
+    service.free_copies(dead, [oid(1), oid(2), oid(3)])
+    assert set(service.manager.entries) == {oid(2), oid(3)}
+    assert not os.path.exists(object_store.segment_path("sess", oid(1), NODE))
+    assert os.path.exists(object_store.segment_path("sess", oid(3), NODE))
+    service.free_copies(alive, [oid(2), oid(3)])
+    assert set(service.manager.entries) == {oid(3)}

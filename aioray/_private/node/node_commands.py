@@ -251,21 +251,57 @@ def _wait_for_node(n: node.LocalNode, timeout: float) -> None:
     raise SystemExit(f"aioray: the node did not register with {n.gcs_address} in {timeout}s{why}")
 
 
+def _module_and_session(cmdline: list[str]) -> tuple[str, str] | None:
+    """(``aioray.daemons.X``, its ``--session-dir``) of an aioray process, else None."""
+    try:
+        module = cmdline[cmdline.index("-m") + 1]
+        session = cmdline[cmdline.index("--session-dir") + 1]
+    except (ValueError, IndexError):
+        return None
+    if not module.startswith("aioray.daemons.") or not session:
+        return None
+    return module, os.path.realpath(session)
+
+
+def session_processes(session_dirs: set[str]) -> list[tuple[psutil.Process, str]]:
+    """Every process of these sessions (daemons, fork servers, workers) and its module.
+
+    Found by the ``--session-dir`` on its command line rather than by recorded pids:
+    a GCS restarted by hand (docs/deploy.md) carries its session too, and a worker
+    whose raylet was killed is still found.
+    """
+    wanted = {os.path.realpath(d) for d in session_dirs}
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        which = _module_and_session(p.info["cmdline"] or [])
+        if which is not None and which[1] in wanted and p.pid != os.getpid():
+            found.append((p, which[0]))
+    return found
+
+
 def cmd_stop(a: argparse.Namespace) -> int:
     records = _read_started()
-    pids = [pid for r in records for pid in r["pids"]]
+    sessions = {r["session_dir"] for r in records if r.get("session_dir")}
+    found = session_processes(sessions)
+    # Raylets first (each stops its fork server and workers), then the GCS.
+    daemons = [p for p, m in found if m == "aioray.daemons.raylet"]
+    daemons += [p for p, m in found if m == "aioray.daemons.gcs"]
     procs = []
-    for pid in reversed(pids):  # raylets first, then the GCS
+    for p in daemons:
         try:
-            p = psutil.Process(pid)
-            if "aioray.daemons" in " ".join(p.cmdline()):
-                p.send_signal(signal.SIGTERM)
-                procs.append(p)
+            p.send_signal(signal.SIGTERM)
+            procs.append(p)
         except psutil.Error:
             continue
     _, alive = psutil.wait_procs(procs, timeout=10)
     for p in alive:
         p.kill()
+    # What a raylet that could not stop cleanly left: its fork server and workers.
+    for p, _ in session_processes(sessions):
+        try:
+            p.kill()
+        except psutil.Error:
+            continue
     for path in (_started_file(), node.CLUSTER_FILE):
         try:
             os.unlink(path)
