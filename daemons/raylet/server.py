@@ -500,8 +500,8 @@ class Raylet:
         return self.store.create_object(conn, body)
 
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        self.owners.sealed(body[0], body[2] if len(body) > 2 else None)
-        self.store.object_sealed(conn, body)
+        if self.store.object_sealed(conn, body):  # not freed already: it has an owner
+            self.owners.sealed(body[0], body[2] if len(body) > 2 else None)
 
     def _on_connect(self, conn: rpc.Connection) -> None:
         conn.on_close.append(self._peer_gone)
