@@ -8,8 +8,9 @@ Lease protocol (owner <-> raylet):
    once (``lease_infeasible``) so the user sees a warning naming it.
 2. The owner pushes tasks straight to the worker, then ``return_lease [lid, dead]``.
 3. A worker blocked in ``get`` hands back its CPUs (``worker_blocked``) so nested
-   tasks can run, and takes them again when it wakes (possibly overcommitting
-   for a moment, as Ray does).
+   tasks can run, once the get has waited a while (_private/core/cpu_lending.py), and takes
+   them again when it wakes (possibly overcommitting for a moment, as Ray does:
+   until its CPUs are back within capacity, no request fits and no lease is granted).
 If the worker dies, its lease ends here; if the owner dies, its leases return.
 Before a request is granted here, the cluster policy may send it to another node
 (``spillback.py``: the reply is ``{"spill": [node_id, ip, port]}``); the cluster
@@ -504,8 +505,8 @@ class Raylet:
         return self.store.create_object(conn, body)
 
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        self.owners.sealed(body[0], body[2] if len(body) > 2 else None)
-        self.store.object_sealed(conn, body)
+        if self.store.object_sealed(conn, body):  # not freed already: it has an owner
+            self.owners.sealed(body[0], body[2] if len(body) > 2 else None)
 
     def _on_connect(self, conn: rpc.Connection) -> None:
         conn.on_close.append(self._peer_gone)

@@ -185,22 +185,30 @@ class StoreService:
             self.free_objects([oid])
         return self._ask(Request(oid, int(size), CREATE, conn))
 
-    def object_sealed(self, conn: rpc.Connection | None, body: list[Any]) -> None:
+    def object_sealed(self, conn: rpc.Connection | None, body: list[Any]) -> bool:
+        """The creator wrote the segment. False if its owner freed it first."""
         oid, size = body[0], int(body[1])
         if conn is not None:
             creating = conn.state.get("creating")
             if creating:
                 creating.discard(oid)
         e = self.manager.entries.get(oid)
+        if (e is None or e.state == CREATING) and not os.path.exists(self.segment(oid)):
+            # Freed before its seal arrived, and the free deleted the segment: seal and
+            # free come on different links (creator's, owner's). The free may even
+            # overtake the create_object, whose entry (or queued request) would then
+            # outlive the object, holding its room until the owner exits.
+            if e is not None or self.manager.queue:
+                self.free_objects([oid])
+            return False
         if e is None:
-            if not os.path.exists(self.segment(oid)):
-                return  # freed before its seal arrived (seal and free came on different links)
             # Written without waiting for room (the creator thought there was plenty):
             # its request, if still queued, is moot; room is made after the fact.
             for req in self.manager.drop_requests(oid):
                 self._answer(req, None)
         self.manager.seal(oid, size)
         self._run()
+        return True
 
     def free_objects(self, oids: list[bytes]) -> None:
         for oid in oids:

@@ -163,3 +163,37 @@ async def test_free_copies_frees_only_the_copies_pulled_from_that_node(
     assert os.path.exists(object_store.segment_path("sess", oid(3), NODE))
     service.free_copies(alive, [oid(2), oid(3)])
     assert set(service.manager.entries) == {oid(3)}
+
+
+def _write_segment(i: int, size: int) -> None:
+    with open(object_store.segment_path("sess", oid(i), NODE), "wb") as f:
+        f.write(bytes([i]) * size)
+
+
+async def test_a_free_that_overtakes_the_create_leaves_no_entry(service: StoreService) -> None:
+    """The creator writes without waiting for room and replies to the owner, which
+    frees the object: its free (owner's link) can reach the raylet before the
+    creator's create_object and seal (creator's link). The entry the late create
+    made must not outlive the object (issue 14, item 9)."""
+    conn = FakeConn()
+    _write_segment(1, MB)
+    service.free_objects([oid(1)])  # nothing here yet: it only deletes the segment
+    assert isinstance(service.create_object(conn, [oid(1), MB]), int)  # type: ignore[arg-type]
+    assert service.object_sealed(conn, [oid(1), MB, b""]) is False  # type: ignore[arg-type]
+    assert oid(1) not in service.manager.entries
+    assert service.manager.used == 0 and service.manager.in_flight == 0
+    assert object_store.list_segments("sess") == []
+
+
+async def test_a_free_that_overtakes_a_queued_create_drops_the_request(
+    service: StoreService,
+) -> None:
+    conn = FakeConn()
+    await put(service, conn, 1, 8 * MB)
+    _write_segment(2, 4 * MB)
+    service.free_objects([oid(2)])
+    waiting = service.create_object(conn, [oid(2), 4 * MB])  # type: ignore[arg-type]
+    assert isinstance(waiting, asyncio.Future)  # no room until the first spills
+    assert service.object_sealed(conn, [oid(2), 4 * MB, b""]) is False  # type: ignore[arg-type]
+    assert waiting.done() and not service.manager.queue
+    assert oid(2) not in service.manager.entries

@@ -31,6 +31,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from aioray._private.core.borrowing import Borrowing, pairs_of
+from aioray._private.core.cpu_lending import CpuLending, Lend
 from aioray._private.core.lineage import Lineage
 from aioray._private.core.memory_store import (
     MemoryStore,
@@ -121,7 +122,8 @@ class CoreWorker:
         # Objects being fetched from their owners (shared by every get and wait of them).
         self.fetching: dict[bytes, asyncio.Future[StoredObject]] = {}
         self._free_shm: list[tuple[bytes, bytes | None]] = []
-        self._blocked = 0
+        self._lending = CpuLending()
+        self._lend_timer: asyncio.TimerHandle | None = None
         self._blocking: dict[int, concurrent.futures.Future[Any]] = {}
         self._warned: set[str] = set()
         self.closing = False
@@ -394,25 +396,40 @@ class CoreWorker:
         objs: list[StoredObject | None] = [store.get(r._id) for r in refs]
         if None in objs:
             missing = [r for r, o in zip(refs, objs, strict=True) if o is None]
-            blocked = self.mode == WORKER
-            if blocked:
-                self.post(self._set_blocked, 1)
-            try:
+            if self.mode == WORKER:
+                found = self.run_sync(self._fetch_blocked(missing), timeout)
+            else:
                 found = self.run_sync(object_waits.fetch_many(self, missing), timeout)
-            finally:
-                if blocked:
-                    self.post(self._set_blocked, -1)
             objs = [o if o is not None else found[r._id] for r, o in zip(refs, objs, strict=True)]
         if len(objs) > 1:  # objects on other nodes: pulled together, not one by one
             store_client.prefetch(self, ((r._id, o) for r, o in zip(refs, objs, strict=True)))  # type: ignore[misc]
         return [self.materialize(r._id, o, r._owner) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
 
-    def _set_blocked(self, delta: int) -> None:
-        # A worker blocked in get gives its CPU back so nested tasks can run.
-        before = self._blocked
-        self._blocked += delta
-        if (before == 0) != (self._blocked == 0) and not self.raylet.is_closed:
-            self.raylet.notify("worker_blocked", self._blocked > 0)
+    async def _fetch_blocked(self, missing: list[ObjectRef]) -> dict[bytes, StoredObject]:
+        """(loop) fetch_many in a worker, which lends its CPUs meanwhile so nested tasks
+        can run: once it has waited LEND_CPUS_AFTER_S (cpu_lending.py). They are
+        reclaimed here, on the loop, before the caller's thread resumes."""
+        lending = self._lending
+        if lending.get_started() is Lend.ARM:
+            self._lend_timer = self.loop.call_later(config.LEND_CPUS_AFTER_S, self._lend_cpus)
+        try:
+            return await object_waits.fetch_many(self, missing)
+        finally:
+            action = lending.get_finished()
+            if action is Lend.RECLAIM:
+                self._tell_raylet_blocked(False)
+            elif action is Lend.DISARM and self._lend_timer is not None:
+                self._lend_timer.cancel()
+                self._lend_timer = None
+
+    def _lend_cpus(self) -> None:
+        self._lend_timer = None
+        if self._lending.delay_passed() is Lend.LEND:
+            self._tell_raylet_blocked(True)
+
+    def _tell_raylet_blocked(self, blocked: bool) -> None:
+        if not self.raylet.is_closed:
+            self.raylet.notify("worker_blocked", blocked)
 
     def fetch(self, ref: ObjectRef) -> asyncio.Future[StoredObject]:
         """(loop) A future for the object: from this process, or from its owner."""

@@ -28,6 +28,12 @@ SUBMIT_YIELD_EVERY = max(1, int(_env("SUBMIT_YIELD_EVERY", 128)))
 MAX_PENDING_LEASES_PER_CLASS = int(_env("MAX_PENDING_LEASES_PER_CLASS", 10))
 # How long an owner keeps an idle lease before returning it to the raylet.
 LEASE_LINGER_S = _env("LEASE_LINGER_S", 0.01)
+# A worker blocked in get lends its CPUs to the raylet (so nested tasks cannot
+# deadlock) once the get has waited this long; shorter waits, such as a quick actor
+# call, keep them, so no other task starts beside a worker about to resume
+# (cpu_lending.py). Above an actor call's round trip even on a loaded machine,
+# small beside a child task's run.
+LEND_CPUS_AFTER_S = _env("LEND_CPUS_AFTER_S", 0.05)
 # Workers the raylet starts ahead of demand (capped by num_cpus).
 PRESTART_WORKERS = int(_env("PRESTART_WORKERS", 2))
 # Seconds between a raylet's resource reports to the GCS while they change.
