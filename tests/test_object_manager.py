@@ -5,6 +5,7 @@ from __future__ import annotations
 from aioray.daemons.raylet.object_manager import (
     CREATE,
     DISK_FULL,
+    FALLBACK,
     IN_SHM,
     RESTORE,
     RESTORING,
@@ -112,15 +113,38 @@ def test_restored_object_counts_as_newest():
     assert m.entries[oid(1)].state == SPILLED
 
 
-def test_object_larger_than_capacity_fails_at_once_and_blocks_nobody():
+def test_object_larger_than_capacity_goes_to_disk_at_once_and_blocks_nobody():
+    """Ray's fallback allocation: granted a file on disk, never counted in ``used``."""
     m = ObjectManager(100 * MB)
     create(m, 1, 50 * MB)
     m.request(Request(oid(2), 101 * MB, CREATE))
     m.request(Request(oid(3), 10 * MB, CREATE))
     act = m.schedule()
-    assert [(r.oid, why) for r, why in act.failed] == [(oid(2), TOO_BIG)]
+    assert [r.oid for r in act.fallback] == [oid(2)]
+    assert not act.failed and not act.spill and not act.evict
     assert [r.oid for r in act.granted] == [oid(3)]
     assert m.entries[oid(1)].state == IN_SHM  # nothing else was touched
+    assert m.entries[oid(2)].state == FALLBACK
+    m.seal(oid(2), 101 * MB)
+    assert m.used == 60 * MB and m.fallback_bytes == 101 * MB
+    assert m.stats()["fallback_bytes"] == 101 * MB
+    m.free(oid(2))
+    assert m.used == 60 * MB and m.fallback_bytes == 0
+
+
+def test_object_larger_than_capacity_fails_when_the_disk_is_full():
+    m = ObjectManager(100 * MB)
+    m.request(Request(oid(1), 101 * MB, CREATE))
+    act = m.schedule(lambda: False)
+    assert [(r.oid, why) for r, why in act.failed] == [(oid(1), DISK_FULL)]
+    assert not act.fallback and oid(1) not in m.entries
+
+
+def test_a_copy_larger_than_capacity_is_refused():
+    m = ObjectManager(100 * MB)
+    m.request(Request(oid(1), 101 * MB, SECONDARY))
+    act = m.schedule()
+    assert [(r.oid, why) for r, why in act.failed] == [(oid(1), TOO_BIG)]
 
 
 def test_full_disk_fails_the_request_instead_of_spilling():

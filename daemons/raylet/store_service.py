@@ -12,6 +12,10 @@ Protocol with the processes of this node (each message names one object):
    segment is complete; from now on it may be spilled. A seal with no room asked
    first (a creator on its own event loop cannot wait) is taken as is, and room
    is made after the fact.
+   An object larger than the whole store gets, instead of room, a str: the path
+   of a file in the spill directory to write it to (Ray's fallback allocation).
+   The creator writes the segment there and links it from its usual place in
+   /dev/shm, so readers map it as any other; freeing deletes both.
 3. ``restore_object oid`` (request): a reader found the segment gone. Answered
    ``None`` once the segment exists again (restored from the spill file), or
    ``[class name, message]`` when it cannot be (the spill file vanished, ...).
@@ -43,6 +47,7 @@ from aioray.daemons.raylet.object_manager import (
     CREATE,
     CREATING,
     DISK_FULL,
+    FALLBACK,
     IN_SHM,
     RESTORE,
     RESTORING,
@@ -223,7 +228,7 @@ class StoreService:
                 "it is not in this node's object store (it was freed, or its node lost it)"
             )
             return ["ObjectLostError", reason]
-        if e.state in (CREATING, IN_SHM, SPILLING):
+        if e.state in (CREATING, IN_SHM, SPILLING, FALLBACK):
             return None  # the segment exists: read again
         waiters = self._restore_waiters.get(oid)
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -275,6 +280,8 @@ class StoreService:
     def _perform(self, act: Actions) -> None:
         for req in act.granted:
             self._granted(req)
+        for req in act.fallback:
+            self._granted_on_disk(req)
         for oid, _ in act.evict:
             object_store.delete_segment(self.segment(oid))
         for oid, e in act.spill:
@@ -302,19 +309,35 @@ class StoreService:
             if conn.is_closed:  # the creator died while waiting for room
                 self.manager.free(req.oid)
                 return
-            creating: set[bytes] | None = conn.state.get("creating")
-            if creating is None:
-                creating = conn.state["creating"] = set()
-                conn.on_close.append(self._creator_gone)
-            creating.add(req.oid)
+            self._track_creating(conn, req.oid)
         if not fut.done():
             fut.set_result(self.manager.available)  # lets the creator skip the next wait
+
+    def _granted_on_disk(self, req: Request) -> None:
+        """A create larger than the store: answer with the file to write it to."""
+        fut, conn = req.token
+        e = self.manager.entries[req.oid]
+        e.spill_path = os.path.join(self.spill_dir, f"{req.oid.hex()}.fallback")
+        if conn is not None:
+            if conn.is_closed:  # the creator died while waiting
+                self.free_objects([req.oid])
+                return
+            self._track_creating(conn, req.oid)
+        if not fut.done():
+            fut.set_result(e.spill_path)
+
+    def _track_creating(self, conn: rpc.Connection, oid: bytes) -> None:
+        creating: set[bytes] | None = conn.state.get("creating")
+        if creating is None:
+            creating = conn.state["creating"] = set()
+            conn.on_close.append(self._creator_gone)
+        creating.add(oid)
 
     def _creator_gone(self, conn: rpc.Connection) -> None:
         stale = [
             oid
             for oid in conn.state.get("creating", ())
-            if (e := self.manager.entries.get(oid)) is not None and e.state == CREATING
+            if (e := self.manager.entries.get(oid)) is not None and e.state in (CREATING, FALLBACK)
         ]
         if stale:
             self.free_objects(stale)
@@ -373,6 +396,13 @@ class StoreService:
                 f"{spill_io.disk_usage_fraction(self.spill_dir):.0%} full, over "
                 f"local_fs_capacity_threshold={self.spill.local_fs_capacity_threshold}"
             )
+            if req.size > m.capacity:
+                return [
+                    "OutOfDiskError",
+                    f"Local disk is full: {why}. Cannot store {what}: it is larger than the "
+                    f"object store's capacity of {fmt_bytes(m.capacity)}, and the disk it "
+                    "would be written to instead has no room.",
+                ]
             return [
                 "OutOfDiskError",
                 f"Local disk is full: {why}. Cannot store {what}: the object store is full "
