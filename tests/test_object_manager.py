@@ -12,7 +12,6 @@ from aioray.daemons.raylet.object_manager import (
     SECONDARY,
     SPILLED,
     SPILLING,
-    TOO_BIG,
     ObjectManager,
     Request,
 )
@@ -140,11 +139,18 @@ def test_object_larger_than_capacity_fails_when_the_disk_is_full():
     assert not act.fallback and oid(1) not in m.entries
 
 
-def test_a_copy_larger_than_capacity_is_refused():
+def test_a_copy_larger_than_capacity_goes_to_disk_too():
     m = ObjectManager(100 * MB)
     m.request(Request(oid(1), 101 * MB, SECONDARY))
     act = m.schedule()
-    assert [(r.oid, why) for r, why in act.failed] == [(oid(1), TOO_BIG)]
+    assert [r.oid for r in act.fallback] == [oid(1)] and not act.failed
+    e = m.entries[oid(1)]
+    assert e.state == FALLBACK and not e.primary
+    m.add_secondary(oid(1), 101 * MB)
+    assert m.used == 0 and m.fallback_bytes == 101 * MB
+    m.request(Request(oid(2), 100 * MB, CREATE))
+    act = m.schedule()
+    assert [r.oid for r in act.granted] == [oid(2)] and not act.evict  # on disk: not evicted
 
 
 def test_full_disk_fails_the_request_instead_of_spilling():

@@ -24,12 +24,12 @@ Making room for a request that does not fit, in this order:
    it is Ray's order too; stopping as soon as the shortfall is covered keeps the
    disk traffic to what the request needs.
 Requests are served in arrival order, so a stream of small creates cannot
-starve a large one. An object created larger than the capacity can never fit in
-memory: as Ray's fallback allocation, it is granted a file on disk instead (state
-FALLBACK, counted in ``fallback_bytes``, never against the capacity, never spilled
-or evicted), unless the disk is over its usage threshold. Any other request fails
-when room is short and nothing can be spilled (spilling disabled, or the spill
-disk over its usage threshold).
+starve a large one. An object (or a copy pulled from another node) larger than
+the capacity can never fit in memory: as Ray's fallback allocation, it is granted
+a file on disk instead (state FALLBACK, counted in ``fallback_bytes``, never
+against the capacity, never spilled or evicted), unless the disk is over its
+usage threshold. Any other request fails when room is short and nothing can be
+spilled (spilling disabled, or the spill disk over its usage threshold).
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ class ObjectManager:
             req = self.queue[0]
             if req.size > self.capacity:
                 self.queue.popleft()
-                if req.kind != CREATE:
+                if req.kind == RESTORE:  # (an object on disk is never spilled)
                     act.failed.append((req, TOO_BIG))
                     continue
                 if disk_ok is None:
@@ -246,7 +246,7 @@ class ObjectManager:
                 if not disk_ok:
                     act.failed.append((req, DISK_FULL))
                     continue
-                self.entries[req.oid] = Entry(req.size, True, FALLBACK)
+                self.entries[req.oid] = Entry(req.size, req.kind == CREATE, FALLBACK)
                 self.fallback_bytes += req.size
                 act.fallback.append(req)
                 continue

@@ -244,15 +244,21 @@ class StoreService:
     async def reserve_secondary(self, oid: bytes, size: int) -> Reply:
         """Make room for a copy of a remote object before writing its segment here.
 
-        Then write ``segment(oid)`` and call ``add_secondary`` (or
-        ``free_objects([oid])`` if the transfer failed, to give the room back).
-        Secondary copies are evicted (not spilled) when room is needed, unless pinned
-        (``manager.pin``) by a reader.
+        Then write ``segment(oid)`` (for a copy larger than the store: the file on
+        disk ``on_disk(oid)`` names, linked from the segment) and call
+        ``add_secondary`` (or ``free_objects([oid])`` if the transfer failed, to give
+        the room back). Secondary copies are evicted (not spilled) when room is
+        needed, unless pinned (``manager.pin``) by a reader.
         """
         reply = self._ask(Request(oid, size, SECONDARY))
         if isinstance(reply, asyncio.Future):
             reply = await reply
-        return None if isinstance(reply, int) else reply
+        return None if isinstance(reply, (int, str)) else reply
+
+    def on_disk(self, oid: bytes) -> str | None:
+        """The file on disk of an object too large for the store (None if in memory)."""
+        e = self.manager.entries.get(oid)
+        return e.spill_path if e is not None and e.state == FALLBACK else None
 
     def add_secondary(self, oid: bytes, size: int) -> None:
         self.manager.add_secondary(oid, size)
