@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import inspect
+import numbers
 import os
 import sys
 import threading
@@ -354,7 +355,7 @@ def check_wait_args(object_refs: Any, num_returns: int, timeout: float | None) -
     refs, _ = check_refs(list(object_refs), "wait")
     if timeout is not None:
         check_timeout(timeout)
-    if isinstance(num_returns, bool) or not isinstance(num_returns, int):
+    if isinstance(num_returns, bool) or not isinstance(num_returns, numbers.Integral):
         raise TypeError(f"num_returns must be an int, got {type(num_returns).__name__}")
     if not refs:
         return refs
@@ -371,7 +372,7 @@ def check_wait_args(object_refs: Any, num_returns: int, timeout: float | None) -
 
 def check_timeout(timeout: Any) -> None:
     """A timeout is a non-negative number of seconds (None, no limit, is not checked here)."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+    if not isinstance(timeout, numbers.Real):  # (numpy numbers too)
         raise TypeError(
             f"timeout must be a number of seconds or None, got {type(timeout).__name__} {timeout!r}"
         )

@@ -264,7 +264,7 @@ def test_wait_on_an_empty_list_returns_two_empty_lists(ray_shared):
     assert asyncio.run(ray.wait_async([])) == ([], [])
 
 
-@pytest.mark.parametrize("bad", ["x", [1], True], ids=["str", "list", "bool"])
+@pytest.mark.parametrize("bad", ["x", [1], b"1"], ids=["str", "list", "bytes"])
 def test_timeout_of_the_wrong_type_names_the_parameter(ray_shared, bad):
     ref = ray.put(1)
     with pytest.raises(TypeError, match="timeout"):
@@ -277,6 +277,14 @@ def test_timeout_of_the_wrong_type_names_the_parameter(ray_shared, bad):
         asyncio.run(ray.wait_async([ref], timeout=bad))
     with pytest.raises(ValueError, match="timeout"):
         ray.get(ref, timeout=-1)
+
+
+def test_numpy_numbers_are_accepted_as_timeout_and_num_returns(ray_shared):
+    import numpy as np
+
+    ref = ray.put(1)
+    assert ray.get(ref, timeout=np.float64(5)) == 1
+    assert ray.wait([ref], num_returns=np.int64(1), timeout=np.int32(5)) == ([ref], [])
 
 
 @pytest.mark.parametrize("bad", ["x", 1.5, None], ids=["str", "float", "None"])
