@@ -18,11 +18,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 from conftest import listener_pids, port_of, wait_for_condition
 
 import aioray as ray
+from aioray.memory_tables import raylet_state
 
 KILL_EVERY_S = 0.05
 MAX_KILLS = 30
@@ -52,6 +54,12 @@ def worker_pids(raylet: psutil.Process) -> list[int]:
     except psutil.Error:
         pass
     return found
+
+
+def session_segments(ctx: Any) -> list[str]:
+    """This cluster's shared-memory segments."""
+    prefix = f"aioray_{ctx.address_info['session_id']}_"
+    return [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
 
 
 def is_descendant(pid: int, ancestor: psutil.Process) -> bool:
@@ -135,7 +143,9 @@ def tree_sum(values: list[Any]) -> Any:
 
 
 def test_tree_reduction_is_exact_while_workers_are_killed(ray_start: Any, killer_for: Any) -> None:
-    """2,047 pairwise tasks summing 2,048 numbers; a random worker SIGKILLed every 50 ms."""
+    """Each round: 2,047 pairwise tasks summing 2,048 numbers, and 127 summing 128
+    arrays of 256 KiB (results in shared memory); a random worker SIGKILLed every
+    50 ms. Afterwards the node's store is empty: no segment, no byte still counted."""
     raylet = raylet_process(ray_start)
     assert ray.get(add.remote(1, 2), timeout=GET_TIMEOUT_S) == 3  # workers are up
 
@@ -146,6 +156,9 @@ def test_tree_reduction_is_exact_while_workers_are_killed(ray_start: Any, killer
     def one_round() -> None:
         numbers = list(range(rounds, rounds + 2048))
         assert ray.get(tree_sum(numbers), timeout=GET_TIMEOUT_S) == sum(numbers)
+        arrays = [np.full(32768, i, dtype=np.int64) for i in range(128)]
+        total = ray.get(tree_sum(arrays), timeout=GET_TIMEOUT_S)
+        assert total.nbytes == 256 * 1024 and (total == sum(range(128))).all()
 
     rounds = 0
     killer = killer_for(random_worker)
@@ -153,6 +166,12 @@ def test_tree_reduction_is_exact_while_workers_are_killed(ray_start: Any, killer
     assert rounds >= 1
     # The cluster is whole again: a fresh reduction needs no retries to be right.
     assert ray.get(tree_sum(list(range(64))), timeout=GET_TIMEOUT_S) == sum(range(64))
+    # Every object is freed: the retried tasks' earlier copies were not counted twice.
+    wait_for_condition(
+        lambda: raylet_state()["object_store"]["used"] == 0 and not session_segments(ray_start),
+        timeout=20,
+        message=lambda: f"{raylet_state()['object_store']} {session_segments(ray_start)}",
+    )
 
 
 # ------------------------------------------------------------------ actor call stream

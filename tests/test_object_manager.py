@@ -223,3 +223,17 @@ def test_freeing_an_object_drops_its_queued_requests():
     assert [r.oid for r in m.drop_requests(oid(2))] == [oid(2)]
     assert [r.oid for r in m.queue] == [oid(3)]
     assert m.drop_requests(oid(2)) == []
+
+
+def test_an_object_created_again_replaces_the_earlier_copy():
+    """Its task ran again (a retry after its worker died, lineage): one entry, its
+    room counted once."""
+    m = ObjectManager(100 * MB)
+    create(m, 1, 40 * MB)
+    m.request(Request(oid(1), 40 * MB, CREATE))
+    act = m.schedule()
+    assert [r.oid for r in act.granted] == [oid(1)]
+    m.seal(oid(1), 40 * MB)
+    assert m.used == 40 * MB and len(m.entries) == 1 and m.in_flight == 0
+    m.free(oid(1))
+    assert m.used == 0

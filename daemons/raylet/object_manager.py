@@ -246,6 +246,8 @@ class ObjectManager:
                 if not disk_ok:
                     act.failed.append((req, DISK_FULL))
                     continue
+                if req.oid in self.entries:  # a newer copy replaces it
+                    self.free(req.oid)
                 self.entries[req.oid] = Entry(req.size, req.kind == CREATE, FALLBACK)
                 self.fallback_bytes += req.size
                 act.fallback.append(req)
@@ -286,6 +288,8 @@ class ObjectManager:
                 return  # freed, or already restored: nothing to reserve
             e.state = RESTORING
         else:
+            if req.oid in self.entries:  # a newer copy replaces it (its task ran again)
+                self.free(req.oid)
             self.entries[req.oid] = Entry(req.size, req.kind == CREATE, CREATING)
         self.used += req.size
         self.in_flight += 1

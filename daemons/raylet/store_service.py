@@ -184,17 +184,28 @@ class StoreService:
     def create_object(self, conn: rpc.Connection, body: list[Any]) -> Any:
         oid, size = body
         e = self.manager.entries.get(oid)
-        if e is not None and not e.primary and e.state == IN_SHM:
-            # A cached copy of an earlier run of this task (lineage re-ran it here).
-            self.free_objects([oid])
+        if e is not None:
+            self._replaced(oid, e)
         return self._ask(Request(oid, int(size), CREATE, conn))
+
+    def _replaced(self, oid: bytes, e: Entry) -> None:
+        """A new copy of ``oid`` is being created: its task ran again (lineage, or a
+        retry after its worker died, maybe after it sealed). Forget the old copy (a
+        cached copy, or the earlier run's) with its room and files, but not its segment:
+        the creator may be writing it already, and rewrites it either way."""
+        for req in self.manager.drop_requests(oid):  # the earlier run still waiting for room
+            self._answer(req, ["ObjectLostError", "a newer copy replaced it"])
+        self.manager.free(oid)
+        if e.state != SPILLING:  # (a spill in flight deletes its own file when done)
+            spill_io.remove(e.spill_path)
+        self.lost.pop(oid, None)
 
     def object_sealed(self, conn: rpc.Connection | None, body: list[Any]) -> None:
         oid, size = body[0], int(body[1])
         if conn is not None:
             creating = conn.state.get("creating")
             if creating:
-                creating.discard(oid)
+                creating.pop(oid, None)
         e = self.manager.entries.get(oid)
         if e is None:
             if not os.path.exists(self.segment(oid)):
@@ -333,17 +344,19 @@ class StoreService:
             fut.set_result(e.spill_path)
 
     def _track_creating(self, conn: rpc.Connection, oid: bytes) -> None:
-        creating: set[bytes] | None = conn.state.get("creating")
+        """Remember which entries ``conn``'s creator has not sealed yet (by identity: a
+        newer copy of the same object, made by another creator, is not its to free)."""
+        creating: dict[bytes, Entry] | None = conn.state.get("creating")
         if creating is None:
-            creating = conn.state["creating"] = set()
+            creating = conn.state["creating"] = {}
             conn.on_close.append(self._creator_gone)
-        creating.add(oid)
+        creating[oid] = self.manager.entries[oid]
 
     def _creator_gone(self, conn: rpc.Connection) -> None:
         stale = [
             oid
-            for oid in conn.state.get("creating", ())
-            if (e := self.manager.entries.get(oid)) is not None and e.state in (CREATING, FALLBACK)
+            for oid, mine in conn.state.get("creating", {}).items()
+            if self.manager.entries.get(oid) is mine and mine.state in (CREATING, FALLBACK)
         ]
         if stale:
             self.free_objects(stale)
