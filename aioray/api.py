@@ -355,7 +355,9 @@ def check_wait_args(object_refs: Any, num_returns: int, timeout: float | None) -
     refs, _ = check_refs(list(object_refs), "wait")
     if timeout is not None:
         check_timeout(timeout)
-    if isinstance(num_returns, bool) or not isinstance(num_returns, numbers.Integral):
+    if type(num_returns) is not int and (  # (the ABC check only for the unusual types)
+        isinstance(num_returns, bool) or not isinstance(num_returns, numbers.Integral)
+    ):
         raise TypeError(f"num_returns must be an int, got {type(num_returns).__name__}")
     if not refs:
         return refs
@@ -372,7 +374,7 @@ def check_wait_args(object_refs: Any, num_returns: int, timeout: float | None) -
 
 def check_timeout(timeout: Any) -> None:
     """A timeout is a non-negative number of seconds (None, no limit, is not checked here)."""
-    if not isinstance(timeout, numbers.Real):  # (numpy numbers too)
+    if type(timeout) not in (int, float) and not isinstance(timeout, numbers.Real):  # numpy
         raise TypeError(
             f"timeout must be a number of seconds or None, got {type(timeout).__name__} {timeout!r}"
         )
