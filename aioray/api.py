@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import inspect
+import numbers
 import os
 import sys
 import threading
@@ -273,8 +274,8 @@ def get(object_refs: Any, *, timeout: float | None = None, progress: bool = Fals
     ``progress=True`` shows a progress bar while a list of refs completes.
     """
     refs, single = check_refs(object_refs, "get")
-    if timeout is not None and timeout < 0:
-        raise ValueError(f"timeout must be >= 0, got {timeout}")
+    if timeout is not None:
+        check_timeout(timeout)
     if progress:
         assert progress_bar is not None, "aioray.util.progress sets it when it is imported"
         return progress_bar(object_refs, timeout=timeout)
@@ -330,6 +331,8 @@ def wait(
 ) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """Return (ready, not_ready) once ``num_returns`` refs are ready or ``timeout`` passes."""
     refs = check_wait_args(object_refs, num_returns, timeout)
+    if not refs:
+        return [], []  # as Ray: an empty list is ready at once, whatever num_returns
     cw = ensure_connected()
     flags = object_waits.ready_now(cw, refs)
     if sum(flags) >= num_returns:
@@ -341,22 +344,39 @@ def wait(
 
 
 def check_wait_args(object_refs: Any, num_returns: int, timeout: float | None) -> list[ObjectRef]:
-    """Validate wait()'s arguments as Ray does; return the refs as a list."""
+    """Validate wait()'s arguments as Ray does; return the refs as a list.
+
+    Wrong types are TypeError and wrong values ValueError, each naming the parameter."""
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
     refs, _ = check_refs(list(object_refs), "wait")
+    if timeout is not None:
+        check_timeout(timeout)
+    if type(num_returns) is not int and (  # (the ABC check only for the unusual types)
+        isinstance(num_returns, bool) or not isinstance(num_returns, numbers.Integral)
+    ):
+        raise TypeError(f"num_returns must be an int, got {type(num_returns).__name__}")
+    if not refs:
+        return refs
     if len({r.binary() for r in refs}) != len(refs):
         raise ValueError("Wait requires a list of unique object refs.")
-    bad_type = isinstance(num_returns, bool) or not isinstance(num_returns, int)
-    if (bad_type or num_returns < 1) and not (num_returns == 0 and not refs):
+    if num_returns < 1:
         raise ValueError(f"num_returns must be a positive integer, got {num_returns!r}")
     if num_returns > len(refs):
         raise ValueError(
             f"num_returns ({num_returns}) cannot exceed the number of refs ({len(refs)})."
         )
-    if timeout is not None and timeout < 0:
-        raise ValueError(f"timeout must be >= 0, got {timeout}")
     return refs
+
+
+def check_timeout(timeout: Any) -> None:
+    """A timeout is a non-negative number of seconds (None, no limit, is not checked here)."""
+    if type(timeout) not in (int, float) and not isinstance(timeout, numbers.Real):  # numpy
+        raise TypeError(
+            f"timeout must be a number of seconds or None, got {type(timeout).__name__} {timeout!r}"
+        )
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0, got {timeout}")
 
 
 def split_ready(

@@ -34,6 +34,8 @@ async def _on_core_loop(cw: CoreWorker, coro: Coroutine[Any, Any, Any]) -> Any:
 async def get_async(object_refs: Any, *, timeout: float | None = None) -> Any:
     """``await``-able get: the value(s), raising the task's error; never blocks the loop."""
     refs, single = api.check_refs(object_refs, "get")
+    if timeout is not None:
+        api.check_timeout(timeout)
     cw = api.ensure_connected()
     objs = [cw.memory_store.get(r.binary()) for r in refs]
     if None in objs:
@@ -69,6 +71,8 @@ async def wait_async(
     """``await``-able wait. With ``fetch_local=False`` (the default here) a ref is ready
     as soon as its object exists anywhere; its value is not pulled."""
     refs = api.check_wait_args(object_refs, num_returns, timeout)
+    if not refs:
+        return [], []
     cw = api.ensure_connected()
     ready_ids = await _on_core_loop(
         cw, object_waits.wait_async(cw, refs, num_returns, timeout, fetch_local)
@@ -338,6 +342,8 @@ class LoopFetcher:
                         value = _loads(outcome.data, buffers=outcome.buffers)
                     else:
                         value = _loads(outcome.data)
+                except Exception as e:
+                    _set_exception(fut, serialization.unreadable(e))
                 except BaseException as e:
                     _set_exception(fut, e)
                 else:
@@ -361,7 +367,10 @@ def _resolve(cw: CoreWorker, ref: ObjectRef, fut: asyncio.Future[Any], outcome: 
         return
     try:
         if outcome.data is not None and not outcome.is_error:  # inline value: the common case
-            value = serialization.deserialize(outcome.data, outcome.buffers)
+            try:
+                value = serialization.deserialize(outcome.data, outcome.buffers)
+            except Exception as e:
+                raise serialization.unreadable(e) from e
         else:
             value = cw.materialize(ref._id, outcome, ref._owner)
     except BaseException as e:  # the object is an error, or was lost

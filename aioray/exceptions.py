@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
+
+import cloudpickle
 
 
 class RayError(Exception):
@@ -10,7 +13,46 @@ class RayError(Exception):
 
 
 class RaySystemError(RayError):
-    """The system failed (a daemon, a connection), not the user's code."""
+    """The system failed (a daemon, a connection, reading a value back), not the user's code.
+
+    As Ray's: ``client_exc`` is the error or its text, ``traceback_str`` where it happened.
+    """
+
+    def __init__(self, client_exc: Any = "", traceback_str: str | None = None) -> None:
+        self.client_exc = client_exc
+        self.traceback_str = traceback_str
+        if traceback_str is None:
+            super().__init__(client_exc)
+        else:
+            super().__init__(client_exc, traceback_str)
+
+    def __str__(self) -> str:
+        text = f"System error: {self.client_exc}"
+        if self.traceback_str:
+            text += f"\ntraceback: {self.traceback_str}"
+        return text
+
+
+class UnserializableException(RayError):
+    """A task's exception was pickled where it was raised but cannot be rebuilt here
+    (e.g. its class's ``__init__`` wants other arguments than its ``args``).
+
+    Carries the original's text and traceback, as captured where it was raised. It
+    arrives as the cause of a RayTaskError, so ``get`` raises an exception that is
+    both a RayTaskError and an UnserializableException.
+    """
+
+    def __init__(self, original_stack_trace: str, reason: str = "") -> None:
+        self._original_stack_trace = original_stack_trace
+        self.reason = reason
+        super().__init__(original_stack_trace, reason)
+
+    def __str__(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
+        return (
+            f"Failed to deserialize the exception{why}. Original exception:\n"
+            f"{self._original_stack_trace}"
+        )
 
 
 class RayTaskError(RayError):
@@ -29,7 +71,9 @@ class RayTaskError(RayError):
         self.cause = cause
         self.pid = pid
         self.ip = ip
-        super().__init__(self._message())
+        # Not super(): in a dual class the next __init__ is the cause class's, which
+        # would run on this message and overwrite the cause's attributes.
+        Exception.__init__(self, self._message())
 
     def _message(self) -> str:
         where = f" (pid={self.pid}, ip={self.ip})" if self.pid is not None else ""
@@ -59,10 +103,38 @@ class RayTaskError(RayError):
             return self
 
     def __reduce__(self) -> Any:
+        # The cause travels pickled on its own, so that a cause that cannot be rebuilt
+        # on the reader's side costs only the cause, not the text and traceback.
         return (
-            RayTaskError,
-            (self.function_name, self.traceback_str, self.cause, self.pid, self.ip),
+            _rebuild_task_error,
+            (self.function_name, self.traceback_str, _pickle_cause(self.cause), self.pid, self.ip),
         )
+
+
+def _pickle_cause(cause: BaseException | None) -> bytes | None:
+    if cause is None:
+        return None
+    try:
+        return cloudpickle.dumps(cause, protocol=5)
+    except Exception as e:  # as Ray: the cause is replaced by a RayError saying why
+        return pickle.dumps(
+            RayError(
+                f"The original cause of the RayTaskError ({type(cause)}) isn't serializable: "
+                f"{e}. Overwriting the cause to a RayError."
+            )
+        )
+
+
+def _rebuild_task_error(
+    function_name: str, traceback_str: str, cause: bytes | None, pid: int | None, ip: str | None
+) -> RayTaskError:
+    rebuilt: BaseException | None = None
+    if cause is not None:
+        try:
+            rebuilt = pickle.loads(cause)
+        except Exception as e:
+            rebuilt = UnserializableException(traceback_str, f"{type(e).__name__}: {e}")
+    return RayTaskError(function_name, traceback_str, rebuilt, pid, ip)
 
 
 _dual_classes: dict[type, type[RayTaskError]] = {}
@@ -209,5 +281,6 @@ __all__ = [
     "TaskCancelledError",
     "TaskPlacementGroupRemoved",
     "TaskUnschedulableError",
+    "UnserializableException",
     "WorkerCrashedError",
 ]

@@ -403,12 +403,9 @@ class TaskExecutor:
     def error(
         self, spec: dict[str, Any], err: BaseException, app_error: bool
     ) -> tuple[dict[str, Any], list[Buffer]]:
-        try:
-            so = serialization.serialize(err, is_error=True)
-        except TypeError:  # the cause cannot be pickled: keep its text only
-            assert isinstance(err, RayTaskError)
-            err = RayTaskError(err.function_name, err.traceback_str, None, err.pid, err.ip)
-            so = serialization.serialize(err, is_error=True)
+        # (A RayTaskError pickles even when its cause does not: the cause is then
+        # replaced by a RayError saying why, as in Ray; exceptions.py.)
+        so = serialization.serialize(err, is_error=True)
         nret = max(1, spec["nret"])
         parts = [so.data, *so.buffers]
         body: dict[str, Any] = {"r": [[RET_INLINE, len(so.buffers), True]] * nret}

@@ -24,9 +24,12 @@ Making room for a request that does not fit, in this order:
    it is Ray's order too; stopping as soon as the shortfall is covered keeps the
    disk traffic to what the request needs.
 Requests are served in arrival order, so a stream of small creates cannot
-starve a large one. An object larger than the capacity can never fit and fails
-at once; so does any request when room is short and nothing can be spilled
-(spilling disabled, or the spill disk over its usage threshold).
+starve a large one. An object (or a copy pulled from another node) larger than
+the capacity can never fit in memory: as Ray's fallback allocation, it is granted
+a file on disk instead (state FALLBACK, counted in ``fallback_bytes``, never
+against the capacity, never spilled or evicted), unless the disk is over its
+usage threshold. Any other request fails when room is short and nothing can be
+spilled (spilling disabled, or the spill disk over its usage threshold).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ IN_SHM = "IN_SHM"
 SPILLING = "SPILLING"
 SPILLED = "SPILLED"
 RESTORING = "RESTORING"
+FALLBACK = "FALLBACK"  # larger than the store: its segment is a file on disk
 _HOLDS_MEMORY = (CREATING, IN_SHM, SPILLING, RESTORING)
 
 # Request kinds.
@@ -81,6 +85,7 @@ class Actions:
     # Unlink these segments: evicted copies, and objects whose spill file already exists.
     evict: list[tuple[bytes, Entry]] = field(default_factory=list)
     spill: list[tuple[bytes, Entry]] = field(default_factory=list)  # copy to disk, then unlink
+    fallback: list[Request] = field(default_factory=list)  # granted a file on disk
     failed: list[tuple[Request, str]] = field(default_factory=list)
     stuck: bool = False  # the head request waits and nothing under way can make room
 
@@ -98,6 +103,7 @@ class ObjectManager:
         self.spilling = 0  # bytes being spilled (leaving memory soon)
         self.in_flight = 0  # creates and restores granted but not finished
         self.spilled_bytes = 0  # bytes of objects whose only copy is on disk
+        self.fallback_bytes = 0  # bytes of objects too large for the store, on disk
         self.num_spilled_total = 0
         self.num_restored_total = 0
 
@@ -124,7 +130,10 @@ class ObjectManager:
             self.entries[oid] = Entry(size, True, IN_SHM)
             self.used += size
             return
-        if e.state == CREATING:
+        if e.state == FALLBACK:
+            self.fallback_bytes += size - e.size
+            e.size = size
+        elif e.state == CREATING:
             self.in_flight -= 1
             self.used += size - e.size
             e.size = size
@@ -161,6 +170,8 @@ class ObjectManager:
             self.in_flight -= 1
         if e.state in (SPILLED, RESTORING):
             self.spilled_bytes -= e.size
+        if e.state == FALLBACK:
+            self.fallback_bytes -= e.size
         return e
 
     def drop_requests(self, oid: bytes) -> list[Request]:
@@ -214,7 +225,8 @@ class ObjectManager:
         """Grant what fits, in order; make room for the head request if it does not.
 
         ``can_spill()`` says whether the spill disk takes more (under its usage
-        threshold); it is asked only when something would have to be spilled.
+        threshold); it is asked only when something would have to be spilled, or an
+        object too large for the store would go to disk.
         """
         act = Actions()
         disk_ok: bool | None = None
@@ -227,7 +239,19 @@ class ObjectManager:
             req = self.queue[0]
             if req.size > self.capacity:
                 self.queue.popleft()
-                act.failed.append((req, TOO_BIG))
+                if req.kind == RESTORE:  # (an object on disk is never spilled)
+                    act.failed.append((req, TOO_BIG))
+                    continue
+                if disk_ok is None:
+                    disk_ok = can_spill()
+                if not disk_ok:
+                    act.failed.append((req, DISK_FULL))
+                    continue
+                if req.oid in self.entries:  # a newer copy replaces it
+                    self.free(req.oid)
+                self.entries[req.oid] = Entry(req.size, req.kind == CREATE, FALLBACK)
+                self.fallback_bytes += req.size
+                act.fallback.append(req)
                 continue
             if self.used + req.size <= self.capacity:
                 self.queue.popleft()
@@ -265,6 +289,8 @@ class ObjectManager:
                 return  # freed, or already restored: nothing to reserve
             e.state = RESTORING
         else:
+            if req.oid in self.entries:  # a newer copy replaces it (its task ran again)
+                self.free(req.oid)
             self.entries[req.oid] = Entry(req.size, req.kind == CREATE, CREATING)
         self.used += req.size
         self.in_flight += 1
@@ -311,6 +337,7 @@ class ObjectManager:
             "used": self.used,
             "objects": len(self.entries),
             "spilled_bytes": self.spilled_bytes,
+            "fallback_bytes": self.fallback_bytes,
             "spilled_total": self.num_spilled_total,
             "restored_total": self.num_restored_total,
             "queued": len(self.queue),

@@ -15,7 +15,9 @@ which copies the object from that node's raylet:
    straight into the mapped destination (``Connection.call_into``). No part of
    the object passes through Python memory of its own.
 4. ``transfer_end oid``; the file is renamed into place (a reader never maps a
-   half-written copy) and sealed as a secondary copy.
+   half-written copy) and sealed as a secondary copy. A copy larger than this
+   node's whole store is written to a file on disk instead, linked from the
+   segment's place (the store's fallback allocation).
 Every reader of the object on this node waits for the same pull (one per object
 per node), and later readers find the segment in place without asking.
 
@@ -41,7 +43,7 @@ import mmap
 import os
 from typing import TYPE_CHECKING, Any
 
-from aioray.daemons.raylet.object_manager import CREATING, IN_SHM
+from aioray.daemons.raylet.object_manager import CREATING, FALLBACK, IN_SHM
 
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
@@ -116,7 +118,7 @@ class ObjectTransfer:
         if e is not None and e.state != CREATING:
             if e.primary:  # rebuilt here since the reader learned its location
                 return self.store.restore_object(oid)
-            if e.state == IN_SHM and os.path.exists(self.store.segment(oid)):
+            if e.state in (IN_SHM, FALLBACK) and os.path.exists(self.store.segment(oid)):
                 return None
             self.store.free_objects([oid])  # a cached copy without its segment: start over
         fut = self.pulls[oid] = asyncio.ensure_future(self._pull(oid, source))
@@ -143,7 +145,8 @@ class ObjectTransfer:
 
     async def _receive(self, conn: rpc.Connection, oid: bytes, size: int, source: bytes) -> Reply:
         path = self.store.segment(oid)
-        tmp = path + ".pulling"
+        on_disk = self.store.on_disk(oid)  # too large for the store: a file on disk
+        tmp = (on_disk or path) + ".pulling"
         try:
             fd, mm = _create(tmp, size)
         except OSError as e:
@@ -176,10 +179,15 @@ class ObjectTransfer:
             except BufferError:  # a late chunk view still exists: the GC unmaps it
                 pass
         entry = self.store.manager.entries.get(oid)
-        if entry is None or entry.primary or entry.state != CREATING:
+        if entry is None or entry.primary or entry.state not in (CREATING, FALLBACK):
             _unlink(tmp)  # freed while being pulled
             return ["ObjectLostError", f"object {oid.hex()} was freed while being pulled"]
-        os.rename(tmp, path)
+        if on_disk is not None:
+            os.rename(tmp, on_disk)
+            _unlink(path)
+            os.symlink(on_disk, path)
+        else:
+            os.rename(tmp, path)
         self.store.add_secondary(oid, size)
         self.num_pulls += 1
         self.bytes_pulled += size

@@ -189,6 +189,7 @@ class Raylet:
         self.pool = WorkerPool(
             {"node_ip": self.node_ip, "raylet_port": 0, "session_dir": self.session_dir},
             self.session_dir,
+            on_lost_start=lambda _: self._schedule(),  # start another in its place
         )
         fork_server = asyncio.ensure_future(self.pool.start())
         sock = listening_socket(listen_fd, self.node_ip, port)

@@ -12,6 +12,10 @@ Protocol with the processes of this node (each message names one object):
    segment is complete; from now on it may be spilled. A seal with no room asked
    first (a creator on its own event loop cannot wait) is taken as is, and room
    is made after the fact.
+   An object larger than the whole store gets, instead of room, a str: the path
+   of a file in the spill directory to write it to (Ray's fallback allocation).
+   The creator writes the segment there and links it from its usual place in
+   /dev/shm, so readers map it as any other; freeing deletes both.
 3. ``restore_object oid`` (request): a reader found the segment gone. Answered
    ``None`` once the segment exists again (restored from the spill file), or
    ``[class name, message]`` when it cannot be (the spill file vanished, ...).
@@ -43,6 +47,7 @@ from aioray.daemons.raylet.object_manager import (
     CREATE,
     CREATING,
     DISK_FULL,
+    FALLBACK,
     IN_SHM,
     RESTORE,
     RESTORING,
@@ -180,10 +185,21 @@ class StoreService:
     def create_object(self, conn: rpc.Connection, body: list[Any]) -> Any:
         oid, size = body
         e = self.manager.entries.get(oid)
-        if e is not None and not e.primary and e.state == IN_SHM:
-            # A cached copy of an earlier run of this task (lineage re-ran it here).
-            self.free_objects([oid])
+        if e is not None:
+            self._replaced(oid, e)
         return self._ask(Request(oid, int(size), CREATE, conn))
+
+    def _replaced(self, oid: bytes, e: Entry) -> None:
+        """A new copy of ``oid`` is being created: its task ran again (lineage, or a
+        retry after its worker died, maybe after it sealed). Forget the old copy (a
+        cached copy, or the earlier run's) with its room and files, but not its segment:
+        the creator may be writing it already, and rewrites it either way."""
+        for req in self.manager.drop_requests(oid):  # the earlier run still waiting for room
+            self._answer(req, ["ObjectLostError", "a newer copy replaced it"])
+        self.manager.free(oid)
+        if e.state != SPILLING:  # (a spill in flight deletes its own file when done)
+            spill_io.remove(e.spill_path)
+        self.lost.pop(oid, None)
 
     def object_sealed(self, conn: rpc.Connection | None, body: list[Any]) -> bool:
         """The creator wrote the segment. False if its owner freed it first."""
@@ -191,7 +207,7 @@ class StoreService:
         if conn is not None:
             creating = conn.state.get("creating")
             if creating:
-                creating.discard(oid)
+                creating.pop(oid, None)
         e = self.manager.entries.get(oid)
         if (e is None or e.state == CREATING) and not os.path.exists(self.segment(oid)):
             # Freed before its seal arrived, and the free deleted the segment: seal and
@@ -232,7 +248,7 @@ class StoreService:
                 "it is not in this node's object store (it was freed, or its node lost it)"
             )
             return ["ObjectLostError", reason]
-        if e.state in (CREATING, IN_SHM, SPILLING):
+        if e.state in (CREATING, IN_SHM, SPILLING, FALLBACK):
             return None  # the segment exists: read again
         waiters = self._restore_waiters.get(oid)
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -249,20 +265,26 @@ class StoreService:
         """Make room for a copy of ``oid`` pulled from node ``source`` before writing
         its segment here.
 
-        Then write ``segment(oid)`` and call ``add_secondary`` (or
-        ``free_objects([oid])`` if the transfer failed, to give the room back).
-        Secondary copies are evicted (not spilled) when room is needed, unless pinned
-        (``manager.pin``) by a reader.
+        Then write ``segment(oid)`` (for a copy larger than the store: the file on
+        disk ``on_disk(oid)`` names, linked from the segment) and call
+        ``add_secondary`` (or ``free_objects([oid])`` if the transfer failed, to give
+        the room back). Secondary copies are evicted (not spilled) when room is
+        needed, unless pinned (``manager.pin``) by a reader.
         """
         reply = self._ask(Request(oid, size, SECONDARY))
         if isinstance(reply, asyncio.Future):
             reply = await reply
-        if isinstance(reply, int):
+        if isinstance(reply, (int, str)):
             e = self.manager.entries.get(oid)
             if e is not None and not e.primary:
                 e.source = source
             return None
         return reply
+
+    def on_disk(self, oid: bytes) -> str | None:
+        """The file on disk of an object too large for the store (None if in memory)."""
+        e = self.manager.entries.get(oid)
+        return e.spill_path if e is not None and e.state == FALLBACK else None
 
     def add_secondary(self, oid: bytes, size: int) -> None:
         self.manager.add_secondary(oid, size)
@@ -305,6 +327,8 @@ class StoreService:
     def _perform(self, act: Actions) -> None:
         for req in act.granted:
             self._granted(req)
+        for req in act.fallback:
+            self._granted_on_disk(req)
         for oid, _ in act.evict:
             object_store.delete_segment(self.segment(oid))
         for oid, e in act.spill:
@@ -332,19 +356,37 @@ class StoreService:
             if conn.is_closed:  # the creator died while waiting for room
                 self.manager.free(req.oid)
                 return
-            creating: set[bytes] | None = conn.state.get("creating")
-            if creating is None:
-                creating = conn.state["creating"] = set()
-                conn.on_close.append(self._creator_gone)
-            creating.add(req.oid)
+            self._track_creating(conn, req.oid)
         if not fut.done():
             fut.set_result(self.manager.available)  # lets the creator skip the next wait
+
+    def _granted_on_disk(self, req: Request) -> None:
+        """A create larger than the store: answer with the file to write it to."""
+        fut, conn = req.token
+        e = self.manager.entries[req.oid]
+        e.spill_path = os.path.join(self.spill_dir, f"{req.oid.hex()}.fallback")
+        if conn is not None:
+            if conn.is_closed:  # the creator died while waiting
+                self.free_objects([req.oid])
+                return
+            self._track_creating(conn, req.oid)
+        if not fut.done():
+            fut.set_result(e.spill_path)
+
+    def _track_creating(self, conn: rpc.Connection, oid: bytes) -> None:
+        """Remember which entries ``conn``'s creator has not sealed yet (by identity: a
+        newer copy of the same object, made by another creator, is not its to free)."""
+        creating: dict[bytes, Entry] | None = conn.state.get("creating")
+        if creating is None:
+            creating = conn.state["creating"] = {}
+            conn.on_close.append(self._creator_gone)
+        creating[oid] = self.manager.entries[oid]
 
     def _creator_gone(self, conn: rpc.Connection) -> None:
         stale = [
             oid
-            for oid in conn.state.get("creating", ())
-            if (e := self.manager.entries.get(oid)) is not None and e.state == CREATING
+            for oid, mine in conn.state.get("creating", {}).items()
+            if self.manager.entries.get(oid) is mine and mine.state in (CREATING, FALLBACK)
         ]
         if stale:
             self.free_objects(stale)
@@ -403,6 +445,13 @@ class StoreService:
                 f"{spill_io.disk_usage_fraction(self.spill_dir):.0%} full, over "
                 f"local_fs_capacity_threshold={self.spill.local_fs_capacity_threshold}"
             )
+            if req.size > m.capacity:
+                return [
+                    "OutOfDiskError",
+                    f"Local disk is full: {why}. Cannot store {what}: it is larger than the "
+                    f"object store's capacity of {fmt_bytes(m.capacity)}, and the disk it "
+                    "would be written to instead has no room.",
+                ]
             return [
                 "OutOfDiskError",
                 f"Local disk is full: {why}. Cannot store {what}: the object store is full "

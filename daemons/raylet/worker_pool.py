@@ -5,6 +5,12 @@ keeps a fork server: a process that has imported aioray, cloudpickle, numpy and
 uvloop, holds no threads and no loop, and forks a worker on request. The control
 channel is a socketpair with one JSON line per request and per answer; workers
 keep the raylet's stdout and stderr, so their prints reach the driver's terminal.
+
+A registered worker's death is its connection closing. One that dies before it
+registers (killed while starting) has no connection yet: the pool watches each
+starting worker's pid (a pidfd, readable once the process is gone) until it
+registers, so that a lost start is forgotten and the raylet starts another
+instead of waiting for it forever.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aioray._private.rpc import rpc
@@ -32,6 +39,7 @@ class WorkerHandle:
         "idle_since",
         "lease_id",
         "pid",
+        "pidfd",
         "port",
         "registered",
         "worker_id",
@@ -46,14 +54,21 @@ class WorkerHandle:
         self.lease_id: int | None = None
         self.registered = False
         self.idle_since = 0.0
+        self.pidfd: int | None = None  # watched until it registers
 
     def __repr__(self) -> str:
         return f"<Worker {self.worker_id.hex()[:8]} pid={self.pid} lease={self.lease_id}>"
 
 
 class WorkerPool:
-    def __init__(self, worker_args: dict[str, Any], session_dir: str) -> None:
+    def __init__(
+        self,
+        worker_args: dict[str, Any],
+        session_dir: str,
+        on_lost_start: Callable[[WorkerHandle], None] = lambda w: None,
+    ) -> None:
         self.worker_args = worker_args
+        self.on_lost_start = on_lost_start  # a worker died before it registered
         self.session_dir = session_dir
         self.workers: dict[bytes, WorkerHandle] = {}
         self.idle: dict[str, list[WorkerHandle]] = {}
@@ -118,12 +133,38 @@ class WorkerPool:
             self.starting[env_key] -= 1
             logger.exception("could not start a worker")
             raise
-        self.workers[worker_id] = WorkerHandle(worker_id, env_key, pid)
+        w = self.workers[worker_id] = WorkerHandle(worker_id, env_key, pid)
+        self._watch_start(w)
+
+    def _watch_start(self, w: WorkerHandle) -> None:
+        try:
+            w.pidfd = os.pidfd_open(w.pid)
+        except ProcessLookupError:  # gone already (the fork server reaps its children)
+            self._lost_start(w)
+            return
+        except (AttributeError, OSError):  # no pidfds here: a start lost stays unnoticed
+            return
+        asyncio.get_running_loop().add_reader(w.pidfd, self._lost_start, w)
+
+    def _unwatch(self, w: WorkerHandle) -> None:
+        if w.pidfd is not None:
+            asyncio.get_running_loop().remove_reader(w.pidfd)
+            os.close(w.pidfd)
+            w.pidfd = None
+
+    def _lost_start(self, w: WorkerHandle) -> None:
+        self._unwatch(w)
+        if w.registered or self.workers.get(w.worker_id) is not w:
+            return
+        logger.info("worker %s (pid %d) exited before it registered", w.worker_id.hex()[:8], w.pid)
+        self.remove(w.worker_id)
+        self.on_lost_start(w)
 
     def register(self, worker_id: bytes, port: int, conn: rpc.Connection) -> WorkerHandle | None:
         w = self.workers.get(worker_id)
         if w is None:
             return None
+        self._unwatch(w)
         w.port = port
         w.conn = conn
         w.registered = True
@@ -156,6 +197,8 @@ class WorkerPool:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Kill every worker, wait until they are gone, then stop the fork server."""
+        for w in self.workers.values():
+            self._unwatch(w)
         pids = [w.pid for w in self.workers.values()]
         for pid in pids:
             try:

@@ -6,6 +6,7 @@ shared cluster starts with the first test that asks for ``ray_shared``.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import threading
 import pytest
 
 import aioray as ray
-from aioray.exceptions import RayError, RayTaskError
+from aioray.exceptions import RayError, RaySystemError, RayTaskError, UnserializableException
 
 GET_TIMEOUT = 30
 SERIALIZATION_ERRORS = (TypeError, RayError, ValueError)
@@ -138,6 +139,52 @@ def test_invalid_option_value(option, value):
         g.options(**{option: value})
 
 
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("num_cpus", "x"),
+        ("num_gpus", [1]),
+        ("memory", "1GB"),
+        ("max_retries", 1.5),
+        ("num_returns", "bad"),
+        ("num_returns", 2.0),
+        ("resources", "GPU"),
+        ("name", 5),
+        ("retry_exceptions", "yes"),
+        ("scheduling_strategy", 3),
+    ],
+)
+def test_option_of_the_wrong_type_is_type_error(option, value):
+    """As Ray's option checks: a value of the wrong type is TypeError naming the option
+    (a wrong value of the right type, e.g. a negative number, stays ValueError)."""
+    with pytest.raises(TypeError, match=option):
+
+        @ray.remote(**{option: value})
+        def f():
+            return 1
+
+    @ray.remote
+    def g():
+        return 1
+
+    with pytest.raises(TypeError, match=option):
+        g.options(**{option: value})
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize(
+    "option, value", [("max_restarts", 1.5), ("max_concurrency", "2"), ("namespace", 1)]
+)
+def test_actor_option_of_the_wrong_type_is_type_error(option, value):
+    class A:
+        pass
+
+    with pytest.raises(TypeError, match=option):
+        ray.remote(**{option: value})(A)
+    with pytest.raises(TypeError, match=option):
+        ray.remote(A).options(**{option: value})
+
+
 def test_cpu_in_resources_is_rejected():
     with pytest.raises(ValueError, match=r"num_cpus|CPU"):
 
@@ -210,6 +257,45 @@ def test_wait_of_non_list_or_non_refs(ray_shared):
         ray.wait([1, 2])
 
 
+def test_wait_on_an_empty_list_returns_two_empty_lists(ray_shared):
+    """Ray: ``ray.wait([])`` is ``([], [])`` at once, whatever num_returns and timeout."""
+    assert ray.wait([]) == ([], [])
+    assert ray.wait([], num_returns=3, timeout=0) == ([], [])
+    assert asyncio.run(ray.wait_async([])) == ([], [])
+
+
+@pytest.mark.parametrize("bad", ["x", [1], b"1"], ids=["str", "list", "bytes"])
+def test_timeout_of_the_wrong_type_names_the_parameter(ray_shared, bad):
+    ref = ray.put(1)
+    with pytest.raises(TypeError, match="timeout"):
+        ray.get(ref, timeout=bad)
+    with pytest.raises(TypeError, match="timeout"):
+        ray.wait([ref], timeout=bad)
+    with pytest.raises(TypeError, match="timeout"):
+        asyncio.run(ray.get_async(ref, timeout=bad))
+    with pytest.raises(TypeError, match="timeout"):
+        asyncio.run(ray.wait_async([ref], timeout=bad))
+    with pytest.raises(ValueError, match="timeout"):
+        ray.get(ref, timeout=-1)
+
+
+def test_numpy_numbers_are_accepted_as_timeout_and_num_returns(ray_shared):
+    import numpy as np
+
+    ref = ray.put(1)
+    assert ray.get(ref, timeout=np.float64(5)) == 1
+    assert ray.wait([ref], num_returns=np.int64(1), timeout=np.int32(5)) == ([ref], [])
+
+
+@pytest.mark.parametrize("bad", ["x", 1.5, None], ids=["str", "float", "None"])
+def test_wait_num_returns_of_the_wrong_type_names_the_parameter(ray_shared, bad):
+    ref = ray.put(1)
+    with pytest.raises(TypeError, match="num_returns"):
+        ray.wait([ref], num_returns=bad)
+    with pytest.raises(ValueError, match="num_returns"):
+        ray.wait([ref], num_returns=0)
+
+
 def test_put_of_object_ref(ray_shared):
     with pytest.raises(TypeError):
         ray.put(ray.put(1))
@@ -251,20 +337,102 @@ def test_unpicklable_return_value_fails_at_get(ray_shared):
         ray.get(returns_lock.remote(), timeout=GET_TIMEOUT)
 
 
-def test_exception_that_cannot_be_rebuilt(ray_shared):
-    """An exception class with a custom __init__ still surfaces as a RayTaskError."""
+def test_exception_that_cannot_be_pickled(ray_shared):
+    """As Ray: the cause is replaced by a RayError saying why; the RayTaskError keeps
+    the original's text and traceback."""
 
     class NeedsTwoArgs(Exception):
         def __init__(self, a, b):
             super().__init__(f"{a}-{b}")
-            self.lock = threading.Lock()  # makes the instance unpicklable too
+            self.lock = threading.Lock()  # makes the instance unpicklable
 
     @ray.remote
     def raises():
         raise NeedsTwoArgs("first", "second")
 
-    with pytest.raises(RayTaskError, match="first-second"):
+    with pytest.raises(RayTaskError, match="first-second") as info:
         ray.get(raises.remote(), timeout=GET_TIMEOUT)
+    assert type(info.value.cause) is RayError
+    assert "isn't serializable" in str(info.value.cause)
+    assert "NeedsTwoArgs" in str(info.value.cause)
+
+
+def test_exception_that_cannot_be_rebuilt_is_unserializable_exception(ray_shared):
+    """Pickled by the worker, but its class's __init__ wants two arguments, so it cannot
+    be rebuilt here: Ray's UnserializableException, carrying the original text and
+    traceback, raised as a RayTaskError whose cause it is (an instance of both)."""
+
+    class NeedsTwoArgs(Exception):
+        def __init__(self, a, b):
+            super().__init__(f"{a}-{b}")
+
+    @ray.remote
+    def raises_it():
+        raise NeedsTwoArgs("first", "second")
+
+    ref = raises_it.remote()
+    for attempt in (lambda: ray.get(ref, timeout=GET_TIMEOUT), lambda: asyncio.run(_await(ref))):
+        with pytest.raises(UnserializableException) as info:
+            attempt()
+        err = info.value
+        assert isinstance(err, RayTaskError)
+        assert isinstance(err.cause, UnserializableException)
+        for text in (str(err), str(err.cause)):
+            assert "NeedsTwoArgs: first-second" in text
+            assert "raises_it" in text  # the traceback of the task
+        assert "missing 1 required positional argument" in str(err.cause)
+
+
+async def _await(ref):
+    return await ref
+
+
+def test_exception_that_can_be_rebuilt_is_also_its_own_class(ray_shared):
+    class MyError(Exception):
+        def __init__(self, code, text="default"):
+            super().__init__(code, text)
+            self.code = code
+
+    @ray.remote
+    def raises_mine():
+        raise MyError(7, "seven")
+
+    with pytest.raises(MyError) as info:
+        ray.get(raises_mine.remote(), timeout=GET_TIMEOUT)
+    assert isinstance(info.value, RayTaskError)
+    assert not isinstance(info.value, UnserializableException)
+    assert info.value.code == 7 and info.value.args == (7, "seven")
+    assert type(info.value.cause).__name__ == "MyError"
+
+
+def test_return_value_that_cannot_be_unpickled_is_ray_system_error(ray_shared):
+    """Ray: a value whose unpickling fails on the reader is RaySystemError, carrying
+    the original error and where it was raised."""
+
+    def fail_to_rebuild(text):
+        raise ValueError(text)
+
+    class Unreadable:
+        def __reduce__(self):
+            return (fail_to_rebuild, ("cannot rebuild this value",))
+
+    @ray.remote
+    def returns_it(n):
+        return Unreadable() if n < 0 else [Unreadable(), bytes(n)]
+
+    small, large = returns_it.remote(-1), returns_it.remote(1 << 20)  # inline, shm
+    for ref in (small, large):
+        for attempt in (
+            lambda r=ref: ray.get(r, timeout=GET_TIMEOUT),
+            lambda r=ref: asyncio.run(_await(r)),
+            lambda r=ref: asyncio.run(ray.get_async([r])),
+        ):
+            with pytest.raises(RaySystemError, match="cannot rebuild this value") as info:
+                attempt()
+            assert isinstance(info.value.client_exc, ValueError)
+            assert "fail_to_rebuild" in info.value.traceback_str
+    with pytest.raises(RaySystemError):
+        ray.get(ray.put(Unreadable()), timeout=GET_TIMEOUT)
 
 
 def test_wrong_number_of_returns(ray_shared):

@@ -1,14 +1,19 @@
 """The fork server: it survives a malformed request and ends quietly when the raylet
-goes, however the raylet closes the socket."""
+goes, however the raylet closes the socket; the worker pool notices a worker that
+dies while it starts."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import select
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -68,3 +73,34 @@ def test_fork_server_exits_cleanly_when_the_raylet_resets_the_socket(
     assert proc.stderr is not None
     assert "ConnectionResetError" not in proc.stderr.read().decode()
     wait_for_condition(lambda: not psutil.pid_exists(child), timeout=DEADLINE_S)
+
+
+def test_pool_forgets_a_worker_killed_before_it_registered(tmp_path: Path) -> None:
+    """A worker that dies before registering has no connection whose close would tell:
+    the pool must notice (its pid), stop counting it as starting, and say so, or the
+    raylet would wait for it forever instead of starting another."""
+    from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool
+
+    async def main() -> None:
+        lost: list[WorkerHandle] = []
+        noticed = asyncio.Event()
+
+        def on_lost_start(w: WorkerHandle) -> None:
+            lost.append(w)
+            noticed.set()
+
+        args = {"node_ip": "127.0.0.1", "raylet_port": 1, "session_dir": str(tmp_path)}
+        pool = WorkerPool(args, str(tmp_path), on_lost_start)
+        await pool.start()
+        try:
+            await pool.start_worker(None)
+            (w,) = pool.workers.values()
+            assert pool.starting[""] == 1 and not w.registered
+            os.kill(w.pid, signal.SIGKILL)
+            await asyncio.wait_for(noticed.wait(), DEADLINE_S)
+            assert lost == [w] and pool.workers == {} and pool.starting[""] == 0
+            assert w.pidfd is None  # the watch is closed
+        finally:
+            await pool.stop()
+
+    asyncio.run(main())

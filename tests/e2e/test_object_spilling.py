@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import wait_for_condition
+from conftest import local_segment, wait_for_condition
 
 import aioray as ray
 from aioray._private.node.memory_tables import raylet_state
@@ -151,33 +151,58 @@ def test_deleted_spill_file_raises_object_lost(store: str) -> None:
     assert_store_empty(store)
 
 
-def test_put_larger_than_capacity_fails_and_nothing_else_is_lost(store: str) -> None:
+def test_put_larger_than_capacity_goes_to_disk(store: str) -> None:
+    """Ray's fallback allocation: an object larger than the whole store is a file on
+    the spill disk, not an ObjectStoreFullError; read zero-copy like any other object,
+    not counted against the store's capacity, deleted when freed."""
     kept = ray.put(np.full(N50, 7, dtype=np.int64))
-    big = np.zeros(250 * MiB // 8, dtype=np.int64)
-    with pytest.raises(ObjectStoreFullError) as info:
-        ray.put(big)
-    msg = str(info.value)
-    assert str(big.nbytes) in msg or str(big.nbytes + 64) in msg or "250.0 MiB" in msg
-    assert str(STORE) in msg and "capacity" in msg
-    assert ray.get(kept)[0] == 7
+    big = np.arange(250 * MiB // 8, dtype=np.int64)
+    ref = ray.put(big)
+    (on_disk,) = [p for p in spill_files(store) if p.endswith(".fallback")]
+    link = local_segment(ref.binary())
+    assert os.path.islink(link) and os.path.realpath(link) == os.path.realpath(on_disk)
+    stats = store_stats()
+    assert stats["fallback_bytes"] >= big.nbytes
+    assert 50 * MiB <= stats["used"] < 51 * MiB  # only the 50 MiB object is in memory
+    got = ray.get(ref)
+    assert np.array_equal(got, big)
+    assert not got.flags.writeable  # a view of the mapped file, not a copy
 
     @ray.remote
-    def add(x: int) -> int:
-        return x + 1
+    def last(a: Any) -> int:
+        return int(a[-1])
 
-    assert ray.get(add.remote(1)) == 2
-    assert ray.get(ray.put(np.full(N50, 3, dtype=np.int64)))[0] == 3
+    assert ray.get(last.remote(ref), timeout=60) == big[-1]
+    assert ray.get(kept)[0] == 7  # nothing else was spilled or lost for it
+    del got, ref
+    wait_for_condition(lambda: not os.path.exists(on_disk), message=f"{on_disk} left")
+    wait_for_condition(lambda: not os.path.lexists(link), message=f"{link} left")
+    assert store_stats()["fallback_bytes"] == 0
     del kept, big
     assert_store_empty(store)
 
 
-def test_task_return_larger_than_capacity_fails_the_task(store: str) -> None:
+def test_task_return_larger_than_capacity_goes_to_disk(store: str) -> None:
     @ray.remote
     def huge() -> Any:
-        return np.zeros(250 * MiB // 8, dtype=np.int64)
+        return np.full(250 * MiB // 8, 5, dtype=np.int64)
 
-    with pytest.raises(ObjectStoreFullError, match="capacity"):
-        ray.get(huge.remote(), timeout=60)
+    ref = huge.remote()
+    got = ray.get(ref, timeout=60)
+    assert got.shape == (250 * MiB // 8,) and got[0] == 5 and got[-1] == 5
+    assert store_stats()["fallback_bytes"] >= got.nbytes
+    del got, ref
+    assert_store_empty(store)
+
+
+@pytest.mark.parametrize(
+    "store", [{"_system_config": {"local_fs_capacity_threshold": 0.0}}], indirect=True
+)
+def test_put_larger_than_capacity_on_a_full_disk_is_out_of_disk(store: str) -> None:
+    with pytest.raises(OutOfDiskError, match="local_fs_capacity_threshold"):
+        ray.put(np.zeros(250 * MiB // 8, dtype=np.int64))
+    assert ray.get(ray.put(np.full(N50, 3, dtype=np.int64)))[0] == 3
+    assert_store_empty(store)
 
 
 @pytest.mark.parametrize(

@@ -293,6 +293,26 @@ def test_pull_from_a_spilled_primary_copy_restores_it_there(nodes: Any, small: A
     assert node_state(small)["object_store"]["restored_total"] >= 1
 
 
+def test_a_copy_larger_than_the_store_is_pulled_to_disk(nodes: Any, small: Any) -> None:
+    """Fallback allocation for pulled copies: a copy larger than the reader's whole
+    store is a file on its disk, linked from the segment's place; freed with the ref."""
+    _, a, _ = nodes
+    ref = make.options(scheduling_strategy=on(a)).remote(60 * MiB)
+    total, size, where = ray.get(
+        checksum.options(scheduling_strategy=on(small)).remote(ref), timeout=GET_TIMEOUT
+    )
+    assert (total, size, where) == (expected(60 * MiB), 60 * MiB, small.node_id)
+    store = node_state(small)["object_store"]
+    assert store["fallback_bytes"] >= 60 * MiB and store["used"] == 0
+    (name,) = [n for n in copies_of(ref) if node_prefix(small) in n]
+    link = os.path.join(config.SHM_DIR, name)
+    on_disk = os.path.realpath(link)
+    assert os.path.islink(link) and on_disk.endswith(".fallback") and os.path.isfile(on_disk)
+    del ref
+    wait_for_condition(lambda: not os.path.lexists(link) and not os.path.exists(on_disk))
+    wait_for_condition(lambda: node_state(small)["object_store"]["fallback_bytes"] == 0)
+
+
 @ray.remote(max_retries=2)
 def produce(marker: str, nbytes: int) -> Any:
     with open(marker, "a") as f:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from aioray.daemons.raylet.object_manager import (
     CREATE,
     DISK_FULL,
+    FALLBACK,
     IN_SHM,
     RESTORE,
     RESTORING,
     SECONDARY,
     SPILLED,
     SPILLING,
-    TOO_BIG,
     ObjectManager,
     Request,
 )
@@ -112,15 +112,45 @@ def test_restored_object_counts_as_newest():
     assert m.entries[oid(1)].state == SPILLED
 
 
-def test_object_larger_than_capacity_fails_at_once_and_blocks_nobody():
+def test_object_larger_than_capacity_goes_to_disk_at_once_and_blocks_nobody():
+    """Ray's fallback allocation: granted a file on disk, never counted in ``used``."""
     m = ObjectManager(100 * MB)
     create(m, 1, 50 * MB)
     m.request(Request(oid(2), 101 * MB, CREATE))
     m.request(Request(oid(3), 10 * MB, CREATE))
     act = m.schedule()
-    assert [(r.oid, why) for r, why in act.failed] == [(oid(2), TOO_BIG)]
+    assert [r.oid for r in act.fallback] == [oid(2)]
+    assert not act.failed and not act.spill and not act.evict
     assert [r.oid for r in act.granted] == [oid(3)]
     assert m.entries[oid(1)].state == IN_SHM  # nothing else was touched
+    assert m.entries[oid(2)].state == FALLBACK
+    m.seal(oid(2), 101 * MB)
+    assert m.used == 60 * MB and m.fallback_bytes == 101 * MB
+    assert m.stats()["fallback_bytes"] == 101 * MB
+    m.free(oid(2))
+    assert m.used == 60 * MB and m.fallback_bytes == 0
+
+
+def test_object_larger_than_capacity_fails_when_the_disk_is_full():
+    m = ObjectManager(100 * MB)
+    m.request(Request(oid(1), 101 * MB, CREATE))
+    act = m.schedule(lambda: False)
+    assert [(r.oid, why) for r, why in act.failed] == [(oid(1), DISK_FULL)]
+    assert not act.fallback and oid(1) not in m.entries
+
+
+def test_a_copy_larger_than_capacity_goes_to_disk_too():
+    m = ObjectManager(100 * MB)
+    m.request(Request(oid(1), 101 * MB, SECONDARY))
+    act = m.schedule()
+    assert [r.oid for r in act.fallback] == [oid(1)] and not act.failed
+    e = m.entries[oid(1)]
+    assert e.state == FALLBACK and not e.primary
+    m.add_secondary(oid(1), 101 * MB)
+    assert m.used == 0 and m.fallback_bytes == 101 * MB
+    m.request(Request(oid(2), 100 * MB, CREATE))
+    act = m.schedule()
+    assert [r.oid for r in act.granted] == [oid(2)] and not act.evict  # on disk: not evicted
 
 
 def test_full_disk_fails_the_request_instead_of_spilling():
@@ -193,3 +223,17 @@ def test_freeing_an_object_drops_its_queued_requests():
     assert [r.oid for r in m.drop_requests(oid(2))] == [oid(2)]
     assert [r.oid for r in m.queue] == [oid(3)]
     assert m.drop_requests(oid(2)) == []
+
+
+def test_an_object_created_again_replaces_the_earlier_copy():
+    """Its task ran again (a retry after its worker died, lineage): one entry, its
+    room counted once."""
+    m = ObjectManager(100 * MB)
+    create(m, 1, 40 * MB)
+    m.request(Request(oid(1), 40 * MB, CREATE))
+    act = m.schedule()
+    assert [r.oid for r in act.granted] == [oid(1)]
+    m.seal(oid(1), 40 * MB)
+    assert m.used == 40 * MB and len(m.entries) == 1 and m.in_flight == 0
+    m.free(oid(1))
+    assert m.used == 0

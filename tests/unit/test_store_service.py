@@ -101,9 +101,26 @@ async def test_creator_that_dies_before_sealing_gives_room_back(service: StoreSe
 async def test_sealed_objects_leave_the_creators_pending_set(service: StoreService) -> None:
     conn = FakeConn()
     await put(service, conn, 1, MB)
-    assert conn.state["creating"] == set()
+    assert conn.state["creating"] == {}
     conn.close()
     assert service.manager.used == MB  # a sealed object belongs to its owner, not its writer
+
+
+async def test_a_task_run_again_replaces_its_earlier_copy(service: StoreService) -> None:
+    """A retried task (its worker was killed after sealing, or while writing) creates
+    the same object again: the old copy's room is given back, not counted twice, and
+    the dead creator's close does not free the newer copy."""
+    dead, retry = FakeConn(), FakeConn()
+    await put(service, dead, 1, 2 * MB)  # sealed, then the worker died before replying
+    await put(service, retry, 1, 2 * MB)
+    assert service.manager.used == 2 * MB and len(service.manager.entries) == 1
+    assert service.create_object(dead, [oid(2), 3 * MB]) == 5 * MB  # type: ignore[arg-type]
+    await put(service, retry, 2, 3 * MB)  # the retry, before the raylet saw the death
+    dead.close()
+    assert service.manager.used == 5 * MB
+    assert os.path.exists(object_store.segment_path("sess", oid(2), NODE))
+    service.free_objects([oid(1), oid(2)])
+    assert service.manager.used == 0 and service.manager.entries == {}
 
 
 def test_spill_config_accepts_ray_spellings() -> None:

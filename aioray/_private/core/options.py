@@ -1,4 +1,7 @@
-"""Validation of ``@remote`` / ``.options()`` arguments, with Ray's names and defaults."""
+"""Validation of ``@remote`` / ``.options()`` arguments, with Ray's names and defaults.
+
+As in Ray: a value of the wrong type is TypeError, a wrong value ValueError.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +14,33 @@ from aioray._private.core.scheduling_strategies import (
 )
 
 
+def _type_error(name: str, expected: str, v: Any) -> TypeError:
+    return TypeError(
+        f"The type of option '{name}' must be {expected}, but received {type(v).__name__} {v!r}."
+    )
+
+
 def _nonneg_number(name: str, v: Any) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _type_error(name, "an int or a float", v)
+    if v < 0:
         raise ValueError(f"The option '{name}' must be a non-negative number, got {v!r}.")
 
 
 def _num_returns(name: str, v: Any) -> None:
     if v == "streaming" or v == "dynamic":
         return
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _type_error(name, "a non-negative int, 'streaming' or 'dynamic'", v)
+    if v < 0:
         raise ValueError(f"The option '{name}' must be a non-negative integer, got {v!r}.")
 
 
 def _int_min(lo: int) -> Callable[[str, Any], None]:
     def check(name: str, v: Any) -> None:
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _type_error(name, "an int", v)
+        if v < lo:
             raise ValueError(f"The option '{name}' must be an integer >= {lo}, got {v!r}.")
 
     return check
@@ -33,10 +48,10 @@ def _int_min(lo: int) -> Callable[[str, Any], None]:
 
 def _resources(name: str, v: Any) -> None:
     if not isinstance(v, dict):
-        raise ValueError(f"The option '{name}' must be a dict, got {type(v).__name__}.")
+        raise _type_error(name, "a dict", v)
     for k, amount in v.items():
         if not isinstance(k, str):
-            raise ValueError(f"Resource names must be strings, got {k!r}.")
+            raise TypeError(f"Resource names must be strings, got {k!r}.")
         if k in ("CPU", "GPU", "memory"):
             raise ValueError(
                 f"Use the '{k.lower() if k != 'memory' else 'memory'}' option, "
@@ -48,23 +63,24 @@ def _resources(name: str, v: Any) -> None:
 def _retry_exceptions(name: str, v: Any) -> None:
     if isinstance(v, bool):
         return
-    if isinstance(v, (list, tuple)) and all(
-        isinstance(t, type) and issubclass(t, BaseException) for t in v
-    ):
-        return
-    raise ValueError(f"The option '{name}' must be a bool or a list of exception types, got {v!r}.")
+    if not isinstance(v, (list, tuple)):
+        raise _type_error(name, "a bool or a list of exception types", v)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in v):
+        raise ValueError(
+            f"The option '{name}' must be a bool or a list of exception types, got {v!r}."
+        )
 
 
 def _runtime_env(name: str, v: Any) -> None:
     if v is None:
         return
     if not isinstance(v, dict):
-        raise ValueError(f"The option '{name}' must be a dict, got {type(v).__name__}.")
+        raise _type_error(name, "a dict", v)
     env_vars = v.get("env_vars", {})
     if not isinstance(env_vars, dict) or not all(
         isinstance(k, str) and isinstance(x, str) for k, x in env_vars.items()
     ):
-        raise ValueError("runtime_env['env_vars'] must be a dict of str to str.")
+        raise TypeError("runtime_env['env_vars'] must be a dict of str to str.")
 
 
 def _strategy(name: str, v: Any) -> None:
@@ -72,7 +88,9 @@ def _strategy(name: str, v: Any) -> None:
         return
     if isinstance(v, (NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy)):
         return
-    raise ValueError(f"Invalid scheduling_strategy {v!r}.")
+    if isinstance(v, str):
+        raise ValueError(f"Invalid scheduling_strategy {v!r}: use 'DEFAULT' or 'SPREAD'.")
+    raise _type_error(name, "None, a str or a SchedulingStrategy", v)
 
 
 def _anything(name: str, v: Any) -> None:
@@ -81,7 +99,7 @@ def _anything(name: str, v: Any) -> None:
 
 def _optional_str(name: str, v: Any) -> None:
     if v is not None and not isinstance(v, str):
-        raise ValueError(f"The option '{name}' must be a string, got {v!r}.")
+        raise _type_error(name, "a str", v)
 
 
 _COMMON: dict[str, Callable[[str, Any], None]] = {
@@ -138,7 +156,8 @@ TASK_DEFAULTS: dict[str, Any] = {
 
 
 def validate(options: dict[str, Any], allowed: dict[str, Callable[[str, Any], None]]) -> None:
-    """Raise ValueError naming the first unknown or invalid option."""
+    """Raise naming the first unknown or invalid option, with Ray's exception types: an
+    unknown option or a wrong value is ValueError, a value of the wrong type TypeError."""
     for key, value in options.items():
         check = allowed.get(key)
         if check is None:

@@ -485,10 +485,13 @@ class CoreWorker:
                 except ObjectLostError as e:  # both reasons: why it is gone, why not rebuilt
                     raise type(e)(oid.hex(), f"{lost} {e}") from None
                 data, bufs = self.read_shm(oid, obj)
-            value = serialization.deserialize(data, bufs)
         else:
             assert obj.data is not None
-            value = serialization.deserialize(obj.data, obj.buffers)
+            data, bufs = obj.data, obj.buffers  # type: ignore[assignment]
+        try:
+            value = serialization.deserialize(data, bufs)
+        except Exception as e:
+            raise serialization.unreadable(e) from e
         if obj.is_error:
             if isinstance(value, RayTaskError):
                 raise value.as_instanceof_cause()

@@ -61,7 +61,8 @@ def write_object(
     object's size free: with room, a large put costs no round trip. When the
     store is full, this object's pages exist while the raylet spills others (a
     transient overshoot of at most one object per writing thread); a write that
-    finds /dev/shm itself full waits for the room and is tried again. Raises
+    finds /dev/shm itself full waits for the room and is tried again. An object
+    larger than the store goes to the file on disk the raylet names. Raises
     ObjectStoreFullError / OutOfDiskError when the object cannot be stored.
     """
     size, _ = object_store.layout(_nbytes(data), [_nbytes(b) for b in buffers])
@@ -79,16 +80,21 @@ def write_object(
     if not wait:
         cw.store_room -= size
     try:
-        if 0 < cw.store_capacity < size:  # can never fit: the raylet's answer says why
-            _raise_if_error(oid, result_interruptibly(room, None))
-        try:
-            _write(cw, oid, path, data, buffers, size)
-        except _ShmFull:
-            _raise_if_error(oid, result_interruptibly(room, None))
-            _write(cw, oid, path, data, buffers, size, final=True)
+        if 0 < cw.store_capacity < size:
+            # Can never fit in memory: the raylet answers with a file on disk to write
+            # it to (Ray's fallback allocation), or says why not.
+            on_disk = result_interruptibly(room, None)
+            _raise_if_error(oid, on_disk)
+            object_store.write_fallback(path, on_disk, data, buffers)
         else:
-            if wait:
+            try:
+                _write(cw, oid, path, data, buffers, size)
+            except _ShmFull:
                 _raise_if_error(oid, result_interruptibly(room, None))
+                _write(cw, oid, path, data, buffers, size, final=True)
+            else:
+                if wait:
+                    _raise_if_error(oid, result_interruptibly(room, None))
     except BaseException:
         # Refused, or interrupted (Ctrl-C) while waiting for room: give back
         # whatever was granted or is still queued, and the pages.
@@ -240,7 +246,7 @@ def object_lost(cw: CoreWorker, oid: bytes, reason: str) -> NoReturn:
 
 
 def _raise_if_error(oid: bytes, reply: Any) -> None:
-    if reply is not None and not isinstance(reply, int):
+    if reply is not None and not isinstance(reply, (int, str)):
         cls = _ERRORS.get(reply[0], RaySystemError)
         if cls is ObjectLostError:
             raise ObjectLostError(oid.hex(), reply[1])

@@ -5,9 +5,10 @@ whose store holds it and the object id, written with a single ``pwritev``
 (measured 2.8 GB/s into a fresh tmpfs file, twice an mmap copy, because the
 kernel allocates pages without a fault per page) and read with ``mmap``:
 readers get read-only views, and numpy arrays unpickled from them are zero-copy.
-Deleting an object unlinks the file; a reader still holding a view keeps the
-memory mapped until the view is gone, so freeing can never pull memory from
-under a live array. No multiprocessing resource tracker
+An object larger than the whole store is a file on disk instead, linked from its
+place here (``write_fallback``). Deleting an object unlinks the file; a reader
+still holding a view keeps the memory mapped until the view is gone, so freeing
+can never pull memory from under a live array. No multiprocessing resource tracker
 is involved (CPython gh-82300 unlinks segments a process merely attached to).
 
 Layout: header ``<8sIQ`` (magic, buffer count, pickle length), buffer lengths
@@ -94,6 +95,19 @@ def write_segment(path: str, data: Buffer, buffers: Sequence[Buffer]) -> int:
         raise
     os.close(fd)
     return offset
+
+
+def write_fallback(path: str, target: str, data: Buffer, buffers: Sequence[Buffer]) -> int:
+    """Write an object too large for the store to the file ``target`` on disk, and link
+    it from its segment ``path``: readers map it the same way (Ray's fallback allocation)."""
+    try:
+        size = write_segment(target, data, buffers)
+    except FileExistsError:  # a copy of an earlier run of this task (lineage)
+        _unlink(target)
+        size = write_segment(target, data, buffers)
+    _unlink(path)
+    os.symlink(target, path)
+    return size
 
 
 def read_segment(path: str) -> tuple[memoryview, list[memoryview]]:

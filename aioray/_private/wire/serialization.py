@@ -12,12 +12,14 @@ from __future__ import annotations
 import io
 import pickle
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle
 
 from aioray._private.wire.protocol import Buffer
+from aioray.exceptions import RaySystemError
 
 _capture = threading.local()
 
@@ -76,6 +78,13 @@ def serialize(value: Any, is_error: bool = False) -> SerializedObject:
 
 def deserialize(data: Buffer, buffers: Sequence[Buffer] = ()) -> Any:
     return pickle.loads(data, buffers=buffers)
+
+
+def unreadable(e: Exception) -> Exception:
+    """The error ``get`` raises when a stored value cannot be unpickled here: Ray's
+    RaySystemError, carrying the original error and where it was raised."""
+    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    return RaySystemError(e, tb)
 
 
 def dumps_function(fn: Callable[..., Any] | type) -> bytes:
