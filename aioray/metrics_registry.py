@@ -177,3 +177,32 @@ class MetricsReporter:
             self._timer = None
         if REGISTRY.wake == self.wake:
             REGISTRY.wake = None
+
+
+class TaskCounts:
+    """A worker's executor-side task counts by (state, name, job id), for ``ray_tasks``.
+
+    The execution thread updates them (two dict updates per task); the reporter sends
+    a snapshot when they changed. RUNNING goes up and down; FINISHED and FAILED only up.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.changed = False
+
+    def started(self, name: str, job: str) -> None:
+        key = ("RUNNING", name, job)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.changed = True
+
+    def ended(self, name: str, job: str, failed: bool) -> None:
+        running = ("RUNNING", name, job)
+        self.counts[running] -= 1
+        key = ("FAILED" if failed else "FINISHED", name, job)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.changed = True
+
+    def collect(self, report: dict[str, Any]) -> None:
+        if self.changed:
+            self.changed = False
+            report["t"] = [[*key, n] for key, n in dict(self.counts).items()]

@@ -29,6 +29,7 @@ from aioray.borrowing import pairs_of
 from aioray.core_worker import WORKER, CoreWorker
 from aioray.exceptions import RaySystemError, RayTaskError, TaskCancelledError
 from aioray.memory_store import StoredObject
+from aioray.metrics_registry import REGISTRY, TaskCounts
 from aioray.object_ref import ObjectRef, set_core_worker
 from aioray.protocol import Buffer
 from aioray.streaming import STREAMING
@@ -76,6 +77,8 @@ class TaskExecutor:
         self.cuda_env = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.cuda_now = self.cuda_env  # what os.environ holds now
         self.actor = ActorHost(self)
+        self.task_counts = TaskCounts()  # ray_tasks, as this executor sees them
+        REGISTRY.collectors.append(self.task_counts.collect)
 
     def handlers(self) -> dict[str, rpc.Handler]:
         return {
@@ -176,16 +179,20 @@ class TaskExecutor:
             job = self.queue.get()
             if job is None:
                 return
+            name, job_id = job.spec["name"], job.spec.get("job") or b""
+            self.task_counts.started(name, job_id.hex())
             try:
                 body, bufs = self.execute(job)
             except KeyboardInterrupt:  # a cancel that arrived just as the task finished
                 body, bufs = self.error(job.spec, TaskCancelledError(job.spec["tid"].hex()), False)
             except ActorExit:
+                self.task_counts.ended(name, job_id.hex(), False)
                 self.actor.exit()  # no reply: the caller observes the actor's death
                 continue
             except BaseException as e:  # a bug of ours: answer, and keep the thread alive
                 logger.exception("executing %s failed", job.spec.get("name"))
                 body, bufs = self.error(job.spec, RaySystemError(f"worker error: {e!r}"), False)
+            self.task_counts.ended(name, job_id.hex(), _failed(body))
             self.cw.post(self.reply, job, body, bufs)
 
     def execute(self, job: _Job) -> tuple[dict[str, Any], list[Buffer]]:
@@ -429,6 +436,12 @@ class TaskExecutor:
         if app_error:
             body["x"] = True
         return body, parts * nret
+
+
+def _failed(body: dict[str, Any]) -> bool:
+    """The reply reports an error (the task's own, a cancel, or ours)."""
+    rets = body.get("r")
+    return "x" in body or bool(rets and rets[0][2] is True)
 
 
 def _owner_of(address: list[Any] | None) -> tuple[str, int, bytes] | None:

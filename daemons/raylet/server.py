@@ -36,6 +36,7 @@ from aioray.daemons._common import install_signal_handlers, listening_socket, wa
 from aioray.daemons.raylet.bundles import BundleService
 from aioray.daemons.raylet.gcs_link import GcsLink
 from aioray.daemons.raylet.memory_monitor import MemoryMonitor
+from aioray.daemons.raylet.metrics_export import NodeMetrics
 from aioray.daemons.raylet.object_owners import ObjectOwners
 from aioray.daemons.raylet.object_transfer import ObjectTransfer
 from aioray.daemons.raylet.resources import NodeResources
@@ -45,6 +46,7 @@ from aioray.daemons.raylet.store_service import SpillConfig, StoreService
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
 from aioray import config, memory_report, rpc
+from aioray._http.server import HttpService
 from aioray.bundle_resources import is_group_resource
 
 logger = logging.getLogger(__name__)
@@ -128,6 +130,7 @@ class Raylet:
         labels: dict[str, str],
         prestart: int,
         spill: SpillConfig | None = None,
+        metrics_export_port: int = 0,
     ) -> None:
         self.node_id = os.urandom(16)
         self.node_ip = node_ip
@@ -141,6 +144,10 @@ class Raylet:
         self.prestart = prestart
         self.gcs: rpc.Connection | None = None
         self.bundles = BundleService(self)  # placement-group reservations
+        self.metrics = NodeMetrics(self)  # Prometheus, on the node's HTTP service
+        self.http = HttpService()
+        self.http.add_routes(self.metrics.routes())
+        self.metrics_export_port = metrics_export_port
         self.server_handlers = self._handlers()  # also serves other raylets' connections
         self.gcs_link = GcsLink(self)  # registration; reconnects after a GCS restart
         self.server = rpc.Server(
@@ -167,7 +174,11 @@ class Raylet:
         )
 
     def _handlers(self) -> dict[str, rpc.Handler]:
-        return {**rpc.handlers_of(self), **self.bundles.handlers()}
+        return {
+            **rpc.handlers_of(self),
+            **self.bundles.handlers(),
+            "report_metrics": self.metrics.handle_report_metrics,
+        }
 
     def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
         # The cluster token was checked before this (rpc, auth).
@@ -180,7 +191,13 @@ class Raylet:
         }
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def run(self, listen_fd: int | None, port: int, lifeline_fd: int | None) -> None:
+    async def run(
+        self,
+        listen_fd: int | None,
+        port: int,
+        lifeline_fd: int | None,
+        metrics_fd: int | None = None,
+    ) -> None:
         watch_lifeline(lifeline_fd, self._stopped.set)
         install_signal_handlers(self._stopped.set)
         self.pool = WorkerPool(
@@ -197,6 +214,9 @@ class Raylet:
         self.port = sock.getsockname()[1]
         self.spillback.local.port = self.port
         self.pool.worker_args["raylet_port"] = self.port
+        msock = listening_socket(metrics_fd, self.node_ip, self.metrics_export_port)
+        await self.http.start(msock, self.node_ip, self.metrics_export_port)
+        self.metrics_export_port = self.http.port
         info = await self.gcs_link.connect()
         self.session_id = info["session_id"]
         self.session_dir = self.session_dir or info["session_dir"]
@@ -229,6 +249,7 @@ class Raylet:
             if not req.fut.done():
                 req.fut.set_result({"error": "the raylet is shutting down"})
         await self.server.stop()
+        await self.http.stop()
         self.transfer.close()
         if self.pool is not None:
             await self.pool.stop()
