@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from aioray import config
+import aioray.config as config
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 Labels = tuple[str, ...]

@@ -79,6 +79,7 @@ class TaskExecutor:
         self.actor = ActorHost(self)
         self.task_counts = TaskCounts()  # ray_tasks, as this executor sees them
         REGISTRY.collectors.append(self.task_counts.collect)
+        REGISTRY.start()  # a worker reports its task counts (only when they changed)
 
     def handlers(self) -> dict[str, rpc.Handler]:
         return {

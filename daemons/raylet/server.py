@@ -188,6 +188,7 @@ class Raylet:
             "session_dir": self.session_dir,
             "gcs_address": list(self.gcs_address),
             "object_store_memory": self.object_store_memory,
+            "metrics_export_port": self.metrics_export_port,
         }
 
     # -- lifecycle -------------------------------------------------------------------------
