@@ -145,7 +145,11 @@ def find_local_raylet(gcs_address: str, node_ip: str) -> tuple[str, int]:
 def _listen(ip: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((ip, port))
+    try:
+        sock.bind((ip, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, e.strerror, f"{ip}:{port}") from None  # which port: filename
     sock.listen(1024)
     sock.set_inheritable(True)
     return sock

@@ -87,7 +87,7 @@ def _start_node(a: argparse.Namespace, *, detached: bool) -> tuple[node.LocalNod
     try:
         n = _launch(a, resources, labels, system_config, gcs_address, token, detached)
     except OSError as e:  # the port is taken, or the address is not this machine's
-        where = f"{a.node_ip_address}:{a.port}" if a.head else a.node_ip_address
+        where = e.filename or (f"{a.node_ip_address}:{a.port}" if a.head else a.node_ip_address)
         raise SystemExit(f"aioray: cannot listen on {where}: {e.strerror or e}") from None
     auth.set_token(n.token)
     try:
