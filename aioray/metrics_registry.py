@@ -182,27 +182,36 @@ class MetricsReporter:
 class TaskCounts:
     """A worker's executor-side task counts by (state, name, job id), for ``ray_tasks``.
 
-    The execution thread updates them (two dict updates per task); the reporter sends
-    a snapshot when they changed. RUNNING goes up and down; FINISHED and FAILED only up.
+    The execution thread runs one task at a time: RUNNING is that task (one attribute
+    write), FINISHED and FAILED one dict update each. The reporter sends a snapshot
+    when they changed. Cost per task: ~0.3 µs (benchmarks/metrics_benchmark.py).
     """
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str, str], int] = {}
+        self.done: dict[tuple[bool, str, bytes], int] = {}  # (failed, name, job) -> tasks
+        self.running: tuple[str, bytes] | None = None
         self.changed = False
 
-    def started(self, name: str, job: str) -> None:
-        key = ("RUNNING", name, job)
-        self.counts[key] = self.counts.get(key, 0) + 1
+    def started(self, name: str, job: bytes) -> None:
+        self.running = (name, job)
         self.changed = True
 
-    def ended(self, name: str, job: str, failed: bool) -> None:
-        running = ("RUNNING", name, job)
-        self.counts[running] -= 1
-        key = ("FAILED" if failed else "FINISHED", name, job)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        self.changed = True
+    def ended(self, name: str, job: bytes, failed: bool) -> None:
+        self.running = None
+        key = (failed, name, job)
+        self.done[key] = self.done.get(key, 0) + 1
 
     def collect(self, report: dict[str, Any]) -> None:
-        if self.changed:
-            self.changed = False
-            report["t"] = [[*key, n] for key, n in dict(self.counts).items()]
+        if not self.changed:
+            return
+        self.changed = False
+        running, done = self.running, dict(self.done)  # a copy: the thread may add a key
+        rows = [
+            ["FAILED" if failed else "FINISHED", name, job.hex(), n]
+            for (failed, name, job), n in done.items()
+        ]
+        names = {(name, job) for _, name, job in done}
+        if running is not None:
+            names.add(running)
+        rows += [["RUNNING", n, j.hex(), int((n, j) == running)] for n, j in names]
+        report["t"] = rows

@@ -181,19 +181,19 @@ class TaskExecutor:
             if job is None:
                 return
             name, job_id = job.spec["name"], job.spec.get("job") or b""
-            self.task_counts.started(name, job_id.hex())
+            self.task_counts.started(name, job_id)
             try:
                 body, bufs = self.execute(job)
             except KeyboardInterrupt:  # a cancel that arrived just as the task finished
                 body, bufs = self.error(job.spec, TaskCancelledError(job.spec["tid"].hex()), False)
             except ActorExit:
-                self.task_counts.ended(name, job_id.hex(), False)
+                self.task_counts.ended(name, job_id, False)
                 self.actor.exit()  # no reply: the caller observes the actor's death
                 continue
             except BaseException as e:  # a bug of ours: answer, and keep the thread alive
                 logger.exception("executing %s failed", job.spec.get("name"))
                 body, bufs = self.error(job.spec, RaySystemError(f"worker error: {e!r}"), False)
-            self.task_counts.ended(name, job_id.hex(), _failed(body))
+            self.task_counts.ended(name, job_id, _failed(body))
             self.cw.post(self.reply, job, body, bufs)
 
     def execute(self, job: _Job) -> tuple[dict[str, Any], list[Buffer]]:

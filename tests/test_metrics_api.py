@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from aioray.metrics_registry import REGISTRY, Registry
+from aioray.metrics_registry import REGISTRY, Registry, TaskCounts
 from aioray.util.metrics import Counter, Gauge, Histogram
 
 
@@ -128,3 +128,25 @@ def test_local_aggregation_counts_deltas_and_le_buckets() -> None:
     assert report["h"] == [["h", ["x"], [2, 1, 1], 8.0, 4]]
     assert report["c"] == [["c", [], 3.0]]
     assert reg.take_report() == {}  # deltas: reported once
+
+
+def test_task_counts_report_running_finished_failed_when_changed() -> None:
+    counts = TaskCounts()
+    counts.started("f", b"\x01")
+    report: dict[str, object] = {}
+    counts.collect(report)
+    assert report["t"] == [["RUNNING", "f", "01", 1]]
+    counts.ended("f", b"\x01", failed=False)
+    counts.started("g", b"\x01")
+    counts.ended("g", b"\x01", failed=True)
+    report = {}
+    counts.collect(report)
+    assert sorted(report["t"]) == [  # type: ignore[call-overload]
+        ["FAILED", "g", "01", 1],
+        ["FINISHED", "f", "01", 1],
+        ["RUNNING", "f", "01", 0],
+        ["RUNNING", "g", "01", 0],
+    ]
+    report = {}
+    counts.collect(report)
+    assert report == {}  # nothing changed: nothing sent

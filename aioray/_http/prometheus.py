@@ -44,15 +44,15 @@ class Exposition:
     """A scrape's text, family by family."""
 
     def __init__(self) -> None:
-        self._lines: list[str] = []
+        self.lines: list[str] = []  # appended to directly by renderers that cache prefixes
 
     def family(self, name: str, kind: str, help_text: str) -> None:
         """Open a family: ``kind`` is counter, gauge, histogram or untyped."""
-        self._lines.append(f"# HELP {name} {_escape_help(help_text)}")
-        self._lines.append(f"# TYPE {name} {kind}")
+        self.lines.append(f"# HELP {name} {_escape_help(help_text)}")
+        self.lines.append(f"# TYPE {name} {kind}")
 
     def sample(self, name: str, labels: Labels, value: float) -> None:
-        self._lines.append(f"{name}{format_labels(labels)} {format_value(value)}")
+        self.lines.append(f"{name}{format_labels(labels)} {format_value(value)}")
 
     def gauge(self, name: str, help_text: str, samples: Iterable[tuple[Labels, float]]) -> None:
         """A whole gauge family (nothing at all when it has no samples)."""
@@ -80,4 +80,4 @@ class Exposition:
         self.sample(f"{name}_count", labels, count)
 
     def text(self) -> str:
-        return "\n".join(self._lines) + "\n" if self._lines else ""
+        return "\n".join(self.lines) + "\n" if self.lines else ""

@@ -597,6 +597,7 @@ class Raylet:
                 self.node_id.hex(): self.resources.snapshot(),
             },
             "oom_kills": self.memory_monitor.kills,
+            "metrics": self.metrics.stats(),
         }
 
 
