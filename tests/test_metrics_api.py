@@ -1,12 +1,18 @@
-"""aioray.util.metrics: Ray 2.60's validation case by case, and local aggregation (no cluster)."""
+"""aioray.util.metrics: Ray 2.60's validation case by case; aggregation in a process and
+in the node's exporter (no cluster)."""
 
 from __future__ import annotations
 
 import pickle
 import warnings
+from typing import Any
 
 import pytest
+from aioray.daemons.raylet import user_metrics
+from aioray.daemons.raylet.user_metrics import UserMetrics
+from prometheus_text import parse
 
+from aioray._http.prometheus import Exposition
 from aioray.metrics_registry import REGISTRY, Registry, TaskCounts
 from aioray.util.metrics import Counter, Gauge, Histogram
 
@@ -150,3 +156,46 @@ def test_task_counts_report_running_finished_failed_when_changed() -> None:
     report = {}
     counts.collect(report)
     assert report == {}  # nothing changed: nothing sent
+
+
+def _render(user: UserMetrics) -> dict[Any, float]:
+    out = Exposition()
+    user.render(out, user.snapshot())
+    return parse(out.text())[1]
+
+
+def test_node_aggregates_reports_of_several_processes(caplog: pytest.LogCaptureFixture) -> None:
+    user = UserMetrics([("SessionName", "s1"), ("NodeAddress", "10.0.0.1")])
+    define = [
+        ["req", "counter", "requests", ["route"], []],
+        ["lat", "histogram", "latency", ["route"], [1.0, 2.0]],
+        ["depth", "gauge", "depth", ["NodeAddress"], []],  # a user tag named as ours wins
+    ]
+    for worker in range(2):  # two processes report the same series
+        user.apply(
+            {
+                "d": define,
+                "c": [["req", ["/a"], 2.0]],
+                "h": [["lat", ["/a"], [1, 0, 1], 3.5, 2]],
+                "g": [["depth", ["mine"], float(worker)]],
+            }
+        )
+    user.apply({"d": [["req", "gauge", "other", [], []]], "g": [["req", [], 1.0]]})
+    assert "redefined" in caplog.text  # the first definition wins; the other's points drop
+    s = _render(user)
+    extra = (("SessionName", "s1"), ("NodeAddress", "10.0.0.1"))
+    assert s[("ray_req_total", (("route", "/a"), *extra))] == 4.0
+    assert s[("ray_req", (("route", "/a"), *extra))] == 4.0
+    assert s[("ray_lat_bucket", (("route", "/a"), *extra, ("le", "1.0")))] == 2.0
+    assert s[("ray_lat_bucket", (("route", "/a"), *extra, ("le", "+Inf")))] == 4.0
+    assert s[("ray_lat_sum", (("route", "/a"), *extra))] == 7.0
+    assert s[("ray_depth", (("NodeAddress", "mine"), ("SessionName", "s1")))] == 1.0  # last set
+    user.apply({"c": [["req", ["/a"], 1.0]]})  # a cached series renders its new value
+    assert _render(user)[("ray_req_total", (("route", "/a"), *extra))] == 5.0
+
+
+def test_counter_gauge_twin_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(user_metrics, "EXPORT_COUNTER_AS_GAUGE", False)
+    user = UserMetrics([])
+    user.apply({"d": [["c", "counter", "", [], []]], "c": [["c", [], 1.0]]})
+    assert list(_render(user)) == [("ray_c_total", ())]
