@@ -133,6 +133,9 @@ def test_every_node_exports_and_is_discovered(ray_cluster: Any) -> None:
         assert nodes[cn.node_ip_address]["MetricsExportPort"] == cn.metrics_export_port
         expected.append(f"{cn.node_ip_address}:{cn.metrics_export_port}")
     wait_for_condition(lambda: _sd_targets(head.session_dir) == sorted(expected), 10)
+    # Also where Ray keeps it, the session root (the latest head's: not compared here,
+    # as other clusters on this machine may have written it since).
+    assert os.path.exists(os.path.join(os.path.dirname(head.session_dir), SD_FILE))
     # The worker node exports its own node; the cluster's figures come from the head, once.
     _, samples = parse(scrape(worker.metrics_export_port, ip=worker.node_ip_address))
     assert values(samples, "ray_resources", Name="CPU", State="AVAILABLE") == [1.0]

@@ -4,7 +4,9 @@
 (actors by state, class and job; active nodes; running jobs; its own USS). The
 Prometheus ``file_sd`` file lists every alive node's metrics address; it is
 rewritten (atomically) when a node joins or dies, so a Prometheus pointed at it
-follows the cluster. Ray writes the same file, ``prom_metrics_service_discovery.json``.
+follows the cluster. It is written in the session directory, and, as Ray writes
+``/tmp/ray/prom_metrics_service_discovery.json``, also in the session root (the
+parent directory: a fixed path, the latest head's on this machine).
 """
 
 from __future__ import annotations
@@ -76,12 +78,16 @@ class MetricsView:
             for n in self.gcs.nodes.values()
             if n["Alive"] and n.get("MetricsExportPort")
         ]
-        content = [{"labels": {"job": "ray"}, "targets": targets}]
-        path = os.path.join(session_dir, SD_FILE)
-        try:
-            tmp = f"{path}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(content, f)
-            os.replace(tmp, path)  # Prometheus never reads a half-written file
-        except OSError as e:
-            logger.warning("cannot write %s: %s", path, e)
+        content = json.dumps([{"labels": {"job": "ray"}, "targets": targets}])
+        for directory in (session_dir, os.path.dirname(os.path.abspath(session_dir))):
+            _write_atomically(os.path.join(directory, SD_FILE), content)
+
+
+def _write_atomically(path: str, content: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"  # another head on this machine may write the root's
+    try:
+        with open(tmp, "w") as f:
+            f.write(content)
+        os.replace(tmp, path)  # Prometheus never reads a half-written file
+    except OSError as e:
+        logger.warning("cannot write %s: %s", path, e)
