@@ -98,14 +98,27 @@ def fails() -> None:
     raise ValueError("no")
 
 
-def test_failed_tasks_are_counted(ray_start: Any) -> None:
+@ray.remote
+class Exits:
+    def count_and_exit(self) -> None:
+        Counter("test_last_words").inc(5)
+        ray.actor.exit_actor()
+
+
+def test_failed_tasks_and_an_exiting_actors_last_points_are_counted(ray_start: Any) -> None:
     with pytest.raises(ray.exceptions.RayTaskError):
         ray.get(fails.remote())
+    a = Exits.remote()  # type: ignore[call-arg]
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(a.count_and_exit.remote())  # it exits at once: its reporter flushes first
     port = ray_start.address_info["metrics_export_port"]
-    wait_for_condition(
-        lambda: values(parse(scrape(port))[1], "ray_tasks", State="FAILED", Name="fails") == [1.0],
-        20,
-    )
+
+    def counted() -> bool:
+        samples = parse(scrape(port))[1]
+        failed = values(samples, "ray_tasks", State="FAILED", Name="fails")
+        return failed == [1.0] and values(samples, "ray_test_last_words_total") == [5.0]
+
+    wait_for_condition(counted, 20)
 
 
 def test_bad_metrics_export_port_is_refused() -> None:
