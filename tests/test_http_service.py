@@ -74,7 +74,7 @@ async def test_every_route_needs_the_token_but_the_health_check(service: HttpSer
 
 async def test_hostile_requests_get_4xx_and_the_service_survives(service: HttpService) -> None:
     reader, writer = await asyncio.open_connection(service.host, service.port)
-    writer.write(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+    writer.write(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
     await writer.drain()
     status_line = await asyncio.wait_for(reader.readline(), 10)
     assert status_line.split()[1] == b"400"

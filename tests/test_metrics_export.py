@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -90,6 +91,9 @@ def test_scrape_without_the_token_is_refused(ray_start: Any) -> None:
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=10)
         assert e.value.code == 401
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # a huge header
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        assert sock.recv(100).split()[1] == b"400"
     parse(scrape(port))  # the node still serves
 
 

@@ -5,9 +5,10 @@ its processes report (``report_metrics``, aggregated here: counters and histogra
 summed, a gauge's latest value kept), ``ray_tasks`` from its executors' counts, and
 the node's resources, object store, CPU and memory. The head's raylet adds the
 cluster's view from the GCS (actors, active nodes, running jobs, the GCS's memory).
-A scrape renders from memory; what costs more (USS of each process, read from
-/proc) is sampled in a thread at most every ``SAMPLE_S`` and served from the cache,
-so a scrape never blocks the raylet's loop for long (measured: benchmarks/).
+A scrape copies the figures on the loop (``snapshot``, ~0.1 ms) and formats the text
+in a thread; what costs more (USS of each process, read from /proc) is sampled in a
+thread at most every ``SAMPLE_S``, once someone scrapes, and served from the cache.
+So the raylet keeps granting leases during a scrape (benchmarks/metrics_benchmark.py).
 Names and labels are Ray's, so Ray's Grafana boards work.
 """
 
@@ -43,7 +44,7 @@ class NodeMetrics:
 
     def __init__(self, raylet: Raylet) -> None:
         self.raylet = raylet
-        self.user = UserMetrics([])  # labels known once the raylet has joined: see render
+        self.user = UserMetrics([])  # its labels are known once the raylet joined: snapshot
         self.task_counts: dict[int, dict[tuple[str, str, str], int]] = {}  # per connection
         self.departed: dict[tuple[str, str, str], int] = {}  # FINISHED/FAILED of gone workers
         self.task_source: TaskSource = self._executor_task_counts
