@@ -148,8 +148,8 @@ def main() -> None:
           f"max {max(walls) * 1000:.1f}  (n={len(walls)})")  # fmt: skip
     print(f"raylet render ms (its loop's share): p50 {pct(renders, .5):.1f}  "
           f"max {max(renders) * 1000:.1f}")  # fmt: skip
-    print(f"raylet rpc round trip ms: idle p50 {pct(idle, .5):.2f} p99 {pct(idle, .99):.2f}")
-    print(f"  while scraped back to back: p50 {pct(busy, .5):.2f} p99 {pct(busy, .99):.2f}")
+    print(f"raylet rpc round trip ms: idle p50 {pct(idle, 0.5):.2f} p99 {pct(idle, 0.99):.2f}")
+    print(f"  while scraped back to back: p50 {pct(busy, 0.5):.2f} p99 {pct(busy, 0.99):.2f}")
     print(f"executor ray_tasks bookkeeping per task: {per_task * 1e9:.0f} ns (best of 5)")
 
 
