@@ -122,13 +122,10 @@ class Registry:
             collect(report)
         return report
 
-    def reset(self) -> None:
-        """Forget everything (a new connection to a raylet must hear the definitions again)."""
+    def redefine_all(self) -> None:
+        """A new raylet connection (``init`` after ``shutdown``) must hear every definition."""
         with self._lock:
             self._new = list(self.definitions.values())
-            self._counters.clear()
-            self._gauges.clear()
-            self._histograms.clear()
 
 
 REGISTRY = Registry()
@@ -144,7 +141,7 @@ class MetricsReporter:
         self._closed = False
         REGISTRY.wake = self.wake
         if REGISTRY.active:
-            REGISTRY.reset()  # e.g. a driver that shut down and initialised again
+            REGISTRY.redefine_all()  # points recorded before init are kept and sent
             self.wake()
 
     def wake(self) -> None:

@@ -3,6 +3,7 @@ in the node's exporter (no cluster)."""
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import warnings
 from typing import Any
@@ -13,7 +14,7 @@ from aioray.daemons.raylet.user_metrics import UserMetrics
 from prometheus_text import parse
 
 from aioray._http.prometheus import Exposition
-from aioray.metrics_registry import REGISTRY, Registry, TaskCounts
+from aioray.metrics_registry import REGISTRY, MetricsReporter, Registry, TaskCounts
 from aioray.util.metrics import Counter, Gauge, Histogram
 
 
@@ -199,3 +200,19 @@ def test_counter_gauge_twin_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -
     user = UserMetrics([])
     user.apply({"d": [["c", "counter", "", [], []]], "c": [["c", [], 1.0]]})
     assert list(_render(user)) == [("ray_c_total", ())]
+
+
+async def test_reporter_sends_points_recorded_before_it_and_again_after_a_restart() -> None:
+    c = Counter("before_init")
+    c.inc(3)  # e.g. at import time, before aioray.init()
+    sent: list[dict[str, Any]] = []
+    reporter = MetricsReporter(asyncio.get_running_loop(), sent.append)
+    reporter.close()  # at shutdown: the last report
+    assert ["before_init", [], 3.0] in sent[0]["c"]
+    assert any(d[0] == "before_init" for d in sent[0]["d"])
+    c.inc(1)
+    sent.clear()
+    reporter = MetricsReporter(asyncio.get_running_loop(), sent.append)  # init again
+    reporter.close()
+    assert ["before_init", [], 1.0] in sent[0]["c"]
+    assert any(d[0] == "before_init" for d in sent[0]["d"])  # the new raylet hears it
