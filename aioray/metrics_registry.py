@@ -4,7 +4,8 @@ Floor 3 (no sockets): ``aioray.util.metrics`` records here under one lock (any t
 no frame, no allocation beyond the series' first point); the ``MetricsReporter`` of the
 CoreWorker takes the deltas (counters, histograms) and latest values (gauges) every
 ``config.METRICS_REPORT_S`` and sends them to the node's raylet, which exports them.
-Nothing runs until the first metric is defined: a process without metrics pays nothing.
+Nothing runs in a driver until its first metric is defined; a worker also reports its
+executor's task counts (``TaskCounts``, for ``ray_tasks``) when they changed.
 
 Report wire form (``report_metrics`` notice, a dict):
 ``d`` new definitions ``[name, kind, description, tag_keys, boundaries]``;
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +69,15 @@ class Registry:
     ) -> None:
         """Announce a metric (again: a no-op; the first definition of a name wins)."""
         with self._lock:
-            if name in self.definitions:
+            known = self.definitions.get(name)
+            if known is not None:
+                if known.kind != kind or known.tag_keys != tag_keys:
+                    warnings.warn(
+                        f"Metric {name!r} is already defined as a {known.kind} with tag keys "
+                        f"{known.tag_keys}; this {kind}'s points will not be exported.",
+                        UserWarning,
+                        stacklevel=4,
+                    )
                 return
             d = _Definition(name, kind, description, tag_keys, sorted(boundaries or []))
             self.definitions[name] = d

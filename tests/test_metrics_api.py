@@ -216,3 +216,10 @@ async def test_reporter_sends_points_recorded_before_it_and_again_after_a_restar
     reporter.close()
     assert ["before_init", [], 1.0] in sent[0]["c"]
     assert any(d[0] == "before_init" for d in sent[0]["d"])  # the new raylet hears it
+
+
+def test_a_name_defined_twice_differently_warns() -> None:
+    Counter("twice", tag_keys=("a",))
+    Counter("twice", tag_keys=("a",))  # the same again: fine (a task defining it per call)
+    with pytest.warns(UserWarning, match="'twice' is already defined as a counter"):
+        Gauge("twice")
