@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import psutil
-from aiohttp import web
 from aioray.daemons.raylet.user_metrics import PREFIX, UserMetrics
 
 from aioray import rpc
 from aioray._http.prometheus import CONTENT_TYPE, Exposition, Labels
 
 if TYPE_CHECKING:
+    from aiohttp import web
     from aioray.daemons.raylet.server import Raylet
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ class NodeMetrics:
 
     def routes(self) -> list[web.RouteDef]:
         """This feature's route table (added to the raylet's ``HttpService``)."""
+        from aiohttp import web  # imported with the HTTP service, after start-up (server.py)
+
         return [web.get("/metrics", self.handle_metrics)]
 
     def set_task_source(self, source: TaskSource) -> None:
@@ -99,6 +101,8 @@ class NodeMetrics:
 
     # -- the scrape ------------------------------------------------------------------------
     async def handle_metrics(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         await self._refresh()
         start = time.perf_counter()
         snap = self.snapshot()

@@ -24,13 +24,14 @@ runs low on memory.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
 import logging
 import os
 import signal
 import socket
 import time
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.raylet.bundles import BundleService
@@ -46,8 +47,10 @@ from aioray.daemons.raylet.store_service import SpillConfig, StoreService
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
 from aioray import config, memory_report, rpc
-from aioray._http.server import HttpService
 from aioray.bundle_resources import is_group_resource
+
+if TYPE_CHECKING:
+    from aioray._http.server import HttpService
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +148,7 @@ class Raylet:
         self.gcs: rpc.Connection | None = None
         self.bundles = BundleService(self)  # placement-group reservations
         self.metrics = NodeMetrics(self)  # Prometheus, on the node's HTTP service
-        self.http = HttpService()
-        self.http.add_routes(self.metrics.routes())
+        self.http: HttpService | None = None  # started after start-up: _serve_http
         self.metrics_export_port = metrics_export_port
         self.server_handlers = self._handlers()  # also serves other raylets' connections
         self.gcs_link = GcsLink(self)  # registration; reconnects after a GCS restart
@@ -216,8 +218,8 @@ class Raylet:
         self.spillback.local.port = self.port
         self.pool.worker_args["raylet_port"] = self.port
         msock = listening_socket(metrics_fd, self.node_ip, self.metrics_export_port)
-        await self.http.start(msock, self.node_ip, self.metrics_export_port)
-        self.metrics_export_port = self.http.port
+        msock = msock or _bind(self.node_ip, self.metrics_export_port)
+        self.metrics_export_port = msock.getsockname()[1]  # registered with the GCS below
         info = await self.gcs_link.connect()
         self.session_id = info["session_id"]
         self.session_dir = self.session_dir or info["session_dir"]
@@ -228,8 +230,28 @@ class Raylet:
         self.memory_monitor.start()
         for _ in range(min(self.prestart, int(self.resources.total.get("CPU", 0)))):
             self.pool.spawn(None)
+        http = asyncio.ensure_future(self._serve_http(msock))
         await self._stopped.wait()
+        await asyncio.wait([http])
         await self.stop()
+
+    async def _serve_http(self, sock: socket.socket) -> None:
+        """Serve /metrics on the node's bound socket (connections wait in its backlog).
+
+        aiohttp is imported here, in a thread, not at start-up: its import (~0.1 s) would
+        otherwise delay the raylet's first answer, and so every ``init()``."""
+        try:
+            module = await asyncio.to_thread(importlib.import_module, "aioray._http.server")
+            if self.stopping:
+                sock.close()
+                return
+            http = module.HttpService()
+            http.add_routes(self.metrics.routes())
+            await http.start(sock)
+            self.http = http
+        except Exception:
+            logger.exception("cannot serve metrics on port %d", self.metrics_export_port)
+            sock.close()
 
     @property
     def stopping(self) -> bool:
@@ -250,7 +272,8 @@ class Raylet:
             if not req.fut.done():
                 req.fut.set_result({"error": "the raylet is shutting down"})
         await self.server.stop()
-        await self.http.stop()
+        if self.http is not None:
+            await self.http.stop()
         self.transfer.close()
         if self.pool is not None:
             await self.pool.stop()
@@ -599,6 +622,14 @@ class Raylet:
             "oom_kills": self.memory_monitor.kills,
             "metrics": self.metrics.stats(),
         }
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)  # scrapers wait here until the HTTP service takes the socket
+    return sock
 
 
 def _kill(pid: int) -> None:
