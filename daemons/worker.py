@@ -442,7 +442,7 @@ class TaskExecutor:
 def _failed(body: dict[str, Any]) -> bool:
     """The reply reports an error (the task's own, a cancel, or ours)."""
     rets = body.get("r")
-    return "x" in body or bool(rets and rets[0][2] is True)
+    return "x" in body or bool(rets and len(rets[0]) > 2 and rets[0][2] is True)
 
 
 def _owner_of(address: list[Any] | None) -> tuple[str, int, bytes] | None:
