@@ -38,12 +38,19 @@ class MetricsView:
         return f"<MetricsView running_jobs={len(self.running_jobs)}>"
 
     def handlers(self) -> dict[str, rpc.Handler]:
-        return {"metrics_snapshot": self.handle_metrics_snapshot}
+        return {
+            "metrics_snapshot": self.handle_metrics_snapshot,
+            "job_reconnected": self.handle_job_reconnected,
+        }
 
     def job_started(self, conn: rpc.Connection, job_id: bytes) -> None:
         """A driver registered a job: it runs until its connection closes."""
         self.running_jobs.add(job_id)
         conn.on_close.append(lambda _: self.running_jobs.discard(job_id))
+
+    def handle_job_reconnected(self, conn: rpc.Connection, job_id: bytes, _: Any) -> None:
+        """A driver reconnected after a GCS restart: its job is running again."""
+        self.job_started(conn, job_id)
 
     def handle_metrics_snapshot(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
         actors: dict[tuple[str, str, str], int] = {}
