@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from aioray import config, ids, options, placement_groups, serialization
 from aioray.object_ref import ObjectRef
 from aioray.remote_function import _api, pack_arguments
 from aioray.streaming import STREAMING
+from aioray.task_events import PENDING_ARGS_AVAIL
 from aioray.task_spec import TaskEntry
 from aioray.util.scheduling_strategies import strategy_to_wire
 
@@ -83,6 +85,7 @@ def _class_meta(cls: type, opts: dict[str, Any]) -> dict[str, Any]:
         "groups": opts.get("concurrency_groups") or {},
         "max_task_retries": opts.get("max_task_retries", 0),
         "max_pending_calls": opts.get("max_pending_calls", -1),
+        **({"noev": True} if opts.get("enable_task_events") is False else {}),
     }
 
 
@@ -165,7 +168,13 @@ class ActorClass:
             "fid": hashlib.sha1(cls_bytes).digest(),
             "meta": meta,
         }
+        if "noev" in meta:  # enable_task_events=False: no events for the actor's tasks
+            spec["noev"] = True
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
+        events = cw.task_events
+        if events is not None:
+            parent = getattr(cw.task_context, "task_id", None)
+            events.append((spec, PENDING_ARGS_AVAIL, time.time(), None, parent))
         # Creation arguments stay pinned: a restart runs __init__ with them again.
         cw.refs.pin(r.binary() for r in [*dep_refs, *(blob.contained_refs if blob else ())])
         env = api.merged_env_vars(opts.get("runtime_env"))
@@ -282,6 +291,7 @@ class ActorMethod:
             "num_returns",
             "concurrency_group",
             "name",
+            "enable_task_events",
             "_generator_backpressure_num_objects",
         }
         if unknown:
@@ -293,6 +303,8 @@ class ActorMethod:
             m._mopts["cg"] = mopts["concurrency_group"]
         if "_generator_backpressure_num_objects" in mopts:
             m._mopts["bp"] = mopts["_generator_backpressure_num_objects"]
+        if "enable_task_events" in mopts:
+            m._mopts["noev"] = mopts["enable_task_events"] is False
         return m
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
@@ -315,10 +327,16 @@ class ActorMethod:
         }
         if self._mopts.get("cg"):
             spec["cg"] = self._mopts["cg"]
+        if self._mopts.get("noev", "noev" in h._meta):
+            spec["noev"] = True
         blob, dep_refs = pack_arguments(cw, spec["name"], args, kwargs, spec)
         cw.actors.reserve_call(h._actor_id, h._meta)
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
+        events = cw.task_events
+        if events is not None:
+            parent = getattr(cw.task_context, "task_id", None)
+            events.append((spec, PENDING_ARGS_AVAIL, time.time(), None, parent))
         if streaming:
             spec["bp"] = self._mopts.get("bp", 0)
             gen = cw.streams.create(task_id)

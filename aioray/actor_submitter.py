@@ -24,6 +24,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from aioray.exceptions import (
     PendingCallsLimitExceeded,
     TaskCancelledError,
 )
+from aioray.task_events import SUBMITTED_TO_WORKER
 from aioray.task_spec import TaskEntry
 from aioray.task_submitter import parse_returns
 
@@ -197,6 +199,9 @@ class ActorSubmitter:
                 return
             a.inflight[task.task_id] = task
             task.state = "running"
+            events = self.cw.task_events
+            if events is not None:
+                events.append((task.spec, SUBMITTED_TO_WORKER, time.time()))
             fut.add_done_callback(partial(self._on_reply, a, task))
 
     def _on_reply(self, a: _Actor, task: TaskEntry, fut: asyncio.Future[Any]) -> None:

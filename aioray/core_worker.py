@@ -39,6 +39,7 @@ from aioray import (
     rpc,
     serialization,
     store_client,
+    task_events,
 )
 from aioray._loop import result_interruptibly
 from aioray.actor_submitter import ActorSubmitter
@@ -134,6 +135,9 @@ class CoreWorker:
         self.closing = False
         self.log_to_driver = True
         self.logs = log_monitor.LogSync()
+        # Task state transitions, appended on the task path (None: events are off).
+        self.event_buffer = task_events.TaskEventBuffer(self)
+        self.task_events = self.event_buffer.events
 
     def __repr__(self) -> str:
         return (
@@ -185,9 +189,14 @@ class CoreWorker:
         self.raylet.on_close.append(self._raylet_lost)
         if self.mode == DRIVER and self.gcs_address is not None:
             gcs = await self.gcs_connection()
-            job = await gcs.call("register_job", {"pid": os.getpid(), "ns": self.namespace})
+            body = {"pid": os.getpid(), "ns": self.namespace, "ip": self.node_ip}
+            job = await gcs.call("register_job", body)
             self.job_id = job["job_id"]
             self.namespace = self.namespace or job["namespace"]
+            if "task_events_ms" in job:  # the cluster's setting wins
+                self.event_buffer.set_interval(job["task_events_ms"])
+                self.task_events = self.event_buffer.events
+        self.event_buffer.start()
         return dict(info)
 
     async def gcs_connection(self) -> rpc.Connection:
@@ -231,6 +240,7 @@ class CoreWorker:
 
     async def stop(self) -> None:
         self.closing = True
+        self.event_buffer.stop()
         self.submitter.shutdown()
         self._flush_frees()
         if self.server is not None:

@@ -6,12 +6,14 @@ import functools
 import hashlib
 import inspect
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioray import config, ids, options, placement_groups, serialization
 from aioray.object_ref import ObjectRef
 from aioray.streaming import STREAMING
+from aioray.task_events import PENDING_ARGS_AVAIL
 from aioray.task_spec import TaskEntry, split_args
 from aioray.util.scheduling_strategies import strategy_to_wire
 
@@ -105,8 +107,11 @@ class RemoteFunction:
         request = self._request  # the same options, call after call: computed once
         if not request or request[0] is not opts:
             resources = options.resource_request(opts)
-            request = self._request = (opts, resources, (tuple(sorted(resources.items())), ()))
+            key = (tuple(sorted(resources.items())), ())
+            request = self._request = (opts, resources, key, opts.get("enable_task_events"))
         resources = request[1]
+        if request[3] is False:  # .options(enable_task_events=False): the executor skips it too
+            spec["noev"] = True
         if (
             opts["scheduling_strategy"] is not None
             or "placement_group" in opts
@@ -118,6 +123,10 @@ class RemoteFunction:
                 spec["pg"] = placement
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
+        events = cw.task_events
+        if events is not None:
+            parent = getattr(cw.task_context, "task_id", None)
+            events.append((spec, PENDING_ARGS_AVAIL, time.time(), resources, parent))
         sched_key: tuple[Any, ...] = request[2]  # (resources, runtime env), shared
         if resources is not request[1] or env:
             sched_key = (

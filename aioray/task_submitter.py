@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,7 @@ from aioray.exceptions import (
 from aioray.memory_store import StoredObject
 from aioray.raylet_clients import RayletClients, lease_body
 from aioray.streaming import STREAMING
+from aioray.task_events import OWNER_END, PENDING_NODE_ASSIGNMENT, SUBMITTED_TO_WORKER
 from aioray.task_spec import DEP_INLINE, DEP_OWNER, DEP_SHM, RET_INLINE, TaskEntry
 
 if TYPE_CHECKING:
@@ -223,6 +225,8 @@ class TaskSubmitter:
 
     def _requeue(self, task: TaskEntry) -> None:
         """Run the task again: a new worker borrows the refs inside its arguments anew."""
+        # A new attempt: a new spec, as the events recorded for the last one hold the old.
+        task.spec = {**task.spec, "at": task.spec.get("at", 0) + 1}
         lent = task.spec.get("cr")
         if lent:
             self.cw.borrowing.lend(lent, lambda: self._enqueue(task))
@@ -238,6 +242,9 @@ class TaskSubmitter:
                 task.sched_key, task.resources, env, task.spec.get("ss")
             )
         task.state = "queued"
+        events = self.cw.task_events
+        if events is not None:
+            events.append((task.spec, PENDING_NODE_ASSIGNMENT, time.time()))
         queue = cls.queue
         queue.append(task)
         backlog = BACKLOG_PER_LEASE * max(1, len(cls.leases))
@@ -346,6 +353,9 @@ class TaskSubmitter:
             spec = {**spec, "gpu": lease.gpus}
         task.state = "running"
         task.lease = lease
+        events = self.cw.task_events
+        if events is not None:
+            events.append((task.spec, SUBMITTED_TO_WORKER, time.time()))
         lease.inflight += 1
         lease.unknown += not tiny
         try:
@@ -422,6 +432,10 @@ class TaskSubmitter:
             if task.attempts_left > 0:
                 task.attempts_left -= 1
             why = "was killed for lack of memory" if oom else "died"
+            events = self.cw.task_events
+            if events is not None:  # this attempt failed; the next one has its own events
+                err = OutOfMemoryError(oom) if oom else WorkerCrashedError()
+                events.append((task.spec, OWNER_END, time.time(), err))
             logger.info("retrying %r after its worker %s", task, why)
             self._requeue(task)
         elif oom:
@@ -451,11 +465,19 @@ class TaskSubmitter:
         so = serialization.serialize(exc, is_error=True)
         obj = StoredObject(so.data, so.buffers, is_error=True)
         # A stream has no return ids: its error becomes its last item.
-        self.finish(task, [obj] * max(1, len(task.return_ids)))
+        self.finish(task, [obj] * max(1, len(task.return_ids)), exc)
 
-    def finish(self, task: TaskEntry, objs: list[StoredObject]) -> None:
-        """Store the task's return values and release what it pinned."""
+    def finish(
+        self, task: TaskEntry, objs: list[StoredObject], exc: BaseException | None = None
+    ) -> None:
+        """Store the task's return values and release what it pinned.
+
+        ``exc``: the failure stored as its values, if it failed here (not in its code)."""
         task.state = "finished"
+        events = self.cw.task_events
+        if events is not None:
+            failed = exc if exc is not None else bool(objs) and objs[0].is_error
+            events.append((task.spec, OWNER_END, time.time(), failed))
         self.tasks.pop(task.task_id, None)
         if task.spec.get("nret") == STREAMING:
             self.cw.streams.task_done(task.task_id, objs)

@@ -24,9 +24,10 @@ from aioray.daemons.gcs.cluster_view import ClusterViewPublisher
 from aioray.daemons.gcs.node_health import NodeHealth
 from aioray.daemons.gcs.placement_groups import PlacementGroupManager
 from aioray.daemons.gcs.recovery import Persistence, kv_key
+from aioray.daemons.gcs.state_service import StateService
 from aioray.daemons.gcs.store import GcsStore
 
-from aioray import rpc
+from aioray import config, rpc
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,10 @@ class GcsServer:
         self.placement_groups.listeners.append(
             lambda rec: self.store.put("placement_groups", rec["id"], rec)
         )
+        self.state = StateService(self)  # task events and the State API
         handlers = {
             **rpc.handlers_of(self),
+            **self.state.handlers(),
             **self.actors.handlers(),
             **self.placement_groups.handlers(),
         }
@@ -121,6 +124,7 @@ class GcsServer:
             # Ray's NodeDeathInfo.Reason: 1 EXPECTED_TERMINATION, 2 UNEXPECTED_TERMINATION.
             node["DeathReason"] = 1 if expected else 2
             node["DeathReasonMessage"] = why
+            node["EndTime"] = time.time()
             self.raylets.pop(node_id, None)
             self.health.forget(node_id)
             logger.warning("node %s is dead (%s)", node_id.hex()[:8], why)
@@ -172,7 +176,12 @@ class GcsServer:
         conn.state["job_id"] = job.to_bytes(4, "little")  # its placement groups die with it
         info = {"pid": body.get("pid", 0), "namespace": namespace, "start": time.time()}
         self.persistence.job_registered(conn.state["job_id"], info)
-        return {"job_id": conn.state["job_id"], "namespace": namespace}
+        self.state.job_started(conn.state["job_id"], conn, {**info, "ip": body.get("ip", "")})
+        return {
+            "job_id": conn.state["job_id"],
+            "namespace": namespace,
+            "task_events_ms": config.TASK_EVENTS_REPORT_INTERVAL_MS,
+        }
 
     # -- internal key-value store -----------------------------------------------------------
     def handle_kv_put(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:

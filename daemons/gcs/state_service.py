@@ -1,0 +1,215 @@
+"""The GCS's State API handlers: its tables as Ray's state rows, filtered before the limit.
+
+``state_list [resource, filters, limit, detail]`` answers for tasks (the task table,
+``task_events.py``), actors, nodes, jobs and placement groups; ``state_get_task`` and
+``state_summary`` too. Filters are applied here, at the source, to every row, and the
+answer says how many rows there were, how many matched and how many came back, so a
+client can tell a truncated answer from a complete one. Workers and objects live on
+the raylets; the client asks them (aioray/util/state/query.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from aioray.daemons.gcs.task_events import TaskTable
+
+from aioray import config, rpc
+from aioray.util.state import schema
+
+if TYPE_CHECKING:
+    from aioray.daemons.gcs.actor_manager import ActorRecord
+    from aioray.daemons.gcs.server import GcsServer
+
+
+def _hex(b: Any) -> str | None:
+    return b.hex() if isinstance(b, (bytes, bytearray)) and b else None
+
+
+def _ms(t: float | None) -> int | None:
+    return int(t * 1000) if t else None
+
+
+def actor_row(rec: ActorRecord) -> dict[str, Any]:
+    """Ray's ActorState of one actor record."""
+    state = rec.state
+    if state == "DEAD" and rec.death:
+        cause: dict[str, Any] | None = {"error_message": rec.death}
+    else:
+        cause = None
+    pg = rec.spec.get("pg")
+    return {
+        "actor_id": rec.aid.hex(),
+        "class_name": rec.meta.get("cls", ""),
+        "state": state,
+        "job_id": _hex(rec.spec.get("job")),
+        "name": rec.name or "",
+        "node_id": _hex(rec.node_id),
+        "pid": rec.pid or None,
+        "ray_namespace": rec.namespace,
+        "serialized_runtime_env": None,
+        "required_resources": rec.hold,
+        "death_cause": cause,
+        "is_detached": rec.detached,
+        "placement_group_id": _hex(pg[0]) if pg else None,
+        "repr_name": "",
+        "num_restarts": rec.num_restarts,
+        "num_restarts_due_to_lineage_reconstruction": 0,
+    }
+
+
+def node_row(node: dict[str, Any]) -> dict[str, Any]:
+    alive = node["Alive"]
+    return {
+        "node_id": node["NodeID"],
+        "node_ip": node["NodeManagerAddress"],
+        "is_head_node": bool(node.get("IsHead")),
+        "state": "ALIVE" if alive else "DEAD",
+        "state_message": None if alive else node.get("DeathReasonMessage"),
+        "node_name": node.get("NodeName", ""),
+        "resources_total": node.get("Resources", {}),
+        "labels": node.get("Labels", {}),
+        "start_time_ms": _ms(node.get("StartTime")),
+        "end_time_ms": _ms(node.get("EndTime")),
+    }
+
+
+def placement_group_row(rec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "placement_group_id": rec["id"].hex(),
+        "name": rec.get("name", ""),
+        "creator_job_id": _hex(rec.get("job")),
+        "state": rec["state"],
+        "bundles": [
+            {
+                "bundle_id": {"placement_group_id": rec["id"].hex(), "bundle_index": i},
+                "unit_resources": b,
+                "node_id": _hex(n),
+            }
+            for i, (b, n) in enumerate(zip(rec["bundles"], rec["nodes"], strict=False))
+        ],
+        "is_detached": rec.get("detached", False),
+        "stats": {"scheduling_state": rec["state"], "strategy": rec.get("strategy")},
+    }
+
+
+def job_row(job_id: bytes, info: dict[str, Any]) -> dict[str, Any]:
+    ended = info.get("end")
+    return {
+        "job_id": job_id.hex(),
+        "submission_id": None,
+        "entrypoint": info.get("entrypoint", ""),
+        "type": "DRIVER",
+        "status": "SUCCEEDED" if ended else "RUNNING",
+        "message": None,
+        "error_type": None,
+        "driver_info": {
+            "id": job_id.hex(),
+            "node_ip_address": info.get("ip", ""),
+            "pid": str(info.get("pid", "")),
+        },
+        "start_time": _ms(info.get("start")),
+        "end_time": _ms(ended),
+        "metadata": {},
+        "runtime_env": {},
+    }
+
+
+class StateService:
+    """The State API over the GCS's tables (one per GCS)."""
+
+    def __init__(self, gcs: GcsServer) -> None:
+        self.gcs = gcs
+        self.tasks = TaskTable(config.TASK_EVENTS_MAX_NUM_TASK_IN_GCS)
+        self.jobs: collections.OrderedDict[bytes, dict[str, Any]] = collections.OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"<StateService {self.tasks!r} jobs={len(self.jobs)}>"
+
+    def handlers(self) -> dict[str, rpc.Handler]:
+        return {
+            "add_task_events": self.handle_add_task_events,
+            "state_list": self.handle_state_list,
+            "state_get_task": self.handle_state_get_task,
+            "state_summary": self.handle_state_summary,
+        }
+
+    def job_started(self, job_id: bytes, conn: rpc.Connection, info: dict[str, Any]) -> None:
+        self.jobs[job_id] = info
+        conn.on_close.append(lambda _: info.setdefault("end", time.time()))
+
+    def handle_add_task_events(self, conn: rpc.Connection, batch: dict[str, Any], _: Any) -> None:
+        self.tasks.add_batch(batch)
+
+    def _rows(self, resource: str) -> Iterable[dict[str, Any]]:
+        gcs = self.gcs
+        if resource == "actors":
+            return (actor_row(r) for r in gcs.actors.actors.values())
+        if resource == "nodes":
+            return (node_row(n) for n in gcs.nodes.values())
+        if resource == "placement_groups":
+            return (placement_group_row(r) for r in gcs.placement_groups.groups.values())
+        if resource == "jobs":
+            return (job_row(j, info) for j, info in self.jobs.items())
+        raise ValueError(f"the GCS does not hold {resource}; ask the raylets")
+
+    def handle_state_list(self, conn: rpc.Connection, body: list[Any], _: Any) -> dict[str, Any]:
+        resource, filters, limit, detail = body
+        resource = schema.check_resource(resource)
+        checked = schema.check_query(resource, [tuple(f) for f in filters], limit)
+        if resource == "tasks":
+            return self.tasks.list(checked, limit, detail)
+        return filter_rows(self._rows(resource), resource, checked, limit, detail)
+
+    def handle_state_get_task(self, conn: rpc.Connection, task_id: str, _: Any) -> Any:
+        return {"result": self.tasks.get(task_id), **self.tasks.stats()}
+
+    def handle_state_summary(self, conn: rpc.Connection, resource: str, _: Any) -> Any:
+        if resource == "tasks":
+            return self.tasks.summary()
+        if resource == "actors":
+            return actor_summary(actor_row(r) for r in self.gcs.actors.actors.values())
+        raise ValueError(f"no summary of {resource!r} at the GCS")
+
+
+def filter_rows(
+    rows: Iterable[dict[str, Any]],
+    resource: str,
+    filters: list[schema.Filter],
+    limit: int,
+    detail: bool,
+    match: Callable[[Any], bool] | None = None,
+) -> dict[str, Any]:
+    """Ray's list response over ``rows``: every row filtered, then the first ``limit``."""
+    match = match or schema.matcher(filters)
+    total = matched = 0
+    result = []
+    for row in rows:
+        total += 1
+        if match(row):
+            matched += 1
+            if matched <= limit:
+                result.append(schema.project(row, resource, detail))
+    return {
+        "total": total,
+        "num_after_truncation": total,
+        "num_filtered": matched,
+        "result": result,
+    }
+
+
+def actor_summary(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Ray's ActorSummaries: state counts per class."""
+    summary: dict[str, Any] = {}
+    total = 0
+    for row in rows:
+        total += 1
+        entry = summary.setdefault(
+            row["class_name"], {"class_name": row["class_name"], "state_counts": {}}
+        )
+        counts = entry["state_counts"]
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return {"summary": summary, "total_actors": total, "summary_by": "class"}

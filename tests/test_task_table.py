@@ -1,0 +1,130 @@
+"""Unit tests of the GCS task table (daemons/gcs/task_events.py) and the State API's
+filters (aioray/util/state/schema.py): pure logic, no cluster, no loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aioray.daemons.gcs.task_events import TaskTable
+
+from aioray import task_events as te
+from aioray.util.state import schema
+
+OWNER = ("", "", None)
+EXECUTOR = ("aa" * 16, "bb" * 16, 4242)
+
+
+def info(name: str = "f", kind: str = "NORMAL_TASK") -> list[Any]:
+    return [name, kind, b"\x01\0\0\0", b"", b"", {"CPU": 1.0}, b""]
+
+
+def test_owner_and_executor_rows_merge_in_any_order() -> None:
+    table = TaskTable(100)
+    tid = b"\x07" * 16
+    # The executor's rows arrive before the owner's (different connections).
+    table.add([tid, 0, te.EXEC + te.RUNNING, 2.0, info()], EXECUTOR)
+    table.add([tid, 0, te.EXEC + te.FINISHED, 3.0, None], EXECUTOR)
+    table.add([tid, 0, te.PENDING_ARGS_AVAIL, 1.0, info()], OWNER)
+    rec = table.add([tid, 0, te.SUBMITTED_TO_WORKER, 1.5, None], OWNER)
+    assert rec.state == "FINISHED"  # the furthest state reported, not the last row
+    row = rec.row(detail=True)
+    assert row["node_id"] == "aa" * 16 and row["worker_pid"] == 4242
+    assert row["job_id"] == "01000000" and row["required_resources"] == {"CPU": 1.0}
+    assert [e["state"] for e in row["events"]] == [
+        "PENDING_ARGS_AVAIL",
+        "SUBMITTED_TO_WORKER",
+        "RUNNING",
+        "FINISHED",
+    ]
+    assert (row["creation_time_ms"], row["start_time_ms"], row["end_time_ms"]) == (
+        1000,
+        2000,
+        3000,
+    )
+    table.add([tid, 0, te.FINISHED, 3.1, None], OWNER)
+    assert table.summary()["summary"]["f"]["state_counts"] == {"FINISHED": 1}
+
+
+def test_attempts_are_separate_and_failure_keeps_its_error() -> None:
+    table = TaskTable(100)
+    tid = b"\x08" * 16
+    table.add([tid, 0, te.PENDING_ARGS_AVAIL, 1.0, info()], OWNER)
+    table.add([tid, 0, te.FAILED, 2.0, ["WORKER_DIED", "WorkerCrashedError: ..."]], OWNER)
+    table.add([tid, 1, te.PENDING_NODE_ASSIGNMENT, 2.1, None], OWNER)
+    table.add([tid, 1, te.EXEC + te.RUNNING, 2.2, info()], EXECUTOR)
+    first, second = table.get(tid.hex())
+    assert (first["state"], first["error_type"]) == ("FAILED", "WORKER_DIED")
+    assert (second["attempt_number"], second["state"]) == (1, "RUNNING")
+    counts = table.summary()
+    assert counts["summary"]["f"]["state_counts"] == {"FAILED": 1, "RUNNING": 1}
+    assert counts["total_tasks"] == 2
+
+
+def test_oldest_records_are_evicted_and_counted() -> None:
+    table = TaskTable(3)
+    for i in range(5):
+        table.add_batch(
+            {"rows": [[bytes([i]) * 16, 0, te.PENDING_ARGS_AVAIL, float(i), info()]], "dropped": 2}
+        )
+    assert len(table.records) == 3
+    assert table.evicted == 2 and table.dropped == 10
+    ids = [r["task_id"] for r in table.list([], 10, False)["result"]]
+    assert ids == [bytes([i]).hex() * 16 for i in (4, 3, 2)]  # newest first
+    answer = table.summary()
+    assert answer["num_tasks_evicted"] == 2
+    assert answer["num_status_task_events_dropped"] == 10
+    assert answer["summary"]["f"]["state_counts"] == {"PENDING_ARGS_AVAIL": 3}
+
+
+def test_filters_apply_before_the_limit() -> None:
+    table = TaskTable(10_000)
+    for i in range(1000):
+        tid = i.to_bytes(16, "little")
+        table.add([tid, 0, te.PENDING_ARGS_AVAIL, 1.0, info()], OWNER)
+        code = te.EXEC + (te.RUNNING if i in (3, 500) else te.FINISHED)
+        table.add([tid, 0, code, 2.0, None], EXECUTOR)
+    filters = schema.check_query("tasks", [("state", "=", "running")], 1)
+    answer = table.list(filters, 1, False)
+    assert (answer["total"], answer["num_filtered"], len(answer["result"])) == (1000, 2, 1)
+    filters = schema.check_query("tasks", [("state", "!=", "FINISHED")], 10)
+    assert {r["task_id"] for r in table.list(filters, 10, False)["result"]} == {
+        (3).to_bytes(16, "little").hex(),
+        (500).to_bytes(16, "little").hex(),
+    }
+
+
+def test_bad_queries_name_the_valid_choices() -> None:
+    with pytest.raises(ValueError, match="Supported filter columns: task_id"):
+        schema.check_query("tasks", [("colour", "=", "x")], 10)
+    with pytest.raises(ValueError, match="Available predicates: =, !="):
+        schema.check_query("tasks", [("state", ">", "x")], 10)
+    with pytest.raises(ValueError, match="between 1 and 10000"):
+        schema.check_query("tasks", [], 10_001)
+    with pytest.raises(ValueError, match="Valid choices: tasks, actors"):
+        schema.check_resource("taks")
+    with pytest.raises(ValueError, match="not supported for tasks"):
+        schema.check_query("tasks", [("required_resources", "=", "x")], 10)  # not filterable
+    assert schema.check_resource("placement-groups") == "placement_groups"
+    assert schema.parse_filter("state!=RUNNING") == ("state", "!=", "RUNNING")
+    assert schema.parse_filter("name=a=b") == ("name", "=", "a=b")
+    with pytest.raises(ValueError, match="key=value"):
+        schema.parse_filter("state")
+
+
+def test_rows_of_the_process_buffer() -> None:
+    spec = {"tid": b"\x01" * 16, "name": "g", "job": b"\x02\0\0\0", "at": 1}
+    assert te.to_row((spec, te.PENDING_ARGS_AVAIL, 1.0, {"CPU": 1.0}, b"\x03" * 16)) == [
+        spec["tid"],
+        1,
+        te.PENDING_ARGS_AVAIL,
+        1.0,
+        ["g", "NORMAL_TASK", b"\x02\0\0\0", b"", b"\x03" * 16, {"CPU": 1.0}, b""],
+    ]
+    crashed = te.to_row((spec, te.OWNER_END, 2.0, RuntimeError("x")))
+    assert crashed is not None and crashed[2] == te.FAILED
+    assert crashed[4] == ["RuntimeError", "RuntimeError: x"]
+    assert te.to_row((spec, te.OWNER_END, 2.0, False))[2] == te.FINISHED  # type: ignore[index]
+    error_reply = {"r": [[0, 0, True]], "x": True}
+    assert te.to_row((spec, te.EXEC_END, 2.0, error_reply))[2] == te.EXEC + te.FAILED  # type: ignore[index]
+    assert te.to_row(({**spec, "noev": True}, te.PENDING_NODE_ASSIGNMENT, 1.0)) is None
