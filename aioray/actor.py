@@ -24,7 +24,7 @@ from aioray import config, ids, options, placement_groups, serialization
 from aioray.object_ref import ObjectRef
 from aioray.remote_function import _api, pack_arguments
 from aioray.streaming import STREAMING
-from aioray.task_events import PENDING_ARGS_AVAIL
+from aioray.task_events import ACTOR_CREATION_TASK, ACTOR_TASK, PENDING_ARGS_AVAIL
 from aioray.task_spec import TaskEntry
 from aioray.util.scheduling_strategies import strategy_to_wire
 
@@ -172,9 +172,13 @@ class ActorClass:
             spec["noev"] = True
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
         events = cw.task_events
-        if events is not None:
+        if events is not None and "noev" not in spec:
             parent = getattr(cw.task_context, "task_id", None)
-            events.append((spec, PENDING_ARGS_AVAIL, time.time(), None, parent))
+            pg = spec["pg"][0] if "pg" in spec else None
+            events.append(
+                (spec["tid"], 0, PENDING_ARGS_AVAIL, time.time(), spec["name"],
+                 ACTOR_CREATION_TASK, cw.job_id, actor_id, parent, None, pg)
+            )  # fmt: skip
         # Creation arguments stay pinned: a restart runs __init__ with them again.
         cw.refs.pin(r.binary() for r in [*dep_refs, *(blob.contained_refs if blob else ())])
         env = api.merged_env_vars(opts.get("runtime_env"))
@@ -334,9 +338,12 @@ class ActorMethod:
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
         events = cw.task_events
-        if events is not None:
+        if events is not None and "noev" not in spec:
             parent = getattr(cw.task_context, "task_id", None)
-            events.append((spec, PENDING_ARGS_AVAIL, time.time(), None, parent))
+            events.append(
+                (task_id, 0, PENDING_ARGS_AVAIL, time.time(), spec["name"], ACTOR_TASK,
+                 cw.job_id, h._actor_id, parent, None, None)
+            )  # fmt: skip
         if streaming:
             spec["bp"] = self._mopts.get("bp", 0)
             gen = cw.streams.create(task_id)

@@ -200,8 +200,9 @@ class ActorSubmitter:
             a.inflight[task.task_id] = task
             task.state = "running"
             events = self.cw.task_events
-            if events is not None:
-                events.append((task.spec, SUBMITTED_TO_WORKER, time.time()))
+            if events is not None and "noev" not in task.spec:
+                spec = task.spec
+                events.append((spec["tid"], spec.get("at", 0), SUBMITTED_TO_WORKER, time.time()))
             fut.add_done_callback(partial(self._on_reply, a, task))
 
     def _on_reply(self, a: _Actor, task: TaskEntry, fut: asyncio.Future[Any]) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aioray import config, ids, options, placement_groups, serialization
 from aioray.object_ref import ObjectRef
 from aioray.streaming import STREAMING
-from aioray.task_events import PENDING_ARGS_AVAIL
+from aioray.task_events import NORMAL_TASK, PENDING_ARGS_AVAIL
 from aioray.task_spec import TaskEntry, split_args
 from aioray.util.scheduling_strategies import strategy_to_wire
 
@@ -124,9 +124,13 @@ class RemoteFunction:
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
         events = cw.task_events
-        if events is not None:
+        if events is not None and request[3] is not False:
             parent = getattr(cw.task_context, "task_id", None)
-            events.append((spec, PENDING_ARGS_AVAIL, time.time(), resources, parent))
+            pg = spec["pg"][0] if "pg" in spec else None
+            events.append(
+                (task_id, 0, PENDING_ARGS_AVAIL, time.time(), self._name, NORMAL_TASK,
+                 cw.job_id, None, parent, resources, pg)
+            )  # fmt: skip
         sched_key: tuple[Any, ...] = request[2]  # (resources, runtime env), shared
         if resources is not request[1] or env:
             sched_key = (

@@ -1,17 +1,20 @@
 """Task events, process side: state transitions recorded cheaply, sent to the GCS in batches.
 
 Owners (where a task is submitted) and executors (where it runs) record each
-transition as one tuple appended to a deque (``CoreWorker.task_events``; ``None``
-when events are off): ``(spec, code, time)`` plus, for some codes, one extra
-value. Nothing else happens on the task path. Every ``task_events_report_interval_ms``
-the loop drains the deque, turns the tuples into compact rows and sends them to the
-GCS in one notification (``add_task_events``), with the count of events dropped
-because the buffer was full (it holds at most ``task_events_max_buffer_size``).
+transition as one tuple of plain values appended to a deque
+(``CoreWorker.task_events``; ``None`` when events are off). Nothing else happens on
+the task path: no dict, no lock, no object per event. Every
+``task_events_report_interval_ms`` the loop swaps in a fresh deque and sends the one
+swapped out an interval earlier (so a thread that read the old deque just before the
+swap has long since appended to it) as one msgpack blob, packed in C, in a single
+notification (``add_task_events``) with the count of events dropped because the
+buffer held ``task_events_max_buffer_size`` already. The GCS unpacks and merges
+blobs only when asked (daemons/gcs/task_events.py).
 
-A row is ``[task_id, attempt, code, time_s, extra]``: codes below EXEC are the
+A row is ``(task_id, attempt, code, time_s, *extra)``. Codes below EXEC are the
 owner's, EXEC + state the executor's (the GCS adds the executor's node, worker id
-and pid, sent once per batch). ``extra`` is the task's description on the first
-row of each side (INFO), or the error type and message of a failure.
+and pid, sent once per batch). The owner's first row (PENDING_ARGS_AVAIL) adds the
+task's description (INFO_FIELDS); a FAILED row adds the error type and message.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ import asyncio
 import collections
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
+
+import msgpack
 
 from aioray.config import TASK_EVENTS_MAX_BUFFER_SIZE, TASK_EVENTS_REPORT_INTERVAL_MS
 
@@ -44,10 +50,7 @@ STATE_NAMES = (
     "FINISHED",
     "FAILED",
 )
-EXEC = 10  # executor's codes: EXEC + RUNNING, and EXEC_END / EXEC_ERROR below
-OWNER_END = 20  # the owner stored the task's results: extra = the exception, or is_error
-EXEC_END = 21  # the executor answered: extra = the reply body
-EXEC_ERROR = 22  # the task raised: extra = the traceback text
+EXEC = 10  # the executor's codes are EXEC + state
 
 # Ray's ErrorType names for the exceptions an owner stores as a task's failure.
 ERROR_TYPES = {
@@ -66,58 +69,31 @@ ERROR_TYPES = {
 }
 
 
-def task_type(spec: dict[str, Any]) -> str:
-    if spec.get("create"):
-        return "ACTOR_CREATION_TASK"
-    return "ACTOR_TASK" if "aid" in spec else "NORMAL_TASK"
+# What a PENDING_ARGS_AVAIL row carries after its first four values.
+INFO_FIELDS = ("name", "type", "job", "actor", "parent", "resources", "pg")
+NORMAL_TASK, ACTOR_TASK, ACTOR_CREATION_TASK = "NORMAL_TASK", "ACTOR_TASK", "ACTOR_CREATION_TASK"
 
 
-def info_of(spec: dict[str, Any], resources: Any = None, parent: bytes | None = None) -> list[Any]:
-    """[name, type, job id, actor id, parent task id, resources, placement group id]."""
-    pg = spec.get("pg")
-    return [
-        spec.get("name") or "",
-        task_type(spec),
-        spec.get("job") or b"",
-        spec.get("aid") or b"",
-        parent or b"",
-        resources or None,
-        pg[0] if pg else b"",
-    ]
+def error_of(err: BaseException) -> tuple[str, str]:
+    """(Ray's ErrorType name, message) of an exception stored as a task's failure."""
+    name = type(err).__name__
+    return ERROR_TYPES.get(name, name), f"{name}: {err}"
 
 
-def _reply_failed(body: dict[str, Any]) -> bool:
+def reply_failed(body: dict[str, Any]) -> bool:
+    """Whether a push reply carries an error as the task's result."""
     if body.get("x") or body.get("error"):
         return True
     rets: list[Any] = body.get("r") or []
     return bool(rets) and rets[0][0] == 0 and rets[0][2] is True  # RET_INLINE, is_error
 
 
-def to_row(ev: tuple[Any, ...]) -> list[Any] | None:
-    """The wire row of one recorded event (None: the task opted out of events)."""
-    spec = ev[0]
-    if "noev" in spec:
-        return None
-    code = ev[1]
-    extra: Any = None
-    if code == PENDING_ARGS_AVAIL:
-        extra = info_of(spec, ev[3], ev[4])
-    elif code == EXEC + RUNNING:
-        extra = info_of(spec)
-    elif code == OWNER_END:
-        err = ev[3]
-        if isinstance(err, BaseException):
-            code = FAILED
-            name = type(err).__name__
-            extra = [ERROR_TYPES.get(name, name), f"{name}: {err}"]
-        else:
-            code = FAILED if err else FINISHED
-    elif code == EXEC_END:
-        code = EXEC + (FAILED if _reply_failed(ev[3]) else FINISHED)
-    elif code == EXEC_ERROR:
-        code = EXEC + FAILED
-        extra = ["TASK_EXECUTION_EXCEPTION", ev[3]]
-    return [spec["tid"], spec.get("at", 0), code, ev[2], extra]
+def record_end(cw: Any, spec: dict[str, Any], body: dict[str, Any]) -> None:
+    """(executor) The task's reply is ready: FINISHED, or FAILED if it carries an error."""
+    events = cw.task_events
+    if events is not None and "noev" not in spec:
+        code = EXEC + (FAILED if reply_failed(body) else FINISHED)
+        events.append((spec["tid"], spec.get("at", 0), code, time.time()))
 
 
 class TaskEventBuffer:
@@ -132,6 +108,7 @@ class TaskEventBuffer:
         self.events: collections.deque[tuple[Any, ...]] | None = (
             collections.deque() if self.interval_s > 0 else None
         )
+        self._previous: collections.deque[tuple[Any, ...]] = collections.deque()
         self.dropped = 0  # since the last batch that reached the GCS
         self.sent = 0
         self._task: asyncio.Task[None] | None = None
@@ -158,57 +135,58 @@ class TaskEventBuffer:
             self._task.cancel()
             self._task = None
         gcs = self.cw.gcs
-        if self.events and gcs is not None and not gcs.is_closed:
-            self._send(gcs)
+        if gcs is not None and not gcs.is_closed:
+            ready = self._swap()
+            ready.extend(self._swap())  # both buffers: no thread records any more
+            self._send(gcs, ready)
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            if not self.events and not self.dropped:
+            ready = self._swap()
+            if not ready and not self.dropped:
                 continue
             try:
                 gcs = await self.cw.gcs_connection()
             except (ConnectionError, OSError) as e:
                 logger.debug("task events wait: no GCS connection (%s)", e)
-                self._trim()
+                self._previous.extendleft(reversed(ready))  # try again next time
+                self._trim(self._previous)
                 continue
-            self._send(gcs)
+            self._send(gcs, ready)
 
-    def _trim(self) -> None:
-        events = self.events
-        if events is not None and len(events) > self.capacity:
-            excess = len(events) - self.capacity
+    def _swap(self) -> collections.deque[tuple[Any, ...]]:
+        """Start a fresh deque; return the one swapped out the time before."""
+        fresh: collections.deque[tuple[Any, ...]] = collections.deque()
+        ready = self._previous
+        self._previous = self.events if self.events is not None else collections.deque()
+        self.events = self.cw.task_events = fresh
+        return self._trim(ready)
+
+    def _trim(self, events: collections.deque[tuple[Any, ...]]) -> collections.deque[Any]:
+        excess = len(events) - self.capacity
+        if excess > 0:  # the oldest go, counted
             for _ in range(excess):
                 events.popleft()
             self.dropped += excess
+        return events
 
-    def take_rows(self) -> list[list[Any]]:
-        """Drain the buffer (oldest events dropped past its capacity) into wire rows."""
-        self._trim()
-        events = self.events
-        if not events:
-            return []
-        rows = []
-        popleft = events.popleft
-        for _ in range(len(events)):  # (other threads may append meanwhile)
-            row = to_row(popleft())
-            if row is not None:
-                rows.append(row)
-        return rows
-
-    def _send(self, gcs: Any) -> None:
-        rows = self.take_rows()
+    def _send(self, gcs: Any, events: collections.deque[tuple[Any, ...]]) -> None:
         cw = self.cw
-        batch = {
-            "rows": rows,
+        rows = list(events)
+        header = {
+            "n": len(rows),
+            "new": sum(1 for r in rows if r[2] == PENDING_ARGS_AVAIL),
             "dropped": self.dropped,
             "node": cw.node_id,
             "worker": cw.worker_id,
             "pid": os.getpid(),
         }
         try:
-            gcs.notify("add_task_events", batch)
-        except ConnectionError:
+            blob = msgpack.packb(rows, use_bin_type=True)
+            gcs.notify("add_task_events", header, [blob])
+        except (ConnectionError, TypeError, ValueError) as e:
+            logger.warning("dropped %d task events: %s", len(rows), e)
             self.dropped += len(rows)
             return
         self.sent += len(rows)

@@ -49,7 +49,13 @@ from aioray.exceptions import (
 from aioray.memory_store import StoredObject
 from aioray.raylet_clients import RayletClients, lease_body
 from aioray.streaming import STREAMING
-from aioray.task_events import OWNER_END, PENDING_NODE_ASSIGNMENT, SUBMITTED_TO_WORKER
+from aioray.task_events import (
+    FAILED,
+    FINISHED,
+    PENDING_NODE_ASSIGNMENT,
+    SUBMITTED_TO_WORKER,
+    error_of,
+)
 from aioray.task_spec import DEP_INLINE, DEP_OWNER, DEP_SHM, RET_INLINE, TaskEntry
 
 if TYPE_CHECKING:
@@ -60,6 +66,8 @@ logger = logging.getLogger("aioray")
 # Queued tasks per lease that make a backlog: only then may tiny tasks queue on a busy
 # worker (below it, a few tasks are spread over leases instead).
 BACKLOG_PER_LEASE = 4
+# A task whose result is an error it raised: the executor's row has the message.
+APP_ERROR = ("TASK_EXECUTION_EXCEPTION", "")
 
 
 def parse_returns(body: dict[str, Any], bufs: list[Any]) -> list[StoredObject]:
@@ -243,8 +251,9 @@ class TaskSubmitter:
             )
         task.state = "queued"
         events = self.cw.task_events
-        if events is not None:
-            events.append((task.spec, PENDING_NODE_ASSIGNMENT, time.time()))
+        if events is not None and "noev" not in task.spec:
+            spec = task.spec
+            events.append((spec["tid"], spec.get("at", 0), PENDING_NODE_ASSIGNMENT, time.time()))
         queue = cls.queue
         queue.append(task)
         backlog = BACKLOG_PER_LEASE * max(1, len(cls.leases))
@@ -354,8 +363,8 @@ class TaskSubmitter:
         task.state = "running"
         task.lease = lease
         events = self.cw.task_events
-        if events is not None:
-            events.append((task.spec, SUBMITTED_TO_WORKER, time.time()))
+        if events is not None and "noev" not in spec:
+            events.append((spec["tid"], spec.get("at", 0), SUBMITTED_TO_WORKER, time.time()))
         lease.inflight += 1
         lease.unknown += not tiny
         try:
@@ -433,9 +442,10 @@ class TaskSubmitter:
                 task.attempts_left -= 1
             why = "was killed for lack of memory" if oom else "died"
             events = self.cw.task_events
-            if events is not None:  # this attempt failed; the next one has its own events
-                err = OutOfMemoryError(oom) if oom else WorkerCrashedError()
-                events.append((task.spec, OWNER_END, time.time(), err))
+            if events is not None and "noev" not in task.spec:  # this attempt failed
+                err = error_of(OutOfMemoryError(oom) if oom else WorkerCrashedError())
+                spec = task.spec
+                events.append((spec["tid"], spec.get("at", 0), FAILED, time.time(), *err))
             logger.info("retrying %r after its worker %s", task, why)
             self._requeue(task)
         elif oom:
@@ -475,9 +485,16 @@ class TaskSubmitter:
         ``exc``: the failure stored as its values, if it failed here (not in its code)."""
         task.state = "finished"
         events = self.cw.task_events
-        if events is not None:
-            failed = exc if exc is not None else bool(objs) and objs[0].is_error
-            events.append((task.spec, OWNER_END, time.time(), failed))
+        if events is not None and "noev" not in task.spec:
+            spec = task.spec
+            row: tuple[Any, ...]
+            if exc is not None:
+                row = (spec["tid"], spec.get("at", 0), FAILED, time.time(), *error_of(exc))
+            elif objs and objs[0].is_error:  # raised in the task (the executor says how)
+                row = (spec["tid"], spec.get("at", 0), FAILED, time.time(), *APP_ERROR)
+            else:
+                row = (spec["tid"], spec.get("at", 0), FINISHED, time.time())
+            events.append(row)
         self.tasks.pop(task.task_id, None)
         if task.spec.get("nret") == STREAMING:
             self.cw.streams.task_done(task.task_id, objs)

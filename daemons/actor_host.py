@@ -30,7 +30,7 @@ from aioray.actor import ActorExit
 from aioray.exceptions import TaskCancelledError
 from aioray.protocol import Buffer
 from aioray.streaming import STREAMING
-from aioray.task_events import EXEC, EXEC_END, RUNNING
+from aioray.task_events import EXEC, RUNNING, record_end
 from aioray.task_spec import DEP_OWNER
 
 if TYPE_CHECKING:
@@ -188,9 +188,7 @@ class ActorHost:
             return
         except KeyboardInterrupt:
             body, bufs = self.ex.error(job.spec, TaskCancelledError(job.spec["tid"].hex()), False)
-        events = self.cw.task_events
-        if events is not None:
-            events.append((job.spec, EXEC_END, time.time(), body))
+        record_end(self.cw, job.spec, body)
         self.cw.post(self.ex.reply, job, body, bufs)
 
     async def _run_async(self, job: _Job, group: str | None) -> None:
@@ -204,8 +202,8 @@ class ActorHost:
             assert current is not None
             self.running[task_id] = current
             events = self.cw.task_events
-            if events is not None:
-                events.append((spec, EXEC + RUNNING, time.time()))
+            if events is not None and "noev" not in spec:
+                events.append((task_id, spec.get("at", 0), EXEC + RUNNING, time.time()))
             start = time.perf_counter()
             try:
                 fn = getattr(self.instance, spec["m"])
@@ -227,8 +225,7 @@ class ActorHost:
                 body, bufs = self.ex.task_error(spec, e)
             finally:
                 self.running.pop(task_id, None)
-        if events is not None:
-            events.append((spec, EXEC_END, time.time(), body))
+        record_end(self.cw, spec, body)
         self.cw.post(self.ex.reply, job, body, bufs)
 
     async def _stream_async(self, job: _Job, gen: Any) -> tuple[dict[str, Any], list[Buffer]]:

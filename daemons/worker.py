@@ -32,7 +32,7 @@ from aioray.memory_store import StoredObject
 from aioray.object_ref import ObjectRef, set_core_worker
 from aioray.protocol import Buffer
 from aioray.streaming import STREAMING
-from aioray.task_events import EXEC, EXEC_END, EXEC_ERROR, RUNNING
+from aioray.task_events import EXEC, FAILED, RUNNING, record_end
 from aioray.task_spec import DEP_INLINE, DEP_OWNER, DEP_SHM, RET_INLINE, RET_SHM, substitute
 
 logger = logging.getLogger(__name__)
@@ -187,9 +187,7 @@ class TaskExecutor:
             except BaseException as e:  # a bug of ours: answer, and keep the thread alive
                 logger.exception("executing %s failed", job.spec.get("name"))
                 body, bufs = self.error(job.spec, RaySystemError(f"worker error: {e!r}"), False)
-            events = self.cw.task_events
-            if events is not None:
-                events.append((job.spec, EXEC_END, time.time(), body))
+            record_end(self.cw, job.spec, body)
             self.cw.post(self.reply, job, body, bufs)
 
     def execute(self, job: _Job) -> tuple[dict[str, Any], list[Buffer]]:
@@ -202,8 +200,8 @@ class TaskExecutor:
             return self.error(spec, TaskCancelledError(task_id.hex()), False)
         worker_output.set_current_name(spec["name"])  # the (name pid=...) prefix of its prints
         events = self.cw.task_events
-        if events is not None:
-            events.append((spec, EXEC + RUNNING, time.time()))
+        if events is not None and "noev" not in spec:
+            events.append((task_id, spec.get("at", 0), EXEC + RUNNING, time.time()))
         if spec.get("create"):
             return self._create_actor(spec, job)
         ctx = self.cw.task_context
@@ -419,8 +417,9 @@ class TaskExecutor:
     ) -> tuple[dict[str, Any], list[Buffer]]:
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
         events = self.cw.task_events
-        if events is not None:
-            events.append((spec, EXEC_ERROR, time.time(), tb))
+        if events is not None and "noev" not in spec:
+            row = (spec["tid"], spec.get("at", 0), EXEC + FAILED, time.time())
+            events.append((*row, "TASK_EXECUTION_EXCEPTION", tb))
         err = RayTaskError(spec["name"], tb, e, self.pid, self.cw.node_ip)
         return self.error(spec, err, True)
 

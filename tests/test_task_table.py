@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import pytest
 from aioray.daemons.gcs.task_events import TaskTable
 
+import aioray.util.state.schema as schema
 from aioray import task_events as te
-from aioray.util.state import schema
+from aioray.exceptions import WorkerCrashedError
 
 OWNER = ("", "", None)
 EXECUTOR = ("aa" * 16, "bb" * 16, 4242)
@@ -19,14 +21,19 @@ def info(name: str = "f", kind: str = "NORMAL_TASK") -> list[Any]:
     return [name, kind, b"\x01\0\0\0", b"", b"", {"CPU": 1.0}, b""]
 
 
+def wire_row(tid: bytes, attempt: int, code: int, ts: float, extra: Any = None) -> tuple[Any, ...]:
+    """One transition as a wire row: (task, attempt, code, time, *info or *error)."""
+    return (tid, attempt, code, ts, *(extra or ()))
+
+
 def test_owner_and_executor_rows_merge_in_any_order() -> None:
     table = TaskTable(100)
     tid = b"\x07" * 16
     # The executor's rows arrive before the owner's (different connections).
-    table.add([tid, 0, te.EXEC + te.RUNNING, 2.0, info()], EXECUTOR)
-    table.add([tid, 0, te.EXEC + te.FINISHED, 3.0, None], EXECUTOR)
-    table.add([tid, 0, te.PENDING_ARGS_AVAIL, 1.0, info()], OWNER)
-    rec = table.add([tid, 0, te.SUBMITTED_TO_WORKER, 1.5, None], OWNER)
+    table.add(wire_row(tid, 0, te.EXEC + te.RUNNING, 2.0, info()), EXECUTOR)
+    table.add(wire_row(tid, 0, te.EXEC + te.FINISHED, 3.0, None), EXECUTOR)
+    table.add(wire_row(tid, 0, te.PENDING_ARGS_AVAIL, 1.0, info()), OWNER)
+    rec = table.add(wire_row(tid, 0, te.SUBMITTED_TO_WORKER, 1.5, None), OWNER)
     assert rec.state == "FINISHED"  # the furthest state reported, not the last row
     row = rec.row(detail=True)
     assert row["node_id"] == "aa" * 16 and row["worker_pid"] == 4242
@@ -42,17 +49,17 @@ def test_owner_and_executor_rows_merge_in_any_order() -> None:
         2000,
         3000,
     )
-    table.add([tid, 0, te.FINISHED, 3.1, None], OWNER)
+    table.add(wire_row(tid, 0, te.FINISHED, 3.1, None), OWNER)
     assert table.summary()["summary"]["f"]["state_counts"] == {"FINISHED": 1}
 
 
 def test_attempts_are_separate_and_failure_keeps_its_error() -> None:
     table = TaskTable(100)
     tid = b"\x08" * 16
-    table.add([tid, 0, te.PENDING_ARGS_AVAIL, 1.0, info()], OWNER)
-    table.add([tid, 0, te.FAILED, 2.0, ["WORKER_DIED", "WorkerCrashedError: ..."]], OWNER)
-    table.add([tid, 1, te.PENDING_NODE_ASSIGNMENT, 2.1, None], OWNER)
-    table.add([tid, 1, te.EXEC + te.RUNNING, 2.2, info()], EXECUTOR)
+    table.add(wire_row(tid, 0, te.PENDING_ARGS_AVAIL, 1.0, info()), OWNER)
+    table.add(wire_row(tid, 0, te.FAILED, 2.0, ["WORKER_DIED", "WorkerCrashedError: ..."]), OWNER)
+    table.add(wire_row(tid, 1, te.PENDING_NODE_ASSIGNMENT, 2.1, None), OWNER)
+    table.add(wire_row(tid, 1, te.EXEC + te.RUNNING, 2.2, info()), EXECUTOR)
     first, second = table.get(tid.hex())
     assert (first["state"], first["error_type"]) == ("FAILED", "WORKER_DIED")
     assert (second["attempt_number"], second["state"]) == (1, "RUNNING")
@@ -64,9 +71,9 @@ def test_attempts_are_separate_and_failure_keeps_its_error() -> None:
 def test_oldest_records_are_evicted_and_counted() -> None:
     table = TaskTable(3)
     for i in range(5):
-        table.add_batch(
-            {"rows": [[bytes([i]) * 16, 0, te.PENDING_ARGS_AVAIL, float(i), info()]], "dropped": 2}
-        )
+        row = wire_row(bytes([i]) * 16, 0, te.PENDING_ARGS_AVAIL, float(i), info())
+        table.receive({"new": 1, "dropped": 2}, msgpack.packb([row]))
+        table.merge()  # one at a time: each is merged, then the oldest evicted
     assert len(table.records) == 3
     assert table.evicted == 2 and table.dropped == 10
     ids = [r["task_id"] for r in table.list([], 10, False)["result"]]
@@ -75,15 +82,18 @@ def test_oldest_records_are_evicted_and_counted() -> None:
     assert answer["num_tasks_evicted"] == 2
     assert answer["num_status_task_events_dropped"] == 10
     assert answer["summary"]["f"]["state_counts"] == {"PENDING_ARGS_AVAIL": 3}
+    # A late row of an evicted task (the executor's, say) does not bring it back.
+    table.add_batch([wire_row(bytes([0]) * 16, 0, te.EXEC + te.FINISHED, 9.0)], EXECUTOR)
+    assert len(table.records) == 3 and table.evicted == 2
 
 
 def test_filters_apply_before_the_limit() -> None:
     table = TaskTable(10_000)
     for i in range(1000):
         tid = i.to_bytes(16, "little")
-        table.add([tid, 0, te.PENDING_ARGS_AVAIL, 1.0, info()], OWNER)
+        table.add(wire_row(tid, 0, te.PENDING_ARGS_AVAIL, 1.0, info()), OWNER)
         code = te.EXEC + (te.RUNNING if i in (3, 500) else te.FINISHED)
-        table.add([tid, 0, code, 2.0, None], EXECUTOR)
+        table.add(wire_row(tid, 0, code, 2.0, None), EXECUTOR)
     filters = schema.check_query("tasks", [("state", "=", "running")], 1)
     answer = table.list(filters, 1, False)
     assert (answer["total"], answer["num_filtered"], len(answer["result"])) == (1000, 2, 1)
@@ -112,19 +122,23 @@ def test_bad_queries_name_the_valid_choices() -> None:
         schema.parse_filter("state")
 
 
-def test_rows_of_the_process_buffer() -> None:
-    spec = {"tid": b"\x01" * 16, "name": "g", "job": b"\x02\0\0\0", "at": 1}
-    assert te.to_row((spec, te.PENDING_ARGS_AVAIL, 1.0, {"CPU": 1.0}, b"\x03" * 16)) == [
-        spec["tid"],
-        1,
-        te.PENDING_ARGS_AVAIL,
-        1.0,
-        ["g", "NORMAL_TASK", b"\x02\0\0\0", b"", b"\x03" * 16, {"CPU": 1.0}, b""],
+def test_batches_that_would_be_evicted_are_never_merged() -> None:
+    table = TaskTable(2)
+    for i in range(4):
+        row = wire_row(bytes([i]) * 16, 0, te.PENDING_ARGS_AVAIL, float(i), info())
+        table.receive({"new": 1}, msgpack.packb([row]))
+    late = wire_row(bytes([0]) * 16, 0, te.EXEC + te.FINISHED, 5.0)
+    table.receive({"new": 0}, msgpack.packb([late]))  # (a late row of a skipped task)
+    table.merge()
+    assert [r["task_id"] for r in table.list([], 10, False)["result"]] == [
+        bytes([3]).hex() * 16,
+        bytes([2]).hex() * 16,
     ]
-    crashed = te.to_row((spec, te.OWNER_END, 2.0, RuntimeError("x")))
-    assert crashed is not None and crashed[2] == te.FAILED
-    assert crashed[4] == ["RuntimeError", "RuntimeError: x"]
-    assert te.to_row((spec, te.OWNER_END, 2.0, False))[2] == te.FINISHED  # type: ignore[index]
-    error_reply = {"r": [[0, 0, True]], "x": True}
-    assert te.to_row((spec, te.EXEC_END, 2.0, error_reply))[2] == te.EXEC + te.FAILED  # type: ignore[index]
-    assert te.to_row(({**spec, "noev": True}, te.PENDING_NODE_ASSIGNMENT, 1.0)) is None
+    assert table.evicted == 2
+
+
+def test_the_owner_records_plain_rows() -> None:
+    assert te.error_of(RuntimeError("x")) == ("RuntimeError", "RuntimeError: x")
+    assert te.error_of(WorkerCrashedError())[0] == "WORKER_DIED"
+    assert te.reply_failed({"r": [[0, 0, True]], "x": True})
+    assert not te.reply_failed({"r": [[0, 0, False]]})

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from aioray.daemons.gcs.task_events import TaskTable
 
+import aioray.util.state.schema as schema
 from aioray import config, rpc
-from aioray.util.state import schema
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.actor_manager import ActorRecord
@@ -135,14 +135,18 @@ class StateService:
             "state_list": self.handle_state_list,
             "state_get_task": self.handle_state_get_task,
             "state_summary": self.handle_state_summary,
+            "state_list_all_tasks": self.handle_state_list_all_tasks,
         }
 
     def job_started(self, job_id: bytes, conn: rpc.Connection, info: dict[str, Any]) -> None:
         self.jobs[job_id] = info
         conn.on_close.append(lambda _: info.setdefault("end", time.time()))
 
-    def handle_add_task_events(self, conn: rpc.Connection, batch: dict[str, Any], _: Any) -> None:
-        self.tasks.add_batch(batch)
+    def handle_add_task_events(
+        self, conn: rpc.Connection, header: dict[str, Any], bufs: list[Any]
+    ) -> None:
+        if bufs:
+            self.tasks.receive(header, bytes(bufs[0]))
 
     def _rows(self, resource: str) -> Iterable[dict[str, Any]]:
         gcs = self.gcs
@@ -161,44 +165,26 @@ class StateService:
         resource = schema.check_resource(resource)
         checked = schema.check_query(resource, [tuple(f) for f in filters], limit)
         if resource == "tasks":
-            return self.tasks.list(checked, limit, detail)
-        return filter_rows(self._rows(resource), resource, checked, limit, detail)
+            self.tasks.merge()
+            return self.tasks.list(checked, limit, detail)  # the table filters faster
+        return schema.filter_rows(self._rows(resource), resource, checked, limit, detail)
 
     def handle_state_get_task(self, conn: rpc.Connection, task_id: str, _: Any) -> Any:
+        self.tasks.merge()
         return {"result": self.tasks.get(task_id), **self.tasks.stats()}
+
+    def handle_state_list_all_tasks(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+        """Every task record, detailed, for the timeline (no cap but the table's own)."""
+        self.tasks.merge()
+        return [rec.row(True) for rec in self.tasks.records.values()]
 
     def handle_state_summary(self, conn: rpc.Connection, resource: str, _: Any) -> Any:
         if resource == "tasks":
+            self.tasks.merge()
             return self.tasks.summary()
         if resource == "actors":
             return actor_summary(actor_row(r) for r in self.gcs.actors.actors.values())
         raise ValueError(f"no summary of {resource!r} at the GCS")
-
-
-def filter_rows(
-    rows: Iterable[dict[str, Any]],
-    resource: str,
-    filters: list[schema.Filter],
-    limit: int,
-    detail: bool,
-    match: Callable[[Any], bool] | None = None,
-) -> dict[str, Any]:
-    """Ray's list response over ``rows``: every row filtered, then the first ``limit``."""
-    match = match or schema.matcher(filters)
-    total = matched = 0
-    result = []
-    for row in rows:
-        total += 1
-        if match(row):
-            matched += 1
-            if matched <= limit:
-                result.append(schema.project(row, resource, detail))
-    return {
-        "total": total,
-        "num_after_truncation": total,
-        "num_filtered": matched,
-        "result": result,
-    }
 
 
 def actor_summary(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """The GCS task table: task events from owners and executors merged per (task, attempt).
 
 Pure bookkeeping (no I/O), fed by ``add_task_events`` batches (aioray/task_events.py
-has the row format). Both sides report the same attempt: the owner its creation,
+has the row format). A batch is kept packed as it arrived and merged only when a
+query needs the table (or the unmerged batches pass MAX_PENDING_BYTES): the GCS does
+no per-task work while tasks run, and batches that would only be evicted again are
+never merged. Both sides report the same attempt: the owner its creation,
 scheduling and final outcome, the executor where it ran (node, worker, pid), when it
 started and ended, and its error. Rows arrive in any order, so a record's state is the
 furthest one reported (FAILED beats FINISHED), each state keeps its first timestamp,
@@ -20,8 +23,15 @@ import builtins
 import collections
 from typing import Any
 
-from aioray.task_events import EXEC, FAILED, FINISHED, RUNNING, STATE_NAMES
-from aioray.util.state import schema
+import msgpack
+
+import aioray.util.state.schema as schema
+from aioray.task_events import EXEC, FAILED, FINISHED, PENDING_ARGS_AVAIL, RUNNING, STATE_NAMES
+
+# Evicted keys remembered at least (a small table churns through many).
+MIN_GONE_KEYS = 10_000
+# Batches kept unmerged at most (then merged even if nobody asks).
+MAX_PENDING_BYTES = 64 * 1024 * 1024
 
 
 class TaskRecord:
@@ -114,54 +124,102 @@ class TaskTable:
         self.records: collections.OrderedDict[tuple[bytes, int], TaskRecord] = (
             collections.OrderedDict()
         )
+        # Batches received and not merged yet: (sender, new tasks, msgpack rows).
+        self.pending: list[tuple[tuple[str, str, int | None], int, bytes]] = []
+        self.pending_bytes = 0
+        self.max_pending_bytes = MAX_PENDING_BYTES
         self.evicted = 0  # records dropped to stay within capacity
+        # The last evicted (task, attempt) keys: their late rows are ignored.
+        self.gone_capacity = max(self.capacity, MIN_GONE_KEYS)
+        self.gone: collections.OrderedDict[tuple[bytes, int], None] = collections.OrderedDict()
         self.dropped = 0  # events the processes dropped (their buffers were full)
-        # (func_or_class_name, type) -> state -> count, kept current on every change
-        self.counts: dict[tuple[str, str], collections.Counter[str]] = {}
+        # (func_or_class_name, type, state index) -> tasks, kept current on every change
+        self.counts: dict[tuple[str, str, int], int] = {}
 
     def __repr__(self) -> str:
         return (
             f"<TaskTable tasks={len(self.records)} evicted={self.evicted} dropped={self.dropped}>"
         )
 
-    # -- merging ---------------------------------------------------------------------------
-    def add_batch(self, batch: dict[str, Any]) -> None:
-        """Merge one process's batch (``add_task_events``)."""
-        self.dropped += int(batch.get("dropped") or 0)
-        where = (_hex(batch.get("node")), _hex(batch.get("worker")), batch.get("pid"))
-        for row in batch.get("rows") or ():
+    # -- receiving and merging -----------------------------------------------------------
+    def receive(self, header: dict[str, Any], blob: bytes) -> None:
+        """Keep one process's batch (``add_task_events``) as it came: merged when asked."""
+        self.dropped += int(header.get("dropped") or 0)
+        where = (_hex(header.get("node")), _hex(header.get("worker")), header.get("pid"))
+        self.pending.append((where, int(header.get("new") or 0), blob))
+        self.pending_bytes += len(blob)
+        if self.pending_bytes > self.max_pending_bytes:
+            self.merge()
+
+    def merge(self) -> None:
+        """Merge the batches received since the last query, oldest first.
+
+        Batches older than those that bring ``capacity`` new tasks would be evicted
+        by them: their tasks are counted as evicted without being merged."""
+        pending, self.pending, self.pending_bytes = self.pending, [], 0
+        newer = 0
+        first = 0
+        for i in range(len(pending) - 1, -1, -1):
+            newer += pending[i][1]
+            if newer >= self.capacity:
+                first = i
+                break
+        gone = self.gone
+        for _, _, blob in pending[:first]:  # only their keys: late rows must not revive them
+            for row in msgpack.unpackb(blob, use_list=False):
+                if row[2] == PENDING_ARGS_AVAIL and (row[0], row[1]) not in self.records:
+                    gone[(row[0], row[1])] = None
+                    self.evicted += 1
+        while len(gone) > self.gone_capacity:
+            gone.popitem(last=False)
+        for where, _, blob in pending[first:]:
+            for row in msgpack.unpackb(blob, use_list=False):
+                self.add(row, where)
+        self.evict()
+
+    def add_batch(self, rows: Any, where: tuple[str, str, int | None] = ("", "", None)) -> None:
+        """Merge rows at once (tests, benchmarks)."""
+        for row in rows:
             self.add(row, where)
         self.evict()
 
-    def add(self, row: list[Any], where: tuple[str, str, int | None]) -> TaskRecord:
-        """Merge one row [task_id, attempt, code, time, extra]; ``where`` the sender's
-        (node id, worker id, pid), which are the task's for the executor's rows."""
-        tid, attempt, code, ts, extra = row
-        key = (tid, attempt)
+    def add(self, row: Any, where: tuple[str, str, int | None]) -> TaskRecord | None:
+        """Merge one row ``(task_id, attempt, code, time, *extra)``; ``where`` is the
+        sender's (node id, worker id, pid): the task's, for executor codes."""
+        key = (row[0], row[1])
         rec = self.records.get(key)
         if rec is None:
-            rec = self.records[key] = TaskRecord(_hex(tid), attempt)
-        else:
-            self._count(rec, -1)
-        executor = code >= EXEC
-        rank = code - EXEC if executor else code
-        if executor:
+            if key in self.gone:  # late rows of an evicted task must not bring it back
+                return None
+            rec = self.records[key] = TaskRecord(row[0].hex(), row[1])
+        before = (rec.func_or_class_name, rec.type, rec.rank)
+        code = row[2]
+        if code >= EXEC:
+            code -= EXEC
             rec.node_id, rec.worker_id, rec.worker_pid = where
-        if not any(r == rank for r, _ in rec.events):
-            rec.events.append((rank, ts))
-        if rank > rec.rank:
-            rec.rank = rank
-        if extra is not None:
-            if rank == FAILED:
-                rec.error_type, rec.error_message = extra[0], extra[1]
+        if len(row) > 4:
+            if code == FAILED:
+                rec.error_type = row[4] or rec.error_type  # (never blanked)
+                rec.error_message = row[5] or rec.error_message
             else:
-                self._describe(rec, extra)
-        self._count(rec, +1)
+                self._describe(rec, row)
+        events = rec.events
+        if code > rec.rank:
+            rec.rank = code
+            events.append((code, row[3]))
+        elif all(r != code for r, _ in events):  # each state keeps its first time
+            events.append((code, row[3]))
+        after = (rec.func_or_class_name, rec.type, rec.rank)
+        if after != before:
+            counts = self.counts
+            if before[2] >= 0:
+                counts[before] -= 1
+            counts[after] = counts.get(after, 0) + 1
         return rec
 
     @staticmethod
-    def _describe(rec: TaskRecord, info: list[Any]) -> None:
-        name, kind, job, actor, parent, resources, pg = info
+    def _describe(rec: TaskRecord, row: Any) -> None:
+        name, kind, job, actor, parent, resources, pg = row[4:11]
         rec.name = rec.func_or_class_name = name or rec.name
         rec.type = kind or rec.type
         rec.job_id = _hex(job) or rec.job_id
@@ -170,22 +228,15 @@ class TaskTable:
         rec.required_resources = resources or rec.required_resources
         rec.placement_group_id = _hex(pg) or rec.placement_group_id
 
-    def _count(self, rec: TaskRecord, delta: int) -> None:
-        key = (rec.func_or_class_name, rec.type)
-        counter = self.counts.get(key)
-        if counter is None:
-            counter = self.counts[key] = collections.Counter()
-        counter[rec.state] += delta
-        if delta < 0 and counter[rec.state] <= 0:
-            del counter[rec.state]
-            if not counter:
-                del self.counts[key]
-
     def evict(self) -> None:
         records = self.records
         while len(records) > self.capacity:
-            _, rec = records.popitem(last=False)
-            self._count(rec, -1)
+            key, rec = records.popitem(last=False)
+            self.gone[key] = None
+            if len(self.gone) > self.gone_capacity:
+                self.gone.popitem(last=False)
+            if rec.rank >= 0:
+                self.counts[(rec.func_or_class_name, rec.type, rec.rank)] -= 1
             self.evicted += 1
 
     # -- queries ---------------------------------------------------------------------------
@@ -227,14 +278,16 @@ class TaskTable:
         """Ray's TaskSummaries by function name, from the running counts."""
         summary: dict[str, Any] = {}
         totals = {"NORMAL_TASK": 0, "ACTOR_TASK": 0, "ACTOR_CREATION_TASK": 0}
-        for (name, kind), counter in self.counts.items():
+        for (name, kind, rank), n in self.counts.items():
+            if n <= 0:
+                continue
             entry = summary.setdefault(
                 name, {"func_or_class_name": name, "type": kind, "state_counts": {}}
             )
-            for state, n in counter.items():
-                entry["state_counts"][state] = entry["state_counts"].get(state, 0) + n
-                if kind in totals:
-                    totals[kind] += n
+            state = STATE_NAMES[rank]
+            entry["state_counts"][state] = entry["state_counts"].get(state, 0) + n
+            if kind in totals:
+                totals[kind] += n
         return {
             "summary": summary,
             "total_tasks": totals["NORMAL_TASK"],

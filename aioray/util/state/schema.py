@@ -7,7 +7,7 @@ so a bad query fails the same way everywhere, before anything is sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 # Ray's RAY_MAX_LIMIT_FROM_API_SERVER: the largest ``limit`` a query may ask for.
@@ -227,3 +227,29 @@ def parse_filter(text_filter: str) -> Filter:
         f"Invalid filter {text_filter!r}: expected key=value or key!=value "
         f"(e.g. --filter 'state=RUNNING')."
     )
+
+
+def filter_rows(
+    rows: Iterable[dict[str, Any]],
+    resource: str,
+    filters: list[Filter],
+    limit: int,
+    detail: bool,
+    match: Callable[[Any], bool] | None = None,
+) -> dict[str, Any]:
+    """Ray's list response over ``rows``: every row filtered, then the first ``limit``."""
+    match = match or matcher(filters)
+    total = matched = 0
+    result = []
+    for row in rows:
+        total += 1
+        if match(row):
+            matched += 1
+            if matched <= limit:
+                result.append(project(row, resource, detail))
+    return {
+        "total": total,
+        "num_after_truncation": total,
+        "num_filtered": matched,
+        "result": result,
+    }
