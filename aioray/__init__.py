@@ -17,6 +17,7 @@ from aioray.api import (
     put,
     remote,
     shutdown,
+    timeline,
     wait,
 )
 from aioray.async_api import get_async, init_async, put_async, shutdown_async, wait_async
@@ -54,6 +55,7 @@ __all__ = [
     "remote",
     "shutdown",
     "shutdown_async",
+    "timeline",
     "util",
     "wait",
     "wait_async",

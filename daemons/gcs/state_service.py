@@ -118,6 +118,10 @@ def job_row(job_id: bytes, info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _timeline_row(r: Any) -> list[Any]:
+    return [r.task_id, r.attempt_number, r.name, r.type, r.node_id, r.worker_pid, r.state, r.events]
+
+
 class StateService:
     """The State API over the GCS's tables (one per GCS)."""
 
@@ -174,9 +178,10 @@ class StateService:
         return {"result": self.tasks.get(task_id), **self.tasks.stats()}
 
     def handle_state_list_all_tasks(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
-        """Every task record, detailed, for the timeline (no cap but the table's own)."""
+        """Every task record that ran, for the timeline (no cap but the table's own):
+        [task id, attempt, name, type, node id, worker pid, state, [(state, time s)]]."""
         self.tasks.merge()
-        return [rec.row(True) for rec in self.tasks.records.values()]
+        return [_timeline_row(r) for r in self.tasks.records.values() if r.worker_pid]
 
     def handle_state_summary(self, conn: rpc.Connection, resource: str, _: Any) -> Any:
         if resource == "tasks":
