@@ -142,3 +142,20 @@ def test_the_owner_records_plain_rows() -> None:
     assert te.error_of(WorkerCrashedError())[0] == "WORKER_DIED"
     assert te.reply_failed({"r": [[0, 0, True]], "x": True})
     assert not te.reply_failed({"r": [[0, 0, False]]})
+
+
+def test_merging_pauses_between_steps_and_filters_compare_ids_as_bytes() -> None:
+    table = TaskTable(1000)
+    rows = [
+        wire_row(i.to_bytes(16, "little"), 0, te.PENDING_ARGS_AVAIL, 1.0, info())
+        for i in range(100)
+    ]
+    table.receive({"new": 100}, msgpack.packb(rows))
+    steps = sum(1 for _ in table.merge_steps(rows_per_step=10))
+    assert steps == 10 and len(table.records) == 100  # the loop ran others 10 times
+    tid = (7).to_bytes(16, "little").hex()
+    for value, expected in ((tid, 1), (tid.upper(), 1), ("zz", 0), ("", 0)):
+        filters = schema.check_query("tasks", [("task_id", "=", value)], 10)
+        assert table.list(filters, 10, False)["num_filtered"] == expected
+    filters = schema.check_query("tasks", [("job_id", "=", "01000000"), ("name", "=", "F")], 10)
+    assert table.list(filters, 10, False)["num_filtered"] == 100

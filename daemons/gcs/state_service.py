@@ -10,6 +10,7 @@ the raylets; the client asks them (aioray/util/state/query.py).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
 from collections.abc import Iterable
@@ -129,6 +130,7 @@ class StateService:
         self.gcs = gcs
         self.tasks = TaskTable(config.TASK_EVENTS_MAX_NUM_TASK_IN_GCS)
         self.jobs: collections.OrderedDict[bytes, dict[str, Any]] = collections.OrderedDict()
+        self._merging: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<StateService {self.tasks!r} jobs={len(self.jobs)}>"
@@ -149,8 +151,23 @@ class StateService:
     def handle_add_task_events(
         self, conn: rpc.Connection, header: dict[str, Any], bufs: list[Any]
     ) -> None:
-        if bufs:
-            self.tasks.receive(header, bytes(bufs[0]))
+        if bufs and self.tasks.receive(header, bytes(bufs[0])) and self._merging is None:
+            self._merging = asyncio.ensure_future(self._merge())  # too much unmerged
+
+    async def merged(self) -> TaskTable:
+        """The task table with every batch received merged, a few thousand rows at a
+        time between other requests (one merge at a time; later callers join it)."""
+        if self._merging is None:
+            self._merging = asyncio.ensure_future(self._merge())
+        await asyncio.shield(self._merging)
+        return self.tasks
+
+    async def _merge(self) -> None:
+        try:
+            for _ in self.tasks.merge_steps():
+                await asyncio.sleep(0)
+        finally:
+            self._merging = None
 
     def _rows(self, resource: str) -> Iterable[dict[str, Any]]:
         gcs = self.gcs
@@ -164,29 +181,29 @@ class StateService:
             return (job_row(j, info) for j, info in self.jobs.items())
         raise ValueError(f"the GCS does not hold {resource}; ask the raylets")
 
-    def handle_state_list(self, conn: rpc.Connection, body: list[Any], _: Any) -> dict[str, Any]:
+    async def handle_state_list(
+        self, conn: rpc.Connection, body: list[Any], _: Any
+    ) -> dict[str, Any]:
         resource, filters, limit, detail = body
         resource = schema.check_resource(resource)
         checked = schema.check_query(resource, [tuple(f) for f in filters], limit)
         if resource == "tasks":
-            self.tasks.merge()
-            return self.tasks.list(checked, limit, detail)  # the table filters faster
+            return (await self.merged()).list(checked, limit, detail)  # the table filters faster
         return schema.filter_rows(self._rows(resource), resource, checked, limit, detail)
 
-    def handle_state_get_task(self, conn: rpc.Connection, task_id: str, _: Any) -> Any:
-        self.tasks.merge()
+    async def handle_state_get_task(self, conn: rpc.Connection, task_id: str, _: Any) -> Any:
+        await self.merged()
         return {"result": self.tasks.get(task_id), **self.tasks.stats()}
 
-    def handle_state_list_all_tasks(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+    async def handle_state_list_all_tasks(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
         """Every task record that ran, for the timeline (no cap but the table's own):
         [task id, attempt, name, type, node id, worker pid, state, [(state, time s)]]."""
-        self.tasks.merge()
+        await self.merged()
         return [_timeline_row(r) for r in self.tasks.records.values() if r.worker_pid]
 
-    def handle_state_summary(self, conn: rpc.Connection, resource: str, _: Any) -> Any:
+    async def handle_state_summary(self, conn: rpc.Connection, resource: str, _: Any) -> Any:
         if resource == "tasks":
-            self.tasks.merge()
-            return self.tasks.summary()
+            return (await self.merged()).summary()
         if resource == "actors":
             return actor_summary(actor_row(r) for r in self.gcs.actors.actors.values())
         raise ValueError(f"no summary of {resource!r} at the GCS")

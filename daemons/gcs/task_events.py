@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import builtins
 import collections
+import itertools
+import operator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -31,11 +34,12 @@ from aioray.task_events import EXEC, FAILED, FINISHED, PENDING_ARGS_AVAIL, RUNNI
 # Evicted keys remembered at least (a small table churns through many).
 MIN_GONE_KEYS = 10_000
 # Batches kept unmerged at most (then merged even if nobody asks).
-MAX_PENDING_BYTES = 64 * 1024 * 1024
+MAX_PENDING_BYTES = 16 * 1024 * 1024
 
 
 class TaskRecord:
-    """One attempt of one task, with Ray's TaskState column names."""
+    """One attempt of one task. Ids are kept as bytes (hex only in answers); the
+    events are a flat list ``[state index, unix time s, ...]``."""
 
     __slots__ = (
         "actor_id",
@@ -43,7 +47,6 @@ class TaskRecord:
         "error_message",
         "error_type",
         "events",
-        "func_or_class_name",
         "job_id",
         "name",
         "node_id",
@@ -57,49 +60,64 @@ class TaskRecord:
         "worker_pid",
     )
 
-    def __init__(self, task_id: str, attempt: int) -> None:
+    def __init__(self, task_id: bytes, attempt: int) -> None:
         self.task_id = task_id
         self.attempt_number = attempt
         self.rank = -1  # index in STATE_NAMES of the furthest state reported
-        self.name = self.func_or_class_name = self.type = ""
-        self.job_id = self.actor_id = self.parent_task_id = self.placement_group_id = ""
+        self.name = self.type = ""
+        self.job_id = self.actor_id = self.parent_task_id = self.placement_group_id = None
         self.node_id = self.worker_id = ""
         self.worker_pid: int | None = None
         self.error_type: str | None = None
         self.error_message: str | None = None
         self.required_resources: dict[str, float] | None = None
-        self.events: list[tuple[int, float]] = []  # (state index, unix time s)
+        self.events: list[Any] = []
 
     @property
     def state(self) -> str:
         return STATE_NAMES[self.rank] if self.rank >= 0 else "NIL"
 
-    @property
-    def language(self) -> str:
-        return "PYTHON"
-
     def time_of(self, rank: int) -> float | None:
-        return next((t for r, t in self.events if r == rank), None)
+        events = self.events
+        for i in range(0, len(events), 2):
+            if events[i] == rank:
+                return float(events[i + 1])
+        return None
+
+    def pairs(self) -> list[tuple[int, float]]:
+        """(state index, time) of each state reported, in time order."""
+        e = self.events
+        return sorted(zip(e[::2], e[1::2], strict=True), key=lambda p: p[1])
 
     def row(self, detail: bool) -> dict[str, Any]:
         """The TaskState dict (detail columns too with ``detail``)."""
-        out = {name: getattr(self, name, None) for name in schema.columns("tasks", False)}
+        out = {
+            "task_id": self.task_id.hex(),
+            "attempt_number": self.attempt_number,
+            "name": self.name,
+            "state": self.state,
+            "job_id": _hex(self.job_id),
+            "actor_id": _hex(self.actor_id),
+            "type": self.type,
+            "func_or_class_name": self.name,
+            "parent_task_id": _hex(self.parent_task_id),
+            "node_id": self.node_id,
+            "worker_id": self.worker_id,
+            "worker_pid": self.worker_pid,
+            "error_type": self.error_type,
+        }
         if detail:
-            created = min((t for _, t in self.events), default=None)
-            start = self.time_of(RUNNING)
+            pairs = self.pairs()
             end = self.time_of(FAILED) or self.time_of(FINISHED)
             out.update(
                 language="PYTHON",
                 required_resources=self.required_resources,
                 runtime_env_info=None,
-                placement_group_id=self.placement_group_id or None,
-                events=[
-                    {"state": STATE_NAMES[r], "created_ms": int(t * 1000)}
-                    for r, t in sorted(self.events)
-                ],
+                placement_group_id=_hex(self.placement_group_id) or None,
+                events=[{"state": STATE_NAMES[r], "created_ms": int(t * 1000)} for r, t in pairs],
                 profiling_data=None,
-                creation_time_ms=_ms(created),
-                start_time_ms=_ms(start),
+                creation_time_ms=_ms(pairs[0][1] if pairs else None),
+                start_time_ms=_ms(self.time_of(RUNNING)),
                 end_time_ms=_ms(end),
                 task_log_info=None,
                 error_message=self.error_message,
@@ -114,6 +132,41 @@ def _ms(t: float | None) -> int | None:
 
 def _hex(b: Any) -> str:
     return b.hex() if isinstance(b, (bytes, bytearray)) else str(b or "")
+
+
+# Columns kept as bytes: a filter compares the bytes its hex value names.
+BYTE_COLUMNS = ("task_id", "job_id", "actor_id", "parent_task_id", "placement_group_id")
+
+
+def record_predicate(filters: list[schema.Filter]) -> Callable[[TaskRecord], bool] | None:
+    """A fast test of a record against ``filters`` (None: every record passes)."""
+    tests: list[Callable[[TaskRecord], bool]] = []
+    for key, predicate, value in filters:
+        tests.append(_column_test(key, value, predicate == "="))
+    if not tests:
+        return None
+    if len(tests) == 1:
+        return tests[0]
+    return lambda rec: all(t(rec) for t in tests)
+
+
+def _column_test(key: str, value: str, equal: bool) -> Callable[[TaskRecord], bool]:
+    if key == "state":
+        rank = STATE_NAMES.index(value.upper()) if value.upper() in STATE_NAMES else -2
+        return (lambda r: r.rank == rank) if equal else (lambda r: r.rank != rank)
+    if key in BYTE_COLUMNS:
+        try:
+            raw: bytes | None = bytes.fromhex(value) if value else None
+        except ValueError:
+            raw = b"\xff" * 64  # matches nothing
+        get = operator.attrgetter(key)
+        return (lambda r: (get(r) or None) == raw) if equal else (lambda r: (get(r) or None) != raw)
+    attr = {"func_or_class_name": "name"}.get(key, key)
+
+    def text_of(r: TaskRecord) -> str:
+        return schema.text(getattr(r, attr, "PYTHON" if key == "language" else None))
+
+    return (lambda r: text_of(r) == value) if equal else (lambda r: text_of(r) != value)
 
 
 class TaskTable:
@@ -142,17 +195,23 @@ class TaskTable:
         )
 
     # -- receiving and merging -----------------------------------------------------------
-    def receive(self, header: dict[str, Any], blob: bytes) -> None:
-        """Keep one process's batch (``add_task_events``) as it came: merged when asked."""
+    def receive(self, header: dict[str, Any], blob: bytes) -> bool:
+        """Keep one process's batch (``add_task_events``) as it came, to merge when
+        asked; True when the unmerged batches have grown past MAX_PENDING_BYTES."""
         self.dropped += int(header.get("dropped") or 0)
         where = (_hex(header.get("node")), _hex(header.get("worker")), header.get("pid"))
         self.pending.append((where, int(header.get("new") or 0), blob))
         self.pending_bytes += len(blob)
-        if self.pending_bytes > self.max_pending_bytes:
-            self.merge()
+        return self.pending_bytes > self.max_pending_bytes
 
     def merge(self) -> None:
-        """Merge the batches received since the last query, oldest first.
+        """Merge every batch received so far (at once)."""
+        for _ in self.merge_steps():
+            pass
+
+    def merge_steps(self, rows_per_step: int = 2000) -> Iterator[None]:
+        """Merge the batches received so far, oldest first, pausing (yielding) after
+        about ``rows_per_step`` rows so the caller's loop can serve others meanwhile.
 
         Batches older than those that bring ``capacity`` new tasks would be evicted
         by them: their tasks are counted as evicted without being merged."""
@@ -170,12 +229,17 @@ class TaskTable:
                 if row[2] == PENDING_ARGS_AVAIL and (row[0], row[1]) not in self.records:
                     gone[(row[0], row[1])] = None
                     self.evicted += 1
+            yield
         while len(gone) > self.gone_capacity:
             gone.popitem(last=False)
+        add = self.add
         for where, _, blob in pending[first:]:
-            for row in msgpack.unpackb(blob, use_list=False):
-                self.add(row, where)
-        self.evict()
+            rows = msgpack.unpackb(blob, use_list=False)
+            for start in range(0, len(rows), rows_per_step):
+                for row in rows[start : start + rows_per_step]:
+                    add(row, where)
+                self.evict()
+                yield
 
     def add_batch(self, rows: Any, where: tuple[str, str, int | None] = ("", "", None)) -> None:
         """Merge rows at once (tests, benchmarks)."""
@@ -191,8 +255,8 @@ class TaskTable:
         if rec is None:
             if key in self.gone:  # late rows of an evicted task must not bring it back
                 return None
-            rec = self.records[key] = TaskRecord(row[0].hex(), row[1])
-        before = (rec.func_or_class_name, rec.type, rec.rank)
+            rec = self.records[key] = TaskRecord(row[0], row[1])
+        old_rank, old_name, old_type = rec.rank, rec.name, rec.type
         code = row[2]
         if code >= EXEC:
             code -= EXEC
@@ -202,31 +266,21 @@ class TaskTable:
                 rec.error_type = row[4] or rec.error_type  # (never blanked)
                 rec.error_message = row[5] or rec.error_message
             else:
-                self._describe(rec, row)
+                rec.name, rec.type, rec.job_id, rec.actor_id = row[4:8]
+                rec.parent_task_id, rec.required_resources, rec.placement_group_id = row[8:11]
         events = rec.events
-        if code > rec.rank:
+        if code > old_rank:
             rec.rank = code
-            events.append((code, row[3]))
-        elif all(r != code for r, _ in events):  # each state keeps its first time
-            events.append((code, row[3]))
-        after = (rec.func_or_class_name, rec.type, rec.rank)
-        if after != before:
+            events += (code, row[3])
+        elif code not in events[::2]:  # each state keeps its first time
+            events += (code, row[3])
+        if rec.rank != old_rank or rec.name != old_name or rec.type != old_type:
             counts = self.counts
-            if before[2] >= 0:
-                counts[before] -= 1
-            counts[after] = counts.get(after, 0) + 1
+            if old_rank >= 0:
+                counts[(old_name, old_type, old_rank)] -= 1
+            new = (rec.name, rec.type, rec.rank)
+            counts[new] = counts.get(new, 0) + 1
         return rec
-
-    @staticmethod
-    def _describe(rec: TaskRecord, row: Any) -> None:
-        name, kind, job, actor, parent, resources, pg = row[4:11]
-        rec.name = rec.func_or_class_name = name or rec.name
-        rec.type = kind or rec.type
-        rec.job_id = _hex(job) or rec.job_id
-        rec.actor_id = _hex(actor) or rec.actor_id
-        rec.parent_task_id = _hex(parent) or rec.parent_task_id
-        rec.required_resources = resources or rec.required_resources
-        rec.placement_group_id = _hex(pg) or rec.placement_group_id
 
     def evict(self) -> None:
         records = self.records
@@ -236,7 +290,7 @@ class TaskTable:
             if len(self.gone) > self.gone_capacity:
                 self.gone.popitem(last=False)
             if rec.rank >= 0:
-                self.counts[(rec.func_or_class_name, rec.type, rec.rank)] -= 1
+                self.counts[(rec.name, rec.type, rec.rank)] -= 1
             self.evicted += 1
 
     # -- queries ---------------------------------------------------------------------------
@@ -245,19 +299,19 @@ class TaskTable:
 
     def list(self, filters: list[schema.Filter], limit: int, detail: bool) -> dict[str, Any]:
         """Rows passing ``filters`` (applied to every record, before the limit), newest first."""
-        match = schema.matcher(filters, lambda rec, key: getattr(rec, key, None))
-        result = []
-        matched = 0
-        for rec in reversed(self.records.values()):
-            if match(rec):
-                matched += 1
-                if matched <= limit:
-                    result.append(rec.row(detail))
+        test = record_predicate(filters)
+        newest = reversed(self.records.values())
+        if test is None:
+            matched = len(self.records)
+            chosen = list(itertools.islice(newest, limit))
+        else:
+            passing = [rec for rec in newest if test(rec)]
+            matched, chosen = len(passing), passing[:limit]
         return {
             "total": len(self.records),
             "num_after_truncation": len(self.records),
             "num_filtered": matched,
-            "result": result,
+            "result": [rec.row(detail) for rec in chosen],
             **self.stats(),
         }
 
