@@ -296,7 +296,30 @@ def cmd_status(a: argparse.Namespace) -> int:
             print(f"    {key}: {used}")
         if n.get("Labels"):
             print(f"    labels: {json.dumps(n['Labels'])}")
+    print_demand(address)
     return 0
+
+
+def print_demand(address: str) -> None:
+    """Ray's "Demands": tasks and actors waiting for resources, per shape, on every node."""
+    from aioray.util.state.api import run_query
+
+    try:
+        answers = run_query(address, 10, lambda q: q.ask_raylets("pending_demand"))[0]
+    except (ConnectionError, OSError, ValueError) as e:
+        print(f"Demands: unknown ({e})")
+        return
+    totals: dict[tuple[str, bool], int] = {}
+    for _node, shapes in answers:
+        for shape, count, infeasible in shapes:
+            key = (str({k: v for k, v in sorted(shape.items())}), bool(infeasible))
+            totals[key] = totals.get(key, 0) + count
+    print("Demands:")
+    if not totals:
+        print(" (no resource demands)")
+    for (shape, infeasible), count in sorted(totals.items()):
+        why = " (infeasible: no node has these resources)" if infeasible else ""
+        print(f" {shape}: {count}+ pending tasks/actors{why}")
 
 
 def _fmt(x: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import pytest
@@ -106,3 +107,33 @@ def test_table_fits_and_yaml_quotes() -> None:
     assert to_yaml({"k": "true", "n": None, "l": [1, {"x": "a: b"}]}) == (
         'k: "true"\nn: null\nl:\n  - 1\n  - x: "a: b"'
     )
+
+
+@ray.remote
+def hold(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
+
+
+@pytest.mark.parametrize("ray_start", [FAST], indirect=True)
+def test_status_shows_pending_and_infeasible_demand(ray_start: Any, capsys: Any) -> None:
+    address = ray_start.address_info["gcs_address"]
+    capsys.readouterr()
+    code, out, _ = run(capsys, "status", "--address", address)
+    assert code == 0 and "Demands:\n (no resource demands)" in out
+    busy = [hold.remote(60) for _ in range(3)]  # 2 CPUs: the third waits
+    never = hold.options(num_gpus=1).remote(0)  # no GPU anywhere
+    wanted = [
+        r" \{'CPU': 1.0\}: [1-9]\d*\+ pending tasks/actors\n",  # (leases asked: at least 1)
+        r" \{'CPU': 1.0, 'GPU': 1.0\}: 1\+ pending tasks/actors \(infeasible",
+    ]
+
+    def shows_demand() -> bool:
+        out = run(capsys, "status", "--address", address)[1]
+        return all(re.search(pattern, out) for pattern in wanted)
+
+    wait_for_condition(shows_demand, 20)
+    ray.cancel(never)
+    for ref in busy:
+        ray.cancel(ref, force=True)

@@ -1,4 +1,5 @@
-"""A raylet's part of the State API: its workers and drivers, and its log files.
+"""A raylet's part of the State API: its workers and drivers, its log files, and the
+lease requests waiting for resources (``aioray status``'s demand).
 
 ``state_workers`` lists the processes connected to this raylet (Ray's WorkerState
 rows); ``list_logs`` names the files in the session's log directory; ``read_log``
@@ -30,6 +31,7 @@ class StateHandlers:
             "state_workers": self.handle_state_workers,
             "list_logs": self.handle_list_logs,
             "read_log": self.handle_read_log,
+            "pending_demand": self.handle_pending_demand,
         }
 
     def handle_state_workers(self, conn: rpc.Connection, body: Any, _: Any) -> list[dict[str, Any]]:
@@ -60,6 +62,17 @@ class StateHandlers:
                 }
             )
         return rows
+
+    def handle_pending_demand(self, conn: rpc.Connection, body: Any, _: Any) -> list[list[Any]]:
+        """Lease requests waiting here, per resource shape: [shape, count, infeasible]."""
+        shapes: dict[tuple[Any, ...], list[Any]] = {}
+        for req in self.raylet.requests:
+            if req.fut.done():
+                continue
+            key = (tuple(sorted(req.res.items())), req.warned)
+            entry = shapes.setdefault(key, [dict(req.res), 0, bool(req.warned)])
+            entry[1] += 1
+        return list(shapes.values())
 
     def _log_dir(self) -> str:
         return os.path.join(self.raylet.session_dir or "", "logs")
