@@ -173,7 +173,7 @@ class ActorClass:
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
         events = cw.task_events
         if events is not None and "noev" not in spec:
-            parent = getattr(cw.task_context, "task_id", None)
+            parent = cw.task_context.task_id
             pg = spec["pg"][0] if "pg" in spec else None
             events.append(
                 (spec["tid"], 0, PENDING_ARGS_AVAIL, time.time(), spec["name"],
@@ -339,7 +339,7 @@ class ActorMethod:
         spec["tid"] = task_id
         events = cw.task_events
         if events is not None and "noev" not in spec:
-            parent = getattr(cw.task_context, "task_id", None)
+            parent = cw.task_context.task_id
             events.append(
                 (task_id, 0, PENDING_ARGS_AVAIL, time.time(), spec["name"], ACTOR_TASK,
                  cw.job_id, h._actor_id, parent, None, None)

@@ -72,6 +72,13 @@ DRIVER = "driver"
 WORKER = "worker"
 
 
+class TaskContext(threading.local):
+    """What the current thread runs: its task id (None outside a task), read on
+    every submission as the new task's parent, so a class default (no exception)."""
+
+    task_id: bytes | None = None
+
+
 def release_gil() -> None:
     """Let a thread waiting for the GIL take it: ``sleep`` releases it, even for 0 s."""
     time.sleep(0)
@@ -116,7 +123,7 @@ class CoreWorker:
         self.actor_id: bytes | None = None  # set in a worker that hosts an actor
         self.gcs_client = GcsClient(self)
         self.extra_handlers: dict[str, rpc.Handler] = {}
-        self.task_context = threading.local()
+        self.task_context = TaskContext()
         self._loop_thread_id = -1
         self._thread: threading.Thread | None = None
         self._posted: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (

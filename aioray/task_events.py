@@ -69,7 +69,8 @@ ERROR_TYPES = {
 }
 
 
-# What a PENDING_ARGS_AVAIL row carries after its first four values.
+# What a PENDING_ARGS_AVAIL row carries after its first four values ("resources" as
+# (name, amount) pairs: a row holds no dict, so the garbage collector soon ignores it).
 INFO_FIELDS = ("name", "type", "job", "actor", "parent", "resources", "pg")
 NORMAL_TASK, ACTOR_TASK, ACTOR_CREATION_TASK = "NORMAL_TASK", "ACTOR_TASK", "ACTOR_CREATION_TASK"
 

@@ -40,7 +40,7 @@ def batches(n: int, running: int) -> list[tuple[dict[str, Any], bytes]]:
             tid = i.to_bytes(16, "little")
             t = now + i * 1e-4
             name = f"func_{i % 10}"
-            info = (name, te.NORMAL_TASK, job, None, None, {"CPU": 1.0}, None)
+            info = (name, te.NORMAL_TASK, job, None, None, (("CPU", 1.0),), None)
             owner.append((tid, 0, te.PENDING_ARGS_AVAIL, t, *info))
             owner.append((tid, 0, te.SUBMITTED_TO_WORKER, t + 1e-5))
             executor.append((tid, 0, te.EXEC + te.RUNNING, t + 2e-5))

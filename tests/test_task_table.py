@@ -18,7 +18,7 @@ EXECUTOR = ("aa" * 16, "bb" * 16, 4242)
 
 
 def info(name: str = "f", kind: str = "NORMAL_TASK") -> list[Any]:
-    return [name, kind, b"\x01\0\0\0", b"", b"", {"CPU": 1.0}, b""]
+    return [name, kind, b"\x01\0\0\0", b"", b"", (("CPU", 1.0),), b""]
 
 
 def wire_row(tid: bytes, attempt: int, code: int, ts: float, extra: Any = None) -> tuple[Any, ...]:

@@ -267,7 +267,8 @@ class TaskTable:
                 rec.error_message = row[5] or rec.error_message
             else:
                 rec.name, rec.type, rec.job_id, rec.actor_id = row[4:8]
-                rec.parent_task_id, rec.required_resources, rec.placement_group_id = row[8:11]
+                rec.parent_task_id, shape, rec.placement_group_id = row[8:11]
+                rec.required_resources = dict(shape) if shape else None
         events = rec.events
         if code > old_rank:
             rec.rank = code
