@@ -120,7 +120,16 @@ def job_row(job_id: bytes, info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _timeline_row(r: Any) -> list[Any]:
-    return [r.task_id, r.attempt_number, r.name, r.type, r.node_id, r.worker_pid, r.state, r.events]
+    return [
+        r.task_id.hex(),
+        r.attempt_number,
+        r.name,
+        r.type,
+        r.node_id,
+        r.worker_pid,
+        r.state,
+        r.pairs(),
+    ]
 
 
 class StateService:
