@@ -24,6 +24,7 @@ from aioray.api import (
     put,
     remote,
     shutdown,
+    timeline,
     wait,
 )
 from aioray.async_api import get_async, init_async, put_async, shutdown_async, wait_async
@@ -59,6 +60,7 @@ __all__ = [
     "remote",
     "shutdown",
     "shutdown_async",
+    "timeline",
     "util",
     "wait",
     "wait_async",

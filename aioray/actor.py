@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from aioray._private.core import options
 from aioray._private.core.scheduling_strategies import strategy_to_wire
 from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.owner.task_events import ACTOR_CREATION_TASK, ACTOR_TASK, PENDING_ARGS_AVAIL
 from aioray._private.wire import config, ids, serialization
 from aioray._private.wire.task_spec import STREAMING, TaskEntry
 from aioray.exceptions import ActorExit
@@ -85,6 +87,7 @@ def _class_meta(cls: type, opts: dict[str, Any]) -> dict[str, Any]:
         "groups": opts.get("concurrency_groups") or {},
         "max_task_retries": opts.get("max_task_retries", 0),
         "max_pending_calls": opts.get("max_pending_calls", -1),
+        **({"noev": True} if opts.get("enable_task_events") is False else {}),
     }
 
 
@@ -166,7 +169,17 @@ class ActorClass:
             "fid": hashlib.sha1(cls_bytes).digest(),
             "meta": meta,
         }
+        if "noev" in meta:  # enable_task_events=False: no events for the actor's tasks
+            spec["noev"] = True
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
+        events = cw.task_events
+        if events is not None and "noev" not in spec:
+            parent = cw.task_context.task_id
+            pg = spec["pg"][0] if "pg" in spec else None
+            events.append(
+                (spec["tid"], 0, PENDING_ARGS_AVAIL, time.time(), spec["name"],
+                 ACTOR_CREATION_TASK, cw.job_id, actor_id, parent, None, pg)
+            )  # fmt: skip
         # Creation arguments stay pinned: a restart runs __init__ with them again.
         cw.refs.pin(r.binary() for r in [*dep_refs, *(blob.contained_refs if blob else ())])
         env = worker_context.merged_env_vars(opts.get("runtime_env"))
@@ -280,6 +293,7 @@ class ActorMethod:
             "num_returns",
             "concurrency_group",
             "name",
+            "enable_task_events",
             "_generator_backpressure_num_objects",
         }
         if unknown:
@@ -291,6 +305,8 @@ class ActorMethod:
             m._mopts["cg"] = mopts["concurrency_group"]
         if "_generator_backpressure_num_objects" in mopts:
             m._mopts["bp"] = mopts["_generator_backpressure_num_objects"]
+        if "enable_task_events" in mopts:
+            m._mopts["noev"] = mopts["enable_task_events"] is False
         return m
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
@@ -313,10 +329,19 @@ class ActorMethod:
         }
         if self._mopts.get("cg"):
             spec["cg"] = self._mopts["cg"]
+        if self._mopts.get("noev", "noev" in h._meta):
+            spec["noev"] = True
         blob, dep_refs = pack_arguments(cw, spec["name"], args, kwargs, spec)
         cw.actors.reserve_call(h._actor_id, h._meta)
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
+        events = cw.task_events
+        if events is not None and "noev" not in spec:
+            parent = cw.task_context.task_id
+            events.append(
+                (task_id, 0, PENDING_ARGS_AVAIL, time.time(), spec["name"], ACTOR_TASK,
+                 cw.job_id, h._actor_id, parent, None, None)
+            )  # fmt: skip
         if streaming:
             spec["bp"] = self._mopts.get("bp", 0)
             gen = cw.streams.create(task_id)

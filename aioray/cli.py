@@ -1,5 +1,5 @@
 """The ``aioray`` command: run, start, stop and inspect nodes (``node_commands``); logs;
-the microbenchmark."""
+the state CLI (``state_cli``: list, get, summary, timeline); the microbenchmark."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import runpy
 import sys
 import time
 
+from aioray import state_cli
 from aioray._private.node import node, node_commands
 
 
@@ -32,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--lines", type=int, default=100, help="lines to print (default 100)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until Ctrl-C")
     logs.add_argument("--session-dir", help="the session (default: the latest)")
+    state_cli.add_log_options(logs)
+    state_cli.add_commands(sub)
     sub.add_parser(
         "microbenchmark",
         help="run benchmarks/microbenchmark.py (options after it go to the benchmark)",
@@ -72,6 +75,8 @@ def cmd_memory(a: argparse.Namespace) -> int:
 
 
 def cmd_logs(a: argparse.Namespace) -> int:
+    if state_cli.wants_state_logs(a):  # Ray's selectors: ask the cluster, any node
+        return state_cli.cmd_state_logs(a)
     session = a.session_dir or latest_session()
     if session is None:
         print(f"aioray logs: no session under {node.config.SESSION_ROOT}", file=sys.stderr)
@@ -203,9 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         "start": node_commands.cmd_start,
         "serve-node": node_commands.cmd_serve_node,
         "stop": node_commands.cmd_stop,
-        "status": node_commands.cmd_status,
+        "status": state_cli.cmd_status,
         "logs": cmd_logs,
         "memory": cmd_memory,
+        "list": state_cli.cmd_list,
+        "get": state_cli.cmd_get,
+        "summary": state_cli.cmd_summary,
+        "timeline": state_cli.cmd_timeline,
     }
     return commands[a.command](a)
 

@@ -309,7 +309,9 @@ class Cluster:
 # Ray's failure-detection settings, in the head's _system_config, as aioray config.
 def system_config_env(system_config: dict[str, Any]) -> dict[str, str]:
     """Environment for the daemons from Ray's ``_system_config`` keys we honour."""
-    env: dict[str, str] = {}
+    from aioray._private.wire import config
+
+    env = config.system_config_env(system_config)
     period_ms = system_config.get("health_check_period_ms")
     threshold = system_config.get("health_check_failure_threshold")
     if period_ms is not None:

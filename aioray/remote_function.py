@@ -6,6 +6,7 @@ import functools
 import hashlib
 import inspect
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from aioray._private.core import options
 from aioray._private.core.scheduling_strategies import strategy_to_wire
 from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.owner.task_events import NORMAL_TASK, PENDING_ARGS_AVAIL
 from aioray._private.wire import config, ids, serialization
 from aioray._private.wire.task_spec import STREAMING, TaskEntry, split_args
 
@@ -105,8 +107,11 @@ class RemoteFunction:
         request = self._request  # the same options, call after call: computed once
         if not request or request[0] is not opts:
             resources = options.resource_request(opts)
-            request = self._request = (opts, resources, (tuple(sorted(resources.items())), ()))
+            key = (tuple(sorted(resources.items())), ())
+            request = self._request = (opts, resources, key, opts.get("enable_task_events"))
         resources = request[1]
+        if request[3] is False:  # .options(enable_task_events=False): the executor skips it too
+            spec["noev"] = True
         if (
             opts["scheduling_strategy"] is not None
             or "placement_group" in opts
@@ -118,6 +123,17 @@ class RemoteFunction:
                 spec["pg"] = placement
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
+        events = cw.task_events
+        if events is not None and request[3] is not False:
+            parent = cw.task_context.task_id
+            pg = spec["pg"][0] if "pg" in spec else None
+            # Only atomic values and tuples of them: the garbage collector stops
+            # tracking such a tuple at its first pass (a dict would keep it tracked).
+            shape = request[2][0] if resources is request[1] else tuple(resources.items())
+            events.append(
+                (task_id, 0, PENDING_ARGS_AVAIL, time.time(), self._name, NORMAL_TASK,
+                 cw.job_id, None, parent, shape, pg)
+            )  # fmt: skip
         sched_key: tuple[Any, ...] = request[2]  # (resources, runtime env), shared
         if resources is not request[1] or env:
             sched_key = (

@@ -25,6 +25,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from aioray._private.owner.task_events import EXEC, RUNNING, record_end
 from aioray._private.rpc import rpc
 from aioray._private.wire import serialization
 from aioray._private.wire.protocol import Buffer
@@ -213,6 +214,7 @@ class ActorHost:
             return
         except KeyboardInterrupt:
             body, bufs = self.ex.error(job.spec, TaskCancelledError(job.spec["tid"].hex()), False)
+        record_end(self.cw, job.spec, body)
         self.cw.post(self.ex.reply, job, body, bufs)
 
     async def _run_async(self, job: Job, group: str | None) -> None:
@@ -225,6 +227,9 @@ class ActorHost:
             current = asyncio.current_task()
             assert current is not None
             self.running[task_id] = current
+            events = self.cw.task_events
+            if events is not None and "noev" not in spec:
+                events.append((task_id, spec.get("at", 0), EXEC + RUNNING, time.time()))
             start = time.perf_counter()
             try:
                 fn = getattr(self.instance, spec["m"])
@@ -246,6 +251,7 @@ class ActorHost:
                 body, bufs = self.ex.task_error(spec, e)
             finally:
                 self.running.pop(task_id, None)
+        record_end(self.cw, spec, body)
         self.cw.post(self.ex.reply, job, body, bufs)
 
     async def _stream_async(self, job: Job, gen: Any) -> tuple[dict[str, Any], list[Buffer]]:

@@ -29,6 +29,7 @@ from aioray._private.core.metrics_registry import REGISTRY, TaskCounts
 from aioray._private.owner import placement_groups, store_client
 from aioray._private.owner.core_worker import WORKER, CoreWorker
 from aioray._private.owner.object_ref import ObjectRef, set_core_worker
+from aioray._private.owner.task_events import EXEC, FAILED, RUNNING, record_end
 from aioray._private.rpc import loop as _loop
 from aioray._private.rpc import rpc
 from aioray._private.wire import config, serialization
@@ -180,6 +181,7 @@ class TaskExecutor:
                 logger.exception("executing %s failed", job.spec.get("name"))
                 body, bufs = self.error(job.spec, RaySystemError(f"worker error: {e!r}"), False)
             self.task_counts.ended(name, job_id, _failed(body))
+            record_end(self.cw, job.spec, body)
             self.cw.post(self.reply, job, body, bufs)
 
     def execute(self, job: Job) -> tuple[dict[str, Any], list[Buffer]]:
@@ -191,6 +193,9 @@ class TaskExecutor:
             self.cancelled.discard(task_id)
             return self.error(spec, TaskCancelledError(task_id.hex()), False)
         worker_output.set_current_name(spec["name"])  # the (name pid=...) prefix of its prints
+        events = self.cw.task_events
+        if events is not None and "noev" not in spec:
+            events.append((task_id, spec.get("at", 0), EXEC + RUNNING, time.time()))
         if spec.get("create"):
             return self._create_actor(spec, job)
         ctx = self.cw.task_context
@@ -405,6 +410,10 @@ class TaskExecutor:
         self, spec: dict[str, Any], e: BaseException
     ) -> tuple[dict[str, Any], list[Buffer]]:
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        events = self.cw.task_events
+        if events is not None and "noev" not in spec:
+            row = (spec["tid"], spec.get("at", 0), EXEC + FAILED, time.time())
+            events.append((*row, "TASK_EXECUTION_EXCEPTION", tb))
         err = RayTaskError(spec["name"], tb, e, self.pid, self.cw.node_ip)
         return self.error(spec, err, True)
 

@@ -25,9 +25,11 @@ from aioray.daemons.gcs.metrics_view import MetricsView
 from aioray.daemons.gcs.node_health import NodeHealth
 from aioray.daemons.gcs.placement_groups import PlacementGroupManager
 from aioray.daemons.gcs.recovery import Persistence, kv_key
+from aioray.daemons.gcs.state_service import StateService
 from aioray.daemons.gcs.store import GcsStore
 
 from aioray._private.rpc import rpc
+from aioray._private.wire import config
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +52,10 @@ class GcsServer:
         self.placement_groups.listeners.append(
             lambda rec: self.store.put("placement_groups", rec["id"], rec)
         )
+        self.state = StateService(self)  # task events and the State API
         handlers = {
             **rpc.handlers_of(self),
+            **self.state.handlers(),
             **self.actors.handlers(),
             **self.placement_groups.handlers(),
             **self.metrics.handlers(),
@@ -127,6 +131,7 @@ class GcsServer:
             # Ray's NodeDeathInfo.Reason: 1 EXPECTED_TERMINATION, 2 UNEXPECTED_TERMINATION.
             node["DeathReason"] = 1 if expected else 2
             node["DeathReasonMessage"] = why
+            node["EndTime"] = time.time()
             self.persistence.node_changed(node_id, node)
             self.raylets.pop(node_id, None)
             self.health.forget(node_id)
@@ -181,7 +186,12 @@ class GcsServer:
         self.metrics.job_started(conn, conn.state["job_id"])
         info = {"pid": body.get("pid", 0), "namespace": namespace, "start": time.time()}
         self.persistence.job_registered(conn.state["job_id"], info)
-        return {"job_id": conn.state["job_id"], "namespace": namespace}
+        self.state.job_started(conn.state["job_id"], conn, {**info, "ip": body.get("ip", "")})
+        return {
+            "job_id": conn.state["job_id"],
+            "namespace": namespace,
+            "task_events_ms": config.TASK_EVENTS_REPORT_INTERVAL_MS,
+        }
 
     # -- internal key-value store -----------------------------------------------------------
     def handle_kv_put(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:

@@ -44,6 +44,7 @@ from aioray.daemons.raylet.object_transfer import ObjectTransfer
 from aioray.daemons.raylet.resources import NodeResources
 from aioray.daemons.raylet.scheduler import strategy_from_wire
 from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
+from aioray.daemons.raylet.state_handlers import StateHandlers
 from aioray.daemons.raylet.store_service import SpillConfig, StoreService
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
@@ -183,6 +184,7 @@ class Raylet:
             **rpc.handlers_of(self),
             **self.bundles.handlers(),
             "report_metrics": self.metrics.handle_report_metrics,
+            **StateHandlers(self).handlers(),
         }
 
     def _hello(self, body: dict[str, Any]) -> dict[str, Any]:

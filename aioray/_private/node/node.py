@@ -227,6 +227,7 @@ class LocalNode:
         else:
             self.token = token or (token_for(gcs_address) if gcs_address else None)
         self._env = dict(os.environ)
+        self._env.update(config.system_config_env(system_config or {}))
         if self.token is not None and auth.enabled():
             self._env[auth.TOKEN_ENV] = self.token
             auth.write_token_file(self.session_dir, self.token)

@@ -24,9 +24,11 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from aioray._private.owner.task_events import SUBMITTED_TO_WORKER
 from aioray._private.owner.task_submitter import parse_returns
 from aioray._private.rpc import rpc
 from aioray._private.wire import ids
@@ -198,6 +200,10 @@ class ActorSubmitter:
                 return
             a.inflight[task.task_id] = task
             task.state = "running"
+            events = self.cw.task_events
+            if events is not None and "noev" not in task.spec:
+                spec = task.spec
+                events.append((spec["tid"], spec.get("at", 0), SUBMITTED_TO_WORKER, time.time()))
             fut.add_done_callback(partial(self._on_reply, a, task))
 
     def _on_reply(self, a: _Actor, task: TaskEntry, fut: asyncio.Future[Any]) -> None:

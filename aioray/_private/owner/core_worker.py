@@ -40,7 +40,13 @@ from aioray._private.core.memory_store import (
 )
 from aioray._private.core.metrics_registry import MetricsReporter
 from aioray._private.core.reference_counter import ReferenceCounter
-from aioray._private.owner import log_monitor, memory_report, object_waits, store_client
+from aioray._private.owner import (
+    log_monitor,
+    memory_report,
+    object_waits,
+    store_client,
+    task_events,
+)
 from aioray._private.owner.actor_submitter import ActorSubmitter
 from aioray._private.owner.gcs_client import GcsClient
 from aioray._private.owner.object_ref import ObjectRef
@@ -64,6 +70,13 @@ logger = logging.getLogger("aioray")
 
 DRIVER = "driver"
 WORKER = "worker"
+
+
+class TaskContext(threading.local):
+    """What the current thread runs: its task id (None outside a task), read on
+    every submission as the new task's parent, so a class default (no exception)."""
+
+    task_id: bytes | None = None
 
 
 def release_gil() -> None:
@@ -111,7 +124,7 @@ class CoreWorker:
         self.actor_id: bytes | None = None  # set in a worker that hosts an actor
         self.gcs_client = GcsClient(self)
         self.extra_handlers: dict[str, rpc.Handler] = {}
-        self.task_context = threading.local()
+        self.task_context = TaskContext()
         self._loop_thread_id = -1
         self._thread: threading.Thread | None = None
         self._posted: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
@@ -131,6 +144,9 @@ class CoreWorker:
         self.closing = False
         self.log_to_driver = True
         self.logs = log_monitor.LogSync()
+        # Task state transitions, appended on the task path (None: events are off).
+        self.event_buffer = task_events.TaskEventBuffer(self)
+        self.task_events = self.event_buffer.events
 
     def __repr__(self) -> str:
         return (
@@ -183,9 +199,14 @@ class CoreWorker:
         self.metrics_reporter = MetricsReporter(self.loop, self._send_metrics)
         if self.mode == DRIVER and self.gcs_address is not None:
             gcs = await self.gcs_connection()
-            job = await gcs.call("register_job", {"pid": os.getpid(), "ns": self.namespace})
+            body = {"pid": os.getpid(), "ns": self.namespace, "ip": self.node_ip}
+            job = await gcs.call("register_job", body)
             self.job_id = job["job_id"]
             self.namespace = self.namespace or job["namespace"]
+            if "task_events_ms" in job:  # the cluster's setting wins
+                self.event_buffer.set_interval(job["task_events_ms"])
+                self.task_events = self.event_buffer.events
+        self.event_buffer.start()
         return dict(info)
 
     async def gcs_connection(self) -> rpc.Connection:
@@ -229,6 +250,7 @@ class CoreWorker:
 
     async def stop(self) -> None:
         self.closing = True
+        self.event_buffer.stop()
         self.submitter.shutdown()
         self._flush_frees()
         if self.metrics_reporter is not None:

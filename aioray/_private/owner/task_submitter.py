@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,13 @@ from typing import TYPE_CHECKING, Any
 from aioray._private.core.borrowing import pairs_of
 from aioray._private.core.memory_store import StoredObject
 from aioray._private.owner.raylet_clients import RayletClients, lease_body
+from aioray._private.owner.task_events import (
+    FAILED,
+    FINISHED,
+    PENDING_NODE_ASSIGNMENT,
+    SUBMITTED_TO_WORKER,
+    error_of,
+)
 from aioray._private.rpc import rpc
 from aioray._private.wire import config, ids, serialization
 from aioray._private.wire.task_spec import (
@@ -65,6 +73,8 @@ logger = logging.getLogger("aioray")
 # Queued tasks per lease that make a backlog: only then may tiny tasks queue on a busy
 # worker (below it, a few tasks are spread over leases instead).
 BACKLOG_PER_LEASE = 4
+# A task whose result is an error it raised: the executor's row has the message.
+APP_ERROR = ("TASK_EXECUTION_EXCEPTION", "")
 
 
 def parse_returns(body: dict[str, Any], bufs: list[Any]) -> list[StoredObject]:
@@ -230,6 +240,8 @@ class TaskSubmitter:
 
     def _requeue(self, task: TaskEntry) -> None:
         """Run the task again: a new worker borrows the refs inside its arguments anew."""
+        # A new attempt: a new spec, as the events recorded for the last one hold the old.
+        task.spec = {**task.spec, "at": task.spec.get("at", 0) + 1}
         lent = task.spec.get("cr")
         if lent:
             self.cw.borrowing.lend(lent, lambda: self._enqueue(task))
@@ -245,6 +257,10 @@ class TaskSubmitter:
                 task.sched_key, task.resources, env, task.spec.get("ss")
             )
         task.state = "queued"
+        events = self.cw.task_events
+        if events is not None and "noev" not in task.spec:
+            spec = task.spec
+            events.append((spec["tid"], spec.get("at", 0), PENDING_NODE_ASSIGNMENT, time.time()))
         queue = cls.queue
         queue.append(task)
         backlog = BACKLOG_PER_LEASE * max(1, len(cls.leases))
@@ -353,6 +369,9 @@ class TaskSubmitter:
             spec = {**spec, "gpu": lease.gpus}
         task.state = "running"
         task.lease = lease
+        events = self.cw.task_events
+        if events is not None and "noev" not in spec:
+            events.append((spec["tid"], spec.get("at", 0), SUBMITTED_TO_WORKER, time.time()))
         lease.inflight += 1
         lease.unknown += not tiny
         try:
@@ -429,6 +448,11 @@ class TaskSubmitter:
             if task.attempts_left > 0:
                 task.attempts_left -= 1
             why = "was killed for lack of memory" if oom else "died"
+            events = self.cw.task_events
+            if events is not None and "noev" not in task.spec:  # this attempt failed
+                err = error_of(OutOfMemoryError(oom) if oom else WorkerCrashedError())
+                spec = task.spec
+                events.append((spec["tid"], spec.get("at", 0), FAILED, time.time(), *err))
             logger.info("retrying %r after its worker %s", task, why)
             self._requeue(task)
         elif oom:
@@ -458,11 +482,26 @@ class TaskSubmitter:
         so = serialization.serialize(exc, is_error=True)
         obj = StoredObject(so.data, so.buffers, is_error=True)
         # A stream has no return ids: its error becomes its last item.
-        self.finish(task, [obj] * max(1, len(task.return_ids)))
+        self.finish(task, [obj] * max(1, len(task.return_ids)), exc)
 
-    def finish(self, task: TaskEntry, objs: list[StoredObject]) -> None:
-        """Store the task's return values and release what it pinned."""
+    def finish(
+        self, task: TaskEntry, objs: list[StoredObject], exc: BaseException | None = None
+    ) -> None:
+        """Store the task's return values and release what it pinned.
+
+        ``exc``: the failure stored as its values, if it failed here (not in its code)."""
         task.state = "finished"
+        events = self.cw.task_events
+        if events is not None and "noev" not in task.spec:
+            spec = task.spec
+            row: tuple[Any, ...]
+            if exc is not None:
+                row = (spec["tid"], spec.get("at", 0), FAILED, time.time(), *error_of(exc))
+            elif objs and objs[0].is_error:  # raised in the task (the executor says how)
+                row = (spec["tid"], spec.get("at", 0), FAILED, time.time(), *APP_ERROR)
+            else:
+                row = (spec["tid"], spec.get("at", 0), FINISHED, time.time())
+            events.append(row)
         self.tasks.pop(task.task_id, None)
         if task.spec.get("nret") == STREAMING:
             self.cw.streams.task_done(task.task_id, objs)

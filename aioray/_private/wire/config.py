@@ -90,3 +90,33 @@ def memory_monitor_settings() -> tuple[float, float]:
             f"(0 disables the memory monitor); got {raw!r}."
         )
     return threshold, refresh_ms / 1000.0
+
+
+def _ray_env(name: str, default: float) -> float:
+    """AIORAY_<NAME>, else Ray's RAY_<name> (its lower-case spelling), else ``default``."""
+    raw = os.environ.get(f"AIORAY_{name}") or os.environ.get(f"RAY_{name.lower()}")
+    return float(raw) if raw else default
+
+
+# Task events (task_events.py, daemons/gcs/task_events.py), Ray's names and defaults:
+# how often each process sends the state transitions it recorded to the GCS (0: none
+# are recorded), how many it keeps meanwhile, and how many tasks the GCS keeps.
+TASK_EVENTS_REPORT_INTERVAL_MS = _ray_env("TASK_EVENTS_REPORT_INTERVAL_MS", 1000)
+TASK_EVENTS_MAX_BUFFER_SIZE = int(_ray_env("TASK_EVENTS_MAX_BUFFER_SIZE", 100_000))
+TASK_EVENTS_MAX_NUM_TASK_IN_GCS = int(_ray_env("TASK_EVENTS_MAX_NUM_TASK_IN_GCS", 100_000))
+
+# Ray's _system_config keys that aioray passes to the daemons as environment variables.
+SYSTEM_CONFIG_ENV = {
+    "task_events_report_interval_ms": "AIORAY_TASK_EVENTS_REPORT_INTERVAL_MS",
+    "task_events_max_buffer_size": "AIORAY_TASK_EVENTS_MAX_BUFFER_SIZE",
+    "task_events_max_num_task_in_gcs": "AIORAY_TASK_EVENTS_MAX_NUM_TASK_IN_GCS",
+}
+
+
+def system_config_env(system_config: dict[str, object]) -> dict[str, str]:
+    """Environment for the daemons from the ``_system_config`` keys in SYSTEM_CONFIG_ENV."""
+    return {
+        env: str(int(system_config[key]))  # type: ignore[call-overload]
+        for key, env in SYSTEM_CONFIG_ENV.items()
+        if key in system_config
+    }

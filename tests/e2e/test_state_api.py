@@ -1,0 +1,214 @@
+"""The State API (aioray.util.state) on a real 2-node cluster: task events from owners
+and executors, list/get/summarize of every resource, filters before the limit, a
+SIGKILLed worker's task, opting out of events, and bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+from conftest import wait_for_condition
+
+import aioray as ray
+from aioray.util import state
+from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+FAST_EVENTS = {"task_events_report_interval_ms": 100}
+CLUSTER_NODES = [
+    {"num_cpus": 2, "_system_config": FAST_EVENTS},
+    {"num_cpus": 1, "resources": {"other": 1}},
+]
+
+
+@ray.remote(num_cpus=0, resources={"other": 1})
+def on_other() -> int:
+    return os.getpid()
+
+
+@ray.remote(num_cpus=1)
+def on_head() -> int:
+    return os.getpid()
+
+
+@ray.remote(max_retries=0, num_cpus=0)
+def sleeper(path: str) -> None:
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(60)
+
+
+@ray.remote(num_cpus=0)
+def quick(i: int) -> int:
+    return i
+
+
+@ray.remote(num_cpus=0)
+def broken() -> None:
+    raise ValueError("no good")
+
+
+@ray.remote(num_cpus=0)
+class Counter:
+    def incr(self) -> int:
+        return 1
+
+
+@ray.remote(num_cpus=0)
+def hidden() -> int:
+    return 1
+
+
+@ray.remote(num_cpus=0)
+def shown() -> int:
+    return 2
+
+
+@ray.remote(num_cpus=0, enable_task_events=False)
+class Quiet:
+    def m(self) -> int:
+        return 3
+
+
+def head_and_worker_ids() -> tuple[str, str]:
+    nodes = state.list_nodes()
+    head = next(n for n in nodes if n.is_head_node)
+    other = next(n for n in nodes if not n.is_head_node)
+    return head.node_id, other.node_id
+
+
+def tasks_named(name: str, **kwargs: Any) -> list[state.TaskState]:
+    return state.list_tasks(filters=[("name", "=", name)], limit=10_000, **kwargs)
+
+
+def test_tasks_are_listed_with_the_nodes_they_ran_on(ray_cluster: Any) -> None:
+    head, other = head_and_worker_ids()
+
+    pid_other = ray.get(on_other.remote())
+    pid_head = ray.get(
+        on_head.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)
+        ).remote()
+    )
+    rows = wait_for_condition(
+        lambda: [t for t in tasks_named("on_other") if t.state == "FINISHED" and t.worker_pid], 20
+    )
+    assert rows[0].node_id == other and rows[0].worker_pid == pid_other
+    assert rows[0].type == "NORMAL_TASK" and rows[0].func_or_class_name == "on_other"
+    assert rows[0].job_id == ray.get_runtime_context().get_job_id()
+    (head_row,) = wait_for_condition(
+        lambda: [t for t in tasks_named("on_head") if t.state == "FINISHED" and t.worker_pid], 20
+    )
+    assert (head_row.node_id, head_row.worker_pid) == (head, pid_head)
+    detail = state.get_task(head_row.task_id)
+    assert isinstance(detail, state.TaskState)
+    assert detail["required_resources"] == {"CPU": 1.0}
+    states = [e["state"] for e in detail.events]
+    assert states[0] == "PENDING_ARGS_AVAIL" and states[-1] == "FINISHED"
+    assert "RUNNING" in states and "SUBMITTED_TO_WORKER" in states
+    assert detail.creation_time_ms <= detail.start_time_ms <= detail.end_time_ms
+    assert "events" not in head_row  # detail columns only with detail=True
+
+
+def test_filter_applies_before_the_limit_and_a_killed_worker_fails_its_task(
+    ray_cluster: Any, tmp_path: Any
+) -> None:
+    ref = sleeper.remote(str(tmp_path / "pid"))  # first: the oldest row of the table
+    ray.get([quick.remote(i) for i in range(60)])
+    wait_for_condition(lambda: len(tasks_named("quick")) == 60, 20)
+    running = wait_for_condition(
+        lambda: state.list_tasks(filters=[("state", "=", "running")], limit=1), 20
+    )
+    assert running[0].name == "sleeper"  # found under a limit of 1 among 60+ newer rows
+    pid = int((tmp_path / "pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
+        ray.get(ref, timeout=30)
+    failed = wait_for_condition(
+        lambda: [t for t in tasks_named("sleeper") if t.state == "FAILED"], 20
+    )
+    assert failed[0].error_type == "WORKER_DIED"
+    assert failed[0].worker_pid == pid
+    others = state.list_tasks(filters=[("name", "!=", "sleeper"), ("state", "=", "FAILED")])
+    assert all(t.name != "sleeper" for t in others)
+
+
+def test_application_errors_and_actor_tasks(ray_cluster: Any) -> None:
+    with pytest.raises(ValueError):
+        ray.get(broken.remote())
+    c = Counter.remote()
+    ray.get(c.incr.remote())
+    (row,) = wait_for_condition(
+        lambda: [t for t in tasks_named("broken") if t.state == "FAILED" and t.worker_pid], 20
+    )
+    assert row.error_type == "TASK_EXECUTION_EXCEPTION"
+    assert "no good" in state.get_task(row.task_id).error_message  # type: ignore[union-attr]
+    actor_id = c._actor_id.hex()
+    calls = wait_for_condition(
+        lambda: [t for t in tasks_named("Counter.incr") if t.state == "FINISHED" and t.worker_pid],
+        20,
+    )
+    assert calls[0].type == "ACTOR_TASK" and calls[0].actor_id == actor_id
+    wait_for_condition(lambda: tasks_named("Counter.__init__"), 20)
+    actor = state.get_actor(actor_id)
+    assert actor is not None and (actor.state, actor.class_name) == ("ALIVE", "Counter")
+    assert state.list_actors(filters=[("class_name", "=", "counter")])[0].actor_id == actor_id
+    summary = state.summarize_tasks()["cluster"]
+    assert summary["summary"]["Counter.incr"]["state_counts"]["FINISHED"] >= 1
+    assert summary["summary"]["broken"]["state_counts"] == {"FAILED": 1}
+    assert state.summarize_actors()["cluster"]["summary"]["Counter"]["state_counts"]["ALIVE"] == 1
+
+
+def test_opted_out_tasks_leave_no_events(ray_cluster: Any) -> None:
+    q = Quiet.remote()
+    assert ray.get([hidden.options(enable_task_events=False).remote(), q.m.remote()]) == [1, 3]
+    ray.get(shown.remote())  # recorded after the others, by the same processes
+    wait_for_condition(
+        lambda: [t for t in tasks_named("shown") if t.state == "FINISHED" and t.worker_pid], 20
+    )
+    time.sleep(0.3)  # (three flush intervals: the executors' rows too)
+    assert tasks_named("hidden") == [] and tasks_named("Quiet.m") == []
+
+
+def test_nodes_jobs_workers_objects_and_placement_groups(ray_cluster: Any) -> None:
+    head, other = head_and_worker_ids()
+    nodes = {n.node_id: n for n in state.list_nodes(detail=True)}
+    assert set(nodes) == {head, other} and nodes[other].state == "ALIVE"
+    assert nodes[other].resources_total["other"] == 1
+    assert state.get_node(other).node_ip == nodes[other].node_ip  # type: ignore[union-attr]
+    job_id = ray.get_runtime_context().get_job_id()
+    job = state.get_job(job_id)
+    assert (
+        job is not None and job.status == "RUNNING" and job.driver_info["pid"] == str(os.getpid())
+    )
+    workers = state.list_workers(
+        filters=[("worker_type", "=", "driver"), ("pid", "=", os.getpid())]
+    )
+    assert len(workers) == 1 and workers[0].node_id == head
+    ref = ray.put(b"x" * 200_000)
+    objects = state.get_objects(ref.hex())
+    assert objects and objects[0].reference_type == "LOCAL_REFERENCE"
+    assert objects[0].object_size >= 200_000
+    summary = state.summarize_objects()["cluster"]
+    assert summary["total_objects"] >= 1
+    pg = ray.util.placement_group([{"CPU": 1}], name="pg_for_state")
+    ray.get(pg.ready())
+    (row,) = state.list_placement_groups(filters=[("name", "=", "pg_for_state")], detail=True)
+    assert row.state == "CREATED" and row.bundles[0]["unit_resources"] == {"CPU": 1.0}
+    ray.util.remove_placement_group(pg)
+
+
+def test_bad_queries_fail_clearly(ray_cluster: Any) -> None:
+    with pytest.raises(ValueError, match="Supported filter columns"):
+        state.list_tasks(filters=[("colour", "=", "red")])
+    with pytest.raises(ValueError, match="Available predicates"):
+        state.list_actors(filters=[("state", "~", "ALIVE")])
+    with pytest.raises(ValueError, match="between 1 and 10000"):
+        state.list_nodes(limit=10_001)
+    assert state.get_actor("00" * 16) is None and state.get_task("00" * 16) is None
+    start = time.monotonic()
+    with pytest.raises((ConnectionError, state.RayStateApiException)):
+        state.list_nodes(address="127.0.0.1:9", timeout=2)
+    assert time.monotonic() - start < 10
