@@ -151,6 +151,17 @@ class FrameDecoder:
             return None
         return dests[i]
 
+    @property
+    def capacity(self) -> int:
+        """Bytes of the receive buffer small frames accumulate in."""
+        return len(self._buf)
+
+    def grow(self, capacity: int) -> None:
+        """Use a receive buffer of at least ``capacity`` bytes from now on (a server
+        grows a peer's small pre-handshake buffer once its hello passed)."""
+        if len(self._buf) < capacity:
+            self._make_room(capacity)
+
     def _make_room(self, need: int = 0) -> None:
         # Never resize in place: the transport may still hold a view of the old buffer.
         pending = bytes(self._view[self._start : self._end])

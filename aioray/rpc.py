@@ -9,6 +9,16 @@ token, see ``auth``); a peer that fails it, or sends a malformed or oversized
 frame, is disconnected with a logged reason while the server keeps serving
 everyone else, and the client raises that reason.
 
+Until its hello passes, a peer costs a few KiB: a small receive buffer (grown to
+full size after the handshake). A process keeps at most
+``config.MAX_PENDING_HANDSHAKES`` such connections, and never more than half the
+descriptors it may open: a connection accepted beyond that evicts the one that
+has waited longest (a real client answers in one round trip, so silent sockets
+cannot crowd it out). A connection accepted onto one of the last
+``config.FD_RESERVE`` file descriptors is closed at once: the process keeps those
+for its files, pipes and outgoing connections. Warnings a peer can cause are
+rate-limited (``peer_log``).
+
 Handlers are methods named ``handle_<method>`` on a service object, plain or
 ``async``; they receive ``(conn, body, buffers)`` and return a body, or
 ``Reply(body, buffers)`` to attach raw buffers.
@@ -20,16 +30,25 @@ import asyncio
 import inspect
 import itertools
 import logging
+import resource
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aioray import auth, protocol
+from aioray import auth, config, protocol
+from aioray.peer_log import RateLimitedLog
 from aioray.protocol import ERROR, NOTIFY, REQUEST, RESPONSE, Buffer, ProtocolError
 
 logger = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = config.HANDSHAKE_TIMEOUT_S
+# A peer's receive buffer before and after its hello: small until it proved the token.
+HELLO_BUFFER_BYTES = 2048
+RECEIVE_BUFFER_BYTES = 512 * 1024
+
+peer_warnings = RateLimitedLog(logger, config.PEER_LOG_BURST, config.PEER_LOG_WINDOW_S)
+# Accepted connections of this process whose hello has not passed yet, oldest first.
+_handshaking: dict[Connection, None] = {}
 
 
 class RpcError(Exception):
@@ -78,11 +97,15 @@ class Connection(asyncio.BufferedProtocol):
         server_side: bool = False,
         hello_check: Callable[[Any], Any] | None = None,
         name: str = "",
+        is_async: dict[str, bool] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self._handlers = handlers or {}
-        self._is_async = {k: inspect.iscoroutinefunction(v) for k, v in self._handlers.items()}
-        self._decoder = protocol.FrameDecoder()
+        # A server computes this once for all its connections (memory per peer).
+        self._is_async = is_async if is_async is not None else async_table(self._handlers)
+        self._decoder = protocol.FrameDecoder(
+            HELLO_BUFFER_BYTES if server_side else RECEIVE_BUFFER_BYTES
+        )
         self._transport: asyncio.Transport | None = None
         self._seq = itertools.count(1)
         self._pending: dict[int, asyncio.Future[tuple[Any, list[Buffer]]]] = {}
@@ -110,6 +133,11 @@ class Connection(asyncio.BufferedProtocol):
         peer = self._transport.get_extra_info("peername") if self._transport else None
         return f"<Connection {self.name} peer={peer} pending={len(self._pending)}>"
 
+    @property
+    def receive_buffer_bytes(self) -> int:
+        """Size of this connection's receive buffer (small until the peer's hello)."""
+        return self._decoder.capacity
+
     # -- asyncio.BufferedProtocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -117,8 +145,13 @@ class Connection(asyncio.BufferedProtocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._server_side:
+            refused = _admission(sock)
+            if refused is not None:
+                self._abort(refused, "refused")
+                return
+            _handshaking[self] = None
             self._hello_timer = self.loop.call_later(
-                HANDSHAKE_TIMEOUT_S, self._abort, "no handshake within timeout"
+                HANDSHAKE_TIMEOUT_S, self._abort, "no handshake within timeout", "timeout"
             )
             self._challenge = auth.new_challenge()
             self._send(NOTIFY, 0, "challenge", self._challenge)
@@ -130,7 +163,7 @@ class Connection(asyncio.BufferedProtocol):
         try:
             frames = self._decoder.buffer_updated(nbytes)
         except ProtocolError as e:
-            self._abort(f"protocol error: {e}")
+            self._abort(f"protocol error: {e}", "protocol error")
             return
         for kind, seq, method, body, buffers in frames:
             if self._dead:
@@ -142,9 +175,10 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._decoder.partial and not self._dead:
-            logger.warning("%r closed in the middle of a frame", self)
+            self._peer_warning("partial frame", "%r closed in the middle of a frame", self)
         self._transport = None
         self._dead = True
+        self._uncount()
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         if not self.challenge.done():
@@ -201,7 +235,7 @@ class Connection(asyncio.BufferedProtocol):
             if method == "challenge" and not self.challenge.done() and isinstance(body, bytes):
                 self.challenge.set_result(body)  # the server's first frame (see auth)
                 return
-            logger.warning("unknown method %r from %r", method, self)
+            self._peer_warning("unknown method", "unknown method %r from %r", method, self)
             if kind == REQUEST:
                 self._send(ERROR, seq, method, ["UnknownMethod", f"no method {method!r}"])
             return
@@ -253,42 +287,53 @@ class Connection(asyncio.BufferedProtocol):
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         if kind != REQUEST or method != "hello" or not isinstance(body, dict):
-            self._abort(f"first frame is not a handshake (method={method!r})")
+            self._abort(f"first frame is not a handshake (method={method!r})", "handshake")
             return
         version = body.get("version")
         if version != protocol.PROTOCOL_VERSION:
             reason = f"protocol version {version!r} != {protocol.PROTOCOL_VERSION}"
             self._send(ERROR, seq, method, ["HandshakeError", reason])
-            self._abort(reason, flush=True)
+            self._abort(reason, "handshake", flush=True)
             return
         refused = auth.check(auth.cluster_token(), self._challenge, body.get("auth"))
         if refused is not None:
             self._send(ERROR, seq, method, ["AuthenticationError", refused])
-            self._abort(f"authentication failed: {refused}", flush=True)
+            self._abort(f"authentication failed: {refused}", "authentication", flush=True)
             return
         try:
             answer = self._hello_check(body) if self._hello_check else {}
         except Exception as e:
             self._send(ERROR, seq, method, ["HandshakeError", str(e)])
-            self._abort(f"handshake refused: {e}", flush=True)
+            self._abort(f"handshake refused: {e}", "handshake", flush=True)
             return
         self.peer_info = body
         self._greeted = True
+        self._uncount()
         self._decoder.max_header = protocol.MAX_HEADER_BYTES
         self._decoder.max_buffers = protocol.MAX_BUFFERS
+        self._decoder.grow(RECEIVE_BUFFER_BYTES)
         self._send(RESPONSE, seq, None, {"version": protocol.PROTOCOL_VERSION, **(answer or {})})
 
-    def _abort(self, reason: str, flush: bool = False) -> None:
+    def _abort(self, reason: str, kind: str = "dropped", flush: bool = False) -> None:
         if self._transport is None or self._dead:
             return
         self._dead = True
+        self._uncount()
         peer = self._transport.get_extra_info("peername")
-        logger.warning("dropping connection from %s: %s", peer, reason)
+        self._peer_warning(kind, "dropping connection from %s: %s", peer, reason)
         if flush:
             self._flush()
             self._transport.close()
         else:
             self._transport.abort()
+
+    def _uncount(self) -> None:
+        _handshaking.pop(self, None)
+
+    def _peer_warning(self, kind: str, msg: str, *args: Any) -> None:
+        due = peer_warnings.warning(kind, msg, *args)
+        if due is not None:
+            self.loop.call_later(due, peer_warnings.flush)
 
     # -- sending ------------------------------------------------------------------
     def _send(
@@ -363,6 +408,32 @@ class Connection(asyncio.BufferedProtocol):
             self._transport.close()
 
 
+def async_table(handlers: dict[str, Handler]) -> dict[str, bool]:
+    """Which handlers are coroutine functions (run as tasks), by method name."""
+    return {k: inspect.iscoroutinefunction(v) for k, v in handlers.items()}
+
+
+def _admission(sock: socket.socket | None) -> str | None:
+    """Why a connection just accepted must be closed at once, or None to serve it
+    (after evicting the longest-waiting handshake if too many are in progress)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    if sock is not None:
+        # Descriptors are allocated lowest first: every one below this is open, so
+        # accepted connections can never hold the last FD_RESERVE.
+        fd = sock.fileno()
+        if fd >= soft - config.FD_RESERVE:
+            return f"file descriptor {fd} is in the last {config.FD_RESERVE} of {soft}"
+    cap = max(1, min(config.MAX_PENDING_HANDSHAKES, (soft - config.FD_RESERVE) // 2))
+    if len(_handshaking) >= cap:
+        oldest = next(iter(_handshaking))
+        oldest._abort(
+            f"evicted: {len(_handshaking)} handshakes in progress (at most {cap})", "evicted"
+        )
+    return None
+
+
 def _error_fields(body: Any) -> tuple[str, str]:
     if isinstance(body, list) and len(body) == 2:
         return str(body[0]), str(body[1])
@@ -420,13 +491,19 @@ class Server:
         self._handlers = handlers
         self._hello_check = hello_check
         self._on_connect = on_connect
+        self._is_async = async_table(handlers)
         self._server: asyncio.AbstractServer | None = None
         self.connections: set[Connection] = set()
         self.host = ""
         self.port = 0
 
     def _make(self) -> Connection:
-        conn = Connection(self._handlers, server_side=True, hello_check=self._hello_check)
+        conn = Connection(
+            self._handlers,
+            server_side=True,
+            hello_check=self._hello_check,
+            is_async=self._is_async,
+        )
         self.connections.add(conn)
         conn.on_close.append(self.connections.discard)
         if self._on_connect:

@@ -21,6 +21,7 @@ import traceback
 from typing import Any
 
 from aioray.daemons import worker_output
+from aioray.daemons._common import setup_worker_logging
 from aioray.daemons.actor_host import ActorHost, run_terminate
 
 from aioray import _loop, config, placement_groups, rpc, serialization, store_client
@@ -444,6 +445,7 @@ def _len_or_none(value: Any) -> str:
 
 def main(args: dict[str, Any]) -> None:
     """Entry point of a forked worker: serve until the raylet goes away."""
+    setup_worker_logging(args.get("session_dir"))
     loop = _loop.new_event_loop()
     asyncio.set_event_loop(loop)
     cw = CoreWorker(
