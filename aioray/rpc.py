@@ -165,6 +165,9 @@ class Connection(asyncio.BufferedProtocol):
         except ProtocolError as e:
             self._abort(f"protocol error: {e}", "protocol error")
             return
+        except MemoryError:
+            self._abort("out of memory receiving a frame", "protocol error")
+            return
         for kind, seq, method, body, buffers in frames:
             if self._dead:
                 return
