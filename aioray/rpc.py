@@ -259,6 +259,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _finish(self, kind: int, seq: int, method: str, task: asyncio.Future[Any]) -> None:
         if self._transport is None or self._dead:
+            if not task.cancelled():
+                task.exception()  # the peer left: nobody to tell, nothing to log
             return
         if task.cancelled():
             if kind == REQUEST:

@@ -184,10 +184,23 @@ class TaskExecutor:
             except ActorExit:
                 self.actor.exit()  # no reply: the caller observes the actor's death
                 continue
-            except BaseException as e:  # a bug of ours: answer, and keep the thread alive
-                logger.exception("executing %s failed", job.spec.get("name"))
-                body, bufs = self.error(job.spec, RaySystemError(f"worker error: {e!r}"), False)
+            except BaseException as e:  # a bug of ours, or a malformed spec: keep the thread alive
+                logger.exception("executing %s failed", _name_of(job.spec))
+                try:
+                    body, bufs = self.error(job.spec, RaySystemError(f"worker error: {e!r}"), False)
+                except Exception as malformed:
+                    self.cw.post(self.fail, job, malformed)
+                    continue
             self.cw.post(self.reply, job, body, bufs)
+
+    def fail(self, job: _Job, exc: BaseException) -> None:
+        """(loop) Answer a job whose spec cannot even carry an error (a malformed request)
+        with an RPC error, and let go of what it held."""
+        if not job.fut.done():
+            job.fut.set_exception(ValueError(f"malformed task: {exc!r}"))
+        if job.holds:
+            holds, job.holds = job.holds, []
+            self.cw.refs.remove_contained(holds)
 
     def execute(self, job: _Job) -> tuple[dict[str, Any], list[Buffer]]:
         """Run one task or actor call (any thread); return the reply body and buffers."""
@@ -430,6 +443,10 @@ class TaskExecutor:
         if app_error:
             body["x"] = True
         return body, parts * nret
+
+
+def _name_of(spec: Any) -> str:
+    return str(spec.get("name")) if isinstance(spec, dict) else repr(spec)[:80]
 
 
 def _owner_of(address: list[Any] | None) -> tuple[str, int, bytes] | None:
