@@ -32,12 +32,14 @@ import itertools
 import logging
 import resource
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aioray import auth, config, protocol
+from aioray import auth, config, protocol, tls
 from aioray.peer_log import RateLimitedLog
 from aioray.protocol import ERROR, NOTIFY, REQUEST, RESPONSE, Buffer, ProtocolError
+from aioray.tls_listener import TLSListener
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +179,8 @@ class Connection(asyncio.BufferedProtocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed.done():
+            return  # already reported (a refused TLS handshake reports it itself)
         if self._decoder.partial and not self._dead:
             self._peer_warning("partial frame", "%r closed in the middle of a frame", self)
         self._transport = None
@@ -418,6 +422,16 @@ def async_table(handlers: dict[str, Handler]) -> dict[str, bool]:
     return {k: inspect.iscoroutinefunction(v) for k, v in handlers.items()}
 
 
+def _refused(peer: object, reason: str) -> None:
+    due = peer_warnings.warning("refused", "refused a connection from %s: %s", peer, reason)
+    if due is not None:
+        asyncio.get_running_loop().call_later(due, peer_warnings.flush)
+
+
+def _max_handshakes() -> int:
+    return config.MAX_PENDING_HANDSHAKES
+
+
 def _admission(sock: socket.socket | None) -> str | None:
     """Why a connection just accepted must be closed at once, or None to serve it
     (after evicting the longest-waiting handshake if too many are in progress)."""
@@ -459,10 +473,15 @@ async def connect(
 
     ``token``: the cluster token to prove (default: this process's, ``auth``)."""
     loop = asyncio.get_running_loop()
+    ctx = tls.client_context()
     try:
         _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: Connection(handlers, name=name), host, port), timeout
+            loop.create_connection(lambda: Connection(handlers, name=name), host, port, ssl=ctx),
+            timeout,
         )
+    except ssl.SSLError as e:
+        logger.warning("TLS handshake with %s:%d failed: %s", host, port, e)
+        raise ConnectionError(f"TLS handshake with {host}:{port} failed: {e}") from None
     except (OSError, asyncio.TimeoutError) as e:
         raise ConnectionError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
     body = {"version": protocol.PROTOCOL_VERSION, **(hello or {})}
@@ -498,6 +517,7 @@ class Server:
         self._on_connect = on_connect
         self._is_async = async_table(handlers)
         self._server: asyncio.AbstractServer | None = None
+        self._tls_listener: TLSListener | None = None
         self.connections: set[Connection] = set()
         self.host = ""
         self.port = 0
@@ -519,16 +539,28 @@ class Server:
         self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None
     ) -> None:
         loop = asyncio.get_running_loop()
-        if sock is not None:
+        ctx = tls.server_context()  # read once: TLS is on for the server's lifetime
+        if ctx is not None:
+            if sock is None:
+                sock = socket.create_server((host, port), reuse_port=False)
+            self._tls_listener = TLSListener(
+                sock, ctx, self._make, _admission, _refused, _max_handshakes, HANDSHAKE_TIMEOUT_S
+            )
+            self._tls_listener.start()
+            name = sock.getsockname()
+        elif sock is not None:
             self._server = await loop.create_server(self._make, sock=sock)
+            name = self._server.sockets[0].getsockname()
         else:
             self._server = await loop.create_server(self._make, host, port, reuse_address=True)
-        name = self._server.sockets[0].getsockname()
+            name = self._server.sockets[0].getsockname()
         self.host, self.port = name[0], name[1]
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._tls_listener is not None:
+            await self._tls_listener.stop()
         for conn in list(self.connections):
             conn.close()
         if self._server is not None:

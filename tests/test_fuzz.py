@@ -5,7 +5,7 @@ store) are mutated by a seeded fuzzer (``fuzz_frames``) and sent to the GCS, the
 raylet, an actor's worker and this driver's owner port, both before a handshake
 and after a valid one. Afterwards every daemon must be alive, its memory growth
 bounded, and the same workload must still complete. ``AIORAY_FUZZ_LONG=1`` sends
-100,000 inputs instead of a few thousand; ``AIORAY_FUZZ_SEED`` picks the seed.
+100,000 inputs instead of 8,000; ``AIORAY_FUZZ_SEED`` picks the seed.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from aioray.protocol import PREFIX, FrameDecoder
 from aioray.util.placement_group import placement_group, remove_placement_group
 
 LONG = os.environ.get("AIORAY_FUZZ_LONG") == "1"
-INPUTS = int(os.environ.get("AIORAY_FUZZ_INPUTS", 100_000 if LONG else 3_200))
+INPUTS = int(os.environ.get("AIORAY_FUZZ_INPUTS", 100_000 if LONG else 8_000))
 SEED = int(os.environ.get("AIORAY_FUZZ_SEED", "14"))
 GROWTH_LIMIT = 64 * 1024 * 1024  # bytes of USS a daemon may gain over the whole run
 GET_TIMEOUT = 60
