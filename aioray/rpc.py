@@ -180,7 +180,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed.done():
-            return  # already reported (a refused TLS handshake reports it itself)
+            return  # reported once (a TLS listener reports a failed handshake itself)
         if self._decoder.partial and not self._dead:
             self._peer_warning("partial frame", "%r closed in the middle of a frame", self)
         self._transport = None

@@ -70,13 +70,15 @@ class TLSListener:
 
     async def _handshake(self, sock: socket.socket, peer: object) -> None:
         loop = asyncio.get_running_loop()
+        protocol = self.factory()
         try:
             await loop.connect_accepted_socket(
-                self.factory, sock, ssl=self.ctx, ssl_handshake_timeout=self.timeout
+                lambda: protocol, sock, ssl=self.ctx, ssl_handshake_timeout=self.timeout
             )
         except (OSError, asyncio.TimeoutError, ssl.SSLError, ConnectionError) as e:
             self.refused(peer, f"TLS handshake failed: {e or type(e).__name__}")
             sock.close()
+            protocol.connection_lost(None)  # never connected: let its owner forget it
 
     async def stop(self) -> None:
         if self._accepting is not None:

@@ -239,3 +239,30 @@ def test_tls_without_its_certificates_names_what_is_missing(
     tls.reset()
     with pytest.raises(tls.TLSConfigError, match="AIORAY_TLS_SERVER_CERT, AIORAY_TLS_SERVER_KEY"):
         tls.client_context()
+
+
+def test_a_refused_tls_peer_leaves_nothing_behind_in_the_server() -> None:
+    class Echo:
+        def handle_echo(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+            return body
+
+    async def go() -> None:
+        server = rpc.Server(rpc.handlers_of(Echo()))
+        await server.start()
+        try:
+            for _ in range(5):
+                _, writer = await asyncio.open_connection(server.host, server.port)
+                writer.write(b"\x00" * 64)  # not TLS
+                writer.close()
+            for _ in range(500):  # bounded: the refusals are processed within moments
+                if not server.connections and not server._tls_listener.handshaking:  # type: ignore[union-attr]
+                    break
+                await asyncio.sleep(0.01)
+            assert not server.connections
+            conn, _ = await rpc.connect(server.host, server.port, timeout=10)
+            assert await conn.call("echo", "over tls") == "over tls"
+            conn.close()
+        finally:
+            await server.stop()
+
+    asyncio.run(go())
