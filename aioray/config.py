@@ -57,7 +57,8 @@ HANDSHAKE_TIMEOUT_S = _env("HANDSHAKE_TIMEOUT_S", 10.0)
 # more are closed at once (each costs a few KiB until its hello, see rpc).
 MAX_PENDING_HANDSHAKES = int(_env("MAX_PENDING_HANDSHAKES", 512))
 # File descriptors a process keeps for itself (files, pipes, connections it opens):
-# an accepted connection that would use one of the last FD_RESERVE is closed at once.
+# an accepted connection that would use one of the last FD_RESERVE (at most an eighth of
+# the limit) is closed at once.
 FD_RESERVE = int(_env("FD_RESERVE", 128))
 # Warnings a peer can cause (malformed frames, refused handshakes) are written at most
 # PEER_LOG_BURST times per kind per PEER_LOG_WINDOW_S; a summary counts the rest.

@@ -15,9 +15,9 @@ full size after the handshake). A process keeps at most
 descriptors it may open: a connection accepted beyond that evicts the one that
 has waited longest (a real client answers in one round trip, so silent sockets
 cannot crowd it out). A connection accepted onto one of the last
-``config.FD_RESERVE`` file descriptors is closed at once: the process keeps those
-for its files, pipes and outgoing connections. Warnings a peer can cause are
-rate-limited (``peer_log``).
+``config.FD_RESERVE`` file descriptors (at most an eighth of the limit) is closed
+at once: the process keeps those for its files, pipes and outgoing connections.
+Warnings a peer can cause are rate-limited (``peer_log``).
 
 Handlers are methods named ``handle_<method>`` on a service object, plain or
 ``async``; they receive ``(conn, body, buffers)`` and return a body, or
@@ -438,13 +438,14 @@ def _admission(sock: socket.socket | None) -> str | None:
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
+    reserve = min(config.FD_RESERVE, soft // 8)  # a driver may run under a small limit
     if sock is not None:
         # Descriptors are allocated lowest first: every one below this is open, so
-        # accepted connections can never hold the last FD_RESERVE.
+        # accepted connections can never hold the last ones.
         fd = sock.fileno()
-        if fd >= soft - config.FD_RESERVE:
-            return f"file descriptor {fd} is in the last {config.FD_RESERVE} of {soft}"
-    cap = max(1, min(config.MAX_PENDING_HANDSHAKES, (soft - config.FD_RESERVE) // 2))
+        if fd >= soft - reserve:
+            return f"file descriptor {fd} is in the last {reserve} of {soft}"
+    cap = max(1, min(config.MAX_PENDING_HANDSHAKES, (soft - reserve) // 2))
     if len(_handshaking) >= cap:
         oldest = next(iter(_handshaking))
         oldest._abort(

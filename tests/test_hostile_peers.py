@@ -124,8 +124,8 @@ def test_a_flood_of_idle_sockets_leaves_the_raylet_its_file_descriptors(cluster:
                 s.recv(CHALLENGE_LEN)
             except ConnectionResetError:
                 pass
-        # Silent peers hold at most half of what is left above the reserve.
-        assert raylet.num_fds() < FD_LIMIT - 128
+        # Silent peers hold at most half of what is left above the reserve (the last 32).
+        assert raylet.num_fds() < FD_LIMIT - 32
 
         @ray.remote
         def square(x: int) -> int:
@@ -142,7 +142,7 @@ def test_a_flood_of_idle_sockets_leaves_the_raylet_its_file_descriptors(cluster:
     log = Path(cluster.address_info["session_dir"], "logs", "raylet.log").read_text()
     assert "Too many open files" not in log
     assert "cannot read the node's memory usage" not in log
-    assert "evicted: 64 handshakes in progress (at most 64)" in log  # logged, rate-limited
+    assert "evicted: 112 handshakes in progress (at most 112)" in log  # logged, rate-limited
     assert log.count("evicted: ") <= 20
 
 
