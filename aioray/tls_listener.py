@@ -3,7 +3,9 @@ uses it when TLS is on (``tls``).
 
 Floor 2 (sockets). Connections are accepted as plain TCP, so the admission rules
 (the fd reserve, the cap on handshakes in progress) apply before TLS costs any
-memory; the TLS handshake then runs with a timeout, and a peer that fails it (no
+memory, and TLS state is made only once the peer has sent something (a silent
+socket costs ~2 KiB, a TLS handshake ~50 KiB). The handshake runs with a timeout
+(from the accept on), and a peer that fails it (no
 certificate, one the cluster's CA did not sign, plain TCP) is refused with the
 reason logged here, as the client logs its side (``rpc.connect``).
 """
@@ -41,8 +43,9 @@ class TLSListener:
         self.refused = refused
         self.max_handshakes = max_handshakes
         self.timeout = timeout
-        self.handshaking: set[asyncio.Task[None]] = set()
+        self.handshaking: dict[asyncio.Task[None], None] = {}  # oldest first
         self._accepting: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self.listener.setblocking(False)
@@ -58,29 +61,46 @@ class TLSListener:
                 await asyncio.sleep(0.1)
                 continue
             reason = self.admit(sock)
-            if reason is None and len(self.handshaking) >= self.max_handshakes():
-                reason = f"{len(self.handshaking)} TLS handshakes already in progress"
             if reason is not None:
                 self.refused(peer, reason)
                 sock.close()
                 continue
+            if len(self.handshaking) >= self.max_handshakes():
+                # As before a hello: the one that has waited longest makes room.
+                next(iter(self.handshaking)).cancel()
             task = loop.create_task(self._handshake(sock, peer))
-            self.handshaking.add(task)
-            task.add_done_callback(self.handshaking.discard)
+            self.handshaking[task] = None
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.handshaking.pop(task, None)
 
     async def _handshake(self, sock: socket.socket, peer: object) -> None:
         loop = asyncio.get_running_loop()
         protocol = self.factory()
         try:
+            # TLS state costs ~50 KiB: a peer that has sent nothing yet does not get it.
+            deadline = loop.time() + self.timeout
+            await asyncio.wait_for(_readable(loop, sock), self.timeout)
             await loop.connect_accepted_socket(
-                lambda: protocol, sock, ssl=self.ctx, ssl_handshake_timeout=self.timeout
+                lambda: protocol,
+                sock,
+                ssl=self.ctx,
+                ssl_handshake_timeout=max(0.1, deadline - loop.time()),
             )
+        except asyncio.CancelledError:
+            why = f"evicted: {len(self.handshaking)} TLS handshakes in progress"
         except (OSError, asyncio.TimeoutError, ssl.SSLError, ConnectionError) as e:
-            self.refused(peer, f"TLS handshake failed: {e or type(e).__name__}")
-            sock.close()
-            protocol.connection_lost(None)  # never connected: let its owner forget it
+            why = f"TLS handshake failed: {e or type(e).__name__}"
+        else:
+            return
+        if not self._stopping:
+            self.refused(peer, why)
+        sock.close()
+        protocol.connection_lost(None)  # never connected: let its owner forget it
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._accepting is not None:
             self._accepting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -88,3 +108,19 @@ class TLSListener:
         for task in list(self.handshaking):
             task.cancel()
         self.listener.close()
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Wait until ``sock`` has data (or was closed by its peer)."""
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)

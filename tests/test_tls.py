@@ -266,3 +266,55 @@ def test_a_refused_tls_peer_leaves_nothing_behind_in_the_server() -> None:
             await server.stop()
 
     asyncio.run(go())
+
+
+def test_silent_sockets_cost_a_few_kib_before_tls(ray_cluster: Cluster) -> None:
+    import psutil
+    from conftest import listener_pids
+
+    port = port_of(ray_cluster.address)
+    gcs = psutil.Process(next(iter(listener_pids(port) - {os.getpid()})))
+
+    def established() -> int:
+        return sum(1 for c in gcs.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED)
+
+    before, uss = established(), gcs.memory_full_info().uss
+    n = 300
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+    try:
+        wait_for_condition(lambda: established() >= before + n, 20)
+        per_connection = (gcs.memory_full_info().uss - uss) / n
+        assert per_connection < 16 * 1024, f"{per_connection:.0f} B per silent connection"
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_tls_handshakes_in_progress_are_capped_by_evicting_the_oldest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aioray import config
+
+    monkeypatch.setattr(config, "MAX_PENDING_HANDSHAKES", 2)
+    monkeypatch.setattr(rpc, "HANDSHAKE_TIMEOUT_S", 60.0)  # eviction, not the timeout
+
+    class Echo:
+        def handle_echo(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+            return body
+
+    async def go() -> None:
+        server = rpc.Server(rpc.handlers_of(Echo()))
+        await server.start()
+        try:
+            oldest, w1 = await asyncio.open_connection(server.host, server.port)
+            _, w2 = await asyncio.open_connection(server.host, server.port)
+            conn, _ = await rpc.connect(server.host, server.port, timeout=10)  # evicts one
+            assert await conn.call("echo", "through") == "through"
+            assert await asyncio.wait_for(oldest.read(), 10) == b""  # closed: it waited longest
+            conn.close()
+            w1.close()
+            w2.close()
+        finally:
+            await server.stop()
+
+    asyncio.run(go())
