@@ -1,10 +1,11 @@
-"""What every daemon shares: logging to the session, the lifeline, signals."""
+"""What every daemon shares: logging to the session, the fd limit, the lifeline, signals."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 from collections.abc import Callable
@@ -21,6 +22,34 @@ def setup_logging(session_dir: str | None, name: str) -> None:
     if not session_dir or os.environ.get("AIORAY_LOG_TO_STDERR") == "1":
         handlers.append(logging.StreamHandler())  # aioray serve-node: the container's log
     logging.basicConfig(level=level, format=fmt, handlers=handlers)
+
+
+def setup_worker_logging(session_dir: str | None) -> None:
+    """A worker logs to ``<session>/logs/worker-<pid>.log``, never to its stderr: that
+    is forwarded to the driver as the task's own output (``worker_output``)."""
+    if not session_dir:
+        return
+    level = os.environ.get("AIORAY_LOG_LEVEL", "INFO").upper()
+    pid = os.getpid()
+    fmt = f"%(asctime)s %(levelname)s worker {pid} %(name)s: %(message)s"
+    path = os.path.join(session_dir, "logs", f"worker-{pid}.log")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    logging.basicConfig(
+        level=level, format=fmt, handlers=[logging.FileHandler(path, delay=True)], force=True
+    )
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft limit on open files to the hard limit (a daemon holds one per
+    peer); return (soft, hard) now in force. Children (workers) inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:  # e.g. an infinite hard limit on macOS
+            logging.getLogger(__name__).warning("cannot raise the open-file limit: %s", e)
+    return soft, hard
 
 
 def watch_lifeline(fd: int | None, on_close: Callable[[], None]) -> None:

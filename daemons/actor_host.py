@@ -148,6 +148,8 @@ class ActorHost:
             if prev is not None:
                 await prev
             self._dispatch(job)
+        except Exception as e:  # a malformed call: answer it, keep the actor serving
+            self.ex.fail(job, e)
         finally:
             mine.set_result(None)
 
@@ -208,16 +210,27 @@ class ActorHost:
 
     def _run_threaded(self, job: Job) -> None:
         try:
-            body, bufs = self.ex.execute(job)
+            try:
+                body, bufs = self.ex.execute(job)
+            except KeyboardInterrupt:
+                tid = job.spec["tid"].hex()
+                body, bufs = self.ex.error(job.spec, TaskCancelledError(tid), False)
         except ActorExit:
             self.exit()
             return
-        except KeyboardInterrupt:
-            body, bufs = self.ex.error(job.spec, TaskCancelledError(job.spec["tid"].hex()), False)
+        except Exception as e:  # a malformed call: answer it, keep the pool thread serving
+            self.cw.post(self.ex.fail, job, e)
+            return
         record_end(self.cw, job.spec, body)
         self.cw.post(self.ex.reply, job, body, bufs)
 
     async def _run_async(self, job: Job, group: str | None) -> None:
+        try:
+            await self._call_async(job, group)
+        except Exception as e:  # a malformed call: answer it, keep the actor's loop serving
+            self.cw.post(self.ex.fail, job, e)
+
+    async def _call_async(self, job: Job, group: str | None) -> None:
         sem = self.semaphores.get(group)
         if sem is None:
             sem = self.semaphores[group] = asyncio.Semaphore(self._size(group))

@@ -21,6 +21,7 @@ import traceback
 from typing import Any
 
 from aioray.daemons import worker_output
+from aioray.daemons._common import setup_worker_logging
 from aioray.daemons.actor_host import ActorHost, Job, run_terminate
 
 from aioray._private.core.borrowing import pairs_of
@@ -177,12 +178,25 @@ class TaskExecutor:
                 self.task_counts.ended(name, job_id, False)
                 self.actor.exit()  # no reply: the caller observes the actor's death
                 continue
-            except BaseException as e:  # a bug of ours: answer, and keep the thread alive
-                logger.exception("executing %s failed", job.spec.get("name"))
-                body, bufs = self.error(job.spec, RaySystemError(f"worker error: {e!r}"), False)
+            except BaseException as e:  # a bug of ours, or a malformed spec: keep the thread alive
+                logger.exception("executing %s failed", _name_of(job.spec))
+                try:
+                    body, bufs = self.error(job.spec, RaySystemError(f"worker error: {e!r}"), False)
+                except Exception as malformed:
+                    self.cw.post(self.fail, job, malformed)
+                    continue
             self.task_counts.ended(name, job_id, _failed(body))
             record_end(self.cw, job.spec, body)
             self.cw.post(self.reply, job, body, bufs)
+
+    def fail(self, job: Job, exc: BaseException) -> None:
+        """(loop) Answer a job whose spec cannot even carry an error (a malformed request)
+        with an RPC error, and let go of what it held."""
+        if not job.fut.done():
+            job.fut.set_exception(ValueError(f"malformed task: {exc!r}"))
+        if job.holds:
+            holds, job.holds = job.holds, []
+            self.cw.refs.remove_contained(holds)
 
     def execute(self, job: Job) -> tuple[dict[str, Any], list[Buffer]]:
         """Run one task or actor call (any thread); return the reply body and buffers."""
@@ -437,6 +451,10 @@ def _failed(body: dict[str, Any]) -> bool:
     return "x" in body or bool(rets and len(rets[0]) > 2 and rets[0][2] is True)
 
 
+def _name_of(spec: Any) -> str:
+    return str(spec.get("name")) if isinstance(spec, dict) else repr(spec)[:80]
+
+
 def _owner_of(address: list[Any] | None) -> tuple[str, int, bytes] | None:
     return (address[0], address[1], address[2]) if address else None
 
@@ -450,6 +468,7 @@ def _len_or_none(value: Any) -> str:
 
 def main(args: dict[str, Any]) -> None:
     """Entry point of a forked worker: serve until the raylet goes away."""
+    setup_worker_logging(args.get("session_dir"))
     loop = _loop.new_event_loop()
     asyncio.set_event_loop(loop)
     cw = CoreWorker(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from aioray.daemons._common import setup_logging
+from aioray.daemons._common import raise_fd_limit, setup_logging
 from aioray.daemons.gcs.server import GcsServer
 
 from aioray._private.rpc import loop as _loop
@@ -21,6 +21,7 @@ def main() -> None:
     p.add_argument("--session-id", default="")
     a = p.parse_args()
     setup_logging(a.session_dir, "gcs")
+    raise_fd_limit()
     # The token: the environment's, else the one kept in the session directory (a
     # GCS restarted by hand with the same --session-dir), else a new one stored there.
     token = auth.token_from_env() or (

@@ -8,7 +8,7 @@ import logging
 import sys
 
 import psutil
-from aioray.daemons._common import setup_logging
+from aioray.daemons._common import raise_fd_limit, setup_logging
 from aioray.daemons.raylet.server import Raylet
 from aioray.daemons.raylet.store_service import spill_config_from
 
@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--metrics-listen-fd", type=int)
     a = p.parse_args()
     setup_logging(a.session_dir, "raylet")
+    raise_fd_limit()
     # Ray's default "memory" resource: what is free now, less the object store.
     memory = a.memory or max(0.0, psutil.virtual_memory().available * 0.7 - a.object_store_memory)
     resources = {"CPU": a.num_cpus, "GPU": a.num_gpus, "memory": memory, **json.loads(a.resources)}

@@ -204,23 +204,23 @@ class ObjectTransfer:
         """Receive ``size`` bytes into ``view``, WINDOW chunk requests in flight; chunk
         ``i`` is asked for once ``reserved[i]`` is done."""
         offsets = iter(enumerate(range(0, size, CHUNK_BYTES)))
-        in_flight: set[asyncio.Future[Any]] = set()
+        in_flight: dict[asyncio.Future[Any], memoryview] = {}  # chunk request -> its place
         try:
             while True:
                 for i, off in offsets:
                     await reserved[i]
                     n = min(CHUNK_BYTES, size - off)
-                    in_flight.add(
-                        conn.call_into("transfer_chunk", [oid, off, n], [view[off : off + n]])
-                    )
+                    dest = view[off : off + n]
+                    in_flight[conn.call_into("transfer_chunk", [oid, off, n], [dest])] = dest
                     if len(in_flight) >= WINDOW:
                         break
                 if not in_flight:
                     return
-                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for f in done:
+                    dest = in_flight.pop(f)
                     _, bufs = f.result()  # raises what the source raised
-                    if not bufs or not isinstance(bufs[0], memoryview):
+                    if not bufs or bufs[0] is not dest:  # not received into its place
                         raise rpc.RpcError("transfer_chunk", "ProtocolError", "chunk not received")
         finally:
             for f in in_flight:

@@ -229,6 +229,7 @@ class Raylet:
         info = await self.gcs_link.connect()
         self.session_id = info["session_id"]
         self.session_dir = self.session_dir or info["session_dir"]
+        self.pool.worker_args["session_dir"] = self.session_dir
         self.store.start(self.session_id, self.session_dir, self.node_id)
         await self.server.start(sock=sock)
         logger.info("raylet %s listening on %s:%d", self.node_id.hex()[:8], self.node_ip, self.port)

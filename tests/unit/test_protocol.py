@@ -334,7 +334,7 @@ def test_response_buffer_lands_in_its_destination(size: int, chunk: int) -> None
     frames = feed(decoder, data, max_chunk=chunk)
     assert dest == payload
     assert frames[0][4][0].obj is dest  # the view given, not a copy
-    assert frames[1][4][0] == payload and not isinstance(frames[1][4][0], memoryview)
+    assert frames[1][4][0] == payload and getattr(frames[1][4][0], "obj", None) is not dest
 
 
 def test_destination_of_the_wrong_size_or_kind_is_not_used() -> None:
@@ -349,3 +349,33 @@ def test_destination_of_the_wrong_size_or_kind_is_not_used() -> None:
     assert [bytes(f[4][0]) for f in frames] == [payload, payload]
     assert dest == bytearray(2 * LARGE - 1)
     assert not any(decoder.destinations[2][0])
+
+
+def test_a_claimed_large_buffer_costs_memory_only_as_its_bytes_arrive() -> None:
+    import psutil
+
+    claim = 1 << 30
+    header = msgpack.packb([REQUEST, 1, "m", None], use_bin_type=True)
+    data = PREFIX.pack(len(header), 1) + struct.pack("<Q", claim) + header + b"x" * 1000
+    decoder = FrameDecoder()
+    before = psutil.Process().memory_info().rss
+    assert feed(decoder, data) == []
+    assert decoder.partial
+    assert psutil.Process().memory_info().rss - before < 64 * 1024 * 1024
+    buf = decoder.get_buffer()
+    assert len(buf) == claim - 1000  # the rest is received straight into it
+
+
+def test_a_buffer_that_cannot_be_allocated_is_a_protocol_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import mmap
+
+    def refuse(*_: Any) -> mmap.mmap:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    header = msgpack.packb([REQUEST, 1, "m", None], use_bin_type=True)
+    data = PREFIX.pack(len(header), 1) + struct.pack("<Q", 1 << 30) + header
+    with pytest.raises(ProtocolError, match="cannot allocate a buffer of 1073741824 bytes"):
+        feed(FrameDecoder(), data)

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -21,7 +22,7 @@ import uvloop
 
 from aioray._private.rpc import rpc
 from aioray._private.rpc.rpc import Connection, ConnectionLost, Reply, RpcError, Server, connect
-from aioray._private.wire import auth, protocol
+from aioray._private.wire import auth, config, protocol
 from aioray._private.wire.protocol import (
     MAX_BUFFER_BYTES,
     MAX_BUFFERS,
@@ -264,8 +265,11 @@ async def assert_dropped(conn: Connection, caplog: pytest.LogCaptureFixture, *re
 
 
 @pytest.fixture(autouse=True)
-def _capture_rpc_warnings(caplog: pytest.LogCaptureFixture) -> None:
+def _capture_rpc_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     caplog.set_level(logging.WARNING, logger=rpc.logger.name)
+    rpc.peer_warnings.reset()  # each test sees its own warnings, never rate-limited
+    yield
+    rpc.peer_warnings.reset()
 
 
 # -- requests and replies -----------------------------------------------------------
@@ -633,6 +637,76 @@ async def test_no_handshake_within_timeout(
     monkeypatch.setattr(rpc, "HANDSHAKE_TIMEOUT_S", 10.0)
     assert await bounded(client.call("echo", "old client")) == "old client"
     await assert_still_serving(server)
+
+
+# -- what an unauthenticated peer can cost ------------------------------------------
+
+
+async def test_receive_buffer_is_small_until_the_hello_passes(
+    server: Server, accepted: list[Connection]
+) -> None:
+    async with raw_connection(server) as (reader, writer):
+        assert accepted[0].receive_buffer_bytes <= 4096
+        await raw_handshake(reader, writer, FrameDecoder())
+        assert accepted[0].receive_buffer_bytes == rpc.RECEIVE_BUFFER_BYTES
+        writer.write(frame(REQUEST, 2, "echo", b"x" * 100_000))  # a large frame still fits
+        _, seq, _, body, _ = await read_frame(reader, FrameDecoder())
+        assert (seq, body) == (2, b"x" * 100_000)
+
+
+async def test_handshakes_in_progress_are_capped_by_evicting_the_oldest(
+    server: Server,
+    client: Connection,
+    accepted: list[Connection],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(config, "MAX_PENDING_HANDSHAKES", 2)
+    async with raw_connection(server) as (oldest, _), raw_connection(server):
+        assert len(rpc._handshaking) == 2
+        async with raw_connection(server) as (reader, writer):  # the third gets its challenge
+            assert await read_until_dropped(oldest) == b""  # and the first waited longest
+            await assert_dropped(accepted[1], caplog, "evicted: 2 handshakes in progress")
+            assert len(rpc._handshaking) == 2
+            await raw_handshake(reader, writer, FrameDecoder())  # a real client gets through
+            assert len(rpc._handshaking) == 1
+        assert await bounded(client.call("echo", "old client")) == "old client"
+    await assert_still_serving(server)
+    assert not rpc._handshaking
+
+
+async def test_connections_never_take_the_reserved_file_descriptors(
+    server: Server,
+    client: Connection,
+    accepted: list[Connection],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = resource.getrlimit
+    # Under a limit of 16 the reserve is its last 2: this test's sockets are above them.
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (16, 16))
+    with pytest.raises(ConnectionError):
+        await connect(server.host, server.port, timeout=TIMEOUT)
+    await assert_dropped(accepted[1], caplog, "file descriptor", "in the last 2 of 16")
+    assert await bounded(client.call("echo", "old client")) == "old client"
+    monkeypatch.setattr(resource, "getrlimit", real)
+    await assert_still_serving(server)
+
+
+async def test_peer_warnings_are_rate_limited(
+    server: Server, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rpc.peer_warnings, "burst", 3)
+    for _ in range(8):
+        async with raw_connection(server) as (reader, writer):
+            writer.write(b"\xff" * 8)
+            await read_until_dropped(reader)
+    await assert_still_serving(server)
+    drops = [r for r in caplog.records if "protocol error" in r.getMessage()]
+    assert len(drops) == 3
+    monkeypatch.setattr(rpc.peer_warnings, "clock", lambda: float("inf"))  # the window ends
+    rpc.peer_warnings.flush()
+    assert "5 more such warnings (protocol error) in the last 60 s" in caplog.text
 
 
 # -- handlers whose reply cannot be delivered ----------------------------------------

@@ -9,6 +9,16 @@ token, see ``auth``); a peer that fails it, or sends a malformed or oversized
 frame, is disconnected with a logged reason while the server keeps serving
 everyone else, and the client raises that reason.
 
+Until its hello passes, a peer costs a few KiB: a small receive buffer (grown to
+full size after the handshake). A process keeps at most
+``config.MAX_PENDING_HANDSHAKES`` such connections, and never more than half the
+descriptors it may open: a connection accepted beyond that evicts the one that
+has waited longest (a real client answers in one round trip, so silent sockets
+cannot crowd it out). A connection accepted onto one of the last
+``config.FD_RESERVE`` file descriptors (at most an eighth of the limit) is closed
+at once: the process keeps those for its files, pipes and outgoing connections.
+Warnings a peer can cause are rate-limited (``peer_log``).
+
 Handlers are methods named ``handle_<method>`` on a service object, plain or
 ``async``; they receive ``(conn, body, buffers)`` and return a body, or
 ``Reply(body, buffers)`` to attach raw buffers.
@@ -20,16 +30,28 @@ import asyncio
 import inspect
 import itertools
 import logging
+import resource
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aioray._private.wire import auth, protocol
+from aioray._private.rpc import tls
+from aioray._private.rpc.peer_log import RateLimitedLog
+from aioray._private.rpc.tls_listener import TLSListener
+from aioray._private.wire import auth, config, protocol
 from aioray._private.wire.protocol import ERROR, NOTIFY, REQUEST, RESPONSE, Buffer, ProtocolError
 
 logger = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = config.HANDSHAKE_TIMEOUT_S
+# A peer's receive buffer before and after its hello: small until it proved the token.
+HELLO_BUFFER_BYTES = 2048
+RECEIVE_BUFFER_BYTES = 512 * 1024
+
+peer_warnings = RateLimitedLog(logger, config.PEER_LOG_BURST, config.PEER_LOG_WINDOW_S)
+# Accepted connections of this process whose hello has not passed yet, oldest first.
+_handshaking: dict[Connection, None] = {}
 
 
 class RpcError(Exception):
@@ -78,11 +100,15 @@ class Connection(asyncio.BufferedProtocol):
         server_side: bool = False,
         hello_check: Callable[[Any], Any] | None = None,
         name: str = "",
+        is_async: dict[str, bool] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self._handlers = handlers or {}
-        self._is_async = {k: inspect.iscoroutinefunction(v) for k, v in self._handlers.items()}
-        self._decoder = protocol.FrameDecoder()
+        # A server computes this once for all its connections (memory per peer).
+        self._is_async = is_async if is_async is not None else async_table(self._handlers)
+        self._decoder = protocol.FrameDecoder(
+            HELLO_BUFFER_BYTES if server_side else RECEIVE_BUFFER_BYTES
+        )
         self._transport: asyncio.Transport | None = None
         self._seq = itertools.count(1)
         self._pending: dict[int, asyncio.Future[tuple[Any, list[Buffer]]]] = {}
@@ -110,6 +136,11 @@ class Connection(asyncio.BufferedProtocol):
         peer = self._transport.get_extra_info("peername") if self._transport else None
         return f"<Connection {self.name} peer={peer} pending={len(self._pending)}>"
 
+    @property
+    def receive_buffer_bytes(self) -> int:
+        """Size of this connection's receive buffer (small until the peer's hello)."""
+        return self._decoder.capacity
+
     # -- asyncio.BufferedProtocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -117,8 +148,13 @@ class Connection(asyncio.BufferedProtocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._server_side:
+            refused = _admission(sock)
+            if refused is not None:
+                self._abort(refused, "refused")
+                return
+            _handshaking[self] = None
             self._hello_timer = self.loop.call_later(
-                HANDSHAKE_TIMEOUT_S, self._abort, "no handshake within timeout"
+                HANDSHAKE_TIMEOUT_S, self._abort, "no handshake within timeout", "timeout"
             )
             self._challenge = auth.new_challenge()
             self._send(NOTIFY, 0, "challenge", self._challenge)
@@ -130,7 +166,10 @@ class Connection(asyncio.BufferedProtocol):
         try:
             frames = self._decoder.buffer_updated(nbytes)
         except ProtocolError as e:
-            self._abort(f"protocol error: {e}")
+            self._abort(f"protocol error: {e}", "protocol error")
+            return
+        except MemoryError:
+            self._abort("out of memory receiving a frame", "protocol error")
             return
         for kind, seq, method, body, buffers in frames:
             if self._dead:
@@ -141,10 +180,13 @@ class Connection(asyncio.BufferedProtocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed.done():
+            return  # reported once (a TLS listener reports a failed handshake itself)
         if self._decoder.partial and not self._dead:
-            logger.warning("%r closed in the middle of a frame", self)
+            self._peer_warning("partial frame", "%r closed in the middle of a frame", self)
         self._transport = None
         self._dead = True
+        self._uncount()
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         if not self.challenge.done():
@@ -201,7 +243,7 @@ class Connection(asyncio.BufferedProtocol):
             if method == "challenge" and not self.challenge.done() and isinstance(body, bytes):
                 self.challenge.set_result(body)  # the server's first frame (see auth)
                 return
-            logger.warning("unknown method %r from %r", method, self)
+            self._peer_warning("unknown method", "unknown method %r from %r", method, self)
             if kind == REQUEST:
                 self._send(ERROR, seq, method, ["UnknownMethod", f"no method {method!r}"])
             return
@@ -222,6 +264,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _finish(self, kind: int, seq: int, method: str, task: asyncio.Future[Any]) -> None:
         if self._transport is None or self._dead:
+            if not task.cancelled():
+                task.exception()  # the peer left: nobody to tell, nothing to log
             return
         if task.cancelled():
             if kind == REQUEST:
@@ -253,42 +297,53 @@ class Connection(asyncio.BufferedProtocol):
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         if kind != REQUEST or method != "hello" or not isinstance(body, dict):
-            self._abort(f"first frame is not a handshake (method={method!r})")
+            self._abort(f"first frame is not a handshake (method={method!r})", "handshake")
             return
         version = body.get("version")
         if version != protocol.PROTOCOL_VERSION:
             reason = f"protocol version {version!r} != {protocol.PROTOCOL_VERSION}"
             self._send(ERROR, seq, method, ["HandshakeError", reason])
-            self._abort(reason, flush=True)
+            self._abort(reason, "handshake", flush=True)
             return
         refused = auth.check(auth.cluster_token(), self._challenge, body.get("auth"))
         if refused is not None:
             self._send(ERROR, seq, method, ["AuthenticationError", refused])
-            self._abort(f"authentication failed: {refused}", flush=True)
+            self._abort(f"authentication failed: {refused}", "authentication", flush=True)
             return
         try:
             answer = self._hello_check(body) if self._hello_check else {}
         except Exception as e:
             self._send(ERROR, seq, method, ["HandshakeError", str(e)])
-            self._abort(f"handshake refused: {e}", flush=True)
+            self._abort(f"handshake refused: {e}", "handshake", flush=True)
             return
         self.peer_info = body
         self._greeted = True
+        self._uncount()
         self._decoder.max_header = protocol.MAX_HEADER_BYTES
         self._decoder.max_buffers = protocol.MAX_BUFFERS
+        self._decoder.grow(RECEIVE_BUFFER_BYTES)
         self._send(RESPONSE, seq, None, {"version": protocol.PROTOCOL_VERSION, **(answer or {})})
 
-    def _abort(self, reason: str, flush: bool = False) -> None:
+    def _abort(self, reason: str, kind: str = "dropped", flush: bool = False) -> None:
         if self._transport is None or self._dead:
             return
         self._dead = True
+        self._uncount()
         peer = self._transport.get_extra_info("peername")
-        logger.warning("dropping connection from %s: %s", peer, reason)
+        self._peer_warning(kind, "dropping connection from %s: %s", peer, reason)
         if flush:
             self._flush()
             self._transport.close()
         else:
             self._transport.abort()
+
+    def _uncount(self) -> None:
+        _handshaking.pop(self, None)
+
+    def _peer_warning(self, kind: str, msg: str, *args: Any) -> None:
+        due = peer_warnings.warning(kind, msg, *args)
+        if due is not None:
+            self.loop.call_later(due, peer_warnings.flush)
 
     # -- sending ------------------------------------------------------------------
     def _send(
@@ -363,6 +418,43 @@ class Connection(asyncio.BufferedProtocol):
             self._transport.close()
 
 
+def async_table(handlers: dict[str, Handler]) -> dict[str, bool]:
+    """Which handlers are coroutine functions (run as tasks), by method name."""
+    return {k: inspect.iscoroutinefunction(v) for k, v in handlers.items()}
+
+
+def _refused(peer: object, reason: str) -> None:
+    due = peer_warnings.warning("refused", "refused a connection from %s: %s", peer, reason)
+    if due is not None:
+        asyncio.get_running_loop().call_later(due, peer_warnings.flush)
+
+
+def _max_handshakes() -> int:
+    return config.MAX_PENDING_HANDSHAKES
+
+
+def _admission(sock: socket.socket | None) -> str | None:
+    """Why a connection just accepted must be closed at once, or None to serve it
+    (after evicting the longest-waiting handshake if too many are in progress)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    reserve = min(config.FD_RESERVE, soft // 8)  # a driver may run under a small limit
+    if sock is not None:
+        # Descriptors are allocated lowest first: every one below this is open, so
+        # accepted connections can never hold the last ones.
+        fd = sock.fileno()
+        if fd >= soft - reserve:
+            return f"file descriptor {fd} is in the last {reserve} of {soft}"
+    cap = max(1, min(config.MAX_PENDING_HANDSHAKES, (soft - reserve) // 2))
+    if len(_handshaking) >= cap:
+        oldest = next(iter(_handshaking))
+        oldest._abort(
+            f"evicted: {len(_handshaking)} handshakes in progress (at most {cap})", "evicted"
+        )
+    return None
+
+
 def _error_fields(body: Any) -> tuple[str, str]:
     if isinstance(body, list) and len(body) == 2:
         return str(body[0]), str(body[1])
@@ -383,10 +475,15 @@ async def connect(
 
     ``token``: the cluster token to prove (default: this process's, ``auth``)."""
     loop = asyncio.get_running_loop()
+    ctx = tls.client_context()
     try:
         _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: Connection(handlers, name=name), host, port), timeout
+            loop.create_connection(lambda: Connection(handlers, name=name), host, port, ssl=ctx),
+            timeout,
         )
+    except ssl.SSLError as e:
+        logger.warning("TLS handshake with %s:%d failed: %s", host, port, e)
+        raise ConnectionError(f"TLS handshake with {host}:{port} failed: {e}") from None
     except (OSError, asyncio.TimeoutError) as e:
         raise ConnectionError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
     body = {"version": protocol.PROTOCOL_VERSION, **(hello or {})}
@@ -420,13 +517,20 @@ class Server:
         self._handlers = handlers
         self._hello_check = hello_check
         self._on_connect = on_connect
+        self._is_async = async_table(handlers)
         self._server: asyncio.AbstractServer | None = None
+        self._tls_listener: TLSListener | None = None
         self.connections: set[Connection] = set()
         self.host = ""
         self.port = 0
 
     def _make(self) -> Connection:
-        conn = Connection(self._handlers, server_side=True, hello_check=self._hello_check)
+        conn = Connection(
+            self._handlers,
+            server_side=True,
+            hello_check=self._hello_check,
+            is_async=self._is_async,
+        )
         self.connections.add(conn)
         conn.on_close.append(self.connections.discard)
         if self._on_connect:
@@ -437,16 +541,28 @@ class Server:
         self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None
     ) -> None:
         loop = asyncio.get_running_loop()
-        if sock is not None:
+        ctx = tls.server_context()  # read once: TLS is on for the server's lifetime
+        if ctx is not None:
+            if sock is None:
+                sock = socket.create_server((host, port), reuse_port=False)
+            self._tls_listener = TLSListener(
+                sock, ctx, self._make, _admission, _refused, _max_handshakes, HANDSHAKE_TIMEOUT_S
+            )
+            self._tls_listener.start()
+            name = sock.getsockname()
+        elif sock is not None:
             self._server = await loop.create_server(self._make, sock=sock)
+            name = self._server.sockets[0].getsockname()
         else:
             self._server = await loop.create_server(self._make, host, port, reuse_address=True)
-        name = self._server.sockets[0].getsockname()
+            name = self._server.sockets[0].getsockname()
         self.host, self.port = name[0], name[1]
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._tls_listener is not None:
+            await self._tls_listener.stop()
         for conn in list(self.connections):
             conn.close()
         if self._server is not None:

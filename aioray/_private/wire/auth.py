@@ -10,9 +10,10 @@ checks the token in the connection's first exchange (``rpc``):
    mismatch or a missing proof.
 
 The token itself never crosses the wire, and a recorded hello cannot be replayed
-(each connection gets a fresh challenge). Traffic is not encrypted: run clusters on
-a private network, as with Ray. Cost: one HMAC per connection on each side (~2 µs)
-and no extra round trip (the challenge is in flight while the client connects).
+(each connection gets a fresh challenge). Traffic is not encrypted unless TLS is
+on (``tls``, docs/security.md): run clusters on a private network, as with Ray.
+Cost: one HMAC per connection on each side (~2 µs) and no extra round trip (the
+challenge is in flight while the client connects).
 
 Names follow Ray 2.52+ token authentication: ``AIORAY_AUTH_MODE`` (``token``, the
 default, or ``disabled``), ``AIORAY_AUTH_TOKEN`` (``RAY_AUTH_TOKEN`` is also read)

@@ -60,6 +60,19 @@ MAX_LINEAGE_BYTES = int(_env("MAX_LINEAGE_BYTES", 1024**3))
 GCS_RECONNECT_TIMEOUT_S = _env("GCS_RECONNECT_TIMEOUT_S", 60.0)
 # Connecting to a daemon (TCP connect and handshake) fails after this long.
 CONNECT_TIMEOUT_S = _env("CONNECT_TIMEOUT_S", 5.0)
+# A peer that has not completed its handshake this long after connecting is dropped.
+HANDSHAKE_TIMEOUT_S = _env("HANDSHAKE_TIMEOUT_S", 10.0)
+# Accepted connections that have not passed their handshake yet, at most, per process:
+# more are closed at once (each costs a few KiB until its hello, see rpc).
+MAX_PENDING_HANDSHAKES = int(_env("MAX_PENDING_HANDSHAKES", 512))
+# File descriptors a process keeps for itself (files, pipes, connections it opens):
+# an accepted connection that would use one of the last FD_RESERVE (at most an eighth of
+# the limit) is closed at once.
+FD_RESERVE = int(_env("FD_RESERVE", 128))
+# Warnings a peer can cause (malformed frames, refused handshakes) are written at most
+# PEER_LOG_BURST times per kind per PEER_LOG_WINDOW_S; a summary counts the rest.
+PEER_LOG_BURST = int(_env("PEER_LOG_BURST", 10))
+PEER_LOG_WINDOW_S = _env("PEER_LOG_WINDOW_S", 60.0)
 
 
 def memory_monitor_settings() -> tuple[float, float]:

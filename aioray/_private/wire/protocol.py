@@ -13,6 +13,7 @@ so a large payload is never packed into msgpack: it is written as its own buffer
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Sequence
 from typing import Any, Final
@@ -58,7 +59,7 @@ def _nbytes(buf: Buffer) -> int:
 
 # Until a peer has completed the handshake it may send only a small hello: nothing
 # it claims can make us allocate more than this.
-HELLO_MAX_HEADER_BYTES: Final = 64 * 1024
+HELLO_MAX_HEADER_BYTES: Final = 4096  # a real hello is ~200 bytes
 
 
 def check_prefix(
@@ -99,6 +100,16 @@ def decode_header(data: Buffer) -> tuple[int, int, str | None, Any]:
     return kind, seq, method, body
 
 
+def lazy_buffer(n: int) -> memoryview:
+    """``n`` writable bytes whose pages are committed only as data lands in them (an
+    anonymous mapping, not a zero-filled bytearray): a peer's claim of a large buffer
+    costs memory only as its bytes actually arrive."""
+    try:
+        return memoryview(mmap.mmap(-1, n))
+    except (OSError, OverflowError, ValueError) as e:
+        raise ProtocolError(f"cannot allocate a buffer of {n} bytes: {e}") from None
+
+
 class FrameDecoder:
     """Incremental, sans-I/O frame parser over a reusable receive buffer.
 
@@ -122,7 +133,7 @@ class FrameDecoder:
         self._lengths: list[int] = []
         self._buffers: list[Buffer] = []
         # Large raw buffer receiving directly from the socket.
-        self._big: bytearray | memoryview | None = None
+        self._big: memoryview | None = None
         self._big_view: memoryview | None = None
         self._big_filled = 0
         # Caller-provided destinations for the raw buffers of expected responses, by
@@ -151,6 +162,17 @@ class FrameDecoder:
             return None
         return dests[i]
 
+    @property
+    def capacity(self) -> int:
+        """Bytes of the receive buffer small frames accumulate in."""
+        return len(self._buf)
+
+    def grow(self, capacity: int) -> None:
+        """Use a receive buffer of at least ``capacity`` bytes from now on (a server
+        grows a peer's small pre-handshake buffer once its hello passed)."""
+        if len(self._buf) < capacity:
+            self._make_room(capacity)
+
     def _make_room(self, need: int = 0) -> None:
         # Never resize in place: the transport may still hold a view of the old buffer.
         pending = bytes(self._view[self._start : self._end])
@@ -167,8 +189,6 @@ class FrameDecoder:
             if self._big_filled < len(self._big):
                 return []
             assert self._big_view is not None
-            if self._big_view is not self._big:  # our own bytearray, not a destination
-                self._big_view.release()
             self._buffers.append(self._big)
             self._big, self._big_view, self._big_filled = None, None, 0
         else:
@@ -232,10 +252,10 @@ class FrameDecoder:
                     self._start += n
                 elif n >= self.LARGE:
                     # Receive the rest of this buffer straight into its destination.
-                    big = bytearray(n)
+                    big = lazy_buffer(n)
                     big[:avail] = view[self._start : self._end]
                     self._start = self._end = 0
-                    self._big, self._big_view, self._big_filled = big, memoryview(big), avail
+                    self._big, self._big_view, self._big_filled = big, big, avail
                     return frames
                 else:
                     if n > len(self._buf) - self._start:
