@@ -21,7 +21,7 @@ from typing import Any
 
 from aioray import config, ids, options, placement_groups, serialization
 from aioray.object_ref import ObjectRef
-from aioray.remote_function import _api, pack_arguments
+from aioray.remote_function import _api, pack_arguments, task_runtime_env
 from aioray.streaming import STREAMING
 from aioray.task_spec import TaskEntry
 from aioray.util.scheduling_strategies import strategy_to_wire
@@ -168,7 +168,7 @@ class ActorClass:
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
         # Creation arguments stay pinned: a restart runs __init__ with them again.
         cw.refs.pin(r.binary() for r in [*dep_refs, *(blob.contained_refs if blob else ())])
-        env = api.merged_env_vars(opts.get("runtime_env"))
+        env = task_runtime_env(api._job_runtime_env, opts.get("runtime_env"))
         if env:
             spec["env"] = env
         explicit_cpus = "num_cpus" in opts and opts["num_cpus"] is not None

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aioray import auth, config, node, object_waits, store_client
+from aioray import runtime_env as _runtime_env
 from aioray import object_ref as _object_ref
 from aioray.core_worker import DRIVER, CoreWorker
 from aioray.object_ref import ObjectRef, set_core_worker
@@ -95,9 +96,9 @@ def init(
     unknown = set(kwargs) - allowed_extra
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    from aioray.options import _runtime_env, validate
+    from aioray.options import validate
 
-    _runtime_env("runtime_env", runtime_env)
+    job_env = _runtime_env.normalize(runtime_env)  # bad fields fail here, naming the field
     system_config = _check_store_options(
         object_store_memory, object_spilling_directory, kwargs.get("_system_config")
     )
@@ -159,7 +160,7 @@ def init(
         _cw = cw
         cw.post(cw.submitter.remote_raylets.follow_logs)  # other nodes' worker output
         _gcs_address = gcs_address
-        _job_runtime_env = dict(runtime_env or {})
+        _job_runtime_env = job_env
         _address_cache.clear()
         _address_cache.update(info)
         return InitContext(_address_info())
@@ -245,11 +246,10 @@ def ensure_connected() -> CoreWorker:
     return cw
 
 
-def merged_env_vars(task_env: dict[str, Any] | None) -> dict[str, str]:
-    env = dict((_job_runtime_env or {}).get("env_vars") or {})
-    if task_env:
-        env.update(task_env.get("env_vars") or {})
-    return env
+def set_parent_runtime_env(env: dict[str, Any] | None) -> None:
+    """(worker start) The env this worker runs in: its tasks' children inherit it."""
+    global _job_runtime_env
+    _job_runtime_env = dict(env or {})
 
 
 # -- the object API ---------------------------------------------------------------------------

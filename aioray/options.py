@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from aioray import runtime_env
 from aioray.util.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
     PlacementGroupSchedulingStrategy,
@@ -56,15 +57,8 @@ def _retry_exceptions(name: str, v: Any) -> None:
 
 
 def _runtime_env(name: str, v: Any) -> None:
-    if v is None:
-        return
-    if not isinstance(v, dict):
-        raise ValueError(f"The option '{name}' must be a dict, got {type(v).__name__}.")
-    env_vars = v.get("env_vars", {})
-    if not isinstance(env_vars, dict) or not all(
-        isinstance(k, str) and isinstance(x, str) for k, x in env_vars.items()
-    ):
-        raise ValueError("runtime_env['env_vars'] must be a dict of str to str.")
+    if v is not None:
+        runtime_env.check_task_level(v)
 
 
 def _strategy(name: str, v: Any) -> None:

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aioray import config, ids, options, placement_groups, serialization
+from aioray import config, ids, options, placement_groups, runtime_env, serialization
 from aioray.object_ref import ObjectRef
 from aioray.streaming import STREAMING
 from aioray.task_spec import TaskEntry, split_args
@@ -32,7 +32,7 @@ class RemoteFunction:
         self._fn_bytes: bytes | None = None
         self._fid = b""
         self._lock = threading.Lock()
-        self._request: tuple[Any, ...] = ()  # (options, their resources, their class key)
+        self._request: tuple[Any, ...] = ()  # (options, resources, class key, env, parent env)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -99,13 +99,16 @@ class RemoteFunction:
             "owner": cw.address,
         }
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
-        env = api.merged_env_vars(opts.get("runtime_env"))
+        request = self._request  # the same options, call after call: computed once
+        parent_env = api._job_runtime_env
+        if not request or request[0] is not opts or request[4] is not parent_env:
+            resources = options.resource_request(opts)
+            env = task_runtime_env(parent_env, opts.get("runtime_env"))
+            key = (tuple(sorted(resources.items())), runtime_env.env_key(env))
+            request = self._request = (opts, resources, key, env, parent_env)
+        env = request[3]
         if env:
             spec["env"] = env
-        request = self._request  # the same options, call after call: computed once
-        if not request or request[0] is not opts:
-            resources = options.resource_request(opts)
-            request = self._request = (opts, resources, (tuple(sorted(resources.items())), ()))
         resources = request[1]
         if (
             opts["scheduling_strategy"] is not None
@@ -119,11 +122,8 @@ class RemoteFunction:
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
         sched_key: tuple[Any, ...] = request[2]  # (resources, runtime env), shared
-        if resources is not request[1] or env:
-            sched_key = (
-                tuple(sorted(resources.items())),
-                tuple(sorted(env.items())) if env else (),
-            )
+        if resources is not request[1]:
+            sched_key = (tuple(sorted(resources.items())), sched_key[1])
         if opts["scheduling_strategy"] is not None:
             strategy = strategy_to_wire(opts["scheduling_strategy"])
             if strategy is not None:
@@ -210,3 +210,9 @@ class _BoundOptions:
     def options(self, **task_options: Any) -> _BoundOptions:
         options.validate(task_options, options.TASK_OPTIONS)
         return _BoundOptions(self._fn, {**self._opts, **task_options})
+
+
+def task_runtime_env(parent: dict[str, Any], own: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The wire env of a task or actor: its own options' env over its parent's (Ray's merge)."""
+    env = runtime_env.merge(parent, runtime_env.check_task_level(own) if own else None)
+    return env or None

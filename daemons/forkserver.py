@@ -23,7 +23,7 @@ import msgpack  # noqa: F401
 import numpy
 from aioray.daemons import worker
 
-from aioray import api, core_worker  # noqa: F401
+from aioray import api, core_worker
 
 
 def main() -> None:
@@ -76,6 +76,7 @@ def _become_worker(request: dict[str, Any]) -> None:
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.environ.update(request.get("env") or {})
+        api.set_parent_runtime_env(request.get("runtime_env"))  # children inherit it
         numpy.random.seed()  # forked children would otherwise share one RNG state
         worker.main(request["args"])
         code = 0

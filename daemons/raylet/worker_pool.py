@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from aioray import rpc
+from aioray import rpc, runtime_env
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ class WorkerPool:
         try:
             async with self._lock:
                 assert self._writer is not None and self._reader is not None
-                self._writer.write(json.dumps({"args": args, "env": env or {}}).encode() + b"\n")
+                request = {"args": args, "env": (env or {}).get("env_vars") or {}, "runtime_env": env}
+                self._writer.write(json.dumps(request).encode() + b"\n")
                 line = await self._reader.readline()
             if not line:
                 raise ConnectionError("fork server exited")
@@ -192,5 +193,5 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def env_key_of(env: dict[str, str] | None) -> str:
-    return json.dumps(sorted((env or {}).items())) if env else ""
+def env_key_of(env: dict[str, Any] | None) -> str:
+    return runtime_env.env_key(env)
