@@ -20,6 +20,7 @@ from typing import Any
 
 from aioray import auth, config, node, object_waits, store_client
 from aioray import runtime_env as _runtime_env
+from aioray import runtime_env_packaging
 from aioray import object_ref as _object_ref
 from aioray.core_worker import DRIVER, CoreWorker
 from aioray.object_ref import ObjectRef, set_core_worker
@@ -98,7 +99,8 @@ def init(
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
     from aioray.options import validate
 
-    job_env = _runtime_env.normalize(runtime_env)  # bad fields fail here, naming the field
+    # Bad fields fail here naming the field; sizes are checked before anything starts.
+    job_env, packages = runtime_env_packaging.plan_env(_runtime_env.normalize(runtime_env))
     system_config = _check_store_options(
         object_store_memory, object_spilling_directory, kwargs.get("_system_config")
     )
@@ -163,7 +165,19 @@ def init(
         _job_runtime_env = job_env
         _address_cache.clear()
         _address_cache.update(info)
-        return InitContext(_address_info())
+    try:
+        _start_job_env(job_env, packages)
+    except BaseException:
+        shutdown()
+        raise
+    return InitContext(_address_info())
+
+
+def _start_job_env(env: dict[str, Any], packages: list[runtime_env_packaging.Package]) -> None:
+    """Upload the job's packages; with ``eager_install`` every node prepares the env now."""
+    runtime_env_packaging.upload(packages, _gcs_call)
+    if _runtime_env.needs_setup(env) and (env.get("config") or {}).get("eager_install", True):
+        _gcs_call("prepare_runtime_env", env)
 
 
 OBJECT_STORE_MINIMUM_MEMORY_BYTES = 75 * 1024 * 1024  # Ray's minimum

@@ -174,6 +174,13 @@ class GcsServer:
         self.persistence.job_registered(conn.state["job_id"], info)
         return {"job_id": conn.state["job_id"], "namespace": namespace}
 
+    def handle_prepare_runtime_env(self, conn: rpc.Connection, env: dict[str, Any], _: Any) -> int:
+        """``eager_install``: every live node prepares a job's runtime env now."""
+        raylets = [c for c in self.raylets.values() if not c.is_closed]
+        for raylet in raylets:
+            raylet.notify("prepare_runtime_env", env)
+        return len(raylets)
+
     # -- internal key-value store -----------------------------------------------------------
     def handle_kv_put(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
         ns, key, value, overwrite = body
