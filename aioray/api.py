@@ -18,10 +18,9 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aioray import auth, config, node, object_waits, store_client
-from aioray import runtime_env as _runtime_env
-from aioray import runtime_env_packaging
+from aioray import auth, config, node, object_waits, runtime_env_packaging, store_client
 from aioray import object_ref as _object_ref
+from aioray import runtime_env as _runtime_env
 from aioray.core_worker import DRIVER, CoreWorker
 from aioray.object_ref import ObjectRef, set_core_worker
 from aioray.remote_function import RemoteFunction

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aioray import runtime_env
+from aioray.runtime_env import check_task_level
 from aioray.util.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
     PlacementGroupSchedulingStrategy,
@@ -58,7 +58,7 @@ def _retry_exceptions(name: str, v: Any) -> None:
 
 def _runtime_env(name: str, v: Any) -> None:
     if v is not None:
-        runtime_env.check_task_level(v)
+        check_task_level(v)
 
 
 def _strategy(name: str, v: Any) -> None:

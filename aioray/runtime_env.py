@@ -24,15 +24,13 @@ CONFIG_FIELDS = ("setup_timeout_seconds", "eager_install")
 DEFAULT_SETUP_TIMEOUT_S = 600
 
 
-class RuntimeEnvConfig(dict):  # type: ignore[type-arg]
+class RuntimeEnvConfig(dict[str, Any]):
     """How a runtime env is set up: ``setup_timeout_seconds`` (-1: none), ``eager_install``."""
 
     def __init__(
         self, setup_timeout_seconds: int = DEFAULT_SETUP_TIMEOUT_S, eager_install: bool = True
     ) -> None:
-        super().__init__(
-            setup_timeout_seconds=setup_timeout_seconds, eager_install=eager_install
-        )
+        super().__init__(setup_timeout_seconds=setup_timeout_seconds, eager_install=eager_install)
         _check_config(self)
 
     @classmethod
@@ -53,7 +51,7 @@ class RuntimeEnvConfig(dict):  # type: ignore[type-arg]
         return cls(**config)
 
 
-class RuntimeEnv(dict):  # type: ignore[type-arg]
+class RuntimeEnv(dict[str, Any]):
     """A validated runtime env (a dict, as Ray's): the fields of ``FIELDS``.
 
     Construction validates, so a bad field fails here with its name.
@@ -243,7 +241,9 @@ def _read_requirements(tool: str, path: str) -> list[str]:
         with open(os.path.expanduser(path)) as f:
             lines = [line.strip() for line in f]
     except OSError as e:
-        raise ValueError(f"runtime_env[{tool!r}]: cannot read requirements file {path!r}: {e}")
+        raise ValueError(
+            f"runtime_env[{tool!r}]: cannot read requirements file {path!r}: {e}"
+        ) from None
     return [line for line in lines if line and not line.startswith("#")]
 
 
@@ -253,7 +253,11 @@ def _config(v: Any) -> dict[str, Any]:
 
 def _check_config(config: Mapping[str, Any]) -> None:
     timeout = config["setup_timeout_seconds"]
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or (timeout <= 0 and timeout != -1):
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int)
+        or (timeout <= 0 and timeout != -1)
+    ):
         raise ValueError(
             f"runtime_env['config']['setup_timeout_seconds'] must be a positive int "
             f"or -1, got {timeout!r}."
@@ -312,4 +316,4 @@ def env_key(env: Mapping[str, Any] | None) -> str:
 
 def needs_setup(env: Mapping[str, Any] | None) -> bool:
     """True when a node must prepare something before a worker can start in ``env``."""
-    return bool(env) and any(env.get(f) for f in ("working_dir", "py_modules", "pip", "uv"))
+    return env is not None and any(env.get(f) for f in ("working_dir", "py_modules", "pip", "uv"))

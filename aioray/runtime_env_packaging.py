@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from aioray import runtime_env
+from aioray.runtime_env import URI_SCHEME, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -187,13 +187,13 @@ def upload(packages: list[Package], gcs_call: GcsCall) -> None:
 
 def upload_env(env: dict[str, Any], gcs_call: GcsCall) -> dict[str, Any]:
     """Validate, package and upload a user's env; return its wire form (URIs only)."""
-    wire, packages = plan_env(runtime_env.normalize(env))
+    wire, packages = plan_env(normalize(env))
     upload(packages, gcs_call)
     return wire
 
 
 def _plan_path(path: str, field: str, excludes: Iterable[str], packages: list[Package]) -> str:
-    if path.startswith(runtime_env.URI_SCHEME):
+    if path.startswith(URI_SCHEME):
         return path
     shipped = ""
     if os.path.isdir(path):
@@ -205,7 +205,7 @@ def _plan_path(path: str, field: str, excludes: Iterable[str], packages: list[Pa
     else:  # a .zip or a wheel: shipped as it is
         files, shipped = [(os.path.basename(path), path)], path
         suffix = ".whl" if path.endswith(".whl") else ".zip"
-    uri = f"{runtime_env.URI_SCHEME}{PKG_PREFIX}{content_hash(files, field)}{suffix}"
+    uri = f"{URI_SCHEME}{PKG_PREFIX}{content_hash(files, field)}{suffix}"
     packages.append(Package(uri, files, shipped))
     return uri
 

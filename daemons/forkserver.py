@@ -1,7 +1,8 @@
 """The fork server: a warm template that forks workers in milliseconds.
 
 It imports what a worker needs, then waits on its control socket for one JSON
-line per worker: ``{"args": {...}, "env": {...}}``; it forks, answers
+line per worker: ``{"args": {...}, "env": {...}, "runtime_env": {...}, "cwd": ..., "path":
+[...]}`` (the last three from the node's runtime-env agent); it forks, answers
 ``{"pid": N}``, and the child becomes a worker. The server holds no threads and
 no event loop, so forking is safe. Children are reaped by the kernel
 (SIGCHLD ignored); a child restores default signal handling first.
@@ -23,7 +24,7 @@ import msgpack  # noqa: F401
 import numpy
 from aioray.daemons import worker
 
-from aioray import api, core_worker
+from aioray import api, core_worker  # noqa: F401
 
 
 def main() -> None:
@@ -77,6 +78,10 @@ def _become_worker(request: dict[str, Any]) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.environ.update(request.get("env") or {})
         api.set_parent_runtime_env(request.get("runtime_env"))  # children inherit it
+        if request.get("path"):  # the runtime env's working_dir first, then its py_modules
+            sys.path[:0] = request["path"]
+        if request.get("cwd"):
+            os.chdir(request["cwd"])
         numpy.random.seed()  # forked children would otherwise share one RNG state
         worker.main(request["args"])
         code = 0

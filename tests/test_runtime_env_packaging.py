@@ -1,4 +1,4 @@
-"""Unit tests of runtime_env packaging: file selection, content hash, chunked upload (no cluster)."""
+"""Unit tests of runtime_env packaging: file selection, content hash, chunked upload."""
 
 from __future__ import annotations
 

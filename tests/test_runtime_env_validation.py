@@ -85,11 +85,11 @@ def test_pip_shapes(tmp_path: Path) -> None:
 
 
 def test_working_dir_must_exist_and_be_a_dir_or_zip(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="working_dir.*does not exist"):
+    with pytest.raises(ValueError, match=r"working_dir.*does not exist"):
         runtime_env.normalize({"working_dir": str(tmp_path / "nope")})
     text = tmp_path / "notes.zip"
     text.write_text("not a zip")
-    with pytest.raises(ValueError, match="neither a directory nor a .zip"):
+    with pytest.raises(ValueError, match=r"neither a directory nor a \.zip"):
         runtime_env.normalize({"working_dir": str(text)})
     good = tmp_path / "good.zip"
     with zipfile.ZipFile(good, "w") as z:

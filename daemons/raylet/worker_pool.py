@@ -18,7 +18,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
+
+from aioray.daemons.raylet.runtime_env_agent import PreparedEnv, RuntimeEnvAgent, SetupFailed
 
 from aioray import rpc, runtime_env
 
@@ -33,6 +36,7 @@ class WorkerHandle:
         "lease_id",
         "pid",
         "port",
+        "prepared",
         "registered",
         "worker_id",
     )
@@ -46,47 +50,138 @@ class WorkerHandle:
         self.lease_id: int | None = None
         self.registered = False
         self.idle_since = 0.0
+        self.prepared = False  # holds a reference on its runtime env's cached pieces
 
     def __repr__(self) -> str:
         return f"<Worker {self.worker_id.hex()[:8]} pid={self.pid} lease={self.lease_id}>"
 
 
-class WorkerPool:
-    def __init__(self, worker_args: dict[str, Any], session_dir: str) -> None:
-        self.worker_args = worker_args
+class ForkServer:
+    """One fork server process and its control channel (one request at a time)."""
+
+    def __init__(self, python: str, session_dir: str) -> None:
+        self.python = python
         self.session_dir = session_dir
-        self.workers: dict[bytes, WorkerHandle] = {}
-        self.idle: dict[str, list[WorkerHandle]] = {}
-        self.starting: dict[str, int] = {}
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        ours, theirs = socket.socketpair()
+        cmd = [self.python, "-m", "aioray.daemons.forkserver", "--control-fd"]
+        cmd += [str(theirs.fileno()), "--session-dir", self.session_dir]
+        self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+
+    async def fork(self, request: dict[str, Any]) -> int:
+        """Ask for one worker; its pid."""
+        async with self._lock:
+            assert self._writer is not None and self._reader is not None
+            self._writer.write(json.dumps(request).encode() + b"\n")
+            line = await self._reader.readline()
+        if not line:
+            raise ConnectionError(f"fork server {self.python} exited")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"fork server: {reply['error']}")
+        return int(reply["pid"])
+
+    async def stop(self, timeout: float) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self.proc is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.proc.wait), timeout)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class WorkerPool:
+    """Workers by env key: a worker of one runtime env is never leased for another.
+
+    Workers of the default interpreter fork from the main fork server; a pip/uv env's
+    workers fork from a fork server of its own, started with the env's python on
+    first use (so each later worker of that env costs a fork, not an interpreter).
+    """
+
+    def __init__(
+        self, worker_args: dict[str, Any], session_dir: str, agent: RuntimeEnvAgent | None = None
+    ) -> None:
+        self.worker_args = worker_args
+        self.session_dir = session_dir
+        self.agent = agent
+        self.workers: dict[bytes, WorkerHandle] = {}
+        self.idle: dict[str, list[WorkerHandle]] = {}
+        self.starting: dict[str, int] = {}
+        self.servers: dict[str, ForkServer] = {}  # by python ("": this interpreter)
+        self._server_starts: dict[str, asyncio.Future[ForkServer]] = {}
         self._spawning: set[asyncio.Future[None]] = set()
+        # Called with (env key, message) when an env cannot be set up on this node.
+        self.on_setup_failed: Callable[[str, str], None] | None = None
+        if agent is not None:
+            self.set_agent(agent)
 
     def __repr__(self) -> str:
         idle = sum(len(v) for v in self.idle.values())
         return f"<WorkerPool workers={len(self.workers)} idle={idle} starting={self.starting}>"
 
     async def start(self) -> None:
-        ours, theirs = socket.socketpair()
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "aioray.daemons.forkserver",
-                "--control-fd",
-                str(theirs.fileno()),
-                "--session-dir",
-                self.session_dir,
-            ],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        server = ForkServer(sys.executable, self.session_dir)
+        await server.start()
+        self.servers[""] = server
 
-    def spawn(self, env: dict[str, str] | None) -> None:
+    async def _server(self, python: str) -> ForkServer:
+        server = self.servers.get(python)
+        if server is not None:
+            return server
+        starting = self._server_starts.get(python)
+        if starting is None:
+            starting = self._server_starts[python] = asyncio.ensure_future(
+                self._start_server(python)
+            )
+        return await asyncio.shield(starting)
+
+    async def _start_server(self, python: str) -> ForkServer:
+        server = ForkServer(python, self.session_dir)
+        try:
+            await server.start()
+            self.servers[python] = server
+            return server
+        finally:
+            self._server_starts.pop(python, None)
+
+    def _venv_deleted(self, python: str) -> None:
+        server = self.servers.pop(python, None)
+        if server is not None:
+            task = asyncio.ensure_future(server.stop(5.0))
+            self._spawning.add(task)
+            task.add_done_callback(self._spawn_done)
+
+    def set_agent(self, agent: RuntimeEnvAgent) -> None:
+        self.agent = agent
+        agent.on_venv_deleted = self._venv_deleted
+
+    def prepare_eagerly(self, env: dict[str, Any]) -> None:
+        """Prepare an env in the background, holding no reference (it stays cached)."""
+        if self.agent is None or not runtime_env.needs_setup(env):
+            return
+        task = asyncio.ensure_future(self._prepare_eagerly(self.agent, env))
+        self._spawning.add(task)
+        task.add_done_callback(self._spawn_done)
+
+    async def _prepare_eagerly(self, agent: RuntimeEnvAgent, env: dict[str, Any]) -> None:
+        key = env_key_of(env)
+        try:
+            await agent.prepare(env, key)
+        except SetupFailed as e:
+            logger.warning("eager runtime env setup failed: %s", e)
+            return
+        agent.release(key)
+
+    def spawn(self, env: dict[str, Any] | None) -> None:
         """Start a worker in the background (a failure is logged by start_worker)."""
         task = asyncio.ensure_future(self.start_worker(env))
         self._spawning.add(task)
@@ -97,29 +192,34 @@ class WorkerPool:
         if not task.cancelled():
             task.exception()  # already logged; mark retrieved
 
-    async def start_worker(self, env: dict[str, str] | None) -> None:
-        """Fork one worker; it registers itself through ``register``."""
+    async def start_worker(self, env: dict[str, Any] | None) -> None:
+        """Prepare the env (once per node), fork one worker; it registers through ``register``."""
         env_key = env_key_of(env)
         self.starting[env_key] = self.starting.get(env_key, 0) + 1
         worker_id = os.urandom(16)
         args = {**self.worker_args, "worker_id": worker_id.hex(), "env_key": env_key}
+        request: dict[str, Any] = {"args": args, "env": {}, "runtime_env": env}
+        prepared = None
         try:
-            async with self._lock:
-                assert self._writer is not None and self._reader is not None
-                request = {"args": args, "env": (env or {}).get("env_vars") or {}, "runtime_env": env}
-                self._writer.write(json.dumps(request).encode() + b"\n")
-                line = await self._reader.readline()
-            if not line:
-                raise ConnectionError("fork server exited")
-            reply = json.loads(line)
-            if "error" in reply:
-                raise RuntimeError(f"fork server: {reply['error']}")
-            pid = reply["pid"]
-        except Exception:
+            if env and self.agent is not None and runtime_env.needs_setup(env):
+                prepared = await self.agent.prepare(env, env_key)
+                request.update(cwd=prepared.cwd, path=prepared.paths)
+            request["env"] = _worker_environ(env, prepared)
+            server = await self._server(prepared.python if prepared else "")
+            pid = await server.fork(request)
+        except Exception as e:
             self.starting[env_key] -= 1
+            if prepared is not None:
+                assert self.agent is not None
+                self.agent.release(env_key)
+            if isinstance(e, SetupFailed):
+                if self.on_setup_failed is not None:
+                    self.on_setup_failed(env_key, str(e))
+                return
             logger.exception("could not start a worker")
             raise
         self.workers[worker_id] = WorkerHandle(worker_id, env_key, pid)
+        self.workers[worker_id].prepared = prepared is not None
 
     def register(self, worker_id: bytes, port: int, conn: rpc.Connection) -> WorkerHandle | None:
         w = self.workers.get(worker_id)
@@ -153,6 +253,8 @@ class WorkerPool:
                 idle.remove(w)
             if not w.registered:
                 self.starting[w.env_key] = max(0, self.starting.get(w.env_key, 0) - 1)
+            if w.prepared and self.agent is not None:
+                self.agent.release(w.env_key)
         return w
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -168,14 +270,9 @@ class WorkerPool:
             pids = [p for p in pids if _alive(p)]
             if pids:
                 await asyncio.sleep(0.01)  # polling the kernel: no event tells us of a grandchild
-        if self._writer is not None:
-            self._writer.close()
-        if self._proc is not None:
-            try:
-                await asyncio.wait_for(asyncio.to_thread(self._proc.wait), timeout)
-            except asyncio.TimeoutError:
-                self._proc.kill()
-                self._proc.wait()
+        for server in list(self.servers.values()):
+            await server.stop(timeout)
+        self.servers.clear()
 
 
 def _alive(pid: int) -> bool:
@@ -191,6 +288,16 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return True
+
+
+def _worker_environ(env: dict[str, Any] | None, prepared: PreparedEnv | None) -> dict[str, str]:
+    """The variables a worker starts with: the env's, and PYTHONPATH for its packages
+    (so that subprocesses of a task import them too)."""
+    out = dict((env or {}).get("env_vars") or {})
+    if prepared is not None and prepared.paths:
+        inherited = out.get("PYTHONPATH") or os.environ.get("PYTHONPATH")
+        out["PYTHONPATH"] = os.pathsep.join([*prepared.paths, *([inherited] if inherited else [])])
+    return out
 
 
 def env_key_of(env: dict[str, Any] | None) -> str:

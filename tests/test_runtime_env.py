@@ -1,0 +1,294 @@
+"""runtime_env end to end on a 2-node cluster: working_dir, py_modules, pip, env_vars, failures.
+
+No network: pip installs a wheel built here, offline (``--no-index --find-links``).
+The module's single pip env is built once and shared by the tests that use it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_for_condition
+
+import aioray as ray
+from aioray import api, runtime_env_packaging
+from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+CLUSTER_NODES = [{"num_cpus": 2}, {"num_cpus": 2}]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_retries() -> Iterator[None]:
+    """Set before the cluster starts (its raylets read it): retries 0.1 s apart, not 1 s."""
+    saved = os.environ.get("AIORAY_RUNTIME_ENV_RETRY_DELAY_S")
+    os.environ["AIORAY_RUNTIME_ENV_RETRY_DELAY_S"] = "0.1"
+    yield
+    if saved is None:
+        os.environ.pop("AIORAY_RUNTIME_ENV_RETRY_DELAY_S", None)
+    else:
+        os.environ["AIORAY_RUNTIME_ENV_RETRY_DELAY_S"] = saved
+
+
+@contextlib.contextmanager
+def job(cluster: Any, env: dict[str, Any]) -> Iterator[None]:
+    """Run as a new driver (job) with this runtime env, then reconnect without one."""
+    ray.shutdown()
+    ray.init(address=cluster.address, runtime_env=env)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        cluster.connect()
+
+
+def node_ids(cluster: Any) -> list[str]:
+    return [n.node_id for n in cluster.list_all_nodes()]
+
+
+def on(node_id: str) -> NodeAffinitySchedulingStrategy:
+    return NodeAffinitySchedulingStrategy(node_id, soft=False)
+
+
+def raylet_state(node: Any) -> dict[str, Any]:
+    cw = api.ensure_connected()
+
+    async def ask() -> dict[str, Any]:
+        conn = await cw.connect_peer(node.node_ip_address, node.node_manager_port)
+        state: dict[str, Any] = await conn.call("get_state")
+        return state
+
+    return cw.run_sync(ask(), timeout=20)  # type: ignore[no-any-return]
+
+
+def build_wheel(name: str, version: str, files: dict[str, str], out: Path) -> Path:
+    """A pure-Python wheel of ``files`` (a wheel is a zip with a .dist-info)."""
+    info = f"{name}-{version}.dist-info"
+    entries = dict(files)
+    entries[f"{info}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    entries[f"{info}/WHEEL"] = (
+        "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    record = []
+    for path, text in entries.items():
+        digest = hashlib.sha256(text.encode()).digest()
+        b64 = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        record.append(f"{path},sha256={b64},{len(text.encode())}")
+    entries[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    wheel = out / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, text in entries.items():
+            z.writestr(path, text)
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def pip_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    wheels = tmp_path_factory.mktemp("wheels")
+    build_wheel("rtetinypkg", "1.0", {"rtetinypkg/__init__.py": "ANSWER = 'tiny-1.0'\n"}, wheels)
+    options = ["--no-index", "--find-links", str(wheels)]
+    return {"pip": {"packages": ["rtetinypkg==1.0"], "pip_install_options": options}}
+
+
+def uploaded_working_dir(tmp_path: Path, name: str, text: str) -> str:
+    root = tmp_path / name
+    root.mkdir()
+    (root / f"{name}.py").write_text(text)
+    uri: str = runtime_env_packaging.upload_env({"working_dir": str(root)}, api._gcs_call)[
+        "working_dir"
+    ]
+    return uri
+
+
+def test_working_dir_reaches_tasks_and_actors_on_both_nodes(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "rte_userlib.py").write_text("VALUE = 'from-working-dir'\n")
+    (project / "data.txt").write_text("payload")
+    with job(ray_cluster, {"working_dir": str(project)}):
+
+        @ray.remote
+        def probe() -> tuple[str, str, str, str]:
+            import rte_userlib
+
+            cwd = os.path.basename(os.getcwd())
+            with open("data.txt") as f:
+                data = f.read()
+            return rte_userlib.VALUE, cwd, data, ray.get_runtime_context().get_node_id()
+
+        @ray.remote
+        class Probe:
+            def read(self) -> tuple[str, str, str, str]:
+                import rte_userlib
+
+                cwd = os.path.basename(os.getcwd())
+                return rte_userlib.VALUE, cwd, "", ray.get_runtime_context().get_node_id()
+
+        for node in node_ids(ray_cluster):
+            value, cwd, data, where = ray.get(probe.options(scheduling_strategy=on(node)).remote())
+            assert (value, data, where) == ("from-working-dir", "payload", node)
+            assert cwd.startswith("_aioray_pkg_")
+            actor = Probe.options(scheduling_strategy=on(node)).remote()
+            value, actor_cwd, _, where = ray.get(actor.read.remote())
+            assert (value, actor_cwd, where) == ("from-working-dir", cwd, node)
+
+
+def test_eager_install_prepares_every_node_at_job_start(ray_cluster: Any, tmp_path: Path) -> None:
+    project = tmp_path / "eager"
+    project.mkdir()
+    (project / "eager_marker.py").write_text("X = 1\n")
+    with job(ray_cluster, {"working_dir": str(project)}):
+        uri = api._job_runtime_env["working_dir"]
+        for node in ray_cluster.list_all_nodes():  # no task ran: prepared because eager
+            wait_for_condition(
+                lambda node=node: any(
+                    uri.split("//")[1].split(".")[0] in p
+                    for p in raylet_state(node)["runtime_env"]["pieces"]
+                ),
+                timeout=30,
+                message=f"{uri} never prepared on {node}",
+            )
+
+
+def test_py_modules_put_a_local_package_on_sys_path(ray_cluster: Any, tmp_path: Path) -> None:
+    package = tmp_path / "rte_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "sub.py").write_text("def hello() -> str:\n    return 'hello from rte_pkg'\n")
+    with job(ray_cluster, {"py_modules": [str(package)]}):
+
+        @ray.remote
+        def use() -> str:
+            from rte_pkg import sub
+
+            return sub.hello()
+
+        nodes = node_ids(ray_cluster)
+        refs = [use.options(scheduling_strategy=on(n)).remote() for n in nodes]
+        assert ray.get(refs) == ["hello from rte_pkg"] * len(nodes)
+
+
+def test_task_env_vars_override_the_jobs_and_children_inherit(ray_cluster: Any) -> None:
+    with job(ray_cluster, {"env_vars": {"RTE_A": "job", "RTE_B": "job"}}):
+
+        @ray.remote
+        def read() -> tuple[str | None, ...]:
+            return tuple(os.environ.get(k) for k in ("RTE_A", "RTE_B", "RTE_C"))
+
+        @ray.remote
+        def parent() -> tuple[str | None, ...]:
+            return ray.get(read.remote())  # type: ignore[no-any-return]
+
+        assert ray.get(read.remote()) == ("job", "job", None)
+        task_env = {"env_vars": {"RTE_B": "task", "RTE_C": "task"}}
+        assert ray.get(read.options(runtime_env=task_env).remote()) == ("job", "task", "task")
+        assert ray.get(parent.options(runtime_env=task_env).remote()) == ("job", "task", "task")
+
+
+def test_pip_installs_a_wheel_offline_in_its_own_env(
+    ray_cluster: Any, pip_env: dict[str, Any]
+) -> None:
+    head = node_ids(ray_cluster)[0]
+
+    @ray.remote
+    def use() -> tuple[str, str]:
+        import rtetinypkg
+
+        return rtetinypkg.ANSWER, sys.prefix
+
+    @ray.remote
+    def plain() -> bool:
+        try:
+            import rtetinypkg  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    answer, prefix = ray.get(
+        use.options(runtime_env=pip_env, scheduling_strategy=on(head)).remote(), timeout=120
+    )
+    assert answer == "tiny-1.0" and prefix != sys.prefix and "venvs" in prefix
+    assert not ray.get(plain.options(scheduling_strategy=on(head)).remote())
+
+
+def test_workers_of_two_envs_are_never_mixed(ray_cluster: Any, pip_env: dict[str, Any]) -> None:
+    head = node_ids(ray_cluster)[0]
+
+    @ray.remote
+    def who() -> tuple[int, str | None, str]:
+        return os.getpid(), os.environ.get("RTE_ENV"), sys.prefix
+
+    envs: list[dict[str, Any] | None] = [
+        {"env_vars": {"RTE_ENV": "a"}},
+        {"env_vars": {"RTE_ENV": "b"}},
+        None,
+        pip_env,
+    ]
+    refs = [
+        who.options(runtime_env=envs[i % 4], scheduling_strategy=on(head)).remote()
+        for i in range(40)
+    ]
+    seen: dict[int, set[tuple[str | None, str]]] = {}
+    for pid, var, prefix in ray.get(refs, timeout=120):
+        seen.setdefault(pid, set()).add((var, prefix))
+    assert all(len(kinds) == 1 for kinds in seen.values()), seen
+    assert len(set().union(*seen.values())) == 4
+
+
+def test_twenty_concurrent_first_uses_prepare_each_node_once(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    uri = uploaded_working_dir(tmp_path, "rte_twenty", "N = 20\n")
+    nodes = ray_cluster.list_all_nodes()
+    before = [raylet_state(n)["runtime_env"]["setups"] for n in nodes]
+
+    @ray.remote
+    def use() -> int:
+        import rte_twenty
+
+        return rte_twenty.N  # type: ignore[no-any-return]
+
+    env = {"working_dir": uri}
+    refs = [
+        use.options(runtime_env=env, scheduling_strategy=on(nodes[i % 2].node_id)).remote()
+        for i in range(20)
+    ]
+    assert ray.get(refs, timeout=60) == [20] * 20
+    after = [raylet_state(n)["runtime_env"]["setups"] for n in nodes]
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1]
+
+
+def test_cached_env_deleted_when_unused_past_the_budget(
+    ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIORAY_RUNTIME_ENV_CACHE_BYTES", "0")  # this node keeps nothing unused
+    node = ray_cluster.add_node(num_cpus=1)
+    try:
+        uri = uploaded_working_dir(tmp_path, "rte_gc", "X = 1\n")
+
+        @ray.remote
+        class User:
+            def where(self) -> str:
+                import rte_gc  # noqa: F401
+
+                return os.getcwd()
+
+        actor = User.options(
+            runtime_env={"working_dir": uri}, scheduling_strategy=on(node.node_id)
+        ).remote()
+        path = ray.get(actor.where.remote(), timeout=60)
+        assert os.path.isdir(path)
+        ray.kill(actor)  # its worker exits: the env is unused, and over the budget
+        wait_for_condition(lambda: not os.path.exists(path), timeout=30)
+    finally:
+        ray_cluster.remove_node(node)
