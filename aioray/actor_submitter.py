@@ -33,6 +33,7 @@ from aioray.exceptions import (
     ActorUnavailableError,
     ActorUnschedulableError,
     PendingCallsLimitExceeded,
+    RuntimeEnvSetupError,
     TaskCancelledError,
 )
 from aioray.task_spec import TaskEntry
@@ -51,6 +52,7 @@ class _Actor:
         "aid",
         "conn",
         "death",
+        "env_failed",
         "inflight",
         "lost",
         "next_send",
@@ -77,6 +79,7 @@ class _Actor:
         self.lost: list[TaskEntry] = []  # in flight when the connection dropped
         self.watching = False
         self.unschedulable = False  # dead because it could never be placed
+        self.env_failed = False  # dead because its runtime env could not be set up
 
 
 class ActorSubmitter:
@@ -225,7 +228,9 @@ class ActorSubmitter:
 
     def _fail(self, a: _Actor, task: TaskEntry, why: str = "") -> None:
         self._release_call(a.aid)
-        err = ActorUnschedulableError if a.unschedulable else ActorDiedError
+        err: type[Exception] = ActorUnschedulableError if a.unschedulable else ActorDiedError
+        if a.env_failed:  # Ray: the calls of such an actor raise RuntimeEnvSetupError
+            err = RuntimeEnvSetupError
         self.cw.submitter.fail(task, err(why or a.death or "The actor is dead."))
 
     def cancel(self, object_id: bytes, force: bool) -> bool:
@@ -263,6 +268,7 @@ class ActorSubmitter:
     async def _apply(self, a: _Actor, info: dict[str, Any]) -> None:
         if info["state"] == DEAD:
             a.unschedulable = bool(info.get("unschedulable"))
+            a.env_failed = bool(info.get("runtime_env_failed"))
             self._apply_dead(a, info.get("death") or "The actor is dead.")
             return
         a.version = info["version"]

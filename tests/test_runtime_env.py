@@ -21,9 +21,11 @@ from conftest import wait_for_condition
 
 import aioray as ray
 from aioray import api, runtime_env_packaging
+from aioray.exceptions import RuntimeEnvSetupError
 from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 CLUSTER_NODES = [{"num_cpus": 2}, {"num_cpus": 2}]
+NO_SUCH_PACKAGE = "aioray-no-such-package-xyz==9.9"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -243,6 +245,42 @@ def test_workers_of_two_envs_are_never_mixed(ray_cluster: Any, pip_env: dict[str
         seen.setdefault(pid, set()).add((var, prefix))
     assert all(len(kinds) == 1 for kinds in seen.values()), seen
     assert len(set().union(*seen.values())) == 4
+
+
+def test_failing_requirement_raises_setup_error_prepared_once(
+    ray_cluster: Any, pip_env: dict[str, Any]
+) -> None:
+    head_node = ray_cluster.list_all_nodes()[0]
+    head = head_node.node_id
+    bad = {"pip": {"packages": [NO_SUCH_PACKAGE], "pip_install_options": ["--no-index"]}}
+    before = raylet_state(head_node)["runtime_env"]
+
+    @ray.remote
+    def f() -> int:
+        return 1
+
+    @ray.remote
+    class A:
+        def ping(self) -> int:
+            return 1
+
+    for _ in range(2):  # the second round meets the remembered failure
+        refs = [
+            f.options(runtime_env=bad, scheduling_strategy=on(head)).remote() for _ in range(10)
+        ]
+        for ref in refs:
+            with pytest.raises(RuntimeEnvSetupError, match="No matching distribution"):
+                ray.get(ref, timeout=120)
+    after = raylet_state(head_node)["runtime_env"]
+    assert after["setups"] - before["setups"] == 1
+    assert after["tool_runs"] - before["tool_runs"] == 3  # Ray's 3 attempts, not one per task
+    actor = A.options(runtime_env=bad, scheduling_strategy=on(head)).remote()
+    with pytest.raises(RuntimeEnvSetupError, match="No matching distribution"):
+        ray.get(actor.ping.remote(), timeout=60)
+    (info,) = [a for a in api._gcs_call("list_actors") if a["aid"] == actor._actor_id]
+    assert info["state"] == "DEAD" and "runtime env could not be set up" in info["death"]
+    # The node keeps serving other envs.
+    assert ray.get(f.options(scheduling_strategy=on(head)).remote(), timeout=60) == 1
 
 
 def test_twenty_concurrent_first_uses_prepare_each_node_once(
