@@ -310,23 +310,31 @@ def test_cached_env_deleted_when_unused_past_the_budget(
     ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AIORAY_RUNTIME_ENV_CACHE_BYTES", "0")  # this node keeps nothing unused
+    monkeypatch.setenv("AIORAY_RUNTIME_ENV_WORKER_IDLE_S", "0.2")
     node = ray_cluster.add_node(num_cpus=1)
     try:
-        uri = uploaded_working_dir(tmp_path, "rte_gc", "X = 1\n")
+
+        @ray.remote
+        def where() -> str:
+            return os.getcwd()
 
         @ray.remote
         class User:
             def where(self) -> str:
-                import rte_gc  # noqa: F401
-
                 return os.getcwd()
 
-        actor = User.options(
-            runtime_env={"working_dir": uri}, scheduling_strategy=on(node.node_id)
-        ).remote()
-        path = ray.get(actor.where.remote(), timeout=60)
-        assert os.path.isdir(path)
-        ray.kill(actor)  # its worker exits: the env is unused, and over the budget
-        wait_for_condition(lambda: not os.path.exists(path), timeout=30)
+        # An actor's env is released when the actor goes; a task's when its idle worker exits.
+        for kind in ("actor", "task"):
+            uri = uploaded_working_dir(tmp_path, f"rte_gc_{kind}", "X = 1\n")
+            opts = {"runtime_env": {"working_dir": uri}, "scheduling_strategy": on(node.node_id)}
+            if kind == "actor":
+                actor = User.options(**opts).remote()
+                path = ray.get(actor.where.remote(), timeout=60)
+                assert os.path.isdir(path)
+                ray.kill(actor)
+            else:
+                path = ray.get(where.options(**opts).remote(), timeout=60)
+            assert path.endswith(uri.split("//")[1].removesuffix(".zip"))
+            wait_for_condition(lambda path=path: not os.path.exists(path), timeout=30)
     finally:
         ray_cluster.remove_node(node)

@@ -23,9 +23,13 @@ from typing import Any
 
 from aioray.daemons.raylet.runtime_env_agent import PreparedEnv, RuntimeEnvAgent, SetupFailed
 
-from aioray import rpc, runtime_env
+from aioray import config, rpc, runtime_env
 
 logger = logging.getLogger(__name__)
+
+# Idle workers of a runtime env (not the default one) exit after this long unused,
+# so the env's cached pieces can be released (Ray also kills idle workers).
+ENV_WORKER_IDLE_S = config._env("RUNTIME_ENV_WORKER_IDLE_S", 10.0)
 
 
 class WorkerHandle:
@@ -236,6 +240,17 @@ class WorkerPool:
         w.lease_id = None
         w.idle_since = time.monotonic()
         self.idle.setdefault(w.env_key, []).append(w)
+        if w.env_key:  # a runtime env's worker holds its env: it goes when unused a while
+            asyncio.get_running_loop().call_later(ENV_WORKER_IDLE_S, self._reap, w, w.idle_since)
+
+    def _reap(self, w: WorkerHandle, idle_since: float) -> None:
+        idle = self.idle.get(w.env_key, [])
+        if w.idle_since == idle_since and w in idle:
+            idle.remove(w)  # its exit (the connection closing) then releases its env
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def pop_idle(self, env_key: str) -> WorkerHandle | None:
         idle = self.idle.get(env_key)
