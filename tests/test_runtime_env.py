@@ -223,6 +223,25 @@ def test_pip_installs_a_wheel_offline_in_its_own_env(
     assert not ray.get(plain.options(scheduling_strategy=on(head)).remote())
 
 
+def test_uv_field_installs_with_uv_or_falls_back_to_pip(
+    ray_cluster: Any, pip_env: dict[str, Any]
+) -> None:
+    head = node_ids(ray_cluster)[0]
+    spec = pip_env["pip"]
+    uv_env = {
+        "uv": {"packages": spec["packages"], "uv_pip_install_options": spec["pip_install_options"]}
+    }
+
+    @ray.remote
+    def use() -> str:
+        import rtetinypkg
+
+        return rtetinypkg.ANSWER  # type: ignore[no-any-return]
+
+    ref = use.options(runtime_env=uv_env, scheduling_strategy=on(head)).remote()
+    assert ray.get(ref, timeout=120) == "tiny-1.0"
+
+
 def test_workers_of_two_envs_are_never_mixed(ray_cluster: Any, pip_env: dict[str, Any]) -> None:
     head = node_ids(ray_cluster)[0]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import shutil
 import site
@@ -20,6 +21,8 @@ import stat
 import sys
 import zipfile
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_TAIL_LINES = 20
 
@@ -68,6 +71,8 @@ async def build_venv(dest: str, tool: str, spec: dict[str, Any], timeout: float 
         f.write("\n".join(spec["packages"]) + "\n")
     options = list(spec.get("pip_install_options") or spec.get("uv_pip_install_options") or [])
     uv = shutil.which("uv") if tool == "uv" else None
+    if tool == "uv" and not uv:
+        logger.warning("runtime_env['uv']: the uv tool is not installed here; using pip")
     if uv:
         cmd = [uv, "pip", "install", "--python", python, *options, "-r", requirements]
     else:
