@@ -37,6 +37,17 @@ def on(node_id: str) -> NodeAffinitySchedulingStrategy:
     return NodeAffinitySchedulingStrategy(node_id, soft=False)
 
 
+def raylet_state(node: Any) -> dict[str, Any]:
+    cw = api.ensure_connected()
+
+    async def ask() -> dict[str, Any]:
+        conn = await cw.connect_peer(node.node_ip_address, node.node_manager_port)
+        state: dict[str, Any] = await conn.call("get_state")
+        return state
+
+    return cw.run_sync(ask(), timeout=20)  # type: ignore[no-any-return]
+
+
 def upload(root: Path) -> str:
     uri: str = runtime_env_packaging.upload_env({"working_dir": str(root)}, api._gcs_call)[
         "working_dir"
@@ -99,6 +110,8 @@ def bench_prepared_working_dir(tmp: Path, node: str, rounds: int, n: int) -> Non
             f"1. {label}: no env {none:.0f} {unit}, prepared working_dir {env_:.0f} {unit} "
             f"(env/none {env_ / none:.3f}; {rounds} rounds, medians)"
         )
+        rows = " ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(got["none"], got["env"], strict=True))
+        print(f"   rounds (none/env): {rows}")
 
 
 def bench_first_use(cluster: Cluster, tmp: Path, reps: int) -> None:
@@ -109,8 +122,10 @@ def bench_first_use(cluster: Cluster, tmp: Path, reps: int) -> None:
     (root / "bigmod.py").write_text("X = 1\n")
     t = time.perf_counter()
     env = {"working_dir": upload(root)}
-    print(f"2. upload of the 10 MiB working_dir (zip + hash + put, driver side): "
-          f"{time.perf_counter() - t:.2f} s")
+    print(
+        f"2. upload of the 10 MiB working_dir (zip + hash + put, driver side): "
+        f"{time.perf_counter() - t:.2f} s"
+    )
 
     @ray.remote
     def f() -> int:
@@ -132,10 +147,12 @@ def bench_first_use(cluster: Cluster, tmp: Path, reps: int) -> None:
             t = time.perf_counter()
             ray.get(remote.remote())
             timings.append(time.perf_counter() - t)
+            setup = raylet_state(node)["runtime_env"]["last_setup_s"]
             cluster.remove_node(node)
         print(
             f"2. first task on a fresh node (rep {rep + 1}): no env {timings[0]:.3f} s, "
-            f"10 MiB working_dir {timings[1]:.3f} s (difference {timings[1] - timings[0]:.3f} s)"
+            f"10 MiB working_dir {timings[1]:.3f} s (difference {timings[1] - timings[0]:.3f} s; "
+            f"the node's env setup, download + extract: {setup:.3f} s)"
         )
 
 
@@ -157,8 +174,10 @@ def bench_pip_workers(tmp: Path, node: str, k: int) -> None:
 
     t = time.perf_counter()
     ray.get(A.options(runtime_env=env, scheduling_strategy=on(node)).remote().ping.remote())
-    print(f"3. first pip env use on the node (venv + pip + fork server): "
-          f"{time.perf_counter() - t:.2f} s")
+    print(
+        f"3. first pip env use on the node (venv + pip + fork server): "
+        f"{time.perf_counter() - t:.2f} s"
+    )
 
     def per_actor(make: Callable[[], Any]) -> float:
         times = []

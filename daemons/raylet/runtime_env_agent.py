@@ -92,6 +92,7 @@ class RuntimeEnvAgent:
         self._locks: dict[str, asyncio.Lock] = {}
         self.setups = 0  # envs built (successfully or not), attempts not counted
         self.tool_runs = 0  # pip/uv invocations
+        self.last_setup_s = 0.0  # how long the last successful build took
 
     def __repr__(self) -> str:
         return (
@@ -103,6 +104,7 @@ class RuntimeEnvAgent:
             "envs": len(self.envs),
             "setups": self.setups,
             "tool_runs": self.tool_runs,
+            "last_setup_s": self.last_setup_s,
             "bad": len(self.bad),
             "cache_dir": self.cache_dir,
             "pieces": {p.path: [p.refs, p.size] for p in self.pieces.values()},
@@ -147,11 +149,14 @@ class RuntimeEnvAgent:
             "setup_timeout_seconds", runtime_env.DEFAULT_SETUP_TIMEOUT_S
         )
         message = ""
+        start = time.monotonic()
         for attempt in range(RETRIES):
             try:
-                return await asyncio.wait_for(
+                built = await asyncio.wait_for(
                     self._build(env, key), None if timeout < 0 else timeout
                 )
+                self.last_setup_s = time.monotonic() - start
+                return built
             except asyncio.TimeoutError:
                 message = f"the setup did not finish within setup_timeout_seconds={timeout}"
                 break  # another try would take as long
