@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -75,7 +76,21 @@ class Piece:
         self.last_used = time.monotonic()
 
 
+def setup_failed_reply(message: str) -> dict[str, Any]:
+    """The answer to a lease request whose env cannot be set up (the owner raises
+    RuntimeEnvSetupError; the GCS marks an actor DEAD with it)."""
+    return {"error": message, "runtime_env_setup_failed": True, "unschedulable": True}
+
+
 class RuntimeEnvAgent:
+    @classmethod
+    def for_node(
+        cls, session_dir: str, node_id: bytes, gcs_call: Callable[[str, Any], Awaitable[Any]]
+    ) -> RuntimeEnvAgent:
+        """A node's agent: its own cache directory, even beside other nodes' (one host)."""
+        root = session_dir or tempfile.gettempdir()
+        return cls(os.path.join(root, "runtime_resources", f"node_{node_id.hex()[:12]}"), gcs_call)
+
     def __init__(
         self,
         cache_dir: str,

@@ -29,7 +29,6 @@ import logging
 import os
 import signal
 import socket
-import tempfile
 import time
 from typing import Any, BinaryIO
 
@@ -40,7 +39,7 @@ from aioray.daemons.raylet.memory_monitor import MemoryMonitor
 from aioray.daemons.raylet.object_owners import ObjectOwners
 from aioray.daemons.raylet.object_transfer import ObjectTransfer
 from aioray.daemons.raylet.resources import NodeResources
-from aioray.daemons.raylet.runtime_env_agent import RuntimeEnvAgent
+from aioray.daemons.raylet.runtime_env_agent import RuntimeEnvAgent, setup_failed_reply
 from aioray.daemons.raylet.scheduler import strategy_from_wire
 from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
 from aioray.daemons.raylet.store_service import SpillConfig, StoreService
@@ -203,7 +202,9 @@ class Raylet:
         info = await self.gcs_link.connect()
         self.session_id = info["session_id"]
         self.session_dir = self.session_dir or info["session_dir"]
-        self.pool.set_agent(self._runtime_env_agent())
+        self.pool.set_agent(
+            RuntimeEnvAgent.for_node(self.session_dir, self.node_id, self.gcs_link.call)
+        )
         self.store.start(self.session_id, self.session_dir, self.node_id)
         await self.server.start(sock=sock)
         logger.info("raylet %s listening on %s:%d", self.node_id.hex()[:8], self.node_ip, self.port)
@@ -214,23 +215,12 @@ class Raylet:
         await self._stopped.wait()
         await self.stop()
 
-    def _runtime_env_agent(self) -> RuntimeEnvAgent:
-        """This node's runtime-env cache: its own directory, even beside other nodes'."""
-        root = self.session_dir or tempfile.gettempdir()
-        cache = os.path.join(root, "runtime_resources", f"node_{self.node_id.hex()[:12]}")
-        return RuntimeEnvAgent(cache, self._gcs_call)
-
-    async def _gcs_call(self, method: str, body: Any) -> Any:
-        gcs = self.gcs
-        if gcs is None or gcs.is_closed:
-            raise ConnectionError("the GCS is unreachable")
-        return await gcs.call(method, body)
-
     def _runtime_env_failed(self, env_key: str, message: str) -> None:
         """The env cannot be set up here: its waiting lease requests fail with why."""
         for req in [r for r in self.requests if r.env_key == env_key]:
             self.requests.remove(req)
-            _fail_setup(req, message)
+            if not req.fut.done():
+                req.fut.set_result(setup_failed_reply(message))
 
     def handle_prepare_runtime_env(self, conn: rpc.Connection, env: Any, _: Any) -> None:
         """``eager_install``: prepare a job's env now, before its first task needs it."""
@@ -399,7 +389,7 @@ class Raylet:
                 failed = self.pool.agent.failure(req.env_key)
                 if failed is not None:  # remembered: no new attempt for every task
                     self.requests.remove(req)
-                    _fail_setup(req, failed)
+                    req.fut.set_result(setup_failed_reply(failed))
                     continue
             worker = self.pool.pop_idle(req.env_key)
             if worker is None:
@@ -610,13 +600,6 @@ class Raylet:
             "oom_kills": self.memory_monitor.kills,
             "runtime_env": self.pool.agent.stats() if self.pool.agent is not None else {},
         }
-
-
-def _fail_setup(req: LeaseRequest, message: str) -> None:
-    if not req.fut.done():
-        req.fut.set_result(
-            {"error": message, "runtime_env_setup_failed": True, "unschedulable": True}
-        )
 
 
 def _kill(pid: int) -> None:
