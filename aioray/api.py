@@ -174,6 +174,9 @@ def init(
 
 def _start_job_env(env: dict[str, Any], packages: list[runtime_env_packaging.Package]) -> None:
     """Upload the job's packages; with ``eager_install`` every node prepares the env now."""
+    uris = runtime_env_packaging.package_uris(env)
+    if uris:  # pinned first: a package another job is releasing now is not lost
+        _gcs_call("pin_runtime_env_uris", uris)
     runtime_env_packaging.upload(packages, _gcs_call)
     if _runtime_env.needs_setup(env) and (env.get("config") or {}).get("eager_install", True):
         _gcs_call("prepare_runtime_env", env)

@@ -28,16 +28,23 @@ CLUSTER_NODES = [{"num_cpus": 2}, {"num_cpus": 2}]
 NO_SUCH_PACKAGE = "aioray-no-such-package-xyz==9.9"
 
 
+FAST = {
+    "AIORAY_RUNTIME_ENV_RETRY_DELAY_S": "0.1",  # retries 0.1 s apart, not 1 s
+    "AIORAY_RUNTIME_ENV_PACKAGE_GRACE_S": "0.2",  # a job's packages go 0.2 s after it
+}
+
+
 @pytest.fixture(scope="module", autouse=True)
-def _fast_retries() -> Iterator[None]:
-    """Set before the cluster starts (its raylets read it): retries 0.1 s apart, not 1 s."""
-    saved = os.environ.get("AIORAY_RUNTIME_ENV_RETRY_DELAY_S")
-    os.environ["AIORAY_RUNTIME_ENV_RETRY_DELAY_S"] = "0.1"
+def _fast_settings() -> Iterator[None]:
+    """Set before the cluster starts: its daemons read them."""
+    saved = {k: os.environ.get(k) for k in FAST}
+    os.environ.update(FAST)
     yield
-    if saved is None:
-        os.environ.pop("AIORAY_RUNTIME_ENV_RETRY_DELAY_S", None)
-    else:
-        os.environ["AIORAY_RUNTIME_ENV_RETRY_DELAY_S"] = saved
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @contextlib.contextmanager
@@ -357,3 +364,42 @@ def test_cached_env_deleted_when_unused_past_the_budget(
             wait_for_condition(lambda path=path: not os.path.exists(path), timeout=30)
     finally:
         ray_cluster.remove_node(node)
+
+
+def test_a_jobs_packages_are_deleted_from_the_gcs_when_it_ends(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    project, module = tmp_path / "project", tmp_path / "rte_kept"
+    for root in (project, module):
+        root.mkdir()
+        (root / "__init__.py").write_text("X = 1\n")
+    other = uploaded_working_dir(tmp_path, "rte_other", "X = 1\n")  # not a job's: kept
+
+    @ray.remote
+    class Holder:
+        def ping(self) -> int:
+            return 1
+
+    def stored(uri: str) -> bool:
+        key = [runtime_env_packaging.KV_NAMESPACE, uri.encode()]
+        return api._gcs_call("kv_get", key) is not None
+
+    with job(ray_cluster, {"working_dir": str(project), "py_modules": [str(module)]}):
+        job_dir, (job_module,) = (
+            api._job_runtime_env["working_dir"],
+            api._job_runtime_env["py_modules"],
+        )
+        assert stored(job_dir) and stored(job_module)
+        # A detached actor outlives the job, in an env of its own dir and the job's module.
+        holder = Holder.options(
+            lifetime="detached",
+            name="rte_holder",
+            namespace="rte",
+            runtime_env={"working_dir": other},
+        ).remote()
+        ray.get(holder.ping.remote())
+    try:
+        wait_for_condition(lambda: not stored(job_dir), timeout=30)
+        assert stored(job_module) and stored(other)
+    finally:
+        ray.kill(ray.get_actor("rte_holder", namespace="rte"))

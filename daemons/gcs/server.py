@@ -24,6 +24,7 @@ from aioray.daemons.gcs.cluster_view import ClusterViewPublisher
 from aioray.daemons.gcs.node_health import NodeHealth
 from aioray.daemons.gcs.placement_groups import PlacementGroupManager
 from aioray.daemons.gcs.recovery import Persistence, kv_key
+from aioray.daemons.gcs.runtime_env_packages import RuntimeEnvPackages
 from aioray.daemons.gcs.store import GcsStore
 
 from aioray import rpc
@@ -48,10 +49,12 @@ class GcsServer:
         self.placement_groups.listeners.append(
             lambda rec: self.store.put("placement_groups", rec["id"], rec)
         )
+        self.runtime_envs = RuntimeEnvPackages(self)
         handlers = {
             **rpc.handlers_of(self),
             **self.actors.handlers(),
             **self.placement_groups.handlers(),
+            **self.runtime_envs.handlers(),
         }
         self.server = rpc.Server(handlers, hello_check=self._hello)
         self._stopped = asyncio.Event()
@@ -174,13 +177,6 @@ class GcsServer:
         self.persistence.job_registered(conn.state["job_id"], info)
         return {"job_id": conn.state["job_id"], "namespace": namespace}
 
-    def handle_prepare_runtime_env(self, conn: rpc.Connection, env: dict[str, Any], _: Any) -> int:
-        """``eager_install``: every live node prepares a job's runtime env now."""
-        raylets = [c for c in self.raylets.values() if not c.is_closed]
-        for raylet in raylets:
-            raylet.notify("prepare_runtime_env", env)
-        return len(raylets)
-
     # -- internal key-value store -----------------------------------------------------------
     def handle_kv_put(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
         ns, key, value, overwrite = body
@@ -197,8 +193,12 @@ class GcsServer:
 
     def handle_kv_del(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
         ns, key = body
+        return self.kv_delete(ns, key) is not None
+
+    def kv_delete(self, ns: str, key: bytes) -> bytes | None:
+        """Delete a key (durably); its value, None if it was not there."""
         self.store.delete("kv", kv_key(ns, key))
-        return self.kv.get(ns, {}).pop(key, None) is not None
+        return self.kv.get(ns, {}).pop(key, None)
 
     def handle_kv_keys(self, conn: rpc.Connection, body: list[Any], _: Any) -> list[bytes]:
         ns, prefix = body
