@@ -169,22 +169,35 @@ def test_eager_install_prepares_every_node_at_job_start(ray_cluster: Any, tmp_pa
             )
 
 
-def test_py_modules_put_a_local_package_on_sys_path(ray_cluster: Any, tmp_path: Path) -> None:
+def test_py_modules_of_every_kind_and_a_zip_working_dir(ray_cluster: Any, tmp_path: Path) -> None:
     package = tmp_path / "rte_pkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "sub.py").write_text("def hello() -> str:\n    return 'hello from rte_pkg'\n")
-    with job(ray_cluster, {"py_modules": [str(package)]}):
+    (tmp_path / "rte_single.py").write_text("NAME = 'single'\n")
+    wheel = build_wheel("rtewheel", "1.0", {"rtewheel/__init__.py": "NAME = 'wheel'\n"}, tmp_path)
+    archive = tmp_path / "project.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("rte_zipped.py", "NAME = 'zipped'\n")
+    env = {
+        "working_dir": str(archive),
+        "py_modules": [str(package), str(tmp_path / "rte_single.py"), str(wheel)],
+    }
+    with job(ray_cluster, env):
 
         @ray.remote
-        def use() -> str:
+        def use() -> tuple[str, ...]:
+            import rte_single
+            import rte_zipped
+            import rtewheel
             from rte_pkg import sub
 
-            return sub.hello()
+            return sub.hello(), rte_single.NAME, rtewheel.NAME, rte_zipped.NAME
 
         nodes = node_ids(ray_cluster)
         refs = [use.options(scheduling_strategy=on(n)).remote() for n in nodes]
-        assert ray.get(refs) == ["hello from rte_pkg"] * len(nodes)
+        expected = ("hello from rte_pkg", "single", "wheel", "zipped")
+        assert ray.get(refs) == [expected] * len(nodes)
 
 
 def test_task_env_vars_override_the_jobs_and_children_inherit(ray_cluster: Any) -> None:
@@ -202,6 +215,14 @@ def test_task_env_vars_override_the_jobs_and_children_inherit(ray_cluster: Any) 
         task_env = {"env_vars": {"RTE_B": "task", "RTE_C": "task"}}
         assert ray.get(read.options(runtime_env=task_env).remote()) == ("job", "task", "task")
         assert ray.get(parent.options(runtime_env=task_env).remote()) == ("job", "task", "task")
+
+        @ray.remote
+        def context_env() -> dict[str, Any]:
+            return ray.get_runtime_context().runtime_env  # type: ignore[no-any-return]
+
+        seen = ray.get(context_env.options(runtime_env=task_env).remote())
+        assert seen == {"env_vars": {"RTE_A": "job", "RTE_B": "task", "RTE_C": "task"}}
+        assert type(seen).__name__ == "RuntimeEnv"
 
 
 def test_pip_installs_a_wheel_offline_in_its_own_env(
