@@ -10,6 +10,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -150,6 +151,49 @@ def test_working_dir_reaches_tasks_and_actors_on_both_nodes(
             actor = Probe.options(scheduling_strategy=on(node)).remote()
             value, actor_cwd, _, where = ray.get(actor.read.remote())
             assert (value, actor_cwd, where) == ("from-working-dir", cwd, node)
+
+
+DRIVER = """
+import os, sys
+import aioray as ray
+import rte_tasks  # from the driver's directory: its remote functions pickle by reference
+
+ray.init(address=sys.argv[1], runtime_env={"working_dir": "."})
+nodes = sys.argv[2:]
+on = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
+refs = [rte_tasks.where.options(scheduling_strategy=on(n, soft=False)).remote() for n in nodes]
+actors = [rte_tasks.Where.options(scheduling_strategy=on(n, soft=False)).remote() for n in nodes]
+print(sorted(ray.get(refs)) == sorted(ray.get([a.where.remote() for a in actors])) == sorted(nodes))
+"""
+
+TASKS = """
+import os
+import aioray as ray
+
+@ray.remote
+def where():
+    assert os.path.exists("rte_tasks.py")  # cwd: the working_dir
+    return ray.get_runtime_context().get_node_id()
+
+@ray.remote
+class Where:
+    def where(self):
+        return where.remote() and ray.get_runtime_context().get_node_id()
+"""
+
+
+def test_a_driver_scripts_modules_reach_both_nodes(ray_cluster: Any, tmp_path: Path) -> None:
+    """Ray's main use: functions defined in the driver's own modules, pickled by reference."""
+    (tmp_path / "driver.py").write_text(DRIVER)
+    (tmp_path / "rte_tasks.py").write_text(TASKS)
+    proc = subprocess.run(
+        [sys.executable, "driver.py", ray_cluster.address, *node_ids(ray_cluster)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.strip().splitlines()[-1:] == ["True"], proc.stdout + proc.stderr
 
 
 def test_eager_install_prepares_every_node_at_job_start(ray_cluster: Any, tmp_path: Path) -> None:
