@@ -169,11 +169,12 @@ print(sorted(ray.get(refs)) == sorted(ray.get([a.where.remote() for a in actors]
 TASKS = """
 import os
 import aioray as ray
+import rte_helpers  # a module the remote functions use: workers import it by name
 
 @ray.remote
 def where():
     assert os.path.exists("rte_tasks.py")  # cwd: the working_dir
-    return ray.get_runtime_context().get_node_id()
+    return rte_helpers.node_id()
 
 @ray.remote
 class Where:
@@ -186,6 +187,10 @@ def test_a_driver_scripts_modules_reach_both_nodes(ray_cluster: Any, tmp_path: P
     """Ray's main use: functions defined in the driver's own modules, pickled by reference."""
     (tmp_path / "driver.py").write_text(DRIVER)
     (tmp_path / "rte_tasks.py").write_text(TASKS)
+    (tmp_path / "rte_helpers.py").write_text(
+        "import aioray as ray\n\n\ndef node_id():\n"
+        "    return ray.get_runtime_context().get_node_id()\n"
+    )
     proc = subprocess.run(
         [sys.executable, "driver.py", ray_cluster.address, *node_ids(ray_cluster)],
         cwd=tmp_path,
