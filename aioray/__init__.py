@@ -1,6 +1,13 @@
 """aioray: Ray Core in pure Python on asyncio. ``import aioray as ray``."""
 
-from aioray import actor, exceptions, util  # util: ray.util.placement_group after `import ray`
+from aioray import (  # util: ray.util.placement_group after `import ray`
+    _html,  # noqa: F401  (gives ObjectRef, ActorHandle and InitContext their notebook views)
+    actor,
+    exceptions,
+    util,
+)
+from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.owner.streaming import ObjectRefGenerator
 from aioray.actor import ActorClass, ActorHandle, method
 from aioray.api import (
     available_resources,
@@ -20,9 +27,7 @@ from aioray.api import (
     wait,
 )
 from aioray.async_api import get_async, init_async, put_async, shutdown_async, wait_async
-from aioray.object_ref import ObjectRef
 from aioray.remote_function import RemoteFunction
-from aioray.streaming import ObjectRefGenerator
 
 __version__ = "0.1.0"
 

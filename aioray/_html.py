@@ -4,6 +4,9 @@ Jupyter calls these to display an object, so they must never raise and never
 block for long. Every live query is guarded: a failure (or a handle left over from
 a previous session) turns into a word in the table instead of an error. No view
 starts a cluster: each asks only the CoreWorker the object was made with.
+
+The views render through the public API, above the classes they show: importing this
+module (aioray does) gives those classes their ``_repr_html_``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,11 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable
 from typing import Any
+
+import aioray.api as api
+from aioray._private.owner import worker_context
+from aioray._private.owner.object_ref import ObjectRef
+from aioray.actor import ActorHandle
 
 # How long a view may wait for the GCS before it says "unknown".
 QUERY_TIMEOUT_S = 2.0
@@ -33,9 +41,7 @@ def _code(text: object) -> str:
 
 def _current_core_worker() -> Any:
     """This process's CoreWorker (driver or worker), or None when not connected."""
-    from aioray import object_ref
-
-    return object_ref._core_worker
+    return worker_context.core_worker
 
 
 def _live(cw: Any) -> bool:
@@ -72,11 +78,9 @@ def _format_bytes(n: float) -> str:
 
 # -- the init context -------------------------------------------------------------------------
 def _resources_html() -> str:
-    import aioray
-
     try:
-        total = aioray.cluster_resources()
-        available = aioray.available_resources()
+        total = api.cluster_resources()
+        available = api.available_resources()
     except Exception as e:
         return f"<i>unavailable ({html.escape(type(e).__name__)})</i>"
     if not total:
@@ -126,13 +130,11 @@ def context_html(ctx: Any) -> str:
 
 # -- ObjectRef --------------------------------------------------------------------------------
 def _object_state(ref: Any) -> str:
-    import aioray
-
     cw = getattr(ref, "_cw", None)
     if cw is None or not _live(cw):
         return "<i>unknown (not connected to the session that made it)</i>"
     try:
-        ready, _ = aioray.wait([ref], timeout=0)
+        ready, _ = api.wait([ref], timeout=0)
     except Exception as e:
         return f"<i>unknown ({html.escape(type(e).__name__)})</i>"
     if not ready:
@@ -213,3 +215,10 @@ def actor_handle_html(handle: Any) -> str:
         return _table("Actor", rows)
     except Exception as e:
         return f"<code>Actor</code> <i>(view failed: {html.escape(repr(e))})</i>"
+
+
+# The notebook views of the classes below this module (Jupyter looks ``_repr_html_`` up on
+# the class): set here rather than there, so that nothing imports upward.
+api.InitContext._repr_html_ = context_html  # type: ignore[attr-defined]
+ObjectRef._repr_html_ = object_ref_html  # type: ignore[attr-defined]
+ActorHandle._repr_html_ = actor_handle_html  # type: ignore[attr-defined]

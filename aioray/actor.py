@@ -19,12 +19,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from aioray import config, ids, options, placement_groups, serialization
-from aioray.object_ref import ObjectRef
-from aioray.remote_function import _api, pack_arguments, task_runtime_env
-from aioray.streaming import STREAMING
-from aioray.task_spec import TaskEntry
-from aioray.util.scheduling_strategies import strategy_to_wire
+from aioray._private.core import options
+from aioray._private.core.scheduling_strategies import strategy_to_wire
+from aioray._private.owner import placement_groups, worker_context
+from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.wire import config, ids, serialization
+from aioray._private.wire.task_spec import STREAMING, TaskEntry
+from aioray.exceptions import ActorExit
+from aioray.remote_function import pack_arguments
 
 _ACTOR_DEFAULTS: dict[str, Any] = {
     "max_restarts": 0,
@@ -137,8 +139,7 @@ class ActorClass:
     def _remote(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]
     ) -> ActorHandle:
-        api = _api()
-        cw = api.ensure_connected()
+        cw = worker_context.ensure_connected()
         cls_bytes = self._export()
         meta = _class_meta(self._cls, opts)
         namespace = opts.get("namespace") or cw.namespace
@@ -168,7 +169,7 @@ class ActorClass:
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
         # Creation arguments stay pinned: a restart runs __init__ with them again.
         cw.refs.pin(r.binary() for r in [*dep_refs, *(blob.contained_refs if blob else ())])
-        env = task_runtime_env(api._job_runtime_env, opts.get("runtime_env"))
+        env = worker_context.task_runtime_env(opts.get("runtime_env"))
         if env:
             spec["env"] = env
         explicit_cpus = "num_cpus" in opts and opts["num_cpus"] is not None
@@ -217,7 +218,7 @@ class ActorHandle:
     def __init__(self, actor_id: bytes, meta: dict[str, Any], creator: bool = False) -> None:
         self._actor_id = actor_id
         self._meta = meta
-        self._cw = _api().ensure_connected()
+        self._cw = worker_context.ensure_connected()
         self._creator = creator
         self._cw.actors.add_handle(actor_id, creator)
 
@@ -238,10 +239,7 @@ class ActorHandle:
     def __repr__(self) -> str:
         return f"Actor({self._meta['cls']}, {self._actor_id.hex()})"
 
-    def _repr_html_(self) -> str:
-        from aioray import _html
-
-        return _html.actor_handle_html(self)
+    # (_repr_html_, the notebook view, is set by aioray._html, which renders above this module)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
@@ -346,13 +344,7 @@ class ActorMethod:
 
 def exit_actor() -> None:
     """Intentionally exit the current actor: the caller sees it die, queued calls fail."""
-    from aioray.object_ref import _core_worker
-
-    cw = _core_worker
+    cw = worker_context.core_worker
     if cw is None or getattr(cw, "actor_id", None) is None:
         raise TypeError("exit_actor() can only be called inside an actor")
     raise ActorExit()
-
-
-class ActorExit(BaseException):
-    """Raised by exit_actor(): unwinds the calling method; the worker then exits."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import inspect
 import os
 import sys
@@ -18,18 +17,18 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aioray import auth, config, node, object_waits, runtime_env_packaging, store_client
-from aioray import object_ref as _object_ref
-from aioray import runtime_env as _runtime_env
-from aioray.core_worker import DRIVER, CoreWorker
-from aioray.object_ref import ObjectRef, set_core_worker
+from aioray._private.core import runtime_env as _runtime_env
+from aioray._private.node import node, runtime_env_packaging
+from aioray._private.owner import object_waits, worker_context
+from aioray._private.owner.core_worker import DRIVER, CoreWorker
+from aioray._private.owner.object_ref import ObjectRef, set_core_worker
+from aioray._private.owner.worker_context import ensure_connected
+from aioray._private.wire import auth, config
 from aioray.remote_function import RemoteFunction
 from aioray.runtime_context import RuntimeContext
 
 _lock = threading.RLock()
-_cw: CoreWorker | None = None
 _local_node: node.LocalNode | None = None
-_job_runtime_env: dict[str, Any] = {}
 _gcs_address = ""
 
 
@@ -55,15 +54,18 @@ class InitContext:
     def __repr__(self) -> str:
         return f"InitContext(gcs_address={self.address_info.get('gcs_address')!r})"
 
-    def _repr_html_(self) -> str:
-        from aioray import _html
-
-        return _html.context_html(self)
+    # (_repr_html_, the notebook view, is set by aioray._html, which renders above this module)
 
 
 def is_initialized() -> bool:
     """True while this process is connected to a cluster."""
-    return _cw is not None
+    return _driver() is not None
+
+
+def _driver() -> CoreWorker | None:
+    """This process's CoreWorker if this process is a driver (init() started it)."""
+    cw = worker_context.core_worker
+    return cw if cw is not None and cw.mode == DRIVER else None
 
 
 def init(
@@ -85,7 +87,7 @@ def init(
     **kwargs: Any,
 ) -> InitContext:
     """Start a local cluster, or connect to one (``address="auto"`` or ``"host:port"``)."""
-    global _cw, _local_node, _job_runtime_env, _gcs_address
+    global _local_node, _gcs_address
     allowed_extra = {
         "_system_config",
         "_temp_dir",
@@ -96,7 +98,7 @@ def init(
     unknown = set(kwargs) - allowed_extra
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    from aioray.options import validate
+    from aioray._private.core.options import validate
 
     # Bad fields fail here naming the field; sizes are checked before anything starts.
     job_env, packages = runtime_env_packaging.plan_env(_runtime_env.normalize(runtime_env))
@@ -105,7 +107,7 @@ def init(
     )
     validate({"resources": resources or {}}, {"resources": _resources_check})
     with _lock:
-        if _cw is not None:
+        if _driver() is not None:
             if ignore_reinit_error:
                 return InitContext(_address_info())
             raise RuntimeError(
@@ -158,10 +160,9 @@ def init(
                 _local_node.stop()
                 _local_node = None
             raise
-        _cw = cw
         cw.post(cw.submitter.remote_raylets.follow_logs)  # other nodes' worker output
         _gcs_address = gcs_address
-        _job_runtime_env = job_env
+        worker_context.job_runtime_env = job_env
         _address_cache.clear()
         _address_cache.update(info)
     try:
@@ -208,7 +209,7 @@ def _check_store_options(
 
 
 def _resources_check(name: str, value: Any) -> None:
-    from aioray.options import _resources
+    from aioray._private.core.options import _resources
 
     _resources(name, value)
 
@@ -217,6 +218,7 @@ _address_cache: dict[str, Any] = {}
 
 
 def _address_info() -> dict[str, Any]:
+    _cw = _driver()
     assert _cw is not None
     return {
         "gcs_address": _gcs_address,
@@ -231,13 +233,13 @@ def _address_info() -> dict[str, Any]:
 
 def shutdown() -> None:
     """Disconnect; stop the daemons this process started, leaving nothing behind."""
-    global _cw, _local_node
+    global _local_node
     with _lock:
-        cw, _cw = _cw, None
+        cw = _driver()
         if cw is not None:
             cw.stop_thread()
             set_core_worker(None)
-            from aioray import log_monitor
+            from aioray._private.owner import log_monitor
 
             log_monitor.flush()  # print pending "[repeated Nx]" summaries
         local, _local_node = _local_node, None
@@ -249,23 +251,15 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
-def ensure_connected() -> CoreWorker:
-    """The CoreWorker of this process, starting a local cluster on first use (as Ray does)."""
-    cw = _cw
-    if cw is None:
-        worker_cw = _object_ref._core_worker
-        if worker_cw is not None:  # inside a worker process
-            return worker_cw
-        init()
-        assert _cw is not None
-        return _cw
+def _connect() -> CoreWorker:
+    """worker_context.ensure_connected's first use in a driver: start a local cluster."""
+    init()
+    cw = _driver()
+    assert cw is not None
     return cw
 
 
-def set_parent_runtime_env(env: dict[str, Any] | None) -> None:
-    """(worker start) The env this worker runs in: its tasks' children inherit it."""
-    global _job_runtime_env
-    _job_runtime_env = dict(env or {})
+worker_context.connect = _connect
 
 
 # -- the object API ---------------------------------------------------------------------------
@@ -285,6 +279,11 @@ def check_refs(object_refs: Any, fn: str) -> tuple[list[ObjectRef], bool]:
     )
 
 
+# get(progress=True)'s bar: aioray.util.progress, which builds on get and wait, sets it
+# when it is imported (aioray imports aioray.util, which imports it).
+progress_bar: Callable[..., Any] | None = None
+
+
 def get(object_refs: Any, *, timeout: float | None = None, progress: bool = False) -> Any:
     """Block until the object(s) are available and return their values.
 
@@ -294,9 +293,8 @@ def get(object_refs: Any, *, timeout: float | None = None, progress: bool = Fals
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be >= 0, got {timeout}")
     if progress:
-        from aioray.util.progress import progress as with_bar
-
-        return with_bar(object_refs, timeout=timeout)
+        assert progress_bar is not None, "aioray.util.progress sets it when it is imported"
+        return progress_bar(object_refs, timeout=timeout)
     _warn_if_blocking_a_loop()
     cw = ensure_connected()
     values = cw.get(refs, timeout)
@@ -394,7 +392,7 @@ def split_ready(
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that produces ``object_ref``; its get raises TaskCancelledError."""
-    from aioray.streaming import ObjectRefGenerator
+    from aioray._private.owner.streaming import ObjectRefGenerator
 
     cw = ensure_connected()
     if isinstance(object_ref, ObjectRefGenerator):
@@ -404,18 +402,6 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expected an ObjectRef, got {type(object_ref).__name__}")
     cw.post(cw.cancel, object_ref.binary(), force, recursive)
-
-
-def get_future(ref: ObjectRef) -> concurrent.futures.Future[Any]:
-    cw = ensure_connected()
-
-    async def value() -> Any:  # waits on the CoreWorker's loop: no thread per future
-        obj = await cw.fetch(ref)
-        if obj.in_shm:  # restore or pull it here; read_object cannot wait on the loop
-            await store_client.restore_async(cw, ref.binary(), obj.node_id)
-        return cw.materialize(ref.binary(), obj)
-
-    return asyncio.run_coroutine_threadsafe(value(), cw.loop)
 
 
 # -- cluster state ------------------------------------------------------------------------------
@@ -493,7 +479,7 @@ def get_gpu_ids() -> list[int]:
 
 def get_runtime_context() -> RuntimeContext:
     """Ids of the current job, task, node and worker."""
-    return RuntimeContext(ensure_connected(), _job_runtime_env)
+    return RuntimeContext(ensure_connected(), worker_context.job_runtime_env)
 
 
 def remote(*args: Any, **kwargs: Any) -> Any:

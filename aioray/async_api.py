@@ -16,11 +16,13 @@ from collections.abc import Callable, Coroutine, Generator, Sequence
 from functools import partial
 from typing import Any
 
-from aioray import api, object_ref, object_waits, serialization, store_client
-from aioray.core_worker import CoreWorker
+import aioray.api as api
+from aioray._private.core.memory_store import StoredObject
+from aioray._private.owner import object_ref, object_waits, store_client
+from aioray._private.owner.core_worker import CoreWorker
+from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.wire import serialization
 from aioray.exceptions import ObjectFreedError
-from aioray.memory_store import StoredObject
-from aioray.object_ref import ObjectRef
 
 
 async def _on_core_loop(cw: CoreWorker, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -387,6 +389,10 @@ def fetcher_for_running_loop() -> LoopFetcher:
                 running.pop(ident, None)  # (at worst a live entry goes: it comes back)
         running[threading.get_ident()] = f
     return f
+
+
+# ObjectRef (below this module) finds the running loop's fetcher through this hook.
+object_ref.fetcher_for_running_loop = fetcher_for_running_loop
 
 
 def fetcher_for(cw: CoreWorker, loop: asyncio.AbstractEventLoop) -> LoopFetcher:

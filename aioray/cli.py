@@ -9,7 +9,7 @@ import runpy
 import sys
 import time
 
-from aioray import node, node_commands
+from aioray._private.node import node, node_commands
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,13 +40,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def memory_summary(address: str | None = None) -> str:
+    """The ``aioray memory`` report, from this driver (joining ``address`` if not connected)."""
+    from aioray import api
+    from aioray._private.owner.memory_report import cluster_summary, format_report
+
+    joined = False
+    if not api.is_initialized():
+        api.init(address=address or "auto", log_to_driver=False)
+        joined = True
+    try:
+        cw = api.ensure_connected()
+        nodes = cw.run_sync(cluster_summary(cw), timeout=30)
+        return format_report(nodes, skip_pid=os.getpid() if joined else None)
+    finally:
+        if joined:
+            api.shutdown()
+
+
 def cmd_memory(a: argparse.Namespace) -> int:
-    from aioray import auth, memory_report
+    from aioray._private.wire import auth
 
     try:
         address = node.resolve_address(a.address)
         auth.set_token(node.token_for(address))
-        print(memory_report.memory_summary(address))
+        print(memory_summary(address))
     except ConnectionError as e:
         print(f"aioray memory: {e}", file=sys.stderr)
         return 1

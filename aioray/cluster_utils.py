@@ -21,7 +21,9 @@ from typing import Any
 
 import psutil
 
-from aioray import _loop, node, rpc
+from aioray._private.node import node
+from aioray._private.rpc import loop as _loop
+from aioray._private.rpc import rpc
 
 # Ray's cluster_utils defaults: small nodes, so a test cluster stays cheap.
 DEFAULT_NODE_ARGS: dict[str, Any] = {"num_cpus": 1, "num_gpus": 0}
@@ -330,7 +332,7 @@ def _environ(extra: dict[str, str]) -> Iterator[None]:
 
 
 def config_timeout() -> float:
-    from aioray import config
+    from aioray._private.wire import config
 
     return config.DAEMON_START_TIMEOUT_S
 

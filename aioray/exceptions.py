@@ -188,6 +188,13 @@ class RuntimeEnvSetupError(RayError):
         return f"{msg}\n{self.error_message}" if self.error_message else msg
 
 
+class ActorExit(BaseException):
+    """Raised by exit_actor(): unwinds the calling method; the worker then exits.
+
+    (aioray.actor.exit_actor raises it; it lives here, at the bottom, because the worker
+    daemon that catches it sits below the public API.)"""
+
+
 __all__ = [
     "ActorDiedError",
     "ActorPlacementGroupRemoved",

@@ -9,14 +9,15 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aioray import config, ids, options, placement_groups, runtime_env, serialization
-from aioray.object_ref import ObjectRef
-from aioray.streaming import STREAMING
-from aioray.task_spec import TaskEntry, split_args
-from aioray.util.scheduling_strategies import strategy_to_wire
+from aioray._private.core import options, runtime_env
+from aioray._private.core.scheduling_strategies import strategy_to_wire
+from aioray._private.owner import placement_groups, worker_context
+from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.wire import config, ids, serialization
+from aioray._private.wire.task_spec import STREAMING, TaskEntry, split_args
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
 
 
 class RemoteFunction:
@@ -81,8 +82,7 @@ class RemoteFunction:
         return self._fid, self._fn_bytes
 
     def _remote(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]) -> Any:
-        api = _api()
-        cw = api.ensure_connected()
+        cw = worker_context.ensure_connected()
         fid, fn_bytes = self._export()
         nret = opts["num_returns"]
         streaming = nret == "streaming"
@@ -100,10 +100,10 @@ class RemoteFunction:
         }
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
         request = self._request  # the same options, call after call: computed once
-        parent_env = api._job_runtime_env
+        parent_env = worker_context.job_runtime_env
         if not request or request[0] is not opts or request[4] is not parent_env:
             resources = options.resource_request(opts)
-            env = task_runtime_env(parent_env, opts.get("runtime_env"))
+            env = worker_context.task_runtime_env(opts.get("runtime_env"))
             key = (tuple(sorted(resources.items())), runtime_env.env_key(env))
             request = self._request = (opts, resources, key, env, parent_env)
         env = request[3]
@@ -158,20 +158,6 @@ class RemoteFunction:
         return refs if nret else None
 
 
-_api_module: Any = None
-
-
-def _api() -> Any:
-    """aioray.api, resolved once: a function-level import on every .remote() costs
-    more than the rest of building the call (it imports this module: no top import)."""
-    global _api_module
-    if _api_module is None:
-        from aioray import api
-
-        _api_module = api
-    return _api_module
-
-
 def pack_arguments(
     cw: CoreWorker, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], spec: dict[str, Any]
 ) -> tuple[serialization.SerializedObject | None, list[ObjectRef]]:
@@ -210,9 +196,3 @@ class _BoundOptions:
     def options(self, **task_options: Any) -> _BoundOptions:
         options.validate(task_options, options.TASK_OPTIONS)
         return _BoundOptions(self._fn, {**self._opts, **task_options})
-
-
-def task_runtime_env(parent: dict[str, Any], own: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The wire env of a task or actor: its own options' env over its parent's (Ray's merge)."""
-    env = runtime_env.merge(parent, runtime_env.check_task_level(own) if own else None)
-    return env or None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aioray.runtime_env import RuntimeEnv
+from aioray._private.core.runtime_env import RuntimeEnv
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
 
 
 class RuntimeContext:

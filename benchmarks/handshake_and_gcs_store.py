@@ -11,7 +11,9 @@ import time
 
 from aioray.daemons.gcs.store import GcsStore
 
-from aioray import _loop, auth, rpc
+from aioray._private.rpc import loop as _loop
+from aioray._private.rpc import rpc
+from aioray._private.wire import auth
 
 
 async def connect_cost(token: str | None, n: int = 2000) -> float:

@@ -31,7 +31,7 @@ import psutil
 
 import aioray as ray
 from aioray import api
-from aioray.memory_tables import core_worker_tables, raylet_state
+from aioray._private.node.memory_tables import core_worker_tables, raylet_state
 
 MiB = 1024 * 1024
 

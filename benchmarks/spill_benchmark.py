@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 import aioray as ray
-from aioray.memory_tables import raylet_state
+from aioray._private.node.memory_tables import raylet_state
 
 MiB = 1 << 20
 SIZE = 100 * MiB

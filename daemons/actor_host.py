@@ -25,17 +25,45 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from aioray import rpc, serialization
-from aioray.actor import ActorExit
-from aioray.exceptions import TaskCancelledError
-from aioray.protocol import Buffer
-from aioray.streaming import STREAMING
-from aioray.task_spec import DEP_OWNER
+from aioray._private.rpc import rpc
+from aioray._private.wire import serialization
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.task_spec import DEP_OWNER, STREAMING
+from aioray.exceptions import ActorExit, TaskCancelledError
 
 if TYPE_CHECKING:
-    from aioray.daemons.worker import TaskExecutor, _Job
+    from aioray.daemons.worker import TaskExecutor
+
+    from aioray._private.core.memory_store import StoredObject
+    from aioray._private.owner.core_worker import CoreWorker
 
 logger = logging.getLogger(__name__)
+
+
+class Job:
+    """One task or actor call being run here: its spec, its arguments' buffers, the future
+    its reply waits on, and the borrowed refs it holds until then."""
+
+    __slots__ = ("buffers", "conn", "fetched", "fut", "holds", "spec")
+
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        buffers: list[Buffer],
+        fut: asyncio.Future[Any],
+        conn: rpc.Connection | None = None,
+    ) -> None:
+        self.spec = spec
+        self.buffers = buffers
+        self.fut = fut
+        self.conn = conn  # the caller's connection: streamed items go back on it
+        self.fetched: dict[bytes, StoredObject] = {}
+        self.holds: list[bytes] = []  # borrowed refs the job's arguments carry
+
+    def hold(self, cw: CoreWorker, pairs: list[Any]) -> None:
+        """(loop) The caller lent us these refs: hold them until the reply is sent."""
+        cw.borrowing.hold(pairs)
+        self.holds.extend(p[0] for p in pairs)
 
 
 class ActorHost:
@@ -77,7 +105,7 @@ class ActorHost:
         ready = threading.Event()
 
         def run() -> None:
-            from aioray._loop import new_event_loop
+            from aioray._private.rpc.loop import new_event_loop
 
             loop = new_event_loop()
             asyncio.set_event_loop(loop)
@@ -92,10 +120,8 @@ class ActorHost:
     def handle_push_actor_task(
         self, conn: rpc.Connection, spec: dict[str, Any], bufs: list[Buffer]
     ) -> asyncio.Future[Any]:
-        from aioray.daemons.worker import _Job
-
         fut: asyncio.Future[Any] = self.cw.loop.create_future()
-        job = _Job(spec, bufs, fut, conn)
+        job = Job(spec, bufs, fut, conn)
         if "cr" in spec:
             job.hold(self.cw, spec["cr"])
         remote = [d for d in spec.get("d", ()) if d[0] == DEP_OWNER]
@@ -110,7 +136,7 @@ class ActorHost:
 
     async def _dispatch_in_order(
         self,
-        job: _Job,
+        job: Job,
         remote: list[Any],
         prev: asyncio.Future[None] | None,
         mine: asyncio.Future[None],
@@ -124,7 +150,7 @@ class ActorHost:
         finally:
             mine.set_result(None)
 
-    def _dispatch(self, job: _Job) -> None:
+    def _dispatch(self, job: Job) -> None:
         if job.spec["m"] == "__ray_terminate__" and self._concurrent():
             self._terminate_concurrent()
             return
@@ -179,7 +205,7 @@ class ActorHost:
             )
         return pool
 
-    def _run_threaded(self, job: _Job) -> None:
+    def _run_threaded(self, job: Job) -> None:
         try:
             body, bufs = self.ex.execute(job)
         except ActorExit:
@@ -189,7 +215,7 @@ class ActorHost:
             body, bufs = self.ex.error(job.spec, TaskCancelledError(job.spec["tid"].hex()), False)
         self.cw.post(self.ex.reply, job, body, bufs)
 
-    async def _run_async(self, job: _Job, group: str | None) -> None:
+    async def _run_async(self, job: Job, group: str | None) -> None:
         sem = self.semaphores.get(group)
         if sem is None:
             sem = self.semaphores[group] = asyncio.Semaphore(self._size(group))
@@ -222,7 +248,7 @@ class ActorHost:
                 self.running.pop(task_id, None)
         self.cw.post(self.ex.reply, job, body, bufs)
 
-    async def _stream_async(self, job: _Job, gen: Any) -> tuple[dict[str, Any], list[Buffer]]:
+    async def _stream_async(self, job: Job, gen: Any) -> tuple[dict[str, Any], list[Buffer]]:
         task_id, limit, count = job.spec["tid"], job.spec.get("bp") or 0, 0
         items = gen if hasattr(gen, "__aiter__") else _as_async(gen)
         async for item in items:

@@ -24,7 +24,7 @@ import msgpack  # noqa: F401
 import numpy
 from aioray.daemons import worker
 
-from aioray import api, core_worker  # noqa: F401
+from aioray._private.owner import core_worker, worker_context  # noqa: F401  (aioray loads the API)
 
 
 def main() -> None:
@@ -77,7 +77,7 @@ def _become_worker(request: dict[str, Any]) -> None:
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.environ.update(request.get("env") or {})
-        api.set_parent_runtime_env(request.get("runtime_env"))  # children inherit it
+        worker_context.job_runtime_env = dict(request.get("runtime_env") or {})  # inherited
         if request.get("path"):  # the runtime env's working_dir first, then its py_modules
             sys.path[:0] = request["path"]
         if request.get("cwd"):

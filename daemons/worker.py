@@ -21,43 +21,29 @@ import traceback
 from typing import Any
 
 from aioray.daemons import worker_output
-from aioray.daemons.actor_host import ActorHost, run_terminate
+from aioray.daemons.actor_host import ActorHost, Job, run_terminate
 
-from aioray import _loop, config, placement_groups, rpc, serialization, store_client
-from aioray.actor import ActorExit
-from aioray.borrowing import pairs_of
-from aioray.core_worker import WORKER, CoreWorker
-from aioray.exceptions import RaySystemError, RayTaskError, TaskCancelledError
-from aioray.memory_store import StoredObject
-from aioray.object_ref import ObjectRef, set_core_worker
-from aioray.protocol import Buffer
-from aioray.streaming import STREAMING
-from aioray.task_spec import DEP_INLINE, DEP_OWNER, DEP_SHM, RET_INLINE, RET_SHM, substitute
+from aioray._private.core.borrowing import pairs_of
+from aioray._private.core.memory_store import StoredObject
+from aioray._private.owner import placement_groups, store_client
+from aioray._private.owner.core_worker import WORKER, CoreWorker
+from aioray._private.owner.object_ref import ObjectRef, set_core_worker
+from aioray._private.rpc import loop as _loop
+from aioray._private.rpc import rpc
+from aioray._private.wire import config, serialization
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.task_spec import (
+    DEP_INLINE,
+    DEP_OWNER,
+    DEP_SHM,
+    RET_INLINE,
+    RET_SHM,
+    STREAMING,
+    substitute,
+)
+from aioray.exceptions import ActorExit, RaySystemError, RayTaskError, TaskCancelledError
 
 logger = logging.getLogger(__name__)
-
-
-class _Job:
-    __slots__ = ("buffers", "conn", "fetched", "fut", "holds", "spec")
-
-    def __init__(
-        self,
-        spec: dict[str, Any],
-        buffers: list[Buffer],
-        fut: asyncio.Future[Any],
-        conn: rpc.Connection | None = None,
-    ) -> None:
-        self.spec = spec
-        self.buffers = buffers
-        self.fut = fut
-        self.conn = conn  # the caller's connection: streamed items go back on it
-        self.fetched: dict[bytes, StoredObject] = {}
-        self.holds: list[bytes] = []  # borrowed refs the job's arguments carry
-
-    def hold(self, cw: CoreWorker, pairs: list[Any]) -> None:
-        """(loop) The caller lent us these refs: hold them until the reply is sent."""
-        cw.borrowing.hold(pairs)
-        self.holds.extend(p[0] for p in pairs)
 
 
 class TaskExecutor:
@@ -65,10 +51,10 @@ class TaskExecutor:
         self.cw = cw
         self.functions: dict[bytes, Any] = {}
         self.fn_bytes: dict[bytes, bytes] = {}
-        self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.current: bytes | None = None
         self.cancelled: set[bytes] = set()
-        self.queued: dict[bytes, _Job] = {}  # waiting for the execution thread
+        self.queued: dict[bytes, Job] = {}  # waiting for the execution thread
         self.stream_acks: dict[bytes, int] = {}  # streaming task -> items its caller took
         self.stream_cond = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="aioray-exec", daemon=True)
@@ -93,7 +79,7 @@ class TaskExecutor:
         fn = spec.pop("fn", None)
         if fn is not None:
             self.fn_bytes[spec["fid"]] = fn
-        job = _Job(spec, buffers, fut, conn)
+        job = Job(spec, buffers, fut, conn)
         if "cr" in spec:
             job.hold(self.cw, spec["cr"])
         remote = [d for d in spec.get("d", ()) if d[0] == DEP_OWNER]
@@ -103,16 +89,16 @@ class TaskExecutor:
             self.enqueue(job)
         return fut
 
-    def enqueue(self, job: _Job) -> None:
+    def enqueue(self, job: Job) -> None:
         """Hand a job to the execution thread (FIFO); it can be cancelled until it starts."""
         self.queued[job.spec["tid"]] = job
         self.queue.put(job)
 
-    async def _fetch_then_run(self, job: _Job, deps: list[list[Any]]) -> None:
+    async def _fetch_then_run(self, job: Job, deps: list[list[Any]]) -> None:
         await self.fetch_deps(job, deps)
         self.enqueue(job)
 
-    async def fetch_deps(self, job: _Job, deps: list[list[Any]]) -> None:
+    async def fetch_deps(self, job: Job, deps: list[list[Any]]) -> None:
         """Fetch dependencies owned elsewhere into ``job.fetched`` (errors stored as errors)."""
         cw = self.cw
         refs = [ObjectRef(d[1], _owner_of(d[2]), _count=False) for d in deps]
@@ -155,7 +141,7 @@ class TaskExecutor:
                 answer, parts = self.error(job.spec, TaskCancelledError(task_id.hex()), False)
                 self.reply(job, answer, parts)
 
-    def reply(self, job: _Job, body: dict[str, Any], buffers: list[Buffer]) -> None:
+    def reply(self, job: Job, body: dict[str, Any], buffers: list[Buffer]) -> None:
         """(loop) Answer the caller; first lend it the refs inside the return values."""
         lend = body.pop("_lend", None)
         if lend:
@@ -163,7 +149,7 @@ class TaskExecutor:
         else:
             self._send_reply(job, body, buffers)
 
-    def _send_reply(self, job: _Job, body: dict[str, Any], buffers: list[Buffer]) -> None:
+    def _send_reply(self, job: Job, body: dict[str, Any], buffers: list[Buffer]) -> None:
         if not job.fut.done():
             job.fut.set_result(rpc.Reply(body, buffers))
         if job.holds:
@@ -188,7 +174,7 @@ class TaskExecutor:
                 body, bufs = self.error(job.spec, RaySystemError(f"worker error: {e!r}"), False)
             self.cw.post(self.reply, job, body, bufs)
 
-    def execute(self, job: _Job) -> tuple[dict[str, Any], list[Buffer]]:
+    def execute(self, job: Job) -> tuple[dict[str, Any], list[Buffer]]:
         """Run one task or actor call (any thread); return the reply body and buffers."""
         spec = job.spec
         task_id = spec["tid"]
@@ -247,7 +233,7 @@ class TaskExecutor:
             body["o"] = [self.pid, worker_output.sync()]
         return body, bufs
 
-    def _create_actor(self, spec: dict[str, Any], job: _Job) -> tuple[dict[str, Any], list[Buffer]]:
+    def _create_actor(self, spec: dict[str, Any], job: Job) -> tuple[dict[str, Any], list[Buffer]]:
         self.cw.job_id = spec["job"]
         placement_groups.set_actor_placement(spec.get("pg"))
         self.actor.gpus = spec.get("gpu") or []
@@ -275,7 +261,7 @@ class TaskExecutor:
             fn = self.functions[fid] = serialization.deserialize(self.fn_bytes.pop(fid))
         return fn
 
-    def arguments(self, spec: dict[str, Any], job: _Job) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def arguments(self, spec: dict[str, Any], job: Job) -> tuple[tuple[Any, ...], dict[str, Any]]:
         bufs = job.buffers
         off = 0
         call: Any = ((), {})
@@ -355,9 +341,9 @@ class TaskExecutor:
         size = store_client.write_object(self.cw, oid, so.data, so.buffers, owner)
         return [RET_SHM, size, self.cw.node_id, contained]
 
-    # -- streaming generators (aioray/streaming.py has the protocol) -----------------------
+    # -- streaming generators (the protocol: aioray/_private/owner/streaming.py) -----------
     def _stream(
-        self, spec: dict[str, Any], job: _Job, gen: Any
+        self, spec: dict[str, Any], job: Job, gen: Any
     ) -> tuple[dict[str, Any], list[Buffer]]:
         if not hasattr(gen, "__iter__") or isinstance(gen, (str, bytes, dict)):
             raise TypeError(
@@ -376,7 +362,7 @@ class TaskExecutor:
                 self.stream_acks.pop(task_id, None)
         return {"r": [], "n": count}, []
 
-    def send_item(self, job: _Job, index: int, value: Any) -> None:
+    def send_item(self, job: Job, index: int, value: Any) -> None:
         """(any thread) Serialize one streamed item and send it to the caller."""
         bufs: list[Buffer] = []
         lend: list[ObjectRef] = []
@@ -384,7 +370,7 @@ class TaskExecutor:
         self.cw.post(self._notify_item, job, [job.spec["tid"], index, *desc], bufs, lend)
 
     def _notify_item(
-        self, job: _Job, body: list[Any], bufs: list[Buffer], lend: list[ObjectRef]
+        self, job: Job, body: list[Any], bufs: list[Buffer], lend: list[ObjectRef]
     ) -> None:
         def send() -> None:
             if job.conn is not None and not job.conn.is_closed:

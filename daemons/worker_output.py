@@ -31,7 +31,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from aioray.core_worker import CoreWorker
+    from aioray._private.owner.core_worker import CoreWorker
 
 # Written into the pipes, never forwarded: the rest of the line is the new name.
 NAME_MARKER = b"\x00\x1eaioray-name:"

@@ -1,8 +1,8 @@
 """ActorPool (aioray.util.ActorPool): spread calls over a fixed set of actors.
 
 Pure bookkeeping on the public API: an actor is busy from submit() until its result is
-taken with get_next*(); calls beyond the idle actors wait in a FIFO. ``ray`` is looked
-up at call time, so importing this module from aioray.util is cycle-free.
+taken with get_next*(); calls beyond the idle actors wait in a FIFO. It imports
+aioray.api, never the aioray package (which imports aioray.util, hence this module).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-import aioray as ray
+import aioray.api as api
+from aioray.exceptions import ActorDiedError
 
 V = TypeVar("V")
 
@@ -127,7 +128,7 @@ class ActorPool:
         timed_out = False
         if timeout is not None:
             refs = list(_refs(_key(future)))
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+            ready, _ = api.wait(refs, num_returns=len(refs), timeout=timeout)
             if len(ready) < len(refs):
                 if not ignore_if_timedout:
                     raise TimeoutError(_TIMEOUT_MSG)
@@ -204,7 +205,7 @@ class ActorPool:
                 if ref not in self._ready_refs
             ]
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _ = ray.wait(pending, num_returns=1, timeout=left)
+            ready, _ = api.wait(pending, num_returns=1, timeout=left)
             if not ready:
                 return None
             self._ready_refs.update(ready)
@@ -216,8 +217,8 @@ class ActorPool:
     def _get_result(self, future: Future, actor: Any) -> Any:
         alive = True
         try:
-            return ray.get(future)
-        except ray.exceptions.ActorDiedError:
+            return api.get(future)
+        except ActorDiedError:
             alive = False  # a dead actor would take every later call and fail it
             raise
         finally:

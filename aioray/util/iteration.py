@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 
-from aioray.object_ref import ObjectRef
+import aioray.api as api
+import aioray.async_api as async_api
+from aioray._private.owner.object_ref import ObjectRef
 
 DEFAULT_CHUNK_SIZE = 10
 DEFAULT_BACKPRESSURE_SIZE = 100
@@ -35,8 +37,6 @@ class as_completed:
         self._timeout = timeout
 
     def __iter__(self) -> Iterator[Any]:
-        from aioray import api
-
         pending = self._refs
         while pending:
             n = min(self._chunk, len(pending))
@@ -46,8 +46,6 @@ class as_completed:
             yield from (ready if self._refs_only else api.get(ready))
 
     async def __aiter__(self) -> AsyncIterator[Any]:
-        from aioray import async_api
-
         pending = self._refs
         while pending:
             n = min(self._chunk, len(pending))
@@ -89,8 +87,6 @@ class map_unordered:
         self._refs_only = yield_obj_refs
 
     def __iter__(self) -> Iterator[Any]:
-        from aioray import api
-
         pending: list[ObjectRef] = []
         for item in self._items:
             if self._limit is not None and len(pending) >= self._limit:
@@ -100,8 +96,6 @@ class map_unordered:
         yield from as_completed(pending, chunk_size=self._chunk, yield_obj_refs=self._refs_only)
 
     async def __aiter__(self) -> AsyncIterator[Any]:
-        from aioray import async_api
-
         pending: list[ObjectRef] = []
         for item in self._items:
             if self._limit is not None and len(pending) >= self._limit:

@@ -1,11 +1,11 @@
-"""``aioray.util.placement_group``: Ray's placement-group API (see aioray/placement_groups.py)."""
+"""``aioray.util.placement_group``: Ray's placement group API (over owner.placement_groups)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aioray import placement_groups as _impl
-from aioray.placement_groups import (
+from aioray._private.owner import placement_groups as _impl
+from aioray._private.owner.placement_groups import (
     VALID_PLACEMENT_GROUP_STRATEGIES,
     PlacementGroup,
     PlacementGroupID,

@@ -12,8 +12,7 @@ import sys
 import time
 from typing import Any, Protocol, TextIO
 
-import aioray as ray
-from aioray import api
+import aioray.api as api
 
 # The plain bar redraws at most this often (it is a line of text, not a widget).
 PLAIN_REFRESH_S = 0.1
@@ -103,15 +102,18 @@ def progress(object_refs: Any, desc: str | None = None, *, timeout: float | None
     try:
         while pending:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+            ready, pending = api.wait(pending, num_returns=1, timeout=left)
             if not ready:
                 break  # timed out: get below raises GetTimeoutError
             # Take every other ref that is ready by now, so a burst is one update.
             if pending:
-                more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                more, pending = api.wait(pending, num_returns=len(pending), timeout=0)
                 ready += more
             bar.update(len(ready))
     finally:
         bar.close()
     left = None if deadline is None else max(0.0, deadline - time.monotonic())
-    return ray.get(object_refs, timeout=left)
+    return api.get(object_refs, timeout=left)
+
+
+api.progress_bar = progress

@@ -7,7 +7,8 @@ import argparse
 from aioray.daemons._common import setup_logging
 from aioray.daemons.gcs.server import GcsServer
 
-from aioray import _loop, auth
+from aioray._private.rpc import loop as _loop
+from aioray._private.wire import auth
 
 
 def main() -> None:

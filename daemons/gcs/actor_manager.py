@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from aioray.daemons.raylet.scheduler import UNSCHEDULABLE, strategy_from_wire
 
-from aioray import rpc, serialization
-from aioray.protocol import Buffer
+from aioray._private.rpc import rpc
+from aioray._private.wire import serialization
+from aioray._private.wire.protocol import Buffer
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from aioray.daemons.raylet.scheduler import ClusterView, Decision, NodeView
 
-from aioray import config
-from aioray.bundle_resources import add
+from aioray._private.core.bundle_resources import add
+from aioray._private.wire import config
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer

@@ -18,7 +18,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from aioray import config
+from aioray._private.wire import config
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer

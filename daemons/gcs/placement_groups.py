@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from aioray.daemons.gcs.pg_policy import STRATEGIES, infeasible_reason, place
 
-from aioray import rpc
-from aioray.bundle_resources import add, group_resources, is_group_resource
+from aioray._private.core.bundle_resources import add, group_resources, is_group_resource
+from aioray._private.rpc import rpc
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer

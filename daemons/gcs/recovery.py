@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 from aioray.daemons.gcs.actor_manager import ALIVE, DEAD, PENDING, RESTARTING, ActorRecord
 from aioray.daemons.gcs.store import GcsStore
 
-from aioray import config, rpc
+from aioray._private.rpc import rpc
+from aioray._private.wire import config
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer

@@ -17,8 +17,9 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from aioray import config, rpc
-from aioray.runtime_env_packaging import KV_NAMESPACE, package_uris
+from aioray._private.node.runtime_env_packaging import KV_NAMESPACE, package_uris
+from aioray._private.rpc import rpc
+from aioray._private.wire import config
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer

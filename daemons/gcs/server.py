@@ -27,7 +27,7 @@ from aioray.daemons.gcs.recovery import Persistence, kv_key
 from aioray.daemons.gcs.runtime_env_packages import RuntimeEnvPackages
 from aioray.daemons.gcs.store import GcsStore
 
-from aioray import rpc
+from aioray._private.rpc import rpc
 
 logger = logging.getLogger(__name__)
 

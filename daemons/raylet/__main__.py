@@ -12,8 +12,9 @@ from aioray.daemons._common import setup_logging
 from aioray.daemons.raylet.server import Raylet
 from aioray.daemons.raylet.store_service import spill_config_from
 
-from aioray import _loop, config
-from aioray.node import split_address
+from aioray._private.node.node import split_address
+from aioray._private.rpc import loop as _loop
+from aioray._private.wire import config
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ The GCS reserves a group's bundles on every chosen node atomically
    cannot take them) and answers True; False if they do not all fit now.
 2. ``commit_bundles [pg, [index, ...]]``: each prepared bundle becomes the
    group's resources (``CPU_group_<i>_<pg>``, ``CPU_group_<pg>``, ... in
-   aioray/bundle_resources.py), added to the node's totals, which tasks and
+   aioray/_private/core/bundle_resources.py), added to the node's totals, which tasks and
    actors in the group lease.
 3. ``cancel_bundles [pg, [index, ...], removed]``: a rollback (prepared) or a
    removal (committed). Workers leasing the group's resources are killed (Ray's
@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from aioray.daemons.raylet.resources import give_back_gpus, take_gpus
 
-from aioray import rpc
-from aioray.bundle_resources import add, group_resources, is_group_resource
+from aioray._private.core.bundle_resources import add, group_resources, is_group_resource
+from aioray._private.rpc import rpc
 
 if TYPE_CHECKING:
     from aioray.daemons.raylet.server import LeaseRequest, Raylet

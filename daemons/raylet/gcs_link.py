@@ -28,7 +28,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from aioray import config, rpc
+from aioray._private.rpc import rpc
+from aioray._private.wire import config
 
 if TYPE_CHECKING:
     from aioray.daemons.raylet.server import Raylet

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 from aioray.daemons.raylet.object_manager import CREATING, IN_SHM
 
-from aioray import config, rpc
+from aioray._private.rpc import rpc
+from aioray._private.wire import config
 
 if TYPE_CHECKING:
     from aioray.daemons.raylet.server import Raylet

@@ -35,7 +35,9 @@ from typing import Any
 
 from aioray.daemons.raylet import runtime_env_setup as setup
 
-from aioray import config, runtime_env, runtime_env_packaging
+from aioray._private.core import runtime_env
+from aioray._private.node import runtime_env_packaging
+from aioray._private.wire import config
 
 logger = logging.getLogger(__name__)
 

@@ -45,8 +45,10 @@ from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
 from aioray.daemons.raylet.store_service import SpillConfig, StoreService
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
-from aioray import config, memory_report, rpc
-from aioray.bundle_resources import is_group_resource
+from aioray._private.core.bundle_resources import is_group_resource
+from aioray._private.owner import memory_report
+from aioray._private.rpc import rpc
+from aioray._private.wire import config
 
 logger = logging.getLogger(__name__)
 

@@ -56,7 +56,8 @@ from aioray.daemons.raylet.object_manager import (
     Request,
 )
 
-from aioray import config, object_store, rpc
+from aioray._private.rpc import rpc
+from aioray._private.wire import config, object_store
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,9 @@ from typing import Any
 
 from aioray.daemons.raylet.runtime_env_agent import PreparedEnv, RuntimeEnvAgent, SetupFailed
 
-from aioray import config, rpc, runtime_env
+from aioray._private.core import runtime_env
+from aioray._private.rpc import rpc
+from aioray._private.wire import config
 
 logger = logging.getLogger(__name__)
 

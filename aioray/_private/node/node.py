@@ -1,0 +1,341 @@
+"""Starting and finding a node's daemons (GCS, raylet) as real processes.
+
+``LocalNode.start`` binds the listening sockets itself and hands them to the
+children (``pass_fds``), so both daemons start in parallel with no port race and
+clients can connect at once (the kernel queues connections until the daemon
+accepts). A daemon started by ``init()`` holds the read end of a "lifeline" pipe
+whose write end only the driver has: when the driver exits for any reason the
+pipe closes and the daemons shut down, so nothing outlives its driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psutil
+
+from aioray._private.wire import auth, config, object_store
+
+CLUSTER_FILE = os.path.join(config.SESSION_ROOT, "aioray_current_cluster")
+GCS_ADDRESS_FILE = "gcs_address"  # in a head's session directory
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"Invalid address {address!r}: expected 'host:port'.")
+    return host, int(port)
+
+
+def resolve_address(address: str) -> str:
+    """Turn "auto" into the address of the cluster started on this machine."""
+    if address != "auto":
+        split_address(address)
+        return address
+    info = read_cluster_file()
+    if not info:
+        raise ConnectionError(
+            "Could not find any running aioray instance. Start one with 'aioray start --head'."
+        ) from None
+    if not psutil.pid_exists(info.get("gcs_pid", -1)):
+        raise ConnectionError(f"The aioray cluster at {info['gcs_address']} is not running.")
+    return str(info["gcs_address"])
+
+
+# Tokens of the head nodes this process started (LocalNode, cluster_utils.Cluster).
+_started_tokens: dict[str, str] = {}
+
+
+def token_for(gcs_address: str) -> str | None:
+    """The token to join the cluster at ``gcs_address``: the environment's, else that
+    of a head this process started there, else the one ``aioray start --head`` left in
+    this machine's cluster file for that address."""
+    token = auth.token_from_env()
+    if token is not None or not auth.enabled():
+        return token
+    if gcs_address in _started_tokens:
+        return _started_tokens[gcs_address]
+    info = read_cluster_file()
+    if info.get("gcs_address") == gcs_address:
+        return info.get("token")
+    return _session_token(gcs_address)
+
+
+def _session_token(gcs_address: str) -> str | None:
+    """The token of a head started on this machine (by ``init()`` too) at that address:
+    its session directory records the address and keeps the token, readable by the
+    user who started it only (as Ray's local clusters keep theirs in a file)."""
+    try:
+        sessions = sorted(
+            (e for e in os.scandir(config.SESSION_ROOT) if e.name.startswith("session_")),
+            key=lambda e: e.stat().st_mtime,
+            reverse=True,
+        )
+    except OSError:
+        return None
+    for entry in sessions:
+        try:
+            with open(os.path.join(entry.path, GCS_ADDRESS_FILE)) as f:
+                if f.read().strip() != gcs_address:
+                    continue
+        except OSError:
+            continue
+        token = auth.read_token_file(entry.path)
+        if token is not None:
+            return token
+    return None
+
+
+def read_cluster_file() -> dict[str, Any]:
+    try:
+        with open(CLUSTER_FILE) as f:
+            return dict(json.load(f))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def write_cluster_file(info: dict[str, Any]) -> None:
+    """The head's address, pids and token, for ``address="auto"`` (owner-only: a secret)."""
+    os.makedirs(os.path.dirname(CLUSTER_FILE), exist_ok=True)
+    fd = os.open(CLUSTER_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f)
+
+
+def find_local_raylet(gcs_address: str, node_ip: str) -> tuple[str, int]:
+    """Ask the GCS which raylet runs on this host."""
+    from aioray._private.rpc import loop as _loop
+    from aioray._private.rpc import rpc
+
+    async def query() -> list[dict[str, Any]]:
+        conn, _ = await rpc.connect(
+            *split_address(gcs_address), hello={"role": "client"}, timeout=config.CONNECT_TIMEOUT_S
+        )
+        try:
+            return list(await conn.call("get_nodes"))
+        finally:
+            conn.close()
+
+    deadline = time.monotonic() + config.CONNECT_TIMEOUT_S
+    while True:
+        try:
+            nodes: list[dict[str, Any]] = _loop.run(query())  # type: ignore[assignment]
+        except ConnectionError as e:  # keep the class: AuthenticationError says why
+            raise type(e)(
+                f"Could not connect to the aioray cluster at {gcs_address}: {e}"
+            ) from None
+        alive = [n for n in nodes if n["Alive"]]
+        for n in alive:
+            if n["NodeManagerAddress"] == node_ip:
+                return n["NodeManagerAddress"], n["NodeManagerPort"]
+        if alive:
+            return alive[0]["NodeManagerAddress"], alive[0]["NodeManagerPort"]
+        if time.monotonic() >= deadline:
+            raise ConnectionError(f"The cluster at {gcs_address} has no alive node.")
+        time.sleep(0.05)  # a node that is starting registers within moments
+
+
+def _listen(ip: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((ip, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def new_session_dir() -> tuple[str, str]:
+    session_id = os.urandom(4).hex()
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    path = os.path.join(config.SESSION_ROOT, f"session_{stamp}_{os.getpid()}_{session_id}")
+    os.makedirs(os.path.join(path, "logs"), exist_ok=True)
+    return session_id, path
+
+
+def default_object_store_memory() -> int:
+    total = psutil.virtual_memory().total
+    want = int(total * 0.3)
+    try:
+        st = os.statvfs(object_store.shm_dir())
+        want = min(want, int(st.f_bavail * st.f_frsize * 0.95))
+    except OSError:
+        pass
+    return max(want, 64 * 1024 * 1024)
+
+
+class LocalNode:
+    """The daemon processes of one node started from this machine."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.gcs_address = ""
+        self.raylet_address: tuple[str, int] = ("", 0)
+        self.session_dir = ""
+        self.session_id = ""
+        self.token: str | None = None
+        self._lifeline_w: int | None = None
+        self._env: dict[str, str] = {}
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        resources: dict[str, float] | None = None,
+        object_store_memory: int | None = None,
+        object_spilling_directory: str | None = None,
+        system_config: dict[str, Any] | None = None,
+        node_ip: str = "127.0.0.1",
+        head: bool = True,
+        gcs_address: str | None = None,
+        gcs_port: int = 0,
+        raylet_port: int = 0,
+        detached: bool = False,
+        labels: dict[str, str] | None = None,
+        token: str | None = None,
+        log_to_stderr: bool = False,
+    ) -> LocalNode:
+        """Start the node's daemons (the GCS too with ``head``).
+
+        ``token``: the cluster token; a head without one uses the environment's or
+        generates one. ``log_to_stderr``: the daemons log to this process's stderr
+        (``aioray serve-node``) as well as to the session's log files.
+        """
+        config.memory_monitor_settings()  # a bad setting fails here, not in the raylet
+        self = cls()
+        self.session_id, self.session_dir = new_session_dir()
+        if head:
+            self.token = token or auth.token_from_env()
+            if self.token is None and auth.enabled():
+                self.token = auth.generate_token()
+        else:
+            self.token = token or (token_for(gcs_address) if gcs_address else None)
+        self._env = dict(os.environ)
+        if self.token is not None and auth.enabled():
+            self._env[auth.TOKEN_ENV] = self.token
+            auth.write_token_file(self.session_dir, self.token)
+        if log_to_stderr:
+            self._env["AIORAY_LOG_TO_STDERR"] = "1"
+        logs = os.path.join(self.session_dir, "logs")
+        fds: list[int] = []
+        socks = []
+        lifeline_r = None
+        if not detached:
+            lifeline_r, self._lifeline_w = os.pipe()
+            fds.append(lifeline_r)
+        common = ["--session-dir", self.session_dir]
+        if lifeline_r is not None:
+            common += ["--lifeline-fd", str(lifeline_r)]
+        try:
+            if head:
+                gsock = _listen(node_ip, gcs_port)
+                socks.append(gsock)
+                self.gcs_address = f"{node_ip}:{gsock.getsockname()[1]}"
+                if self.token is not None:
+                    _started_tokens[self.gcs_address] = self.token
+                with open(os.path.join(self.session_dir, GCS_ADDRESS_FILE), "w") as f:
+                    f.write(self.gcs_address)
+                self._spawn(
+                    "gcs",
+                    [*common, "--listen-fd", str(gsock.fileno()), "--session-id", self.session_id],
+                    [*fds, gsock.fileno()],
+                    logs,
+                    detached,
+                )
+            else:
+                assert gcs_address is not None
+                self.gcs_address = gcs_address
+            rsock = _listen(node_ip, raylet_port)
+            socks.append(rsock)
+            self.raylet_address = (node_ip, rsock.getsockname()[1])
+            args = [
+                *common,
+                "--listen-fd",
+                str(rsock.fileno()),
+                "--gcs-address",
+                self.gcs_address,
+                "--node-ip",
+                node_ip,
+                "--num-cpus",
+                str(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
+                "--num-gpus",
+                str(num_gpus or 0),
+                "--resources",
+                json.dumps(resources or {}),
+                "--object-store-memory",
+                str(object_store_memory or default_object_store_memory()),
+                "--labels",
+                json.dumps(labels or {}),
+            ]
+            if object_spilling_directory:
+                args += ["--object-spilling-directory", object_spilling_directory]
+            if system_config:
+                args += ["--system-config", json.dumps(system_config)]
+            if head:
+                args.append("--head")
+            self._spawn("raylet", args, [*fds, rsock.fileno()], logs, detached)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            for s in socks:
+                s.close()
+            if lifeline_r is not None:
+                os.close(lifeline_r)
+        return self
+
+    def _spawn(self, name: str, args: list[str], fds: list[int], logs: str, detached: bool) -> None:
+        cmd = [sys.executable, "-m", f"aioray.daemons.{name}", *args]
+        out: Any = None
+        if detached:
+            out = open(os.path.join(logs, f"{name}.out"), "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            cmd,
+            pass_fds=fds,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=self._env,
+            # Their own session: a Ctrl-C in the driver's terminal interrupts the driver,
+            # not the cluster (the lifeline still ties them to the driver's life).
+            start_new_session=True,
+        )
+        if out is not None:
+            out.close()
+        self.procs.append(proc)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the lifeline, wait for the daemons to exit, kill what remains, sweep shm."""
+        if self._lifeline_w is not None:
+            os.close(self._lifeline_w)
+            self._lifeline_w = None
+        else:
+            for p in self.procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = []
+        for path in object_store.list_segments(self.session_id):
+            object_store.delete_segment(path)
+        # Spill files in the session dir (the default spill directory) if the raylet
+        # could not delete them itself.
+        shutil.rmtree(os.path.join(self.session_dir, "spill"), ignore_errors=True)

@@ -1,0 +1,308 @@
+"""``aioray serve-node | start | stop | status``: run, start, stop and inspect nodes.
+
+``serve-node`` runs one node in the foreground: the raylet (and the GCS with
+``--head``) as child processes tied to it by the lifeline pipe, logging to
+stderr. SIGTERM or SIGINT stops the node cleanly (workers stopped, shared memory
+freed, exit code 0); a daemon that dies on its own ends it with exit code 1, so
+a container or a systemd unit restarts it. ``start`` does the same in the
+background and records the node for ``stop``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psutil
+
+from aioray._private.node import node
+from aioray._private.rpc import loop as _loop
+from aioray._private.rpc import rpc
+from aioray._private.wire import auth, config
+
+
+def add_node_options(p: argparse.ArgumentParser, *, foreground: bool) -> None:
+    p.add_argument("--head", action="store_true", help="start the GCS here (a new cluster)")
+    p.add_argument("--address", help="GCS address host:port of the cluster to join")
+    p.add_argument("--port", type=int, default=6379, help="GCS port (with --head)")
+    p.add_argument("--node-ip-address", default="127.0.0.1", help="address this node binds to")
+    p.add_argument("--num-cpus", type=float, default=None, help="logical CPUs (default: all)")
+    p.add_argument("--num-gpus", type=float, default=None, help="GPUs (default: 0)")
+    p.add_argument("--resources", default="{}", help="custom resources as JSON, e.g. '{\"x\": 2}'")
+    p.add_argument("--object-store-memory", type=int, default=None, help="bytes of shared memory")
+    p.add_argument(
+        "--object-spilling-directory",
+        default=None,
+        help="where objects spill when the store is full (default: the session dir)",
+    )
+    p.add_argument("--system-config", default=None, help="_system_config as JSON")
+    p.add_argument("--labels", default="{}", help="node labels as JSON")
+    p.add_argument(
+        "--token",
+        help=f"the cluster token (default: ${auth.TOKEN_ENV}; a head generates one; "
+        "prefer the environment: a command line is visible to every user)",
+    )
+    if not foreground:
+        p.add_argument("--block", action="store_true", help="run in the foreground (serve-node)")
+
+
+def _json_object(option: str, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise SystemExit(f"aioray: {option} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"aioray: {option} must be a JSON object")
+    return value
+
+
+def _start_node(a: argparse.Namespace, *, detached: bool) -> tuple[node.LocalNode, str | None]:
+    """Check the arguments, find the cluster and its token, start the daemons."""
+    if a.head == bool(a.address):
+        raise SystemExit("aioray: give --head to start a cluster or --address to join one")
+    resources = _json_object("--resources", a.resources)
+    labels = _json_object("--labels", a.labels)
+    system_config = _json_object("--system-config", a.system_config or "{}")
+    token = a.token
+    gcs_address = None
+    if a.address:
+        try:
+            gcs_address = node.resolve_address(a.address)
+        except (ValueError, ConnectionError) as e:
+            raise SystemExit(f"aioray: {e}") from None
+        token = token or node.token_for(gcs_address)
+        if token is not None:
+            auth.set_token(token)
+        _check_gcs(gcs_address)
+    try:
+        n = _launch(a, resources, labels, system_config, gcs_address, token, detached)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        where = f"{a.node_ip_address}:{a.port}" if a.head else a.node_ip_address
+        raise SystemExit(f"aioray: cannot listen on {where}: {e.strerror or e}") from None
+    auth.set_token(n.token)
+    try:
+        _wait_for_node(n, config.DAEMON_START_TIMEOUT_S)
+    except BaseException:
+        n.stop()
+        raise
+    return n, n.token
+
+
+def _launch(
+    a: argparse.Namespace,
+    resources: dict[str, Any],
+    labels: dict[str, Any],
+    system_config: dict[str, Any],
+    gcs_address: str | None,
+    token: str | None,
+    detached: bool,
+) -> node.LocalNode:
+    return node.LocalNode.start(
+        num_cpus=a.num_cpus,
+        num_gpus=a.num_gpus,
+        resources=resources,
+        object_store_memory=a.object_store_memory,
+        object_spilling_directory=a.object_spilling_directory,
+        system_config=system_config,
+        node_ip=a.node_ip_address,
+        head=a.head,
+        gcs_address=gcs_address,
+        gcs_port=a.port if a.head else 0,
+        detached=detached,
+        labels=labels,
+        token=token,
+        log_to_stderr=not detached,
+    )
+
+
+def cmd_start(a: argparse.Namespace) -> int:
+    if a.block:
+        return cmd_serve_node(a)
+    n, token = _start_node(a, detached=True)
+    info = {
+        "gcs_address": n.gcs_address,
+        "gcs_pid": n.pids[0],
+        "pids": n.pids,
+        "session_dir": n.session_dir,
+        "session_id": n.session_id,
+    }
+    os.makedirs(config.SESSION_ROOT, exist_ok=True)
+    records = _read_started()
+    records.append(info)
+    with open(_started_file(), "w") as f:
+        json.dump(records, f)
+    if a.head:
+        node.write_cluster_file({**info, "token": token})
+    print(f"aioray node started; GCS at {n.gcs_address}")
+    print(f"Connect with: aioray.init(address='{n.gcs_address}')  (or address='auto' here)")
+    if a.head and token:
+        print(f"Cluster token: in {os.path.join(n.session_dir, auth.TOKEN_FILE)}")
+        print(f"  join from another machine with {auth.TOKEN_ENV}=<token> aioray start --address")
+    print("Stop with: aioray stop")
+    return 0
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise _Stop(signum)
+
+
+def cmd_serve_node(a: argparse.Namespace) -> int:
+    """Run the node in the foreground until SIGTERM/SIGINT, or until a daemon dies."""
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    n: node.LocalNode | None = None
+    code = 0
+    try:
+        n, _ = _start_node(a, detached=False)
+        print(
+            f"aioray node serving: GCS {n.gcs_address}, raylet "
+            f"{n.raylet_address[0]}:{n.raylet_address[1]}, session {n.session_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
+        pid = _wait_any_child()
+        name = {p.pid: _name(p) for p in n.procs}.get(pid, f"pid {pid}")
+        print(f"aioray serve-node: {name} exited; stopping the node", file=sys.stderr, flush=True)
+        code = 1
+    except _Stop:
+        code = 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if n is not None:
+            n.stop()
+    return code
+
+
+def _name(proc: subprocess.Popen[bytes]) -> str:
+    """The daemon a child runs: ``aioray.daemons.gcs`` or ``aioray.daemons.raylet``."""
+    return str(list(proc.args)[2])  # type: ignore[arg-type]
+
+
+def _wait_any_child() -> int:
+    """Block until a child process exits (without reaping it); its pid."""
+    while True:
+        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        if info is not None:
+            return info.si_pid
+
+
+def _started_file() -> str:
+    return os.path.join(config.SESSION_ROOT, "started_nodes.json")
+
+
+def _read_started() -> list[dict[str, Any]]:
+    try:
+        with open(_started_file()) as f:
+            return list(json.load(f))
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def gcs_call(address: str, method: str, timeout: float | None = None) -> Any:
+    async def call() -> Any:
+        conn, _ = await rpc.connect(
+            *node.split_address(address),
+            hello={"role": "client"},
+            timeout=timeout or config.CONNECT_TIMEOUT_S,
+        )
+        try:
+            return await conn.call(method)
+        finally:
+            conn.close()
+
+    return _loop.run(call())
+
+
+def _check_gcs(address: str) -> None:
+    try:
+        gcs_call(address, "get_nodes")
+    except ConnectionError as e:
+        raise SystemExit(f"aioray: cannot join the cluster at {address}: {e}") from None
+
+
+def _wait_for_node(n: node.LocalNode, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    why = ""
+    while time.monotonic() < deadline:
+        dead = [p for p in n.procs if p.poll() is not None]
+        if dead:
+            raise SystemExit(
+                f"aioray: {_name(dead[0])} exited with code {dead[0].returncode} while "
+                f"starting; see {os.path.join(n.session_dir, 'logs')}"
+            )
+        try:
+            for info in gcs_call(n.gcs_address, "get_nodes"):
+                address = (info["NodeManagerAddress"], info["NodeManagerPort"])
+                if info["Alive"] and address == n.raylet_address:
+                    return
+        except ConnectionError as e:
+            why = f" ({e})"
+        time.sleep(0.05)  # polling daemons that are still starting
+    raise SystemExit(f"aioray: the node did not register with {n.gcs_address} in {timeout}s{why}")
+
+
+def cmd_stop(a: argparse.Namespace) -> int:
+    records = _read_started()
+    pids = [pid for r in records for pid in r["pids"]]
+    procs = []
+    for pid in reversed(pids):  # raylets first, then the GCS
+        try:
+            p = psutil.Process(pid)
+            if "aioray.daemons" in " ".join(p.cmdline()):
+                p.send_signal(signal.SIGTERM)
+                procs.append(p)
+        except psutil.Error:
+            continue
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        p.kill()
+    for path in (_started_file(), node.CLUSTER_FILE):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    print(f"Stopped {len(procs)} aioray daemon process(es).")
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    try:
+        address = node.resolve_address(a.address)
+        auth.set_token(a.token or node.token_for(address))
+        nodes = gcs_call(address, "get_nodes")
+    except (ValueError, ConnectionError) as e:
+        print(f"aioray status: {e}", file=sys.stderr)
+        return 1
+    alive = [n for n in nodes if n["Alive"]]
+    print(f"Cluster at {address}: {len(alive)} alive node(s), {len(nodes) - len(alive)} dead")
+    for n in nodes:
+        state = "ALIVE" if n["Alive"] else "DEAD"
+        head = " (head)" if n.get("IsHead") else ""
+        print(
+            f"  node {n['NodeID']}  {n['NodeManagerAddress']}:{n['NodeManagerPort']}  {state}{head}"
+        )
+        for key in sorted(n["Resources"]):
+            if key.startswith("node:"):
+                continue
+            total, free = n["Resources"][key], n["Available"].get(key, 0.0)
+            used = f"{_fmt(total - free)}/{_fmt(total)} used" if n["Alive"] else _fmt(total)
+            print(f"    {key}: {used}")
+        if n.get("Labels"):
+            print(f"    labels: {json.dumps(n['Labels'])}")
+    return 0
+
+
+def _fmt(x: float) -> str:
+    if x >= 1024**3:
+        return f"{x / 1024**3:.2f}GiB"
+    return f"{x:g}"

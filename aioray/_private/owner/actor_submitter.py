@@ -1,0 +1,314 @@
+"""Caller side of actors: creation, ordered calls, and following the actor's state.
+
+For each actor this process talks to, one ``_Actor`` record on the CoreWorker loop:
+
+1. Calls get a sequence number at submission; once their dependencies are ready
+   they enter the send queue in that order, so one caller's calls run in order.
+2. The state comes from the GCS by long poll (``wait_actor [aid, version]``
+   answers when the version moves past ours): PENDING, ALIVE at an address,
+   RESTARTING, or DEAD with a cause. While not ALIVE, calls wait in the queue.
+3. Calls are pushed straight to the actor's worker. If that connection drops,
+   calls in flight are sent again after the restart while ``max_task_retries``
+   allows. Otherwise they wait for the GCS's verdict: ActorUnavailableError if the
+   actor is restarting (the call may or may not have run), ActorDiedError if it is
+   dead. Once DEAD, every call fails fast.
+
+Handles are counted per process. When the creator's last handle goes and no
+copy has left the process, the actor gets ``__ray_terminate__``, which runs after
+the calls queued before it (Ray's out-of-scope termination).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from aioray._private.owner.task_submitter import parse_returns
+from aioray._private.rpc import rpc
+from aioray._private.wire import ids
+from aioray._private.wire.task_spec import TaskEntry
+from aioray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    ActorUnschedulableError,
+    PendingCallsLimitExceeded,
+    RuntimeEnvSetupError,
+    TaskCancelledError,
+)
+
+if TYPE_CHECKING:
+    from aioray._private.owner.core_worker import CoreWorker
+
+logger = logging.getLogger("aioray")
+
+ALIVE, DEAD = "ALIVE", "DEAD"
+
+
+class _Actor:
+    __slots__ = (
+        "aid",
+        "conn",
+        "death",
+        "env_failed",
+        "inflight",
+        "lost",
+        "next_send",
+        "next_seq",
+        "queue",
+        "ready",
+        "state",
+        "unschedulable",
+        "version",
+        "watching",
+    )
+
+    def __init__(self, aid: bytes) -> None:
+        self.aid = aid
+        self.state = "PENDING_CREATION"
+        self.version = 0
+        self.conn: rpc.Connection | None = None
+        self.death = ""
+        self.next_seq = 0  # given at submission
+        self.next_send = 0  # next sequence number allowed into the queue
+        self.ready: dict[int, TaskEntry] = {}
+        self.queue: collections.deque[TaskEntry] = collections.deque()
+        self.inflight: dict[bytes, TaskEntry] = {}
+        self.lost: list[TaskEntry] = []  # in flight when the connection dropped
+        self.watching = False
+        self.unschedulable = False  # dead because it could never be placed
+        self.env_failed = False  # dead because its runtime env could not be set up
+
+
+class ActorSubmitter:
+    def __init__(self, cw: CoreWorker) -> None:
+        self.cw = cw
+        self.actors: dict[bytes, _Actor] = {}
+        self._lock = threading.Lock()
+        self._handles: dict[bytes, int] = {}
+        self._pending_calls: dict[bytes, int] = {}
+        self._escaped: set[bytes] = set()
+        self._created: dict[bytes, bool] = {}  # actors this process created -> detached
+
+    def __repr__(self) -> str:
+        return f"<ActorSubmitter actors={len(self.actors)}>"
+
+    # -- creation --------------------------------------------------------------------------
+    async def create(self, request: dict[str, Any], task: TaskEntry) -> dict[str, Any]:
+        ready: asyncio.Future[TaskEntry] = self.cw.loop.create_future()
+        self.cw.submitter.prepare(task, ready.set_result)
+        await ready
+        gcs = await self.cw.gcs_connection()
+        reply = await gcs.call("create_actor", {**request, "spec": task.spec}, task.out_buffers)
+        if "error" in reply:
+            raise ValueError(reply["error"])
+        if reply["aid"] == request["aid"]:
+            self._created[reply["aid"]] = request["detached"]
+        return dict(reply)
+
+    # -- handles (any thread) --------------------------------------------------------------
+    def add_handle(self, aid: bytes, creator: bool) -> None:
+        with self._lock:
+            self._handles[aid] = self._handles.get(aid, 0) + 1
+
+    def remove_handle(self, aid: bytes) -> None:
+        with self._lock:
+            n = self._handles.get(aid, 0) - 1
+            if n > 0:
+                self._handles[aid] = n
+                return
+            self._handles.pop(aid, None)
+            owned = aid in self._created and not self._created[aid]
+            if not owned or aid in self._escaped or self.cw.closing:
+                return
+        self.cw.post(self._terminate, aid)
+
+    def mark_escaped(self, aid: bytes) -> None:
+        with self._lock:
+            self._escaped.add(aid)
+
+    def reserve_call(self, aid: bytes, meta: dict[str, Any]) -> None:
+        """Count a call against max_pending_calls (caller's thread)."""
+        limit = meta.get("max_pending_calls", -1)
+        with self._lock:
+            n = self._pending_calls.get(aid, 0)
+            if 0 < limit <= n:
+                raise PendingCallsLimitExceeded(
+                    f"The actor {meta['cls']} ({aid.hex()}) has {n} pending calls "
+                    f"(max_pending_calls={limit})."
+                )
+            self._pending_calls[aid] = n + 1
+
+    def _release_call(self, aid: bytes) -> None:
+        with self._lock:
+            self._pending_calls[aid] = max(0, self._pending_calls.get(aid, 0) - 1)
+
+    def _terminate(self, aid: bytes) -> None:
+        spec = {
+            "aid": aid,
+            "m": "__ray_terminate__",
+            "name": "__ray_terminate__",
+            "nret": 0,
+            "job": self.cw.job_id,
+        }
+        spec["tid"] = self.cw.ids.task_id()
+        self._pending_calls[aid] = self._pending_calls.get(aid, 0) + 1
+        self.submit(TaskEntry(spec, [], None, [], {}, 0, False, None, ()))
+
+    # -- calls (loop) ----------------------------------------------------------------------
+    def _actor(self, aid: bytes) -> _Actor:
+        a = self.actors.get(aid)
+        if a is None:
+            a = self.actors[aid] = _Actor(aid)
+        if not a.watching and a.state != DEAD:
+            a.watching = True
+            self.cw.loop.create_task(self._watch(a))
+        return a
+
+    def submit(self, task: TaskEntry) -> None:
+        a = self._actor(task.spec["aid"])
+        seq = a.next_seq
+        a.next_seq += 1
+        task.spec["seq"] = seq
+        self.cw.submitter.prepare(task, partial(self._ready, a, seq))
+
+    def _ready(self, a: _Actor, seq: int, task: TaskEntry) -> None:
+        a.ready[seq] = task
+        while a.next_send in a.ready:
+            a.queue.append(a.ready.pop(a.next_send))
+            a.next_send += 1
+        self._flush(a)
+
+    def _flush(self, a: _Actor) -> None:
+        if a.state == DEAD:
+            while a.queue:
+                self._fail(a, a.queue.popleft())
+            return
+        conn = a.conn
+        if a.state != ALIVE or conn is None or conn.is_closed:
+            return
+        while a.queue:
+            task = a.queue.popleft()
+            if task.state == "finished":  # cancelled before it was sent
+                continue
+            try:
+                fut = conn.call_nowait("push_actor_task", task.spec, task.out_buffers)
+            except ConnectionError:
+                a.queue.appendleft(task)
+                return
+            a.inflight[task.task_id] = task
+            task.state = "running"
+            fut.add_done_callback(partial(self._on_reply, a, task))
+
+    def _on_reply(self, a: _Actor, task: TaskEntry, fut: asyncio.Future[Any]) -> None:
+        exc = None if fut.cancelled() else fut.exception()  # always retrieve it
+        if task.state == "finished":  # already failed when the actor was declared dead
+            return
+        a.inflight.pop(task.task_id, None)
+        if fut.cancelled() or isinstance(exc, ConnectionError):
+            if a.state == DEAD or task.cancelled:
+                self._fail(a, task, "The actor died unexpectedly before finishing this task.")
+            elif task.attempts_left == 0:
+                a.lost.append(task)  # its error depends on whether the actor comes back
+            else:
+                if task.attempts_left > 0:
+                    task.attempts_left -= 1
+                a.queue.appendleft(task)  # sent again once the actor is back
+            return
+        self._release_call(a.aid)
+        if exc is not None:
+            self.cw.submitter.fail(task, ActorDiedError(f"actor call failed: {exc}"))
+            return
+        body, bufs = fut.result()
+        if "o" in body:
+            self.cw.expect_logs(body)
+        self.cw.submitter.finish(task, parse_returns(body, bufs))
+
+    def _fail(self, a: _Actor, task: TaskEntry, why: str = "") -> None:
+        self._release_call(a.aid)
+        err: type[Exception] = ActorUnschedulableError if a.unschedulable else ActorDiedError
+        if a.env_failed:  # Ray: the calls of such an actor raise RuntimeEnvSetupError
+            err = RuntimeEnvSetupError
+        self.cw.submitter.fail(task, err(why or a.death or "The actor is dead."))
+
+    def cancel(self, object_id: bytes, force: bool) -> bool:
+        """Cancel an actor call producing ``object_id``; False if it is not one of ours."""
+        tid = ids.task_id_of(object_id)
+        for a in self.actors.values():
+            waiting = [t for t in (*a.queue, *a.ready.values()) if t.task_id == tid]
+            if waiting:  # not sent yet: fail it where it stands; _flush skips it
+                self._release_call(a.aid)
+                self.cw.submitter.fail(waiting[0], TaskCancelledError(tid.hex()))
+                return True
+            task = a.inflight.get(tid)
+            if task is not None and a.conn is not None and not a.conn.is_closed:
+                task.cancelled = True
+                a.conn.notify("cancel_task", [tid, force])
+                return True
+        return False
+
+    # -- following the actor's state -------------------------------------------------------
+    async def _watch(self, a: _Actor) -> None:
+        try:
+            while a.state != DEAD and not self.cw.closing:
+                gcs = await self.cw.gcs_connection()  # reconnects after a GCS restart
+                try:
+                    info = await gcs.call("wait_actor", [a.aid, a.version])
+                except rpc.ConnectionLost:
+                    continue  # the GCS went away mid-poll: ask it (or its successor) again
+                await self._apply(a, info)
+        except ConnectionError:
+            if not self.cw.closing:
+                self._apply_dead(a, "The GCS is unreachable; the actor's state is unknown.")
+        finally:
+            a.watching = False
+
+    async def _apply(self, a: _Actor, info: dict[str, Any]) -> None:
+        if info["state"] == DEAD:
+            a.unschedulable = bool(info.get("unschedulable"))
+            a.env_failed = bool(info.get("runtime_env_failed"))
+            self._apply_dead(a, info.get("death") or "The actor is dead.")
+            return
+        a.version = info["version"]
+        a.state = info["state"]
+        lost, a.lost = a.lost, []
+        for task in lost:
+            self._release_call(a.aid)
+            self.cw.submitter.fail(
+                task,
+                ActorUnavailableError(
+                    "The actor is temporarily unavailable (it restarted); the call may or "
+                    "may not have run."
+                ),
+            )
+        if a.state != ALIVE:
+            a.conn = None
+            return
+        host, port, _wid = info["addr"]
+        try:
+            conn = await self.cw.connect_peer(host, port)
+        except ConnectionError:
+            a.state = "UNREACHABLE"  # the GCS will report the death or the restart
+            return
+        a.conn = conn
+        conn.on_close.append(lambda c: self._disconnected(a, c))
+        self._flush(a)
+
+    def _disconnected(self, a: _Actor, conn: rpc.Connection) -> None:
+        if a.conn is conn:
+            a.conn = None
+            if a.state == ALIVE:
+                a.state = "UNREACHABLE"
+
+    def _apply_dead(self, a: _Actor, death: str) -> None:
+        a.state = DEAD
+        a.death = death
+        a.conn = None
+        for task in [*a.inflight.values(), *a.lost]:
+            a.inflight.pop(task.task_id, None)
+            self._fail(a, task)
+        a.lost = []
+        self._flush(a)

@@ -1,0 +1,299 @@
+"""A process's side of the node object store's capacity: room before writing,
+restore before reading, and the one place that declares an object lost.
+
+Writing a large object (put, task return) asks the local raylet for room
+(``create_object``) while the segment is being written: the raylet answers at
+once when the object fits, or after evicting cached copies and spilling older
+objects to disk, and the writer waits for that answer before sealing. Small
+objects never come here. Reading needs no round trip unless the segment is gone: then
+the raylet restores it from its spill file (``restore_object``), or, for an
+object whose primary copy is on another node, pulls a copy into this node's
+store (``pull_object``), and the read is tried again. The raylet's side is
+``daemons/raylet/store_service.py`` and ``daemons/raylet/object_transfer.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from aioray._private.rpc.loop import result_interruptibly
+from aioray._private.wire import object_store
+from aioray._private.wire.protocol import Buffer
+from aioray.exceptions import (
+    ObjectLostError,
+    ObjectStoreFullError,
+    OutOfDiskError,
+    RayError,
+    RaySystemError,
+)
+
+if TYPE_CHECKING:
+    from aioray._private.core.memory_store import StoredObject
+    from aioray._private.owner.core_worker import CoreWorker
+
+# A restored object can be spilled again before this reader maps it (when others
+# keep the store full); after this many restores the reader gives up.
+RESTORE_ATTEMPTS = 8
+
+_ERRORS: dict[str, type[RayError]] = {
+    "ObjectStoreFullError": ObjectStoreFullError,
+    "OutOfDiskError": OutOfDiskError,
+    "ObjectLostError": ObjectLostError,
+}
+
+
+def _nbytes(b: Buffer) -> int:
+    return b.nbytes if isinstance(b, memoryview) else len(b)
+
+
+def write_object(
+    cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer], owner: bytes | None = None
+) -> int:
+    """Get room in this node's store, write the segment, announce it; return its size.
+
+    The request for room and the write overlap, and the writer waits for the
+    answer only when the raylet's previous answer left less than twice this
+    object's size free: with room, a large put costs no round trip. When the
+    store is full, this object's pages exist while the raylet spills others (a
+    transient overshoot of at most one object per writing thread); a write that
+    finds /dev/shm itself full waits for the room and is tried again. Raises
+    ObjectStoreFullError / OutOfDiskError when the object cannot be stored.
+    """
+    size, _ = object_store.layout(_nbytes(data), [_nbytes(b) for b in buffers])
+    path = object_store.segment_path(cw.session_id, oid, cw.node_id)
+    if cw.in_loop_thread():  # the loop cannot wait for itself: room is made after the seal
+        _write(cw, oid, path, data, buffers, size)
+        cw.post(cw._notify_sealed, oid, size, owner)
+        return size
+    room = _send_to_raylet(cw, "create_object", [oid, size])
+    room.add_done_callback(lambda f: _learn_room(cw, f))
+    # Plenty of room at the last answer: do not wait for this one (the raylet takes
+    # the seal as is if it comes first). Half the room, so that several writers
+    # racing on a stale figure cannot overshoot much; the raylet spills any excess.
+    wait = size > cw.store_room // 2
+    if not wait:
+        cw.store_room -= size
+    try:
+        if 0 < cw.store_capacity < size:  # can never fit: the raylet's answer says why
+            _raise_if_error(oid, result_interruptibly(room, None))
+        try:
+            _write(cw, oid, path, data, buffers, size)
+        except _ShmFull:
+            _raise_if_error(oid, result_interruptibly(room, None))
+            _write(cw, oid, path, data, buffers, size, final=True)
+        else:
+            if wait:
+                _raise_if_error(oid, result_interruptibly(room, None))
+    except BaseException:
+        # Refused, or interrupted (Ctrl-C) while waiting for room: give back
+        # whatever was granted or is still queued, and the pages.
+        object_store.delete_segment(path)
+        cw.post(_notify_raylet, cw, "free_objects", [oid])
+        raise
+    cw.post(cw._notify_sealed, oid, size, owner)
+    return size
+
+
+def _learn_room(cw: CoreWorker, f: concurrent.futures.Future[Any]) -> None:
+    if not f.cancelled() and f.exception() is None and isinstance(f.result(), int):
+        cw.store_room = f.result()
+
+
+class _ShmFull(Exception):
+    pass
+
+
+def _write(
+    cw: CoreWorker,
+    oid: bytes,
+    path: str,
+    data: Buffer,
+    buffers: list[Buffer],
+    size: int,
+    final: bool = False,
+) -> None:
+    try:
+        try:
+            object_store.write_segment(path, data, buffers)
+        except FileExistsError:  # a copy of an earlier run of this task (lineage)
+            object_store.delete_segment(path)
+            object_store.write_segment(path, data, buffers)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.ENOMEM):
+            raise
+        if not final and not cw.in_loop_thread():
+            raise _ShmFull from None
+        if cw.in_loop_thread():
+            cw.post(_notify_raylet, cw, "free_objects", [oid])  # give the room back
+        raise ObjectStoreFullError(
+            f"Failed to write object {oid.hex()} of {size} bytes to shared memory: "
+            f"{e.strerror} ({object_store.shm_dir()} is smaller than object_store_memory, "
+            "or objects that were spilled are still mapped by readers)."
+        ) from None
+
+
+def read_object(
+    cw: CoreWorker, oid: bytes, node_id: bytes | None = None
+) -> tuple[memoryview, list[memoryview]]:
+    """Map this node's copy of the object: restored from the spill disk first if
+    needed, or pulled from ``node_id`` (where its primary copy is) if that is not here."""
+    path = object_store.segment_path(cw.session_id, oid, cw.node_id)
+    remote = node_id is not None and node_id != cw.node_id
+    for _ in range(RESTORE_ATTEMPTS):
+        try:
+            return object_store.read_segment(path)
+        except FileNotFoundError:
+            pass
+        if cw.in_loop_thread():
+            raise RaySystemError(
+                f"object {oid.hex()} was spilled and cannot be restored from the event loop "
+                "thread; restore_async() it first"
+            )
+        if remote:
+            reply = _call_raylet(cw, "pull_object", [oid, node_id])
+        else:
+            reply = _call_raylet(cw, "restore_object", oid)
+        if reply is not None and reply[0] == "ObjectLostError":
+            object_lost(cw, oid, reply[1])
+        _raise_if_error(oid, reply)
+    object_lost(
+        cw, oid, f"it was restored {RESTORE_ATTEMPTS} times and spilled again before it was read"
+    )
+
+
+def not_here(cw: CoreWorker, oid: bytes, obj: StoredObject) -> bool:
+    """Is ``obj`` in shared memory but not readable on this node (spilled, or its
+    copy is on another node)? One stat call; ``restore_async`` fixes it."""
+    return obj.in_shm and not os.path.exists(
+        object_store.segment_path(cw.session_id, oid, cw.node_id)
+    )
+
+
+def prefetch(cw: CoreWorker, objs: Iterable[tuple[bytes, StoredObject]]) -> None:
+    """Pull the objects that live on other nodes all at once (not one read at a time);
+    the reads that follow find them here. Failures are left to those reads."""
+    if cw.in_loop_thread():
+        return
+    here = cw.node_id
+    away = [(oid, obj.node_id) for oid, obj in objs if obj.node_id not in (None, here)]
+    if len(away) < 2:  # the common case: one slot compare per object
+        return
+    wanted = [
+        [oid, node]
+        for oid, node in away
+        if not os.path.exists(object_store.segment_path(cw.session_id, oid, here))
+    ]
+    if len(wanted) < 2:
+        return
+    all_done: concurrent.futures.Future[None] = concurrent.futures.Future()
+    left = [len(wanted)]
+
+    def send() -> None:
+        if cw.raylet.is_closed:
+            all_done.set_result(None)
+            return
+        for body in wanted:
+            cw.raylet.call_nowait("pull_object", body).add_done_callback(one_done)
+
+    def one_done(f: Any) -> None:
+        if not f.cancelled():
+            f.exception()  # retrieved: the read reports it
+        left[0] -= 1
+        if left[0] == 0 and not all_done.done():
+            all_done.set_result(None)
+
+    cw.post(send)
+    result_interruptibly(all_done, None)
+
+
+async def restore_async(cw: CoreWorker, oid: bytes, node_id: bytes | None = None) -> None:
+    """(loop) Make sure a local segment exists before ``read_object`` runs on the loop:
+    restore it, or pull it from ``node_id``."""
+    if os.path.exists(object_store.segment_path(cw.session_id, oid, cw.node_id)):
+        return
+    if node_id is not None and node_id != cw.node_id:
+        reply = await cw.raylet.call("pull_object", [oid, node_id])
+    else:
+        reply = await cw.raylet.call("restore_object", oid)
+    if reply is not None and reply[0] == "ObjectLostError":
+        object_lost(cw, oid, reply[1])
+    _raise_if_error(oid, reply)
+
+
+async def restore_all_async(cw: CoreWorker, objs: list[tuple[bytes, bytes | None]]) -> None:
+    """(loop) ``restore_async`` of several (object id, node id) at once."""
+    await asyncio.gather(*[restore_async(cw, oid, node) for oid, node in objs])
+
+
+def object_lost(cw: CoreWorker, oid: bytes, reason: str) -> NoReturn:
+    """Every copy of ``oid`` this node had is gone (e.g. its spill file was deleted).
+
+    The single decision point for "the object is gone": lineage reconstruction
+    hooks in here; for now the reader gets ObjectLostError with the reason.
+    """
+    raise ObjectLostError(oid.hex(), f"Object {oid.hex()} is lost: {reason}.")
+
+
+def _raise_if_error(oid: bytes, reply: Any) -> None:
+    if reply is not None and not isinstance(reply, int):
+        cls = _ERRORS.get(reply[0], RaySystemError)
+        if cls is ObjectLostError:
+            raise ObjectLostError(oid.hex(), reply[1])
+        raise cls(reply[1])
+
+
+def _notify_raylet(cw: CoreWorker, method: str, body: Any) -> None:
+    if not cw.raylet.is_closed:
+        cw.raylet.notify(method, body)
+
+
+def _call_raylet(cw: CoreWorker, method: str, body: Any) -> Any:
+    """A request to the local raylet from a thread other than the loop; wait for its reply."""
+    return result_interruptibly(_send_to_raylet(cw, method, body), None)
+
+
+def _send_to_raylet(cw: CoreWorker, method: str, body: Any) -> concurrent.futures.Future[Any]:
+    """Send a request to the local raylet from any thread but the loop's; a future reply.
+
+    Cheaper than ``run_sync``: no coroutine or Task, just a posted send and the reply's
+    callback resolving a concurrent future.
+    """
+    result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def send() -> None:
+        if cw.raylet.is_closed:
+            result.set_exception(RaySystemError("the local raylet is gone"))
+            return
+        cw.raylet.call_nowait(method, body).add_done_callback(done)
+
+    def done(f: Any) -> None:
+        if f.cancelled():
+            result.cancel()
+        elif f.exception() is not None:
+            result.set_exception(f.exception())
+        else:
+            result.set_result(f.result()[0])
+
+    cw.post(send)
+    return result
+
+
+def send_frees(cw: CoreWorker, frees: list[tuple[bytes, bytes | None]]) -> None:
+    """(loop) Tell the local raylet which objects the owner freed. Those whose primary
+    copy is on another node go as ``free_objects_at``: the raylet forwards them."""
+    here: list[bytes] = []
+    away: dict[bytes, list[bytes]] = {}
+    for oid, node in frees:
+        if node is None or node == cw.node_id:
+            here.append(oid)
+        else:
+            away.setdefault(node, []).append(oid)
+    if here:
+        cw.raylet.notify("free_objects", here)
+    if away:
+        cw.raylet.notify("free_objects_at", [[node, oids] for node, oids in away.items()])

@@ -1,0 +1,213 @@
+"""Streaming generators: ``num_returns="streaming"`` tasks and actor methods.
+
+Protocol (owner <-> worker, on the connection the task was pushed on):
+1. The worker iterates the generator and sends each item as it is produced,
+   ``stream_item [task_id, index, kind, a, b]`` plus the value's buffers (kind as in
+   a push reply: inline, or in shared memory). Item ``i`` is object ``(task_id, i+1)``,
+   owned by the caller.
+2. With ``_generator_backpressure_num_objects=N`` the worker waits until the caller
+   has consumed all but N items (``stream_ack [task_id, consumed]``).
+3. The push reply ends the stream. An exception becomes the last item: reading
+   that item raises it, as in Ray.
+
+``ObjectRefGenerator`` yields ObjectRefs with ``for`` and ``async for`` while the
+task still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import TYPE_CHECKING, Any
+
+from aioray._private.core.memory_store import StoredObject
+from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.rpc import rpc
+from aioray._private.wire import ids, serialization
+from aioray._private.wire.task_spec import RET_INLINE
+
+if TYPE_CHECKING:
+    from aioray._private.owner.core_worker import CoreWorker
+
+
+class _Stream:
+    __slots__ = (
+        "abandoned",
+        "acked",
+        "cond",
+        "conn",
+        "count",
+        "done",
+        "final",
+        "next",
+        "task_id",
+        "waiters",
+    )
+
+    def __init__(self, task_id: bytes) -> None:
+        self.task_id = task_id
+        self.cond = threading.Condition()
+        self.count = 0  # items arrived
+        self.next = 0  # items handed out
+        self.acked = 0
+        self.done = False
+        self.abandoned = False
+        self.final: StoredObject | None = None  # what completed()'s ref resolves to
+        self.conn: rpc.Connection | None = None
+        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+
+class StreamManager:
+    """Owner side: items arriving from workers, and the generators reading them."""
+
+    def __init__(self, cw: CoreWorker) -> None:
+        self.cw = cw
+        self.streams: dict[bytes, _Stream] = {}
+
+    def create(self, task_id: bytes) -> ObjectRefGenerator:
+        s = self.streams[task_id] = _Stream(task_id)
+        return ObjectRefGenerator(self, s)
+
+    # -- loop side ------------------------------------------------------------------------------
+    def handle_stream_item(self, conn: rpc.Connection, body: list[Any], bufs: list[Any]) -> None:
+        task_id, index, kind, a, b = body[:5]
+        contained = body[5] if len(body) > 5 else None
+        s = self.streams.get(task_id)
+        if kind == RET_INLINE:
+            obj = StoredObject(bufs[0], bufs[1 : 1 + a], b, contained=contained)
+        else:
+            obj = StoredObject(node_id=b, size=a, contained=contained)
+        if contained:  # the worker lent us the refs inside the item
+            self.cw.borrowing.hold(contained)
+        self._add(s, task_id, index, obj, conn)
+
+    def _add(
+        self, s: _Stream | None, task_id: bytes, index: int, obj: StoredObject, conn: Any
+    ) -> None:
+        oid = ids.object_id(task_id, index + 1)
+        if s is None or s.abandoned:
+            if obj.in_shm:
+                self.cw.free_shm(oid, obj.node_id)
+            self.cw.release_contained(obj)
+            return
+        self.cw.owned.add(oid)
+        self.cw.memory_store.put(oid, obj)
+        with s.cond:
+            s.count = max(s.count, index + 1)
+            s.conn = conn
+            s.cond.notify_all()
+        self._wake(s)
+
+    def task_done(self, task_id: bytes, objs: list[StoredObject]) -> None:
+        """The push reply arrived: the stream ends (after an error item, if any)."""
+        s = self.streams.get(task_id)
+        if s is None:
+            return
+        if objs:  # the task failed: its error is the last item
+            self._add(s, task_id, s.count, objs[0], s.conn)
+        s.final = objs[0] if objs else _NONE
+        done_id = ids.object_id(task_id, 0)
+        if done_id in self.cw.owned:  # completed() was called: its ref is ready now
+            self.cw.memory_store.put(done_id, s.final)
+        with s.cond:
+            s.done = True
+            s.cond.notify_all()
+        self._wake(s)
+        if s.abandoned or s.next >= s.count:
+            self.streams.pop(task_id, None)
+
+    def _wake(self, s: _Stream) -> None:
+        waiters, s.waiters = s.waiters, []
+        for loop, fut in waiters:
+            loop.call_soon_threadsafe(_set_done, fut)
+
+    def ack(self, s: _Stream) -> None:
+        if s.conn is not None and not s.conn.is_closed:
+            s.conn.notify("stream_ack", [s.task_id, s.next])
+
+
+_NONE = StoredObject(serialization.serialize(None).data, [])
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class ObjectRefGenerator:
+    """The refs a streaming task yields, available while it still runs."""
+
+    def __init__(self, manager: StreamManager, stream: _Stream) -> None:
+        self._m = manager
+        self._s = stream
+
+    def __repr__(self) -> str:
+        s = self._s
+        return f"ObjectRefGenerator({s.task_id.hex()}, items={s.count}, done={s.done})"
+
+    def __iter__(self) -> ObjectRefGenerator:
+        return self
+
+    def __next__(self) -> ObjectRef:
+        s = self._s
+        with s.cond:
+            while s.next >= s.count and not s.done:
+                s.cond.wait(0.25)  # in slices, so a Ctrl-C always gets through
+        return self._take()
+
+    def __aiter__(self) -> ObjectRefGenerator:
+        return self
+
+    async def __anext__(self) -> ObjectRef:
+        s = self._s
+        loop = asyncio.get_running_loop()
+        while True:
+            with s.cond:
+                if s.next < s.count or s.done:
+                    break
+                fut: asyncio.Future[None] = loop.create_future()
+                s.waiters.append((loop, fut))
+            await fut
+        try:
+            return self._take()
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    def _take(self) -> ObjectRef:
+        s = self._s
+        with s.cond:
+            if s.next >= s.count:
+                raise StopIteration
+            oid = ids.object_id(s.task_id, s.next + 1)
+            s.next += 1
+        ref = ObjectRef(oid, self._m.cw.address)
+        self._m.cw.post(self._m.ack, s)
+        return ref
+
+    @property
+    def task_id(self) -> bytes:
+        return self._s.task_id
+
+    def is_finished(self) -> bool:
+        s = self._s
+        return s.done and s.next >= s.count
+
+    def completed(self) -> ObjectRef:
+        """A ref that is ready when the task has ended (its get raises the task's error)."""
+        s = self._s
+        done_id = ids.object_id(s.task_id, 0)
+        cw = self._m.cw
+        cw.owned.add(done_id)
+        ref = ObjectRef(done_id, cw.address)
+        if s.final is not None:
+            cw.post(cw.memory_store.put, done_id, s.final)
+        return ref
+
+    def __del__(self) -> None:
+        s = self._s
+        try:
+            s.abandoned = True
+            for i in range(s.next, s.count):  # arrived but never handed out: free them
+                self._m.cw.post(self._m.cw.free_unreferenced, ids.object_id(s.task_id, i + 1))
+        except Exception:  # interpreter shutdown
+            pass

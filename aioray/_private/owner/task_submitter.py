@@ -1,0 +1,517 @@
+"""Owner-driven, lease-based submission of normal tasks (docs/architecture.md, "Task path").
+
+All on the CoreWorker's loop:
+
+1. ``submit``: wait for the task's owned dependencies; inline small values.
+2. Queue it under its scheduling class (resource shape + runtime env).
+3. Ask the local raylet for worker leases for that class, at most
+   MAX_PENDING_LEASES_PER_CLASS at once and never more than queued tasks.
+4. Push tasks straight to leased workers. One task in flight per worker, as in
+   Ray, unless there is a real backlog (several queued tasks per lease) and the
+   function is measured to be tiny (a moving average of the execution time workers
+   report, under PIPELINE_BELOW_S): then it may queue behind other tiny tasks on a
+   busy worker, hiding the round trip, up to PIPELINE_QUEUE_S of work by that average
+   (at most MAX_TASKS_IN_FLIGHT_PER_WORKER): enough that the worker does not run dry
+   while this loop waits for the GIL (a caller thread may hold it for 5 ms).
+   Nothing queues behind a task not known to be tiny, and a few tasks never queue
+   behind each other while another worker could be leased.
+5. A reply stores the results; an idle lease lingers LEASE_LINGER_S for the next
+   task of its class, then goes back to the raylet.
+
+Failures: a connection to a worker that drops with tasks in flight means the worker
+died; those tasks are retried on a new lease while ``max_retries`` allows, else
+fail with WorkerCrashedError. If the raylet's memory monitor said it killed the
+worker for lack of memory (``worker_oom_killed``, before the kill), the failure is
+an OutOfMemoryError carrying its message instead. Application errors retry only under
+``retry_exceptions``. A cancelled task is never retried.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from aioray._private.core.borrowing import pairs_of
+from aioray._private.core.memory_store import StoredObject
+from aioray._private.owner.raylet_clients import RayletClients, lease_body
+from aioray._private.rpc import rpc
+from aioray._private.wire import config, ids, serialization
+from aioray._private.wire.task_spec import (
+    DEP_INLINE,
+    DEP_OWNER,
+    DEP_SHM,
+    RET_INLINE,
+    STREAMING,
+    TaskEntry,
+)
+from aioray.exceptions import (
+    OutOfMemoryError,
+    RaySystemError,
+    RayTaskError,
+    RuntimeEnvSetupError,
+    TaskCancelledError,
+    TaskPlacementGroupRemoved,
+    TaskUnschedulableError,
+    WorkerCrashedError,
+)
+
+if TYPE_CHECKING:
+    from aioray._private.owner.core_worker import CoreWorker
+
+logger = logging.getLogger("aioray")
+
+# Queued tasks per lease that make a backlog: only then may tiny tasks queue on a busy
+# worker (below it, a few tasks are spread over leases instead).
+BACKLOG_PER_LEASE = 4
+
+
+def parse_returns(body: dict[str, Any], bufs: list[Any]) -> list[StoredObject]:
+    """The return values in a push reply: inline (pickle + buffers) or in shm."""
+    objs = []
+    off = 0
+    for ret in body["r"]:
+        contained = ret[3] if len(ret) > 3 else None
+        if ret[0] == RET_INLINE:
+            n = ret[1]
+            objs.append(
+                StoredObject(bufs[off], bufs[off + 1 : off + 1 + n], ret[2], contained=contained)
+            )
+            off += 1 + n
+        else:
+            objs.append(StoredObject(node_id=ret[2], size=ret[1], contained=contained))
+    return objs
+
+
+class Lease:
+    """A worker leased from a raylet for one scheduling class."""
+
+    __slots__ = (
+        "cls",
+        "conn",
+        "gpus",
+        "inflight",
+        "lease_id",
+        "linger",
+        "oom",
+        "raylet",
+        "unknown",
+        "worker_id",
+    )
+
+    def __init__(
+        self,
+        cls: SchedulingClass,
+        lease_id: int,
+        worker_id: bytes,
+        conn: rpc.Connection,
+        raylet: rpc.Connection,
+    ) -> None:
+        self.cls = cls
+        self.raylet = raylet  # the raylet that granted it (spilled leases: another node's)
+        self.lease_id = lease_id
+        self.worker_id = worker_id
+        self.conn = conn
+        self.inflight = 0
+        self.unknown = 0  # tasks in flight not known to be tiny: nothing may queue behind
+        self.gpus: list[int] = []
+        self.linger: Any = None
+        self.oom: str | None = None  # why the memory monitor killed the worker
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.lease_id} worker={self.worker_id.hex()[:8]} inflight={self.inflight}>"
+
+
+class SchedulingClass:
+    __slots__ = ("env", "key", "leases", "pending_leases", "queue", "resources", "strategy")
+
+    def __init__(
+        self, key: tuple[Any, ...], resources: dict[str, float], env: Any, strategy: Any = None
+    ) -> None:
+        self.key = key
+        self.resources = resources
+        self.env = env
+        self.strategy = strategy
+        self.queue: collections.deque[TaskEntry] = collections.deque()
+        self.leases: list[Lease] = []
+        self.pending_leases = 0
+
+
+class TaskSubmitter:
+    def __init__(self, cw: CoreWorker) -> None:
+        self.cw = cw
+        self.tasks: dict[bytes, TaskEntry] = {}
+        self.classes: dict[tuple[Any, ...], SchedulingClass] = {}
+        self.exec_time: dict[bytes, float] = {}  # function id -> moving average (s)
+        self.remote_raylets = RayletClients(cw)
+
+    def _pipeline_limit(self, fid: bytes) -> int:
+        """Tasks of ``fid`` one worker may have in flight: 1 unless they are tiny."""
+        avg = self.exec_time.get(fid)
+        if avg is None or avg >= config.PIPELINE_BELOW_S:
+            return 1
+        by_time = (
+            int(config.PIPELINE_QUEUE_S / avg) if avg > 0 else config.MAX_TASKS_IN_FLIGHT_PER_WORKER
+        )
+        return max(2, min(config.MAX_TASKS_IN_FLIGHT_PER_WORKER, by_time))
+
+    def __repr__(self) -> str:
+        return f"<TaskSubmitter tasks={len(self.tasks)} classes={len(self.classes)}>"
+
+    # -- 1. dependencies --------------------------------------------------------------------
+    def submit(self, task: TaskEntry) -> None:
+        self.tasks[task.task_id] = task
+        self.prepare(task, self._enqueue)
+
+    def prepare(self, task: TaskEntry, then: Callable[[TaskEntry], None]) -> None:
+        """Wait for the task's owned dependencies, describe them, then call ``then``."""
+        store, owned = self.cw.memory_store, self.cw.owned
+        waiting = [
+            store.wait_for(oid, self.cw.loop)
+            for oid in task.dep_ids
+            if oid not in store and oid in owned
+        ]
+        if not waiting:
+            self._deps_ready(task, then)
+            return
+        remaining = [len(waiting)]
+
+        def one_ready(_: Any) -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0 and task.state == "pending_deps":
+                self._deps_ready(task, then)
+
+        for fut in waiting:
+            fut.add_done_callback(one_ready)
+
+    def _deps_ready(self, task: TaskEntry, then: Callable[[TaskEntry], None]) -> None:
+        blob = task.args_blob
+        if blob is None and not task.dep_refs:  # no arguments: nothing to describe or lend
+            then(task)
+            return
+        bufs: list[Any] = []
+        if blob is not None:
+            bufs.append(blob.data)
+            bufs.extend(blob.buffers)
+        descs: list[list[Any]] = []
+        store = self.cw.memory_store
+        for ref in task.dep_refs:
+            oid = ref._id
+            obj = store.get(oid)
+            if obj is None:
+                owner = ref._owner
+                descs.append([DEP_OWNER, oid, list(owner) if owner else None])
+            elif obj.in_shm:
+                owner = ref._owner
+                descs.append([DEP_SHM, oid, obj.node_id, list(owner) if owner else None])
+            elif obj.is_error:
+                # A failed argument fails the task without running it (as in Ray).
+                self.finish(task, [obj] * len(task.return_ids))
+                return
+            else:
+                descs.append([DEP_INLINE, oid, len(obj.buffers)])
+                bufs.append(obj.data)
+                bufs.extend(obj.buffers)
+        if descs:  # (the worker reads a missing "d" as none)
+            task.spec["d"] = descs
+        task.out_buffers = bufs
+        lent = pairs_of(blob.contained_refs) if blob is not None else []
+        for ref in task.dep_refs:
+            obj = store.get(ref._id)
+            if obj is not None and obj.contained:
+                lent.extend(obj.contained)
+        if not lent:
+            then(task)
+            return
+        # Refs inside the arguments: the worker borrows them (borrowing.py).
+        task.spec["cr"] = lent
+        self.cw.borrowing.lend(lent, lambda: then(task))
+
+    def _requeue(self, task: TaskEntry) -> None:
+        """Run the task again: a new worker borrows the refs inside its arguments anew."""
+        lent = task.spec.get("cr")
+        if lent:
+            self.cw.borrowing.lend(lent, lambda: self._enqueue(task))
+        else:
+            self._enqueue(task)
+
+    # -- 2-4. queue, lease, push ---------------------------------------------------------------
+    def _enqueue(self, task: TaskEntry) -> None:
+        cls = self.classes.get(task.sched_key)
+        if cls is None:
+            env = task.spec.get("env")
+            cls = self.classes[task.sched_key] = SchedulingClass(
+                task.sched_key, task.resources, env, task.spec.get("ss")
+            )
+        task.state = "queued"
+        queue = cls.queue
+        queue.append(task)
+        backlog = BACKLOG_PER_LEASE * max(1, len(cls.leases))
+        if len(queue) > max(backlog, config.MAX_PENDING_LEASES_PER_CLASS):
+            # Past both lengths _dispatch looks at (the backlog that lets tiny tasks
+            # queue on a worker, and the lease requests): the last dispatch found no
+            # room, and room comes only with a reply or a lease, which dispatch.
+            return
+        self._dispatch(cls)
+
+    def _dispatch(self, cls: SchedulingClass, replied: Lease | None = None) -> None:
+        """Push queued tasks to the leases with room; ask for leases the queue needs.
+
+        ``replied``: the lease a reply just came back on. Every dispatch leaves no
+        lease with room while tasks wait, and a reply frees a slot on its own lease
+        only, so that lease alone is offered the queue (not every lease walked again).
+        """
+        queue = cls.queue
+        leases = cls.leases
+        if replied is not None:
+            leases = [replied] if replied in leases else []
+        limit_fid, limit = None, 1
+        while queue:
+            if len(queue) >= BACKLOG_PER_LEASE * max(1, len(cls.leases)):  # tiny tasks may queue
+                fid = queue[0].spec["fid"]
+                if fid is not limit_fid:
+                    limit_fid, limit = fid, self._pipeline_limit(fid)
+                tiny = limit > 1
+            else:
+                tiny = False
+            best = None
+            for lease in leases:
+                ok = lease.inflight == 0 or (tiny and not lease.unknown and lease.inflight < limit)
+                if ok and (best is None or lease.inflight < best.inflight):
+                    best = lease
+            if best is None:
+                break
+            self._push(queue.popleft(), best, tiny)
+        want = min(len(queue), config.MAX_PENDING_LEASES_PER_CLASS) - cls.pending_leases
+        for _ in range(want):
+            self._request_lease(cls)
+        if not queue:
+            for lease in cls.leases:
+                if lease.inflight == 0 and lease.linger is None:
+                    # SPREAD places each lease anew: a lingering one would pin the next task.
+                    linger = 0.0 if cls.strategy == "SPREAD" else config.LEASE_LINGER_S
+                    lease.linger = self.cw.loop.call_later(linger, self._return_lease, lease)
+
+    def _request_lease(self, cls: SchedulingClass) -> None:
+        cls.pending_leases += 1
+        body = lease_body(cls.resources, cls.env, self.cw.worker_id, cls.strategy)
+        # The memory monitor kills retriable work first.
+        body["retriable"] = bool(cls.queue) and cls.queue[0].attempts_left != 0
+        self.remote_raylets.request_lease(body, partial(self._on_lease, cls))
+
+    def _on_lease(self, cls: SchedulingClass, raylet: rpc.Connection, reply: Any) -> None:
+        """The final answer to a lease request (spills already followed, raylet_clients.py)."""
+        cls.pending_leases -= 1
+        if isinstance(reply, BaseException):
+            if not self.cw.closing:
+                self._fail_queue(cls, RaySystemError(f"worker lease failed: {reply}"))
+            return
+        if "error" in reply:
+            error: type[Exception] = TaskUnschedulableError
+            if reply.get("pg_removed"):
+                error = TaskPlacementGroupRemoved
+            elif reply.get("runtime_env_setup_failed"):
+                error = RuntimeEnvSetupError
+            self._fail_queue(cls, error(reply["error"]))
+            return
+        host, port = reply["addr"]
+        self.cw.loop.create_task(
+            self._connect_lease(
+                cls, raylet, reply["lid"], reply["wid"], host, port, reply.get("gpus", [])
+            )
+        )
+
+    async def _connect_lease(
+        self,
+        cls: SchedulingClass,
+        raylet: rpc.Connection,
+        lease_id: int,
+        worker_id: bytes,
+        host: str,
+        port: int,
+        gpus: list[int],
+    ) -> None:
+        try:
+            conn = await self.cw.connect_peer(host, port)
+        except ConnectionError:
+            if not raylet.is_closed:
+                raylet.notify("return_lease", [lease_id, True])
+            self._dispatch(cls)
+            return
+        lease = Lease(cls, lease_id, worker_id, conn, raylet)
+        lease.gpus = gpus
+        cls.leases.append(lease)
+        self._dispatch(cls)
+
+    def _push(self, task: TaskEntry, lease: Lease, tiny: bool) -> None:
+        if lease.linger is not None:
+            lease.linger.cancel()
+            lease.linger = None
+        spec = task.spec
+        sent = lease.conn.state.setdefault("fids", set())
+        if spec["fid"] not in sent:
+            sent.add(spec["fid"])
+            spec = {**spec, "fn": task.fn_bytes}
+        if lease.gpus:
+            spec = {**spec, "gpu": lease.gpus}
+        task.state = "running"
+        task.lease = lease
+        lease.inflight += 1
+        lease.unknown += not tiny
+        try:
+            fut = lease.conn.call_nowait("push_task", spec, task.out_buffers)
+        except ConnectionError:
+            lease.inflight -= 1
+            self._lease_lost(lease)
+            self._crashed(task)
+            return
+        fut.add_done_callback(partial(self._on_reply, task, lease, tiny))
+
+    def _on_reply(self, task: TaskEntry, lease: Lease, tiny: bool, fut: Any) -> None:
+        lease.inflight -= 1
+        lease.unknown -= not tiny
+        exc = None if fut.cancelled() else fut.exception()
+        replied = None  # (after an error every lease is walked again)
+        if fut.cancelled() or isinstance(exc, ConnectionError):
+            self._lease_lost(lease)
+            self._crashed(task)
+        elif exc is not None:
+            self.fail(task, RaySystemError(f"push_task failed: {exc}"))
+        else:
+            body, bufs = fut.result()
+            if "o" in body:
+                self.cw.expect_logs(body)
+            t = body.get("t")
+            if t is not None:
+                fid = task.spec["fid"]
+                avg = self.exec_time.get(fid)
+                self.exec_time[fid] = t if avg is None else 0.8 * avg + 0.2 * t
+            self._finished(task, body, bufs)
+            replied = lease
+        self._dispatch(lease.cls, replied)
+
+    def _return_lease(self, lease: Lease) -> None:
+        lease.linger = None
+        if lease.inflight or lease not in lease.cls.leases:
+            return
+        lease.cls.leases.remove(lease)
+        if not lease.raylet.is_closed:
+            lease.raylet.notify("return_lease", [lease.lease_id, False])
+
+    def _lease_lost(self, lease: Lease) -> None:
+        if lease in lease.cls.leases:
+            lease.cls.leases.remove(lease)
+        if lease.linger is not None:
+            lease.linger.cancel()
+
+    # -- 5. results and failures ------------------------------------------------------------------
+    def _finished(self, task: TaskEntry, body: dict[str, Any], bufs: list[Any]) -> None:
+        if body.get("x") and self._should_retry_error(task, body, bufs):
+            task.attempts_left -= 1 if task.attempts_left > 0 else 0
+            self._requeue(task)
+            return
+        self.finish(task, parse_returns(body, bufs))
+
+    def _should_retry_error(self, task: TaskEntry, body: dict[str, Any], bufs: list[Any]) -> bool:
+        if task.cancelled or task.attempts_left == 0 or not task.retry_exceptions:
+            return False
+        if task.retry_exceptions is True:
+            return True
+        try:
+            err = serialization.deserialize(bufs[0], bufs[1 : 1 + body["r"][0][1]])
+        except Exception:
+            return False
+        cause = err.cause if isinstance(err, RayTaskError) else err
+        return isinstance(cause, tuple(task.retry_exceptions))
+
+    def _crashed(self, task: TaskEntry) -> None:
+        oom = task.lease.oom if task.lease is not None else None
+        if task.cancelled:
+            self.fail(task, TaskCancelledError(task.task_id.hex()))
+        elif task.attempts_left != 0:
+            if task.attempts_left > 0:
+                task.attempts_left -= 1
+            why = "was killed for lack of memory" if oom else "died"
+            logger.info("retrying %r after its worker %s", task, why)
+            self._requeue(task)
+        elif oom:
+            name, tid = task.spec.get("name"), task.task_id.hex()
+            self.fail(
+                task,
+                OutOfMemoryError(
+                    f"Task {name} (task ID: {tid}) was killed due to the node running low "
+                    f"on memory, and it has no retries left (max_retries).\n{oom}"
+                ),
+            )
+        else:
+            self.fail(task, WorkerCrashedError())
+
+    def handle_worker_oom_killed(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+        """The raylet is about to kill a leased worker for memory: remember why."""
+        lease_id, why = body
+        for cls in self.classes.values():
+            for lease in cls.leases:
+                if lease.lease_id == lease_id and lease.raylet is conn:  # ids are per raylet
+                    lease.oom = why
+                    return True
+        return False
+
+    def fail(self, task: TaskEntry, exc: BaseException) -> None:
+        """Store ``exc`` as every return value of the task."""
+        so = serialization.serialize(exc, is_error=True)
+        obj = StoredObject(so.data, so.buffers, is_error=True)
+        # A stream has no return ids: its error becomes its last item.
+        self.finish(task, [obj] * max(1, len(task.return_ids)))
+
+    def finish(self, task: TaskEntry, objs: list[StoredObject]) -> None:
+        """Store the task's return values and release what it pinned."""
+        task.state = "finished"
+        self.tasks.pop(task.task_id, None)
+        if task.spec.get("nret") == STREAMING:
+            self.cw.streams.task_done(task.task_id, objs)
+        # An error reply carries one entry even for num_returns=0.
+        for oid, obj in zip(task.return_ids, objs, strict=False):
+            self.cw.store_result(oid, obj)
+        task.out_buffers = ()
+        if self.cw.lineage.keep(task, objs):
+            return  # its arguments stay: it may run again to rebuild a lost result
+        task.dep_refs = ()  # drop the argument pins (in the loop: frees are posted)
+        task.args_blob = None
+
+    def _fail_queue(self, cls: SchedulingClass, exc: BaseException) -> None:
+        while cls.queue:
+            self.fail(cls.queue.popleft(), exc)
+
+    # -- cancellation and shutdown ---------------------------------------------------------
+    def cancel(self, object_id: bytes, force: bool, recursive: bool = True) -> None:
+        self.cancel_task(ids.task_id_of(object_id), force, recursive)
+
+    def cancel_task(self, task_id: bytes, force: bool, recursive: bool = True) -> None:
+        task = self.tasks.get(task_id)
+        if task is None:
+            return
+        task.cancelled = True
+        if task.state == "pending_deps":
+            self.fail(task, TaskCancelledError(task.task_id.hex()))
+        elif task.state == "queued":
+            cls = self.classes.get(task.sched_key)
+            if cls is not None and task in cls.queue:
+                cls.queue.remove(task)
+            self.fail(task, TaskCancelledError(task.task_id.hex()))
+        elif task.state == "running" and not task.lease.conn.is_closed:
+            task.lease.conn.notify("cancel_task", [task.task_id, force, recursive])
+
+    def fail_all(self, exc: BaseException) -> None:
+        for task in list(self.tasks.values()):
+            if task.state != "finished":
+                self.fail(task, exc)
+
+    def shutdown(self) -> None:
+        for cls in self.classes.values():
+            for lease in cls.leases:
+                if lease.linger is not None:
+                    lease.linger.cancel()
+            cls.leases.clear()
+        self.remote_raylets.close()

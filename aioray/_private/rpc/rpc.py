@@ -1,0 +1,458 @@
+"""Connections and RPC over TCP: the only module that touches sockets.
+
+One ``Connection`` multiplexes requests in flight (by sequence id), responses and
+one-way notifications in both directions. Outgoing frames written during one loop
+iteration are flushed together with a single ``writelines``. Every connection
+starts with a handshake: the server sends a ``challenge``, the client answers with
+``hello`` (protocol version, role, the HMAC of the challenge under the cluster
+token, see ``auth``); a peer that fails it, or sends a malformed or oversized
+frame, is disconnected with a logged reason while the server keeps serving
+everyone else, and the client raises that reason.
+
+Handlers are methods named ``handle_<method>`` on a service object, plain or
+``async``; they receive ``(conn, body, buffers)`` and return a body, or
+``Reply(body, buffers)`` to attach raw buffers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aioray._private.wire import auth, protocol
+from aioray._private.wire.protocol import ERROR, NOTIFY, REQUEST, RESPONSE, Buffer, ProtocolError
+
+logger = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+class RpcError(Exception):
+    """The remote handler raised; carries the remote exception's type name."""
+
+    def __init__(self, method: str, remote_type: str, message: str) -> None:
+        super().__init__(f"{method}: {remote_type}: {message}")
+        self.method = method
+        self.remote_type = remote_type
+        self.remote_message = message
+
+
+class ConnectionLost(ConnectionError):
+    """The connection closed while a request was in flight."""
+
+
+class Reply:
+    """A handler's answer that carries raw out-of-band buffers next to its body."""
+
+    __slots__ = ("body", "buffers")
+
+    def __init__(self, body: Any, buffers: Sequence[Buffer] = ()) -> None:
+        self.body = body
+        self.buffers = buffers
+
+
+Handler = Callable[["Connection", Any, list[Buffer]], Any]
+
+
+def handlers_of(service: object) -> dict[str, Handler]:
+    """Collect ``handle_<name>`` methods of a service object into a dispatch table."""
+    return {
+        name[len("handle_") :]: getattr(service, name)
+        for name in dir(service)
+        if name.startswith("handle_") and callable(getattr(service, name))
+    }
+
+
+class Connection(asyncio.BufferedProtocol):
+    """One TCP connection: framing, request/response matching, batched writes."""
+
+    def __init__(
+        self,
+        handlers: dict[str, Handler] | None = None,
+        *,
+        server_side: bool = False,
+        hello_check: Callable[[Any], Any] | None = None,
+        name: str = "",
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._handlers = handlers or {}
+        self._is_async = {k: inspect.iscoroutinefunction(v) for k, v in self._handlers.items()}
+        self._decoder = protocol.FrameDecoder()
+        self._transport: asyncio.Transport | None = None
+        self._seq = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[tuple[Any, list[Buffer]]]] = {}
+        self._out: list[Buffer] = []
+        self._flush_scheduled = False
+        self._server_side = server_side
+        self._hello_check = hello_check
+        self._greeted = not server_side
+        if server_side:
+            self._decoder.max_header = protocol.HELLO_MAX_HEADER_BYTES
+            self._decoder.max_buffers = 0
+        self._dead = False  # aborted: ignore whatever else the peer already sent
+        self._hello_timer: asyncio.TimerHandle | None = None
+        self._challenge = b""  # server side: what this peer must answer
+        self.challenge: asyncio.Future[bytes] = self.loop.create_future()  # client side
+        self._paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.peer_info: Any = None  # what the peer said in its hello
+        self.state: dict[str, Any] = {}  # per-connection data owned by the service
+        self.on_close: list[Callable[[Connection], None]] = []
+        self.name = name
+
+    def __repr__(self) -> str:
+        peer = self._transport.get_extra_info("peername") if self._transport else None
+        return f"<Connection {self.name} peer={peer} pending={len(self._pending)}>"
+
+    # -- asyncio.BufferedProtocol -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._server_side:
+            self._hello_timer = self.loop.call_later(
+                HANDSHAKE_TIMEOUT_S, self._abort, "no handshake within timeout"
+            )
+            self._challenge = auth.new_challenge()
+            self._send(NOTIFY, 0, "challenge", self._challenge)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            frames = self._decoder.buffer_updated(nbytes)
+        except ProtocolError as e:
+            self._abort(f"protocol error: {e}")
+            return
+        for kind, seq, method, body, buffers in frames:
+            if self._dead:
+                return
+            self._dispatch(kind, seq, method, body, buffers)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._decoder.partial and not self._dead:
+            logger.warning("%r closed in the middle of a frame", self)
+        self._transport = None
+        self._dead = True
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        if not self.challenge.done():
+            self.challenge.set_result(b"")  # a connect() waiting for it then sees the loss
+        label = f"connection {self.name}" if self.name else "connection"
+        err = ConnectionLost(f"{label} lost" + (f": {exc}" if exc else ""))
+        pending, self._pending = self._pending, {}
+        self._decoder.destinations.clear()
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+        for cb in self.on_close:
+            try:
+                cb(self)
+            except Exception:
+                logger.exception("on_close callback failed for %r", self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._drain_waiters.clear()
+
+    # -- dispatch -----------------------------------------------------------------
+    def _dispatch(
+        self, kind: int, seq: int, method: str | None, body: Any, buffers: list[Buffer]
+    ) -> None:
+        if not self._greeted:
+            self._greet(kind, seq, method, body)
+            return
+        if kind in (RESPONSE, ERROR):
+            if self._decoder.destinations:
+                self._decoder.destinations.pop(seq, None)
+            fut = self._pending.pop(seq, None)
+            if fut is None or fut.done():
+                return
+            if kind == RESPONSE:
+                fut.set_result((body, buffers))
+            else:
+                fut.set_exception(RpcError(str(method), *_error_fields(body)))
+            return
+        assert method is not None
+        handler = self._handlers.get(method)
+        if handler is None:
+            if method == "challenge" and not self.challenge.done() and isinstance(body, bytes):
+                self.challenge.set_result(body)  # the server's first frame (see auth)
+                return
+            logger.warning("unknown method %r from %r", method, self)
+            if kind == REQUEST:
+                self._send(ERROR, seq, method, ["UnknownMethod", f"no method {method!r}"])
+            return
+        if self._is_async[method]:
+            task = self.loop.create_task(handler(self, body, buffers))
+            task.add_done_callback(lambda t: self._finish(kind, seq, method, t))
+            return
+        try:
+            result = handler(self, body, buffers)
+        except Exception as e:
+            self._reply_error(kind, seq, method, e)
+            return
+        if isinstance(result, asyncio.Future):
+            # A handler that answers later (e.g. when a task finishes) returns a future.
+            result.add_done_callback(lambda f: self._finish(kind, seq, method, f))
+        elif kind == REQUEST:
+            self._reply(seq, method, result)
+
+    def _finish(self, kind: int, seq: int, method: str, task: asyncio.Future[Any]) -> None:
+        if self._transport is None or self._dead:
+            return
+        if task.cancelled():
+            if kind == REQUEST:
+                self._send(ERROR, seq, method, ["Cancelled", "handler cancelled"])
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._reply_error(kind, seq, method, exc)
+        elif kind == REQUEST:
+            self._reply(seq, method, task.result())
+
+    def _reply(self, seq: int, method: str, result: Any) -> None:
+        try:
+            if isinstance(result, Reply):
+                self._send(RESPONSE, seq, None, result.body, result.buffers)
+            else:
+                self._send(RESPONSE, seq, None, result)
+        except (TypeError, ValueError, OverflowError) as e:  # msgpack cannot encode the result
+            logger.error("handler %s returned an unencodable result: %s", method, e)
+            self._send(ERROR, seq, method, ["EncodeError", f"unencodable result: {e}"])
+
+    def _reply_error(self, kind: int, seq: int, method: str, exc: BaseException) -> None:
+        if kind == REQUEST:
+            self._send(ERROR, seq, method, [type(exc).__name__, str(exc)])
+        elif not isinstance(exc, ConnectionError):
+            logger.error("notification handler %s failed", method, exc_info=exc)
+
+    def _greet(self, kind: int, seq: int, method: str | None, body: Any) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        if kind != REQUEST or method != "hello" or not isinstance(body, dict):
+            self._abort(f"first frame is not a handshake (method={method!r})")
+            return
+        version = body.get("version")
+        if version != protocol.PROTOCOL_VERSION:
+            reason = f"protocol version {version!r} != {protocol.PROTOCOL_VERSION}"
+            self._send(ERROR, seq, method, ["HandshakeError", reason])
+            self._abort(reason, flush=True)
+            return
+        refused = auth.check(auth.cluster_token(), self._challenge, body.get("auth"))
+        if refused is not None:
+            self._send(ERROR, seq, method, ["AuthenticationError", refused])
+            self._abort(f"authentication failed: {refused}", flush=True)
+            return
+        try:
+            answer = self._hello_check(body) if self._hello_check else {}
+        except Exception as e:
+            self._send(ERROR, seq, method, ["HandshakeError", str(e)])
+            self._abort(f"handshake refused: {e}", flush=True)
+            return
+        self.peer_info = body
+        self._greeted = True
+        self._decoder.max_header = protocol.MAX_HEADER_BYTES
+        self._decoder.max_buffers = protocol.MAX_BUFFERS
+        self._send(RESPONSE, seq, None, {"version": protocol.PROTOCOL_VERSION, **(answer or {})})
+
+    def _abort(self, reason: str, flush: bool = False) -> None:
+        if self._transport is None or self._dead:
+            return
+        self._dead = True
+        peer = self._transport.get_extra_info("peername")
+        logger.warning("dropping connection from %s: %s", peer, reason)
+        if flush:
+            self._flush()
+            self._transport.close()
+        else:
+            self._transport.abort()
+
+    # -- sending ------------------------------------------------------------------
+    def _send(
+        self, kind: int, seq: int, method: str | None, body: Any, buffers: Sequence[Buffer] = ()
+    ) -> None:
+        if self._transport is None:
+            raise ConnectionLost(f"connection {self.name} is closed")
+        self._out.extend(protocol.encode_frame(kind, seq, method, body, buffers))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self._transport is not None:
+            out, self._out = self._out, []
+            self._transport.writelines(out)
+
+    def call_nowait(
+        self, method: str, body: Any = None, buffers: Sequence[Buffer] = ()
+    ) -> asyncio.Future[tuple[Any, list[Buffer]]]:
+        """Send a request; the future resolves to ``(body, buffers)`` of the reply."""
+        seq = next(self._seq)
+        fut: asyncio.Future[tuple[Any, list[Buffer]]] = self.loop.create_future()
+        self._send(REQUEST, seq, method, body, buffers)
+        self._pending[seq] = fut
+        return fut
+
+    def call_into(
+        self, method: str, body: Any, destinations: list[memoryview]
+    ) -> asyncio.Future[tuple[Any, list[Buffer]]]:
+        """Send a request whose reply's raw buffers are received straight into
+        ``destinations`` (one memoryview per buffer, of the exact length; a buffer of
+        another length is received into new memory as usual). The views must stay
+        writable until the future is done or the connection closed."""
+        seq = next(self._seq)
+        fut: asyncio.Future[tuple[Any, list[Buffer]]] = self.loop.create_future()
+        self._send(REQUEST, seq, method, body)
+        self._pending[seq] = fut
+        self._decoder.destinations[seq] = destinations
+        return fut
+
+    async def call(self, method: str, body: Any = None, buffers: Sequence[Buffer] = ()) -> Any:
+        """Send a request and return the body of the reply."""
+        reply, _ = await self.call_nowait(method, body, buffers)
+        return reply
+
+    async def call_full(
+        self, method: str, body: Any = None, buffers: Sequence[Buffer] = ()
+    ) -> tuple[Any, list[Buffer]]:
+        return await self.call_nowait(method, body, buffers)
+
+    def notify(self, method: str, body: Any = None, buffers: Sequence[Buffer] = ()) -> None:
+        """Send a one-way message."""
+        self._send(NOTIFY, 0, method, body, buffers)
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark."""
+        self._flush()
+        if self._paused and self._transport is not None:
+            w: asyncio.Future[None] = self.loop.create_future()
+            self._drain_waiters.append(w)
+            await w
+
+    @property
+    def is_closed(self) -> bool:
+        return self._transport is None
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._flush()
+            self._transport.close()
+
+
+def _error_fields(body: Any) -> tuple[str, str]:
+    if isinstance(body, list) and len(body) == 2:
+        return str(body[0]), str(body[1])
+    return "RemoteError", repr(body)
+
+
+async def connect(
+    host: str,
+    port: int,
+    handlers: dict[str, Handler] | None = None,
+    hello: dict[str, Any] | None = None,
+    *,
+    timeout: float = 10.0,
+    name: str = "",
+    token: str | None = None,
+) -> tuple[Connection, Any]:
+    """Open a connection and perform the handshake; return it with the server's answer.
+
+    ``token``: the cluster token to prove (default: this process's, ``auth``)."""
+    loop = asyncio.get_running_loop()
+    try:
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: Connection(handlers, name=name), host, port), timeout
+        )
+    except (OSError, asyncio.TimeoutError) as e:
+        raise ConnectionError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
+    body = {"version": protocol.PROTOCOL_VERSION, **(hello or {})}
+    try:
+        token = token or auth.cluster_token()
+        if token is not None:
+            # The challenge is already on its way: this waits for it, not a round trip.
+            body["auth"] = auth.proof(token, await asyncio.wait_for(conn.challenge, timeout))
+        answer = await asyncio.wait_for(conn.call("hello", body), timeout)
+    except RpcError as e:
+        conn.close()
+        cls = (
+            auth.AuthenticationError if e.remote_type == "AuthenticationError" else ConnectionError
+        )
+        raise cls(f"{host}:{port} refused the handshake: {e.remote_message}") from None
+    except (ConnectionError, asyncio.TimeoutError) as e:
+        conn.close()
+        raise ConnectionError(f"handshake with {host}:{port} failed: {e}") from None
+    return conn, answer
+
+
+class Server:
+    """A listening socket whose connections dispatch to a table of handlers."""
+
+    def __init__(
+        self,
+        handlers: dict[str, Handler],
+        hello_check: Callable[[Any], Any] | None = None,
+        on_connect: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self._handlers = handlers
+        self._hello_check = hello_check
+        self._on_connect = on_connect
+        self._server: asyncio.AbstractServer | None = None
+        self.connections: set[Connection] = set()
+        self.host = ""
+        self.port = 0
+
+    def _make(self) -> Connection:
+        conn = Connection(self._handlers, server_side=True, hello_check=self._hello_check)
+        self.connections.add(conn)
+        conn.on_close.append(self.connections.discard)
+        if self._on_connect:
+            self._on_connect(conn)
+        return conn
+
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            self._server = await loop.create_server(self._make, sock=sock)
+        else:
+            self._server = await loop.create_server(self._make, host, port, reuse_address=True)
+        name = self._server.sockets[0].getsockname()
+        self.host, self.port = name[0], name[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+async def gather_settled(aws: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Await everything; return results or exceptions, never raise."""
+    return list(await asyncio.gather(*aws, return_exceptions=True))

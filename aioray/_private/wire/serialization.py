@@ -1,0 +1,98 @@
+"""Values to bytes and back: cloudpickle, protocol 5, buffers kept out of band.
+
+Large contiguous buffers (numpy arrays, bytes-likes) are not copied into the pickle
+stream; they travel as separate raw buffers (frames on the wire, aligned sections
+in a shared-memory segment) and come back as zero-copy views. ObjectRefs found
+inside a value are collected while pickling, so the owner knows which refs a value
+carries (borrowing: docs/architecture.md, "Ownership").
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cloudpickle
+
+from aioray._private.wire.protocol import Buffer
+
+_capture = threading.local()
+
+
+class SerializedObject:
+    """A pickled value: the in-band stream, its out-of-band buffers, refs it holds."""
+
+    __slots__ = ("buffers", "contained_refs", "data", "is_error")
+
+    def __init__(
+        self,
+        data: bytes,
+        buffers: list[Buffer],
+        contained_refs: list[Any] | None = None,
+        is_error: bool = False,
+    ) -> None:
+        self.data = data
+        self.buffers = buffers
+        self.contained_refs = contained_refs or []
+        self.is_error = is_error
+
+    @property
+    def total_bytes(self) -> int:
+        n = len(self.data)
+        for b in self.buffers:
+            n += b.nbytes if isinstance(b, memoryview) else len(b)
+        return n
+
+
+def record_ref(ref: Any) -> None:
+    """Called by ObjectRef.__reduce__: remember a ref pickled inside the current value."""
+    refs = getattr(_capture, "refs", None)
+    if refs is not None:
+        refs.append(ref)
+
+
+def serialize(value: Any, is_error: bool = False) -> SerializedObject:
+    """Pickle ``value``; raises TypeError naming the value when it cannot be pickled."""
+    # Fast path for the commonest tiny values: no cloudpickle machinery.
+    if value is None or type(value) in (int, float, bool, str, bytes):
+        return SerializedObject(pickle.dumps(value, 5), [], None, is_error)
+    buffers: list[Buffer] = []
+    previous = getattr(_capture, "refs", None)
+    refs: list[Any] = []
+    _capture.refs = refs
+    try:
+        data = cloudpickle.dumps(
+            value, protocol=5, buffer_callback=lambda b: buffers.append(b.raw())
+        )
+    except Exception as e:
+        raise TypeError(f"Could not serialize {_short_repr(value)}: {type(e).__name__}: {e}") from e
+    finally:
+        _capture.refs = previous
+    return SerializedObject(data, buffers, refs, is_error)
+
+
+def deserialize(data: Buffer, buffers: Sequence[Buffer] = ()) -> Any:
+    return pickle.loads(data, buffers=buffers)
+
+
+def dumps_function(fn: Callable[..., Any] | type) -> bytes:
+    return cloudpickle.dumps(fn, protocol=5)
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def pickles(value: Any) -> bool:
+    try:
+        cloudpickle.dump(value, io.BytesIO(), protocol=5)
+        return True
+    except Exception:
+        return False
