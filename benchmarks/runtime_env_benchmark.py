@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import aioray as ray
-from aioray import api, runtime_env_packaging
+from aioray import api
+from aioray._private.node import runtime_env_packaging
 from aioray.cluster_utils import Cluster
 from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
