@@ -601,6 +601,7 @@ class Raylet:
             },
             "oom_kills": self.memory_monitor.kills,
             "runtime_env": self.pool.agent.stats() if self.pool.agent is not None else {},
+            "idle_workers": {"reaped": self.pool.reaped, "kept": self.pool.kept_idle},
         }
 
 

@@ -125,6 +125,8 @@ class WorkerPool:
         self.servers: dict[str, ForkServer] = {}  # by python ("": this interpreter)
         self._server_starts: dict[str, asyncio.Future[ForkServer]] = {}
         self._spawning: set[asyncio.Future[None]] = set()
+        self.reaped = 0  # idle env workers ended
+        self.kept_idle = 0  # idle env workers that still owned something when asked
         # Called with (env key, message) when an env cannot be set up on this node.
         self.on_setup_failed: Callable[[str, str], None] | None = None
         if agent is not None:
@@ -247,12 +249,30 @@ class WorkerPool:
 
     def _reap(self, w: WorkerHandle, idle_since: float) -> None:
         idle = self.idle.get(w.env_key, [])
-        if w.idle_since == idle_since and w in idle:
-            idle.remove(w)  # its exit (the connection closing) then releases its env
+        if w.idle_since == idle_since and w in idle and w.conn is not None:
+            idle.remove(w)  # not leased while asked
+            task = asyncio.ensure_future(self._ask_to_exit(w, w.conn))
+            self._spawning.add(task)
+            task.add_done_callback(self._spawn_done)
+
+    async def _ask_to_exit(self, w: WorkerHandle, conn: rpc.Connection) -> None:
+        """Ask an idle worker whether it may go; if so, end it (its exit, the connection
+        closing, then releases its env); if it still owns something, keep it idle."""
+        try:
+            may_go = await conn.call("exit_if_idle")
+        except (ConnectionError, rpc.RpcError):
+            may_go = False
+        if conn.is_closed:
+            return
+        if may_go:
+            self.reaped += 1
             try:
                 os.kill(w.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        else:
+            self.kept_idle += 1
+            self.push_idle(w)
 
     def pop_idle(self, env_key: str) -> WorkerHandle | None:
         idle = self.idle.get(env_key)

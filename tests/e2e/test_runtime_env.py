@@ -434,6 +434,19 @@ def test_cached_env_deleted_when_unused_past_the_budget(
                 path = ray.get(where.options(**opts).remote(), timeout=60)
             assert path.endswith(uri.split("//")[1].removesuffix(".zip"))
             wait_for_condition(lambda path=path: not os.path.exists(path), timeout=30)
+
+        # An idle worker that owns an object someone holds is kept (not ended as idle).
+        @ray.remote
+        def owner() -> list[Any]:
+            return [ray.put("owned by the worker")]
+
+        opts = {
+            "runtime_env": {"env_vars": {"RTE_OWNER": "1"}},
+            "scheduling_strategy": on(node.node_id),
+        }
+        (inner,) = ray.get(owner.options(**opts).remote(), timeout=60)
+        wait_for_condition(lambda: raylet_state(node)["idle_workers"]["kept"] >= 1, timeout=30)
+        assert ray.get(inner, timeout=30) == "owned by the worker"
     finally:
         ray_cluster.remove_node(node)
 

@@ -126,6 +126,10 @@ class ActorSubmitter:
                 return
         self.cw.post(self._terminate, aid)
 
+    def owns_actors(self) -> bool:
+        """True while a non-detached actor this process created may be alive."""
+        return any(not detached for detached in self._created.values())
+
     def mark_escaped(self, aid: bytes) -> None:
         with self._lock:
             self._escaped.add(aid)
