@@ -182,7 +182,7 @@ class ActorClass:
             )  # fmt: skip
         # Creation arguments stay pinned: a restart runs __init__ with them again.
         cw.refs.pin(r.binary() for r in [*dep_refs, *(blob.contained_refs if blob else ())])
-        env = worker_context.merged_env_vars(opts.get("runtime_env"))
+        env = worker_context.task_runtime_env(opts.get("runtime_env"))
         if env:
             spec["env"] = env
         explicit_cpus = "num_cpus" in opts and opts["num_cpus"] is not None

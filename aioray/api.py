@@ -18,7 +18,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aioray._private.node import node
+from aioray._private.core import runtime_env as _runtime_env
+from aioray._private.node import node, runtime_env_packaging
 from aioray._private.owner import object_waits, worker_context
 from aioray._private.owner.core_worker import DRIVER, CoreWorker
 from aioray._private.owner.object_ref import ObjectRef, set_core_worker
@@ -99,9 +100,10 @@ def init(
     unknown = set(kwargs) - allowed_extra
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    from aioray._private.core.options import _runtime_env, validate
+    from aioray._private.core.options import validate
 
-    _runtime_env("runtime_env", runtime_env)
+    # Bad fields fail here naming the field; sizes are checked before anything starts.
+    job_env, packages = runtime_env_packaging.plan_env(_runtime_env.normalize(runtime_env))
     system_config = _check_store_options(
         object_store_memory, object_spilling_directory, kwargs.get("_system_config")
     )
@@ -163,10 +165,25 @@ def init(
             raise
         cw.post(cw.submitter.remote_raylets.follow_logs)  # other nodes' worker output
         _gcs_address = gcs_address
-        worker_context.job_runtime_env = dict(runtime_env or {})
+        worker_context.job_runtime_env = job_env
         _address_cache.clear()
         _address_cache.update(info)
-        return InitContext(_address_info())
+    try:
+        _start_job_env(job_env, packages)
+    except BaseException:
+        shutdown()
+        raise
+    return InitContext(_address_info())
+
+
+def _start_job_env(env: dict[str, Any], packages: list[runtime_env_packaging.Package]) -> None:
+    """Upload the job's packages; with ``eager_install`` every node prepares the env now."""
+    uris = runtime_env_packaging.package_uris(env)
+    if uris:  # pinned first: a package another job is releasing now is not lost
+        _gcs_call("pin_runtime_env_uris", uris)
+    runtime_env_packaging.upload(packages, _gcs_call)
+    if _runtime_env.needs_setup(env) and (env.get("config") or {}).get("eager_install", True):
+        _gcs_call("prepare_runtime_env", env)
 
 
 OBJECT_STORE_MINIMUM_MEMORY_BYTES = 75 * 1024 * 1024  # Ray's minimum

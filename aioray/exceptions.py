@@ -249,7 +249,15 @@ class PendingCallsLimitExceeded(RayError):
 
 
 class RuntimeEnvSetupError(RayError):
-    """The runtime environment could not be set up."""
+    """The runtime environment could not be set up (the message ends with the tool's output)."""
+
+    def __init__(self, error_message: str | None = None) -> None:
+        self.error_message = error_message
+        super().__init__(error_message)
+
+    def __str__(self) -> str:
+        msg = "Failed to set up runtime environment."
+        return f"{msg}\n{self.error_message}" if self.error_message else msg
 
 
 class ActorExit(BaseException):

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aioray._private.core import options
+from aioray._private.core import options, runtime_env
 from aioray._private.core.scheduling_strategies import strategy_to_wire
 from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
@@ -35,7 +35,7 @@ class RemoteFunction:
         self._fn_bytes: bytes | None = None
         self._fid = b""
         self._lock = threading.Lock()
-        self._request: tuple[Any, ...] = ()  # (options, their resources, their class key)
+        self._request: tuple[Any, ...] = ()  # (options, resources, class key, env, parent env)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -101,16 +101,25 @@ class RemoteFunction:
             "owner": cw.address,
         }
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
-        env = worker_context.merged_env_vars(opts.get("runtime_env"))
+        request = self._request  # the same options, call after call: computed once
+        parent_env = worker_context.job_runtime_env
+        if not request or request[0] is not opts or request[4] is not parent_env:
+            resources = options.resource_request(opts)
+            env = worker_context.task_runtime_env(opts.get("runtime_env"))
+            key = (tuple(sorted(resources.items())), runtime_env.env_key(env))
+            request = self._request = (
+                opts,
+                resources,
+                key,
+                env,
+                parent_env,
+                opts.get("enable_task_events"),
+            )
+        env = request[3]
         if env:
             spec["env"] = env
-        request = self._request  # the same options, call after call: computed once
-        if not request or request[0] is not opts:
-            resources = options.resource_request(opts)
-            key = (tuple(sorted(resources.items())), ())
-            request = self._request = (opts, resources, key, opts.get("enable_task_events"))
         resources = request[1]
-        if request[3] is False:  # .options(enable_task_events=False): the executor skips it too
+        if request[5] is False:  # .options(enable_task_events=False): the executor skips it too
             spec["noev"] = True
         if (
             opts["scheduling_strategy"] is not None
@@ -124,7 +133,7 @@ class RemoteFunction:
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
         events = cw.task_events
-        if events is not None and request[3] is not False:
+        if events is not None and request[5] is not False:
             parent = cw.task_context.task_id
             pg = spec["pg"][0] if "pg" in spec else None
             # Only atomic values and tuples of them: the garbage collector stops
@@ -135,11 +144,8 @@ class RemoteFunction:
                  cw.job_id, None, parent, shape, pg)
             )  # fmt: skip
         sched_key: tuple[Any, ...] = request[2]  # (resources, runtime env), shared
-        if resources is not request[1] or env:
-            sched_key = (
-                tuple(sorted(resources.items())),
-                tuple(sorted(env.items())) if env else (),
-            )
+        if resources is not request[1]:
+            sched_key = (tuple(sorted(resources.items())), sched_key[1])
         if opts["scheduling_strategy"] is not None:
             strategy = strategy_to_wire(opts["scheduling_strategy"])
             if strategy is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from aioray._private.core.runtime_env import RuntimeEnv
+
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
 
@@ -57,8 +59,9 @@ class RuntimeContext:
         return self._cw.namespace
 
     @property
-    def runtime_env(self) -> dict[str, Any]:
-        return dict(self._runtime_env)
+    def runtime_env(self) -> RuntimeEnv:
+        """The env this code runs in (packages named by their ``gcs://`` URIs), as Ray's."""
+        return RuntimeEnv(_validate=False, **self._runtime_env)
 
     def get_runtime_env_string(self) -> str:
         import json

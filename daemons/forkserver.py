@@ -1,7 +1,8 @@
 """The fork server: a warm template that forks workers in milliseconds.
 
 It imports what a worker needs, then waits on its control socket for one JSON
-line per worker: ``{"args": {...}, "env": {...}}``; it forks, answers
+line per worker: ``{"args": {...}, "env": {...}, "runtime_env": {...}, "cwd": ..., "path":
+[...]}`` (the last three from the node's runtime-env agent); it forks, answers
 ``{"pid": N}``, and the child becomes a worker. The server holds no threads and
 no event loop, so forking is safe. Children are reaped by the kernel
 (SIGCHLD ignored); a child restores default signal handling first.
@@ -23,7 +24,7 @@ import msgpack  # noqa: F401
 import numpy
 from aioray.daemons import worker
 
-from aioray._private.owner import core_worker  # noqa: F401  (aioray itself loads the API)
+from aioray._private.owner import core_worker, worker_context  # noqa: F401  (aioray loads the API)
 
 
 def main() -> None:
@@ -76,6 +77,11 @@ def _become_worker(request: dict[str, Any]) -> None:
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.environ.update(request.get("env") or {})
+        worker_context.job_runtime_env = dict(request.get("runtime_env") or {})  # inherited
+        if request.get("path"):  # the runtime env's working_dir first, then its py_modules
+            sys.path[:0] = request["path"]
+        if request.get("cwd"):
+            os.chdir(request["cwd"])
         numpy.random.seed()  # forked children would otherwise share one RNG state
         worker.main(request["args"])
         code = 0

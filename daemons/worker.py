@@ -74,8 +74,16 @@ class TaskExecutor:
             "push_task": self.handle_push_task,
             "cancel_task": self.handle_cancel_task,
             "stream_ack": self.handle_stream_ack,
+            "exit_if_idle": self.handle_exit_if_idle,
             **self.actor.handlers(),
         }
+
+    def handle_exit_if_idle(self, conn: rpc.Connection, body: Any, _: Any) -> bool:
+        """(raylet) May this idle worker go? Not while it owns objects, actors or tasks
+        that others may still need (Ray's workers refuse such an exit too)."""
+        cw = self.cw
+        busy = self.current is not None or self.queued or cw.submitter.tasks
+        return not (busy or cw.owned or cw.actors.owns_actors())
 
     # -- loop side --------------------------------------------------------------------------
     def handle_push_task(

@@ -56,6 +56,7 @@ class ActorRecord:
         self.strategy = strategy_from_wire(body.get("ss"))
         self.owner_node: bytes | None = body.get("node")
         self.unschedulable = False
+        self.env_failed = False  # dead because its runtime env failed to set up
         self.meta: dict[str, Any] = body["meta"]
         self.owner = owner  # None: restored after a GCS restart, until the owner reconnects
         self.owner_wid: bytes | None = (owner.peer_info or {}).get("worker_id") if owner else None
@@ -84,6 +85,7 @@ class ActorRecord:
             "pid": self.pid,
             "num_restarts": self.num_restarts,
             "unschedulable": self.unschedulable,
+            "runtime_env_failed": self.env_failed,
             "node_id": self.node_id,
         }
 
@@ -185,7 +187,13 @@ class ActorManager:
         if "error" in lease or rec.state == DEAD:
             if rec.state != DEAD:
                 rec.unschedulable = bool(lease.get("unschedulable"))
-                self._set_dead(rec, f"The actor could not be scheduled: {lease.get('error')}")
+                rec.env_failed = bool(lease.get("runtime_env_setup_failed"))
+                why = "its runtime env could not be set up" if rec.env_failed else ""
+                self._set_dead(
+                    rec,
+                    f"The actor could not be scheduled{': ' + why if why else ''}: "
+                    f"{lease.get('error')}",
+                )
             elif "lid" in lease:
                 raylet.notify("kill_actor_worker", rec.aid)
             return

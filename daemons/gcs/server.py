@@ -25,6 +25,7 @@ from aioray.daemons.gcs.metrics_view import MetricsView
 from aioray.daemons.gcs.node_health import NodeHealth
 from aioray.daemons.gcs.placement_groups import PlacementGroupManager
 from aioray.daemons.gcs.recovery import Persistence, kv_key
+from aioray.daemons.gcs.runtime_env_packages import RuntimeEnvPackages
 from aioray.daemons.gcs.state_service import StateService
 from aioray.daemons.gcs.store import GcsStore
 
@@ -53,12 +54,14 @@ class GcsServer:
             lambda rec: self.store.put("placement_groups", rec["id"], rec)
         )
         self.state = StateService(self)  # task events and the State API
+        self.runtime_envs = RuntimeEnvPackages(self)
         handlers = {
             **rpc.handlers_of(self),
             **self.state.handlers(),
             **self.actors.handlers(),
             **self.placement_groups.handlers(),
             **self.metrics.handlers(),
+            **self.runtime_envs.handlers(),
         }
         self.server = rpc.Server(handlers, hello_check=self._hello)
         self._stopped = asyncio.Event()
@@ -209,8 +212,12 @@ class GcsServer:
 
     def handle_kv_del(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
         ns, key = body
+        return self.kv_delete(ns, key) is not None
+
+    def kv_delete(self, ns: str, key: bytes) -> bytes | None:
+        """Delete a key (durably); its value, None if it was not there."""
         self.store.delete("kv", kv_key(ns, key))
-        return self.kv.get(ns, {}).pop(key, None) is not None
+        return self.kv.get(ns, {}).pop(key, None)
 
     def handle_kv_keys(self, conn: rpc.Connection, body: list[Any], _: Any) -> list[bytes]:
         ns, prefix = body

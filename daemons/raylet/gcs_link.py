@@ -124,6 +124,13 @@ class GcsLink:
         else:
             self._undelivered.append((method, body))
 
+    async def call(self, method: str, body: Any) -> Any:
+        """Ask the GCS now; ConnectionError while it is away."""
+        gcs = self.raylet.gcs
+        if gcs is None or gcs.is_closed:
+            raise ConnectionError("the GCS is unreachable")
+        return await gcs.call(method, body)
+
     def lost(self) -> None:
         r = self.raylet
         if r.stopping or self._reconnecting is not None:

@@ -42,6 +42,7 @@ from aioray.daemons.raylet.metrics_export import NodeMetrics
 from aioray.daemons.raylet.object_owners import ObjectOwners
 from aioray.daemons.raylet.object_transfer import ObjectTransfer
 from aioray.daemons.raylet.resources import NodeResources
+from aioray.daemons.raylet.runtime_env_agent import RuntimeEnvAgent, setup_failed_reply
 from aioray.daemons.raylet.scheduler import strategy_from_wire
 from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
 from aioray.daemons.raylet.state_handlers import StateHandlers
@@ -213,6 +214,7 @@ class Raylet:
             self.session_dir,
             on_lost_start=lambda _: self._schedule(),  # start another in its place
         )
+        self.pool.on_setup_failed = self._runtime_env_failed
         fork_server = asyncio.ensure_future(self.pool.start())
         sock = listening_socket(listen_fd, self.node_ip, port)
         if sock is None:
@@ -230,6 +232,9 @@ class Raylet:
         self.session_id = info["session_id"]
         self.session_dir = self.session_dir or info["session_dir"]
         self.pool.worker_args["session_dir"] = self.session_dir
+        self.pool.set_agent(
+            RuntimeEnvAgent.for_node(self.session_dir, self.node_id, self.gcs_link.call)
+        )
         self.store.start(self.session_id, self.session_dir, self.node_id)
         await self.server.start(sock=sock)
         logger.info("raylet %s listening on %s:%d", self.node_id.hex()[:8], self.node_ip, self.port)
@@ -261,6 +266,18 @@ class Raylet:
         except Exception:
             logger.exception("cannot serve metrics on port %d", self.metrics_export_port)
             sock.close()
+
+    def _runtime_env_failed(self, env_key: str, message: str) -> None:
+        """The env cannot be set up here: its waiting lease requests fail with why."""
+        for req in [r for r in self.requests if r.env_key == env_key]:
+            self.requests.remove(req)
+            if not req.fut.done():
+                req.fut.set_result(setup_failed_reply(message))
+
+    def handle_prepare_runtime_env(self, conn: rpc.Connection, env: Any, _: Any) -> None:
+        """``eager_install``: prepare a job's env now, before its first task needs it."""
+        assert self.pool is not None
+        self.pool.prepare_eagerly(env)
 
     @property
     def stopping(self) -> bool:
@@ -423,6 +440,12 @@ class Raylet:
                 continue
             if not self.resources.fits(req.res):
                 continue
+            if req.env_key and self.pool.agent is not None:
+                failed = self.pool.agent.failure(req.env_key)
+                if failed is not None:  # remembered: no new attempt for every task
+                    self.requests.remove(req)
+                    req.fut.set_result(setup_failed_reply(failed))
+                    continue
             worker = self.pool.pop_idle(req.env_key)
             if worker is None:
                 needed[req.env_key] = needed.get(req.env_key, 0) + 1
@@ -639,6 +662,8 @@ class Raylet:
             "oom_kills": self.memory_monitor.kills,
             "gcs_reconnects": self.gcs_link.reconnects,
             "metrics": self.metrics.stats(),
+            "runtime_env": self.pool.agent.stats() if self.pool.agent is not None else {},
+            "idle_workers": {"reaped": self.pool.reaped, "kept": self.pool.kept_idle},
         }
 
 

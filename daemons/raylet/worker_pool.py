@@ -27,9 +27,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from aioray.daemons.raylet.runtime_env_agent import PreparedEnv, RuntimeEnvAgent, SetupFailed
+
+from aioray._private.core import runtime_env
 from aioray._private.rpc import rpc
+from aioray._private.wire import config
 
 logger = logging.getLogger(__name__)
+
+# Idle workers of a runtime env (not the default one) exit after this long unused,
+# so the env's cached pieces can be released (Ray also kills idle workers).
+ENV_WORKER_IDLE_S = config._env("RUNTIME_ENV_WORKER_IDLE_S", 10.0)
 
 
 class WorkerHandle:
@@ -41,6 +49,7 @@ class WorkerHandle:
         "pid",
         "pidfd",
         "port",
+        "prepared",
         "registered",
         "worker_id",
     )
@@ -55,53 +64,145 @@ class WorkerHandle:
         self.registered = False
         self.idle_since = 0.0
         self.pidfd: int | None = None  # watched until it registers
+        self.prepared = False  # holds a reference on its runtime env's cached pieces
 
     def __repr__(self) -> str:
         return f"<Worker {self.worker_id.hex()[:8]} pid={self.pid} lease={self.lease_id}>"
 
 
+class ForkServer:
+    """One fork server process and its control channel (one request at a time)."""
+
+    def __init__(self, python: str, session_dir: str) -> None:
+        self.python = python
+        self.session_dir = session_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        ours, theirs = socket.socketpair()
+        cmd = [self.python, "-m", "aioray.daemons.forkserver", "--control-fd"]
+        cmd += [str(theirs.fileno()), "--session-dir", self.session_dir]
+        self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+
+    async def fork(self, request: dict[str, Any]) -> int:
+        """Ask for one worker; its pid."""
+        async with self._lock:
+            assert self._writer is not None and self._reader is not None
+            self._writer.write(json.dumps(request).encode() + b"\n")
+            line = await self._reader.readline()
+        if not line:
+            raise ConnectionError(f"fork server {self.python} exited")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"fork server: {reply['error']}")
+        return int(reply["pid"])
+
+    async def stop(self, timeout: float) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self.proc is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.proc.wait), timeout)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                self.proc.wait()
+
+
 class WorkerPool:
+    """Workers by env key: a worker of one runtime env is never leased for another.
+
+    Workers of the default interpreter fork from the main fork server; a pip/uv env's
+    workers fork from a fork server of its own, started with the env's python on
+    first use (so each later worker of that env costs a fork, not an interpreter).
+    """
+
     def __init__(
         self,
         worker_args: dict[str, Any],
         session_dir: str,
+        agent: RuntimeEnvAgent | None = None,
         on_lost_start: Callable[[WorkerHandle], None] = lambda w: None,
     ) -> None:
         self.worker_args = worker_args
         self.on_lost_start = on_lost_start  # a worker died before it registered
         self.session_dir = session_dir
+        self.agent = agent
         self.workers: dict[bytes, WorkerHandle] = {}
         self.idle: dict[str, list[WorkerHandle]] = {}
         self.starting: dict[str, int] = {}
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._lock = asyncio.Lock()
+        self.servers: dict[str, ForkServer] = {}  # by python ("": this interpreter)
+        self._server_starts: dict[str, asyncio.Future[ForkServer]] = {}
         self._spawning: set[asyncio.Future[None]] = set()
+        self.reaped = 0  # idle env workers ended
+        self.kept_idle = 0  # idle env workers that still owned something when asked
+        # Called with (env key, message) when an env cannot be set up on this node.
+        self.on_setup_failed: Callable[[str, str], None] | None = None
+        if agent is not None:
+            self.set_agent(agent)
 
     def __repr__(self) -> str:
         idle = sum(len(v) for v in self.idle.values())
         return f"<WorkerPool workers={len(self.workers)} idle={idle} starting={self.starting}>"
 
     async def start(self) -> None:
-        ours, theirs = socket.socketpair()
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "aioray.daemons.forkserver",
-                "--control-fd",
-                str(theirs.fileno()),
-                "--session-dir",
-                self.session_dir,
-            ],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        server = ForkServer(sys.executable, self.session_dir)
+        await server.start()
+        self.servers[""] = server
 
-    def spawn(self, env: dict[str, str] | None) -> None:
+    async def _server(self, python: str) -> ForkServer:
+        server = self.servers.get(python)
+        if server is not None:
+            return server
+        starting = self._server_starts.get(python)
+        if starting is None:
+            starting = self._server_starts[python] = asyncio.ensure_future(
+                self._start_server(python)
+            )
+        return await asyncio.shield(starting)
+
+    async def _start_server(self, python: str) -> ForkServer:
+        server = ForkServer(python, self.session_dir)
+        try:
+            await server.start()
+            self.servers[python] = server
+            return server
+        finally:
+            self._server_starts.pop(python, None)
+
+    def _venv_deleted(self, python: str) -> None:
+        server = self.servers.pop(python, None)
+        if server is not None:
+            task = asyncio.ensure_future(server.stop(5.0))
+            self._spawning.add(task)
+            task.add_done_callback(self._spawn_done)
+
+    def set_agent(self, agent: RuntimeEnvAgent) -> None:
+        self.agent = agent
+        agent.on_venv_deleted = self._venv_deleted
+
+    def prepare_eagerly(self, env: dict[str, Any]) -> None:
+        """Prepare an env in the background, holding no reference (it stays cached)."""
+        if self.agent is None or not runtime_env.needs_setup(env):
+            return
+        task = asyncio.ensure_future(self._prepare_eagerly(self.agent, env))
+        self._spawning.add(task)
+        task.add_done_callback(self._spawn_done)
+
+    async def _prepare_eagerly(self, agent: RuntimeEnvAgent, env: dict[str, Any]) -> None:
+        key = env_key_of(env)
+        try:
+            await agent.prepare(env, key)
+        except SetupFailed as e:
+            logger.warning("eager runtime env setup failed: %s", e)
+            return
+        agent.release(key)
+
+    def spawn(self, env: dict[str, Any] | None) -> None:
         """Start a worker in the background (a failure is logged by start_worker)."""
         task = asyncio.ensure_future(self.start_worker(env))
         self._spawning.add(task)
@@ -112,28 +213,34 @@ class WorkerPool:
         if not task.cancelled():
             task.exception()  # already logged; mark retrieved
 
-    async def start_worker(self, env: dict[str, str] | None) -> None:
-        """Fork one worker; it registers itself through ``register``."""
+    async def start_worker(self, env: dict[str, Any] | None) -> None:
+        """Prepare the env (once per node), fork one worker; it registers through ``register``."""
         env_key = env_key_of(env)
         self.starting[env_key] = self.starting.get(env_key, 0) + 1
         worker_id = os.urandom(16)
         args = {**self.worker_args, "worker_id": worker_id.hex(), "env_key": env_key}
+        request: dict[str, Any] = {"args": args, "env": {}, "runtime_env": env}
+        prepared = None
         try:
-            async with self._lock:
-                assert self._writer is not None and self._reader is not None
-                self._writer.write(json.dumps({"args": args, "env": env or {}}).encode() + b"\n")
-                line = await self._reader.readline()
-            if not line:
-                raise ConnectionError("fork server exited")
-            reply = json.loads(line)
-            if "error" in reply:
-                raise RuntimeError(f"fork server: {reply['error']}")
-            pid = reply["pid"]
-        except Exception:
+            if env and self.agent is not None and runtime_env.needs_setup(env):
+                prepared = await self.agent.prepare(env, env_key)
+                request.update(cwd=prepared.cwd, path=prepared.paths)
+            request["env"] = _worker_environ(env, prepared)
+            server = await self._server(prepared.python if prepared else "")
+            pid = await server.fork(request)
+        except Exception as e:
             self.starting[env_key] -= 1
+            if prepared is not None:
+                assert self.agent is not None
+                self.agent.release(env_key)
+            if isinstance(e, SetupFailed):
+                if self.on_setup_failed is not None:
+                    self.on_setup_failed(env_key, str(e))
+                return
             logger.exception("could not start a worker")
             raise
         w = self.workers[worker_id] = WorkerHandle(worker_id, env_key, pid)
+        w.prepared = prepared is not None
         self._watch_start(w)
 
     def _watch_start(self, w: WorkerHandle) -> None:
@@ -176,6 +283,35 @@ class WorkerPool:
         w.lease_id = None
         w.idle_since = time.monotonic()
         self.idle.setdefault(w.env_key, []).append(w)
+        if w.env_key:  # a runtime env's worker holds its env: it goes when unused a while
+            asyncio.get_running_loop().call_later(ENV_WORKER_IDLE_S, self._reap, w, w.idle_since)
+
+    def _reap(self, w: WorkerHandle, idle_since: float) -> None:
+        idle = self.idle.get(w.env_key, [])
+        if w.idle_since == idle_since and w in idle and w.conn is not None:
+            idle.remove(w)  # not leased while asked
+            task = asyncio.ensure_future(self._ask_to_exit(w, w.conn))
+            self._spawning.add(task)
+            task.add_done_callback(self._spawn_done)
+
+    async def _ask_to_exit(self, w: WorkerHandle, conn: rpc.Connection) -> None:
+        """Ask an idle worker whether it may go; if so, end it (its exit, the connection
+        closing, then releases its env); if it still owns something, keep it idle."""
+        try:
+            may_go = await conn.call("exit_if_idle")
+        except (ConnectionError, rpc.RpcError):
+            may_go = False
+        if conn.is_closed:
+            return
+        if may_go:
+            self.reaped += 1
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        else:
+            self.kept_idle += 1
+            self.push_idle(w)
 
     def pop_idle(self, env_key: str) -> WorkerHandle | None:
         idle = self.idle.get(env_key)
@@ -193,6 +329,8 @@ class WorkerPool:
                 idle.remove(w)
             if not w.registered:
                 self.starting[w.env_key] = max(0, self.starting.get(w.env_key, 0) - 1)
+            if w.prepared and self.agent is not None:
+                self.agent.release(w.env_key)
         return w
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -210,14 +348,9 @@ class WorkerPool:
             pids = [p for p in pids if _alive(p)]
             if pids:
                 await asyncio.sleep(0.01)  # polling the kernel: no event tells us of a grandchild
-        if self._writer is not None:
-            self._writer.close()
-        if self._proc is not None:
-            try:
-                await asyncio.wait_for(asyncio.to_thread(self._proc.wait), timeout)
-            except asyncio.TimeoutError:
-                self._proc.kill()
-                self._proc.wait()
+        for server in list(self.servers.values()):
+            await server.stop(timeout)
+        self.servers.clear()
 
 
 def _alive(pid: int) -> bool:
@@ -235,5 +368,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def env_key_of(env: dict[str, str] | None) -> str:
-    return json.dumps(sorted((env or {}).items())) if env else ""
+def _worker_environ(env: dict[str, Any] | None, prepared: PreparedEnv | None) -> dict[str, str]:
+    """The variables a worker starts with: the env's, and PYTHONPATH for its packages
+    (so that subprocesses of a task import them too)."""
+    out = dict((env or {}).get("env_vars") or {})
+    if prepared is not None and prepared.paths:
+        inherited = out.get("PYTHONPATH") or os.environ.get("PYTHONPATH")
+        out["PYTHONPATH"] = os.pathsep.join([*prepared.paths, *([inherited] if inherited else [])])
+    return out
+
+
+def env_key_of(env: dict[str, Any] | None) -> str:
+    return runtime_env.env_key(env)

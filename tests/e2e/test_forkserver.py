@@ -90,7 +90,7 @@ def test_pool_forgets_a_worker_killed_before_it_registered(tmp_path: Path) -> No
             noticed.set()
 
         args = {"node_ip": "127.0.0.1", "raylet_port": 1, "session_dir": str(tmp_path)}
-        pool = WorkerPool(args, str(tmp_path), on_lost_start)
+        pool = WorkerPool(args, str(tmp_path), on_lost_start=on_lost_start)
         await pool.start()
         try:
             await pool.start_worker(None)

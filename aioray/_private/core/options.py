@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from aioray._private.core.runtime_env import check_task_level
 from aioray._private.core.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
     PlacementGroupSchedulingStrategy,
@@ -76,11 +77,7 @@ def _runtime_env(name: str, v: Any) -> None:
         return
     if not isinstance(v, dict):
         raise _type_error(name, "a dict", v)
-    env_vars = v.get("env_vars", {})
-    if not isinstance(env_vars, dict) or not all(
-        isinstance(k, str) and isinstance(x, str) for k, x in env_vars.items()
-    ):
-        raise TypeError("runtime_env['env_vars'] must be a dict of str to str.")
+    check_task_level(v)
 
 
 def _strategy(name: str, v: Any) -> None:

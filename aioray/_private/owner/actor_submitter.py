@@ -38,6 +38,7 @@ from aioray.exceptions import (
     ActorUnavailableError,
     ActorUnschedulableError,
     PendingCallsLimitExceeded,
+    RuntimeEnvSetupError,
     TaskCancelledError,
 )
 
@@ -54,6 +55,7 @@ class _Actor:
         "aid",
         "conn",
         "death",
+        "env_failed",
         "inflight",
         "lost",
         "next_send",
@@ -80,6 +82,7 @@ class _Actor:
         self.lost: list[TaskEntry] = []  # in flight when the connection dropped
         self.watching = False
         self.unschedulable = False  # dead because it could never be placed
+        self.env_failed = False  # dead because its runtime env could not be set up
 
 
 class ActorSubmitter:
@@ -124,6 +127,10 @@ class ActorSubmitter:
             if not owned or aid in self._escaped or self.cw.closing:
                 return
         self.cw.post(self._terminate, aid)
+
+    def owns_actors(self) -> bool:
+        """True while a non-detached actor this process created may be alive."""
+        return any(not detached for detached in self._created.values())
 
     def mark_escaped(self, aid: bytes) -> None:
         with self._lock:
@@ -232,7 +239,9 @@ class ActorSubmitter:
 
     def _fail(self, a: _Actor, task: TaskEntry, why: str = "") -> None:
         self._release_call(a.aid)
-        err = ActorUnschedulableError if a.unschedulable else ActorDiedError
+        err: type[Exception] = ActorUnschedulableError if a.unschedulable else ActorDiedError
+        if a.env_failed:  # Ray: the calls of such an actor raise RuntimeEnvSetupError
+            err = RuntimeEnvSetupError
         self.cw.submitter.fail(task, err(why or a.death or "The actor is dead."))
 
     def cancel(self, object_id: bytes, force: bool) -> bool:
@@ -270,6 +279,7 @@ class ActorSubmitter:
     async def _apply(self, a: _Actor, info: dict[str, Any]) -> None:
         if info["state"] == DEAD:
             a.unschedulable = bool(info.get("unschedulable"))
+            a.env_failed = bool(info.get("runtime_env_failed"))
             self._apply_dead(a, info.get("death") or "The actor is dead.")
             return
         a.version = info["version"]

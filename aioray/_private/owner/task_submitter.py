@@ -59,6 +59,7 @@ from aioray.exceptions import (
     OutOfMemoryError,
     RaySystemError,
     RayTaskError,
+    RuntimeEnvSetupError,
     TaskCancelledError,
     TaskPlacementGroupRemoved,
     TaskUnschedulableError,
@@ -324,7 +325,11 @@ class TaskSubmitter:
                 self._fail_queue(cls, RaySystemError(f"worker lease failed: {reply}"))
             return
         if "error" in reply:
-            error = TaskPlacementGroupRemoved if reply.get("pg_removed") else TaskUnschedulableError
+            error: type[Exception] = TaskUnschedulableError
+            if reply.get("pg_removed"):
+                error = TaskPlacementGroupRemoved
+            elif reply.get("runtime_env_setup_failed"):
+                error = RuntimeEnvSetupError
             self._fail_queue(cls, error(reply["error"]))
             return
         host, port = reply["addr"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from aioray._private.core import runtime_env
+
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
 
@@ -17,7 +19,8 @@ core_worker: CoreWorker | None = None
 # Connects this process when nothing is connected yet: aioray.api sets it (to init()).
 connect: Callable[[], CoreWorker] | None = None
 
-# The job's runtime_env (init(runtime_env=...)): each task's and actor's is laid over it.
+# The runtime env tasks and actors submitted here inherit, in wire form (packages by
+# URI): the job's in a driver (init(runtime_env=...)), the worker's own in a worker.
 job_runtime_env: dict[str, Any] = {}
 
 
@@ -30,9 +33,8 @@ def ensure_connected() -> CoreWorker:
     return cw
 
 
-def merged_env_vars(task_env: dict[str, Any] | None) -> dict[str, str]:
-    """The job's env_vars with a task's or actor's own laid over them."""
-    env = dict((job_runtime_env or {}).get("env_vars") or {})
-    if task_env:
-        env.update(task_env.get("env_vars") or {})
-    return env
+def task_runtime_env(own: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The wire env of a task or actor: its own options' env over the inherited one
+    (Ray's merge: fields replace, env_vars merge key by key)."""
+    env = runtime_env.merge(job_runtime_env, runtime_env.check_task_level(own) if own else None)
+    return env or None
