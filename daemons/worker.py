@@ -176,7 +176,9 @@ class TaskExecutor:
             job = self.queue.get()
             if job is None:
                 return
-            name, job_id = job.spec["name"], job.spec.get("job") or b""
+            spec = job.spec  # may be malformed (a hostile peer): nothing here may raise
+            name = _name_of(spec)
+            job_id = (spec.get("job") if isinstance(spec, dict) else None) or b""
             self.task_counts.started(name, job_id)
             try:
                 body, bufs = self.execute(job)
@@ -193,8 +195,11 @@ class TaskExecutor:
                 except Exception as malformed:
                     self.cw.post(self.fail, job, malformed)
                     continue
-            self.task_counts.ended(name, job_id, _failed(body))
-            record_end(self.cw, job.spec, body)
+            try:
+                self.task_counts.ended(name, job_id, _failed(body))
+                record_end(self.cw, spec, body)
+            except Exception:  # bookkeeping of a malformed spec: the reply still goes
+                logger.exception("recording the end of %s failed", name)
             self.cw.post(self.reply, job, body, bufs)
 
     def fail(self, job: Job, exc: BaseException) -> None:

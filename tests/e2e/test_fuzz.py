@@ -36,7 +36,7 @@ from fuzz_frames import (
 from test_hostile_peers import CHALLENGE_LEN
 
 import aioray as ray
-from aioray import api
+from aioray._private.owner import worker_context
 from aioray._private.wire import auth, protocol
 from aioray._private.wire.protocol import PREFIX, FrameDecoder
 from aioray.experimental import internal_kv
@@ -56,9 +56,9 @@ class Target:
     """An actor whose worker's port is fuzzed."""
 
     def where(self) -> tuple[int, int]:
-        from aioray._private.owner import object_ref
+        from aioray._private.owner import worker_context
 
-        cw = object_ref._core_worker
+        cw = worker_context.core_worker
         assert cw is not None
         return os.getpid(), cw.address[1]
 
@@ -142,7 +142,7 @@ def targets(ray_shared: Any) -> Iterator[Targets]:
         "gcs": port_of(info["gcs_address"]),
         "raylet": port_of(info["raylet_address"]),
         "worker": worker_port,
-        "owner": api._cw.address[1],  # type: ignore[union-attr]
+        "owner": worker_context.core_worker.address[1],  # type: ignore[union-attr]
     }
     daemons = {
         name: psutil.Process(next(iter(listener_pids(ports[name]) - {os.getpid()})))

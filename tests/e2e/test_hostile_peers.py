@@ -149,9 +149,9 @@ def test_a_flood_of_idle_sockets_leaves_the_raylet_its_file_descriptors(cluster:
 @ray.remote
 class Target:
     def port(self) -> tuple[int, int]:
-        from aioray._private.owner import object_ref
+        from aioray._private.owner import worker_context
 
-        cw = object_ref._core_worker
+        cw = worker_context.core_worker
         assert cw is not None
         return os.getpid(), cw.address[1]
 

@@ -22,7 +22,7 @@ import pytest
 from conftest import port_of, wait_for_condition
 
 import aioray as ray
-from aioray import api
+from aioray._private.owner import worker_context
 from aioray._private.rpc import rpc, tls
 from aioray.cluster_utils import Cluster
 
@@ -107,9 +107,9 @@ class FarCounter:
         self.n = 0
 
     def port(self) -> int:
-        from aioray._private.owner import object_ref
+        from aioray._private.owner import worker_context
 
-        cw = object_ref._core_worker
+        cw = worker_context.core_worker
         assert cw is not None
         return int(cw.address[1])
 
@@ -141,7 +141,7 @@ def test_every_port_speaks_only_tls_and_logs_a_plaintext_peer(ray_cluster: Clust
     counter = FarCounter.remote()  # type: ignore[attr-defined]
     ports = {
         "gcs": port_of(ray_cluster.address),
-        "driver": api._cw.address[1],  # type: ignore[union-attr]
+        "driver": worker_context.core_worker.address[1],  # type: ignore[union-attr]
         "worker": ray.get(counter.port.remote(), timeout=GET_TIMEOUT),
     }
     for node in ray_cluster.list_all_nodes():

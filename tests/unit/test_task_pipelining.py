@@ -23,7 +23,7 @@ class _CountingSubmitter(TaskSubmitter):
     """Counts pushes on the lease instead of sending them; asks for no lease."""
 
     def __init__(self) -> None:
-        super().__init__(SimpleNamespace())  # type: ignore[arg-type]
+        super().__init__(SimpleNamespace(task_events=None))  # type: ignore[arg-type]
 
     def _push(self, task: Any, lease: Lease, tiny: bool) -> None:
         lease.inflight += 1
