@@ -225,3 +225,30 @@ def error_reply(exc: BaseException) -> tuple[dict[str, Any], list[Any]]:
 def lease_grant(lease_id: int, port: int) -> dict[str, Any]:
     """A raylet's grant of a worker lease at 127.0.0.1:``port``."""
     return {"lid": lease_id, "wid": bytes([lease_id]) * 16, "addr": ["127.0.0.1", port]}
+
+
+def shm_reply(node_id: bytes, size: int = 1000) -> tuple[dict[str, Any], list[Any]]:
+    """A push reply whose one return value was written to ``node_id``'s shm store."""
+    return {"r": [[1, size, node_id]]}, []
+
+
+async def grant_and_push(offline: OfflineCluster, port: int) -> tuple[FakeConnection, Sent]:
+    """Grant the oldest lease request a worker at ``port``; the worker and the push
+    the owner sent it."""
+    req = offline.raylet.pending("request_lease")[0]
+    offline.raylet.reply(req, lease_grant(port - 5000, port))
+    await settle()
+    worker = offline.peers.at("127.0.0.1", port)
+    [push] = worker.pending("push_task")
+    return worker, push
+
+
+async def pushed(offline: OfflineCluster, task: TaskEntry) -> tuple[FakeConnection, Sent]:
+    """The worker ``task`` was pushed to and the push: on a lease the owner holds, or
+    else on a new one granted now (at the next free port from 5001)."""
+    await settle()
+    for worker in offline.peers.opened:
+        for push in worker.pending("push_task"):
+            if push.body["tid"] == task.task_id:
+                return worker, push
+    return await grant_and_push(offline, 5001 + len(offline.peers.opened))
