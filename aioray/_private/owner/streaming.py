@@ -186,9 +186,11 @@ class ObjectRefGenerator:
 
     @property
     def task_id(self) -> bytes:
+        """The id of the streaming task that yields the items."""
         return self._s.task_id
 
     def is_finished(self) -> bool:
+        """True once the task has ended and every item it yielded has been handed out."""
         s = self._s
         return s.done and s.next >= s.count
 
