@@ -70,6 +70,9 @@ class StreamManager:
 
     # -- loop side ------------------------------------------------------------------------------
     def handle_stream_item(self, conn: rpc.Connection, body: list[Any], bufs: list[Any]) -> None:
+        """``stream_item`` [task id, index, kind, nbuf or size, is_error or node id, contained?] +
+        buffers (notice, from the worker running a streaming task): one yielded item, stored for
+        the generator."""
         task_id, index, kind, a, b = body[:5]
         contained = body[5] if len(body) > 5 else None
         s = self.streams.get(task_id)
