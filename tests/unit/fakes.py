@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +40,11 @@ class Sent:
 class FakeConnection:
     """Stands in for an ``rpc.Connection``: records frames, lets the test answer."""
 
-    def __init__(self, name: str = "fake") -> None:
+    def __init__(self, name: str = "fake", answer: Callable[[str, Any], Any] | None = None) -> None:
         self.name = name
+        # Answers every request at once when set: answer(method, body) is the reply's
+        # body (an exception it raises fails the request). Else the test answers.
+        self.answer = answer
         self.state: dict[str, Any] = {}
         self.on_close: list[Any] = []
         self.is_closed = False
@@ -64,6 +67,11 @@ class FakeConnection:
         self._check_open()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.sent.append(Sent(method, body, buffers, fut))
+        if self.answer is not None:
+            try:
+                fut.set_result((self.answer(method, body), []))
+            except Exception as e:
+                fut.set_exception(e)
         return fut
 
     async def call(self, method: str, body: Any = None, buffers: Sequence[Any] = ()) -> Any:

@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
+import aioray.daemons
+
 import aioray
 import aioray._private
-import aioray.daemons
 import aioray.experimental
 import aioray.util
 
@@ -42,7 +43,7 @@ def _submodules(pkg: ModuleType) -> Iterator[ModuleType]:
 
 def public_modules() -> list[ModuleType]:
     mods = [importlib.import_module(m) for m in PUBLIC]
-    return mods + [*_submodules(aioray.util), *_submodules(aioray.experimental)]
+    return [*mods, *_submodules(aioray.util), *_submodules(aioray.experimental)]
 
 
 def _ours(obj: Any) -> bool:
