@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fakes import OfflineCluster, settle
+from fakes import FakeConnection, OfflineCluster, settle
 
 from aioray._private.core.borrowing import ADOPT
 
@@ -86,8 +86,6 @@ async def test_an_own_ref_coming_back_nets_out(offline: OfflineCluster) -> None:
 
 
 async def test_the_owner_frees_when_every_borrower_returned(offline: OfflineCluster) -> None:
-    from fakes import FakeConnection
-
     cw, borrower = offline.cw, FakeConnection("borrower")
     mine(offline, X)
     cw.refs.add_local(X)
@@ -104,8 +102,6 @@ async def test_the_owner_frees_when_every_borrower_returned(offline: OfflineClus
 
 
 async def test_a_dead_borrowers_adopted_holds_go_with_it(offline: OfflineCluster) -> None:
-    from fakes import FakeConnection
-
     cw = offline.cw
     alive, dead = FakeConnection("alive"), FakeConnection("dead")
     mine(offline, X)
@@ -119,8 +115,6 @@ async def test_a_dead_borrowers_adopted_holds_go_with_it(offline: OfflineCluster
 
 
 async def test_holds_on_objects_not_owned_here_are_ignored(offline: OfflineCluster) -> None:
-    from fakes import FakeConnection
-
     cw = offline.cw
     cw.borrowing.handle_borrow(FakeConnection(), [[X, 3]], None)  # type: ignore[arg-type]
     assert cw.refs.snapshot() == {}
