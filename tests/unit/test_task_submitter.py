@@ -254,3 +254,33 @@ async def test_fail_all_fails_every_unfinished_task(offline: OfflineCluster) -> 
         with pytest.raises(RaySystemError, match="raylet died"):
             result(offline, ref)
     assert cw.submitter.tasks == {}
+
+
+async def test_a_push_to_a_worker_that_died_idle_is_retried_on_a_new_lease(
+    offline: OfflineCluster,
+) -> None:
+    cw = offline.cw
+    first = submit(offline, normal_task(cw))
+    worker = await grant(offline, 5001)
+    worker.reply(worker.pending("push_task")[0], *value_reply(1))
+    await settle()
+    assert result(offline, first) == 1  # the lease now lingers, idle
+    worker.drop()  # its worker dies with nothing in flight
+    task = normal_task(cw, max_retries=1)
+    ref = submit(offline, task)  # pushed to the lingering lease: refused at once
+    assert task.attempts_left == 0
+    again = await grant(offline, 5002)
+    again.reply(again.pending("push_task")[0], *value_reply(2))
+    await settle()
+    assert result(offline, ref) == 2
+
+
+async def test_a_push_that_fails_without_losing_the_worker_is_a_system_error(
+    offline: OfflineCluster,
+) -> None:
+    ref = submit(offline, normal_task(offline.cw, max_retries=3))
+    worker = await grant(offline, 5001)
+    worker.fail(worker.pending("push_task")[0], RuntimeError("bad frame"))
+    await settle()
+    with pytest.raises(RaySystemError, match="push_task failed: bad frame"):
+        result(offline, ref)
