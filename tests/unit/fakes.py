@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from aioray._private.owner.core_worker import CoreWorker
+from aioray._private.owner.object_ref import set_core_worker
 from aioray._private.rpc.rpc import ConnectionLost
 from aioray._private.wire import ids, serialization
 from aioray._private.wire.task_spec import TaskEntry
@@ -159,7 +162,7 @@ class OfflineCluster:
 def offline_core_worker(worker_id: bytes | None = None) -> OfflineCluster:
     """(in a running loop) A real CoreWorker on this loop and thread, with fake
     connections to its raylet, its GCS and its peers. It is not made this process's
-    CoreWorker: the ``core_worker`` fixture does that (ObjectRefs count with it)."""
+    CoreWorker: the ``offline`` fixture does that (ObjectRefs count with it)."""
     cw = CoreWorker("driver", "127.0.0.1", ("127.0.0.1", 1), ("127.0.0.1", 2), worker_id)
     cw.loop = asyncio.get_running_loop()
     cw._loop_thread_id = threading.get_ident()
@@ -175,6 +178,21 @@ def offline_core_worker(worker_id: bytes | None = None) -> OfflineCluster:
 
     cw.gcs_connection = gcs_connection  # type: ignore[method-assign]
     return OfflineCluster(cw, raylet, gcs, peers)
+
+
+@pytest.fixture(name="offline")
+async def offline_fixture() -> AsyncIterator[OfflineCluster]:
+    """The ``offline`` fixture: an offline CoreWorker on the test's loop, made this
+    process's CoreWorker so that ObjectRefs count with it. A test module imports
+    ``offline_fixture`` to use it (tests/unit has no conftest: ``from conftest import``
+    in tests/e2e must find the e2e one)."""
+    cluster = offline_core_worker()
+    set_core_worker(cluster.cw)
+    try:
+        yield cluster
+    finally:
+        cluster.cw.closing = True
+        set_core_worker(None)
 
 
 async def settle(rounds: int = 5) -> None:

@@ -8,7 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fakes import FakeConnection, OfflineCluster, actor_call, normal_task, settle, value_reply
+from fakes import (
+    FakeConnection,
+    OfflineCluster,
+    actor_call,
+    normal_task,
+    offline_fixture,  # noqa: F401  (the fixture)
+    settle,
+    value_reply,
+)
 
 from aioray._private.core.memory_store import StoredObject
 from aioray._private.owner.object_ref import ObjectRef

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fakes import FakeConnection, OfflineCluster, settle
+from fakes import (
+    FakeConnection,
+    OfflineCluster,
+    offline_fixture,  # noqa: F401  (the fixture)
+    settle,
+)
 
 from aioray._private.core.borrowing import ADOPT
 

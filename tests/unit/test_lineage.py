@@ -8,7 +8,15 @@ import asyncio
 from typing import Any
 
 import pytest
-from fakes import OfflineCluster, normal_task, pushed, settle, shm_reply, value_reply
+from fakes import (
+    OfflineCluster,
+    normal_task,
+    offline_fixture,  # noqa: F401  (the fixture)
+    pushed,
+    settle,
+    shm_reply,
+    value_reply,
+)
 
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.wire import config, ids, serialization

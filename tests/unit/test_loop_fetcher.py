@@ -13,7 +13,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from fakes import OfflineCluster, settle
+from fakes import (
+    OfflineCluster,
+    offline_fixture,  # noqa: F401  (the fixture)
+    settle,
+)
 
 from aioray._private.core.memory_store import StoredObject, encode_object
 from aioray._private.owner.object_ref import ObjectRef

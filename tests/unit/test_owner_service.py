@@ -8,7 +8,12 @@ import asyncio
 from typing import Any
 
 import pytest
-from fakes import FakeConnection, OfflineCluster, settle
+from fakes import (
+    FakeConnection,
+    OfflineCluster,
+    offline_fixture,  # noqa: F401  (the fixture)
+    settle,
+)
 
 from aioray._private.core.memory_store import (
     OBJ_FREED,

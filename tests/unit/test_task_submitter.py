@@ -13,6 +13,7 @@ from fakes import (
     error_reply,
     lease_grant,
     normal_task,
+    offline_fixture,  # noqa: F401  (the fixture)
     settle,
     value_reply,
 )
