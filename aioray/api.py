@@ -91,6 +91,7 @@ def init(
     allowed_extra = {
         "_system_config",
         "_temp_dir",
+        "_metrics_export_port",
         "dashboard_host",
         "dashboard_port",
         "job_config",
@@ -124,6 +125,7 @@ def init(
                 object_spilling_directory=object_spilling_directory,
                 system_config=system_config,
                 node_ip=_node_ip_address,
+                metrics_export_port=_metrics_port(kwargs.get("_metrics_export_port")),
             )
             auth.set_token(_local_node.token)
             gcs_address = _local_node.gcs_address
@@ -170,6 +172,17 @@ def init(
 OBJECT_STORE_MINIMUM_MEMORY_BYTES = 75 * 1024 * 1024  # Ray's minimum
 
 
+def _metrics_port(port: Any) -> int:
+    """``_metrics_export_port``: None (a free port) or a port number."""
+    if port is None:
+        return 0
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"_metrics_export_port must be an int, got {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"_metrics_export_port must be a port number (0-65535), got {port}")
+    return port
+
+
 def _check_store_options(
     object_store_memory: Any, spilling_directory: Any, system_config: Any
 ) -> dict[str, Any]:
@@ -212,6 +225,7 @@ def _address_info() -> dict[str, Any]:
         "node_id": _cw.node_id.hex(),
         "session_dir": _address_cache.get("session_dir", ""),
         "session_id": _cw.session_id,
+        "metrics_export_port": _address_cache.get("metrics_export_port", 0),
     }
 
 

@@ -35,6 +35,7 @@ NODE_ARGS = {
     "object_store_memory",
     "labels",
     "node_ip_address",
+    "metrics_export_port",
 }
 # Ray options accepted for compatibility that have no meaning here.
 IGNORED_NODE_ARGS = {
@@ -61,6 +62,7 @@ class ClusterNode:
         self.node_manager_port = local.raylet_address[1]
         self.gcs_address = local.gcs_address
         self.session_dir = local.session_dir
+        self.metrics_export_port = local.metrics_export_port
         self.resources_args = args
         self.node_id = ""  # hex, known once the node registered with the GCS
         self.dead = False
@@ -219,6 +221,7 @@ class Cluster:
             node_ip=ip,
             head=head,
             gcs_address=None if head else self._gcs_address,
+            metrics_export_port=args.get("metrics_export_port") or 0,
         )
 
     def remove_node(self, node: ClusterNode, allow_graceful: bool = True) -> None:

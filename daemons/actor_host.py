@@ -297,6 +297,8 @@ class ActorHost:
             conn.close()
         if peers:
             await asyncio.wait([c.closed for c in peers], timeout=2.0)
+        if self.cw.metrics_reporter is not None:  # its last metrics, while the raylet listens
+            self.cw.metrics_reporter.close()
         self.cw.raylet.close()
         await asyncio.wait([self.cw.raylet.closed], timeout=2.0)
         os._exit(0)

@@ -25,6 +25,7 @@ from aioray.daemons.actor_host import ActorHost, Job, run_terminate
 
 from aioray._private.core.borrowing import pairs_of
 from aioray._private.core.memory_store import StoredObject
+from aioray._private.core.metrics_registry import REGISTRY, TaskCounts
 from aioray._private.owner import placement_groups, store_client
 from aioray._private.owner.core_worker import WORKER, CoreWorker
 from aioray._private.owner.object_ref import ObjectRef, set_core_worker
@@ -62,6 +63,9 @@ class TaskExecutor:
         self.cuda_env = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.cuda_now = self.cuda_env  # what os.environ holds now
         self.actor = ActorHost(self)
+        self.task_counts = TaskCounts()  # ray_tasks, as this executor sees them
+        REGISTRY.collectors.append(self.task_counts.collect)
+        REGISTRY.start()  # a worker reports its task counts (only when they changed)
 
     def handlers(self) -> dict[str, rpc.Handler]:
         return {
@@ -168,16 +172,20 @@ class TaskExecutor:
             job = self.queue.get()
             if job is None:
                 return
+            name, job_id = job.spec["name"], job.spec.get("job") or b""
+            self.task_counts.started(name, job_id)
             try:
                 body, bufs = self.execute(job)
             except KeyboardInterrupt:  # a cancel that arrived just as the task finished
                 body, bufs = self.error(job.spec, TaskCancelledError(job.spec["tid"].hex()), False)
             except ActorExit:
+                self.task_counts.ended(name, job_id, False)
                 self.actor.exit()  # no reply: the caller observes the actor's death
                 continue
             except BaseException as e:  # a bug of ours: answer, and keep the thread alive
                 logger.exception("executing %s failed", job.spec.get("name"))
                 body, bufs = self.error(job.spec, RaySystemError(f"worker error: {e!r}"), False)
+            self.task_counts.ended(name, job_id, _failed(body))
             self.cw.post(self.reply, job, body, bufs)
 
     def execute(self, job: Job) -> tuple[dict[str, Any], list[Buffer]]:
@@ -420,6 +428,12 @@ class TaskExecutor:
         if app_error:
             body["x"] = True
         return body, parts * nret
+
+
+def _failed(body: dict[str, Any]) -> bool:
+    """The reply reports an error (the task's own, a cancel, or ours)."""
+    rets = body.get("r")
+    return "x" in body or bool(rets and len(rets[0]) > 2 and rets[0][2] is True)
 
 
 def _owner_of(address: list[Any] | None) -> tuple[str, int, bytes] | None:

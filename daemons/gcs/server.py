@@ -21,6 +21,7 @@ from typing import Any
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.gcs.actor_manager import ActorManager
 from aioray.daemons.gcs.cluster_view import ClusterViewPublisher
+from aioray.daemons.gcs.metrics_view import MetricsView
 from aioray.daemons.gcs.node_health import NodeHealth
 from aioray.daemons.gcs.placement_groups import PlacementGroupManager
 from aioray.daemons.gcs.recovery import Persistence, kv_key
@@ -41,6 +42,7 @@ class GcsServer:
         self.actors = ActorManager(self)
         self.view = ClusterViewPublisher(self)
         self.health = NodeHealth(self)
+        self.metrics = MetricsView(self)  # figures for the head's exporter; file_sd
         self.store = GcsStore(session_dir)
         self.persistence = Persistence(self, self.store)
         self.session_id = self.persistence.restore() or session_id or os.urandom(4).hex()
@@ -52,6 +54,7 @@ class GcsServer:
             **rpc.handlers_of(self),
             **self.actors.handlers(),
             **self.placement_groups.handlers(),
+            **self.metrics.handlers(),
         }
         self.server = rpc.Server(handlers, hello_check=self._hello)
         self._stopped = asyncio.Event()
@@ -96,6 +99,7 @@ class GcsServer:
             "Alive": True,
             "NodeManagerAddress": body["ip"],
             "NodeManagerPort": body["port"],
+            "MetricsExportPort": body.get("metrics_export_port", 0),
             "NodeManagerHostname": body.get("hostname", ""),
             "NodeName": body["ip"],
             "Resources": body["resources"],
@@ -115,6 +119,7 @@ class GcsServer:
         self.placement_groups.kick()  # a pending group may fit on the new node
         logger.info("node %s registered at %s:%s", node_id.hex()[:8], body["ip"], body["port"])
         self.persistence.reconcile_node(node_id, body.get("actors"))
+        self.metrics.nodes_changed()
         return {"session_id": self.session_id, "session_dir": self.session_dir}
 
     def node_dead(self, node_id: bytes, why: str, expected: bool = False) -> None:
@@ -132,6 +137,7 @@ class GcsServer:
             self.view.node_dead(node_id)
             self.actors.node_died(node_id)
             self.placement_groups.node_died(node_id)
+            self.metrics.nodes_changed()
 
     def raylet_conn(self, node_id: bytes) -> rpc.Connection | None:
         return self.raylets.get(node_id)
@@ -184,6 +190,7 @@ class GcsServer:
         # Like Ray, a job without a namespace gets an anonymous one of its own.
         namespace = body.get("ns") or f"anonymous-{os.urandom(8).hex()}"
         conn.state["job_id"] = job.to_bytes(4, "little")  # its placement groups die with it
+        self.metrics.job_started(conn, conn.state["job_id"])
         info = {"pid": body.get("pid", 0), "namespace": namespace, "start": time.time()}
         self.persistence.job_registered(conn.state["job_id"], info)
         return {"job_id": conn.state["job_id"], "namespace": namespace}

@@ -34,6 +34,8 @@ def main() -> None:
     p.add_argument("--memory", type=float, default=0)
     p.add_argument("--labels", default="{}")
     p.add_argument("--head", action="store_true")
+    p.add_argument("--metrics-export-port", type=int, default=0)
+    p.add_argument("--metrics-listen-fd", type=int)
     a = p.parse_args()
     setup_logging(a.session_dir, "raylet")
     # Ray's default "memory" resource: what is free now, less the object store.
@@ -52,9 +54,10 @@ def main() -> None:
         labels=json.loads(a.labels),
         prestart=config.PRESTART_WORKERS,
         spill=spill_config_from(a.object_spilling_directory, json.loads(a.system_config)),
+        metrics_export_port=a.metrics_export_port,
     )
     try:
-        _loop.run(raylet.run(a.listen_fd, a.port, a.lifeline_fd))
+        _loop.run(raylet.run(a.listen_fd, a.port, a.lifeline_fd, a.metrics_listen_fd))
     except ConnectionError as e:  # the GCS is unreachable or refused us: say why, briefly
         logging.getLogger("aioray.raylet").error("cannot join the cluster: %s", e)
         sys.exit(1)

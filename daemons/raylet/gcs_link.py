@@ -103,6 +103,7 @@ class GcsLink:
             "node_id": r.node_id,
             "ip": r.node_ip,
             "port": r.port,
+            "metrics_export_port": r.metrics_export_port,
             "hostname": socket.gethostname(),
             "resources": {
                 **r.resources.total,

@@ -25,18 +25,20 @@ runs low on memory.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
 import logging
 import os
 import signal
 import socket
 import time
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.raylet.bundles import BundleService
 from aioray.daemons.raylet.gcs_link import GcsLink
 from aioray.daemons.raylet.memory_monitor import MemoryMonitor
+from aioray.daemons.raylet.metrics_export import NodeMetrics
 from aioray.daemons.raylet.object_owners import ObjectOwners
 from aioray.daemons.raylet.object_transfer import ObjectTransfer
 from aioray.daemons.raylet.resources import NodeResources
@@ -49,6 +51,9 @@ from aioray._private.core.bundle_resources import is_group_resource
 from aioray._private.owner import memory_report
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
+
+if TYPE_CHECKING:
+    from aioray._private.rpc.http_service import HttpService
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +136,7 @@ class Raylet:
         labels: dict[str, str],
         prestart: int,
         spill: SpillConfig | None = None,
+        metrics_export_port: int = 0,
     ) -> None:
         self.node_id = os.urandom(16)
         self.node_ip = node_ip
@@ -144,6 +150,9 @@ class Raylet:
         self.prestart = prestart
         self.gcs: rpc.Connection | None = None
         self.bundles = BundleService(self)  # placement-group reservations
+        self.metrics = NodeMetrics(self)  # Prometheus, on the node's HTTP service
+        self.http: HttpService | None = None  # started after start-up: _serve_http
+        self.metrics_export_port = metrics_export_port
         self.server_handlers = self._handlers()  # also serves other raylets' connections
         self.gcs_link = GcsLink(self)  # registration; reconnects after a GCS restart
         self.server = rpc.Server(
@@ -170,7 +179,11 @@ class Raylet:
         )
 
     def _handlers(self) -> dict[str, rpc.Handler]:
-        return {**rpc.handlers_of(self), **self.bundles.handlers()}
+        return {
+            **rpc.handlers_of(self),
+            **self.bundles.handlers(),
+            "report_metrics": self.metrics.handle_report_metrics,
+        }
 
     def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
         # The cluster token was checked before this (rpc, auth).
@@ -180,10 +193,17 @@ class Raylet:
             "session_dir": self.session_dir,
             "gcs_address": list(self.gcs_address),
             "object_store_memory": self.object_store_memory,
+            "metrics_export_port": self.metrics_export_port,
         }
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def run(self, listen_fd: int | None, port: int, lifeline_fd: int | None) -> None:
+    async def run(
+        self,
+        listen_fd: int | None,
+        port: int,
+        lifeline_fd: int | None,
+        metrics_fd: int | None = None,
+    ) -> None:
         watch_lifeline(lifeline_fd, self._stopped.set)
         install_signal_handlers(self._stopped.set)
         self.pool = WorkerPool(
@@ -201,6 +221,9 @@ class Raylet:
         self.port = sock.getsockname()[1]
         self.spillback.local.port = self.port
         self.pool.worker_args["raylet_port"] = self.port
+        msock = listening_socket(metrics_fd, self.node_ip, self.metrics_export_port)
+        msock = msock or _bind(self.node_ip, self.metrics_export_port)
+        self.metrics_export_port = msock.getsockname()[1]  # registered with the GCS below
         info = await self.gcs_link.connect()
         self.session_id = info["session_id"]
         self.session_dir = self.session_dir or info["session_dir"]
@@ -211,8 +234,30 @@ class Raylet:
         self.memory_monitor.start()
         for _ in range(min(self.prestart, int(self.resources.total.get("CPU", 0)))):
             self.pool.spawn(None)
+        http = asyncio.ensure_future(self._serve_http(msock))
         await self._stopped.wait()
+        await asyncio.wait([http])
         await self.stop()
+
+    async def _serve_http(self, sock: socket.socket) -> None:
+        """Serve /metrics on the node's bound socket (connections wait in its backlog).
+
+        aiohttp is imported here, in a thread, not at start-up: its import (~0.1 s) would
+        otherwise delay the raylet's first answer, and so every ``init()``."""
+        try:
+            module = await asyncio.to_thread(
+                importlib.import_module, "aioray._private.rpc.http_service"
+            )
+            if self.stopping:
+                sock.close()
+                return
+            http = module.HttpService()
+            http.add_routes(self.metrics.routes())
+            await http.start(sock)
+            self.http = http
+        except Exception:
+            logger.exception("cannot serve metrics on port %d", self.metrics_export_port)
+            sock.close()
 
     @property
     def stopping(self) -> bool:
@@ -233,6 +278,8 @@ class Raylet:
             if not req.fut.done():
                 req.fut.set_result({"error": "the raylet is shutting down"})
         await self.server.stop()
+        if self.http is not None:
+            await self.http.stop()
         self.transfer.close()
         if self.pool is not None:
             await self.pool.stop()
@@ -625,7 +672,16 @@ class Raylet:
             },
             "oom_kills": self.memory_monitor.kills,
             "gcs_reconnects": self.gcs_link.reconnects,
+            "metrics": self.metrics.stats(),
         }
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)  # scrapers wait here until the HTTP service takes the socket
+    return sock
 
 
 def _kill(pid: int) -> None:

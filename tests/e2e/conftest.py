@@ -132,10 +132,13 @@ def listener_pids(port: int) -> set[int]:
 
 def cluster_ports(ctx: Any) -> dict[str, int]:
     info = ctx.address_info
-    return {
+    ports = {
         "gcs": port_of(info["gcs_address"]),
         "raylet": port_of(info["raylet_address"]),
     }
+    if info.get("metrics_export_port"):  # the node's Prometheus endpoint
+        ports["metrics"] = info["metrics_export_port"]
+    return ports
 
 
 def wait_ports_closed(ports: dict[str, int], timeout: float = 5.0) -> None:

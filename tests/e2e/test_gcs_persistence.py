@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 
 import psutil
 import pytest
 from conftest import listening_ports, port_of, wait_for_condition, wait_ports_closed
+from prometheus_text import parse, values
 
 import aioray as ray
 from aioray._private.node import node
@@ -130,6 +132,23 @@ def _gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def test_a_running_job_is_still_counted_after_a_gcs_restart(head: Head) -> None:
+    def running_jobs() -> list[float]:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{head.node.metrics_export_port}/metrics",
+            headers={"Authorization": f"Bearer {auth.cluster_token()}"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return values(parse(r.read().decode())[1], "ray_running_jobs")
+
+    ray.init(address=head.address)
+    wait_for_condition(lambda: running_jobs() == [1.0], timeout=20)
+    head.kill_gcs()
+    head.restart_gcs()
+    wait_for_condition(lambda: _alive_nodes() == 1, timeout=20, message="raylet never rejoined")
+    wait_for_condition(lambda: running_jobs() == [1.0], timeout=20)  # the driver said so
 
 
 def test_actor_that_died_while_the_gcs_was_down_is_restarted(head: Head) -> None:

@@ -108,10 +108,10 @@ def _nodes(address: str) -> list[dict[str, Any]]:
 def test_serve_node_head_runs_in_the_foreground_and_stops_on_sigterm(
     token_env: dict[str, str], tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
     shm_before = shm_entries()
     args = ["--head", "--port", str(port), "--num-cpus", "1", "--resources", '{"tpu": 2}']
-    args += ["--labels", '{"zone": "a"}']
+    args += ["--labels", '{"zone": "a"}', "--metrics-export-port", str(metrics_port)]
     head = Foreground(args, token_env, tmp_path / "head.err")
     try:
         head.wait_serving()
@@ -127,6 +127,7 @@ def test_serve_node_head_runs_in_the_foreground_and_stops_on_sigterm(
             assert ray.get(hello.remote(), timeout=GET_TIMEOUT) == "from serve-node"
             [info] = ray.nodes()
             assert info["Labels"] == {"zone": "a"} and info["IsHead"]
+            assert info["MetricsExportPort"] == metrics_port
             ray.put(b"x" * 300_000)  # a shm segment the node must free when it stops
         finally:
             ray.shutdown()
@@ -136,7 +137,7 @@ def test_serve_node_head_runs_in_the_foreground_and_stops_on_sigterm(
     finally:
         code = head.stop(signal.SIGTERM)
     assert code == 0, head.stderr()
-    wait_ports_closed({"gcs": port, "raylet": raylet_port})
+    wait_ports_closed({"gcs": port, "raylet": raylet_port, "metrics": metrics_port})
     assert shm_entries() <= shm_before
 
 
@@ -342,6 +343,14 @@ def test_serve_node_port_in_use_or_foreign_address(tmp_path: Path) -> None:
         taken.listen(1)
         port = taken.getsockname()[1]
         proc = _cli("serve-node", "--head", "--port", str(port), tmp_path=tmp_path, name="taken")
+    assert proc.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in proc.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = _cli("serve-node", "--head", "--port", "0", "--metrics-export-port", str(port),
+                    tmp_path=tmp_path, name="metrics-taken")  # fmt: skip
     assert proc.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in proc.stderr
     proc = _cli("serve-node", "--head", "--port", "0", "--node-ip-address", "192.0.2.1",

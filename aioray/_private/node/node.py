@@ -146,7 +146,11 @@ def find_local_raylet(gcs_address: str, node_ip: str) -> tuple[str, int]:
 def _listen(ip: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((ip, port))
+    try:
+        sock.bind((ip, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, e.strerror, f"{ip}:{port}") from None  # which port: filename
     sock.listen(1024)
     sock.set_inheritable(True)
     return sock
@@ -178,6 +182,7 @@ class LocalNode:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.gcs_address = ""
         self.raylet_address: tuple[str, int] = ("", 0)
+        self.metrics_export_port = 0  # the raylet's Prometheus endpoint
         self.session_dir = ""
         self.session_id = ""
         self.token: str | None = None
@@ -203,12 +208,14 @@ class LocalNode:
         labels: dict[str, str] | None = None,
         token: str | None = None,
         log_to_stderr: bool = False,
+        metrics_export_port: int = 0,
     ) -> LocalNode:
         """Start the node's daemons (the GCS too with ``head``).
 
         ``token``: the cluster token; a head without one uses the environment's or
         generates one. ``log_to_stderr``: the daemons log to this process's stderr
         (``aioray serve-node``) as well as to the session's log files.
+        ``metrics_export_port``: where the node serves Prometheus metrics (0: a free port).
         """
         config.memory_monitor_settings()  # a bad setting fails here, not in the raylet
         self = cls()
@@ -257,6 +264,9 @@ class LocalNode:
             rsock = _listen(node_ip, raylet_port)
             socks.append(rsock)
             self.raylet_address = (node_ip, rsock.getsockname()[1])
+            msock = _listen(node_ip, metrics_export_port)
+            socks.append(msock)
+            self.metrics_export_port = msock.getsockname()[1]
             args = [
                 *common,
                 "--listen-fd",
@@ -275,6 +285,10 @@ class LocalNode:
                 str(object_store_memory or default_object_store_memory()),
                 "--labels",
                 json.dumps(labels or {}),
+                "--metrics-listen-fd",
+                str(msock.fileno()),
+                "--metrics-export-port",
+                str(self.metrics_export_port),
             ]
             if object_spilling_directory:
                 args += ["--object-spilling-directory", object_spilling_directory]
@@ -282,7 +296,7 @@ class LocalNode:
                 args += ["--system-config", json.dumps(system_config)]
             if head:
                 args.append("--head")
-            self._spawn("raylet", args, [*fds, rsock.fileno()], logs, detached)
+            self._spawn("raylet", args, [*fds, rsock.fileno(), msock.fileno()], logs, detached)
         except BaseException:
             self.stop()
             raise

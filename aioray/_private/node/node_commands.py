@@ -44,6 +44,13 @@ def add_node_options(p: argparse.ArgumentParser, *, foreground: bool) -> None:
     p.add_argument("--system-config", default=None, help="_system_config as JSON")
     p.add_argument("--labels", default="{}", help="node labels as JSON")
     p.add_argument(
+        "--metrics-export-port",
+        type=int,
+        default=0,
+        help="port of the node's Prometheus endpoint /metrics (default: a free port; "
+        "every node's address is in the session's prom_metrics_service_discovery.json)",
+    )
+    p.add_argument(
         "--token",
         help=f"the cluster token (default: ${auth.TOKEN_ENV}; a head generates one; "
         "prefer the environment: a command line is visible to every user)",
@@ -83,7 +90,7 @@ def _start_node(a: argparse.Namespace, *, detached: bool) -> tuple[node.LocalNod
     try:
         n = _launch(a, resources, labels, system_config, gcs_address, token, detached)
     except OSError as e:  # the port is taken, or the address is not this machine's
-        where = f"{a.node_ip_address}:{a.port}" if a.head else a.node_ip_address
+        where = e.filename or (f"{a.node_ip_address}:{a.port}" if a.head else a.node_ip_address)
         raise SystemExit(f"aioray: cannot listen on {where}: {e.strerror or e}") from None
     auth.set_token(n.token)
     try:
@@ -118,6 +125,7 @@ def _launch(
         labels=labels,
         token=token,
         log_to_stderr=not detached,
+        metrics_export_port=a.metrics_export_port,
     )
 
 
@@ -140,6 +148,7 @@ def cmd_start(a: argparse.Namespace) -> int:
     if a.head:
         node.write_cluster_file({**info, "token": token})
     print(f"aioray node started; GCS at {n.gcs_address}")
+    print(f"Prometheus metrics at http://{n.raylet_address[0]}:{n.metrics_export_port}/metrics")
     print(f"Connect with: aioray.init(address='{n.gcs_address}')  (or address='auto' here)")
     if a.head and token:
         print(f"Cluster token: in {os.path.join(n.session_dir, auth.TOKEN_FILE)}")
@@ -165,7 +174,8 @@ def cmd_serve_node(a: argparse.Namespace) -> int:
         n, _ = _start_node(a, detached=False)
         print(
             f"aioray node serving: GCS {n.gcs_address}, raylet "
-            f"{n.raylet_address[0]}:{n.raylet_address[1]}, session {n.session_dir}",
+            f"{n.raylet_address[0]}:{n.raylet_address[1]}, metrics port "
+            f"{n.metrics_export_port}, session {n.session_dir}",
             file=sys.stderr,
             flush=True,
         )

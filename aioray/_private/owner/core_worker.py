@@ -38,6 +38,7 @@ from aioray._private.core.memory_store import (
     StoredObject,
     decode_object,
 )
+from aioray._private.core.metrics_registry import MetricsReporter
 from aioray._private.core.reference_counter import ReferenceCounter
 from aioray._private.owner import log_monitor, memory_report, object_waits, store_client
 from aioray._private.owner.actor_submitter import ActorSubmitter
@@ -100,6 +101,7 @@ class CoreWorker:
         self.address: tuple[str, int, bytes] = (node_ip, 0, self.worker_id)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.raylet: rpc.Connection = None  # type: ignore[assignment]
+        self.metrics_reporter: MetricsReporter | None = None  # user metrics to the raylet
         self.gcs: rpc.Connection | None = None
         self.server: rpc.Server | None = None
         self.submitter = TaskSubmitter(self)
@@ -178,6 +180,7 @@ class CoreWorker:
             host, port = info["gcs_address"]
             self.gcs_address = (host, int(port))
         self.raylet.on_close.append(self._raylet_lost)
+        self.metrics_reporter = MetricsReporter(self.loop, self._send_metrics)
         if self.mode == DRIVER and self.gcs_address is not None:
             gcs = await self.gcs_connection()
             job = await gcs.call("register_job", {"pid": os.getpid(), "ns": self.namespace})
@@ -228,6 +231,8 @@ class CoreWorker:
         self.closing = True
         self.submitter.shutdown()
         self._flush_frees()
+        if self.metrics_reporter is not None:
+            self.metrics_reporter.close()
         if self.server is not None:
             await self.server.stop()
         for conn in [self.raylet, self.gcs, *self._peers.values()]:
@@ -247,6 +252,10 @@ class CoreWorker:
             loop.call_soon_threadsafe(loop.stop)
         self._thread.join(5)
         self._thread = None
+
+    def _send_metrics(self, report: dict[str, Any]) -> None:
+        if not self.raylet.is_closed:
+            self.raylet.notify("report_metrics", report)
 
     def _raylet_lost(self, conn: rpc.Connection) -> None:
         if not self.closing:

@@ -67,5 +67,7 @@ class GcsClient:
             if self._connected_once:
                 logger.info("reconnected to the GCS at %s:%d", *address)
                 conn.notify("owner_reconnected", cw.worker_id)
+                if cw.mode == "driver" and cw.job_id:  # its job still runs (ray_running_jobs)
+                    conn.notify("job_reconnected", cw.job_id)
             self._connected_once = True
             return conn

@@ -40,6 +40,9 @@ PRESTART_WORKERS = int(_env("PRESTART_WORKERS", 2))
 RESOURCE_REPORT_S = _env("RESOURCE_REPORT_S", 0.05)
 # How often the GCS pushes the resource changes it collected to every raylet.
 RESOURCE_BROADCAST_S = _env("RESOURCE_BROADCAST_S", 0.05)
+# How often a process sends its user metrics (and a worker its task counts) to its
+# raylet, which exports them (metrics_registry.py).
+METRICS_REPORT_S = _env("METRICS_REPORT_S", 1.0)
 # Raylets heartbeat the GCS this often; a node silent for NODE_TIMEOUT_S is dead.
 NODE_HEARTBEAT_S = _env("NODE_HEARTBEAT_S", 1.0)
 NODE_TIMEOUT_S = _env("NODE_TIMEOUT_S", 10.0)
