@@ -124,6 +124,8 @@ class ActorClass:
         return self._remote(args, kwargs, self._options)
 
     def options(self, **actor_options: Any) -> _ActorClassOptions:
+        """A copy of this actor class with ``actor_options`` (Ray's actor options, validated now)
+        overriding its own; call ``.remote(...)`` on it to create the actor."""
         options.validate(actor_options, options.ACTOR_OPTIONS)
         return _ActorClassOptions(self, {**self._options, **actor_options})
 
@@ -222,6 +224,7 @@ class _ActorClassOptions:
         self._opts = opts
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        """Create the actor with these options; return its handle at once."""
         return self._actor_class._remote(args, kwargs, self._opts)
 
 
@@ -289,6 +292,8 @@ class ActorMethod:
         )
 
     def options(self, **mopts: Any) -> ActorMethod:
+        """This method with per-call options: ``num_returns``, ``concurrency_group``, ``name``,
+        ``_generator_backpressure_num_objects``; ValueError for any other."""
         unknown = set(mopts) - {
             "num_returns",
             "concurrency_group",
@@ -310,6 +315,8 @@ class ActorMethod:
         return m
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the method on the actor; the ObjectRef of its result at once (a list of refs for
+        num_returns > 1, an ObjectRefGenerator for streaming, None for num_returns=0)."""
         h = self._handle
         cw = h._cw
         nret = self._mopts.get("nret", 1)

@@ -81,10 +81,12 @@ class ClusterNode:
 
     @property
     def unique_id(self) -> str:
+        """The node id in hexadecimal (Ray's ``node.unique_id``)."""
         return self.node_id
 
     @property
     def raylet_address(self) -> str:
+        """``ip:port`` of the node's raylet."""
         return f"{self.node_ip_address}:{self.node_manager_port}"
 
     @property
@@ -105,6 +107,7 @@ class ClusterNode:
         return pids
 
     def any_processes_alive(self) -> bool:
+        """True while any of the node's daemons is still running."""
         return any(_alive(pid) for pid in self.all_processes())
 
     def kill_all_processes(self, allow_graceful: bool = True, timeout: float = 10.0) -> None:
@@ -166,6 +169,7 @@ class Cluster:
 
     @property
     def gcs_address(self) -> str:
+        """``ip:port`` of the head node's GCS: pass it to ``aioray.init(address=...)``."""
         return self._gcs_address
 
     def connect(self, namespace: str | None = None) -> Any:
@@ -337,6 +341,7 @@ def _environ(extra: dict[str, str]) -> Iterator[None]:
 
 
 def config_timeout() -> float:
+    """Seconds to wait for a node's daemons to start (AIORAY_DAEMON_START_TIMEOUT_S)."""
     from aioray._private.wire import config
 
     return config.DAEMON_START_TIMEOUT_S

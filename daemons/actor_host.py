@@ -91,6 +91,8 @@ class ActorHost:
     def handle_create_actor(
         self, conn: rpc.Connection, spec: dict[str, Any], bufs: list[Buffer]
     ) -> asyncio.Future[Any]:
+        """``create_actor`` spec (with ``aid``, ``meta``, ``ns``) + argument buffers, from the GCS
+        -> the push reply of running the actor's ``__init__`` (as ``push_task``)."""
         self.meta = spec["meta"]
         self.cw.actor_id = spec["aid"]
         self.cw.namespace = spec.get("ns", "")
@@ -121,6 +123,9 @@ class ActorHost:
     def handle_push_actor_task(
         self, conn: rpc.Connection, spec: dict[str, Any], bufs: list[Buffer]
     ) -> asyncio.Future[Any]:
+        """``push_actor_task`` spec + buffers, from a caller -> the push reply ({r, ...} and the
+        return values' buffers). Calls from one caller run in their sequence order; arguments
+        held by their owners are fetched first."""
         fut: asyncio.Future[Any] = self.cw.loop.create_future()
         job = Job(spec, bufs, fut, conn)
         if "cr" in spec:

@@ -89,6 +89,9 @@ class TaskExecutor:
     def handle_push_task(
         self, conn: rpc.Connection, spec: dict[str, Any], buffers: list[Buffer]
     ) -> asyncio.Future[Any]:
+        """``push_task`` task spec (task_spec.py; ``fn`` with the function the first time) +
+        argument buffers, from the owner -> the push reply {r: return descriptors, t: execution
+        time, o?: output to wait for, x?: an application error} + the return values' buffers."""
         fut: asyncio.Future[Any] = self.cw.loop.create_future()
         fn = spec.pop("fn", None)
         if fn is not None:
@@ -132,6 +135,9 @@ class TaskExecutor:
             job.fetched[d[1]] = obj
 
     def handle_cancel_task(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """``cancel_task`` [task id, force, recursive?] (notice, from the owner): a queued task is
+        answered with TaskCancelledError; a running one gets KeyboardInterrupt, or the worker
+        exits if ``force``; ``recursive`` cancels the tasks it submitted too."""
         task_id, force = body[0], body[1]
         recursive = body[2] if len(body) > 2 else True
         if self.actor.cancel(task_id):
@@ -428,6 +434,8 @@ class TaskExecutor:
                 self.stream_cond.wait(0.1)
 
     def handle_stream_ack(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """``stream_ack`` [task id, items consumed] (notice, from the owner): a streaming task
+        blocked by backpressure may yield again."""
         task_id, consumed = body
         with self.stream_cond:
             self.stream_acks[task_id] = max(consumed, self.stream_acks.get(task_id, 0))

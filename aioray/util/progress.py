@@ -40,12 +40,14 @@ class PlainBar:
         return f"<PlainBar {self.desc!r} {self.n}/{self.total}>"
 
     def update(self, n: int) -> None:
+        """Advance by ``n``; redrawn at most every PLAIN_REFRESH_S, and at the end."""
         self.n += n
         now = time.monotonic()
         if self.n >= self.total or now - self._last_draw >= PLAIN_REFRESH_S:
             self._draw()
 
     def close(self) -> None:
+        """Draw the final count and end the line."""
         if self._drawn != self.n:
             self._draw()
         self._write("\n")

@@ -117,6 +117,9 @@ class ActorManager:
     def handle_create_actor(
         self, conn: rpc.Connection, body: dict[str, Any], bufs: list[Buffer]
     ) -> Any:
+        """``create_actor`` {aid, spec, name?, ns?, get_if_exists?, detached, ...} + argument
+        buffers, from the owner -> {aid, meta} once registered (scheduling goes on), or {error}
+        if the name is taken."""
         name, ns = body.get("name"), body.get("ns") or ""
         if name:
             existing = self.names.get((ns, name))
@@ -226,6 +229,8 @@ class ActorManager:
 
     # -- 3. death and restarts -------------------------------------------------------------
     def handle_actor_worker_died(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """``actor_worker_died`` [aid, worker id, reason] (notice, from a raylet): the actor's
+        worker died; restart it while max_restarts allows, else it is DEAD."""
         aid, worker_id, reason = body
         rec = self.actors.get(aid)
         # Why the worker id: a node that stops on purpose says so (``node_stopping``,
@@ -236,6 +241,8 @@ class ActorManager:
             self._retry_or_die(rec, reason)
 
     def handle_actor_exiting(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """``actor_exiting`` [aid, worker id] (notice, from a raylet): the actor is exiting on
+        purpose (exit_actor, __ray_terminate__): it is not restarted."""
         aid, worker_id = body
         rec = self.actors.get(aid)
         if rec is not None and worker_id == rec.worker_id:  # not a replaced incarnation
@@ -256,6 +263,8 @@ class ActorManager:
         self._spawn(self._schedule(rec))
 
     def handle_kill_actor(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+        """``kill_actor`` [aid, no_restart] -> True if the actor was alive and is being killed
+        (ray.kill), False if unknown or dead."""
         aid, no_restart = body
         rec = self.actors.get(aid)
         if rec is None or rec.state == DEAD:
@@ -305,6 +314,8 @@ class ActorManager:
 
     # -- queries ---------------------------------------------------------------------------
     def handle_wait_actor(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+        """``wait_actor`` [aid, version] -> the actor's info {aid, state, version, addr?, death?}
+        once its version is past ``version`` (a long poll; at once if DEAD or unknown)."""
         aid, version = body
         rec = self.actors.get(aid)
         if rec is None:
@@ -316,6 +327,8 @@ class ActorManager:
         return fut
 
     def handle_get_named_actor(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+        """``get_named_actor`` [name, namespace] -> {aid, meta} of the live actor of that name, or
+        None."""
         name, ns = body
         aid = self.names.get((ns, name))
         if aid is None:
@@ -324,6 +337,8 @@ class ActorManager:
         return {"aid": aid, "meta": rec.meta}
 
     def handle_list_named_actors(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+        """``list_named_actors`` [namespace, all_namespaces] -> [{name, namespace}] of the named
+        actors not dead."""
         ns, all_namespaces = body
         return [
             {"name": name, "namespace": space}
@@ -332,4 +347,5 @@ class ActorManager:
         ]
 
     def handle_list_actors(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+        """``list_actors`` (no body) -> every actor's info, dead ones too."""
         return [rec.info() for rec in self.actors.values()]

@@ -53,6 +53,9 @@ class MetricsView:
         self.job_started(conn, job_id)
 
     def handle_metrics_snapshot(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
+        """``metrics_snapshot`` (no body), from a raylet's metrics export -> the cluster-wide
+        figures only the GCS knows: {actors: [[state, class, job id, count], ...],
+        active_nodes: {head|worker: count}, running_jobs, gcs_uss}."""
         actors: dict[tuple[str, str, str], int] = {}
         for rec in self.gcs.actors.actors.values():
             job = rec.spec.get("job") or b""

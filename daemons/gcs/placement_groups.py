@@ -85,6 +85,9 @@ class PlacementGroupManager:
     def handle_create_placement_group(
         self, conn: rpc.Connection, body: dict[str, Any], _: Any
     ) -> dict[str, Any]:
+        """``create_placement_group`` {id, bundles, strategy, name?, ns?, detached?, ...} -> {ok:
+        True} once registered (reservation goes on), or {error} for an invalid group or a taken
+        name."""
         pgid, name, ns = body["id"], body.get("name") or "", body.get("ns") or ""
         bundles = [{str(k): float(v) for k, v in b.items()} for b in body["bundles"]]
         strategy = body["strategy"]
@@ -311,6 +314,8 @@ class PlacementGroupManager:
 
     # -- 3. removal ----------------------------------------------------------------------
     def handle_remove_placement_group(self, conn: rpc.Connection, pgid: bytes, _: Any) -> bool:
+        """``remove_placement_group`` group id -> True if it existed and is now removed (its bundles
+        released on every node)."""
         return self.remove(pgid)
 
     def remove(self, pgid: bytes) -> bool:
@@ -386,11 +391,14 @@ class PlacementGroupManager:
             _settle(fut, state)
 
     def handle_get_placement_group(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+        """``get_placement_group`` [name, namespace] -> the named group's public record, or None."""
         name, ns = body
         pgid = self.names.get((ns, name))
         return None if pgid is None else self._public(self.groups[pgid])
 
     def handle_placement_group_table(self, conn: rpc.Connection, pgid: Any, _: Any) -> Any:
+        """``placement_group_table`` group id or None -> that group's public record (None if
+        unknown), or the list of every group's."""
         if pgid is not None:
             rec = self.groups.get(pgid)
             return None if rec is None else self._public(rec)

@@ -93,6 +93,9 @@ class GcsServer:
 
     # -- nodes ----------------------------------------------------------------------------
     def handle_register_node(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
+        """``register_node`` {node_id, ip, port, resources, hostname?, labels?, head?, actors?} from
+        a raylet -> {session_id, session_dir}, or {refused} for a node already declared dead. The
+        node joins the cluster view."""
         node_id = body["node_id"]
         known = self.nodes.get(node_id)
         if known is not None and not known["Alive"]:  # a dead node never comes back as itself
@@ -151,12 +154,16 @@ class GcsServer:
         return next((n for n, c in self.raylets.items() if c is conn), None)
 
     def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
+        """``lease_infeasible`` {res, total} (notice, from a raylet): an actor's lease cannot be
+        placed; passed on to the owners of pending actors."""
         # An actor's lease cannot be placed: tell the owners of pending actors.
         for rec in self.actors.actors.values():
             if rec.state == "PENDING_CREATION" and rec.owner and not rec.owner.is_closed:
                 rec.owner.notify("lease_infeasible", body)
 
     def handle_report_resources(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """``report_resources`` [node id, available, total?] (notice, from a raylet): the node's
+        free (and, when changed, total) resources; it also counts as a heartbeat."""
         node_id, available = body[:2]
         total = body[2] if len(body) > 2 else None  # only when the node's totals changed
         node = self.nodes.get(node_id)
@@ -174,13 +181,18 @@ class GcsServer:
         self.node_dead(node_id, why, expected=True)
 
     def handle_heartbeat(self, conn: rpc.Connection, node_id: bytes, _: Any) -> None:
+        """``heartbeat`` node id (notice, from a raylet): the node is alive (node_health)."""
         self.health.seen(node_id)
 
     def handle_get_nodes(self, conn: rpc.Connection, body: Any, _: Any) -> list[dict[str, Any]]:
+        """``get_nodes`` (no body) -> every node's record (Ray's ``ray.nodes()`` fields), dead ones
+        too."""
         return list(self.nodes.values())
 
     # -- jobs -----------------------------------------------------------------------------
     def handle_register_job(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
+        """``register_job`` {pid, ns?} from a driver -> {job_id (4 bytes), namespace} (an anonymous
+        namespace if none was given)."""
         job = self.next_job
         self.next_job += 1
         # Like Ray, a job without a namespace gets an anonymous one of its own.
@@ -198,6 +210,8 @@ class GcsServer:
 
     # -- internal key-value store -----------------------------------------------------------
     def handle_kv_put(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+        """``kv_put`` [namespace, key, value, overwrite] -> True if stored, False if the key exists
+        and overwrite is false."""
         ns, key, value, overwrite = body
         table = self.kv.setdefault(ns, {})
         if key in table and not overwrite:
@@ -207,10 +221,12 @@ class GcsServer:
         return True
 
     def handle_kv_get(self, conn: rpc.Connection, body: list[Any], _: Any) -> bytes | None:
+        """``kv_get`` [namespace, key] -> the value, or None."""
         ns, key = body
         return self.kv.get(ns, {}).get(key)
 
     def handle_kv_del(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+        """``kv_del`` [namespace, key] -> True if the key existed."""
         ns, key = body
         return self.kv_delete(ns, key) is not None
 
@@ -220,12 +236,16 @@ class GcsServer:
         return self.kv.get(ns, {}).pop(key, None)
 
     def handle_kv_keys(self, conn: rpc.Connection, body: list[Any], _: Any) -> list[bytes]:
+        """``kv_keys`` [namespace, prefix] -> the keys that start with ``prefix``."""
         ns, prefix = body
         return [k for k in self.kv.get(ns, {}) if k.startswith(prefix)]
 
     def handle_owner_reconnected(self, conn: rpc.Connection, worker_id: bytes, _: Any) -> None:
+        """``owner_reconnected`` worker id (notice, from an owner after a GCS restart): its actors'
+        owner connection is this one again."""
         self.persistence.owner_reconnected(conn, worker_id)
 
     def handle_shutdown(self, conn: rpc.Connection, body: Any, _: Any) -> bool:
+        """``shutdown`` (no body) -> True; the GCS then stops."""
         self._stopped.set()
         return True

@@ -62,6 +62,8 @@ class BundleService:
         }
 
     def handle_prepare_bundles(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+        """``prepare_bundles`` [group id, [[index, resources], ...]] from the GCS -> True if every
+        bundle fits and is now held (phase 1 of 2), False if not (nothing is held)."""
         pg, bundles = body
         new = [
             (int(i), {k: float(v) for k, v in res.items()})
@@ -85,6 +87,8 @@ class BundleService:
         return True
 
     def handle_commit_bundles(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+        """``commit_bundles`` [group id, indexes] from the GCS -> True; the prepared bundles become
+        the group's resources (phase 2)."""
         pg, indexes = body
         resources = self.raylet.resources
         for i in indexes:
@@ -101,6 +105,9 @@ class BundleService:
         return True
 
     def handle_cancel_bundles(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """``cancel_bundles`` [group id, indexes, removed?] (notice, from the GCS): release those
+        bundles, prepared or committed, killing the workers that use them; ``removed``: the whole
+        group is gone."""
         pg, indexes = body[0], body[1]
         if len(body) > 2 and body[2]:  # the group was removed (sent to every raylet)
             self.removed.add(pg.hex())

@@ -101,6 +101,8 @@ class NodeMetrics:
 
     # -- the scrape ------------------------------------------------------------------------
     async def handle_metrics(self, request: web.Request) -> web.Response:
+        """HTTP ``GET /metrics`` -> this node's metrics in the Prometheus text format (its
+        own, its workers' user metrics, and the GCS's cluster-wide figures on the head)."""
         from aiohttp import web
 
         await self._refresh()

@@ -309,6 +309,8 @@ class Raylet:
 
     # -- connections --------------------------------------------------------------------------
     def handle_register_worker(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> bool:
+        """``register_worker`` {worker_id, port} from a worker this raylet started -> True; the
+        worker joins the pool (ValueError for an unknown worker id)."""
         assert self.pool is not None
         w = self.pool.register(body["worker_id"], body["port"], conn)
         if w is None:
@@ -319,6 +321,8 @@ class Raylet:
         return True
 
     def handle_register_client(self, conn: rpc.Connection, body: Any, _: Any) -> bool:
+        """``register_client`` (any body) from a driver or owner -> True; its leases are returned if
+        its connection closes."""
         conn.on_close.append(self._owner_gone)
         return True
 
@@ -350,6 +354,9 @@ class Raylet:
 
     # -- leases -----------------------------------------------------------------------------------
     def handle_request_lease(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
+        """``request_lease`` {res, env?, hold?, actor?, retriable?, ss?, hops?} -> once decided: a
+        grant {lid, wid, addr, gpus?}, a spill {spill: [node id, ip, port], hops} to another
+        node, or {error, unschedulable?, pg_removed?}."""
         # The GCS's actor leases outlive its connection: the GCS may restart (gcs_link).
         if "owner_watch" not in conn.state and conn is not self.gcs:
             conn.state["owner_watch"] = True
@@ -370,6 +377,8 @@ class Raylet:
         return req.fut
 
     def handle_return_lease(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """``return_lease`` [lease id, worker_dead] (notice, from the lessee): the lease ends; the
+        worker goes back to the pool unless it is dead."""
         lease_id, worker_dead = body
         self._end_lease(lease_id, worker_ok=not worker_dead)
         self._schedule()
@@ -393,6 +402,8 @@ class Raylet:
             self.resources.release_gpus(lease.gpus)
 
     def handle_worker_blocked(self, conn: rpc.Connection, blocked: bool, _: Any) -> None:
+        """``worker_blocked`` bool (notice, from a leased worker): it is blocked in get (True: lend
+        its CPUs to other tasks) or runs again (False: take them back)."""
         w = conn.state.get("worker")
         lease = self.leases.get(w.lease_id) if w is not None and w.lease_id else None
         if lease is None or lease.blocked == blocked:
@@ -532,11 +543,15 @@ class Raylet:
             self._schedule()
 
     def handle_kill_actor_worker(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
+        """``kill_actor_worker`` aid (notice, from the GCS): kill the worker hosting that actor
+        here."""
         for lease in self.leases.values():
             if lease.actor == aid:
                 _kill(lease.worker.pid)
 
     def handle_actor_exiting(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
+        """``actor_exiting`` aid (notice, from the actor's worker): forwarded to the GCS with the
+        worker id, before the worker's death is reported, so the actor is not restarted."""
         # Forwarded before the worker's death is reported: the GCS will not restart it.
         w = conn.state.get("worker")
         if w is not None:
@@ -576,9 +591,14 @@ class Raylet:
 
     # -- objects ---------------------------------------------------------------------------
     def handle_create_object(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+        """``create_object`` [oid, size] from a writer -> once room is granted (at once, or after
+        spilling or eviction): the bytes left free, or the path of a file on disk to write an
+        object larger than the store to; an error reply if no room comes."""
         return self.store.create_object(conn, body)
 
     def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """``object_sealed`` [oid, size, owner worker id?] (notice, from the writer): the segment is
+        written; the object now counts in the store, under its owner."""
         if self.store.object_sealed(conn, body):  # not freed already: it has an owner
             self.owners.sealed(body[0], body[2] if len(body) > 2 else None)
 
@@ -593,9 +613,13 @@ class Raylet:
                 self.free_here(orphans)
 
     def handle_restore_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
+        """``restore_object`` oid -> None once the object is back in shared memory here (restored
+        from spill), or [error class, why] if this node has no copy."""
         return self.store.restore_object(oid)
 
     def handle_free_objects(self, conn: rpc.Connection, oids: list[bytes], _: Any) -> None:
+        """``free_objects`` [oid, ...] (notice, from an owner): delete these objects here (segments
+        and spill files)."""
         self.free_here(oids)
 
     def free_here(self, oids: list[bytes]) -> None:
@@ -607,6 +631,8 @@ class Raylet:
 
     # -- object transfer (object_transfer.py) -----------------------------------------------
     def handle_free_objects_at(self, conn: rpc.Connection, groups: list[Any], _: Any) -> None:
+        """``free_objects_at`` [[node id, [oid, ...]], ...] (notice, from an owner here): free
+        objects whose primary copies are on other nodes (forwarded to their raylets)."""
         self.transfer.free_at(groups)
 
     def handle_free_copies(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
@@ -615,15 +641,23 @@ class Raylet:
         self.store.free_copies(source, oids)
 
     def handle_pull_object(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+        """``pull_object`` [oid, source node id] from a reader here -> None once a copy is in this
+        node's shared memory (pulled from the source node), or the error that prevented it."""
         return self.transfer.pull(body[0], body[1])
 
     async def handle_transfer_begin(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
+        """``transfer_begin`` oid, from another raylet pulling it -> [size] (the copy is mapped and
+        kept until ``transfer_end``), or [error class, why]."""
         return await self.transfer.begin(conn, oid)
 
     def handle_transfer_chunk(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+        """``transfer_chunk`` [oid, offset, length] -> the bytes, as one raw buffer sent from the
+        mapping."""
         return self.transfer.chunk(body[0], int(body[1]), int(body[2]))
 
     def handle_transfer_end(self, conn: rpc.Connection, oid: bytes, _: Any) -> None:
+        """``transfer_end`` oid (notice, from the pulling raylet): it has the whole object; release
+        the mapping."""
         self.transfer.end(conn, oid)
 
     async def handle_memory_summary(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
@@ -644,6 +678,9 @@ class Raylet:
         return await memory_report.node_summary(peers, store)
 
     def handle_get_state(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
+        """``get_state`` (no body) -> the raylet's state for tests and ``aioray status``: resources,
+        workers, leases, queued requests, object store and transfer stats, its cluster view, OOM
+        kills, GCS reconnects."""
         assert self.pool is not None
         return {
             "node_id": self.node_id,

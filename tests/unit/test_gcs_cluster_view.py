@@ -6,28 +6,14 @@ import asyncio
 from typing import Any
 
 from aioray.daemons.gcs.server import GcsServer
+from fakes import FakeConnection
 
 
-class FakeRaylet:
-    """Stands in for a raylet's connection: records what the GCS sends it."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Any]] = []
-        self.on_close: list[Any] = []
-        self.state: dict[str, Any] = {}
-        self.is_closed = False
-
-    def notify(self, method: str, body: Any = None) -> None:
-        self.sent.append((method, body))
-
-    def close(self) -> None:
-        if not self.is_closed:
-            self.is_closed = True
-            for cb in self.on_close:
-                cb(self)
+class FakeRaylet(FakeConnection):
+    """A raylet's connection as the GCS sees it: what the GCS sent it."""
 
     def views(self) -> list[list[Any]]:
-        return [entry for method, body in self.sent if method == "cluster_view" for entry in body]
+        return [entry for s in self.sent if s.method == "cluster_view" for entry in s.body]
 
 
 def register(gcs: GcsServer, nid: bytes, ip: str, cpus: float) -> FakeRaylet:

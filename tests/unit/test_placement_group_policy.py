@@ -10,6 +10,7 @@ from aioray.daemons.gcs.cluster_view import ClusterViewPublisher
 from aioray.daemons.gcs.pg_policy import infeasible_reason, place
 from aioray.daemons.gcs.placement_groups import CREATED, PENDING, PlacementGroupManager
 from aioray.daemons.raylet.scheduler import NodeView
+from fakes import FakeConnection
 
 A, B, C = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16
 
@@ -65,27 +66,22 @@ def test_dead_nodes_are_never_chosen_and_infeasibility_is_explained() -> None:
 # ------------------------------------------------------- two-phase reservation
 
 
-class FakeRaylet:
-    def __init__(self, answer: Any, commit: Any = True) -> None:
-        self.answer = answer  # what prepare_bundles answers (an exception: the node died)
-        self.commit = commit  # what commit_bundles answers
-        self.calls: list[tuple[str, Any]] = []
-        self.is_closed = False
-        self.state: dict[str, Any] = {}
-        self.on_close: list[Any] = []
+class FakeRaylet(FakeConnection):
+    """A raylet's connection that answers the GCS's two-phase reservation at once."""
 
-    async def call(self, method: str, body: Any) -> Any:
-        self.calls.append((method, body))
-        answer = self.answer if method == "prepare_bundles" else self.commit
+    def __init__(self, prepare: Any, commit: Any = True) -> None:
+        super().__init__("raylet", answer=self._reply)
+        self.prepare = prepare  # what prepare_bundles answers (an exception: the node died)
+        self.commit = commit  # what commit_bundles answers
+
+    def _reply(self, method: str, body: Any) -> Any:
+        answer = self.prepare if method == "prepare_bundles" else self.commit
         if isinstance(answer, BaseException):
             raise answer
         return answer
 
-    def notify(self, method: str, body: Any) -> None:
-        self.calls.append((method, body))
-
     def methods(self) -> list[str]:
-        return [m for m, _ in self.calls if m != "cluster_view"]
+        return [m for m in super().methods() if m != "cluster_view"]
 
 
 class FakeGcs:

@@ -9,22 +9,11 @@ from typing import Any
 
 import pytest
 from aioray.daemons.raylet.store_service import SpillConfig, StoreService, spill_config_from
+from fakes import FakeConnection
 
 from aioray._private.wire import config, object_store
 
 MB = 1 << 20
-
-
-class FakeConn:
-    def __init__(self) -> None:
-        self.state: dict[str, Any] = {}
-        self.on_close: list[Any] = []
-        self.is_closed = False
-
-    def close(self) -> None:
-        self.is_closed = True
-        for cb in self.on_close:
-            cb(self)
 
 
 @pytest.fixture
@@ -45,7 +34,7 @@ def oid(i: int) -> bytes:
     return bytes([i]) * 20
 
 
-async def put(svc: StoreService, conn: FakeConn, i: int, size: int) -> None:
+async def put(svc: StoreService, conn: FakeConnection, i: int, size: int) -> None:
     reply = svc.create_object(conn, [oid(i), size])  # type: ignore[arg-type]
     if isinstance(reply, asyncio.Future):
         reply = await asyncio.wait_for(reply, 10)
@@ -56,7 +45,7 @@ async def put(svc: StoreService, conn: FakeConn, i: int, size: int) -> None:
 
 
 async def test_spill_restore_and_free_move_real_files(service: StoreService) -> None:
-    conn = FakeConn()
+    conn = FakeConnection()
     for i in range(1, 4):
         await put(service, conn, i, 4 * MB)  # the third spills the first
     seg1 = object_store.segment_path("sess", oid(1), NODE)
@@ -76,7 +65,7 @@ async def test_spill_restore_and_free_move_real_files(service: StoreService) -> 
 
 
 async def test_restore_of_a_deleted_spill_file_names_it(service: StoreService) -> None:
-    conn = FakeConn()
+    conn = FakeConnection()
     for i in range(1, 4):
         await put(service, conn, i, 4 * MB)
     spilled = os.path.join(service.spill_dir, oid(1).hex())
@@ -88,7 +77,7 @@ async def test_restore_of_a_deleted_spill_file_names_it(service: StoreService) -
 
 
 async def test_creator_that_dies_before_sealing_gives_room_back(service: StoreService) -> None:
-    conn = FakeConn()
+    conn = FakeConnection()
     assert service.create_object(conn, [oid(1), 6 * MB]) == 4 * MB  # type: ignore[arg-type]
     path = object_store.segment_path("sess", oid(1), NODE)
     with open(path, "wb") as f:
@@ -99,7 +88,7 @@ async def test_creator_that_dies_before_sealing_gives_room_back(service: StoreSe
 
 
 async def test_sealed_objects_leave_the_creators_pending_set(service: StoreService) -> None:
-    conn = FakeConn()
+    conn = FakeConnection()
     await put(service, conn, 1, MB)
     assert conn.state["creating"] == {}
     conn.close()
@@ -110,7 +99,7 @@ async def test_a_task_run_again_replaces_its_earlier_copy(service: StoreService)
     """A retried task (its worker was killed after sealing, or while writing) creates
     the same object again: the old copy's room is given back, not counted twice, and
     the dead creator's close does not free the newer copy."""
-    dead, retry = FakeConn(), FakeConn()
+    dead, retry = FakeConnection(), FakeConnection()
     await put(service, dead, 1, 2 * MB)  # sealed, then the worker died before replying
     await put(service, retry, 1, 2 * MB)
     assert service.manager.used == 2 * MB and len(service.manager.entries) == 1
@@ -139,7 +128,7 @@ def test_spill_config_accepts_ray_spellings() -> None:
 
 
 async def test_a_seal_before_the_grant_takes_the_object_as_is(service: StoreService) -> None:
-    conn = FakeConn()
+    conn = FakeConnection()
     await put(service, conn, 1, 8 * MB)
     waiting = service.create_object(conn, [oid(2), 4 * MB])  # type: ignore[arg-type]
     assert isinstance(waiting, asyncio.Future)  # the first must be spilled first
@@ -173,7 +162,7 @@ async def test_free_copies_frees_only_the_copies_pulled_from_that_node(
     dead, alive = b"\x0d" * 16, b"\x0a" * 16
     await _pulled(service, 1, MB, dead)
     await _pulled(service, 2, MB, alive)
-    await put(service, FakeConn(), 3, MB)  # rebuilt here: the primary copy
+    await put(service, FakeConnection(), 3, MB)  # rebuilt here: the primary copy
     service.free_copies(dead, [oid(1), oid(2), oid(3)])
     assert set(service.manager.entries) == {oid(2), oid(3)}
     assert not os.path.exists(object_store.segment_path("sess", oid(1), NODE))
@@ -192,7 +181,7 @@ async def test_a_free_that_overtakes_the_create_leaves_no_entry(service: StoreSe
     frees the object: its free (owner's link) can reach the raylet before the
     creator's create_object and seal (creator's link). The entry the late create
     made must not outlive the object (issue 14, item 9)."""
-    conn = FakeConn()
+    conn = FakeConnection()
     _write_segment(1, MB)
     service.free_objects([oid(1)])  # nothing here yet: it only deletes the segment
     assert isinstance(service.create_object(conn, [oid(1), MB]), int)  # type: ignore[arg-type]
@@ -205,7 +194,7 @@ async def test_a_free_that_overtakes_the_create_leaves_no_entry(service: StoreSe
 async def test_a_free_that_overtakes_a_queued_create_drops_the_request(
     service: StoreService,
 ) -> None:
-    conn = FakeConn()
+    conn = FakeConnection()
     await put(service, conn, 1, 8 * MB)
     _write_segment(2, 4 * MB)
     service.free_objects([oid(2)])

@@ -85,6 +85,17 @@ class _Actor:
         self.env_failed = False  # dead because its runtime env could not be set up
 
 
+def _requeue(a: _Actor, task: TaskEntry) -> None:
+    """Put a call that was in flight back in the send queue, in submission order: the
+    replies of a dropped connection fail first to last, and each goes before the calls
+    submitted after it (appending each at the front would send them back to front)."""
+    seq, queue = task.spec["seq"], a.queue
+    i = 0
+    while i < len(queue) and queue[i].spec["seq"] < seq:
+        i += 1
+    queue.insert(i, task)
+
+
 class ActorSubmitter:
     def __init__(self, cw: CoreWorker) -> None:
         self.cw = cw
@@ -226,7 +237,7 @@ class ActorSubmitter:
             else:
                 if task.attempts_left > 0:
                     task.attempts_left -= 1
-                a.queue.appendleft(task)  # sent again once the actor is back
+                _requeue(a, task)  # sent again once the actor is back
             return
         self._release_call(a.aid)
         if exc is not None:

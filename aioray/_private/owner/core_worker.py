@@ -583,6 +583,8 @@ class CoreWorker:
             self.release_contained(obj)
 
     def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """``worker_log`` [pid, ip, stream, lines, name?, sync?] (notice, from a raylet): a
+        worker's printed lines, for the driver to echo (log_monitor.LogSync)."""
         self.logs.received(body)
 
     def expect_logs(self, body: dict[str, Any]) -> None:
@@ -594,6 +596,8 @@ class CoreWorker:
         self.logs.wait()
 
     def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
+        """``lease_infeasible`` {res, total} (notice, from a raylet or the GCS): no node can ever
+        fit this resource shape; warn once per shape."""
         shape = str({k: v for k, v in sorted(body["res"].items())})
         if shape in self._warned:
             return

@@ -84,16 +84,21 @@ class ObjectRef(_Future):
                 pass
 
     def binary(self) -> bytes:
+        """The object id as bytes (20: the id of the task that makes it, then an index)."""
         return self._id
 
     def hex(self) -> str:
+        """The object id in hexadecimal."""
         return self._id.hex()
 
     def task_id(self) -> str:
+        """The id of the task (or put) that creates the object, in hexadecimal."""
         return self._id[:16].hex()
 
     @property
     def owner_address(self) -> tuple[str, int, bytes] | None:
+        """``(ip, port, worker_id)`` of the process that owns the object; None for a ref made
+        without one."""
         return self._owner
 
     def __eq__(self, other: object) -> bool:
@@ -127,6 +132,8 @@ class ObjectRef(_Future):
     # they bind its state to the running loop's fetcher (which resolves it and batches its
     # callbacks: async_api.LoopFetcher) and start its fetch; the rest is the C Future's.
     def get_loop(self) -> asyncio.AbstractEventLoop:
+        """(asyncio.Future protocol) The running loop; binds the ref's future state to that loop's
+        fetcher and starts fetching the value."""
         f = _running_fetchers.get(_get_ident())
         if f is not None and f.loop_running():
             bound: Any = self._loop
@@ -143,6 +150,8 @@ class ObjectRef(_Future):
         return running if running is not None else fetcher.loop
 
     def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
+        """(asyncio.Future protocol) Call ``fn(ref)`` on the running loop once the value (or its
+        error) is there; starts the fetch."""
         bound: Any = self._loop
         if bound is not None and bound.fresh is self:
             # get_loop has just bound this ref on the running loop: that was checked.
@@ -159,6 +168,8 @@ class ObjectRef(_Future):
         _future_add_done_callback(self, fn, context=context)
 
     def done(self) -> bool:
+        """True once the value (or its error) has arrived on this loop; the first call starts the
+        fetch."""
         if self._loop is None:
             self._bind()
         return _future_done(self)
@@ -189,9 +200,11 @@ class ObjectRef(_Future):
         return fetcher
 
     def set_result(self, result: Any) -> NoReturn:
+        """Refused: an ObjectRef's value comes from the task or put that creates it (TypeError)."""
         raise TypeError("An ObjectRef's value is set by the task or put that creates it.")
 
     def set_exception(self, exception: Any) -> NoReturn:
+        """Refused: an ObjectRef's value comes from the task or put that creates it (TypeError)."""
         raise TypeError("An ObjectRef's value is set by the task or put that creates it.")
 
     def future(self) -> concurrent.futures.Future[Any]:

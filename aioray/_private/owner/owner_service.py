@@ -54,6 +54,9 @@ class OwnerService:
         self.cw.borrowing.lend(obj.contained or (), send)
 
     def handle_get_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
+        """``get_object`` oid -> the object's wire form (memory_store.encode_object: inline value
+        and buffers, or where it lives in shm), once it is stored; ``[OBJ_FREED]`` if this owner
+        no longer has it."""
         obj = self.cw.memory_store.get(oid)
         if obj is not None and not obj.contained:
             return encode_object(obj)
@@ -62,6 +65,8 @@ class OwnerService:
         return self._reply_when_stored(oid)
 
     def handle_wait_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
+        """``wait_object`` oid -> True once the object exists (at once if stored or not owned here),
+        without its value."""
         cw = self.cw
         if oid in cw.memory_store or oid not in cw.owned:
             return True
@@ -75,6 +80,9 @@ class OwnerService:
         return reply
 
     async def handle_reconstruct_object(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+        """``reconstruct_object`` oid or [oid, node it was lost on] -> the object's wire form after
+        it was rebuilt from its lineage (or found rebuilt elsewhere already); ``[OBJ_LOST, error
+        class, why]`` if it cannot be, ``[OBJ_FREED]`` if not owned here."""
         oid, lost_on = (body, None) if isinstance(body, bytes) else body
         if oid not in self.cw.owned:
             return [OBJ_FREED]

@@ -47,12 +47,15 @@ class PlacementGroupID:
         self._id = binary
 
     def binary(self) -> bytes:
+        """The id as bytes (16)."""
         return self._id
 
     def hex(self) -> str:
+        """The id in hexadecimal."""
         return self._id.hex()
 
     def is_nil(self) -> bool:
+        """True for the all-zero id (the empty placement group)."""
         return not any(self._id)
 
     def __eq__(self, other: object) -> bool:
@@ -74,10 +77,12 @@ class PlacementGroup:
 
     @staticmethod
     def empty() -> PlacementGroup:
+        """The empty placement group (nil id, no bundles): Ray's ``PlacementGroup.empty()``."""
         return PlacementGroup(PlacementGroupID(bytes(16)), [])
 
     @property
     def is_empty(self) -> bool:
+        """True for the empty placement group."""
         return self.id.is_nil()
 
     @property
@@ -90,6 +95,7 @@ class PlacementGroup:
 
     @property
     def bundle_count(self) -> int:
+        """How many bundles the group has."""
         return len(self.bundle_specs)
 
     def ready(self) -> ObjectRef:

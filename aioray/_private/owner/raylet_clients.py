@@ -137,6 +137,9 @@ class RayletClients:
 
     # -- node events (from the local raylet) --------------------------------------------
     def handle_node_event(self, conn: rpc.Connection | None, body: list[Any], _: Any) -> None:
+        """``node_event`` ["dead", node id, ...] or ["added", node id, ip, port] (notice, from a
+        raylet): a dead node's connections are closed; a driver following logs connects to a new
+        node's raylet."""
         if body[0] == "dead":
             self.node_dead(body[1:])
         elif body[0] == "added" and self.following:

@@ -70,6 +70,9 @@ class StreamManager:
 
     # -- loop side ------------------------------------------------------------------------------
     def handle_stream_item(self, conn: rpc.Connection, body: list[Any], bufs: list[Any]) -> None:
+        """``stream_item`` [task id, index, kind, nbuf or size, is_error or node id, contained?] +
+        buffers (notice, from the worker running a streaming task): one yielded item, stored for
+        the generator."""
         task_id, index, kind, a, b = body[:5]
         contained = body[5] if len(body) > 5 else None
         s = self.streams.get(task_id)
@@ -186,9 +189,11 @@ class ObjectRefGenerator:
 
     @property
     def task_id(self) -> bytes:
+        """The id of the streaming task that yields the items."""
         return self._s.task_id
 
     def is_finished(self) -> bool:
+        """True once the task has ended and every item it yielded has been handed out."""
         s = self._s
         return s.done and s.next >= s.count
 
