@@ -161,6 +161,8 @@ class StateService:
     def handle_add_task_events(
         self, conn: rpc.Connection, header: dict[str, Any], bufs: list[Any]
     ) -> None:
+        """Notice from an owner or executor: header = counts (sent, dropped), buffer 0 =
+        a msgpack blob of task-event rows, merged later (on a query or past 16 MiB)."""
         if bufs and self.tasks.receive(header, bytes(bufs[0])) and self._merging is None:
             self._merging = asyncio.ensure_future(self._merge())  # too much unmerged
 
@@ -194,6 +196,8 @@ class StateService:
     async def handle_state_list(
         self, conn: rpc.Connection, body: list[Any], _: Any
     ) -> dict[str, Any]:
+        """body = [resource, filters, limit, detail]; reply: the matching rows (filters
+        applied before the limit) with total, filtered and truncation counts."""
         resource, filters, limit, detail = body
         resource = schema.check_resource(resource)
         checked = schema.check_query(resource, [tuple(f) for f in filters], limit)
@@ -202,6 +206,7 @@ class StateService:
         return schema.filter_rows(self._rows(resource), resource, checked, limit, detail)
 
     async def handle_state_get_task(self, conn: rpc.Connection, task_id: str, _: Any) -> Any:
+        """body = a task id (hex); reply: its rows (one per attempt) and the table stats."""
         await self.merged()
         return {"result": self.tasks.get(task_id), **self.tasks.stats()}
 
@@ -212,6 +217,7 @@ class StateService:
         return [_timeline_row(r) for r in self.tasks.records.values() if r.worker_pid]
 
     async def handle_state_summary(self, conn: rpc.Connection, resource: str, _: Any) -> Any:
+        """body = "tasks", "actors" or "objects"; reply: the summary Ray's summarize_* gives."""
         if resource == "tasks":
             return (await self.merged()).summary()
         if resource == "actors":

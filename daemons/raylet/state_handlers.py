@@ -35,6 +35,8 @@ class StateHandlers:
         }
 
     def handle_state_workers(self, conn: rpc.Connection, body: Any, _: Any) -> list[dict[str, Any]]:
+        """No body; reply: a row per worker process connected to this raylet (Ray's
+        WorkerState fields)."""
         raylet = self.raylet
         rows = []
         for c in raylet.server.connections:
@@ -78,6 +80,7 @@ class StateHandlers:
         return os.path.join(self.raylet.session_dir or "", "logs")
 
     def handle_list_logs(self, conn: rpc.Connection, body: Any, _: Any) -> list[str]:
+        """No body; reply: the file names in this node's log directory."""
         try:
             return sorted(os.listdir(self._log_dir()))
         except OSError:
