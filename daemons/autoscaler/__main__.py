@@ -16,7 +16,7 @@ from aioray.daemons._common import install_signal_handlers, setup_logging, watch
 from aioray.daemons.autoscaler import config as autoscaling_config
 from aioray.daemons.autoscaler.local_provider import LocalNodeProvider
 from aioray.daemons.autoscaler.monitor import JOIN_TIMEOUT_S, UPDATE_S, Monitor
-from aioray.daemons.autoscaler.node_provider import NodeProvider
+from aioray.daemons.autoscaler.node_provider import NodeProvider, ProviderError
 
 from aioray._private.node.node import split_address
 from aioray._private.rpc import loop as _loop
@@ -30,7 +30,9 @@ def make_provider(
     c: autoscaling_config.AutoscalingConfig, gcs_address: str, head_ip: str, log_dir: str
 ) -> NodeProvider:
     if c.provider["type"] == "kubernetes":
-        raise autoscaling_config.ConfigError("provider.type: kubernetes is not built yet")
+        from aioray.daemons.autoscaler.kubernetes_provider import KubernetesNodeProvider
+
+        return KubernetesNodeProvider(c.provider, c.cluster_name)
     return LocalNodeProvider(gcs_address, c.cluster_name, head_ip, log_dir)
 
 
@@ -73,7 +75,11 @@ def main() -> None:
         print(f"aioray autoscaler: {e}", file=sys.stderr)
         sys.exit(2)
     auth.set_token(auth.token_from_env())
-    _loop.run(serve(a, c))
+    try:
+        _loop.run(serve(a, c))
+    except ProviderError as e:  # e.g. kubernetes outside a pod, with no kubeconfig
+        print(f"aioray autoscaler: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -62,18 +62,22 @@ class AutoscalingConfig:
 
 def load(path: str) -> AutoscalingConfig:
     """Read and check the config file at ``path`` (``.yaml``/``.yml`` need PyYAML)."""
+    return parse(load_mapping(path))
+
+
+def load_mapping(path: str) -> Any:
+    """The file's data: YAML for ``.yaml``/``.yml`` (or a kubeconfig), else JSON."""
     try:
         with open(path) as f:
             text = f.read()
     except OSError as e:
-        raise ConfigError(f"cannot read the autoscaling config {path}: {e.strerror or e}") from None
-    if path.endswith((".yaml", ".yml")):
-        return parse(_yaml(text, path))
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    if path.endswith((".yaml", ".yml")) or not text.lstrip().startswith(("{", "[")):
+        return _yaml(text, path)
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except ValueError as e:
-        raise ConfigError(f"the autoscaling config {path} is not valid JSON: {e}") from None
-    return parse(data)
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
 
 
 def _yaml(text: str, path: str) -> Any:
@@ -86,7 +90,7 @@ def _yaml(text: str, path: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"the autoscaling config {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
 
 
 def parse(data: Any) -> AutoscalingConfig:

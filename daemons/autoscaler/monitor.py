@@ -92,7 +92,7 @@ class Monitor:
             requests=snap["requests"],
         )
         plan = planner.plan(self.config, states, demand, now)
-        await self._launch(plan.launch, now)
+        pending += await self._launch(plan.launch, now)
         for node_id in plan.terminate:
             pid = by_gcs_id.get(node_id, node_id)
             try:
@@ -157,7 +157,9 @@ class Monitor:
             except ProviderError as e:
                 logger.warning("terminating %s failed: %s", p.node_id, e)
 
-    async def _launch(self, launch: dict[str, int], now: float) -> None:
+    async def _launch(self, launch: dict[str, int], now: float) -> list[ProviderNode]:
+        """Create the planned nodes (types in back-off wait); the nodes launched."""
+        launched = []
         for name, count in launch.items():
             until, delay = self.backoff.get(name, (0.0, 0.0))
             if now < until:
@@ -172,7 +174,9 @@ class Monitor:
             self.backoff.pop(name, None)
             for node_id in ids:
                 self.first_seen[node_id] = now
+                launched.append(ProviderNode(node_id, name))
             logger.info("launching %d node(s) of type %s: %s", count, name, ", ".join(ids))
+        return launched
 
     def _failed(self, node_type: str, reason: str) -> None:
         logger.warning("autoscaler: %s: %s", node_type, reason)

@@ -74,8 +74,9 @@ async def test_gcs_snapshot_sums_shapes_over_nodes_with_groups_and_requests() ->
     assert [n["idle"] for n in snap["nodes"]] == [False, True]
     assert snap["requests"] == [{"CPU": 2.0}] * 2
     assert snap["placement_groups"] == [[[{"CPU": 1.0}] * 2, "STRICT_SPREAD"]]
-    gcs.node_dead(b, "gone")  # a dead node's queue is no demand
+    gcs.node_dead(b, "gone")  # a dead node's queue is no demand, and is forgotten
     assert gcs.demand.snapshot()["shapes"] == [[{"CPU": 1.0}, 4]]
+    assert b not in gcs.demand.by_node
 
 
 async def test_request_resources_replaces_and_checks_its_bundles() -> None:
