@@ -40,16 +40,19 @@ async def serve(a: argparse.Namespace, c: autoscaling_config.AutoscalingConfig) 
     stopped = asyncio.Event()
     watch_lifeline(a.lifeline_fd, stopped.set)
     install_signal_handlers(stopped.set)
+    logs = f"{a.session_dir}/logs" if a.session_dir else ""
+    provider = make_provider(c, a.gcs_address, a.head_ip, logs)
+    monitor = Monitor(c, provider, None, a.update_s, a.join_timeout_s)
     gcs, _ = await rpc.connect(
         *split_address(a.gcs_address),
+        handlers={"demand_changed": monitor.handle_demand_changed},
         hello={"role": "autoscaler"},
         timeout=config.CONNECT_TIMEOUT_S,
         name="gcs",
     )
     gcs.on_close.append(lambda _: stopped.set())  # the cluster is gone
-    logs = f"{a.session_dir}/logs" if a.session_dir else ""
-    provider = make_provider(c, a.gcs_address, a.head_ip, logs)
-    monitor = Monitor(c, provider, gcs, a.update_s, a.join_timeout_s)
+    monitor.gcs = gcs
+    await gcs.call("watch_demand")
     logger.info("autoscaler started: %s, types %s", c.provider["type"], ", ".join(c.worker_types))
     try:
         await monitor.run(stopped)

@@ -1,6 +1,7 @@
 """The autoscaler's loop (the async shell around ``planner.plan``), on the head node.
 
-Every UPDATE_S (1 s: fast enough for a task to run on a new node within 3 s):
+Every UPDATE_S (1 s), and at once when the GCS says the demand changed
+(``demand_changed``, at most every MIN_UPDATE_S), so a task waits for no poll:
 
 1. read the demand snapshot from the GCS (``get_demand``) and the provider's nodes;
 2. match them by address: a provider node whose raylet has not registered yet is
@@ -33,6 +34,7 @@ from aioray._private.rpc import rpc
 logger = logging.getLogger(__name__)
 
 UPDATE_S = 1.0
+MIN_UPDATE_S = 0.05
 JOIN_TIMEOUT_S = 120.0
 BACKOFF_MAX_S = 60.0
 RECENT_FAILURES = 10
@@ -58,6 +60,7 @@ class Monitor:
         self.backoff: dict[str, tuple[float, float]] = {}  # type -> (until, delay)
         self.last_plan = planner.Plan()
         self.updates = 0
+        self._wake = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<Monitor updates={self.updates} failures={len(self.failures)}>"
@@ -70,12 +73,24 @@ class Monitor:
                     await self.update()
                 except (ConnectionError, rpc.RpcError) as e:
                     logger.warning("autoscaler update failed: %s", e)
-                try:
-                    await asyncio.wait_for(stopped.wait(), self.update_s)
-                except asyncio.TimeoutError:
-                    pass
+                await self._sleep(stopped)
         finally:
             await self.provider.close()
+
+    def handle_demand_changed(self, conn: Any, body: Any, _: Any) -> None:
+        """The GCS's notice: plan now."""
+        self._wake.set()
+
+    async def _sleep(self, stopped: asyncio.Event) -> None:
+        """Until the next update: ``update_s``, a demand change, or the stop."""
+        await asyncio.sleep(MIN_UPDATE_S)
+        waits = [asyncio.ensure_future(e.wait()) for e in (stopped, self._wake)]
+        try:
+            await asyncio.wait(waits, timeout=self.update_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        self._wake.clear()
 
     async def update(self) -> planner.Plan:
         """One round: read, match, plan, act, report."""

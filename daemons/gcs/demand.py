@@ -12,12 +12,16 @@ Demand has three sources, each counted cheaply:
   the last, as in Ray).
 
 ``get_demand`` answers all of it with the alive nodes' resources in one snapshot.
-The autoscaler reports its own state back (``report_autoscaler_state``: pending
-and failed launches, idle nodes, infeasible demand) for ``aioray status``.
+An autoscaler that calls ``watch_demand`` is sent ``demand_changed`` (at most once
+per loop iteration) when a node's queue or the standing request changes, so it
+plans at once rather than at its next poll. The autoscaler reports its own state
+back (``report_autoscaler_state``: pending and failed launches, idle nodes,
+infeasible demand) for ``aioray status``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -38,6 +42,8 @@ class DemandTable:
         self.gcs = gcs
         self.by_node: dict[bytes, tuple[list[list[Any]], bool]] = {}
         self.autoscaler: dict[str, Any] = {}
+        self.watchers: list[rpc.Connection] = []
+        self._notify_soon = False
 
     def __repr__(self) -> str:
         queued = sum(n for shapes, _ in self.by_node.values() for _, n in shapes)
@@ -50,6 +56,7 @@ class DemandTable:
             "get_demand": self.handle_get_demand,
             "report_autoscaler_state": self.handle_report_autoscaler_state,
             "get_autoscaler_status": self.handle_get_autoscaler_status,
+            "watch_demand": self.handle_watch_demand,
         }
 
     # -- facts in ---------------------------------------------------------------------------
@@ -57,7 +64,10 @@ class DemandTable:
         node_id, shapes, idle = body
         node = self.gcs.nodes.get(node_id)
         if node is not None and node["Alive"]:
+            old = self.by_node.get(node_id)
             self.by_node[node_id] = (shapes, bool(idle))
+            if old is None or old[0] != shapes:
+                self._changed()
 
     def node_dead(self, node_id: bytes) -> None:
         self.by_node.pop(node_id, None)
@@ -69,7 +79,25 @@ class DemandTable:
             return {"error": error}
         value = json.dumps([{str(k): float(v) for k, v in b.items()} for b in bundles])
         self.gcs.handle_kv_put(conn, [KV_NAMESPACE, REQUEST_KEY, value.encode(), True], None)
+        self._changed()
         return {"ok": True}
+
+    def handle_watch_demand(self, conn: rpc.Connection, body: Any, _: Any) -> bool:
+        """Send ``conn`` (the autoscaler) ``demand_changed`` notices from now on."""
+        self.watchers.append(conn)
+        conn.on_close.append(self.watchers.remove)
+        return True
+
+    def _changed(self) -> None:
+        if self.watchers and not self._notify_soon:
+            self._notify_soon = True
+            asyncio.get_running_loop().call_soon(self._notify)
+
+    def _notify(self) -> None:
+        self._notify_soon = False
+        for conn in self.watchers:
+            if not conn.is_closed:
+                conn.notify("demand_changed", None)
 
     def handle_report_autoscaler_state(
         self, conn: rpc.Connection, state: dict[str, Any], _: Any

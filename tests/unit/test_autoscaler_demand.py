@@ -98,3 +98,20 @@ async def test_autoscaler_state_is_kept_for_status() -> None:
     status = gcs.demand.handle_get_autoscaler_status(conn, None, None)  # type: ignore[arg-type]
     assert status["autoscaler"]["pending"] == [["cpu2", "launching", 2]]
     assert "nodes" in status and "shapes" in status
+
+
+async def test_the_watching_autoscaler_hears_of_changed_demand_once_per_burst() -> None:
+    gcs = GcsServer("", "s")
+    a = b"a" * 16
+    conn = register(gcs, a, "127.0.0.1", 0)
+    autoscaler = FakeRaylet()
+    assert gcs.demand.handle_watch_demand(autoscaler, None, None) is True  # type: ignore[arg-type]
+    for n in (1, 2, 3):
+        gcs.demand.handle_report_demand(conn, [a, [[{"CPU": 1.0}, n]], False], None)  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert autoscaler.sent == [("demand_changed", None)]
+    gcs.demand.handle_report_demand(conn, [a, [[{"CPU": 1.0}, 3]], True], None)  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert len(autoscaler.sent) == 1  # same queue: no news
+    autoscaler.close()
+    assert gcs.demand.watchers == []
