@@ -109,3 +109,21 @@ def _with(**changes: Any) -> dict[str, Any]:
 def test_bad_config_names_the_key(raw: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse(raw)
+
+
+def test_cli_refuses_a_bad_config_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aioray import cli
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps(_with(available_node_types={"w": {"min_workers": 2, "max_workers": 1}}))
+    )
+    for command in ("start", "serve-node"):
+        with pytest.raises(SystemExit, match=r"aioray: available_node_types\.w\.max_workers"):
+            cli.main([command, "--head", "--autoscaling-config", str(bad)])
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(GOOD))
+    with pytest.raises(SystemExit, match="runs the autoscaler on the head: add --head"):
+        cli.main(["serve-node", "--address", "127.0.0.1:1", "--autoscaling-config", str(good)])
