@@ -6,9 +6,14 @@ distinct shapes (the GCS reports counts per shape, so identical requests arrive
 grouped), 10 pending placement groups (one STRICT_SPREAD) and a request_resources
 call. Prints the median and the worst of ``--rounds`` plans.
 
-Run: ``python benchmarks/autoscaler_benchmark.py [--nodes N] [--shapes N] [--rounds N]``.
-The end-to-end submit-to-running latency with the local provider is measured by
-``tests/e2e/test_autoscaler.py`` (it prints it) and written down in RESULTS.md.
+``--e2e``: submit-to-running with the ``local`` provider instead (issue 20: under
+3 s). A head with 0 CPUs, a worker type of 2 CPUs (max 3); each round submits 6
+one-CPU tasks that report when they start, and times the first and the sixth
+start from the submission (three nodes are launched, joined and running workers);
+then the nodes go idle and are removed (1 s idle timeout) before the next round.
+
+Run: ``python benchmarks/autoscaler_benchmark.py [--nodes N] [--shapes N] [--rounds N]``
+or ``python benchmarks/autoscaler_benchmark.py --e2e [--rounds N]``.
 """
 
 from __future__ import annotations
@@ -67,12 +72,61 @@ def demand(shapes: int, rng: random.Random) -> Demand:
     return Demand(counts, groups, [{"CPU": 4.0}] * 10)
 
 
+def submit_to_running(rounds: int) -> None:
+    import tempfile
+    from pathlib import Path
+
+    import aioray as ray
+    from aioray.cluster_utils import AutoscalingCluster
+
+    cluster = AutoscalingCluster(
+        head_resources={"CPU": 0},
+        worker_node_types={"cpu2": {"resources": {"CPU": 2}, "max_workers": 3}},
+        idle_timeout_minutes=1 / 60,
+    )
+    cluster.start()
+    ray.init(address=cluster.address)
+    tmp = Path(tempfile.mkdtemp(prefix="aioray-autoscaler-bench-"))
+
+    @ray.remote(num_cpus=1)
+    def started(path: str) -> None:
+        Path(path).touch()
+        time.sleep(0.5)
+
+    def workers() -> int:
+        return sum(n["Alive"] and not n.get("IsHead") for n in ray.nodes())
+
+    try:
+        for r in range(rounds):
+            paths = [tmp / f"{r}-{i}" for i in range(6)]
+            t0 = time.monotonic()
+            refs = [started.remote(str(p)) for p in paths]
+            seen: dict[Path, float] = {}
+            while len(seen) < 6 and time.monotonic() - t0 < 60:
+                for p in paths:
+                    if p not in seen and p.exists():
+                        seen[p] = time.monotonic() - t0
+                time.sleep(0.005)
+            ray.get(refs)
+            times = sorted(seen.values())
+            print(f"round {r}: first task running {times[0]:.2f} s, all six {times[-1]:.2f} s")
+            while workers() and time.monotonic() - t0 < 90:  # idle nodes removed
+                time.sleep(0.1)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--shapes", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=50)
+    ap.add_argument("--e2e", action="store_true", help="submit-to-running, local provider")
     a = ap.parse_args()
+    if a.e2e:
+        submit_to_running(a.rounds if a.rounds != 50 else 3)
+        return
     rng = random.Random(20)
     config = parse(
         {
