@@ -213,4 +213,5 @@ class Monitor:
             "infeasible": plan.infeasible,
             "launched": plan.launch,
             "terminated": plan.terminate,
+            "updates": self.updates,
         }

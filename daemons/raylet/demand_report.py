@@ -2,8 +2,9 @@
 
 ``report_demand [node_id, [[res, count], ...], idle]``: the resource shapes of the
 lease requests queued here, one entry per distinct shape (not per request), and
-whether the node is idle (no lease, no queued request, no primary object copy:
-a node holding the only copy of an object must not be removed). Sent only when it
+whether the node is idle (no lease, no queued request, no resources reserved
+for placement-group bundles, no primary object copy: a node holding the only
+copy of an object must not be removed). Sent only when it
 changed: soon after the queue changes (DEMAND_REPORT_DELAY_S, so a burst is one
 report), then every DEMAND_REPORT_S while anything is queued or the node is busy,
 so the GCS learns when the queue drains and the node goes idle. Requests for
@@ -58,7 +59,12 @@ class DemandReporter:
             key = tuple(sorted(req.res.items()))
             counts[key] = counts.get(key, 0) + 1
         shapes = [[dict(k), n] for k, n in counts.items()]
-        idle = not r.requests and not r.leases and not r.store.holds_primaries()
+        idle = (
+            not r.requests
+            and not r.leases
+            and not _reserved(r.resources.total, r.resources.available)
+            and not r.store.holds_primaries()
+        )
         return shapes, idle
 
     def _report(self) -> None:
@@ -74,3 +80,10 @@ class DemandReporter:
         if shapes or not idle or r.requests:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(config.DEMAND_REPORT_S, self._report)
+
+
+def _reserved(total: dict[str, float], available: dict[str, float]) -> bool:
+    """Whether some of the node's own resources are taken (by a bundle, say)."""
+    return any(
+        available.get(k, 0.0) < v - 1e-9 for k, v in total.items() if not is_group_resource(k)
+    )

@@ -16,8 +16,8 @@ instead of all landing here). A request is:
    the node is full (not merely claimed by the requests before it in this pass) it
    moves like (2) to a node where it fits now (one that just joined: a burst spilled
    to the first new node spreads over those the autoscaler launched with it); if
-   this node could never run it (the view was stale), it may hop again. Either way
-   at most MAX_HOPS times.
+   this node could never run it (the view was stale), it may hop again, at most
+   MAX_HOPS times (MAX_MOVES in all for moves to a node where it fits now).
 4. infeasible everywhere: it stays queued (the owner is warned once) and is
    placed as soon as a node that can run it joins.
 """
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from aioray.daemons.raylet.server import LeaseRequest
 
 MAX_HOPS = 3
+# Moves of a waiting request to a node where it fits now, hops included: more than
+# MAX_HOPS, since nodes joining and groups reserving can each move it on once.
+MAX_MOVES = 10
 
 # What ``decide`` tells the raylet.
 KEEP, ANSWERED, NOWHERE = "keep", "answered", "nowhere"
@@ -82,7 +85,7 @@ class Spillback:
                 if local.fits(req.res):
                     self.view.deduct(local, req.res)
                     return KEEP
-                if req.hops >= MAX_HOPS or _fits(self._pass_start, req.res):
+                if req.hops >= MAX_MOVES or _fits(self._pass_start, req.res):
                     return KEEP  # only the requests before it in this pass hold the room
                 decision = self.view.pick(req.res, req.strategy, waiting=True)
                 if decision.kind == SPILL:

@@ -140,3 +140,56 @@ def test_bad_config_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"available_node_types\.w\.resources\.CPU"):
         bad.start()
     assert not os.path.exists(bad._path or "/nonexistent")
+
+
+def test_pending_actor_and_strict_spread_group_launch_nodes() -> None:
+    from aioray.util.placement_group import placement_group, remove_placement_group
+
+    @ray.remote(num_cpus=2)
+    class Where:
+        def node(self) -> str:
+            return ray.get_runtime_context().get_node_id()
+
+    with autoscaling_cluster():
+        actor = Where.remote()
+        pg = placement_group([{"CPU": 2}] * 2, strategy="STRICT_SPREAD")
+        assert pg.wait(30)  # two distinct new nodes
+        actor_node = ray.get(actor.node.remote(), timeout=30)  # and a third for the actor
+        heads = {n["NodeID"] for n in ray.nodes() if n.get("IsHead")}
+        assert actor_node not in heads and alive_workers() == 3
+        remove_placement_group(pg)
+        ray.kill(actor)
+        wait_for_condition(lambda: alive_workers() == 0, 30, message="idle nodes not removed")
+
+
+def test_a_node_holding_a_primary_copy_is_kept_until_it_is_freed() -> None:
+    import numpy as np
+
+    @ray.remote(num_cpus=1)
+    def make() -> Any:
+        return np.ones(1 << 20, dtype=np.uint8)  # 1 MiB: a primary copy in that node's store
+
+    with autoscaling_cluster() as cluster:
+        ref = make.remote()
+        ray.wait([ref], timeout=30, fetch_local=False)
+        assert alive_workers() == 1
+
+        def state() -> dict[str, Any]:
+            return dict(node_commands.gcs_call(cluster.address, "get_autoscaler_status"))
+
+        def settled() -> bool:  # lease returned: all CPUs free again
+            return all(n["available"].get("CPU") == n["total"].get("CPU") for n in state()["nodes"])
+
+        wait_for_condition(settled, 20, message="the lease never returned")
+        start, updates = time.monotonic(), state()["autoscaler"]["updates"]
+        wait_for_condition(  # past the idle timeout, over several autoscaler rounds
+            lambda: (
+                time.monotonic() - start > IDLE_S + 1
+                and state()["autoscaler"]["updates"] >= updates + 3
+            ),
+            30,
+        )
+        [worker] = [n["NodeID"] for n in ray.nodes() if n["Alive"] and not n.get("IsHead")]
+        assert worker not in state()["autoscaler"]["idle"]  # it holds the only copy
+        del ref  # freed: the node is idle, then removed
+        wait_for_condition(lambda: alive_workers() == 0, 30, message="idle node not removed")

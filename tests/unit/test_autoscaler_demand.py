@@ -22,6 +22,7 @@ class FakeRayletForDemand:
         self.primaries = False
         self.stopping = False
         self.store = SimpleNamespace(holds_primaries=lambda: self.primaries)
+        self.resources = SimpleNamespace(total={"CPU": 2.0}, available={"CPU": 2.0})
         self.sent: list[Any] = []
         self.gcs_link = SimpleNamespace(notify=lambda m, b: self.sent.append((m, b)))
 
@@ -53,6 +54,10 @@ async def test_raylet_reports_counts_per_shape_once_per_change() -> None:
     d._report()
     assert r.sent[-1] == ("report_demand", [r.node_id, [], False])
     r.primaries = False
+    r.resources.available = {"CPU": 0.0, "CPU_group_0_abc": 2.0}  # a bundle holds the CPUs
+    d._report()
+    assert r.sent[-1] == ("report_demand", [r.node_id, [], False])
+    r.resources.available = {"CPU": 2.0}
     d._report()
     assert r.sent[-1] == ("report_demand", [r.node_id, [], True])
     d.stop()

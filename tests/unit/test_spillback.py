@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from aioray.daemons.raylet.resources import NodeResources
-from aioray.daemons.raylet.spillback import ANSWERED, KEEP, MAX_HOPS, Spillback
+from aioray.daemons.raylet.spillback import ANSWERED, KEEP, MAX_HOPS, MAX_MOVES, Spillback
 from test_scheduling_policy import CPU1, A, B, node
 
 
@@ -44,7 +44,8 @@ async def test_room_claimed_in_this_pass_keeps_it_here() -> None:
     assert s.decide(second) == KEEP  # the node had room at the pass's start: wait here
 
 
-async def test_hops_stay_bounded() -> None:
+async def test_moves_stay_bounded() -> None:
     s, res = spillback(free_here=0)
     s.begin_pass(res)
-    assert s.decide(spilled_here(hops=MAX_HOPS)) == KEEP
+    assert s.decide(spilled_here(hops=MAX_HOPS)) == ANSWERED  # it fits there now: moves
+    assert s.decide(spilled_here(hops=MAX_MOVES)) == KEEP
