@@ -95,7 +95,12 @@ class Monitor:
     async def update(self) -> planner.Plan:
         """One round: read, match, plan, act, report."""
         snap = await self.gcs.call("get_demand")
-        pnodes = await self.provider.non_terminated_nodes()
+        try:
+            pnodes = await self.provider.non_terminated_nodes()
+        except ProviderError as e:  # cannot tell what runs: change nothing this round
+            self._failed("provider", f"listing nodes: {e}")
+            self.gcs.notify("report_autoscaler_state", {"failures": self.failures})
+            return planner.Plan()
         now = time.monotonic()
         states, by_gcs_id, pending = self._node_states(snap["nodes"], pnodes, now)
         await self._terminate_unjoined(pending, now)

@@ -218,3 +218,14 @@ async def test_a_pod_that_never_joins_is_deleted_after_the_timeout(k8s: Any) -> 
     await monitor.update()  # never joined within 0 s: deleted, counted as a failure
     assert "deletionTimestamp" in fake.pods[("aioray", name)]["metadata"]
     assert "did not join the cluster within 0s" in gcs.states[-1]["failures"][-1][1]
+
+
+async def test_a_failing_pod_list_is_surfaced_and_changes_nothing(k8s: Any, tmp_path: Path) -> None:
+    fake, provider = k8s
+    gcs = FakeGcs()
+    monitor = Monitor(make_config(TYPES), provider, gcs)
+    gcs.snapshot["shapes"] = [[{"CPU": 1.0}, 1]]
+    (tmp_path / "token").write_text("revoked")
+    plan = await monitor.update()  # no exception: the loop goes on
+    assert plan.launch == {} and fake.pods == {}
+    assert "listing nodes: Kubernetes API 401 Unauthorized" in gcs.states[-1]["failures"][-1][1]
