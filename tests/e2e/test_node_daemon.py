@@ -229,6 +229,42 @@ def test_start_address_joins_a_second_node_and_stop_stops_both(
     assert port not in listening_ports()
 
 
+def test_start_head_with_autoscaling_and_stop_stops_the_launched_nodes(
+    token_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``aioray start --head --autoscaling-config`` (detached): the autoscaler launches
+    a min_workers node; ``aioray stop`` stops the autoscaler first, which stops it."""
+    import json
+
+    config = tmp_path / "autoscaling.json"
+    types = {"w": {"resources": {"CPU": 1}, "min_workers": 1, "max_workers": 1}}
+    config.write_text(json.dumps({"provider": {"type": "local"}, "available_node_types": types}))
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    head = _cli("start", "--head", "--port", str(port), "--num-cpus", "0",
+                "--autoscaling-config", str(config), env=token_env, tmp_path=tmp_path,
+                name="head")  # fmt: skip
+    assert head.returncode == 0, head.stderr
+    try:
+        wait_for_condition(lambda: sum(n["Alive"] for n in _nodes(address)) == 2, 30)
+    finally:
+        stopped = _cli("stop", tmp_path=tmp_path, name="stop")
+    assert stopped.returncode == 0 and "Stopped 3 aioray daemon" in stopped.stdout
+
+    wait_for_condition(lambda: not _launched(address), 20, message="a launched serve-node was left")
+    wait_ports_closed({"gcs": port})
+
+
+def _launched(address: str) -> list[int]:
+    """Pids of the serve-node processes an autoscaler launched for the cluster at ``address``."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or ())
+        if "serve-node" in cmd and f"--address {address}" in cmd:
+            found.append(p.pid)
+    return found
+
+
 # ------------------------------------------------------------------ bad input: --address
 
 
@@ -324,14 +360,6 @@ def test_serve_node_head_runs_the_autoscaler_and_stops_its_nodes(
     head = Foreground(args, token_env, tmp_path / "head.err")
     address = f"127.0.0.1:{port}"
 
-    def launched() -> list[int]:
-        return [
-            p.pid
-            for p in psutil.process_iter(["cmdline"])
-            if "serve-node" in " ".join(p.info["cmdline"] or ())
-            and address in " ".join(p.info["cmdline"] or ())
-        ]
-
     try:
         head.wait_serving()
         wait_for_condition(
@@ -339,8 +367,8 @@ def test_serve_node_head_runs_the_autoscaler_and_stops_its_nodes(
         )
         status = _cli("status", "--address", address, env=token_env, tmp_path=tmp_path, name="st")
         assert "Active:" in status.stdout and " 1 w" in status.stdout, status.stdout
-        assert len(launched()) == 1
+        assert len(_launched(address)) == 1
     finally:
         code = head.stop(signal.SIGTERM)
     assert code == 0, head.stderr()
-    wait_for_condition(lambda: not launched(), 20, message="a launched serve-node was left")
+    wait_for_condition(lambda: not _launched(address), 20, message="a launched serve-node was left")
