@@ -199,16 +199,30 @@ def cmd_microbenchmark(args: list[str]) -> int:
     return int(module["main"](args) or 0)
 
 
+def _check_autoscaling_config(a: argparse.Namespace) -> None:
+    """A bad config fails here, naming the key, before any daemon starts."""
+    from aioray.daemons.autoscaler.config import ConfigError, load
+
+    if not a.head:
+        raise SystemExit("aioray: --autoscaling-config runs the autoscaler on the head: add --head")
+    try:
+        load(a.autoscaling_config)
+    except ConfigError as e:
+        raise SystemExit(f"aioray: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["microbenchmark"]:  # every later option belongs to the benchmark
         return cmd_microbenchmark(argv[1:])
     a = _parser().parse_args(argv)
+    if getattr(a, "autoscaling_config", None):
+        _check_autoscaling_config(a)
     commands = {
         "start": node_commands.cmd_start,
         "serve-node": node_commands.cmd_serve_node,
         "stop": node_commands.cmd_stop,
-        "status": state_cli.cmd_status,
+        "status": node_commands.cmd_status,
         "logs": cmd_logs,
         "memory": cmd_memory,
         "list": state_cli.cmd_list,

@@ -310,6 +310,98 @@ class Cluster:
         atexit.unregister(self.shutdown)
 
 
+class _AutoscalingHead(Cluster):
+    """A Cluster whose head also runs the autoscaler with ``config_path``."""
+
+    def __init__(self, config_path: str) -> None:
+        super().__init__(shutdown_at_exit=False)
+        self._config_path = config_path
+
+    def _start(self, args: dict[str, Any], ip: str, head: bool) -> node.LocalNode:
+        return node.LocalNode.start(
+            num_cpus=args.get("num_cpus"),
+            num_gpus=args.get("num_gpus"),
+            resources=args.get("resources"),
+            object_store_memory=args.get("object_store_memory") or DEFAULT_OBJECT_STORE_MEMORY,
+            node_ip=ip,
+            head=True,
+            autoscaling_config=self._config_path,
+        )
+
+
+class AutoscalingCluster:
+    """A head node with the autoscaler and the ``local`` provider (Ray's
+    ``cluster_utils.AutoscalingCluster``): worker nodes are launched on loopback
+    addresses as the demand needs them, and stopped when idle or at ``shutdown``.
+
+    ``AutoscalingCluster(head_resources={"CPU": 0}, worker_node_types={"cpu2":
+    {"resources": {"CPU": 2}, "min_workers": 0, "max_workers": 3}},
+    idle_timeout_minutes=0.1)``; other keyword arguments are config keys.
+    """
+
+    def __init__(
+        self,
+        head_resources: dict[str, float],
+        worker_node_types: dict[str, dict[str, Any]],
+        autoscaler_v2: bool = False,
+        **config_kwargs: Any,
+    ) -> None:
+        self.config: dict[str, Any] = {
+            "cluster_name": "autoscaling-cluster",
+            "provider": {"type": "local"},
+            "head_node_type": "ray.head.default",
+            "max_workers": sum(t.get("max_workers", 0) for t in worker_node_types.values()),
+            "available_node_types": {
+                "ray.head.default": {"resources": head_resources, "max_workers": 0},
+                **worker_node_types,
+            },
+            **config_kwargs,
+        }
+        self._head_resources = dict(head_resources)
+        self._cluster: Cluster | None = None
+        self._path = ""
+
+    @property
+    def address(self) -> str:
+        return self._cluster.address if self._cluster is not None else ""
+
+    @property
+    def head_node(self) -> ClusterNode | None:
+        return self._cluster.head_node if self._cluster is not None else None
+
+    def start(self, _system_config: dict[str, Any] | None = None) -> None:
+        """Start the head and its autoscaler (a bad config raises ConfigError here)."""
+        import json
+        import tempfile
+
+        from aioray.daemons.autoscaler.config import parse
+
+        parse(self.config)
+        fd, self._path = tempfile.mkstemp(prefix="aioray-autoscaling-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.config, f)
+        res = dict(self._head_resources)
+        self._cluster = _AutoscalingHead(self._path)
+        atexit.register(self.shutdown)
+        self._cluster.add_node(
+            num_cpus=res.pop("CPU", 0),
+            num_gpus=res.pop("GPU", 0),
+            resources=res,
+            _system_config=_system_config,
+        )
+
+    def shutdown(self) -> None:
+        """Stop the head, its autoscaler and every node it launched."""
+        if self._cluster is not None:
+            self._cluster.shutdown()
+            self._cluster = None
+        if self._path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
+            self._path = ""
+        atexit.unregister(self.shutdown)
+
+
 # Ray's failure-detection settings, in the head's _system_config, as aioray config.
 def system_config_env(system_config: dict[str, Any]) -> dict[str, str]:
     """Environment for the daemons from Ray's ``_system_config`` keys we honour."""

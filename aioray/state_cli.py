@@ -18,9 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import aioray._private.core.state_schema as schema
-from aioray._private.node import node, node_commands
 from aioray.util import state
-from aioray.util.state.api import run_query
 
 FORMATS = ("default", "json", "yaml", "table")
 RESOURCE_CHOICES = [r.replace("_", "-") for r in schema.RESOURCES]
@@ -298,31 +296,3 @@ def cmd_state_logs(a: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
-
-
-def cmd_status(a: argparse.Namespace) -> int:
-    """`aioray status`: every node (node_commands), then the pending demand."""
-    rc = node_commands.cmd_status(a)
-    if rc == 0:
-        print_demand(node.resolve_address(a.address))
-    return rc
-
-
-def print_demand(address: str) -> None:
-    """Ray's "Demands": tasks and actors waiting for resources, per shape, on every node."""
-    try:
-        answers = run_query(address, 10, lambda q: q.ask_raylets("pending_demand"))[0]
-    except (ConnectionError, OSError, ValueError) as e:
-        print(f"Demands: unknown ({e})")
-        return
-    totals: dict[tuple[str, bool], int] = {}
-    for _node, shapes in answers:
-        for shape, count, infeasible in shapes:
-            key = (str({k: v for k, v in sorted(shape.items())}), bool(infeasible))
-            totals[key] = totals.get(key, 0) + count
-    print("Demands:")
-    if not totals:
-        print(" (no resource demands)")
-    for (shape, infeasible), count in sorted(totals.items()):
-        why = " (infeasible: no node has these resources)" if infeasible else ""
-        print(f" {shape}: {count}+ pending tasks/actors{why}")

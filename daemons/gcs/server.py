@@ -21,6 +21,7 @@ from typing import Any
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.gcs.actor_manager import ActorManager
 from aioray.daemons.gcs.cluster_view import ClusterViewPublisher
+from aioray.daemons.gcs.demand import DemandTable
 from aioray.daemons.gcs.metrics_view import MetricsView
 from aioray.daemons.gcs.node_health import NodeHealth
 from aioray.daemons.gcs.placement_groups import PlacementGroupManager
@@ -50,6 +51,7 @@ class GcsServer:
         self.persistence = Persistence(self, self.store)
         self.session_id = self.persistence.restore() or session_id or os.urandom(4).hex()
         self.placement_groups = PlacementGroupManager(self)
+        self.demand = DemandTable(self)  # for the autoscaler
         self.placement_groups.listeners.append(
             lambda rec: self.store.put("placement_groups", rec["id"], rec)
         )
@@ -62,6 +64,7 @@ class GcsServer:
             **self.placement_groups.handlers(),
             **self.metrics.handlers(),
             **self.runtime_envs.handlers(),
+            **self.demand.handlers(),
         }
         self.server = rpc.Server(handlers, hello_check=self._hello)
         self._stopped = asyncio.Event()
@@ -143,6 +146,7 @@ class GcsServer:
             self.health.forget(node_id)
             logger.warning("node %s is dead (%s)", node_id.hex()[:8], why)
             self.view.node_dead(node_id)
+            self.demand.node_dead(node_id)
             self.actors.node_died(node_id)
             self.placement_groups.node_died(node_id)
             self.metrics.nodes_changed()

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.raylet.bundles import BundleService
+from aioray.daemons.raylet.demand_report import DemandReporter
 from aioray.daemons.raylet.gcs_link import GcsLink
 from aioray.daemons.raylet.memory_monitor import MemoryMonitor
 from aioray.daemons.raylet.metrics_export import NodeMetrics
@@ -173,6 +174,7 @@ class Raylet:
         self._store_report_soon = False
         self._stopped = asyncio.Event()
         self.memory_monitor = MemoryMonitor(self, *config.memory_monitor_settings())
+        self.demand = DemandReporter(self)  # queued shapes and idleness, for the autoscaler
 
     def __repr__(self) -> str:
         return (
@@ -240,6 +242,7 @@ class Raylet:
         logger.info("raylet %s listening on %s:%d", self.node_id.hex()[:8], self.node_ip, self.port)
         await fork_server
         self.memory_monitor.start()
+        self.demand.start()
         for _ in range(min(self.prestart, int(self.resources.total.get("CPU", 0)))):
             self.pool.spawn(None)
         http = asyncio.ensure_future(self._serve_http(msock))
@@ -292,6 +295,7 @@ class Raylet:
     async def stop(self) -> None:
         logger.info("raylet stopping")
         self.memory_monitor.stop()
+        self.demand.stop()
         if self.gcs is not None and not self.gcs.is_closed:
             self.gcs.notify("node_stopping", [self.node_id, "the raylet was stopped"])
         for req in self.requests:
@@ -374,6 +378,7 @@ class Raylet:
         req.hops = body.get("hops", 0)
         self.requests.append(req)
         self._schedule()
+        self.demand.changed()
         return req.fut
 
     def handle_return_lease(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
@@ -429,6 +434,7 @@ class Raylet:
         needed: dict[str, int] = {}
         waiting: list[dict[str, float]] = []
         self.spillback.begin_pass(self.resources)
+        queued = len(self.requests)
         for req in list(self.requests):
             if req.fut.done():  # the owner went away
                 self.requests.remove(req)
@@ -469,6 +475,8 @@ class Raylet:
             self._grant(req, worker)
         for res in waiting:
             self.resources.release(res)
+        if len(self.requests) != queued:
+            self.demand.changed()
         for env_key, n in needed.items():
             missing = n - self.pool.starting.get(env_key, 0)
             env = next(r.env for r in self.requests if r.env_key == env_key)

@@ -12,8 +12,12 @@ instead of all landing here). A request is:
    a hard constraint that can never hold -> ``{"error", "unschedulable"}``.
 2. placed here and waiting (it does not fit now): moved only to a node where it
    fits now, so a busy cluster does not bounce requests around.
-3. spilled here (``hops > 0``): it stays while this node could ever run it; if
-   not (the view was stale), it may hop again, at most MAX_HOPS times.
+3. spilled here (``hops > 0``): it stays while this node could ever run it; when
+   the node is full (not merely claimed by the requests before it in this pass) it
+   moves like (2) to a node where it fits now (one that just joined: a burst spilled
+   to the first new node spreads over those the autoscaler launched with it); if
+   this node could never run it (the view was stale), it may hop again, at most
+   MAX_HOPS times (MAX_MOVES in all for moves to a node where it fits now).
 4. infeasible everywhere: it stays queued (the owner is warned once) and is
    placed as soon as a node that can run it joins.
 """
@@ -36,6 +40,9 @@ if TYPE_CHECKING:
     from aioray.daemons.raylet.server import LeaseRequest
 
 MAX_HOPS = 3
+# Moves of a waiting request to a node where it fits now, hops included: more than
+# MAX_HOPS, since nodes joining and groups reserving can each move it on once.
+MAX_MOVES = 10
 
 # What ``decide`` tells the raylet.
 KEEP, ANSWERED, NOWHERE = "keep", "answered", "nowhere"
@@ -46,6 +53,7 @@ class Spillback:
         self.view = ClusterView(node_id)
         self.local = NodeView(node_id, ip, port, {}, {})
         self.view.set_local(self.local)
+        self._pass_start: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"<Spillback {self.view!r}>"
@@ -68,6 +76,7 @@ class Spillback:
     def begin_pass(self, resources: NodeResources) -> None:
         self.local.total = resources.total
         self.local.available = dict(resources.available)
+        self._pass_start = dict(resources.available)  # before this pass claims any
 
     def decide(self, req: LeaseRequest) -> str:
         local = self.local
@@ -76,8 +85,8 @@ class Spillback:
                 if local.fits(req.res):
                     self.view.deduct(local, req.res)
                     return KEEP
-                if req.hops:
-                    return KEEP
+                if req.hops >= MAX_MOVES or _fits(self._pass_start, req.res):
+                    return KEEP  # only the requests before it in this pass hold the room
                 decision = self.view.pick(req.res, req.strategy, waiting=True)
                 if decision.kind == SPILL:
                     return self._spill(req, decision.node)
@@ -103,3 +112,7 @@ class Spillback:
         self.view.deduct(node, req.res)
         req.fut.set_result({"spill": [node.node_id, node.ip, node.port], "hops": req.hops + 1})
         return ANSWERED
+
+
+def _fits(available: dict[str, float], res: dict[str, float]) -> bool:
+    return all(available.get(k, 0.0) >= v for k, v in res.items())

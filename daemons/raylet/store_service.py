@@ -555,6 +555,10 @@ class StoreService:
         self.lost[oid] = reason
         return reason
 
+    def holds_primaries(self) -> bool:
+        """Whether a primary copy (in memory or spilled) lives here: the node is not idle."""
+        return any(e.primary for e in self.manager.entries.values())
+
     def stats(self) -> dict[str, Any]:
         return {**self.manager.stats(), **self.io_totals, "spill_dir": self.spill_dir}
 

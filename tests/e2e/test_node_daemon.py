@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import listening_ports, shm_entries, wait_for_condition, wait_ports_closed
 
@@ -270,6 +271,42 @@ def test_stop_stops_a_gcs_restarted_by_hand(token_env: dict[str, str], tmp_path:
     wait_ports_closed({"gcs": port})
 
 
+def test_start_head_with_autoscaling_and_stop_stops_the_launched_nodes(
+    token_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``aioray start --head --autoscaling-config`` (detached): the autoscaler launches
+    a min_workers node; ``aioray stop`` stops the autoscaler first, which stops it."""
+    import json
+
+    config = tmp_path / "autoscaling.json"
+    types = {"w": {"resources": {"CPU": 1}, "min_workers": 1, "max_workers": 1}}
+    config.write_text(json.dumps({"provider": {"type": "local"}, "available_node_types": types}))
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    head = _cli("start", "--head", "--port", str(port), "--num-cpus", "0",
+                "--autoscaling-config", str(config), env=token_env, tmp_path=tmp_path,
+                name="head")  # fmt: skip
+    assert head.returncode == 0, head.stderr
+    try:
+        wait_for_condition(lambda: sum(n["Alive"] for n in _nodes(address)) == 2, 30)
+    finally:
+        stopped = _cli("stop", tmp_path=tmp_path, name="stop")
+    assert stopped.returncode == 0 and "Stopped 3 aioray daemon" in stopped.stdout
+
+    wait_for_condition(lambda: not _launched(address), 20, message="a launched serve-node was left")
+    wait_ports_closed({"gcs": port})
+
+
+def _launched(address: str) -> list[int]:
+    """Pids of the serve-node processes an autoscaler launched for the cluster at ``address``."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or ())
+        if "serve-node" in cmd and f"--address {address}" in cmd:
+            found.append(p.pid)
+    return found
+
+
 # ------------------------------------------------------------------ bad input: --address
 
 
@@ -356,3 +393,32 @@ def test_serve_node_port_in_use_or_foreign_address(tmp_path: Path) -> None:
     proc = _cli("serve-node", "--head", "--port", "0", "--node-ip-address", "192.0.2.1",
                 tmp_path=tmp_path, name="foreign")  # fmt: skip
     assert proc.returncode != 0 and "cannot listen on 192.0.2.1:0" in proc.stderr
+
+
+def test_serve_node_head_runs_the_autoscaler_and_stops_its_nodes(
+    token_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``serve-node --head --autoscaling-config``: a min_workers node is launched without
+    demand, shown by ``aioray status``, and stopped with the head (no serve-node left)."""
+    import json
+
+    config = tmp_path / "autoscaling.json"
+    types = {"w": {"resources": {"CPU": 1}, "min_workers": 1, "max_workers": 1}}
+    config.write_text(json.dumps({"provider": {"type": "local"}, "available_node_types": types}))
+    port = _free_port()
+    args = ["--head", "--port", str(port), "--num-cpus", "0", "--autoscaling-config", str(config)]
+    head = Foreground(args, token_env, tmp_path / "head.err")
+    address = f"127.0.0.1:{port}"
+
+    try:
+        head.wait_serving()
+        wait_for_condition(
+            lambda: sum(n["Alive"] for n in _nodes(address)) == 2, 30, message=head.stderr
+        )
+        status = _cli("status", "--address", address, env=token_env, tmp_path=tmp_path, name="st")
+        assert "Active:" in status.stdout and " 1 w" in status.stdout, status.stdout
+        assert len(_launched(address)) == 1
+    finally:
+        code = head.stop(signal.SIGTERM)
+    assert code == 0, head.stderr()
+    wait_for_condition(lambda: not _launched(address), 20, message="a launched serve-node was left")

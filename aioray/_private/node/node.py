@@ -209,6 +209,7 @@ class LocalNode:
         token: str | None = None,
         log_to_stderr: bool = False,
         metrics_export_port: int = 0,
+        autoscaling_config: str | None = None,
     ) -> LocalNode:
         """Start the node's daemons (the GCS too with ``head``).
 
@@ -216,6 +217,8 @@ class LocalNode:
         generates one. ``log_to_stderr``: the daemons log to this process's stderr
         (``aioray serve-node``) as well as to the session's log files.
         ``metrics_export_port``: where the node serves Prometheus metrics (0: a free port).
+        ``autoscaling_config``: a head also runs the autoscaler with this config file
+        (``aioray.daemons.autoscaler``), tied to the node's life like the other daemons.
         """
         config.memory_monitor_settings()  # a bad setting fails here, not in the raylet
         self = cls()
@@ -298,6 +301,10 @@ class LocalNode:
             if head:
                 args.append("--head")
             self._spawn("raylet", args, [*fds, rsock.fileno(), msock.fileno()], logs, detached)
+            if head and autoscaling_config:
+                autoscaler = ["--gcs-address", self.gcs_address, "--head-ip", node_ip]
+                autoscaler += ["--config", os.path.abspath(autoscaling_config)]
+                self._spawn("autoscaler", [*common, *autoscaler], fds, logs, detached)
         except BaseException:
             self.stop()
             raise

@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 
 from aioray._private.node import node
+from aioray._private.node.autoscaler_status import format_status
 from aioray._private.rpc import loop as _loop
 from aioray._private.rpc import rpc
 from aioray._private.wire import auth, config
@@ -54,6 +55,11 @@ def add_node_options(p: argparse.ArgumentParser, *, foreground: bool) -> None:
         "--token",
         help=f"the cluster token (default: ${auth.TOKEN_ENV}; a head generates one; "
         "prefer the environment: a command line is visible to every user)",
+    )
+    p.add_argument(
+        "--autoscaling-config",
+        help="with --head: run the autoscaler with this cluster config (JSON, or YAML "
+        "with PyYAML installed)",
     )
     if not foreground:
         p.add_argument("--block", action="store_true", help="run in the foreground (serve-node)")
@@ -126,6 +132,7 @@ def _launch(
         token=token,
         log_to_stderr=not detached,
         metrics_export_port=a.metrics_export_port,
+        autoscaling_config=a.autoscaling_config,
     )
 
 
@@ -326,6 +333,8 @@ def cmd_status(a: argparse.Namespace) -> int:
         address = node.resolve_address(a.address)
         auth.set_token(a.token or node.token_for(address))
         nodes = gcs_call(address, "get_nodes")
+        print(format_status(gcs_call(address, "get_autoscaler_status")))
+        print()
     except (ValueError, ConnectionError) as e:
         print(f"aioray status: {e}", file=sys.stderr)
         return 1

@@ -44,6 +44,10 @@ RESOURCE_BROADCAST_S = _env("RESOURCE_BROADCAST_S", 0.05)
 # raylet, which exports them (metrics_registry.py).
 METRICS_REPORT_S = _env("METRICS_REPORT_S", 1.0)
 # Raylets heartbeat the GCS this often; a node silent for NODE_TIMEOUT_S is dead.
+# The raylet's demand report (queued shapes, idleness) for the autoscaler: this long
+# after the queue changes (a burst is one report), then this often while busy.
+DEMAND_REPORT_DELAY_S = _env("DEMAND_REPORT_DELAY_S", 0.05)
+DEMAND_REPORT_S = _env("DEMAND_REPORT_S", 1.0)
 NODE_HEARTBEAT_S = _env("NODE_HEARTBEAT_S", 1.0)
 NODE_TIMEOUT_S = _env("NODE_TIMEOUT_S", 10.0)
 # A request for object store room that nothing under way can satisfy (no spill in

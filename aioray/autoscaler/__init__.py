@@ -1,0 +1,1 @@
+"""Ray's ``ray.autoscaler`` names that aioray supports (``sdk.request_resources``)."""
