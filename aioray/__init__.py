@@ -8,6 +8,7 @@ from aioray import (  # util: ray.util.placement_group after `import ray`
 )
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.owner.streaming import ObjectRefGenerator
+from aioray._private.wire.ids import ActorID, JobID, NodeID, PlacementGroupID, TaskID, WorkerID
 from aioray.actor import ActorClass, ActorHandle, method
 from aioray.api import (
     available_resources,
@@ -34,9 +35,15 @@ __version__ = "0.1.0"
 __all__ = [
     "ActorClass",
     "ActorHandle",
+    "ActorID",
+    "JobID",
+    "NodeID",
     "ObjectRef",
     "ObjectRefGenerator",
+    "PlacementGroupID",
     "RemoteFunction",
+    "TaskID",
+    "WorkerID",
     "__version__",
     "actor",
     "available_resources",

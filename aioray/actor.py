@@ -79,6 +79,7 @@ def _class_meta(cls: type, opts: dict[str, Any]) -> dict[str, Any]:
     max_conc = opts.get("max_concurrency") or (1000 if is_async else 1)
     return {
         "cls": cls.__qualname__,
+        "module": cls.__module__,
         "methods": methods,
         "async": is_async,
         "max_concurrency": max_conc,
@@ -165,6 +166,7 @@ class ActorClass:
             "owner": list(cw.address),
             "fid": hashlib.sha1(cls_bytes).digest(),
             "meta": meta,
+            "aname": name or "",
         }
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
         # Creation arguments stay pinned: a restart runs __init__ with them again.
@@ -183,6 +185,7 @@ class ActorClass:
             hold = placement_groups.rewrite(placement, hold, self._name)
             sched = dict(hold)
             spec["pg"] = placement
+        spec["res"] = hold
         request = {
             "aid": actor_id,
             "name": name,

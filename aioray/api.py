@@ -462,7 +462,18 @@ def get_gpu_ids() -> list[int]:
 
 def get_runtime_context() -> RuntimeContext:
     """Ids of the current job, task, node and worker."""
-    return RuntimeContext(ensure_connected(), worker_context.job_runtime_env)
+    cw = ensure_connected()
+    return RuntimeContext(cw, worker_context.job_runtime_env, _current_actor_handle)
+
+
+def _current_actor_handle() -> Any:
+    """A handle to the actor this process hosts (RuntimeContext.current_actor)."""
+    from aioray.actor import ActorHandle
+
+    cw = ensure_connected()
+    assert cw.actor_id is not None  # (RuntimeContext.current_actor checked it)
+    host = getattr(cw.extra_handlers.get("create_actor"), "__self__", None)
+    return ActorHandle(cw.actor_id, host.meta if host is not None else {})
 
 
 def remote(*args: Any, **kwargs: Any) -> Any:

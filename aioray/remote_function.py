@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
 
 
+_DEFAULT_RESOURCES = {"CPU": 1.0}
+
+
 class RemoteFunction:
     """A function turned into a task by ``@aioray.remote``; call it with ``.remote()``."""
 
@@ -105,7 +108,8 @@ class RemoteFunction:
         request = self._request  # the same options, call after call: computed once
         if not request or request[0] is not opts:
             resources = options.resource_request(opts)
-            request = self._request = (opts, resources, (tuple(sorted(resources.items())), ()))
+            key = (tuple(sorted(resources.items())), ())
+            request = self._request = (opts, resources, key, resources != _DEFAULT_RESOURCES)
         resources = request[1]
         if (
             opts["scheduling_strategy"] is not None
@@ -116,6 +120,8 @@ class RemoteFunction:
             if placement is not None:  # in a placement group: lease the bundle's resources
                 resources = placement_groups.rewrite(placement, resources, self._name)
                 spec["pg"] = placement
+        if request[3] or resources is not request[1]:  # (the worker assumes 1 CPU)
+            spec["res"] = resources
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
         sched_key: tuple[Any, ...] = request[2]  # (resources, runtime env), shared

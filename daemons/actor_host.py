@@ -79,6 +79,7 @@ class ActorHost:
         self._tail: asyncio.Future[None] | None = None
         self._exiting = False
         self.gpus: list[int] = []
+        self.spec: dict[str, Any] = {}  # the creation spec
 
     def handlers(self) -> dict[str, rpc.Handler]:
         return {

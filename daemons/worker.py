@@ -123,6 +123,7 @@ class TaskExecutor:
         if self.actor.cancel(task_id):
             return
         if self.current == task_id:
+            self.cw.canceled_tasks.add(task_id)  # get_runtime_context().is_canceled()
             if recursive:  # Ray's default: the tasks this task submitted go too
                 for child in list(self.cw.submitter.tasks):
                     self.cw.submitter.cancel_task(child, force)
@@ -187,6 +188,7 @@ class TaskExecutor:
             return self._create_actor(spec, job)
         ctx = self.cw.task_context
         ctx.task_id = task_id
+        ctx.spec = spec  # (the runtime context reads the task's name and resources)
         ctx.pg = pg = spec.get("pg")  # get_current_placement_group; captured child tasks
         if pg:
             placement_groups.task_placement(pg)
@@ -220,6 +222,8 @@ class TaskExecutor:
             return self.task_error(spec, e)
         finally:
             ctx.task_id = None
+            if self.cw.canceled_tasks:
+                self.cw.canceled_tasks.discard(task_id)
         if spec["nret"] == STREAMING:
             body, bufs = result
             body["t"] = elapsed
@@ -235,6 +239,7 @@ class TaskExecutor:
 
     def _create_actor(self, spec: dict[str, Any], job: Job) -> tuple[dict[str, Any], list[Buffer]]:
         self.cw.job_id = spec["job"]
+        self.actor.spec = spec  # (the runtime context: the actor's name, restarts, resources)
         placement_groups.set_actor_placement(spec.get("pg"))
         self.actor.gpus = spec.get("gpu") or []
         if self.actor.gpus:

@@ -119,7 +119,10 @@ class ActorManager:
                 if body.get("get_if_exists"):
                     rec = self.actors[existing]
                     return {"aid": rec.aid, "meta": rec.meta}
-                return {"error": f"The name {name!r} (namespace={ns!r}) is already taken."}
+                return {
+                    "error": f"The name {name!r} (namespace={ns!r}) is already taken.",
+                    "exists": True,
+                }
         rec = ActorRecord(body, list(bufs), conn)
         self.actors[rec.aid] = rec
         if name:
@@ -188,7 +191,7 @@ class ActorManager:
             return
         host, port = lease["addr"]
         rec.node_id = self.gcs.node_of(raylet)  # from here its node's death restarts it
-        spec = {**rec.spec, "gpu": lease.get("gpus", [])}
+        spec = {**rec.spec, "gpu": lease.get("gpus", []), "restarts": rec.num_restarts}
         try:
             worker, _ = await rpc.connect(host, port, hello={"role": "gcs"}, name="actor worker")
             body, bufs = await worker.call_full("create_actor", spec, rec.buffers)

@@ -1,0 +1,149 @@
+"""End-to-end tests of Ray's smaller API names: the runtime context, ids, ObjectRef's
+id methods, exceptions raised where Ray raises them, and ray.util's helpers."""
+
+from __future__ import annotations
+
+import pytest
+
+import aioray as ray
+from aioray import exceptions
+
+GET_TIMEOUT = 60
+
+
+def test_runtime_context_in_driver(ray_shared):
+    ctx = ray.get_runtime_context()
+    assert ctx.get_task_name() is None
+    assert ctx.get_task_function_name() is None
+    assert ctx.get_actor_name() is None
+    assert ctx.get_actor_id() is None
+    assert ctx.get_placement_group_id() is None
+    assert ctx.should_capture_child_tasks_in_placement_group is False
+    assert ctx.gcs_address == ray_shared.address_info["gcs_address"]
+    assert ctx.get_session_name()
+    assert ctx.get_node_labels() == {}
+    assert ctx.namespace
+    with pytest.raises(AssertionError, match="only available when the process is a worker"):
+        ctx.get_assigned_resources()
+    with pytest.raises(RuntimeError, match="only available in an actor"):
+        ctx.current_actor  # noqa: B018
+
+
+def test_runtime_context_in_task(ray_shared):
+    @ray.remote(num_cpus=0.5)
+    def where():
+        ctx = ray.get_runtime_context()
+        return (
+            ctx.get_task_name(),
+            ctx.get_task_function_name(),
+            ctx.get_actor_name(),
+            ctx.get_assigned_resources(),
+            ctx.get_accelerator_ids(),
+            ctx.is_canceled(),
+            ctx.get_worker_id(),
+        )
+
+    name, fname, actor_name, res, acc, canceled, worker = ray.get(
+        where.remote(), timeout=GET_TIMEOUT
+    )
+    assert name.endswith("where")
+    assert fname == f"{__name__}.{name}"
+    assert actor_name is None
+    assert res == {"CPU": 0.5}
+    assert acc == {"GPU": []}
+    assert canceled is False
+    assert len(worker) == 32
+
+    @ray.remote
+    def default():
+        return ray.get_runtime_context().get_assigned_resources()
+
+    assert ray.get(default.remote(), timeout=GET_TIMEOUT) == {"CPU": 1.0}
+
+
+def test_runtime_context_in_actor(ray_shared):
+    @ray.remote(num_cpus=0.25)
+    class A:
+        def info(self):
+            ctx = ray.get_runtime_context()
+            return (
+                ctx.get_actor_name(),
+                ctx.get_task_name(),
+                ctx.get_assigned_resources(),
+                ctx.was_current_actor_reconstructed,
+                ctx.get_actor_id(),
+            )
+
+        def me(self):
+            return ray.get_runtime_context().current_actor
+
+    unnamed = A.remote()
+    name, task_name, res, reconstructed, aid = ray.get(unnamed.info.remote(), timeout=GET_TIMEOUT)
+    assert name == ""
+    assert task_name.endswith("A.info")
+    assert res == {"CPU": 0.25}
+    assert reconstructed is False
+    assert aid == unnamed._actor_id_hex
+    assert ray.get(unnamed.me.remote(), timeout=GET_TIMEOUT) == unnamed
+    named = A.options(name="parity_named").remote()
+    assert ray.get(named.info.remote(), timeout=GET_TIMEOUT)[0] == "parity_named"
+
+
+def test_ids(ray_shared):
+    node = ray.NodeID.from_hex(ray.get_runtime_context().get_node_id())
+    assert node.hex() == ray.get_runtime_context().get_node_id()
+    assert ray.NodeID(node.binary()) == node and hash(ray.NodeID(node.binary())) == hash(node)
+    assert ray.NodeID.nil().is_nil() and not node.is_nil()
+    assert ray.JobID.from_int(7).int() == 7 and ray.JobID.size() == 4
+    assert repr(ray.ActorID.nil()).startswith("ActorID(ff")
+    with pytest.raises(ValueError, match="must be 16 bytes"):
+        ray.TaskID(b"short")
+    with pytest.raises(ValueError, match="not hex"):
+        ray.NodeID.from_hex("zz")
+
+
+def test_object_ref_ids(ray_shared):
+    @ray.remote
+    def f():
+        return 1
+
+    ref = f.remote()
+    assert isinstance(ref.task_id(), ray.TaskID)
+    assert ref.hex().startswith(ref.task_id().hex())
+    assert ref.job_id().hex() == ray.get_runtime_context().get_job_id()
+    same = ray.ObjectRef.from_hex(ref.hex())
+    assert same == ref
+    assert ray.get(ref, timeout=GET_TIMEOUT) == 1
+    assert ray.ObjectRef.nil().is_nil()
+
+
+def test_object_ref_cancel_without_a_wait(ray_shared):
+    ref = ray.put(3)
+    assert ref.cancel() is False  # nothing waits on it: nothing to cancel
+    assert ray.get(ref, timeout=GET_TIMEOUT) == 3
+
+
+def test_named_actor_conflict_raises_actor_already_exists(ray_shared):
+    @ray.remote
+    class B:
+        pass
+
+    first = B.options(name="parity_taken").remote()
+    with pytest.raises(exceptions.ActorAlreadyExistsError, match="already taken"):
+        B.options(name="parity_taken").remote()
+    with pytest.raises(ValueError):  # (still a ValueError, as before the class existed)
+        B.options(name="parity_taken").remote()
+    del first
+
+
+def test_exception_hierarchy():
+    assert issubclass(exceptions.ObjectFetchTimedOutError, exceptions.ObjectLostError)
+    assert issubclass(exceptions.ReferenceCountingAssertionError, AssertionError)
+    assert issubclass(exceptions.AuthenticationError, ConnectionError)
+    from aioray._private.wire import auth
+
+    assert auth.AuthenticationError is exceptions.AuthenticationError
+    e = exceptions.UnserializableException("Traceback: boom")
+    assert "boom" in str(e) and e.original_stack_trace == "Traceback: boom"
+    for name in exceptions.__all__:
+        assert issubclass(getattr(exceptions, name), exceptions.RayError), name
