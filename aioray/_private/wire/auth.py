@@ -27,7 +27,7 @@ import hmac
 import os
 import secrets
 
-from aioray import exceptions
+from aioray.exceptions import AuthenticationError as _AuthenticationError
 
 TOKEN_ENV = "AIORAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "AIORAY_AUTH_TOKEN_PATH"
@@ -41,7 +41,7 @@ _loaded = False
 
 # A peer was refused (or refused us) because the cluster tokens differ: Ray's class,
 # a ConnectionError too.
-AuthenticationError = exceptions.AuthenticationError
+AuthenticationError = _AuthenticationError
 
 
 def enabled() -> bool:
