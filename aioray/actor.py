@@ -23,7 +23,7 @@ from aioray._private.core import options
 from aioray._private.core.scheduling_strategies import strategy_to_wire
 from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
-from aioray._private.wire import config, ids, serialization
+from aioray._private.wire import config, ids, serializability, serialization
 from aioray._private.wire.task_spec import STREAMING, TaskEntry
 from aioray.exceptions import ActorExit
 from aioray.remote_function import pack_arguments
@@ -133,7 +133,8 @@ class ActorClass:
                         self._cls_bytes = serialization.dumps_function(self._cls)
                     except Exception as e:
                         raise TypeError(
-                            f"Could not serialize the actor class {self._name}: {e}"
+                            f"Could not serialize the actor class {self._name}: {e}\n"
+                            + serializability.report(self._cls, self._name)
                         ) from e
         return self._cls_bytes
 

@@ -13,7 +13,7 @@ from aioray._private.core import options
 from aioray._private.core.scheduling_strategies import strategy_to_wire
 from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
-from aioray._private.wire import config, ids, serialization
+from aioray._private.wire import config, ids, serializability, serialization
 from aioray._private.wire.task_spec import STREAMING, TaskEntry, split_args
 
 if TYPE_CHECKING:
@@ -78,7 +78,8 @@ class RemoteFunction:
                         data = serialization.dumps_function(self._function)
                     except Exception as e:
                         raise TypeError(
-                            f"Could not serialize the function {self._name}: {e}"
+                            f"Could not serialize the function {self._name}: {e}\n"
+                            + serializability.report(self._function, self._name)
                         ) from e
                     self._fid = hashlib.sha1(data).digest()
                     self._fn_bytes = data
@@ -179,7 +180,10 @@ def pack_arguments(
     try:
         so = serialization.serialize(call_args)
     except TypeError as e:
-        raise TypeError(f"Could not serialize the arguments of {name}: {e}") from None
+        raise TypeError(
+            f"Could not serialize the arguments of {name}: {e}\n"
+            + serializability.report(call_args, f"the arguments of {name}")
+        ) from None
     # Refs nested in the arguments: the blob keeps their instances (so the objects)
     # alive until the task is done; the submitter lends them to the worker.
     if so.total_bytes >= config.MAX_INLINE_BYTES:

@@ -147,3 +147,72 @@ def test_exception_hierarchy():
     assert "boom" in str(e) and e.original_stack_trace == "Traceback: boom"
     for name in exceptions.__all__:
         assert issubclass(getattr(exceptions, name), exceptions.RayError), name
+
+
+def test_unpicklable_closure_gives_the_serializability_report(ray_shared):
+    import threading
+
+    lock = threading.Lock()
+
+    @ray.remote
+    def uses_lock():
+        return lock.locked()
+
+    with pytest.raises(TypeError, match="Could not serialize the function") as info:
+        uses_lock.remote()
+    assert "FailTuple(lock [obj=<unlocked _thread.lock" in str(info.value)
+
+
+def test_unpicklable_argument_gives_the_serializability_report(ray_shared):
+    import threading
+
+    class Holder:
+        def __init__(self):
+            self.lock = threading.Lock()
+
+    @ray.remote
+    def f(x):
+        return x
+
+    with pytest.raises(TypeError, match="Could not serialize the arguments") as info:
+        f.remote(Holder())
+    assert "FailTuple(lock [obj=<unlocked _thread.lock" in str(info.value)
+
+
+def test_util_helpers(ray_shared):
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    assert "parity_listed" not in ray.util.list_named_actors()
+
+    @ray.remote
+    class C:
+        pass
+
+    c = C.options(name="parity_listed").remote()
+    assert "parity_listed" in ray.util.list_named_actors()
+    ns = ray.get_runtime_context().namespace
+    assert {"name": "parity_listed", "namespace": ns} in ray.util.list_named_actors(
+        all_namespaces=True
+    )
+    del c
+
+
+def test_registered_serializer_reaches_tasks(ray_shared):
+    import threading
+
+    class Unpicklable:
+        def __init__(self, n):
+            self.n = n
+            self.lock = threading.Lock()
+
+    ray.util.register_serializer(
+        Unpicklable, serializer=lambda u: u.n, deserializer=lambda n: ("rebuilt", n)
+    )
+    try:
+
+        @ray.remote
+        def echo(x):
+            return x
+
+        assert ray.get(echo.remote(Unpicklable(5)), timeout=GET_TIMEOUT) == ("rebuilt", 5)
+    finally:
+        ray.util.deregister_serializer(Unpicklable)

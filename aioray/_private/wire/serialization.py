@@ -82,6 +82,30 @@ def dumps_function(fn: Callable[..., Any] | type) -> bytes:
     return cloudpickle.dumps(fn, protocol=5)
 
 
+def register_serializer(
+    cls: type, *, serializer: Callable[[Any], Any], deserializer: Callable[[Any], Any]
+) -> None:
+    """Pickle instances of ``cls`` as ``deserializer(serializer(obj))`` (Ray's API).
+
+    The deserializer travels with each value, so other processes need no registration;
+    values this process pickles use it from now on."""
+    if not isinstance(cls, type):
+        raise TypeError(f"register_serializer takes a class, got {cls!r}")
+
+    def reduce(obj: Any) -> tuple[Callable[[Any], Any], tuple[Any]]:
+        return deserializer, (serializer(obj),)
+
+    cloudpickle.CloudPickler._dispatch_table[cls] = reduce
+
+
+def deregister_serializer(cls: type) -> None:
+    """Undo ``register_serializer(cls, ...)``; a class never registered is an error."""
+    try:
+        del cloudpickle.CloudPickler._dispatch_table[cls]
+    except KeyError:
+        raise ValueError(f"No serializer is registered for {cls!r}.") from None
+
+
 def _short_repr(value: Any) -> str:
     try:
         text = repr(value)
