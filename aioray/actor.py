@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from aioray._private.core import options
+from aioray._private.core import options, signatures
 from aioray._private.core.scheduling_strategies import strategy_to_wire
 from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
@@ -71,10 +71,12 @@ def _class_meta(cls: type, opts: dict[str, Any]) -> dict[str, Any]:
             is_async = True
         generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
         default_nret = "streaming" if generator else 1  # Ray >= 2.8: generators stream
+        static = isinstance(inspect.getattr_static(cls, name, None), staticmethod)
         methods[name] = {
             "nret": mopts.get("num_returns", default_nret),
             "cg": mopts.get("concurrency_group"),
             "bp": mopts.get("_generator_backpressure_num_objects", 0),
+            "sig": signatures.to_wire(fn, drop_first=not static),  # checked at .remote()
         }
     max_conc = opts.get("max_concurrency") or (1000 if is_async else 1)
     return {
@@ -99,6 +101,7 @@ class ActorClass:
         self._name = cls.__qualname__
         self._cls_bytes: bytes | None = None
         self._lock = threading.Lock()
+        self._lo, self._hi, self._sig = signatures.arity(cls)  # __init__'s
         self.__doc__ = cls.__doc__
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -141,6 +144,8 @@ class ActorClass:
     def _remote(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]
     ) -> ActorHandle:
+        if kwargs or not self._lo <= len(args) <= self._hi:
+            signatures.check(self._sig, args, kwargs)
         cw = worker_context.ensure_connected()
         cls_bytes = self._export()
         meta = _class_meta(self._cls, opts)
@@ -240,6 +245,9 @@ class ActorHandle:
             raise AttributeError(f"'{self._meta['cls']}' actor has no method '{name}'")
         return ActorMethod(self, name, methods.get(name, {}))
 
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *self._meta["methods"]})
+
     def __repr__(self) -> str:
         return f"Actor({self._meta['cls']}, {self._actor_id.hex()})"
 
@@ -255,6 +263,14 @@ class ActorHandle:
         # A copy leaves this process: the actor must outlive this process's handles.
         self._cw.actors.mark_escaped(self._actor_id)
         return (_rebuild_handle, (self._actor_id, self._meta))
+
+    def _signature(self, method: str) -> Any:
+        """The method's inspect.Signature, rebuilt once from the meta's wire form."""
+        sigs = self.__dict__.setdefault("_sigs", {})
+        sig = sigs.get(method)
+        if sig is None:
+            sig = sigs[method] = signatures.from_wire(self._meta["methods"][method].get("sig"))[2]
+        return sig
 
     @property
     def _actor_id_hex(self) -> str:
@@ -299,6 +315,9 @@ class ActorMethod:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         h = self._handle
+        sig = self._mopts.get("sig")
+        if sig is not None and (kwargs or not sig[0] <= len(args) <= sig[1]):
+            signatures.check(h._signature(self._name), args, kwargs)
         cw = h._cw
         nret = self._mopts.get("nret", 1)
         streaming = nret == "streaming"

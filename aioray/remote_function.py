@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aioray._private.core import options
+from aioray._private.core import options, signatures
 from aioray._private.core.scheduling_strategies import strategy_to_wire
 from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
@@ -37,6 +37,8 @@ class RemoteFunction:
         self._fid = b""
         self._lock = threading.Lock()
         self._request: tuple[Any, ...] = ()  # (options, their resources, their class key)
+        # Calls with no keywords and lo <= len(args) <= hi bind: no other check.
+        self._lo, self._hi, self._sig = signatures.arity(fn)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -60,6 +62,7 @@ class RemoteFunction:
         self._fid = b""
         self._lock = threading.Lock()
         self._request = ()
+        self._lo, self._hi, self._sig = signatures.arity(self._function)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Submit the task; return its ObjectRef (a list of them if num_returns > 1)."""
@@ -86,6 +89,8 @@ class RemoteFunction:
         return self._fid, self._fn_bytes
 
     def _remote(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]) -> Any:
+        if kwargs or not self._lo <= len(args) <= self._hi:
+            signatures.check(self._sig, args, kwargs)
         cw = worker_context.ensure_connected()
         fid, fn_bytes = self._export()
         nret = opts["num_returns"]

@@ -216,3 +216,75 @@ def test_registered_serializer_reaches_tasks(ray_shared):
         assert ray.get(echo.remote(Unpicklable(5)), timeout=GET_TIMEOUT) == ("rebuilt", 5)
     finally:
         ray.util.deregister_serializer(Unpicklable)
+
+
+# ------------------------------------------------------------------ signatures at .remote()
+
+
+def test_wrong_argument_count_fails_at_remote(ray_shared):
+    @ray.remote
+    def one(x):
+        return x
+
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        one.remote(1, 2)
+    with pytest.raises(TypeError, match="missing a required argument: 'x'"):
+        one.options(num_cpus=0).remote()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'y'"):
+        one.remote(1, y=1)
+    assert ray.get([one.remote(1), one.remote(x=2)], timeout=GET_TIMEOUT) == [1, 2]
+
+    @ray.remote
+    def flexible(a, b=2, *rest, c, **kw):
+        return a + b + c + len(rest) + len(kw)
+
+    with pytest.raises(TypeError, match="missing a required argument: 'c'"):
+        flexible.remote(1)
+    assert ray.get(flexible.remote(1, 2, 3, 4, c=5, z=6), timeout=GET_TIMEOUT) == 11
+
+
+def test_wrong_argument_count_fails_at_actor_remote(ray_shared):
+    @ray.remote
+    class Acc:
+        def __init__(self, start):
+            self.total = start
+
+        def add(self, n, *, times=1):
+            self.total += n * times
+            return self.total
+
+        @staticmethod
+        def static(a):
+            return a
+
+    with pytest.raises(TypeError, match="missing a required argument: 'start'"):
+        Acc.remote()
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        Acc.options(name=None).remote(1, 2)
+    acc = Acc.remote(10)
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        acc.add.remote(1, 2)
+    with pytest.raises(TypeError, match="got an unexpected keyword argument 'nope'"):
+        acc.add.remote(1, nope=2)
+    assert ray.get(acc.add.remote(1, times=3), timeout=GET_TIMEOUT) == 13
+    assert ray.get(acc.static.remote(5), timeout=GET_TIMEOUT) == 5
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        acc.static.remote(5, 6)
+    named = ray.get_actor  # a handle rebuilt from the GCS checks too
+    acc2 = Acc.options(name="parity_sig").remote(0)
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        named("parity_sig").add.remote(1, 2)
+    del acc2
+
+
+def test_dir_of_actor_handle_lists_methods(ray_shared):
+    @ray.remote
+    class D:
+        def alpha(self):
+            pass
+
+        def beta(self):
+            pass
+
+    d = D.remote()
+    assert {"alpha", "beta"} <= set(dir(d))
