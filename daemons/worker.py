@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 import traceback
+from types import TracebackType
 from typing import Any
 
 from aioray.daemons import worker_output
@@ -401,7 +402,7 @@ class TaskExecutor:
     def task_error(
         self, spec: dict[str, Any], e: BaseException
     ) -> tuple[dict[str, Any], list[Buffer]]:
-        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        tb = "".join(traceback.format_exception(type(e), e, user_frames(e.__traceback__)))
         err = RayTaskError(spec["name"], tb, e, self.pid, self.cw.node_ip)
         return self.error(spec, err, True)
 
@@ -420,6 +421,24 @@ class TaskExecutor:
         if app_error:
             body["x"] = True
         return body, parts * nret
+
+
+# Frames of aioray's own code (the installed package, and daemons/ in a source tree):
+# a task's traceback starts at the user's first frame, as Ray's does.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(serialization.__file__)))
+_INTERNAL_DIRS = (
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), ""),
+    os.path.join(os.path.abspath(_PACKAGE_DIR), ""),
+)
+
+
+def user_frames(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` without its leading frames in aioray's code (the worker calling the task);
+    all of it when every frame is aioray's (the error is not in the user's code)."""
+    user = tb
+    while user is not None and user.tb_frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        user = user.tb_next
+    return user if user is not None else tb
 
 
 def _owner_of(address: list[Any] | None) -> tuple[str, int, bytes] | None:

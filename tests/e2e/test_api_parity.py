@@ -288,3 +288,44 @@ def test_dir_of_actor_handle_lists_methods(ray_shared):
 
     d = D.remote()
     assert {"alpha", "beta"} <= set(dir(d))
+
+
+# ------------------------------------------------------------------ remote tracebacks
+
+
+def test_task_traceback_shows_user_file_and_source_only(ray_shared):
+    def _divide(x):
+        return 1 / x  # the source line a remote traceback shows
+
+    @ray.remote
+    def boom(x):
+        return _divide(x)
+
+    with pytest.raises(ZeroDivisionError) as info:
+        ray.get(boom.remote(0), timeout=GET_TIMEOUT)
+    text = str(info.value)
+    assert f'File "{__file__}"' in text
+    assert "return 1 / x  # the source line a remote traceback shows" in text
+    assert "<dynamic-code>" not in text
+    assert "worker.py" not in text and "aioray" not in text.split("Traceback", 1)[1]
+
+
+def test_actor_traceback_shows_user_file_and_source_only(ray_shared):
+    def _divide(x):
+        return 1 / x
+
+    @ray.remote
+    class Fails:
+        def call(self):
+            return _divide(0)
+
+        async def acall(self):
+            return _divide(0)
+
+    a = Fails.remote()
+    for ref in (a.call.remote(), a.acall.remote()):
+        with pytest.raises(ZeroDivisionError) as info:
+            ray.get(ref, timeout=GET_TIMEOUT)
+        text = str(info.value).split("Traceback", 1)[1]
+        assert f'File "{__file__}"' in text and "return _divide(0)" in text
+        assert "actor_host.py" not in text and "worker.py" not in text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import pickle
 import threading
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +21,21 @@ import cloudpickle
 from aioray._private.wire.protocol import Buffer
 
 _capture = threading.local()
+
+
+def _code_reduce_keeping_filename(code: types.CodeType) -> Any:
+    """cloudpickle's code reducer, but keeping ``co_filename`` (cloudpickle >= 3 writes
+    "<dynamic-code>"): a task's traceback then names the user's file and shows its lines,
+    as Ray's (whose vendored cloudpickle keeps it) does."""
+    rebuild, args = _cloudpickle_code_reduce(code)
+    if len(args) > _CO_FILENAME and args[_CO_FILENAME] == "<dynamic-code>":
+        args = (*args[:_CO_FILENAME], code.co_filename, *args[_CO_FILENAME + 1 :])
+    return rebuild, args
+
+
+_CO_FILENAME = 10  # its place in types.CodeType's arguments (Python 3.10 to 3.13)
+_cloudpickle_code_reduce = cloudpickle.CloudPickler._dispatch_table[types.CodeType]
+cloudpickle.CloudPickler._dispatch_table[types.CodeType] = _code_reduce_keeping_filename
 
 
 class SerializedObject:
