@@ -83,6 +83,7 @@ def init(
     logging_level: Any = None,
     configure_logging: bool = True,
     _node_ip_address: str = "127.0.0.1",
+    local_mode: bool = False,
     **kwargs: Any,
 ) -> InitContext:
     """Start a local cluster, or connect to one (``address="auto"`` or ``"host:port"``)."""
@@ -97,6 +98,14 @@ def init(
     unknown = set(kwargs) - allowed_extra
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    if local_mode:  # Ray 2.x accepts it with this warning; here tasks run in workers as usual
+        warnings.warn(
+            "`local_mode` is an experimental feature that is no longer maintained and will "
+            "be removed in the near future. For debugging consider using Ray debugger. "
+            "(aioray runs the tasks in worker processes as usual.)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     from aioray._private.core.options import _runtime_env, validate
 
     _runtime_env("runtime_env", runtime_env)

@@ -9,11 +9,13 @@ import runpy
 import sys
 import time
 
+from aioray import __version__
 from aioray._private.node import node, node_commands
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aioray", description="aioray cluster commands")
+    p.add_argument("--version", action="version", version=f"aioray, version {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start a node's daemons in the background")
     node_commands.add_node_options(start, foreground=False)
@@ -31,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("name", nargs="?", help="a file name, or a worker's pid (its .out and .err)")
     logs.add_argument("-n", "--lines", type=int, default=100, help="lines to print (default 100)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until Ctrl-C")
-    logs.add_argument("--session-dir", help="the session (default: the latest)")
+    logs.add_argument(
+        "--session-dir",
+        help="the session (default: the running cluster's, from 'aioray start' or "
+        "'serve-node --head'; else the latest)",
+    )
     sub.add_parser(
         "microbenchmark",
         help="run benchmarks/microbenchmark.py (options after it go to the benchmark)",
@@ -72,7 +78,7 @@ def cmd_memory(a: argparse.Namespace) -> int:
 
 
 def cmd_logs(a: argparse.Namespace) -> int:
-    session = a.session_dir or latest_session()
+    session = a.session_dir or cluster_session() or latest_session()
     if session is None:
         print(f"aioray logs: no session under {node.config.SESSION_ROOT}", file=sys.stderr)
         return 1
@@ -100,6 +106,19 @@ def cmd_logs(a: argparse.Namespace) -> int:
     if a.follow:
         _follow(paths)
     return 0
+
+
+def cluster_session() -> str | None:
+    """The session directory of the cluster ``address="auto"`` finds, if it is running."""
+    info = node.read_cluster_file()
+    session = info.get("session_dir")
+    if not session or not os.path.isdir(session):
+        return None
+    try:
+        node.resolve_address("auto")  # (checks that its GCS still runs)
+    except ConnectionError:
+        return None
+    return str(session)
 
 
 def latest_session(root: str | None = None) -> str | None:
