@@ -3,6 +3,7 @@
 from aioray import (  # util: ray.util.placement_group after `import ray`
     _html,  # noqa: F401  (gives ObjectRef, ActorHandle and InitContext their notebook views)
     actor,
+    dag,
     exceptions,
     util,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "available_resources",
     "cancel",
     "cluster_resources",
+    "dag",
     "exceptions",
     "get",
     "get_actor",

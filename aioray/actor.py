@@ -25,6 +25,7 @@ from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.wire import config, ids, serializability, serialization
 from aioray._private.wire.task_spec import STREAMING, TaskEntry
+from aioray.dag import ClassMethodNode, ClassNode
 from aioray.exceptions import ActorExit
 from aioray.remote_function import pack_arguments
 
@@ -124,6 +125,10 @@ class ActorClass:
         """Create the actor; return its handle at once."""
         return self._remote(args, kwargs, self._options)
 
+    def bind(self, *args: Any, **kwargs: Any) -> ClassNode:
+        """A DAG node creating this actor with these arguments (``aioray.dag``)."""
+        return ClassNode(self, args, kwargs)
+
     def options(self, **actor_options: Any) -> _ActorClassOptions:
         options.validate(actor_options, options.ACTOR_OPTIONS)
         return _ActorClassOptions(self, {**self._options, **actor_options})
@@ -220,6 +225,9 @@ class _ActorClassOptions:
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         return self._actor_class._remote(args, kwargs, self._opts)
 
+    def bind(self, *args: Any, **kwargs: Any) -> ClassNode:
+        return ClassNode(self, args, kwargs)
+
 
 class ActorHandle:
     """A handle to one actor; ``handle.method.remote(...)`` calls it."""
@@ -312,6 +320,10 @@ class ActorMethod:
         if "_generator_backpressure_num_objects" in mopts:
             m._mopts["bp"] = mopts["_generator_backpressure_num_objects"]
         return m
+
+    def bind(self, *args: Any, **kwargs: Any) -> ClassMethodNode:
+        """A DAG node calling this method of this actor (``aioray.dag``)."""
+        return ClassMethodNode(self._handle, self._name, args, kwargs)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         h = self._handle

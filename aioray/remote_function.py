@@ -15,6 +15,7 @@ from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.wire import config, ids, serializability, serialization
 from aioray._private.wire.task_spec import STREAMING, TaskEntry, split_args
+from aioray.dag import FunctionNode
 
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
@@ -67,6 +68,10 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Submit the task; return its ObjectRef (a list of them if num_returns > 1)."""
         return self._remote(args, kwargs, self._options)
+
+    def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
+        """A DAG node calling this function with these arguments (``aioray.dag``)."""
+        return FunctionNode(self, args, kwargs)
 
     def options(self, **task_options: Any) -> _BoundOptions:
         """Return a copy whose ``.remote()`` uses these options."""
@@ -207,6 +212,9 @@ class _BoundOptions:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._fn._remote(args, kwargs, self._opts)
+
+    def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
+        return FunctionNode(self, args, kwargs)
 
     def options(self, **task_options: Any) -> _BoundOptions:
         options.validate(task_options, options.TASK_OPTIONS)
