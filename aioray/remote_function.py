@@ -190,10 +190,7 @@ def pack_arguments(
     try:
         so = serialization.serialize(call_args)
     except TypeError as e:
-        raise TypeError(
-            f"Could not serialize the arguments of {name}: {e}\n"
-            + serializability.report(call_args, f"the arguments of {name}")
-        ) from None
+        raise TypeError(f"Could not serialize the arguments of {name}: {e}") from None
     # Refs nested in the arguments: the blob keeps their instances (so the objects)
     # alive until the task is done; the submitter lends them to the worker.
     if so.total_bytes >= config.MAX_INLINE_BYTES:

@@ -178,3 +178,14 @@ def test_each_call_runs_once_when_one_raises(ray_shared, tmp_path):
             ("ok", 2),
         ]
     assert [(tmp_path / f"{i}").read_text() for i in range(3)] == ["x", "x", "x"]
+
+
+def test_unpicklable_function_in_a_map_gives_the_report(pool):
+    lock = threading.Lock()
+
+    def uses_lock(x):
+        return lock.locked()
+
+    with pytest.raises(TypeError, match="Could not serialize") as info:
+        pool.map(uses_lock, range(100))  # (the function goes through the object store)
+    assert "FailTuple(lock [obj=<unlocked _thread.lock" in str(info.value)

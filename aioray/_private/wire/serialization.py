@@ -18,6 +18,7 @@ from typing import Any
 
 import cloudpickle
 
+from aioray._private.wire import serializability
 from aioray._private.wire.protocol import Buffer
 
 _capture = threading.local()
@@ -84,7 +85,10 @@ def serialize(value: Any, is_error: bool = False) -> SerializedObject:
             value, protocol=5, buffer_callback=lambda b: buffers.append(b.raw())
         )
     except Exception as e:
-        raise TypeError(f"Could not serialize {_short_repr(value)}: {type(e).__name__}: {e}") from e
+        raise TypeError(
+            f"Could not serialize {_short_repr(value)}: {type(e).__name__}: {e}\n"
+            + serializability.report(value)
+        ) from e
     finally:
         _capture.refs = previous
     return SerializedObject(data, buffers, refs, is_error)
