@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aioray._private.owner import placement_groups
+from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.core_worker import WORKER
 from aioray._private.wire import config
 
@@ -36,7 +36,9 @@ class RuntimeContext:
     def _spec(self) -> dict[str, Any] | None:
         """The spec of the task running in this thread, or None."""
         ctx = self._cw.task_context.__dict__
-        return ctx.get("spec") if ctx.get("task_id") else None
+        if ctx.get("task_id"):
+            return ctx.get("spec")
+        return worker_context.async_call_spec.get()  # an async actor's call, or None
 
     def _actor_spec(self) -> dict[str, Any] | None:
         if self._cw.actor_id is None:
@@ -54,8 +56,8 @@ class RuntimeContext:
         return self._cw.worker_id.hex()
 
     def get_task_id(self) -> str | None:
-        tid = getattr(self._cw.task_context, "task_id", None)
-        return tid.hex() if tid else None
+        spec = self._spec()
+        return spec["tid"].hex() if spec else None
 
     def get_task_name(self) -> str | None:
         """The running task's name (``f``, or ``Cls.method``); None in a driver."""
@@ -142,10 +144,10 @@ class RuntimeContext:
 
     def is_canceled(self) -> bool:
         """Whether the running task has been asked to stop (``aioray.cancel``)."""
-        tid = getattr(self._cw.task_context, "task_id", None)
-        if tid is None:
+        spec = self._spec()
+        if spec is None:
             raise RuntimeError("This method is only available in a task or an actor.")
-        return tid in self._cw.canceled_tasks
+        return spec["tid"] in self._cw.canceled_tasks
 
     # -- the node and the cluster -----------------------------------------------------------
     def get_node_labels(self) -> dict[str, str]:

@@ -25,6 +25,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from aioray._private.owner import worker_context
 from aioray._private.rpc import rpc
 from aioray._private.wire import serialization
 from aioray._private.wire.protocol import Buffer
@@ -226,6 +227,7 @@ class ActorHost:
             current = asyncio.current_task()
             assert current is not None
             self.running[task_id] = current
+            worker_context.async_call_spec.set(spec)  # (this asyncio task's own context)
             start = time.perf_counter()
             try:
                 fn = getattr(self.instance, spec["m"])

@@ -329,3 +329,22 @@ def test_actor_traceback_shows_user_file_and_source_only(ray_shared):
         text = str(info.value).split("Traceback", 1)[1]
         assert f'File "{__file__}"' in text and "return _divide(0)" in text
         assert "actor_host.py" not in text and "worker.py" not in text
+
+
+def test_runtime_context_in_async_actor_calls(ray_shared):
+    @ray.remote
+    class Async:
+        async def info(self, delay):
+            import asyncio
+
+            ctx = ray.get_runtime_context()
+            before = ctx.get_task_id()
+            await asyncio.sleep(delay)  # another call runs meanwhile on this loop
+            return before, ctx.get_task_id(), ctx.get_task_name()
+
+    a = Async.remote()
+    (b1, a1, name), (b2, a2, _) = ray.get(
+        [a.info.remote(0.2), a.info.remote(0.0)], timeout=GET_TIMEOUT
+    )
+    assert b1 == a1 and b2 == a2 and b1 != b2 and b1 is not None
+    assert name.endswith("Async.info")

@@ -5,6 +5,7 @@ connecting (``init``) starts or joins a cluster, which lives above this floor.""
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,12 @@ core_worker: CoreWorker | None = None
 
 # Connects this process when nothing is connected yet: aioray.api sets it (to init()).
 connect: Callable[[], CoreWorker] | None = None
+
+# The spec of the async actor call running in this asyncio task (the thread-local task
+# context serves the tasks that have a thread to themselves).
+async_call_spec: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "aioray_async_call_spec", default=None
+)
 
 # The job's runtime_env (init(runtime_env=...)): each task's and actor's is laid over it.
 job_runtime_env: dict[str, Any] = {}
