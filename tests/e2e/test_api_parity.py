@@ -270,11 +270,11 @@ def test_wrong_argument_count_fails_at_actor_remote(ray_shared):
     assert ray.get(acc.static.remote(5), timeout=GET_TIMEOUT) == 5
     with pytest.raises(TypeError, match="too many positional arguments"):
         acc.static.remote(5, 6)
-    named = ray.get_actor  # a handle rebuilt from the GCS checks too
     acc2 = Acc.options(name="parity_sig").remote(0)
+    looked_up = ray.get_actor("parity_sig")  # a handle rebuilt from the GCS checks too
     with pytest.raises(TypeError, match="too many positional arguments"):
-        named("parity_sig").add.remote(1, 2)
-    del acc2
+        looked_up.add.remote(1, 2)
+    del acc2, looked_up
 
 
 def test_dir_of_actor_handle_lists_methods(ray_shared):
