@@ -3,11 +3,13 @@
 from aioray import (  # util: ray.util.placement_group after `import ray`
     _html,  # noqa: F401  (gives ObjectRef, ActorHandle and InitContext their notebook views)
     actor,
+    dag,
     exceptions,
     util,
 )
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.owner.streaming import ObjectRefGenerator
+from aioray._private.wire.ids import ActorID, JobID, NodeID, PlacementGroupID, TaskID, WorkerID
 from aioray.actor import ActorClass, ActorHandle, method
 from aioray.api import (
     available_resources,
@@ -35,14 +37,21 @@ __version__ = "0.1.0"
 __all__ = [
     "ActorClass",
     "ActorHandle",
+    "ActorID",
+    "JobID",
+    "NodeID",
     "ObjectRef",
     "ObjectRefGenerator",
+    "PlacementGroupID",
     "RemoteFunction",
+    "TaskID",
+    "WorkerID",
     "__version__",
     "actor",
     "available_resources",
     "cancel",
     "cluster_resources",
+    "dag",
     "exceptions",
     "get",
     "get_actor",

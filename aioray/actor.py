@@ -20,13 +20,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aioray._private.core import options
+from aioray._private.core import options, signatures
 from aioray._private.core.scheduling_strategies import strategy_to_wire
 from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.owner.task_events import ACTOR_CREATION_TASK, ACTOR_TASK, PENDING_ARGS_AVAIL
-from aioray._private.wire import config, ids, serialization
+from aioray._private.wire import config, ids, serializability, serialization
 from aioray._private.wire.task_spec import STREAMING, TaskEntry
+from aioray.dag import ClassMethodNode, ClassNode
 from aioray.exceptions import ActorExit
 from aioray.remote_function import pack_arguments
 
@@ -73,14 +74,17 @@ def _class_meta(cls: type, opts: dict[str, Any]) -> dict[str, Any]:
             is_async = True
         generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
         default_nret = "streaming" if generator else 1  # Ray >= 2.8: generators stream
+        static = isinstance(inspect.getattr_static(cls, name, None), staticmethod)
         methods[name] = {
             "nret": mopts.get("num_returns", default_nret),
             "cg": mopts.get("concurrency_group"),
             "bp": mopts.get("_generator_backpressure_num_objects", 0),
+            "sig": signatures.to_wire(fn, drop_first=not static),  # checked at .remote()
         }
     max_conc = opts.get("max_concurrency") or (1000 if is_async else 1)
     return {
         "cls": cls.__qualname__,
+        "module": cls.__module__,
         "methods": methods,
         "async": is_async,
         "max_concurrency": max_conc,
@@ -101,6 +105,7 @@ class ActorClass:
         self._name = cls.__qualname__
         self._cls_bytes: bytes | None = None
         self._lock = threading.Lock()
+        self._lo, self._hi, self._sig = signatures.arity(cls)  # __init__'s
         self.__doc__ = cls.__doc__
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -123,6 +128,10 @@ class ActorClass:
         """Create the actor; return its handle at once."""
         return self._remote(args, kwargs, self._options)
 
+    def bind(self, *args: Any, **kwargs: Any) -> ClassNode:
+        """A DAG node creating this actor with these arguments (``aioray.dag``)."""
+        return ClassNode(self, args, kwargs)
+
     def options(self, **actor_options: Any) -> _ActorClassOptions:
         """A copy of this actor class with ``actor_options`` (Ray's actor options, validated now)
         overriding its own; call ``.remote(...)`` on it to create the actor."""
@@ -137,13 +146,16 @@ class ActorClass:
                         self._cls_bytes = serialization.dumps_function(self._cls)
                     except Exception as e:
                         raise TypeError(
-                            f"Could not serialize the actor class {self._name}: {e}"
+                            f"Could not serialize the actor class {self._name}: {e}\n"
+                            + serializability.report(self._cls, self._name)
                         ) from e
         return self._cls_bytes
 
     def _remote(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]
     ) -> ActorHandle:
+        if kwargs or not self._lo <= len(args) <= self._hi:
+            signatures.check(self._sig, args, kwargs)
         cw = worker_context.ensure_connected()
         cls_bytes = self._export()
         meta = _class_meta(self._cls, opts)
@@ -170,6 +182,7 @@ class ActorClass:
             "owner": list(cw.address),
             "fid": hashlib.sha1(cls_bytes).digest(),
             "meta": meta,
+            "aname": name or "",
         }
         if "noev" in meta:  # enable_task_events=False: no events for the actor's tasks
             spec["noev"] = True
@@ -198,6 +211,7 @@ class ActorClass:
             hold = placement_groups.rewrite(placement, hold, self._name)
             sched = dict(hold)
             spec["pg"] = placement
+        spec["res"] = hold
         request = {
             "aid": actor_id,
             "name": name,
@@ -227,6 +241,9 @@ class _ActorClassOptions:
         """Create the actor with these options; return its handle at once."""
         return self._actor_class._remote(args, kwargs, self._opts)
 
+    def bind(self, *args: Any, **kwargs: Any) -> ClassNode:
+        return ClassNode(self, args, kwargs)
+
 
 class ActorHandle:
     """A handle to one actor; ``handle.method.remote(...)`` calls it."""
@@ -252,6 +269,9 @@ class ActorHandle:
             raise AttributeError(f"'{self._meta['cls']}' actor has no method '{name}'")
         return ActorMethod(self, name, methods.get(name, {}))
 
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *self._meta["methods"]})
+
     def __repr__(self) -> str:
         return f"Actor({self._meta['cls']}, {self._actor_id.hex()})"
 
@@ -267,6 +287,14 @@ class ActorHandle:
         # A copy leaves this process: the actor must outlive this process's handles.
         self._cw.actors.mark_escaped(self._actor_id)
         return (_rebuild_handle, (self._actor_id, self._meta))
+
+    def _signature(self, method: str) -> Any:
+        """The method's inspect.Signature, rebuilt once from the meta's wire form."""
+        sigs = self.__dict__.setdefault("_sigs", {})
+        sig = sigs.get(method)
+        if sig is None:
+            sig = sigs[method] = signatures.from_wire(self._meta["methods"][method].get("sig"))[2]
+        return sig
 
     @property
     def _actor_id_hex(self) -> str:
@@ -314,10 +342,17 @@ class ActorMethod:
             m._mopts["noev"] = mopts["enable_task_events"] is False
         return m
 
+    def bind(self, *args: Any, **kwargs: Any) -> ClassMethodNode:
+        """A DAG node calling this method of this actor (``aioray.dag``)."""
+        return ClassMethodNode(self._handle, self._name, args, kwargs)
+
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Call the method on the actor; the ObjectRef of its result at once (a list of refs for
         num_returns > 1, an ObjectRefGenerator for streaming, None for num_returns=0)."""
         h = self._handle
+        sig = self._mopts.get("sig")
+        if sig is not None and (kwargs or not sig[0] <= len(args) <= sig[1]):
+            signatures.check(h._signature(self._name), args, kwargs)
         cw = h._cw
         nret = self._mopts.get("nret", 1)
         streaming = nret == "streaming"

@@ -85,6 +85,7 @@ def init(
     logging_level: Any = None,
     configure_logging: bool = True,
     _node_ip_address: str = "127.0.0.1",
+    local_mode: bool = False,
     **kwargs: Any,
 ) -> InitContext:
     """Start a local cluster, or connect to one (``address="auto"`` or ``"host:port"``)."""
@@ -100,6 +101,14 @@ def init(
     unknown = set(kwargs) - allowed_extra
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    if local_mode:  # Ray 2.x accepts it with this warning; here tasks run in workers as usual
+        warnings.warn(
+            "`local_mode` is an experimental feature that is no longer maintained and will "
+            "be removed in the near future. For debugging consider using Ray debugger. "
+            "(aioray runs the tasks in worker processes as usual.)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     from aioray._private.core.options import validate
 
     # Bad fields fail here naming the field; sizes are checked before anything starts.
@@ -530,7 +539,18 @@ def get_gpu_ids() -> list[int]:
 
 def get_runtime_context() -> RuntimeContext:
     """Ids of the current job, task, node and worker."""
-    return RuntimeContext(ensure_connected(), worker_context.job_runtime_env)
+    cw = ensure_connected()
+    return RuntimeContext(cw, worker_context.job_runtime_env, _current_actor_handle)
+
+
+def _current_actor_handle() -> Any:
+    """A handle to the actor this process hosts (RuntimeContext.current_actor)."""
+    from aioray.actor import ActorHandle
+
+    cw = ensure_connected()
+    assert cw.actor_id is not None  # (RuntimeContext.current_actor checked it)
+    host = getattr(cw.extra_handlers.get("create_actor"), "__self__", None)
+    return ActorHandle(cw.actor_id, host.meta if host is not None else {})
 
 
 def remote(*args: Any, **kwargs: Any) -> Any:

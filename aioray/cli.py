@@ -9,12 +9,13 @@ import runpy
 import sys
 import time
 
-from aioray import state_cli
+from aioray import __version__, state_cli
 from aioray._private.node import node, node_commands
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aioray", description="aioray cluster commands")
+    p.add_argument("--version", action="version", version=f"aioray, version {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start a node's daemons in the background")
     node_commands.add_node_options(start, foreground=False)
@@ -32,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("name", nargs="?", help="a file name, or a worker's pid (its .out and .err)")
     logs.add_argument("-n", "--lines", type=int, default=100, help="lines to print (default 100)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until Ctrl-C")
-    logs.add_argument("--session-dir", help="the session (default: the latest)")
+    logs.add_argument(
+        "--session-dir",
+        help="the session (default: the running cluster's, from 'aioray start' or "
+        "'serve-node --head'; else the latest)",
+    )
     state_cli.add_log_options(logs)
     state_cli.add_commands(sub)
     sub.add_parser(
@@ -77,7 +82,7 @@ def cmd_memory(a: argparse.Namespace) -> int:
 def cmd_logs(a: argparse.Namespace) -> int:
     if state_cli.wants_state_logs(a):  # Ray's selectors: ask the cluster, any node
         return state_cli.cmd_state_logs(a)
-    session = a.session_dir or latest_session()
+    session = a.session_dir or cluster_session() or latest_session()
     if session is None:
         print(f"aioray logs: no session under {node.config.SESSION_ROOT}", file=sys.stderr)
         return 1
@@ -105,6 +110,19 @@ def cmd_logs(a: argparse.Namespace) -> int:
     if a.follow:
         _follow(paths)
     return 0
+
+
+def cluster_session() -> str | None:
+    """The session directory of the cluster ``address="auto"`` finds, if it is running."""
+    info = node.read_cluster_file()
+    session = info.get("session_dir")
+    if not session or not os.path.isdir(session):
+        return None
+    try:
+        node.resolve_address("auto")  # (checks that its GCS still runs)
+    except ConnectionError:
+        return None
+    return str(session)
 
 
 def latest_session(root: str | None = None) -> str | None:

@@ -260,6 +260,74 @@ class RuntimeEnvSetupError(RayError):
         return f"{msg}\n{self.error_message}" if self.error_message else msg
 
 
+class CrossLanguageError(RayError):
+    """An error raised across languages (Ray's name; aioray runs Python only)."""
+
+
+class LocalRayletDiedError(RayError):
+    """The raylet of this process's node died."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "The task's local raylet died."
+
+
+class NodeDiedError(RayError):
+    """The node the task or object was on died."""
+
+
+class ObjectFetchTimedOutError(ObjectLostError):
+    """Fetching the object from another node timed out."""
+
+
+class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
+    """The object was freed early: a reference counting bug."""
+
+
+class RpcError(RayError):
+    """A remote procedure call failed (``rpc_code`` says how, when known)."""
+
+    def __init__(self, message: str = "", rpc_code: int | None = None) -> None:
+        self.rpc_code = rpc_code
+        super().__init__(message)
+
+
+class PlasmaObjectNotAvailable(RayError):
+    """The object was not available within the given timeout."""
+
+
+class AsyncioActorExit(RayError):
+    """Raised when an asyncio actor intentionally exits via exit_actor()."""
+
+
+class ActorAlreadyExistsError(RayError, ValueError):
+    """An actor with that name already exists in the namespace (also a ValueError,
+    which is what Ray raised before the class existed)."""
+
+
+class ActorHandleNotFoundError(RayError, ValueError):
+    """No actor has that handle or name."""
+
+
+class AuthenticationError(RayError, ConnectionError):
+    """A connection offered no cluster token, or another cluster's."""
+
+
+class ObjectRefStreamEndOfStreamError(RayError):
+    """A streaming generator has no more items."""
+
+
+class StreamingGeneratorReplayInconsistentError(RayError):
+    """A retried streaming generator produced different items the second time."""
+
+
+class OufOfBandObjectRefSerializationException(RayError):  # (sic: Ray's spelling)
+    """An ObjectRef was pickled with a plain pickler, outside aioray's serialization."""
+
+
+class UserCodeException(RayError):
+    """An exception raised by user code (a marker base used by Ray's libraries)."""
+
+
 class ActorExit(BaseException):
     """Raised by exit_actor(): unwinds the calling method; the worker then exits.
 
@@ -268,27 +336,42 @@ class ActorExit(BaseException):
 
 
 __all__ = [
+    "ActorAlreadyExistsError",
     "ActorDiedError",
+    "ActorHandleNotFoundError",
     "ActorPlacementGroupRemoved",
     "ActorUnavailableError",
     "ActorUnschedulableError",
+    "AsyncioActorExit",
+    "AuthenticationError",
+    "CrossLanguageError",
     "GetTimeoutError",
+    "LocalRayletDiedError",
+    "NodeDiedError",
+    "ObjectFetchTimedOutError",
     "ObjectFreedError",
     "ObjectLostError",
     "ObjectReconstructionFailedError",
+    "ObjectRefStreamEndOfStreamError",
     "ObjectStoreFullError",
+    "OufOfBandObjectRefSerializationException",
     "OutOfDiskError",
     "OutOfMemoryError",
     "OwnerDiedError",
     "PendingCallsLimitExceeded",
+    "PlasmaObjectNotAvailable",
     "RayActorError",
     "RayError",
     "RaySystemError",
     "RayTaskError",
+    "ReferenceCountingAssertionError",
+    "RpcError",
     "RuntimeEnvSetupError",
+    "StreamingGeneratorReplayInconsistentError",
     "TaskCancelledError",
     "TaskPlacementGroupRemoved",
     "TaskUnschedulableError",
     "UnserializableException",
+    "UserCodeException",
     "WorkerCrashedError",
 ]

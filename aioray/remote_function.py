@@ -10,16 +10,20 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aioray._private.core import options, runtime_env
+from aioray._private.core import options, runtime_env, signatures
 from aioray._private.core.scheduling_strategies import strategy_to_wire
 from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.owner.task_events import NORMAL_TASK, PENDING_ARGS_AVAIL
-from aioray._private.wire import config, ids, serialization
+from aioray._private.wire import config, ids, serializability, serialization
 from aioray._private.wire.task_spec import STREAMING, TaskEntry, split_args
+from aioray.dag import FunctionNode
 
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
+
+
+_DEFAULT_RESOURCES = {"CPU": 1.0}
 
 
 class RemoteFunction:
@@ -35,7 +39,10 @@ class RemoteFunction:
         self._fn_bytes: bytes | None = None
         self._fid = b""
         self._lock = threading.Lock()
-        self._request: tuple[Any, ...] = ()  # (options, resources, class key, env, parent env)
+        # (options, resources, class key, env, parent env, task events, resources not 1 CPU)
+        self._request: tuple[Any, ...] = ()
+        # Calls with no keywords and lo <= len(args) <= hi bind: no other check.
+        self._lo, self._hi, self._sig = signatures.arity(fn)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -59,10 +66,15 @@ class RemoteFunction:
         self._fid = b""
         self._lock = threading.Lock()
         self._request = ()
+        self._lo, self._hi, self._sig = signatures.arity(self._function)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Submit the task; return its ObjectRef (a list of them if num_returns > 1)."""
         return self._remote(args, kwargs, self._options)
+
+    def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
+        """A DAG node calling this function with these arguments (``aioray.dag``)."""
+        return FunctionNode(self, args, kwargs)
 
     def options(self, **task_options: Any) -> _BoundOptions:
         """Return a copy whose ``.remote()`` uses these options."""
@@ -77,13 +89,16 @@ class RemoteFunction:
                         data = serialization.dumps_function(self._function)
                     except Exception as e:
                         raise TypeError(
-                            f"Could not serialize the function {self._name}: {e}"
+                            f"Could not serialize the function {self._name}: {e}\n"
+                            + serializability.report(self._function, self._name)
                         ) from e
                     self._fid = hashlib.sha1(data).digest()
                     self._fn_bytes = data
         return self._fid, self._fn_bytes
 
     def _remote(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]) -> Any:
+        if kwargs or not self._lo <= len(args) <= self._hi:
+            signatures.check(self._sig, args, kwargs)
         cw = worker_context.ensure_connected()
         fid, fn_bytes = self._export()
         nret = opts["num_returns"]
@@ -114,6 +129,7 @@ class RemoteFunction:
                 env,
                 parent_env,
                 opts.get("enable_task_events"),
+                resources != _DEFAULT_RESOURCES,
             )
         env = request[3]
         if env:
@@ -130,6 +146,8 @@ class RemoteFunction:
             if placement is not None:  # in a placement group: lease the bundle's resources
                 resources = placement_groups.rewrite(placement, resources, self._name)
                 spec["pg"] = placement
+        if request[6] or resources is not request[1]:  # (the worker assumes 1 CPU)
+            spec["res"] = resources
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
         events = cw.task_events
@@ -214,6 +232,9 @@ class _BoundOptions:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._fn._remote(args, kwargs, self._opts)
+
+    def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
+        return FunctionNode(self, args, kwargs)
 
     def options(self, **task_options: Any) -> _BoundOptions:
         options.validate(task_options, options.TASK_OPTIONS)

@@ -25,6 +25,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from aioray._private.owner import worker_context
 from aioray._private.owner.task_events import EXEC, RUNNING, record_end
 from aioray._private.rpc import rpc
 from aioray._private.wire import serialization
@@ -80,6 +81,7 @@ class ActorHost:
         self._tail: asyncio.Future[None] | None = None
         self._exiting = False
         self.gpus: list[int] = []
+        self.spec: dict[str, Any] = {}  # the creation spec
 
     def handlers(self) -> dict[str, rpc.Handler]:
         return {
@@ -248,6 +250,7 @@ class ActorHost:
             events = self.cw.task_events
             if events is not None and "noev" not in spec:
                 events.append((task_id, spec.get("at", 0), EXEC + RUNNING, time.time()))
+            worker_context.async_call_spec.set(spec)  # (this asyncio task's own context)
             start = time.perf_counter()
             try:
                 fn = getattr(self.instance, spec["m"])

@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 import traceback
+from types import TracebackType
 from typing import Any
 
 from aioray.daemons import worker_output
@@ -143,6 +144,7 @@ class TaskExecutor:
         if self.actor.cancel(task_id):
             return
         if self.current == task_id:
+            self.cw.canceled_tasks.add(task_id)  # get_runtime_context().is_canceled()
             if recursive:  # Ray's default: the tasks this task submitted go too
                 for child in list(self.cw.submitter.tasks):
                     self.cw.submitter.cancel_task(child, force)
@@ -233,6 +235,7 @@ class TaskExecutor:
             return self._create_actor(spec, job)
         ctx = self.cw.task_context
         ctx.task_id = task_id
+        ctx.spec = spec  # (the runtime context reads the task's name and resources)
         ctx.pg = pg = spec.get("pg")  # get_current_placement_group; captured child tasks
         if pg:
             placement_groups.task_placement(pg)
@@ -266,6 +269,8 @@ class TaskExecutor:
             return self.task_error(spec, e)
         finally:
             ctx.task_id = None
+            if self.cw.canceled_tasks:
+                self.cw.canceled_tasks.discard(task_id)
         if spec["nret"] == STREAMING:
             body, bufs = result
             body["t"] = elapsed
@@ -281,6 +286,7 @@ class TaskExecutor:
 
     def _create_actor(self, spec: dict[str, Any], job: Job) -> tuple[dict[str, Any], list[Buffer]]:
         self.cw.job_id = spec["job"]
+        self.actor.spec = spec  # (the runtime context: the actor's name, restarts, resources)
         placement_groups.set_actor_placement(spec.get("pg"))
         self.actor.gpus = spec.get("gpu") or []
         if self.actor.gpus:
@@ -444,7 +450,7 @@ class TaskExecutor:
     def task_error(
         self, spec: dict[str, Any], e: BaseException
     ) -> tuple[dict[str, Any], list[Buffer]]:
-        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        tb = "".join(traceback.format_exception(type(e), e, user_frames(e.__traceback__)))
         events = self.cw.task_events
         if events is not None and "noev" not in spec:
             row = (spec["tid"], spec.get("at", 0), EXEC + FAILED, time.time())
@@ -474,6 +480,24 @@ def _failed(body: dict[str, Any]) -> bool:
 
 def _name_of(spec: Any) -> str:
     return str(spec.get("name")) if isinstance(spec, dict) else repr(spec)[:80]
+
+
+# Frames of aioray's own code (the installed package, and daemons/ in a source tree):
+# a task's traceback starts at the user's first frame, as Ray's does.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(serialization.__file__)))
+_INTERNAL_DIRS = (
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), ""),
+    os.path.join(os.path.abspath(_PACKAGE_DIR), ""),
+)
+
+
+def user_frames(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` without its leading frames in aioray's code (the worker calling the task);
+    all of it when every frame is aioray's (the error is not in the user's code)."""
+    user = tb
+    while user is not None and user.tb_frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        user = user.tb_next
+    return user if user is not None else tb
 
 
 def _owner_of(address: list[Any] | None) -> tuple[str, int, bytes] | None:

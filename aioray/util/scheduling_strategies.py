@@ -4,8 +4,21 @@ They are defined in the core floor (aioray/_private/core/scheduling_strategies.p
 where the option checks and the task and actor specs use them."""
 
 from aioray._private.core.scheduling_strategies import (
+    DoesNotExist,
+    Exists,
+    In,
     NodeAffinitySchedulingStrategy,
+    NodeLabelSchedulingStrategy,
+    NotIn,
     PlacementGroupSchedulingStrategy,
 )
 
-__all__ = ["NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"]
+__all__ = [
+    "DoesNotExist",
+    "Exists",
+    "In",
+    "NodeAffinitySchedulingStrategy",
+    "NodeLabelSchedulingStrategy",
+    "NotIn",
+    "PlacementGroupSchedulingStrategy",
+]

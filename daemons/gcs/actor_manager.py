@@ -127,7 +127,10 @@ class ActorManager:
                 if body.get("get_if_exists"):
                     rec = self.actors[existing]
                     return {"aid": rec.aid, "meta": rec.meta}
-                return {"error": f"The name {name!r} (namespace={ns!r}) is already taken."}
+                return {
+                    "error": f"The name {name!r} (namespace={ns!r}) is already taken.",
+                    "exists": True,
+                }
         rec = ActorRecord(body, list(bufs), conn)
         self.actors[rec.aid] = rec
         if name:
@@ -203,7 +206,7 @@ class ActorManager:
         host, port = lease["addr"]
         rec.node_id = self.gcs.node_of(raylet)  # from here its node's death restarts it
         rec.worker_id = lease["wid"]  # and from here this worker's death does
-        spec = {**rec.spec, "gpu": lease.get("gpus", [])}
+        spec = {**rec.spec, "gpu": lease.get("gpus", []), "restarts": rec.num_restarts}
         try:
             worker, _ = await rpc.connect(host, port, hello={"role": "gcs"}, name="actor worker")
             body, bufs = await worker.call_full("create_actor", spec, rec.buffers)

@@ -21,6 +21,9 @@ never hold). Policies, with Ray's semantics:
   with spill_on_unavailable: DEFAULT; or hard with fail_on_unavailable:
   unschedulable). A dead, unknown or infeasible node: hard -> unschedulable,
   soft -> DEFAULT.
+- Node labels ``[LABEL, hard, soft]`` (each a list of ``[key, op, values]``): DEFAULT
+  over the nodes whose labels satisfy ``hard``, narrowed to those that also satisfy
+  ``soft`` when one of them can run the request. No node allowed: infeasible (waits).
 
 Resources are opaque names, so placement-group bundles (committed as resources
 such as ``CPU_group_<pgid>`` on a node's totals) steer requests with no change
@@ -39,6 +42,7 @@ LOCAL, SPILL, WAIT, INFEASIBLE, UNSCHEDULABLE = "local", "spill", "wait", "infea
 # Wire names of strategies (None means DEFAULT).
 SPREAD = "SPREAD"
 NODE = "NODE"
+LABEL = "LABEL"
 
 
 class NodeView:
@@ -181,6 +185,9 @@ class ClusterView:
         if local is not None and not local.alive:
             local = None
         candidates = ([local] if local is not None else []) + self.remote_order()
+        if isinstance(strategy, (list, tuple)) and strategy and strategy[0] == LABEL:
+            candidates = _label_candidates(candidates, res, strategy[1], strategy[2])
+            strategy = None  # among the nodes the labels allow: DEFAULT
         feasible = [n for n in candidates if n.feasible(res)]
         if not feasible:
             return Decision(INFEASIBLE)
@@ -234,6 +241,35 @@ class ClusterView:
 
     def _place(self, node: NodeView) -> Decision:
         return Decision(LOCAL if node.node_id == self.local_id else SPILL, node)
+
+
+def label_matches(labels: dict[str, str], expressions: list[Any]) -> bool:
+    """Whether a node's labels satisfy every ``[key, op, values]`` expression."""
+    for key, op, values in expressions:
+        value = labels.get(key)
+        if op == "in":
+            ok = value is not None and value in values
+        elif op == "not_in":
+            ok = value is None or value not in values
+        elif op == "exists":
+            ok = value is not None
+        else:  # "does_not_exist"
+            ok = value is None
+        if not ok:
+            return False
+    return True
+
+
+def _label_candidates(
+    nodes: list[NodeView], res: dict[str, float], hard: list[Any], soft: list[Any]
+) -> list[NodeView]:
+    """The nodes the hard expressions allow; those the soft ones prefer, if any can run it."""
+    allowed = [n for n in nodes if label_matches(n.labels, hard)]
+    if soft:
+        preferred = [n for n in allowed if label_matches(n.labels, soft) and n.feasible(res)]
+        if preferred:
+            return preferred
+    return allowed
 
 
 def _score(node: NodeView, res: dict[str, float]) -> float:

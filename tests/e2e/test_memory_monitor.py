@@ -146,7 +146,7 @@ def test_task_without_retries_fails_with_out_of_memory_error(oom_cluster: Any) -
         ray.get(ref, timeout=60)
     assert not isinstance(info.value, WorkerCrashedError)
     text = str(info.value)
-    assert "allocate_until_killed" in text and ref.task_id() in text
+    assert "allocate_until_killed" in text and ref.task_id().hex() in text
     assert "running low on memory" in text
     assert "IP: 127.0.0.1" in text and "exceeds the memory usage threshold" in text
     assert raylet_state()["oom_kills"] >= 1  # more only if the rest of the machine grew

@@ -106,3 +106,37 @@ def test_strategy_wire_form() -> None:
     assert strategy_to_wire("SPREAD") == SPREAD
     wire = strategy_to_wire(NodeAffinitySchedulingStrategy(B.hex(), soft=True))
     assert wire == [NODE, B, True, False, False]
+
+
+# -- node labels ---------------------------------------------------------------------------
+def labelled(nid: bytes, cpus: float, free: float, labels: dict[str, str]) -> NodeView:
+    total = {"CPU": cpus}
+    return NodeView(nid, "127.0.0.1", 1000 + nid[0], total, {"CPU": free}, True, labels)
+
+
+def test_labels_hard_in_picks_only_matching_nodes() -> None:
+    v = view(labelled(A, 4, 4, {"zone": "a"}), labelled(B, 4, 4, {"zone": "b"}))
+    d = v.pick(CPU1, ["LABEL", [["zone", "in", ["b"]]], []])
+    assert d.kind == SPILL and d.node is not None and d.node.node_id == B
+
+
+def test_labels_not_in_exists_and_does_not_exist() -> None:
+    v = view(labelled(A, 4, 4, {"gpu": "a100"}), labelled(B, 4, 4, {}))
+    assert v.pick(CPU1, ["LABEL", [["gpu", "exists", []]], []]).kind == LOCAL
+    d = v.pick(CPU1, ["LABEL", [["gpu", "does_not_exist", []]], []])
+    assert d.node is not None and d.node.node_id == B
+    d = v.pick(CPU1, ["LABEL", [["gpu", "not_in", ["a100"]]], []])
+    assert d.node is not None and d.node.node_id == B
+
+
+def test_labels_no_node_allowed_is_infeasible() -> None:
+    v = view(labelled(A, 4, 4, {"zone": "a"}))
+    assert v.pick(CPU1, ["LABEL", [["zone", "in", ["z"]]], []]).kind == INFEASIBLE
+
+
+def test_labels_soft_prefers_matching_nodes_and_falls_back() -> None:
+    v = view(labelled(A, 4, 4, {}), labelled(B, 4, 4, {"disk": "ssd"}))
+    d = v.pick(CPU1, ["LABEL", [], [["disk", "in", ["ssd"]]]])
+    assert d.node is not None and d.node.node_id == B
+    d = v.pick(CPU1, ["LABEL", [], [["disk", "in", ["nvme"]]]])
+    assert d.kind == LOCAL  # no node has it: any node

@@ -11,6 +11,7 @@ from typing import Any
 from aioray._private.core.runtime_env import check_task_level
 from aioray._private.core.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
+    NodeLabelSchedulingStrategy,
     PlacementGroupSchedulingStrategy,
 )
 
@@ -83,7 +84,14 @@ def _runtime_env(name: str, v: Any) -> None:
 def _strategy(name: str, v: Any) -> None:
     if v is None or v in ("DEFAULT", "SPREAD"):
         return
-    if isinstance(v, (NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy)):
+    if isinstance(
+        v,
+        (
+            NodeAffinitySchedulingStrategy,
+            NodeLabelSchedulingStrategy,
+            PlacementGroupSchedulingStrategy,
+        ),
+    ):
         return
     if isinstance(v, str):
         raise ValueError(f"Invalid scheduling_strategy {v!r}: use 'DEFAULT' or 'SPREAD'.")

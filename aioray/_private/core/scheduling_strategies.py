@@ -45,6 +45,97 @@ class PlacementGroupSchedulingStrategy:
         self.placement_group_capture_child_tasks = placement_group_capture_child_tasks
 
 
+class _LabelOperator:
+    """One condition on a node label's value (Ray's In, NotIn, Exists, DoesNotExist)."""
+
+    OP = ""
+
+    def __init__(self, *values: str) -> None:
+        for v in values:
+            if not isinstance(v, str):
+                raise ValueError(f"{type(self).__name__}: label values must be strings, got {v!r}.")
+        self.values = list(values)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(repr, self.values))})"
+
+
+class In(_LabelOperator):
+    """The label's value is one of ``values``."""
+
+    OP = "in"
+
+    def __init__(self, *values: str) -> None:
+        if not values:
+            raise ValueError("In() needs at least one value.")
+        super().__init__(*values)
+
+
+class NotIn(_LabelOperator):
+    """The label is absent or its value is none of ``values``."""
+
+    OP = "not_in"
+
+    def __init__(self, *values: str) -> None:
+        if not values:
+            raise ValueError("NotIn() needs at least one value.")
+        super().__init__(*values)
+
+
+class Exists(_LabelOperator):
+    """The node has the label."""
+
+    OP = "exists"
+
+    def __init__(self) -> None:
+        super().__init__()
+
+
+class DoesNotExist(_LabelOperator):
+    """The node does not have the label."""
+
+    OP = "does_not_exist"
+
+    def __init__(self) -> None:
+        super().__init__()
+
+
+class NodeLabelSchedulingStrategy:
+    """Run on a node whose labels satisfy ``hard``; prefer those satisfying ``soft``."""
+
+    def __init__(
+        self, hard: dict[str, _LabelOperator], *, soft: dict[str, _LabelOperator] | None = None
+    ) -> None:
+        self.hard = _check_labels("hard", hard)
+        self.soft = _check_labels("soft", soft or {})
+        if not self.hard and not self.soft:
+            raise ValueError(
+                "The `hard` and `soft` parameter of NodeLabelSchedulingStrategy cannot both "
+                "be empty."
+            )
+
+    def __repr__(self) -> str:
+        return f"NodeLabelSchedulingStrategy(hard={self.hard!r}, soft={self.soft!r})"
+
+
+def _check_labels(which: str, expressions: Any) -> dict[str, _LabelOperator]:
+    if not isinstance(expressions, dict):
+        raise ValueError(
+            f"NodeLabelSchedulingStrategy: {which} must be a dict, got {expressions!r}"
+        )
+    for key, op in expressions.items():
+        if not isinstance(key, str) or not isinstance(op, _LabelOperator):
+            raise ValueError(
+                f"NodeLabelSchedulingStrategy: {which} maps label names to In, NotIn, "
+                f"Exists or DoesNotExist, got {key!r}: {op!r}."
+            )
+    return dict(expressions)
+
+
+def _label_wire(expressions: dict[str, _LabelOperator]) -> list[Any]:
+    return [[key, op.OP, op.values] for key, op in expressions.items()]
+
+
 def strategy_to_wire(strategy: Any) -> Any:
     """The form a scheduling strategy travels in to raylets and the GCS (None: DEFAULT).
 
@@ -62,4 +153,6 @@ def strategy_to_wire(strategy: Any) -> Any:
             bool(strategy._spill_on_unavailable),
             bool(strategy._fail_on_unavailable),
         ]
+    if isinstance(strategy, NodeLabelSchedulingStrategy):
+        return ["LABEL", _label_wire(strategy.hard), _label_wire(strategy.soft)]
     return None

@@ -102,6 +102,13 @@ def read_cluster_file() -> dict[str, Any]:
         return {}
 
 
+def remove_cluster_file() -> None:
+    try:
+        os.unlink(CLUSTER_FILE)
+    except FileNotFoundError:
+        pass
+
+
 def write_cluster_file(info: dict[str, Any]) -> None:
     """The head's address, pids and token, for ``address="auto"`` (owner-only: a secret)."""
     os.makedirs(os.path.dirname(CLUSTER_FILE), exist_ok=True)

@@ -178,7 +178,9 @@ def cmd_serve_node(a: argparse.Namespace) -> int:
     n: node.LocalNode | None = None
     code = 0
     try:
-        n, _ = _start_node(a, detached=False)
+        n, token = _start_node(a, detached=False)
+        if a.head:  # address="auto" and `aioray status` find it, as after `aioray start`
+            node.write_cluster_file(_cluster_record(n, token))
         print(
             f"aioray node serving: GCS {n.gcs_address}, raylet "
             f"{n.raylet_address[0]}:{n.raylet_address[1]}, metrics port "
@@ -196,8 +198,21 @@ def cmd_serve_node(a: argparse.Namespace) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
         if n is not None:
+            if a.head and node.read_cluster_file().get("gcs_address") == n.gcs_address:
+                node.remove_cluster_file()
             n.stop()
     return code
+
+
+def _cluster_record(n: node.LocalNode, token: str | None) -> dict[str, Any]:
+    return {
+        "gcs_address": n.gcs_address,
+        "gcs_pid": n.pids[0],
+        "pids": n.pids,
+        "session_dir": n.session_dir,
+        "session_id": n.session_id,
+        "token": token,
+    }
 
 
 def _name(proc: subprocess.Popen[bytes]) -> str:
@@ -350,11 +365,20 @@ def cmd_status(a: argparse.Namespace) -> int:
             if key.startswith("node:"):
                 continue
             total, free = n["Resources"][key], n["Available"].get(key, 0.0)
-            used = f"{_fmt(total - free)}/{_fmt(total)} used" if n["Alive"] else _fmt(total)
+            fmt = _fmt_bytes if "memory" in key else _fmt
+            used = f"{fmt(total - free)}/{fmt(total)} used" if n["Alive"] else fmt(total)
             print(f"    {key}: {used}")
         if n.get("Labels"):
             print(f"    labels: {json.dumps(n['Labels'])}")
     return 0
+
+
+def _fmt_bytes(x: float) -> str:
+    """A byte count as Ray's status shows one: 7.06GiB, 512.00MiB, 0B."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if x >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}B"
 
 
 def _fmt(x: float) -> str:

@@ -34,6 +34,7 @@ from aioray._private.rpc import rpc
 from aioray._private.wire import ids
 from aioray._private.wire.task_spec import TaskEntry
 from aioray.exceptions import (
+    ActorAlreadyExistsError,
     ActorDiedError,
     ActorUnavailableError,
     ActorUnschedulableError,
@@ -117,7 +118,7 @@ class ActorSubmitter:
         gcs = await self.cw.gcs_connection()
         reply = await gcs.call("create_actor", {**request, "spec": task.spec}, task.out_buffers)
         if "error" in reply:
-            raise ValueError(reply["error"])
+            raise (ActorAlreadyExistsError if reply.get("exists") else ValueError)(reply["error"])
         if reply["aid"] == request["aid"]:
             self._created[reply["aid"]] = request["detached"]
         return dict(reply)

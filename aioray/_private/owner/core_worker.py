@@ -104,6 +104,7 @@ class CoreWorker:
         self.namespace = namespace
         self.node_id = b""
         self.session_id = ""
+        self.canceled_tasks: set[bytes] = set()  # running tasks asked to stop
         self.ids = ids.IdGenerator(self.worker_id)
         self.refs = ReferenceCounter(self._out_of_scope)
         self.borrowing = Borrowing(self)

@@ -19,7 +19,7 @@ from threading import get_ident as _get_ident
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aioray._private.owner import object_waits, worker_context
-from aioray._private.wire import serialization
+from aioray._private.wire import ids, serialization
 
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
@@ -37,6 +37,7 @@ _Future = asyncio.Future
 _future_init = _Future.__init__
 _future_done = _Future.done
 _future_cancelled = _Future.cancelled
+_future_cancel = _Future.cancel
 _future_add_done_callback = _Future.add_done_callback
 
 
@@ -91,9 +92,30 @@ class ObjectRef(_Future):
         """The object id in hexadecimal."""
         return self._id.hex()
 
-    def task_id(self) -> str:
-        """The id of the task (or put) that creates the object, in hexadecimal."""
-        return self._id[:16].hex()
+    def task_id(self) -> ids.TaskID:
+        """The id of the task that created the object (a put's is its caller's)."""
+        return ids.TaskID(self._id[: ids.TASK_ID_SIZE])
+
+    def job_id(self) -> ids.JobID:
+        """The job the object belongs to: this process's job (the ids do not carry it)."""
+        cw = worker_context.core_worker
+        return ids.JobID(cw.job_id if cw is not None else b"\xff" * ids.JobID.SIZE)
+
+    @classmethod
+    def from_hex(cls, hex_id: str) -> ObjectRef:
+        """The ref whose ``hex()`` is ``hex_id`` (its owner unknown, as in Ray)."""
+        return cls.from_binary(ids.ObjectID.from_hex(hex_id).binary())
+
+    @classmethod
+    def from_binary(cls, object_id: bytes) -> ObjectRef:
+        return cls(ids.ObjectID(object_id).binary())
+
+    @classmethod
+    def nil(cls) -> ObjectRef:
+        return cls(ids.ObjectID.nil().binary(), None, _count=False)
+
+    def is_nil(self) -> bool:
+        return self._id == b"\xff" * ids.OBJECT_ID_SIZE
 
     @property
     def owner_address(self) -> tuple[str, int, bytes] | None:
@@ -198,6 +220,14 @@ class ObjectRef(_Future):
         _future_init(self, loop=fetcher)
         fetcher.watch(self, self)
         return fetcher
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Cancel the waits on this ref (never the task: use ``aioray.cancel``).
+
+        False when nothing waits on it yet, or the wait is already done."""
+        if self._loop is None:
+            return False
+        return _future_cancel(self, msg)
 
     def set_result(self, result: Any) -> NoReturn:
         """Refused: an ObjectRef's value comes from the task or put that creates it (TypeError)."""

@@ -5,6 +5,7 @@ connecting (``init``) starts or joins a cluster, which lives above this floor.""
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,12 @@ core_worker: CoreWorker | None = None
 
 # Connects this process when nothing is connected yet: aioray.api sets it (to init()).
 connect: Callable[[], CoreWorker] | None = None
+
+# The spec of the async actor call running in this asyncio task (the thread-local task
+# context serves the tasks that have a thread to themselves).
+async_call_spec: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "aioray_async_call_spec", default=None
+)
 
 # The runtime env tasks and actors submitted here inherit, in wire form (packages by
 # URI): the job's in a driver (init(runtime_env=...)), the worker's own in a worker.

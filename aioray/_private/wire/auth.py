@@ -28,6 +28,8 @@ import hmac
 import os
 import secrets
 
+from aioray.exceptions import AuthenticationError as _AuthenticationError
+
 TOKEN_ENV = "AIORAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "AIORAY_AUTH_TOKEN_PATH"
 MODE_ENV = "AIORAY_AUTH_MODE"
@@ -38,8 +40,9 @@ _token: str | None = None
 _loaded = False
 
 
-class AuthenticationError(ConnectionError):
-    """A peer was refused (or refused us) because the cluster tokens differ."""
+# A peer was refused (or refused us) because the cluster tokens differ: Ray's class,
+# a ConnectionError too.
+AuthenticationError = _AuthenticationError
 
 
 def enabled() -> bool:

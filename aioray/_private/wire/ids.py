@@ -12,6 +12,7 @@ import itertools
 import os
 import struct
 import threading
+from typing import TypeVar
 
 TASK_ID_SIZE = 16
 OBJECT_ID_SIZE = TASK_ID_SIZE + 4
@@ -44,3 +45,110 @@ def task_id_of(object_id: bytes) -> bytes:
 
 def index_of(object_id: bytes) -> int:
     return int(_INDEX.unpack_from(object_id, TASK_ID_SIZE)[0])
+
+
+# -- Ray's id classes (ray.NodeID, ray.JobID, ...): the users' view of the raw bytes ------
+_ID = TypeVar("_ID", bound="BaseID")
+
+
+class BaseID:
+    """An id as Ray shows it: ``hex()``, ``binary()``, ``from_hex``, ``nil()``."""
+
+    __slots__ = ("_id",)
+    SIZE = 16
+
+    def __init__(self, id_bytes: bytes) -> None:
+        if not isinstance(id_bytes, bytes):
+            raise TypeError(f"{type(self).__name__} takes bytes, got {type(id_bytes).__name__}")
+        if len(id_bytes) != self.SIZE:
+            raise ValueError(
+                f"{type(self).__name__} must be {self.SIZE} bytes long, got {len(id_bytes)}"
+            )
+        self._id = id_bytes
+
+    @classmethod
+    def from_binary(cls: type[_ID], id_bytes: bytes) -> _ID:
+        return cls(id_bytes)
+
+    @classmethod
+    def from_hex(cls: type[_ID], hex_id: str | bytes) -> _ID:
+        text = hex_id.decode() if isinstance(hex_id, bytes) else hex_id
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raise ValueError(f"{cls.__name__}.from_hex: {hex_id!r} is not hex") from None
+        return cls(raw)
+
+    @classmethod
+    def from_random(cls: type[_ID]) -> _ID:
+        return cls(os.urandom(cls.SIZE))
+
+    @classmethod
+    def nil(cls: type[_ID]) -> _ID:
+        return cls(b"\xff" * cls.SIZE)
+
+    @classmethod
+    def size(cls) -> int:
+        return cls.SIZE
+
+    def is_nil(self) -> bool:
+        return self._id == b"\xff" * self.SIZE
+
+    def binary(self) -> bytes:
+        return self._id
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._id.hex()})"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[type, tuple[bytes]]:
+        return (type(self), (self._id,))
+
+
+class NodeID(BaseID):
+    """A node's id (16 bytes here; 28 in Ray)."""
+
+
+class ActorID(BaseID):
+    """An actor's id."""
+
+
+class WorkerID(BaseID):
+    """A worker process's id."""
+
+
+class TaskID(BaseID):
+    """A task's id: its ObjectRefs' ids start with it."""
+
+
+class ObjectID(BaseID):
+    """An object's id: the producing task's id and a return index."""
+
+    SIZE = OBJECT_ID_SIZE
+
+
+class PlacementGroupID(BaseID):
+    """A placement group's id."""
+
+
+class JobID(BaseID):
+    """A job's id: 4 bytes, the GCS's counter (little-endian), as in Ray."""
+
+    SIZE = 4
+
+    @classmethod
+    def from_int(cls, value: int) -> JobID:
+        return cls(value.to_bytes(cls.SIZE, "little"))
+
+    def int(self) -> int:
+        return int.from_bytes(self._id, "little")

@@ -13,15 +13,32 @@ import io
 import pickle
 import threading
 import traceback
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle
 
+from aioray._private.wire import serializability
 from aioray._private.wire.protocol import Buffer
 from aioray.exceptions import RaySystemError
 
 _capture = threading.local()
+
+
+def _code_reduce_keeping_filename(code: types.CodeType) -> Any:
+    """cloudpickle's code reducer, but keeping ``co_filename`` (cloudpickle >= 3 writes
+    "<dynamic-code>"): a task's traceback then names the user's file and shows its lines,
+    as Ray's (whose vendored cloudpickle keeps it) does."""
+    rebuild, args = _cloudpickle_code_reduce(code)
+    if len(args) > _CO_FILENAME and args[_CO_FILENAME] == "<dynamic-code>":
+        args = (*args[:_CO_FILENAME], code.co_filename, *args[_CO_FILENAME + 1 :])
+    return rebuild, args
+
+
+_CO_FILENAME = 10  # its place in types.CodeType's arguments (Python 3.10 to 3.13)
+_cloudpickle_code_reduce = cloudpickle.CloudPickler._dispatch_table[types.CodeType]
+cloudpickle.CloudPickler._dispatch_table[types.CodeType] = _code_reduce_keeping_filename
 
 
 class SerializedObject:
@@ -70,7 +87,10 @@ def serialize(value: Any, is_error: bool = False) -> SerializedObject:
             value, protocol=5, buffer_callback=lambda b: buffers.append(b.raw())
         )
     except Exception as e:
-        raise TypeError(f"Could not serialize {_short_repr(value)}: {type(e).__name__}: {e}") from e
+        raise TypeError(
+            f"Could not serialize {_short_repr(value)}: {type(e).__name__}: {e}\n"
+            + serializability.report(value)
+        ) from e
     finally:
         _capture.refs = previous
     return SerializedObject(data, buffers, refs, is_error)
@@ -89,6 +109,30 @@ def unreadable(e: Exception) -> Exception:
 
 def dumps_function(fn: Callable[..., Any] | type) -> bytes:
     return cloudpickle.dumps(fn, protocol=5)
+
+
+def register_serializer(
+    cls: type, *, serializer: Callable[[Any], Any], deserializer: Callable[[Any], Any]
+) -> None:
+    """Pickle instances of ``cls`` as ``deserializer(serializer(obj))`` (Ray's API).
+
+    The deserializer travels with each value, so other processes need no registration;
+    values this process pickles use it from now on."""
+    if not isinstance(cls, type):
+        raise TypeError(f"register_serializer takes a class, got {cls!r}")
+
+    def reduce(obj: Any) -> tuple[Callable[[Any], Any], tuple[Any]]:
+        return deserializer, (serializer(obj),)
+
+    cloudpickle.CloudPickler._dispatch_table[cls] = reduce
+
+
+def deregister_serializer(cls: type) -> None:
+    """Undo ``register_serializer(cls, ...)``; a class never registered is an error."""
+    try:
+        del cloudpickle.CloudPickler._dispatch_table[cls]
+    except KeyError:
+        raise ValueError(f"No serializer is registered for {cls!r}.") from None
 
 
 def _short_repr(value: Any) -> str:
