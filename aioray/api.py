@@ -126,7 +126,12 @@ def init(
                 system_config=system_config,
                 node_ip=_node_ip_address,
                 metrics_export_port=_metrics_port(kwargs.get("_metrics_export_port")),
+                include_dashboard=include_dashboard is not False,
+                dashboard_host=kwargs.get("dashboard_host") or "127.0.0.1",
+                dashboard_port=_dashboard_port(kwargs.get("dashboard_port")),
             )
+            if _local_node.dashboard_url:
+                print(f"View the dashboard at http://{_local_node.dashboard_url}", file=sys.stderr)
             auth.set_token(_local_node.token)
             gcs_address = _local_node.gcs_address
             raylet_address = _local_node.raylet_address
@@ -166,10 +171,20 @@ def init(
         worker_context.job_runtime_env = dict(runtime_env or {})
         _address_cache.clear()
         _address_cache.update(info)
-        return InitContext(_address_info())
+        ctx = InitContext(_address_info())
+        ctx.dashboard_url = _local_node.dashboard_url if _local_node is not None else None
+        return ctx
 
 
 OBJECT_STORE_MINIMUM_MEMORY_BYTES = 75 * 1024 * 1024  # Ray's minimum
+
+
+def _dashboard_port(port: Any) -> int:
+    if port is None:
+        return node.DASHBOARD_PORT
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"dashboard_port must be a port number (0-65535); got {port!r}.")
+    return port
 
 
 def _metrics_port(port: Any) -> int:
