@@ -9,6 +9,7 @@ import runpy
 import sys
 import time
 
+from aioray import job_cli
 from aioray._private.node import node, node_commands
 
 
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--lines", type=int, default=100, help="lines to print (default 100)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until Ctrl-C")
     logs.add_argument("--session-dir", help="the session (default: the latest)")
+    job_cli.add_parser(sub)
     sub.add_parser(
         "microbenchmark",
         help="run benchmarks/microbenchmark.py (options after it go to the benchmark)",
@@ -206,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         "status": node_commands.cmd_status,
         "logs": cmd_logs,
         "memory": cmd_memory,
+        "job": job_cli.cmd_job,
     }
     return commands[a.command](a)
 

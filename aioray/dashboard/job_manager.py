@@ -10,6 +10,7 @@ from typing import Any
 import aioray
 from aioray._private.core.scheduling_strategies import NodeAffinitySchedulingStrategy
 from aioray._private.wire import auth
+from aioray.exceptions import ActorDiedError
 from aioray.dashboard import job_store
 from aioray.dashboard.cluster_link import ClusterLink
 from aioray.dashboard.job_supervisor import JobSupervisor
@@ -120,7 +121,10 @@ class JobManager:
             supervisor = aioray.get_actor(job_store.supervisor_name(submission_id), job_store.NAMESPACE)
         except ValueError:
             return False
-        return bool(aioray.get(supervisor.stop.remote(STOP_GRACE_S), timeout=STOP_GRACE_S + 30))
+        try:
+            return bool(aioray.get(supervisor.stop.remote(STOP_GRACE_S), timeout=STOP_GRACE_S + 30))
+        except ActorDiedError:  # the job ended (and its supervisor with it) meanwhile
+            return True
 
     async def delete(self, submission_id: str) -> bool:
         """Forget an ended job; ValueError while it runs (as Ray)."""

@@ -41,6 +41,7 @@ class JobSupervisor:
         self.proc: subprocess.Popen[bytes] | None = None
         self.stopping = False
         self.started = threading.Event()
+        self.stopped = threading.Event()  # stop() has answered: the actor may exit
 
     def _update(self, **fields: Any) -> None:
         k = job_store.key(self.submission_id)
@@ -80,6 +81,8 @@ class JobSupervisor:
             driver_exit_code=code,
             error_type=error,
         )
+        if self.stopping:
+            self.stopped.wait(30)  # let stop()'s reply out before the actor exits
         actor.exit_actor()
         return str(status)  # not reached: exit_actor raises
 
@@ -97,4 +100,6 @@ class JobSupervisor:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        finally:
+            threading.Timer(0.5, self.stopped.set).start()  # after this reply is sent
         return True

@@ -55,8 +55,79 @@ def add_node_options(p: argparse.ArgumentParser, *, foreground: bool) -> None:
         help=f"the cluster token (default: ${auth.TOKEN_ENV}; a head generates one; "
         "prefer the environment: a command line is visible to every user)",
     )
-    if not foreground:
-        p.add_argument("--block", action="store_true", help="run in the foreground (serve-node)")
+    p.add_argument(
+        "--include-dashboard",
+        type=_bool,
+        default=True,
+        metavar="BOOL",
+        help="serve the dashboard on the head (default: true)",
+    )
+    p.add_argument("--dashboard-host", default="127.0.0.1", help="the dashboard's address")
+    p.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=node.DASHBOARD_PORT,
+        help="the dashboard's port (default 8265; the next free one if taken)",
+    )
+    p.add_argument(
+        "--block",
+        action="store_true",
+        help="run in the foreground (serve-node)" if not foreground else "(always: foreground)",
+    )
+    noop = p.add_argument_group(
+        "accepted for compatibility with ray start, no effect in aioray",
+    )
+    for flag in NOOP_VALUE_FLAGS:
+        noop.add_argument(flag, default=None, metavar="X", help=argparse.SUPPRESS)
+    for flag in NOOP_SWITCHES:
+        noop.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    noop.description = "  " + " ".join([*NOOP_VALUE_FLAGS, *NOOP_SWITCHES])
+
+
+# Ray's ``ray start`` flags that mean nothing here: accepted, so Ray's scripts, Helm
+# charts and systemd units start aioray unchanged.
+NOOP_VALUE_FLAGS = (
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--dashboard-grpc-port",
+    "--ray-client-server-port",
+    "--runtime-env-agent-port",
+    "--temp-dir",
+    "--storage",
+    "--min-worker-port",
+    "--max-worker-port",
+    "--worker-port-list",
+    "--node-manager-port",
+    "--object-manager-port",
+    "--redis-password",
+    "--redis-shard-ports",
+    "--memory",
+    "--plasma-directory",
+    "--autoscaling-config",
+    "--log-style",
+    "--log-color",
+    "--plasma-store-socket-name",
+    "--raylet-socket-name",
+    "--tracing-startup-hook",
+    "--node-name",
+)
+NOOP_SWITCHES = (
+    "--disable-usage-stats",
+    "--enable-usage-stats",
+    "--no-monitor",
+    "--include-log-monitor",
+    "--verbose",
+    "-v",
+)
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _json_object(option: str, text: str) -> dict[str, Any]:
@@ -126,6 +197,9 @@ def _launch(
         token=token,
         log_to_stderr=not detached,
         metrics_export_port=a.metrics_export_port,
+        include_dashboard=a.head and a.include_dashboard,
+        dashboard_host=a.dashboard_host,
+        dashboard_port=a.dashboard_port,
     )
 
 
@@ -149,6 +223,8 @@ def cmd_start(a: argparse.Namespace) -> int:
         node.write_cluster_file({**info, "token": token})
     print(f"aioray node started; GCS at {n.gcs_address}")
     print(f"Prometheus metrics at http://{n.raylet_address[0]}:{n.metrics_export_port}/metrics")
+    if n.dashboard_url:
+        print(f"Dashboard at http://{n.dashboard_url}")
     print(f"Connect with: aioray.init(address='{n.gcs_address}')  (or address='auto' here)")
     if a.head and token:
         print(f"Cluster token: in {os.path.join(n.session_dir, auth.TOKEN_FILE)}")
@@ -175,7 +251,8 @@ def cmd_serve_node(a: argparse.Namespace) -> int:
         print(
             f"aioray node serving: GCS {n.gcs_address}, raylet "
             f"{n.raylet_address[0]}:{n.raylet_address[1]}, metrics port "
-            f"{n.metrics_export_port}, session {n.session_dir}",
+            f"{n.metrics_export_port}, session {n.session_dir}"
+            + (f", dashboard http://{n.dashboard_url}" if n.dashboard_url else ""),
             file=sys.stderr,
             flush=True,
         )

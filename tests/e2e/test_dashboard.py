@@ -1,0 +1,153 @@
+"""The dashboard on a local cluster: started by init(), the token, the Jobs API and
+routes, the State API routes, log confinement, the Origin check, the port fallback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+from conftest import wait_for_condition
+
+import aioray as ray
+from aioray._private.wire import auth
+from aioray.job_submission import JobStatus, JobSubmissionClient
+
+RAY_SHARED_INIT_KWARGS = {"num_cpus": 2}
+
+
+def call(
+    url: str, path: str, method: str = "GET", body: Any = None, token: str | None = "", **headers: str
+) -> tuple[int, str]:
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    if token == "":
+        token = auth.cluster_token()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url + path, data, headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_port_taken_falls_forward(ray_start: Any) -> None:
+    host, port = ray_start.dashboard_url.split(":")
+    with socket.socket() as s:  # the dashboard holds this port: a second head takes the next
+        with pytest.raises(OSError):
+            s.bind((host, int(port)))
+
+
+@pytest.fixture(scope="module")
+def url(ray_shared: Any) -> str:
+    assert ray_shared.dashboard_url
+    return "http://" + ray_shared.dashboard_url
+
+
+def test_health_is_public_and_the_rest_needs_the_token(url: str) -> None:
+    assert call(url, "/api/healthz", token=None) == (200, "success")
+    status, text = call(url, "/api/v0/nodes", token=None)
+    assert status == 401 and "no cluster token" in text
+    status, text = call(url, "/api/jobs/", token="wrong")
+    assert status == 401 and "a wrong cluster token" in text
+    assert call(url, "/api/version")[0] == 200
+
+
+def test_nodes_route_in_rays_envelope_with_filters(url: str) -> None:
+    status, text = call(url, "/api/v0/nodes?limit=10")
+    body = json.loads(text)
+    assert status == 200 and body["result"] is True
+    data = body["data"]["result"]
+    assert data["total"] == 1 and data["result"][0]["state"] == "ALIVE"
+    q = "/api/v0/nodes?filter_keys=state&filter_predicates=%3D&filter_values=dead"
+    data = json.loads(call(url, q)[1])["data"]["result"]
+    assert (data["total"], data["num_filtered"], data["result"]) == (1, 0, [])
+    status, text = call(url, "/api/v0/nodes?filter_keys=nope&filter_predicates=%3D&filter_values=x")
+    assert status == 400 and "Unknown filter key 'nope'" in text
+    status, text = call(url, "/api/v0/nodes?limit=0")
+    assert status == 400 and "limit" in text
+
+
+def test_job_runs_joins_the_cluster_and_succeeds(url: str) -> None:
+    client = JobSubmissionClient(url)  # the token found from the local session
+    entry = "echo hello-$GREETING; python -c 'import aioray; aioray.init(); print(len(aioray.nodes()))'"
+    sid = client.submit_job(entrypoint=entry, runtime_env={"env_vars": {"GREETING": "x"}})
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=60)
+    info = client.get_job_info(sid)
+    assert info.status == JobStatus.SUCCEEDED, client.get_job_logs(sid)
+    assert info.driver_exit_code == 0 and info.end_time >= info.start_time
+    assert client.get_job_logs(sid) == "hello-x\n1\n"
+    assert sid in [j.submission_id for j in client.list_jobs()]
+    assert client.delete_job(sid)
+    with pytest.raises(RuntimeError, match=f"404: Job {sid} does not exist"):
+        client.get_job_info(sid)
+
+
+def test_missing_entrypoint_fails_with_the_shell_message(url: str) -> None:
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(entrypoint="no-such-command-xyz")
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=60)
+    assert client.get_job_status(sid) == JobStatus.FAILED
+    assert "no-such-command-xyz: not found" in client.get_job_logs(sid)
+
+
+def test_stop_job_terms_its_process_group(url: str) -> None:
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(entrypoint="echo started; sleep 600 & sleep 600")
+    wait_for_condition(lambda: "started" in client.get_job_logs(sid), timeout=60)
+    assert client.stop_job(sid)
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=30)
+    assert client.get_job_status(sid) == JobStatus.STOPPED
+    assert not client.stop_job(sid)
+
+
+def test_bad_submissions_name_the_field(url: str) -> None:
+    cases = [
+        (b"{not json", "not valid JSON"),
+        ({"entrypoint": ""}, "'entrypoint'"),
+        ({"entrypoint": "x", "runtime_env": {"working_dir": "."}}, "working_dir"),
+        ({"entrypoint": "x", "entrypoint_num_cpus": "two"}, "'entrypoint_num_cpus'"),
+        ({"entrypoint": "x", "metadata": {"a": 1}}, "'metadata'"),
+    ]
+    for body, field in cases:
+        status, text = call(url, "/api/jobs/", "POST", body)
+        assert status == 400 and field in text, (body, status, text)
+    assert call(url, "/api/jobs/nope")[0] == 404
+
+
+def test_state_changes_check_origin(url: str) -> None:
+    status, text = call(url, "/api/jobs/", "POST", {"entrypoint": "true"}, Origin="http://evil.example")
+    assert status == 403 and "Origin" in text
+
+
+def test_log_routes_stay_inside_the_log_directory(url: str) -> None:
+    status, text = call(url, "/api/v0/logs")
+    assert status == 200 and "gcs" in json.loads(text)["data"]["result"]
+    assert call(url, "/api/v0/logs/file?filename=gcs.log")[0] == 200
+    for evil in ("../token", "../../../../etc/passwd", "/etc/passwd", "..%2Ftoken"):
+        status, _ = call(url, f"/api/v0/logs/file?filename={evil}")
+        assert status == 404, evil
+
+
+def test_kill_actor_route(url: str) -> None:
+    @ray.remote
+    class Sleeper:
+        def ping(self) -> int:
+            return 1
+
+    a = Sleeper.remote()
+    ray.get(a.ping.remote())
+    aid = a._actor_id.hex()
+    status, _ = call(url, f"/api/actors/{aid}/kill", "POST")
+    assert status == 200
+
+    def dead() -> bool:
+        rows = json.loads(call(url, "/api/v0/actors?filter_keys=actor_id&filter_predicates=%3D"
+                               f"&filter_values={aid}")[1])["data"]["result"]["result"]
+        return rows[0]["state"] == "DEAD"
+
+    wait_for_condition(dead, timeout=30)
