@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from aioray.job_submission import JobSubmissionClient, JobStatus
+from aioray.job_submission import JobStatus, JobSubmissionClient
 
 POLL_S = 0.5
 

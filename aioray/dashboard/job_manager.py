@@ -10,10 +10,10 @@ from typing import Any
 import aioray
 from aioray._private.core.scheduling_strategies import NodeAffinitySchedulingStrategy
 from aioray._private.wire import auth
-from aioray.exceptions import ActorDiedError
 from aioray.dashboard import job_store
 from aioray.dashboard.cluster_link import ClusterLink
 from aioray.dashboard.job_supervisor import JobSupervisor
+from aioray.exceptions import ActorDiedError
 from aioray.job_submission.models import JobDetails, JobStatus
 
 STOP_GRACE_S = 3.0  # Ray's default wait before SIGKILL
@@ -78,7 +78,10 @@ class JobManager:
             entrypoint_resources=req.get("entrypoint_resources"),
         )
         if not await self._put(details.to_json(), overwrite=False):
-            raise ValueError(f"Job with submission_id {sid} already exists. Please use a different submission_id.")
+            raise ValueError(
+                f"Job with submission_id {sid} already exists. "
+                "Please use a different submission_id."
+            )
         env = {
             **runtime_env.get("env_vars", {}),
             "AIORAY_ADDRESS": self.link.gcs_address,
@@ -91,7 +94,14 @@ class JobManager:
         try:
             await self.link.run(self._start_supervisor, details, env)
         except Exception as e:
-            await self._put({**details.to_json(), "status": "FAILED", "message": f"Failed to start the job supervisor: {e}", "error_type": "JOB_SUPERVISOR_ACTOR_START_FAILURE"})
+            await self._put(
+                {
+                    **details.to_json(),
+                    "status": "FAILED",
+                    "message": f"Failed to start the job supervisor: {e}",
+                    "error_type": "JOB_SUPERVISOR_ACTOR_START_FAILURE",
+                }
+            )
         return sid
 
     def _start_supervisor(self, details: JobDetails, env: dict[str, str]) -> None:
@@ -105,9 +115,17 @@ class JobManager:
             "num_gpus": details.entrypoint_num_gpus or 0,
             "resources": details.entrypoint_resources or {},
         }
-        if not (details.entrypoint_num_cpus or details.entrypoint_num_gpus or details.entrypoint_resources):
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self.link.node_id(), soft=False)
-        supervisor = aioray.remote(JobSupervisor).options(**options).remote(sid, self.log_path(sid), env)
+        if not (
+            details.entrypoint_num_cpus
+            or details.entrypoint_num_gpus
+            or details.entrypoint_resources
+        ):
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                self.link.node_id(), soft=False
+            )
+        supervisor = (
+            aioray.remote(JobSupervisor).options(**options).remote(sid, self.log_path(sid), env)
+        )
         supervisor.run.remote(details.entrypoint)
 
     async def stop(self, submission_id: str) -> bool:
@@ -118,7 +136,9 @@ class JobManager:
 
     def _stop(self, submission_id: str) -> bool:
         try:
-            supervisor = aioray.get_actor(job_store.supervisor_name(submission_id), job_store.NAMESPACE)
+            supervisor = aioray.get_actor(
+                job_store.supervisor_name(submission_id), job_store.NAMESPACE
+            )
         except ValueError:
             return False
         try:

@@ -103,5 +103,3 @@ async def _no_packages(request: web.Request) -> web.Response:
     return web.Response(
         status=501, text="Package upload (runtime_env working_dir) is not supported yet."
     )
-
-

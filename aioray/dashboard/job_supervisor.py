@@ -71,7 +71,10 @@ class JobSupervisor:
         elif code == 0:
             status, message = JobStatus.SUCCEEDED, "Job finished successfully."
         else:
-            status, message = JobStatus.FAILED, f"Job entrypoint command failed with exit code {code}"
+            status, message = (
+                JobStatus.FAILED,
+                f"Job entrypoint command failed with exit code {code}",
+            )
         error = "JOB_ENTRYPOINT_COMMAND_ERROR" if status == JobStatus.FAILED else None
         end = int(time.time() * 1000)
         self._update(

@@ -51,7 +51,9 @@ def apply(
     columns = set(items[0]) if items else set()
     for key, _, _ in filters:
         if items and key not in columns:
-            raise ValueError(f"Unknown filter key {key!r}; valid keys: {', '.join(sorted(columns))}")
+            raise ValueError(
+                f"Unknown filter key {key!r}; valid keys: {', '.join(sorted(columns))}"
+            )
     kept = [r for r in items if all(_match(r.get(k), p, v) for k, p, v in filters)]
     return {
         "total": len(items),
@@ -123,14 +125,23 @@ def routes(link: ClusterLink, jobs: JobManager, started: float) -> list[web.Rout
             )
             entry["state_counts"][a["state"]] = entry["state_counts"].get(a["state"], 0) + 1
         return envelope(
-            {"result": {"node_id": "cluster", "summary": summary, "total_actors": sum(
-                sum(e["state_counts"].values()) for e in summary.values())}}
+            {
+                "result": {
+                    "node_id": "cluster",
+                    "summary": summary,
+                    "total_actors": sum(sum(e["state_counts"].values()) for e in summary.values()),
+                }
+            }
         )
 
     async def version(request: web.Request) -> web.Response:
         return web.json_response(
-            {"version": "4", "ray_version": aioray.__version__, "ray_commit": "aioray",
-             "session_name": ""}
+            {
+                "version": "4",
+                "ray_version": aioray.__version__,
+                "ray_commit": "aioray",
+                "session_name": "",
+            }
         )
 
     async def cluster_status(request: web.Request) -> web.Response:
@@ -145,9 +156,17 @@ def routes(link: ClusterLink, jobs: JobManager, started: float) -> list[web.Rout
                 for k, v in n.get("Available", {}).items():
                     avail[k] = avail.get(k, 0) + v
         usage = {k: [total[k] - avail.get(k, 0), total[k]] for k in total}
-        return envelope({"clusterStatus": {"loadMetricsReport": {"usage": usage},
-                         "autoscalerReport": {"activeNodes": {"node": len(alive)},
-                                              "failedNodes": [n for n in ns if n["state"] != "ALIVE"]}}})
+        return envelope(
+            {
+                "clusterStatus": {
+                    "loadMetricsReport": {"usage": usage},
+                    "autoscalerReport": {
+                        "activeNodes": {"node": len(alive)},
+                        "failedNodes": [n for n in ns if n["state"] != "ALIVE"],
+                    },
+                }
+            }
+        )
 
     async def nodes_summary(request: web.Request) -> web.Response:
         raw = await link.gcs("get_nodes")

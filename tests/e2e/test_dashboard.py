@@ -13,6 +13,7 @@ import pytest
 from conftest import wait_for_condition
 
 import aioray as ray
+from aioray._private.node import node
 from aioray._private.wire import auth
 from aioray.job_submission import JobStatus, JobSubmissionClient
 
@@ -20,9 +21,16 @@ RAY_SHARED_INIT_KWARGS = {"num_cpus": 2}
 
 
 def call(
-    url: str, path: str, method: str = "GET", body: Any = None, token: str | None = "", **headers: str
+    url: str,
+    path: str,
+    method: str = "GET",
+    body: Any = None,
+    token: str | None = "",
+    **headers: str,
 ) -> tuple[int, str]:
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    data = (
+        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    )
     if token == "":
         token = auth.cluster_token()
     if token:
@@ -35,11 +43,21 @@ def call(
         return e.code, e.read().decode()
 
 
-def test_port_taken_falls_forward(ray_start: Any) -> None:
-    host, port = ray_start.dashboard_url.split(":")
-    with socket.socket() as s:  # the dashboard holds this port: a second head takes the next
-        with pytest.raises(OSError):
-            s.bind((host, int(port)))
+def test_port_taken_falls_forward() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sock = node._listen_from("127.0.0.1", port)
+        try:
+            assert sock.getsockname()[1] > port
+        finally:
+            sock.close()
+
+
+def test_init_returns_the_url(ray_start: Any) -> None:
+    assert ray_start.dashboard_url.startswith("127.0.0.1:")
+    assert ray_start.dashboard_url in ray_start._repr_html_()
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +92,8 @@ def test_nodes_route_in_rays_envelope_with_filters(url: str) -> None:
 
 def test_job_runs_joins_the_cluster_and_succeeds(url: str) -> None:
     client = JobSubmissionClient(url)  # the token found from the local session
-    entry = "echo hello-$GREETING; python -c 'import aioray; aioray.init(); print(len(aioray.nodes()))'"
+    joins = "python -c 'import aioray; aioray.init(); print(len(aioray.nodes()))'"
+    entry = f"echo hello-$GREETING; {joins}"
     sid = client.submit_job(entrypoint=entry, runtime_env={"env_vars": {"GREETING": "x"}})
     wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=60)
     info = client.get_job_info(sid)
@@ -120,7 +139,9 @@ def test_bad_submissions_name_the_field(url: str) -> None:
 
 
 def test_state_changes_check_origin(url: str) -> None:
-    status, text = call(url, "/api/jobs/", "POST", {"entrypoint": "true"}, Origin="http://evil.example")
+    status, text = call(
+        url, "/api/jobs/", "POST", {"entrypoint": "true"}, Origin="http://evil.example"
+    )
     assert status == 403 and "Origin" in text
 
 
@@ -146,8 +167,12 @@ def test_kill_actor_route(url: str) -> None:
     assert status == 200
 
     def dead() -> bool:
-        rows = json.loads(call(url, "/api/v0/actors?filter_keys=actor_id&filter_predicates=%3D"
-                               f"&filter_values={aid}")[1])["data"]["result"]["result"]
+        rows = json.loads(
+            call(
+                url,
+                f"/api/v0/actors?filter_keys=actor_id&filter_predicates=%3D&filter_values={aid}",
+            )[1]
+        )["data"]["result"]["result"]
         return rows[0]["state"] == "DEAD"
 
     wait_for_condition(dead, timeout=30)
