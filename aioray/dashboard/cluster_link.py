@@ -33,6 +33,7 @@ class ClusterLink:
                     namespace=NAMESPACE,
                     log_to_driver=False,
                     configure_logging=False,
+                    _node_ip_address=self.gcs_address.rpartition(":")[0],  # the head's
                 )
                 self.connected = True
 

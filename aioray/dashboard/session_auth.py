@@ -27,7 +27,7 @@ width:26em}input{width:100%;padding:.5em;margin:.6em 0;box-sizing:border-box}
 button{padding:.5em 1.2em}.err{color:#b00020}</style></head><body>
 <form method="post" action="/api/login"><h2>aioray dashboard</h2>
 <p>Paste the cluster token (<code>$AIORAY_TOKEN</code>, or the session's
-<code>token</code> file).</p>%s<input type="password" name="token" autofocus
+<code>token</code> file).</p>{error}<input type="password" name="token" autofocus
 placeholder="cluster token"><button type="submit">Log in</button></form></body></html>"""
 
 
@@ -61,7 +61,7 @@ class Sessions:
 
     async def login_page(self, request: web.Request) -> web.Response:
         failed = "<p class=err>Wrong token.</p>" if "failed" in request.query else ""
-        return web.Response(text=LOGIN_PAGE % failed, content_type="text/html")
+        return web.Response(text=LOGIN_PAGE.replace("{error}", failed), content_type="text/html")
 
     async def login(self, request: web.Request) -> web.Response:
         form: Any = await request.post()
