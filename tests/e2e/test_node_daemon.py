@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -356,3 +357,39 @@ def test_serve_node_port_in_use_or_foreign_address(tmp_path: Path) -> None:
     proc = _cli("serve-node", "--head", "--port", "0", "--node-ip-address", "192.0.2.1",
                 tmp_path=tmp_path, name="foreign")  # fmt: skip
     assert proc.returncode != 0 and "cannot listen on 192.0.2.1:0" in proc.stderr
+
+
+def test_serve_node_head_serves_the_dashboard_and_takes_rays_flags(
+    token_env: dict[str, str], tmp_path: Path
+) -> None:
+    port, dash = _free_port(), _free_port()
+    args = ["--head", "--port", str(port), "--num-cpus", "1", "--dashboard-port", str(dash)]
+    args += ["--include-dashboard=true", "--dashboard-agent-listen-port", "52365", "--block"]
+    args += ["--ray-client-server-port", "10001", "--temp-dir", "/tmp", "--disable-usage-stats"]
+    head = Foreground(args, token_env, tmp_path / "head.err")
+    try:
+        head.wait_serving()
+        assert f"dashboard http://127.0.0.1:{dash}" in head.stderr()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{dash}/api/v0/nodes",
+            headers={"Authorization": f"Bearer {token_env[auth.TOKEN_ENV]}"},
+        )
+        with urllib.request.urlopen(req, timeout=GET_TIMEOUT) as r:
+            assert json.loads(r.read())["data"]["result"]["total"] == 1
+    finally:
+        code = head.stop(signal.SIGTERM)
+    assert code == 0, head.stderr()
+    wait_ports_closed({"gcs": port, "dashboard": dash})
+
+
+def test_dashboard_refuses_a_public_host_without_auth(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env = {**os.environ, "AIORAY_AUTH_MODE": "disabled"}
+    env.pop(auth.TOKEN_ENV, None)
+    proc = _cli(
+        "serve-node", "--head", "--port", "0", "--dashboard-host", "0.0.0.0",
+        env=env, tmp_path=tmp_path, name="public",
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "Refusing to serve the dashboard on 0.0.0.0" in proc.stderr

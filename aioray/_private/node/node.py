@@ -292,6 +292,12 @@ class LocalNode:
         ``dashboard_port`` or the next free port; the daemons do not wait for it.
         """
         config.memory_monitor_settings()  # a bad setting fails here, not in the raylet
+        if head and include_dashboard and not _is_loopback(dashboard_host) and not auth.enabled():
+            raise ValueError(
+                f"Refusing to serve the dashboard on {dashboard_host} with authentication "
+                "disabled (AIORAY_AUTH_MODE=disabled): anyone who can reach it could run "
+                "commands on this cluster. Bind it to 127.0.0.1, or enable authentication."
+            )
         self = cls()
         self.session_id, self.session_dir = new_session_dir()
         if head:
@@ -389,12 +395,6 @@ class LocalNode:
         self, sock: socket.socket, common: list[str], fds: list[int], logs: str, detached: bool
     ) -> None:
         host, port = sock.getsockname()[:2]
-        if not _is_loopback(host) and not auth.enabled():
-            raise ValueError(
-                f"Refusing to serve the dashboard on {host} with authentication disabled "
-                "(AIORAY_AUTH_MODE=disabled): anyone who can reach it could run commands "
-                "on this cluster. Bind it to 127.0.0.1, or enable authentication."
-            )
         self.dashboard_url = f"{host}:{port}"
         args = [*common, "--listen-fd", str(sock.fileno()), "--gcs-address", self.gcs_address]
         self._spawn("dashboard", args, [*fds, sock.fileno()], logs, detached, "aioray.dashboard")

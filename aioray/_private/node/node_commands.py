@@ -160,6 +160,8 @@ def _start_node(a: argparse.Namespace, *, detached: bool) -> tuple[node.LocalNod
         _check_gcs(gcs_address)
     try:
         n = _launch(a, resources, labels, system_config, gcs_address, token, detached)
+    except ValueError as e:  # e.g. a public dashboard without authentication
+        raise SystemExit(f"aioray: {e}") from None
     except OSError as e:  # the port is taken, or the address is not this machine's
         where = e.filename or (f"{a.node_ip_address}:{a.port}" if a.head else a.node_ip_address)
         raise SystemExit(f"aioray: cannot listen on {where}: {e.strerror or e}") from None
