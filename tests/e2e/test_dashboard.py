@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from typing import Any
@@ -176,3 +178,43 @@ def test_kill_actor_route(url: str) -> None:
         return rows[0]["state"] == "DEAD"
 
     wait_for_condition(dead, timeout=30)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aioray.cli", "job", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def test_job_cli_submit_follows_logs_and_manages_jobs(url: str) -> None:
+    proc = run_cli(
+        "submit", "--address", url, "--submission-id", "cli-job", "--metadata-json",
+        '{"owner": "me"}', "--runtime-env-json", '{"env_vars": {"WHO": "cli"}}',
+        "--", "echo", "hi-$WHO",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Job 'cli-job' submitted successfully" in proc.stdout
+    assert "hi-cli" in proc.stdout and "Job 'cli-job' succeeded" in proc.stdout
+    status = run_cli("status", "--address", url, "cli-job")
+    assert "Status for job 'cli-job': SUCCEEDED" in status.stdout
+    assert run_cli("logs", "--address", url, "cli-job").stdout == "hi-cli\n"
+    assert "cli-job" in run_cli("list", "--address", url).stdout
+    assert JobSubmissionClient(url).get_job_info("cli-job").metadata == {"owner": "me"}
+    again = run_cli("submit", "--address", url, "--submission-id", "cli-job", "--", "true")
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert run_cli("delete", "--address", url, "cli-job").returncode == 0
+    missing = run_cli("status", "--address", url, "cli-job")
+    assert missing.returncode == 1 and "Job cli-job does not exist" in missing.stderr
+
+
+def test_job_cli_bad_input(url: str) -> None:
+    wd = run_cli("submit", "--address", url, "--working-dir", ".", "--", "true")
+    assert wd.returncode != 0 and "--working-dir is not supported yet" in wd.stderr
+    empty = run_cli("submit", "--address", url, "--no-wait")
+    assert empty.returncode == 1 and "give the command to run after --" in empty.stderr
+    failed = run_cli("submit", "--address", url, "--", "exit 3")
+    assert failed.returncode == 1 and "failed" in failed.stdout
