@@ -19,6 +19,7 @@ from aioray.dashboard import job_routes, log_routes, state_routes
 from aioray.dashboard.cluster_link import ClusterLink
 from aioray.dashboard.job_manager import JobManager
 from aioray.dashboard.session_auth import Sessions
+from aioray.dashboard.time_series import TimeSeries
 
 CLIENT_DIR = str(resources.files("aioray.dashboard") / "client")
 
@@ -35,6 +36,8 @@ class Dashboard:
         self.http.add_routes(state_routes.routes(self.link, self.jobs, time.time()))
         self.http.add_routes(job_routes.routes(self.jobs))
         self.http.add_routes(log_routes.routes(os.path.join(session_dir, "logs")))
+        self.series = TimeSeries(self.link)
+        self.http.add_routes(self.series.routes())
         self.http.add_routes([web.get("/", _index), web.static("/static", CLIENT_DIR)])
 
     def __repr__(self) -> str:
@@ -52,6 +55,7 @@ class Dashboard:
         try:
             await done.wait()
         finally:
+            await self.series.stop()
             await self.http.stop()
             await asyncio.to_thread(self.link.close)
 

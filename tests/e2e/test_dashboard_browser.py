@@ -132,3 +132,25 @@ def test_kill_an_actor_from_its_page(page: Page) -> None:
     row.locator("button.kill").click()
     expect(row).to_contain_text("DEAD")
     shot(page, "actor-killed")
+
+
+def test_placement_groups_logs_and_metrics_pages(page: Page) -> None:
+    from aioray.util import placement_group, remove_placement_group
+
+    pg = placement_group([{"CPU": 1}], name="browser-pg")
+    ray.get(pg.ready(), timeout=30)
+    try:
+        page.click("nav >> text=Placement groups")
+        row = page.locator("tr", has_text="browser-pg")
+        expect(row).to_contain_text("CREATED")
+        shot(page, "placement-groups")
+    finally:
+        remove_placement_group(pg)
+    page.click("nav >> text=Logs")
+    page.click("a:text-is('gcs.log')")
+    expect(page.locator("#log-text")).to_contain_text("GCS listening on")
+    shot(page, "log-file")
+    page.click("nav >> text=Metrics")
+    expect(page.locator("h2")).to_contain_text("samples")
+    expect(page.locator("svg polyline").first).to_be_attached()
+    shot(page, "metrics")

@@ -4,6 +4,9 @@ const pages = {
   jobs: () => import("/static/pages/jobs.js"),
   cluster: () => import("/static/pages/cluster.js"),
   actors: () => import("/static/pages/actors.js"),
+  placement_groups: () => import("/static/pages/placement_groups.js"),
+  logs: () => import("/static/pages/logs.js"),
+  metrics: () => import("/static/pages/metrics.js"),
 };
 const POLL_MS = 2000;
 let timer = null;
