@@ -8,6 +8,8 @@ before the limit. Tasks, objects and workers need the State API's GCS task table
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,6 +22,7 @@ from aioray.dashboard.cluster_link import ClusterLink
 from aioray.dashboard.job_manager import JobManager
 
 MAX_LIMIT = 10_000
+SD_FILE = "prom_metrics_service_discovery.json"  # written by the GCS
 Rows = Callable[[], Awaitable[list[dict[str, Any]]]]
 
 
@@ -80,7 +83,9 @@ def _limit(request: web.Request) -> int:
     return limit
 
 
-def routes(link: ClusterLink, jobs: JobManager, started: float) -> list[web.RouteDef]:
+def routes(
+    link: ClusterLink, jobs: JobManager, session_dir: str, started: float
+) -> list[web.RouteDef]:
     """The State API's and the cluster views' route table."""
 
     async def nodes() -> list[dict[str, Any]]:
@@ -190,6 +195,16 @@ def routes(link: ClusterLink, jobs: JobManager, started: float) -> list[web.Rout
         await link.gcs("get_nodes")
         return web.Response(text="success")
 
+    async def prometheus_sd(request: web.Request) -> web.Response:
+        # The GCS writes every node's metrics address there (Prometheus file_sd format).
+        path = os.path.join(session_dir, SD_FILE)
+        try:
+            with open(path) as f:
+                targets = json.load(f)
+        except (OSError, ValueError):
+            targets = []
+        return web.json_response(targets)
+
     async def uptime(request: web.Request) -> web.Response:
         return envelope({"uptime_s": time.time() - started})
 
@@ -207,5 +222,6 @@ def routes(link: ClusterLink, jobs: JobManager, started: float) -> list[web.Rout
         web.get("/logical/actors", logical_actors),
         web.post("/api/actors/{actor_id}/kill", kill_actor),
         web.get("/api/dashboard/uptime", uptime),
+        web.get("/api/prometheus/sd", prometheus_sd),
     ]
     return table

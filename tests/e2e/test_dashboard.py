@@ -92,6 +92,19 @@ def test_nodes_route_in_rays_envelope_with_filters(url: str) -> None:
     assert status == 400 and "limit" in text
 
 
+def test_cluster_views(url: str) -> None:
+    [target] = json.loads(call(url, "/api/prometheus/sd")[1])
+    assert target["targets"][0].endswith(str(ray.nodes()[0]["MetricsExportPort"]))
+    summary = json.loads(call(url, "/nodes?view=summary")[1])["data"]["summary"]
+    assert summary[0]["raylet"]["state"] == "ALIVE"
+    usage = json.loads(call(url, "/api/cluster_status")[1])["data"]["clusterStatus"]
+    assert usage["loadMetricsReport"]["usage"]["CPU"][1] == 2
+    assert json.loads(call(url, "/api/version")[1])["version"] == "4"
+    assert call(url, "/api/gcs_healthz") == (200, "success")
+    status, text = call(url, "/api/v0/tasks")
+    assert status == 501 and "State API" in text
+
+
 def test_job_runs_joins_the_cluster_and_succeeds(url: str) -> None:
     client = JobSubmissionClient(url)  # the token found from the local session
     joins = "python -c 'import aioray; aioray.init(); print(len(aioray.nodes()))'"
