@@ -37,7 +37,7 @@ class InitContext:
 
     def __init__(self, address_info: dict[str, Any]) -> None:
         self.address_info = address_info
-        self.dashboard_url: str | None = None
+        self.dashboard_url: str | None = address_info.get("webui_url")  # host:port, as Ray's
 
     def __getitem__(self, key: str) -> Any:
         return self.address_info[key]
@@ -171,9 +171,7 @@ def init(
         worker_context.job_runtime_env = dict(runtime_env or {})
         _address_cache.clear()
         _address_cache.update(info)
-        ctx = InitContext(_address_info())
-        ctx.dashboard_url = _local_node.dashboard_url if _local_node is not None else None
-        return ctx
+        return InitContext(_address_info())
 
 
 OBJECT_STORE_MINIMUM_MEMORY_BYTES = 75 * 1024 * 1024  # Ray's minimum
@@ -241,7 +239,19 @@ def _address_info() -> dict[str, Any]:
         "session_dir": _address_cache.get("session_dir", ""),
         "session_id": _cw.session_id,
         "metrics_export_port": _address_cache.get("metrics_export_port", 0),
+        "webui_url": _dashboard_url(_address_cache.get("session_dir", "")),
     }
+
+
+def _dashboard_url(session_dir: str) -> str | None:
+    """The head's dashboard (host:port) if this machine's session directory names one."""
+    if _local_node is not None:
+        return _local_node.dashboard_url
+    try:
+        with open(os.path.join(session_dir, node.DASHBOARD_URL_FILE)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 def shutdown() -> None:

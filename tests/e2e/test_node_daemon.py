@@ -226,7 +226,8 @@ def test_start_address_joins_a_second_node_and_stop_stops_both(
             ray.shutdown()
     finally:
         stopped = _cli("stop", tmp_path=tmp_path, name="stop")
-    assert stopped.returncode == 0 and "Stopped 3 aioray daemon" in stopped.stdout
+    # GCS, dashboard and two raylets
+    assert stopped.returncode == 0 and "Stopped 4 aioray daemon" in stopped.stdout
     wait_ports_closed({"gcs": port})
     assert port not in listening_ports()
 
@@ -261,7 +262,7 @@ def test_stop_stops_a_gcs_restarted_by_hand(token_env: dict[str, str], tmp_path:
     finally:
         stopped = _cli("stop", tmp_path=tmp_path, name="stop")
     assert stopped.returncode == 0, stopped.stderr
-    assert "Stopped 2 aioray daemon" in stopped.stdout, stopped.stdout
+    assert "Stopped 3 aioray daemon" in stopped.stdout, stopped.stdout  # with the dashboard
     assert restarted is not None and restarted.wait(20) == 0  # SIGTERM: a clean stop
 
     def remaining() -> dict[tuple[int, float], str]:

@@ -26,6 +26,8 @@ from aioray._private.rpc import loop as _loop
 from aioray._private.rpc import rpc
 from aioray._private.wire import auth, config
 
+DASHBOARD = "aioray.dashboard"  # the head's web service, a daemon of its session
+
 
 def add_node_options(p: argparse.ArgumentParser, *, foreground: bool) -> None:
     p.add_argument("--head", action="store_true", help="start the GCS here (a new cluster)")
@@ -341,13 +343,14 @@ def _wait_for_node(n: node.LocalNode, timeout: float) -> None:
 
 
 def _module_and_session(cmdline: list[str]) -> tuple[str, str] | None:
-    """(``aioray.daemons.X``, its ``--session-dir``) of an aioray process, else None."""
+    """(``aioray.daemons.X`` or the dashboard, its ``--session-dir``) of an aioray
+    process, else None."""
     try:
         module = cmdline[cmdline.index("-m") + 1]
         session = cmdline[cmdline.index("--session-dir") + 1]
     except (ValueError, IndexError):
         return None
-    if not module.startswith("aioray.daemons.") or not session:
+    if not (module.startswith("aioray.daemons.") or module == DASHBOARD) or not session:
         return None
     return module, os.path.realpath(session)
 
@@ -374,7 +377,7 @@ def cmd_stop(a: argparse.Namespace) -> int:
     found = session_processes(sessions)
     # Raylets first (each stops its fork server and workers), then the GCS.
     daemons = [p for p, m in found if m == "aioray.daemons.raylet"]
-    daemons += [p for p, m in found if m == "aioray.daemons.gcs"]
+    daemons += [p for p, m in found if m in ("aioray.daemons.gcs", DASHBOARD)]
     procs = []
     for p in daemons:
         try:
