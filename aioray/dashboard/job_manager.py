@@ -3,6 +3,7 @@ GCS KV, one ``JobSupervisor`` actor per running job, logs in the head's log dir.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -32,6 +33,7 @@ class JobManager:
     def __init__(self, link: ClusterLink, session_dir: str) -> None:
         self.link = link
         self.logs_dir = os.path.join(session_dir, "logs")
+        self._starting: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<JobManager {self.link.gcs_address}>"
@@ -91,6 +93,14 @@ class JobManager:
         token = auth.cluster_token()
         if token:
             env[auth.TOKEN_ENV] = token
+        # Not awaited: a supervisor that waits for resources keeps the job PENDING
+        # without holding the request (actor creation blocks until it is placed).
+        task = asyncio.create_task(self._start(details, env))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+        return sid
+
+    async def _start(self, details: JobDetails, env: dict[str, str]) -> None:
         try:
             await self.link.run(self._start_supervisor, details, env)
         except Exception as e:
@@ -102,7 +112,6 @@ class JobManager:
                     "error_type": "JOB_SUPERVISOR_ACTOR_START_FAILURE",
                 }
             )
-        return sid
 
     def _start_supervisor(self, details: JobDetails, env: dict[str, str]) -> None:
         sid = str(details.submission_id)
@@ -132,7 +141,19 @@ class JobManager:
         details = await self.get(submission_id)
         if details.status.is_terminal():
             return False
+        if details.status == JobStatus.PENDING:  # its supervisor may wait for resources
+            await self.link.run(self._kill_supervisor, submission_id)
+            stopped = {"status": "STOPPED", "message": "Job was stopped before it started."}
+            await self._put({**details.to_json(), **stopped, "end_time": int(time.time() * 1000)})
+            return True
         return bool(await self.link.run(self._stop, submission_id))
+
+    def _kill_supervisor(self, submission_id: str) -> None:
+        try:
+            name = job_store.supervisor_name(submission_id)
+            aioray.kill(aioray.get_actor(name, job_store.NAMESPACE))
+        except ValueError:
+            pass
 
     def _stop(self, submission_id: str) -> bool:
         try:

@@ -51,6 +51,14 @@ class JobSupervisor:
 
     def run(self, entrypoint: str) -> str:
         """Run the entrypoint to its end; the job's final status."""
+        record = job_store.decode(
+            internal_kv._internal_kv_get(
+                job_store.key(self.submission_id), namespace=job_store.NAMESPACE
+            )
+        )
+        if record is not None and record.get("status") == "STOPPED":  # stopped while PENDING
+            self.started.set()
+            actor.exit_actor()
         env = {**os.environ, **self.env}
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(

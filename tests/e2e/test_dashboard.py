@@ -121,6 +121,19 @@ def test_job_runs_joins_the_cluster_and_succeeds(url: str) -> None:
         client.get_job_info(sid)
 
 
+def test_entrypoint_resources_go_to_the_supervisor(url: str) -> None:
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(entrypoint="echo counted", entrypoint_num_cpus=1)
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=60)
+    assert client.get_job_info(sid).entrypoint_num_cpus == 1
+    assert client.get_job_status(sid) == JobStatus.SUCCEEDED
+    # A resource no node has: the job waits PENDING, as in Ray, until stopped.
+    waiting = client.submit_job(entrypoint="true", entrypoint_resources={"unicorn": 1})
+    assert client.get_job_status(waiting) == JobStatus.PENDING
+    assert client.stop_job(waiting)
+    assert client.get_job_status(waiting) == JobStatus.STOPPED
+
+
 def test_missing_entrypoint_fails_with_the_shell_message(url: str) -> None:
     client = JobSubmissionClient(url)
     sid = client.submit_job(entrypoint="no-such-command-xyz")

@@ -213,6 +213,11 @@ def test_start_address_joins_a_second_node_and_stop_stops_both(
     assert head.returncode == 0, head.stderr
     try:
         assert oct(os.stat(node.CLUSTER_FILE).st_mode & 0o777) == "0o600"  # it holds the token
+        # The dashboard, found by the job client with no address and no token given.
+        assert "Dashboard at http://127.0.0.1:" in head.stdout
+        from aioray.job_submission import JobSubmissionClient
+
+        assert JobSubmissionClient().list_jobs() == []
         address = f"127.0.0.1:{port}"
         joined = _cli("start", "--address", address, "--node-ip-address", SECOND_IP,
                       "--num-cpus", "1", env=env, tmp_path=tmp_path, name="join")  # fmt: skip
