@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from aioray import actor
+from aioray._private.owner import worker_context
 from aioray.dashboard import job_store
 from aioray.experimental import internal_kv
 from aioray.job_submission.models import JobStatus
@@ -71,7 +72,14 @@ class JobSupervisor:
                 start_new_session=True,  # its own process group: stop signals all of it
                 preexec_fn=_die_with_parent,
             )
-        self._update(status="RUNNING", driver_info={"pid": str(self.proc.pid)})
+        cw = worker_context.core_worker
+        node_ip, node_id = (cw.node_ip, cw.node_id.hex()) if cw is not None else ("", None)
+        self._update(
+            status="RUNNING",
+            message="Job is currently running.",
+            driver_info={"id": "", "node_ip_address": node_ip, "pid": str(self.proc.pid)},
+            driver_node_id=node_id,
+        )
         self.started.set()
         code = self.proc.wait()
         if self.stopping:

@@ -51,7 +51,7 @@ def actor(a: dict[str, Any]) -> dict[str, Any]:
         "actor_id": _hex(a["aid"]),
         "class_name": meta.get("cls", ""),
         "state": "DEPENDENCIES_UNREADY" if state == "PENDING" else state,
-        "job_id": _hex(meta.get("job")),
+        "job_id": _hex(meta.get("job")) or "",  # a str in Ray's schema
         "name": a.get("name") or "",
         "node_id": _hex(a.get("node_id")),
         "pid": a.get("pid") or None,
@@ -70,6 +70,6 @@ def placement_group(g: dict[str, Any]) -> dict[str, Any]:
         "state": g.get("state", ""),
         "strategy": g.get("strategy", ""),
         "bundles": [{"bundle_id": i, "unit_resources": b} for i, b in enumerate(bundles)],
-        "creator_job_id": _hex(g.get("job")),
+        "creator_job_id": _hex(g.get("job")) or "",
         "is_detached": bool(g.get("detached")),
     }

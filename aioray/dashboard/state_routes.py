@@ -22,6 +22,7 @@ from aioray.dashboard.cluster_link import ClusterLink
 from aioray.dashboard.job_manager import JobManager
 
 MAX_LIMIT = 10_000
+RAY_API_VERSION = "2.60.0"
 SD_FILE = "prom_metrics_service_discovery.json"  # written by the GCS
 Rows = Callable[[], Awaitable[list[dict[str, Any]]]]
 
@@ -123,18 +124,23 @@ def routes(
         return error(501, f"{request.path} needs the State API's task table (not merged yet)")
 
     async def summarize_actors(request: web.Request) -> web.Response:
+        rows = await actors()
         summary: dict[str, dict[str, Any]] = {}
-        for a in await actors():
+        for a in rows:
             entry = summary.setdefault(
                 a["class_name"], {"class_name": a["class_name"], "state_counts": {}}
             )
             entry["state_counts"][a["state"]] = entry["state_counts"].get(a["state"], 0) + 1
-        return envelope(
+        per_class = {"summary": summary, "total_actors": len(rows), "summary_by": "class"}
+        return envelope(  # Ray's SummaryApiResponse
             {
                 "result": {
-                    "node_id": "cluster",
-                    "summary": summary,
-                    "total_actors": sum(sum(e["state_counts"].values()) for e in summary.values()),
+                    "total": len(rows),
+                    "num_after_truncation": len(rows),
+                    "num_filtered": len(rows),
+                    "result": {"node_id_to_summary": {"cluster": per_class}},
+                    "partial_failure_warning": "",
+                    "warnings": None,
                 }
             }
         )
@@ -143,7 +149,10 @@ def routes(
         return web.json_response(
             {
                 "version": "4",
-                "ray_version": aioray.__version__,
+                # Ray's clients refuse a cluster older than their minimum (1.9 for
+                # jobs): report the Ray version whose API this serves.
+                "ray_version": RAY_API_VERSION,
+                "aioray_version": aioray.__version__,
                 "ray_commit": "aioray",
                 "session_name": "",
             }
