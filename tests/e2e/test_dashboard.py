@@ -99,7 +99,11 @@ def test_cluster_views(url: str) -> None:
     assert summary[0]["raylet"]["state"] == "ALIVE"
     usage = json.loads(call(url, "/api/cluster_status")[1])["data"]["clusterStatus"]
     assert usage["loadMetricsReport"]["usage"]["CPU"][1] == 2
-    assert json.loads(call(url, "/api/version")[1])["version"] == "4"
+    version = json.loads(call(url, "/api/version")[1])
+    assert version["version"] == "4" and version["ray_version"] >= "1.9"  # Ray's client check
+    summary = json.loads(call(url, "/api/v0/actors/summarize")[1])["data"]["result"]
+    assert {"total", "num_after_truncation", "num_filtered"} <= set(summary)
+    assert "cluster" in summary["result"]["node_id_to_summary"]
     assert call(url, "/api/gcs_healthz") == (200, "success")
     status, text = call(url, "/api/v0/tasks")
     assert status == 501 and "State API" in text
@@ -114,6 +118,7 @@ def test_job_runs_joins_the_cluster_and_succeeds(url: str) -> None:
     info = client.get_job_info(sid)
     assert info.status == JobStatus.SUCCEEDED, client.get_job_logs(sid)
     assert info.driver_exit_code == 0 and info.end_time >= info.start_time
+    assert set(info.driver_info or {}) == {"id", "node_ip_address", "pid"}  # Ray's DriverInfo
     assert client.get_job_logs(sid) == "hello-x\n1\n"
     assert sid in [j.submission_id for j in client.list_jobs()]
     assert client.delete_job(sid)
