@@ -154,3 +154,22 @@ def test_placement_groups_logs_and_metrics_pages(page: Page) -> None:
     expect(page.locator("h2")).to_contain_text("samples")
     expect(page.locator("svg polyline").first).to_be_attached()
     shot(page, "metrics")
+
+
+def test_first_paint_of_each_page(page: Page, url: str) -> None:
+    """Time from navigation to the page's content (recorded in test-output/; the target
+    is 1 s, asserted loosely: the test machine is shared)."""
+    import json
+    import time
+
+    timings = {}
+    for name in ("overview", "jobs", "cluster", "actors", "placement_groups", "logs", "metrics"):
+        page.goto("about:blank")
+        t0 = time.perf_counter()
+        page.goto(f"{url}/#/{name}")
+        expect(page.locator("main h2").first).to_be_visible()
+        timings[name] = round(time.perf_counter() - t0, 3)
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "first_paint.json"), "w") as f:
+        json.dump(timings, f, indent=1)
+    assert max(timings.values()) < 10, timings
