@@ -11,6 +11,7 @@ from aiohttp import web
 from aioray.dashboard.state_routes import envelope, error
 
 MAX_LINES = 100_000
+FOLLOW_POLL_S = 0.2  # as tail -f
 
 
 def inside(logs_dir: str, filename: str) -> str | None:
@@ -52,4 +53,38 @@ def routes(logs_dir: str) -> list[web.RouteDef]:
         text = await asyncio.to_thread(_tail, path, min(lines, MAX_LINES))
         return web.Response(text=text, content_type="text/plain")
 
-    return [web.get("/api/v0/logs", list_logs), web.get("/api/v0/logs/file", get_file)]
+    async def stream(request: web.Request) -> web.StreamResponse:
+        """The file's last ``lines`` lines, then what is appended, until the client goes."""
+        filename = request.query.get("filename", "")
+        path = inside(logs_dir, filename) if filename else None
+        if path is None:
+            return error(404, f"Log file {filename!r} not found in the session's log directory")
+        try:
+            lines = int(request.query.get("lines", "100"))
+        except ValueError:
+            return error(400, "lines must be an integer")
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await response.prepare(request)
+        text = await asyncio.to_thread(_tail, path, min(lines, MAX_LINES))
+        await response.write(text.encode())
+        offset = os.path.getsize(path)
+        while request.transport is not None and not request.transport.is_closing():
+            data, offset = await asyncio.to_thread(_read_from, path, offset)
+            if data:
+                await response.write(data)
+            else:
+                await asyncio.sleep(FOLLOW_POLL_S)
+        return response
+
+    return [
+        web.get("/api/v0/logs", list_logs),
+        web.get("/api/v0/logs/file", get_file),
+        web.get("/api/v0/logs/stream", stream),
+    ]
+
+
+def _read_from(path: str, offset: int) -> tuple[bytes, int]:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    return data, offset + len(data)

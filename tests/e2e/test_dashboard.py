@@ -4,6 +4,7 @@ routes, the State API routes, log confinement, the Origin check, the port fallba
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -185,6 +186,22 @@ def test_log_routes_stay_inside_the_log_directory(url: str) -> None:
     for evil in ("../token", "../../../../etc/passwd", "/etc/passwd", "..%2Ftoken"):
         status, _ = call(url, f"/api/v0/logs/file?filename={evil}")
         assert status == 404, evil
+
+
+def test_log_stream_follows_a_file(url: str, ray_shared: Any) -> None:
+    path = os.path.join(ray_shared["session_dir"], "logs", "stream-test.log")
+    with open(path, "w") as f:
+        f.write("old\n")
+    req = urllib.request.Request(
+        url + "/api/v0/logs/stream?filename=stream-test.log&lines=10",
+        headers={"Authorization": f"Bearer {auth.cluster_token()}"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.readline() == b"old\n"
+        with open(path, "a") as f:
+            f.write("new\n")
+        assert r.readline() == b"new\n"  # appended after the request began
+    assert call(url, "/api/v0/logs/stream?filename=../auth_token")[0] == 404
 
 
 def test_kill_actor_route(url: str) -> None:
