@@ -116,6 +116,17 @@ def test_job_goes_running_then_succeeded_with_live_logs(page: Page, url: str) ->
     os.unlink(gate)
 
 
+def test_stop_a_job_from_its_page(page: Page, url: str) -> None:
+    from aioray.job_submission import JobSubmissionClient
+
+    sid = JobSubmissionClient(url).submit_job(entrypoint="echo waiting; sleep 600")
+    page.goto(f"{url}/#/jobs/{sid}")
+    expect(page.locator("#job-log")).to_contain_text("waiting")
+    page.click("#job-stop")
+    expect(page.locator("#job-status")).to_have_text("STOPPED")
+    shot(page, "job-stopped")
+
+
 def test_kill_an_actor_from_its_page(page: Page) -> None:
     @ray.remote(num_cpus=0)
     class Victim:
