@@ -38,7 +38,7 @@ class InitContext:
 
     def __init__(self, address_info: dict[str, Any]) -> None:
         self.address_info = address_info
-        self.dashboard_url: str | None = None
+        self.dashboard_url: str | None = address_info.get("webui_url")  # host:port, as Ray's
 
     def __getitem__(self, key: str) -> Any:
         return self.address_info[key]
@@ -137,7 +137,12 @@ def init(
                 system_config=system_config,
                 node_ip=_node_ip_address,
                 metrics_export_port=_metrics_port(kwargs.get("_metrics_export_port")),
+                include_dashboard=include_dashboard is not False,
+                dashboard_host=kwargs.get("dashboard_host") or "127.0.0.1",
+                dashboard_port=_dashboard_port(kwargs.get("dashboard_port")),
             )
+            if _local_node.dashboard_url:
+                print(f"View the dashboard at http://{_local_node.dashboard_url}", file=sys.stderr)
             auth.set_token(_local_node.token)
             gcs_address = _local_node.gcs_address
             raylet_address = _local_node.raylet_address
@@ -198,6 +203,14 @@ def _start_job_env(env: dict[str, Any], packages: list[runtime_env_packaging.Pac
 OBJECT_STORE_MINIMUM_MEMORY_BYTES = 75 * 1024 * 1024  # Ray's minimum
 
 
+def _dashboard_port(port: Any) -> int:
+    if port is None:
+        return node.DASHBOARD_PORT
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"dashboard_port must be a port number (0-65535); got {port!r}.")
+    return port
+
+
 def _metrics_port(port: Any) -> int:
     """``_metrics_export_port``: None (a free port) or a port number."""
     if port is None:
@@ -252,7 +265,19 @@ def _address_info() -> dict[str, Any]:
         "session_dir": _address_cache.get("session_dir", ""),
         "session_id": _cw.session_id,
         "metrics_export_port": _address_cache.get("metrics_export_port", 0),
+        "webui_url": _dashboard_url(_address_cache.get("session_dir", "")),
     }
+
+
+def _dashboard_url(session_dir: str) -> str | None:
+    """The head's dashboard (host:port) if this machine's session directory names one."""
+    if _local_node is not None:
+        return _local_node.dashboard_url
+    try:
+        with open(os.path.join(session_dir, node.DASHBOARD_URL_FILE)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 def shutdown() -> None:

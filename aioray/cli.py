@@ -9,7 +9,7 @@ import runpy
 import sys
 import time
 
-from aioray import __version__, state_cli
+from aioray import __version__, job_cli, state_cli
 from aioray._private.node import node, node_commands
 
 
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     state_cli.add_log_options(logs)
     state_cli.add_commands(sub)
+    job_cli.add_parser(sub)
     sub.add_parser(
         "microbenchmark",
         help="run benchmarks/microbenchmark.py (options after it go to the benchmark)",
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "get": state_cli.cmd_get,
         "summary": state_cli.cmd_summary,
         "timeline": state_cli.cmd_timeline,
+        "job": job_cli.cmd_job,
     }
     return commands[a.command](a)
 

@@ -36,13 +36,13 @@ NODE_ARGS = {
     "labels",
     "node_ip_address",
     "metrics_export_port",
+    "include_dashboard",  # the head's (default off, as Ray's cluster_utils)
+    "dashboard_host",
+    "dashboard_port",
 }
 # Ray options accepted for compatibility that have no meaning here.
 IGNORED_NODE_ARGS = {
     "_system_config",
-    "dashboard_host",
-    "dashboard_port",
-    "include_dashboard",
     "min_worker_port",
     "max_worker_port",
     "redis_port",
@@ -73,6 +73,11 @@ class ClusterNode:
             f"<ClusterNode {self.node_id[:8] or '?'} {self.raylet_address} "
             f"{'head ' if self.head else ''}{state}>"
         )
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The head's dashboard, ``host:port`` (started with ``include_dashboard=True``)."""
+        return self._local.dashboard_url
 
     @property
     def address(self) -> str:
@@ -222,6 +227,9 @@ class Cluster:
             head=head,
             gcs_address=None if head else self._gcs_address,
             metrics_export_port=args.get("metrics_export_port") or 0,
+            include_dashboard=head and bool(args.get("include_dashboard")),
+            dashboard_host=args.get("dashboard_host") or "127.0.0.1",
+            dashboard_port=args.get("dashboard_port", node.DASHBOARD_PORT),
         )
 
     def remove_node(self, node: ClusterNode, allow_graceful: bool = True) -> None:

@@ -32,6 +32,7 @@ from helpers import wait_for_condition, wait_for_file  # noqa: E402, F401  (test
 import aioray as ray  # noqa: E402  (after the session root is set)
 
 DAEMON_MARK = "aioray.daemons"
+DASHBOARD_MARK = "aioray.dashboard"  # the head's web service is a daemon too
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "aioray_"
 LEAK_DEADLINE_S = 10.0
@@ -79,7 +80,7 @@ def local_segment(oid: bytes) -> str:
 
 
 def aioray_processes() -> dict[tuple[int, float], str]:
-    """Live (non-zombie) processes whose command line mentions aioray.daemons.
+    """Live (non-zombie) processes whose command line mentions aioray.daemons (or the dashboard).
 
     Keyed by (pid, create_time) so a recycled pid is never mistaken for an old one.
     """
@@ -89,7 +90,7 @@ def aioray_processes() -> dict[tuple[int, float], str]:
         if info["status"] == psutil.STATUS_ZOMBIE:
             continue
         cmdline = " ".join(info["cmdline"] or ())
-        if DAEMON_MARK in cmdline and SESSION_ROOT in cmdline:
+        if (DAEMON_MARK in cmdline or DASHBOARD_MARK in cmdline) and SESSION_ROOT in cmdline:
             found[(info["pid"], info["create_time"])] = cmdline
     return found
 
@@ -138,6 +139,8 @@ def cluster_ports(ctx: Any) -> dict[str, int]:
     }
     if info.get("metrics_export_port"):  # the node's Prometheus endpoint
         ports["metrics"] = info["metrics_export_port"]
+    if getattr(ctx, "dashboard_url", None):  # the head's dashboard
+        ports["dashboard"] = port_of(ctx.dashboard_url)
     return ports
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -44,9 +45,9 @@ def plus_one(x: int) -> int:
 class Head:
     """A head node started without a driver, and the GCS processes it has had."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, **node_args: Any) -> None:
         monkeypatch.setenv(auth.TOKEN_ENV, auth.generate_token())
-        self.node = node.LocalNode.start(num_cpus=2, head=True)
+        self.node = node.LocalNode.start(num_cpus=2, head=True, **node_args)
         self.gcs = self.node.procs[0]
         self.extra: list[subprocess.Popen[bytes]] = []
         auth.set_token(self.node.token)
@@ -70,6 +71,8 @@ class Head:
 
     def stop(self) -> None:
         ports = {"gcs": port_of(self.address), "raylet": self.node.raylet_address[1]}
+        if self.node.dashboard_url:
+            ports["dashboard"] = port_of(self.node.dashboard_url)
         self.node.stop()  # the raylet (lifeline), its workers and segments
         for proc in self.extra:
             proc.terminate()
@@ -283,3 +286,26 @@ def test_a_detached_placement_group_survives_a_gcs_kill(head: Head) -> None:
     task = plus_one.options(num_cpus=1, scheduling_strategy=strategy)
     assert ray.get(task.remote(1), timeout=GET_TIMEOUT) == 2
     ray.util.remove_placement_group(again)
+
+
+def test_job_records_survive_a_gcs_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aioray.job_submission import JobStatus, JobSubmissionClient
+
+    h = Head(monkeypatch, include_dashboard=True)
+    try:
+        client = JobSubmissionClient(f"http://{h.node.dashboard_url}")
+        sid = client.submit_job(entrypoint="echo kept")
+        wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=60)
+        h.kill_gcs()
+        h.restart_gcs()
+
+        def still_there() -> bool:
+            try:
+                return client.get_job_status(sid) == JobStatus.SUCCEEDED
+            except RuntimeError:  # 500 while the dashboard's driver reconnects
+                return False
+
+        wait_for_condition(still_there, timeout=60)
+        assert client.get_job_logs(sid) == "kept\n"
+    finally:
+        h.stop()

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,11 @@ def test_start_address_joins_a_second_node_and_stop_stops_both(
     assert head.returncode == 0, head.stderr
     try:
         assert oct(os.stat(node.CLUSTER_FILE).st_mode & 0o777) == "0o600"  # it holds the token
+        # The dashboard, found by the job client with no address and no token given.
+        assert "Dashboard at http://127.0.0.1:" in head.stdout
+        from aioray.job_submission import JobSubmissionClient
+
+        assert JobSubmissionClient().list_jobs() == []
         address = f"127.0.0.1:{port}"
         joined = _cli("start", "--address", address, "--node-ip-address", SECOND_IP,
                       "--num-cpus", "1", env=env, tmp_path=tmp_path, name="join")  # fmt: skip
@@ -226,7 +232,8 @@ def test_start_address_joins_a_second_node_and_stop_stops_both(
             ray.shutdown()
     finally:
         stopped = _cli("stop", tmp_path=tmp_path, name="stop")
-    assert stopped.returncode == 0 and "Stopped 3 aioray daemon" in stopped.stdout
+    # GCS, dashboard and two raylets
+    assert stopped.returncode == 0 and "Stopped 4 aioray daemon" in stopped.stdout
     wait_ports_closed({"gcs": port})
     assert port not in listening_ports()
 
@@ -261,7 +268,7 @@ def test_stop_stops_a_gcs_restarted_by_hand(token_env: dict[str, str], tmp_path:
     finally:
         stopped = _cli("stop", tmp_path=tmp_path, name="stop")
     assert stopped.returncode == 0, stopped.stderr
-    assert "Stopped 2 aioray daemon" in stopped.stdout, stopped.stdout
+    assert "Stopped 3 aioray daemon" in stopped.stdout, stopped.stdout  # with the dashboard
     assert restarted is not None and restarted.wait(20) == 0  # SIGTERM: a clean stop
 
     def remaining() -> dict[tuple[int, float], str]:
@@ -422,3 +429,39 @@ def test_serve_node_head_runs_the_autoscaler_and_stops_its_nodes(
         code = head.stop(signal.SIGTERM)
     assert code == 0, head.stderr()
     wait_for_condition(lambda: not _launched(address), 20, message="a launched serve-node was left")
+
+
+def test_serve_node_head_serves_the_dashboard_and_takes_rays_flags(
+    token_env: dict[str, str], tmp_path: Path
+) -> None:
+    port, dash = _free_port(), _free_port()
+    args = ["--head", "--port", str(port), "--num-cpus", "1", "--dashboard-port", str(dash)]
+    args += ["--include-dashboard=true", "--dashboard-agent-listen-port", "52365", "--block"]
+    args += ["--ray-client-server-port", "10001", "--temp-dir", "/tmp", "--disable-usage-stats"]
+    head = Foreground(args, token_env, tmp_path / "head.err")
+    try:
+        head.wait_serving()
+        assert f"dashboard http://127.0.0.1:{dash}" in head.stderr()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{dash}/api/v0/nodes",
+            headers={"Authorization": f"Bearer {token_env[auth.TOKEN_ENV]}"},
+        )
+        with urllib.request.urlopen(req, timeout=GET_TIMEOUT) as r:
+            assert json.loads(r.read())["data"]["result"]["total"] == 1
+    finally:
+        code = head.stop(signal.SIGTERM)
+    assert code == 0, head.stderr()
+    wait_ports_closed({"gcs": port, "dashboard": dash})
+
+
+def test_dashboard_refuses_a_public_host_without_auth(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env = {**os.environ, "AIORAY_AUTH_MODE": "disabled"}
+    env.pop(auth.TOKEN_ENV, None)
+    proc = _cli(
+        "serve-node", "--head", "--port", "0", "--dashboard-host", "0.0.0.0",
+        env=env, tmp_path=tmp_path, name="public",
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "Refusing to serve the dashboard on 0.0.0.0" in proc.stderr

@@ -160,7 +160,8 @@ def test_notebook_results(executed_notebook: Any) -> None:
 def test_notebook_shows_html_views(executed_notebook: Any) -> None:
     nb = executed_notebook
     context = _result(_cell(nb, "ctx = ray.init("), "text/html")
-    assert "aioray cluster" in context and "CPU: " in context and "no dashboard" in context
+    assert "aioray cluster" in context and "CPU: " in context
+    assert 'href="http://127.0.0.1:' in context  # the dashboard init started
     ref = _result(_cell(nb, "ray.put(np.ones"), "text/html")
     assert "ObjectRef" in ref and "ready (shared memory" in ref
     actor = _result(_cell(nb, "counter  #"), "text/html")
@@ -495,10 +496,11 @@ def test_context_html_shows_resources_and_dashboard(ray_shared: Any) -> None:
     view = ray_shared._repr_html_()
     assert ray_shared["gcs_address"] in view
     assert "connected" in view and "CPU: " in view and " of 2<" in view
-    assert "no dashboard" in view
+    assert f'href="http://{ray_shared.dashboard_url}"' in view
     again = ray.init(ignore_reinit_error=True)
-    again.dashboard_url = "127.0.0.1:8265"
-    assert 'href="http://127.0.0.1:8265"' in again._repr_html_()
+    assert again.dashboard_url == ray_shared.dashboard_url
+    again.dashboard_url = None
+    assert "no dashboard" in again._repr_html_()
 
 
 def test_object_ref_html_follows_the_object(ray_shared: Any) -> None:

@@ -10,6 +10,8 @@ pipe closes and the daemons shut down, so nothing outlives its driver.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
 import os
 import shutil
@@ -26,6 +28,8 @@ from aioray._private.wire import auth, config, object_store
 
 CLUSTER_FILE = os.path.join(config.SESSION_ROOT, "aioray_current_cluster")
 GCS_ADDRESS_FILE = "gcs_address"  # in a head's session directory
+DASHBOARD_URL_FILE = "dashboard_url"  # in a head's session directory, once it serves
+DASHBOARD_PORT = 8265  # Ray's default
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -163,6 +167,70 @@ def _listen(ip: str, port: int) -> socket.socket:
     return sock
 
 
+def _listen_from(host: str, port: int, tries: int = 100) -> socket.socket:
+    """Listen on ``port``, or on the next free port after it (Ray's dashboard does too)."""
+    for candidate in range(port, port + tries) if port else [0]:
+        try:
+            return _listen(host, candidate)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+    return _listen(host, 0)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def find_dashboard(address: str | None) -> tuple[str, str | None]:
+    """The dashboard's ``http://host:port`` and the cluster token to use with it.
+
+    ``address``: ``http(s)://host:port`` or ``host:port`` of a dashboard, or None/"auto"
+    for this machine's cluster (``aioray start --head``, else the newest ``init()``
+    session). The token: the environment's, else the session's that serves ``address``."""
+    sessions = _session_dirs()
+    if address in (None, "", "auto"):
+        info = read_cluster_file()
+        ordered = [info["session_dir"]] if info.get("session_dir") else []
+        for path in ordered + sessions:
+            url = _read(os.path.join(path, DASHBOARD_URL_FILE))
+            if url:
+                return "http://" + url, auth.token_from_env() or auth.read_token_file(path)
+        raise ConnectionError(
+            "Could not find a dashboard on this machine: give its address "
+            "(http://host:8265) or start a cluster with 'aioray start --head'."
+        )
+    url = address if "://" in address else "http://" + address
+    hostport = url.split("://", 1)[1].rstrip("/")
+    token = auth.token_from_env()
+    if token is None:
+        for path in sessions:
+            if _read(os.path.join(path, DASHBOARD_URL_FILE)) == hostport:
+                token = auth.read_token_file(path)
+                break
+    return url.rstrip("/"), token
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _session_dirs() -> list[str]:
+    """This machine's session directories, newest first."""
+    try:
+        entries = [e for e in os.scandir(config.SESSION_ROOT) if e.name.startswith("session_")]
+    except OSError:
+        return []
+    return [e.path for e in sorted(entries, key=lambda e: e.stat().st_mtime, reverse=True)]
+
+
 def new_session_dir() -> tuple[str, str]:
     session_id = os.urandom(4).hex()
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -195,6 +263,7 @@ class LocalNode:
         self.token: str | None = None
         self._lifeline_w: int | None = None
         self._env: dict[str, str] = {}
+        self.dashboard_url: str | None = None  # host:port, as Ray's
 
     @classmethod
     def start(
@@ -217,6 +286,9 @@ class LocalNode:
         log_to_stderr: bool = False,
         metrics_export_port: int = 0,
         autoscaling_config: str | None = None,
+        include_dashboard: bool = False,
+        dashboard_host: str = "127.0.0.1",
+        dashboard_port: int = DASHBOARD_PORT,
     ) -> LocalNode:
         """Start the node's daemons (the GCS too with ``head``).
 
@@ -226,8 +298,16 @@ class LocalNode:
         ``metrics_export_port``: where the node serves Prometheus metrics (0: a free port).
         ``autoscaling_config``: a head also runs the autoscaler with this config file
         (``aioray.daemons.autoscaler``), tied to the node's life like the other daemons.
+        ``include_dashboard`` (head only): serve the dashboard on ``dashboard_host``, at
+        ``dashboard_port`` or the next free port; the daemons do not wait for it.
         """
         config.memory_monitor_settings()  # a bad setting fails here, not in the raylet
+        if head and include_dashboard and not _is_loopback(dashboard_host) and not auth.enabled():
+            raise ValueError(
+                f"Refusing to serve the dashboard on {dashboard_host} with authentication "
+                "disabled (AIORAY_AUTH_MODE=disabled): anyone who can reach it could run "
+                "commands on this cluster. Bind it to 127.0.0.1, or enable authentication."
+            )
         self = cls()
         self.session_id, self.session_dir = new_session_dir()
         if head:
@@ -312,6 +392,10 @@ class LocalNode:
                 autoscaler = ["--gcs-address", self.gcs_address, "--head-ip", node_ip]
                 autoscaler += ["--config", os.path.abspath(autoscaling_config)]
                 self._spawn("autoscaler", [*common, *autoscaler], fds, logs, detached)
+            if head and include_dashboard:
+                dsock = _listen_from(dashboard_host, dashboard_port)
+                socks.append(dsock)
+                self._start_dashboard(dsock, common, fds, logs, detached)
         except BaseException:
             self.stop()
             raise
@@ -322,8 +406,26 @@ class LocalNode:
                 os.close(lifeline_r)
         return self
 
-    def _spawn(self, name: str, args: list[str], fds: list[int], logs: str, detached: bool) -> None:
-        cmd = [sys.executable, "-m", f"aioray.daemons.{name}", *args]
+    def _start_dashboard(
+        self, sock: socket.socket, common: list[str], fds: list[int], logs: str, detached: bool
+    ) -> None:
+        host, port = sock.getsockname()[:2]
+        self.dashboard_url = f"{host}:{port}"
+        args = [*common, "--listen-fd", str(sock.fileno()), "--gcs-address", self.gcs_address]
+        self._spawn("dashboard", args, [*fds, sock.fileno()], logs, detached, "aioray.dashboard")
+        with open(os.path.join(self.session_dir, DASHBOARD_URL_FILE), "w") as f:
+            f.write(self.dashboard_url)
+
+    def _spawn(
+        self,
+        name: str,
+        args: list[str],
+        fds: list[int],
+        logs: str,
+        detached: bool,
+        module: str = "",
+    ) -> None:
+        cmd = [sys.executable, "-m", module or f"aioray.daemons.{name}", *args]
         out: Any = None
         if detached:
             out = open(os.path.join(logs, f"{name}.out"), "ab")  # noqa: SIM115 - handed to the child

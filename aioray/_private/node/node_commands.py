@@ -27,6 +27,8 @@ from aioray._private.rpc import loop as _loop
 from aioray._private.rpc import rpc
 from aioray._private.wire import auth, config
 
+DASHBOARD = "aioray.dashboard"  # the head's web service, a daemon of its session
+
 
 def add_node_options(p: argparse.ArgumentParser, *, foreground: bool) -> None:
     p.add_argument("--head", action="store_true", help="start the GCS here (a new cluster)")
@@ -61,8 +63,78 @@ def add_node_options(p: argparse.ArgumentParser, *, foreground: bool) -> None:
         help="with --head: run the autoscaler with this cluster config (JSON, or YAML "
         "with PyYAML installed)",
     )
-    if not foreground:
-        p.add_argument("--block", action="store_true", help="run in the foreground (serve-node)")
+    p.add_argument(
+        "--include-dashboard",
+        type=_bool,
+        default=True,
+        metavar="BOOL",
+        help="serve the dashboard on the head (default: true)",
+    )
+    p.add_argument("--dashboard-host", default="127.0.0.1", help="the dashboard's address")
+    p.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=node.DASHBOARD_PORT,
+        help="the dashboard's port (default 8265; the next free one if taken)",
+    )
+    p.add_argument(
+        "--block",
+        action="store_true",
+        help="run in the foreground (serve-node)" if not foreground else "(always: foreground)",
+    )
+    noop = p.add_argument_group(
+        "accepted for compatibility with ray start, no effect in aioray",
+    )
+    for flag in NOOP_VALUE_FLAGS:
+        noop.add_argument(flag, default=None, metavar="X", help=argparse.SUPPRESS)
+    for flag in NOOP_SWITCHES:
+        noop.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    noop.description = "  " + " ".join([*NOOP_VALUE_FLAGS, *NOOP_SWITCHES])
+
+
+# Ray's ``ray start`` flags that mean nothing here: accepted, so Ray's scripts, Helm
+# charts and systemd units start aioray unchanged.
+NOOP_VALUE_FLAGS = (
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--dashboard-grpc-port",
+    "--ray-client-server-port",
+    "--runtime-env-agent-port",
+    "--temp-dir",
+    "--storage",
+    "--min-worker-port",
+    "--max-worker-port",
+    "--worker-port-list",
+    "--node-manager-port",
+    "--object-manager-port",
+    "--redis-password",
+    "--redis-shard-ports",
+    "--memory",
+    "--plasma-directory",
+    "--log-style",
+    "--log-color",
+    "--plasma-store-socket-name",
+    "--raylet-socket-name",
+    "--tracing-startup-hook",
+    "--node-name",
+)
+NOOP_SWITCHES = (
+    "--disable-usage-stats",
+    "--enable-usage-stats",
+    "--no-monitor",
+    "--include-log-monitor",
+    "--verbose",
+    "-v",
+)
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _json_object(option: str, text: str) -> dict[str, Any]:
@@ -95,6 +167,8 @@ def _start_node(a: argparse.Namespace, *, detached: bool) -> tuple[node.LocalNod
         _check_gcs(gcs_address)
     try:
         n = _launch(a, resources, labels, system_config, gcs_address, token, detached)
+    except ValueError as e:  # e.g. a public dashboard without authentication
+        raise SystemExit(f"aioray: {e}") from None
     except OSError as e:  # the port is taken, or the address is not this machine's
         where = e.filename or (f"{a.node_ip_address}:{a.port}" if a.head else a.node_ip_address)
         raise SystemExit(f"aioray: cannot listen on {where}: {e.strerror or e}") from None
@@ -133,6 +207,9 @@ def _launch(
         log_to_stderr=not detached,
         metrics_export_port=a.metrics_export_port,
         autoscaling_config=a.autoscaling_config,
+        include_dashboard=a.head and a.include_dashboard,
+        dashboard_host=a.dashboard_host,
+        dashboard_port=a.dashboard_port,
     )
 
 
@@ -156,6 +233,8 @@ def cmd_start(a: argparse.Namespace) -> int:
         node.write_cluster_file({**info, "token": token})
     print(f"aioray node started; GCS at {n.gcs_address}")
     print(f"Prometheus metrics at http://{n.raylet_address[0]}:{n.metrics_export_port}/metrics")
+    if n.dashboard_url:
+        print(f"Dashboard at http://{n.dashboard_url}")
     print(f"Connect with: aioray.init(address='{n.gcs_address}')  (or address='auto' here)")
     if a.head and token:
         print(f"Cluster token: in {os.path.join(n.session_dir, auth.TOKEN_FILE)}")
@@ -184,7 +263,8 @@ def cmd_serve_node(a: argparse.Namespace) -> int:
         print(
             f"aioray node serving: GCS {n.gcs_address}, raylet "
             f"{n.raylet_address[0]}:{n.raylet_address[1]}, metrics port "
-            f"{n.metrics_export_port}, session {n.session_dir}",
+            f"{n.metrics_export_port}, session {n.session_dir}"
+            + (f", dashboard http://{n.dashboard_url}" if n.dashboard_url else ""),
             file=sys.stderr,
             flush=True,
         )
@@ -284,13 +364,14 @@ def _wait_for_node(n: node.LocalNode, timeout: float) -> None:
 
 
 def _module_and_session(cmdline: list[str]) -> tuple[str, str] | None:
-    """(``aioray.daemons.X``, its ``--session-dir``) of an aioray process, else None."""
+    """(``aioray.daemons.X`` or the dashboard, its ``--session-dir``) of an aioray
+    process, else None."""
     try:
         module = cmdline[cmdline.index("-m") + 1]
         session = cmdline[cmdline.index("--session-dir") + 1]
     except (ValueError, IndexError):
         return None
-    if not module.startswith("aioray.daemons.") or not session:
+    if not (module.startswith("aioray.daemons.") or module == DASHBOARD) or not session:
         return None
     return module, os.path.realpath(session)
 
@@ -317,7 +398,7 @@ def cmd_stop(a: argparse.Namespace) -> int:
     found = session_processes(sessions)
     # Raylets first (each stops its fork server and workers), then the GCS.
     daemons = [p for p, m in found if m == "aioray.daemons.raylet"]
-    daemons += [p for p, m in found if m == "aioray.daemons.gcs"]
+    daemons += [p for p, m in found if m in ("aioray.daemons.gcs", DASHBOARD)]
     procs = []
     for p in daemons:
         try:

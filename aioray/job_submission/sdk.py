@@ -1,0 +1,125 @@
+"""``JobSubmissionClient``: Ray's job client over the dashboard's REST routes.
+
+It finds the dashboard and the cluster token as drivers find a cluster: an explicit
+``http://host:port`` (token from ``$AIORAY_TOKEN`` or the local session serving that
+address), or None/"auto" for this machine's cluster. ``headers`` may carry the token
+(``Authorization: Bearer ...``) for a remote cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aioray._private.node import node
+from aioray.job_submission.models import JobDetails, JobStatus, check_runtime_env
+
+
+class JobSubmissionClient:
+    """Submit and manage jobs on a cluster through its dashboard (Ray's signatures)."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        create_cluster_if_needed: bool = False,
+        cookies: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        headers: dict[str, Any] | None = None,
+        verify: bool | str | None = True,
+    ) -> None:
+        self._address, token = node.find_dashboard(address)
+        self._headers = {str(k): str(v) for k, v in (headers or {}).items()}
+        if token and not any(k.lower() == "authorization" for k in self._headers):
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._default_metadata = dict(metadata or {})
+        self._version = self._request("GET", "/api/version")
+
+    def __repr__(self) -> str:
+        return f"<JobSubmissionClient {self._address}>"
+
+    def get_address(self) -> str:
+        return self._address
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {**self._headers, "Content-Type": "application/json"}
+        req = urllib.request.Request(self._address + path, data, headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                text = resp.read().decode()
+        except urllib.error.HTTPError as e:
+            text = e.read().decode(errors="replace")
+            raise RuntimeError(f"Request failed with status code {e.code}: {text}.") from None
+        except urllib.error.URLError as e:
+            raise ConnectionError(
+                f"Failed to connect to the dashboard at {self._address}: {e.reason}"
+            ) from None
+        return json.loads(text) if text else None
+
+    def submit_job(
+        self,
+        *,
+        entrypoint: str,
+        job_id: str | None = None,
+        runtime_env: dict[str, Any] | None = None,
+        metadata: dict[str, str] | None = None,
+        submission_id: str | None = None,
+        entrypoint_num_cpus: int | float | None = None,
+        entrypoint_num_gpus: int | float | None = None,
+        entrypoint_memory: int | None = None,
+        entrypoint_resources: dict[str, float] | None = None,
+    ) -> str:
+        """Start ``entrypoint`` (a shell command) on the cluster; returns the submission id."""
+        try:
+            check_runtime_env(runtime_env)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+        body = {
+            "entrypoint": entrypoint,
+            "submission_id": submission_id or job_id,
+            "runtime_env": runtime_env or {},
+            "metadata": {**self._default_metadata, **(metadata or {})},
+            "entrypoint_num_cpus": entrypoint_num_cpus,
+            "entrypoint_num_gpus": entrypoint_num_gpus,
+            "entrypoint_memory": entrypoint_memory,
+            "entrypoint_resources": entrypoint_resources,
+        }
+        return str(self._request("POST", "/api/jobs/", body)["submission_id"])
+
+    def stop_job(self, job_id: str) -> bool:
+        """Ask the job to stop (SIGTERM, then SIGKILL); False if it had already ended."""
+        return bool(self._request("POST", f"/api/jobs/{job_id}/stop")["stopped"])
+
+    def delete_job(self, job_id: str) -> bool:
+        """Forget an ended job and its logs."""
+        return bool(self._request("DELETE", f"/api/jobs/{job_id}")["deleted"])
+
+    def get_job_info(self, job_id: str) -> JobDetails:
+        return JobDetails.from_json(self._request("GET", f"/api/jobs/{job_id}"))
+
+    def list_jobs(self) -> list[JobDetails]:
+        return [JobDetails.from_json(j) for j in self._request("GET", "/api/jobs/")]
+
+    def get_job_status(self, job_id: str) -> JobStatus:
+        return self.get_job_info(job_id).status
+
+    def get_job_logs(self, job_id: str) -> str:
+        return str(self._request("GET", f"/api/jobs/{job_id}/logs")["logs"])
+
+    async def tail_job_logs(self, job_id: str) -> AsyncIterator[str]:
+        """The job's output as it is written, until the job ends (a websocket)."""
+        import aiohttp
+
+        url = self._address.replace("http", "ws", 1) + f"/api/jobs/{job_id}/logs/tail"
+        async with (
+            aiohttp.ClientSession(headers=self._headers) as session,
+            session.ws_connect(url) as ws,
+        ):
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    yield msg.data
+                elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    break

@@ -1,0 +1,268 @@
+"""The dashboard on a local cluster: started by init(), the token, the Jobs API and
+routes, the State API routes, log confinement, the Origin check, the port fallback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+from conftest import wait_for_condition
+
+import aioray as ray
+from aioray._private.node import node
+from aioray._private.wire import auth
+from aioray.job_submission import JobStatus, JobSubmissionClient
+
+RAY_SHARED_INIT_KWARGS = {"num_cpus": 2}
+
+
+def call(
+    url: str,
+    path: str,
+    method: str = "GET",
+    body: Any = None,
+    token: str | None = "",
+    **headers: str,
+) -> tuple[int, str]:
+    data = (
+        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    )
+    if token == "":
+        token = auth.cluster_token()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url + path, data, headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_port_taken_falls_forward() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sock = node._listen_from("127.0.0.1", port)
+        try:
+            assert sock.getsockname()[1] > port
+        finally:
+            sock.close()
+
+
+def test_init_returns_the_url(ray_start: Any) -> None:
+    assert ray_start.dashboard_url.startswith("127.0.0.1:")
+    assert ray_start.dashboard_url in ray_start._repr_html_()
+
+
+@pytest.fixture(scope="module")
+def url(ray_shared: Any) -> str:
+    assert ray_shared.dashboard_url
+    return "http://" + ray_shared.dashboard_url
+
+
+def test_health_is_public_and_the_rest_needs_the_token(url: str) -> None:
+    assert call(url, "/api/healthz", token=None) == (200, "success")
+    status, text = call(url, "/api/v0/nodes", token=None)
+    assert status == 401 and "no cluster token" in text
+    status, text = call(url, "/api/jobs/", token="wrong")
+    assert status == 401 and "a wrong cluster token" in text
+    assert call(url, "/api/version")[0] == 200
+
+
+def test_nodes_route_in_rays_envelope_with_filters(url: str) -> None:
+    status, text = call(url, "/api/v0/nodes?limit=10")
+    body = json.loads(text)
+    assert status == 200 and body["result"] is True
+    data = body["data"]["result"]
+    assert data["total"] == 1 and data["result"][0]["state"] == "ALIVE"
+    q = "/api/v0/nodes?filter_keys=state&filter_predicates=%3D&filter_values=dead"
+    data = json.loads(call(url, q)[1])["data"]["result"]
+    assert (data["total"], data["num_filtered"], data["result"]) == (1, 0, [])
+    status, text = call(url, "/api/v0/nodes?filter_keys=nope&filter_predicates=%3D&filter_values=x")
+    assert status == 400 and "Unknown filter key 'nope'" in text
+    status, text = call(url, "/api/v0/nodes?limit=0")
+    assert status == 400 and "limit" in text
+
+
+def test_cluster_views(url: str) -> None:
+    [target] = json.loads(call(url, "/api/prometheus/sd")[1])
+    assert target["targets"][0].endswith(str(ray.nodes()[0]["MetricsExportPort"]))
+    summary = json.loads(call(url, "/nodes?view=summary")[1])["data"]["summary"]
+    assert summary[0]["raylet"]["state"] == "ALIVE"
+    usage = json.loads(call(url, "/api/cluster_status")[1])["data"]["clusterStatus"]
+    assert usage["loadMetricsReport"]["usage"]["CPU"][1] == 2
+    version = json.loads(call(url, "/api/version")[1])
+    assert version["version"] == "4" and version["ray_version"] >= "1.9"  # Ray's client check
+    summary = json.loads(call(url, "/api/v0/actors/summarize")[1])["data"]["result"]
+    assert {"total", "num_after_truncation", "num_filtered"} <= set(summary)
+    assert "cluster" in summary["result"]["node_id_to_summary"]
+    assert call(url, "/api/gcs_healthz") == (200, "success")
+    status, text = call(url, "/api/v0/tasks")
+    assert status == 501 and "State API" in text
+
+
+def test_job_runs_joins_the_cluster_and_succeeds(url: str) -> None:
+    client = JobSubmissionClient(url)  # the token found from the local session
+    joins = "python -c 'import aioray; aioray.init(); print(len(aioray.nodes()))'"
+    entry = f"echo hello-$GREETING; {joins}"
+    sid = client.submit_job(entrypoint=entry, runtime_env={"env_vars": {"GREETING": "x"}})
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=60)
+    info = client.get_job_info(sid)
+    assert info.status == JobStatus.SUCCEEDED, client.get_job_logs(sid)
+    assert info.driver_exit_code == 0 and info.end_time >= info.start_time
+    assert set(info.driver_info or {}) == {"id", "node_ip_address", "pid"}  # Ray's DriverInfo
+    assert client.get_job_logs(sid) == "hello-x\n1\n"
+    assert sid in [j.submission_id for j in client.list_jobs()]
+    assert client.delete_job(sid)
+    with pytest.raises(RuntimeError, match=f"404: Job {sid} does not exist"):
+        client.get_job_info(sid)
+
+
+def test_entrypoint_resources_go_to_the_supervisor(url: str) -> None:
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(entrypoint="echo counted", entrypoint_num_cpus=1)
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=60)
+    assert client.get_job_info(sid).entrypoint_num_cpus == 1
+    assert client.get_job_status(sid) == JobStatus.SUCCEEDED
+    # A resource no node has: the job waits PENDING, as in Ray, until stopped.
+    waiting = client.submit_job(entrypoint="true", entrypoint_resources={"unicorn": 1})
+    assert client.get_job_status(waiting) == JobStatus.PENDING
+    assert client.stop_job(waiting)
+    assert client.get_job_status(waiting) == JobStatus.STOPPED
+
+
+def test_missing_entrypoint_fails_with_the_shell_message(url: str) -> None:
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(entrypoint="no-such-command-xyz")
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=60)
+    assert client.get_job_status(sid) == JobStatus.FAILED
+    assert "no-such-command-xyz: not found" in client.get_job_logs(sid)
+
+
+def test_stop_job_terms_its_process_group(url: str) -> None:
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(entrypoint="echo started; sleep 600 & sleep 600")
+    wait_for_condition(lambda: "started" in client.get_job_logs(sid), timeout=60)
+    assert client.stop_job(sid)
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=30)
+    assert client.get_job_status(sid) == JobStatus.STOPPED
+    assert not client.stop_job(sid)
+
+
+def test_bad_submissions_name_the_field(url: str) -> None:
+    cases = [
+        (b"{not json", "not valid JSON"),
+        ({"entrypoint": ""}, "'entrypoint'"),
+        ({"entrypoint": "x", "runtime_env": {"working_dir": "."}}, "working_dir"),
+        ({"entrypoint": "x", "entrypoint_num_cpus": "two"}, "'entrypoint_num_cpus'"),
+        ({"entrypoint": "x", "metadata": {"a": 1}}, "'metadata'"),
+    ]
+    for body, field in cases:
+        status, text = call(url, "/api/jobs/", "POST", body)
+        assert status == 400 and field in text, (body, status, text)
+    assert call(url, "/api/jobs/nope")[0] == 404
+
+
+def test_state_changes_check_origin(url: str) -> None:
+    status, text = call(
+        url, "/api/jobs/", "POST", {"entrypoint": "true"}, Origin="http://evil.example"
+    )
+    assert status == 403 and "Origin" in text
+
+
+def test_log_routes_stay_inside_the_log_directory(url: str) -> None:
+    status, text = call(url, "/api/v0/logs")
+    assert status == 200 and "gcs" in json.loads(text)["data"]["result"]
+    assert call(url, "/api/v0/logs/file?filename=gcs.log")[0] == 200
+    for evil in ("../token", "../../../../etc/passwd", "/etc/passwd", "..%2Ftoken"):
+        status, _ = call(url, f"/api/v0/logs/file?filename={evil}")
+        assert status == 404, evil
+
+
+def test_log_stream_follows_a_file(url: str, ray_shared: Any) -> None:
+    path = os.path.join(ray_shared["session_dir"], "logs", "stream-test.log")
+    with open(path, "w") as f:
+        f.write("old\n")
+    req = urllib.request.Request(
+        url + "/api/v0/logs/stream?filename=stream-test.log&lines=10",
+        headers={"Authorization": f"Bearer {auth.cluster_token()}"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.readline() == b"old\n"
+        with open(path, "a") as f:
+            f.write("new\n")
+        assert r.readline() == b"new\n"  # appended after the request began
+    assert call(url, "/api/v0/logs/stream?filename=../auth_token")[0] == 404
+
+
+def test_kill_actor_route(url: str) -> None:
+    @ray.remote
+    class Sleeper:
+        def ping(self) -> int:
+            return 1
+
+    a = Sleeper.remote()
+    ray.get(a.ping.remote())
+    aid = a._actor_id.hex()
+    status, _ = call(url, f"/api/actors/{aid}/kill", "POST")
+    assert status == 200
+
+    def dead() -> bool:
+        rows = json.loads(
+            call(
+                url,
+                f"/api/v0/actors?filter_keys=actor_id&filter_predicates=%3D&filter_values={aid}",
+            )[1]
+        )["data"]["result"]["result"]
+        return rows[0]["state"] == "DEAD"
+
+    wait_for_condition(dead, timeout=30)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aioray.cli", "job", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def test_job_cli_submit_follows_logs_and_manages_jobs(url: str) -> None:
+    proc = run_cli(
+        "submit", "--address", url, "--submission-id", "cli-job", "--metadata-json",
+        '{"owner": "me"}', "--runtime-env-json", '{"env_vars": {"WHO": "cli"}}',
+        "--", "echo", "hi-$WHO",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Job 'cli-job' submitted successfully" in proc.stdout
+    assert "hi-cli" in proc.stdout and "Job 'cli-job' succeeded" in proc.stdout
+    status = run_cli("status", "--address", url, "cli-job")
+    assert "Status for job 'cli-job': SUCCEEDED" in status.stdout
+    assert run_cli("logs", "--address", url, "cli-job").stdout == "hi-cli\n"
+    assert "cli-job" in run_cli("list", "--address", url).stdout
+    assert JobSubmissionClient(url).get_job_info("cli-job").metadata == {"owner": "me"}
+    again = run_cli("submit", "--address", url, "--submission-id", "cli-job", "--", "true")
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert run_cli("delete", "--address", url, "cli-job").returncode == 0
+    missing = run_cli("status", "--address", url, "cli-job")
+    assert missing.returncode == 1 and "Job cli-job does not exist" in missing.stderr
+
+
+def test_job_cli_bad_input(url: str) -> None:
+    wd = run_cli("submit", "--address", url, "--working-dir", ".", "--", "true")
+    assert wd.returncode != 0 and "--working-dir is not supported yet" in wd.stderr
+    empty = run_cli("submit", "--address", url, "--no-wait")
+    assert empty.returncode == 1 and "give the command to run after --" in empty.stderr
+    failed = run_cli("submit", "--address", url, "--", "exit 3")
+    assert failed.returncode == 1 and "failed" in failed.stdout
