@@ -47,6 +47,11 @@ class UnserializableException(RayError):
         self.reason = reason
         super().__init__(original_stack_trace, reason)
 
+    @property
+    def original_stack_trace(self) -> str:
+        """The original exception's text and traceback, as formatted where it was raised."""
+        return self._original_stack_trace
+
     def __str__(self) -> str:
         why = f" ({self.reason})" if self.reason else ""
         return (

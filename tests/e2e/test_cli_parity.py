@@ -51,7 +51,7 @@ def test_serve_node_is_found_by_auto_status_and_logs(tmp_path: Path) -> None:
         os.makedirs(tmp_path / "sessions" / "session_2999-01-01_00-00-00_x" / "logs")
         logs = _cli("logs", env=env, tmp_path=tmp_path, name="logs")
         assert logs.returncode == 0, logs.stderr
-        session = head.stderr().split("session ", 1)[1].split()[0]
+        session = head.stderr().split("session ", 1)[1].split()[0].rstrip(",")
         assert f"Log files of {session}:" in logs.stdout
     finally:
         assert head.stop() == 0, head.stderr()

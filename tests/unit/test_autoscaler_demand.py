@@ -114,7 +114,7 @@ async def test_the_watching_autoscaler_hears_of_changed_demand_once_per_burst() 
     for n in (1, 2, 3):
         gcs.demand.handle_report_demand(conn, [a, [[{"CPU": 1.0}, n]], False], None)  # type: ignore[arg-type]
     await asyncio.sleep(0)
-    assert autoscaler.sent == [("demand_changed", None)]
+    assert [(s.method, s.body) for s in autoscaler.sent] == [("demand_changed", None)]
     gcs.demand.handle_report_demand(conn, [a, [[{"CPU": 1.0}, 3]], True], None)  # type: ignore[arg-type]
     await asyncio.sleep(0)
     assert len(autoscaler.sent) == 1  # same queue: no news

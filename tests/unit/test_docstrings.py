@@ -31,12 +31,22 @@ PUBLIC = [
     "aioray.runtime_context",
     "aioray.exceptions",
     "aioray.cluster_utils",
+    "aioray.runtime_env",
+    "aioray.job_submission",
+    "aioray.dag",
+    "aioray.autoscaler.sdk",
 ]
+
+
+# Modules whose import raises on purpose (Ray's names aioray does not implement).
+REFUSE_IMPORT = {"aioray.util.collective"}
 
 
 def _submodules(pkg: ModuleType) -> Iterator[ModuleType]:
     yield pkg
     for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        if info.name in REFUSE_IMPORT:
+            continue
         if not any(p.startswith("_") for p in info.name.split(".")[1:]):
             yield importlib.import_module(info.name)
 

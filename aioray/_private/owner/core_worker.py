@@ -235,7 +235,12 @@ class CoreWorker:
         def run() -> None:
             asyncio.set_event_loop(loop)
             ready.set()
-            loop.run_forever()
+            try:
+                loop.run_forever()
+            finally:
+                # Its descriptors (epoll, eventfd, self-pipe, io_uring) would otherwise
+                # stay open: six more per init/shutdown cycle of a long-lived driver.
+                loop.close()
 
         self._thread = threading.Thread(target=run, name="aioray-core-worker", daemon=True)
         self._thread.start()
