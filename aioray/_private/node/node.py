@@ -412,7 +412,9 @@ class LocalNode:
         host, port = sock.getsockname()[:2]
         self.dashboard_url = f"{host}:{port}"
         args = [*common, "--listen-fd", str(sock.fileno()), "--gcs-address", self.gcs_address]
-        self._spawn("dashboard", args, [*fds, sock.fileno()], logs, detached, "aioray.dashboard")
+        self._spawn(
+            "dashboard", args, [*fds, sock.fileno()], logs, detached, "aioray.dashboard", nice=10
+        )
         with open(os.path.join(self.session_dir, DASHBOARD_URL_FILE), "w") as f:
             f.write(self.dashboard_url)
 
@@ -424,8 +426,12 @@ class LocalNode:
         logs: str,
         detached: bool,
         module: str = "",
+        nice: int = 0,
     ) -> None:
         cmd = [sys.executable, "-m", module or f"aioray.daemons.{name}", *args]
+        # The dashboard starts beside the daemons on a machine that may have 2 cores: at a
+        # lower priority it costs the first tasks nothing (it is idle until a browser asks).
+        lower = (lambda: os.nice(nice)) if nice else None
         out: Any = None
         if detached:
             out = open(os.path.join(logs, f"{name}.out"), "ab")  # noqa: SIM115 - handed to the child
@@ -439,6 +445,7 @@ class LocalNode:
             # Their own session: a Ctrl-C in the driver's terminal interrupts the driver,
             # not the cluster (the lifeline still ties them to the driver's life).
             start_new_session=True,
+            preexec_fn=lower,  # (only os.nice: safe between fork and exec)
         )
         if out is not None:
             out.close()
