@@ -371,10 +371,12 @@ class AutoscalingCluster:
 
     @property
     def address(self) -> str:
+        """The GCS address to pass to ``ray.init``; ``""`` before ``start()``."""
         return self._cluster.address if self._cluster is not None else ""
 
     @property
     def head_node(self) -> ClusterNode | None:
+        """The head node of the underlying cluster, or None before ``start()``."""
         return self._cluster.head_node if self._cluster is not None else None
 
     def start(self, _system_config: dict[str, Any] | None = None) -> None:

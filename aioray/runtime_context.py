@@ -60,6 +60,7 @@ class RuntimeContext:
         return self._cw.worker_id.hex()
 
     def get_task_id(self) -> str | None:
+        """The current task's id (hex), or None in the driver, as in Ray."""
         spec = self._spec()
         return spec["tid"].hex() if spec else None
 
@@ -134,6 +135,7 @@ class RuntimeContext:
 
     @property
     def current_placement_group_id(self) -> str | None:
+        """Deprecated (warns): use ``get_placement_group_id()``, which this returns."""
         warnings.warn(
             "current_placement_group_id is deprecated. Use get_placement_group_id() instead.",
             DeprecationWarning,
@@ -175,9 +177,11 @@ class RuntimeContext:
         return f"{host}:{port}"
 
     def get_session_name(self) -> str:
+        """The current Ray session's name (shared by every process of the cluster's session)."""
         return self._cw.session_id
 
     def get_temp_dir(self) -> str:
+        """The temporary directory to use: ``$AIORAY_TMPDIR`` if set, else the system's."""
         return os.environ.get("AIORAY_TMPDIR") or tempfile.gettempdir()
 
     # -- the job --------------------------------------------------------------------------

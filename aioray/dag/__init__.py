@@ -58,9 +58,11 @@ class DAGNode:
         raise NotImplementedError
 
     def get_args(self) -> tuple[Any, ...]:
+        """The positional arguments bound to this node (DAG nodes among them unresolved)."""
         return self._bound_args
 
     def get_kwargs(self) -> dict[str, Any]:
+        """A copy of the keyword arguments bound to this node."""
         return dict(self._bound_kwargs)
 
 
@@ -86,6 +88,8 @@ class FunctionNode(DAGNode):
         return self._remote.remote(*args, **kwargs)
 
     def options(self, **task_options: Any) -> FunctionNode:
+        """A copy of this node, same bound arguments, whose task runs with ``task_options``
+        (as ``RemoteFunction.options``)."""
         remote = self._remote.options(**task_options)
         return FunctionNode(remote, self._bound_args, self._bound_kwargs)
 

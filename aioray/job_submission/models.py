@@ -21,6 +21,7 @@ class JobStatus(str, enum.Enum):
         return self.value
 
     def is_terminal(self) -> bool:
+        """Whether the job is done: STOPPED, SUCCEEDED or FAILED (it will not change again)."""
         return self in (JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED)
 
 
@@ -49,12 +50,15 @@ class JobDetails:
     entrypoint_resources: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """This job's fields as a JSON-ready dict, ``status`` as its string."""
         out = dataclasses.asdict(self)
         out["status"] = str(self.status)
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobDetails:
+        """JobDetails from the REST API's JSON dict; unknown keys are ignored, ``status`` defaults
+        to PENDING."""
         known = {f.name for f in dataclasses.fields(cls)}
         fields = {k: v for k, v in data.items() if k in known}
         fields["status"] = JobStatus(fields.get("status", "PENDING"))

@@ -41,6 +41,7 @@ class JobSubmissionClient:
         return f"<JobSubmissionClient {self._address}>"
 
     def get_address(self) -> str:
+        """The dashboard address this client sends its requests to."""
         return self._address
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
@@ -98,15 +99,19 @@ class JobSubmissionClient:
         return bool(self._request("DELETE", f"/api/jobs/{job_id}")["deleted"])
 
     def get_job_info(self, job_id: str) -> JobDetails:
+        """The JobDetails of the job with this submission id (``GET /api/jobs/{job_id}``)."""
         return JobDetails.from_json(self._request("GET", f"/api/jobs/{job_id}"))
 
     def list_jobs(self) -> list[JobDetails]:
+        """JobDetails for every job the cluster knows of (``GET /api/jobs/``)."""
         return [JobDetails.from_json(j) for j in self._request("GET", "/api/jobs/")]
 
     def get_job_status(self, job_id: str) -> JobStatus:
+        """The job's current JobStatus (``get_job_info(job_id).status``)."""
         return self.get_job_info(job_id).status
 
     def get_job_logs(self, job_id: str) -> str:
+        """The job's driver output so far, as one string."""
         return str(self._request("GET", f"/api/jobs/{job_id}/logs")["logs"])
 
     async def tail_job_logs(self, job_id: str) -> AsyncIterator[str]:

@@ -61,6 +61,8 @@ class DemandTable:
 
     # -- facts in ---------------------------------------------------------------------------
     def handle_report_demand(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """body = [node id, [[resource shape, count]], idle]; no reply. Replaces the node's
+        queued lease shapes (alive nodes only); notifies watchers if the shapes changed."""
         node_id, shapes, idle = body
         node = self.gcs.nodes.get(node_id)
         if node is not None and node["Alive"]:
@@ -102,15 +104,21 @@ class DemandTable:
     def handle_report_autoscaler_state(
         self, conn: rpc.Connection, state: dict[str, Any], _: Any
     ) -> None:
+        """body = the autoscaler's state dict (pending and failed launches, idle nodes,
+        infeasible demand); no reply. Kept, stamped ``reported_at``, for ``aioray status``."""
         self.autoscaler = {**state, "reported_at": time.time()}
 
     # -- snapshots --------------------------------------------------------------------------
     def handle_get_demand(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
+        """``get_demand`` (no body) -> the snapshot: alive nodes' resources and idleness, queued
+        shapes, pending placement-group bundles and the standing ``request_resources``."""
         return self.snapshot()
 
     def handle_get_autoscaler_status(
         self, conn: rpc.Connection, body: Any, _: Any
     ) -> dict[str, Any]:
+        """``get_autoscaler_status`` (no body) -> the ``get_demand`` snapshot plus the
+        autoscaler's last reported state under ``autoscaler``."""
         return {**self.snapshot(), "autoscaler": self.autoscaler}
 
     def snapshot(self) -> dict[str, Any]:

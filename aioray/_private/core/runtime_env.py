@@ -35,6 +35,8 @@ class RuntimeEnvConfig(dict[str, Any]):
 
     @classmethod
     def parse_and_validate_runtime_env_config(cls, config: Any) -> RuntimeEnvConfig:
+        """A ``RuntimeEnvConfig`` from ``runtime_env['config']`` (one is returned as is, a dict is
+        checked); raises TypeError for other types, ValueError for an unknown field."""
         if isinstance(config, RuntimeEnvConfig):
             return config
         if not isinstance(config, Mapping):
@@ -62,40 +64,52 @@ class RuntimeEnv(dict[str, Any]):
         super().__init__(normalize(fields) if _validate else fields)
 
     def to_dict(self) -> dict[str, Any]:
+        """A plain-dict copy of this runtime env's fields."""
         return dict(self)
 
     def serialize(self) -> str:
+        """This runtime env as JSON with sorted keys (the same env always gives the same string)."""
         return json.dumps(self, sort_keys=True)
 
     @classmethod
     def deserialize(cls, serialized: str) -> RuntimeEnv:
+        """Rebuild (and validate) a runtime env from the JSON that ``serialize`` produced."""
         return cls(**json.loads(serialized))
 
     def env_vars(self) -> dict[str, str]:
+        """The ``env_vars`` field as a dict (empty if unset)."""
         return dict(self.get("env_vars") or {})
 
     def working_dir(self) -> str:
+        """The ``working_dir`` field (``""`` if unset)."""
         return str(self.get("working_dir") or "")
 
     def py_modules(self) -> list[str]:
+        """The ``py_modules`` field as a list of URIs or paths (empty if unset)."""
         return list(self.get("py_modules") or [])
 
     def has_working_dir(self) -> bool:
+        """Whether the ``working_dir`` field is set and non-empty."""
         return bool(self.get("working_dir"))
 
     def has_py_modules(self) -> bool:
+        """Whether the ``py_modules`` field is set and non-empty."""
         return bool(self.get("py_modules"))
 
     def has_pip(self) -> bool:
+        """Whether the ``pip`` field is set and non-empty."""
         return bool(self.get("pip"))
 
     def has_uv(self) -> bool:
+        """Whether the ``uv`` field is set and non-empty."""
         return bool(self.get("uv"))
 
     def pip_config(self) -> dict[str, Any]:
+        """The ``pip`` field as a dict (empty if unset)."""
         return dict(self.get("pip") or {})
 
     def uv_config(self) -> dict[str, Any]:
+        """The ``uv`` field as a dict (empty if unset)."""
         return dict(self.get("uv") or {})
 
 

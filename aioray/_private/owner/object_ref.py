@@ -108,13 +108,16 @@ class ObjectRef(_Future):
 
     @classmethod
     def from_binary(cls, object_id: bytes) -> ObjectRef:
+        """An ObjectRef for the object id given as its raw bytes (validated by ``ObjectID``)."""
         return cls(ids.ObjectID(object_id).binary())
 
     @classmethod
     def nil(cls) -> ObjectRef:
+        """The nil ObjectRef (all-0xff id, no owner); it is not reference-counted."""
         return cls(ids.ObjectID.nil().binary(), None, _count=False)
 
     def is_nil(self) -> bool:
+        """Whether this is the nil ref (every id byte 0xff), as from ``ObjectRef.nil()``."""
         return self._id == b"\xff" * ids.OBJECT_ID_SIZE
 
     @property

@@ -148,7 +148,9 @@ class JobID(BaseID):
 
     @classmethod
     def from_int(cls, value: int) -> JobID:
+        """The JobID whose bytes are ``value`` little-endian (Ray's ``JobID.from_int``)."""
         return cls(value.to_bytes(cls.SIZE, "little"))
 
     def int(self) -> int:
+        """This job id as an integer (its bytes read little-endian); ``from_int`` inverts it."""
         return int.from_bytes(self._id, "little")

@@ -29,6 +29,8 @@ class RayBackend(MultiprocessingBackend):
         )
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """The worker count for ``n_jobs``: a negative value counts back from the cluster's CPUs
+        plus one, as joblib does (-1: all of them); starts Ray if needed."""
         if n_jobs is not None and n_jobs < 0:
             if not ray.is_initialized():
                 ray.init()
@@ -44,12 +46,15 @@ class RayBackend(MultiprocessingBackend):
         require: Any = None,
         **memmappingpool_args: Any,
     ) -> int:
+        """Start the Ray-backed ``Pool`` for a ``Parallel`` call; returns the number of workers
+        (``effective_n_jobs(n_jobs)``)."""
         n_jobs = self.effective_n_jobs(n_jobs)
         self._pool: Pool | None = Pool(processes=n_jobs, ray_remote_args=self.ray_remote_args)
         self.parallel = parallel
         return n_jobs
 
     def terminate(self) -> None:
+        """Stop this backend's pool and its actors (a no-op if already stopped)."""
         if self._pool is not None:
             self._pool.terminate()
             self._pool = None

@@ -44,6 +44,7 @@ class PoolActor:
             initializer(*initargs)
 
     def ping(self) -> None:
+        """Do nothing; the pool calls it to wait until the actor is up (and initialized)."""
         return None
 
     def run_batch(self, func: Callable[..., Any], batch: list[Any], mode: int) -> Any:
@@ -148,19 +149,24 @@ class AsyncResult:
             error_callback(self._error)
 
     def get(self, timeout: float | None = None) -> Any:
+        """The result (a list, for the map variants), waiting up to ``timeout`` seconds;
+        re-raises a task's exception, raises ``multiprocessing.TimeoutError`` on timeout."""
         self._collect(timeout)
         if self._error is not None:
             raise self._error
         return self._value
 
     def wait(self, timeout: float | None = None) -> None:
+        """Wait until the result is ready, or ``timeout`` seconds have passed."""
         ray.wait(self._refs, num_returns=len(self._refs), timeout=timeout)
 
     def ready(self) -> bool:
+        """Whether every task behind this result has finished (without waiting)."""
         ready, _ = ray.wait(self._refs, num_returns=len(self._refs), timeout=0)
         return len(ready) == len(self._refs)
 
     def successful(self) -> bool:
+        """Whether the call finished without raising; ValueError if it is not ready yet."""
         if not self.ready():
             raise ValueError(f"{self!r} not ready")
         self._collect(None)
@@ -182,6 +188,8 @@ class IMapIterator:
         return self.next()
 
     def next(self, timeout: float | None = None) -> Any:
+        """The next result (in order, or as finished for ``imap_unordered``), waiting up to
+        ``timeout`` seconds: ``multiprocessing.TimeoutError`` then; StopIteration at the end."""
         while not self._buffer:
             if not self._pending:
                 raise StopIteration
@@ -283,6 +291,7 @@ class Pool:
         return max(1, chunksize)
 
     def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: Any = None) -> Any:
+        """Run ``func(*args, **kwds)`` on a pool actor and return its result (blocks)."""
         return self.apply_async(func, args, kwds).get()
 
     def apply_async(
@@ -293,6 +302,8 @@ class Pool:
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
     ) -> AsyncResult:
+        """Submit ``func(*args, **kwds)`` to a pool actor; returns an AsyncResult, calling
+        ``callback`` with the result or ``error_callback`` with the exception."""
         self._check_running()
         refs = self._submit(func, [(tuple(args), dict(kwds or {}))], 1, APPLY)
         return AsyncResult(refs, True, callback, error_callback)
@@ -300,6 +311,7 @@ class Pool:
     def map(
         self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None
     ) -> list[Any]:
+        """``[func(x) for x in iterable]`` run in chunks across the pool's actors (blocks)."""
         return self.map_async(func, iterable, chunksize).get()
 
     def map_async(
@@ -310,6 +322,8 @@ class Pool:
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
     ) -> AsyncResult:
+        """Submit ``func`` over ``iterable`` in chunks; returns an AsyncResult of the list of
+        results in order (``callback``/``error_callback`` as for ``apply_async``)."""
         self._check_running()
         calls = list(iterable)
         refs = self._submit(func, calls, self._chunksize(len(calls), chunksize), MAP)
@@ -321,6 +335,8 @@ class Pool:
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
     ) -> list[Any]:
+        """Like ``map`` but each item is an argument tuple:
+        ``[func(*args) for args in iterable]`` (blocks)."""
         return self.starmap_async(func, iterable, chunksize).get()
 
     def starmap_async(
@@ -331,6 +347,7 @@ class Pool:
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
     ) -> AsyncResult:
+        """Like ``map_async`` but each item is an argument tuple, called as ``func(*args)``."""
         self._check_running()
         calls = [tuple(args) for args in iterable]
         refs = self._submit(func, calls, self._chunksize(len(calls), chunksize), STAR)
@@ -339,6 +356,7 @@ class Pool:
     def imap(
         self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1
     ) -> Iterator[Any]:
+        """Like ``map`` but lazy: an iterator of the results in input order, as they come."""
         self._check_running()
         calls = list(iterable)
         refs = self._submit(func, calls, self._chunksize(len(calls), chunksize), MAP)
@@ -347,6 +365,7 @@ class Pool:
     def imap_unordered(
         self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1
     ) -> Iterator[Any]:
+        """Like ``imap`` but yields the results in the order they finish."""
         self._check_running()
         calls = list(iterable)
         refs = self._submit(func, calls, self._chunksize(len(calls), chunksize), MAP)
