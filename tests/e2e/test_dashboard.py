@@ -88,7 +88,7 @@ def test_nodes_route_in_rays_envelope_with_filters(url: str) -> None:
     data = json.loads(call(url, q)[1])["data"]["result"]
     assert (data["total"], data["num_filtered"], data["result"]) == (1, 0, [])
     status, text = call(url, "/api/v0/nodes?filter_keys=nope&filter_predicates=%3D&filter_values=x")
-    assert status == 400 and "Unknown filter key 'nope'" in text
+    assert status == 400 and "filter column 'nope' is not supported for nodes" in text
     status, text = call(url, "/api/v0/nodes?limit=0")
     assert status == 400 and "limit" in text
 
@@ -106,8 +106,63 @@ def test_cluster_views(url: str) -> None:
     assert {"total", "num_after_truncation", "num_filtered"} <= set(summary)
     assert "cluster" in summary["result"]["node_id_to_summary"]
     assert call(url, "/api/gcs_healthz") == (200, "success")
-    status, text = call(url, "/api/v0/tasks")
-    assert status == 501 and "State API" in text
+
+
+def v0(url: str, path: str) -> Any:
+    status, text = call(url, "/api/v0/" + path)
+    assert status == 200, text
+    body = json.loads(text)
+    assert body["result"] is True
+    return body["data"]["result"]
+
+
+@ray.remote
+def dash_ok() -> int:
+    return 1
+
+
+@ray.remote
+def dash_boom() -> None:
+    raise ValueError("dashboard-boom")
+
+
+def test_tasks_listed_filtered_at_the_source_summarized_and_traced(url: str) -> None:
+    ray.get([dash_ok.remote() for _ in range(3)])
+    with pytest.raises(ValueError):
+        ray.get(dash_boom.remote())
+    q = "tasks?detail=true&filter_keys=state&filter_predicates=%3D&filter_values=FAILED"
+    # The owner reports FAILED first; the executor's report brings the error message.
+    wait_for_condition(lambda: any(t["error_message"] for t in v0(url, q)["result"]), timeout=30)
+    failed = v0(url, q)
+    assert {t["func_or_class_name"] for t in failed["result"]} == {"dash_boom"}
+    assert "dashboard-boom" in failed["result"][0]["error_message"]
+    assert failed["total"] >= 4 and failed["num_after_truncation"] >= failed["num_filtered"]
+    named = v0(url, "tasks?limit=2&filter_keys=name&filter_predicates=%3D&filter_values=dash_ok")
+    assert named["num_filtered"] == 3 and len(named["result"]) == 2  # filtered, then limited
+    summary = v0(url, "tasks/summarize")["result"]["node_id_to_summary"]["cluster"]
+    assert summary["summary"]["dash_ok"]["state_counts"]["FINISHED"] == 3
+    assert summary["summary"]["dash_boom"]["state_counts"]["FAILED"] == 1
+    status, text = call(url, "/api/v0/tasks/timeline?download=1")
+    events = json.loads(text)
+    assert status == 200 and any(e["name"] == "task::dash_ok" and e["ph"] == "X" for e in events)
+    status, text = call(url, "/api/v0/tasks?filter_keys=state&filter_predicates=~&filter_values=x")
+    assert status == 400 and "Unsupported filter predicate '~'" in text
+    status, text = call(url, "/api/v0/tasks?limit=20000")
+    assert status == 400 and "limit must be an integer between 1 and 10000" in text
+
+
+def test_workers_objects_and_their_summary(url: str) -> None:
+    ref = ray.put(b"x" * 1000)
+    workers = v0(url, "workers?filter_keys=worker_type&filter_predicates=%3D&filter_values=DRIVER")
+    assert workers["num_filtered"] >= 1
+    assert all(w["worker_type"] == "DRIVER" for w in workers["result"])
+    objects = v0(
+        url, f"objects?filter_keys=object_id&filter_predicates=%3D&filter_values={ref.hex()}"
+    )
+    assert [o["object_id"] for o in objects["result"]] == [ref.hex()]
+    summary = v0(url, "objects/summarize")["result"]["node_id_to_summary"]["cluster"]
+    assert summary["total_objects"] >= 1 and summary["summary_by"] == "callsite"
+    del ref
 
 
 def test_job_runs_joins_the_cluster_and_succeeds(url: str) -> None:

@@ -79,6 +79,7 @@ COLUMNS: dict[str, tuple[tuple[str, bool, bool], ...]] = {
         ("state_message", False, False),
         ("node_name", True, False),
         ("resources_total", False, False),
+        ("resources_available", False, True),
         ("labels", False, False),
         ("start_time_ms", False, True),
         ("end_time_ms", False, True),

@@ -9,7 +9,7 @@ function use(label, used, total, fmt = (x) => x) {
 const gib = (b) => `${(b / 2 ** 30).toFixed(1)} GiB`;
 
 export async function render(main) {
-  const [nodes, actors, jobs] = await Promise.all([listing("nodes"), listing("actors"), listing("jobs")]);
+  const [nodes, actors, jobs] = await Promise.all([listing("nodes", "&detail=true"), listing("actors"), listing("jobs")]);
   const alive = nodes.filter((n) => n.state === "ALIVE");
   const sum = (key, field) => alive.reduce((s, n) => s + (n[field][key] || 0), 0);
   const used = (k) => sum(k, "resources_total") - sum(k, "resources_available");
