@@ -3,6 +3,7 @@ const pages = {
   overview: () => import("/static/pages/overview.js"),
   jobs: () => import("/static/pages/jobs.js"),
   cluster: () => import("/static/pages/cluster.js"),
+  tasks: () => import("/static/pages/tasks.js"),
   actors: () => import("/static/pages/actors.js"),
   placement_groups: () => import("/static/pages/placement_groups.js"),
   logs: () => import("/static/pages/logs.js"),
