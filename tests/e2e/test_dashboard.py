@@ -314,10 +314,89 @@ def test_job_cli_submit_follows_logs_and_manages_jobs(url: str) -> None:
     assert missing.returncode == 1 and "Job cli-job does not exist" in missing.stderr
 
 
-def test_job_cli_bad_input(url: str) -> None:
-    wd = run_cli("submit", "--address", url, "--working-dir", ".", "--", "true")
-    assert wd.returncode != 0 and "--working-dir is not supported yet" in wd.stderr
+def test_job_cli_bad_input(url: str, tmp_path: Any) -> None:
+    wd = run_cli("submit", "--address", url, "--working-dir", str(tmp_path / "nope"), "--", "true")
+    assert wd.returncode == 1 and "does not exist" in wd.stderr
     empty = run_cli("submit", "--address", url, "--no-wait")
     assert empty.returncode == 1 and "give the command to run after --" in empty.stderr
     failed = run_cli("submit", "--address", url, "--", "exit 3")
     assert failed.returncode == 1 and "failed" in failed.stdout
+
+
+def write(path: Any, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def test_job_cli_working_dir_is_uploaded_and_is_the_jobs_cwd(url: str, tmp_path: Any) -> None:
+    project = tmp_path / "project"
+    write(project / "helper.py", "GREETING = 'hello from helper'\n")
+    write(project / "script.py", "import os, helper\nprint(helper.GREETING, os.getcwd())\n")
+    # Submitted from elsewhere: only the uploaded package can provide helper.py.
+    proc = subprocess.run(
+        [sys.executable, "-m", "aioray.cli", "job", "submit", "--address", url,
+         "--submission-id", "wd-job", "--working-dir", str(project), "--", "python", "script.py"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, cwd="/",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    client = JobSubmissionClient(url)
+    info = client.get_job_info("wd-job")
+    assert info.status == JobStatus.SUCCEEDED
+    greeting, cwd = (
+        client.get_job_logs("wd-job").split()[-4:-1],
+        client.get_job_logs("wd-job").split()[-1],
+    )
+    assert greeting == ["hello", "from", "helper"] and cwd != str(project)
+    assert info.runtime_env["working_dir"].startswith("gcs://_aioray_pkg_")
+
+
+def test_job_py_modules_and_the_package_routes(url: str, tmp_path: Any) -> None:
+    write(tmp_path / "mymod" / "__init__.py", "VALUE = 42\n")
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(
+        entrypoint="python -c 'import mymod; print(mymod.VALUE)'",
+        runtime_env={"py_modules": [str(tmp_path / "mymod")]},
+    )
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=60)
+    assert client.get_job_status(sid) == JobStatus.SUCCEEDED, client.get_job_logs(sid)
+    assert client.get_job_logs(sid) == "42\n"
+    [uri] = client.get_job_info(sid).runtime_env["py_modules"]
+    assert call(url, "/api/packages/" + uri.replace("://", "/"))[0] == 200  # uploaded once
+    missing = "gcs/_aioray_pkg_" + "0" * 32 + ".zip"
+    assert call(url, "/api/packages/" + missing)[0] == 404
+    for bad in ("gcs/..%2Ftoken", "s3/_aioray_pkg_" + "0" * 32 + ".zip", "gcs/x.zip"):
+        status, text = call(url, "/api/packages/" + bad, "PUT", b"data")
+        assert status == 400 and "is not a package URI" in text, (bad, status, text)
+    status, text = call(url, "/api/jobs/", "POST", {
+        "entrypoint": "true", "runtime_env": {"working_dir": "gcs://" + missing[4:]}})  # fmt: skip
+    assert status == 400 and "was not uploaded to this cluster" in text
+    # Uploaded through the route, it is accepted.
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("run.sh", "echo from-upload\n")
+    assert call(url, "/api/packages/" + missing, "PUT", buf.getvalue())[0] == 200
+    assert call(url, "/api/packages/" + missing)[0] == 200
+    sid = client.submit_job(
+        entrypoint="sh run.sh", runtime_env={"working_dir": "gcs://" + missing[4:]}
+    )
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=60)
+    assert client.get_job_logs(sid) == "from-upload\n"
+
+
+def test_job_pip_env_is_the_entrypoints_python(url: str, tmp_path: Any) -> None:
+    from test_runtime_env import build_wheel  # offline: pip installs a wheel built here
+
+    build_wheel("jobtinypkg", "1.0", {"jobtinypkg/__init__.py": "ANSWER = 'job-1.0'\n"}, tmp_path)
+    options = ["--no-index", "--find-links", str(tmp_path)]
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(
+        entrypoint="python -c 'import jobtinypkg; print(jobtinypkg.ANSWER)'",
+        runtime_env={"pip": {"packages": ["jobtinypkg==1.0"], "pip_install_options": options}},
+    )
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=120)
+    assert client.get_job_logs(sid) == "job-1.0\n"
+    assert client.get_job_status(sid) == JobStatus.SUCCEEDED
