@@ -1,6 +1,6 @@
 """The web UI in a real browser (Debian's chromium, driven by playwright): log in with
 the token, the nodes of a 2-node cluster, a job's live log, tasks filtered by state,
-killing an actor, and no
+objects and workers, killing an actor, and no
 way in without the token. Screenshots of each page go to test-output/ (git-ignored)."""
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ def test_overview_and_cluster_show_both_nodes(page: Page, ray_cluster: Any) -> N
     expect(page.locator(".node-id")).to_have_count(2)
     ids = {n.unique_id for n in [ray_cluster.head_node, *ray_cluster.worker_nodes]}
     assert set(page.locator(".node-id").all_inner_texts()) == ids
+    driver = ray.get_runtime_context().get_worker_id()
+    expect(page.locator(".worker-id", has_text=driver)).to_have_count(1)
     shot(page, "cluster")
 
 
@@ -187,6 +189,19 @@ def test_tasks_page_filters_by_state_and_shows_the_error(page: Page) -> None:
     page.fill("#f-fn", "no-such-function")
     page.press("#f-fn", "Enter")
     expect(page.locator("tbody tr")).to_have_count(0)
+
+
+def test_objects_page_shows_a_put_object_by_reference_type(page: Page) -> None:
+    ref = ray.put(b"x" * 200_000)
+    page.click("nav >> text=Objects")
+    row = page.locator("tr", has_text=ref.hex())
+    expect(row).to_contain_text("LOCAL_REFERENCE")
+    shot(page, "objects")
+    page.select_option("#f-type", "PINNED_IN_MEMORY")
+    expect(page.locator("tr", has_text=ref.hex())).to_have_count(0)
+    page.select_option("#f-type", "LOCAL_REFERENCE")
+    expect(page.locator("tr", has_text=ref.hex())).to_have_count(1)
+    del ref
 
 
 def test_placement_groups_logs_and_metrics_pages(page: Page) -> None:

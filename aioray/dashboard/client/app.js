@@ -5,6 +5,7 @@ const pages = {
   cluster: () => import("/static/pages/cluster.js"),
   tasks: () => import("/static/pages/tasks.js"),
   actors: () => import("/static/pages/actors.js"),
+  objects: () => import("/static/pages/objects.js"),
   placement_groups: () => import("/static/pages/placement_groups.js"),
   logs: () => import("/static/pages/logs.js"),
   metrics: () => import("/static/pages/metrics.js"),
