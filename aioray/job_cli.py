@@ -21,7 +21,9 @@ def add_parser(sub: Any) -> None:
     submit = verbs.add_parser("submit", help="submit a shell command: aioray job submit -- CMD")
     _address(submit)
     submit.add_argument("--submission-id", "--job-id", dest="submission_id")
-    submit.add_argument("--working-dir", help="not supported yet (runtime_env working_dir)")
+    submit.add_argument(
+        "--working-dir", help="a local directory to upload and run the entrypoint in"
+    )
     submit.add_argument("--runtime-env", help="a JSON (or YAML-free JSON) runtime_env file")
     submit.add_argument("--runtime-env-json", help="runtime_env as JSON")
     submit.add_argument("--metadata-json", help="metadata as a JSON object of strings")
@@ -62,15 +64,14 @@ def _json(option: str, text: str | None) -> Any:
 
 
 def _runtime_env(a: argparse.Namespace) -> dict[str, Any] | None:
-    if a.working_dir:
-        raise SystemExit(
-            "aioray job submit: --working-dir is not supported yet (runtime_env working_dir "
-            "arrives with the runtime_env machinery); use env_vars in --runtime-env-json"
-        )
     if a.runtime_env:
         with open(a.runtime_env) as f:
-            return dict(_json("--runtime-env", f.read()))
-    return _json("--runtime-env-json", a.runtime_env_json)
+            env = _json("--runtime-env", f.read())
+    else:
+        env = _json("--runtime-env-json", a.runtime_env_json)
+    if a.working_dir:  # overrides the runtime env's, as in Ray
+        env = {**(env or {}), "working_dir": a.working_dir}
+    return env
 
 
 def cmd_job(a: argparse.Namespace) -> int:

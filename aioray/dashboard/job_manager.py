@@ -10,6 +10,7 @@ from typing import Any
 
 import aioray
 from aioray._private.core.scheduling_strategies import NodeAffinitySchedulingStrategy
+from aioray._private.node import runtime_env_packaging as packaging
 from aioray._private.wire import auth
 from aioray.dashboard import job_store
 from aioray.dashboard.cluster_link import ClusterLink
@@ -66,6 +67,12 @@ class JobManager:
         """Record the job PENDING, then start its supervisor; ValueError if the id is taken."""
         sid = req["submission_id"] or f"raysubmit_{os.urandom(8).hex()}"
         runtime_env = req.get("runtime_env") or {}
+        for uri in packaging.package_uris(runtime_env):
+            if await self.link.gcs("kv_get", [packaging.KV_NAMESPACE, uri.encode()]) is None:
+                raise ValueError(
+                    f"runtime_env package {uri} was not uploaded to this cluster "
+                    f"(PUT /api/packages/gcs/<name>, as JobSubmissionClient does)"
+                )
         details = JobDetails(
             entrypoint=req["entrypoint"],
             submission_id=sid,
@@ -95,7 +102,7 @@ class JobManager:
             env[auth.TOKEN_ENV] = token
         # Not awaited: a supervisor that waits for resources keeps the job PENDING
         # without holding the request (actor creation blocks until it is placed).
-        task = asyncio.create_task(self._start(details, env))
+        task = asyncio.create_task(self._start(details, env))  # details carry the runtime_env
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)
         return sid
@@ -124,6 +131,12 @@ class JobManager:
             "num_gpus": details.entrypoint_num_gpus or 0,
             "resources": details.entrypoint_resources or {},
         }
+        # The supervisor runs in the job's env (Ray's way): its worker's cwd is the
+        # extracted working_dir, its PYTHONPATH has the packages, its python the
+        # pip env's; the entrypoint inherits all three.
+        env_fields = {k: v for k, v in (details.runtime_env or {}).items() if k != "env_vars"}
+        if env_fields:
+            options["runtime_env"] = env_fields
         if not (
             details.entrypoint_num_cpus
             or details.entrypoint_num_gpus

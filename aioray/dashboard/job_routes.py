@@ -1,4 +1,7 @@
-"""The Jobs REST routes, as Ray's (``/api/jobs/...``): thin handlers over JobManager."""
+"""The Jobs REST routes, as Ray's (``/api/jobs/...``): thin handlers over JobManager;
+and the package routes a job client uploads its working_dir and py_modules through
+(``GET``/``PUT /api/packages/{protocol}/{package_name}``), stored in the GCS KV as
+``runtime_env_packaging`` stores them for a driver."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from aioray._private.node import runtime_env_packaging as packaging
 from aioray.dashboard.job_manager import JobManager, JobNotFound
 from aioray.job_submission.models import check_submit_request
 
@@ -71,6 +75,25 @@ def routes(jobs: JobManager) -> list[web.RouteDef]:
         await ws.close()
         return ws
 
+    async def package_exists(request: web.Request) -> web.Response:
+        try:
+            uri = packaging.package_uri(*_package_of(request))
+        except ValueError as e:
+            return _bad(str(e))
+        if await jobs.link.gcs("kv_get", [packaging.KV_NAMESPACE, uri.encode()]) is None:
+            return web.Response(status=404, text=f"Package {uri} does not exist")
+        return web.Response(text=f"Package {uri} exists")
+
+    async def upload_package(request: web.Request) -> web.Response:
+        try:
+            uri = packaging.package_uri(*_package_of(request))
+            entries = packaging.package_entries(uri, await _read_body(request))
+        except ValueError as e:
+            return _bad(str(e))
+        for key, value in entries:
+            await jobs.link.gcs("kv_put", [packaging.KV_NAMESPACE, key, value, True])
+        return web.Response(text=f"Successfully uploaded {uri}")
+
     return [
         web.post("/api/jobs/", _found(submit)),
         web.get("/api/jobs/", _found(list_jobs)),
@@ -79,8 +102,8 @@ def routes(jobs: JobManager) -> list[web.RouteDef]:
         web.delete("/api/jobs/{job_id}", _found(delete)),
         web.get("/api/jobs/{job_id}/logs", _found(logs)),
         web.get("/api/jobs/{job_id}/logs/tail", _found(tail)),
-        web.get("/api/packages/{protocol}/{package_name}", _no_packages),
-        web.put("/api/packages/{protocol}/{package_name}", _no_packages),
+        web.get("/api/packages/{protocol}/{package_name}", package_exists),
+        web.put("/api/packages/{protocol}/{package_name}", upload_package),
     ]
 
 
@@ -98,8 +121,18 @@ def _bad(message: str) -> web.Response:
     return web.Response(status=400, text=message)
 
 
-async def _no_packages(request: web.Request) -> web.Response:
-    # working_dir packages arrive with the runtime_env machinery (a separate branch).
-    return web.Response(
-        status=501, text="Package upload (runtime_env working_dir) is not supported yet."
-    )
+async def _read_body(request: web.Request) -> bytes:
+    """A package's bytes: past the service's small-body limit, up to the package limit."""
+    parts, size = [], 0
+    async for chunk in request.content.iter_chunked(1 << 20):
+        size += len(chunk)
+        if size >= packaging.MAX_PACKAGE_BYTES:
+            raise ValueError(
+                f"the package is over the {packaging.MAX_PACKAGE_BYTES >> 20} MiB limit"
+            )
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _package_of(request: web.Request) -> tuple[str, str]:
+    return request.match_info["protocol"], request.match_info["package_name"]

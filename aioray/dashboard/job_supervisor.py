@@ -1,8 +1,9 @@
 """``JobSupervisor``: the actor that runs one job's entrypoint (Ray's JobSupervisor).
 
-Detached, in the ``_aioray_jobs`` namespace, on the head. It runs the entrypoint in a
-shell in its own process group, with ``AIORAY_ADDRESS``/``RAY_ADDRESS`` set so that
-``aioray.init()`` inside joins this cluster, output appended to the job's log file.
+Detached, in the ``_aioray_jobs`` namespace, on the head, in the job's runtime env
+(cwd: its working_dir). It runs the entrypoint in a shell in its own process group,
+with ``AIORAY_ADDRESS``/``RAY_ADDRESS`` set so that ``aioray.init()`` inside joins
+this cluster, output appended to the job's log file.
 It writes the job's record (RUNNING, then the outcome) to the GCS's KV store. Stop:
 SIGTERM to the group, SIGKILL after ``grace_s``. When the job ends, the actor exits.
 """
@@ -13,6 +14,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -61,6 +63,9 @@ class JobSupervisor:
             self.started.set()
             actor.exit_actor()
         env = {**os.environ, **self.env}
+        # ``python`` in the entrypoint is this worker's interpreter: the job's pip env's
+        # when it has one. The cwd is this worker's: the job's extracted working_dir.
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 entrypoint,

@@ -25,7 +25,10 @@ def inside(logs_dir: str, filename: str) -> str | None:
 
 def _tail(path: str, lines: int) -> str:
     with open(path, "rb") as f:
-        data = f.read()
+        return _last_lines(f.read(), lines)
+
+
+def _last_lines(data: bytes, lines: int) -> str:
     text = data.decode(errors="replace")
     if lines < 0:
         return text
@@ -65,9 +68,10 @@ def routes(logs_dir: str) -> list[web.RouteDef]:
             return error(400, "lines must be an integer")
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
         await response.prepare(request)
-        text = await asyncio.to_thread(_tail, path, min(lines, MAX_LINES))
-        await response.write(text.encode())
-        offset = os.path.getsize(path)
+        # The tail and the offset to follow from come from one read: a line appended
+        # between the two would otherwise be skipped.
+        data, offset = await asyncio.to_thread(_read_from, path, 0)
+        await response.write(_last_lines(data, min(lines, MAX_LINES)).encode())
         while request.transport is not None and not request.transport.is_closing():
             data, offset = await asyncio.to_thread(_read_from, path, offset)
             if data:

@@ -1,30 +1,35 @@
 """Ray's State API routes (``/api/v0/...``) and cluster views, in Ray's response envelope.
 
-Thin handlers over the GCS's tables as served today (nodes, actors, placement groups,
-submitted jobs); filters ``(key, "="|"!=", value)`` compare case-insensitively and run
-before the limit. Tasks, objects and workers need the State API's GCS task table (the
-``state-api`` branch): until it is merged here those routes answer 501, saying so.
+Each ``/api/v0`` route is one ``StateQuery`` (list, summarize, timeline) on a short
+connection to the GCS, which filters at the source before the limit (workers and
+objects: the raylets, filtered by the query); bad input is a 400 naming the choices.
+Jobs are the dashboard's submitted jobs, filtered by the same schema rules.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 import aioray
+import aioray._private.core.state_schema as schema
+from aioray._private.node import chrome_trace, node
+from aioray._private.node.state_query import StateQuery
+from aioray._private.wire import auth
 from aioray.dashboard import rows
 from aioray.dashboard.cluster_link import ClusterLink
 from aioray.dashboard.job_manager import JobManager
 
-MAX_LIMIT = 10_000
 RAY_API_VERSION = "2.60.0"
 SD_FILE = "prom_metrics_service_discovery.json"  # written by the GCS
-Rows = Callable[[], Awaitable[list[dict[str, Any]]]]
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+T = TypeVar("T")
 
 
 def envelope(data: Any, msg: str = "") -> web.Response:
@@ -42,46 +47,35 @@ def parse_filters(query: Any) -> list[tuple[str, str, str]]:
     values = query.getall("filter_values", [])
     if not len(keys) == len(preds) == len(values):
         raise ValueError("filter_keys, filter_predicates and filter_values must be given together")
-    for p in preds:
-        if p not in ("=", "!="):
-            raise ValueError(f"Unsupported filter predicate {p!r}: use '=' or '!='")
     return list(zip(keys, preds, values, strict=True))
-
-
-def apply(
-    items: list[dict[str, Any]], filters: list[tuple[str, str, str]], limit: int
-) -> dict[str, Any]:
-    """Filter (before the limit, as Ray ought to), then truncate; Ray's list result."""
-    columns = set(items[0]) if items else set()
-    for key, _, _ in filters:
-        if items and key not in columns:
-            raise ValueError(
-                f"Unknown filter key {key!r}; valid keys: {', '.join(sorted(columns))}"
-            )
-    kept = [r for r in items if all(_match(r.get(k), p, v) for k, p, v in filters)]
-    return {
-        "total": len(items),
-        "num_after_truncation": min(len(kept), limit),
-        "num_filtered": len(kept),
-        "result": kept[:limit],
-        "partial_failure_warning": "",
-        "warnings": None,
-    }
-
-
-def _match(value: Any, predicate: str, wanted: str) -> bool:
-    same = str(value).lower() == wanted.lower()
-    return same if predicate == "=" else not same
 
 
 def _limit(request: web.Request) -> int:
     try:
-        limit = int(request.query.get("limit", "100"))
+        return int(request.query.get("limit", str(schema.DEFAULT_LIMIT)))
     except ValueError:
         raise ValueError("limit must be an integer") from None
-    if not 0 < limit <= MAX_LIMIT:
-        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
-    return limit
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "false").lower() in ("1", "true", "yes")
+
+
+def summary_envelope(summary: dict[str, Any]) -> web.Response:
+    """Ray's SummaryApiResponse around one cluster-wide summary."""
+    total = summary.get("total_tasks", summary.get("total_actors", summary.get("total_objects")))
+    return envelope(
+        {
+            "result": {
+                "total": total,
+                "num_after_truncation": total,
+                "num_filtered": total,
+                "result": {"node_id_to_summary": {"cluster": summary}},
+                "partial_failure_warning": summary.pop("partial_failure_warning", ""),
+                "warnings": None,
+            }
+        }
+    )
 
 
 def routes(
@@ -89,61 +83,65 @@ def routes(
 ) -> list[web.RouteDef]:
     """The State API's and the cluster views' route table."""
 
-    async def nodes() -> list[dict[str, Any]]:
-        return [rows.node(n) for n in await link.gcs("get_nodes")]
+    async def query(fn: Callable[[StateQuery], Awaitable[T]], timeout: float = 30) -> T:
+        token = node.token_for(link.gcs_address) if auth.enabled() else None
+        async with StateQuery(link.gcs_address, token, timeout) as q:
+            return await asyncio.wait_for(fn(q), timeout)
 
-    async def actors() -> list[dict[str, Any]]:
-        return [rows.actor(a) for a in await link.gcs("list_actors")]
+    def answer(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Handler:
+        """Bad input (ValueError from the schema's checks) is a 400 with its message."""
 
-    async def groups() -> list[dict[str, Any]]:
-        return [rows.placement_group(g) for g in await link.gcs("placement_group_table")]
-
-    async def job_rows() -> list[dict[str, Any]]:
-        return [j.to_json() for j in await jobs.list()]
-
-    sources: dict[str, Rows] = {
-        "nodes": nodes,
-        "actors": actors,
-        "placement_groups": groups,
-        "jobs": job_rows,
-    }
-
-    def listing(source: Rows) -> Any:
-        async def handler(request: web.Request) -> web.Response:
+        async def wrapped(request: web.Request) -> web.Response:
             try:
-                filters = parse_filters(request.query)
-                limit = _limit(request)
-                result = apply(await source(), filters, limit)
+                return await handler(request)
             except ValueError as e:
                 return error(400, str(e))
+            except asyncio.TimeoutError:
+                return error(504, f"{request.path}: the cluster did not answer in time")
+
+        return wrapped
+
+    def listing(resource: str) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            filters, limit = parse_filters(request.query), _limit(request)
+            detail = _flag(request, "detail")
+            result = await query(lambda q: q.list_resource(resource, filters, limit, detail))
+            result.setdefault("partial_failure_warning", "")
+            result.setdefault("warnings", None)
             return envelope({"result": result})
 
-        return handler
+        return answer(handler)
 
-    async def not_yet(request: web.Request) -> web.Response:
-        return error(501, f"{request.path} needs the State API's task table (not merged yet)")
+    async def list_jobs(request: web.Request) -> web.Response:
+        # Submitted jobs (the dashboard's records, every field), filtered by the schema's rules.
+        limit = _limit(request)
+        match = schema.matcher(schema.check_query("jobs", parse_filters(request.query), limit))
+        every = [j.to_json() for j in await jobs.list()]
+        kept = [j for j in every if match(j)]
+        result = {
+            "total": len(every),
+            "num_after_truncation": len(every),
+            "num_filtered": len(kept),
+            "result": kept[:limit],
+            "partial_failure_warning": "",
+            "warnings": None,
+        }
+        return envelope({"result": result})
 
-    async def summarize_actors(request: web.Request) -> web.Response:
-        rows = await actors()
-        summary: dict[str, dict[str, Any]] = {}
-        for a in rows:
-            entry = summary.setdefault(
-                a["class_name"], {"class_name": a["class_name"], "state_counts": {}}
-            )
-            entry["state_counts"][a["state"]] = entry["state_counts"].get(a["state"], 0) + 1
-        per_class = {"summary": summary, "total_actors": len(rows), "summary_by": "class"}
-        return envelope(  # Ray's SummaryApiResponse
-            {
-                "result": {
-                    "total": len(rows),
-                    "num_after_truncation": len(rows),
-                    "num_filtered": len(rows),
-                    "result": {"node_id_to_summary": {"cluster": per_class}},
-                    "partial_failure_warning": "",
-                    "warnings": None,
-                }
-            }
-        )
+    def summarize(resource: str) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            return summary_envelope(await query(lambda q: q.summarize(resource)))
+
+        return answer(handler)
+
+    async def timeline(request: web.Request) -> web.Response:
+        # Ray's route: the Chrome trace events as JSON, an attachment with download=1.
+        events = chrome_trace.chrome_events(await query(lambda q: q.timeline_tasks()))
+        headers = {}
+        if request.query.get("download") == "1":
+            name = f"timeline-{time.strftime('%Y-%m-%d_%H-%M-%S')}.json"
+            headers["Content-Disposition"] = f'attachment; filename="{name}"'
+        return web.json_response(events, headers=headers)
 
     async def version(request: web.Request) -> web.Response:
         return web.json_response(
@@ -159,11 +157,10 @@ def routes(
         )
 
     async def cluster_status(request: web.Request) -> web.Response:
-        ns = await nodes()
-        alive = [n for n in ns if n["state"] == "ALIVE"]
+        ns = await link.gcs("get_nodes")
         total: dict[str, float] = {}
         avail: dict[str, float] = {}
-        for n in await link.gcs("get_nodes"):
+        for n in ns:
             if n.get("Alive"):
                 for k, v in n["Resources"].items():
                     total[k] = total.get(k, 0) + v
@@ -175,8 +172,8 @@ def routes(
                 "clusterStatus": {
                     "loadMetricsReport": {"usage": usage},
                     "autoscalerReport": {
-                        "activeNodes": {"node": len(alive)},
-                        "failedNodes": [n for n in ns if n["state"] != "ALIVE"],
+                        "activeNodes": {"node": sum(1 for n in ns if n.get("Alive"))},
+                        "failedNodes": [rows.node(n) for n in ns if not n.get("Alive")],
                     },
                 }
             }
@@ -187,7 +184,8 @@ def routes(
         return envelope({"summary": [rows.node_summary(n) for n in raw]})
 
     async def logical_actors(request: web.Request) -> web.Response:
-        return envelope({"actors": {a["actor_id"]: a for a in await actors()}})
+        actors = [rows.actor(a) for a in await link.gcs("list_actors")]
+        return envelope({"actors": {a["actor_id"]: a for a in actors}})
 
     async def kill_actor(request: web.Request) -> web.Response:
         actor_id = request.query.get("actor_id") or request.match_info.get("actor_id", "")
@@ -217,13 +215,13 @@ def routes(
     async def uptime(request: web.Request) -> web.Response:
         return envelope({"uptime_s": time.time() - started})
 
-    table = [web.get(f"/api/v0/{name}", listing(src)) for name, src in sources.items()]
-    table += [web.get(f"/api/v0/{name}", not_yet) for name in ("tasks", "objects", "workers")]
+    table = [web.get(f"/api/v0/{name}", listing(name)) for name in schema.RESOURCES]
+    table = [r for r in table if r.path != "/api/v0/jobs"] + [
+        web.get("/api/v0/jobs", answer(list_jobs))
+    ]
+    table += [web.get(f"/api/v0/{n}/summarize", summarize(n)) for n in schema.SUMMARY_RESOURCES]
     table += [
-        web.get("/api/v0/tasks/summarize", not_yet),
-        web.get("/api/v0/objects/summarize", not_yet),
-        web.get("/api/v0/tasks/timeline", not_yet),
-        web.get("/api/v0/actors/summarize", summarize_actors),
+        web.get("/api/v0/tasks/timeline", answer(timeline)),
         web.get("/api/version", version),
         web.get("/api/gcs_healthz", gcs_healthz),
         web.get("/api/cluster_status", cluster_status),

@@ -7,6 +7,8 @@ import dataclasses
 import enum
 from typing import Any
 
+from aioray._private.core import runtime_env as _runtime_env
+
 
 class JobStatus(str, enum.Enum):
     """A submitted job's state, as Ray's (PENDING → RUNNING → a terminal state)."""
@@ -67,7 +69,8 @@ class JobDetails:
 
 JobInfo = JobDetails  # Ray's older name for the same record
 
-SUPPORTED_RUNTIME_ENV = {"env_vars"}
+# Packaged fields arrive as package URIs: the client uploads local directories first.
+PACKAGED_FIELDS = ("working_dir", "py_modules")
 _NUMBERS = ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory")
 
 
@@ -94,23 +97,32 @@ def check_submit_request(body: Any) -> dict[str, Any]:
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in resources.values())
     ):
         raise ValueError("'entrypoint_resources' must be an object of resource name to amount")
-    check_runtime_env(body.get("runtime_env"))
-    return {**body, "entrypoint": entrypoint, "submission_id": sid}
+    env = check_runtime_env(body.get("runtime_env"))
+    return {**body, "entrypoint": entrypoint, "submission_id": sid, "runtime_env": env}
 
 
-def check_runtime_env(runtime_env: Any) -> None:
-    """Only ``env_vars`` for now (working_dir and the rest come with the runtime_env issue)."""
+def check_runtime_env(runtime_env: Any) -> dict[str, Any]:
+    """A submitted job's runtime env, checked and normalized (the runtime_env rules);
+    ``working_dir``/``py_modules`` must be uploaded packages (``gcs://...``): a local
+    path means nothing on the head, so the client packages and uploads it first."""
     if runtime_env is None:
-        return
+        return {}
     if not isinstance(runtime_env, dict):
         raise ValueError("'runtime_env' must be a JSON object")
-    unsupported = sorted(set(runtime_env) - SUPPORTED_RUNTIME_ENV)
-    if unsupported:
-        raise ValueError(
-            f"'runtime_env' field(s) {', '.join(unsupported)} not supported by this cluster yet; "
-            f"supported: {', '.join(sorted(SUPPORTED_RUNTIME_ENV))}"
-        )
-    _check_str_dict(runtime_env, "env_vars", where="runtime_env.")
+    for field in PACKAGED_FIELDS:
+        value = runtime_env.get(field)
+        paths = value if field == "py_modules" and isinstance(value, list) else [value]
+        for path in paths:
+            if path is not None and not str(path).startswith(_runtime_env.URI_SCHEME):
+                raise ValueError(
+                    f"'runtime_env.{field}' must be an uploaded package URI "
+                    f"({_runtime_env.URI_SCHEME}...), got {path!r}: JobSubmissionClient and "
+                    f"'aioray job submit' package and upload a local directory"
+                )
+    try:
+        return _runtime_env.normalize(runtime_env)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"'runtime_env': {e}") from None
 
 
 def _check_str_dict(body: dict[str, Any], name: str, where: str = "") -> None:

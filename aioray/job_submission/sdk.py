@@ -3,7 +3,9 @@
 It finds the dashboard and the cluster token as drivers find a cluster: an explicit
 ``http://host:port`` (token from ``$AIORAY_TOKEN`` or the local session serving that
 address), or None/"auto" for this machine's cluster. ``headers`` may carry the token
-(``Authorization: Bearer ...``) for a remote cluster.
+(``Authorization: Bearer ...``) for a remote cluster. A local ``working_dir`` or
+``py_modules`` entry is packaged (runtime_env_packaging: zipped, content-hashed) and
+uploaded through the package routes unless the cluster has it already, as Ray's client.
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
+from aioray._private.core import runtime_env as _runtime_env
 from aioray._private.node import node
-from aioray.job_submission.models import JobDetails, JobStatus, check_runtime_env
+from aioray._private.node import runtime_env_packaging as packaging
+from aioray.job_submission.models import JobDetails, JobStatus
+
+UPLOAD_TIMEOUT_S = 300
 
 
 class JobSubmissionClient:
@@ -44,13 +50,18 @@ class JobSubmissionClient:
         """The dashboard address this client sends its requests to."""
         return self._address
 
-    def _request(self, method: str, path: str, body: Any = None) -> Any:
+    def _request(self, method: str, path: str, body: Any = None, raw: bytes = b"") -> Any:
         data = None if body is None else json.dumps(body).encode()
-        headers = {**self._headers, "Content-Type": "application/json"}
+        kind = "application/json"
+        if raw:
+            data, kind = raw, "application/octet-stream"
+        headers = {**self._headers, "Content-Type": kind}
         req = urllib.request.Request(self._address + path, data, headers, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=UPLOAD_TIMEOUT_S if raw else 30) as resp:
                 text = resp.read().decode()
+                if raw or (method == "GET" and path.startswith("/api/packages/")):
+                    return text
         except urllib.error.HTTPError as e:
             text = e.read().decode(errors="replace")
             raise RuntimeError(f"Request failed with status code {e.code}: {text}.") from None
@@ -73,15 +84,18 @@ class JobSubmissionClient:
         entrypoint_memory: int | None = None,
         entrypoint_resources: dict[str, float] | None = None,
     ) -> str:
-        """Start ``entrypoint`` (a shell command) on the cluster; returns the submission id."""
+        """Start ``entrypoint`` (a shell command) on the cluster; returns the submission id.
+        A local ``working_dir``/``py_modules`` in ``runtime_env`` is uploaded first."""
         try:
-            check_runtime_env(runtime_env)
-        except ValueError as e:
+            wire, packages = packaging.plan_env(_runtime_env.normalize(runtime_env))
+        except TypeError as e:
             raise ValueError(str(e)) from None
+        for package in packages:
+            self._upload_if_missing(package)
         body = {
             "entrypoint": entrypoint,
             "submission_id": submission_id or job_id,
-            "runtime_env": runtime_env or {},
+            "runtime_env": wire,
             "metadata": {**self._default_metadata, **(metadata or {})},
             "entrypoint_num_cpus": entrypoint_num_cpus,
             "entrypoint_num_gpus": entrypoint_num_gpus,
@@ -89,6 +103,16 @@ class JobSubmissionClient:
             "entrypoint_resources": entrypoint_resources,
         }
         return str(self._request("POST", "/api/jobs/", body)["submission_id"])
+
+    def _upload_if_missing(self, package: packaging.Package) -> None:
+        path = "/api/packages/" + package.uri.replace("://", "/", 1)
+        try:
+            self._request("GET", path)
+            return  # content-addressed: the cluster has these very files
+        except RuntimeError as e:
+            if "status code 404" not in str(e):
+                raise
+        self._request("PUT", path, raw=package.data())
 
     def stop_job(self, job_id: str) -> bool:
         """Ask the job to stop (SIGTERM, then SIGKILL); False if it had already ended."""

@@ -73,6 +73,7 @@ def node_row(node: dict[str, Any]) -> dict[str, Any]:
         "state_message": None if alive else node.get("DeathReasonMessage"),
         "node_name": node.get("NodeName", ""),
         "resources_total": node.get("Resources", {}),
+        "resources_available": node.get("Available", {}) if alive else {},
         "labels": node.get("Labels", {}),
         "start_time_ms": _ms(node.get("StartTime")),
         "end_time_ms": _ms(node.get("EndTime")),

@@ -88,7 +88,7 @@ def test_nodes_route_in_rays_envelope_with_filters(url: str) -> None:
     data = json.loads(call(url, q)[1])["data"]["result"]
     assert (data["total"], data["num_filtered"], data["result"]) == (1, 0, [])
     status, text = call(url, "/api/v0/nodes?filter_keys=nope&filter_predicates=%3D&filter_values=x")
-    assert status == 400 and "Unknown filter key 'nope'" in text
+    assert status == 400 and "filter column 'nope' is not supported for nodes" in text
     status, text = call(url, "/api/v0/nodes?limit=0")
     assert status == 400 and "limit" in text
 
@@ -106,8 +106,63 @@ def test_cluster_views(url: str) -> None:
     assert {"total", "num_after_truncation", "num_filtered"} <= set(summary)
     assert "cluster" in summary["result"]["node_id_to_summary"]
     assert call(url, "/api/gcs_healthz") == (200, "success")
-    status, text = call(url, "/api/v0/tasks")
-    assert status == 501 and "State API" in text
+
+
+def v0(url: str, path: str) -> Any:
+    status, text = call(url, "/api/v0/" + path)
+    assert status == 200, text
+    body = json.loads(text)
+    assert body["result"] is True
+    return body["data"]["result"]
+
+
+@ray.remote
+def dash_ok() -> int:
+    return 1
+
+
+@ray.remote
+def dash_boom() -> None:
+    raise ValueError("dashboard-boom")
+
+
+def test_tasks_listed_filtered_at_the_source_summarized_and_traced(url: str) -> None:
+    ray.get([dash_ok.remote() for _ in range(3)])
+    with pytest.raises(ValueError):
+        ray.get(dash_boom.remote())
+    q = "tasks?detail=true&filter_keys=state&filter_predicates=%3D&filter_values=FAILED"
+    # The owner reports FAILED first; the executor's report brings the error message.
+    wait_for_condition(lambda: any(t["error_message"] for t in v0(url, q)["result"]), timeout=30)
+    failed = v0(url, q)
+    assert {t["func_or_class_name"] for t in failed["result"]} == {"dash_boom"}
+    assert "dashboard-boom" in failed["result"][0]["error_message"]
+    assert failed["total"] >= 4 and failed["num_after_truncation"] >= failed["num_filtered"]
+    named = v0(url, "tasks?limit=2&filter_keys=name&filter_predicates=%3D&filter_values=dash_ok")
+    assert named["num_filtered"] == 3 and len(named["result"]) == 2  # filtered, then limited
+    summary = v0(url, "tasks/summarize")["result"]["node_id_to_summary"]["cluster"]
+    assert summary["summary"]["dash_ok"]["state_counts"]["FINISHED"] == 3
+    assert summary["summary"]["dash_boom"]["state_counts"]["FAILED"] == 1
+    status, text = call(url, "/api/v0/tasks/timeline?download=1")
+    events = json.loads(text)
+    assert status == 200 and any(e["name"] == "task::dash_ok" and e["ph"] == "X" for e in events)
+    status, text = call(url, "/api/v0/tasks?filter_keys=state&filter_predicates=~&filter_values=x")
+    assert status == 400 and "Unsupported filter predicate '~'" in text
+    status, text = call(url, "/api/v0/tasks?limit=20000")
+    assert status == 400 and "limit must be an integer between 1 and 10000" in text
+
+
+def test_workers_objects_and_their_summary(url: str) -> None:
+    ref = ray.put(b"x" * 1000)
+    workers = v0(url, "workers?filter_keys=worker_type&filter_predicates=%3D&filter_values=DRIVER")
+    assert workers["num_filtered"] >= 1
+    assert all(w["worker_type"] == "DRIVER" for w in workers["result"])
+    objects = v0(
+        url, f"objects?filter_keys=object_id&filter_predicates=%3D&filter_values={ref.hex()}"
+    )
+    assert [o["object_id"] for o in objects["result"]] == [ref.hex()]
+    summary = v0(url, "objects/summarize")["result"]["node_id_to_summary"]["cluster"]
+    assert summary["total_objects"] >= 1 and summary["summary_by"] == "callsite"
+    del ref
 
 
 def test_job_runs_joins_the_cluster_and_succeeds(url: str) -> None:
@@ -259,10 +314,89 @@ def test_job_cli_submit_follows_logs_and_manages_jobs(url: str) -> None:
     assert missing.returncode == 1 and "Job cli-job does not exist" in missing.stderr
 
 
-def test_job_cli_bad_input(url: str) -> None:
-    wd = run_cli("submit", "--address", url, "--working-dir", ".", "--", "true")
-    assert wd.returncode != 0 and "--working-dir is not supported yet" in wd.stderr
+def test_job_cli_bad_input(url: str, tmp_path: Any) -> None:
+    wd = run_cli("submit", "--address", url, "--working-dir", str(tmp_path / "nope"), "--", "true")
+    assert wd.returncode == 1 and "does not exist" in wd.stderr
     empty = run_cli("submit", "--address", url, "--no-wait")
     assert empty.returncode == 1 and "give the command to run after --" in empty.stderr
     failed = run_cli("submit", "--address", url, "--", "exit 3")
     assert failed.returncode == 1 and "failed" in failed.stdout
+
+
+def write(path: Any, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def test_job_cli_working_dir_is_uploaded_and_is_the_jobs_cwd(url: str, tmp_path: Any) -> None:
+    project = tmp_path / "project"
+    write(project / "helper.py", "GREETING = 'hello from helper'\n")
+    write(project / "script.py", "import os, helper\nprint(helper.GREETING, os.getcwd())\n")
+    # Submitted from elsewhere: only the uploaded package can provide helper.py.
+    proc = subprocess.run(
+        [sys.executable, "-m", "aioray.cli", "job", "submit", "--address", url,
+         "--submission-id", "wd-job", "--working-dir", str(project), "--", "python", "script.py"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, cwd="/",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    client = JobSubmissionClient(url)
+    info = client.get_job_info("wd-job")
+    assert info.status == JobStatus.SUCCEEDED
+    greeting, cwd = (
+        client.get_job_logs("wd-job").split()[-4:-1],
+        client.get_job_logs("wd-job").split()[-1],
+    )
+    assert greeting == ["hello", "from", "helper"] and cwd != str(project)
+    assert info.runtime_env["working_dir"].startswith("gcs://_aioray_pkg_")
+
+
+def test_job_py_modules_and_the_package_routes(url: str, tmp_path: Any) -> None:
+    write(tmp_path / "mymod" / "__init__.py", "VALUE = 42\n")
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(
+        entrypoint="python -c 'import mymod; print(mymod.VALUE)'",
+        runtime_env={"py_modules": [str(tmp_path / "mymod")]},
+    )
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=60)
+    assert client.get_job_status(sid) == JobStatus.SUCCEEDED, client.get_job_logs(sid)
+    assert client.get_job_logs(sid) == "42\n"
+    [uri] = client.get_job_info(sid).runtime_env["py_modules"]
+    assert call(url, "/api/packages/" + uri.replace("://", "/"))[0] == 200  # uploaded once
+    missing = "gcs/_aioray_pkg_" + "0" * 32 + ".zip"
+    assert call(url, "/api/packages/" + missing)[0] == 404
+    for bad in ("gcs/..%2Ftoken", "s3/_aioray_pkg_" + "0" * 32 + ".zip", "gcs/x.zip"):
+        status, text = call(url, "/api/packages/" + bad, "PUT", b"data")
+        assert status == 400 and "is not a package URI" in text, (bad, status, text)
+    status, text = call(url, "/api/jobs/", "POST", {
+        "entrypoint": "true", "runtime_env": {"working_dir": "gcs://" + missing[4:]}})  # fmt: skip
+    assert status == 400 and "was not uploaded to this cluster" in text
+    # Uploaded through the route, it is accepted.
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("run.sh", "echo from-upload\n")
+    assert call(url, "/api/packages/" + missing, "PUT", buf.getvalue())[0] == 200
+    assert call(url, "/api/packages/" + missing)[0] == 200
+    sid = client.submit_job(
+        entrypoint="sh run.sh", runtime_env={"working_dir": "gcs://" + missing[4:]}
+    )
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=60)
+    assert client.get_job_logs(sid) == "from-upload\n"
+
+
+def test_job_pip_env_is_the_entrypoints_python(url: str, tmp_path: Any) -> None:
+    from test_runtime_env import build_wheel  # offline: pip installs a wheel built here
+
+    build_wheel("jobtinypkg", "1.0", {"jobtinypkg/__init__.py": "ANSWER = 'job-1.0'\n"}, tmp_path)
+    options = ["--no-index", "--find-links", str(tmp_path)]
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(
+        entrypoint="python -c 'import jobtinypkg; print(jobtinypkg.ANSWER)'",
+        runtime_env={"pip": {"packages": ["jobtinypkg==1.0"], "pip_install_options": options}},
+    )
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=120)
+    assert client.get_job_logs(sid) == "job-1.0\n"
+    assert client.get_job_status(sid) == JobStatus.SUCCEEDED

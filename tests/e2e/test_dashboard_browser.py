@@ -1,5 +1,6 @@
 """The web UI in a real browser (Debian's chromium, driven by playwright): log in with
-the token, the nodes of a 2-node cluster, a job's live log, killing an actor, and no
+the token, the nodes of a 2-node cluster, a job's live log, tasks filtered by state,
+objects and workers, killing an actor, and no
 way in without the token. Screenshots of each page go to test-output/ (git-ignored)."""
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import wait_for_condition
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 import aioray as ray
 from aioray._private.wire import auth
+from aioray.util import state
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -88,6 +91,8 @@ def test_overview_and_cluster_show_both_nodes(page: Page, ray_cluster: Any) -> N
     expect(page.locator(".node-id")).to_have_count(2)
     ids = {n.unique_id for n in [ray_cluster.head_node, *ray_cluster.worker_nodes]}
     assert set(page.locator(".node-id").all_inner_texts()) == ids
+    driver = ray.get_runtime_context().get_worker_id()
+    expect(page.locator(".worker-id", has_text=driver)).to_have_count(1)
     shot(page, "cluster")
 
 
@@ -145,6 +150,60 @@ def test_kill_an_actor_from_its_page(page: Page) -> None:
     shot(page, "actor-killed")
 
 
+@ray.remote(num_cpus=0)
+def browser_ok() -> int:
+    return 1
+
+
+@ray.remote(num_cpus=0)
+def browser_boom() -> None:
+    raise ValueError("browser-boom")
+
+
+def test_tasks_page_filters_by_state_and_shows_the_error(page: Page) -> None:
+    ray.get([browser_ok.remote() for _ in range(3)])
+    with pytest.raises(ValueError):
+        ray.get(browser_boom.remote())
+    # Overview's card sums every function's FAILED count (other tests' tasks too).
+    summary = wait_for_condition(
+        lambda: (s := state.summarize_tasks()["cluster"]["summary"]).get("browser_boom") and s,
+        timeout=30,
+    )
+    failed = sum(f["state_counts"].get("FAILED", 0) for f in summary.values())
+    expect(page.locator("#tasks-by-state [data-state=FAILED] .v")).to_have_text(str(failed))
+    shot(page, "overview-tasks")
+    page.click("nav >> text=Tasks")
+    expect(page.locator("tbody tr", has_text="browser_ok")).to_have_count(3)
+    page.select_option("#f-state", "FAILED")
+    expect(page.locator(".task-state")).to_have_text(["FAILED"] * failed)
+    page.fill("#f-fn", "browser_")
+    page.press("#f-fn", "Enter")
+    rows = page.locator("tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("browser_boom")
+    rows.first.locator("details summary").click()
+    expect(rows.first.locator("details pre")).to_contain_text("browser-boom")
+    shot(page, "tasks-failed")
+    page.select_option("#f-state", "FINISHED")
+    expect(page.locator(".task-state")).to_have_text(["FINISHED"] * 3)
+    page.fill("#f-fn", "no-such-function")
+    page.press("#f-fn", "Enter")
+    expect(page.locator("tbody tr")).to_have_count(0)
+
+
+def test_objects_page_shows_a_put_object_by_reference_type(page: Page) -> None:
+    ref = ray.put(b"x" * 200_000)
+    page.click("nav >> text=Objects")
+    row = page.locator("tr", has_text=ref.hex())
+    expect(row).to_contain_text("LOCAL_REFERENCE")
+    shot(page, "objects")
+    page.select_option("#f-type", "PINNED_IN_MEMORY")
+    expect(page.locator("tr", has_text=ref.hex())).to_have_count(0)
+    page.select_option("#f-type", "LOCAL_REFERENCE")
+    expect(page.locator("tr", has_text=ref.hex())).to_have_count(1)
+    del ref
+
+
 def test_placement_groups_logs_and_metrics_pages(page: Page) -> None:
     from aioray.util import placement_group, remove_placement_group
 
@@ -174,7 +233,16 @@ def test_first_paint_of_each_page(page: Page, url: str) -> None:
     import time
 
     timings = {}
-    for name in ("overview", "jobs", "cluster", "actors", "placement_groups", "logs", "metrics"):
+    for name in (
+        "overview",
+        "jobs",
+        "cluster",
+        "tasks",
+        "actors",
+        "placement_groups",
+        "logs",
+        "metrics",
+    ):
         page.goto("about:blank")
         t0 = time.perf_counter()
         page.goto(f"{url}/#/{name}")

@@ -12,6 +12,8 @@ import pytest
 from aiohttp import web
 from multidict import MultiDict
 
+import aioray._private.core.state_schema as schema
+from aioray._private.node import runtime_env_packaging as packaging
 from aioray._private.rpc.http_service import HttpService
 from aioray.dashboard import log_routes, state_routes
 from aioray.dashboard.session_auth import COOKIE, Sessions
@@ -23,6 +25,11 @@ TOKEN = "unit-token"
 def test_submit_request_names_the_bad_field() -> None:
     ok = check_submit_request({"entrypoint": "echo", "runtime_env": {"env_vars": {"A": "1"}}})
     assert ok["entrypoint"] == "echo" and ok["submission_id"] is None
+    uri = "gcs://_aioray_pkg_" + "0" * 32 + ".zip"
+    env = {"working_dir": uri, "py_modules": [uri], "pip": ["requests"]}
+    ok = check_submit_request({"entrypoint": "echo", "runtime_env": env})
+    assert ok["runtime_env"]["working_dir"] == uri  # normalized: pip in its canonical form
+    assert ok["runtime_env"]["pip"]["packages"] == ["requests"]
     bad = [
         ([], "JSON object"),
         ({}, "'entrypoint'"),
@@ -31,8 +38,11 @@ def test_submit_request_names_the_bad_field() -> None:
         ({"entrypoint": "x", "entrypoint_num_gpus": -1}, "'entrypoint_num_gpus'"),
         ({"entrypoint": "x", "entrypoint_memory": True}, "'entrypoint_memory'"),
         ({"entrypoint": "x", "entrypoint_resources": {"a": "b"}}, "'entrypoint_resources'"),
-        ({"entrypoint": "x", "runtime_env": {"pip": ["x"]}}, "pip"),
-        ({"entrypoint": "x", "runtime_env": {"env_vars": {"A": 1}}}, "'runtime_env.env_vars'"),
+        ({"entrypoint": "x", "runtime_env": {"conda": "x"}}, "'conda' is not supported"),
+        ({"entrypoint": "x", "runtime_env": {"working_dir": "."}}, "uploaded package URI"),
+        ({"entrypoint": "x", "runtime_env": {"py_modules": ["/tmp"]}}, "uploaded package URI"),
+        ({"entrypoint": "x", "runtime_env": {"pip": 1}}, "'runtime_env': .*pip"),
+        ({"entrypoint": "x", "runtime_env": {"env_vars": {"A": 1}}}, r"\['env_vars'\] must be"),
     ]
     for body, field in bad:
         with pytest.raises(ValueError, match=field):
@@ -47,26 +57,27 @@ def test_job_details_round_trip_with_rays_fields() -> None:
     assert JobStatus.STOPPED.is_terminal() and not JobStatus.PENDING.is_terminal()
 
 
-def test_filters_apply_before_the_limit() -> None:
-    rows = [{"state": "DEAD", "i": i} for i in range(50)] + [{"state": "ALIVE", "i": 50}]
-    out = state_routes.apply(rows, [("state", "=", "alive")], limit=10)
-    assert (out["total"], out["num_filtered"], out["num_after_truncation"]) == (51, 1, 1)
-    assert out["result"] == [{"state": "ALIVE", "i": 50}]
-    out = state_routes.apply(rows, [("state", "!=", "ALIVE")], limit=10)
-    assert (out["num_filtered"], len(out["result"])) == (50, 10)
-    with pytest.raises(ValueError, match="valid keys: i, state"):
-        state_routes.apply(rows, [("nope", "=", "x")], limit=10)
-
-
 def test_filter_query_parsing() -> None:
     q = MultiDict([("filter_keys", "state"), ("filter_predicates", "="), ("filter_values", "x")])
     assert state_routes.parse_filters(q) == [("state", "=", "x")]
-    with pytest.raises(ValueError, match="Unsupported filter predicate"):
-        state_routes.parse_filters(
-            MultiDict([("filter_keys", "a"), ("filter_predicates", "~"), ("filter_values", "x")])
-        )
+    tilde = [("filter_keys", "state"), ("filter_predicates", "~"), ("filter_values", "x")]
+    with pytest.raises(ValueError, match="Unsupported filter predicate '~'"):
+        schema.check_query("tasks", state_routes.parse_filters(MultiDict(tilde)), 10)
     with pytest.raises(ValueError, match="given together"):
         state_routes.parse_filters(MultiDict([("filter_keys", "a")]))
+
+
+def test_package_routes_accept_only_package_names() -> None:
+    name = "_aioray_pkg_" + "ab" * 16 + ".zip"
+    assert packaging.package_uri("gcs", name) == "gcs://" + name
+    for protocol, bad in (("s3", name), ("gcs", "../token"), ("gcs", name + "/x"), ("gcs", "x")):
+        with pytest.raises(ValueError, match="is not a package URI"):
+            packaging.package_uri(protocol, bad)
+    data = b"z" * (packaging.CHUNK_BYTES + 1)
+    entries = packaging.package_entries("gcs://" + name, data)
+    assert [k for k, _ in entries] == [f"gcs://{name}#0".encode(), f"gcs://{name}#1".encode(),
+                                       f"gcs://{name}".encode()]  # the header last  # fmt: skip
+    assert b"".join(v for _, v in entries[:-1]) == data
 
 
 def test_log_paths_stay_inside(tmp_path: Path) -> None:

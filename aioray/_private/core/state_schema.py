@@ -1,7 +1,7 @@
 """The State API's resources, their columns (Ray's names) and filters: pure functions.
 
 Shared by the sources that answer queries (the GCS filters its tables before the
-limit) and by the clients (the Python API, the CLI, later the dashboard's routes),
+limit) and by the clients (the Python API, the CLI, the dashboard's routes),
 so a bad query fails the same way everywhere, before anything is sent.
 """
 
@@ -79,6 +79,7 @@ COLUMNS: dict[str, tuple[tuple[str, bool, bool], ...]] = {
         ("state_message", False, False),
         ("node_name", True, False),
         ("resources_total", False, False),
+        ("resources_available", False, True),
         ("labels", False, False),
         ("start_time_ms", False, True),
         ("end_time_ms", False, True),

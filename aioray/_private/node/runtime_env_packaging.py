@@ -26,6 +26,7 @@ from aioray._private.core.runtime_env import URI_SCHEME, normalize
 logger = logging.getLogger(__name__)
 
 PKG_PREFIX = "_aioray_pkg_"
+PACKAGE_NAME = re.compile(re.escape(PKG_PREFIX) + r"[0-9a-f]{32}\.(?:zip|whl)")
 KV_NAMESPACE = "runtime_env_packages"
 CHUNK_BYTES = 4 * 1024 * 1024  # well under a frame's header limit (protocol.py)
 MAX_PACKAGE_BYTES = 512 * 1024 * 1024  # Ray's GCS_STORAGE_MAX_SIZE
@@ -212,14 +213,32 @@ def _plan_path(path: str, field: str, excludes: Iterable[str], packages: list[Pa
 
 def put_package(uri: str, data: bytes, gcs_call: GcsCall) -> None:
     """Store ``data`` in chunks, then the header that makes it visible."""
+    for key, value in package_entries(uri, data):
+        gcs_call("kv_put", [KV_NAMESPACE, key, value, True])
+
+
+def package_entries(uri: str, data: bytes) -> list[tuple[bytes, bytes]]:
+    """The KV entries of a package, in the order to write them: its chunks, then the
+    header (written last, so a package is complete or absent). ValueError if too big."""
     if len(data) >= MAX_PACKAGE_BYTES:
         raise ValueError(f"package {uri} is over the {MAX_PACKAGE_BYTES >> 20} MiB limit")
     chunks = range(0, max(1, len(data)), CHUNK_BYTES)
-    for i, start in enumerate(chunks):
-        key = f"{uri}#{i}".encode()
-        gcs_call("kv_put", [KV_NAMESPACE, key, data[start : start + CHUNK_BYTES], True])
+    out = [
+        (f"{uri}#{i}".encode(), data[start : start + CHUNK_BYTES]) for i, start in enumerate(chunks)
+    ]
     header = json.dumps({"chunks": len(chunks), "size": len(data)}).encode()
-    gcs_call("kv_put", [KV_NAMESPACE, uri.encode(), header, True])
+    return [*out, (uri.encode(), header)]
+
+
+def package_uri(protocol: str, name: str) -> str:
+    """The URI of ``/api/packages/{protocol}/{name}``; ValueError unless it names a package
+    as this module makes them (``gcs``, ``_aioray_pkg_<hash>.zip|.whl``)."""
+    if protocol != URI_SCHEME.rstrip(":/") or not PACKAGE_NAME.fullmatch(name):
+        raise ValueError(
+            f"{protocol}://{name} is not a package URI of the form "
+            f"{URI_SCHEME}{PKG_PREFIX}<hash>.zip (or .whl)"
+        )
+    return f"{URI_SCHEME}{name}"
 
 
 async def read_package(uri: str, gcs_call: AsyncGcsCall) -> bytes:

@@ -129,7 +129,7 @@ class StateQuery:
         summary["partial_failure_warning"] = "; ".join(failed)
         return summary
 
-    async def timeline_tasks(self) -> list[dict[str, Any]]:
+    async def timeline_tasks(self) -> list[list[Any]]:
         """Every task record the GCS keeps, detailed (no 10,000 cap)."""
         answer = await self._call("state_list_all_tasks")
         return list(answer)

@@ -4,7 +4,7 @@ import { api, listing, esc, state, table } from "/static/app.js";
 let filter = { state: "", cls: "" };
 
 export async function render(main) {
-  const actors = await listing("actors");
+  const actors = await listing("actors", "&detail=true");
   const shown = actors.filter((a) => (!filter.state || a.state === filter.state)
     && (!filter.cls || a.class_name.toLowerCase().includes(filter.cls.toLowerCase())));
   const states = [...new Set(actors.map((a) => a.state))].sort();
@@ -20,7 +20,7 @@ export async function render(main) {
       ["State", (a) => state(a.state)],
       ["PID", (a) => esc(a.pid)],
       ["Node", (a) => `<span class="mono">${esc((a.node_id || "").slice(0, 8))}</span>`],
-      ["", (a) => a.state === "DEAD" ? esc(a.death_cause?.message || "") :
+      ["", (a) => a.state === "DEAD" ? esc(a.death_cause?.error_message || "") :
         `<button class="kill" data-id="${esc(a.actor_id)}">Kill</button>`],
     ], shown)}`;
   main.querySelector("#f-state").onchange = (e) => { filter.state = e.target.value; render(main); };

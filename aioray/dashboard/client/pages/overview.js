@@ -1,5 +1,5 @@
-// Overview: nodes, resource use, actors by state, recent jobs (polled).
-import { listing, esc, state, table, ago } from "/static/app.js";
+// Overview: nodes, resource use, tasks and actors by state, recent jobs (polled).
+import { api, listing, esc, state, table, ago } from "/static/app.js";
 
 function use(label, used, total, fmt = (x) => x) {
   const pct = total ? Math.round((100 * used) / total) : 0;
@@ -9,12 +9,20 @@ function use(label, used, total, fmt = (x) => x) {
 const gib = (b) => `${(b / 2 ** 30).toFixed(1)} GiB`;
 
 export async function render(main) {
-  const [nodes, actors, jobs] = await Promise.all([listing("nodes"), listing("actors"), listing("jobs")]);
+  const [nodes, actors, jobs, tasks] = await Promise.all([listing("nodes", "&detail=true"),
+    listing("actors"), listing("jobs"), api("/api/v0/tasks/summarize")]);
   const alive = nodes.filter((n) => n.state === "ALIVE");
   const sum = (key, field) => alive.reduce((s, n) => s + (n[field][key] || 0), 0);
   const used = (k) => sum(k, "resources_total") - sum(k, "resources_available");
   const byState = {};
   actors.forEach((a) => { byState[a.state] = (byState[a.state] || 0) + 1; });
+  const taskStates = {};
+  const perFunction = tasks.data.result.result.node_id_to_summary.cluster.summary;
+  Object.values(perFunction).forEach((f) => Object.entries(f.state_counts).forEach(([s, n]) => {
+    taskStates[s] = (taskStates[s] || 0) + n;
+  }));
+  const cards = (counts, prefix) => Object.entries(counts).map(([s, n]) =>
+    `<a class="card" href="#/${prefix}" data-state="${esc(s)}"><div>${state(s)}</div><div class="v">${n}</div></a>`).join("") || "<i>none</i>";
   main.innerHTML = `<h2>Cluster</h2><div class="cards">
       <div class="card"><div>Nodes alive</div><div class="v" id="nodes-alive">${alive.length}</div></div>
       ${use("CPU", used("CPU"), sum("CPU", "resources_total"))}
@@ -22,8 +30,8 @@ export async function render(main) {
       ${use("Memory", used("memory"), sum("memory", "resources_total"), gib)}
       ${use("Object store", used("object_store_memory"), sum("object_store_memory", "resources_total"), gib)}
     </div>
-    <h2>Actors by state</h2><div class="cards">${Object.entries(byState).map(([s, n]) =>
-      `<div class="card"><div>${state(s)}</div><div class="v">${n}</div></div>`).join("") || "<i>none</i>"}</div>
+    <h2>Tasks by state</h2><div class="cards" id="tasks-by-state">${cards(taskStates, "tasks")}</div>
+    <h2>Actors by state</h2><div class="cards">${cards(byState, "actors")}</div>
     <h2>Recent jobs</h2>${table([
       ["Submission id", (j) => `<a href="#/jobs/${esc(j.submission_id)}">${esc(j.submission_id)}</a>`],
       ["Status", (j) => state(j.status)],
