@@ -42,18 +42,21 @@ export function ago(ms) { return ms ? new Date(ms).toLocaleTimeString() : ""; }
 
 async function route() {
   clearTimeout(timer);
+  const hash0 = location.hash;
   const [name, ...rest] = (location.hash.slice(2) || "overview").split("/");
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.hash === `#/${name}`));
   const load = pages[name] || pages.overview;
   const page = await load();
-  const main = document.getElementById("main");
-  const hash = location.hash;
+  if (location.hash !== hash0) return;  // another route began while this page loaded
+  // Each route draws into an element of its own: a render still awaiting its data
+  // when the route changes finishes into a detached element, never over the new page.
+  const main = document.createElement("div");
+  document.getElementById("main").replaceChildren(main);
   const tick = async () => {
-    if (location.hash !== hash) return;
+    if (location.hash !== hash0) return;
     try { await page.render(main, rest); } catch (e) { main.insertAdjacentHTML("afterbegin", `<p class="FAILED">${esc(e.message)}</p>`); }
-    if (location.hash === hash && !page.static) timer = setTimeout(tick, POLL_MS);
+    if (location.hash === hash0 && !page.static) timer = setTimeout(tick, POLL_MS);
   };
-  main.innerHTML = "";
   await tick();
 }
 
