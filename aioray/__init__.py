@@ -26,11 +26,11 @@ from aioray.api import (
     put,
     remote,
     shutdown,
-    timeline,
     wait,
 )
 from aioray.async_api import get_async, init_async, put_async, shutdown_async, wait_async
 from aioray.remote_function import RemoteFunction
+from aioray.util.state.api import timeline
 
 __version__ = "0.1.0"
 

@@ -300,23 +300,6 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
-def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
-    """Ray's ``ray.timeline``: the tasks the GCS keeps as Chrome trace events (one
-    row per node, one per worker); returned, or written to ``filename`` as JSON."""
-    from aioray._private.node import chrome_trace
-
-    cw = ensure_connected()
-
-    async def rows() -> Any:
-        return await (await cw.gcs_connection()).call("state_list_all_tasks")
-
-    events = chrome_trace.chrome_events(cw.run_sync(rows(), timeout=60))
-    if filename is None:
-        return events
-    chrome_trace.write(events, filename)
-    return None
-
-
 def _connect() -> CoreWorker:
     """worker_context.ensure_connected's first use in a driver: start a local cluster."""
     init()

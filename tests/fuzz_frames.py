@@ -322,6 +322,7 @@ def handler_names() -> list[str]:
         "aioray.daemons.gcs.state_service",
         "aioray.daemons.gcs.runtime_env_packages",
         "aioray.daemons.raylet.state_handlers",
+        "aioray.daemons.raylet.object_handlers",
         "aioray.daemons.raylet.metrics_export",
         "aioray._private.owner.owner_service",
         "aioray._private.core.borrowing",

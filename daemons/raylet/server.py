@@ -32,7 +32,7 @@ import os
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.raylet.bundles import BundleService
@@ -40,6 +40,7 @@ from aioray.daemons.raylet.demand_report import DemandReporter
 from aioray.daemons.raylet.gcs_link import GcsLink
 from aioray.daemons.raylet.memory_monitor import MemoryMonitor
 from aioray.daemons.raylet.metrics_export import NodeMetrics
+from aioray.daemons.raylet.object_handlers import ObjectHandlers
 from aioray.daemons.raylet.object_owners import ObjectOwners
 from aioray.daemons.raylet.object_transfer import ObjectTransfer
 from aioray.daemons.raylet.resources import NodeResources
@@ -51,7 +52,6 @@ from aioray.daemons.raylet.store_service import SpillConfig, StoreService
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
 
 from aioray._private.core.bundle_resources import is_group_resource
-from aioray._private.owner import memory_report
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
 
@@ -188,6 +188,7 @@ class Raylet:
             **self.bundles.handlers(),
             "report_metrics": self.metrics.handle_report_metrics,
             **StateHandlers(self).handlers(),
+            **ObjectHandlers(self).handlers(),
         }
 
     def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -565,51 +566,7 @@ class Raylet:
         if w is not None:
             self.gcs_link.notify("actor_exiting", [aid, w.worker_id])
 
-    def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        """Append a worker's lines to its log file, and forward them to drivers that want them."""
-        pid, _ip, stream, lines = body[:4]
-        f = self._worker_log_file(conn, pid, stream) if lines else None  # sync notices: no text
-        if f is not None:
-            try:
-                f.write(("\n".join(lines) + "\n").encode("utf-8", "replace"))
-            except OSError as e:  # a full disk must not stop the forwarding
-                logger.warning("cannot write worker pid %d's log: %s", pid, e)
-        for peer in self.server.connections:
-            info = peer.peer_info or {}
-            if info.get("role") == "driver" and info.get("logs", True) and not peer.is_closed:
-                peer.notify("worker_log", body)
-
-    def _worker_log_file(self, conn: rpc.Connection, pid: int, stream: str) -> BinaryIO | None:
-        """``<session>/logs/worker-<pid>.out|.err``, opened once, closed with the connection."""
-        files: dict[str, BinaryIO | None] = conn.state.setdefault("log_files", {})
-        if stream in files:
-            return files[stream]
-        files[stream] = None  # no session dir, or it cannot be opened: skip, once
-        if self.session_dir:
-            suffix = "err" if stream == "stderr" else "out"
-            path = os.path.join(self.session_dir, "logs", f"worker-{pid}.{suffix}")
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                f = files[stream] = open(path, "ab", buffering=0)  # noqa: SIM115 - closed below
-            except OSError as e:
-                logger.warning("cannot open %s: %s", path, e)
-            else:
-                conn.on_close.append(lambda _: f.close())
-        return files[stream]
-
-    # -- objects ---------------------------------------------------------------------------
-    def handle_create_object(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
-        """``create_object`` [oid, size] from a writer -> once room is granted (at once, or after
-        spilling or eviction): the bytes left free, or the path of a file on disk to write an
-        object larger than the store to; an error reply if no room comes."""
-        return self.store.create_object(conn, body)
-
-    def handle_object_sealed(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        """``object_sealed`` [oid, size, owner worker id?] (notice, from the writer): the segment is
-        written; the object now counts in the store, under its owner."""
-        if self.store.object_sealed(conn, body):  # not freed already: it has an owner
-            self.owners.sealed(body[0], body[2] if len(body) > 2 else None)
-
+    # -- objects (their handlers: object_handlers.py) ------------------------------------
     def _on_connect(self, conn: rpc.Connection) -> None:
         conn.on_close.append(self._peer_gone)
 
@@ -620,96 +577,12 @@ class Raylet:
             if orphans:  # their owner died: nobody can read them any more, anywhere
                 self.free_here(orphans)
 
-    def handle_restore_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
-        """``restore_object`` oid -> None once the object is back in shared memory here (restored
-        from spill), or [error class, why] if this node has no copy."""
-        return self.store.restore_object(oid)
-
-    def handle_free_objects(self, conn: rpc.Connection, oids: list[bytes], _: Any) -> None:
-        """``free_objects`` [oid, ...] (notice, from an owner): delete these objects here (segments
-        and spill files)."""
-        self.free_here(oids)
-
     def free_here(self, oids: list[bytes]) -> None:
         """Free this node's copies, and (for its primaries) the copies pulled from here."""
         for oid in oids:
             self.owners.freed(oid)
         self.store.free_objects(oids)
         self.transfer.freed(oids)
-
-    # -- object transfer (object_transfer.py) -----------------------------------------------
-    def handle_free_objects_at(self, conn: rpc.Connection, groups: list[Any], _: Any) -> None:
-        """``free_objects_at`` [[node id, [oid, ...]], ...] (notice, from an owner here): free
-        objects whose primary copies are on other nodes (forwarded to their raylets)."""
-        self.transfer.free_at(groups)
-
-    def handle_free_copies(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
-        """Another raylet frees the copies here of objects pulled from node ``source``."""
-        source, oids = body
-        self.store.free_copies(source, oids)
-
-    def handle_pull_object(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
-        """``pull_object`` [oid, source node id] from a reader here -> None once a copy is in this
-        node's shared memory (pulled from the source node), or the error that prevented it."""
-        return self.transfer.pull(body[0], body[1])
-
-    async def handle_transfer_begin(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
-        """``transfer_begin`` oid, from another raylet pulling it -> [size] (the copy is mapped and
-        kept until ``transfer_end``), or [error class, why]."""
-        return await self.transfer.begin(conn, oid)
-
-    def handle_transfer_chunk(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
-        """``transfer_chunk`` [oid, offset, length] -> the bytes, as one raw buffer sent from the
-        mapping."""
-        return self.transfer.chunk(body[0], int(body[1]), int(body[2]))
-
-    def handle_transfer_end(self, conn: rpc.Connection, oid: bytes, _: Any) -> None:
-        """``transfer_end`` oid (notice, from the pulling raylet): it has the whole object; release
-        the mapping."""
-        self.transfer.end(conn, oid)
-
-    async def handle_memory_summary(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
-        """``aioray memory``: every local process's references and this store's view."""
-        peers = [
-            c
-            for c in self.server.connections
-            if (c.peer_info or {}).get("role") in ("driver", "worker") and not c.is_closed
-        ]
-        store = {
-            oid: [
-                e.size,
-                "spilled" if e.state == "SPILLED" else "in shared memory",
-                e.spill_path or "",
-            ]
-            for oid, e in self.store.manager.entries.items()
-        }
-        return await memory_report.node_summary(peers, store)
-
-    def handle_get_state(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
-        """``get_state`` (no body) -> the raylet's state for tests and ``aioray status``: resources,
-        workers, leases, queued requests, object store and transfer stats, its cluster view, OOM
-        kills, GCS reconnects."""
-        assert self.pool is not None
-        return {
-            "node_id": self.node_id,
-            "available": self.resources.snapshot(),
-            "total": self.resources.total,
-            "workers": len(self.pool.workers),
-            "leases": len(self.leases),
-            "queued": len(self.requests),
-            "objects": len(self.store.manager.entries),
-            "object_store": self.store.stats(),
-            "transfer": self.transfer.stats(),
-            "view": {
-                **{n.node_id.hex(): n.available for n in self.spillback.view.nodes.values()},
-                self.node_id.hex(): self.resources.snapshot(),
-            },
-            "oom_kills": self.memory_monitor.kills,
-            "gcs_reconnects": self.gcs_link.reconnects,
-            "metrics": self.metrics.stats(),
-            "runtime_env": self.pool.agent.stats() if self.pool.agent is not None else {},
-            "idle_workers": {"reaped": self.pool.reaped, "kept": self.pool.kept_idle},
-        }
 
 
 def _bind(host: str, port: int) -> socket.socket:

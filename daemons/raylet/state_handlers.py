@@ -1,4 +1,5 @@
-"""A raylet's part of the State API: its workers and drivers, its log files, and the
+"""A raylet's part of the State API: its workers and drivers, its log files (and the
+workers' lines written to them), ``aioray memory``'s view, ``get_state``, and the
 lease requests waiting for resources (``aioray status``'s demand).
 
 ``state_workers`` lists the processes connected to this raylet (Ray's WorkerState
@@ -9,14 +10,18 @@ Only plain file names inside the log directory are served: never a path.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+from aioray._private.owner import memory_report
 from aioray._private.rpc import rpc
 
 if TYPE_CHECKING:
     from aioray.daemons.raylet.server import Raylet
+
+logger = logging.getLogger(__name__)
 
 MAX_READ_BYTES = 4 * 1024 * 1024  # one read_log answer at most
 
@@ -32,6 +37,9 @@ class StateHandlers:
             "list_logs": self.handle_list_logs,
             "read_log": self.handle_read_log,
             "pending_demand": self.handle_pending_demand,
+            "worker_log": self.handle_worker_log,
+            "memory_summary": self.handle_memory_summary,
+            "get_state": self.handle_get_state,
         }
 
     def handle_state_workers(self, conn: rpc.Connection, body: Any, _: Any) -> list[dict[str, Any]]:
@@ -102,3 +110,80 @@ class StateHandlers:
             lines = data.splitlines(keepends=True)
             data = b"".join(lines[-tail:]) if tail else b""
         return {"data": data, "offset": start + len(data) if offset is not None else size}
+
+    def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+        """Append a worker's lines to its log file, and forward them to drivers that want them."""
+        pid, _ip, stream, lines = body[:4]
+        f = self._worker_log_file(conn, pid, stream) if lines else None  # sync notices: no text
+        if f is not None:
+            try:
+                f.write(("\n".join(lines) + "\n").encode("utf-8", "replace"))
+            except OSError as e:  # a full disk must not stop the forwarding
+                logger.warning("cannot write worker pid %d's log: %s", pid, e)
+        for peer in self.raylet.server.connections:
+            info = peer.peer_info or {}
+            if info.get("role") == "driver" and info.get("logs", True) and not peer.is_closed:
+                peer.notify("worker_log", body)
+
+    def _worker_log_file(self, conn: rpc.Connection, pid: int, stream: str) -> BinaryIO | None:
+        """``<session>/logs/worker-<pid>.out|.err``, opened once, closed with the connection."""
+        files: dict[str, BinaryIO | None] = conn.state.setdefault("log_files", {})
+        if stream in files:
+            return files[stream]
+        files[stream] = None  # no session dir, or it cannot be opened: skip, once
+        if self.raylet.session_dir:
+            suffix = "err" if stream == "stderr" else "out"
+            path = os.path.join(self.raylet.session_dir, "logs", f"worker-{pid}.{suffix}")
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                f = files[stream] = open(path, "ab", buffering=0)  # noqa: SIM115 - closed below
+            except OSError as e:
+                logger.warning("cannot open %s: %s", path, e)
+            else:
+                conn.on_close.append(lambda _: f.close())
+        return files[stream]
+
+    async def handle_memory_summary(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+        """``aioray memory``: every local process's references and this store's view."""
+        peers = [
+            c
+            for c in self.raylet.server.connections
+            if (c.peer_info or {}).get("role") in ("driver", "worker") and not c.is_closed
+        ]
+        store = {
+            oid: [
+                e.size,
+                "spilled" if e.state == "SPILLED" else "in shared memory",
+                e.spill_path or "",
+            ]
+            for oid, e in self.raylet.store.manager.entries.items()
+        }
+        return await memory_report.node_summary(peers, store)
+
+    def handle_get_state(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
+        """``get_state`` (no body) -> the raylet's state for tests and ``aioray status``: resources,
+        workers, leases, queued requests, object store and transfer stats, its cluster view, OOM
+        kills, GCS reconnects."""
+        assert self.raylet.pool is not None
+        return {
+            "node_id": self.raylet.node_id,
+            "available": self.raylet.resources.snapshot(),
+            "total": self.raylet.resources.total,
+            "workers": len(self.raylet.pool.workers),
+            "leases": len(self.raylet.leases),
+            "queued": len(self.raylet.requests),
+            "objects": len(self.raylet.store.manager.entries),
+            "object_store": self.raylet.store.stats(),
+            "transfer": self.raylet.transfer.stats(),
+            "view": {
+                **{n.node_id.hex(): n.available for n in self.raylet.spillback.view.nodes.values()},
+                self.raylet.node_id.hex(): self.raylet.resources.snapshot(),
+            },
+            "oom_kills": self.raylet.memory_monitor.kills,
+            "gcs_reconnects": self.raylet.gcs_link.reconnects,
+            "metrics": self.raylet.metrics.stats(),
+            "runtime_env": self.raylet.pool.agent.stats()
+            if self.raylet.pool.agent is not None
+            else {},
+            "idle_workers": {"reaped": self.raylet.pool.reaped, "kept": self.raylet.pool.kept_idle},
+        }

@@ -31,7 +31,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from aioray._private.core.borrowing import Borrowing, pairs_of
-from aioray._private.core.cpu_lending import CpuLending, Lend
 from aioray._private.core.lineage import Lineage
 from aioray._private.core.memory_store import (
     MemoryStore,
@@ -48,6 +47,7 @@ from aioray._private.owner import (
     task_events,
 )
 from aioray._private.owner.actor_submitter import ActorSubmitter
+from aioray._private.owner.blocked_gets import BlockedGets
 from aioray._private.owner.gcs_client import GcsClient
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.owner.owner_service import OwnerService
@@ -138,8 +138,7 @@ class CoreWorker:
         # Objects being fetched from their owners (shared by every get and wait of them).
         self.fetching: dict[bytes, asyncio.Future[StoredObject]] = {}
         self._free_shm: list[tuple[bytes, bytes | None]] = []
-        self._lending = CpuLending()
-        self._lend_timer: asyncio.TimerHandle | None = None
+        self.blocked_gets = BlockedGets(self)  # a worker's gets lend its CPUs after a while
         self._blocking: dict[int, concurrent.futures.Future[Any]] = {}
         self._warned: set[str] = set()
         self.closing = False
@@ -434,39 +433,13 @@ class CoreWorker:
         if None in objs:
             missing = [r for r, o in zip(refs, objs, strict=True) if o is None]
             if self.mode == WORKER:
-                found = self.run_sync(self._fetch_blocked(missing), timeout)
+                found = self.run_sync(self.blocked_gets.fetch(missing), timeout)
             else:
                 found = self.run_sync(object_waits.fetch_many(self, missing), timeout)
             objs = [o if o is not None else found[r._id] for r, o in zip(refs, objs, strict=True)]
         if len(objs) > 1:  # objects on other nodes: pulled together, not one by one
             store_client.prefetch(self, ((r._id, o) for r, o in zip(refs, objs, strict=True)))  # type: ignore[misc]
         return [self.materialize(r._id, o, r._owner) for r, o in zip(refs, objs, strict=True)]  # type: ignore[arg-type]
-
-    async def _fetch_blocked(self, missing: list[ObjectRef]) -> dict[bytes, StoredObject]:
-        """(loop) fetch_many in a worker, which lends its CPUs meanwhile so nested tasks
-        can run: once it has waited LEND_CPUS_AFTER_S (cpu_lending.py). They are
-        reclaimed here, on the loop, before the caller's thread resumes."""
-        lending = self._lending
-        if lending.get_started() is Lend.ARM:
-            self._lend_timer = self.loop.call_later(config.LEND_CPUS_AFTER_S, self._lend_cpus)
-        try:
-            return await object_waits.fetch_many(self, missing)
-        finally:
-            action = lending.get_finished()
-            if action is Lend.RECLAIM:
-                self._tell_raylet_blocked(False)
-            elif action is Lend.DISARM and self._lend_timer is not None:
-                self._lend_timer.cancel()
-                self._lend_timer = None
-
-    def _lend_cpus(self) -> None:
-        self._lend_timer = None
-        if self._lending.delay_passed() is Lend.LEND:
-            self._tell_raylet_blocked(True)
-
-    def _tell_raylet_blocked(self, blocked: bool) -> None:
-        if not self.raylet.is_closed:
-            self.raylet.notify("worker_blocked", blocked)
 
     def fetch(self, ref: ObjectRef) -> asyncio.Future[StoredObject]:
         """(loop) A future for the object: from this process, or from its owner."""

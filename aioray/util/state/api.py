@@ -84,7 +84,7 @@ ROW_TYPES: dict[str, type[StateRow]] = {
 def gcs_address_of(address: str | None) -> str:
     """The GCS "host:port" a State API ``address`` names."""
     if address in (None, "auto"):
-        from aioray import api
+        import aioray.api as api
         from aioray._private.owner import worker_context
 
         if api._gcs_address:
@@ -380,3 +380,15 @@ async def _worker_of(
     if node_id is None:
         raise ValueError(f"no live worker with pid {pid}; pass node_id to read a dead one's log")
     return node_id, int(pid or 0)
+
+
+def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
+    """Ray's ``ray.timeline``: the tasks the GCS keeps as Chrome trace events (one row
+    per node, one per worker; no 10,000 cap); returned, or written to ``filename``."""
+    from aioray._private.node import chrome_trace
+
+    events = chrome_trace.chrome_events(run_query(None, 60, lambda q: q.timeline_tasks()))
+    if filename is None:
+        return events
+    chrome_trace.write(events, filename)
+    return None
