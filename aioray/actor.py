@@ -187,11 +187,11 @@ class ActorClass:
         if "noev" in meta:  # enable_task_events=False: no events for the actor's tasks
             spec["noev"] = True
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
-        events = cw.task_events
-        if events is not None and "noev" not in spec:
+        extras = cw.task_event_extras
+        if extras is not None and "noev" not in spec:
             parent = cw.task_context.task_id
             pg = spec["pg"][0] if "pg" in spec else None
-            events.append(
+            extras.append(
                 (spec["tid"], 0, PENDING_ARGS_AVAIL, time.time(), spec["name"],
                  ACTOR_CREATION_TASK, cw.job_id, actor_id, parent, None, pg)
             )  # fmt: skip
@@ -377,10 +377,10 @@ class ActorMethod:
         cw.actors.reserve_call(h._actor_id, h._meta)
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
-        events = cw.task_events
-        if events is not None and "noev" not in spec:
+        extras = cw.task_event_extras
+        if extras is not None and "noev" not in spec:
             parent = cw.task_context.task_id
-            events.append(
+            extras.append(
                 (task_id, 0, PENDING_ARGS_AVAIL, time.time(), spec["name"], ACTOR_TASK,
                  cw.job_id, h._actor_id, parent, None, None)
             )  # fmt: skip

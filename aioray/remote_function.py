@@ -150,14 +150,14 @@ class RemoteFunction:
             spec["res"] = resources
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
-        events = cw.task_events
-        if events is not None and request[5] is not False:
+        extras = cw.task_event_extras
+        if extras is not None and request[5] is not False:
             parent = cw.task_context.task_id
             pg = spec["pg"][0] if "pg" in spec else None
             # Only atomic values and tuples of them: the garbage collector stops
             # tracking such a tuple at its first pass (a dict would keep it tracked).
             shape = request[2][0] if resources is request[1] else tuple(resources.items())
-            events.append(
+            extras.append(
                 (task_id, 0, PENDING_ARGS_AVAIL, time.time(), self._name, NORMAL_TASK,
                  cw.job_id, None, parent, shape, pg)
             )  # fmt: skip

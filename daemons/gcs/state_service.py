@@ -163,8 +163,12 @@ class StateService:
         self, conn: rpc.Connection, header: dict[str, Any], bufs: list[Any]
     ) -> None:
         """Notice from an owner or executor: header = counts (sent, dropped), buffer 0 =
-        a msgpack blob of task-event rows, merged later (on a query or past 16 MiB)."""
-        if bufs and self.tasks.receive(header, bytes(bufs[0])) and self._merging is None:
+        a msgpack blob of the rows with extras, buffer 1 the fixed transition rows
+        (task_events.ROW), merged later (on a query or past 16 MiB)."""
+        if not bufs:
+            return
+        rows = bytes(bufs[1]) if len(bufs) > 1 else b""
+        if self.tasks.receive(header, bytes(bufs[0]), rows) and self._merging is None:
             self._merging = asyncio.ensure_future(self._merge())  # too much unmerged
 
     async def merged(self) -> TaskTable:

@@ -34,6 +34,7 @@ from aioray._private.owner.task_events import (
     FAILED,
     FINISHED,
     PENDING_ARGS_AVAIL,
+    ROW,
     RUNNING,
     STATE_NAMES,
 )
@@ -184,8 +185,9 @@ class TaskTable:
         self.records: collections.OrderedDict[tuple[bytes, int], TaskRecord] = (
             collections.OrderedDict()
         )
-        # Batches received and not merged yet: (sender, new tasks, msgpack rows).
-        self.pending: list[tuple[tuple[str, str, int | None], int, bytes]] = []
+        # Batches received and not merged yet: (sender, new tasks, msgpack rows of
+        # extras, fixed-size transition rows).
+        self.pending: list[tuple[tuple[str, str, int | None], int, bytes, bytes]] = []
         self.pending_bytes = 0
         self.max_pending_bytes = MAX_PENDING_BYTES
         self.evicted = 0  # records dropped to stay within capacity
@@ -202,13 +204,18 @@ class TaskTable:
         )
 
     # -- receiving and merging -----------------------------------------------------------
-    def receive(self, header: dict[str, Any], blob: bytes) -> bool:
-        """Keep one process's batch (``add_task_events``) as it came, to merge when
-        asked; True when the unmerged batches have grown past MAX_PENDING_BYTES."""
+    def receive(self, header: dict[str, Any], blob: bytes, rows: bytes = b"") -> bool:
+        """Keep one process's batch (``add_task_events``: the extras' msgpack blob and
+        the fixed transition rows) as it came, to merge when asked; True when the
+        unmerged batches have grown past MAX_PENDING_BYTES."""
+        if len(rows) % ROW.size:
+            raise ValueError(
+                f"task event rows of {len(rows)} bytes: not whole {ROW.size}-byte rows"
+            )
         self.dropped += int(header.get("dropped") or 0)
         where = (_hex(header.get("node")), _hex(header.get("worker")), header.get("pid"))
-        self.pending.append((where, int(header.get("new") or 0), blob))
-        self.pending_bytes += len(blob)
+        self.pending.append((where, int(header.get("new") or 0), blob, rows))
+        self.pending_bytes += len(blob) + len(rows)
         return self.pending_bytes > self.max_pending_bytes
 
     def merge(self) -> None:
@@ -231,7 +238,7 @@ class TaskTable:
                 first = i
                 break
         gone = self.gone
-        for _, _, blob in pending[:first]:  # only their keys: late rows must not revive them
+        for _, _, blob, _ in pending[:first]:  # only their keys: late rows must not revive them
             for row in msgpack.unpackb(blob, use_list=False):
                 if row[2] == PENDING_ARGS_AVAIL and (row[0], row[1]) not in self.records:
                     gone[(row[0], row[1])] = None
@@ -240,13 +247,19 @@ class TaskTable:
         while len(gone) > self.gone_capacity:
             gone.popitem(last=False)
         add = self.add
-        for where, _, blob in pending[first:]:
+        for where, _, blob, fixed in pending[first:]:
             rows = msgpack.unpackb(blob, use_list=False)
             for start in range(0, len(rows), rows_per_step):
                 for row in rows[start : start + rows_per_step]:
                     add(row, where)
                 self.evict()
                 yield
+            for n, (task_id, code, attempt, t) in enumerate(ROW.iter_unpack(fixed), 1):
+                add((task_id, attempt, code, t), where)
+                if not n % rows_per_step:
+                    self.evict()
+                    yield
+            self.evict()
 
     def add_batch(self, rows: Any, where: tuple[str, str, int | None] = ("", "", None)) -> None:
         """Merge rows at once (tests, benchmarks)."""

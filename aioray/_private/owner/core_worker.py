@@ -144,9 +144,11 @@ class CoreWorker:
         self.closing = False
         self.log_to_driver = True
         self.logs = log_monitor.LogSync()
-        # Task state transitions, appended on the task path (None: events are off).
+        # Task state transitions, appended on the task path (None: events are off):
+        # fixed rows (task_events.ROW) and the rows that carry more (descriptions, errors).
+        self.task_events: bytearray | None = None
+        self.task_event_extras: collections.deque[tuple[Any, ...]] | None = None
         self.event_buffer = task_events.TaskEventBuffer(self)
-        self.task_events = self.event_buffer.events
 
     def __repr__(self) -> str:
         return (
@@ -205,7 +207,6 @@ class CoreWorker:
             self.namespace = self.namespace or job["namespace"]
             if "task_events_ms" in job:  # the cluster's setting wins
                 self.event_buffer.set_interval(job["task_events_ms"])
-                self.task_events = self.event_buffer.events
         self.event_buffer.start()
         return dict(info)
 

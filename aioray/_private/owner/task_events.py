@@ -1,20 +1,26 @@
 """Task events, process side: state transitions recorded cheaply, sent to the GCS in batches.
 
 Owners (where a task is submitted) and executors (where it runs) record each
-transition as one tuple of plain values appended to a deque
-(``CoreWorker.task_events``; ``None`` when events are off). Nothing else happens on
-the task path: no dict, no lock, no object per event. Every
-``task_events_report_interval_ms`` the loop swaps in a fresh deque and sends the one
-swapped out an interval earlier (so a thread that read the old deque just before the
-swap has long since appended to it) as one msgpack blob, packed in C, in a single
-notification (``add_task_events``) with the count of events dropped because the
-buffer held ``task_events_max_buffer_size`` already. The GCS unpacks and merges
-blobs only when asked (daemons/gcs/task_events.py).
+transition cheaply, in one of two buffers (both ``None`` when events are off):
 
-A row is ``(task_id, attempt, code, time_s, *extra)``. Codes below EXEC are the
-owner's, EXEC + state the executor's (the GCS adds the executor's node, worker id
-and pid, sent once per batch). The owner's first row (PENDING_ARGS_AVAIL) adds the
-task's description (INFO_FIELDS); a FAILED row adds the error type and message.
+- ``CoreWorker.task_events``, a bytearray of fixed-size rows (``ROW``: task id,
+  code, attempt, time), for the plain transitions: one ``struct`` pack and one
+  in-place append per event, a single C call each, so rows from several threads never
+  interleave; no object stays alive, the garbage collector never sees them, and
+  sending them costs one copy (no per-row packing: that was most of what events cost).
+- ``CoreWorker.task_event_extras``, a deque of tuples ``(task_id, attempt, code,
+  time_s, *extra)`` for the rows that carry more: the owner's first row
+  (PENDING_ARGS_AVAIL, with the task's description, INFO_FIELDS) and FAILED rows with
+  the error's type and message.
+
+Codes below EXEC are the owner's, EXEC + state the executor's (the GCS adds the
+executor's node, worker id and pid, sent once per batch). Every
+``task_events_report_interval_ms`` the loop swaps in fresh buffers and sends those
+swapped out an interval earlier (so a thread that read the old ones just before the
+swap has long since appended to them) in a single notification (``add_task_events``:
+the extras as one msgpack blob, the rows as they are) with the count of events
+dropped because a buffer held ``task_events_max_buffer_size`` already. The GCS
+unpacks and merges batches only when asked (daemons/gcs/task_events.py).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncio
 import collections
 import logging
 import os
+import struct
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +41,11 @@ if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
 
 logger = logging.getLogger(__name__)
+
+# A plain transition: task id (16 bytes), code, attempt, time (s). ``pack_row`` makes
+# one, which the recorder appends with ``+=`` (one C call: atomic across threads).
+ROW = struct.Struct("<16sBId")
+pack_row = ROW.pack
 
 # State codes: Ray's TaskStatus names, in the order a task goes through them.
 PENDING_ARGS_AVAIL = 0
@@ -89,12 +101,12 @@ def reply_failed(body: dict[str, Any]) -> bool:
     return bool(rets) and rets[0][0] == 0 and rets[0][2] is True  # RET_INLINE, is_error
 
 
-def record_end(cw: Any, spec: dict[str, Any], body: dict[str, Any]) -> None:
+def record_end(cw: Any, spec: dict[str, Any], failed: bool) -> None:
     """(executor) The task's reply is ready: FINISHED, or FAILED if it carries an error."""
     events = cw.task_events
     if events is not None and "noev" not in spec:
-        code = EXEC + (FAILED if reply_failed(body) else FINISHED)
-        events.append((spec["tid"], spec.get("at", 0), code, time.time()))
+        code = EXEC + (FAILED if failed else FINISHED)
+        events += pack_row(spec["tid"], code, spec.get("at", 0), time.time())
 
 
 class TaskEventBuffer:
@@ -106,25 +118,40 @@ class TaskEventBuffer:
             TASK_EVENTS_REPORT_INTERVAL_MS if interval_ms is None else interval_ms
         ) / 1000.0
         self.capacity = TASK_EVENTS_MAX_BUFFER_SIZE
-        self.events: collections.deque[tuple[Any, ...]] | None = (
-            collections.deque() if self.interval_s > 0 else None
+        on = self.interval_s > 0
+        self.events: bytearray | None = bytearray() if on else None
+        self.extras: collections.deque[tuple[Any, ...]] | None = collections.deque() if on else None
+        self._previous: tuple[bytearray, collections.deque[tuple[Any, ...]]] = (
+            bytearray(),
+            collections.deque(),
         )
-        self._previous: collections.deque[tuple[Any, ...]] = collections.deque()
         self.dropped = 0  # since the last batch that reached the GCS
         self.sent = 0
         self._task: asyncio.Task[None] | None = None
+        self._publish()
 
     def __repr__(self) -> str:
-        pending = len(self.events) if self.events is not None else "off"
+        pending = self.pending() if self.events is not None else "off"
         return f"<TaskEventBuffer pending={pending} sent={self.sent} dropped={self.dropped}>"
+
+    def pending(self) -> int:
+        """Events recorded and not yet swapped out for sending."""
+        rows = len(self.events) // ROW.size if self.events is not None else 0
+        return rows + (len(self.extras) if self.extras is not None else 0)
 
     def set_interval(self, interval_ms: float) -> None:
         """(before start) The cluster's setting, which the GCS tells a driver."""
         self.interval_s = interval_ms / 1000.0
         if self.interval_s <= 0:
-            self.events = None
+            self.events = self.extras = None
         elif self.events is None:
-            self.events = collections.deque()
+            self.events, self.extras = bytearray(), collections.deque()
+        self._publish()
+
+    def _publish(self) -> None:
+        """Point the CoreWorker's recorders at the current buffers."""
+        self.cw.task_events = self.events
+        self.cw.task_event_extras = self.extras
 
     def start(self) -> None:
         if self.events is not None and self._task is None:
@@ -137,58 +164,72 @@ class TaskEventBuffer:
             self._task = None
         gcs = self.cw.gcs
         if gcs is not None and not gcs.is_closed:
-            ready = self._swap()
-            ready.extend(self._swap())  # both buffers: no thread records any more
-            self._send(gcs, ready)
+            rows, extras = self._swap()
+            more_rows, more_extras = self._swap()  # both: no thread records any more
+            rows += more_rows
+            extras.extend(more_extras)
+            self._send(gcs, rows, extras)
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            ready = self._swap()
-            if not ready and not self.dropped:
+            rows, extras = self._swap()
+            if not rows and not extras and not self.dropped:
                 continue
             try:
                 gcs = await self.cw.gcs_connection()
             except (ConnectionError, OSError) as e:
                 logger.debug("task events wait: no GCS connection (%s)", e)
-                self._previous.extendleft(reversed(ready))  # try again next time
-                self._trim(self._previous)
+                old_rows, old_extras = self._previous  # try again next time, oldest first
+                rows += old_rows
+                extras.extend(old_extras)
+                self._previous = self._trim(rows, extras)
                 continue
-            self._send(gcs, ready)
+            self._send(gcs, rows, extras)
 
-    def _swap(self) -> collections.deque[tuple[Any, ...]]:
-        """Start a fresh deque; return the one swapped out the time before."""
-        fresh: collections.deque[tuple[Any, ...]] = collections.deque()
+    def _swap(self) -> tuple[bytearray, collections.deque[tuple[Any, ...]]]:
+        """Start fresh buffers; return those swapped out the time before."""
         ready = self._previous
-        self._previous = self.events if self.events is not None else collections.deque()
-        self.events = self.cw.task_events = fresh
-        return self._trim(ready)
+        if self.events is not None and self.extras is not None:
+            self._previous = (self.events, self.extras)
+        else:
+            self._previous = (bytearray(), collections.deque())
+        self.events, self.extras = bytearray(), collections.deque()
+        self._publish()
+        return self._trim(*ready)
 
-    def _trim(self, events: collections.deque[tuple[Any, ...]]) -> collections.deque[Any]:
-        excess = len(events) - self.capacity
+    def _trim(
+        self, rows: bytearray, extras: collections.deque[tuple[Any, ...]]
+    ) -> tuple[bytearray, collections.deque[tuple[Any, ...]]]:
+        excess = len(rows) // ROW.size - self.capacity
         if excess > 0:  # the oldest go, counted
-            for _ in range(excess):
-                events.popleft()
+            del rows[: excess * ROW.size]
             self.dropped += excess
-        return events
+        excess = len(extras) - self.capacity
+        if excess > 0:
+            for _ in range(excess):
+                extras.popleft()
+            self.dropped += excess
+        return rows, extras
 
-    def _send(self, gcs: Any, events: collections.deque[tuple[Any, ...]]) -> None:
+    def _send(self, gcs: Any, rows: bytearray, extras: collections.deque[tuple[Any, ...]]) -> None:
         cw = self.cw
-        rows = list(events)
+        listed = list(extras)
+        n = len(rows) // ROW.size + len(listed)
         header = {
-            "n": len(rows),
-            "new": sum(1 for r in rows if r[2] == PENDING_ARGS_AVAIL),
+            "n": n,
+            "new": sum(1 for r in listed if r[2] == PENDING_ARGS_AVAIL),
             "dropped": self.dropped,
             "node": cw.node_id,
             "worker": cw.worker_id,
             "pid": os.getpid(),
         }
         try:
-            blob = msgpack.packb(rows, use_bin_type=True)
-            gcs.notify("add_task_events", header, [blob])
+            blob = msgpack.packb(listed, use_bin_type=True)
+            gcs.notify("add_task_events", header, [blob, rows])
         except (ConnectionError, TypeError, ValueError) as e:
-            logger.warning("dropped %d task events: %s", len(rows), e)
-            self.dropped += len(rows)
+            logger.warning("dropped %d task events: %s", n, e)
+            self.dropped += n
             return
-        self.sent += len(rows)
+        self.sent += n
         self.dropped = 0
