@@ -14,7 +14,7 @@ from aioray._private.core import options, runtime_env, signatures
 from aioray._private.core.scheduling_strategies import strategy_to_wire
 from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
-from aioray._private.owner.task_events import NORMAL_TASK, PENDING_ARGS_AVAIL
+from aioray._private.owner.task_events import NO_PARENT, NORMAL_TASK, pack_info
 from aioray._private.wire import config, ids, serializability, serialization
 from aioray._private.wire.task_spec import STREAMING, TaskEntry, split_args
 from aioray.dag import FunctionNode
@@ -150,17 +150,13 @@ class RemoteFunction:
             spec["res"] = resources
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
-        extras = cw.task_event_extras
-        if extras is not None and request[5] is not False:
-            parent = cw.task_context.task_id
-            pg = spec["pg"][0] if "pg" in spec else None
-            # Only atomic values and tuples of them: the garbage collector stops
-            # tracking such a tuple at its first pass (a dict would keep it tracked).
+        infos = cw.task_event_infos
+        if infos is not None and request[5] is not False:
             shape = request[2][0] if resources is request[1] else tuple(resources.items())
-            extras.append(
-                (task_id, 0, PENDING_ARGS_AVAIL, time.time(), self._name, NORMAL_TASK,
-                 cw.job_id, None, parent, shape, pg)
-            )  # fmt: skip
+            pg = spec["pg"][0] if "pg" in spec else None
+            number = cw.event_buffer.describe(self._name, NORMAL_TASK, cw.job_id, None, shape, pg)
+            parent = cw.task_context.task_id or NO_PARENT
+            infos += pack_info(task_id, time.time(), parent, number)
         sched_key: tuple[Any, ...] = request[2]  # (resources, runtime env), shared
         if resources is not request[1]:
             sched_key = (tuple(sorted(resources.items())), sched_key[1])

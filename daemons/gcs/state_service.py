@@ -162,13 +162,15 @@ class StateService:
     def handle_add_task_events(
         self, conn: rpc.Connection, header: dict[str, Any], bufs: list[Any]
     ) -> None:
-        """Notice from an owner or executor: header = counts (sent, dropped), buffer 0 =
-        a msgpack blob of the rows with extras, buffer 1 the fixed transition rows
-        (task_events.ROW), merged later (on a query or past 16 MiB)."""
+        """Notice from an owner or executor: header = counts (sent, dropped) and new
+        task descriptions, buffer 0 = a msgpack blob of the rows with errors, buffer 1
+        the transition rows (task_events.ROW), buffer 2 the first rows (INFO), merged
+        later (on a query or past 16 MiB)."""
         if not bufs:
             return
         rows = bytes(bufs[1]) if len(bufs) > 1 else b""
-        if self.tasks.receive(header, bytes(bufs[0]), rows) and self._merging is None:
+        infos = bytes(bufs[2]) if len(bufs) > 2 else b""
+        if self.tasks.receive(header, bytes(bufs[0]), rows, infos) and self._merging is None:
             self._merging = asyncio.ensure_future(self._merge())  # too much unmerged
 
     async def merged(self) -> TaskTable:

@@ -33,6 +33,8 @@ from aioray._private.owner.task_events import (
     EXEC,
     FAILED,
     FINISHED,
+    INFO,
+    NO_PARENT,
     PENDING_ARGS_AVAIL,
     ROW,
     RUNNING,
@@ -43,6 +45,10 @@ from aioray._private.owner.task_events import (
 MIN_GONE_KEYS = 10_000
 # Batches kept unmerged at most (then merged even if nobody asks).
 MAX_PENDING_BYTES = 16 * 1024 * 1024
+# Senders whose task descriptions are kept (the least recently heard from go first).
+MAX_SENDERS = 10_000
+# A first row whose description never arrived (its sender's batch was lost).
+UNKNOWN: tuple[Any, ...] = ("<unknown>", "NORMAL_TASK", b"", None, None, None)
 
 
 class TaskRecord:
@@ -177,6 +183,37 @@ def _column_test(key: str, value: str, equal: bool) -> Callable[[TaskRecord], bo
     return (lambda r: text_of(r) == value) if equal else (lambda r: text_of(r) != value)
 
 
+class Batch:
+    """One process's ``add_task_events`` batch, kept as it came until merged."""
+
+    __slots__ = ("blob", "descriptions", "infos", "new", "rows", "where")
+
+    def __init__(
+        self,
+        where: tuple[str, str, int | None],
+        new: int,
+        blob: bytes,
+        rows: bytes,
+        infos: bytes,
+        descriptions: dict[int, tuple[Any, ...]],
+    ) -> None:
+        self.where, self.new, self.blob = where, new, blob
+        self.rows, self.infos, self.descriptions = rows, infos, descriptions
+
+    def rows_in_order(self) -> Iterator[tuple[Any, ...]]:
+        """Every row as ``(task_id, attempt, code, time, *extra)``: first rows (with
+        their description looked up), then transitions, then rows with errors."""
+        descriptions = self.descriptions
+        for task_id, t, parent, number in INFO.iter_unpack(self.infos):
+            name, kind, job, actor, shape, pg = descriptions.get(number, UNKNOWN)
+            parent_id = None if parent == NO_PARENT else parent
+            yield (task_id, 0, PENDING_ARGS_AVAIL, t, name, kind, job, actor, parent_id, shape, pg)
+        for task_id, code, attempt, t in ROW.iter_unpack(self.rows):
+            yield (task_id, attempt, code, t)
+        if self.blob:
+            yield from msgpack.unpackb(self.blob, use_list=False)
+
+
 class TaskTable:
     """Every task attempt the GCS knows, oldest first, at most ``capacity`` of them."""
 
@@ -185,9 +222,13 @@ class TaskTable:
         self.records: collections.OrderedDict[tuple[bytes, int], TaskRecord] = (
             collections.OrderedDict()
         )
-        # Batches received and not merged yet: (sender, new tasks, msgpack rows of
-        # extras, fixed-size transition rows).
-        self.pending: list[tuple[tuple[str, str, int | None], int, bytes, bytes]] = []
+        # Batches received and not merged yet: (sender, new tasks, msgpack rows with
+        # errors, transition rows, first rows, the sender's descriptions).
+        self.pending: list[Batch] = []
+        # Each sender's task descriptions by index (first rows name them), newest last.
+        self.descriptions: collections.OrderedDict[str, dict[int, tuple[Any, ...]]] = (
+            collections.OrderedDict()
+        )
         self.pending_bytes = 0
         self.max_pending_bytes = MAX_PENDING_BYTES
         self.evicted = 0  # records dropped to stay within capacity
@@ -204,18 +245,31 @@ class TaskTable:
         )
 
     # -- receiving and merging -----------------------------------------------------------
-    def receive(self, header: dict[str, Any], blob: bytes, rows: bytes = b"") -> bool:
-        """Keep one process's batch (``add_task_events``: the extras' msgpack blob and
-        the fixed transition rows) as it came, to merge when asked; True when the
-        unmerged batches have grown past MAX_PENDING_BYTES."""
-        if len(rows) % ROW.size:
-            raise ValueError(
-                f"task event rows of {len(rows)} bytes: not whole {ROW.size}-byte rows"
-            )
+    def receive(
+        self, header: dict[str, Any], blob: bytes, rows: bytes = b"", infos: bytes = b""
+    ) -> bool:
+        """Keep one process's batch (``add_task_events``: new task descriptions in the
+        header, the msgpack blob of rows with errors, the transition and first rows) as
+        it came, to merge when asked; True when the unmerged batches have grown past
+        MAX_PENDING_BYTES."""
+        for data, layout, what in ((rows, ROW, "rows"), (infos, INFO, "first rows")):
+            if len(data) % layout.size:
+                raise ValueError(
+                    f"task event {what} of {len(data)} bytes: not whole {layout.size}-byte rows"
+                )
         self.dropped += int(header.get("dropped") or 0)
         where = (_hex(header.get("node")), _hex(header.get("worker")), header.get("pid"))
-        self.pending.append((where, int(header.get("new") or 0), blob, rows))
-        self.pending_bytes += len(blob) + len(rows)
+        known = self.descriptions.get(where[1])
+        if known is None:
+            known = self.descriptions[where[1]] = {}
+            while len(self.descriptions) > MAX_SENDERS:
+                self.descriptions.popitem(last=False)
+        else:
+            self.descriptions.move_to_end(where[1])
+        for number, *description in header.get("descs") or ():
+            known[int(number)] = tuple(description)
+        self.pending.append(Batch(where, int(header.get("new") or 0), blob, rows, infos, known))
+        self.pending_bytes += len(blob) + len(rows) + len(infos)
         return self.pending_bytes > self.max_pending_bytes
 
     def merge(self) -> None:
@@ -233,29 +287,23 @@ class TaskTable:
         newer = 0
         first = 0
         for i in range(len(pending) - 1, -1, -1):
-            newer += pending[i][1]
+            newer += pending[i].new
             if newer >= self.capacity:
                 first = i
                 break
         gone = self.gone
-        for _, _, blob, _ in pending[:first]:  # only their keys: late rows must not revive them
-            for row in msgpack.unpackb(blob, use_list=False):
-                if row[2] == PENDING_ARGS_AVAIL and (row[0], row[1]) not in self.records:
-                    gone[(row[0], row[1])] = None
+        for batch in pending[:first]:  # only their keys: late rows must not revive them
+            for task_id, *_ in INFO.iter_unpack(batch.infos):
+                if (task_id, 0) not in self.records:
+                    gone[(task_id, 0)] = None
                     self.evicted += 1
             yield
         while len(gone) > self.gone_capacity:
             gone.popitem(last=False)
         add = self.add
-        for where, _, blob, fixed in pending[first:]:
-            rows = msgpack.unpackb(blob, use_list=False)
-            for start in range(0, len(rows), rows_per_step):
-                for row in rows[start : start + rows_per_step]:
-                    add(row, where)
-                self.evict()
-                yield
-            for n, (task_id, code, attempt, t) in enumerate(ROW.iter_unpack(fixed), 1):
-                add((task_id, attempt, code, t), where)
+        for batch in pending[first:]:
+            for n, row in enumerate(batch.rows_in_order(), 1):
+                add(row, batch.where)
                 if not n % rows_per_step:
                     self.evict()
                     yield

@@ -145,8 +145,9 @@ class CoreWorker:
         self.log_to_driver = True
         self.logs = log_monitor.LogSync()
         # Task state transitions, appended on the task path (None: events are off):
-        # fixed rows (task_events.ROW) and the rows that carry more (descriptions, errors).
+        # fixed rows (task_events.ROW), first rows (INFO) and rows with an error.
         self.task_events: bytearray | None = None
+        self.task_event_infos: bytearray | None = None
         self.task_event_extras: collections.deque[tuple[Any, ...]] | None = None
         self.event_buffer = task_events.TaskEventBuffer(self)
 

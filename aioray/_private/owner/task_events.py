@@ -1,32 +1,37 @@
 """Task events, process side: state transitions recorded cheaply, sent to the GCS in batches.
 
 Owners (where a task is submitted) and executors (where it runs) record each
-transition cheaply, in one of two buffers (both ``None`` when events are off):
+transition cheaply, in one of three buffers (all ``None`` when events are off):
 
-- ``CoreWorker.task_events``, a bytearray of fixed-size rows (``ROW``: task id,
-  code, attempt, time), for the plain transitions: one ``struct`` pack and one
-  in-place append per event, a single C call each, so rows from several threads never
-  interleave; no object stays alive, the garbage collector never sees them, and
-  sending them costs one copy (no per-row packing: that was most of what events cost).
+- ``CoreWorker.task_events``, a bytearray of fixed-size rows (``ROW``: task id, code,
+  attempt, time) for the plain transitions: one ``struct`` pack and one in-place
+  append per event, each a single C call, so rows from several threads never
+  interleave; no object stays alive for the garbage collector to walk, and sending
+  them costs one copy. (Packing a tuple per event with msgpack was most of what
+  events cost on the task path.)
+- ``CoreWorker.task_event_infos``, fixed-size first rows (``INFO``, the owner's
+  PENDING_ARGS_AVAIL) that name the task's description (name, type, job, actor,
+  resources, placement group) by its index in the process's table
+  (``TaskEventBuffer.describe``); each description goes to the GCS once.
 - ``CoreWorker.task_event_extras``, a deque of tuples ``(task_id, attempt, code,
-  time_s, *extra)`` for the rows that carry more: the owner's first row
-  (PENDING_ARGS_AVAIL, with the task's description, INFO_FIELDS) and FAILED rows with
-  the error's type and message.
+  time_s, *error)``: FAILED rows with the error's type and message (rare).
 
 Codes below EXEC are the owner's, EXEC + state the executor's (the GCS adds the
 executor's node, worker id and pid, sent once per batch). Every
 ``task_events_report_interval_ms`` the loop swaps in fresh buffers and sends those
 swapped out an interval earlier (so a thread that read the old ones just before the
 swap has long since appended to them) in a single notification (``add_task_events``:
-the extras as one msgpack blob, the rows as they are) with the count of events
-dropped because a buffer held ``task_events_max_buffer_size`` already. The GCS
-unpacks and merges batches only when asked (daemons/gcs/task_events.py).
+the new descriptions in its header; the extras as one msgpack blob, the rows as they
+are) with the count of events dropped because a buffer held
+``task_events_max_buffer_size`` already. The GCS unpacks and merges batches only when
+asked (daemons/gcs/task_events.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import os
 import struct
@@ -46,6 +51,12 @@ logger = logging.getLogger(__name__)
 # one, which the recorder appends with ``+=`` (one C call: atomic across threads).
 ROW = struct.Struct("<16sBId")
 pack_row = ROW.pack
+# A task's first row (PENDING_ARGS_AVAIL, attempt 0): task id, time, parent task id
+# (zeros: none), and the index of its description (name, type, job, actor, resources,
+# placement group) in the process's table (TaskEventBuffer.describe), sent once.
+INFO = struct.Struct("<16sd16sI")
+pack_info = INFO.pack
+NO_PARENT = bytes(16)
 
 # State codes: Ray's TaskStatus names, in the order a task goes through them.
 PENDING_ARGS_AVAIL = 0
@@ -81,9 +92,6 @@ ERROR_TYPES = {
 }
 
 
-# What a PENDING_ARGS_AVAIL row carries after its first four values ("resources" as
-# (name, amount) pairs: a row holds no dict, so the garbage collector soon ignores it).
-INFO_FIELDS = ("name", "type", "job", "actor", "parent", "resources", "pg")
 NORMAL_TASK, ACTOR_TASK, ACTOR_CREATION_TASK = "NORMAL_TASK", "ACTOR_TASK", "ACTOR_CREATION_TASK"
 
 
@@ -109,6 +117,25 @@ def record_end(cw: Any, spec: dict[str, Any], failed: bool) -> None:
         events += pack_row(spec["tid"], code, spec.get("at", 0), time.time())
 
 
+class Batch:
+    """One interval's events: transition rows, first rows, and rows with extras."""
+
+    __slots__ = ("extras", "infos", "rows")
+
+    def __init__(self) -> None:
+        self.rows = bytearray()
+        self.infos = bytearray()
+        self.extras: collections.deque[tuple[Any, ...]] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self.rows) // ROW.size + len(self.infos) // INFO.size + len(self.extras)
+
+    def extend(self, newer: Batch) -> None:
+        self.rows += newer.rows
+        self.infos += newer.infos
+        self.extras.extend(newer.extras)
+
+
 class TaskEventBuffer:
     """The recorded events of one process, and the loop that sends them to the GCS."""
 
@@ -118,43 +145,60 @@ class TaskEventBuffer:
             TASK_EVENTS_REPORT_INTERVAL_MS if interval_ms is None else interval_ms
         ) / 1000.0
         self.capacity = TASK_EVENTS_MAX_BUFFER_SIZE
-        on = self.interval_s > 0
-        self.events: bytearray | None = bytearray() if on else None
-        self.extras: collections.deque[tuple[Any, ...]] | None = collections.deque() if on else None
-        self._previous: tuple[bytearray, collections.deque[tuple[Any, ...]]] = (
-            bytearray(),
-            collections.deque(),
-        )
+        self.current: Batch | None = Batch() if self.interval_s > 0 else None
+        self._previous = Batch()
+        # Task descriptions by value -> index; those the GCS has not been sent yet.
+        self.descriptions: dict[tuple[Any, ...], int] = {}
+        self._numbers = itertools.count()
+        self._unsent: list[tuple[int, tuple[Any, ...]]] = []
+        self._sent_to: Any = None  # the GCS connection the descriptions went to
         self.dropped = 0  # since the last batch that reached the GCS
         self.sent = 0
         self._task: asyncio.Task[None] | None = None
         self._publish()
 
     def __repr__(self) -> str:
-        pending = self.pending() if self.events is not None else "off"
+        pending = len(self.current) if self.current is not None else "off"
         return f"<TaskEventBuffer pending={pending} sent={self.sent} dropped={self.dropped}>"
 
-    def pending(self) -> int:
-        """Events recorded and not yet swapped out for sending."""
-        rows = len(self.events) // ROW.size if self.events is not None else 0
-        return rows + (len(self.extras) if self.extras is not None else 0)
+    def describe(
+        self,
+        name: str,
+        kind: str,
+        job: bytes,
+        actor: bytes | None,
+        shape: tuple[tuple[str, float], ...] | None,
+        pg: bytes | None,
+    ) -> int:
+        """(any thread) The index of a task description, for its first row (INFO)."""
+        key = (name, kind, job, actor, shape, pg)
+        number = self.descriptions.get(key)
+        if number is None:  # (setdefault is atomic: a racing thread gets the same one)
+            mine = next(self._numbers)
+            number = self.descriptions.setdefault(key, mine)
+            if number == mine:
+                self._unsent.append((number, key))
+        return number
 
     def set_interval(self, interval_ms: float) -> None:
         """(before start) The cluster's setting, which the GCS tells a driver."""
         self.interval_s = interval_ms / 1000.0
         if self.interval_s <= 0:
-            self.events = self.extras = None
-        elif self.events is None:
-            self.events, self.extras = bytearray(), collections.deque()
+            self.current = None
+        elif self.current is None:
+            self.current = Batch()
         self._publish()
 
     def _publish(self) -> None:
         """Point the CoreWorker's recorders at the current buffers."""
-        self.cw.task_events = self.events
-        self.cw.task_event_extras = self.extras
+        cur = self.current
+        cw = self.cw
+        cw.task_events = cur.rows if cur is not None else None
+        cw.task_event_infos = cur.infos if cur is not None else None
+        cw.task_event_extras = cur.extras if cur is not None else None
 
     def start(self) -> None:
-        if self.events is not None and self._task is None:
+        if self.current is not None and self._task is None:
             self._task = self.cw.loop.create_task(self._run())
 
     def stop(self) -> None:
@@ -164,72 +208,73 @@ class TaskEventBuffer:
             self._task = None
         gcs = self.cw.gcs
         if gcs is not None and not gcs.is_closed:
-            rows, extras = self._swap()
-            more_rows, more_extras = self._swap()  # both: no thread records any more
-            rows += more_rows
-            extras.extend(more_extras)
-            self._send(gcs, rows, extras)
+            ready = self._swap()
+            ready.extend(self._swap())  # both: no thread records any more
+            self._send(gcs, ready)
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            rows, extras = self._swap()
-            if not rows and not extras and not self.dropped:
+            ready = self._swap()
+            if not len(ready) and not self.dropped and not self._unsent:
                 continue
             try:
                 gcs = await self.cw.gcs_connection()
             except (ConnectionError, OSError) as e:
                 logger.debug("task events wait: no GCS connection (%s)", e)
-                old_rows, old_extras = self._previous  # try again next time, oldest first
-                rows += old_rows
-                extras.extend(old_extras)
-                self._previous = self._trim(rows, extras)
+                ready.extend(self._previous)  # try again next time, oldest first
+                self._previous = self._trim(ready)
                 continue
-            self._send(gcs, rows, extras)
+            self._send(gcs, ready)
 
-    def _swap(self) -> tuple[bytearray, collections.deque[tuple[Any, ...]]]:
+    def _swap(self) -> Batch:
         """Start fresh buffers; return those swapped out the time before."""
         ready = self._previous
-        if self.events is not None and self.extras is not None:
-            self._previous = (self.events, self.extras)
-        else:
-            self._previous = (bytearray(), collections.deque())
-        self.events, self.extras = bytearray(), collections.deque()
+        self._previous = self.current if self.current is not None else Batch()
+        self.current = Batch()
         self._publish()
-        return self._trim(*ready)
+        return self._trim(ready)
 
-    def _trim(
-        self, rows: bytearray, extras: collections.deque[tuple[Any, ...]]
-    ) -> tuple[bytearray, collections.deque[tuple[Any, ...]]]:
-        excess = len(rows) // ROW.size - self.capacity
-        if excess > 0:  # the oldest go, counted
-            del rows[: excess * ROW.size]
-            self.dropped += excess
-        excess = len(extras) - self.capacity
+    def _trim(self, batch: Batch) -> Batch:
+        """Drop the oldest of each kind past ``capacity``, counted."""
+        for buf, size in ((batch.rows, ROW.size), (batch.infos, INFO.size)):
+            excess = len(buf) // size - self.capacity
+            if excess > 0:
+                del buf[: excess * size]
+                self.dropped += excess
+        excess = len(batch.extras) - self.capacity
         if excess > 0:
             for _ in range(excess):
-                extras.popleft()
+                batch.extras.popleft()
             self.dropped += excess
-        return rows, extras
+        return batch
 
-    def _send(self, gcs: Any, rows: bytearray, extras: collections.deque[tuple[Any, ...]]) -> None:
+    def _send(self, gcs: Any, batch: Batch) -> None:
         cw = self.cw
-        listed = list(extras)
-        n = len(rows) // ROW.size + len(listed)
+        if gcs is not self._sent_to:  # a new GCS (or a restarted one): all descriptions
+            self._sent_to = gcs
+            self._unsent = []
+            descriptions = [(n, key) for key, n in list(self.descriptions.items())]
+        else:
+            descriptions, self._unsent = self._unsent, []
+        n = len(batch)
         header = {
             "n": n,
-            "new": sum(1 for r in listed if r[2] == PENDING_ARGS_AVAIL),
+            "new": len(batch.infos) // INFO.size,
             "dropped": self.dropped,
             "node": cw.node_id,
             "worker": cw.worker_id,
             "pid": os.getpid(),
+            "descs": [[number, *key] for number, key in descriptions],
         }
         try:
-            blob = msgpack.packb(listed, use_bin_type=True)
-            gcs.notify("add_task_events", header, [blob, rows])
+            blob = msgpack.packb(list(batch.extras), use_bin_type=True)
+            gcs.notify("add_task_events", header, [blob, batch.rows, batch.infos])
         except (ConnectionError, TypeError, ValueError) as e:
             logger.warning("dropped %d task events: %s", n, e)
             self.dropped += n
+            self._sent_to = None  # the descriptions go again, all of them
+
             return
         self.sent += n
         self.dropped = 0
