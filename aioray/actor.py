@@ -258,6 +258,8 @@ class ActorHandle:
         self._meta = meta
         self._cw = worker_context.ensure_connected()
         self._creator = creator
+        # method -> (event buffer, job id, index of its task description): see remote()
+        self._described: dict[str, tuple[Any, bytes, int]] = {}
         self._cw.actors.add_handle(actor_id, creator)
 
     def __del__(self) -> None:
@@ -384,9 +386,13 @@ class ActorMethod:
         spec["tid"] = task_id
         infos = cw.task_event_infos
         if infos is not None and "noev" not in spec:
-            number = cw.event_buffer.describe(
-                spec["name"], ACTOR_TASK, cw.job_id, h._actor_id, None, None
-            )
+            known = h._described.get(self._name)  # (describing costs a tuple and its hash)
+            if known is None or known[0] is not cw.event_buffer or known[1] != cw.job_id:
+                number = cw.event_buffer.describe(
+                    spec["name"], ACTOR_TASK, cw.job_id, h._actor_id, None, None
+                )
+                known = h._described[self._name] = (cw.event_buffer, cw.job_id, number)
+            number = known[2]
             parent = cw.task_context.task_id or NO_PARENT
             infos += pack_info(task_id, time.time(), parent, number)
         if streaming:

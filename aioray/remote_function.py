@@ -41,6 +41,8 @@ class RemoteFunction:
         self._lock = threading.Lock()
         # (options, resources, class key, env, parent env, task events, resources not 1 CPU)
         self._request: tuple[Any, ...] = ()
+        # (request, event buffer, job id, index): the last plain call's description.
+        self._described: tuple[Any, ...] = ()
         # Calls with no keywords and lo <= len(args) <= hi bind: no other check.
         self._lo, self._hi, self._sig = signatures.arity(fn)
         functools.update_wrapper(self, fn)
@@ -95,6 +97,18 @@ class RemoteFunction:
                     self._fid = hashlib.sha1(data).digest()
                     self._fn_bytes = data
         return self._fid, self._fn_bytes
+
+    def _describe(
+        self, cw: Any, request: tuple[Any, ...], resources: dict[str, float], spec: dict[str, Any]
+    ) -> int:
+        """The index of this call's description in the process's task-event table."""
+        plain = resources is request[1] and "pg" not in spec
+        shape = request[2][0] if plain else tuple(resources.items())
+        pg = spec["pg"][0] if "pg" in spec else None
+        number = cw.event_buffer.describe(self._name, NORMAL_TASK, cw.job_id, None, shape, pg)
+        if plain:
+            self._described = (request, cw.event_buffer, cw.job_id, number)
+        return number
 
     def _remote(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]) -> Any:
         if kwargs or not self._lo <= len(args) <= self._hi:
@@ -152,9 +166,18 @@ class RemoteFunction:
         spec["tid"] = task_id
         infos = cw.task_event_infos
         if infos is not None and request[5] is not False:
-            shape = request[2][0] if resources is request[1] else tuple(resources.items())
-            pg = spec["pg"][0] if "pg" in spec else None
-            number = cw.event_buffer.describe(self._name, NORMAL_TASK, cw.job_id, None, shape, pg)
+            known = self._described  # (describe costs a tuple and its hash: once per options)
+            if (
+                known
+                and known[0] is request
+                and known[1] is cw.event_buffer
+                and known[2] == cw.job_id
+                and resources is request[1]
+                and "pg" not in spec
+            ):
+                number = known[3]
+            else:
+                number = self._describe(cw, request, resources, spec)
             parent = cw.task_context.task_id or NO_PARENT
             infos += pack_info(task_id, time.time(), parent, number)
         sched_key: tuple[Any, ...] = request[2]  # (resources, runtime env), shared
