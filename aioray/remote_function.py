@@ -36,6 +36,11 @@ class RemoteFunction:
         if "num_returns" not in task_options and inspect.isgeneratorfunction(fn):
             self._options["num_returns"] = "streaming"  # Ray >= 2.8: generators stream
         self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
+        self._start_caches()
+        functools.update_wrapper(self, fn)
+
+    def _start_caches(self) -> None:
+        """What calls compute once and reuse (not pickled: a copy computes its own)."""
         self._fn_bytes: bytes | None = None
         self._fid = b""
         self._lock = threading.Lock()
@@ -44,8 +49,7 @@ class RemoteFunction:
         # (request, event buffer, job id, index): the last plain call's description.
         self._described: tuple[Any, ...] = ()
         # Calls with no keywords and lo <= len(args) <= hi bind: no other check.
-        self._lo, self._hi, self._sig = signatures.arity(fn)
-        functools.update_wrapper(self, fn)
+        self._lo, self._hi, self._sig = signatures.arity(self._function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -64,11 +68,7 @@ class RemoteFunction:
         self._function = state["fn"]
         self._options = state["options"]
         self._name = getattr(self._function, "__qualname__", "function")
-        self._fn_bytes = None
-        self._fid = b""
-        self._lock = threading.Lock()
-        self._request = ()
-        self._lo, self._hi, self._sig = signatures.arity(self._function)
+        self._start_caches()
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Submit the task; return its ObjectRef (a list of them if num_returns > 1)."""
