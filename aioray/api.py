@@ -404,7 +404,7 @@ def wait(
         ready_ids = {r.binary() for r, f in zip(refs, flags, strict=True) if f}
     else:
         waiting = object_waits.wait_async(cw, refs, num_returns, timeout, fetch_local)
-        ready_ids = cw.run_sync(waiting)
+        ready_ids = cw.run_sync(waiting) if cw.mode == DRIVER else cw.blocked_gets.wait(waiting)
     return split_ready(refs, ready_ids, num_returns)
 
 

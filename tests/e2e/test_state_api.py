@@ -4,6 +4,7 @@ SIGKILLed worker's task, opting out of events, and bad input."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -70,6 +71,38 @@ def shown() -> int:
 class Quiet:
     def m(self) -> int:
         return 3
+
+
+@ray.remote(num_cpus=0)
+class Gate:
+    """Calls to ``passed`` return once ``open`` was called (an async actor)."""
+
+    def __init__(self) -> None:
+        self.event: asyncio.Event | None = None
+
+    def _event(self) -> asyncio.Event:
+        if self.event is None:
+            self.event = asyncio.Event()
+        return self.event
+
+    async def passed(self) -> str:
+        await self._event().wait()
+        return "passed"
+
+    async def open(self) -> None:
+        self._event().set()
+
+
+@ray.remote(num_cpus=0)
+def gets_through(gate: Any) -> str:
+    return ray.get(gate.passed.remote())  # type: ignore[no-any-return]
+
+
+@ray.remote(num_cpus=0)
+class Waiter:
+    def wait_through(self, gate: Any) -> int:
+        ready, _ = ray.wait([gate.passed.remote()], timeout=120)
+        return len(ready)
 
 
 def head_and_worker_ids() -> tuple[str, str]:
@@ -159,6 +192,25 @@ def test_application_errors_and_actor_tasks(ray_cluster: Any) -> None:
     assert summary["summary"]["Counter.incr"]["state_counts"]["FINISHED"] >= 1
     assert summary["summary"]["broken"]["state_counts"] == {"FAILED": 1}
     assert state.summarize_actors()["cluster"]["summary"]["Counter"]["state_counts"]["ALIVE"] == 1
+
+
+def test_a_task_blocked_in_get_or_wait_shows_it_until_it_resumes(ray_cluster: Any) -> None:
+    gate = Gate.remote()
+    ref = gets_through.remote(gate)
+    waiter = Waiter.remote()
+    waited = waiter.wait_through.remote(gate)
+
+    def in_state(name: str, state_name: str) -> list[state.TaskState]:
+        return state.list_tasks(filters=[("name", "=", name), ("state", "=", state_name)])
+
+    wait_for_condition(lambda: in_state("gets_through", "RUNNING_IN_RAY_GET"), 30)
+    wait_for_condition(lambda: in_state("Waiter.wait_through", "RUNNING_IN_RAY_WAIT"), 30)
+    ray.get(gate.open.remote())
+    assert ray.get([ref, waited], timeout=60) == ["passed", 1]
+    (row,) = wait_for_condition(lambda: in_state("gets_through", "FINISHED"), 30)
+    states = [e["state"] for e in state.get_task(row.task_id).events]  # type: ignore[union-attr]
+    assert states.index("RUNNING") < states.index("RUNNING_IN_RAY_GET") < states.index("FINISHED")
+    wait_for_condition(lambda: in_state("Waiter.wait_through", "FINISHED"), 30)
 
 
 def test_opted_out_tasks_leave_no_events(ray_cluster: Any) -> None:

@@ -433,7 +433,7 @@ class CoreWorker:
         if None in objs:
             missing = [r for r, o in zip(refs, objs, strict=True) if o is None]
             if self.mode == WORKER:
-                found = self.run_sync(self.blocked_gets.fetch(missing), timeout)
+                found = self.blocked_gets.get(missing, timeout)
             else:
                 found = self.run_sync(object_waits.fetch_many(self, missing), timeout)
             objs = [o if o is not None else found[r._id] for r, o in zip(refs, objs, strict=True)]
