@@ -16,9 +16,11 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 from aioray.daemons.gcs.task_events import TaskTable
 
 import aioray._private.core.state_schema as schema
+from aioray._private.owner.task_events import FAILED, FINISHED
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
 
@@ -166,6 +168,17 @@ class StateService:
         a msgpack blob of task-event rows, merged later (on a query or past 16 MiB)."""
         if bufs and self.tasks.receive(header, bytes(bufs[0])) and self._merging is None:
             self._merging = asyncio.ensure_future(self._merge())  # too much unmerged
+
+    def creation_ended(self, spec: dict[str, Any], error: tuple[str, str] | None) -> None:
+        """An actor's creation task ended: FINISHED when the actor first became ALIVE, or
+        FAILED (Ray's error type, message) if it died before. The GCS drives creation,
+        so it records the outcome, as Ray's owner does on the GCS's reply; the worker
+        that ran ``__init__`` may be killed before its own events leave it."""
+        if spec.get("noev") or config.TASK_EVENTS_REPORT_INTERVAL_MS <= 0:
+            return
+        row = (spec["tid"], spec.get("at", 0), FINISHED if error is None else FAILED, time.time())
+        blob = msgpack.packb([row + error if error else row], use_bin_type=True)
+        self.tasks.receive({"n": 1}, blob)
 
     async def merged(self) -> TaskTable:
         """The task table with every batch received merged, a few thousand rows at a

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import wait_for_condition
+from conftest import wait_for_condition, wait_for_file
 
 import aioray as ray
 from aioray.util import state
@@ -103,6 +103,27 @@ class Waiter:
     def wait_through(self, gate: Any) -> int:
         ready, _ = ray.wait([gate.passed.remote()], timeout=120)
         return len(ready)
+
+
+@ray.remote(num_cpus=0)
+class SlowInit:
+    def __init__(self, path: str) -> None:
+        with open(path + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(path + ".tmp", path)
+        time.sleep(120)
+
+
+@ray.remote(num_cpus=0)
+class Pid:
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@ray.remote(num_cpus=0)
+class BadInit:
+    def __init__(self) -> None:
+        raise ValueError("no init")
 
 
 def head_and_worker_ids() -> tuple[str, str]:
@@ -211,6 +232,47 @@ def test_a_task_blocked_in_get_or_wait_shows_it_until_it_resumes(ray_cluster: An
     states = [e["state"] for e in state.get_task(row.task_id).events]  # type: ignore[union-attr]
     assert states.index("RUNNING") < states.index("RUNNING_IN_RAY_GET") < states.index("FINISHED")
     wait_for_condition(lambda: in_state("Waiter.wait_through", "FINISHED"), 30)
+
+
+def test_an_actor_that_dies_before_it_is_created_fails_its_creation_task(
+    ray_cluster: Any, tmp_path: Any
+) -> None:
+    never = Pid.options(resources={"nowhere": 1}).remote()  # cannot be scheduled
+    killed = SlowInit.remote(str(tmp_path / "killed"))
+    crashed = SlowInit.options(max_restarts=0).remote(str(tmp_path / "crashed"))
+    bad = BadInit.remote()
+    alive = Pid.remote()
+    wait_for_file(tmp_path / "killed", 60)
+    ray.kill(never)
+    ray.kill(killed)
+    os.kill(int(wait_for_file(tmp_path / "crashed", 60)), signal.SIGKILL)
+    ray.get(alive.pid.remote())
+    ray.kill(alive)
+
+    def creation(handle: Any) -> state.TaskState | None:
+        rows = state.list_tasks(
+            filters=[
+                ("actor_id", "=", handle._actor_id.hex()),
+                ("type", "=", "ACTOR_CREATION_TASK"),
+            ],
+            detail=True,
+        )
+        ended = [t for t in rows if t.state in ("FINISHED", "FAILED")]
+        return ended[0] if ended else None
+
+    for handle, why in [(never, "killed by ray.kill"), (killed, "killed by ray.kill")]:
+        row = wait_for_condition(lambda h=handle: creation(h), 30)
+        assert (row.state, row.error_type) == ("FAILED", "ACTOR_CREATION_FAILED")
+        assert why in row.error_message
+    row = wait_for_condition(lambda: creation(crashed), 30)
+    assert (row.state, row.error_type) == ("FAILED", "ACTOR_CREATION_FAILED")
+    assert "died" in row.error_message
+    row = wait_for_condition(lambda: creation(bad), 30)
+    assert (row.state, row.error_type) == ("FAILED", "TASK_EXECUTION_EXCEPTION")
+    assert "no init" in row.error_message
+    # Killed once created: its creation task had FINISHED, and stays so (as in Ray).
+    row = wait_for_condition(lambda: creation(alive), 30)
+    assert (row.state, row.error_type) == ("FINISHED", None)
 
 
 def test_opted_out_tasks_leave_no_events(ray_cluster: Any) -> None:
