@@ -400,3 +400,39 @@ def test_job_pip_env_is_the_entrypoints_python(url: str, tmp_path: Any) -> None:
     wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=120)
     assert client.get_job_logs(sid) == "job-1.0\n"
     assert client.get_job_status(sid) == JobStatus.SUCCEEDED
+
+
+def test_a_job_whose_runtime_env_fails_is_failed_with_the_env_error(url: str) -> None:
+    from test_runtime_env import NO_SUCH_PACKAGE
+
+    bad = {"pip": {"packages": [NO_SUCH_PACKAGE], "pip_install_options": ["--no-index"]}}
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(entrypoint="echo never", runtime_env=bad)
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=50)
+    info = client.get_job_info(sid)
+    assert info.status == JobStatus.FAILED and info.error_type == "RUNTIME_ENV_SETUP_FAILURE"
+    assert "runtime_env setup failed" in info.message and "No matching distribution" in info.message
+    assert info.end_time is not None and client.get_job_logs(sid) == ""
+
+
+def test_a_jobs_driver_inherits_the_jobs_runtime_env(url: str, tmp_path: Any) -> None:
+    project = tmp_path / "project"
+    write(project / "helper.py", "VALUE = 'from the working_dir'\n")
+    write(project / "script.py", (
+        "import os, aioray\n"
+        "aioray.init()\n"
+        "@aioray.remote\n"
+        "def probe():\n"
+        "    import helper\n"
+        "    return os.environ.get('ONLY_IN_THE_JOB'), helper.VALUE\n"
+        "print(*aioray.get(probe.remote()), sep='|')\n"
+    ))  # fmt: skip
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(
+        entrypoint="python script.py",
+        runtime_env={"working_dir": str(project), "env_vars": {"ONLY_IN_THE_JOB": "yes"}},
+    )
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=50)
+    logs = client.get_job_logs(sid)
+    assert client.get_job_status(sid) == JobStatus.SUCCEEDED, logs
+    assert logs.splitlines()[-1] == "yes|from the working_dir"
