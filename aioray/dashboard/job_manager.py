@@ -14,7 +14,7 @@ from aioray._private.core.runtime_env import JOB_CONFIG_ENV
 from aioray._private.core.scheduling_strategies import NodeAffinitySchedulingStrategy
 from aioray._private.node import runtime_env_packaging as packaging
 from aioray._private.owner.object_ref import ObjectRef
-from aioray._private.wire import auth
+from aioray._private.wire import auth, job_records
 from aioray.dashboard import job_store
 from aioray.dashboard.cluster_link import ClusterLink
 from aioray.dashboard.job_supervisor import JobSupervisor
@@ -98,7 +98,7 @@ class JobManager:
             **runtime_env.get("env_vars", {}),
             "AIORAY_ADDRESS": self.link.gcs_address,
             "RAY_ADDRESS": self.link.gcs_address,
-            "RAY_JOB_SUBMISSION_ID": sid,
+            job_records.SUBMISSION_ID_ENV: sid,
             # The job's driver runs in the job's env: aioray.init() reads it from here.
             JOB_CONFIG_ENV: json.dumps({"runtime_env": runtime_env, "metadata": details.metadata}),
         }
