@@ -59,18 +59,18 @@ class Counter:
 
 @ray.remote(num_cpus=0)
 def hidden() -> int:
-    return 1
+    return os.getpid()
 
 
 @ray.remote(num_cpus=0)
 def shown() -> int:
-    return 2
+    return os.getpid()
 
 
 @ray.remote(num_cpus=0, enable_task_events=False)
 class Quiet:
     def m(self) -> int:
-        return 3
+        return os.getpid()
 
 
 @ray.remote(num_cpus=0)
@@ -276,14 +276,36 @@ def test_an_actor_that_dies_before_it_is_created_fails_its_creation_task(
 
 
 def test_opted_out_tasks_leave_no_events(ray_cluster: Any) -> None:
-    q = Quiet.remote()
-    assert ray.get([hidden.options(enable_task_events=False).remote(), q.m.remote()]) == [1, 3]
-    ray.get(shown.remote())  # recorded after the others, by the same processes
-    wait_for_condition(
-        lambda: [t for t in tasks_named("shown") if t.state == "FINISHED" and t.worker_pid], 20
-    )
-    time.sleep(0.3)  # (three flush intervals: the executors' rows too)
-    assert tasks_named("hidden") == [] and tasks_named("Quiet.m") == []
+    # Each process sends its events in the order it recorded them, so once a marker's
+    # events, recorded after the opted-out ones by the same owner (this driver) and the
+    # same executor, have arrived, the opted-out ones would have arrived too.
+    head, _ = head_and_worker_ids()
+    on_head = NodeAffinitySchedulingStrategy(head, soft=False)
+    q = Quiet.remote()  # the actor and its calls opted out
+    quiet_pid = ray.get(q.m.remote())
+    hidden_ref = hidden.options(enable_task_events=False, scheduling_strategy=on_head).remote()
+    hidden_pid = ray.get(hidden_ref)
+    marker = q.m.options(enable_task_events=True).remote()  # opts back in: the marker call
+    assert ray.get(marker) == quiet_pid
+
+    def marker_task_on(pid: int) -> bool:  # an idle worker is reused: soon hidden's
+        return ray.get(shown.options(scheduling_strategy=on_head).remote()) == pid
+
+    wait_for_condition(lambda: marker_task_on(hidden_pid), 30)
+
+    def arrived(name: str, pid: int) -> list[state.TaskState]:
+        return [t for t in tasks_named(name) if t.state == "FINISHED" and t.worker_pid == pid]
+
+    wait_for_condition(lambda: arrived("shown", hidden_pid), 20)
+    wait_for_condition(lambda: arrived("Quiet.m", quiet_pid), 20)
+    # Nothing else from those executors (an executor's row without its owner's has no
+    # name; the workers may have run earlier tests' tasks), nor from this owner.
+    rows = state.list_tasks(limit=10_000, raise_on_missing_output=False)
+    ours = ("", "hidden", "Quiet.m", "Quiet.__init__")
+    at = {quiet_pid: [marker.task_id().hex()], hidden_pid: []}
+    assert {p: [t.task_id for t in rows if t.worker_pid == p and t.name in ours] for p in at} == at
+    assert state.get_task(hidden_ref.task_id().hex()) is None
+    assert tasks_named("hidden") == [] and tasks_named("Quiet.__init__") == []
 
 
 def test_nodes_jobs_workers_objects_and_placement_groups(ray_cluster: Any) -> None:
