@@ -8,7 +8,9 @@ never merged. Both sides report the same attempt: the owner its creation,
 scheduling and final outcome, the executor where it ran (node, worker, pid), when it
 started and ended, and its error. Rows arrive in any order, so a record's state is the
 furthest one reported (FAILED beats FINISHED), each state keeps its first timestamp,
-and a field once known is never blanked.
+and a field once known is never blanked. The executor's transient states (blocked in
+ray.get or ray.wait) are the exception: they come in order from the one thread that
+runs the task, and are shown instead of RUNNING until its next RUNNING row.
 
 At most ``task_events_max_num_task_in_gcs`` records are kept: the oldest go first,
 counted in ``evicted``; events the processes dropped from full buffers arrive as
@@ -38,6 +40,7 @@ from aioray._private.owner.task_events import (
     PENDING_ARGS_AVAIL,
     ROW,
     RUNNING,
+    RUNNING_IN_RAY_GET,
     STATE_NAMES,
 )
 
@@ -58,6 +61,7 @@ class TaskRecord:
     __slots__ = (
         "actor_id",
         "attempt_number",
+        "blocked",
         "error_message",
         "error_type",
         "events",
@@ -68,6 +72,7 @@ class TaskRecord:
         "placement_group_id",
         "rank",
         "required_resources",
+        "shown",
         "task_id",
         "type",
         "worker_id",
@@ -78,6 +83,8 @@ class TaskRecord:
         self.task_id = task_id
         self.attempt_number = attempt
         self.rank = -1  # index in STATE_NAMES of the furthest state reported
+        self.blocked = 0  # a transient state reported since the last RUNNING row, or 0
+        self.shown = -1  # the state shown (and counted, filtered): rank, or blocked
         self.name = self.type = ""
         self.job_id = self.actor_id = self.parent_task_id = self.placement_group_id = None
         self.node_id = self.worker_id = ""
@@ -89,7 +96,7 @@ class TaskRecord:
 
     @property
     def state(self) -> str:
-        return STATE_NAMES[self.rank] if self.rank >= 0 else "NIL"
+        return STATE_NAMES[self.shown] if self.shown >= 0 else "NIL"
 
     def time_of(self, rank: int) -> float | None:
         events = self.events
@@ -167,7 +174,7 @@ def record_predicate(filters: list[schema.Filter]) -> Callable[[TaskRecord], boo
 def _column_test(key: str, value: str, equal: bool) -> Callable[[TaskRecord], bool]:
     if key == "state":
         rank = STATE_NAMES.index(value.upper()) if value.upper() in STATE_NAMES else -2
-        return (lambda r: r.rank == rank) if equal else (lambda r: r.rank != rank)
+        return (lambda r: r.shown == rank) if equal else (lambda r: r.shown != rank)
     if key in BYTE_COLUMNS:
         try:
             raw: bytes | None = bytes.fromhex(value) if value else None
@@ -324,7 +331,7 @@ class TaskTable:
             if key in self.gone:  # late rows of an evicted task must not bring it back
                 return None
             rec = self.records[key] = TaskRecord(row[0], row[1])
-        old_rank, old_name, old_type = rec.rank, rec.name, rec.type
+        old_shown, old_name, old_type = rec.shown, rec.name, rec.type
         code = row[2]
         if code >= EXEC:
             code -= EXEC
@@ -338,16 +345,21 @@ class TaskTable:
                 rec.parent_task_id, shape, rec.placement_group_id = row[8:11]
                 rec.required_resources = dict(shape) if shape else None
         events = rec.events
-        if code > old_rank:
+        if code >= RUNNING_IN_RAY_GET:  # transient: until the next RUNNING
+            rec.blocked = code
+        elif code == RUNNING:
+            rec.blocked = 0
+        if RUNNING_IN_RAY_GET > code > rec.rank:
             rec.rank = code
             events += (code, row[3])
         elif code not in events[::2]:  # each state keeps its first time
             events += (code, row[3])
-        if rec.rank != old_rank or rec.name != old_name or rec.type != old_type:
+        rec.shown = rec.blocked if rec.blocked and rec.rank == RUNNING else rec.rank
+        if rec.shown != old_shown or rec.name != old_name or rec.type != old_type:
             counts = self.counts
-            if old_rank >= 0:
-                counts[(old_name, old_type, old_rank)] -= 1
-            new = (rec.name, rec.type, rec.rank)
+            if old_shown >= 0:
+                counts[(old_name, old_type, old_shown)] -= 1
+            new = (rec.name, rec.type, rec.shown)
             counts[new] = counts.get(new, 0) + 1
         return rec
 
@@ -358,8 +370,8 @@ class TaskTable:
             self.gone[key] = None
             if len(self.gone) > self.gone_capacity:
                 self.gone.popitem(last=False)
-            if rec.rank >= 0:
-                self.counts[(rec.name, rec.type, rec.rank)] -= 1
+            if rec.shown >= 0:
+                self.counts[(rec.name, rec.type, rec.shown)] -= 1
             self.evicted += 1
 
     # -- queries ---------------------------------------------------------------------------

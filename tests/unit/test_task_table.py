@@ -166,3 +166,35 @@ def test_merging_pauses_between_steps_and_filters_compare_ids_as_bytes() -> None
         assert table.list(filters, 10, False)["num_filtered"] == expected
     filters = schema.check_query("tasks", [("job_id", "=", "01000000"), ("name", "=", "F")], 10)
     assert table.list(filters, 10, False)["num_filtered"] == 100
+
+
+def test_a_task_blocked_in_get_shows_so_until_it_runs_again() -> None:
+    table = TaskTable(100)
+    tid = b"\x0b" * 16
+    table.add(wire_row(tid, 0, te.PENDING_ARGS_AVAIL, 1.0, info()), OWNER)
+    table.add(wire_row(tid, 0, te.EXEC + te.RUNNING, 2.0), EXECUTOR)
+    rec = table.add(wire_row(tid, 0, te.EXEC + te.RUNNING_IN_RAY_GET, 3.0), EXECUTOR)
+    assert rec is not None and rec.state == "RUNNING_IN_RAY_GET"
+    blocked = table.list([("state", "=", "RUNNING_IN_RAY_GET")], 10, False)
+    assert [r["task_id"] for r in blocked["result"]] == [tid.hex()]
+    assert table.summary()["summary"]["f"]["state_counts"] == {"RUNNING_IN_RAY_GET": 1}
+    # An owner's late row does not unblock it; the executor's RUNNING does.
+    table.add(wire_row(tid, 0, te.SUBMITTED_TO_WORKER, 1.5), OWNER)
+    assert rec.state == "RUNNING_IN_RAY_GET"
+    table.add(wire_row(tid, 0, te.EXEC + te.RUNNING, 4.0), EXECUTOR)
+    assert rec.state == "RUNNING"
+    table.add(wire_row(tid, 0, te.EXEC + te.RUNNING_IN_RAY_WAIT, 5.0), EXECUTOR)
+    assert rec.state == "RUNNING_IN_RAY_WAIT"
+    table.add(wire_row(tid, 0, te.EXEC + te.FINISHED, 6.0), EXECUTOR)
+    assert rec.state == "FINISHED"
+    row = rec.row(detail=True)
+    assert [e["state"] for e in row["events"]] == [
+        "PENDING_ARGS_AVAIL",
+        "SUBMITTED_TO_WORKER",
+        "RUNNING",
+        "RUNNING_IN_RAY_GET",
+        "RUNNING_IN_RAY_WAIT",
+        "FINISHED",
+    ]
+    assert row["start_time_ms"] == 2000  # the first RUNNING
+    assert table.summary()["summary"]["f"]["state_counts"] == {"FINISHED": 1}

@@ -65,6 +65,10 @@ SUBMITTED_TO_WORKER = 2
 RUNNING = 3
 FINISHED = 4
 FAILED = 5
+# Transient states of a RUNNING task blocked in ray.get / ray.wait (the executor records
+# them, and RUNNING again when the task resumes): shown instead of RUNNING while they last.
+RUNNING_IN_RAY_GET = 6
+RUNNING_IN_RAY_WAIT = 7
 STATE_NAMES = (
     "PENDING_ARGS_AVAIL",
     "PENDING_NODE_ASSIGNMENT",
@@ -72,6 +76,8 @@ STATE_NAMES = (
     "RUNNING",
     "FINISHED",
     "FAILED",
+    "RUNNING_IN_RAY_GET",
+    "RUNNING_IN_RAY_WAIT",
 )
 EXEC = 10  # the executor's codes are EXEC + state
 
