@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from aioray._private.core.cpu_lending import CpuLending, Lend
 from aioray._private.owner import object_waits, worker_context
-from aioray._private.owner.task_events import EXEC, RUNNING, RUNNING_IN_RAY_GET, RUNNING_IN_RAY_WAIT
+from aioray._private.owner.task_events import (
+    EXEC,
+    RUNNING,
+    RUNNING_IN_RAY_GET,
+    RUNNING_IN_RAY_WAIT,
+    pack_row,
+)
 from aioray._private.wire import config
 
 if TYPE_CHECKING:
@@ -43,13 +49,15 @@ class BlockedGets:
         key = _running_task(cw)
         if key is None or cw.task_events is None:
             return cw.run_sync(coro, timeout)
-        cw.task_events.append((*key, EXEC + state, time.time()))
+        task_id, attempt = key
+        events = cw.task_events
+        events += pack_row(task_id, EXEC + state, attempt, time.time())
         try:
             return cw.run_sync(coro, timeout)
         finally:
             events = cw.task_events  # (the buffer may have been swapped meanwhile)
             if events is not None:
-                events.append((*key, EXEC + RUNNING, time.time()))
+                events += pack_row(task_id, EXEC + RUNNING, attempt, time.time())
 
     async def fetch(self, missing: list[ObjectRef]) -> dict[bytes, StoredObject]:
         """(loop) ``object_waits.fetch_many``, lending this worker's CPUs while it waits."""
