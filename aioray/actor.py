@@ -172,7 +172,7 @@ class ActorClass:
         actor_id = ids.random_id(16)
         spec: dict[str, Any] = {
             "create": True,
-            "tid": cw.ids.task_id(),
+            "tid": cw.ids.task_id(cw.job_id),
             "aid": actor_id,
             "cls": cls_bytes,
             "name": f"{self._name}.__init__",
@@ -375,7 +375,7 @@ class ActorMethod:
             spec["noev"] = True
         blob, dep_refs = pack_arguments(cw, spec["name"], args, kwargs, spec)
         cw.actors.reserve_call(h._actor_id, h._meta)
-        task_id = cw.ids.task_id()
+        task_id = cw.ids.task_id(cw.job_id)
         spec["tid"] = task_id
         events = cw.task_events
         if events is not None and "noev" not in spec:

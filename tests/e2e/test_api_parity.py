@@ -96,7 +96,7 @@ def test_ids(ray_shared):
     assert ray.NodeID.nil().is_nil() and not node.is_nil()
     assert ray.JobID.from_int(7).int() == 7 and ray.JobID.size() == 4
     assert repr(ray.ActorID.nil()).startswith("ActorID(ff")
-    with pytest.raises(ValueError, match="must be 16 bytes"):
+    with pytest.raises(ValueError, match="must be 20 bytes"):
         ray.TaskID(b"short")
     with pytest.raises(ValueError, match="not hex"):
         ray.NodeID.from_hex("zz")
@@ -107,14 +107,62 @@ def test_object_ref_ids(ray_shared):
     def f():
         return 1
 
+    @ray.remote
+    def inside():
+        ctx = ray.get_runtime_context()
+        ref = ray.put(1)
+        return ctx.get_job_id(), ctx.get_task_id(), ref.job_id().hex(), f.remote().task_id()
+
     ref = f.remote()
     assert isinstance(ref.task_id(), ray.TaskID)
     assert ref.hex().startswith(ref.task_id().hex())
     assert ref.job_id().hex() == ray.get_runtime_context().get_job_id()
+    assert ref.task_id().job_id() == ref.job_id()
+    ref2 = inside.remote()
+    job, task, put_job, child = ray.get(ref2, timeout=GET_TIMEOUT)
+    assert task == ref2.task_id().hex()  # the task's own id is its returns' task id
+    assert job == put_job == child.job_id().hex() == ref2.job_id().hex()
     same = ray.ObjectRef.from_hex(ref.hex())
     assert same == ref
     assert ray.get(ref, timeout=GET_TIMEOUT) == 1
     assert ray.ObjectRef.nil().is_nil()
+
+
+OTHER_JOB = """
+import sys
+import aioray as ray
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+
+
+@ray.remote
+def f():
+    return ray.put(2).hex()
+
+
+print(ray.get_runtime_context().get_job_id(), ray.put(1).hex(), f.remote().hex(),
+      ray.get(f.remote(), timeout=60))
+"""
+
+
+def test_object_ref_job_id_is_read_from_the_id(ray_shared, tmp_path):
+    """A ref made by another job names that job, wherever its id is read."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "other_job.py"
+    script.write_text(OTHER_JOB)
+    address = ray_shared.address_info["gcs_address"]
+    proc = subprocess.run(
+        [sys.executable, str(script), address], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    other_job, *hexes = proc.stdout.split()
+    assert other_job != ray.get_runtime_context().get_job_id()
+    for h in hexes:  # a put, a task's return, a put inside that job's task
+        ref = ray.ObjectRef.from_hex(h)
+        assert ref.job_id().hex() == other_job
+        assert ref.task_id().job_id().hex() == other_job
 
 
 def test_object_ref_cancel_without_a_wait(ray_shared):

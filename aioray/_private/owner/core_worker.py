@@ -399,7 +399,7 @@ class CoreWorker:
         return self.put_serialized(so)
 
     def put_serialized(self, so: serialization.SerializedObject) -> ObjectRef:
-        oid = ids.object_id(self.ids.task_id(), 0)
+        oid = ids.object_id(self.ids.task_id(self.job_id), 0)
         self.owned.add(oid)
         ref = ObjectRef(oid, self.address)
         obj = self.store_serialized(oid, so, copy=True)

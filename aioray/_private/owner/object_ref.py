@@ -85,7 +85,7 @@ class ObjectRef(_Future):
                 pass
 
     def binary(self) -> bytes:
-        """The object id as bytes (20: the id of the task that makes it, then an index)."""
+        """The object id as bytes (24: the id of the task that makes it, then an index)."""
         return self._id
 
     def hex(self) -> str:
@@ -93,13 +93,13 @@ class ObjectRef(_Future):
         return self._id.hex()
 
     def task_id(self) -> ids.TaskID:
-        """The id of the task that created the object (a put's is its caller's)."""
-        return ids.TaskID(self._id[: ids.TASK_ID_SIZE])
+        """The id of the task that created the object (a put has an id of its own, made
+        like a task's, with its caller's job)."""
+        return ids.TaskID(ids.task_id_of(self._id))
 
     def job_id(self) -> ids.JobID:
-        """The job the object belongs to: this process's job (the ids do not carry it)."""
-        cw = worker_context.core_worker
-        return ids.JobID(cw.job_id if cw is not None else b"\xff" * ids.JobID.SIZE)
+        """The job of the task (or put) that created the object, read from its id."""
+        return ids.JobID(ids.job_id_of(self._id))
 
     @classmethod
     def from_hex(cls, hex_id: str) -> ObjectRef:
