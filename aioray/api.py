@@ -101,13 +101,10 @@ def init(
     unknown = set(kwargs) - allowed_extra
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    if local_mode:  # Ray 2.x accepts it with this warning; here tasks run in workers as usual
-        warnings.warn(
-            "`local_mode` is an experimental feature that is no longer maintained and will "
-            "be removed in the near future. For debugging consider using Ray debugger. "
-            "(aioray runs the tasks in worker processes as usual.)",
-            DeprecationWarning,
-            stacklevel=2,
+    if local_mode:  # Ray's own error since 2.54 (docs/architecture.md, "local_mode")
+        raise RuntimeError(
+            "`local_mode` is no longer supported. For interactive debugging consider using "
+            "the Ray distributed debugger."
         )
     from aioray._private.core.options import validate
 
