@@ -28,7 +28,7 @@ from aioray._private.owner.task_events import ACTOR_CREATION_TASK, ACTOR_TASK, P
 from aioray._private.wire import config, ids, serializability, serialization
 from aioray._private.wire.task_spec import STREAMING, TaskEntry
 from aioray.dag import ClassMethodNode, ClassNode
-from aioray.exceptions import ActorExit
+from aioray.exceptions import ActorExit, AsyncioActorExit
 from aioray.remote_function import pack_arguments
 
 _ACTOR_DEFAULTS: dict[str, Any] = {
@@ -410,8 +410,16 @@ class ActorMethod:
 
 
 def exit_actor() -> None:
-    """Intentionally exit the current actor: the caller sees it die, queued calls fail."""
+    """Intentionally exit the current actor: the caller sees it die, queued calls fail.
+
+    In an async actor it raises AsyncioActorExit, as Ray does (an exception the method
+    may catch: the actor exits after the call all the same); elsewhere it unwinds the
+    call with a BaseException."""
     cw = worker_context.core_worker
     if cw is None or getattr(cw, "actor_id", None) is None:
         raise TypeError("exit_actor() can only be called inside an actor")
+    request = worker_context.request_async_actor_exit
+    if request is not None:
+        request()
+        raise AsyncioActorExit()
     raise ActorExit()
