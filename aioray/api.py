@@ -25,6 +25,7 @@ from aioray._private.owner.core_worker import DRIVER, CoreWorker
 from aioray._private.owner.object_ref import ObjectRef, set_core_worker
 from aioray._private.owner.worker_context import ensure_connected
 from aioray._private.wire import auth, config
+from aioray.exceptions import ActorHandleNotFoundError
 from aioray.remote_function import RemoteFunction
 from aioray.runtime_context import RuntimeContext
 
@@ -486,6 +487,16 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
 
     if not isinstance(actor, ActorHandle):
         raise ValueError(f"ray.kill() only supports actors; got {type(actor).__name__}.")
+    cw = worker_context.core_worker
+    if actor._cw is not cw:  # made before a shutdown(): Ray's handles are per session too
+        now = cw.job_id.hex() if cw is not None else "(none: not connected)"
+        raise ActorHandleNotFoundError(
+            "ActorHandle objects are not valid across Ray sessions. The actor handle was "
+            f"created in job {actor._cw.job_id.hex()}, but the current job is {now}. This "
+            "typically happens when you try to use an actor handle from a previous session "
+            "after calling ray.shutdown() and ray.init(). Please create a new actor handle in "
+            "the current session."
+        )
     _gcs_call("kill_actor", [actor._actor_id, no_restart])
 
 

@@ -277,7 +277,14 @@ class LocalRayletDiedError(RayError):
 
 
 class NodeDiedError(RayError):
-    """The node the task or object was on died."""
+    """The node a task was running on died (or became unreachable) before it finished."""
+
+    def __init__(self, message: str = "") -> None:
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ObjectFetchTimedOutError(ObjectLostError):
@@ -304,13 +311,28 @@ class AsyncioActorExit(RayError):
     """Raised when an asyncio actor intentionally exits via exit_actor()."""
 
 
-class ActorAlreadyExistsError(RayError, ValueError):
+class ActorAlreadyExistsError(ValueError, RayError):
     """An actor with that name already exists in the namespace (also a ValueError,
     which is what Ray raised before the class existed)."""
 
+    def __init__(self, error_message: str) -> None:
+        super().__init__(error_message)
+        self.error_message = error_message
 
-class ActorHandleNotFoundError(RayError, ValueError):
-    """No actor has that handle or name."""
+    def __str__(self) -> str:
+        return self.error_message
+
+
+class ActorHandleNotFoundError(ValueError, RayError):
+    """``kill`` of an actor handle made in a previous session (before shutdown and init);
+    also a ValueError, as in Ray."""
+
+    def __init__(self, error_message: str) -> None:
+        super().__init__(error_message)
+        self.error_message = error_message
+
+    def __str__(self) -> str:
+        return self.error_message
 
 
 class AuthenticationError(RayError, ConnectionError):
@@ -321,7 +343,7 @@ class ObjectRefStreamEndOfStreamError(RayError):
     """A streaming generator has no more items."""
 
 
-class StreamingGeneratorReplayInconsistentError(RayError):
+class StreamingGeneratorReplayInconsistentError(RaySystemError):
     """A retried streaming generator produced different items the second time."""
 
 

@@ -177,8 +177,13 @@ def test_named_actor_conflict_raises_actor_already_exists(ray_shared):
         pass
 
     first = B.options(name="parity_taken").remote()
-    with pytest.raises(exceptions.ActorAlreadyExistsError, match="already taken"):
+    with pytest.raises(exceptions.ActorAlreadyExistsError) as info:
         B.options(name="parity_taken").remote()
+    ns = ray.get_runtime_context().namespace
+    assert str(info.value) == (  # Ray's words
+        f"The name parity_taken (namespace={ns}) is already taken. Please use a different "
+        f"name or get the existing actor using ray.get_actor('parity_taken', namespace='{ns}')"
+    )
     with pytest.raises(ValueError):  # (still a ValueError, as before the class existed)
         B.options(name="parity_taken").remote()
     del first
@@ -188,6 +193,13 @@ def test_exception_hierarchy():
     assert issubclass(exceptions.ObjectFetchTimedOutError, exceptions.ObjectLostError)
     assert issubclass(exceptions.ReferenceCountingAssertionError, AssertionError)
     assert issubclass(exceptions.AuthenticationError, ConnectionError)
+    # Ray's bases, in Ray's order
+    for cls in (exceptions.ActorAlreadyExistsError, exceptions.ActorHandleNotFoundError):
+        assert cls.__bases__ == (ValueError, exceptions.RayError)
+    assert issubclass(
+        exceptions.StreamingGeneratorReplayInconsistentError, exceptions.RaySystemError
+    )
+    assert str(exceptions.NodeDiedError("the node died")) == "the node died"
     from aioray._private.wire import auth
 
     assert auth.AuthenticationError is exceptions.AuthenticationError
