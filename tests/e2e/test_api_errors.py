@@ -84,7 +84,7 @@ def test_kill_of_a_handle_from_a_previous_session():
     ray.init(num_cpus=1)
     try:
         new = A.remote()
-        with pytest.raises(ValueError, match="created in job .* but the current job is"):
+        with pytest.raises(ValueError, match=r"created in job .* but the current job is"):
             ray.kill(old)
         assert ray.get(new.ping.remote(), timeout=GET_TIMEOUT) == "pong"
     finally:
