@@ -270,10 +270,12 @@ class CrossLanguageError(RayError):
 
 
 class LocalRayletDiedError(RayError):
-    """The raylet of this process's node died."""
+    """The raylet of this process's node died: a driver's tasks not finished yet fail."""
 
     def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "The task's local raylet died."
+        if self.args:
+            return str(self.args[0])
+        return "The task's local raylet died. Check raylet.out for more information."
 
 
 class NodeDiedError(RayError):

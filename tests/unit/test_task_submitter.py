@@ -22,6 +22,7 @@ from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.rpc.rpc import ConnectionLost
 from aioray._private.wire.task_spec import TaskEntry
 from aioray.exceptions import (
+    NodeDiedError,
     OutOfMemoryError,
     RaySystemError,
     TaskCancelledError,
@@ -85,8 +86,28 @@ async def test_a_dead_worker_is_retried_while_attempts_last_then_crashes(
         await settle()
     assert task.attempts_left == 0
     assert offline.raylet.pending("request_lease") == []  # no fourth attempt
+    [ping] = offline.raylet.pending("ping")  # did the worker die, or its node?
+    offline.raylet.reply(ping, True)
+    await settle()
     with pytest.raises(WorkerCrashedError):
         result(offline, ref)
+
+
+@pytest.mark.parametrize("silence", [ConnectionLost("raylet gone"), TimeoutError()])
+async def test_a_dead_worker_whose_raylet_does_not_answer_is_a_node_death(
+    offline: OfflineCluster, silence: BaseException
+) -> None:
+    """As Ray: the owner asks the worker's raylet; no answer means NodeDiedError."""
+    ref = submit(offline, normal_task(offline.cw, max_retries=0))
+    (await grant(offline, 5001)).drop()
+    await settle()
+    assert offline.cw.memory_store.get(ref.binary()) is None  # asking first
+    [ping] = offline.raylet.pending("ping")
+    offline.raylet.fail(ping, silence)
+    await settle()
+    with pytest.raises(NodeDiedError, match="was dead or unavailable") as info:
+        result(offline, ref)
+    assert not isinstance(info.value, WorkerCrashedError)
 
 
 async def test_infinite_retries_stay_infinite(offline: OfflineCluster) -> None:

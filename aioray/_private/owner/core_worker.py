@@ -59,10 +59,10 @@ from aioray._private.wire import config, ids, serialization
 from aioray._private.wire.protocol import Buffer
 from aioray.exceptions import (
     GetTimeoutError,
+    LocalRayletDiedError,
     ObjectFreedError,
     ObjectLostError,
     OwnerDiedError,
-    RaySystemError,
     RayTaskError,
 )
 
@@ -287,7 +287,7 @@ class CoreWorker:
     def _raylet_lost(self, conn: rpc.Connection) -> None:
         if not self.closing:
             logger.error("lost the connection to the local raylet")
-            self.submitter.fail_all(RaySystemError("the local raylet died"))
+            self.submitter.fail_all(LocalRayletDiedError())
 
     # -- crossing threads ----------------------------------------------------------
     def in_loop_thread(self) -> bool:
