@@ -294,7 +294,17 @@ class ObjectFetchTimedOutError(ObjectLostError):
 
 
 class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
-    """The object was freed early: a reference counting bug."""
+    """The object's owner no longer has it: it went out of scope there while this
+    reference existed (a reference the owner never counted, e.g. one rebuilt from an id
+    and an owner address)."""
+
+    def __init__(self, object_ref_hex: str = "", message: str = "") -> None:
+        super().__init__(
+            object_ref_hex,
+            message
+            or f"Failed to retrieve object {object_ref_hex}. The object has already been "
+            "deleted by the reference counting protocol. This should not happen.",
+        )
 
 
 class RpcError(RayError):

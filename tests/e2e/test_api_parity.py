@@ -165,6 +165,27 @@ def test_object_ref_job_id_is_read_from_the_id(ray_shared, tmp_path):
         assert ref.task_id().job_id().hex() == other_job
 
 
+def test_get_of_an_object_its_owner_freed_is_a_reference_counting_assertion(ray_shared):
+    """Ray's OBJECT_DELETED: a reference the owner never counted (rebuilt from the id and
+    the owner's address) finds the object gone there."""
+    from conftest import wait_for_condition
+
+    from aioray._private.owner import worker_context
+
+    ref = ray.put("soon gone")
+    oid, owner = ref.binary(), ref.owner_address
+    del ref
+    cw = worker_context.core_worker
+    wait_for_condition(lambda: oid not in cw.owned, message="the put was never freed")
+
+    @ray.remote
+    def read(oid, owner):
+        return ray.get(ray.ObjectRef(oid, tuple(owner)), timeout=GET_TIMEOUT)
+
+    with pytest.raises(exceptions.ReferenceCountingAssertionError, match="already been deleted"):
+        ray.get(read.remote(oid, owner), timeout=GET_TIMEOUT)
+
+
 def test_object_ref_cancel_without_a_wait(ray_shared):
     ref = ray.put(3)
     assert ref.cancel() is False  # nothing waits on it: nothing to cancel
