@@ -186,6 +186,71 @@ def test_get_of_an_object_its_owner_freed_is_a_reference_counting_assertion(ray_
         ray.get(read.remote(oid, owner), timeout=GET_TIMEOUT)
 
 
+def test_a_ref_pickled_out_of_band_pins_its_object(ray_shared):
+    """As Ray (by default): plain cloudpickle of a ref keeps its object for good."""
+    import asyncio
+
+    import cloudpickle
+
+    from aioray._private.owner import worker_context
+
+    ref = ray.put("kept")
+    oid, data = ref.binary(), cloudpickle.dumps(ref)
+    del ref
+    cw = worker_context.core_worker
+    asyncio.run_coroutine_threadsafe(asyncio.sleep(0), cw.loop).result(GET_TIMEOUT)  # frees ran
+    assert oid in cw.owned
+    assert ray.get(cloudpickle.loads(data), timeout=GET_TIMEOUT) == "kept"
+
+
+OUT_OF_BAND_REFUSED = """
+import pickle
+import sys
+
+import cloudpickle
+
+import aioray as ray
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+ref = ray.put(1)
+for dumps in (pickle.dumps, cloudpickle.dumps):
+    try:
+        dumps(ref)
+    except ray.exceptions.OufOfBandObjectRefSerializationException as e:
+        assert f"It is not allowed to serialize ray.ObjectRef {ref.hex()}" in str(e), e
+    else:
+        raise AssertionError("pickled out of band")
+
+
+@ray.remote
+def first(refs):
+    return ray.get(refs[0])
+
+
+assert ray.get(first.remote([ref]), timeout=60) == 1  # nested in an argument: in band
+print("ok")
+"""
+
+
+def test_out_of_band_pickling_refused_when_ray_says_so(ray_shared, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "refused.py"
+    script.write_text(OUT_OF_BAND_REFUSED)
+    env = {**os.environ, "RAY_allow_out_of_band_object_ref_serialization": "0"}
+    proc = subprocess.run(
+        [sys.executable, str(script), ray_shared.address_info["gcs_address"]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
 def test_object_ref_cancel_without_a_wait(ray_shared):
     ref = ray.put(3)
     assert ref.cancel() is False  # nothing waits on it: nothing to cancel

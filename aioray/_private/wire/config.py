@@ -122,6 +122,15 @@ TASK_EVENTS_REPORT_INTERVAL_MS = _ray_env("TASK_EVENTS_REPORT_INTERVAL_MS", 1000
 TASK_EVENTS_MAX_BUFFER_SIZE = int(_ray_env("TASK_EVENTS_MAX_BUFFER_SIZE", 100_000))
 TASK_EVENTS_MAX_NUM_TASK_IN_GCS = int(_ray_env("TASK_EVENTS_MAX_NUM_TASK_IN_GCS", 100_000))
 
+# Ray's RAY_allow_out_of_band_object_ref_serialization: an ObjectRef pickled outside
+# aioray's serialization (plain pickle, cloudpickle) pins its object in that process for
+# good (true, the default, as Ray), or raises OufOfBandObjectRefSerializationException.
+ALLOW_OUT_OF_BAND_OBJECT_REF_SERIALIZATION = (
+    os.environ.get("AIORAY_ALLOW_OUT_OF_BAND_OBJECT_REF_SERIALIZATION")
+    or os.environ.get("RAY_allow_out_of_band_object_ref_serialization")  # noqa: SIM112 (Ray's)
+    or "1"
+).lower() in ("1", "true")
+
 # Ray's _system_config keys that aioray passes to the daemons as environment variables.
 SYSTEM_CONFIG_ENV = {
     "task_events_report_interval_ms": "AIORAY_TASK_EVENTS_REPORT_INTERVAL_MS",
