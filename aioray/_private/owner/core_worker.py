@@ -60,6 +60,7 @@ from aioray._private.wire.protocol import Buffer
 from aioray.exceptions import (
     GetTimeoutError,
     LocalRayletDiedError,
+    ObjectFetchTimedOutError,
     ObjectFreedError,
     ObjectLostError,
     OwnerDiedError,
@@ -487,6 +488,8 @@ class CoreWorker:
         if obj.in_shm:
             try:
                 data, bufs = self.read_shm(oid, obj)
+            except ObjectFetchTimedOutError:
+                raise  # final, as in Ray: its node is alive, only silent
             except ObjectLostError as lost:
                 if self.in_loop_thread() or self.closing:
                     raise
