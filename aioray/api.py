@@ -102,7 +102,7 @@ def init(
     unknown = set(kwargs) - allowed_extra
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    if local_mode:  # Ray's own error since 2.54 (docs/architecture.md, "local_mode")
+    if local_mode:  # Ray's own error since 2.54 (docs/architecture.md, "Ids, `local_mode`...")
         raise RuntimeError(
             "`local_mode` is no longer supported. For interactive debugging consider using "
             "the Ray distributed debugger."
