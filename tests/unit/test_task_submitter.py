@@ -19,9 +19,10 @@ from fakes import (
 )
 
 from aioray._private.owner.object_ref import ObjectRef
-from aioray._private.rpc.rpc import ConnectionLost
+from aioray._private.rpc.rpc import ConnectionLost, RpcError
 from aioray._private.wire.task_spec import TaskEntry
 from aioray.exceptions import (
+    LocalRayletDiedError,
     NodeDiedError,
     OutOfMemoryError,
     RaySystemError,
@@ -198,11 +199,23 @@ async def test_a_refused_lease_fails_the_queued_tasks(
             result(offline, ref)
 
 
-async def test_a_lost_raylet_fails_the_queue_with_a_system_error(
+async def test_a_lost_local_raylet_fails_the_queue_with_local_raylet_died(
+    offline: OfflineCluster,
+) -> None:
+    """Ray's LOCAL_RAYLET_DIED: the local raylet's lease request failed with the connection."""
+    ref = submit(offline, normal_task(offline.cw))
+    offline.raylet.fail(offline.raylet.pending("request_lease")[0], ConnectionLost("gone"))
+    await settle()
+    with pytest.raises(LocalRayletDiedError, match="local raylet died"):
+        result(offline, ref)
+
+
+async def test_a_failed_lease_request_fails_the_queue_with_a_system_error(
     offline: OfflineCluster,
 ) -> None:
     ref = submit(offline, normal_task(offline.cw))
-    offline.raylet.fail(offline.raylet.pending("request_lease")[0], ConnectionLost("gone"))
+    failure = RpcError("request_lease", "KeyError", "boom")
+    offline.raylet.fail(offline.raylet.pending("request_lease")[0], failure)
     await settle()
     with pytest.raises(RaySystemError, match="lease failed"):
         result(offline, ref)
