@@ -19,6 +19,7 @@ JOB_ID_SIZE = 4
 TASK_ID_SIZE = 16 + JOB_ID_SIZE
 OBJECT_ID_SIZE = TASK_ID_SIZE + 4
 _INDEX = struct.Struct("<I")
+_TASK_ID = struct.Struct(f"<8sQ{JOB_ID_SIZE}s")  # worker prefix, counter, job id
 
 
 def random_id(n: int = 16) -> bytes:
@@ -35,7 +36,8 @@ class IdGenerator:
 
     def task_id(self, job_id: bytes) -> bytes:
         """A new TaskID of job ``job_id`` (its 4 bytes end the id)."""
-        return self._prefix + next(self._counter).to_bytes(8, "little") + job_id
+        # One pack call: cheaper than the two concatenations it replaces (measured).
+        return _TASK_ID.pack(self._prefix, next(self._counter), job_id)
 
 
 def object_id(task_id: bytes, index: int) -> bytes:
