@@ -33,7 +33,7 @@ from aioray._private.owner.task_events import (
 from aioray._private.wire import config, ids, serializability, serialization
 from aioray._private.wire.task_spec import STREAMING, TaskEntry
 from aioray.dag import ClassMethodNode, ClassNode
-from aioray.exceptions import ActorExit
+from aioray.exceptions import ActorExit, AsyncioActorExit
 from aioray.remote_function import pack_arguments
 
 _ACTOR_DEFAULTS: dict[str, Any] = {
@@ -177,7 +177,7 @@ class ActorClass:
         actor_id = ids.random_id(16)
         spec: dict[str, Any] = {
             "create": True,
-            "tid": cw.ids.task_id(),
+            "tid": cw.ids.task_id(cw.job_id),
             "aid": actor_id,
             "cls": cls_bytes,
             "name": f"{self._name}.__init__",
@@ -382,7 +382,7 @@ class ActorMethod:
             spec["noev"] = True
         blob, dep_refs = pack_arguments(cw, spec["name"], args, kwargs, spec)
         cw.actors.reserve_call(h._actor_id, h._meta)
-        task_id = cw.ids.task_id()
+        task_id = cw.ids.task_id(cw.job_id)
         spec["tid"] = task_id
         infos = cw.task_event_infos
         if infos is not None and "noev" not in spec:
@@ -421,8 +421,16 @@ class ActorMethod:
 
 
 def exit_actor() -> None:
-    """Intentionally exit the current actor: the caller sees it die, queued calls fail."""
+    """Intentionally exit the current actor: the caller sees it die, queued calls fail.
+
+    In an async actor it raises AsyncioActorExit, as Ray does (an exception the method
+    may catch: the actor exits after the call all the same); elsewhere it unwinds the
+    call with a BaseException."""
     cw = worker_context.core_worker
     if cw is None or getattr(cw, "actor_id", None) is None:
         raise TypeError("exit_actor() can only be called inside an actor")
+    request = worker_context.request_async_actor_exit
+    if request is not None:
+        request()
+        raise AsyncioActorExit()
     raise ActorExit()

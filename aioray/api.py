@@ -25,6 +25,7 @@ from aioray._private.owner.core_worker import DRIVER, CoreWorker
 from aioray._private.owner.object_ref import ObjectRef, set_core_worker
 from aioray._private.owner.worker_context import ensure_connected
 from aioray._private.wire import auth, config
+from aioray.exceptions import ActorHandleNotFoundError
 from aioray.remote_function import RemoteFunction
 from aioray.runtime_context import RuntimeContext
 
@@ -101,13 +102,10 @@ def init(
     unknown = set(kwargs) - allowed_extra
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    if local_mode:  # Ray 2.x accepts it with this warning; here tasks run in workers as usual
-        warnings.warn(
-            "`local_mode` is an experimental feature that is no longer maintained and will "
-            "be removed in the near future. For debugging consider using Ray debugger. "
-            "(aioray runs the tasks in worker processes as usual.)",
-            DeprecationWarning,
-            stacklevel=2,
+    if local_mode:  # Ray's own error since 2.54 (docs/architecture.md, "Ids, `local_mode`...")
+        raise RuntimeError(
+            "`local_mode` is no longer supported. For interactive debugging consider using "
+            "the Ray distributed debugger."
         )
     from aioray._private.core.options import validate
 
@@ -490,6 +488,16 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
 
     if not isinstance(actor, ActorHandle):
         raise ValueError(f"ray.kill() only supports actors; got {type(actor).__name__}.")
+    cw = worker_context.core_worker
+    if actor._cw is not cw:  # made before a shutdown(): Ray's handles are per session too
+        now = cw.job_id.hex() if cw is not None else "(none: not connected)"
+        raise ActorHandleNotFoundError(
+            "ActorHandle objects are not valid across Ray sessions. The actor handle was "
+            f"created in job {actor._cw.job_id.hex()}, but the current job is {now}. This "
+            "typically happens when you try to use an actor handle from a previous session "
+            "after calling ray.shutdown() and ray.init(). Please create a new actor handle in "
+            "the current session."
+        )
     _gcs_call("kill_actor", [actor._actor_id, no_restart])
 
 

@@ -270,14 +270,23 @@ class CrossLanguageError(RayError):
 
 
 class LocalRayletDiedError(RayError):
-    """The raylet of this process's node died."""
+    """The raylet of this process's node died: a driver's tasks not finished yet fail."""
 
     def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "The task's local raylet died."
+        if self.args:
+            return str(self.args[0])
+        return "The task's local raylet died. Check raylet.out for more information."
 
 
 class NodeDiedError(RayError):
-    """The node the task or object was on died."""
+    """The node a task was running on died (or became unreachable) before it finished."""
+
+    def __init__(self, message: str = "") -> None:
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ObjectFetchTimedOutError(ObjectLostError):
@@ -285,7 +294,17 @@ class ObjectFetchTimedOutError(ObjectLostError):
 
 
 class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
-    """The object was freed early: a reference counting bug."""
+    """The object's owner no longer has it: it went out of scope there while this
+    reference existed (a reference the owner never counted, e.g. one rebuilt from an id
+    and an owner address)."""
+
+    def __init__(self, object_ref_hex: str = "", message: str = "") -> None:
+        super().__init__(
+            object_ref_hex,
+            message
+            or f"Failed to retrieve object {object_ref_hex}. The object has already been "
+            "deleted by the reference counting protocol. This should not happen.",
+        )
 
 
 class RpcError(RayError):
@@ -304,13 +323,28 @@ class AsyncioActorExit(RayError):
     """Raised when an asyncio actor intentionally exits via exit_actor()."""
 
 
-class ActorAlreadyExistsError(RayError, ValueError):
+class ActorAlreadyExistsError(ValueError, RayError):
     """An actor with that name already exists in the namespace (also a ValueError,
     which is what Ray raised before the class existed)."""
 
+    def __init__(self, error_message: str) -> None:
+        super().__init__(error_message)
+        self.error_message = error_message
 
-class ActorHandleNotFoundError(RayError, ValueError):
-    """No actor has that handle or name."""
+    def __str__(self) -> str:
+        return self.error_message
+
+
+class ActorHandleNotFoundError(ValueError, RayError):
+    """``kill`` of an actor handle made in a previous session (before shutdown and init);
+    also a ValueError, as in Ray."""
+
+    def __init__(self, error_message: str) -> None:
+        super().__init__(error_message)
+        self.error_message = error_message
+
+    def __str__(self) -> str:
+        return self.error_message
 
 
 class AuthenticationError(RayError, ConnectionError):
@@ -321,7 +355,7 @@ class ObjectRefStreamEndOfStreamError(RayError):
     """A streaming generator has no more items."""
 
 
-class StreamingGeneratorReplayInconsistentError(RayError):
+class StreamingGeneratorReplayInconsistentError(RaySystemError):
     """A retried streaming generator produced different items the second time."""
 
 

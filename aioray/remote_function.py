@@ -162,7 +162,7 @@ class RemoteFunction:
                 spec["pg"] = placement
         if request[6] or resources is not request[1]:  # (the worker assumes 1 CPU)
             spec["res"] = resources
-        task_id = cw.ids.task_id()
+        task_id = cw.ids.task_id(cw.job_id)
         spec["tid"] = task_id
         infos = cw.task_event_infos
         if infos is not None and request[5] is not False:

@@ -40,7 +40,7 @@ def main() -> None:
         "aioray (ray_dask_get)": lambda: x.compute(scheduler=ray_dask_get),
         "dask threaded": lambda: x.compute(scheduler="threads"),
     }
-    client = None
+    client = cluster = None
     try:
         from dask.distributed import Client, LocalCluster
 
@@ -48,7 +48,7 @@ def main() -> None:
         client = Client(cluster)
         arms["dask.distributed"] = lambda: client.compute(x).result()  # type: ignore[union-attr]
     except ImportError:
-        pass
+        print("(dask.distributed is not installed: its row is skipped)")
     expected = float(a.chunks * 1000)
     for compute in arms.values():
         timed(compute, expected)  # warm-up
@@ -62,6 +62,7 @@ def main() -> None:
         print(f"  {name:<24} median {statistics.median(t) * 1e3:8.1f} ms")
     if client is not None:
         client.close()
+        cluster.close()  # type: ignore[union-attr]
     ray.shutdown()
 
 

@@ -80,6 +80,7 @@ class ActorHost:
         self.running: dict[bytes, asyncio.Future[Any]] = {}
         self._tail: asyncio.Future[None] | None = None
         self._exiting = False
+        self._exit_requested = False  # exit_actor() in an async actor
         self.gpus: list[int] = []
         self.spec: dict[str, Any] = {}  # the creation spec
 
@@ -100,6 +101,7 @@ class ActorHost:
         self.cw.namespace = spec.get("ns", "")
         if self.meta.get("async"):
             self._start_loop()
+            worker_context.request_async_actor_exit = self.request_exit
         return self.ex.handle_push_task(conn, spec, bufs)
 
     def construct(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -272,6 +274,9 @@ class ActorHost:
                 body, bufs = self.ex.task_error(spec, e)
             finally:
                 self.running.pop(task_id, None)
+        if self._exit_requested:  # exit_actor() ran (AsyncioActorExit, caught or not)
+            self.exit()
+            return
         record_end(self.cw, spec, reply_failed(body))
         self.cw.post(self.ex.reply, job, body, bufs)
 
@@ -295,6 +300,11 @@ class ActorHost:
         return True
 
     # -- exit ------------------------------------------------------------------------------
+    def request_exit(self) -> None:
+        """(the async actor's loop) exit_actor() was called: the actor exits once the
+        calling method returns or raises, and its caller sees the actor die."""
+        self._exit_requested = True
+
     def exit(self) -> None:
         """(any thread) Intentional exit: the raylet hears it first, then the process ends."""
         if self._exiting:

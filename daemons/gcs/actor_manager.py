@@ -129,7 +129,9 @@ class ActorManager:
                     rec = self.actors[existing]
                     return {"aid": rec.aid, "meta": rec.meta}
                 return {
-                    "error": f"The name {name!r} (namespace={ns!r}) is already taken.",
+                    "error": f"The name {name} (namespace={ns}) is already taken. Please use "
+                    "a different name or get the existing actor using "
+                    f"ray.get_actor('{name}', namespace='{ns}')",
                     "exists": True,
                 }
         rec = ActorRecord(body, list(bufs), conn)

@@ -31,7 +31,9 @@ oids]``) and frees only those: the owner frees a lost object's old copies when i
 rebuilds it under the same id, and that free must not hit the rebuilt copy.
 
 A pull fails with ObjectLostError when the source node is dead or unreachable
-or no longer has the object; the reader then asks the owner to rebuild it.
+or no longer has the object; the reader then asks the owner to rebuild it. A pull
+that makes no progress for FETCH_FAIL_TIMEOUT_S (the source raylet is alive but does
+not answer) fails with ObjectFetchTimedOutError, which is final, as in Ray.
 """
 
 from __future__ import annotations
@@ -127,10 +129,16 @@ class ObjectTransfer:
 
     async def _pull(self, oid: bytes, source: bytes) -> Reply:
         try:
-            conn = await self.connect(source)
-            begin = await conn.call("transfer_begin", oid)
+            conn = await asyncio.wait_for(
+                asyncio.shield(self.connect(source)), config.FETCH_FAIL_TIMEOUT_S
+            )
+            begin = await asyncio.wait_for(
+                conn.call("transfer_begin", oid), config.FETCH_FAIL_TIMEOUT_S
+            )
         except (ConnectionError, rpc.RpcError) as e:
             return ["ObjectLostError", self._unreachable(source, e)]
+        except asyncio.TimeoutError:
+            return self._timed_out(oid, source)
         if len(begin) == 2:
             return list(begin)  # the source does not have it
         size = int(begin[0])
@@ -169,6 +177,8 @@ class ObjectTransfer:
             self._give_back(oid)
             if isinstance(e, (ConnectionError, rpc.RpcError)):
                 return ["ObjectLostError", self._unreachable(source, e)]
+            if isinstance(e, asyncio.TimeoutError):  # (an OSError too)
+                return self._timed_out(oid, source)
             return ["ObjectStoreFullError", f"cannot write the copy of {oid.hex()} here: {e}"]
         finally:
             for f in reserved:
@@ -216,7 +226,13 @@ class ObjectTransfer:
                         break
                 if not in_flight:
                     return
-                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    in_flight,
+                    timeout=config.FETCH_FAIL_TIMEOUT_S,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:  # no chunk arrived for that long: the source is stuck
+                    raise asyncio.TimeoutError
                 for f in done:
                     dest = in_flight.pop(f)
                     _, bufs = f.result()  # raises what the source raised
@@ -230,6 +246,13 @@ class ObjectTransfer:
         e = self.store.manager.entries.get(oid)
         if e is not None and not e.primary and e.state == CREATING:
             self.store.free_objects([oid])
+
+    def _timed_out(self, oid: bytes, source: bytes) -> list[str]:
+        return [
+            "ObjectFetchTimedOutError",
+            f"Fetch for object {oid.hex()} timed out: its node {source.hex()} did not answer "
+            f"for {config.FETCH_FAIL_TIMEOUT_S:g} s (fetch_fail_timeout_milliseconds).",
+        ]
 
     def _unreachable(self, source: bytes, e: BaseException) -> str:
         node = self.raylet.spillback.view.nodes.get(source)

@@ -40,7 +40,14 @@ class StateHandlers:
             "worker_log": self.handle_worker_log,
             "memory_summary": self.handle_memory_summary,
             "get_state": self.handle_get_state,
+            "ping": self.handle_ping,
         }
+
+    def handle_ping(self, conn: rpc.Connection, body: Any, _: Any) -> bool:
+        """No body; reply: True. An owner whose leased worker's connection dropped asks
+        this: no answer means the worker's node died (NodeDiedError), not just the worker
+        (Ray's GetWorkerFailureCause)."""
+        return True
 
     def handle_state_workers(self, conn: rpc.Connection, body: Any, _: Any) -> list[dict[str, Any]]:
         """No body; reply: a row per worker process connected to this raylet (Ray's

@@ -63,7 +63,7 @@ def pending_owned_refs(cw: Any, n: int) -> list[ray.ObjectRef]:
 
     refs = []
     for _ in range(n):
-        oid = ids.object_id(cw.ids.task_id(), 0)
+        oid = ids.object_id(cw.ids.task_id(cw.job_id), 0)
         cw.owned.add(oid)
         refs.append(ray.ObjectRef(oid))
     return refs

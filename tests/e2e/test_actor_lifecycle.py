@@ -413,6 +413,34 @@ def test_exit_actor_from_an_async_method(ray_shared):
         ray.get(exiter.pid.remote(), timeout=GET_TIMEOUT)
 
 
+def test_exit_actor_in_an_async_actor_raises_asyncio_actor_exit(ray_shared, tmp_path):
+    """As Ray: an exception the method may catch; the actor exits after the call anyway."""
+    caught = tmp_path / "caught"
+
+    @ray.remote
+    class AsyncExiter:
+        async def pid(self):
+            return os.getpid()
+
+        async def exit(self, path):
+            try:
+                ray.actor.exit_actor()
+            except ray.exceptions.AsyncioActorExit as e:
+                with open(path + ".tmp", "w") as f:
+                    f.write(f"{type(e).__name__} {isinstance(e, ray.exceptions.RayError)}")
+                os.rename(path + ".tmp", path)
+            return "returned"
+
+    exiter = AsyncExiter.remote()
+    pid = ray.get(exiter.pid.remote(), timeout=GET_TIMEOUT)
+    with pytest.raises(RayActorError):
+        ray.get(exiter.exit.remote(str(caught)), timeout=GET_TIMEOUT)
+    assert wait_for_file(caught) == "AsyncioActorExit True"
+    _wait_gone(pid, "exited async actor")
+    with pytest.raises(ActorDiedError):
+        ray.get(exiter.pid.remote(), timeout=GET_TIMEOUT)
+
+
 def test_ray_terminate_runs_queued_calls_first(ray_shared, tmp_path):
     recorder = Recorder.remote(str(tmp_path / "init-log"))
     pid = ray.get(recorder.pid.remote(), timeout=GET_TIMEOUT)

@@ -15,7 +15,13 @@ import threading
 import pytest
 
 import aioray as ray
-from aioray.exceptions import RayError, RaySystemError, RayTaskError, UnserializableException
+from aioray.exceptions import (
+    ActorHandleNotFoundError,
+    RayError,
+    RaySystemError,
+    RayTaskError,
+    UnserializableException,
+)
 
 GET_TIMEOUT = 30
 SERIALIZATION_ERRORS = (TypeError, RayError, ValueError)
@@ -56,6 +62,33 @@ def test_init_auto_without_cluster_raises_connection_error():
     with pytest.raises(ConnectionError):
         ray.init(address="auto")
     assert not ray.is_initialized()
+
+
+def test_kill_of_a_handle_from_a_previous_session():
+    """Ray: ActorHandleNotFoundError (also a ValueError); the new session's actors live on."""
+
+    @ray.remote(num_cpus=0)
+    class A:
+        def ping(self):
+            return "pong"
+
+    ray.init(num_cpus=1)
+    try:
+        old = A.remote()
+        assert ray.get(old.ping.remote(), timeout=GET_TIMEOUT) == "pong"
+    finally:
+        ray.shutdown()
+    with pytest.raises(ActorHandleNotFoundError, match="not valid across Ray sessions"):
+        ray.kill(old)
+    assert not ray.is_initialized()  # nothing was started to say so
+    ray.init(num_cpus=1)
+    try:
+        new = A.remote()
+        with pytest.raises(ValueError, match=r"created in job .* but the current job is"):
+            ray.kill(old)
+        assert ray.get(new.ping.remote(), timeout=GET_TIMEOUT) == "pong"
+    finally:
+        ray.shutdown()
 
 
 def test_public_api_names():

@@ -96,7 +96,7 @@ def test_ids(ray_shared):
     assert ray.NodeID.nil().is_nil() and not node.is_nil()
     assert ray.JobID.from_int(7).int() == 7 and ray.JobID.size() == 4
     assert repr(ray.ActorID.nil()).startswith("ActorID(ff")
-    with pytest.raises(ValueError, match="must be 16 bytes"):
+    with pytest.raises(ValueError, match="must be 20 bytes"):
         ray.TaskID(b"short")
     with pytest.raises(ValueError, match="not hex"):
         ray.NodeID.from_hex("zz")
@@ -107,14 +107,148 @@ def test_object_ref_ids(ray_shared):
     def f():
         return 1
 
+    @ray.remote
+    def inside():
+        ctx = ray.get_runtime_context()
+        ref = ray.put(1)
+        return ctx.get_job_id(), ctx.get_task_id(), ref.job_id().hex(), f.remote().task_id()
+
     ref = f.remote()
     assert isinstance(ref.task_id(), ray.TaskID)
     assert ref.hex().startswith(ref.task_id().hex())
     assert ref.job_id().hex() == ray.get_runtime_context().get_job_id()
+    assert ref.task_id().job_id() == ref.job_id()
+    ref2 = inside.remote()
+    job, task, put_job, child = ray.get(ref2, timeout=GET_TIMEOUT)
+    assert task == ref2.task_id().hex()  # the task's own id is its returns' task id
+    assert job == put_job == child.job_id().hex() == ref2.job_id().hex()
     same = ray.ObjectRef.from_hex(ref.hex())
     assert same == ref
     assert ray.get(ref, timeout=GET_TIMEOUT) == 1
     assert ray.ObjectRef.nil().is_nil()
+
+
+OTHER_JOB = """
+import sys
+import aioray as ray
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+
+
+@ray.remote
+def f():
+    return ray.put(2).hex()
+
+
+print(ray.get_runtime_context().get_job_id(), ray.put(1).hex(), f.remote().hex(),
+      ray.get(f.remote(), timeout=60))
+"""
+
+
+def test_object_ref_job_id_is_read_from_the_id(ray_shared, tmp_path):
+    """A ref made by another job names that job, wherever its id is read."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "other_job.py"
+    script.write_text(OTHER_JOB)
+    address = ray_shared.address_info["gcs_address"]
+    proc = subprocess.run(
+        [sys.executable, str(script), address], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    other_job, *hexes = proc.stdout.split()
+    assert other_job != ray.get_runtime_context().get_job_id()
+    for h in hexes:  # a put, a task's return, a put inside that job's task
+        ref = ray.ObjectRef.from_hex(h)
+        assert ref.job_id().hex() == other_job
+        assert ref.task_id().job_id().hex() == other_job
+
+
+def test_get_of_an_object_its_owner_freed_is_a_reference_counting_assertion(ray_shared):
+    """Ray's OBJECT_DELETED: a reference the owner never counted (rebuilt from the id and
+    the owner's address) finds the object gone there."""
+    from conftest import wait_for_condition
+
+    from aioray._private.owner import worker_context
+
+    ref = ray.put("soon gone")
+    oid, owner = ref.binary(), ref.owner_address
+    del ref
+    cw = worker_context.core_worker
+    wait_for_condition(lambda: oid not in cw.owned, message="the put was never freed")
+
+    @ray.remote
+    def read(oid, owner):
+        return ray.get(ray.ObjectRef(oid, tuple(owner)), timeout=GET_TIMEOUT)
+
+    with pytest.raises(exceptions.ReferenceCountingAssertionError, match="already been deleted"):
+        ray.get(read.remote(oid, owner), timeout=GET_TIMEOUT)
+
+
+def test_a_ref_pickled_out_of_band_pins_its_object(ray_shared):
+    """As Ray (by default): plain cloudpickle of a ref keeps its object for good."""
+    import asyncio
+
+    import cloudpickle
+
+    from aioray._private.owner import worker_context
+
+    ref = ray.put("kept")
+    oid, data = ref.binary(), cloudpickle.dumps(ref)
+    del ref
+    cw = worker_context.core_worker
+    asyncio.run_coroutine_threadsafe(asyncio.sleep(0), cw.loop).result(GET_TIMEOUT)  # frees ran
+    assert oid in cw.owned
+    assert ray.get(cloudpickle.loads(data), timeout=GET_TIMEOUT) == "kept"
+
+
+OUT_OF_BAND_REFUSED = """
+import pickle
+import sys
+
+import cloudpickle
+
+import aioray as ray
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+ref = ray.put(1)
+for dumps in (pickle.dumps, cloudpickle.dumps):
+    try:
+        dumps(ref)
+    except ray.exceptions.OufOfBandObjectRefSerializationException as e:
+        assert f"It is not allowed to serialize ray.ObjectRef {ref.hex()}" in str(e), e
+    else:
+        raise AssertionError("pickled out of band")
+
+
+@ray.remote
+def first(refs):
+    return ray.get(refs[0])
+
+
+assert ray.get(first.remote([ref]), timeout=60) == 1  # nested in an argument: in band
+print("ok")
+"""
+
+
+def test_out_of_band_pickling_refused_when_ray_says_so(ray_shared, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "refused.py"
+    script.write_text(OUT_OF_BAND_REFUSED)
+    env = {**os.environ, "RAY_allow_out_of_band_object_ref_serialization": "0"}
+    proc = subprocess.run(
+        [sys.executable, str(script), ray_shared.address_info["gcs_address"]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
 
 
 def test_object_ref_cancel_without_a_wait(ray_shared):
@@ -129,8 +263,13 @@ def test_named_actor_conflict_raises_actor_already_exists(ray_shared):
         pass
 
     first = B.options(name="parity_taken").remote()
-    with pytest.raises(exceptions.ActorAlreadyExistsError, match="already taken"):
+    with pytest.raises(exceptions.ActorAlreadyExistsError) as info:
         B.options(name="parity_taken").remote()
+    ns = ray.get_runtime_context().namespace
+    assert str(info.value) == (  # Ray's words
+        f"The name parity_taken (namespace={ns}) is already taken. Please use a different "
+        f"name or get the existing actor using ray.get_actor('parity_taken', namespace='{ns}')"
+    )
     with pytest.raises(ValueError):  # (still a ValueError, as before the class existed)
         B.options(name="parity_taken").remote()
     del first
@@ -140,6 +279,13 @@ def test_exception_hierarchy():
     assert issubclass(exceptions.ObjectFetchTimedOutError, exceptions.ObjectLostError)
     assert issubclass(exceptions.ReferenceCountingAssertionError, AssertionError)
     assert issubclass(exceptions.AuthenticationError, ConnectionError)
+    # Ray's bases, in Ray's order
+    for cls in (exceptions.ActorAlreadyExistsError, exceptions.ActorHandleNotFoundError):
+        assert cls.__bases__ == (ValueError, exceptions.RayError)
+    assert issubclass(
+        exceptions.StreamingGeneratorReplayInconsistentError, exceptions.RaySystemError
+    )
+    assert str(exceptions.NodeDiedError("the node died")) == "the node died"
     from aioray._private.wire import auth
 
     assert auth.AuthenticationError is exceptions.AuthenticationError

@@ -1,6 +1,7 @@
 """Ray's command-line and init behaviours: ``aioray --version``; a cluster started with
 ``aioray serve-node --head`` found by ``address="auto"``, ``aioray status`` (memory in
-human units) and ``aioray logs`` (its own session); ``init(local_mode=True)``."""
+human units) and ``aioray logs`` (its own session); ``init(local_mode=True)`` refused
+with Ray's message."""
 
 from __future__ import annotations
 
@@ -60,15 +61,12 @@ def test_serve_node_is_found_by_auto_status_and_logs(tmp_path: Path) -> None:
     assert status.returncode == 1 and "Could not find any running aioray" in status.stderr
 
 
-def test_init_local_mode_is_accepted_with_rays_warning() -> None:
-    with pytest.warns(DeprecationWarning, match="`local_mode` is an experimental feature"):
+def test_init_local_mode_is_refused_with_rays_message() -> None:
+    """Ray 2.54+ raises this RuntimeError (2.58 checked); nothing starts."""
+    with pytest.raises(RuntimeError) as info:
         ray.init(num_cpus=1, local_mode=True)
-    try:
-
-        @ray.remote
-        def one() -> int:
-            return 1
-
-        assert ray.get(one.remote(), timeout=60) == 1
-    finally:
-        ray.shutdown()
+    assert str(info.value) == (
+        "`local_mode` is no longer supported. For interactive debugging consider using "
+        "the Ray distributed debugger."
+    )
+    assert not ray.is_initialized()

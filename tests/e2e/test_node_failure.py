@@ -11,7 +11,13 @@ import pytest
 from conftest import wait_for_condition, wait_for_file
 
 import aioray as ray
-from aioray.exceptions import ActorDiedError, RayActorError, TaskUnschedulableError
+from aioray.exceptions import (
+    ActorDiedError,
+    LocalRayletDiedError,
+    NodeDiedError,
+    RayActorError,
+    TaskUnschedulableError,
+)
 from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 # Fast failure detection: a node silent for 5 x 100 ms is dead.
@@ -73,6 +79,33 @@ def start_on(victim: Any, tmp_path: Any, max_retries: int) -> Any:
     return ref
 
 
+@pytest.mark.parametrize("ray_start", [{"num_cpus": 1}], indirect=True)
+def test_tasks_of_a_driver_whose_raylet_died_fail_with_local_raylet_died(ray_start: Any) -> None:
+    """(First: its own single-node cluster, before the module's Cluster starts.)"""
+    from conftest import listener_pids, port_of
+
+    @ray.remote(max_retries=0)
+    def hold() -> None:
+        time.sleep(60)
+
+    @ray.remote(max_retries=0)
+    def queued() -> int:
+        return 1
+
+    held = hold.remote()
+    waiting = queued.remote()  # no CPU left: it waits for a lease from the local raylet
+    with pytest.raises(ray.exceptions.GetTimeoutError):
+        ray.get(waiting, timeout=0.5)
+    (raylet,) = listener_pids(port_of(ray_start.address_info["raylet_address"]))
+    os.kill(raylet, signal.SIGKILL)
+    for ref in (waiting, held):
+        with pytest.raises(LocalRayletDiedError) as info:
+            ray.get(ref, timeout=30)
+        assert str(info.value) == (
+            "The task's local raylet died. Check raylet.out for more information."
+        )
+
+
 def test_removed_node_is_dead_in_nodes(ray_cluster: Any, victim: Any) -> None:
     assert alive(victim.node_id)
     ray_cluster.remove_node(victim, allow_graceful=False)
@@ -97,9 +130,10 @@ def test_task_on_removed_node_is_retried_elsewhere(
 def test_task_without_retries_fails_when_its_node_dies(
     ray_cluster: Any, victim: Any, tmp_path: Any
 ) -> None:
+    """Ray's NodeDiedError: the owner finds the worker's raylet gone too, not just the worker."""
     ref = start_on(victim, tmp_path, max_retries=0)
     ray_cluster.remove_node(victim, allow_graceful=False)
-    with pytest.raises(ray.exceptions.WorkerCrashedError):
+    with pytest.raises(NodeDiedError, match="was dead or unavailable"):
         ray.get(ref, timeout=30)
 
 

@@ -20,7 +20,13 @@ import pytest
 from conftest import wait_for_condition
 
 import aioray as ray
-from aioray.exceptions import RayActorError, RayTaskError, TaskCancelledError, WorkerCrashedError
+from aioray.exceptions import (
+    ObjectRefStreamEndOfStreamError,
+    RayActorError,
+    RayTaskError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
 
 RAY_SHARED_INIT_KWARGS = {"num_cpus": 2}
 
@@ -483,3 +489,47 @@ def test_completed_is_a_ref_to_the_task_end(ray_shared: Any) -> None:
     assert isinstance(done, ray.ObjectRef)
     ray.get(done, timeout=DEADLINE_S)
     assert _values(gen) == [0, 1]
+
+
+# ------------------------------------------------------------- peeking (Ray's private API)
+
+
+def test_refs_past_the_end_of_a_finished_stream_are_end_of_stream(ray_shared: Any) -> None:
+    """Ray's _get_next_ref_n / _consume_next_ref_n (used by Ray Data): positions the
+    stream will never produce raise ObjectRefStreamEndOfStreamError at get."""
+    gen = count_to.remote(1)
+    ray.get(gen.completed(), timeout=DEADLINE_S)
+    refs = gen._get_next_ref_n(3)
+    assert len(set(refs)) == 3
+    assert ray.get(refs[0], timeout=DEADLINE_S) == 0
+    for ref in refs[1:]:
+        with pytest.raises(ObjectRefStreamEndOfStreamError):
+            ray.get(ref, timeout=DEADLINE_S)
+    assert gen._get_next_ref_n(1) == refs[:1]  # not consumed
+    gen._consume_next_ref_n(3)  # the end-of-stream positions too
+    assert gen.is_finished()
+    with pytest.raises(StopIteration):
+        next(gen)
+    (again,) = gen._get_next_ref_n(1)
+    assert again not in refs
+    with pytest.raises(ObjectRefStreamEndOfStreamError):
+        ray.get(again, timeout=DEADLINE_S)
+    with pytest.raises(ValueError, match="must be positive"):
+        gen._get_next_ref_n(0)
+
+
+def test_peeked_refs_resolve_as_the_stream_goes_on(ray_shared: Any, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    gen = first_then_wait.remote(str(gate))
+    first, second, third = gen._get_next_ref_n(3)
+    assert ray.get(first, timeout=DEADLINE_S) == "first"
+    ready, _ = ray.wait([second], timeout=0.2)
+    assert not ready  # not produced yet
+    with pytest.raises(ValueError, match="not produced yet"):
+        gen._consume_next_ref_n(2)
+    gate.touch()
+    assert ray.get(second, timeout=DEADLINE_S) == "second"
+    with pytest.raises(ObjectRefStreamEndOfStreamError):
+        ray.get(third, timeout=DEADLINE_S)
+    gen._consume_next_ref_n(2)
+    assert gen.is_finished()

@@ -214,7 +214,7 @@ def normal_task(
 ) -> TaskEntry:
     """A task of a function with no arguments, owned by ``cw``, as remote_function
     builds it; its return ids are in ``cw.owned``."""
-    tid = cw.ids.task_id()
+    tid = cw.ids.task_id(cw.job_id)
     spec = {"tid": tid, "fid": b"F" * 16, "nret": nret, "name": name}
     return_ids = tuple(ids.object_id(tid, i + 1) for i in range(nret))
     cw.owned.update(return_ids)
@@ -225,7 +225,7 @@ def normal_task(
 
 def actor_call(cw: CoreWorker, aid: bytes, *, max_task_retries: int = 0) -> TaskEntry:
     """A call of a method of actor ``aid`` with no arguments, owned by ``cw``."""
-    tid = cw.ids.task_id()
+    tid = cw.ids.task_id(cw.job_id)
     spec = {"tid": tid, "aid": aid, "m": "f", "name": "A.f", "nret": 1}
     rid = ids.object_id(tid, 1)
     cw.owned.add(rid)

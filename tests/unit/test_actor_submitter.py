@@ -128,7 +128,7 @@ async def test_without_retries_a_call_lost_in_a_restart_is_unavailable(
     await gcs_says(offline, "ALIVE", 2, port=6002)
     with pytest.raises(ActorUnavailableError):
         result(offline, lost)
-    assert sent_ids(offline.peers.at("127.0.0.1", 6002)) == [later.binary()[:16]]
+    assert sent_ids(offline.peers.at("127.0.0.1", 6002)) == [later.task_id().binary()]
 
 
 async def test_death_fails_calls_in_flight_queued_and_later(offline: OfflineCluster) -> None:
@@ -205,4 +205,4 @@ async def test_cancel_fails_a_queued_call_and_asks_the_actor_for_a_sent_one(
     await settle()
     assert actors.cancel(running.binary(), force=True)
     assert again.sent[-1].method == "cancel_task"
-    assert again.sent[-1].body == [running.binary()[:16], True]
+    assert again.sent[-1].body == [running.task_id().binary(), True]

@@ -31,7 +31,22 @@ def test_ids_round_trip_and_pickle() -> None:
     tid = ray.TaskID.from_random()
     assert ray.TaskID.from_hex(tid.hex()) == tid
     assert pickle.loads(pickle.dumps(tid)) == tid
-    assert ray.ActorID(tid.binary()) != tid  # another kind of id is never equal
+    aid = ray.ActorID.from_random()
+    assert ray.NodeID(aid.binary()) != aid  # another kind of id is never equal
+
+
+def test_task_and_object_ids_carry_their_job_id() -> None:
+    from aioray._private.wire import ids
+
+    gen = ids.IdGenerator(b"w" * 16)
+    job = ray.JobID.from_int(7)
+    tid = gen.task_id(job.binary())
+    assert gen.task_id(job.binary()) != tid  # a new id each time, same job
+    assert len(tid) == ray.TaskID.size() == 20  # (Ray's is 24: its unique part is longer)
+    assert ray.TaskID(tid).job_id() == job
+    oid = ids.ObjectID(ids.object_id(tid, 3))
+    assert oid.task_id() == ray.TaskID(tid) and oid.job_id() == job
+    assert ray.TaskID(gen.task_id(ray.JobID.from_int(8).binary())).job_id().int() == 8
 
 
 def test_label_strategy_wire_form_and_bad_input() -> None:

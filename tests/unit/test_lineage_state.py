@@ -77,7 +77,7 @@ async def test_over_the_budget_a_task_is_not_kept_and_says_so(
 
 
 async def test_a_put_object_cannot_be_rebuilt(offline: OfflineCluster) -> None:
-    oid = ids.object_id(offline.cw.ids.task_id(), 0)
+    oid = ids.object_id(offline.cw.ids.task_id(offline.cw.job_id), 0)
     with pytest.raises(ObjectLostError, match="cannot be rebuilt"):
         await offline.cw.lineage.rebuild(oid)
 

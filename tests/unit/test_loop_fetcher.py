@@ -76,7 +76,7 @@ def inline(value: Any) -> StoredObject:
 
 
 def owned_ref(offline: OfflineCluster) -> ObjectRef:
-    oid = ids.object_id(offline.cw.ids.task_id(), 1)
+    oid = ids.object_id(offline.cw.ids.task_id(offline.cw.job_id), 1)
     offline.cw.owned.add(oid)
     return ObjectRef(oid, offline.cw.address)
 

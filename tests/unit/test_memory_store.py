@@ -14,7 +14,7 @@ from aioray._private.core.memory_store import (
     decode_object,
     encode_object,
 )
-from aioray.exceptions import ObjectFreedError
+from aioray.exceptions import ObjectFreedError, ReferenceCountingAssertionError
 
 A, B, C = b"a" * 20, b"b" * 20, b"c" * 20
 
@@ -140,5 +140,6 @@ def test_the_wire_form_round_trips(o: StoredObject) -> None:
 
 
 def test_a_freed_object_on_the_wire_raises() -> None:
-    with pytest.raises(ObjectFreedError):
+    """The owner no longer has it: Ray's OBJECT_DELETED error."""
+    with pytest.raises(ReferenceCountingAssertionError):
         decode_object(A, [2], [])

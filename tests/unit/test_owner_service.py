@@ -36,7 +36,7 @@ NODE_A, NODE_B = b"\x0a" * 16, b"\x0b" * 16
 
 
 def owned(offline: OfflineCluster) -> bytes:
-    oid = ids.object_id(offline.cw.ids.task_id(), 1)
+    oid = ids.object_id(offline.cw.ids.task_id(offline.cw.job_id), 1)
     offline.cw.owned.add(oid)
     return oid
 

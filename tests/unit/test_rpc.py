@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pickle
 import resource
 import socket
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
+from aioray import exceptions as ray_exceptions
 from aioray._private.rpc import rpc
 from aioray._private.rpc.rpc import Connection, ConnectionLost, Reply, RpcError, Server, connect
 from aioray._private.wire import auth, config, protocol
@@ -314,6 +316,10 @@ async def test_handler_answering_later_with_a_future(client: Connection, service
     with pytest.raises(RpcError) as info:
         await bounded(pending)
     assert (info.value.remote_type, info.value.remote_message) == ("LookupError", "gone")
+    # Users catch Ray's class; it survives pickling (e.g. as a task's error).
+    assert isinstance(info.value, ray_exceptions.RpcError) and info.value.rpc_code is None
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (type(again), str(again)) == (RpcError, str(info.value))
 
 
 async def test_request_and_reply_carry_buffers(client: Connection) -> None:

@@ -15,6 +15,7 @@ from aioray.daemons.gcs.task_events import TaskTable
 from fakes import FakeConnection
 
 from aioray._private.owner import task_events as te
+from aioray._private.wire.ids import TASK_ID_SIZE as TID
 
 
 def make_buffer(capacity: int = 1000) -> tuple[Any, te.TaskEventBuffer]:
@@ -52,7 +53,7 @@ def deliver(gcs: FakeConnection, table: TaskTable) -> None:
 
 def test_a_batch_goes_out_one_swap_late_and_reaches_the_table() -> None:
     cw, buf = make_buffer()
-    tid = b"\x05" * 16
+    tid = b"\x05" * TID
     first_row(cw, buf, tid)
     record(cw, tid, te.SUBMITTED_TO_WORKER)
     assert not len(buf._swap())  # the first swap hands over what the one before held
@@ -78,33 +79,33 @@ def test_a_batch_goes_out_one_swap_late_and_reaches_the_table() -> None:
 def test_descriptions_are_shared_and_sent_again_to_a_new_gcs() -> None:
     cw, buf = make_buffer()
     for i in range(3):
-        first_row(cw, buf, bytes([i]) * 16)
-    first_row(cw, buf, b"\x09" * 16, name="g")
+        first_row(cw, buf, bytes([i]) * TID)
+    first_row(cw, buf, b"\x09" * TID, name="g")
     assert len(buf.descriptions) == 2
     buf._swap()
     old_gcs, new_gcs = FakeConnection("gcs"), FakeConnection("gcs-restarted")
     buf._send(old_gcs, buf._swap())
     assert len(old_gcs.sent[-1].body["descs"]) == 2
-    first_row(cw, buf, b"\x0a" * 16)  # an old description: nothing new to send
+    first_row(cw, buf, b"\x0a" * TID)  # an old description: nothing new to send
     buf._swap()
     buf._send(new_gcs, buf._swap())  # the GCS restarted: it learns every description
     table = TaskTable(100)
     deliver(new_gcs, table)
     assert {d[1] for d in new_gcs.sent[-1].body["descs"]} == {"f", "g"}
-    assert table.get((b"\x0a" * 16).hex())[0]["name"] == "f"
+    assert table.get((b"\x0a" * TID).hex())[0]["name"] == "f"
 
 
 def test_full_buffers_drop_the_oldest_and_count_them() -> None:
     cw, buf = make_buffer(capacity=3)
     for i in range(5):
-        record(cw, bytes([i]) * 16, te.PENDING_NODE_ASSIGNMENT)
-        first_row(cw, buf, bytes([i]) * 16)
-        cw.task_event_extras.append((bytes([i]) * 16, 0, te.FAILED, 1.0, "E", "E: x"))
+        record(cw, bytes([i]) * TID, te.PENDING_NODE_ASSIGNMENT)
+        first_row(cw, buf, bytes([i]) * TID)
+        cw.task_event_extras.append((bytes([i]) * TID, 0, te.FAILED, 1.0, "E", "E: x"))
     buf._swap()
     ready = buf._swap()
     assert buf.dropped == 6  # two of each kind
     kept = [t for t, *_ in te.ROW.iter_unpack(ready.rows)]
-    assert kept == [bytes([i]) * 16 for i in (2, 3, 4)]
+    assert kept == [bytes([i]) * TID for i in (2, 3, 4)]
     assert [t for t, *_ in te.INFO.iter_unpack(ready.infos)] == kept
     assert [e[0][0] for e in ready.extras] == [2, 3, 4]
 
@@ -114,8 +115,8 @@ def test_rows_from_many_threads_never_interleave() -> None:
 
     def work(k: int) -> None:
         for i in range(5000):
-            record(cw, bytes([k]) * 16, te.RUNNING, attempt=i)
-            first_row(cw, buf, bytes([k]) * 16, name=str(k))
+            record(cw, bytes([k]) * TID, te.RUNNING, attempt=i)
+            first_row(cw, buf, bytes([k]) * TID, name=str(k))
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
     for t in threads:
@@ -126,7 +127,7 @@ def test_rows_from_many_threads_never_interleave() -> None:
     ready = buf._swap()
     seen: dict[bytes, list[int]] = {}
     for tid, code, attempt, _ in te.ROW.iter_unpack(ready.rows):
-        assert code == te.RUNNING and tid[:1] * 16 == tid
+        assert code == te.RUNNING and tid[:1] * TID == tid
         seen.setdefault(tid, []).append(attempt)
     assert all(attempts == list(range(5000)) for attempts in seen.values()) and len(seen) == 4
     names = {number: key[0] for key, number in buf.descriptions.items()}
@@ -136,8 +137,8 @@ def test_rows_from_many_threads_never_interleave() -> None:
 
 def test_the_gcs_refuses_rows_that_are_not_whole() -> None:
     table = TaskTable(10)
-    with pytest.raises(ValueError, match="task event rows of 30 bytes: not whole 29-byte"):
+    with pytest.raises(ValueError, match=f"task event rows of 30 bytes: not whole {te.ROW.size}-byte"):
         table.receive({"new": 0}, msgpack.packb([]), b"\0" * 30)
-    with pytest.raises(ValueError, match="first rows of 10 bytes: not whole 44-byte"):
+    with pytest.raises(ValueError, match=f"first rows of 10 bytes: not whole {te.INFO.size}-byte"):
         table.receive({"new": 0}, msgpack.packb([]), b"", b"\0" * 10)
     assert not table.pending

@@ -19,9 +19,11 @@ from fakes import (
 )
 
 from aioray._private.owner.object_ref import ObjectRef
-from aioray._private.rpc.rpc import ConnectionLost
+from aioray._private.rpc.rpc import ConnectionLost, RpcError
 from aioray._private.wire.task_spec import TaskEntry
 from aioray.exceptions import (
+    LocalRayletDiedError,
+    NodeDiedError,
     OutOfMemoryError,
     RaySystemError,
     TaskCancelledError,
@@ -85,8 +87,28 @@ async def test_a_dead_worker_is_retried_while_attempts_last_then_crashes(
         await settle()
     assert task.attempts_left == 0
     assert offline.raylet.pending("request_lease") == []  # no fourth attempt
+    [ping] = offline.raylet.pending("ping")  # did the worker die, or its node?
+    offline.raylet.reply(ping, True)
+    await settle()
     with pytest.raises(WorkerCrashedError):
         result(offline, ref)
+
+
+@pytest.mark.parametrize("silence", [ConnectionLost("raylet gone"), TimeoutError()])
+async def test_a_dead_worker_whose_raylet_does_not_answer_is_a_node_death(
+    offline: OfflineCluster, silence: BaseException
+) -> None:
+    """As Ray: the owner asks the worker's raylet; no answer means NodeDiedError."""
+    ref = submit(offline, normal_task(offline.cw, max_retries=0))
+    (await grant(offline, 5001)).drop()
+    await settle()
+    assert offline.cw.memory_store.get(ref.binary()) is None  # asking first
+    [ping] = offline.raylet.pending("ping")
+    offline.raylet.fail(ping, silence)
+    await settle()
+    with pytest.raises(NodeDiedError, match="was dead or unavailable") as info:
+        result(offline, ref)
+    assert not isinstance(info.value, WorkerCrashedError)
 
 
 async def test_infinite_retries_stay_infinite(offline: OfflineCluster) -> None:
@@ -177,11 +199,23 @@ async def test_a_refused_lease_fails_the_queued_tasks(
             result(offline, ref)
 
 
-async def test_a_lost_raylet_fails_the_queue_with_a_system_error(
+async def test_a_lost_local_raylet_fails_the_queue_with_local_raylet_died(
+    offline: OfflineCluster,
+) -> None:
+    """Ray's LOCAL_RAYLET_DIED: the local raylet's lease request failed with the connection."""
+    ref = submit(offline, normal_task(offline.cw))
+    offline.raylet.fail(offline.raylet.pending("request_lease")[0], ConnectionLost("gone"))
+    await settle()
+    with pytest.raises(LocalRayletDiedError, match="local raylet died"):
+        result(offline, ref)
+
+
+async def test_a_failed_lease_request_fails_the_queue_with_a_system_error(
     offline: OfflineCluster,
 ) -> None:
     ref = submit(offline, normal_task(offline.cw))
-    offline.raylet.fail(offline.raylet.pending("request_lease")[0], ConnectionLost("gone"))
+    failure = RpcError("request_lease", "KeyError", "boom")
+    offline.raylet.fail(offline.raylet.pending("request_lease")[0], failure)
     await settle()
     with pytest.raises(RaySystemError, match="lease failed"):
         result(offline, ref)

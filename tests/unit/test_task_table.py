@@ -11,6 +11,7 @@ from aioray.daemons.gcs.task_events import TaskTable
 
 import aioray._private.core.state_schema as schema
 from aioray._private.owner import task_events as te
+from aioray._private.wire.ids import TASK_ID_SIZE as TID
 from aioray.exceptions import WorkerCrashedError
 
 OWNER = ("", "", None)
@@ -81,19 +82,19 @@ def test_attempts_are_separate_and_failure_keeps_its_error() -> None:
 def test_oldest_records_are_evicted_and_counted() -> None:
     table = TaskTable(3)
     for i in range(5):
-        header, infos = first_rows([bytes([i]) * 16], float(i))
+        header, infos = first_rows([bytes([i]) * TID], float(i))
         table.receive({**header, "dropped": 2}, b"", b"", infos)
         table.merge()  # one at a time: each is merged, then the oldest evicted
     assert len(table.records) == 3
     assert table.evicted == 2 and table.dropped == 10
     ids = [r["task_id"] for r in table.list([], 10, False)["result"]]
-    assert ids == [bytes([i]).hex() * 16 for i in (4, 3, 2)]  # newest first
+    assert ids == [bytes([i]).hex() * TID for i in (4, 3, 2)]  # newest first
     answer = table.summary()
     assert answer["num_tasks_evicted"] == 2
     assert answer["num_status_task_events_dropped"] == 10
     assert answer["summary"]["f"]["state_counts"] == {"PENDING_ARGS_AVAIL": 3}
     # A late row of an evicted task (the executor's, say) does not bring it back.
-    table.add_batch([wire_row(bytes([0]) * 16, 0, te.EXEC + te.FINISHED, 9.0)], EXECUTOR)
+    table.add_batch([wire_row(bytes([0]) * TID, 0, te.EXEC + te.FINISHED, 9.0)], EXECUTOR)
     assert len(table.records) == 3 and table.evicted == 2
 
 
@@ -135,14 +136,14 @@ def test_bad_queries_name_the_valid_choices() -> None:
 def test_batches_that_would_be_evicted_are_never_merged() -> None:
     table = TaskTable(2)
     for i in range(4):
-        header, infos = first_rows([bytes([i]) * 16], float(i))
+        header, infos = first_rows([bytes([i]) * TID], float(i))
         table.receive(header, b"", b"", infos)
-    late = wire_row(bytes([0]) * 16, 0, te.EXEC + te.FINISHED, 5.0)
+    late = wire_row(bytes([0]) * TID, 0, te.EXEC + te.FINISHED, 5.0)
     table.receive({"new": 0}, msgpack.packb([late]))  # (a late row of a skipped task)
     table.merge()
     assert [r["task_id"] for r in table.list([], 10, False)["result"]] == [
-        bytes([3]).hex() * 16,
-        bytes([2]).hex() * 16,
+        bytes([3]).hex() * TID,
+        bytes([2]).hex() * TID,
     ]
     assert table.evicted == 2
 
@@ -156,11 +157,11 @@ def test_the_owner_records_plain_rows() -> None:
 
 def test_merging_pauses_between_steps_and_filters_compare_ids_as_bytes() -> None:
     table = TaskTable(1000)
-    header, infos = first_rows([i.to_bytes(16, "little") for i in range(100)])
+    header, infos = first_rows([i.to_bytes(TID, "little") for i in range(100)])
     table.receive(header, b"", b"", infos)
     steps = sum(1 for _ in table.merge_steps(rows_per_step=10))
     assert steps == 10 and len(table.records) == 100  # the loop ran others 10 times
-    tid = (7).to_bytes(16, "little").hex()
+    tid = (7).to_bytes(TID, "little").hex()
     for value, expected in ((tid, 1), (tid.upper(), 1), ("zz", 0), ("", 0)):
         filters = schema.check_query("tasks", [("task_id", "=", value)], 10)
         assert table.list(filters, 10, False)["num_filtered"] == expected

@@ -20,7 +20,7 @@ from typing import Any
 
 from aioray._private.rpc import rpc
 from aioray._private.wire.protocol import Buffer
-from aioray.exceptions import ObjectFreedError
+from aioray.exceptions import ReferenceCountingAssertionError
 
 
 class StoredObject:
@@ -75,7 +75,8 @@ def decode_object(oid: bytes, body: list[Any], buffers: list[Any]) -> StoredObje
         return StoredObject(buffers[0], buffers[1 : 1 + body[1]], body[2], contained=contained)
     if kind == OBJ_SHM:
         return StoredObject(node_id=body[2], size=body[1], contained=contained)
-    raise ObjectFreedError(oid.hex())
+    # OBJ_FREED: its owner no longer has it (Ray's OBJECT_DELETED)
+    raise ReferenceCountingAssertionError(oid.hex())
 
 
 class MemoryStore:

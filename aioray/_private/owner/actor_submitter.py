@@ -172,7 +172,7 @@ class ActorSubmitter:
             "nret": 0,
             "job": self.cw.job_id,
         }
-        spec["tid"] = self.cw.ids.task_id()
+        spec["tid"] = self.cw.ids.task_id(self.cw.job_id)
         self._pending_calls[aid] = self._pending_calls.get(aid, 0) + 1
         self.submit(TaskEntry(spec, [], None, [], {}, 0, False, None, ()))
 

@@ -61,10 +61,11 @@ from aioray._private.wire import config, ids, job_records, serialization
 from aioray._private.wire.protocol import Buffer
 from aioray.exceptions import (
     GetTimeoutError,
+    LocalRayletDiedError,
+    ObjectFetchTimedOutError,
     ObjectFreedError,
     ObjectLostError,
     OwnerDiedError,
-    RaySystemError,
     RayTaskError,
 )
 
@@ -293,7 +294,7 @@ class CoreWorker:
     def _raylet_lost(self, conn: rpc.Connection) -> None:
         if not self.closing:
             logger.error("lost the connection to the local raylet")
-            self.submitter.fail_all(RaySystemError("the local raylet died"))
+            self.submitter.fail_all(LocalRayletDiedError())
 
     # -- crossing threads ----------------------------------------------------------
     def in_loop_thread(self) -> bool:
@@ -405,7 +406,7 @@ class CoreWorker:
         return self.put_serialized(so)
 
     def put_serialized(self, so: serialization.SerializedObject) -> ObjectRef:
-        oid = ids.object_id(self.ids.task_id(), 0)
+        oid = ids.object_id(self.ids.task_id(self.job_id), 0)
         self.owned.add(oid)
         ref = ObjectRef(oid, self.address)
         obj = self.store_serialized(oid, so, copy=True)
@@ -493,6 +494,8 @@ class CoreWorker:
         if obj.in_shm:
             try:
                 data, bufs = self.read_shm(oid, obj)
+            except ObjectFetchTimedOutError:
+                raise  # final, as in Ray: its node is alive, only silent
             except ObjectLostError as lost:
                 if self.in_loop_thread() or self.closing:
                     raise

@@ -19,7 +19,8 @@ from threading import get_ident as _get_ident
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aioray._private.owner import object_waits, worker_context
-from aioray._private.wire import ids, serialization
+from aioray._private.wire import config, ids, serialization
+from aioray.exceptions import OufOfBandObjectRefSerializationException
 
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
@@ -85,7 +86,7 @@ class ObjectRef(_Future):
                 pass
 
     def binary(self) -> bytes:
-        """The object id as bytes (20: the id of the task that makes it, then an index)."""
+        """The object id as bytes (24: the id of the task that makes it, then an index)."""
         return self._id
 
     def hex(self) -> str:
@@ -93,13 +94,13 @@ class ObjectRef(_Future):
         return self._id.hex()
 
     def task_id(self) -> ids.TaskID:
-        """The id of the task that created the object (a put's is its caller's)."""
-        return ids.TaskID(self._id[: ids.TASK_ID_SIZE])
+        """The id of the task that created the object (a put has an id of its own, made
+        like a task's, with its caller's job)."""
+        return ids.TaskID(ids.task_id_of(self._id))
 
     def job_id(self) -> ids.JobID:
-        """The job the object belongs to: this process's job (the ids do not carry it)."""
-        cw = worker_context.core_worker
-        return ids.JobID(cw.job_id if cw is not None else b"\xff" * ids.JobID.SIZE)
+        """The job of the task (or put) that created the object, read from its id."""
+        return ids.JobID(ids.job_id_of(self._id))
 
     @classmethod
     def from_hex(cls, hex_id: str) -> ObjectRef:
@@ -138,7 +139,8 @@ class ObjectRef(_Future):
     # (_repr_html_, the notebook view, is set by aioray._html, which renders above this floor)
 
     def __reduce__(self) -> Any:
-        serialization.record_ref(self)
+        if not serialization.record_ref(self):
+            _pickled_out_of_band(self)
         return (_rebuild_ref, (self._id, self._owner))
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -252,6 +254,22 @@ def _current_fetcher() -> Any:
     if f is not None and f.loop_running():
         return f
     return fetcher_for_running_loop()
+
+
+def _pickled_out_of_band(ref: ObjectRef) -> None:
+    """A ref pickled outside aioray's serialization: no one will hold the object for the
+    reader, so (as Ray) this process pins it for good, or refuses when
+    RAY_allow_out_of_band_object_ref_serialization is off."""
+    if not config.ALLOW_OUT_OF_BAND_OBJECT_REF_SERIALIZATION:
+        raise OufOfBandObjectRefSerializationException(
+            f"It is not allowed to serialize ray.ObjectRef {ref.hex()}. If you want to allow "
+            "serialization, set `RAY_allow_out_of_band_object_ref_serialization=1.` If you set "
+            "the env var, the object is pinned forever in the lifetime of the worker process "
+            "and can cause Ray object leaks."
+        )
+    cw = ref._cw
+    if cw is not None:
+        cw.refs.pin((ref._id,))
 
 
 def _rebuild_ref(object_id: bytes, owner: tuple[str, int, bytes] | None) -> ObjectRef:

@@ -103,7 +103,7 @@ class PlacementGroup:
 
         Works with ``get``, ``wait`` and ``await``."""
         cw = ensure_connected()
-        oid = ids.object_id(cw.ids.task_id(), 1)
+        oid = ids.object_id(cw.ids.task_id(cw.job_id), 1)
         cw.owned.add(oid)
         ref = ObjectRef(oid, cw.address)
         cw.post(_start_ready, cw, oid, self)

@@ -211,5 +211,16 @@ def lease_body(
     return body
 
 
+async def raylet_answers(raylet: rpc.Connection, timeout: float) -> bool:
+    """Does the raylet behind ``raylet`` still answer (``ping``) within ``timeout``? Asked
+    after a leased worker's connection dropped: a closed or silent raylet means the
+    worker's node died, not just the worker."""
+    try:
+        await asyncio.wait_for(raylet.call("ping"), timeout)
+    except (ConnectionError, rpc.RpcError, asyncio.TimeoutError):
+        return False
+    return True
+
+
 def _unspilled(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != "hops"}

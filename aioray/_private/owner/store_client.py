@@ -25,6 +25,7 @@ from aioray._private.rpc.loop import result_interruptibly
 from aioray._private.wire import object_store
 from aioray._private.wire.protocol import Buffer
 from aioray.exceptions import (
+    ObjectFetchTimedOutError,
     ObjectLostError,
     ObjectStoreFullError,
     OutOfDiskError,
@@ -44,6 +45,7 @@ _ERRORS: dict[str, type[RayError]] = {
     "ObjectStoreFullError": ObjectStoreFullError,
     "OutOfDiskError": OutOfDiskError,
     "ObjectLostError": ObjectLostError,
+    "ObjectFetchTimedOutError": ObjectFetchTimedOutError,
 }
 
 
@@ -248,8 +250,8 @@ def object_lost(cw: CoreWorker, oid: bytes, reason: str) -> NoReturn:
 def _raise_if_error(oid: bytes, reply: Any) -> None:
     if reply is not None and not isinstance(reply, (int, str)):
         cls = _ERRORS.get(reply[0], RaySystemError)
-        if cls is ObjectLostError:
-            raise ObjectLostError(oid.hex(), reply[1])
+        if issubclass(cls, ObjectLostError):
+            raise cls(oid.hex(), reply[1])
         raise cls(reply[1])
 
 

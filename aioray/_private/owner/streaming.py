@@ -11,7 +11,9 @@ Protocol (owner <-> worker, on the connection the task was pushed on):
    that item raises it, as in Ray.
 
 ``ObjectRefGenerator`` yields ObjectRefs with ``for`` and ``async for`` while the
-task still runs.
+task still runs. Ray's peek (``_get_next_ref_n``, used by Ray Data) hands out refs
+ahead of the head without consuming them; those past the end of a stream that ended
+resolve to ObjectRefStreamEndOfStreamError, as in Ray.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.rpc import rpc
 from aioray._private.wire import ids, serialization
 from aioray._private.wire.task_spec import RET_INLINE
+from aioray.exceptions import ObjectRefStreamEndOfStreamError
 
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
@@ -40,6 +43,7 @@ class _Stream:
         "done",
         "final",
         "next",
+        "peeked",
         "task_id",
         "waiters",
     )
@@ -49,6 +53,7 @@ class _Stream:
         self.cond = threading.Condition()
         self.count = 0  # items arrived
         self.next = 0  # items handed out
+        self.peeked = 0  # positions handed out ahead by _get_next_ref_n, up to this one
         self.acked = 0
         self.done = False
         self.abandoned = False
@@ -115,9 +120,21 @@ class StreamManager:
         with s.cond:
             s.done = True
             s.cond.notify_all()
+        self.end_peeked(s)
         self._wake(s)
         if s.abandoned or s.next >= s.count:
             self.streams.pop(task_id, None)
+
+    def end_peeked(self, s: _Stream) -> None:
+        """(loop) Once the stream ended, the peeked refs past its end resolve to
+        ObjectRefStreamEndOfStreamError (those no one holds any more are not kept)."""
+        if not s.done:
+            return
+        owned = self.cw.owned
+        for i in range(s.count, s.peeked):
+            oid = ids.object_id(s.task_id, i + 1)
+            if oid in owned and oid not in self.cw.memory_store:
+                self.cw.memory_store.put(oid, _END_OF_STREAM)
 
     def _wake(self, s: _Stream) -> None:
         waiters, s.waiters = s.waiters, []
@@ -130,6 +147,9 @@ class StreamManager:
 
 
 _NONE = StoredObject(serialization.serialize(None).data, [])
+_END_OF_STREAM = StoredObject(
+    serialization.serialize(ObjectRefStreamEndOfStreamError()).data, [], is_error=True
+)
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:
@@ -186,6 +206,38 @@ class ObjectRefGenerator:
         ref = ObjectRef(oid, self._m.cw.address)
         self._m.cw.post(self._m.ack, s)
         return ref
+
+    def _get_next_ref_n(self, num_refs: int) -> list[ObjectRef]:
+        """The next ``num_refs`` refs from the head of the stream, not consumed (Ray's).
+
+        Refs not produced yet resolve when their items arrive; those past the end of a
+        stream that ended resolve to ObjectRefStreamEndOfStreamError."""
+        if num_refs <= 0:
+            raise ValueError("num_refs must be positive")
+        s, cw = self._s, self._m.cw
+        with s.cond:
+            first = s.next
+            s.peeked = max(s.peeked, first + num_refs)
+        oids = [ids.object_id(s.task_id, i + 1) for i in range(first, first + num_refs)]
+        cw.owned.update(oids)  # gets of the items not here yet wait for them
+        refs = [ObjectRef(oid, cw.address) for oid in oids]
+        cw.post(self._m.end_peeked, s)
+        return refs
+
+    def _consume_next_ref_n(self, num_refs: int) -> None:
+        """Advance the head by ``num_refs`` (Ray's), after the last of them was waited for;
+        end-of-stream positions in the range are consumed too."""
+        if num_refs <= 0:
+            raise ValueError("num_refs must be positive")
+        s = self._s
+        with s.cond:
+            if s.next + num_refs > s.count and not s.done:
+                raise ValueError(
+                    f"cannot consume {num_refs} refs: the last of them is not produced yet "
+                    "(wait for it first)"
+                )
+            s.next += num_refs
+        self._m.cw.post(self._m.ack, s)
 
     @property
     def task_id(self) -> bytes:

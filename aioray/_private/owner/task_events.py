@@ -41,22 +41,23 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from aioray._private.wire.config import TASK_EVENTS_MAX_BUFFER_SIZE, TASK_EVENTS_REPORT_INTERVAL_MS
+from aioray._private.wire.ids import TASK_ID_SIZE
 
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
 
 logger = logging.getLogger(__name__)
 
-# A plain transition: task id (16 bytes), code, attempt, time (s). ``pack_row`` makes
+# A plain transition: task id (TASK_ID_SIZE bytes), code, attempt, time (s). ``pack_row`` makes
 # one, which the recorder appends with ``+=`` (one C call: atomic across threads).
-ROW = struct.Struct("<16sBId")
+ROW = struct.Struct(f"<{TASK_ID_SIZE}sBId")
 pack_row = ROW.pack
 # A task's first row (PENDING_ARGS_AVAIL, attempt 0): task id, time, parent task id
 # (zeros: none), and the index of its description (name, type, job, actor, resources,
 # placement group) in the process's table (TaskEventBuffer.describe), sent once.
-INFO = struct.Struct("<16sd16sI")
+INFO = struct.Struct(f"<{TASK_ID_SIZE}sd{TASK_ID_SIZE}sI")
 pack_info = INFO.pack
-NO_PARENT = bytes(16)
+NO_PARENT = bytes(TASK_ID_SIZE)
 
 # State codes: Ray's TaskStatus names, in the order a task goes through them.
 PENDING_ARGS_AVAIL = 0

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from aioray._private.core.borrowing import pairs_of
 from aioray._private.core.memory_store import StoredObject
-from aioray._private.owner.raylet_clients import RayletClients, lease_body
+from aioray._private.owner.raylet_clients import RayletClients, lease_body, raylet_answers
 from aioray._private.owner.task_events import (
     FAILED,
     FINISHED,
@@ -57,6 +57,8 @@ from aioray._private.wire.task_spec import (
     TaskEntry,
 )
 from aioray.exceptions import (
+    LocalRayletDiedError,
+    NodeDiedError,
     OutOfMemoryError,
     RaySystemError,
     RayTaskError,
@@ -322,7 +324,11 @@ class TaskSubmitter:
         """The final answer to a lease request (spills already followed, raylet_clients.py)."""
         cls.pending_leases -= 1
         if isinstance(reply, BaseException):
-            if not self.cw.closing:
+            if self.cw.closing:
+                return
+            if isinstance(reply, ConnectionError) and raylet is self.cw.raylet:
+                self._fail_queue(cls, LocalRayletDiedError())  # as Ray: LOCAL_RAYLET_DIED
+            else:
                 self._fail_queue(cls, RaySystemError(f"worker lease failed: {reply}"))
             return
         if "error" in reply:
@@ -471,7 +477,35 @@ class TaskSubmitter:
                 ),
             )
         else:
+            self._fail_crashed(task)
+
+    def _fail_crashed(self, task: TaskEntry) -> None:
+        """No retries left: WorkerCrashedError, or NodeDiedError if the raylet that leased
+        the worker no longer answers (Ray asks that raylet why its worker died; no answer
+        means the node died)."""
+        lease = task.lease
+        if lease is None:
             self.fail(task, WorkerCrashedError())
+            return
+        self.cw.loop.create_task(self._fail_after_asking(task, lease.raylet))
+
+    async def _fail_after_asking(self, task: TaskEntry, raylet: rpc.Connection) -> None:
+        alive = await raylet_answers(raylet, 2 * config.NODE_TIMEOUT_S)
+        if task.state == "finished":  # failed meanwhile (e.g. the local raylet was lost)
+            return
+        if alive:
+            self.fail(task, WorkerCrashedError())
+            return
+        self.fail(
+            task,
+            NodeDiedError(
+                "Task failed due to the node (where this task was running) was dead or "
+                f"unavailable.\n\nIts {raylet.name or 'raylet'} does not answer. This can "
+                "happen if the instance where the node was running failed, the node was "
+                "preempted, or its raylet crashed unexpectedly (e.g., due to OOM).\n\nTo see "
+                "node death information, use `aioray list nodes` or the dashboard."
+            ),
+        )
 
     def handle_worker_oom_killed(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
         """The raylet is about to kill a leased worker for memory: remember why."""

@@ -26,6 +26,11 @@ async_call_spec: contextvars.ContextVar[dict[str, Any] | None] = contextvars.Con
     "aioray_async_call_spec", default=None
 )
 
+# In a worker hosting an async actor: the host's ``request_exit``. ``exit_actor()`` calls it
+# and raises AsyncioActorExit, as Ray does; the actor exits after the call even if the
+# method catches that exception. None elsewhere (exit_actor raises ActorExit there).
+request_async_actor_exit: Callable[[], None] | None = None
+
 # The runtime env tasks and actors submitted here inherit, in wire form (packages by
 # URI): the job's in a driver (init(runtime_env=...)), the worker's own in a worker.
 job_runtime_env: dict[str, Any] = {}

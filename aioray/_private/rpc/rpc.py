@@ -41,6 +41,7 @@ from aioray._private.rpc.peer_log import RateLimitedLog
 from aioray._private.rpc.tls_listener import TLSListener
 from aioray._private.wire import auth, config, protocol
 from aioray._private.wire.protocol import ERROR, NOTIFY, REQUEST, RESPONSE, Buffer, ProtocolError
+from aioray.exceptions import RpcError as RayRpcError
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +55,18 @@ peer_warnings = RateLimitedLog(logger, config.PEER_LOG_BURST, config.PEER_LOG_WI
 _handshaking: dict[Connection, None] = {}
 
 
-class RpcError(Exception):
-    """The remote handler raised; carries the remote exception's type name."""
+class RpcError(RayRpcError):
+    """The remote handler raised; carries the remote exception's type name. It reaches
+    users as Ray's ``ray.exceptions.RpcError`` (a failed call to a daemon)."""
 
     def __init__(self, method: str, remote_type: str, message: str) -> None:
         super().__init__(f"{method}: {remote_type}: {message}")
         self.method = method
         self.remote_type = remote_type
         self.remote_message = message
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.method, self.remote_type, self.remote_message))
 
 
 class ConnectionLost(ConnectionError):

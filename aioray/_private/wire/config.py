@@ -122,11 +122,26 @@ TASK_EVENTS_REPORT_INTERVAL_MS = _ray_env("TASK_EVENTS_REPORT_INTERVAL_MS", 1000
 TASK_EVENTS_MAX_BUFFER_SIZE = int(_ray_env("TASK_EVENTS_MAX_BUFFER_SIZE", 100_000))
 TASK_EVENTS_MAX_NUM_TASK_IN_GCS = int(_ray_env("TASK_EVENTS_MAX_NUM_TASK_IN_GCS", 100_000))
 
+# A pull of an object from another node that makes no progress this long (the source
+# raylet does not answer) fails with ObjectFetchTimedOutError: Ray's
+# fetch_fail_timeout_milliseconds (default 10 minutes), also a _system_config key.
+FETCH_FAIL_TIMEOUT_S = _ray_env("FETCH_FAIL_TIMEOUT_MILLISECONDS", 600_000) / 1000
+
+# Ray's RAY_allow_out_of_band_object_ref_serialization: an ObjectRef pickled outside
+# aioray's serialization (plain pickle, cloudpickle) pins its object in that process for
+# good (true, the default, as Ray), or raises OufOfBandObjectRefSerializationException.
+ALLOW_OUT_OF_BAND_OBJECT_REF_SERIALIZATION = (
+    os.environ.get("AIORAY_ALLOW_OUT_OF_BAND_OBJECT_REF_SERIALIZATION")
+    or os.environ.get("RAY_allow_out_of_band_object_ref_serialization")  # noqa: SIM112 (Ray's)
+    or "1"
+).lower() in ("1", "true")
+
 # Ray's _system_config keys that aioray passes to the daemons as environment variables.
 SYSTEM_CONFIG_ENV = {
     "task_events_report_interval_ms": "AIORAY_TASK_EVENTS_REPORT_INTERVAL_MS",
     "task_events_max_buffer_size": "AIORAY_TASK_EVENTS_MAX_BUFFER_SIZE",
     "task_events_max_num_task_in_gcs": "AIORAY_TASK_EVENTS_MAX_NUM_TASK_IN_GCS",
+    "fetch_fail_timeout_milliseconds": "AIORAY_FETCH_FAIL_TIMEOUT_MILLISECONDS",
 }
 
 

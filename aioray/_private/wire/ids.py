@@ -1,9 +1,10 @@
 """Identifiers: raw bytes on the wire, hex strings for users.
 
 An ObjectID is the TaskID that produced it plus a 4-byte return index, so an
-object's producing task is known from its id alone. TaskIDs are a worker's random
-8-byte prefix plus a per-worker counter: unique across the cluster with no
-coordination and no syscall per id.
+object's producing task is known from its id alone. A TaskID is a worker's random
+8-byte prefix, a per-worker counter (unique across the cluster with no coordination
+and no syscall per id), then the 4-byte JobID of the job it runs for, last as in
+Ray's layout: ``ObjectRef.job_id()`` and ``task_id()`` read the id alone.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import struct
 import threading
 from typing import TypeVar
 
-TASK_ID_SIZE = 16
+JOB_ID_SIZE = 4
+TASK_ID_SIZE = 16 + JOB_ID_SIZE
 OBJECT_ID_SIZE = TASK_ID_SIZE + 4
 _INDEX = struct.Struct("<I")
+_TASK_ID = struct.Struct(f"<8sQ{JOB_ID_SIZE}s")  # worker prefix, counter, job id
 
 
 def random_id(n: int = 16) -> bytes:
@@ -31,8 +34,10 @@ class IdGenerator:
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
 
-    def task_id(self) -> bytes:
-        return self._prefix + next(self._counter).to_bytes(8, "little")
+    def task_id(self, job_id: bytes) -> bytes:
+        """A new TaskID of job ``job_id`` (its 4 bytes end the id)."""
+        # One pack call: cheaper than the two concatenations it replaces (measured).
+        return _TASK_ID.pack(self._prefix, next(self._counter), job_id)
 
 
 def object_id(task_id: bytes, index: int) -> bytes:
@@ -41,6 +46,11 @@ def object_id(task_id: bytes, index: int) -> bytes:
 
 def task_id_of(object_id: bytes) -> bytes:
     return object_id[:TASK_ID_SIZE]
+
+
+def job_id_of(task_or_object_id: bytes) -> bytes:
+    """The JobID bytes inside a TaskID or an ObjectID."""
+    return task_or_object_id[TASK_ID_SIZE - JOB_ID_SIZE : TASK_ID_SIZE]
 
 
 def index_of(object_id: bytes) -> int:
@@ -128,13 +138,27 @@ class WorkerID(BaseID):
 
 
 class TaskID(BaseID):
-    """A task's id: its ObjectRefs' ids start with it."""
+    """A task's id: its ObjectRefs' ids start with it; its last 4 bytes are its JobID."""
+
+    SIZE = TASK_ID_SIZE
+
+    def job_id(self) -> JobID:
+        """The job the task belongs to (Ray's ``TaskID.job_id()``)."""
+        return JobID(job_id_of(self._id))
 
 
 class ObjectID(BaseID):
     """An object's id: the producing task's id and a return index."""
 
     SIZE = OBJECT_ID_SIZE
+
+    def task_id(self) -> TaskID:
+        """The id of the task that created the object."""
+        return TaskID(task_id_of(self._id))
+
+    def job_id(self) -> JobID:
+        """The job the object belongs to."""
+        return JobID(job_id_of(self._id))
 
 
 class PlacementGroupID(BaseID):
@@ -144,7 +168,7 @@ class PlacementGroupID(BaseID):
 class JobID(BaseID):
     """A job's id: 4 bytes, the GCS's counter (little-endian), as in Ray."""
 
-    SIZE = 4
+    SIZE = JOB_ID_SIZE
 
     @classmethod
     def from_int(cls, value: int) -> JobID:

@@ -66,11 +66,15 @@ class SerializedObject:
         return n
 
 
-def record_ref(ref: Any) -> None:
-    """Called by ObjectRef.__reduce__: remember a ref pickled inside the current value."""
+def record_ref(ref: Any) -> bool:
+    """Called by ObjectRef.__reduce__: remember a ref pickled inside the current value.
+    False if no value is being serialized here: the ref is pickled out of band (plain
+    pickle or cloudpickle), where nothing will hold it for the reader."""
     refs = getattr(_capture, "refs", None)
-    if refs is not None:
-        refs.append(ref)
+    if refs is None:
+        return False
+    refs.append(ref)
+    return True
 
 
 def serialize(value: Any, is_error: bool = False) -> SerializedObject:
