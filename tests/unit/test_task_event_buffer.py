@@ -137,7 +137,9 @@ def test_rows_from_many_threads_never_interleave() -> None:
 
 def test_the_gcs_refuses_rows_that_are_not_whole() -> None:
     table = TaskTable(10)
-    with pytest.raises(ValueError, match=f"task event rows of 30 bytes: not whole {te.ROW.size}-byte"):
+    with pytest.raises(
+        ValueError, match=f"task event rows of 30 bytes: not whole {te.ROW.size}-byte"
+    ):
         table.receive({"new": 0}, msgpack.packb([]), b"\0" * 30)
     with pytest.raises(ValueError, match=f"first rows of 10 bytes: not whole {te.INFO.size}-byte"):
         table.receive({"new": 0}, msgpack.packb([]), b"", b"\0" * 10)
