@@ -164,6 +164,7 @@ class Raylet:
         self.pool: WorkerPool | None = None
         self.requests: list[LeaseRequest] = []
         self.leases: dict[int, Lease] = {}
+        self.lendings = 0  # leases whose worker lent its CPUs (blocked in get), ever
         self.store = StoreService(object_store_memory, spill or SpillConfig(), self._report_later)
         self.transfer = ObjectTransfer(self)
         self._lease_ids = itertools.count(1)
@@ -418,6 +419,7 @@ class Raylet:
         # A placement group's CPUs too, so nested tasks in one bundle cannot deadlock.
         cpu = {k: v for k, v in lease.res.items() if k == "CPU" or k.startswith("CPU_group_")}
         if blocked:
+            self.lendings += 1
             self.resources.release(cpu)
         else:
             self.resources.acquire(cpu)
