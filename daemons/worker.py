@@ -105,8 +105,15 @@ class TaskExecutor:
         self.exit_soon(code)
 
     def exit_soon(self, code: int) -> None:
-        """(loop) Exit on purpose: send the task events not yet sent, then go."""
+        """(loop) Exit on purpose: send the task events not yet sent, then go. No queued
+        task starts meanwhile (they go with the process, as when it is SIGKILLed)."""
         if self._exit_task is None:
+            while True:
+                try:
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    break
+            self.queue.put(None)  # the execution thread stops after its current task
             self._exit_task = self.cw.loop.create_task(self._exit(code))
 
     async def _exit(self, code: int) -> None:
