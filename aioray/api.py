@@ -125,7 +125,7 @@ def init(
                 "by passing in 'ignore_reinit_error=True' or by calling 'aioray.shutdown()' "
                 "prior to 'aioray.init()'."
             )
-        address = address or os.environ.get("AIORAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
+        address = node.address_from_env(address)
         if address in (None, "local"):
             _local_node = node.LocalNode.start(
                 num_cpus=num_cpus,

@@ -25,10 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     node_commands.add_node_options(serve, foreground=True)
     sub.add_parser("stop", help="stop the daemons started on this machine by 'aioray start'")
     status = sub.add_parser("status", help="nodes, their resources and state")
-    status.add_argument("--address", default="auto")
+    status.add_argument("--address", default=None, help=state_cli.ADDRESS_HELP)
     status.add_argument("--token", help="the cluster token (default: as for start)")
     memory = sub.add_parser("memory", help="object references across the cluster (like ray memory)")
-    memory.add_argument("--address", default="auto")
+    memory.add_argument("--address", default=None, help=state_cli.ADDRESS_HELP)
     logs = sub.add_parser("logs", help="list a session's log files, or print and follow one")
     logs.add_argument("name", nargs="?", help="a file name, or a worker's pid (its .out and .err)")
     logs.add_argument("-n", "--lines", type=int, default=100, help="lines to print (default 100)")
@@ -71,7 +71,7 @@ def cmd_memory(a: argparse.Namespace) -> int:
     from aioray._private.wire import auth
 
     try:
-        address = node.resolve_address(a.address)
+        address = node.find_gcs_address(a.address)
         auth.set_token(node.token_for(address))
         print(memory_summary(address))
     except ConnectionError as e:

@@ -22,6 +22,10 @@ from aioray.util import state
 
 FORMATS = ("default", "json", "yaml", "table")
 RESOURCE_CHOICES = [r.replace("_", "-") for r in schema.RESOURCES]
+ADDRESS_HELP = (
+    "the cluster's GCS host:port, or the http://host:port of its dashboard on this machine "
+    "(default: $AIORAY_ADDRESS, else $RAY_ADDRESS, else this machine's cluster)"
+)
 
 
 def add_commands(sub: Any) -> None:
@@ -47,13 +51,13 @@ def add_commands(sub: Any) -> None:
     _common(summary)
     timeline = sub.add_parser("timeline", help="write a Chrome trace of the tasks (Perfetto)")
     timeline.add_argument("--output", "-o", default=None, help="file (default: in /tmp)")
-    timeline.add_argument("--address", default=None, help="the GCS host:port (default: auto)")
+    timeline.add_argument("--address", default=None, help=ADDRESS_HELP)
     timeline.add_argument("--timeout", type=float, default=state.api.DEFAULT_TIMEOUT)
 
 
 def _common(p: argparse.ArgumentParser, default_format: str = "default") -> None:
     p.add_argument("--format", choices=FORMATS, default=default_format)
-    p.add_argument("--address", default=None, help="the GCS host:port (default: auto)")
+    p.add_argument("--address", default=None, help=ADDRESS_HELP)
     p.add_argument("--timeout", type=float, default=state.api.DEFAULT_TIMEOUT)
 
 
@@ -260,7 +264,7 @@ def add_log_options(logs: argparse.ArgumentParser) -> None:
     logs.add_argument("--pid", type=int, help="the log of the worker with this pid")
     logs.add_argument("--node-id", help="the node (with a file name or --pid)")
     logs.add_argument("--err", action="store_true", help="the worker's .err, not its .out")
-    logs.add_argument("--address", default=None, help="the GCS host:port (default: auto)")
+    logs.add_argument("--address", default=None, help=ADDRESS_HELP)
 
 
 def wants_state_logs(a: argparse.Namespace) -> bool:

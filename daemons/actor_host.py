@@ -11,7 +11,8 @@
 Calls start in arrival order: a call whose arguments must first be fetched holds
 back the calls behind it (an ordering chain of futures), so one caller's calls
 run in submission order. ``exit_actor()`` and ``__ray_terminate__`` tell the
-raylet the exit is intentional, then the process exits; callers see the death.
+raylet the exit is intentional and send the task events not yet sent, then the
+process exits; callers see the death.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aioray._private.owner import worker_context
-from aioray._private.owner.task_events import EXEC, RUNNING, pack_row, record_end, reply_failed
+from aioray._private.owner.task_events import (
+    EXEC,
+    EXIT_SEND_TIMEOUT_S,
+    RUNNING,
+    pack_row,
+    record_end,
+    reply_failed,
+)
 from aioray._private.rpc import rpc
 from aioray._private.wire import serialization
 from aioray._private.wire.protocol import Buffer
@@ -323,12 +331,15 @@ class ActorHost:
         aid = self.cw.actor_id
         if aid is not None and not self.cw.raylet.is_closed:
             self.cw.raylet.notify("actor_exiting", aid)
-        # 3. Close callers' connections gracefully (flushing replies), then go.
+        # 3. Close callers' connections gracefully (flushing replies) and send the task
+        #    events not yet sent (as Ray's workers do before exiting), then go.
         peers = list(self.cw.server.connections) if self.cw.server else []
         for conn in peers:
             conn.close()
+        waits = [self.cw.event_buffer.send_remaining(EXIT_SEND_TIMEOUT_S)]
         if peers:
-            await asyncio.wait([c.closed for c in peers], timeout=2.0)
+            waits.append(asyncio.wait([c.closed for c in peers], timeout=2.0))
+        await asyncio.gather(*waits)
         if self.cw.metrics_reporter is not None:  # its last metrics, while the raylet listens
             self.cw.metrics_reporter.close()
         self.cw.raylet.close()

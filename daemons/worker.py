@@ -5,7 +5,9 @@ code computes. ``push_task`` resolves arguments that must be fetched, then hands
 the task to the execution thread through a queue; results come back through the
 CoreWorker's batched ``post`` and the reply is sent from the loop. A task is
 cancelled by raising KeyboardInterrupt in the execution thread; ``force`` exits
-the process, which its owner sees as a crash of a task it cancelled.
+the process, which its owner sees as a crash of a task it cancelled. A worker that
+exits on purpose (forced cancel, ``exit_worker`` from the raylet) sends its task
+events not yet sent first, as Ray's workers do.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from aioray._private.owner.core_worker import WORKER, CoreWorker
 from aioray._private.owner.object_ref import ObjectRef, set_core_worker
 from aioray._private.owner.task_events import (
     EXEC,
+    EXIT_SEND_TIMEOUT_S,
     FAILED,
     RUNNING,
     pack_row,
@@ -72,6 +75,7 @@ class TaskExecutor:
         self.pid = os.getpid()
         self.cuda_env = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.cuda_now = self.cuda_env  # what os.environ holds now
+        self._exit_task: asyncio.Task[None] | None = None
         self.actor = ActorHost(self)
         self.task_counts = TaskCounts()  # ray_tasks, as this executor sees them
         REGISTRY.collectors.append(self.task_counts.collect)
@@ -83,6 +87,7 @@ class TaskExecutor:
             "cancel_task": self.handle_cancel_task,
             "stream_ack": self.handle_stream_ack,
             "exit_if_idle": self.handle_exit_if_idle,
+            "exit_worker": self.handle_exit_worker,
             **self.actor.handlers(),
         }
 
@@ -92,6 +97,28 @@ class TaskExecutor:
         cw = self.cw
         busy = self.current is not None or self.queued or cw.submitter.tasks
         return not (busy or cw.owned or cw.actors.owns_actors())
+
+    def handle_exit_worker(self, conn: rpc.Connection, code: int, _: Any) -> None:
+        """``exit_worker`` exit code (notice, from the raylet: ``ray.kill`` of this worker's
+        actor, or an idle worker let go): exit now, once the task events not yet sent are
+        (the raylet SIGKILLs a worker still there after its grace period)."""
+        self.exit_soon(code)
+
+    def exit_soon(self, code: int) -> None:
+        """(loop) Exit on purpose: send the task events not yet sent, then go. No queued
+        task starts meanwhile (they go with the process, as when it is SIGKILLed)."""
+        if self._exit_task is None:
+            while True:
+                try:
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    break
+            self.queue.put(None)  # the execution thread stops after its current task
+            self._exit_task = self.cw.loop.create_task(self._exit(code))
+
+    async def _exit(self, code: int) -> None:
+        await self.cw.event_buffer.send_remaining(EXIT_SEND_TIMEOUT_S)
+        os._exit(code)
 
     # -- loop side --------------------------------------------------------------------------
     def handle_push_task(
@@ -157,7 +184,8 @@ class TaskExecutor:
                     self.cw.submitter.cancel_task(child, force)
             if force:
                 logger.info("force-cancelling task %s: exiting", task_id.hex())
-                os._exit(1)
+                self.exit_soon(1)
+                return
             ident = self.thread.ident or 0
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
                 ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt)

@@ -58,13 +58,11 @@ class JobManager:
         return JobDetails.from_json(record)
 
     async def list(self) -> list[JobDetails]:
-        keys = await self.link.gcs("kv_keys", [job_store.NAMESPACE, job_store.PREFIX])
-        jobs = []
-        for k in keys:
-            raw = await self.link.gcs("kv_get", [job_store.NAMESPACE, bytes(k)])
-            if raw is not None:
-                jobs.append(JobDetails.from_json(job_store.decode(raw) or {}))
-        return sorted(jobs, key=lambda j: j.start_time or 0)
+        """Every job as Ray's ``GET /api/jobs/`` lists them: the submitted ones (type
+        SUBMISSION) and the drivers that were not submitted (type DRIVER, no submission
+        id), each once; the GCS merges them, as for the State API's ``list_jobs``."""
+        rows = await self.link.gcs("state_list_all_jobs")
+        return sorted((JobDetails.from_json(r) for r in rows), key=lambda j: j.start_time or 0)
 
     async def submit(self, req: dict[str, Any]) -> str:
         """Record the job PENDING, then start its supervisor; ValueError if the id is taken."""

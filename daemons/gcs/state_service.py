@@ -2,7 +2,8 @@
 
 ``state_list [resource, filters, limit, detail]`` answers for tasks (the task table,
 ``task_events.py``), actors, nodes, jobs (``job_rows.py``) and placement groups;
-``state_get_task`` and ``state_summary`` too. Filters are applied here, at the source,
+``state_get_task``, ``state_summary`` and ``state_list_all_jobs`` (every job row
+whole, for the Jobs API's ``GET /api/jobs/``) too. Filters are applied here, at the source,
 to every row, and the answer says how many rows there were, how many matched and how
 many came back, so a client can tell a truncated answer from a complete one. Workers
 and objects live on the raylets; the client asks them (aioray/util/state/query.py).
@@ -134,6 +135,7 @@ class StateService:
             "state_get_task": self.handle_state_get_task,
             "state_summary": self.handle_state_summary,
             "state_list_all_tasks": self.handle_state_list_all_tasks,
+            "state_list_all_jobs": self.handle_state_list_all_jobs,
         }
 
     def job_started(self, job_id: bytes, conn: rpc.Connection, info: dict[str, Any]) -> None:
@@ -214,6 +216,11 @@ class StateService:
         [task id, attempt, name, type, node id, worker pid, state, [(state, time s)]]."""
         await self.merged()
         return [_timeline_row(r) for r in self.tasks.records.values() if r.worker_pid]
+
+    def handle_state_list_all_jobs(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+        """Every job, driver and submitted, each once and with all its fields (Ray's
+        JobDetails): what the Jobs API lists, with no limit and no column projection."""
+        return list(self._rows("jobs"))
 
     async def handle_state_summary(self, conn: rpc.Connection, resource: str, _: Any) -> Any:
         """body = "tasks", "actors" or "objects"; reply: the summary Ray's summarize_* gives."""

@@ -29,7 +29,6 @@ import importlib
 import itertools
 import logging
 import os
-import signal
 import socket
 import time
 from typing import TYPE_CHECKING, Any
@@ -165,6 +164,7 @@ class Raylet:
         self.pool: WorkerPool | None = None
         self.requests: list[LeaseRequest] = []
         self.leases: dict[int, Lease] = {}
+        self.lendings = 0  # leases whose worker lent its CPUs (blocked in get), ever
         self.store = StoreService(object_store_memory, spill or SpillConfig(), self._report_later)
         self.transfer = ObjectTransfer(self)
         self._lease_ids = itertools.count(1)
@@ -399,7 +399,8 @@ class Raylet:
         self._report()
         w = lease.worker
         if lease.actor is not None:
-            _kill(w.pid)  # an actor's worker holds its state: never reused
+            assert self.pool is not None
+            self.pool.end(w, 1)  # an actor's worker holds its state: never reused
         elif worker_ok and w.conn is not None and not w.conn.is_closed and self.pool is not None:
             self.pool.push_idle(w)
 
@@ -418,6 +419,7 @@ class Raylet:
         # A placement group's CPUs too, so nested tasks in one bundle cannot deadlock.
         cpu = {k: v for k, v in lease.res.items() if k == "CPU" or k.startswith("CPU_group_")}
         if blocked:
+            self.lendings += 1
             self.resources.release(cpu)
         else:
             self.resources.acquire(cpu)
@@ -552,11 +554,12 @@ class Raylet:
             self._schedule()
 
     def handle_kill_actor_worker(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
-        """``kill_actor_worker`` aid (notice, from the GCS): kill the worker hosting that actor
-        here."""
+        """``kill_actor_worker`` aid (notice, from the GCS): end the worker hosting that actor
+        here (told to exit, it sends its last task events first; SIGKILLed if it does not)."""
+        assert self.pool is not None
         for lease in self.leases.values():
             if lease.actor == aid:
-                _kill(lease.worker.pid)
+                self.pool.end(lease.worker, 1)
 
     def handle_actor_exiting(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
         """``actor_exiting`` aid (notice, from the actor's worker): forwarded to the GCS with the
@@ -591,10 +594,3 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.bind((host, port))
     sock.listen(128)  # scrapers wait here until the HTTP service takes the socket
     return sock
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -169,8 +169,8 @@ class StateHandlers:
 
     def handle_get_state(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
         """``get_state`` (no body) -> the raylet's state for tests and ``aioray status``: resources,
-        workers, leases, queued requests, object store and transfer stats, its cluster view, OOM
-        kills, GCS reconnects."""
+        workers, leases, queued requests, CPU lendings, object store and transfer stats, its
+        cluster view, OOM kills, GCS reconnects."""
         assert self.raylet.pool is not None
         return {
             "node_id": self.raylet.node_id,
@@ -179,6 +179,7 @@ class StateHandlers:
             "workers": len(self.raylet.pool.workers),
             "leases": len(self.raylet.leases),
             "queued": len(self.raylet.requests),
+            "lendings": self.raylet.lendings,
             "objects": len(self.raylet.store.manager.entries),
             "object_store": self.raylet.store.stats(),
             "transfer": self.raylet.transfer.stats(),

@@ -11,6 +11,10 @@ registers (killed while starting) has no connection yet: the pool watches each
 starting worker's pid (a pidfd, readable once the process is gone) until it
 registers, so that a lost start is forgotten and the raylet starts another
 instead of waiting for it forever.
+
+A worker the raylet ends (``ray.kill`` of its actor, idle too long) is told to exit
+(``exit_worker``), so that it sends its task events not yet sent first, as Ray's
+workers do; one still there after ``EXIT_GRACE_S`` is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ logger = logging.getLogger(__name__)
 # Idle workers of a runtime env (not the default one) exit after this long unused,
 # so the env's cached pieces can be released (Ray also kills idle workers).
 ENV_WORKER_IDLE_S = config._env("RUNTIME_ENV_WORKER_IDLE_S", 10.0)
+# A worker told to exit has this long (its last task events take ~1 ms) before SIGKILL.
+EXIT_GRACE_S = 3.0
 
 
 class WorkerHandle:
@@ -305,13 +311,25 @@ class WorkerPool:
             return
         if may_go:
             self.reaped += 1
-            try:
-                os.kill(w.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self.end(w, 0)
         else:
             self.kept_idle += 1
             self.push_idle(w)
+
+    def end(self, w: WorkerHandle, code: int) -> None:
+        """Make a worker exit (with ``code``): told to, so that it sends its last task
+        events; SIGKILLed if it cannot be told or is still registered after EXIT_GRACE_S
+        (its connection closing removes it)."""
+        if w.conn is None or w.conn.is_closed:
+            _kill(w.pid)
+            return
+        w.conn.notify("exit_worker", code)
+        asyncio.get_running_loop().call_later(EXIT_GRACE_S, self._kill_if_still_here, w)
+
+    def _kill_if_still_here(self, w: WorkerHandle) -> None:
+        if self.workers.get(w.worker_id) is w:
+            logger.warning("worker pid %d did not exit when told to: killing it", w.pid)
+            _kill(w.pid)
 
     def pop_idle(self, env_key: str) -> WorkerHandle | None:
         idle = self.idle.get(env_key)
@@ -351,6 +369,13 @@ class WorkerPool:
         for server in list(self.servers.values()):
             await server.stop(timeout)
         self.servers.clear()
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _alive(pid: int) -> bool:

@@ -108,13 +108,39 @@ def shm_entries() -> set[str]:
         return set()
 
 
-def listening_ports() -> set[int]:
-    """TCP ports some process is listening on."""
-    return {
-        conn.laddr.port
+def _ours(pid: int | None) -> bool:
+    """Whether ``pid`` is this run's: this process, one it started, or a daemon of one of
+    this run's sessions (its command line names SESSION_ROOT)."""
+    if pid is None:  # another user's process
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        proc = psutil.Process(pid)
+        return SESSION_ROOT in " ".join(proc.cmdline()) or any(
+            parent.pid == os.getpid() for parent in proc.parents()
+        )
+    except psutil.Error:
+        return False
+
+
+def _listeners() -> set[tuple[int, int]]:
+    """(port, pid) of the TCP sockets this run's processes listen on. Other test runs
+    and users' clusters on the same machine are not ours, even on the same port: a
+    dashboard falls forward from 8265, so another run's next cluster takes 8265 as soon
+    as one of ours frees it."""
+    found = {
+        (conn.laddr.port, conn.pid)
         for conn in psutil.net_connections(kind="tcp")
-        if conn.status == psutil.CONN_LISTEN and conn.laddr
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.pid is not None
     }
+    ours = {pid for pid in {pid for _, pid in found} if _ours(pid)}
+    return {(port, pid) for port, pid in found if pid in ours}
+
+
+def listening_ports() -> set[int]:
+    """TCP ports this run's processes are listening on."""
+    return {port for port, _ in _listeners()}
 
 
 def port_of(address: str) -> int:
@@ -123,12 +149,8 @@ def port_of(address: str) -> int:
 
 
 def listener_pids(port: int) -> set[int]:
-    """Pids of the processes listening on ``port``."""
-    return {
-        conn.pid
-        for conn in psutil.net_connections(kind="tcp")
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid
-    }
+    """Pids of this run's processes listening on ``port``."""
+    return {pid for listening, pid in _listeners() if listening == port}
 
 
 def cluster_ports(ctx: Any) -> dict[str, int]:
@@ -147,14 +169,18 @@ def cluster_ports(ctx: Any) -> dict[str, int]:
 def wait_ports_closed(ports: dict[str, int], timeout: float = 5.0) -> None:
     """Assert that none of ``ports`` is listening any more (bounded wait)."""
 
-    def still_open() -> dict[str, int]:
-        open_now = listening_ports()
-        return {name: port for name, port in ports.items() if port in open_now}
+    def still_open() -> dict[str, tuple[int, set[int]]]:
+        listeners = _listeners()
+        return {
+            name: (port, {pid for listening, pid in listeners if listening == port})
+            for name, port in ports.items()
+            if port in {listening for listening, _ in listeners}
+        }
 
     wait_for_condition(
         lambda: not still_open(),
         timeout,
-        message=lambda: f"ports still listening after shutdown: {still_open()}",
+        message=lambda: f"ports still listening after shutdown (port, pids): {still_open()}",
     )
 
 

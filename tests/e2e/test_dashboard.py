@@ -474,6 +474,14 @@ def test_jobs_are_the_drivers_and_the_submissions_each_once(url: str, ray_shared
     assert gone_row["status"] == "SUCCEEDED" and gone_row["end_time"] >= gone_row["start_time"]
     assert "aioray.init()" in gone_row["entrypoint"]
     assert not [r for r in drivers.values() if "aioray.dashboard" in r["entrypoint"]]
+    # The Jobs API lists the same jobs, drivers too (Ray's GET /api/jobs/).
+    listed = {j.job_id or j.submission_id: j for j in client.list_jobs()}
+    assert set(listed) == {r["job_id"] or r["submission_id"] for r in rows}
+    assert (listed[this_id].type, listed[this_id].submission_id) == ("DRIVER", None)
+    assert listed[this_id].status == JobStatus.RUNNING
+    assert listed[this_id].driver_info == mine["driver_info"]
+    assert listed[ended_id].status == JobStatus.SUCCEEDED and listed[ended_id].end_time
+    assert listed[submitted["job_id"]].submission_id == sid
     # The State API and the CLI give the same rows.
     (row,) = state.list_jobs(filters=[("submission_id", "=", sid)])
     assert (row.job_id, row.type) == (submitted["job_id"], "SUBMISSION")

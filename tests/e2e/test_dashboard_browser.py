@@ -117,6 +117,9 @@ def test_job_goes_running_then_succeeded_with_live_logs(page: Page, url: str) ->
     shot(page, "job-succeeded")
     page.click("nav >> text=Jobs")
     expect(page.locator(f"a[href='#/jobs/{sid}']")).to_be_visible()
+    # This driver is a job too (type DRIVER, no submission id, so no page of its own).
+    driver_job = ray.get_runtime_context().get_job_id()
+    expect(page.locator("main span.mono", has_text=driver_job)).to_have_count(1)
     shot(page, "jobs")
     os.unlink(gate)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -137,3 +139,39 @@ def test_status_shows_pending_and_infeasible_demand(ray_start: Any, capsys: Any)
     ray.cancel(never)
     for ref in busy:
         ray.cancel(ref, force=True)
+
+
+def _python(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """``python *argv`` in a process of its own (no driver here), with ``env`` over this
+    one's environment less the address variables."""
+    base = {k: v for k, v in os.environ.items() if k not in ("AIORAY_ADDRESS", "RAY_ADDRESS")}
+    return subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, timeout=60, env={**base, **env}
+    )
+
+
+def _cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return _python(env, "-m", "aioray.cli", *argv)
+
+
+def test_no_address_means_the_environment_s_cluster(ray_start: Any) -> None:
+    # A cluster started by init() is no 'aioray start' cluster: "auto" alone does not
+    # find it, so each command below finds it through the variable only (as Ray's).
+    gcs = ray_start.address_info["gcs_address"]
+    node_id = ray.get_runtime_context().get_node_id()
+    listed = _cli({"RAY_ADDRESS": gcs}, "list", "nodes", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert [n["node_id"] for n in json.loads(listed.stdout)] == [node_id]
+    summary = _cli({"AIORAY_ADDRESS": gcs}, "summary", "actors")
+    assert summary.returncode == 0 and "total_actors: 0" in summary.stdout, summary.stderr
+    status = _cli({"RAY_ADDRESS": gcs}, "status")
+    assert status.returncode == 0 and f"Cluster at {gcs}: 1 alive node" in status.stdout
+    # AIORAY_ADDRESS wins over RAY_ADDRESS; --address over both.
+    both = {"AIORAY_ADDRESS": "127.0.0.1:9", "RAY_ADDRESS": gcs}
+    refused = _cli(both, "list", "nodes", "--timeout", "5")
+    assert refused.returncode == 1 and "127.0.0.1:9" in refused.stderr
+    assert _cli(both, "list", "nodes", "--address", gcs).returncode == 0
+    # The State API from Python, RAY_ADDRESS naming the dashboard (Ray users set it so).
+    script = "from aioray.util import state; print([n.node_id for n in state.list_nodes()])"
+    api = _python({"RAY_ADDRESS": f"http://{ray_start.dashboard_url}"}, "-c", script)
+    assert api.returncode == 0 and api.stdout.strip() == str([node_id]), api.stderr

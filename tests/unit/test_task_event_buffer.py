@@ -4,6 +4,7 @@ and what reaches the GCS table. No cluster, no loop."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from types import SimpleNamespace
@@ -144,3 +145,44 @@ def test_the_gcs_refuses_rows_that_are_not_whole() -> None:
     with pytest.raises(ValueError, match=f"first rows of 10 bytes: not whole {te.INFO.size}-byte"):
         table.receive({"new": 0}, msgpack.packb([]), b"", b"\0" * 10)
     assert not table.pending
+
+
+class ClosingGcs(FakeConnection):
+    """A GCS connection whose ``closed`` is set once it is closed (all written)."""
+
+    def __init__(self) -> None:
+        super().__init__("gcs")
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def close(self) -> None:
+        self.drop()
+        self.closed.set_result(None)
+
+
+async def test_an_exiting_process_sends_every_event_first(caplog: Any) -> None:
+    cw, buf = make_buffer()
+    tid = b"\x07" * TID
+    first_row(cw, buf, tid)
+    buf._swap()  # (its batch would go out only at the next swap)
+    record(cw, tid, te.EXEC + te.FINISHED)  # recorded just before the exit
+    gcs = ClosingGcs()
+
+    async def connect() -> ClosingGcs:  # a worker connects to the GCS only when it must
+        return gcs
+
+    cw.gcs_connection = connect
+    await buf.send_remaining(timeout=5)
+    assert gcs.is_closed and gcs.methods() == ["add_task_events"]
+    table = TaskTable(10)
+    deliver(gcs, table)
+    assert table.get(tid.hex())[0]["state"] == "FINISHED"
+    # No GCS to send to: the exit is not held up; the loss is logged.
+    cw, buf = make_buffer()
+    record(cw, tid, te.EXEC + te.RUNNING)
+
+    async def refused() -> None:
+        raise ConnectionError("refused")
+
+    cw.gcs_connection = refused
+    await buf.send_remaining(timeout=5)
+    assert "1 task events not sent before exiting: refused" in caplog.text

@@ -54,6 +54,42 @@ def resolve_address(address: str) -> str:
     return str(info["gcs_address"])
 
 
+# The variables that name the cluster to join when no address is given: aioray's
+# first, then Ray's (a submitted job's entrypoint has both).
+ADDRESS_ENV = ("AIORAY_ADDRESS", "RAY_ADDRESS")
+
+
+def address_from_env(address: str | None) -> str | None:
+    """The address a caller means, read as Ray reads it: the one given, unless it is
+    None or "auto"; then ``AIORAY_ADDRESS``, else ``RAY_ADDRESS``; else as given."""
+    if address not in (None, "", "auto"):
+        return address
+    for name in ADDRESS_ENV:
+        if os.environ.get(name):
+            return os.environ[name]
+    return address
+
+
+def find_gcs_address(address: str | None) -> str:
+    """The GCS "host:port" of the cluster ``address`` names, for tools that join none
+    (``aioray status``, the State API): the address given, else the environment's
+    (``address_from_env``), else this machine's cluster ("auto"). A dashboard's
+    ``http://host:port`` names its cluster's GCS when that head runs on this machine."""
+    address = address_from_env(address) or "auto"
+    if "://" not in address:
+        return resolve_address(address)
+    hostport = address.split("://", 1)[1].rstrip("/")
+    for path in _session_dirs():
+        if _read(os.path.join(path, DASHBOARD_URL_FILE)) == hostport:
+            gcs = _read(os.path.join(path, GCS_ADDRESS_FILE))
+            if gcs:
+                return gcs
+    raise ValueError(
+        f"address {address!r} names a dashboard that is not on this machine; give the "
+        f"cluster's GCS address (host:port, as printed by 'aioray start --head') or 'auto'."
+    )
+
+
 # Tokens of the head nodes this process started (LocalNode, cluster_utils.Cluster).
 _started_tokens: dict[str, str] = {}
 

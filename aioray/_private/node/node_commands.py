@@ -426,7 +426,7 @@ def cmd_stop(a: argparse.Namespace) -> int:
 
 def cmd_status(a: argparse.Namespace) -> int:
     try:
-        address = node.resolve_address(a.address)
+        address = node.find_gcs_address(a.address)
         auth.set_token(a.token or node.token_for(address))
         nodes = gcs_call(address, "get_nodes")
         print(format_status(gcs_call(address, "get_autoscaler_status")))

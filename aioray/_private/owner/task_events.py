@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# A process exiting on purpose waits at most this long for its last events to go out.
+EXIT_SEND_TIMEOUT_S = 1.0
+
 # A plain transition: task id (TASK_ID_SIZE bytes), code, attempt, time (s). ``pack_row`` makes
 # one, which the recorder appends with ``+=`` (one C call: atomic across threads).
 ROW = struct.Struct(f"<{TASK_ID_SIZE}sBId")
@@ -210,14 +213,38 @@ class TaskEventBuffer:
 
     def stop(self) -> None:
         """Send what is left (best effort: only over an open GCS connection)."""
+        gcs = self.cw.gcs
+        ready = self._last_batch()
+        if gcs is not None and not gcs.is_closed:
+            self._send(gcs, ready)
+
+    async def send_remaining(self, timeout: float) -> None:
+        """(loop) Before this process exits on purpose (``exit_actor``, ``ray.kill``, an
+        idle worker let go, a forced cancel): stop, and send every event recorded so far,
+        as Ray's workers do before they exit, connecting to the GCS first if this worker
+        never did; return once they are written out (the GCS connection closes
+        gracefully) or after ``timeout`` seconds."""
+        ready = self._last_batch()
+        if not len(ready) and not self.dropped:
+            return
+        try:
+            gcs = await asyncio.wait_for(self.cw.gcs_connection(), timeout)
+            self._send(gcs, ready)
+            gcs.close()  # (flushes first; ``closed`` once all is written)
+            await asyncio.wait_for(asyncio.shield(gcs.closed), timeout)
+        except (ConnectionError, OSError, asyncio.TimeoutError) as e:
+            logger.warning("%d task events not sent before exiting: %s", len(ready), e)
+
+    def _last_batch(self) -> Batch:
+        """Stop the loop; return everything recorded. The current buffers are copied into
+        the older batch, which no recorder holds: one that read them just before the swap
+        and appends now is lost, never sent half-written."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        gcs = self.cw.gcs
-        if gcs is not None and not gcs.is_closed:
-            ready = self._swap()
-            ready.extend(self._swap())  # both: no thread records any more
-            self._send(gcs, ready)
+        ready = self._swap()
+        ready.extend(self._swap())
+        return ready
 
     async def _run(self) -> None:
         while True:

@@ -1,7 +1,9 @@
 """Ray's ``ray.util.state`` functions: list, get and summarize a cluster's state; logs.
 
 Each call opens a short connection to the cluster's GCS (``address``: None or "auto"
-for this driver's cluster, else this machine's; or the GCS "host:port"), runs one
+for this driver's cluster, else the one ``AIORAY_ADDRESS`` or ``RAY_ADDRESS`` names,
+else this machine's; the GCS "host:port"; or the ``http://host:port`` of a dashboard
+on this machine), runs one
 ``StateQuery`` (query.py) under ``timeout`` and closes it. Rows are dicts whose keys
 are also attributes (``task.state`` or ``task["state"]``, as Ray's dataclasses allow).
 """
@@ -92,13 +94,7 @@ def gcs_address_of(address: str | None) -> str:
         cw = worker_context.core_worker
         if cw is not None and cw.gcs_address is not None:  # inside a worker
             return f"{cw.gcs_address[0]}:{cw.gcs_address[1]}"
-        return node.resolve_address("auto")
-    if address.startswith(("http://", "https://")):
-        raise ValueError(
-            f"address {address!r} names a dashboard; aioray's State API needs the GCS "
-            f"address (host:port, as printed by 'aioray start --head') or 'auto'."
-        )
-    return node.resolve_address(address)
+    return node.find_gcs_address(address)
 
 
 def run_query(

@@ -8,7 +8,10 @@ export async function render(main, [id]) {
   if (socket) { socket.close(); socket = null; }
   const jobs = await api("/api/jobs/");
   main.innerHTML = `<h2>Jobs (${jobs.length})</h2>${table([
-    ["Submission id", (j) => `<a href="#/jobs/${esc(j.submission_id)}">${esc(j.submission_id)}</a>`],
+    ["Job", (j) => j.submission_id  // a submitted job has a page; a driver job its id
+      ? `<a href="#/jobs/${esc(j.submission_id)}">${esc(j.submission_id)}</a>`
+      : `<span class="mono">${esc(j.job_id)}</span>`],
+    ["Type", (j) => esc(j.type)],
     ["Status", (j) => state(j.status)],
     ["Entrypoint", (j) => `<span class="mono">${esc(j.entrypoint)}</span>`],
     ["Started", (j) => ago(j.start_time)],

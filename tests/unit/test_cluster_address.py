@@ -1,0 +1,49 @@
+"""Which cluster a caller with no address means (``node.address_from_env``,
+``node.find_gcs_address``): AIORAY_ADDRESS, then RAY_ADDRESS, as Ray reads them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aioray._private.node import node
+from aioray._private.wire import config
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in node.ADDRESS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_given_address_wins_and_none_or_auto_read_the_environment(
+    no_env: pytest.MonkeyPatch,
+) -> None:
+    assert node.address_from_env(None) is None
+    assert node.address_from_env("auto") == "auto"
+    no_env.setenv("RAY_ADDRESS", "10.0.0.2:6379")
+    assert node.address_from_env(None) == "10.0.0.2:6379"
+    assert node.address_from_env("auto") == "10.0.0.2:6379"  # Ray's init reads it for "auto"
+    no_env.setenv("AIORAY_ADDRESS", "10.0.0.1:6379")
+    assert node.address_from_env(None) == "10.0.0.1:6379"
+    assert node.address_from_env("10.0.0.3:1") == "10.0.0.3:1"
+    assert node.address_from_env("local") == "local"
+
+
+def test_a_dashboard_url_names_its_gcs_when_its_head_is_here(
+    no_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    no_env.setattr(config, "SESSION_ROOT", str(tmp_path))
+    session = tmp_path / "session_x"
+    session.mkdir()
+    (session / node.DASHBOARD_URL_FILE).write_text("127.0.0.1:8270")
+    (session / node.GCS_ADDRESS_FILE).write_text("127.0.0.1:6390")
+    no_env.setenv("RAY_ADDRESS", "http://127.0.0.1:8270/")
+    assert node.find_gcs_address(None) == "127.0.0.1:6390"
+    assert node.find_gcs_address("127.0.0.1:7000") == "127.0.0.1:7000"
+    with pytest.raises(ValueError, match="names a dashboard that is not on this machine"):
+        node.find_gcs_address("http://10.1.1.1:8265")
+    with pytest.raises(ValueError, match="Invalid address 'nonsense'"):
+        node.find_gcs_address("nonsense")
