@@ -44,12 +44,13 @@ class NodeHealth:
     def watch(self, node_id: bytes) -> None:
         self.last_seen[node_id] = time.monotonic()
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.period, self._check)
+            self._timer = asyncio.get_running_loop().call_later(self.period, self.check)
 
     def forget(self, node_id: bytes) -> None:
         self.last_seen.pop(node_id, None)
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """(every period) Declare dead the nodes silent for longer than the timeout."""
         self._timer = None
         now = time.monotonic()
         for node_id, seen in list(self.last_seen.items()):
@@ -69,7 +70,7 @@ class NodeHealth:
                 if conn is not None:
                     conn.close()
         if self.last_seen:
-            self._timer = asyncio.get_running_loop().call_later(self.period, self._check)
+            self._timer = asyncio.get_running_loop().call_later(self.period, self.check)
 
     def stop(self) -> None:
         if self._timer is not None:

@@ -46,12 +46,13 @@ async def test_joins_resources_and_totals_reach_every_raylet() -> None:
 
 async def test_a_silent_node_is_declared_dead_and_its_connection_closed() -> None:
     gcs = GcsServer("", "s")
-    gcs.health.period, gcs.health.timeout = 0.02, 0.1
+    gcs.health.period, gcs.health.timeout = 3600.0, 1.0  # the test runs the checks itself
     quiet = register(gcs, b"q" * 16, "127.0.0.3", 1)
     chatty = register(gcs, b"c" * 16, "127.0.0.4", 1)
-    for _ in range(15):
-        gcs.handle_heartbeat(chatty, b"c" * 16, [])  # type: ignore[arg-type]
-        await asyncio.sleep(0.02)
+    gcs.health.last_seen[b"q" * 16] -= 5.0  # silent for 5 s (no clock to wait on)
+    gcs.health.last_seen[b"c" * 16] -= 5.0
+    gcs.handle_heartbeat(chatty, b"c" * 16, [])  # type: ignore[arg-type]
+    gcs.health.check()
     assert quiet.is_closed and not chatty.is_closed
     dead = gcs.nodes[b"q" * 16]
     assert dead["Alive"] is False and "missing too many heartbeats" in dead["DeathReasonMessage"]
