@@ -558,7 +558,8 @@ def _current_actor_handle() -> Any:
     cw = ensure_connected()
     assert cw.actor_id is not None  # (RuntimeContext.current_actor checked it)
     host = getattr(cw.extra_handlers.get("create_actor"), "__self__", None)
-    return ActorHandle(cw.actor_id, host.meta if host is not None else {})
+    assert host is not None  # (a worker hosting an actor: its ActorHost)
+    return ActorHandle(cw.actor_id, host.meta)
 
 
 def remote(*args: Any, **kwargs: Any) -> Any:

@@ -32,6 +32,7 @@ from aioray.daemons.gcs.store import GcsStore
 
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
+from aioray._private.wire.schema import GcsHello, Hello
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class GcsServer:
         alive = sum(n["Alive"] for n in self.nodes.values())
         return f"<GcsServer nodes={alive}/{len(self.nodes)} jobs={self.next_job - 1}>"
 
-    def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _hello(self, body: Hello) -> GcsHello:
         # The cluster token was checked before this (rpc, auth).
         return {"session_id": self.session_id, "session_dir": self.session_dir}
 

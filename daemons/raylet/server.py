@@ -54,6 +54,7 @@ from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_
 from aioray._private.core.bundle_resources import is_group_resource
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
+from aioray._private.wire.schema import Hello, RayletHello
 
 if TYPE_CHECKING:
     from aioray._private.rpc.http_service import HttpService
@@ -191,13 +192,13 @@ class Raylet:
             **ObjectHandlers(self).handlers(),
         }
 
-    def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _hello(self, body: Hello) -> RayletHello:
         # The cluster token was checked before this (rpc, auth).
         return {
             "node_id": self.node_id,
             "session_id": self.session_id,
             "session_dir": self.session_dir,
-            "gcs_address": list(self.gcs_address),
+            "gcs_address": self.gcs_address,
             "object_store_memory": self.object_store_memory,
             "metrics_export_port": self.metrics_export_port,
         }

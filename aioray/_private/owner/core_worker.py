@@ -57,6 +57,16 @@ from aioray._private.rpc import rpc
 from aioray._private.rpc.loop import result_interruptibly
 from aioray._private.wire import config, ids, serialization
 from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import (
+    Address,
+    Hello,
+    LeaseInfeasible,
+    PushReply,
+    RayletHelloReply,
+    RegisterJob,
+    RegisterJobReply,
+    WorkerLog,
+)
 from aioray.exceptions import (
     GetTimeoutError,
     ObjectFreedError,
@@ -155,7 +165,7 @@ class CoreWorker:
         )
 
     # -- lifecycle ----------------------------------------------------------------
-    async def start(self) -> dict[str, Any]:
+    async def start(self) -> RayletHelloReply:
         """Start the owner's RPC server and register with the local raylet."""
         self.loop = asyncio.get_running_loop()
         self._loop_thread_id = threading.get_ident()
@@ -168,7 +178,7 @@ class CoreWorker:
         self.server = rpc.Server(handlers)
         await self.server.start(self.node_ip, 0)
         self.address = (self.node_ip, self.server.port, self.worker_id)
-        raylet_handlers = {
+        raylet_handlers: dict[str, rpc.Handler] = {
             "lease_infeasible": self.handle_lease_infeasible,
             "worker_log": self.handle_worker_log,
             "worker_oom_killed": self.submitter.handle_worker_oom_killed,
@@ -176,17 +186,16 @@ class CoreWorker:
             "node_event": self.submitter.remote_raylets.handle_node_event,
             **self.extra_handlers,
         }
+        hello: Hello = {
+            "role": self.mode,
+            "worker_id": self.worker_id,
+            "pid": os.getpid(),
+            "port": self.server.port,
+            "logs": self.log_to_driver,
+        }
+        info: RayletHelloReply
         self.raylet, info = await rpc.connect(
-            *self.raylet_address,
-            handlers=raylet_handlers,
-            hello={
-                "role": self.mode,
-                "worker_id": self.worker_id,
-                "pid": os.getpid(),
-                "port": self.server.port,
-                "logs": self.log_to_driver,
-            },
-            name="raylet",
+            *self.raylet_address, handlers=raylet_handlers, hello=hello, name="raylet"
         )
         self.node_id = info["node_id"]
         self.session_id = info["session_id"]
@@ -199,15 +208,15 @@ class CoreWorker:
         self.metrics_reporter = MetricsReporter(self.loop, self._send_metrics)
         if self.mode == DRIVER and self.gcs_address is not None:
             gcs = await self.gcs_connection()
-            body = {"pid": os.getpid(), "ns": self.namespace, "ip": self.node_ip}
-            job = await gcs.call("register_job", body)
+            body: RegisterJob = {"pid": os.getpid(), "ns": self.namespace, "ip": self.node_ip}
+            job: RegisterJobReply = await gcs.call("register_job", body)
             self.job_id = job["job_id"]
             self.namespace = self.namespace or job["namespace"]
             if "task_events_ms" in job:  # the cluster's setting wins
                 self.event_buffer.set_interval(job["task_events_ms"])
                 self.task_events = self.event_buffer.events
         self.event_buffer.start()
-        return dict(info)
+        return info
 
     async def gcs_connection(self) -> rpc.Connection:
         """The GCS connection: opened on first use in a worker, reopened after a restart."""
@@ -224,7 +233,7 @@ class CoreWorker:
         else:
             self.actors.cancel(object_id, force)
 
-    def start_in_thread(self, timeout: float = config.DAEMON_START_TIMEOUT_S) -> dict[str, Any]:
+    def start_in_thread(self, timeout: float = config.DAEMON_START_TIMEOUT_S) -> RayletHelloReply:
         """Run the loop in a daemon thread (driver mode) and start the CoreWorker on it."""
         from aioray._private.rpc.loop import new_event_loop
 
@@ -480,7 +489,7 @@ class CoreWorker:
             pairs, obj.contained = obj.contained, None
             self.refs.remove_contained(p[0] for p in pairs)
 
-    def materialize(self, oid: bytes, obj: StoredObject, owner: Any = None) -> Any:
+    def materialize(self, oid: bytes, obj: StoredObject, owner: Address | None = None) -> Any:
         """Deserialize a stored object in the caller's thread; raise it if it is an error.
 
         A lost shared-memory copy is rebuilt (lineage.py) by its owner, ``owner``."""
@@ -561,12 +570,12 @@ class CoreWorker:
                 self.free_shm(oid, obj.node_id)
             self.release_contained(obj)
 
-    def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+    def handle_worker_log(self, conn: rpc.Connection, body: WorkerLog, _: list[Buffer]) -> None:
         """``worker_log`` [pid, ip, stream, lines, name?, sync?] (notice, from a raylet): a
         worker's printed lines, for the driver to echo (log_monitor.LogSync)."""
         self.logs.received(body)
 
-    def expect_logs(self, body: dict[str, Any]) -> None:
+    def expect_logs(self, body: PushReply) -> None:
         """(loop) A reply says its task printed: get waits for those lines."""
         if self.mode == DRIVER and self.log_to_driver:
             self.logs.expect(body.get("o"))
@@ -574,7 +583,9 @@ class CoreWorker:
     def wait_for_logs(self) -> None:
         self.logs.wait()
 
-    def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
+    def handle_lease_infeasible(
+        self, conn: rpc.Connection, body: LeaseInfeasible, _: list[Buffer]
+    ) -> None:
         """``lease_infeasible`` {res, total} (notice, from a raylet or the GCS): no node can ever
         fit this resource shape; warn once per shape."""
         shape = str({k: v for k, v in sorted(body["res"].items())})

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from aioray._private.wire.config import TASK_EVENTS_MAX_BUFFER_SIZE, TASK_EVENTS_REPORT_INTERVAL_MS
+from aioray._private.wire.schema import PushReply, TaskSpec
 
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
@@ -81,15 +82,15 @@ def error_of(err: BaseException) -> tuple[str, str]:
     return ERROR_TYPES.get(name, name), f"{name}: {err}"
 
 
-def reply_failed(body: dict[str, Any]) -> bool:
+def reply_failed(body: PushReply) -> bool:
     """Whether a push reply carries an error as the task's result."""
     if body.get("x") or body.get("error"):
         return True
-    rets: list[Any] = body.get("r") or []
+    rets = body.get("r") or []
     return bool(rets) and rets[0][0] == 0 and rets[0][2] is True  # RET_INLINE, is_error
 
 
-def record_end(cw: Any, spec: dict[str, Any], body: dict[str, Any]) -> None:
+def record_end(cw: Any, spec: TaskSpec, body: PushReply) -> None:
     """(executor) The task's reply is ready: FINISHED, or FAILED if it carries an error."""
     events = cw.task_events
     if events is not None and "noev" not in spec:
