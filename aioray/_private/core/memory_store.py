@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from aioray._private.rpc import rpc
 from aioray._private.wire.protocol import Buffer
-from aioray._private.wire.schema import OBJ_FREED, OBJ_INLINE, OBJ_SHM, ContainedRef, ObjectReply
+from aioray._private.wire.schema import OBJ_FREED as OBJ_FREED
+from aioray._private.wire.schema import OBJ_INLINE as OBJ_INLINE
+from aioray._private.wire.schema import OBJ_SHM as OBJ_SHM
+from aioray._private.wire.schema import ContainedRef, ObjectReply
 from aioray.exceptions import ObjectFreedError
 
 if TYPE_CHECKING:
     from aioray._private.owner.object_ref import ObjectRef
-
-__all__ = ["OBJ_FREED", "OBJ_INLINE", "OBJ_SHM"]
 
 
 class StoredObject:

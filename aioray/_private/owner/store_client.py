@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from aioray._private.rpc.loop import result_interruptibly
 from aioray._private.wire import object_store
 from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import CreateObjectReply, FreeObjectsAt, RestoreReply
 from aioray.exceptions import (
     ObjectLostError,
     ObjectStoreFullError,
@@ -105,9 +106,11 @@ def write_object(
     return size
 
 
-def _learn_room(cw: CoreWorker, f: concurrent.futures.Future[Any]) -> None:
-    if not f.cancelled() and f.exception() is None and isinstance(f.result(), int):
-        cw.store_room = f.result()
+def _learn_room(cw: CoreWorker, f: concurrent.futures.Future[CreateObjectReply]) -> None:
+    if not f.cancelled() and f.exception() is None:
+        room = f.result()
+        if isinstance(room, int):
+            cw.store_room = room
 
 
 class _ShmFull(Exception):
@@ -161,7 +164,7 @@ def read_object(
                 "thread; restore_async() it first"
             )
         if remote:
-            reply = _call_raylet(cw, "pull_object", [oid, node_id])
+            reply: RestoreReply = _call_raylet(cw, "pull_object", [oid, node_id])
         else:
             reply = _call_raylet(cw, "restore_object", oid)
         if reply is not None and reply[0] == "ObjectLostError":
@@ -206,7 +209,7 @@ def prefetch(cw: CoreWorker, objs: Iterable[tuple[bytes, StoredObject]]) -> None
         for body in wanted:
             cw.raylet.call_nowait("pull_object", body).add_done_callback(one_done)
 
-    def one_done(f: Any) -> None:
+    def one_done(f: asyncio.Future[tuple[RestoreReply, list[Buffer]]]) -> None:
         if not f.cancelled():
             f.exception()  # retrieved: the read reports it
         left[0] -= 1
@@ -222,6 +225,7 @@ async def restore_async(cw: CoreWorker, oid: bytes, node_id: bytes | None = None
     restore it, or pull it from ``node_id``."""
     if os.path.exists(object_store.segment_path(cw.session_id, oid, cw.node_id)):
         return
+    reply: RestoreReply
     if node_id is not None and node_id != cw.node_id:
         reply = await cw.raylet.call("pull_object", [oid, node_id])
     else:
@@ -245,7 +249,7 @@ def object_lost(cw: CoreWorker, oid: bytes, reason: str) -> NoReturn:
     raise ObjectLostError(oid.hex(), f"Object {oid.hex()} is lost: {reason}.")
 
 
-def _raise_if_error(oid: bytes, reply: Any) -> None:
+def _raise_if_error(oid: bytes, reply: CreateObjectReply | RestoreReply) -> None:
     if reply is not None and not isinstance(reply, (int, str)):
         cls = _ERRORS.get(reply[0], RaySystemError)
         if cls is ObjectLostError:
@@ -253,17 +257,17 @@ def _raise_if_error(oid: bytes, reply: Any) -> None:
         raise cls(reply[1])
 
 
-def _notify_raylet(cw: CoreWorker, method: str, body: Any) -> None:
+def _notify_raylet(cw: CoreWorker, method: str, body: object) -> None:
     if not cw.raylet.is_closed:
         cw.raylet.notify(method, body)
 
 
-def _call_raylet(cw: CoreWorker, method: str, body: Any) -> Any:
+def _call_raylet(cw: CoreWorker, method: str, body: object) -> Any:
     """A request to the local raylet from a thread other than the loop; wait for its reply."""
     return result_interruptibly(_send_to_raylet(cw, method, body), None)
 
 
-def _send_to_raylet(cw: CoreWorker, method: str, body: Any) -> concurrent.futures.Future[Any]:
+def _send_to_raylet(cw: CoreWorker, method: str, body: object) -> concurrent.futures.Future[Any]:
     """Send a request to the local raylet from any thread but the loop's; a future reply.
 
     Cheaper than ``run_sync``: no coroutine or Task, just a posted send and the reply's
@@ -277,7 +281,7 @@ def _send_to_raylet(cw: CoreWorker, method: str, body: Any) -> concurrent.future
             return
         cw.raylet.call_nowait(method, body).add_done_callback(done)
 
-    def done(f: Any) -> None:
+    def done(f: asyncio.Future[tuple[Any, list[Buffer]]]) -> None:
         if f.cancelled():
             result.cancel()
         elif f.exception() is not None:
@@ -302,4 +306,5 @@ def send_frees(cw: CoreWorker, frees: list[tuple[bytes, bytes | None]]) -> None:
     if here:
         cw.raylet.notify("free_objects", here)
     if away:
-        cw.raylet.notify("free_objects_at", [[node, oids] for node, oids in away.items()])
+        at: FreeObjectsAt = [(node, oids) for node, oids in away.items()]
+        cw.raylet.notify("free_objects_at", at)

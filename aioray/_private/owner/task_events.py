@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from aioray._private.wire.config import TASK_EVENTS_MAX_BUFFER_SIZE, TASK_EVENTS_REPORT_INTERVAL_MS
-from aioray._private.wire.schema import PushReply, TaskSpec
+from aioray._private.wire.schema import PushReply, TaskEventsHeader, TaskSpec
 
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
@@ -176,7 +176,7 @@ class TaskEventBuffer:
     def _send(self, gcs: Any, events: collections.deque[tuple[Any, ...]]) -> None:
         cw = self.cw
         rows = list(events)
-        header = {
+        header: TaskEventsHeader = {
             "n": len(rows),
             "new": sum(1 for r in rows if r[2] == PENDING_ARGS_AVAIL),
             "dropped": self.dropped,

@@ -181,10 +181,11 @@ class LeaseInfeasible(TypedDict):
 
 # ``cancel_task`` [task id, force, recursive?] (owner -> worker)
 CancelTask = tuple[bytes, bool] | tuple[bytes, bool, bool]
+# ``stream_item`` [task id, index, *Return] + the item's buffers (worker -> owner)
 StreamItem = (
-    tuple[bytes, int, int, int, bool | bytes]
-    | tuple[bytes, int, int, int, bool | bytes, list[ContainedRef] | None]
-)  # ``stream_item`` [task id, index, *Return] + the item's buffers (worker -> owner)
+    tuple[bytes, int, Literal[0], int, bool, list[ContainedRef] | None]
+    | tuple[bytes, int, Literal[1], int, bytes, list[ContainedRef] | None]
+)
 StreamAck = tuple[bytes, int]  # ``stream_ack`` [task id, items consumed] (owner -> worker)
 
 # -- objects: owners, readers and raylets ---------------------------------------------------
@@ -206,10 +207,16 @@ ReconstructObject = bytes | tuple[bytes, bytes]
 # ``borrow`` [[oid, +n], [oid, n, ADOPT], [oid, -n], ...] (borrowing.py)
 BorrowEntry = tuple[bytes, int] | tuple[bytes, int, int]
 
-CreateObject = tuple[bytes, int]  # ``create_object`` [oid, size] -> bytes free, or a path
-ObjectSealed = tuple[bytes, int, bytes | None]  # [oid, size, owner worker id]
-PullObject = tuple[bytes, bytes]  # ``pull_object`` [oid, source node id]
 ErrorPair = tuple[str, str]  # [error class name, message]
+# ``create_object`` [oid, size] (a writer -> its raylet) -> the bytes left free once there
+# is room, or the path of a file on disk for an object larger than the store, or why not.
+CreateObject = tuple[bytes, int]
+CreateObjectReply = int | str | ErrorPair
+ObjectSealed = tuple[bytes, int, bytes | None]  # [oid, size, owner worker id]
+# ``pull_object`` [oid, source node id], ``restore_object`` oid -> None once the object is
+# in this node's shared memory, or why not.
+PullObject = tuple[bytes, bytes]
+RestoreReply = ErrorPair | None
 FreeObjectsAt = list[tuple[bytes, list[bytes]]]  # [[node id, [oid, ...]], ...]
 FreeCopies = tuple[bytes, list[bytes]]  # ``free_copies`` [source node id, [oid, ...]]
 TransferChunk = tuple[bytes, int, int]  # ``transfer_chunk`` [oid, offset, length]

@@ -34,7 +34,20 @@ if TYPE_CHECKING:
     from aioray._private.owner.object_ref import ObjectRef
     from aioray._private.owner.task_submitter import Lease
 
-__all__ = ["DEP_INLINE", "DEP_OWNER", "DEP_SHM", "RET_INLINE", "RET_SHM", "STREAMING"]
+# The descriptors' kinds are declared in schema.py and imported from here too.
+__all__ = [
+    "DEP_INLINE",
+    "DEP_OWNER",
+    "DEP_SHM",
+    "RET_INLINE",
+    "RET_SHM",
+    "STREAMING",
+    "CallArgs",
+    "TaskEntry",
+    "inline_parts",
+    "split_args",
+    "substitute",
+]
 
 R = TypeVar("R")
 
