@@ -37,7 +37,7 @@ from aioray._private.core.memory_store import (
     StoredObject,
     decode_object,
 )
-from aioray._private.core.metrics_registry import MetricsReporter
+from aioray._private.core.metrics_registry import MetricsReporter, Report
 from aioray._private.core.reference_counter import ReferenceCounter
 from aioray._private.owner import (
     log_monitor,
@@ -289,7 +289,7 @@ class CoreWorker:
         self._thread.join(5)
         self._thread = None
 
-    def _send_metrics(self, report: dict[str, Any]) -> None:
+    def _send_metrics(self, report: Report) -> None:
         if not self.raylet.is_closed:
             self.raylet.notify("report_metrics", report)
 

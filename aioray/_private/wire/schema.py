@@ -350,7 +350,18 @@ ListNamedActors = tuple[str, bool]  # [namespace, all namespaces]
 KvPut = tuple[str, bytes, bytes, bool]  # [namespace, key, value, overwrite]
 KvKey = tuple[str, bytes]  # ``kv_get``, ``kv_del`` [namespace, key]; ``kv_keys`` [ns, prefix]
 WaitPlacementGroup = tuple[bytes, float | None]  # [group id, timeout s]
-StateList = tuple[str, list[tuple[str, str, object]], int, bool]  # resource, filters, limit, detail
+StateList = tuple[str, list[tuple[str, str, str]], int, bool]  # resource, filters, limit, detail
+
+
+# ``state_list``'s answer, Ray's list response: {total, num_after_truncation, num_filtered,
+# result: the rows left after the filters (at most ``limit``), and for tasks
+# num_tasks_evicted, num_status_task_events_dropped}. A row maps Ray's column names to
+# values (core/state_schema.py); these State API answers stay plain dicts, as Ray's JSON.
+StateListReply = dict[str, object]
+
+
+# A method's signature (core/signatures.py): [lo, hi, [[name, kind, has default], ...]]
+SignatureWire = tuple[int, int, list[tuple[str, int, bool]]]
 
 
 class MethodMeta(TypedDict):
@@ -359,7 +370,7 @@ class MethodMeta(TypedDict):
     nret: int | str  # an int, or "streaming"
     cg: str | None  # concurrency group
     bp: int  # streaming backpressure
-    sig: list[object] | None  # core/signatures.py's wire form (checked at .remote())
+    sig: SignatureWire | None  # checked at .remote()
 
 
 # What every handle of an actor knows of its class (actor.py sends every key; its worker
