@@ -39,6 +39,7 @@ from aioray.daemons.gcs.store import GcsStore
 
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
+from aioray._private.wire.schema import CreateActor
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer
@@ -71,14 +72,14 @@ class Persistence:
         self.placement_groups: dict[bytes, Any] = {}  # rows for the placement-group manager
         self._to_schedule: list[ActorRecord] = []
         self._nodes_to_return: set[bytes] = set()  # restored alive, not registered again
-        self._bodies: dict[bytes, dict[str, Any]] = {}  # creation bodies of live actors
+        self._bodies: dict[bytes, CreateActor] = {}  # creation bodies of live actors
         self._waiting_for_nodes = False  # restored, and nodes may still come back
 
     def __repr__(self) -> str:
         return f"<Persistence restored={self.restored} {self.store!r}>"
 
     # -- saving ----------------------------------------------------------------------------
-    def actor_created(self, rec: ActorRecord, body: dict[str, Any]) -> None:
+    def actor_created(self, rec: ActorRecord, body: CreateActor) -> None:
         """Save the creation body and arguments once; ``actor_changed`` saves the rest."""
         if self.store.durable:
             self._bodies[rec.aid] = body

@@ -37,6 +37,7 @@ from aioray._private.owner.task_events import (
     RUNNING,
     STATE_NAMES,
 )
+from aioray._private.wire.schema import TaskEventsHeader
 
 # Evicted keys remembered at least (a small table churns through many).
 MIN_GONE_KEYS = 10_000
@@ -202,7 +203,7 @@ class TaskTable:
         )
 
     # -- receiving and merging -----------------------------------------------------------
-    def receive(self, header: dict[str, Any], blob: bytes) -> bool:
+    def receive(self, header: TaskEventsHeader, blob: bytes) -> bool:
         """Keep one process's batch (``add_task_events``) as it came, to merge when
         asked; True when the unmerged batches have grown past MAX_PENDING_BYTES."""
         self.dropped += int(header.get("dropped") or 0)

@@ -47,6 +47,7 @@ from aioray.daemons.raylet.object_manager import CREATING, FALLBACK, IN_SHM
 
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
+from aioray._private.wire.schema import FreeObjectsAt
 
 if TYPE_CHECKING:
     from aioray.daemons.raylet.server import Raylet
@@ -304,7 +305,7 @@ class ObjectTransfer:
         for node, batch in by_node.items():
             self.send(node, "free_copies", [self.raylet.node_id, batch])
 
-    def free_at(self, groups: list[list[Any]]) -> None:
+    def free_at(self, groups: FreeObjectsAt) -> None:
         """An owner here freed objects whose primary copies are on other nodes."""
         for node, oids in groups:
             if node == self.raylet.node_id:

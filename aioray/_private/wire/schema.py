@@ -219,7 +219,8 @@ PullObject = tuple[bytes, bytes]
 RestoreReply = ErrorPair | None
 FreeObjectsAt = list[tuple[bytes, list[bytes]]]  # [[node id, [oid, ...]], ...]
 FreeCopies = tuple[bytes, list[bytes]]  # ``free_copies`` [source node id, [oid, ...]]
-TransferChunk = tuple[bytes, int, int]  # ``transfer_chunk`` [oid, offset, length]
+TransferBeginReply = tuple[int] | ErrorPair  # ``transfer_begin`` oid -> [size] or why not
+TransferChunk = tuple[bytes, int, int]  # ``transfer_chunk`` [oid, offset, length] -> 1 buffer
 
 
 # -- handshake ------------------------------------------------------------------------------
@@ -289,8 +290,8 @@ ReadLog = tuple[str, int, int | None]  # ``read_log`` [name, tail lines, offset]
 
 
 class ReadLogReply(TypedDict):
-    data: str
-    offset: int
+    data: bytes  # the lines read
+    offset: int  # where to read on from (follow)
 
 
 class MetricsReport(TypedDict, total=False):
@@ -335,7 +336,7 @@ class RegisterJob(TypedDict):
 class RegisterJobReply(TypedDict):
     job_id: bytes
     namespace: str
-    task_events_ms: NotRequired[int]
+    task_events_ms: NotRequired[float]
 
 
 ReportResources = tuple[bytes, Resources] | tuple[bytes, Resources, Resources]  # avail, total?
