@@ -39,7 +39,7 @@ from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import Address, BorrowEntry, ContainedRef, HostPort
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.core.interfaces import BorrowingHost
     from aioray._private.owner.object_ref import ObjectRef
 
 logger = logging.getLogger("aioray")
@@ -63,7 +63,7 @@ def pairs_of(refs: Iterable[ObjectRef]) -> list[ContainedRef]:
 
 
 class Borrowing:
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: BorrowingHost) -> None:
         self.cw = cw
         self._outbox: dict[HostPort, list[Entry]] = {}
         self._flush_scheduled = False
@@ -143,8 +143,8 @@ class Borrowing:
         self._flush_scheduled = False
         outbox, self._outbox = self._outbox, {}
         for addr, body in outbox.items():
-            conn = self.cw._peers.get(addr)
-            if conn is not None and not conn.is_closed:
+            conn = self.cw.peer(*addr)
+            if conn is not None:
                 conn.notify("borrow", body)
             else:
                 self.cw.loop.create_task(self._send_later(addr, body))

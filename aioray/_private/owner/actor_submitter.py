@@ -54,7 +54,7 @@ from aioray.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import ActorSubmitterHost
 
 logger = logging.getLogger("aioray")
 
@@ -108,7 +108,7 @@ def _requeue(a: _Actor, task: TaskEntry) -> None:
 
 
 class ActorSubmitter:
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: ActorSubmitterHost) -> None:
         self.cw = cw
         self.actors: dict[bytes, _Actor] = {}
         self._lock = threading.Lock()

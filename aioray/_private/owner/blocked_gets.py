@@ -14,12 +14,12 @@ from aioray._private.wire import config
 
 if TYPE_CHECKING:
     from aioray._private.core.memory_store import StoredObject
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import BlockedGetsHost
     from aioray._private.owner.object_ref import ObjectRef
 
 
 class BlockedGets:
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: BlockedGetsHost) -> None:
         self.cw = cw
         self.lending = CpuLending()
         self._timer: asyncio.TimerHandle | None = None

@@ -116,11 +116,11 @@ class CoreWorker:
         self.session_id = ""
         self.canceled_tasks: set[bytes] = set()  # running tasks asked to stop
         self.ids = ids.IdGenerator(self.worker_id)
-        self.refs = ReferenceCounter(self._out_of_scope)
-        self.borrowing = Borrowing(self)
-        self.lineage = Lineage(self)
-        self.owner_service = OwnerService(self)
-        self.memory_store = MemoryStore()
+        self.refs: ReferenceCounter = ReferenceCounter(self._out_of_scope)
+        self.borrowing: Borrowing = Borrowing(self)
+        self.lineage: Lineage = Lineage(self)
+        self.owner_service: OwnerService = OwnerService(self)
+        self.memory_store: MemoryStore = MemoryStore()
         self.owned: set[bytes] = set()
         self.address: tuple[str, int, bytes] = (node_ip, 0, self.worker_id)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -128,12 +128,12 @@ class CoreWorker:
         self.metrics_reporter: MetricsReporter | None = None  # user metrics to the raylet
         self.gcs: rpc.Connection | None = None
         self.server: rpc.Server | None = None
-        self.submitter = TaskSubmitter(self)
-        self.actors = ActorSubmitter(self)
-        self.streams = StreamManager(self)
+        self.submitter: TaskSubmitter = TaskSubmitter(self)
+        self.actors: ActorSubmitter = ActorSubmitter(self)
+        self.streams: StreamManager = StreamManager(self)
         self.loop_fetchers: dict[Any, Any] = {}  # caller loop -> async_api.LoopFetcher
         self.actor_id: bytes | None = None  # set in a worker that hosts an actor
-        self.gcs_client = GcsClient(self)
+        self.gcs_client: GcsClient = GcsClient(self)
         self.extra_handlers: dict[str, rpc.Handler] = {}
         self.task_context = TaskContext()
         self._loop_thread_id = -1
@@ -397,6 +397,15 @@ class CoreWorker:
             return conn
         return await asyncio.shield(pending)
 
+    def peer(self, ip: str, port: int) -> rpc.Connection | None:
+        """The connection to the worker or owner at ``ip:port``, if one is open."""
+        conn = self._peers.get((ip, port))
+        return conn if conn is not None and not conn.is_closed else None
+
+    def peers_on(self, ip: str) -> list[rpc.Connection]:
+        """The connections to workers and owners at ``ip`` (on that node)."""
+        return [c for (host, _port), c in self._peers.items() if host == ip]
+
     def _forget_peer(self, key: tuple[str, int], conn: rpc.Connection) -> None:
         if self._peers.get(key) is conn:
             del self._peers[key]
@@ -430,7 +439,8 @@ class CoreWorker:
         size = store_client.write_object(self, oid, so.data, so.buffers)
         return StoredObject(node_id=self.node_id, size=size, is_error=so.is_error)
 
-    def _notify_sealed(self, oid: bytes, size: int, owner: bytes | None = None) -> None:
+    def notify_sealed(self, oid: bytes, size: int, owner: bytes | None = None) -> None:
+        """(loop) Tell the raylet an object's segment is written (store_client)."""
         if not self.raylet.is_closed:
             self.raylet.notify("object_sealed", [oid, size, owner or self.worker_id])
 

@@ -24,14 +24,14 @@ from aioray._private.wire.schema import Address, ObjectReply, ReconstructObject
 from aioray.exceptions import ObjectLostError, OwnerDiedError
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import OwnerServiceHost
 
 # A get_object answer now (the object, or [OBJ_FREED]), or once the object is stored.
 GetReply = rpc.Reply | list[int] | asyncio.Future[rpc.Reply]
 
 
 class OwnerService:
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: OwnerServiceHost) -> None:
         self.cw = cw
 
     def _reply_when_stored(self, oid: bytes) -> asyncio.Future[rpc.Reply]:

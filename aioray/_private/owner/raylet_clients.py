@@ -35,7 +35,7 @@ from aioray._private.wire.schema import (
 )
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import RayletClientsHost
 
 logger = logging.getLogger("aioray")
 
@@ -44,7 +44,7 @@ LeaseDone = Callable[["rpc.Connection", "LeaseReply | BaseException"], None]
 
 
 class RayletClients:
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: RayletClientsHost) -> None:
         self.cw = cw
         self.conns: dict[tuple[str, int], rpc.Connection] = {}
         self._opening: dict[tuple[str, int], asyncio.Future[rpc.Connection]] = {}
@@ -202,8 +202,7 @@ class RayletClients:
             for cls in self.cw.submitter.classes.values():
                 doomed.extend(lease.conn for lease in cls.leases if lease.raylet is raylet)
         if not ip_shared:  # the IP names that node alone: its workers (actors) too
-            peers = self.cw._peers  # the owner's connections to workers, by address
-            doomed.extend(c for (host, _port), c in peers.items() if host == ip)
+            doomed.extend(self.cw.peers_on(ip))  # the owner's connections to its workers
         if doomed:
             logger.info("node %s:%d died; dropping %d connection(s) to it", ip, port, len(doomed))
         for c in doomed:

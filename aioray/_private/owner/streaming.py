@@ -29,7 +29,7 @@ from aioray._private.wire.schema import StreamAck, StreamItem
 from aioray._private.wire.task_spec import RET_INLINE
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import StreamsHost
 
 
 class _Stream:
@@ -62,7 +62,7 @@ class _Stream:
 class StreamManager:
     """Owner side: items arriving from workers, and the generators reading them."""
 
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: StreamsHost) -> None:
         self.cw = cw
         self.streams: dict[bytes, _Stream] = {}
 

@@ -32,7 +32,7 @@ from aioray._private.wire.config import TASK_EVENTS_MAX_BUFFER_SIZE, TASK_EVENTS
 from aioray._private.wire.schema import PushReply, TaskEventsHeader, TaskSpec
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import TaskEventsHost
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def record_end(cw: Any, spec: TaskSpec, body: PushReply) -> None:
 class TaskEventBuffer:
     """The recorded events of one process, and the loop that sends them to the GCS."""
 
-    def __init__(self, cw: CoreWorker, interval_ms: float | None = None) -> None:
+    def __init__(self, cw: TaskEventsHost, interval_ms: float | None = None) -> None:
         self.cw = cw
         self.interval_s = (
             TASK_EVENTS_REPORT_INTERVAL_MS if interval_ms is None else interval_ms

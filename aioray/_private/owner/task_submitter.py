@@ -78,7 +78,7 @@ from aioray.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import SubmitterHost
 
 logger = logging.getLogger("aioray")
 
@@ -165,7 +165,7 @@ class SchedulingClass:
 
 
 class TaskSubmitter:
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: SubmitterHost) -> None:
         self.cw = cw
         self.tasks: dict[bytes, TaskEntry] = {}
         self.classes: dict[tuple[object, ...], SchedulingClass] = {}
