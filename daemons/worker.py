@@ -133,7 +133,7 @@ class TaskExecutor:
         refs = [ObjectRef(d[1], _owner_of(d[2]), _count=False) for d in deps]
         results = await asyncio.gather(
             *[
-                cw.fetch(r) if r._id in cw.memory_store else cw._fetch_from_owner(r, keep=True)
+                cw.fetch(r) if r._id in cw.memory_store else cw.fetch_from_owner(r, keep=True)
                 for r in refs
             ],
             return_exceptions=True,

@@ -155,10 +155,14 @@ class ActorManager:
             self.names[(ns, name)] = rec.aid
         if "owner_watch" not in conn.state:
             conn.state["owner_watch"] = True
-            conn.on_close.append(self._owner_died)
+            conn.on_close.append(self.owner_died)
         self.gcs.persistence.actor_created(rec, body)
-        self._spawn(self._schedule(rec))
+        self.schedule_soon(rec)
         return {"aid": rec.aid, "meta": rec.meta}
+
+    def schedule_soon(self, rec: ActorRecord) -> None:
+        """Lease a worker for the actor and create it there, in a task of its own."""
+        self._spawn(self._schedule(rec))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -267,7 +271,7 @@ class ActorManager:
         # it reports after. Applied to the record already restarting, such a death
         # counted twice and used up the next restart (issue 14).
         if rec is not None and rec.state != DEAD and worker_id == rec.worker_id:
-            self._retry_or_die(rec, reason)
+            self.retry_or_die(rec, reason)
 
     def handle_actor_exiting(
         self, conn: rpc.Connection, body: ActorExiting, _: list[Buffer]
@@ -280,7 +284,8 @@ class ActorManager:
             rec.no_restart = True
             rec.death = "The actor exited intentionally (exit_actor or __ray_terminate__)."
 
-    def _retry_or_die(self, rec: ActorRecord, reason: str, death: str = "") -> None:
+    def retry_or_die(self, rec: ActorRecord, reason: str, death: str = "") -> None:
+        """The actor's worker or node is gone: restart it while it may, else it is DEAD."""
         can_restart = rec.max_restarts == -1 or rec.num_restarts < rec.max_restarts
         if rec.no_restart or not can_restart:
             self._set_dead(rec, rec.death or death or f"The actor died unexpectedly: {reason}")
@@ -291,7 +296,7 @@ class ActorManager:
         rec.worker_id = None  # news of the old worker concerns a replaced incarnation
         logger.info("restarting actor %s (%d)", rec.aid.hex()[:8], rec.num_restarts)
         self._set_state(rec, RESTARTING)
-        self._spawn(self._schedule(rec))
+        self.schedule_soon(rec)
 
     def handle_kill_actor(self, conn: rpc.Connection, body: KillActor, _: list[Buffer]) -> bool:
         """``kill_actor`` [aid, no_restart] -> True if the actor was alive and is being killed
@@ -300,10 +305,11 @@ class ActorManager:
         rec = self.actors.get(aid)
         if rec is None or rec.state == DEAD:
             return False
-        self._kill(rec, no_restart, "The actor was killed by ray.kill().")
+        self.kill(rec, no_restart, "The actor was killed by ray.kill().")
         return True
 
-    def _kill(self, rec: ActorRecord, no_restart: bool, why: str) -> None:
+    def kill(self, rec: ActorRecord, no_restart: bool, why: str) -> None:
+        """Kill the actor's worker (``no_restart``: for good, DEAD with ``why``)."""
         if no_restart:
             rec.no_restart = True
             rec.death = why
@@ -315,10 +321,11 @@ class ActorManager:
         if no_restart:
             self._set_dead(rec, why)
 
-    def _owner_died(self, conn: rpc.Connection) -> None:
+    def owner_died(self, conn: rpc.Connection) -> None:
+        """An owner's connection closed: its non-detached actors die with it."""
         for rec in list(self.actors.values()):
             if rec.owner is conn and not rec.detached and rec.state != DEAD:
-                self._kill(rec, True, "The actor's owner died.")
+                self.kill(rec, True, "The actor's owner died.")
 
     def _set_dead(self, rec: ActorRecord, death: str) -> None:
         rec.death = death
@@ -339,9 +346,7 @@ class ActorManager:
     def node_died(self, node_id: bytes) -> None:
         for rec in list(self.actors.values()):
             if rec.node_id == node_id and rec.state in (ALIVE, PENDING, RESTARTING):
-                self._retry_or_die(
-                    rec, "its node died", "The actor died because its node has died."
-                )
+                self.retry_or_die(rec, "its node died", "The actor died because its node has died.")
 
     # -- queries ---------------------------------------------------------------------------
     def handle_wait_actor(

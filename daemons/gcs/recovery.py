@@ -174,11 +174,11 @@ class Persistence:
                     raylet.notify("kill_actor_worker", aid)
             for rec in list(manager.actors.values()):
                 if rec.node_id == node_id and rec.state == ALIVE and rec.aid not in listed:
-                    manager._retry_or_die(rec, "its worker died while the GCS was unreachable")
+                    manager.retry_or_die(rec, "its worker died while the GCS was unreachable")
         to_schedule, self._to_schedule = self._to_schedule, []
         for rec in to_schedule:
             if rec.state in (PENDING, RESTARTING):
-                manager._spawn(manager._schedule(rec))
+                manager.schedule_soon(rec)
 
     def owner_reconnected(self, conn: rpc.Connection, worker_id: bytes) -> None:
         manager = self.gcs.actors
@@ -187,7 +187,7 @@ class Persistence:
                 rec.owner = conn
                 if "owner_watch" not in conn.state:
                     conn.state["owner_watch"] = True
-                    conn.on_close.append(manager._owner_died)
+                    conn.on_close.append(manager.owner_died)
 
     def _deadline(self) -> None:
         manager = self.gcs.actors
@@ -199,13 +199,13 @@ class Persistence:
             self.gcs.node_dead(node_id, "the node did not reconnect after the GCS restarted")
         for rec in list(manager.actors.values()):
             if rec.state == ALIVE and (rec.node_id is None or rec.node_id not in self.gcs.raylets):
-                manager._retry_or_die(rec, "its node did not reconnect after the GCS restarted")
+                manager.retry_or_die(rec, "its node did not reconnect after the GCS restarted")
             elif rec.owner is None and not rec.detached and rec.state != DEAD:
-                manager._kill(rec, True, "The actor's owner died.")
+                manager.kill(rec, True, "The actor's owner died.")
         to_schedule, self._to_schedule = self._to_schedule, []
         for rec in to_schedule:
             if rec.state in (PENDING, RESTARTING):
-                manager._spawn(manager._schedule(rec))  # no node came back: it dies there
+                manager.schedule_soon(rec)  # no node came back: it dies there
 
 
 def kv_key(ns: str, key: bytes) -> bytes:

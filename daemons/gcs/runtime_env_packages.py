@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # How long after its driver's connection closed a job's packages wait before deletion.
-PACKAGE_GRACE_S = config._env("RUNTIME_ENV_PACKAGE_GRACE_S", 10.0)
+PACKAGE_GRACE_S = config.env_float("RUNTIME_ENV_PACKAGE_GRACE_S", 10.0)
 
 
 class RuntimeEnvPackages:

@@ -54,8 +54,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = int(config._env("TRANSFER_CHUNK_BYTES", 8 * 1024 * 1024))
-WINDOW = int(config._env("TRANSFER_WINDOW", 4))  # chunk requests in flight per pull
+CHUNK_BYTES = int(config.env_float("TRANSFER_CHUNK_BYTES", 8 * 1024 * 1024))
+WINDOW = int(config.env_float("TRANSFER_WINDOW", 4))  # chunk requests in flight per pull
 
 Reply = list[str] | None  # None: the copy is here; [error class name, message]
 

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 # Idle workers of a runtime env (not the default one) exit after this long unused,
 # so the env's cached pieces can be released (Ray also kills idle workers).
-ENV_WORKER_IDLE_S = config._env("RUNTIME_ENV_WORKER_IDLE_S", 10.0)
+ENV_WORKER_IDLE_S = config.env_float("RUNTIME_ENV_WORKER_IDLE_S", 10.0)
 
 
 class WorkerHandle:

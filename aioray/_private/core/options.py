@@ -50,7 +50,8 @@ def _int_min(lo: int) -> Callable[[str, object], None]:
     return check
 
 
-def _resources(name: str, v: object) -> None:
+def check_resources(name: str, v: object) -> None:
+    """``resources``: a dict of custom resource names to non-negative amounts."""
     if not isinstance(v, dict):
         raise _type_error(name, "a dict", v)
     for k, amount in v.items():
@@ -112,7 +113,7 @@ def _optional_str(name: str, v: object) -> None:
 _COMMON: dict[str, Callable[[str, object], None]] = {
     "num_cpus": _nonneg_number,
     "num_gpus": _nonneg_number,
-    "resources": _resources,
+    "resources": check_resources,
     "memory": _nonneg_number,
     "accelerator_type": _optional_str,
     "runtime_env": _runtime_env,

@@ -468,12 +468,14 @@ class CoreWorker:
             return self.memory_store.wait_for(oid, self.loop)
         pending = self.fetching.get(oid)
         if pending is None:
-            pending = self.loop.create_task(self._fetch_from_owner(ref))
+            pending = self.loop.create_task(self.fetch_from_owner(ref))
             self.fetching[oid] = pending
             pending.add_done_callback(lambda _: self.fetching.pop(oid, None))
         return pending
 
-    async def _fetch_from_owner(self, ref: ObjectRef, keep: bool = False) -> StoredObject:
+    async def fetch_from_owner(self, ref: ObjectRef, keep: bool = False) -> StoredObject:
+        """(loop) Ask ``ref``'s owner for the object (``get_object``); cache it while the
+        ref is held here, and hold the refs inside it (``keep``: the caller holds them)."""
         oid, owner = ref._id, ref._owner
         if owner is None or owner[2] == self.worker_id:
             raise ObjectFreedError(oid.hex())
