@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from aioray._private.rpc import rpc
 from aioray._private.wire.protocol import Buffer
-from aioray._private.wire.schema import CreatePlacementGroupReply, ReportDemand, Resources
+from aioray._private.wire.schema import (
+    AutoscalerState,
+    CreatePlacementGroupReply,
+    ReportDemand,
+    Resources,
+)
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer
@@ -108,7 +113,7 @@ class DemandTable:
                 conn.notify("demand_changed", None)
 
     def handle_report_autoscaler_state(
-        self, conn: rpc.Connection, state: dict[str, Any], _: list[Buffer]
+        self, conn: rpc.Connection, state: AutoscalerState, _: list[Buffer]
     ) -> None:
         """body = the autoscaler's state dict (pending and failed launches, idle nodes,
         infeasible demand); no reply. Kept, stamped ``reported_at``, for ``aioray status``."""

@@ -10,8 +10,10 @@ misspelled or missing key and a wrong type on both sides (``tests/unit/test_sche
 Conventions:
 - A request body is named after its method (``RequestLease`` for ``request_lease``),
   its answer ``...Reply``; a notice has no reply. A method with no body sends None.
-- An array is declared as a tuple. msgpack writes a list and a tuple alike and decodes
-  every array as a list, so a receiver only indexes, slices and unpacks it.
+- An array is declared as a tuple (its positions typed). msgpack writes a list and a
+  tuple alike and decodes every array as a list, so a receiver only indexes, slices and
+  unpacks it. A sender that builds a tuple is checked; a few build lists still (their
+  tests compare them as such), and those bodies reach ``rpc`` unchecked.
 - Ids are ``bytes``: ObjectID 20, TaskID 16, WorkerID, NodeID and ActorID 16, JobID 4,
   PlacementGroupID 18 (``ids.py``).
 - A key marked ``NotRequired`` may be absent: read it with ``.get`` or test ``in``.
@@ -341,6 +343,9 @@ class RegisterJobReply(TypedDict):
 
 ReportResources = tuple[bytes, Resources] | tuple[bytes, Resources, Resources]  # avail, total?
 NodeStopping = tuple[bytes, str]  # [node id, why]
+# ``report_autoscaler_state`` (notice, the autoscaler -> GCS): what ``aioray status`` shows
+# of it (launches pending and failed, idle nodes, infeasible demand; autoscaler/monitor.py).
+AutoscalerState = dict[str, object]
 ReportDemand = tuple[bytes, list[tuple[Resources, int]], bool]  # [node, [[shape, n]], idle]
 ActorWorkerDied = tuple[bytes, bytes, str]  # [aid, worker id, reason]
 ActorExiting = tuple[bytes, bytes]  # [aid, worker id] (raylet -> GCS)
