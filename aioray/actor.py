@@ -24,7 +24,12 @@ from aioray._private.core import options, signatures
 from aioray._private.core.scheduling_strategies import strategy_to_wire
 from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
-from aioray._private.owner.task_events import ACTOR_CREATION_TASK, ACTOR_TASK, PENDING_ARGS_AVAIL
+from aioray._private.owner.task_events import (
+    ACTOR_CREATION_TASK,
+    ACTOR_TASK,
+    NO_PARENT,
+    pack_info,
+)
 from aioray._private.wire import config, ids, serializability, serialization
 from aioray._private.wire.schema import ActorMeta, ActorRequest, MethodMeta, TaskSpec
 from aioray._private.wire.task_spec import STREAMING, TaskEntry
@@ -190,14 +195,14 @@ class ActorClass:
         if "noev" in meta:  # enable_task_events=False: no events for the actor's tasks
             spec["noev"] = True
         blob, dep_refs = pack_arguments(cw, self._name, args, kwargs, spec)
-        events = cw.task_events
-        if events is not None and "noev" not in spec:
-            parent = cw.task_context.task_id
+        infos = cw.task_event_infos
+        if infos is not None and "noev" not in spec:
             pg = spec["pg"][0] if "pg" in spec else None
-            events.append(
-                (spec["tid"], 0, PENDING_ARGS_AVAIL, time.time(), spec["name"],
-                 ACTOR_CREATION_TASK, cw.job_id, actor_id, parent, None, pg)
-            )  # fmt: skip
+            number = cw.event_buffer.describe(
+                spec["name"], ACTOR_CREATION_TASK, cw.job_id, actor_id, None, pg
+            )
+            parent = cw.task_context.task_id or NO_PARENT
+            infos += pack_info(spec["tid"], time.time(), parent, number)
         # Creation arguments stay pinned: a restart runs __init__ with them again.
         cw.refs.pin(r.binary() for r in [*dep_refs, *(blob.contained_refs if blob else ())])
         env = worker_context.task_runtime_env(opts.get("runtime_env"))
@@ -256,6 +261,8 @@ class ActorHandle:
         self._meta = meta
         self._cw = worker_context.ensure_connected()
         self._creator = creator
+        # method -> (event buffer, job id, index of its task description): see remote()
+        self._described: dict[str, tuple[Any, bytes, int]] = {}
         self._cw.actors.add_handle(actor_id, creator)
 
     def __del__(self) -> None:
@@ -380,13 +387,17 @@ class ActorMethod:
         cw.actors.reserve_call(h._actor_id, h._meta)
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
-        events = cw.task_events
-        if events is not None and "noev" not in spec:
-            parent = cw.task_context.task_id
-            events.append(
-                (task_id, 0, PENDING_ARGS_AVAIL, time.time(), spec["name"], ACTOR_TASK,
-                 cw.job_id, h._actor_id, parent, None, None)
-            )  # fmt: skip
+        infos = cw.task_event_infos
+        if infos is not None and "noev" not in spec:
+            known = h._described.get(self._name)  # (describing costs a tuple and its hash)
+            if known is None or known[0] is not cw.event_buffer or known[1] != cw.job_id:
+                number = cw.event_buffer.describe(
+                    spec["name"], ACTOR_TASK, cw.job_id, h._actor_id, None, None
+                )
+                known = h._described[self._name] = (cw.event_buffer, cw.job_id, number)
+            number = known[2]
+            parent = cw.task_context.task_id or NO_PARENT
+            infos += pack_info(task_id, time.time(), parent, number)
         if streaming:
             spec["bp"] = self._mopts.get("bp", 0)
             gen = cw.streams.create(task_id)

@@ -117,6 +117,7 @@ def init(
     from aioray._private.core.options import validate
 
     # Bad fields fail here naming the field; sizes are checked before anything starts.
+    runtime_env = _runtime_env.with_the_jobs_env(runtime_env)  # a submitted job's driver
     job_env, packages = runtime_env_packaging.plan_env(_runtime_env.normalize(runtime_env))
     system_config = _check_store_options(
         object_store_memory, object_spilling_directory, kwargs.get("_system_config")
@@ -409,7 +410,7 @@ def wait(
         ready_ids = {r.binary() for r, f in zip(refs, flags, strict=True) if f}
     else:
         waiting = object_waits.wait_async(cw, refs, num_returns, timeout, fetch_local)
-        ready_ids = cw.run_sync(waiting)
+        ready_ids = cw.run_sync(waiting) if cw.mode == DRIVER else cw.blocked_gets.wait(waiting)
     return split_ready(refs, ready_ids, num_returns)
 
 

@@ -14,7 +14,7 @@ from aioray._private.core import options, runtime_env, signatures
 from aioray._private.core.scheduling_strategies import strategy_to_wire
 from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
-from aioray._private.owner.task_events import NORMAL_TASK, PENDING_ARGS_AVAIL
+from aioray._private.owner.task_events import NO_PARENT, NORMAL_TASK, pack_info
 from aioray._private.wire import config, ids, serializability, serialization
 from aioray._private.wire.schema import TaskSpec
 from aioray._private.wire.task_spec import STREAMING, TaskEntry, split_args
@@ -37,14 +37,20 @@ class RemoteFunction:
         if "num_returns" not in task_options and inspect.isgeneratorfunction(fn):
             self._options["num_returns"] = "streaming"  # Ray >= 2.8: generators stream
         self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
+        self._start_caches()
+        functools.update_wrapper(self, fn)
+
+    def _start_caches(self) -> None:
+        """What calls compute once and reuse (not pickled: a copy computes its own)."""
         self._fn_bytes: bytes | None = None
         self._fid = b""
         self._lock = threading.Lock()
         # (options, resources, class key, env, parent env, task events, resources not 1 CPU)
         self._request: tuple[Any, ...] = ()
+        # (request, event buffer, job id, index): the last plain call's description.
+        self._described: tuple[Any, ...] = ()
         # Calls with no keywords and lo <= len(args) <= hi bind: no other check.
-        self._lo, self._hi, self._sig = signatures.arity(fn)
-        functools.update_wrapper(self, fn)
+        self._lo, self._hi, self._sig = signatures.arity(self._function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -63,11 +69,7 @@ class RemoteFunction:
         self._function = state["fn"]
         self._options = state["options"]
         self._name = getattr(self._function, "__qualname__", "function")
-        self._fn_bytes = None
-        self._fid = b""
-        self._lock = threading.Lock()
-        self._request = ()
-        self._lo, self._hi, self._sig = signatures.arity(self._function)
+        self._start_caches()
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Submit the task; return its ObjectRef (a list of them if num_returns > 1)."""
@@ -96,6 +98,18 @@ class RemoteFunction:
                     self._fid = hashlib.sha1(data).digest()
                     self._fn_bytes = data
         return self._fid, self._fn_bytes
+
+    def _describe(
+        self, cw: Any, request: tuple[Any, ...], resources: dict[str, float], spec: TaskSpec
+    ) -> int:
+        """The index of this call's description in the process's task-event table."""
+        plain = resources is request[1] and "pg" not in spec
+        shape = request[2][0] if plain else tuple(resources.items())
+        pg = spec["pg"][0] if "pg" in spec else None
+        number = cw.event_buffer.describe(self._name, NORMAL_TASK, cw.job_id, None, shape, pg)
+        if plain:
+            self._described = (request, cw.event_buffer, cw.job_id, number)
+        return number
 
     def _remote(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]) -> Any:
         if kwargs or not self._lo <= len(args) <= self._hi:
@@ -151,17 +165,22 @@ class RemoteFunction:
             spec["res"] = resources
         task_id = cw.ids.task_id()
         spec["tid"] = task_id
-        events = cw.task_events
-        if events is not None and request[5] is not False:
-            parent = cw.task_context.task_id
-            pg = spec["pg"][0] if "pg" in spec else None
-            # Only atomic values and tuples of them: the garbage collector stops
-            # tracking such a tuple at its first pass (a dict would keep it tracked).
-            shape = request[2][0] if resources is request[1] else tuple(resources.items())
-            events.append(
-                (task_id, 0, PENDING_ARGS_AVAIL, time.time(), self._name, NORMAL_TASK,
-                 cw.job_id, None, parent, shape, pg)
-            )  # fmt: skip
+        infos = cw.task_event_infos
+        if infos is not None and request[5] is not False:
+            known = self._described  # (describe costs a tuple and its hash: once per options)
+            if (
+                known
+                and known[0] is request
+                and known[1] is cw.event_buffer
+                and known[2] == cw.job_id
+                and resources is request[1]
+                and "pg" not in spec
+            ):
+                number = known[3]
+            else:
+                number = self._describe(cw, request, resources, spec)
+            parent = cw.task_context.task_id or NO_PARENT
+            infos += pack_info(task_id, time.time(), parent, number)
         sched_key: tuple[Any, ...] = request[2]  # (resources, runtime env), shared
         if resources is not request[1]:
             sched_key = (tuple(sorted(resources.items())), sched_key[1])

@@ -26,7 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aioray._private.owner import worker_context
-from aioray._private.owner.task_events import EXEC, RUNNING, record_end
+from aioray._private.owner.task_events import EXEC, RUNNING, pack_row, record_end, reply_failed
 from aioray._private.rpc import rpc
 from aioray._private.wire import serialization
 from aioray._private.wire.protocol import Buffer
@@ -229,7 +229,7 @@ class ActorHost:
         except Exception as e:  # a malformed call: answer it, keep the pool thread serving
             self.cw.post(self.ex.fail, job, e)
             return
-        record_end(self.cw, job.spec, body)
+        record_end(self.cw, job.spec, reply_failed(body))
         self.cw.post(self.ex.reply, job, body, bufs)
 
     async def _run_async(self, job: Job, group: str | None) -> None:
@@ -250,7 +250,7 @@ class ActorHost:
             self.running[task_id] = current
             events = self.cw.task_events
             if events is not None and "noev" not in spec:
-                events.append((task_id, spec.get("at", 0), EXEC + RUNNING, time.time()))
+                events += pack_row(task_id, EXEC + RUNNING, spec.get("at", 0), time.time())
             worker_context.async_call_spec.set(spec)  # (this asyncio task's own context)
             start = time.perf_counter()
             try:
@@ -273,7 +273,7 @@ class ActorHost:
                 body, bufs = self.ex.task_error(spec, e)
             finally:
                 self.running.pop(task_id, None)
-        record_end(self.cw, spec, body)
+        record_end(self.cw, spec, reply_failed(body))
         self.cw.post(self.ex.reply, job, body, bufs)
 
     async def _stream_async(self, job: Job, gen: Any) -> tuple[PushReply, list[Buffer]]:

@@ -32,7 +32,14 @@ from aioray._private.core.metrics_registry import REGISTRY, TaskCounts
 from aioray._private.owner import placement_groups, store_client
 from aioray._private.owner.core_worker import WORKER, CoreWorker
 from aioray._private.owner.object_ref import ObjectRef, set_core_worker
-from aioray._private.owner.task_events import EXEC, FAILED, RUNNING, record_end
+from aioray._private.owner.task_events import (
+    EXEC,
+    FAILED,
+    RUNNING,
+    pack_row,
+    record_end,
+    reply_failed,
+)
 from aioray._private.rpc import loop as _loop
 from aioray._private.rpc import rpc
 from aioray._private.wire import config, serialization
@@ -215,8 +222,9 @@ class TaskExecutor:
                     self.cw.post(self.fail, job, malformed)
                     continue
             try:
-                self.task_counts.ended(name, job_id, _failed(body))
-                record_end(self.cw, spec, body)
+                failed = reply_failed(body)
+                self.task_counts.ended(name, job_id, failed)
+                record_end(self.cw, spec, failed)
             except Exception:  # bookkeeping of a malformed spec: the reply still goes
                 logger.exception("recording the end of %s failed", name)
             self.cw.post(self.reply, job, body, bufs)
@@ -241,7 +249,7 @@ class TaskExecutor:
         worker_output.set_current_name(spec["name"])  # the (name pid=...) prefix of its prints
         events = self.cw.task_events
         if events is not None and "noev" not in spec:
-            events.append((task_id, spec.get("at", 0), EXEC + RUNNING, time.time()))
+            events += pack_row(task_id, EXEC + RUNNING, spec.get("at", 0), time.time())
         if spec.get("create"):
             return self._create_actor(spec, job)
         ctx = self.cw.task_context
@@ -459,10 +467,10 @@ class TaskExecutor:
 
     def task_error(self, spec: TaskSpec, e: BaseException) -> tuple[PushReply, list[Buffer]]:
         tb = "".join(traceback.format_exception(type(e), e, user_frames(e.__traceback__)))
-        events = self.cw.task_events
-        if events is not None and "noev" not in spec:
+        extras = self.cw.task_event_extras
+        if extras is not None and "noev" not in spec:
             row = (spec["tid"], spec.get("at", 0), EXEC + FAILED, time.time())
-            events.append((*row, "TASK_EXECUTION_EXCEPTION", tb))
+            extras.append((*row, "TASK_EXECUTION_EXCEPTION", tb))
         err = RayTaskError(spec["name"], tb, e, self.pid, self.cw.node_ip)
         return self.error(spec, err, True)
 
@@ -478,12 +486,6 @@ class TaskExecutor:
         if app_error:
             body["x"] = True
         return body, parts * nret
-
-
-def _failed(body: PushReply) -> bool:
-    """The reply reports an error (the task's own, a cancel, or ours)."""
-    rets = body.get("r")
-    return "x" in body or bool(rets and len(rets[0]) > 2 and rets[0][2] is True)
 
 
 def _name_of(spec: object) -> str:

@@ -33,7 +33,7 @@ class Dashboard:
         self.http = HttpService()
         self.sessions = Sessions(self.http)
         self.http.add_routes(self.sessions.routes())
-        self.http.add_routes(state_routes.routes(self.link, self.jobs, session_dir, time.time()))
+        self.http.add_routes(state_routes.routes(self.link, session_dir, time.time()))
         self.http.add_routes(job_routes.routes(self.jobs))
         self.http.add_routes(log_routes.routes(os.path.join(session_dir, "logs")))
         self.series = TimeSeries(self.link)

@@ -4,18 +4,21 @@ GCS KV, one ``JobSupervisor`` actor per running job, logs in the head's log dir.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from typing import Any
 
 import aioray
+from aioray._private.core.runtime_env import JOB_CONFIG_ENV
 from aioray._private.core.scheduling_strategies import NodeAffinitySchedulingStrategy
 from aioray._private.node import runtime_env_packaging as packaging
-from aioray._private.wire import auth
+from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.wire import auth, job_records
 from aioray.dashboard import job_store
 from aioray.dashboard.cluster_link import ClusterLink
 from aioray.dashboard.job_supervisor import JobSupervisor
-from aioray.exceptions import ActorDiedError
+from aioray.exceptions import ActorDiedError, RuntimeEnvSetupError
 from aioray.job_submission.models import JobDetails, JobStatus
 
 STOP_GRACE_S = 3.0  # Ray's default wait before SIGKILL
@@ -95,7 +98,9 @@ class JobManager:
             **runtime_env.get("env_vars", {}),
             "AIORAY_ADDRESS": self.link.gcs_address,
             "RAY_ADDRESS": self.link.gcs_address,
-            "RAY_JOB_SUBMISSION_ID": sid,
+            job_records.SUBMISSION_ID_ENV: sid,
+            # The job's driver runs in the job's env: aioray.init() reads it from here.
+            JOB_CONFIG_ENV: json.dumps({"runtime_env": runtime_env, "metadata": details.metadata}),
         }
         token = auth.cluster_token()
         if token:
@@ -109,7 +114,7 @@ class JobManager:
 
     async def _start(self, details: JobDetails, env: dict[str, str]) -> None:
         try:
-            await self.link.run(self._start_supervisor, details, env)
+            run = await self.link.run(self._start_supervisor, details, env)
         except Exception as e:
             await self._put(
                 {
@@ -119,8 +124,30 @@ class JobManager:
                     "error_type": "JOB_SUPERVISOR_ACTOR_START_FAILURE",
                 }
             )
+            return
+        await self._watch(str(details.submission_id), run)
 
-    def _start_supervisor(self, details: JobDetails, env: dict[str, str]) -> None:
+    async def _watch(self, submission_id: str, run: ObjectRef) -> None:
+        """Await the supervisor's ``run`` (it ends with the job). Its actor exits then, so the
+        call raises even after a normal end; a job not yet terminal failed: its runtime env
+        could not be set up (Ray's RUNTIME_ENV_SETUP_FAILURE), or its supervisor died."""
+        try:
+            await run
+            return
+        except RuntimeEnvSetupError as e:
+            message, error_type = f"runtime_env setup failed: {e}", "RUNTIME_ENV_SETUP_FAILURE"
+        except Exception as e:
+            message, error_type = f"Job supervisor actor died: {e}", "JOB_SUPERVISOR_ACTOR_DIED"
+        try:
+            details = await self.get(submission_id)
+        except JobNotFound:
+            return  # deleted meanwhile
+        if details.status.is_terminal():
+            return
+        failed = {"status": "FAILED", "message": message, "error_type": error_type}
+        await self._put({**details.to_json(), **failed, "end_time": int(time.time() * 1000)})
+
+    def _start_supervisor(self, details: JobDetails, env: dict[str, str]) -> ObjectRef:
         sid = str(details.submission_id)
         options: dict[str, Any] = {
             "name": job_store.supervisor_name(sid),
@@ -148,16 +175,17 @@ class JobManager:
         supervisor = (
             aioray.remote(JobSupervisor).options(**options).remote(sid, self.log_path(sid), env)
         )
-        supervisor.run.remote(details.entrypoint)
+        return supervisor.run.remote(details.entrypoint)
 
     async def stop(self, submission_id: str) -> bool:
         details = await self.get(submission_id)
         if details.status.is_terminal():
             return False
         if details.status == JobStatus.PENDING:  # its supervisor may wait for resources
-            await self.link.run(self._kill_supervisor, submission_id)
+            # STOPPED first: the supervisor's death is then no failure (``_watch``).
             stopped = {"status": "STOPPED", "message": "Job was stopped before it started."}
             await self._put({**details.to_json(), **stopped, "end_time": int(time.time() * 1000)})
+            await self.link.run(self._kill_supervisor, submission_id)
             return True
         return bool(await self.link.run(self._stop, submission_id))
 

@@ -1,26 +1,14 @@
 """Where job records live: the GCS's key-value store (durable: it survives a GCS
-restart), one JSON record per submission id under the ``_aioray_jobs`` namespace."""
+restart), one JSON record per submission id under the ``_aioray_jobs`` namespace
+(the format: ``_private/wire/job_records.py``, which the GCS reads too)."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from aioray._private.wire.job_records import NAMESPACE, PREFIX, decode, encode, key
 
-NAMESPACE = "_aioray_jobs"  # the KV namespace, and the supervisors' actor namespace
-PREFIX = b"job:"
-
-
-def key(submission_id: str) -> bytes:
-    return PREFIX + submission_id.encode()
-
-
-def encode(record: dict[str, Any]) -> bytes:
-    return json.dumps(record).encode()
-
-
-def decode(value: bytes | None) -> dict[str, Any] | None:
-    return None if value is None else dict(json.loads(bytes(value)))
+__all__ = ["NAMESPACE", "PREFIX", "decode", "encode", "key", "supervisor_name"]
 
 
 def supervisor_name(submission_id: str) -> str:
+    """The name of the actor that runs a submission's entrypoint."""
     return f"_aioray_job_supervisor_{submission_id}"

@@ -3,7 +3,7 @@
 Each ``/api/v0`` route is one ``StateQuery`` (list, summarize, timeline) on a short
 connection to the GCS, which filters at the source before the limit (workers and
 objects: the raylets, filtered by the query); bad input is a 400 naming the choices.
-Jobs are the dashboard's submitted jobs, filtered by the same schema rules.
+Jobs are the GCS's too: its drivers and the submitted jobs' records, each job once.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from aioray._private.node.state_query import StateQuery
 from aioray._private.wire import auth
 from aioray.dashboard import rows
 from aioray.dashboard.cluster_link import ClusterLink
-from aioray.dashboard.job_manager import JobManager
 
 RAY_API_VERSION = "2.60.0"
 SD_FILE = "prom_metrics_service_discovery.json"  # written by the GCS
@@ -78,9 +77,7 @@ def summary_envelope(summary: dict[str, Any]) -> web.Response:
     )
 
 
-def routes(
-    link: ClusterLink, jobs: JobManager, session_dir: str, started: float
-) -> list[web.RouteDef]:
+def routes(link: ClusterLink, session_dir: str, started: float) -> list[web.RouteDef]:
     """The State API's and the cluster views' route table."""
 
     async def query(fn: Callable[[StateQuery], Awaitable[T]], timeout: float = 30) -> T:
@@ -111,22 +108,6 @@ def routes(
             return envelope({"result": result})
 
         return answer(handler)
-
-    async def list_jobs(request: web.Request) -> web.Response:
-        # Submitted jobs (the dashboard's records, every field), filtered by the schema's rules.
-        limit = _limit(request)
-        match = schema.matcher(schema.check_query("jobs", parse_filters(request.query), limit))
-        every = [j.to_json() for j in await jobs.list()]
-        kept = [j for j in every if match(j)]
-        result = {
-            "total": len(every),
-            "num_after_truncation": len(every),
-            "num_filtered": len(kept),
-            "result": kept[:limit],
-            "partial_failure_warning": "",
-            "warnings": None,
-        }
-        return envelope({"result": result})
 
     def summarize(resource: str) -> Handler:
         async def handler(request: web.Request) -> web.Response:
@@ -216,9 +197,6 @@ def routes(
         return envelope({"uptime_s": time.time() - started})
 
     table = [web.get(f"/api/v0/{name}", listing(name)) for name in schema.RESOURCES]
-    table = [r for r in table if r.path != "/api/v0/jobs"] + [
-        web.get("/api/v0/jobs", answer(list_jobs))
-    ]
     table += [web.get(f"/api/v0/{n}/summarize", summarize(n)) for n in schema.SUMMARY_RESOURCES]
     table += [
         web.get("/api/v0/tasks/timeline", answer(timeline)),

@@ -84,6 +84,7 @@ class ActorRecord:
         self.node_id: bytes | None = None
         self.worker_id: bytes | None = None  # the current incarnation's worker, once leased
         self.num_restarts = 0
+        self.created = False  # ALIVE once: its creation task FINISHED
         self.death = ""
         self.no_restart = False  # an intentional exit or kill(no_restart=True)
         self.waiters: list[asyncio.Future[ActorInfo]] = []
@@ -246,7 +247,9 @@ class ActorManager:
             err = serialization.deserialize(bufs[0], bufs[1:])
             rec.no_restart = True
             self._set_dead(
-                rec, f"The actor died because of an error raised in its creation task: {err}"
+                rec,
+                f"The actor died because of an error raised in its creation task: {err}",
+                "TASK_EXECUTION_EXCEPTION",
             )
             raylet.notify("kill_actor_worker", rec.aid)
             return
@@ -256,6 +259,9 @@ class ActorManager:
         rec.addr = (host, port, lease["wid"])
         rec.gpus = lease.get("gpus", [])
         rec.pid = body.get("pid", 0)
+        if not rec.created:
+            rec.created = True
+            self.gcs.state.creation_ended(rec.spec, None)
         self._set_state(rec, ALIVE)
 
     # -- 3. death and restarts -------------------------------------------------------------
@@ -327,7 +333,14 @@ class ActorManager:
             if rec.owner is conn and not rec.detached and rec.state != DEAD:
                 self.kill(rec, True, "The actor's owner died.")
 
-    def _set_dead(self, rec: ActorRecord, death: str) -> None:
+    def _set_dead(
+        self, rec: ActorRecord, death: str, error_type: str = "ACTOR_CREATION_FAILED"
+    ) -> None:
+        """The actor is DEAD; one that never became ALIVE failed its creation task with
+        ``error_type`` (Ray's: ACTOR_CREATION_FAILED, unless ``__init__`` raised)."""
+        if not rec.created and rec.state != DEAD:
+            rec.created = True  # (its creation task's outcome is recorded once)
+            self.gcs.state.creation_ended(rec.spec, (error_type, death))
         rec.death = death
         if rec.name and self.names.get((rec.namespace, rec.name)) == rec.aid:
             del self.names[(rec.namespace, rec.name)]

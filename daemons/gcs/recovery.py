@@ -55,6 +55,7 @@ def _state_row(rec: ActorRecord) -> dict[str, Any]:
         "node_id": rec.node_id,
         "worker_id": rec.worker_id,
         "num_restarts": rec.num_restarts,
+        "created": rec.created,
         "death": rec.death,
         "no_restart": rec.no_restart,
         "pid": rec.pid,

@@ -221,8 +221,8 @@ class GcsServer:
     def handle_register_job(
         self, conn: rpc.Connection, body: RegisterJob, _: list[Buffer]
     ) -> RegisterJobReply:
-        """``register_job`` {pid, ns?} from a driver -> {job_id (4 bytes), namespace} (an anonymous
-        namespace if none was given)."""
+        """``register_job`` {pid, ns?, ip?, cmd?, sid? (the job submission it runs)} from a driver
+        -> {job_id (4 bytes), namespace} (an anonymous namespace if none was given)."""
         job = self.next_job
         self.next_job += 1
         # Like Ray, a job without a namespace gets an anonymous one of its own.
@@ -231,7 +231,12 @@ class GcsServer:
         self.metrics.job_started(conn, conn.state["job_id"])
         info = {"pid": body.get("pid", 0), "namespace": namespace, "start": time.time()}
         self.persistence.job_registered(conn.state["job_id"], info)
-        self.state.job_started(conn.state["job_id"], conn, {**info, "ip": body.get("ip", "")})
+        driver = {
+            "ip": body.get("ip", ""),
+            "sid": body.get("sid"),
+            "entrypoint": body.get("cmd", ""),
+        }
+        self.state.job_started(conn.state["job_id"], conn, {**info, **driver})
         return {
             "job_id": conn.state["job_id"],
             "namespace": namespace,

@@ -1,11 +1,11 @@
 """The GCS's State API handlers: its tables as Ray's state rows, filtered before the limit.
 
 ``state_list [resource, filters, limit, detail]`` answers for tasks (the task table,
-``task_events.py``), actors, nodes, jobs and placement groups; ``state_get_task`` and
-``state_summary`` too. Filters are applied here, at the source, to every row, and the
-answer says how many rows there were, how many matched and how many came back, so a
-client can tell a truncated answer from a complete one. Workers and objects live on
-the raylets; the client asks them (aioray/util/state/query.py).
+``task_events.py``), actors, nodes, jobs (``job_rows.py``) and placement groups;
+``state_get_task`` and ``state_summary`` too. Filters are applied here, at the source,
+to every row, and the answer says how many rows there were, how many matched and how
+many came back, so a client can tell a truncated answer from a complete one. Workers
+and objects live on the raylets; the client asks them (aioray/util/state/query.py).
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+from aioray.daemons.gcs.job_rows import job_rows
 from aioray.daemons.gcs.task_events import TaskTable
 
 import aioray._private.core.state_schema as schema
+from aioray._private.owner.task_events import FAILED, FINISHED
 from aioray._private.rpc import rpc
-from aioray._private.wire import config
+from aioray._private.wire import config, job_records
 from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import StateList, StateListReply, TaskEventsHeader
 
@@ -101,28 +104,6 @@ def placement_group_row(rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def job_row(job_id: bytes, info: dict[str, Any]) -> dict[str, Any]:
-    ended = info.get("end")
-    return {
-        "job_id": job_id.hex(),
-        "submission_id": None,
-        "entrypoint": info.get("entrypoint", ""),
-        "type": "DRIVER",
-        "status": "SUCCEEDED" if ended else "RUNNING",
-        "message": None,
-        "error_type": None,
-        "driver_info": {
-            "id": job_id.hex(),
-            "node_ip_address": info.get("ip", ""),
-            "pid": str(info.get("pid", "")),
-        },
-        "start_time": _ms(info.get("start")),
-        "end_time": _ms(ended),
-        "metadata": {},
-        "runtime_env": {},
-    }
-
-
 def _timeline_row(r: Any) -> list[Any]:
     return [
         r.task_id.hex(),
@@ -164,10 +145,27 @@ class StateService:
     def handle_add_task_events(
         self, conn: rpc.Connection, header: TaskEventsHeader, bufs: list[Buffer]
     ) -> None:
-        """Notice from an owner or executor: header = counts (sent, dropped), buffer 0 =
-        a msgpack blob of task-event rows, merged later (on a query or past 16 MiB)."""
-        if bufs and self.tasks.receive(header, bytes(bufs[0])) and self._merging is None:
+        """Notice from an owner or executor: header = counts (sent, dropped) and new
+        task descriptions, buffer 0 = a msgpack blob of the rows with errors, buffer 1
+        the transition rows (task_events.ROW), buffer 2 the first rows (INFO), merged
+        later (on a query or past 16 MiB)."""
+        if not bufs:
+            return
+        rows = bytes(bufs[1]) if len(bufs) > 1 else b""
+        infos = bytes(bufs[2]) if len(bufs) > 2 else b""
+        if self.tasks.receive(header, bytes(bufs[0]), rows, infos) and self._merging is None:
             self._merging = asyncio.ensure_future(self._merge())  # too much unmerged
+
+    def creation_ended(self, spec: dict[str, Any], error: tuple[str, str] | None) -> None:
+        """An actor's creation task ended: FINISHED when the actor first became ALIVE, or
+        FAILED (Ray's error type, message) if it died before. The GCS drives creation,
+        so it records the outcome, as Ray's owner does on the GCS's reply; the worker
+        that ran ``__init__`` may be killed before its own events leave it."""
+        if spec.get("noev") or config.TASK_EVENTS_REPORT_INTERVAL_MS <= 0:
+            return
+        row = (spec["tid"], spec.get("at", 0), FINISHED if error is None else FAILED, time.time())
+        blob = msgpack.packb([row + error if error else row], use_bin_type=True)
+        self.tasks.receive({"n": 1}, blob)
 
     async def merged(self) -> TaskTable:
         """The task table with every batch received merged, a few thousand rows at a
@@ -193,7 +191,7 @@ class StateService:
         if resource == "placement_groups":
             return (placement_group_row(r) for r in gcs.placement_groups.groups.values())
         if resource == "jobs":
-            return (job_row(j, info) for j, info in self.jobs.items())
+            return job_rows(self.jobs, gcs.kv.get(job_records.NAMESPACE, {}))
         raise ValueError(f"the GCS does not hold {resource}; ask the raylets")
 
     async def handle_state_list(

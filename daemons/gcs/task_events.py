@@ -8,7 +8,9 @@ never merged. Both sides report the same attempt: the owner its creation,
 scheduling and final outcome, the executor where it ran (node, worker, pid), when it
 started and ended, and its error. Rows arrive in any order, so a record's state is the
 furthest one reported (FAILED beats FINISHED), each state keeps its first timestamp,
-and a field once known is never blanked.
+and a field once known is never blanked. The executor's transient states (blocked in
+ray.get or ray.wait) are the exception: they come in order from the one thread that
+runs the task, and are shown instead of RUNNING until its next RUNNING row.
 
 At most ``task_events_max_num_task_in_gcs`` records are kept: the oldest go first,
 counted in ``evicted``; events the processes dropped from full buffers arrive as
@@ -33,8 +35,12 @@ from aioray._private.owner.task_events import (
     EXEC,
     FAILED,
     FINISHED,
+    INFO,
+    NO_PARENT,
     PENDING_ARGS_AVAIL,
+    ROW,
     RUNNING,
+    RUNNING_IN_RAY_GET,
     STATE_NAMES,
 )
 from aioray._private.wire.schema import TaskEventsHeader
@@ -43,6 +49,10 @@ from aioray._private.wire.schema import TaskEventsHeader
 MIN_GONE_KEYS = 10_000
 # Batches kept unmerged at most (then merged even if nobody asks).
 MAX_PENDING_BYTES = 16 * 1024 * 1024
+# Senders whose task descriptions are kept (the least recently heard from go first).
+MAX_SENDERS = 10_000
+# A first row whose description never arrived (its sender's batch was lost).
+UNKNOWN: tuple[Any, ...] = ("<unknown>", "NORMAL_TASK", b"", None, None, None)
 
 
 class TaskRecord:
@@ -52,6 +62,7 @@ class TaskRecord:
     __slots__ = (
         "actor_id",
         "attempt_number",
+        "blocked",
         "error_message",
         "error_type",
         "events",
@@ -62,6 +73,7 @@ class TaskRecord:
         "placement_group_id",
         "rank",
         "required_resources",
+        "shown",
         "task_id",
         "type",
         "worker_id",
@@ -72,6 +84,8 @@ class TaskRecord:
         self.task_id = task_id
         self.attempt_number = attempt
         self.rank = -1  # index in STATE_NAMES of the furthest state reported
+        self.blocked = 0  # a transient state reported since the last RUNNING row, or 0
+        self.shown = -1  # the state shown (and counted, filtered): rank, or blocked
         self.name = self.type = ""
         self.job_id = self.actor_id = self.parent_task_id = self.placement_group_id = None
         self.node_id = self.worker_id = ""
@@ -83,7 +97,7 @@ class TaskRecord:
 
     @property
     def state(self) -> str:
-        return STATE_NAMES[self.rank] if self.rank >= 0 else "NIL"
+        return STATE_NAMES[self.shown] if self.shown >= 0 else "NIL"
 
     def time_of(self, rank: int) -> float | None:
         events = self.events
@@ -161,7 +175,7 @@ def record_predicate(filters: list[schema.Filter]) -> Callable[[TaskRecord], boo
 def _column_test(key: str, value: str, equal: bool) -> Callable[[TaskRecord], bool]:
     if key == "state":
         rank = STATE_NAMES.index(value.upper()) if value.upper() in STATE_NAMES else -2
-        return (lambda r: r.rank == rank) if equal else (lambda r: r.rank != rank)
+        return (lambda r: r.shown == rank) if equal else (lambda r: r.shown != rank)
     if key in BYTE_COLUMNS:
         try:
             raw: bytes | None = bytes.fromhex(value) if value else None
@@ -177,6 +191,37 @@ def _column_test(key: str, value: str, equal: bool) -> Callable[[TaskRecord], bo
     return (lambda r: text_of(r) == value) if equal else (lambda r: text_of(r) != value)
 
 
+class Batch:
+    """One process's ``add_task_events`` batch, kept as it came until merged."""
+
+    __slots__ = ("blob", "descriptions", "infos", "new", "rows", "where")
+
+    def __init__(
+        self,
+        where: tuple[str, str, int | None],
+        new: int,
+        blob: bytes,
+        rows: bytes,
+        infos: bytes,
+        descriptions: dict[int, tuple[Any, ...]],
+    ) -> None:
+        self.where, self.new, self.blob = where, new, blob
+        self.rows, self.infos, self.descriptions = rows, infos, descriptions
+
+    def rows_in_order(self) -> Iterator[tuple[Any, ...]]:
+        """Every row as ``(task_id, attempt, code, time, *extra)``: first rows (with
+        their description looked up), then transitions, then rows with errors."""
+        descriptions = self.descriptions
+        for task_id, t, parent, number in INFO.iter_unpack(self.infos):
+            name, kind, job, actor, shape, pg = descriptions.get(number, UNKNOWN)
+            parent_id = None if parent == NO_PARENT else parent
+            yield (task_id, 0, PENDING_ARGS_AVAIL, t, name, kind, job, actor, parent_id, shape, pg)
+        for task_id, code, attempt, t in ROW.iter_unpack(self.rows):
+            yield (task_id, attempt, code, t)
+        if self.blob:
+            yield from msgpack.unpackb(self.blob, use_list=False)
+
+
 class TaskTable:
     """Every task attempt the GCS knows, oldest first, at most ``capacity`` of them."""
 
@@ -185,8 +230,13 @@ class TaskTable:
         self.records: collections.OrderedDict[tuple[bytes, int], TaskRecord] = (
             collections.OrderedDict()
         )
-        # Batches received and not merged yet: (sender, new tasks, msgpack rows).
-        self.pending: list[tuple[tuple[str, str, int | None], int, bytes]] = []
+        # Batches received and not merged yet: (sender, new tasks, msgpack rows with
+        # errors, transition rows, first rows, the sender's descriptions).
+        self.pending: list[Batch] = []
+        # Each sender's task descriptions by index (first rows name them), newest last.
+        self.descriptions: collections.OrderedDict[str, dict[int, tuple[Any, ...]]] = (
+            collections.OrderedDict()
+        )
         self.pending_bytes = 0
         self.max_pending_bytes = MAX_PENDING_BYTES
         self.evicted = 0  # records dropped to stay within capacity
@@ -203,13 +253,31 @@ class TaskTable:
         )
 
     # -- receiving and merging -----------------------------------------------------------
-    def receive(self, header: TaskEventsHeader, blob: bytes) -> bool:
-        """Keep one process's batch (``add_task_events``) as it came, to merge when
-        asked; True when the unmerged batches have grown past MAX_PENDING_BYTES."""
+    def receive(
+        self, header: TaskEventsHeader, blob: bytes, rows: bytes = b"", infos: bytes = b""
+    ) -> bool:
+        """Keep one process's batch (``add_task_events``: new task descriptions in the
+        header, the msgpack blob of rows with errors, the transition and first rows) as
+        it came, to merge when asked; True when the unmerged batches have grown past
+        MAX_PENDING_BYTES."""
+        for data, layout, what in ((rows, ROW, "rows"), (infos, INFO, "first rows")):
+            if len(data) % layout.size:
+                raise ValueError(
+                    f"task event {what} of {len(data)} bytes: not whole {layout.size}-byte rows"
+                )
         self.dropped += int(header.get("dropped") or 0)
         where = (_hex(header.get("node")), _hex(header.get("worker")), header.get("pid"))
-        self.pending.append((where, int(header.get("new") or 0), blob))
-        self.pending_bytes += len(blob)
+        known = self.descriptions.get(where[1])
+        if known is None:
+            known = self.descriptions[where[1]] = {}
+            while len(self.descriptions) > MAX_SENDERS:
+                self.descriptions.popitem(last=False)
+        else:
+            self.descriptions.move_to_end(where[1])
+        for number, *description in header.get("descs") or ():
+            known[int(number)] = tuple(description)
+        self.pending.append(Batch(where, int(header.get("new") or 0), blob, rows, infos, known))
+        self.pending_bytes += len(blob) + len(rows) + len(infos)
         return self.pending_bytes > self.max_pending_bytes
 
     def merge(self) -> None:
@@ -227,27 +295,27 @@ class TaskTable:
         newer = 0
         first = 0
         for i in range(len(pending) - 1, -1, -1):
-            newer += pending[i][1]
+            newer += pending[i].new
             if newer >= self.capacity:
                 first = i
                 break
         gone = self.gone
-        for _, _, blob in pending[:first]:  # only their keys: late rows must not revive them
-            for row in msgpack.unpackb(blob, use_list=False):
-                if row[2] == PENDING_ARGS_AVAIL and (row[0], row[1]) not in self.records:
-                    gone[(row[0], row[1])] = None
+        for batch in pending[:first]:  # only their keys: late rows must not revive them
+            for task_id, *_ in INFO.iter_unpack(batch.infos):
+                if (task_id, 0) not in self.records:
+                    gone[(task_id, 0)] = None
                     self.evicted += 1
             yield
         while len(gone) > self.gone_capacity:
             gone.popitem(last=False)
         add = self.add
-        for where, _, blob in pending[first:]:
-            rows = msgpack.unpackb(blob, use_list=False)
-            for start in range(0, len(rows), rows_per_step):
-                for row in rows[start : start + rows_per_step]:
-                    add(row, where)
-                self.evict()
-                yield
+        for batch in pending[first:]:
+            for n, row in enumerate(batch.rows_in_order(), 1):
+                add(row, batch.where)
+                if not n % rows_per_step:
+                    self.evict()
+                    yield
+            self.evict()
 
     def add_batch(self, rows: Any, where: tuple[str, str, int | None] = ("", "", None)) -> None:
         """Merge rows at once (tests, benchmarks)."""
@@ -264,7 +332,7 @@ class TaskTable:
             if key in self.gone:  # late rows of an evicted task must not bring it back
                 return None
             rec = self.records[key] = TaskRecord(row[0], row[1])
-        old_rank, old_name, old_type = rec.rank, rec.name, rec.type
+        old_shown, old_name, old_type = rec.shown, rec.name, rec.type
         code = row[2]
         if code >= EXEC:
             code -= EXEC
@@ -278,16 +346,21 @@ class TaskTable:
                 rec.parent_task_id, shape, rec.placement_group_id = row[8:11]
                 rec.required_resources = dict(shape) if shape else None
         events = rec.events
-        if code > old_rank:
+        if code >= RUNNING_IN_RAY_GET:  # transient: until the next RUNNING
+            rec.blocked = code
+        elif code == RUNNING:
+            rec.blocked = 0
+        if RUNNING_IN_RAY_GET > code > rec.rank:
             rec.rank = code
             events += (code, row[3])
         elif code not in events[::2]:  # each state keeps its first time
             events += (code, row[3])
-        if rec.rank != old_rank or rec.name != old_name or rec.type != old_type:
+        rec.shown = rec.blocked if rec.blocked and rec.rank == RUNNING else rec.rank
+        if rec.shown != old_shown or rec.name != old_name or rec.type != old_type:
             counts = self.counts
-            if old_rank >= 0:
-                counts[(old_name, old_type, old_rank)] -= 1
-            new = (rec.name, rec.type, rec.rank)
+            if old_shown >= 0:
+                counts[(old_name, old_type, old_shown)] -= 1
+            new = (rec.name, rec.type, rec.shown)
             counts[new] = counts.get(new, 0) + 1
         return rec
 
@@ -298,8 +371,8 @@ class TaskTable:
             self.gone[key] = None
             if len(self.gone) > self.gone_capacity:
                 self.gone.popitem(last=False)
-            if rec.rank >= 0:
-                self.counts[(rec.name, rec.type, rec.rank)] -= 1
+            if rec.shown >= 0:
+                self.counts[(rec.name, rec.type, rec.shown)] -= 1
             self.evicted += 1
 
     # -- queries ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ stops its workers) and by SIGKILL of all its processes.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -45,8 +46,12 @@ def array_of(i: int) -> np.ndarray:
 
 
 @ray.remote(max_retries=3)
-def slow_square(x: int) -> int:
-    time.sleep(0.05)
+def square(x: int, held_on: str, started: str) -> int:
+    """x * x; on node ``held_on`` it first says it started, then runs until its node
+    leaves (killed with it: a retry elsewhere answers)."""
+    if ray.get_runtime_context().get_node_id() == held_on:
+        open(os.path.join(started, str(x)), "w").close()
+        time.sleep(4 * GET_TIMEOUT)
     return x * x
 
 
@@ -115,7 +120,7 @@ def segments(nodes: list[Any]) -> set[str]:
 
 
 @pytest.mark.parametrize("graceful", MODES)
-def test_chaos_a_node_removed_mid_run(ray_cluster: Any, graceful: bool) -> None:
+def test_chaos_a_node_removed_mid_run(ray_cluster: Any, graceful: bool, tmp_path: Any) -> None:
     """Tasks running, results stored and an actor answering calls on a node when it
     leaves: every task result, object and call result arrives, correct, and nothing
     is left behind (processes: the leak check; segments: below)."""
@@ -133,9 +138,13 @@ def test_chaos_a_node_removed_mid_run(ray_cluster: Any, graceful: bool) -> None:
     ]
     ray.wait(arrays, num_returns=OBJECTS, timeout=GET_TIMEOUT, fetch_local=False)
     squares = [
-        slow_square.options(resources=half, scheduling_strategy=on(b)).remote(i) for i in range(10)
+        square.options(resources=half, scheduling_strategy=on(b)).remote(
+            i, b.node_id, str(tmp_path)
+        )
+        for i in range(10)
     ]
     doubled = [actor.double.remote(i) for i in range(100)]
+    wait_for_condition(lambda: any(tmp_path.iterdir()), GET_TIMEOUT, message="no square ran on B")
     ray_cluster.remove_node(b, allow_graceful=graceful)  # with all of that under way
 
     assert ray.get(squares, timeout=GET_TIMEOUT) == [i * i for i in range(10)]

@@ -134,6 +134,16 @@ def _start_workers(n: int, where: Path) -> None:
     ray.get([arrive.remote(i) for i in range(n)], timeout=GET_TIMEOUT)
 
 
+def _raylet_state() -> dict[str, Any]:
+    """The local raylet's ``get_state``: its leases, queued requests, free resources."""
+    from aioray._private.owner import worker_context
+
+    cw = worker_context.core_worker
+    assert cw is not None
+    state: dict[str, Any] = cw.run_sync(cw.raylet.call("get_state"), timeout=GET_TIMEOUT)
+    return state
+
+
 def _wait_until(path: str) -> None:
     deadline = time.monotonic() + GET_TIMEOUT
     while not os.path.exists(path) and time.monotonic() < deadline:
@@ -250,10 +260,19 @@ def test_a_long_get_lends_and_the_resumed_task_counts_again(lend_soon: Any, tmp_
     ref_c = c.remote()
     ray.get(gate.open.remote(), timeout=GET_TIMEOUT)
     wait_for_condition(lambda: len(_entered(gauge, "A")) == 2, GET_TIMEOUT)
+    leases = _raylet_state()["leases"]  # A's, B's, the gate's; C waits for CPUs
     Path(release_a).touch()
     ray.get(ref_a, timeout=GET_TIMEOUT)
-    time.sleep(1.0)  # a C granted on A's returned CPUs would start within this
+
+    # A's owner returns its lease (after keeping it idle a moment); the raylet grants C
+    # then if A's CPUs come back on top of B's 4, i.e. if the resumed A was not counted.
+    def a_returned() -> dict[str, Any] | None:
+        now = _raylet_state()
+        return now if now["leases"] < leases or _entered(gauge, "C") else None
+
+    state = wait_for_condition(a_returned, GET_TIMEOUT, message="A's lease never went back")
     assert not _entered(gauge, "C"), "C ran beside B: the resumed A's CPUs were not counted"
+    assert state["available"]["CPU"] == 0 and state["queued"] == 1, state  # C waits for B
     Path(release_b).touch()
     ray.get([ref_b, ref_c], timeout=GET_TIMEOUT)
     assert _entered(gauge, "A") == [[], ["B"]]

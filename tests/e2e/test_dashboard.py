@@ -400,3 +400,86 @@ def test_job_pip_env_is_the_entrypoints_python(url: str, tmp_path: Any) -> None:
     wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=120)
     assert client.get_job_logs(sid) == "job-1.0\n"
     assert client.get_job_status(sid) == JobStatus.SUCCEEDED
+
+
+def test_a_job_whose_runtime_env_fails_is_failed_with_the_env_error(url: str) -> None:
+    from test_runtime_env import NO_SUCH_PACKAGE
+
+    bad = {"pip": {"packages": [NO_SUCH_PACKAGE], "pip_install_options": ["--no-index"]}}
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(entrypoint="echo never", runtime_env=bad)
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=50)
+    info = client.get_job_info(sid)
+    assert info.status == JobStatus.FAILED and info.error_type == "RUNTIME_ENV_SETUP_FAILURE"
+    assert "runtime_env setup failed" in info.message and "No matching distribution" in info.message
+    assert info.end_time is not None and client.get_job_logs(sid) == ""
+
+
+def test_a_jobs_driver_inherits_the_jobs_runtime_env(url: str, tmp_path: Any) -> None:
+    project = tmp_path / "project"
+    write(project / "helper.py", "VALUE = 'from the working_dir'\n")
+    write(project / "script.py", (
+        "import os, aioray\n"
+        "aioray.init()\n"
+        "@aioray.remote\n"
+        "def probe():\n"
+        "    import helper\n"
+        "    return os.environ.get('ONLY_IN_THE_JOB'), helper.VALUE\n"
+        "print(*aioray.get(probe.remote()), sep='|')\n"
+    ))  # fmt: skip
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(
+        entrypoint="python script.py",
+        runtime_env={"working_dir": str(project), "env_vars": {"ONLY_IN_THE_JOB": "yes"}},
+    )
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=50)
+    logs = client.get_job_logs(sid)
+    assert client.get_job_status(sid) == JobStatus.SUCCEEDED, logs
+    assert logs.splitlines()[-1] == "yes|from the working_dir"
+
+
+def test_jobs_are_the_drivers_and_the_submissions_each_once(url: str, ray_shared: Any) -> None:
+    from aioray.util import state
+
+    client = JobSubmissionClient(url)
+    sid = client.submit_job(entrypoint="python -c 'import aioray; aioray.init()'")
+    wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=50)
+    assert client.get_job_status(sid) == JobStatus.SUCCEEDED, client.get_job_logs(sid)
+    gone = "import aioray; aioray.init(); print(aioray.get_runtime_context().get_job_id())"
+    env = {**os.environ, "AIORAY_ADDRESS": ray_shared.address_info["gcs_address"]}
+    ended_id = subprocess.run(
+        [sys.executable, "-c", gone],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=True,
+        env=env,
+    ).stdout.split()[-1]
+    this_id = ray.get_runtime_context().get_job_id()
+
+    def ended() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = v0(url, "jobs?limit=100&detail=true")["result"]
+        return rows if any(r["job_id"] == ended_id and r["end_time"] for r in rows) else []
+
+    rows = wait_for_condition(ended, 30)  # a driver's end reaches the GCS as its connection ends
+    drivers = {r["job_id"]: r for r in rows if r["type"] == "DRIVER"}
+    (submitted,) = [r for r in rows if r["submission_id"] == sid]
+    assert submitted["type"] == "SUBMISSION" and submitted["status"] == "SUCCEEDED"
+    assert submitted["job_id"] and submitted["job_id"] not in drivers  # its driver: listed once
+    assert submitted["driver_info"]["id"] == submitted["job_id"]
+    mine = drivers[this_id]
+    assert (mine["status"], mine["end_time"], mine["submission_id"]) == ("RUNNING", None, None)
+    assert mine["driver_info"]["pid"] == str(os.getpid()) and mine["start_time"] > 0
+    gone_row = drivers[ended_id]
+    assert gone_row["status"] == "SUCCEEDED" and gone_row["end_time"] >= gone_row["start_time"]
+    assert "aioray.init()" in gone_row["entrypoint"]
+    assert not [r for r in drivers.values() if "aioray.dashboard" in r["entrypoint"]]
+    # The State API and the CLI give the same rows.
+    (row,) = state.list_jobs(filters=[("submission_id", "=", sid)])
+    assert (row.job_id, row.type) == (submitted["job_id"], "SUBMISSION")
+    cli = subprocess.run(
+        [sys.executable, "-m", "aioray.cli", "list", "jobs", "-f", "type=DRIVER", "--format",
+         "json", "--address", env["AIORAY_ADDRESS"]], capture_output=True, text=True, timeout=50,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert {r["job_id"] for r in json.loads(cli.stdout)} == set(drivers)

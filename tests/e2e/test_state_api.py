@@ -4,13 +4,14 @@ SIGKILLed worker's task, opting out of events, and bad input."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 from typing import Any
 
 import pytest
-from conftest import wait_for_condition
+from conftest import wait_for_condition, wait_for_file
 
 import aioray as ray
 from aioray.util import state
@@ -58,18 +59,71 @@ class Counter:
 
 @ray.remote(num_cpus=0)
 def hidden() -> int:
-    return 1
+    return os.getpid()
 
 
 @ray.remote(num_cpus=0)
 def shown() -> int:
-    return 2
+    return os.getpid()
 
 
 @ray.remote(num_cpus=0, enable_task_events=False)
 class Quiet:
     def m(self) -> int:
-        return 3
+        return os.getpid()
+
+
+@ray.remote(num_cpus=0)
+class Gate:
+    """Calls to ``passed`` return once ``open`` was called (an async actor)."""
+
+    def __init__(self) -> None:
+        self.event: asyncio.Event | None = None
+
+    def _event(self) -> asyncio.Event:
+        if self.event is None:
+            self.event = asyncio.Event()
+        return self.event
+
+    async def passed(self) -> str:
+        await self._event().wait()
+        return "passed"
+
+    async def open(self) -> None:
+        self._event().set()
+
+
+@ray.remote(num_cpus=0)
+def gets_through(gate: Any) -> str:
+    return ray.get(gate.passed.remote())  # type: ignore[no-any-return]
+
+
+@ray.remote(num_cpus=0)
+class Waiter:
+    def wait_through(self, gate: Any) -> int:
+        ready, _ = ray.wait([gate.passed.remote()], timeout=120)
+        return len(ready)
+
+
+@ray.remote(num_cpus=0)
+class SlowInit:
+    def __init__(self, path: str) -> None:
+        with open(path + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(path + ".tmp", path)
+        time.sleep(120)
+
+
+@ray.remote(num_cpus=0)
+class Pid:
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@ray.remote(num_cpus=0)
+class BadInit:
+    def __init__(self) -> None:
+        raise ValueError("no init")
 
 
 def head_and_worker_ids() -> tuple[str, str]:
@@ -161,15 +215,97 @@ def test_application_errors_and_actor_tasks(ray_cluster: Any) -> None:
     assert state.summarize_actors()["cluster"]["summary"]["Counter"]["state_counts"]["ALIVE"] == 1
 
 
+def test_a_task_blocked_in_get_or_wait_shows_it_until_it_resumes(ray_cluster: Any) -> None:
+    gate = Gate.remote()
+    ref = gets_through.remote(gate)
+    waiter = Waiter.remote()
+    waited = waiter.wait_through.remote(gate)
+
+    def in_state(name: str, state_name: str) -> list[state.TaskState]:
+        return state.list_tasks(filters=[("name", "=", name), ("state", "=", state_name)])
+
+    wait_for_condition(lambda: in_state("gets_through", "RUNNING_IN_RAY_GET"), 30)
+    wait_for_condition(lambda: in_state("Waiter.wait_through", "RUNNING_IN_RAY_WAIT"), 30)
+    ray.get(gate.open.remote())
+    assert ray.get([ref, waited], timeout=60) == ["passed", 1]
+    (row,) = wait_for_condition(lambda: in_state("gets_through", "FINISHED"), 30)
+    states = [e["state"] for e in state.get_task(row.task_id).events]  # type: ignore[union-attr]
+    assert states.index("RUNNING") < states.index("RUNNING_IN_RAY_GET") < states.index("FINISHED")
+    wait_for_condition(lambda: in_state("Waiter.wait_through", "FINISHED"), 30)
+
+
+def test_an_actor_that_dies_before_it_is_created_fails_its_creation_task(
+    ray_cluster: Any, tmp_path: Any
+) -> None:
+    never = Pid.options(resources={"nowhere": 1}).remote()  # cannot be scheduled
+    killed = SlowInit.remote(str(tmp_path / "killed"))
+    crashed = SlowInit.options(max_restarts=0).remote(str(tmp_path / "crashed"))
+    bad = BadInit.remote()
+    alive = Pid.remote()
+    wait_for_file(tmp_path / "killed", 60)
+    ray.kill(never)
+    ray.kill(killed)
+    os.kill(int(wait_for_file(tmp_path / "crashed", 60)), signal.SIGKILL)
+    ray.get(alive.pid.remote())
+    ray.kill(alive)
+
+    def creation(handle: Any) -> state.TaskState | None:
+        rows = state.list_tasks(
+            filters=[
+                ("actor_id", "=", handle._actor_id.hex()),
+                ("type", "=", "ACTOR_CREATION_TASK"),
+            ],
+            detail=True,
+        )
+        ended = [t for t in rows if t.state in ("FINISHED", "FAILED")]
+        return ended[0] if ended else None
+
+    for handle, why in [(never, "killed by ray.kill"), (killed, "killed by ray.kill")]:
+        row = wait_for_condition(lambda h=handle: creation(h), 30)
+        assert (row.state, row.error_type) == ("FAILED", "ACTOR_CREATION_FAILED")
+        assert why in row.error_message
+    row = wait_for_condition(lambda: creation(crashed), 30)
+    assert (row.state, row.error_type) == ("FAILED", "ACTOR_CREATION_FAILED")
+    assert "died" in row.error_message
+    row = wait_for_condition(lambda: creation(bad), 30)
+    assert (row.state, row.error_type) == ("FAILED", "TASK_EXECUTION_EXCEPTION")
+    assert "no init" in row.error_message
+    # Killed once created: its creation task had FINISHED, and stays so (as in Ray).
+    row = wait_for_condition(lambda: creation(alive), 30)
+    assert (row.state, row.error_type) == ("FINISHED", None)
+
+
 def test_opted_out_tasks_leave_no_events(ray_cluster: Any) -> None:
-    q = Quiet.remote()
-    assert ray.get([hidden.options(enable_task_events=False).remote(), q.m.remote()]) == [1, 3]
-    ray.get(shown.remote())  # recorded after the others, by the same processes
-    wait_for_condition(
-        lambda: [t for t in tasks_named("shown") if t.state == "FINISHED" and t.worker_pid], 20
-    )
-    time.sleep(0.3)  # (three flush intervals: the executors' rows too)
-    assert tasks_named("hidden") == [] and tasks_named("Quiet.m") == []
+    # Each process sends its events in the order it recorded them, so once a marker's
+    # events, recorded after the opted-out ones by the same owner (this driver) and the
+    # same executor, have arrived, the opted-out ones would have arrived too.
+    head, _ = head_and_worker_ids()
+    on_head = NodeAffinitySchedulingStrategy(head, soft=False)
+    q = Quiet.remote()  # the actor and its calls opted out
+    quiet_pid = ray.get(q.m.remote())
+    hidden_ref = hidden.options(enable_task_events=False, scheduling_strategy=on_head).remote()
+    hidden_pid = ray.get(hidden_ref)
+    marker = q.m.options(enable_task_events=True).remote()  # opts back in: the marker call
+    assert ray.get(marker) == quiet_pid
+
+    def marker_task_on(pid: int) -> bool:  # an idle worker is reused: soon hidden's
+        return ray.get(shown.options(scheduling_strategy=on_head).remote()) == pid
+
+    wait_for_condition(lambda: marker_task_on(hidden_pid), 30)
+
+    def arrived(name: str, pid: int) -> list[state.TaskState]:
+        return [t for t in tasks_named(name) if t.state == "FINISHED" and t.worker_pid == pid]
+
+    wait_for_condition(lambda: arrived("shown", hidden_pid), 20)
+    wait_for_condition(lambda: arrived("Quiet.m", quiet_pid), 20)
+    # Nothing else from those executors (an executor's row without its owner's has no
+    # name; the workers may have run earlier tests' tasks), nor from this owner.
+    rows = state.list_tasks(limit=10_000, raise_on_missing_output=False)
+    ours = ("", "hidden", "Quiet.m", "Quiet.__init__")
+    at = {quiet_pid: [marker.task_id().hex()], hidden_pid: []}
+    assert {p: [t.task_id for t in rows if t.worker_pid == p and t.name in ours] for p in at} == at
+    assert state.get_task(hidden_ref.task_id().hex()) is None
+    assert tasks_named("hidden") == [] and tasks_named("Quiet.__init__") == []
 
 
 def test_nodes_jobs_workers_objects_and_placement_groups(ray_cluster: Any) -> None:

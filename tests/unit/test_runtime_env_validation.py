@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -156,3 +157,21 @@ def test_env_key_is_canonical() -> None:
     assert runtime_env.env_key(a) == runtime_env.env_key(b) != runtime_env.env_key({})
     assert runtime_env.env_key(None) == ""
     assert runtime_env.needs_setup(a) and not runtime_env.needs_setup({"env_vars": {"A": "1"}})
+
+
+def test_a_submitted_jobs_driver_runs_in_the_jobs_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(runtime_env.JOB_CONFIG_ENV, raising=False)
+    assert runtime_env.with_the_jobs_env(None) is None
+    assert runtime_env.with_the_jobs_env({"env_vars": {"A": "1"}}) == {"env_vars": {"A": "1"}}
+    job = {"runtime_env": {"working_dir": "gcs://w.zip", "env_vars": {"A": "job", "B": "job"}}}
+    monkeypatch.setenv(runtime_env.JOB_CONFIG_ENV, json.dumps(job))
+    assert runtime_env.with_the_jobs_env(None) == job["runtime_env"]
+    # init(runtime_env=...) overrides field by field; env_vars merge key by key (Ray's rule)
+    assert runtime_env.with_the_jobs_env({"env_vars": {"A": "own"}, "py_modules": ["m"]}) == {
+        "working_dir": "gcs://w.zip",
+        "env_vars": {"A": "own", "B": "job"},
+        "py_modules": ["m"],
+    }
+    monkeypatch.setenv(runtime_env.JOB_CONFIG_ENV, "{not json")
+    with pytest.raises(ValueError, match="RAY_JOB_CONFIG_JSON_ENV_VAR is not a job config"):
+        runtime_env.with_the_jobs_env(None)

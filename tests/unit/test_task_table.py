@@ -26,6 +26,16 @@ def wire_row(tid: bytes, attempt: int, code: int, ts: float, extra: Any = None) 
     return (tid, attempt, code, ts, *(extra or ()))
 
 
+def first_rows(tids: list[bytes], ts: float = 1.0) -> tuple[dict[str, Any], bytes]:
+    """A batch's header (with the one description its rows name) and its first rows."""
+    header = {
+        "new": len(tids),
+        "worker": b"w" * 16,
+        "descs": [[0, "f", "NORMAL_TASK", b"\x01\0\0\0", None, [["CPU", 1.0]], None]],
+    }
+    return header, b"".join(te.pack_info(tid, ts, te.NO_PARENT, 0) for tid in tids)
+
+
 def test_owner_and_executor_rows_merge_in_any_order() -> None:
     table = TaskTable(100)
     tid = b"\x07" * 16
@@ -71,8 +81,8 @@ def test_attempts_are_separate_and_failure_keeps_its_error() -> None:
 def test_oldest_records_are_evicted_and_counted() -> None:
     table = TaskTable(3)
     for i in range(5):
-        row = wire_row(bytes([i]) * 16, 0, te.PENDING_ARGS_AVAIL, float(i), info())
-        table.receive({"new": 1, "dropped": 2}, msgpack.packb([row]))
+        header, infos = first_rows([bytes([i]) * 16], float(i))
+        table.receive({**header, "dropped": 2}, b"", b"", infos)
         table.merge()  # one at a time: each is merged, then the oldest evicted
     assert len(table.records) == 3
     assert table.evicted == 2 and table.dropped == 10
@@ -125,8 +135,8 @@ def test_bad_queries_name_the_valid_choices() -> None:
 def test_batches_that_would_be_evicted_are_never_merged() -> None:
     table = TaskTable(2)
     for i in range(4):
-        row = wire_row(bytes([i]) * 16, 0, te.PENDING_ARGS_AVAIL, float(i), info())
-        table.receive({"new": 1}, msgpack.packb([row]))
+        header, infos = first_rows([bytes([i]) * 16], float(i))
+        table.receive(header, b"", b"", infos)
     late = wire_row(bytes([0]) * 16, 0, te.EXEC + te.FINISHED, 5.0)
     table.receive({"new": 0}, msgpack.packb([late]))  # (a late row of a skipped task)
     table.merge()
@@ -146,11 +156,8 @@ def test_the_owner_records_plain_rows() -> None:
 
 def test_merging_pauses_between_steps_and_filters_compare_ids_as_bytes() -> None:
     table = TaskTable(1000)
-    rows = [
-        wire_row(i.to_bytes(16, "little"), 0, te.PENDING_ARGS_AVAIL, 1.0, info())
-        for i in range(100)
-    ]
-    table.receive({"new": 100}, msgpack.packb(rows))
+    header, infos = first_rows([i.to_bytes(16, "little") for i in range(100)])
+    table.receive(header, b"", b"", infos)
     steps = sum(1 for _ in table.merge_steps(rows_per_step=10))
     assert steps == 10 and len(table.records) == 100  # the loop ran others 10 times
     tid = (7).to_bytes(16, "little").hex()
@@ -159,3 +166,35 @@ def test_merging_pauses_between_steps_and_filters_compare_ids_as_bytes() -> None
         assert table.list(filters, 10, False)["num_filtered"] == expected
     filters = schema.check_query("tasks", [("job_id", "=", "01000000"), ("name", "=", "F")], 10)
     assert table.list(filters, 10, False)["num_filtered"] == 100
+
+
+def test_a_task_blocked_in_get_shows_so_until_it_runs_again() -> None:
+    table = TaskTable(100)
+    tid = b"\x0b" * 16
+    table.add(wire_row(tid, 0, te.PENDING_ARGS_AVAIL, 1.0, info()), OWNER)
+    table.add(wire_row(tid, 0, te.EXEC + te.RUNNING, 2.0), EXECUTOR)
+    rec = table.add(wire_row(tid, 0, te.EXEC + te.RUNNING_IN_RAY_GET, 3.0), EXECUTOR)
+    assert rec is not None and rec.state == "RUNNING_IN_RAY_GET"
+    blocked = table.list([("state", "=", "RUNNING_IN_RAY_GET")], 10, False)
+    assert [r["task_id"] for r in blocked["result"]] == [tid.hex()]
+    assert table.summary()["summary"]["f"]["state_counts"] == {"RUNNING_IN_RAY_GET": 1}
+    # An owner's late row does not unblock it; the executor's RUNNING does.
+    table.add(wire_row(tid, 0, te.SUBMITTED_TO_WORKER, 1.5), OWNER)
+    assert rec.state == "RUNNING_IN_RAY_GET"
+    table.add(wire_row(tid, 0, te.EXEC + te.RUNNING, 4.0), EXECUTOR)
+    assert rec.state == "RUNNING"
+    table.add(wire_row(tid, 0, te.EXEC + te.RUNNING_IN_RAY_WAIT, 5.0), EXECUTOR)
+    assert rec.state == "RUNNING_IN_RAY_WAIT"
+    table.add(wire_row(tid, 0, te.EXEC + te.FINISHED, 6.0), EXECUTOR)
+    assert rec.state == "FINISHED"
+    row = rec.row(detail=True)
+    assert [e["state"] for e in row["events"]] == [
+        "PENDING_ARGS_AVAIL",
+        "SUBMITTED_TO_WORKER",
+        "RUNNING",
+        "RUNNING_IN_RAY_GET",
+        "RUNNING_IN_RAY_WAIT",
+        "FINISHED",
+    ]
+    assert row["start_time_ms"] == 2000  # the first RUNNING
+    assert table.summary()["summary"]["f"]["state_counts"] == {"FINISHED": 1}

@@ -23,6 +23,9 @@ FIELDS = ("env_vars", "working_dir", "py_modules", "pip", "uv", "config", "exclu
 UNSUPPORTED = ("conda", "container", "image_uri", "mpi", "nsight", "java_jars")
 CONFIG_FIELDS = ("setup_timeout_seconds", "eager_install")
 DEFAULT_SETUP_TIMEOUT_S = 600
+# Ray's variable: a submitted job's supervisor puts the job's config (its runtime_env)
+# in the entrypoint's environment, for the job's driver to run in.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 class RuntimeEnvConfig(dict[str, Any]):
@@ -322,6 +325,19 @@ def merge(parent: Mapping[str, Any] | None, child: Mapping[str, Any] | None) -> 
     if "env_vars" in parent and "env_vars" in child:
         out["env_vars"] = {**parent["env_vars"], **child["env_vars"]}
     return out
+
+
+def with_the_jobs_env(own: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A driver's runtime env: in a submitted job, the job's, which ``init(runtime_env=)``
+    overrides field by field (Ray's merge); elsewhere ``own``."""
+    text = os.environ.get(JOB_CONFIG_ENV)
+    if not text:
+        return dict(own) if own is not None else None
+    try:
+        job_env = json.loads(text).get("runtime_env") or {}
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{JOB_CONFIG_ENV} is not a job config (JSON object): {e}") from None
+    return merge(job_env, own)
 
 
 def env_key(env: Mapping[str, Any] | None) -> str:

@@ -28,7 +28,7 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING
 
-from aioray._private.owner.task_events import SUBMITTED_TO_WORKER
+from aioray._private.owner.task_events import SUBMITTED_TO_WORKER, pack_row
 from aioray._private.owner.task_submitter import parse_returns
 from aioray._private.rpc import rpc
 from aioray._private.wire import ids
@@ -233,7 +233,7 @@ class ActorSubmitter:
             events = self.cw.task_events
             if events is not None and "noev" not in task.spec:
                 spec = task.spec
-                events.append((spec["tid"], spec.get("at", 0), SUBMITTED_TO_WORKER, time.time()))
+                events += pack_row(spec["tid"], SUBMITTED_TO_WORKER, spec.get("at", 0), time.time())
             fut.add_done_callback(partial(self._on_reply, a, task))
 
     def _on_reply(

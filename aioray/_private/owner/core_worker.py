@@ -25,6 +25,8 @@ import contextvars
 import itertools
 import logging
 import os
+import shlex
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -55,7 +57,7 @@ from aioray._private.owner.streaming import StreamManager
 from aioray._private.owner.task_submitter import TaskSubmitter
 from aioray._private.rpc import rpc
 from aioray._private.rpc.loop import result_interruptibly
-from aioray._private.wire import config, ids, serialization
+from aioray._private.wire import config, ids, job_records, serialization
 from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import (
     Address,
@@ -154,9 +156,12 @@ class CoreWorker:
         self.closing = False
         self.log_to_driver = True
         self.logs = log_monitor.LogSync()
-        # Task state transitions, appended on the task path (None: events are off).
+        # Task state transitions, appended on the task path (None: events are off):
+        # fixed rows (task_events.ROW), first rows (INFO) and rows with an error.
+        self.task_events: bytearray | None = None
+        self.task_event_infos: bytearray | None = None
+        self.task_event_extras: collections.deque[tuple[Any, ...]] | None = None
         self.event_buffer = task_events.TaskEventBuffer(self)
-        self.task_events = self.event_buffer.events
 
     def __repr__(self) -> str:
         return (
@@ -209,12 +214,13 @@ class CoreWorker:
         if self.mode == DRIVER and self.gcs_address is not None:
             gcs = await self.gcs_connection()
             body: RegisterJob = {"pid": os.getpid(), "ns": self.namespace, "ip": self.node_ip}
+            body["cmd"] = shlex.join(sys.orig_argv)  # Ray's entrypoint of a driver job
+            body["sid"] = os.environ.get(job_records.SUBMISSION_ID_ENV)  # in a submitted job
             job: RegisterJobReply = await gcs.call("register_job", body)
             self.job_id = job["job_id"]
             self.namespace = self.namespace or job["namespace"]
             if "task_events_ms" in job:  # the cluster's setting wins
                 self.event_buffer.set_interval(job["task_events_ms"])
-                self.task_events = self.event_buffer.events
         self.event_buffer.start()
         return info
 
@@ -452,7 +458,7 @@ class CoreWorker:
         if None in objs:
             missing = [r for r, o in zip(refs, objs, strict=True) if o is None]
             if self.mode == WORKER:
-                found = self.run_sync(self.blocked_gets.fetch(missing), timeout)
+                found = self.blocked_gets.get(missing, timeout)
             else:
                 found = self.run_sync(object_waits.fetch_many(self, missing), timeout)
             objs = [o if o is not None else found[r._id] for r, o in zip(refs, objs, strict=True)]

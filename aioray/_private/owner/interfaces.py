@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from aioray._private.core.borrowing import Borrowing
     from aioray._private.core.lineage import Lineage
     from aioray._private.core.memory_store import MemoryStore, StoredObject
+    from aioray._private.owner.core_worker import TaskContext
     from aioray._private.owner.object_ref import ObjectRef
     from aioray._private.owner.streaming import StreamManager
     from aioray._private.owner.task_submitter import TaskSubmitter
@@ -27,8 +28,10 @@ if TYPE_CHECKING:
     from aioray._private.wire.protocol import Buffer
     from aioray._private.wire.schema import Address, LeaseInfeasible, PushReply, WorkerLog
 
-# The task-event rows of this process (owner/task_events.py): plain values per row.
-TaskEvents = collections.deque[tuple[Any, ...]]
+# This process's task-event recorders (owner/task_events.py): the fixed rows, the first
+# rows, and the rows with extras (plain values). None: events are off.
+TaskEventRows = bytearray
+TaskEventExtras = collections.deque[tuple[Any, ...]]
 
 
 class Posts(Protocol):
@@ -91,7 +94,9 @@ class SubmitterHost(RayletClientsHost, Protocol):
     @property
     def streams(self) -> StreamManager: ...
     @property
-    def task_events(self) -> TaskEvents | None: ...
+    def task_events(self) -> TaskEventRows | None: ...
+    @property
+    def task_event_extras(self) -> TaskEventExtras | None: ...
 
     def expect_logs(self, body: PushReply) -> None: ...
 
@@ -113,7 +118,7 @@ class ActorSubmitterHost(PeerConnector, Posts, Protocol):
     @property
     def submitter(self) -> TaskSubmitter: ...
     @property
-    def task_events(self) -> TaskEvents | None: ...
+    def task_events(self) -> TaskEventRows | None: ...
 
     async def gcs_connection(self) -> rpc.Connection: ...
 
@@ -181,9 +186,12 @@ class GcsClientHost(Protocol):
 
 
 class TaskEventsHost(Protocol):
-    """What ``TaskEventBuffer`` uses: the GCS, who this process is, the rows (it swaps them)."""
+    """What ``TaskEventBuffer`` uses: the GCS, who this process is, the recorders (it
+    points them at its current buffers)."""
 
-    task_events: TaskEvents | None
+    task_events: TaskEventRows | None
+    task_event_infos: bytearray | None
+    task_event_extras: TaskEventExtras | None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
@@ -234,7 +242,14 @@ class WaitHost(PeerConnector, Protocol):
 
 
 class BlockedGetsHost(WaitHost, Protocol):
-    """What ``BlockedGets`` uses: ``object_waits``, and the raylet it tells."""
+    """What ``BlockedGets`` uses: ``object_waits``, the raylet it tells, the running
+    task's events, and waiting from the caller's thread."""
 
     @property
     def raylet(self) -> rpc.Connection: ...
+    @property
+    def task_context(self) -> TaskContext: ...
+    @property
+    def task_events(self) -> TaskEventRows | None: ...
+
+    def run_sync(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any: ...

@@ -1,28 +1,40 @@
 """Task events, process side: state transitions recorded cheaply, sent to the GCS in batches.
 
 Owners (where a task is submitted) and executors (where it runs) record each
-transition as one tuple of plain values appended to a deque
-(``CoreWorker.task_events``; ``None`` when events are off). Nothing else happens on
-the task path: no dict, no lock, no object per event. Every
-``task_events_report_interval_ms`` the loop swaps in a fresh deque and sends the one
-swapped out an interval earlier (so a thread that read the old deque just before the
-swap has long since appended to it) as one msgpack blob, packed in C, in a single
-notification (``add_task_events``) with the count of events dropped because the
-buffer held ``task_events_max_buffer_size`` already. The GCS unpacks and merges
-blobs only when asked (daemons/gcs/task_events.py).
+transition cheaply, in one of three buffers (all ``None`` when events are off):
 
-A row is ``(task_id, attempt, code, time_s, *extra)``. Codes below EXEC are the
-owner's, EXEC + state the executor's (the GCS adds the executor's node, worker id
-and pid, sent once per batch). The owner's first row (PENDING_ARGS_AVAIL) adds the
-task's description (INFO_FIELDS); a FAILED row adds the error type and message.
+- ``CoreWorker.task_events``, a bytearray of fixed-size rows (``ROW``: task id, code,
+  attempt, time) for the plain transitions: one ``struct`` pack and one in-place
+  append per event, each a single C call, so rows from several threads never
+  interleave; no object stays alive for the garbage collector to walk, and sending
+  them costs one copy. (Packing a tuple per event with msgpack was most of what
+  events cost on the task path.)
+- ``CoreWorker.task_event_infos``, fixed-size first rows (``INFO``, the owner's
+  PENDING_ARGS_AVAIL) that name the task's description (name, type, job, actor,
+  resources, placement group) by its index in the process's table
+  (``TaskEventBuffer.describe``); each description goes to the GCS once.
+- ``CoreWorker.task_event_extras``, a deque of tuples ``(task_id, attempt, code,
+  time_s, *error)``: FAILED rows with the error's type and message (rare).
+
+Codes below EXEC are the owner's, EXEC + state the executor's (the GCS adds the
+executor's node, worker id and pid, sent once per batch). Every
+``task_events_report_interval_ms`` the loop swaps in fresh buffers and sends those
+swapped out an interval earlier (so a thread that read the old ones just before the
+swap has long since appended to them) in a single notification (``add_task_events``:
+the new descriptions in its header; the extras as one msgpack blob, the rows as they
+are) with the count of events dropped because a buffer held
+``task_events_max_buffer_size`` already. The GCS unpacks and merges batches only when
+asked (daemons/gcs/task_events.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import os
+import struct
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +48,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# A plain transition: task id (16 bytes), code, attempt, time (s). ``pack_row`` makes
+# one, which the recorder appends with ``+=`` (one C call: atomic across threads).
+ROW = struct.Struct("<16sBId")
+pack_row = ROW.pack
+# A task's first row (PENDING_ARGS_AVAIL, attempt 0): task id, time, parent task id
+# (zeros: none), and the index of its description (name, type, job, actor, resources,
+# placement group) in the process's table (TaskEventBuffer.describe), sent once.
+INFO = struct.Struct("<16sd16sI")
+pack_info = INFO.pack
+NO_PARENT = bytes(16)
+
 # State codes: Ray's TaskStatus names, in the order a task goes through them.
 PENDING_ARGS_AVAIL = 0
 PENDING_NODE_ASSIGNMENT = 1
@@ -43,6 +66,10 @@ SUBMITTED_TO_WORKER = 2
 RUNNING = 3
 FINISHED = 4
 FAILED = 5
+# Transient states of a RUNNING task blocked in ray.get / ray.wait (the executor records
+# them, and RUNNING again when the task resumes): shown instead of RUNNING while they last.
+RUNNING_IN_RAY_GET = 6
+RUNNING_IN_RAY_WAIT = 7
 STATE_NAMES = (
     "PENDING_ARGS_AVAIL",
     "PENDING_NODE_ASSIGNMENT",
@@ -50,6 +77,8 @@ STATE_NAMES = (
     "RUNNING",
     "FINISHED",
     "FAILED",
+    "RUNNING_IN_RAY_GET",
+    "RUNNING_IN_RAY_WAIT",
 )
 EXEC = 10  # the executor's codes are EXEC + state
 
@@ -70,9 +99,6 @@ ERROR_TYPES = {
 }
 
 
-# What a PENDING_ARGS_AVAIL row carries after its first four values ("resources" as
-# (name, amount) pairs: a row holds no dict, so the garbage collector soon ignores it).
-INFO_FIELDS = ("name", "type", "job", "actor", "parent", "resources", "pg")
 NORMAL_TASK, ACTOR_TASK, ACTOR_CREATION_TASK = "NORMAL_TASK", "ACTOR_TASK", "ACTOR_CREATION_TASK"
 
 
@@ -90,12 +116,31 @@ def reply_failed(body: PushReply) -> bool:
     return bool(rets) and rets[0][0] == 0 and rets[0][2] is True  # RET_INLINE, is_error
 
 
-def record_end(cw: Any, spec: TaskSpec, body: PushReply) -> None:
+def record_end(cw: Any, spec: TaskSpec, failed: bool) -> None:
     """(executor) The task's reply is ready: FINISHED, or FAILED if it carries an error."""
     events = cw.task_events
     if events is not None and "noev" not in spec:
-        code = EXEC + (FAILED if reply_failed(body) else FINISHED)
-        events.append((spec["tid"], spec.get("at", 0), code, time.time()))
+        code = EXEC + (FAILED if failed else FINISHED)
+        events += pack_row(spec["tid"], code, spec.get("at", 0), time.time())
+
+
+class Batch:
+    """One interval's events: transition rows, first rows, and rows with extras."""
+
+    __slots__ = ("extras", "infos", "rows")
+
+    def __init__(self) -> None:
+        self.rows = bytearray()
+        self.infos = bytearray()
+        self.extras: collections.deque[tuple[Any, ...]] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self.rows) // ROW.size + len(self.infos) // INFO.size + len(self.extras)
+
+    def extend(self, newer: Batch) -> None:
+        self.rows += newer.rows
+        self.infos += newer.infos
+        self.extras.extend(newer.extras)
 
 
 class TaskEventBuffer:
@@ -107,28 +152,60 @@ class TaskEventBuffer:
             TASK_EVENTS_REPORT_INTERVAL_MS if interval_ms is None else interval_ms
         ) / 1000.0
         self.capacity = TASK_EVENTS_MAX_BUFFER_SIZE
-        self.events: collections.deque[tuple[Any, ...]] | None = (
-            collections.deque() if self.interval_s > 0 else None
-        )
-        self._previous: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.current: Batch | None = Batch() if self.interval_s > 0 else None
+        self._previous = Batch()
+        # Task descriptions by value -> index; those the GCS has not been sent yet.
+        self.descriptions: dict[tuple[Any, ...], int] = {}
+        self._numbers = itertools.count()
+        self._unsent: list[tuple[int, tuple[Any, ...]]] = []
+        self._sent_to: Any = None  # the GCS connection the descriptions went to
         self.dropped = 0  # since the last batch that reached the GCS
         self.sent = 0
         self._task: asyncio.Task[None] | None = None
+        self._publish()
 
     def __repr__(self) -> str:
-        pending = len(self.events) if self.events is not None else "off"
+        pending = len(self.current) if self.current is not None else "off"
         return f"<TaskEventBuffer pending={pending} sent={self.sent} dropped={self.dropped}>"
+
+    def describe(
+        self,
+        name: str,
+        kind: str,
+        job: bytes,
+        actor: bytes | None,
+        shape: tuple[tuple[str, float], ...] | None,
+        pg: bytes | None,
+    ) -> int:
+        """(any thread) The index of a task description, for its first row (INFO)."""
+        key = (name, kind, job, actor, shape, pg)
+        number = self.descriptions.get(key)
+        if number is None:  # (setdefault is atomic: a racing thread gets the same one)
+            mine = next(self._numbers)
+            number = self.descriptions.setdefault(key, mine)
+            if number == mine:
+                self._unsent.append((number, key))
+        return number
 
     def set_interval(self, interval_ms: float) -> None:
         """(before start) The cluster's setting, which the GCS tells a driver."""
         self.interval_s = interval_ms / 1000.0
         if self.interval_s <= 0:
-            self.events = None
-        elif self.events is None:
-            self.events = collections.deque()
+            self.current = None
+        elif self.current is None:
+            self.current = Batch()
+        self._publish()
+
+    def _publish(self) -> None:
+        """Point the CoreWorker's recorders at the current buffers."""
+        cur = self.current
+        cw = self.cw
+        cw.task_events = cur.rows if cur is not None else None
+        cw.task_event_infos = cur.infos if cur is not None else None
+        cw.task_event_extras = cur.extras if cur is not None else None
 
     def start(self) -> None:
-        if self.events is not None and self._task is None:
+        if self.current is not None and self._task is None:
             self._task = self.cw.loop.create_task(self._run())
 
     def stop(self) -> None:
@@ -139,57 +216,72 @@ class TaskEventBuffer:
         gcs = self.cw.gcs
         if gcs is not None and not gcs.is_closed:
             ready = self._swap()
-            ready.extend(self._swap())  # both buffers: no thread records any more
+            ready.extend(self._swap())  # both: no thread records any more
             self._send(gcs, ready)
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
             ready = self._swap()
-            if not ready and not self.dropped:
+            if not len(ready) and not self.dropped and not self._unsent:
                 continue
             try:
                 gcs = await self.cw.gcs_connection()
             except (ConnectionError, OSError) as e:
                 logger.debug("task events wait: no GCS connection (%s)", e)
-                self._previous.extendleft(reversed(ready))  # try again next time
-                self._trim(self._previous)
+                ready.extend(self._previous)  # try again next time, oldest first
+                self._previous = self._trim(ready)
                 continue
             self._send(gcs, ready)
 
-    def _swap(self) -> collections.deque[tuple[Any, ...]]:
-        """Start a fresh deque; return the one swapped out the time before."""
-        fresh: collections.deque[tuple[Any, ...]] = collections.deque()
+    def _swap(self) -> Batch:
+        """Start fresh buffers; return those swapped out the time before."""
         ready = self._previous
-        self._previous = self.events if self.events is not None else collections.deque()
-        self.events = self.cw.task_events = fresh
+        self._previous = self.current if self.current is not None else Batch()
+        self.current = Batch()
+        self._publish()
         return self._trim(ready)
 
-    def _trim(self, events: collections.deque[tuple[Any, ...]]) -> collections.deque[Any]:
-        excess = len(events) - self.capacity
-        if excess > 0:  # the oldest go, counted
+    def _trim(self, batch: Batch) -> Batch:
+        """Drop the oldest of each kind past ``capacity``, counted."""
+        for buf, size in ((batch.rows, ROW.size), (batch.infos, INFO.size)):
+            excess = len(buf) // size - self.capacity
+            if excess > 0:
+                del buf[: excess * size]
+                self.dropped += excess
+        excess = len(batch.extras) - self.capacity
+        if excess > 0:
             for _ in range(excess):
-                events.popleft()
+                batch.extras.popleft()
             self.dropped += excess
-        return events
+        return batch
 
-    def _send(self, gcs: Any, events: collections.deque[tuple[Any, ...]]) -> None:
+    def _send(self, gcs: Any, batch: Batch) -> None:
         cw = self.cw
-        rows = list(events)
+        if gcs is not self._sent_to:  # a new GCS (or a restarted one): all descriptions
+            self._sent_to = gcs
+            self._unsent = []
+            descriptions = [(n, key) for key, n in list(self.descriptions.items())]
+        else:
+            descriptions, self._unsent = self._unsent, []
+        n = len(batch)
         header: TaskEventsHeader = {
-            "n": len(rows),
-            "new": sum(1 for r in rows if r[2] == PENDING_ARGS_AVAIL),
+            "n": n,
+            "new": len(batch.infos) // INFO.size,
             "dropped": self.dropped,
             "node": cw.node_id,
             "worker": cw.worker_id,
             "pid": os.getpid(),
+            "descs": [(number, *key) for number, key in descriptions],
         }
         try:
-            blob = msgpack.packb(rows, use_bin_type=True)
-            gcs.notify("add_task_events", header, [blob])
+            blob = msgpack.packb(list(batch.extras), use_bin_type=True)
+            gcs.notify("add_task_events", header, [blob, batch.rows, batch.infos])
         except (ConnectionError, TypeError, ValueError) as e:
-            logger.warning("dropped %d task events: %s", len(rows), e)
-            self.dropped += len(rows)
+            logger.warning("dropped %d task events: %s", n, e)
+            self.dropped += n
+            self._sent_to = None  # the descriptions go again, all of them
+
             return
-        self.sent += len(rows)
+        self.sent += n
         self.dropped = 0

@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aioray._private.core.borrowing import pairs_of
 from aioray._private.core.memory_store import StoredObject
@@ -45,6 +45,7 @@ from aioray._private.owner.task_events import (
     PENDING_NODE_ASSIGNMENT,
     SUBMITTED_TO_WORKER,
     error_of,
+    pack_row,
 )
 from aioray._private.rpc import rpc
 from aioray._private.wire import config, ids, serialization
@@ -276,7 +277,7 @@ class TaskSubmitter:
         events = self.cw.task_events
         if events is not None and "noev" not in task.spec:
             spec = task.spec
-            events.append((spec["tid"], spec.get("at", 0), PENDING_NODE_ASSIGNMENT, time.time()))
+            events += pack_row(spec["tid"], PENDING_NODE_ASSIGNMENT, spec.get("at", 0), time.time())
         queue = cls.queue
         queue.append(task)
         backlog = BACKLOG_PER_LEASE * max(1, len(cls.leases))
@@ -393,7 +394,7 @@ class TaskSubmitter:
         task.lease = lease
         events = self.cw.task_events
         if events is not None and "noev" not in spec:
-            events.append((spec["tid"], spec.get("at", 0), SUBMITTED_TO_WORKER, time.time()))
+            events += pack_row(spec["tid"], SUBMITTED_TO_WORKER, spec.get("at", 0), time.time())
         lease.inflight += 1
         lease.unknown += not tiny
         try:
@@ -476,11 +477,11 @@ class TaskSubmitter:
             if task.attempts_left > 0:
                 task.attempts_left -= 1
             why = "was killed for lack of memory" if oom else "died"
-            events = self.cw.task_events
-            if events is not None and "noev" not in task.spec:  # this attempt failed
+            extras = self.cw.task_event_extras
+            if extras is not None and "noev" not in task.spec:  # this attempt failed
                 err = error_of(OutOfMemoryError(oom) if oom else WorkerCrashedError())
                 spec = task.spec
-                events.append((spec["tid"], spec.get("at", 0), FAILED, time.time(), *err))
+                extras.append((spec["tid"], spec.get("at", 0), FAILED, time.time(), *err))
             logger.info("retrying %r after its worker %s", task, why)
             self._requeue(task)
         elif oom:
@@ -521,17 +522,15 @@ class TaskSubmitter:
 
         ``exc``: the failure stored as its values, if it failed here (not in its code)."""
         task.state = "finished"
-        events = self.cw.task_events
-        if events is not None and "noev" not in task.spec:
+        events, extras = self.cw.task_events, self.cw.task_event_extras
+        if events is not None and extras is not None and "noev" not in task.spec:
             spec = task.spec
-            row: tuple[Any, ...]
             if exc is not None:
-                row = (spec["tid"], spec.get("at", 0), FAILED, time.time(), *error_of(exc))
+                extras.append((spec["tid"], spec.get("at", 0), FAILED, time.time(), *error_of(exc)))
             elif objs and objs[0].is_error:  # raised in the task (the executor says how)
-                row = (spec["tid"], spec.get("at", 0), FAILED, time.time(), *APP_ERROR)
+                extras.append((spec["tid"], spec.get("at", 0), FAILED, time.time(), *APP_ERROR))
             else:
-                row = (spec["tid"], spec.get("at", 0), FINISHED, time.time())
-            events.append(row)
+                events += pack_row(spec["tid"], FINISHED, spec.get("at", 0), time.time())
         self.tasks.pop(task.task_id, None)
         if task.spec.get("nret") == STREAMING:
             self.cw.streams.task_done(task.task_id, objs)

@@ -333,6 +333,8 @@ class RegisterJob(TypedDict):
     pid: int
     ns: str  # "" for an anonymous namespace
     ip: NotRequired[str]
+    cmd: NotRequired[str]  # the driver's command line (Ray's entrypoint)
+    sid: NotRequired[str | None]  # the job submission it runs, if any
 
 
 class RegisterJobReply(TypedDict):
@@ -487,13 +489,22 @@ class PlacementGroupInfo(TypedDict):
     created_at: float
 
 
-class TaskEventsHeader(TypedDict):
-    """``add_task_events`` (notice, owner or executor -> GCS); buffer 0 is the msgpack blob
-    of the rows (owner/task_events.py)."""
+# A task's description, sent once per process and numbered (owner/task_events.py):
+# [number, name, type, job id, actor id, resources as (name, amount) pairs, pg id].
+TaskDescription = tuple[
+    int, str, str, bytes, bytes | None, list[tuple[str, float]] | None, bytes | None
+]
 
-    n: int  # rows in the blob
-    new: int  # of which PENDING_ARGS_AVAIL (new tasks)
+
+class TaskEventsHeader(TypedDict):
+    """``add_task_events`` (notice, owner or executor -> GCS) + 3 buffers: the msgpack blob
+    of the rows with extras (errors), the fixed transition rows, the fixed first rows
+    (owner/task_events.py)."""
+
+    n: int  # rows in the batch
+    new: int  # of which first rows (new tasks)
     dropped: int  # rows dropped since the last batch (buffer full)
     node: bytes
     worker: bytes
     pid: int
+    descs: list[TaskDescription]  # descriptions the GCS has not had from this process

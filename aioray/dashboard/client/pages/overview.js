@@ -10,7 +10,7 @@ const gib = (b) => `${(b / 2 ** 30).toFixed(1)} GiB`;
 
 export async function render(main) {
   const [nodes, actors, jobs, tasks] = await Promise.all([listing("nodes", "&detail=true"),
-    listing("actors"), listing("jobs"), api("/api/v0/tasks/summarize")]);
+    listing("actors"), listing("jobs", "&detail=true"), api("/api/v0/tasks/summarize")]);
   const alive = nodes.filter((n) => n.state === "ALIVE");
   const sum = (key, field) => alive.reduce((s, n) => s + (n[field][key] || 0), 0);
   const used = (k) => sum(k, "resources_total") - sum(k, "resources_available");
@@ -33,9 +33,12 @@ export async function render(main) {
     <h2>Tasks by state</h2><div class="cards" id="tasks-by-state">${cards(taskStates, "tasks")}</div>
     <h2>Actors by state</h2><div class="cards">${cards(byState, "actors")}</div>
     <h2>Recent jobs</h2>${table([
-      ["Submission id", (j) => `<a href="#/jobs/${esc(j.submission_id)}">${esc(j.submission_id)}</a>`],
+      ["Job", (j) => j.submission_id  // a submitted job has a page; a driver job its id
+        ? `<a href="#/jobs/${esc(j.submission_id)}">${esc(j.submission_id)}</a>`
+        : `<span class="mono">${esc(j.job_id)}</span>`],
+      ["Type", (j) => esc(j.type)],
       ["Status", (j) => state(j.status)],
       ["Entrypoint", (j) => `<span class="mono">${esc(j.entrypoint)}</span>`],
       ["Started", (j) => ago(j.start_time)],
-    ], jobs.slice(-10).reverse())}`;
+    ], [...jobs].sort((a, b) => (a.start_time || 0) - (b.start_time || 0)).slice(-10).reverse())}`;
 }

@@ -4,7 +4,7 @@ import { api, esc, state, table, ago } from "/static/app.js";
 
 const PAGE = 50;
 const STATES = ["PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER",
-  "RUNNING", "FINISHED", "FAILED"];
+  "RUNNING", "RUNNING_IN_RAY_GET", "RUNNING_IN_RAY_WAIT", "FINISHED", "FAILED"];
 let filter = { state: "", job: "", fn: "" };
 let page = 0;
 const opened = new Set(); // tasks whose error is open survive the next poll's render
