@@ -31,6 +31,7 @@ from aioray._private.owner.task_events import (
     pack_info,
 )
 from aioray._private.wire import config, ids, serializability, serialization
+from aioray._private.wire.schema import ActorMeta, ActorRequest, MethodMeta, TaskSpec
 from aioray._private.wire.task_spec import STREAMING, TaskEntry
 from aioray.dag import ClassMethodNode, ClassNode
 from aioray.exceptions import ActorExit, AsyncioActorExit
@@ -68,8 +69,8 @@ def method(*args: Any, **kwargs: Any) -> Callable[..., Any]:
     return decorate
 
 
-def _class_meta(cls: type, opts: dict[str, Any]) -> dict[str, Any]:
-    methods: dict[str, dict[str, Any]] = {}
+def _class_meta(cls: type, opts: dict[str, Any]) -> ActorMeta:
+    methods: dict[str, MethodMeta] = {}
     is_async = False
     for name, fn in inspect.getmembers(cls, predicate=inspect.isfunction):
         if name.startswith("__") and name != "__call__":
@@ -87,7 +88,7 @@ def _class_meta(cls: type, opts: dict[str, Any]) -> dict[str, Any]:
             "sig": signatures.to_wire(fn, drop_first=not static),  # checked at .remote()
         }
     max_conc = opts.get("max_concurrency") or (1000 if is_async else 1)
-    return {
+    meta: ActorMeta = {
         "cls": cls.__qualname__,
         "module": cls.__module__,
         "methods": methods,
@@ -96,8 +97,10 @@ def _class_meta(cls: type, opts: dict[str, Any]) -> dict[str, Any]:
         "groups": opts.get("concurrency_groups") or {},
         "max_task_retries": opts.get("max_task_retries", 0),
         "max_pending_calls": opts.get("max_pending_calls", -1),
-        **({"noev": True} if opts.get("enable_task_events") is False else {}),
     }
+    if opts.get("enable_task_events") is False:
+        meta["noev"] = True
+    return meta
 
 
 class ActorClass:
@@ -175,7 +178,7 @@ class ActorClass:
                 f"lifetime must be 'detached' or 'non_detached', got {opts.get('lifetime')!r}"
             )
         actor_id = ids.random_id(16)
-        spec: dict[str, Any] = {
+        spec: TaskSpec = {
             "create": True,
             "tid": cw.ids.task_id(cw.job_id),
             "aid": actor_id,
@@ -184,7 +187,7 @@ class ActorClass:
             "nret": 0,
             "job": cw.job_id,
             "ns": namespace,
-            "owner": list(cw.address),
+            "owner": cw.address,
             "fid": hashlib.sha1(cls_bytes).digest(),
             "meta": meta,
             "aname": name or "",
@@ -217,7 +220,7 @@ class ActorClass:
             sched = dict(hold)
             spec["pg"] = placement
         spec["res"] = hold
-        request = {
+        request: ActorRequest = {
             "aid": actor_id,
             "name": name,
             "ns": namespace,
@@ -253,7 +256,7 @@ class _ActorClassOptions:
 class ActorHandle:
     """A handle to one actor; ``handle.method.remote(...)`` calls it."""
 
-    def __init__(self, actor_id: bytes, meta: dict[str, Any], creator: bool = False) -> None:
+    def __init__(self, actor_id: bytes, meta: ActorMeta, creator: bool = False) -> None:
         self._actor_id = actor_id
         self._meta = meta
         self._cw = worker_context.ensure_connected()
@@ -308,17 +311,17 @@ class ActorHandle:
         return self._actor_id.hex()
 
 
-def _rebuild_handle(actor_id: bytes, meta: dict[str, Any]) -> ActorHandle:
+def _rebuild_handle(actor_id: bytes, meta: ActorMeta) -> ActorHandle:
     return ActorHandle(actor_id, meta)
 
 
 class ActorMethod:
     """One method of an actor; ``.remote(*args)`` submits a call."""
 
-    def __init__(self, handle: ActorHandle, name: str, mopts: dict[str, Any]) -> None:
+    def __init__(self, handle: ActorHandle, name: str, mopts: MethodMeta | dict[str, Any]) -> None:
         self._handle = handle
         self._name = name
-        self._mopts = dict(mopts)
+        self._mopts: dict[str, Any] = dict(mopts)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -367,14 +370,14 @@ class ActorMethod:
             nret = STREAMING
         elif not isinstance(nret, int):
             raise ValueError(f"num_returns={nret!r} is not supported (use an int or 'streaming')")
-        spec: dict[str, Any] = {
+        spec: TaskSpec = {
             "aid": h._actor_id,
             "m": self._name,
             "name": f"{h._meta['cls']}.{self._name}",
             "nret": nret,
             "job": cw.job_id,
             "ns": cw.namespace,
-            "owner": list(cw.address),
+            "owner": cw.address,
         }
         if self._mopts.get("cg"):
             spec["cg"] = self._mopts["cg"]

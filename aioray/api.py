@@ -61,13 +61,18 @@ class InitContext:
 
 def is_initialized() -> bool:
     """True while this process is connected to a cluster."""
-    return _driver() is not None
+    return driver() is not None
 
 
-def _driver() -> CoreWorker | None:
+def driver() -> CoreWorker | None:
     """This process's CoreWorker if this process is a driver (init() started it)."""
     cw = worker_context.core_worker
     return cw if cw is not None and cw.mode == DRIVER else None
+
+
+def connected_gcs_address() -> str:
+    """The GCS address ("host:port") ``init()`` connected this driver to; "" if none."""
+    return _gcs_address
 
 
 def init(
@@ -117,7 +122,7 @@ def init(
     )
     validate({"resources": resources or {}}, {"resources": _resources_check})
     with _lock:
-        if _driver() is not None:
+        if driver() is not None:
             if ignore_reinit_error:
                 return InitContext(_address_info())
             raise RuntimeError(
@@ -193,10 +198,10 @@ def _start_job_env(env: dict[str, Any], packages: list[runtime_env_packaging.Pac
     """Upload the job's packages; with ``eager_install`` every node prepares the env now."""
     uris = runtime_env_packaging.package_uris(env)
     if uris:  # pinned first: a package another job is releasing now is not lost
-        _gcs_call("pin_runtime_env_uris", uris)
-    runtime_env_packaging.upload(packages, _gcs_call)
+        gcs_call("pin_runtime_env_uris", uris)
+    runtime_env_packaging.upload(packages, gcs_call)
     if _runtime_env.needs_setup(env) and (env.get("config") or {}).get("eager_install", True):
-        _gcs_call("prepare_runtime_env", env)
+        gcs_call("prepare_runtime_env", env)
 
 
 OBJECT_STORE_MINIMUM_MEMORY_BYTES = 75 * 1024 * 1024  # Ray's minimum
@@ -244,16 +249,16 @@ def _check_store_options(
 
 
 def _resources_check(name: str, value: Any) -> None:
-    from aioray._private.core.options import _resources
+    from aioray._private.core.options import check_resources
 
-    _resources(name, value)
+    check_resources(name, value)
 
 
 _address_cache: dict[str, Any] = {}
 
 
 def _address_info() -> dict[str, Any]:
-    _cw = _driver()
+    _cw = driver()
     assert _cw is not None
     return {
         "gcs_address": _gcs_address,
@@ -283,7 +288,7 @@ def shutdown() -> None:
     """Disconnect; stop the daemons this process started, leaving nothing behind."""
     global _local_node
     with _lock:
-        cw = _driver()
+        cw = driver()
         if cw is not None:
             cw.stop_thread()
             set_core_worker(None)
@@ -302,7 +307,7 @@ atexit.register(shutdown)
 def _connect() -> CoreWorker:
     """worker_context.ensure_connected's first use in a driver: start a local cluster."""
     init()
-    cw = _driver()
+    cw = driver()
     assert cw is not None
     return cw
 
@@ -472,7 +477,9 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
 
 
 # -- cluster state ------------------------------------------------------------------------------
-def _gcs_call(method: str, body: Any = None) -> Any:
+def gcs_call(method: str, body: Any = None) -> Any:
+    """One request to the GCS from this process (any thread but the CoreWorker's loop): its
+    reply, ``body`` being the method's message (wire/schema.py); connects first if needed."""
     cw = ensure_connected()
 
     async def call() -> Any:
@@ -498,7 +505,7 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
             "after calling ray.shutdown() and ray.init(). Please create a new actor handle in "
             "the current session."
         )
-    _gcs_call("kill_actor", [actor._actor_id, no_restart])
+    gcs_call("kill_actor", [actor._actor_id, no_restart])
 
 
 def get_actor(name: str, namespace: str | None = None) -> Any:
@@ -509,7 +516,7 @@ def get_actor(name: str, namespace: str | None = None) -> Any:
         raise ValueError(f"Please supply a non-empty actor name, got {name!r}.")
     cw = ensure_connected()
     ns = namespace if namespace is not None else cw.namespace
-    info = _gcs_call("get_named_actor", [name, ns])
+    info = gcs_call("get_named_actor", [name, ns])
     if info is None:
         raise ValueError(f"Failed to look up actor with name '{name}' in namespace '{ns}'.")
     return ActorHandle(info["aid"], info["meta"])
@@ -518,7 +525,7 @@ def get_actor(name: str, namespace: str | None = None) -> Any:
 def list_named_actors(all_namespaces: bool = False) -> list[Any]:
     """Names of live named actors: this namespace's, or dicts for all namespaces."""
     cw = ensure_connected()
-    found = _gcs_call("list_named_actors", [cw.namespace, all_namespaces])
+    found = gcs_call("list_named_actors", [cw.namespace, all_namespaces])
     if all_namespaces:
         return [{"name": a["name"], "namespace": a["namespace"]} for a in found]
     return [a["name"] for a in found]
@@ -526,7 +533,7 @@ def list_named_actors(all_namespaces: bool = False) -> list[Any]:
 
 def nodes() -> list[dict[str, Any]]:
     """One dict per node, with Ray's keys (NodeID, Alive, Resources, ...)."""
-    return list(_gcs_call("get_nodes"))
+    return list(gcs_call("get_nodes"))
 
 
 def cluster_resources() -> dict[str, float]:
@@ -567,7 +574,8 @@ def _current_actor_handle() -> Any:
     cw = ensure_connected()
     assert cw.actor_id is not None  # (RuntimeContext.current_actor checked it)
     host = getattr(cw.extra_handlers.get("create_actor"), "__self__", None)
-    return ActorHandle(cw.actor_id, host.meta if host is not None else {})
+    assert host is not None  # (a worker hosting an actor: its ActorHost)
+    return ActorHandle(cw.actor_id, host.meta)
 
 
 def remote(*args: Any, **kwargs: Any) -> Any:

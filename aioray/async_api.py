@@ -392,7 +392,7 @@ def fetcher_for_running_loop() -> LoopFetcher:
     loop = asyncio.get_event_loop()
     f = fetcher_for(api.ensure_connected(), loop)
     if asyncio.events._get_running_loop() is loop:
-        running = object_ref._running_fetchers
+        running = object_ref.running_fetchers
         for ident, old in list(running.items()):  # (a copy: other threads write it too)
             if old.loop.is_closed():
                 running.pop(ident, None)  # (at worst a live entry goes: it comes back)

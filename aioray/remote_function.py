@@ -16,6 +16,7 @@ from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.owner.task_events import NO_PARENT, NORMAL_TASK, pack_info
 from aioray._private.wire import config, ids, serializability, serialization
+from aioray._private.wire.schema import TaskSpec
 from aioray._private.wire.task_spec import STREAMING, TaskEntry, split_args
 from aioray.dag import FunctionNode
 
@@ -99,7 +100,7 @@ class RemoteFunction:
         return self._fid, self._fn_bytes
 
     def _describe(
-        self, cw: Any, request: tuple[Any, ...], resources: dict[str, float], spec: dict[str, Any]
+        self, cw: Any, request: tuple[Any, ...], resources: dict[str, float], spec: TaskSpec
     ) -> int:
         """The index of this call's description in the process's task-event table."""
         plain = resources is request[1] and "pg" not in spec
@@ -121,7 +122,7 @@ class RemoteFunction:
             nret = STREAMING
         elif not isinstance(nret, int):
             raise ValueError(f"num_returns={nret!r} is not supported (use an int or 'streaming')")
-        spec: dict[str, Any] = {
+        spec: TaskSpec = {
             "fid": fid,
             "name": self._name,
             "nret": nret,
@@ -218,7 +219,7 @@ class RemoteFunction:
 
 
 def pack_arguments(
-    cw: CoreWorker, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], spec: dict[str, Any]
+    cw: CoreWorker, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], spec: TaskSpec
 ) -> tuple[serialization.SerializedObject | None, list[ObjectRef]]:
     """Pickle a call's arguments (in the caller's thread) into ``spec``.
 

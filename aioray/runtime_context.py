@@ -15,6 +15,7 @@ from aioray._private.core.runtime_env import RuntimeEnv
 from aioray._private.owner import placement_groups, worker_context
 from aioray._private.owner.core_worker import WORKER
 from aioray._private.wire import config
+from aioray._private.wire.schema import TaskSpec
 
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
@@ -34,18 +35,19 @@ class RuntimeContext:
         self._actor_handle = actor_handle  # (aioray.api builds handles: it is above us)
 
     # -- the task or actor running now (None in a driver) -----------------------------------
-    def _spec(self) -> dict[str, Any] | None:
+    def _spec(self) -> TaskSpec | None:
         """The spec of the task running in this thread, or None."""
         ctx = self._cw.task_context.__dict__
         if ctx.get("task_id"):
             return ctx.get("spec")
         return worker_context.async_call_spec.get()  # an async actor's call, or None
 
-    def _actor_spec(self) -> dict[str, Any] | None:
+    def _actor_spec(self) -> TaskSpec | None:
         if self._cw.actor_id is None:
             return None
         host = getattr(self._cw.extra_handlers.get("create_actor"), "__self__", None)
-        return getattr(host, "spec", None) or {}
+        spec: TaskSpec | None = getattr(host, "spec", None)
+        return spec or {}
 
     def get_job_id(self) -> str:
         """The current job's id in hexadecimal."""
@@ -76,7 +78,7 @@ class RuntimeContext:
             return None
         if spec.get("m") is not None:  # an actor method: the class's module
             actor = self._actor_spec() or {}
-            module = (actor.get("meta") or {}).get("module", "")
+            module: str | None = (actor.get("meta") or {}).get("module", "")
             return f"{module}.{spec['name']}" if module else spec["name"]
         executor = getattr(self._cw.extra_handlers.get("push_task"), "__self__", None)
         fn = getattr(executor, "functions", {}).get(spec.get("fid"))

@@ -38,6 +38,7 @@ from aioray._private.owner.task_events import (
 from aioray._private.rpc import rpc
 from aioray._private.wire import serialization
 from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import ActorMeta, ContainedRef, DepOwner, PushReply, TaskSpec
 from aioray._private.wire.task_spec import DEP_OWNER, STREAMING
 from aioray.exceptions import ActorExit, TaskCancelledError
 
@@ -58,9 +59,9 @@ class Job:
 
     def __init__(
         self,
-        spec: dict[str, Any],
+        spec: TaskSpec,
         buffers: list[Buffer],
-        fut: asyncio.Future[Any],
+        fut: asyncio.Future[rpc.Reply],
         conn: rpc.Connection | None = None,
     ) -> None:
         self.spec = spec
@@ -70,7 +71,7 @@ class Job:
         self.fetched: dict[bytes, StoredObject] = {}
         self.holds: list[bytes] = []  # borrowed refs the job's arguments carry
 
-    def hold(self, cw: CoreWorker, pairs: list[Any]) -> None:
+    def hold(self, cw: CoreWorker, pairs: list[ContainedRef]) -> None:
         """(loop) The caller lent us these refs: hold them until the reply is sent."""
         cw.borrowing.hold(pairs)
         self.holds.extend(p[0] for p in pairs)
@@ -81,7 +82,7 @@ class ActorHost:
         self.ex = executor
         self.cw = executor.cw
         self.instance: Any = None
-        self.meta: dict[str, Any] = {}
+        self.meta: ActorMeta = {}
         self.pools: dict[str | None, concurrent.futures.ThreadPoolExecutor] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.semaphores: dict[str | None, asyncio.Semaphore] = {}
@@ -90,7 +91,7 @@ class ActorHost:
         self._exiting = False
         self._exit_requested = False  # exit_actor() in an async actor
         self.gpus: list[int] = []
-        self.spec: dict[str, Any] = {}  # the creation spec
+        self.spec: TaskSpec = {}  # the creation spec
 
     def handlers(self) -> dict[str, rpc.Handler]:
         return {
@@ -100,8 +101,8 @@ class ActorHost:
 
     # -- creation --------------------------------------------------------------------------
     def handle_create_actor(
-        self, conn: rpc.Connection, spec: dict[str, Any], bufs: list[Buffer]
-    ) -> asyncio.Future[Any]:
+        self, conn: rpc.Connection, spec: TaskSpec, bufs: list[Buffer]
+    ) -> asyncio.Future[rpc.Reply]:
         """``create_actor`` spec (with ``aid``, ``meta``, ``ns``) + argument buffers, from the GCS
         -> the push reply of running the actor's ``__init__`` (as ``push_task``)."""
         self.meta = spec["meta"]
@@ -133,16 +134,16 @@ class ActorHost:
 
     # -- calls -----------------------------------------------------------------------------
     def handle_push_actor_task(
-        self, conn: rpc.Connection, spec: dict[str, Any], bufs: list[Buffer]
-    ) -> asyncio.Future[Any]:
+        self, conn: rpc.Connection, spec: TaskSpec, bufs: list[Buffer]
+    ) -> asyncio.Future[rpc.Reply]:
         """``push_actor_task`` spec + buffers, from a caller -> the push reply ({r, ...} and the
         return values' buffers). Calls from one caller run in their sequence order; arguments
         held by their owners are fetched first."""
-        fut: asyncio.Future[Any] = self.cw.loop.create_future()
+        fut: asyncio.Future[rpc.Reply] = self.cw.loop.create_future()
         job = Job(spec, bufs, fut, conn)
         if "cr" in spec:
             job.hold(self.cw, spec["cr"])
-        remote = [d for d in spec.get("d", ()) if d[0] == DEP_OWNER]
+        remote: list[DepOwner] = [d for d in spec.get("d", ()) if d[0] == DEP_OWNER]
         prev = self._tail
         if not remote and (prev is None or prev.done()):
             self._dispatch(job)
@@ -155,7 +156,7 @@ class ActorHost:
     async def _dispatch_in_order(
         self,
         job: Job,
-        remote: list[Any],
+        remote: list[DepOwner],
         prev: asyncio.Future[None] | None,
         mine: asyncio.Future[None],
     ) -> None:
@@ -288,7 +289,7 @@ class ActorHost:
         record_end(self.cw, spec, reply_failed(body))
         self.cw.post(self.ex.reply, job, body, bufs)
 
-    async def _stream_async(self, job: Job, gen: Any) -> tuple[dict[str, Any], list[Buffer]]:
+    async def _stream_async(self, job: Job, gen: Any) -> tuple[PushReply, list[Buffer]]:
         task_id, limit, count = job.spec["tid"], job.spec.get("bp") or 0, 0
         items = gen if hasattr(gen, "__aiter__") else _as_async(gen)
         async for item in items:

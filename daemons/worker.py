@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -46,6 +47,15 @@ from aioray._private.rpc import loop as _loop
 from aioray._private.rpc import rpc
 from aioray._private.wire import config, serialization
 from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import (
+    Address,
+    CancelTask,
+    DepOwner,
+    PushReply,
+    Return,
+    StreamAck,
+    TaskSpec,
+)
 from aioray._private.wire.task_spec import (
     DEP_INLINE,
     DEP_OWNER,
@@ -53,6 +63,7 @@ from aioray._private.wire.task_spec import (
     RET_INLINE,
     RET_SHM,
     STREAMING,
+    CallArgs,
     substitute,
 )
 from aioray.exceptions import ActorExit, RaySystemError, RayTaskError, TaskCancelledError
@@ -91,7 +102,7 @@ class TaskExecutor:
             **self.actor.handlers(),
         }
 
-    def handle_exit_if_idle(self, conn: rpc.Connection, body: Any, _: Any) -> bool:
+    def handle_exit_if_idle(self, conn: rpc.Connection, body: None, _: list[Buffer]) -> bool:
         """(raylet) May this idle worker go? Not while it owns objects, actors or tasks
         that others may still need (Ray's workers refuse such an exit too)."""
         cw = self.cw
@@ -122,19 +133,19 @@ class TaskExecutor:
 
     # -- loop side --------------------------------------------------------------------------
     def handle_push_task(
-        self, conn: rpc.Connection, spec: dict[str, Any], buffers: list[Buffer]
-    ) -> asyncio.Future[Any]:
+        self, conn: rpc.Connection, spec: TaskSpec, buffers: list[Buffer]
+    ) -> asyncio.Future[rpc.Reply]:
         """``push_task`` task spec (task_spec.py; ``fn`` with the function the first time) +
         argument buffers, from the owner -> the push reply {r: return descriptors, t: execution
         time, o?: output to wait for, x?: an application error} + the return values' buffers."""
-        fut: asyncio.Future[Any] = self.cw.loop.create_future()
+        fut: asyncio.Future[rpc.Reply] = self.cw.loop.create_future()
         fn = spec.pop("fn", None)
         if fn is not None:
             self.fn_bytes[spec["fid"]] = fn
         job = Job(spec, buffers, fut, conn)
         if "cr" in spec:
             job.hold(self.cw, spec["cr"])
-        remote = [d for d in spec.get("d", ()) if d[0] == DEP_OWNER]
+        remote: list[DepOwner] = [d for d in spec.get("d", ()) if d[0] == DEP_OWNER]
         if remote:
             self.cw.loop.create_task(self._fetch_then_run(job, remote))
         else:
@@ -146,17 +157,17 @@ class TaskExecutor:
         self.queued[job.spec["tid"]] = job
         self.queue.put(job)
 
-    async def _fetch_then_run(self, job: Job, deps: list[list[Any]]) -> None:
+    async def _fetch_then_run(self, job: Job, deps: list[DepOwner]) -> None:
         await self.fetch_deps(job, deps)
         self.enqueue(job)
 
-    async def fetch_deps(self, job: Job, deps: list[list[Any]]) -> None:
+    async def fetch_deps(self, job: Job, deps: list[DepOwner]) -> None:
         """Fetch dependencies owned elsewhere into ``job.fetched`` (errors stored as errors)."""
         cw = self.cw
         refs = [ObjectRef(d[1], _owner_of(d[2]), _count=False) for d in deps]
         results = await asyncio.gather(
             *[
-                cw.fetch(r) if r._id in cw.memory_store else cw._fetch_from_owner(r, keep=True)
+                cw.fetch(r) if r._id in cw.memory_store else cw.fetch_from_owner(r, keep=True)
                 for r in refs
             ],
             return_exceptions=True,
@@ -169,7 +180,7 @@ class TaskExecutor:
                 job.holds.extend(p[0] for p in obj.contained)
             job.fetched[d[1]] = obj
 
-    def handle_cancel_task(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+    def handle_cancel_task(self, conn: rpc.Connection, body: CancelTask, _: list[Buffer]) -> None:
         """``cancel_task`` [task id, force, recursive?] (notice, from the owner): a queued task is
         answered with TaskCancelledError; a running one gets KeyboardInterrupt, or the worker
         exits if ``force``; ``recursive`` cancels the tasks it submitted too."""
@@ -198,7 +209,7 @@ class TaskExecutor:
                 answer, parts = self.error(job.spec, TaskCancelledError(task_id.hex()), False)
                 self.reply(job, answer, parts)
 
-    def reply(self, job: Job, body: dict[str, Any], buffers: list[Buffer]) -> None:
+    def reply(self, job: Job, body: PushReply, buffers: list[Buffer]) -> None:
         """(loop) Answer the caller; first lend it the refs inside the return values."""
         lend = body.pop("_lend", None)
         if lend:
@@ -206,7 +217,7 @@ class TaskExecutor:
         else:
             self._send_reply(job, body, buffers)
 
-    def _send_reply(self, job: Job, body: dict[str, Any], buffers: list[Buffer]) -> None:
+    def _send_reply(self, job: Job, body: PushReply, buffers: list[Buffer]) -> None:
         if not job.fut.done():
             job.fut.set_result(rpc.Reply(body, buffers))
         if job.holds:
@@ -255,7 +266,7 @@ class TaskExecutor:
             holds, job.holds = job.holds, []
             self.cw.refs.remove_contained(holds)
 
-    def execute(self, job: Job) -> tuple[dict[str, Any], list[Buffer]]:
+    def execute(self, job: Job) -> tuple[PushReply, list[Buffer]]:
         """Run one task or actor call (any thread); return the reply body and buffers."""
         spec = job.spec
         task_id = spec["tid"]
@@ -317,10 +328,10 @@ class TaskExecutor:
             return self.task_error(spec, e)
         body["t"] = elapsed
         if worker_output.writes() != printed:  # the task printed: its lines go first
-            body["o"] = [self.pid, worker_output.sync()]
+            body["o"] = (self.pid, worker_output.sync())
         return body, bufs
 
-    def _create_actor(self, spec: dict[str, Any], job: Job) -> tuple[dict[str, Any], list[Buffer]]:
+    def _create_actor(self, spec: TaskSpec, job: Job) -> tuple[PushReply, list[Buffer]]:
         self.cw.job_id = spec["job"]
         self.actor.spec = spec  # (the runtime context: the actor's name, restarts, resources)
         placement_groups.set_actor_placement(spec.get("pg"))
@@ -337,7 +348,7 @@ class TaskExecutor:
             return {"error": True}, parts
         return {"r": [], "pid": self.pid}, []
 
-    def _function(self, spec: dict[str, Any]) -> Any:
+    def _function(self, spec: TaskSpec) -> Callable[..., Any]:
         method = spec.get("m")
         if method is not None:
             if method == "__ray_terminate__":
@@ -349,7 +360,7 @@ class TaskExecutor:
             fn = self.functions[fid] = serialization.deserialize(self.fn_bytes.pop(fid))
         return fn
 
-    def arguments(self, spec: dict[str, Any], job: Job) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def arguments(self, spec: TaskSpec, job: Job) -> CallArgs:
         bufs = job.buffers
         off = 0
         call: Any = ((), {})
@@ -359,17 +370,18 @@ class TaskExecutor:
             off = 1 + n
         deps = []
         for dep in spec.get("d", ()):
-            kind, oid, extra = dep[:3]
+            oid = dep[1]
             owner = None
-            if kind == DEP_INLINE:
-                obj = StoredObject(bufs[off], bufs[off + 1 : off + 1 + extra])
-                off += 1 + extra
-            elif kind == DEP_SHM:
-                obj = StoredObject(node_id=extra, size=0)
+            if dep[0] == DEP_INLINE:
+                n = dep[2]
+                obj = StoredObject(bufs[off], bufs[off + 1 : off + 1 + n])
+                off += 1 + n
+            elif dep[0] == DEP_SHM:
+                obj = StoredObject(node_id=dep[2], size=0)
                 owner = _owner_of(dep[3] if len(dep) > 3 else None)
             else:
                 obj = job.fetched[oid]
-                owner = _owner_of(extra)
+                owner = _owner_of(dep[2])
             deps.append((oid, obj, owner))
         if len(deps) > 1:  # arguments on other nodes: pulled together, not one by one
             store_client.prefetch(self.cw, ((oid, obj) for oid, obj, _ in deps))
@@ -379,7 +391,7 @@ class TaskExecutor:
         args, kwargs = call
         return substitute(args, kwargs, values)
 
-    def returns(self, spec: dict[str, Any], result: Any) -> tuple[dict[str, Any], list[Buffer]]:
+    def returns(self, spec: TaskSpec, result: Any) -> tuple[PushReply, list[Buffer]]:
         nret = spec["nret"]
         if nret == 1:
             values = [result]
@@ -394,24 +406,24 @@ class TaskExecutor:
                     f"Task {spec['name']} declared num_returns={nret} but returned "
                     f"{type(result).__name__} {_len_or_none(result)}."
                 )
-        rets: list[list[Any]] = []
+        rets: list[Return] = []
         bufs: list[Buffer] = []
         lend: list[ObjectRef] = []
         for i, value in enumerate(values):
             rets.append(self.pack_value(spec, i, value, bufs, lend))
-        body: dict[str, Any] = {"r": rets}
+        body: PushReply = {"r": rets}
         if lend:  # kept alive until lent: reply() pops it before sending
             body["_lend"] = lend
         return body, bufs
 
     def pack_value(
         self,
-        spec: dict[str, Any],
+        spec: TaskSpec,
         index: int,
         value: Any,
         bufs: list[Buffer],
         lend: list[ObjectRef],
-    ) -> list[Any]:
+    ) -> Return:
         """Serialize return value ``index``: inline into ``bufs``, or into this node's shm.
 
         Refs inside the value are appended to ``lend``: the caller will borrow them."""
@@ -423,16 +435,14 @@ class TaskExecutor:
         if so.total_bytes < config.MAX_INLINE_BYTES:
             bufs.append(so.data)
             bufs.extend(so.buffers)
-            return [RET_INLINE, len(so.buffers), False, contained]
+            return (RET_INLINE, len(so.buffers), False, contained)
         oid = spec["tid"] + (index + 1).to_bytes(4, "little")
         owner = spec["owner"][2] if spec.get("owner") else None  # the caller owns returns
         size = store_client.write_object(self.cw, oid, so.data, so.buffers, owner)
-        return [RET_SHM, size, self.cw.node_id, contained]
+        return (RET_SHM, size, self.cw.node_id, contained)
 
     # -- streaming generators (the protocol: aioray/_private/owner/streaming.py) -----------
-    def _stream(
-        self, spec: dict[str, Any], job: Job, gen: Any
-    ) -> tuple[dict[str, Any], list[Buffer]]:
+    def _stream(self, spec: TaskSpec, job: Job, gen: Any) -> tuple[PushReply, list[Buffer]]:
         if not hasattr(gen, "__iter__") or isinstance(gen, (str, bytes, dict)):
             raise TypeError(
                 f"{spec['name']} has num_returns='streaming' but returned "
@@ -475,7 +485,7 @@ class TaskExecutor:
                 # A timeout, so a cancel (an exception raised in this thread) gets through.
                 self.stream_cond.wait(0.1)
 
-    def handle_stream_ack(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+    def handle_stream_ack(self, conn: rpc.Connection, body: StreamAck, _: list[Buffer]) -> None:
         """``stream_ack`` [task id, items consumed] (notice, from the owner): a streaming task
         blocked by backpressure may yield again."""
         task_id, consumed = body
@@ -483,9 +493,7 @@ class TaskExecutor:
             self.stream_acks[task_id] = max(consumed, self.stream_acks.get(task_id, 0))
             self.stream_cond.notify_all()
 
-    def task_error(
-        self, spec: dict[str, Any], e: BaseException
-    ) -> tuple[dict[str, Any], list[Buffer]]:
+    def task_error(self, spec: TaskSpec, e: BaseException) -> tuple[PushReply, list[Buffer]]:
         tb = "".join(traceback.format_exception(type(e), e, user_frames(e.__traceback__)))
         extras = self.cw.task_event_extras
         if extras is not None and "noev" not in spec:
@@ -495,20 +503,20 @@ class TaskExecutor:
         return self.error(spec, err, True)
 
     def error(
-        self, spec: dict[str, Any], err: BaseException, app_error: bool
-    ) -> tuple[dict[str, Any], list[Buffer]]:
+        self, spec: TaskSpec, err: BaseException, app_error: bool
+    ) -> tuple[PushReply, list[Buffer]]:
         # (A RayTaskError pickles even when its cause does not: the cause is then
         # replaced by a RayError saying why, as in Ray; exceptions.py.)
         so = serialization.serialize(err, is_error=True)
         nret = max(1, spec["nret"])
         parts = [so.data, *so.buffers]
-        body: dict[str, Any] = {"r": [[RET_INLINE, len(so.buffers), True]] * nret}
+        body: PushReply = {"r": [(RET_INLINE, len(so.buffers), True)] * nret}
         if app_error:
             body["x"] = True
         return body, parts * nret
 
 
-def _name_of(spec: Any) -> str:
+def _name_of(spec: object) -> str:
     return str(spec.get("name")) if isinstance(spec, dict) else repr(spec)[:80]
 
 
@@ -530,7 +538,7 @@ def user_frames(tb: TracebackType | None) -> TracebackType | None:
     return user if user is not None else tb
 
 
-def _owner_of(address: list[Any] | None) -> tuple[str, int, bytes] | None:
+def _owner_of(address: Address | None) -> Address | None:
     return (address[0], address[1], address[2]) if address else None
 
 

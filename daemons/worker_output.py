@@ -28,10 +28,24 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aioray._private.owner.interfaces import Posts
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.rpc import rpc
+
+
+class OutputHost(Posts, Protocol):
+    """What forwarding a worker's output uses of its CoreWorker: the raylet, on the loop."""
+
+    @property
+    def raylet(self) -> rpc.Connection: ...
+    @property
+    def node_ip(self) -> str: ...
+    @property
+    def actor_id(self) -> bytes | None: ...
+
 
 # Written into the pipes, never forwarded: the rest of the line is the new name.
 NAME_MARKER = b"\x00\x1eaioray-name:"
@@ -42,7 +56,7 @@ SYNC_TIMEOUT_S = 1.0
 current_name: str | None = None
 """The display name of what this worker runs now (set by ``set_current_name``)."""
 
-_captured: CoreWorker | None = None
+_captured: OutputHost | None = None
 _sync = threading.Condition()
 _synced: dict[str, int] = {"stdout": 0, "stderr": 0}  # last sync marker each reader passed
 _sync_seq = 0
@@ -90,7 +104,7 @@ def sync() -> int:
     return seq
 
 
-def capture(cw: CoreWorker) -> None:
+def capture(cw: OutputHost) -> None:
     """Redirect fds 1 and 2 into pipes read by threads that forward lines to ``cw``."""
     global _captured
     _captured = cw
@@ -163,7 +177,7 @@ def split_names(
     return groups, name
 
 
-def _pump(cw: CoreWorker, r: int, original: int, stream: str) -> None:
+def _pump(cw: OutputHost, r: int, original: int, stream: str) -> None:
     pending = b""
     name: str | None = None
     while True:
@@ -200,12 +214,12 @@ def _pump(cw: CoreWorker, r: int, original: int, stream: str) -> None:
             return
 
 
-def _send_sync(cw: CoreWorker, stream: str, seq: int) -> None:
+def _send_sync(cw: OutputHost, stream: str, seq: int) -> None:
     if cw.raylet is not None and not cw.raylet.is_closed:
         cw.raylet.notify("worker_log", [os.getpid(), cw.node_ip, stream, [], None, seq])
 
 
-def _send(cw: CoreWorker, stream: str, name: str | None, lines: list[str], original: int) -> None:
+def _send(cw: OutputHost, stream: str, name: str | None, lines: list[str], original: int) -> None:
     if cw.raylet is not None and not cw.raylet.is_closed:
         cw.raylet.notify("worker_log", [os.getpid(), cw.node_ip, stream, lines, name])
     else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from aioray.api import _gcs_call
+from aioray.api import gcs_call
 
 
 def request_resources(
@@ -34,7 +34,7 @@ def request_resources(
             if value < 0 or not math.isfinite(value):
                 raise ValueError(f"resource {key!r}: {value!r} must be a non-negative number.")
         wanted.append({k: float(v) for k, v in bundle.items()})
-    reply = _gcs_call("request_resources", wanted)
+    reply = gcs_call("request_resources", wanted)
     if isinstance(reply, dict) and reply.get("error"):
         raise ValueError(reply["error"])
 

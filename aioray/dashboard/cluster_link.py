@@ -40,7 +40,7 @@ class ClusterLink:
     async def gcs(self, method: str, body: Any = None) -> Any:
         """One GCS request, on the driver's loop, awaited from this one."""
         await self.connect()
-        cw = api._driver()
+        cw = api.driver()
         assert cw is not None
 
         async def call() -> Any:
@@ -55,7 +55,7 @@ class ClusterLink:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     def node_id(self) -> str:
-        cw = api._driver()
+        cw = api.driver()
         return cw.node_id.hex() if cw is not None else ""
 
     def close(self) -> None:

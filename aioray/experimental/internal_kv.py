@@ -6,7 +6,7 @@ written through to the GCS's SQLite database and survives a GCS restart.
 
 from __future__ import annotations
 
-from aioray.api import _gcs_call
+from aioray.api import gcs_call
 
 
 def _bytes(x: bytes | str) -> bytes:
@@ -34,12 +34,12 @@ def _internal_kv_put(
 ) -> bool:
     """Store ``value``; True when the key already existed (Ray's return value)."""
     existed = _internal_kv_exists(key, namespace=namespace)
-    _gcs_call("kv_put", [_ns(namespace), _bytes(key), _bytes(value), overwrite])
+    gcs_call("kv_put", [_ns(namespace), _bytes(key), _bytes(value), overwrite])
     return existed
 
 
 def _internal_kv_get(key: bytes | str, *, namespace: bytes | str | None = None) -> bytes | None:
-    value = _gcs_call("kv_get", [_ns(namespace), _bytes(key)])
+    value = gcs_call("kv_get", [_ns(namespace), _bytes(key)])
     return None if value is None else bytes(value)
 
 
@@ -51,8 +51,8 @@ def _internal_kv_del(
     key: bytes | str, *, del_by_prefix: bool = False, namespace: bytes | str | None = None
 ) -> int:
     keys = _internal_kv_list(key, namespace=namespace) if del_by_prefix else [_bytes(key)]
-    return sum(bool(_gcs_call("kv_del", [_ns(namespace), k])) for k in keys)
+    return sum(bool(gcs_call("kv_del", [_ns(namespace), k])) for k in keys)
 
 
 def _internal_kv_list(prefix: bytes | str, *, namespace: bytes | str | None = None) -> list[bytes]:
-    return [bytes(k) for k in _gcs_call("kv_keys", [_ns(namespace), _bytes(prefix)])]
+    return [bytes(k) for k in gcs_call("kv_keys", [_ns(namespace), _bytes(prefix)])]

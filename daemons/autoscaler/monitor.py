@@ -30,6 +30,7 @@ from aioray.daemons.autoscaler.config import AutoscalingConfig
 from aioray.daemons.autoscaler.node_provider import NodeProvider, ProviderError, ProviderNode
 
 from aioray._private.rpc import rpc
+from aioray._private.wire.protocol import Buffer
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class Monitor:
         finally:
             await self.provider.close()
 
-    def handle_demand_changed(self, conn: Any, body: Any, _: Any) -> None:
+    def handle_demand_changed(self, conn: rpc.Connection, body: None, _: list[Buffer]) -> None:
         """The GCS's notice: plan now."""
         self._wake.set()
 

@@ -29,6 +29,24 @@ from aioray.daemons.raylet.scheduler import UNSCHEDULABLE, strategy_from_wire
 from aioray._private.rpc import rpc
 from aioray._private.wire import serialization
 from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import (
+    ActorExiting,
+    ActorInfo,
+    ActorMeta,
+    ActorWorkerDied,
+    Address,
+    CreateActor,
+    CreateActorReply,
+    KillActor,
+    LeaseReply,
+    ListNamedActors,
+    NamedActor,
+    NameNamespace,
+    PushReply,
+    RequestLease,
+    TaskSpec,
+    WaitActor,
+)
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer
@@ -41,10 +59,10 @@ MAX_PLACEMENT_ATTEMPTS = 10
 
 class ActorRecord:
     def __init__(
-        self, body: dict[str, Any], buffers: list[Buffer], owner: rpc.Connection | None
+        self, body: CreateActor, buffers: list[Buffer], owner: rpc.Connection | None
     ) -> None:
         self.aid: bytes = body["aid"]
-        self.spec: dict[str, Any] = body["spec"]
+        self.spec: TaskSpec = body["spec"]
         self.buffers = buffers
         self.name: str | None = body.get("name")
         self.namespace: str = body.get("ns") or ""
@@ -57,23 +75,23 @@ class ActorRecord:
         self.owner_node: bytes | None = body.get("node")
         self.unschedulable = False
         self.env_failed = False  # dead because its runtime env failed to set up
-        self.meta: dict[str, Any] = body["meta"]
+        self.meta: ActorMeta = body["meta"]
         self.owner = owner  # None: restored after a GCS restart, until the owner reconnects
         self.owner_wid: bytes | None = (owner.peer_info or {}).get("worker_id") if owner else None
         self.state = PENDING
         self.version = 0
-        self.addr: list[Any] | None = None
+        self.addr: Address | None = None
         self.node_id: bytes | None = None
         self.worker_id: bytes | None = None  # the current incarnation's worker, once leased
         self.num_restarts = 0
         self.created = False  # ALIVE once: its creation task FINISHED
         self.death = ""
         self.no_restart = False  # an intentional exit or kill(no_restart=True)
-        self.waiters: list[asyncio.Future[dict[str, Any]]] = []
+        self.waiters: list[asyncio.Future[ActorInfo]] = []
         self.pid = 0
         self.gpus: list[int] = []
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ActorInfo:
         return {
             "aid": self.aid,
             "state": self.state,
@@ -116,8 +134,8 @@ class ActorManager:
 
     # -- 1. registration -------------------------------------------------------------------
     def handle_create_actor(
-        self, conn: rpc.Connection, body: dict[str, Any], bufs: list[Buffer]
-    ) -> Any:
+        self, conn: rpc.Connection, body: CreateActor, bufs: list[Buffer]
+    ) -> CreateActorReply:
         """``create_actor`` {aid, spec, name?, ns?, get_if_exists?, detached, ...} + argument
         buffers, from the owner -> {aid, meta} once registered (scheduling goes on), or {error}
         if the name is taken."""
@@ -140,10 +158,14 @@ class ActorManager:
             self.names[(ns, name)] = rec.aid
         if "owner_watch" not in conn.state:
             conn.state["owner_watch"] = True
-            conn.on_close.append(self._owner_died)
+            conn.on_close.append(self.owner_died)
         self.gcs.persistence.actor_created(rec, body)
-        self._spawn(self._schedule(rec))
+        self.schedule_soon(rec)
         return {"aid": rec.aid, "meta": rec.meta}
+
+    def schedule_soon(self, rec: ActorRecord) -> None:
+        """Lease a worker for the actor and create it there, in a task of its own."""
+        self._spawn(self._schedule(rec))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -151,7 +173,7 @@ class ActorManager:
         task.add_done_callback(self._tasks.discard)
 
     # -- 2. scheduling and creation --------------------------------------------------------
-    async def _lease(self, rec: ActorRecord) -> tuple[rpc.Connection, dict[str, Any]] | None:
+    async def _lease(self, rec: ActorRecord) -> tuple[rpc.Connection, LeaseReply] | None:
         """A worker lease on the node the policy picks (following spills); None: dead."""
         for _ in range(MAX_PLACEMENT_ATTEMPTS):
             if not self.gcs.raylets and self.gcs.persistence.defer(rec):
@@ -161,7 +183,12 @@ class ActorManager:
                 rec.unschedulable = rec.no_restart = True
                 self._set_dead(rec, decision.reason)
                 return None
-            body = {"res": rec.res, "hold": rec.hold, "env": rec.env, "actor": rec.aid}
+            body: RequestLease = {
+                "res": rec.res,
+                "hold": rec.hold,
+                "env": rec.env,
+                "actor": rec.aid,
+            }
             if rec.strategy is not None:
                 body["ss"] = rec.strategy
             if decision.node is not None:  # placed: that raylet grants it or waits for room
@@ -174,7 +201,7 @@ class ActorManager:
                 )
             try:
                 while raylet is not None:
-                    lease = await raylet.call("request_lease", body)
+                    lease: LeaseReply = await raylet.call("request_lease", body)
                     if "error" in lease and not lease.get("unschedulable"):
                         raise ConnectionError(lease["error"])  # that raylet is stopping
                     if "spill" not in lease:
@@ -209,9 +236,10 @@ class ActorManager:
         host, port = lease["addr"]
         rec.node_id = self.gcs.node_of(raylet)  # from here its node's death restarts it
         rec.worker_id = lease["wid"]  # and from here this worker's death does
-        spec = {**rec.spec, "gpu": lease.get("gpus", []), "restarts": rec.num_restarts}
+        spec: TaskSpec = {**rec.spec, "gpu": lease.get("gpus", []), "restarts": rec.num_restarts}
         try:
             worker, _ = await rpc.connect(host, port, hello={"role": "gcs"}, name="actor worker")
+            body: PushReply
             body, bufs = await worker.call_full("create_actor", spec, rec.buffers)
             worker.close()
         except (ConnectionError, rpc.RpcError) as e:
@@ -230,7 +258,7 @@ class ActorManager:
         if rec.state == DEAD:  # killed while being created
             raylet.notify("kill_actor_worker", rec.aid)
             return
-        rec.addr = [host, port, lease["wid"]]
+        rec.addr = (host, port, lease["wid"])
         rec.gpus = lease.get("gpus", [])
         rec.pid = body.get("pid", 0)
         if not rec.created:
@@ -239,7 +267,9 @@ class ActorManager:
         self._set_state(rec, ALIVE)
 
     # -- 3. death and restarts -------------------------------------------------------------
-    def handle_actor_worker_died(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+    def handle_actor_worker_died(
+        self, conn: rpc.Connection, body: ActorWorkerDied, _: list[Buffer]
+    ) -> None:
         """``actor_worker_died`` [aid, worker id, reason] (notice, from a raylet): the actor's
         worker died; restart it while max_restarts allows, else it is DEAD."""
         aid, worker_id, reason = body
@@ -249,9 +279,11 @@ class ActorManager:
         # it reports after. Applied to the record already restarting, such a death
         # counted twice and used up the next restart (issue 14).
         if rec is not None and rec.state != DEAD and worker_id == rec.worker_id:
-            self._retry_or_die(rec, reason)
+            self.retry_or_die(rec, reason)
 
-    def handle_actor_exiting(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+    def handle_actor_exiting(
+        self, conn: rpc.Connection, body: ActorExiting, _: list[Buffer]
+    ) -> None:
         """``actor_exiting`` [aid, worker id] (notice, from a raylet): the actor is exiting on
         purpose (exit_actor, __ray_terminate__): it is not restarted."""
         aid, worker_id = body
@@ -260,7 +292,8 @@ class ActorManager:
             rec.no_restart = True
             rec.death = "The actor exited intentionally (exit_actor or __ray_terminate__)."
 
-    def _retry_or_die(self, rec: ActorRecord, reason: str, death: str = "") -> None:
+    def retry_or_die(self, rec: ActorRecord, reason: str, death: str = "") -> None:
+        """The actor's worker or node is gone: restart it while it may, else it is DEAD."""
         can_restart = rec.max_restarts == -1 or rec.num_restarts < rec.max_restarts
         if rec.no_restart or not can_restart:
             self._set_dead(rec, rec.death or death or f"The actor died unexpectedly: {reason}")
@@ -271,19 +304,20 @@ class ActorManager:
         rec.worker_id = None  # news of the old worker concerns a replaced incarnation
         logger.info("restarting actor %s (%d)", rec.aid.hex()[:8], rec.num_restarts)
         self._set_state(rec, RESTARTING)
-        self._spawn(self._schedule(rec))
+        self.schedule_soon(rec)
 
-    def handle_kill_actor(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+    def handle_kill_actor(self, conn: rpc.Connection, body: KillActor, _: list[Buffer]) -> bool:
         """``kill_actor`` [aid, no_restart] -> True if the actor was alive and is being killed
         (ray.kill), False if unknown or dead."""
         aid, no_restart = body
         rec = self.actors.get(aid)
         if rec is None or rec.state == DEAD:
             return False
-        self._kill(rec, no_restart, "The actor was killed by ray.kill().")
+        self.kill(rec, no_restart, "The actor was killed by ray.kill().")
         return True
 
-    def _kill(self, rec: ActorRecord, no_restart: bool, why: str) -> None:
+    def kill(self, rec: ActorRecord, no_restart: bool, why: str) -> None:
+        """Kill the actor's worker (``no_restart``: for good, DEAD with ``why``)."""
         if no_restart:
             rec.no_restart = True
             rec.death = why
@@ -295,10 +329,11 @@ class ActorManager:
         if no_restart:
             self._set_dead(rec, why)
 
-    def _owner_died(self, conn: rpc.Connection) -> None:
+    def owner_died(self, conn: rpc.Connection) -> None:
+        """An owner's connection closed: its non-detached actors die with it."""
         for rec in list(self.actors.values()):
             if rec.owner is conn and not rec.detached and rec.state != DEAD:
-                self._kill(rec, True, "The actor's owner died.")
+                self.kill(rec, True, "The actor's owner died.")
 
     def _set_dead(
         self, rec: ActorRecord, death: str, error_type: str = "ACTOR_CREATION_FAILED"
@@ -326,12 +361,12 @@ class ActorManager:
     def node_died(self, node_id: bytes) -> None:
         for rec in list(self.actors.values()):
             if rec.node_id == node_id and rec.state in (ALIVE, PENDING, RESTARTING):
-                self._retry_or_die(
-                    rec, "its node died", "The actor died because its node has died."
-                )
+                self.retry_or_die(rec, "its node died", "The actor died because its node has died.")
 
     # -- queries ---------------------------------------------------------------------------
-    def handle_wait_actor(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+    def handle_wait_actor(
+        self, conn: rpc.Connection, body: WaitActor, _: list[Buffer]
+    ) -> ActorInfo | asyncio.Future[ActorInfo]:
         """``wait_actor`` [aid, version] -> the actor's info {aid, state, version, addr?, death?}
         once its version is past ``version`` (a long poll; at once if DEAD or unknown)."""
         aid, version = body
@@ -340,11 +375,13 @@ class ActorManager:
             return {"aid": aid, "state": DEAD, "version": version + 1, "death": "Unknown actor."}
         if rec.version > version or rec.state == DEAD:
             return rec.info()
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[ActorInfo] = asyncio.get_running_loop().create_future()
         rec.waiters.append(fut)
         return fut
 
-    def handle_get_named_actor(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+    def handle_get_named_actor(
+        self, conn: rpc.Connection, body: NameNamespace, _: list[Buffer]
+    ) -> CreateActorReply | None:
         """``get_named_actor`` [name, namespace] -> {aid, meta} of the live actor of that name, or
         None."""
         name, ns = body
@@ -354,7 +391,9 @@ class ActorManager:
         rec = self.actors[aid]
         return {"aid": aid, "meta": rec.meta}
 
-    def handle_list_named_actors(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+    def handle_list_named_actors(
+        self, conn: rpc.Connection, body: ListNamedActors, _: list[Buffer]
+    ) -> list[NamedActor]:
         """``list_named_actors`` [namespace, all_namespaces] -> [{name, namespace}] of the named
         actors not dead."""
         ns, all_namespaces = body
@@ -364,6 +403,8 @@ class ActorManager:
             if (all_namespaces or space == ns) and self.actors[aid].state != DEAD
         ]
 
-    def handle_list_actors(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+    def handle_list_actors(
+        self, conn: rpc.Connection, body: None, _: list[Buffer]
+    ) -> list[ActorInfo]:
         """``list_actors`` (no body) -> every actor's info, dead ones too."""
         return [rec.info() for rec in self.actors.values()]

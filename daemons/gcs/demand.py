@@ -28,6 +28,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aioray._private.rpc import rpc
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import (
+    AutoscalerState,
+    CreatePlacementGroupReply,
+    ReportDemand,
+    Resources,
+)
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer
@@ -40,7 +47,7 @@ PENDING_GROUP_STATES = ("PENDING", "RESCHEDULING")
 class DemandTable:
     def __init__(self, gcs: GcsServer) -> None:
         self.gcs = gcs
-        self.by_node: dict[bytes, tuple[list[list[Any]], bool]] = {}
+        self.by_node: dict[bytes, tuple[list[tuple[Resources, int]], bool]] = {}
         self.autoscaler: dict[str, Any] = {}
         self.watchers: list[rpc.Connection] = []
         self._notify_soon = False
@@ -60,7 +67,9 @@ class DemandTable:
         }
 
     # -- facts in ---------------------------------------------------------------------------
-    def handle_report_demand(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+    def handle_report_demand(
+        self, conn: rpc.Connection, body: ReportDemand, _: list[Buffer]
+    ) -> None:
         """body = [node id, [[resource shape, count]], idle]; no reply. Replaces the node's
         queued lease shapes (alive nodes only); notifies watchers if the shapes changed."""
         node_id, shapes, idle = body
@@ -74,17 +83,19 @@ class DemandTable:
     def node_dead(self, node_id: bytes) -> None:
         self.by_node.pop(node_id, None)
 
-    def handle_request_resources(self, conn: rpc.Connection, bundles: Any, _: Any) -> Any:
+    def handle_request_resources(
+        self, conn: rpc.Connection, bundles: list[Resources], _: list[Buffer]
+    ) -> CreatePlacementGroupReply:
         """Replace the standing request (Ray: each call overrides the previous one)."""
         error = _check_bundles(bundles)
         if error:
             return {"error": error}
         value = json.dumps([{str(k): float(v) for k, v in b.items()} for b in bundles])
-        self.gcs.handle_kv_put(conn, [KV_NAMESPACE, REQUEST_KEY, value.encode(), True], None)
+        self.gcs.handle_kv_put(conn, (KV_NAMESPACE, REQUEST_KEY, value.encode(), True), [])
         self._changed()
         return {"ok": True}
 
-    def handle_watch_demand(self, conn: rpc.Connection, body: Any, _: Any) -> bool:
+    def handle_watch_demand(self, conn: rpc.Connection, body: None, _: list[Buffer]) -> bool:
         """Send ``conn`` (the autoscaler) ``demand_changed`` notices from now on."""
         self.watchers.append(conn)
         conn.on_close.append(self.watchers.remove)
@@ -102,20 +113,22 @@ class DemandTable:
                 conn.notify("demand_changed", None)
 
     def handle_report_autoscaler_state(
-        self, conn: rpc.Connection, state: dict[str, Any], _: Any
+        self, conn: rpc.Connection, state: AutoscalerState, _: list[Buffer]
     ) -> None:
         """body = the autoscaler's state dict (pending and failed launches, idle nodes,
         infeasible demand); no reply. Kept, stamped ``reported_at``, for ``aioray status``."""
         self.autoscaler = {**state, "reported_at": time.time()}
 
     # -- snapshots --------------------------------------------------------------------------
-    def handle_get_demand(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
+    def handle_get_demand(
+        self, conn: rpc.Connection, body: None, _: list[Buffer]
+    ) -> dict[str, Any]:
         """``get_demand`` (no body) -> the snapshot: alive nodes' resources and idleness, queued
         shapes, pending placement-group bundles and the standing ``request_resources``."""
         return self.snapshot()
 
     def handle_get_autoscaler_status(
-        self, conn: rpc.Connection, body: Any, _: Any
+        self, conn: rpc.Connection, body: None, _: list[Buffer]
     ) -> dict[str, Any]:
         """``get_autoscaler_status`` (no body) -> the ``get_demand`` snapshot plus the
         autoscaler's last reported state under ``autoscaler``."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from aioray._private.rpc import rpc
+from aioray._private.wire.protocol import Buffer
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer
@@ -48,11 +49,13 @@ class MetricsView:
         self.running_jobs.add(job_id)
         conn.on_close.append(lambda _: self.running_jobs.discard(job_id))
 
-    def handle_job_reconnected(self, conn: rpc.Connection, job_id: bytes, _: Any) -> None:
+    def handle_job_reconnected(self, conn: rpc.Connection, job_id: bytes, _: list[Buffer]) -> None:
         """A driver reconnected after a GCS restart: its job is running again."""
         self.job_started(conn, job_id)
 
-    def handle_metrics_snapshot(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
+    def handle_metrics_snapshot(
+        self, conn: rpc.Connection, body: None, _: list[Buffer]
+    ) -> dict[str, Any]:
         """``metrics_snapshot`` (no body), from a raylet's metrics export -> the cluster-wide
         figures only the GCS knows: {actors: [[state, class, job id, count], ...],
         active_nodes: {head|worker: count}, running_jobs, gcs_uss}."""

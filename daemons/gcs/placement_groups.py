@@ -40,6 +40,13 @@ from aioray.daemons.gcs.pg_policy import STRATEGIES, infeasible_reason, place
 
 from aioray._private.core.bundle_resources import add, group_resources, is_group_resource
 from aioray._private.rpc import rpc
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import (
+    CreatePlacementGroup,
+    CreatePlacementGroupReply,
+    NameNamespace,
+    WaitPlacementGroup,
+)
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer
@@ -83,8 +90,8 @@ class PlacementGroupManager:
 
     # -- 1. creation ---------------------------------------------------------------------
     def handle_create_placement_group(
-        self, conn: rpc.Connection, body: dict[str, Any], _: Any
-    ) -> dict[str, Any]:
+        self, conn: rpc.Connection, body: CreatePlacementGroup, _: list[Buffer]
+    ) -> CreatePlacementGroupReply:
         """``create_placement_group`` {id, bundles, strategy, name?, ns?, detached?, ...} -> {ok:
         True} once registered (reservation goes on), or {error} for an invalid group or a taken
         name."""
@@ -100,7 +107,7 @@ class PlacementGroupManager:
             return {"error": f"invalid placement group: {strategy!r} {bundles!r}"}
         if name and (ns, name) in self.names:
             return {"error": f"A placement group named {name!r} already exists (namespace {ns!r})."}
-        rec = {
+        rec: dict[str, Any] = {
             "id": pgid,
             "name": name,
             "ns": ns,
@@ -313,7 +320,9 @@ class PlacementGroupManager:
             owner.notify("placement_group_infeasible", message)
 
     # -- 3. removal ----------------------------------------------------------------------
-    def handle_remove_placement_group(self, conn: rpc.Connection, pgid: bytes, _: Any) -> bool:
+    def handle_remove_placement_group(
+        self, conn: rpc.Connection, pgid: bytes, _: list[Buffer]
+    ) -> bool:
         """``remove_placement_group`` group id -> True if it existed and is now removed (its bundles
         released on every node)."""
         return self.remove(pgid)
@@ -371,7 +380,9 @@ class PlacementGroupManager:
         self.kick()
 
     # -- waiting and queries ---------------------------------------------------------------
-    def handle_wait_placement_group(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+    def handle_wait_placement_group(
+        self, conn: rpc.Connection, body: WaitPlacementGroup, _: list[Buffer]
+    ) -> str | asyncio.Future[str]:
         """Answer "CREATED", "REMOVED" or (after ``timeout`` seconds) "TIMEOUT"."""
         pgid, timeout = body
         rec = self.groups.get(pgid)
@@ -390,13 +401,17 @@ class PlacementGroupManager:
         for fut in self._waiters.pop(pgid, []):
             _settle(fut, state)
 
-    def handle_get_placement_group(self, conn: rpc.Connection, body: list[Any], _: Any) -> Any:
+    def handle_get_placement_group(
+        self, conn: rpc.Connection, body: NameNamespace, _: list[Buffer]
+    ) -> dict[str, Any] | None:
         """``get_placement_group`` [name, namespace] -> the named group's public record, or None."""
         name, ns = body
         pgid = self.names.get((ns, name))
         return None if pgid is None else self._public(self.groups[pgid])
 
-    def handle_placement_group_table(self, conn: rpc.Connection, pgid: Any, _: Any) -> Any:
+    def handle_placement_group_table(
+        self, conn: rpc.Connection, pgid: bytes | None, _: list[Buffer]
+    ) -> dict[str, Any] | list[dict[str, Any]] | None:
         """``placement_group_table`` group id or None -> that group's public record (None if
         unknown), or the list of every group's."""
         if pgid is not None:

@@ -39,6 +39,7 @@ from aioray.daemons.gcs.store import GcsStore
 
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
+from aioray._private.wire.schema import CreateActor
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer
@@ -72,14 +73,14 @@ class Persistence:
         self.placement_groups: dict[bytes, Any] = {}  # rows for the placement-group manager
         self._to_schedule: list[ActorRecord] = []
         self._nodes_to_return: set[bytes] = set()  # restored alive, not registered again
-        self._bodies: dict[bytes, dict[str, Any]] = {}  # creation bodies of live actors
+        self._bodies: dict[bytes, CreateActor] = {}  # creation bodies of live actors
         self._waiting_for_nodes = False  # restored, and nodes may still come back
 
     def __repr__(self) -> str:
         return f"<Persistence restored={self.restored} {self.store!r}>"
 
     # -- saving ----------------------------------------------------------------------------
-    def actor_created(self, rec: ActorRecord, body: dict[str, Any]) -> None:
+    def actor_created(self, rec: ActorRecord, body: CreateActor) -> None:
         """Save the creation body and arguments once; ``actor_changed`` saves the rest."""
         if self.store.durable:
             self._bodies[rec.aid] = body
@@ -174,11 +175,11 @@ class Persistence:
                     raylet.notify("kill_actor_worker", aid)
             for rec in list(manager.actors.values()):
                 if rec.node_id == node_id and rec.state == ALIVE and rec.aid not in listed:
-                    manager._retry_or_die(rec, "its worker died while the GCS was unreachable")
+                    manager.retry_or_die(rec, "its worker died while the GCS was unreachable")
         to_schedule, self._to_schedule = self._to_schedule, []
         for rec in to_schedule:
             if rec.state in (PENDING, RESTARTING):
-                manager._spawn(manager._schedule(rec))
+                manager.schedule_soon(rec)
 
     def owner_reconnected(self, conn: rpc.Connection, worker_id: bytes) -> None:
         manager = self.gcs.actors
@@ -187,7 +188,7 @@ class Persistence:
                 rec.owner = conn
                 if "owner_watch" not in conn.state:
                     conn.state["owner_watch"] = True
-                    conn.on_close.append(manager._owner_died)
+                    conn.on_close.append(manager.owner_died)
 
     def _deadline(self) -> None:
         manager = self.gcs.actors
@@ -199,13 +200,13 @@ class Persistence:
             self.gcs.node_dead(node_id, "the node did not reconnect after the GCS restarted")
         for rec in list(manager.actors.values()):
             if rec.state == ALIVE and (rec.node_id is None or rec.node_id not in self.gcs.raylets):
-                manager._retry_or_die(rec, "its node did not reconnect after the GCS restarted")
+                manager.retry_or_die(rec, "its node did not reconnect after the GCS restarted")
             elif rec.owner is None and not rec.detached and rec.state != DEAD:
-                manager._kill(rec, True, "The actor's owner died.")
+                manager.kill(rec, True, "The actor's owner died.")
         to_schedule, self._to_schedule = self._to_schedule, []
         for rec in to_schedule:
             if rec.state in (PENDING, RESTARTING):
-                manager._spawn(manager._schedule(rec))  # no node came back: it dies there
+                manager.schedule_soon(rec)  # no node came back: it dies there
 
 
 def kv_key(ns: str, key: bytes) -> bytes:

@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aioray._private.node.runtime_env_packaging import KV_NAMESPACE, package_uris
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import RuntimeEnv
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.server import GcsServer
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # How long after its driver's connection closed a job's packages wait before deletion.
-PACKAGE_GRACE_S = config._env("RUNTIME_ENV_PACKAGE_GRACE_S", 10.0)
+PACKAGE_GRACE_S = config.env_float("RUNTIME_ENV_PACKAGE_GRACE_S", 10.0)
 
 
 class RuntimeEnvPackages:
@@ -41,14 +43,18 @@ class RuntimeEnvPackages:
     def handlers(self) -> dict[str, rpc.Handler]:
         return rpc.handlers_of(self)
 
-    def handle_prepare_runtime_env(self, conn: rpc.Connection, env: dict[str, Any], _: Any) -> int:
+    def handle_prepare_runtime_env(
+        self, conn: rpc.Connection, env: RuntimeEnv, _: list[Buffer]
+    ) -> int:
         """``eager_install``: every live node prepares a job's runtime env now."""
         raylets = [c for c in self.gcs.raylets.values() if not c.is_closed]
         for raylet in raylets:
             raylet.notify("prepare_runtime_env", env)
         return len(raylets)
 
-    def handle_pin_runtime_env_uris(self, conn: rpc.Connection, uris: list[str], _: Any) -> bool:
+    def handle_pin_runtime_env_uris(
+        self, conn: rpc.Connection, uris: list[str], _: list[Buffer]
+    ) -> bool:
         """The connection's driver (its job) uses these packages until it goes."""
         driver = (conn.peer_info or {}).get("worker_id")
         if not driver:

@@ -32,6 +32,20 @@ from aioray.daemons.gcs.store import GcsStore
 
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import (
+    GcsHello,
+    Hello,
+    KvKey,
+    KvPut,
+    LeaseInfeasible,
+    NodeStopping,
+    RegisterJob,
+    RegisterJobReply,
+    RegisterNode,
+    RegisterNodeReply,
+    ReportResources,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +87,7 @@ class GcsServer:
         alive = sum(n["Alive"] for n in self.nodes.values())
         return f"<GcsServer nodes={alive}/{len(self.nodes)} jobs={self.next_job - 1}>"
 
-    def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _hello(self, body: Hello) -> GcsHello:
         # The cluster token was checked before this (rpc, auth).
         return {"session_id": self.session_id, "session_dir": self.session_dir}
 
@@ -95,7 +109,9 @@ class GcsServer:
         self.store.close()
 
     # -- nodes ----------------------------------------------------------------------------
-    def handle_register_node(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
+    def handle_register_node(
+        self, conn: rpc.Connection, body: RegisterNode, _: list[Buffer]
+    ) -> RegisterNodeReply:
         """``register_node`` {node_id, ip, port, resources, hostname?, labels?, head?, actors?} from
         a raylet -> {session_id, session_dir}, or {refused} for a node already declared dead. The
         node joins the cluster view."""
@@ -157,7 +173,9 @@ class GcsServer:
     def node_of(self, conn: rpc.Connection) -> bytes | None:
         return next((n for n, c in self.raylets.items() if c is conn), None)
 
-    def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
+    def handle_lease_infeasible(
+        self, conn: rpc.Connection, body: LeaseInfeasible, _: list[Buffer]
+    ) -> None:
         """``lease_infeasible`` {res, total} (notice, from a raylet): an actor's lease cannot be
         placed; passed on to the owners of pending actors."""
         # An actor's lease cannot be placed: tell the owners of pending actors.
@@ -165,7 +183,9 @@ class GcsServer:
             if rec.state == "PENDING_CREATION" and rec.owner and not rec.owner.is_closed:
                 rec.owner.notify("lease_infeasible", body)
 
-    def handle_report_resources(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+    def handle_report_resources(
+        self, conn: rpc.Connection, body: ReportResources, _: list[Buffer]
+    ) -> None:
         """``report_resources`` [node id, available, total?] (notice, from a raylet): the node's
         free (and, when changed, total) resources; it also counts as a heartbeat."""
         node_id, available = body[:2]
@@ -179,22 +199,28 @@ class GcsServer:
             self.health.seen(node_id)
             self.placement_groups.resources_reported()
 
-    def handle_node_stopping(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+    def handle_node_stopping(
+        self, conn: rpc.Connection, body: NodeStopping, _: list[Buffer]
+    ) -> None:
         """A raylet that stops on purpose says so first (Ray: EXPECTED_TERMINATION)."""
         node_id, why = body
         self.node_dead(node_id, why, expected=True)
 
-    def handle_heartbeat(self, conn: rpc.Connection, node_id: bytes, _: Any) -> None:
+    def handle_heartbeat(self, conn: rpc.Connection, node_id: bytes, _: list[Buffer]) -> None:
         """``heartbeat`` node id (notice, from a raylet): the node is alive (node_health)."""
         self.health.seen(node_id)
 
-    def handle_get_nodes(self, conn: rpc.Connection, body: Any, _: Any) -> list[dict[str, Any]]:
+    def handle_get_nodes(
+        self, conn: rpc.Connection, body: None, _: list[Buffer]
+    ) -> list[dict[str, Any]]:
         """``get_nodes`` (no body) -> every node's record (Ray's ``ray.nodes()`` fields), dead ones
         too."""
         return list(self.nodes.values())
 
     # -- jobs -----------------------------------------------------------------------------
-    def handle_register_job(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
+    def handle_register_job(
+        self, conn: rpc.Connection, body: RegisterJob, _: list[Buffer]
+    ) -> RegisterJobReply:
         """``register_job`` {pid, ns?, ip?, cmd?, sid? (the job submission it runs)} from a driver
         -> {job_id (4 bytes), namespace} (an anonymous namespace if none was given)."""
         job = self.next_job
@@ -218,7 +244,7 @@ class GcsServer:
         }
 
     # -- internal key-value store -----------------------------------------------------------
-    def handle_kv_put(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+    def handle_kv_put(self, conn: rpc.Connection, body: KvPut, _: list[Buffer]) -> bool:
         """``kv_put`` [namespace, key, value, overwrite] -> True if stored, False if the key exists
         and overwrite is false."""
         ns, key, value, overwrite = body
@@ -229,12 +255,12 @@ class GcsServer:
         self.store.put("kv", kv_key(ns, key), value)
         return True
 
-    def handle_kv_get(self, conn: rpc.Connection, body: list[Any], _: Any) -> bytes | None:
+    def handle_kv_get(self, conn: rpc.Connection, body: KvKey, _: list[Buffer]) -> bytes | None:
         """``kv_get`` [namespace, key] -> the value, or None."""
         ns, key = body
         return self.kv.get(ns, {}).get(key)
 
-    def handle_kv_del(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+    def handle_kv_del(self, conn: rpc.Connection, body: KvKey, _: list[Buffer]) -> bool:
         """``kv_del`` [namespace, key] -> True if the key existed."""
         ns, key = body
         return self.kv_delete(ns, key) is not None
@@ -244,17 +270,19 @@ class GcsServer:
         self.store.delete("kv", kv_key(ns, key))
         return self.kv.get(ns, {}).pop(key, None)
 
-    def handle_kv_keys(self, conn: rpc.Connection, body: list[Any], _: Any) -> list[bytes]:
+    def handle_kv_keys(self, conn: rpc.Connection, body: KvKey, _: list[Buffer]) -> list[bytes]:
         """``kv_keys`` [namespace, prefix] -> the keys that start with ``prefix``."""
         ns, prefix = body
         return [k for k in self.kv.get(ns, {}) if k.startswith(prefix)]
 
-    def handle_owner_reconnected(self, conn: rpc.Connection, worker_id: bytes, _: Any) -> None:
+    def handle_owner_reconnected(
+        self, conn: rpc.Connection, worker_id: bytes, _: list[Buffer]
+    ) -> None:
         """``owner_reconnected`` worker id (notice, from an owner after a GCS restart): its actors'
         owner connection is this one again."""
         self.persistence.owner_reconnected(conn, worker_id)
 
-    def handle_shutdown(self, conn: rpc.Connection, body: Any, _: Any) -> bool:
+    def handle_shutdown(self, conn: rpc.Connection, body: None, _: list[Buffer]) -> bool:
         """``shutdown`` (no body) -> True; the GCS then stops."""
         self._stopped.set()
         return True

@@ -25,6 +25,8 @@ import aioray._private.core.state_schema as schema
 from aioray._private.owner.task_events import FAILED, FINISHED
 from aioray._private.rpc import rpc
 from aioray._private.wire import config, job_records
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import StateList, StateListReply, TaskEventsHeader
 
 if TYPE_CHECKING:
     from aioray.daemons.gcs.actor_manager import ActorRecord
@@ -143,7 +145,7 @@ class StateService:
         conn.on_close.append(lambda _: info.setdefault("end", time.time()))
 
     def handle_add_task_events(
-        self, conn: rpc.Connection, header: dict[str, Any], bufs: list[Any]
+        self, conn: rpc.Connection, header: TaskEventsHeader, bufs: list[Buffer]
     ) -> None:
         """Notice from an owner or executor: header = counts (sent, dropped) and new
         task descriptions, buffer 0 = a msgpack blob of the rows with errors, buffer 1
@@ -195,8 +197,8 @@ class StateService:
         raise ValueError(f"the GCS does not hold {resource}; ask the raylets")
 
     async def handle_state_list(
-        self, conn: rpc.Connection, body: list[Any], _: Any
-    ) -> dict[str, Any]:
+        self, conn: rpc.Connection, body: StateList, _: list[Buffer]
+    ) -> StateListReply:
         """body = [resource, filters, limit, detail]; reply: the matching rows (filters
         applied before the limit) with total, filtered and truncation counts."""
         resource, filters, limit, detail = body
@@ -206,23 +208,31 @@ class StateService:
             return (await self.merged()).list(checked, limit, detail)  # the table filters faster
         return schema.filter_rows(self._rows(resource), resource, checked, limit, detail)
 
-    async def handle_state_get_task(self, conn: rpc.Connection, task_id: str, _: Any) -> Any:
+    async def handle_state_get_task(
+        self, conn: rpc.Connection, task_id: str, _: list[Buffer]
+    ) -> dict[str, object]:
         """body = a task id (hex); reply: its rows (one per attempt) and the table stats."""
         await self.merged()
         return {"result": self.tasks.get(task_id), **self.tasks.stats()}
 
-    async def handle_state_list_all_tasks(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+    async def handle_state_list_all_tasks(
+        self, conn: rpc.Connection, body: None, _: list[Buffer]
+    ) -> list[list[object]]:
         """Every task record that ran, for the timeline (no cap but the table's own):
         [task id, attempt, name, type, node id, worker pid, state, [(state, time s)]]."""
         await self.merged()
         return [_timeline_row(r) for r in self.tasks.records.values() if r.worker_pid]
 
-    def handle_state_list_all_jobs(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+    def handle_state_list_all_jobs(
+        self, conn: rpc.Connection, body: None, _: list[Buffer]
+    ) -> list[dict[str, Any]]:
         """Every job, driver and submitted, each once and with all its fields (Ray's
         JobDetails): what the Jobs API lists, with no limit and no column projection."""
         return list(self._rows("jobs"))
 
-    async def handle_state_summary(self, conn: rpc.Connection, resource: str, _: Any) -> Any:
+    async def handle_state_summary(
+        self, conn: rpc.Connection, resource: str, _: list[Buffer]
+    ) -> dict[str, object]:
         """body = "tasks", "actors" or "objects"; reply: the summary Ray's summarize_* gives."""
         if resource == "tasks":
             return (await self.merged()).summary()

@@ -43,6 +43,7 @@ from aioray._private.owner.task_events import (
     RUNNING_IN_RAY_GET,
     STATE_NAMES,
 )
+from aioray._private.wire.schema import TaskEventsHeader
 
 # Evicted keys remembered at least (a small table churns through many).
 MIN_GONE_KEYS = 10_000
@@ -253,7 +254,7 @@ class TaskTable:
 
     # -- receiving and merging -----------------------------------------------------------
     def receive(
-        self, header: dict[str, Any], blob: bytes, rows: bytes = b"", infos: bytes = b""
+        self, header: TaskEventsHeader, blob: bytes, rows: bytes = b"", infos: bytes = b""
     ) -> bool:
         """Keep one process's batch (``add_task_events``: new task descriptions in the
         header, the msgpack blob of rows with errors, the transition and first rows) as

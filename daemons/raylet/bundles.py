@@ -24,12 +24,14 @@ from __future__ import annotations
 import collections
 import os
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aioray.daemons.raylet.resources import give_back_gpus, take_gpus
 
 from aioray._private.core.bundle_resources import add, group_resources, is_group_resource
 from aioray._private.rpc import rpc
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import CancelBundles, CommitBundles, PrepareBundles
 
 if TYPE_CHECKING:
     from aioray.daemons.raylet.server import LeaseRequest, Raylet
@@ -61,7 +63,9 @@ class BundleService:
             "cancel_bundles": self.handle_cancel_bundles,
         }
 
-    def handle_prepare_bundles(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+    def handle_prepare_bundles(
+        self, conn: rpc.Connection, body: PrepareBundles, _: list[Buffer]
+    ) -> bool:
         """``prepare_bundles`` [group id, [[index, resources], ...]] from the GCS -> True if every
         bundle fits and is now held (phase 1 of 2), False if not (nothing is held)."""
         pg, bundles = body
@@ -86,7 +90,9 @@ class BundleService:
         self.raylet.resources_changed()
         return True
 
-    def handle_commit_bundles(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+    def handle_commit_bundles(
+        self, conn: rpc.Connection, body: CommitBundles, _: list[Buffer]
+    ) -> bool:
         """``commit_bundles`` [group id, indexes] from the GCS -> True; the prepared bundles become
         the group's resources (phase 2)."""
         pg, indexes = body
@@ -104,7 +110,9 @@ class BundleService:
         self.raylet.resources_changed()
         return True
 
-    def handle_cancel_bundles(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+    def handle_cancel_bundles(
+        self, conn: rpc.Connection, body: CancelBundles, _: list[Buffer]
+    ) -> None:
         """``cancel_bundles`` [group id, indexes, removed?] (notice, from the GCS): release those
         bundles, prepared or committed, killing the workers that use them; ``removed``: the whole
         group is gone."""

@@ -60,7 +60,7 @@ class GcsLink:
         conn, _ = await rpc.connect(
             host,
             port,
-            handlers=r._handlers(),
+            handlers=r.server_handlers,
             hello={"role": "raylet", "node_id": r.node_id},
             timeout=config.CONNECT_TIMEOUT_S,
             name="gcs",

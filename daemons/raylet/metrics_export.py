@@ -26,6 +26,8 @@ from aioray.daemons.raylet.user_metrics import PREFIX, UserMetrics
 
 from aioray._private.rpc import rpc
 from aioray._private.wire.prometheus import CONTENT_TYPE, Exposition, Labels
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import MetricsReport
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -77,7 +79,9 @@ class NodeMetrics:
         self.task_source = source
 
     # -- reports from this node's processes ----------------------------------------------
-    def handle_report_metrics(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> None:
+    def handle_report_metrics(
+        self, conn: rpc.Connection, body: MetricsReport, _: list[Buffer]
+    ) -> None:
         """A process's news: its user metrics, and (a worker's) its executor's task counts."""
         self.user.apply(body)
         if "t" in body:

@@ -49,14 +49,15 @@ from aioray.daemons.raylet.object_manager import CREATING, FALLBACK, IN_SHM
 
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
+from aioray._private.wire.schema import FreeObjectsAt
 
 if TYPE_CHECKING:
     from aioray.daemons.raylet.server import Raylet
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = int(config._env("TRANSFER_CHUNK_BYTES", 8 * 1024 * 1024))
-WINDOW = int(config._env("TRANSFER_WINDOW", 4))  # chunk requests in flight per pull
+CHUNK_BYTES = int(config.env_float("TRANSFER_CHUNK_BYTES", 8 * 1024 * 1024))
+WINDOW = int(config.env_float("TRANSFER_WINDOW", 4))  # chunk requests in flight per pull
 
 Reply = list[str] | None  # None: the copy is here; [error class name, message]
 
@@ -327,7 +328,7 @@ class ObjectTransfer:
         for node, batch in by_node.items():
             self.send(node, "free_copies", [self.raylet.node_id, batch])
 
-    def free_at(self, groups: list[list[Any]]) -> None:
+    def free_at(self, groups: FreeObjectsAt) -> None:
         """An owner here freed objects whose primary copies are on other nodes."""
         for node, oids in groups:
             if node == self.raylet.node_id:

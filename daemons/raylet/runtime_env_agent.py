@@ -42,9 +42,9 @@ from aioray._private.wire import config
 logger = logging.getLogger(__name__)
 
 RETRIES = 3
-RETRY_DELAY_S = config._env("RUNTIME_ENV_RETRY_DELAY_S", 1.0)
-BAD_ENV_TTL_S = config._env("RUNTIME_ENV_BAD_TTL_S", 60.0)
-CACHE_BUDGET_BYTES = int(config._env("RUNTIME_ENV_CACHE_BYTES", 10 * 1024**3))
+RETRY_DELAY_S = config.env_float("RUNTIME_ENV_RETRY_DELAY_S", 1.0)
+BAD_ENV_TTL_S = config.env_float("RUNTIME_ENV_BAD_TTL_S", 60.0)
+CACHE_BUDGET_BYTES = int(config.env_float("RUNTIME_ENV_CACHE_BYTES", 10 * 1024**3))
 
 
 class SetupFailed(Exception):

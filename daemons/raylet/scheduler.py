@@ -32,7 +32,9 @@ here; a placement-group strategy would add one more branch to ``pick``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+from aioray._private.wire.schema import Strategy
 
 EPS = 1e-9
 SPREAD_THRESHOLD = 0.5
@@ -277,7 +279,7 @@ def _score(node: NodeView, res: dict[str, float]) -> float:
     return 0.0 if score < SPREAD_THRESHOLD else score
 
 
-def strategy_from_wire(strategy: Any) -> Any:
+def strategy_from_wire(strategy: Strategy | Literal["DEFAULT"]) -> Strategy:
     """Normalize a strategy received over msgpack (lists stay lists, bytes stay bytes)."""
     if strategy is None or strategy == "DEFAULT":
         return None

@@ -31,7 +31,7 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.raylet.bundles import BundleService
@@ -53,6 +53,18 @@ from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_
 from aioray._private.core.bundle_resources import is_group_resource
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import (
+    Hello,
+    LeaseReply,
+    NodeEntry,
+    RayletHello,
+    RegisterWorker,
+    RequestLease,
+    ReturnLease,
+    RuntimeEnv,
+    Strategy,
+)
 
 if TYPE_CHECKING:
     from aioray._private.rpc.http_service import HttpService
@@ -80,7 +92,7 @@ class LeaseRequest:
         self,
         conn: rpc.Connection,
         res: dict[str, float],
-        env: Any,
+        env: RuntimeEnv | None,
         hold: dict[str, float] | None = None,
         actor: bytes | None = None,
     ) -> None:
@@ -90,9 +102,9 @@ class LeaseRequest:
         self.actor = actor
         self.env = env
         self.env_key = env_key_of(env)
-        self.fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.fut: asyncio.Future[LeaseReply] = asyncio.get_running_loop().create_future()
         self.warned = False
-        self.strategy: Any = None  # scheduler.py's wire form; None is DEFAULT
+        self.strategy: Strategy = None  # scheduler.py's wire form; None is DEFAULT
         self.hops = 0  # times it was spilled before reaching this raylet
         self.placed = False  # the policy chose this node
         self.retriable = False  # the task it is requested for may be retried (memory monitor)
@@ -191,13 +203,13 @@ class Raylet:
             **ObjectHandlers(self).handlers(),
         }
 
-    def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _hello(self, body: Hello) -> RayletHello:
         # The cluster token was checked before this (rpc, auth).
         return {
             "node_id": self.node_id,
             "session_id": self.session_id,
             "session_dir": self.session_dir,
-            "gcs_address": list(self.gcs_address),
+            "gcs_address": self.gcs_address,
             "object_store_memory": self.object_store_memory,
             "metrics_export_port": self.metrics_export_port,
         }
@@ -278,7 +290,9 @@ class Raylet:
             if not req.fut.done():
                 req.fut.set_result(setup_failed_reply(message))
 
-    def handle_prepare_runtime_env(self, conn: rpc.Connection, env: Any, _: Any) -> None:
+    def handle_prepare_runtime_env(
+        self, conn: rpc.Connection, env: RuntimeEnv, _: list[Buffer]
+    ) -> None:
         """``eager_install``: prepare a job's env now, before its first task needs it."""
         assert self.pool is not None
         self.pool.prepare_eagerly(env)
@@ -313,7 +327,9 @@ class Raylet:
             self.gcs.close()
 
     # -- connections --------------------------------------------------------------------------
-    def handle_register_worker(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> bool:
+    def handle_register_worker(
+        self, conn: rpc.Connection, body: RegisterWorker, _: list[Buffer]
+    ) -> bool:
         """``register_worker`` {worker_id, port} from a worker this raylet started -> True; the
         worker joins the pool (ValueError for an unknown worker id)."""
         assert self.pool is not None
@@ -325,7 +341,7 @@ class Raylet:
         self._schedule()
         return True
 
-    def handle_register_client(self, conn: rpc.Connection, body: Any, _: Any) -> bool:
+    def handle_register_client(self, conn: rpc.Connection, body: object, _: list[Buffer]) -> bool:
         """``register_client`` (any body) from a driver or owner -> True; its leases are returned if
         its connection closes."""
         conn.on_close.append(self._owner_gone)
@@ -358,7 +374,9 @@ class Raylet:
         self._schedule()
 
     # -- leases -----------------------------------------------------------------------------------
-    def handle_request_lease(self, conn: rpc.Connection, body: dict[str, Any], _: Any) -> Any:
+    def handle_request_lease(
+        self, conn: rpc.Connection, body: RequestLease, _: list[Buffer]
+    ) -> asyncio.Future[LeaseReply]:
         """``request_lease`` {res, env?, hold?, actor?, retriable?, ss?, hops?} -> once decided: a
         grant {lid, wid, addr, gpus?}, a spill {spill: [node id, ip, port], hops} to another
         node, or {error, unschedulable?, pg_removed?}."""
@@ -382,7 +400,7 @@ class Raylet:
         self.demand.changed()
         return req.fut
 
-    def handle_return_lease(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+    def handle_return_lease(self, conn: rpc.Connection, body: ReturnLease, _: list[Buffer]) -> None:
         """``return_lease`` [lease id, worker_dead] (notice, from the lessee): the lease ends; the
         worker goes back to the pool unless it is dead."""
         lease_id, worker_dead = body
@@ -408,7 +426,7 @@ class Raylet:
         if lease.gpus and not self.bundles.release_gpus(lease.lease_id, lease.gpus):
             self.resources.release_gpus(lease.gpus)
 
-    def handle_worker_blocked(self, conn: rpc.Connection, blocked: bool, _: Any) -> None:
+    def handle_worker_blocked(self, conn: rpc.Connection, blocked: bool, _: list[Buffer]) -> None:
         """``worker_blocked`` bool (notice, from a leased worker): it is blocked in get (True: lend
         its CPUs to other tasks) or runs again (False: take them back)."""
         w = conn.state.get("worker")
@@ -500,7 +518,7 @@ class Raylet:
             {
                 "lid": lease_id,
                 "wid": worker.worker_id,
-                "addr": [self.node_ip, worker.port],
+                "addr": (self.node_ip, worker.port),
                 "gpus": [i for i, _ in lease.gpus],
             }
         )
@@ -535,7 +553,9 @@ class Raylet:
             # Totals are not reported: the GCS adds placement-group bundles to them itself.
             self.gcs.notify("report_resources", [self.node_id, avail])
 
-    def handle_cluster_view(self, conn: rpc.Connection, entries: list[Any], _: Any) -> None:
+    def handle_cluster_view(
+        self, conn: rpc.Connection, entries: list[NodeEntry], _: list[Buffer]
+    ) -> None:
         """The GCS's batched news of other nodes (resources, joins, deaths)."""
         joined, died = self.spillback.apply_view(entries)
         for dead in died:
@@ -553,7 +573,7 @@ class Raylet:
         if self.requests:
             self._schedule()
 
-    def handle_kill_actor_worker(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
+    def handle_kill_actor_worker(self, conn: rpc.Connection, aid: bytes, _: list[Buffer]) -> None:
         """``kill_actor_worker`` aid (notice, from the GCS): end the worker hosting that actor
         here (told to exit, it sends its last task events first; SIGKILLed if it does not)."""
         assert self.pool is not None
@@ -561,7 +581,7 @@ class Raylet:
             if lease.actor == aid:
                 self.pool.end(lease.worker, 1)
 
-    def handle_actor_exiting(self, conn: rpc.Connection, aid: bytes, _: Any) -> None:
+    def handle_actor_exiting(self, conn: rpc.Connection, aid: bytes, _: list[Buffer]) -> None:
         """``actor_exiting`` aid (notice, from the actor's worker): forwarded to the GCS with the
         worker id, before the worker's death is reported, so the actor is not restarted."""
         # Forwarded before the worker's death is reported: the GCS will not restart it.

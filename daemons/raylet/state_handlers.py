@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from aioray._private.owner import memory_report
 from aioray._private.rpc import rpc
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import ReadLog, ReadLogReply, WorkerLog
 
 if TYPE_CHECKING:
     from aioray.daemons.raylet.server import Raylet
@@ -43,13 +45,15 @@ class StateHandlers:
             "ping": self.handle_ping,
         }
 
-    def handle_ping(self, conn: rpc.Connection, body: Any, _: Any) -> bool:
+    def handle_ping(self, conn: rpc.Connection, body: None, _: list[Buffer]) -> bool:
         """No body; reply: True. An owner whose leased worker's connection dropped asks
         this: no answer means the worker's node died (NodeDiedError), not just the worker
         (Ray's GetWorkerFailureCause)."""
         return True
 
-    def handle_state_workers(self, conn: rpc.Connection, body: Any, _: Any) -> list[dict[str, Any]]:
+    def handle_state_workers(
+        self, conn: rpc.Connection, body: None, _: list[Buffer]
+    ) -> list[dict[str, Any]]:
         """No body; reply: a row per worker process connected to this raylet (Ray's
         WorkerState fields)."""
         raylet = self.raylet
@@ -80,7 +84,9 @@ class StateHandlers:
             )
         return rows
 
-    def handle_pending_demand(self, conn: rpc.Connection, body: Any, _: Any) -> list[list[Any]]:
+    def handle_pending_demand(
+        self, conn: rpc.Connection, body: None, _: list[Buffer]
+    ) -> list[list[Any]]:
         """Lease requests waiting here, per resource shape: [shape, count, infeasible]."""
         shapes: dict[tuple[Any, ...], list[Any]] = {}
         for req in self.raylet.requests:
@@ -94,14 +100,14 @@ class StateHandlers:
     def _log_dir(self) -> str:
         return os.path.join(self.raylet.session_dir or "", "logs")
 
-    def handle_list_logs(self, conn: rpc.Connection, body: Any, _: Any) -> list[str]:
+    def handle_list_logs(self, conn: rpc.Connection, body: None, _: list[Buffer]) -> list[str]:
         """No body; reply: the file names in this node's log directory."""
         try:
             return sorted(os.listdir(self._log_dir()))
         except OSError:
             return []
 
-    def handle_read_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> dict[str, Any]:
+    def handle_read_log(self, conn: rpc.Connection, body: ReadLog, _: list[Buffer]) -> ReadLogReply:
         """[name, tail lines (-1: all), offset or None] -> {"data", "offset"}."""
         name, tail, offset = body
         if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
@@ -109,8 +115,7 @@ class StateHandlers:
         path = os.path.join(self._log_dir(), name)
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
-            follow = offset is not None
-            start = min(int(offset), size) if follow else max(0, size - MAX_READ_BYTES)
+            start = min(int(offset), size) if offset is not None else max(0, size - MAX_READ_BYTES)
             f.seek(start)
             data = f.read(MAX_READ_BYTES)
         if offset is None and tail is not None and tail >= 0:
@@ -118,7 +123,7 @@ class StateHandlers:
             data = b"".join(lines[-tail:]) if tail else b""
         return {"data": data, "offset": start + len(data) if offset is not None else size}
 
-    def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+    def handle_worker_log(self, conn: rpc.Connection, body: WorkerLog, _: list[Buffer]) -> None:
         """Append a worker's lines to its log file, and forward them to drivers that want them."""
         pid, _ip, stream, lines = body[:4]
         f = self._worker_log_file(conn, pid, stream) if lines else None  # sync notices: no text
@@ -150,7 +155,9 @@ class StateHandlers:
                 conn.on_close.append(lambda _: f.close())
         return files[stream]
 
-    async def handle_memory_summary(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+    async def handle_memory_summary(
+        self, conn: rpc.Connection, body: None, _: list[Buffer]
+    ) -> dict[str, Any]:
         """``aioray memory``: every local process's references and this store's view."""
         peers = [
             c
@@ -167,7 +174,7 @@ class StateHandlers:
         }
         return await memory_report.node_summary(peers, store)
 
-    def handle_get_state(self, conn: rpc.Connection, body: Any, _: Any) -> dict[str, Any]:
+    def handle_get_state(self, conn: rpc.Connection, body: None, _: list[Buffer]) -> dict[str, Any]:
         """``get_state`` (no body) -> the raylet's state for tests and ``aioray status``: resources,
         workers, leases, queued requests, CPU lendings, object store and transfer stats, its
         cluster view, OOM kills, GCS reconnects."""

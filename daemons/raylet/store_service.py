@@ -63,6 +63,7 @@ from aioray.daemons.raylet.object_manager import (
 
 from aioray._private.rpc import rpc
 from aioray._private.wire import config, object_store
+from aioray._private.wire.schema import CreateObject, CreateObjectReply, ObjectSealed
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +183,9 @@ class StoreService:
                     pass
 
     # -- handlers (the raylet delegates) ----------------------------------------------
-    def create_object(self, conn: rpc.Connection, body: list[Any]) -> Any:
+    def create_object(
+        self, conn: rpc.Connection, body: CreateObject
+    ) -> CreateObjectReply | asyncio.Future[CreateObjectReply]:
         oid, size = body
         e = self.manager.entries.get(oid)
         if e is not None:
@@ -201,7 +204,7 @@ class StoreService:
             spill_io.remove(e.spill_path)
         self.lost.pop(oid, None)
 
-    def object_sealed(self, conn: rpc.Connection | None, body: list[Any]) -> bool:
+    def object_sealed(self, conn: rpc.Connection | None, body: ObjectSealed) -> bool:
         """The creator wrote the segment. False if its owner freed it first."""
         oid, size = body[0], int(body[1])
         if conn is not None:

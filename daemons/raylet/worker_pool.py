@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 # Idle workers of a runtime env (not the default one) exit after this long unused,
 # so the env's cached pieces can be released (Ray also kills idle workers).
-ENV_WORKER_IDLE_S = config._env("RUNTIME_ENV_WORKER_IDLE_S", 10.0)
+ENV_WORKER_IDLE_S = config.env_float("RUNTIME_ENV_WORKER_IDLE_S", 10.0)
 # A worker told to exit has this long (its last task events take ~1 ms) before SIGKILL.
 EXIT_GRACE_S = 3.0
 

@@ -21,7 +21,7 @@ import aioray as ray
 from aioray._private.node import node
 from aioray._private.rpc import rpc
 from aioray._private.wire import auth, protocol
-from aioray.api import _gcs_call
+from aioray.api import gcs_call
 
 REPO = Path(__file__).resolve().parents[2]
 GET_TIMEOUT = 30
@@ -88,7 +88,7 @@ def _log(session_dir: str, name: str) -> str:
 def _ports(ctx: Any, actor: Any) -> dict[str, tuple[str, int]]:
     info = ctx.address_info
     ray.get(actor.ready.remote(), timeout=GET_TIMEOUT)
-    [worker_addr] = [a["addr"] for a in _gcs_call("list_actors") if a["state"] == "ALIVE"]
+    [worker_addr] = [a["addr"] for a in gcs_call("list_actors") if a["state"] == "ALIVE"]
     return {
         "gcs": node.split_address(info["gcs_address"]),
         "raylet": node.split_address(info["raylet_address"]),

@@ -114,7 +114,7 @@ def uploaded_working_dir(tmp_path: Path, name: str, text: str) -> str:
     root = tmp_path / name
     root.mkdir()
     (root / f"{name}.py").write_text(text)
-    uri: str = runtime_env_packaging.upload_env({"working_dir": str(root)}, api._gcs_call)[
+    uri: str = runtime_env_packaging.upload_env({"working_dir": str(root)}, api.gcs_call)[
         "working_dir"
     ]
     return uri
@@ -375,7 +375,7 @@ def test_failing_requirement_raises_setup_error_prepared_once(
     actor = A.options(runtime_env=bad, scheduling_strategy=on(head)).remote()
     with pytest.raises(RuntimeEnvSetupError, match="No matching distribution"):
         ray.get(actor.ping.remote(), timeout=60)
-    (info,) = [a for a in api._gcs_call("list_actors") if a["aid"] == actor._actor_id]
+    (info,) = [a for a in api.gcs_call("list_actors") if a["aid"] == actor._actor_id]
     assert info["state"] == "DEAD" and "runtime env could not be set up" in info["death"]
     # The node keeps serving other envs.
     assert ray.get(f.options(scheduling_strategy=on(head)).remote(), timeout=60) == 1
@@ -467,7 +467,7 @@ def test_a_jobs_packages_are_deleted_from_the_gcs_when_it_ends(
 
     def stored(uri: str) -> bool:
         key = [runtime_env_packaging.KV_NAMESPACE, uri.encode()]
-        return api._gcs_call("kv_get", key) is not None
+        return api.gcs_call("kv_get", key) is not None
 
     with job(ray_cluster, {"working_dir": str(project), "py_modules": [str(module)]}):
         job_dir, (job_module,) = (

@@ -53,13 +53,13 @@ def test_label_strategy_wire_form_and_bad_input() -> None:
     from aioray._private.core.scheduling_strategies import strategy_to_wire
 
     s = NodeLabelSchedulingStrategy({"zone": In("a", "b"), "x": Exists()}, soft={"y": NotIn("1")})
-    assert strategy_to_wire(s) == [
+    assert strategy_to_wire(s) == (  # (tuples here, arrays on the wire)
         "LABEL",
-        [["zone", "in", ["a", "b"]], ["x", "exists", []]],
-        [["y", "not_in", ["1"]]],
-    ]
+        [("zone", "in", ["a", "b"]), ("x", "exists", [])],
+        [("y", "not_in", ["1"])],
+    )
     assert strategy_to_wire(NodeLabelSchedulingStrategy({"g": DoesNotExist()}))[1] == [
-        ["g", "does_not_exist", []]
+        ("g", "does_not_exist", [])
     ]
     with pytest.raises(ValueError, match="cannot both be empty"):
         NodeLabelSchedulingStrategy({})

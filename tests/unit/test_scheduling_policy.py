@@ -105,7 +105,7 @@ def test_strategy_wire_form() -> None:
     assert strategy_to_wire(None) is None and strategy_to_wire("DEFAULT") is None
     assert strategy_to_wire("SPREAD") == SPREAD
     wire = strategy_to_wire(NodeAffinitySchedulingStrategy(B.hex(), soft=True))
-    assert wire == [NODE, B, True, False, False]
+    assert wire == (NODE, B, True, False, False)  # (a tuple here, an array on the wire)
 
 
 # -- node labels ---------------------------------------------------------------------------

@@ -32,35 +32,40 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aioray._private.rpc import rpc
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import Address, BorrowEntry, ContainedRef, HostPort
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.core.interfaces import BorrowingHost
+    from aioray._private.owner.object_ref import ObjectRef
 
 logger = logging.getLogger("aioray")
 
 # A contained ref on the wire: [object id, owner address [ip, port, worker id]].
-Pair = Sequence[Any]
+Pair = ContainedRef
 ADOPT = 1
+# A ``borrow`` entry as sent (a list; schema.BorrowEntry declares its positions).
+Entry = list[bytes | int]
 
 
-def pairs_of(refs: Iterable[Any]) -> list[list[Any]]:
+def pairs_of(refs: Iterable[ObjectRef]) -> list[ContainedRef]:
     """Wire pairs for ObjectRefs, each object once."""
     seen: set[bytes] = set()
-    out = []
+    out: list[ContainedRef] = []
     for r in refs:
         if r._id not in seen and r._owner is not None:
             seen.add(r._id)
-            out.append([r._id, list(r._owner)])
+            out.append((r._id, r._owner))
     return out
 
 
 class Borrowing:
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: BorrowingHost) -> None:
         self.cw = cw
-        self._outbox: dict[tuple[str, int], list[list[Any]]] = {}
+        self._outbox: dict[HostPort, list[Entry]] = {}
         self._flush_scheduled = False
         # Owner side: holds each borrower adopted, by its connection.
         self._held_by: dict[rpc.Connection, dict[bytes, int]] = {}
@@ -75,7 +80,7 @@ class Borrowing:
         ``then`` runs at once when this process owns every ref; otherwise after the
         owners answered (or turned out to be dead: the receiver's get will say so).
         """
-        remote: dict[tuple[str, int], list[list[Any]]] = {}
+        remote: dict[HostPort, list[Entry]] = {}
         for pair in pairs:
             if self._owns(pair):
                 self.cw.refs.add_borrowers(pair[0], 1)
@@ -88,9 +93,9 @@ class Borrowing:
         self.cw.loop.create_task(self._lend_remote(remote, then))
 
     async def _lend_remote(
-        self, remote: dict[tuple[str, int], list[list[Any]]], then: Callable[[], None]
+        self, remote: dict[HostPort, list[Entry]], then: Callable[[], None]
     ) -> None:
-        async def one(addr: tuple[str, int], body: list[list[Any]]) -> None:
+        async def one(addr: HostPort, body: list[Entry]) -> None:
             try:
                 conn = await self.cw.connect_peer(*addr)
                 await conn.call("borrow", body)
@@ -109,7 +114,8 @@ class Borrowing:
             if self._owns(pair):
                 refs.add_borrowers(pair[0], -1)  # our own object came back: count it here
             else:
-                owner = tuple(pair[1])
+                ip, port, worker_id = pair[1]  # (a list on the wire: a tuple here, a key)
+                owner = (ip, port, worker_id)
                 refs.add_credit(pair[0], owner, 1)
                 self._send(owner, [pair[0], 1, ADOPT])
 
@@ -126,7 +132,7 @@ class Borrowing:
         if n and owner is not None:
             self._send(owner, [oid, -n])
 
-    def _send(self, owner: Any, entry: list[Any]) -> None:
+    def _send(self, owner: Address, entry: Entry) -> None:
         # Adoptions and returns to one owner keep their order: one queue, one connection.
         self._outbox.setdefault((owner[0], owner[1]), []).append(entry)
         if not self._flush_scheduled:
@@ -137,13 +143,13 @@ class Borrowing:
         self._flush_scheduled = False
         outbox, self._outbox = self._outbox, {}
         for addr, body in outbox.items():
-            conn = self.cw._peers.get(addr)
-            if conn is not None and not conn.is_closed:
+            conn = self.cw.peer(*addr)
+            if conn is not None:
                 conn.notify("borrow", body)
             else:
                 self.cw.loop.create_task(self._send_later(addr, body))
 
-    async def _send_later(self, addr: tuple[str, int], body: list[list[Any]]) -> None:
+    async def _send_later(self, addr: HostPort, body: list[Entry]) -> None:
         try:
             conn = await self.cw.connect_peer(*addr)
         except ConnectionError:
@@ -151,7 +157,7 @@ class Borrowing:
         conn.notify("borrow", body)
 
     # -- owner side ----------------------------------------------------------------------------
-    def handle_borrow(self, conn: rpc.Connection, body: list[list[Any]], _: Any) -> bool:
+    def handle_borrow(self, conn: rpc.Connection, body: list[BorrowEntry], _: list[Buffer]) -> bool:
         """Entries: [oid, +n] holds registered for a receiver (by its sender), [oid, n,
         ADOPT] the receiver saying they are its own, [oid, -n] the receiver returning."""
         refs, owned = self.cw.refs, self.cw.owned

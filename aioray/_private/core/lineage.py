@@ -31,7 +31,7 @@ from aioray.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.core.interfaces import LineageHost
 
 logger = logging.getLogger("aioray")
 
@@ -42,7 +42,7 @@ def _blob_bytes(task: TaskEntry) -> int:
 
 
 class Lineage:
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: LineageHost) -> None:
         self.cw = cw
         self.tasks: dict[bytes, TaskEntry] = {}
         self.nbytes = 0

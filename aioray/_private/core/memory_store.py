@@ -16,11 +16,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from aioray._private.rpc import rpc
 from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import OBJ_FREED as OBJ_FREED
+from aioray._private.wire.schema import OBJ_INLINE as OBJ_INLINE
+from aioray._private.wire.schema import OBJ_SHM as OBJ_SHM
+from aioray._private.wire.schema import ContainedRef, ObjectReply
 from aioray.exceptions import ReferenceCountingAssertionError
+
+if TYPE_CHECKING:
+    from aioray._private.owner.object_ref import ObjectRef
 
 
 class StoredObject:
@@ -35,7 +42,7 @@ class StoredObject:
         is_error: bool = False,
         node_id: bytes | None = None,
         size: int = 0,
-        contained: list[list[Any]] | None = None,
+        contained: list[ContainedRef] | None = None,
     ) -> None:
         self.data = data
         self.buffers: Sequence[Buffer] = buffers or ()  # (no list per object for the GC)
@@ -55,11 +62,17 @@ class StoredObject:
         return f"<StoredObject {where} size={self.size} error={self.is_error}>"
 
 
-# Wire form of an object in get_object replies.
-OBJ_INLINE, OBJ_SHM, OBJ_FREED = 0, 1, 2
+Outcome = StoredObject | BaseException  # what a wait for an object ends with
+
+
+class Watcher(Protocol):
+    """A caller loop's fetcher (async_api.LoopFetcher), told when a watched object is stored."""
+
+    def arrived(self, ref: ObjectRef, target: object, outcome: Outcome) -> None: ...
 
 
 def encode_object(obj: StoredObject) -> rpc.Reply:
+    """The wire form of an object in get_object replies (schema.ObjectReply)."""
     if obj.in_shm:
         return rpc.Reply([OBJ_SHM, obj.size, obj.node_id, obj.contained])
     assert obj.data is not None
@@ -68,12 +81,11 @@ def encode_object(obj: StoredObject) -> rpc.Reply:
     )
 
 
-def decode_object(oid: bytes, body: list[Any], buffers: list[Any]) -> StoredObject:
-    kind = body[0]
+def decode_object(oid: bytes, body: ObjectReply, buffers: list[Buffer]) -> StoredObject:
     contained = body[3] if len(body) > 3 else None
-    if kind == OBJ_INLINE:
+    if body[0] == OBJ_INLINE:
         return StoredObject(buffers[0], buffers[1 : 1 + body[1]], body[2], contained=contained)
-    if kind == OBJ_SHM:
+    if body[0] == OBJ_SHM:
         return StoredObject(node_id=body[2], size=body[1], contained=contained)
     # OBJ_FREED: its owner no longer has it (Ray's OBJECT_DELETED)
     raise ReferenceCountingAssertionError(oid.hex())
@@ -84,12 +96,12 @@ class MemoryStore:
         self._objects: dict[bytes, StoredObject] = {}
         self._waiters: dict[bytes, list[asyncio.Future[StoredObject]]] = {}
         # Plain callbacks (the loop fetchers'): no future per awaited ref.
-        self._callbacks: dict[bytes, list[Callable[[Any], None]]] = {}
+        self._callbacks: dict[bytes, list[Callable[[Outcome], None]]] = {}
         # The lookup every get and await makes: the dict's own method, no Python frame.
         self.get: Callable[[bytes], StoredObject | None] = self._objects.get
         # Watches registered from caller loops' threads: object id -> (fetcher, ref,
         # future), delivered with fetcher.arrived(ref, future, object or error).
-        self.watched: dict[bytes, tuple[Any, Any, Any]] = {}
+        self.watched: dict[bytes, tuple[Watcher, ObjectRef, object]] = {}
 
     def __len__(self) -> int:
         return len(self._objects)
@@ -122,7 +134,7 @@ class MemoryStore:
             self._waiters.setdefault(oid, []).append(fut)
         return fut
 
-    def when_stored(self, oid: bytes, callback: Callable[[Any], None]) -> None:
+    def when_stored(self, oid: bytes, callback: Callable[[Outcome], None]) -> None:
         """(loop) Call ``callback(obj)`` once ``oid`` is stored, or with the error
         that ends the wait (``fail_waiters``); at once if it is already stored."""
         obj = self._objects.get(oid)
@@ -140,7 +152,7 @@ class MemoryStore:
         done: asyncio.Future[None] = loop.create_future()
         left = len(oids)
 
-        def stored(oid: bytes, obj: Any) -> None:
+        def stored(oid: bytes, obj: Outcome) -> None:
             nonlocal left
             if done.done():  # failed already, or the wait was given up (timeout)
                 return
@@ -175,7 +187,7 @@ class MemoryStore:
     def items(self) -> list[tuple[bytes, StoredObject]]:
         return list(self._objects.items())
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, int]:
         return {
             "objects": len(self._objects),
             "waiting": len(self._waiters) + len(self._callbacks) + len(self.watched),

@@ -7,7 +7,7 @@ CoreWorker takes the deltas (counters, histograms) and latest values (gauges) ev
 Nothing runs in a driver until its first metric is defined; a worker also reports its
 executor's task counts (``TaskCounts``, for ``ray_tasks``) when they changed.
 
-Report wire form (``report_metrics`` notice, a dict):
+Report wire form (``report_metrics`` notice, a dict; schema.MetricsReport declares it):
 ``d`` new definitions ``[name, kind, description, tag_keys, boundaries]``;
 ``c`` ``[name, label_values, delta]``; ``g`` ``[name, label_values, value]``;
 ``h`` ``[name, label_values, bucket_deltas, sum_delta, count_delta]``;
@@ -21,12 +21,14 @@ import bisect
 import threading
 import warnings
 from collections.abc import Callable
-from typing import Any
 
 from aioray._private.wire import config
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 Labels = tuple[str, ...]
+# A report as built here: its entries are lists of the positions schema.MetricsReport
+# declares (msgpack sends a list and a tuple alike).
+Report = dict[str, list[list[object]]]
 
 
 class _Definition:
@@ -41,8 +43,20 @@ class _Definition:
         self.tag_keys = tag_keys
         self.boundaries = boundaries
 
-    def wire(self) -> list[Any]:
+    def wire(self) -> list[object]:
         return [self.name, self.kind, self.description, list(self.tag_keys), self.boundaries]
+
+
+class _Histogram:
+    """One histogram series' points since the last report."""
+
+    __slots__ = ("bounds", "buckets", "count", "sum")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
 
 
 class Registry:
@@ -54,8 +68,8 @@ class Registry:
         self._new: list[_Definition] = []
         self._counters: dict[tuple[str, Labels], float] = {}
         self._gauges: dict[tuple[str, Labels], float] = {}
-        self._histograms: dict[tuple[str, Labels], list[Any]] = {}
-        self.collectors: list[Callable[[dict[str, Any]], None]] = []
+        self._histograms: dict[tuple[str, Labels], _Histogram] = {}
+        self.collectors: list[Callable[[Report], None]] = []
         self.wake: Callable[[], None] | None = None  # the reporter's start, set by a CoreWorker
         self.active = False  # a metric was defined: the reporter runs
 
@@ -105,21 +119,20 @@ class Registry:
         with self._lock:
             h = self._histograms.get(key)
             if h is None:
-                bounds = self.definitions[name].boundaries
-                h = self._histograms[key] = [[0] * (len(bounds) + 1), 0.0, 0, bounds]
+                h = self._histograms[key] = _Histogram(self.definitions[name].boundaries)
             # Prometheus buckets are "less than or equal": a value on a bound counts in it.
-            h[0][bisect.bisect_left(h[3], value)] += 1
-            h[1] += value
-            h[2] += 1
+            h.buckets[bisect.bisect_left(h.bounds, value)] += 1
+            h.sum += value
+            h.count += 1
 
-    def take_report(self) -> dict[str, Any]:
+    def take_report(self) -> Report:
         """What changed since the last call, in the wire form above (empty: nothing)."""
         with self._lock:
             new, self._new = self._new, []
             counters, self._counters = self._counters, {}
             gauges, self._gauges = self._gauges, {}
             hists, self._histograms = self._histograms, {}
-        report: dict[str, Any] = {}
+        report: Report = {}
         if new:
             report["d"] = [d.wire() for d in new]
         if counters:
@@ -127,7 +140,7 @@ class Registry:
         if gauges:
             report["g"] = [[n, list(lv), v] for (n, lv), v in gauges.items()]
         if hists:
-            report["h"] = [[n, list(lv), h[0], h[1], h[2]] for (n, lv), h in hists.items()]
+            report["h"] = [[n, list(lv), h.buckets, h.sum, h.count] for (n, lv), h in hists.items()]
         for collect in self.collectors:
             collect(report)
         return report
@@ -144,7 +157,7 @@ REGISTRY = Registry()
 class MetricsReporter:
     """Sends ``REGISTRY``'s news to the raylet every METRICS_REPORT_S, once started."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, send: Callable[[dict[str, Any]], None]):
+    def __init__(self, loop: asyncio.AbstractEventLoop, send: Callable[[Report], None]):
         self.loop = loop
         self.send = send
         self._timer: asyncio.TimerHandle | None = None
@@ -208,12 +221,12 @@ class TaskCounts:
         key = (failed, name, job)
         self.done[key] = self.done.get(key, 0) + 1
 
-    def collect(self, report: dict[str, Any]) -> None:
+    def collect(self, report: Report) -> None:
         if not self.changed:
             return
         self.changed = False
         running, done = self.running, dict(self.done)  # a copy: the thread may add a key
-        rows = [
+        rows: list[list[object]] = [
             ["FAILED" if failed else "FINISHED", name, job.hex(), n]
             for (failed, name, job), n in done.items()
         ]

@@ -1,6 +1,8 @@
 """Validation of ``@remote`` / ``.options()`` arguments, with Ray's names and defaults.
 
-As in Ray: a value of the wrong type is TypeError, a wrong value ValueError.
+As in Ray: a value of the wrong type is TypeError, a wrong value ValueError. The
+options are the caller's values as given (``object`` until checked; ``Any`` in an
+options dict, whose values are the user's: strategies, placement groups, envs).
 """
 
 from __future__ import annotations
@@ -16,20 +18,20 @@ from aioray._private.core.scheduling_strategies import (
 )
 
 
-def _type_error(name: str, expected: str, v: Any) -> TypeError:
+def _type_error(name: str, expected: str, v: object) -> TypeError:
     return TypeError(
         f"The type of option '{name}' must be {expected}, but received {type(v).__name__} {v!r}."
     )
 
 
-def _nonneg_number(name: str, v: Any) -> None:
+def _nonneg_number(name: str, v: object) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise _type_error(name, "an int or a float", v)
     if v < 0:
         raise ValueError(f"The option '{name}' must be a non-negative number, got {v!r}.")
 
 
-def _num_returns(name: str, v: Any) -> None:
+def _num_returns(name: str, v: object) -> None:
     if v == "streaming" or v == "dynamic":
         return
     if isinstance(v, bool) or not isinstance(v, int):
@@ -38,8 +40,8 @@ def _num_returns(name: str, v: Any) -> None:
         raise ValueError(f"The option '{name}' must be a non-negative integer, got {v!r}.")
 
 
-def _int_min(lo: int) -> Callable[[str, Any], None]:
-    def check(name: str, v: Any) -> None:
+def _int_min(lo: int) -> Callable[[str, object], None]:
+    def check(name: str, v: object) -> None:
         if isinstance(v, bool) or not isinstance(v, int):
             raise _type_error(name, "an int", v)
         if v < lo:
@@ -48,7 +50,8 @@ def _int_min(lo: int) -> Callable[[str, Any], None]:
     return check
 
 
-def _resources(name: str, v: Any) -> None:
+def check_resources(name: str, v: object) -> None:
+    """``resources``: a dict of custom resource names to non-negative amounts."""
     if not isinstance(v, dict):
         raise _type_error(name, "a dict", v)
     for k, amount in v.items():
@@ -62,7 +65,7 @@ def _resources(name: str, v: Any) -> None:
         _nonneg_number(f"{name}[{k!r}]", amount)
 
 
-def _retry_exceptions(name: str, v: Any) -> None:
+def _retry_exceptions(name: str, v: object) -> None:
     if isinstance(v, bool):
         return
     if not isinstance(v, (list, tuple)):
@@ -73,7 +76,7 @@ def _retry_exceptions(name: str, v: Any) -> None:
         )
 
 
-def _runtime_env(name: str, v: Any) -> None:
+def _runtime_env(name: str, v: object) -> None:
     if v is None:
         return
     if not isinstance(v, dict):
@@ -81,7 +84,7 @@ def _runtime_env(name: str, v: Any) -> None:
     check_task_level(v)
 
 
-def _strategy(name: str, v: Any) -> None:
+def _strategy(name: str, v: object) -> None:
     if v is None or v in ("DEFAULT", "SPREAD"):
         return
     if isinstance(
@@ -98,19 +101,19 @@ def _strategy(name: str, v: Any) -> None:
     raise _type_error(name, "None, a str or a SchedulingStrategy", v)
 
 
-def _anything(name: str, v: Any) -> None:
+def _anything(name: str, v: object) -> None:
     return None
 
 
-def _optional_str(name: str, v: Any) -> None:
+def _optional_str(name: str, v: object) -> None:
     if v is not None and not isinstance(v, str):
         raise _type_error(name, "a str", v)
 
 
-_COMMON: dict[str, Callable[[str, Any], None]] = {
+_COMMON: dict[str, Callable[[str, object], None]] = {
     "num_cpus": _nonneg_number,
     "num_gpus": _nonneg_number,
-    "resources": _resources,
+    "resources": check_resources,
     "memory": _nonneg_number,
     "accelerator_type": _optional_str,
     "runtime_env": _runtime_env,
@@ -124,7 +127,7 @@ _COMMON: dict[str, Callable[[str, Any], None]] = {
     "_metadata": _anything,
 }
 
-TASK_OPTIONS: dict[str, Callable[[str, Any], None]] = {
+TASK_OPTIONS: dict[str, Callable[[str, object], None]] = {
     **_COMMON,
     "num_returns": _num_returns,
     "max_retries": _int_min(-1),
@@ -133,7 +136,7 @@ TASK_OPTIONS: dict[str, Callable[[str, Any], None]] = {
     "_generator_backpressure_num_objects": _anything,
 }
 
-ACTOR_OPTIONS: dict[str, Callable[[str, Any], None]] = {
+ACTOR_OPTIONS: dict[str, Callable[[str, object], None]] = {
     **_COMMON,
     "max_restarts": _int_min(-1),
     "max_task_retries": _int_min(-1),
@@ -160,7 +163,7 @@ TASK_DEFAULTS: dict[str, Any] = {
 }
 
 
-def validate(options: dict[str, Any], allowed: dict[str, Callable[[str, Any], None]]) -> None:
+def validate(options: dict[str, Any], allowed: dict[str, Callable[[str, object], None]]) -> None:
     """Raise naming the first unknown or invalid option, with Ray's exception types: an
     unknown option or a wrong value is ValueError, a value of the wrong type TypeError."""
     for key, value in options.items():

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+
+from aioray._private.wire.schema import Address
 
 
 class ReferenceCounter:
@@ -35,7 +36,7 @@ class ReferenceCounter:
         self._borrowers: dict[bytes, int] = {}
         self._pinned: set[bytes] = set()
         self._credit: dict[bytes, int] = {}
-        self._owners: dict[bytes, Any] = {}
+        self._owners: dict[bytes, Address] = {}
         self._on_out_of_scope = on_out_of_scope
 
     def __repr__(self) -> str:
@@ -114,12 +115,12 @@ class ReferenceCounter:
             self._pinned.update(oids)
 
     # -- a borrower's credit at the owner ------------------------------------------------
-    def add_credit(self, oid: bytes, owner: Any, n: int = 1) -> None:
+    def add_credit(self, oid: bytes, owner: Address, n: int = 1) -> None:
         with self._lock:
             self._credit[oid] = self._credit.get(oid, 0) + n
             self._owners[oid] = owner
 
-    def take_credit(self, oid: bytes) -> tuple[Any, int]:
+    def take_credit(self, oid: bytes) -> tuple[Address | None, int]:
         """Remove and return (owner, credit) of a borrowed object that left scope here;
         (None, 0) if it is back in scope or there is none."""
         with self._lock:

@@ -4,7 +4,8 @@ Pure logic, no I/O beyond reading a requirements file. A user's runtime env is
 validated at submission (``normalize``); at job level its local ``working_dir`` and
 ``py_modules`` are then packaged and uploaded (runtime_env_packaging.py), so what a
 task spec carries (the *wire form*) names packages only by ``gcs://`` URI. Raylets
-prepare the wire form on their node (daemons/raylet/runtime_env_agent.py).
+prepare the wire form on their node (daemons/raylet/runtime_env_agent.py). An env's
+field values are the user's (each plugin its own shape: ``Any``), checked here.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def normalize(env: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _env_vars(v: Any) -> dict[str, str]:
+def _env_vars(v: object) -> dict[str, str]:
     if not isinstance(v, Mapping) or not all(
         isinstance(k, str) and isinstance(x, str) for k, x in v.items()
     ):
@@ -154,7 +155,7 @@ def _env_vars(v: Any) -> dict[str, str]:
     return dict(v)
 
 
-def _path_or_uri(field: str, v: Any) -> str:
+def _path_or_uri(field: str, v: object) -> str:
     if isinstance(v, types.ModuleType):  # py_modules=[my_module]: its package directory
         path = getattr(v, "__file__", None)
         if not path:
@@ -177,7 +178,7 @@ def _path_or_uri(field: str, v: Any) -> str:
     return path
 
 
-def _working_dir(v: Any) -> str:
+def _working_dir(v: object) -> str:
     path = _path_or_uri("working_dir", v)
     if path.startswith(URI_SCHEME) or os.path.isdir(path):
         return path
@@ -188,7 +189,7 @@ def _working_dir(v: Any) -> str:
     return path
 
 
-def _py_modules(v: Any) -> list[str]:
+def _py_modules(v: object) -> list[str]:
     if not isinstance(v, (list, tuple)):
         raise TypeError(f"runtime_env['py_modules'] must be a list, got {type(v).__name__}.")
     out = []
@@ -214,13 +215,13 @@ def _is_zip(path: str) -> bool:
     return zipfile.is_zipfile(path)
 
 
-def _string_list(field: str, v: Any) -> list[str]:
+def _string_list(field: str, v: object) -> list[str]:
     if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
         raise TypeError(f"runtime_env[{field!r}] must be a list of strings, got {v!r}.")
     return list(v)
 
 
-def _requirements(tool: str, v: Any) -> dict[str, Any]:
+def _requirements(tool: str, v: object) -> dict[str, Any]:
     """``pip``/``uv``: a list of requirements, a requirements file, or a dict with them."""
     options_key = "pip_install_options" if tool == "pip" else "uv_pip_install_options"
     if isinstance(v, str):
@@ -264,7 +265,7 @@ def _read_requirements(tool: str, path: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def _config(v: Any) -> dict[str, Any]:
+def _config(v: object) -> dict[str, Any]:
     return dict(RuntimeEnvConfig.parse_and_validate_runtime_env_config(v))
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+from aioray._private.wire.schema import LabelExpression, Strategy
+
+if TYPE_CHECKING:
+    from aioray._private.owner.placement_groups import PlacementGroup
 
 
 class NodeAffinitySchedulingStrategy:
@@ -36,7 +41,7 @@ class PlacementGroupSchedulingStrategy:
 
     def __init__(
         self,
-        placement_group: Any,
+        placement_group: PlacementGroup | None,
         placement_group_bundle_index: int = -1,
         placement_group_capture_child_tasks: bool | None = None,
     ) -> None:
@@ -118,7 +123,7 @@ class NodeLabelSchedulingStrategy:
         return f"NodeLabelSchedulingStrategy(hard={self.hard!r}, soft={self.soft!r})"
 
 
-def _check_labels(which: str, expressions: Any) -> dict[str, _LabelOperator]:
+def _check_labels(which: str, expressions: object) -> dict[str, _LabelOperator]:
     if not isinstance(expressions, dict):
         raise ValueError(
             f"NodeLabelSchedulingStrategy: {which} must be a dict, got {expressions!r}"
@@ -132,11 +137,11 @@ def _check_labels(which: str, expressions: Any) -> dict[str, _LabelOperator]:
     return dict(expressions)
 
 
-def _label_wire(expressions: dict[str, _LabelOperator]) -> list[Any]:
-    return [[key, op.OP, op.values] for key, op in expressions.items()]
+def _label_wire(expressions: dict[str, _LabelOperator]) -> list[LabelExpression]:
+    return [(key, op.OP, op.values) for key, op in expressions.items()]
 
 
-def strategy_to_wire(strategy: Any) -> Any:
+def strategy_to_wire(strategy: object) -> Strategy:
     """The form a scheduling strategy travels in to raylets and the GCS (None: DEFAULT).
 
     Placement-group strategies add their own form here.
@@ -146,13 +151,13 @@ def strategy_to_wire(strategy: Any) -> Any:
     if strategy == "SPREAD":
         return "SPREAD"
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
-        return [
+        return (
             "NODE",
             bytes.fromhex(strategy.node_id),
             bool(strategy.soft),
             bool(strategy._spill_on_unavailable),
             bool(strategy._fail_on_unavailable),
-        ]
+        )
     if isinstance(strategy, NodeLabelSchedulingStrategy):
-        return ["LABEL", _label_wire(strategy.hard), _label_wire(strategy.soft)]
+        return ("LABEL", _label_wire(strategy.hard), _label_wire(strategy.soft))
     return None

@@ -12,11 +12,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from aioray._private.wire.schema import SignatureWire
+
 _P = inspect.Parameter
 _NO_CHECK: tuple[int, int, inspect.Signature | None] = (0, sys.maxsize, None)
 
 
-def arity(fn: Callable[..., Any], drop_first: bool = False) -> tuple[int, int, Any]:
+def arity(
+    fn: Callable[..., object], drop_first: bool = False
+) -> tuple[int, int, inspect.Signature | None]:
     """``(lo, hi, signature)``: a call with no keywords and lo <= len(args) <= hi binds.
 
     ``drop_first`` leaves out ``self`` (an actor method read from its class). A callable
@@ -42,16 +46,16 @@ def arity(fn: Callable[..., Any], drop_first: bool = False) -> tuple[int, int, A
     return lo, hi, sig
 
 
-def to_wire(fn: Callable[..., Any], drop_first: bool) -> list[Any] | None:
+def to_wire(fn: Callable[..., object], drop_first: bool) -> SignatureWire | None:
     """A method's signature in msgpack's types (it travels in the actor's meta)."""
     lo, hi, sig = arity(fn, drop_first)
     if sig is None:
         return None
-    params = [[p.name, int(p.kind), p.default is not _P.empty] for p in sig.parameters.values()]
-    return [lo, min(hi, sys.maxsize), params]
+    params = [(p.name, int(p.kind), p.default is not _P.empty) for p in sig.parameters.values()]
+    return (lo, min(hi, sys.maxsize), params)
 
 
-def from_wire(wire: list[Any] | None) -> tuple[int, int, Any]:
+def from_wire(wire: SignatureWire | None) -> tuple[int, int, inspect.Signature | None]:
     """``arity``'s answer from ``to_wire``'s form (defaults stand in as None)."""
     if not wire:
         return _NO_CHECK
@@ -66,7 +70,8 @@ def from_wire(wire: list[Any] | None) -> tuple[int, int, Any]:
 
 
 def check(sig: inspect.Signature | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """TypeError (with ``bind``'s message, as Ray gives) unless the call binds."""
+    """TypeError (with ``bind``'s message, as Ray gives) unless the call binds (``args`` and
+    ``kwargs`` are the user's values)."""
     if sig is None:
         return
     try:

@@ -7,8 +7,9 @@ so a bad query fails the same way everywhere, before anything is sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from aioray._private.wire.schema import StateListReply
 
 # Ray's RAY_MAX_LIMIT_FROM_API_SERVER: the largest ``limit`` a query may ask for.
 MAX_LIMIT = 10_000
@@ -138,7 +139,8 @@ ID_COLUMN = {
     "objects": "object_id",
 }
 
-Filter = tuple[str, str, Any]
+Filter = tuple[str, str, str]  # (column, "=" or "!=", lower-cased text)
+StateRow = Mapping[str, object]  # one row of a resource: column -> value (Ray's JSON)
 
 
 def check_resource(resource: str, choices: Sequence[str] = RESOURCES) -> str:
@@ -160,8 +162,9 @@ def columns(resource: str, detail: bool) -> list[str]:
     return [name for name, _, only_detail in COLUMNS[resource] if detail or not only_detail]
 
 
-def check_query(resource: str, filters: Any, limit: Any) -> list[Filter]:
-    """Validate a list query; return its filters as (column, predicate, lower-cased text)."""
+def check_query(resource: str, filters: Iterable[object] | None, limit: object) -> list[Filter]:
+    """Validate a list query (the caller's filters and limit, as given); return its filters
+    as (column, predicate, lower-cased text)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_LIMIT:
         raise ValueError(
             f"limit must be an integer between 1 and {MAX_LIMIT} (the maximum, as Ray's "
@@ -187,7 +190,7 @@ def check_query(resource: str, filters: Any, limit: Any) -> list[Filter]:
     return out
 
 
-def text(value: Any) -> str:
+def text(value: object) -> str:
     """How a value compares in a filter: its text, case-insensitively (None is "")."""
     if value is None:
         return ""
@@ -197,13 +200,13 @@ def text(value: Any) -> str:
 
 
 def matcher(
-    filters: list[Filter], get: Callable[[Any, str], Any] = lambda row, key: row.get(key)
-) -> Callable[[Any], bool]:
+    filters: list[Filter], get: Callable[[StateRow, str], object] = lambda row, key: row.get(key)
+) -> Callable[[StateRow], bool]:
     """A predicate true for rows that pass every filter (``get(row, column)`` reads one)."""
     if not filters:
         return lambda row: True
 
-    def match(row: Any) -> bool:
+    def match(row: StateRow) -> bool:
         for key, predicate, value in filters:
             equal = text(get(row, key)) == value
             if equal != (predicate == "="):
@@ -213,7 +216,7 @@ def matcher(
     return match
 
 
-def project(row: dict[str, Any], resource: str, detail: bool) -> dict[str, Any]:
+def project(row: StateRow, resource: str, detail: bool) -> dict[str, object]:
     """The row with the resource's columns (all with ``detail``), missing ones None."""
     return {name: row.get(name) for name in columns(resource, detail)}
 
@@ -231,13 +234,13 @@ def parse_filter(text_filter: str) -> Filter:
 
 
 def filter_rows(
-    rows: Iterable[dict[str, Any]],
+    rows: Iterable[StateRow],
     resource: str,
     filters: list[Filter],
     limit: int,
     detail: bool,
-    match: Callable[[Any], bool] | None = None,
-) -> dict[str, Any]:
+    match: Callable[[StateRow], bool] | None = None,
+) -> StateListReply:
     """Ray's list response over ``rows``: every row filtered, then the first ``limit``."""
     match = match or matcher(filters)
     total = matched = 0

@@ -26,12 +26,22 @@ import logging
 import threading
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aioray._private.owner.task_events import SUBMITTED_TO_WORKER, pack_row
 from aioray._private.owner.task_submitter import parse_returns
 from aioray._private.rpc import rpc
 from aioray._private.wire import ids
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import (
+    ActorInfo,
+    ActorMeta,
+    ActorRequest,
+    CreateActor,
+    CreateActorReply,
+    PushReply,
+    TaskSpec,
+)
 from aioray._private.wire.task_spec import TaskEntry
 from aioray.exceptions import (
     ActorAlreadyExistsError,
@@ -44,7 +54,7 @@ from aioray.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import ActorSubmitterHost
 
 logger = logging.getLogger("aioray")
 
@@ -98,7 +108,7 @@ def _requeue(a: _Actor, task: TaskEntry) -> None:
 
 
 class ActorSubmitter:
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: ActorSubmitterHost) -> None:
         self.cw = cw
         self.actors: dict[bytes, _Actor] = {}
         self._lock = threading.Lock()
@@ -111,17 +121,18 @@ class ActorSubmitter:
         return f"<ActorSubmitter actors={len(self.actors)}>"
 
     # -- creation --------------------------------------------------------------------------
-    async def create(self, request: dict[str, Any], task: TaskEntry) -> dict[str, Any]:
+    async def create(self, request: ActorRequest, task: TaskEntry) -> CreateActorReply:
         ready: asyncio.Future[TaskEntry] = self.cw.loop.create_future()
         self.cw.submitter.prepare(task, ready.set_result)
         await ready
         gcs = await self.cw.gcs_connection()
-        reply = await gcs.call("create_actor", {**request, "spec": task.spec}, task.out_buffers)
+        body: CreateActor = {**request, "spec": task.spec}
+        reply: CreateActorReply = await gcs.call("create_actor", body, task.out_buffers)
         if "error" in reply:
             raise (ActorAlreadyExistsError if reply.get("exists") else ValueError)(reply["error"])
         if reply["aid"] == request["aid"]:
             self._created[reply["aid"]] = request["detached"]
-        return dict(reply)
+        return reply
 
     # -- handles (any thread) --------------------------------------------------------------
     def add_handle(self, aid: bytes, creator: bool) -> None:
@@ -148,7 +159,7 @@ class ActorSubmitter:
         with self._lock:
             self._escaped.add(aid)
 
-    def reserve_call(self, aid: bytes, meta: dict[str, Any]) -> None:
+    def reserve_call(self, aid: bytes, meta: ActorMeta) -> None:
         """Count a call against max_pending_calls (caller's thread)."""
         limit = meta.get("max_pending_calls", -1)
         with self._lock:
@@ -165,7 +176,7 @@ class ActorSubmitter:
             self._pending_calls[aid] = max(0, self._pending_calls.get(aid, 0) - 1)
 
     def _terminate(self, aid: bytes) -> None:
-        spec = {
+        spec: TaskSpec = {
             "aid": aid,
             "m": "__ray_terminate__",
             "name": "__ray_terminate__",
@@ -225,7 +236,9 @@ class ActorSubmitter:
                 events += pack_row(spec["tid"], SUBMITTED_TO_WORKER, spec.get("at", 0), time.time())
             fut.add_done_callback(partial(self._on_reply, a, task))
 
-    def _on_reply(self, a: _Actor, task: TaskEntry, fut: asyncio.Future[Any]) -> None:
+    def _on_reply(
+        self, a: _Actor, task: TaskEntry, fut: asyncio.Future[tuple[PushReply, list[Buffer]]]
+    ) -> None:
         exc = None if fut.cancelled() else fut.exception()  # always retrieve it
         if task.state == "finished":  # already failed when the actor was declared dead
             return
@@ -278,7 +291,7 @@ class ActorSubmitter:
             while a.state != DEAD and not self.cw.closing:
                 gcs = await self.cw.gcs_connection()  # reconnects after a GCS restart
                 try:
-                    info = await gcs.call("wait_actor", [a.aid, a.version])
+                    info: ActorInfo = await gcs.call("wait_actor", [a.aid, a.version])
                 except rpc.ConnectionLost:
                     continue  # the GCS went away mid-poll: ask it (or its successor) again
                 await self._apply(a, info)
@@ -288,7 +301,7 @@ class ActorSubmitter:
         finally:
             a.watching = False
 
-    async def _apply(self, a: _Actor, info: dict[str, Any]) -> None:
+    async def _apply(self, a: _Actor, info: ActorInfo) -> None:
         if info["state"] == DEAD:
             a.unschedulable = bool(info.get("unschedulable"))
             a.env_failed = bool(info.get("runtime_env_failed"))
@@ -309,7 +322,9 @@ class ActorSubmitter:
         if a.state != ALIVE:
             a.conn = None
             return
-        host, port, _wid = info["addr"]
+        addr = info.get("addr")
+        assert addr is not None  # (ALIVE)
+        host, port, _wid = addr
         try:
             conn = await self.cw.connect_peer(host, port)
         except ConnectionError:

@@ -26,12 +26,12 @@ from aioray._private.wire import config
 
 if TYPE_CHECKING:
     from aioray._private.core.memory_store import StoredObject
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import BlockedGetsHost
     from aioray._private.owner.object_ref import ObjectRef
 
 
 class BlockedGets:
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: BlockedGetsHost) -> None:
         self.cw = cw
         self.lending = CpuLending()
         self._timer: asyncio.TimerHandle | None = None
@@ -83,7 +83,7 @@ class BlockedGets:
             self.cw.raylet.notify("worker_blocked", blocked)
 
 
-def _running_task(cw: CoreWorker) -> tuple[bytes, int] | None:
+def _running_task(cw: BlockedGetsHost) -> tuple[bytes, int] | None:
     """(task id, attempt) of the task or actor call this thread (or asyncio task) runs,
     if it records events."""
     ctx = cw.task_context.__dict__

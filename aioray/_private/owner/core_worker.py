@@ -39,7 +39,7 @@ from aioray._private.core.memory_store import (
     StoredObject,
     decode_object,
 )
-from aioray._private.core.metrics_registry import MetricsReporter
+from aioray._private.core.metrics_registry import MetricsReporter, Report
 from aioray._private.core.reference_counter import ReferenceCounter
 from aioray._private.owner import (
     log_monitor,
@@ -59,6 +59,16 @@ from aioray._private.rpc import rpc
 from aioray._private.rpc.loop import result_interruptibly
 from aioray._private.wire import config, ids, job_records, serialization
 from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import (
+    Address,
+    Hello,
+    LeaseInfeasible,
+    PushReply,
+    RayletHelloReply,
+    RegisterJob,
+    RegisterJobReply,
+    WorkerLog,
+)
 from aioray.exceptions import (
     GetTimeoutError,
     LocalRayletDiedError,
@@ -109,11 +119,11 @@ class CoreWorker:
         self.session_id = ""
         self.canceled_tasks: set[bytes] = set()  # running tasks asked to stop
         self.ids = ids.IdGenerator(self.worker_id)
-        self.refs = ReferenceCounter(self._out_of_scope)
-        self.borrowing = Borrowing(self)
-        self.lineage = Lineage(self)
-        self.owner_service = OwnerService(self)
-        self.memory_store = MemoryStore()
+        self.refs: ReferenceCounter = ReferenceCounter(self._out_of_scope)
+        self.borrowing: Borrowing = Borrowing(self)
+        self.lineage: Lineage = Lineage(self)
+        self.owner_service: OwnerService = OwnerService(self)
+        self.memory_store: MemoryStore = MemoryStore()
         self.owned: set[bytes] = set()
         self.address: tuple[str, int, bytes] = (node_ip, 0, self.worker_id)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -121,12 +131,12 @@ class CoreWorker:
         self.metrics_reporter: MetricsReporter | None = None  # user metrics to the raylet
         self.gcs: rpc.Connection | None = None
         self.server: rpc.Server | None = None
-        self.submitter = TaskSubmitter(self)
-        self.actors = ActorSubmitter(self)
-        self.streams = StreamManager(self)
+        self.submitter: TaskSubmitter = TaskSubmitter(self)
+        self.actors: ActorSubmitter = ActorSubmitter(self)
+        self.streams: StreamManager = StreamManager(self)
         self.loop_fetchers: dict[Any, Any] = {}  # caller loop -> async_api.LoopFetcher
         self.actor_id: bytes | None = None  # set in a worker that hosts an actor
-        self.gcs_client = GcsClient(self)
+        self.gcs_client: GcsClient = GcsClient(self)
         self.extra_handlers: dict[str, rpc.Handler] = {}
         self.task_context = TaskContext()
         self._loop_thread_id = -1
@@ -161,7 +171,7 @@ class CoreWorker:
         )
 
     # -- lifecycle ----------------------------------------------------------------
-    async def start(self) -> dict[str, Any]:
+    async def start(self) -> RayletHelloReply:
         """Start the owner's RPC server and register with the local raylet."""
         self.loop = asyncio.get_running_loop()
         self._loop_thread_id = threading.get_ident()
@@ -174,7 +184,7 @@ class CoreWorker:
         self.server = rpc.Server(handlers)
         await self.server.start(self.node_ip, 0)
         self.address = (self.node_ip, self.server.port, self.worker_id)
-        raylet_handlers = {
+        raylet_handlers: dict[str, rpc.Handler] = {
             "lease_infeasible": self.handle_lease_infeasible,
             "worker_log": self.handle_worker_log,
             "worker_oom_killed": self.submitter.handle_worker_oom_killed,
@@ -182,17 +192,16 @@ class CoreWorker:
             "node_event": self.submitter.remote_raylets.handle_node_event,
             **self.extra_handlers,
         }
+        hello: Hello = {
+            "role": self.mode,
+            "worker_id": self.worker_id,
+            "pid": os.getpid(),
+            "port": self.server.port,
+            "logs": self.log_to_driver,
+        }
+        info: RayletHelloReply
         self.raylet, info = await rpc.connect(
-            *self.raylet_address,
-            handlers=raylet_handlers,
-            hello={
-                "role": self.mode,
-                "worker_id": self.worker_id,
-                "pid": os.getpid(),
-                "port": self.server.port,
-                "logs": self.log_to_driver,
-            },
-            name="raylet",
+            *self.raylet_address, handlers=raylet_handlers, hello=hello, name="raylet"
         )
         self.node_id = info["node_id"]
         self.session_id = info["session_id"]
@@ -205,16 +214,16 @@ class CoreWorker:
         self.metrics_reporter = MetricsReporter(self.loop, self._send_metrics)
         if self.mode == DRIVER and self.gcs_address is not None:
             gcs = await self.gcs_connection()
-            body = {"pid": os.getpid(), "ns": self.namespace, "ip": self.node_ip}
+            body: RegisterJob = {"pid": os.getpid(), "ns": self.namespace, "ip": self.node_ip}
             body["cmd"] = shlex.join(sys.orig_argv)  # Ray's entrypoint of a driver job
             body["sid"] = os.environ.get(job_records.SUBMISSION_ID_ENV)  # in a submitted job
-            job = await gcs.call("register_job", body)
+            job: RegisterJobReply = await gcs.call("register_job", body)
             self.job_id = job["job_id"]
             self.namespace = self.namespace or job["namespace"]
             if "task_events_ms" in job:  # the cluster's setting wins
                 self.event_buffer.set_interval(job["task_events_ms"])
         self.event_buffer.start()
-        return dict(info)
+        return info
 
     async def gcs_connection(self) -> rpc.Connection:
         """The GCS connection: opened on first use in a worker, reopened after a restart."""
@@ -231,7 +240,7 @@ class CoreWorker:
         else:
             self.actors.cancel(object_id, force)
 
-    def start_in_thread(self, timeout: float = config.DAEMON_START_TIMEOUT_S) -> dict[str, Any]:
+    def start_in_thread(self, timeout: float = config.DAEMON_START_TIMEOUT_S) -> RayletHelloReply:
         """Run the loop in a daemon thread (driver mode) and start the CoreWorker on it."""
         from aioray._private.rpc.loop import new_event_loop
 
@@ -287,7 +296,7 @@ class CoreWorker:
         self._thread.join(5)
         self._thread = None
 
-    def _send_metrics(self, report: dict[str, Any]) -> None:
+    def _send_metrics(self, report: Report) -> None:
         if not self.raylet.is_closed:
             self.raylet.notify("report_metrics", report)
 
@@ -395,6 +404,15 @@ class CoreWorker:
             return conn
         return await asyncio.shield(pending)
 
+    def peer(self, ip: str, port: int) -> rpc.Connection | None:
+        """The connection to the worker or owner at ``ip:port``, if one is open."""
+        conn = self._peers.get((ip, port))
+        return conn if conn is not None and not conn.is_closed else None
+
+    def peers_on(self, ip: str) -> list[rpc.Connection]:
+        """The connections to workers and owners at ``ip`` (on that node)."""
+        return [c for (host, _port), c in self._peers.items() if host == ip]
+
     def _forget_peer(self, key: tuple[str, int], conn: rpc.Connection) -> None:
         if self._peers.get(key) is conn:
             del self._peers[key]
@@ -428,7 +446,8 @@ class CoreWorker:
         size = store_client.write_object(self, oid, so.data, so.buffers)
         return StoredObject(node_id=self.node_id, size=size, is_error=so.is_error)
 
-    def _notify_sealed(self, oid: bytes, size: int, owner: bytes | None = None) -> None:
+    def notify_sealed(self, oid: bytes, size: int, owner: bytes | None = None) -> None:
+        """(loop) Tell the raylet an object's segment is written (store_client)."""
         if not self.raylet.is_closed:
             self.raylet.notify("object_sealed", [oid, size, owner or self.worker_id])
 
@@ -456,12 +475,14 @@ class CoreWorker:
             return self.memory_store.wait_for(oid, self.loop)
         pending = self.fetching.get(oid)
         if pending is None:
-            pending = self.loop.create_task(self._fetch_from_owner(ref))
+            pending = self.loop.create_task(self.fetch_from_owner(ref))
             self.fetching[oid] = pending
             pending.add_done_callback(lambda _: self.fetching.pop(oid, None))
         return pending
 
-    async def _fetch_from_owner(self, ref: ObjectRef, keep: bool = False) -> StoredObject:
+    async def fetch_from_owner(self, ref: ObjectRef, keep: bool = False) -> StoredObject:
+        """(loop) Ask ``ref``'s owner for the object (``get_object``); cache it while the
+        ref is held here, and hold the refs inside it (``keep``: the caller holds them)."""
         oid, owner = ref._id, ref._owner
         if owner is None or owner[2] == self.worker_id:
             raise ObjectFreedError(oid.hex())
@@ -487,7 +508,7 @@ class CoreWorker:
             pairs, obj.contained = obj.contained, None
             self.refs.remove_contained(p[0] for p in pairs)
 
-    def materialize(self, oid: bytes, obj: StoredObject, owner: Any = None) -> Any:
+    def materialize(self, oid: bytes, obj: StoredObject, owner: Address | None = None) -> Any:
         """Deserialize a stored object in the caller's thread; raise it if it is an error.
 
         A lost shared-memory copy is rebuilt (lineage.py) by its owner, ``owner``."""
@@ -570,12 +591,12 @@ class CoreWorker:
                 self.free_shm(oid, obj.node_id)
             self.release_contained(obj)
 
-    def handle_worker_log(self, conn: rpc.Connection, body: list[Any], _: Any) -> None:
+    def handle_worker_log(self, conn: rpc.Connection, body: WorkerLog, _: list[Buffer]) -> None:
         """``worker_log`` [pid, ip, stream, lines, name?, sync?] (notice, from a raylet): a
         worker's printed lines, for the driver to echo (log_monitor.LogSync)."""
         self.logs.received(body)
 
-    def expect_logs(self, body: dict[str, Any]) -> None:
+    def expect_logs(self, body: PushReply) -> None:
         """(loop) A reply says its task printed: get waits for those lines."""
         if self.mode == DRIVER and self.log_to_driver:
             self.logs.expect(body.get("o"))
@@ -583,7 +604,9 @@ class CoreWorker:
     def wait_for_logs(self) -> None:
         self.logs.wait()
 
-    def handle_lease_infeasible(self, conn: rpc.Connection, body: Any, _: Any) -> None:
+    def handle_lease_infeasible(
+        self, conn: rpc.Connection, body: LeaseInfeasible, _: list[Buffer]
+    ) -> None:
         """``lease_infeasible`` {res, total} (notice, from a raylet or the GCS): no node can ever
         fit this resource shape; warn once per shape."""
         shape = str({k: v for k, v in sorted(body["res"].items())})

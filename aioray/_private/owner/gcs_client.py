@@ -21,13 +21,13 @@ from aioray._private.rpc import rpc
 from aioray._private.wire import config
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import GcsClientHost
 
 logger = logging.getLogger(__name__)
 
 
 class GcsClient:
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: GcsClientHost) -> None:
         self.cw = cw
         self._lock: asyncio.Lock | None = None
         self._connected_once = False

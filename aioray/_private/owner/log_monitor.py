@@ -27,7 +27,8 @@ import threading
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any
+
+from aioray._private.wire.schema import WorkerLog
 
 DEFAULT_WINDOW_S = 5.0
 HINT = (
@@ -198,7 +199,7 @@ def monitor() -> LogMonitor:
         return _monitor
 
 
-def print_lines(body: list[Any]) -> None:
+def print_lines(body: WorkerLog) -> None:
     """Print one ``worker_log`` message: ``[pid, ip, stream, lines, name]``."""
     pid, ip, stream, lines = body[:4]
     name = body[4] if len(body) > 4 else None
@@ -227,7 +228,7 @@ class LogSync:
         self._seen: dict[tuple[int, str], int] = {}  # (pid, stream) -> sync number
         self._expected: dict[tuple[int, str], int] = {}
 
-    def received(self, body: list[Any]) -> None:
+    def received(self, body: WorkerLog) -> None:
         """(loop) A ``worker_log`` message: print its lines, note a sync notice."""
         if body[3]:
             print_lines(body)
@@ -236,7 +237,7 @@ class LogSync:
                 self._seen[(body[0], body[2])] = body[5]
                 self._cond.notify_all()
 
-    def expect(self, seen: Any) -> None:
+    def expect(self, seen: tuple[int, int] | None) -> None:
         if not seen:
             return
         pid, seq = seen

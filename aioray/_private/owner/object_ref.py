@@ -48,13 +48,13 @@ _future_add_done_callback = _Future.add_done_callback
 # is trusted while its loop runs (a loop stopped in this thread and restarted in
 # another while this one runs a third would fool it; uvloop does not say which thread
 # runs it). async_api fills it; a new CoreWorker empties it.
-_running_fetchers: dict[int, Any] = {}
+running_fetchers: dict[int, Any] = {}
 
 
 def set_core_worker(cw: CoreWorker | None) -> None:
     """Make ``cw`` this process's CoreWorker (worker_context holds it), or none."""
     worker_context.core_worker = cw
-    _running_fetchers.clear()
+    running_fetchers.clear()
 
 
 class ObjectRef(_Future):
@@ -161,7 +161,7 @@ class ObjectRef(_Future):
     def get_loop(self) -> asyncio.AbstractEventLoop:
         """(asyncio.Future protocol) The running loop; binds the ref's future state to that loop's
         fetcher and starts fetching the value."""
-        f = _running_fetchers.get(_get_ident())
+        f = running_fetchers.get(_get_ident())
         if f is not None and f.loop_running():
             bound: Any = self._loop
             if bound is None:  # the first wait on a fresh ref: gather's common case
@@ -185,7 +185,7 @@ class ObjectRef(_Future):
             bound.fresh = None
             _future_add_done_callback(self, fn, context=context)
             return
-        f: Any = _running_fetchers.get(_get_ident())
+        f: Any = running_fetchers.get(_get_ident())
         if f is None or bound is not f or _future_cancelled(self) or not f.loop_running():
             fetcher = self._bind()
             running = _get_running_loop()
@@ -250,7 +250,7 @@ class ObjectRef(_Future):
 def _current_fetcher() -> Any:
     """The running loop's LoopFetcher; outside a running loop, that of the loop
     asyncio.get_event_loop() gives (async_api sets the hook: it imports us)."""
-    f = _running_fetchers.get(_get_ident())
+    f = running_fetchers.get(_get_ident())
     if f is not None and f.loop_running():
         return f
     return fetcher_for_running_loop()

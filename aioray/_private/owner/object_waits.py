@@ -17,11 +17,11 @@ from aioray._private.owner.worker_context import ensure_connected
 
 if TYPE_CHECKING:
     from aioray._private.core.memory_store import StoredObject
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import WaitHost
     from aioray._private.owner.object_ref import ObjectRef
 
 
-async def fetch_many(cw: CoreWorker, refs: Sequence[ObjectRef]) -> dict[bytes, StoredObject]:
+async def fetch_many(cw: WaitHost, refs: Sequence[ObjectRef]) -> dict[bytes, StoredObject]:
     """(loop) The objects of ``refs`` by id; raises the first error that ends a wait.
 
     The owned objects not stored yet (a get of task results) wait in the store
@@ -53,14 +53,14 @@ async def fetch_many(cw: CoreWorker, refs: Sequence[ObjectRef]) -> dict[bytes, S
     return found
 
 
-def ready_now(cw: CoreWorker, refs: Sequence[ObjectRef]) -> list[bool]:
+def ready_now(cw: WaitHost, refs: Sequence[ObjectRef]) -> list[bool]:
     """(any thread) Which of ``refs`` are ready without waiting."""
     store = cw.memory_store
     return [r._id in store for r in refs]
 
 
 async def wait_async(
-    cw: CoreWorker, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None, fetch: bool
+    cw: WaitHost, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None, fetch: bool
 ) -> set[bytes]:
     """(loop) Ids of refs ready once ``num_returns`` are, or at the timeout."""
     ready = {r._id for r in refs if r._id in cw.memory_store}
@@ -100,7 +100,7 @@ async def wait_async(
     return set(ready)
 
 
-async def _wait_at_owner(cw: CoreWorker, ref: ObjectRef) -> None:
+async def _wait_at_owner(cw: WaitHost, ref: ObjectRef) -> None:
     owner = ref._owner
     if owner is None:
         return

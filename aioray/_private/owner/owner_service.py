@@ -13,24 +13,28 @@ and, on the asking side, ``recover``: the way back from a lost copy to a readabl
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aioray.exceptions as exceptions
 from aioray._private.core.memory_store import OBJ_FREED, StoredObject, decode_object, encode_object
 from aioray._private.rpc import rpc
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import OBJ_LOST as OBJ_LOST  # [OBJ_LOST, error class, why]
+from aioray._private.wire.schema import Address, ObjectReply, ReconstructObject
 from aioray.exceptions import ObjectLostError, OwnerDiedError
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import OwnerServiceHost
 
-OBJ_LOST = 3  # reconstruct_object failed: [OBJ_LOST, error class name, message]
+# A get_object answer now (the object, or [OBJ_FREED]), or once the object is stored.
+GetReply = rpc.Reply | list[int] | asyncio.Future[rpc.Reply]
 
 
 class OwnerService:
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: OwnerServiceHost) -> None:
         self.cw = cw
 
-    def _reply_when_stored(self, oid: bytes) -> Any:
+    def _reply_when_stored(self, oid: bytes) -> asyncio.Future[rpc.Reply]:
         cw = self.cw
         reply: asyncio.Future[rpc.Reply] = cw.loop.create_future()
 
@@ -53,7 +57,7 @@ class OwnerService:
         # The reader will hold the refs inside: register that before it can see them.
         self.cw.borrowing.lend(obj.contained or (), send)
 
-    def handle_get_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
+    def handle_get_object(self, conn: rpc.Connection, oid: bytes, _: list[Buffer]) -> GetReply:
         """``get_object`` oid -> the object's wire form (memory_store.encode_object: inline value
         and buffers, or where it lives in shm), once it is stored; ``[OBJ_FREED]`` if this owner
         no longer has it."""
@@ -64,7 +68,9 @@ class OwnerService:
             return [OBJ_FREED]
         return self._reply_when_stored(oid)
 
-    def handle_wait_object(self, conn: rpc.Connection, oid: bytes, _: Any) -> Any:
+    def handle_wait_object(
+        self, conn: rpc.Connection, oid: bytes, _: list[Buffer]
+    ) -> bool | asyncio.Future[bool]:
         """``wait_object`` oid -> True once the object exists (at once if stored or not owned here),
         without its value."""
         cw = self.cw
@@ -79,7 +85,9 @@ class OwnerService:
         cw.memory_store.wait_for(oid, cw.loop).add_done_callback(done)
         return reply
 
-    async def handle_reconstruct_object(self, conn: rpc.Connection, body: Any, _: Any) -> Any:
+    async def handle_reconstruct_object(
+        self, conn: rpc.Connection, body: ReconstructObject, _: list[Buffer]
+    ) -> rpc.Reply | list[int | str]:
         """``reconstruct_object`` oid or [oid, node it was lost on] -> the object's wire form after
         it was rebuilt from its lineage (or found rebuilt elsewhere already); ``[OBJ_LOST, error
         class, why]`` if it cannot be, ``[OBJ_FREED]`` if not owned here."""
@@ -103,7 +111,9 @@ class OwnerService:
         return None
 
     # -- the asking side -------------------------------------------------------------------
-    async def recover(self, oid: bytes, owner: Any, lost_on: bytes | None = None) -> StoredObject:
+    async def recover(
+        self, oid: bytes, owner: Address | None, lost_on: bytes | None = None
+    ) -> StoredObject:
         """(loop) A readable copy of ``oid`` after its copy on node ``lost_on`` was found lost."""
         cw = self.cw
         if oid in cw.owned:
@@ -112,6 +122,7 @@ class OwnerService:
             raise ObjectLostError(oid.hex(), f"Object {oid.hex()} is lost; its owner is unknown.")
         try:
             conn = await cw.connect_peer(owner[0], owner[1])
+            body: ObjectReply
             body, bufs = await conn.call_full(
                 "reconstruct_object", oid if lost_on is None else [oid, lost_on]
             )

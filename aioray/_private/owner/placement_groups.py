@@ -4,7 +4,7 @@ The GCS reserves the bundles (daemons/gcs/placement_groups.py). A task or actor
 scheduled into a group asks for its resources renamed to the bundle's
 (bundle_resources.py), which exist only on the nodes holding the bundles, so the
 ordinary schedulers steer it there. Tasks without a group pay one dict lookup.
-A running task remembers its group (``spec["pg"] = [id, index, capture]``);
+A running task remembers its group (``spec["pg"]``, a ``schema.Placement``);
 with ``capture`` its child tasks without a strategy of their own join the group.
 """
 
@@ -19,6 +19,14 @@ from aioray._private.core.scheduling_strategies import PlacementGroupSchedulingS
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.owner.worker_context import ensure_connected
 from aioray._private.wire import config, ids, serialization
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import (
+    CreatePlacementGroup,
+    CreatePlacementGroupReply,
+    Placement,
+    PlacementGroupInfo,
+    Resources,
+)
 from aioray.exceptions import RaySystemError
 
 if TYPE_CHECKING:
@@ -31,7 +39,7 @@ VALID_PLACEMENT_GROUP_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPR
 _EXAMPLE = 'For example: [{"CPU": 1.0}, {"GPU": 1.0}].'
 
 # The group an actor of this process was created in (its calls run in it).
-_actor_placement: list[Any] | None = None
+_actor_placement: Placement | None = None
 # Whether a task or actor of this process ever captured its child tasks: until then
 # ``.remote()`` need not look at the running task's group (the hot path stays as it was).
 capturing = False
@@ -194,7 +202,7 @@ def create(
     cw = ensure_connected()
     pgid = ids.random_id(18)
     clean = [{k: float(v) for k, v in b.items() if v > 0} for b in bundles]
-    body = {
+    body: CreatePlacementGroup = {
         "id": pgid,
         "name": name,
         "ns": cw.namespace,
@@ -204,7 +212,7 @@ def create(
         "job": cw.job_id,
     }
     if name:  # a taken name is refused: wait for the answer
-        answer = _gcs_call("create_placement_group", body)
+        answer: CreatePlacementGroupReply = _gcs_call("create_placement_group", body)
         if "error" in answer:
             raise ValueError(answer["error"])
     else:  # nothing to refuse once validated: the GCS reads it before any later call
@@ -239,7 +247,7 @@ def table(placement_group: PlacementGroup | None = None) -> dict[str, Any]:
     return {rec["id"].hex(): _ray_format(rec) for rec in _gcs_call("placement_group_table")}
 
 
-def _ray_format(rec: dict[str, Any]) -> dict[str, Any]:
+def _ray_format(rec: PlacementGroupInfo) -> dict[str, object]:
     nodes = rec["nodes"]
     return {
         "placement_group_id": rec["id"].hex(),
@@ -263,7 +271,7 @@ def current() -> PlacementGroup | None:
 
 
 # -- tasks and actors in a group -----------------------------------------------------------
-def placement_of(cw: CoreWorker, opts: dict[str, Any]) -> list[Any] | None:
+def placement_of(cw: CoreWorker, opts: dict[str, Any]) -> Placement | None:
     """``[pg id, bundle index, capture, bundles]`` a task with ``opts`` runs in, or None."""
     strategy = opts.get("scheduling_strategy")
     if isinstance(strategy, PlacementGroupSchedulingStrategy):
@@ -280,7 +288,7 @@ def placement_of(cw: CoreWorker, opts: dict[str, Any]) -> list[Any] | None:
         # __dict__: a missing attribute of a thread-local costs an exception (~1.5 µs).
         parent = cw.task_context.__dict__.get("pg") or _actor_placement
         if parent and parent[2]:  # the parent captures its child tasks
-            return [parent[0], -1, True, parent[3] if len(parent) > 3 else None]
+            return (parent[0], -1, True, parent[3] if len(parent) > 3 else None)
         return None
     else:
         return None
@@ -291,7 +299,7 @@ def placement_of(cw: CoreWorker, opts: dict[str, Any]) -> list[Any] | None:
     if pg.is_empty:
         return None
     check_index(pg, index)
-    return [pg.id.binary(), index, bool(capture), pg.bundle_specs]
+    return (pg.id.binary(), index, bool(capture), pg.bundle_specs)
 
 
 def check_index(pg: PlacementGroup, index: Any) -> None:
@@ -303,7 +311,7 @@ def check_index(pg: PlacementGroup, index: Any) -> None:
         )
 
 
-def rewrite(placement: list[Any], request: dict[str, float], name: str) -> dict[str, float]:
+def rewrite(placement: Placement, request: Resources, name: str) -> Resources:
     """``request`` as resources of the group's bundle; ValueError if no bundle can hold it."""
     pgid, index, _, bundles = placement
     if bundles:
@@ -317,27 +325,27 @@ def rewrite(placement: list[Any], request: dict[str, float], name: str) -> dict[
     return bundle_resources.task_resources(pgid.hex(), index, request)
 
 
-def set_actor_placement(placement: list[Any] | None) -> None:
+def set_actor_placement(placement: Placement | None) -> None:
     """(worker) This process hosts an actor created in ``placement``."""
     global _actor_placement
     _actor_placement = placement
     task_placement(placement)
 
 
-def task_placement(placement: list[Any] | None) -> None:
+def task_placement(placement: Placement | None) -> None:
     """(worker) A task runs in ``placement``: note whether it captures its children."""
     global capturing
     if placement and placement[2]:
         capturing = True
 
 
-def handle_infeasible(conn: rpc.Connection, message: str, _: Any) -> None:
+def handle_infeasible(conn: rpc.Connection, message: str, _: list[Buffer]) -> None:
     """The GCS says a group this job created cannot be placed: warn once (it does so once)."""
     logger.warning("%s", message)
 
 
 # What a CoreWorker's GCS connection handles for placement groups.
-GCS_HANDLERS: dict[str, Any] = {"placement_group_infeasible": handle_infeasible}
+GCS_HANDLERS: dict[str, rpc.Handler] = {"placement_group_infeasible": handle_infeasible}
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -21,21 +21,30 @@ import logging
 import os
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aioray._private.rpc import rpc
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import (
+    LeaseReply,
+    NodeEvent,
+    RequestLease,
+    Resources,
+    RuntimeEnv,
+    Strategy,
+)
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import RayletClientsHost
 
 logger = logging.getLogger("aioray")
 
 # Called once per lease request: (the raylet that answered, its reply or an exception).
-LeaseDone = Callable[["rpc.Connection", Any], None]
+LeaseDone = Callable[["rpc.Connection", "LeaseReply | BaseException"], None]
 
 
 class RayletClients:
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: RayletClientsHost) -> None:
         self.cw = cw
         self.conns: dict[tuple[str, int], rpc.Connection] = {}
         self._opening: dict[tuple[str, int], asyncio.Future[rpc.Connection]] = {}
@@ -85,7 +94,7 @@ class RayletClients:
         return conn
 
     # -- lease requests ------------------------------------------------------------------
-    def request_lease(self, body: dict[str, Any], done: LeaseDone) -> None:
+    def request_lease(self, body: RequestLease, done: LeaseDone) -> None:
         """Ask the local raylet for a lease, following spills to other raylets.
 
         ``done(raylet, reply)`` runs once: with the raylet that granted or refused
@@ -94,7 +103,7 @@ class RayletClients:
         """
         self._send(self.cw.raylet, body, done)
 
-    def _send(self, raylet: rpc.Connection, body: dict[str, Any], done: LeaseDone) -> None:
+    def _send(self, raylet: rpc.Connection, body: RequestLease, done: LeaseDone) -> None:
         try:
             fut = raylet.call_nowait("request_lease", body)
         except ConnectionError as e:
@@ -106,7 +115,11 @@ class RayletClients:
         fut.add_done_callback(partial(self._on_reply, raylet, body, done))
 
     def _on_reply(
-        self, raylet: rpc.Connection, sent: dict[str, Any], done: LeaseDone, fut: Any
+        self,
+        raylet: rpc.Connection,
+        sent: RequestLease,
+        done: LeaseDone,
+        fut: asyncio.Future[tuple[LeaseReply, list[Buffer]]],
     ) -> None:
         local = raylet is self.cw.raylet
         exc = None if fut.cancelled() else fut.exception()
@@ -124,19 +137,19 @@ class RayletClients:
         else:
             done(raylet, reply)
 
-    async def _follow_spill(
-        self, reply: dict[str, Any], sent: dict[str, Any], done: LeaseDone
-    ) -> None:
+    async def _follow_spill(self, reply: LeaseReply, sent: RequestLease, done: LeaseDone) -> None:
         _node_id, ip, port = reply["spill"]
         try:
             raylet = await self.connect(ip, port)
-            body = {**sent, "hops": reply["hops"]}
+            body: RequestLease = {**sent, "hops": reply["hops"]}
         except ConnectionError:
             raylet, body = self.cw.raylet, _unspilled(sent)
         self._send(raylet, body, done)
 
     # -- node events (from the local raylet) --------------------------------------------
-    def handle_node_event(self, conn: rpc.Connection | None, body: list[Any], _: Any) -> None:
+    def handle_node_event(
+        self, conn: rpc.Connection | None, body: NodeEvent, _: list[Buffer]
+    ) -> None:
         """``node_event`` ["dead", node id, ...] or ["added", node id, ip, port] (notice, from a
         raylet): a dead node's connections are closed; a driver following logs connects to a new
         node's raylet."""
@@ -174,7 +187,7 @@ class RayletClients:
         except ConnectionError as e:
             logger.debug("cannot follow the output of raylet %s:%d: %s", ip, port, e)
 
-    def node_dead(self, body: list[Any]) -> None:
+    def node_dead(self, body: tuple[bytes, str, int, bool]) -> None:
         """A node died: drop what this process had there.
 
         Closing the connections fails what is in flight on them the way a crash
@@ -189,8 +202,7 @@ class RayletClients:
             for cls in self.cw.submitter.classes.values():
                 doomed.extend(lease.conn for lease in cls.leases if lease.raylet is raylet)
         if not ip_shared:  # the IP names that node alone: its workers (actors) too
-            peers = self.cw._peers  # the owner's connections to workers, by address
-            doomed.extend(c for (host, _port), c in peers.items() if host == ip)
+            doomed.extend(self.cw.peers_on(ip))  # the owner's connections to its workers
         if doomed:
             logger.info("node %s:%d died; dropping %d connection(s) to it", ip, port, len(doomed))
         for c in doomed:
@@ -203,9 +215,9 @@ class RayletClients:
 
 
 def lease_body(
-    resources: dict[str, float], env: Any, owner: bytes, strategy: Any
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"res": resources, "env": env, "owner": owner}
+    resources: Resources, env: RuntimeEnv | None, owner: bytes, strategy: Strategy
+) -> RequestLease:
+    body: RequestLease = {"res": resources, "env": env, "owner": owner}
     if strategy is not None:
         body["ss"] = strategy
     return body
@@ -222,5 +234,7 @@ async def raylet_answers(raylet: rpc.Connection, timeout: float) -> bool:
     return True
 
 
-def _unspilled(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k != "hops"}
+def _unspilled(body: RequestLease) -> RequestLease:
+    local = body.copy()
+    local.pop("hops", None)
+    return local

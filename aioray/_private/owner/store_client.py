@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from aioray._private.rpc.loop import result_interruptibly
 from aioray._private.wire import object_store
 from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import CreateObjectReply, FreeObjectsAt, RestoreReply
 from aioray.exceptions import (
     ObjectFetchTimedOutError,
     ObjectLostError,
@@ -35,7 +36,7 @@ from aioray.exceptions import (
 
 if TYPE_CHECKING:
     from aioray._private.core.memory_store import StoredObject
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import StoreHost
 
 # A restored object can be spilled again before this reader maps it (when others
 # keep the store full); after this many restores the reader gives up.
@@ -54,7 +55,7 @@ def _nbytes(b: Buffer) -> int:
 
 
 def write_object(
-    cw: CoreWorker, oid: bytes, data: Buffer, buffers: list[Buffer], owner: bytes | None = None
+    cw: StoreHost, oid: bytes, data: Buffer, buffers: list[Buffer], owner: bytes | None = None
 ) -> int:
     """Get room in this node's store, write the segment, announce it; return its size.
 
@@ -71,7 +72,7 @@ def write_object(
     path = object_store.segment_path(cw.session_id, oid, cw.node_id)
     if cw.in_loop_thread():  # the loop cannot wait for itself: room is made after the seal
         _write(cw, oid, path, data, buffers, size)
-        cw.post(cw._notify_sealed, oid, size, owner)
+        cw.post(cw.notify_sealed, oid, size, owner)
         return size
     room = _send_to_raylet(cw, "create_object", [oid, size])
     room.add_done_callback(lambda f: _learn_room(cw, f))
@@ -103,13 +104,15 @@ def write_object(
         object_store.delete_segment(path)
         cw.post(_notify_raylet, cw, "free_objects", [oid])
         raise
-    cw.post(cw._notify_sealed, oid, size, owner)
+    cw.post(cw.notify_sealed, oid, size, owner)
     return size
 
 
-def _learn_room(cw: CoreWorker, f: concurrent.futures.Future[Any]) -> None:
-    if not f.cancelled() and f.exception() is None and isinstance(f.result(), int):
-        cw.store_room = f.result()
+def _learn_room(cw: StoreHost, f: concurrent.futures.Future[CreateObjectReply]) -> None:
+    if not f.cancelled() and f.exception() is None:
+        room = f.result()
+        if isinstance(room, int):
+            cw.store_room = room
 
 
 class _ShmFull(Exception):
@@ -117,7 +120,7 @@ class _ShmFull(Exception):
 
 
 def _write(
-    cw: CoreWorker,
+    cw: StoreHost,
     oid: bytes,
     path: str,
     data: Buffer,
@@ -146,7 +149,7 @@ def _write(
 
 
 def read_object(
-    cw: CoreWorker, oid: bytes, node_id: bytes | None = None
+    cw: StoreHost, oid: bytes, node_id: bytes | None = None
 ) -> tuple[memoryview, list[memoryview]]:
     """Map this node's copy of the object: restored from the spill disk first if
     needed, or pulled from ``node_id`` (where its primary copy is) if that is not here."""
@@ -163,7 +166,7 @@ def read_object(
                 "thread; restore_async() it first"
             )
         if remote:
-            reply = _call_raylet(cw, "pull_object", [oid, node_id])
+            reply: RestoreReply = _call_raylet(cw, "pull_object", [oid, node_id])
         else:
             reply = _call_raylet(cw, "restore_object", oid)
         if reply is not None and reply[0] == "ObjectLostError":
@@ -174,7 +177,7 @@ def read_object(
     )
 
 
-def not_here(cw: CoreWorker, oid: bytes, obj: StoredObject) -> bool:
+def not_here(cw: StoreHost, oid: bytes, obj: StoredObject) -> bool:
     """Is ``obj`` in shared memory but not readable on this node (spilled, or its
     copy is on another node)? One stat call; ``restore_async`` fixes it."""
     return obj.in_shm and not os.path.exists(
@@ -182,7 +185,7 @@ def not_here(cw: CoreWorker, oid: bytes, obj: StoredObject) -> bool:
     )
 
 
-def prefetch(cw: CoreWorker, objs: Iterable[tuple[bytes, StoredObject]]) -> None:
+def prefetch(cw: StoreHost, objs: Iterable[tuple[bytes, StoredObject]]) -> None:
     """Pull the objects that live on other nodes all at once (not one read at a time);
     the reads that follow find them here. Failures are left to those reads."""
     if cw.in_loop_thread():
@@ -208,7 +211,7 @@ def prefetch(cw: CoreWorker, objs: Iterable[tuple[bytes, StoredObject]]) -> None
         for body in wanted:
             cw.raylet.call_nowait("pull_object", body).add_done_callback(one_done)
 
-    def one_done(f: Any) -> None:
+    def one_done(f: asyncio.Future[tuple[RestoreReply, list[Buffer]]]) -> None:
         if not f.cancelled():
             f.exception()  # retrieved: the read reports it
         left[0] -= 1
@@ -219,11 +222,12 @@ def prefetch(cw: CoreWorker, objs: Iterable[tuple[bytes, StoredObject]]) -> None
     result_interruptibly(all_done, None)
 
 
-async def restore_async(cw: CoreWorker, oid: bytes, node_id: bytes | None = None) -> None:
+async def restore_async(cw: StoreHost, oid: bytes, node_id: bytes | None = None) -> None:
     """(loop) Make sure a local segment exists before ``read_object`` runs on the loop:
     restore it, or pull it from ``node_id``."""
     if os.path.exists(object_store.segment_path(cw.session_id, oid, cw.node_id)):
         return
+    reply: RestoreReply
     if node_id is not None and node_id != cw.node_id:
         reply = await cw.raylet.call("pull_object", [oid, node_id])
     else:
@@ -233,12 +237,12 @@ async def restore_async(cw: CoreWorker, oid: bytes, node_id: bytes | None = None
     _raise_if_error(oid, reply)
 
 
-async def restore_all_async(cw: CoreWorker, objs: list[tuple[bytes, bytes | None]]) -> None:
+async def restore_all_async(cw: StoreHost, objs: list[tuple[bytes, bytes | None]]) -> None:
     """(loop) ``restore_async`` of several (object id, node id) at once."""
     await asyncio.gather(*[restore_async(cw, oid, node) for oid, node in objs])
 
 
-def object_lost(cw: CoreWorker, oid: bytes, reason: str) -> NoReturn:
+def object_lost(cw: StoreHost, oid: bytes, reason: str) -> NoReturn:
     """Every copy of ``oid`` this node had is gone (e.g. its spill file was deleted).
 
     The single decision point for "the object is gone": lineage reconstruction
@@ -247,7 +251,7 @@ def object_lost(cw: CoreWorker, oid: bytes, reason: str) -> NoReturn:
     raise ObjectLostError(oid.hex(), f"Object {oid.hex()} is lost: {reason}.")
 
 
-def _raise_if_error(oid: bytes, reply: Any) -> None:
+def _raise_if_error(oid: bytes, reply: CreateObjectReply | RestoreReply) -> None:
     if reply is not None and not isinstance(reply, (int, str)):
         cls = _ERRORS.get(reply[0], RaySystemError)
         if issubclass(cls, ObjectLostError):
@@ -255,17 +259,17 @@ def _raise_if_error(oid: bytes, reply: Any) -> None:
         raise cls(reply[1])
 
 
-def _notify_raylet(cw: CoreWorker, method: str, body: Any) -> None:
+def _notify_raylet(cw: StoreHost, method: str, body: object) -> None:
     if not cw.raylet.is_closed:
         cw.raylet.notify(method, body)
 
 
-def _call_raylet(cw: CoreWorker, method: str, body: Any) -> Any:
+def _call_raylet(cw: StoreHost, method: str, body: object) -> Any:
     """A request to the local raylet from a thread other than the loop; wait for its reply."""
     return result_interruptibly(_send_to_raylet(cw, method, body), None)
 
 
-def _send_to_raylet(cw: CoreWorker, method: str, body: Any) -> concurrent.futures.Future[Any]:
+def _send_to_raylet(cw: StoreHost, method: str, body: object) -> concurrent.futures.Future[Any]:
     """Send a request to the local raylet from any thread but the loop's; a future reply.
 
     Cheaper than ``run_sync``: no coroutine or Task, just a posted send and the reply's
@@ -279,7 +283,7 @@ def _send_to_raylet(cw: CoreWorker, method: str, body: Any) -> concurrent.future
             return
         cw.raylet.call_nowait(method, body).add_done_callback(done)
 
-    def done(f: Any) -> None:
+    def done(f: asyncio.Future[tuple[Any, list[Buffer]]]) -> None:
         if f.cancelled():
             result.cancel()
         elif f.exception() is not None:
@@ -291,7 +295,7 @@ def _send_to_raylet(cw: CoreWorker, method: str, body: Any) -> concurrent.future
     return result
 
 
-def send_frees(cw: CoreWorker, frees: list[tuple[bytes, bytes | None]]) -> None:
+def send_frees(cw: StoreHost, frees: list[tuple[bytes, bytes | None]]) -> None:
     """(loop) Tell the local raylet which objects the owner freed. Those whose primary
     copy is on another node go as ``free_objects_at``: the raylet forwards them."""
     here: list[bytes] = []
@@ -304,4 +308,5 @@ def send_frees(cw: CoreWorker, frees: list[tuple[bytes, bytes | None]]) -> None:
     if here:
         cw.raylet.notify("free_objects", here)
     if away:
-        cw.raylet.notify("free_objects_at", [[node, oids] for node, oids in away.items()])
+        at: FreeObjectsAt = [(node, oids) for node, oids in away.items()]
+        cw.raylet.notify("free_objects_at", at)

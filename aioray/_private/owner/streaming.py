@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aioray._private.core.memory_store import StoredObject
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.rpc import rpc
 from aioray._private.wire import ids, serialization
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import StreamAck, StreamItem
 from aioray._private.wire.task_spec import RET_INLINE
 from aioray.exceptions import ObjectRefStreamEndOfStreamError
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import StreamsHost
 
 
 class _Stream:
@@ -65,7 +67,7 @@ class _Stream:
 class StreamManager:
     """Owner side: items arriving from workers, and the generators reading them."""
 
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: StreamsHost) -> None:
         self.cw = cw
         self.streams: dict[bytes, _Stream] = {}
 
@@ -74,23 +76,30 @@ class StreamManager:
         return ObjectRefGenerator(self, s)
 
     # -- loop side ------------------------------------------------------------------------------
-    def handle_stream_item(self, conn: rpc.Connection, body: list[Any], bufs: list[Any]) -> None:
+    def handle_stream_item(
+        self, conn: rpc.Connection, body: StreamItem, bufs: list[Buffer]
+    ) -> None:
         """``stream_item`` [task id, index, kind, nbuf or size, is_error or node id, contained?] +
         buffers (notice, from the worker running a streaming task): one yielded item, stored for
         the generator."""
-        task_id, index, kind, a, b = body[:5]
+        task_id, index = body[0], body[1]
         contained = body[5] if len(body) > 5 else None
         s = self.streams.get(task_id)
-        if kind == RET_INLINE:
-            obj = StoredObject(bufs[0], bufs[1 : 1 + a], b, contained=contained)
+        if body[2] == RET_INLINE:
+            obj = StoredObject(bufs[0], bufs[1 : 1 + body[3]], body[4], contained=contained)
         else:
-            obj = StoredObject(node_id=b, size=a, contained=contained)
+            obj = StoredObject(node_id=body[4], size=body[3], contained=contained)
         if contained:  # the worker lent us the refs inside the item
             self.cw.borrowing.hold(contained)
         self._add(s, task_id, index, obj, conn)
 
     def _add(
-        self, s: _Stream | None, task_id: bytes, index: int, obj: StoredObject, conn: Any
+        self,
+        s: _Stream | None,
+        task_id: bytes,
+        index: int,
+        obj: StoredObject,
+        conn: rpc.Connection | None,
     ) -> None:
         oid = ids.object_id(task_id, index + 1)
         if s is None or s.abandoned:
@@ -143,7 +152,8 @@ class StreamManager:
 
     def ack(self, s: _Stream) -> None:
         if s.conn is not None and not s.conn.is_closed:
-            s.conn.notify("stream_ack", [s.task_id, s.next])
+            ack: StreamAck = (s.task_id, s.next)
+            s.conn.notify("stream_ack", ack)
 
 
 _NONE = StoredObject(serialization.serialize(None).data, [])

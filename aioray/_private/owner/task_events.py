@@ -42,9 +42,10 @@ import msgpack
 
 from aioray._private.wire.config import TASK_EVENTS_MAX_BUFFER_SIZE, TASK_EVENTS_REPORT_INTERVAL_MS
 from aioray._private.wire.ids import TASK_ID_SIZE
+from aioray._private.wire.schema import PushReply, TaskEventsHeader, TaskSpec
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import TaskEventsHost
 
 logger = logging.getLogger(__name__)
 
@@ -111,15 +112,15 @@ def error_of(err: BaseException) -> tuple[str, str]:
     return ERROR_TYPES.get(name, name), f"{name}: {err}"
 
 
-def reply_failed(body: dict[str, Any]) -> bool:
+def reply_failed(body: PushReply) -> bool:
     """Whether a push reply carries an error as the task's result."""
     if body.get("x") or body.get("error"):
         return True
-    rets: list[Any] = body.get("r") or []
+    rets = body.get("r") or []
     return bool(rets) and rets[0][0] == 0 and rets[0][2] is True  # RET_INLINE, is_error
 
 
-def record_end(cw: Any, spec: dict[str, Any], failed: bool) -> None:
+def record_end(cw: Any, spec: TaskSpec, failed: bool) -> None:
     """(executor) The task's reply is ready: FINISHED, or FAILED if it carries an error."""
     events = cw.task_events
     if events is not None and "noev" not in spec:
@@ -149,7 +150,7 @@ class Batch:
 class TaskEventBuffer:
     """The recorded events of one process, and the loop that sends them to the GCS."""
 
-    def __init__(self, cw: CoreWorker, interval_ms: float | None = None) -> None:
+    def __init__(self, cw: TaskEventsHost, interval_ms: float | None = None) -> None:
         self.cw = cw
         self.interval_s = (
             TASK_EVENTS_REPORT_INTERVAL_MS if interval_ms is None else interval_ms
@@ -292,14 +293,14 @@ class TaskEventBuffer:
         else:
             descriptions, self._unsent = self._unsent, []
         n = len(batch)
-        header = {
+        header: TaskEventsHeader = {
             "n": n,
             "new": len(batch.infos) // INFO.size,
             "dropped": self.dropped,
             "node": cw.node_id,
             "worker": cw.worker_id,
             "pid": os.getpid(),
-            "descs": [[number, *key] for number, key in descriptions],
+            "descs": [(number, *key) for number, key in descriptions],
         }
         try:
             blob = msgpack.packb(list(batch.extras), use_bin_type=True)

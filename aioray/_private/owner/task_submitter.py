@@ -28,12 +28,13 @@ an OutOfMemoryError carrying its message instead. Application errors retry only 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aioray._private.core.borrowing import pairs_of
 from aioray._private.core.memory_store import StoredObject
@@ -48,6 +49,16 @@ from aioray._private.owner.task_events import (
 )
 from aioray._private.rpc import rpc
 from aioray._private.wire import config, ids, serialization
+from aioray._private.wire.protocol import Buffer
+from aioray._private.wire.schema import (
+    Dependency,
+    LeaseReply,
+    PushReply,
+    RequestLease,
+    RuntimeEnv,
+    Strategy,
+    WorkerOomKilled,
+)
 from aioray._private.wire.task_spec import (
     DEP_INLINE,
     DEP_OWNER,
@@ -70,7 +81,7 @@ from aioray.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from aioray._private.owner.core_worker import CoreWorker
+    from aioray._private.owner.interfaces import SubmitterHost
 
 logger = logging.getLogger("aioray")
 
@@ -81,7 +92,7 @@ BACKLOG_PER_LEASE = 4
 APP_ERROR = ("TASK_EXECUTION_EXCEPTION", "")
 
 
-def parse_returns(body: dict[str, Any], bufs: list[Any]) -> list[StoredObject]:
+def parse_returns(body: PushReply, bufs: list[Buffer]) -> list[StoredObject]:
     """The return values in a push reply: inline (pickle + buffers) or in shm."""
     objs = []
     off = 0
@@ -130,7 +141,7 @@ class Lease:
         self.inflight = 0
         self.unknown = 0  # tasks in flight not known to be tiny: nothing may queue behind
         self.gpus: list[int] = []
-        self.linger: Any = None
+        self.linger: asyncio.TimerHandle | None = None
         self.oom: str | None = None  # why the memory monitor killed the worker
 
     def __repr__(self) -> str:
@@ -141,7 +152,11 @@ class SchedulingClass:
     __slots__ = ("env", "key", "leases", "pending_leases", "queue", "resources", "strategy")
 
     def __init__(
-        self, key: tuple[Any, ...], resources: dict[str, float], env: Any, strategy: Any = None
+        self,
+        key: tuple[object, ...],
+        resources: dict[str, float],
+        env: RuntimeEnv | None,
+        strategy: Strategy = None,
     ) -> None:
         self.key = key
         self.resources = resources
@@ -153,10 +168,10 @@ class SchedulingClass:
 
 
 class TaskSubmitter:
-    def __init__(self, cw: CoreWorker) -> None:
+    def __init__(self, cw: SubmitterHost) -> None:
         self.cw = cw
         self.tasks: dict[bytes, TaskEntry] = {}
-        self.classes: dict[tuple[Any, ...], SchedulingClass] = {}
+        self.classes: dict[tuple[object, ...], SchedulingClass] = {}
         self.exec_time: dict[bytes, float] = {}  # function id -> moving average (s)
         self.remote_raylets = RayletClients(cw)
 
@@ -191,7 +206,7 @@ class TaskSubmitter:
             return
         remaining = [len(waiting)]
 
-        def one_ready(_: Any) -> None:
+        def one_ready(_: asyncio.Future[StoredObject]) -> None:
             remaining[0] -= 1
             if remaining[0] == 0 and task.state == "pending_deps":
                 self._deps_ready(task, then)
@@ -204,27 +219,27 @@ class TaskSubmitter:
         if blob is None and not task.dep_refs:  # no arguments: nothing to describe or lend
             then(task)
             return
-        bufs: list[Any] = []
+        bufs: list[Buffer] = []
         if blob is not None:
             bufs.append(blob.data)
             bufs.extend(blob.buffers)
-        descs: list[list[Any]] = []
+        descs: list[Dependency] = []
         store = self.cw.memory_store
         for ref in task.dep_refs:
             oid = ref._id
             obj = store.get(oid)
             if obj is None:
-                owner = ref._owner
-                descs.append([DEP_OWNER, oid, list(owner) if owner else None])
+                descs.append((DEP_OWNER, oid, ref._owner))
             elif obj.in_shm:
-                owner = ref._owner
-                descs.append([DEP_SHM, oid, obj.node_id, list(owner) if owner else None])
+                assert obj.node_id is not None
+                descs.append((DEP_SHM, oid, obj.node_id, ref._owner))
             elif obj.is_error:
                 # A failed argument fails the task without running it (as in Ray).
                 self.finish(task, [obj] * len(task.return_ids))
                 return
             else:
-                descs.append([DEP_INLINE, oid, len(obj.buffers)])
+                descs.append((DEP_INLINE, oid, len(obj.buffers)))
+                assert obj.data is not None  # (inline)
                 bufs.append(obj.data)
                 bufs.extend(obj.buffers)
         if descs:  # (the worker reads a missing "d" as none)
@@ -315,12 +330,14 @@ class TaskSubmitter:
 
     def _request_lease(self, cls: SchedulingClass) -> None:
         cls.pending_leases += 1
-        body = lease_body(cls.resources, cls.env, self.cw.worker_id, cls.strategy)
+        body: RequestLease = lease_body(cls.resources, cls.env, self.cw.worker_id, cls.strategy)
         # The memory monitor kills retriable work first.
         body["retriable"] = bool(cls.queue) and cls.queue[0].attempts_left != 0
         self.remote_raylets.request_lease(body, partial(self._on_lease, cls))
 
-    def _on_lease(self, cls: SchedulingClass, raylet: rpc.Connection, reply: Any) -> None:
+    def _on_lease(
+        self, cls: SchedulingClass, raylet: rpc.Connection, reply: LeaseReply | BaseException
+    ) -> None:
         """The final answer to a lease request (spills already followed, raylet_clients.py)."""
         cls.pending_leases -= 1
         if isinstance(reply, BaseException):
@@ -395,7 +412,13 @@ class TaskSubmitter:
             return
         fut.add_done_callback(partial(self._on_reply, task, lease, tiny))
 
-    def _on_reply(self, task: TaskEntry, lease: Lease, tiny: bool, fut: Any) -> None:
+    def _on_reply(
+        self,
+        task: TaskEntry,
+        lease: Lease,
+        tiny: bool,
+        fut: asyncio.Future[tuple[PushReply, list[Buffer]]],
+    ) -> None:
         lease.inflight -= 1
         lease.unknown -= not tiny
         exc = None if fut.cancelled() else fut.exception()
@@ -433,14 +456,14 @@ class TaskSubmitter:
             lease.linger.cancel()
 
     # -- 5. results and failures ------------------------------------------------------------------
-    def _finished(self, task: TaskEntry, body: dict[str, Any], bufs: list[Any]) -> None:
+    def _finished(self, task: TaskEntry, body: PushReply, bufs: list[Buffer]) -> None:
         if body.get("x") and self._should_retry_error(task, body, bufs):
             task.attempts_left -= 1 if task.attempts_left > 0 else 0
             self._requeue(task)
             return
         self.finish(task, parse_returns(body, bufs))
 
-    def _should_retry_error(self, task: TaskEntry, body: dict[str, Any], bufs: list[Any]) -> bool:
+    def _should_retry_error(self, task: TaskEntry, body: PushReply, bufs: list[Buffer]) -> bool:
         if task.cancelled or task.attempts_left == 0 or not task.retry_exceptions:
             return False
         if task.retry_exceptions is True:
@@ -507,7 +530,9 @@ class TaskSubmitter:
             ),
         )
 
-    def handle_worker_oom_killed(self, conn: rpc.Connection, body: list[Any], _: Any) -> bool:
+    def handle_worker_oom_killed(
+        self, conn: rpc.Connection, body: WorkerOomKilled, _: list[Buffer]
+    ) -> bool:
         """The raylet is about to kill a leased worker for memory: remember why."""
         lease_id, why = body
         for cls in self.classes.values():
@@ -572,7 +597,7 @@ class TaskSubmitter:
             if cls is not None and task in cls.queue:
                 cls.queue.remove(task)
             self.fail(task, TaskCancelledError(task.task_id.hex()))
-        elif task.state == "running" and not task.lease.conn.is_closed:
+        elif task.state == "running" and task.lease and not task.lease.conn.is_closed:
             task.lease.conn.notify("cancel_task", [task.task_id, force, recursive])
 
     def fail_all(self, exc: BaseException) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioray._private.core import runtime_env
+from aioray._private.wire.schema import TaskSpec
 
 if TYPE_CHECKING:
     from aioray._private.owner.core_worker import CoreWorker
@@ -22,7 +23,7 @@ connect: Callable[[], CoreWorker] | None = None
 
 # The spec of the async actor call running in this asyncio task (the thread-local task
 # context serves the tasks that have a thread to themselves).
-async_call_spec: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+async_call_spec: contextvars.ContextVar[TaskSpec | None] = contextvars.ContextVar(
     "aioray_async_call_spec", default=None
 )
 

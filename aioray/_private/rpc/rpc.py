@@ -33,14 +33,15 @@ import logging
 import resource
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, cast
 
 from aioray._private.rpc import tls
 from aioray._private.rpc.peer_log import RateLimitedLog
 from aioray._private.rpc.tls_listener import TLSListener
 from aioray._private.wire import auth, config, protocol
 from aioray._private.wire.protocol import ERROR, NOTIFY, REQUEST, RESPONSE, Buffer, ProtocolError
+from aioray._private.wire.schema import Hello
 from aioray.exceptions import RpcError as RayRpcError
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,12 @@ class Reply:
         self.buffers = buffers
 
 
+# A handler receives (connection, body, buffers): its body's type is its method's
+# declaration in schema.py (``Any`` here: each handler annotates its own), and it
+# returns the reply's body, a Reply, or a future of either.
 Handler = Callable[["Connection", Any, list[Buffer]], Any]
+# A server's check of a client's hello: the extra fields of its answer, or raise to refuse.
+HelloCheck = Callable[[Hello], "Mapping[str, object] | None"]
 
 
 def handlers_of(service: object) -> dict[str, Handler]:
@@ -103,7 +109,7 @@ class Connection(asyncio.BufferedProtocol):
         handlers: dict[str, Handler] | None = None,
         *,
         server_side: bool = False,
-        hello_check: Callable[[Any], Any] | None = None,
+        hello_check: HelloCheck | None = None,
         name: str = "",
         is_async: dict[str, bool] | None = None,
     ) -> None:
@@ -132,7 +138,7 @@ class Connection(asyncio.BufferedProtocol):
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.closed: asyncio.Future[None] = self.loop.create_future()
-        self.peer_info: Any = None  # what the peer said in its hello
+        self.peer_info: Hello | None = None  # what the peer said in its hello
         self.state: dict[str, Any] = {}  # per-connection data owned by the service
         self.on_close: list[Callable[[Connection], None]] = []
         self.name = name
@@ -316,12 +322,12 @@ class Connection(asyncio.BufferedProtocol):
             self._abort(f"authentication failed: {refused}", "authentication", flush=True)
             return
         try:
-            answer = self._hello_check(body) if self._hello_check else {}
+            answer = self._hello_check(cast(Hello, body)) if self._hello_check else {}
         except Exception as e:
             self._send(ERROR, seq, method, ["HandshakeError", str(e)])
             self._abort(f"handshake refused: {e}", "handshake", flush=True)
             return
-        self.peer_info = body
+        self.peer_info = cast(Hello, body)
         self._greeted = True
         self._uncount()
         self._decoder.max_header = protocol.MAX_HEADER_BYTES
@@ -470,7 +476,7 @@ async def connect(
     host: str,
     port: int,
     handlers: dict[str, Handler] | None = None,
-    hello: dict[str, Any] | None = None,
+    hello: Hello | None = None,
     *,
     timeout: float = 10.0,
     name: str = "",
@@ -491,7 +497,7 @@ async def connect(
         raise ConnectionError(f"TLS handshake with {host}:{port} failed: {e}") from None
     except (OSError, asyncio.TimeoutError) as e:
         raise ConnectionError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
-    body = {"version": protocol.PROTOCOL_VERSION, **(hello or {})}
+    body: Hello = {"version": protocol.PROTOCOL_VERSION, **(hello or {})}
     try:
         token = token or auth.cluster_token()
         if token is not None:
@@ -516,7 +522,7 @@ class Server:
     def __init__(
         self,
         handlers: dict[str, Handler],
-        hello_check: Callable[[Any], Any] | None = None,
+        hello_check: HelloCheck | None = None,
         on_connect: Callable[[Connection], None] | None = None,
     ) -> None:
         self._handlers = handlers

@@ -5,78 +5,79 @@ from __future__ import annotations
 import os
 
 
-def _env(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
+    """A tunable: the number in AIORAY_<name>, else ``default``."""
     return float(os.environ.get(f"AIORAY_{name}", default))
 
 
 # Values at least this large go to the node's shared-memory store; smaller ones
 # live in the owner's memory and travel inline inside messages (Ray: 100 KiB).
-MAX_INLINE_BYTES = int(_env("MAX_INLINE_BYTES", 100 * 1024))
+MAX_INLINE_BYTES = int(env_float("MAX_INLINE_BYTES", 100 * 1024))
 # Tasks pushed to one leased worker before earlier ones finish (pipelining), at most.
-MAX_TASKS_IN_FLIGHT_PER_WORKER = int(_env("MAX_TASKS_IN_FLIGHT_PER_WORKER", 256))
+MAX_TASKS_IN_FLIGHT_PER_WORKER = int(env_float("MAX_TASKS_IN_FLIGHT_PER_WORKER", 256))
 # Below that, as many as the function's measured average time says take this long: the
 # owner's core loop shares the GIL with the caller's threads, and can wait a whole
 # switch interval (5 ms) for it while they run; its workers must not run dry meanwhile.
-PIPELINE_QUEUE_S = _env("PIPELINE_QUEUE_S", 0.01)
+PIPELINE_QUEUE_S = env_float("PIPELINE_QUEUE_S", 0.01)
 # Pipelining is used only for classes whose tasks run shorter than this on average.
-PIPELINE_BELOW_S = _env("PIPELINE_BELOW_S", 0.002)
+PIPELINE_BELOW_S = env_float("PIPELINE_BELOW_S", 0.002)
 # A caller thread submitting tasks or actor calls releases the GIL once every this
 # many, so the core loop is not kept waiting a whole switch interval (CoreWorker.post_task).
 # Measured: 64 and 128 alike, 256 6% slower, 16 21% slower (docs/architecture.md).
-SUBMIT_YIELD_EVERY = max(1, int(_env("SUBMIT_YIELD_EVERY", 128)))
+SUBMIT_YIELD_EVERY = max(1, int(env_float("SUBMIT_YIELD_EVERY", 128)))
 # Lease requests outstanding per scheduling class.
-MAX_PENDING_LEASES_PER_CLASS = int(_env("MAX_PENDING_LEASES_PER_CLASS", 10))
+MAX_PENDING_LEASES_PER_CLASS = int(env_float("MAX_PENDING_LEASES_PER_CLASS", 10))
 # How long an owner keeps an idle lease before returning it to the raylet.
-LEASE_LINGER_S = _env("LEASE_LINGER_S", 0.01)
+LEASE_LINGER_S = env_float("LEASE_LINGER_S", 0.01)
 # A worker blocked in get lends its CPUs to the raylet (so nested tasks cannot
 # deadlock) once the get has waited this long; shorter waits, such as a quick actor
 # call, keep them, so no other task starts beside a worker about to resume
 # (cpu_lending.py). Above an actor call's round trip even on a loaded machine,
 # small beside a child task's run.
-LEND_CPUS_AFTER_S = _env("LEND_CPUS_AFTER_S", 0.05)
+LEND_CPUS_AFTER_S = env_float("LEND_CPUS_AFTER_S", 0.05)
 # Workers the raylet starts ahead of demand (capped by num_cpus).
-PRESTART_WORKERS = int(_env("PRESTART_WORKERS", 2))
+PRESTART_WORKERS = int(env_float("PRESTART_WORKERS", 2))
 # Seconds between a raylet's resource reports to the GCS while they change.
-RESOURCE_REPORT_S = _env("RESOURCE_REPORT_S", 0.05)
+RESOURCE_REPORT_S = env_float("RESOURCE_REPORT_S", 0.05)
 # How often the GCS pushes the resource changes it collected to every raylet.
-RESOURCE_BROADCAST_S = _env("RESOURCE_BROADCAST_S", 0.05)
+RESOURCE_BROADCAST_S = env_float("RESOURCE_BROADCAST_S", 0.05)
 # How often a process sends its user metrics (and a worker its task counts) to its
 # raylet, which exports them (metrics_registry.py).
-METRICS_REPORT_S = _env("METRICS_REPORT_S", 1.0)
+METRICS_REPORT_S = env_float("METRICS_REPORT_S", 1.0)
 # Raylets heartbeat the GCS this often; a node silent for NODE_TIMEOUT_S is dead.
 # The raylet's demand report (queued shapes, idleness) for the autoscaler: this long
 # after the queue changes (a burst is one report), then this often while busy.
-DEMAND_REPORT_DELAY_S = _env("DEMAND_REPORT_DELAY_S", 0.05)
-DEMAND_REPORT_S = _env("DEMAND_REPORT_S", 1.0)
-NODE_HEARTBEAT_S = _env("NODE_HEARTBEAT_S", 1.0)
-NODE_TIMEOUT_S = _env("NODE_TIMEOUT_S", 10.0)
+DEMAND_REPORT_DELAY_S = env_float("DEMAND_REPORT_DELAY_S", 0.05)
+DEMAND_REPORT_S = env_float("DEMAND_REPORT_S", 1.0)
+NODE_HEARTBEAT_S = env_float("NODE_HEARTBEAT_S", 1.0)
+NODE_TIMEOUT_S = env_float("NODE_TIMEOUT_S", 10.0)
 # A request for object store room that nothing under way can satisfy (no spill in
 # flight, nothing spillable) waits this long for frees, then fails.
-OBJECT_STORE_FULL_TIMEOUT_S = _env("OBJECT_STORE_FULL_TIMEOUT_S", 1.0)
+OBJECT_STORE_FULL_TIMEOUT_S = env_float("OBJECT_STORE_FULL_TIMEOUT_S", 1.0)
 SESSION_ROOT = os.environ.get("AIORAY_SESSION_ROOT", "/tmp/aioray-sessions")
 SHM_DIR = os.environ.get("AIORAY_SHM_DIR", "/dev/shm")
 SHM_PREFIX = "aioray_"
-DAEMON_START_TIMEOUT_S = _env("DAEMON_START_TIMEOUT_S", 30.0)
+DAEMON_START_TIMEOUT_S = env_float("DAEMON_START_TIMEOUT_S", 30.0)
 # Bytes of task arguments an owner keeps to re-run tasks whose results are lost (Ray: 1 GiB).
-MAX_LINEAGE_BYTES = int(_env("MAX_LINEAGE_BYTES", 1024**3))
+MAX_LINEAGE_BYTES = int(env_float("MAX_LINEAGE_BYTES", 1024**3))
 # How long a raylet, driver or worker keeps trying to reach a GCS that went away
 # (e.g. killed and restarted) before giving up (Ray: gcs_rpc_server_reconnect_timeout_s).
-GCS_RECONNECT_TIMEOUT_S = _env("GCS_RECONNECT_TIMEOUT_S", 60.0)
+GCS_RECONNECT_TIMEOUT_S = env_float("GCS_RECONNECT_TIMEOUT_S", 60.0)
 # Connecting to a daemon (TCP connect and handshake) fails after this long.
-CONNECT_TIMEOUT_S = _env("CONNECT_TIMEOUT_S", 5.0)
+CONNECT_TIMEOUT_S = env_float("CONNECT_TIMEOUT_S", 5.0)
 # A peer that has not completed its handshake this long after connecting is dropped.
-HANDSHAKE_TIMEOUT_S = _env("HANDSHAKE_TIMEOUT_S", 10.0)
+HANDSHAKE_TIMEOUT_S = env_float("HANDSHAKE_TIMEOUT_S", 10.0)
 # Accepted connections that have not passed their handshake yet, at most, per process:
 # more are closed at once (each costs a few KiB until its hello, see rpc).
-MAX_PENDING_HANDSHAKES = int(_env("MAX_PENDING_HANDSHAKES", 512))
+MAX_PENDING_HANDSHAKES = int(env_float("MAX_PENDING_HANDSHAKES", 512))
 # File descriptors a process keeps for itself (files, pipes, connections it opens):
 # an accepted connection that would use one of the last FD_RESERVE (at most an eighth of
 # the limit) is closed at once.
-FD_RESERVE = int(_env("FD_RESERVE", 128))
+FD_RESERVE = int(env_float("FD_RESERVE", 128))
 # Warnings a peer can cause (malformed frames, refused handshakes) are written at most
 # PEER_LOG_BURST times per kind per PEER_LOG_WINDOW_S; a summary counts the rest.
-PEER_LOG_BURST = int(_env("PEER_LOG_BURST", 10))
-PEER_LOG_WINDOW_S = _env("PEER_LOG_WINDOW_S", 60.0)
+PEER_LOG_BURST = int(env_float("PEER_LOG_BURST", 10))
+PEER_LOG_WINDOW_S = env_float("PEER_LOG_WINDOW_S", 60.0)
 
 
 def memory_monitor_settings() -> tuple[float, float]:

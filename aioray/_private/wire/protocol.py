@@ -16,7 +16,7 @@ from __future__ import annotations
 import mmap
 import struct
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 import msgpack
 
@@ -35,6 +35,11 @@ MAX_BUFFERS: Final = 4096
 MAX_BUFFER_BYTES: Final = 1 << 33  # 8 GiB: anything larger is chunked by the sender
 
 Buffer = bytes | bytearray | memoryview
+# A decoded header (kind, seq, method, body) and a whole frame (with its raw buffers). A
+# body is any msgpack value here: its type is its method's declaration in schema.py,
+# which the handler or the caller that receives it annotates.
+Header = tuple[int, int, str | None, object]
+Frame = tuple[int, int, str | None, object, list[Buffer]]
 
 
 class ProtocolError(Exception):
@@ -42,7 +47,7 @@ class ProtocolError(Exception):
 
 
 def encode_frame(
-    kind: int, seq: int, method: str | None, body: Any, buffers: Sequence[Buffer] = ()
+    kind: int, seq: int, method: str | None, body: object, buffers: Sequence[Buffer] = ()
 ) -> list[Buffer]:
     """Return the parts of one frame, ready for ``transport.writelines``."""
     header = msgpack.packb([kind, seq, method, body], use_bin_type=True)
@@ -80,7 +85,7 @@ def check_buffer_lengths(lengths: Sequence[int]) -> None:
             raise ProtocolError(f"buffer of {n} bytes exceeds limit {MAX_BUFFER_BYTES}")
 
 
-def decode_header(data: Buffer) -> tuple[int, int, str | None, Any]:
+def decode_header(data: Buffer) -> Header:
     """Unpack and validate a frame header; raise ProtocolError on anything malformed."""
     try:
         msg = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
@@ -129,7 +134,7 @@ class FrameDecoder:
         self._start = 0
         self._end = 0
         # Frame being assembled: header fields, lengths of raw buffers, buffers so far.
-        self._header: tuple[int, int, str | None, Any] | None = None
+        self._header: Header | None = None
         self._lengths: list[int] = []
         self._buffers: list[Buffer] = []
         # Large raw buffer receiving directly from the socket.
@@ -182,7 +187,7 @@ class FrameDecoder:
         self._buf[: len(pending)] = pending
         self._start, self._end = 0, len(pending)
 
-    def buffer_updated(self, nbytes: int) -> list[tuple[int, int, str | None, Any, list[Buffer]]]:
+    def buffer_updated(self, nbytes: int) -> list[Frame]:
         """Account for ``nbytes`` new bytes; return every frame now complete."""
         if self._big is not None:
             self._big_filled += nbytes
@@ -195,8 +200,8 @@ class FrameDecoder:
             self._end += nbytes
         return self._parse()
 
-    def _parse(self) -> list[tuple[int, int, str | None, Any, list[Buffer]]]:
-        frames: list[tuple[int, int, str | None, Any, list[Buffer]]] = []
+    def _parse(self) -> list[Frame]:
+        frames: list[Frame] = []
         view = self._view
         while True:
             if self._header is None:

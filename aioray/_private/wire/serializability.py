@@ -3,7 +3,7 @@
 It walks a function's globals and closure variables and an object's attributes,
 ``depth`` levels down, and names the innermost members that fail to pickle. The
 task and actor paths put this report in the TypeError of a value that cannot be
-pickled (a function, a class, a call's arguments)."""
+pickled (a function, a class, a call's arguments): any user object (``Any``)."""
 
 from __future__ import annotations
 

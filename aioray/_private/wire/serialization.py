@@ -4,7 +4,8 @@ Large contiguous buffers (numpy arrays, bytes-likes) are not copied into the pic
 stream; they travel as separate raw buffers (frames on the wire, aligned sections
 in a shared-memory segment) and come back as zero-copy views. ObjectRefs found
 inside a value are collected while pickling, so the owner knows which refs a value
-carries (borrowing: docs/architecture.md, "Ownership").
+carries (borrowing: docs/architecture.md, "Ownership"). ``Any`` here is the user's
+value: whatever a task takes, returns or puts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 import traceback
 import types
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
@@ -23,10 +24,15 @@ from aioray._private.wire import serializability
 from aioray._private.wire.protocol import Buffer
 from aioray.exceptions import RaySystemError
 
+if TYPE_CHECKING:
+    from aioray._private.owner.object_ref import ObjectRef
+
 _capture = threading.local()
 
 
-def _code_reduce_keeping_filename(code: types.CodeType) -> Any:
+def _code_reduce_keeping_filename(
+    code: types.CodeType,
+) -> tuple[Callable[..., types.CodeType], tuple[object, ...]]:
     """cloudpickle's code reducer, but keeping ``co_filename`` (cloudpickle >= 3 writes
     "<dynamic-code>"): a task's traceback then names the user's file and shows its lines,
     as Ray's (whose vendored cloudpickle keeps it) does."""
@@ -50,7 +56,7 @@ class SerializedObject:
         self,
         data: bytes,
         buffers: list[Buffer],
-        contained_refs: list[Any] | None = None,
+        contained_refs: list[ObjectRef] | None = None,
         is_error: bool = False,
     ) -> None:
         self.data = data
@@ -66,7 +72,7 @@ class SerializedObject:
         return n
 
 
-def record_ref(ref: Any) -> bool:
+def record_ref(ref: ObjectRef) -> bool:
     """Called by ObjectRef.__reduce__: remember a ref pickled inside the current value.
     False if no value is being serialized here: the ref is pickled out of band (plain
     pickle or cloudpickle), where nothing will hold it for the reader."""
@@ -84,7 +90,7 @@ def serialize(value: Any, is_error: bool = False) -> SerializedObject:
         return SerializedObject(pickle.dumps(value, 5), [], None, is_error)
     buffers: list[Buffer] = []
     previous = getattr(_capture, "refs", None)
-    refs: list[Any] = []
+    refs: list[ObjectRef] = []
     _capture.refs = refs
     try:
         data = cloudpickle.dumps(

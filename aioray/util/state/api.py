@@ -89,8 +89,8 @@ def gcs_address_of(address: str | None) -> str:
         import aioray.api as api
         from aioray._private.owner import worker_context
 
-        if api._gcs_address:
-            return api._gcs_address
+        if api.connected_gcs_address():
+            return api.connected_gcs_address()
         cw = worker_context.core_worker
         if cw is not None and cw.gcs_address is not None:  # inside a worker
             return f"{cw.gcs_address[0]}:{cw.gcs_address[1]}"
