@@ -109,7 +109,7 @@ class TaskExecutor:
         busy = self.current is not None or self.queued or cw.submitter.tasks
         return not (busy or cw.owned or cw.actors.owns_actors())
 
-    def handle_exit_worker(self, conn: rpc.Connection, code: int, _: Any) -> None:
+    def handle_exit_worker(self, conn: rpc.Connection, code: int, _: list[Buffer]) -> None:
         """``exit_worker`` exit code (notice, from the raylet: ``ray.kill`` of this worker's
         actor, or an idle worker let go): exit now, once the task events not yet sent are
         (the raylet SIGKILLs a worker still there after its grace period)."""
