@@ -1,0 +1,172 @@
+"""Large objects (issue 21): put and get of 100 MiB, and 100 MiB between two nodes.
+
+    python benchmarks/large_objects.py [--trials 5] [--rounds 10] [--profile]
+
+- "put 100 MiB": ``ray.put`` of a 100 MiB numpy array whose ref is dropped at once (the
+  object is freed, so its memory can serve the next put), ``--rounds`` puts per trial;
+  GiB/s, mean ± std over the trials.
+- "get 100 MiB": ``ray.get`` of a 100 MiB array that is already in the store (a zero-copy
+  view of the segment), dropped at once; gets per second.
+- "transfer 100 MiB between nodes": a task on a second node of a ``cluster_utils.Cluster``
+  makes a 100 MiB array; once it exists the driver, on the head, times ``ray.get`` of it
+  (one pull into the head's store, then a zero-copy read); GiB/s.
+- ``--profile``: where a 100 MiB put's time goes, measured in this process on this node's
+  shared memory: serializing, writing into a fresh /dev/shm file (the kernel allocates
+  and zeroes each page inside the write: first touch), writing into a file whose pages
+  exist already (warm), and a plain memcpy between two warm buffers.
+
+The first puts (WARMUP_PUTS) and the first transfer warm workers, connections and the
+store's segment pool, and are not counted. The machine is shared: the figures are
+approximate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+import aioray as ray
+from aioray._private.wire import object_store, serialization
+from aioray.cluster_utils import Cluster
+from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+MiB = 1024 * 1024
+SIZE = 100 * MiB
+STORE = 2 * 1024 * MiB
+WARMUP_PUTS = 5  # (as Ray's microbenchmark warms up for a second before its trials)
+
+
+def fmt(values: list[float], digits: int = 2) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
+
+
+def put_rates(arr: np.ndarray, trials: int, rounds: int) -> list[float]:
+    for _ in range(WARMUP_PUTS):
+        ray.put(arr)
+    rates = []
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(rounds):
+            ray.put(arr)
+        rates.append(rounds * arr.nbytes / (time.perf_counter() - start) / 2**30)
+    return rates
+
+
+def get_rates(arr: np.ndarray, trials: int, rounds: int) -> list[float]:
+    ref = ray.put(arr)
+    ray.get(ref)
+    rates = []
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(rounds * 10):
+            ray.get(ref)
+        rates.append(rounds * 10 / (time.perf_counter() - start))
+    return rates
+
+
+@ray.remote
+def make(nbytes: int) -> Any:
+    return np.ones(nbytes, dtype=np.uint8)
+
+
+def transfer_rates(trials: int) -> list[float]:
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": STORE}
+    )
+    try:
+        other = cluster.add_node(num_cpus=1, object_store_memory=STORE)
+        cluster.wait_for_nodes()
+        cluster.connect()
+        where = NodeAffinitySchedulingStrategy(other.node_id, soft=False)
+        rates = []
+        for _ in range(trials + 1):  # the first round warms the worker and connections
+            ref = make.options(scheduling_strategy=where).remote(SIZE)
+            ray.wait([ref], fetch_local=False)
+            start = time.perf_counter()
+            got = ray.get(ref)
+            rates.append(SIZE / (time.perf_counter() - start) / 2**30)
+            assert got.nbytes == SIZE
+            del got, ref
+        return rates[1:]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def profile(arr: np.ndarray, trials: int) -> None:
+    """Time the parts of a 100 MiB put in this process (no cluster)."""
+    path = os.path.join(object_store.shm_dir(), f"aioray_bench_{os.getpid()}")
+    warm = path + "_warm"
+    ser, fresh, warmed = [], [], []
+    so = serialization.serialize(arr)
+    fd = os.open(warm, os.O_CREAT | os.O_RDWR, 0o600)
+    os.posix_fallocate(fd, 0, SIZE + MiB)
+    os.close(fd)
+    try:
+        for _ in range(trials):
+            t0 = time.perf_counter()
+            so = serialization.serialize(arr)
+            t1 = time.perf_counter()
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.pwritev(fd, [so.data, *so.buffers], 0)
+            os.close(fd)
+            t2 = time.perf_counter()
+            os.unlink(path)
+            fd = os.open(warm, os.O_WRONLY)
+            t3 = time.perf_counter()
+            os.pwritev(fd, [so.data, *so.buffers], 0)
+            t4 = time.perf_counter()
+            os.close(fd)
+            ser.append((t1 - t0) * 1e3)
+            fresh.append((t2 - t1) * 1e3)
+            warmed.append((t4 - t3) * 1e3)
+        dst = np.empty_like(arr)
+        dst[:] = arr
+        copies = []
+        for _ in range(trials):
+            t0 = time.perf_counter()
+            dst[:] = arr
+            copies.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        for p in (path, warm):
+            if os.path.exists(p):
+                os.unlink(p)
+    gib = SIZE / 2**30
+    for label, ms in (
+        ("serialize (pickle-5, buffer by reference)", ser),
+        ("write into a fresh /dev/shm file (first touch)", fresh),
+        ("write into a /dev/shm file with its pages (warm)", warmed),
+        ("memcpy between two warm buffers", copies),
+    ):
+        rate = [gib / (m / 1e3) for m in ms]
+        print(f"  {label}: {fmt(ms)} ms ({fmt(rate)} GiB/s)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--profile", action="store_true", help="only the breakdown of one put")
+    a = p.parse_args()
+    arr = np.ones(SIZE, dtype=np.uint8)
+    if a.profile:
+        print("profile of a 100 MiB put, ms (GiB/s):")
+        profile(arr, a.trials)
+        return
+    ray.init(num_cpus=1, object_store_memory=STORE, include_dashboard=False)
+    try:
+        print(f"put 100 MiB (GiB/s) = {fmt(put_rates(arr, a.trials, a.rounds))}")
+        print(f"get 100 MiB (per second) = {fmt(get_rates(arr, a.trials, a.rounds), 0)}")
+    finally:
+        ray.shutdown()
+    print(f"transfer 100 MiB between nodes (GiB/s) = {fmt(transfer_rates(a.trials))}")
+
+
+if __name__ == "__main__":
+    main()
