@@ -9,11 +9,15 @@ which copies the object from that node's raylet:
    it from its spill file first if needed) and remembers who pulled it.
 2. Room is reserved in this node's store as a *secondary* copy (evictable while
    no one reads it; the store may evict or spill to make the room).
-3. The copy is written into ``<segment>.pulling``, preallocated to its size and
-   mapped: ``transfer_chunk [oid, offset, length]`` requests, CHUNK_BYTES each,
-   WINDOW of them in flight, and each reply's bytes are received by the socket
-   straight into the mapped destination (``Connection.call_into``). No part of
-   the object passes through Python memory of its own.
+3. The copy is written into ``<segment>.pulling``: a pre-faulted segment from the
+   node's pool when it has one (kept mapped by the raylet, so the next pull into it
+   faults no page), else a fresh file preallocated chunk by chunk. It is mapped, and
+   ``transfer_chunk [oid, offset, length]`` requests, CHUNK_BYTES each, WINDOW of
+   them in flight, have each reply's bytes received by the socket straight into the
+   mapped destination (``Connection.call_into``). No part of the object passes
+   through Python memory of its own. The seal (the object id at offset 0) is not
+   requested: it is written last, here, so a reader that opened the segment in an
+   earlier life never takes a partial copy for the object.
 4. ``transfer_end oid``; the file is renamed into place (a reader never maps a
    half-written copy) and sealed as a secondary copy. A copy larger than this
    node's whole store is written to a file on disk instead, linked from the
@@ -46,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from aioray.daemons.raylet.object_manager import CREATING, FALLBACK, IN_SHM
 
 from aioray._private.rpc import rpc
-from aioray._private.wire import config
+from aioray._private.wire import config, object_store
 
 if TYPE_CHECKING:
     from aioray.daemons.raylet.server import Raylet
@@ -71,13 +75,18 @@ def _create(path: str, size: int) -> tuple[int, mmap.mmap]:
         raise
 
 
-def _map_readonly(path: str) -> memoryview:
-    fd = os.open(path, os.O_RDONLY)
+def _open_pooled(path: str, size: int, cls: int, ino: int, maps: Any) -> tuple[int, Any]:
+    """Open and map a pooled segment claimed for a pulled copy, trimmed to ``size``."""
+    fd = os.open(path, os.O_RDWR)
     try:
-        size = os.fstat(fd).st_size
-        return memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ))
-    finally:
+        mm = maps.mapped(fd, ino, cls)  # (before trimming: a mapping fits in its file)
+        if size < cls:
+            os.ftruncate(fd, size)
+        return fd, mm
+    except BaseException:
         os.close(fd)
+        os.unlink(path)
+        raise
 
 
 def _unlink(path: str) -> None:
@@ -85,6 +94,13 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return 0
 
 
 class ObjectTransfer:
@@ -147,23 +163,38 @@ class ObjectTransfer:
         path = self.store.segment(oid)
         on_disk = self.store.on_disk(oid)  # too large for the store: a file on disk
         tmp = (on_disk or path) + ".pulling"
+        pooled = None if on_disk else self.store.pool.take(size, tmp)
+        loop = asyncio.get_running_loop()
         try:
-            fd, mm = _create(tmp, size)
+            if pooled:
+                fd, mm = _open_pooled(tmp, size, pooled[0], pooled[1], self.store.pool.maps)
+            else:
+                fd, mm = _create(tmp, size)
         except OSError as e:
             self._give_back(oid)
             return ["ObjectStoreFullError", f"cannot create the copy of {oid.hex()} here: {e}"]
-        # Reserve each chunk's pages (posix_fallocate, on the I/O thread, in order) before
-        # asking for it: a full /dev/shm is then an error here, not a SIGBUS while
-        # receiving, and the allocation of the next chunks overlaps this one's transfer.
-        loop = asyncio.get_running_loop()
-        reserved = [
-            loop.run_in_executor(self.io, os.posix_fallocate, fd, off, min(CHUNK_BYTES, size - off))
-            for off in range(0, size, CHUNK_BYTES)
-        ]
-        loop.run_in_executor(self.io, os.close, fd)  # after them: one thread, FIFO
+        starts = range(object_store.SEAL_BYTES, size, CHUNK_BYTES)
+        if pooled:  # its pages exist
+            reserved = [loop.create_future() for _ in starts]
+            for f in reserved:
+                f.set_result(None)
+            os.close(fd)
+        else:
+            # Reserve each chunk's pages (posix_fallocate, on the I/O thread, in order)
+            # before asking for it: a full /dev/shm is then an error here, not a SIGBUS
+            # while receiving, and the allocation of the next chunks overlaps this one's
+            # transfer.
+            reserved = [
+                loop.run_in_executor(
+                    self.io, os.posix_fallocate, fd, off, min(CHUNK_BYTES, size - off)
+                )
+                for off in starts
+            ]
+            loop.run_in_executor(self.io, os.close, fd)  # after them: one thread, FIFO
         view = memoryview(mm)
         try:
             await self._chunks(conn, oid, view, size, reserved)
+            view[: object_store.SEAL_BYTES] = object_store.seal_of(oid)  # last: complete
         except (ConnectionError, rpc.RpcError, OSError) as e:
             _unlink(tmp)
             self._give_back(oid)
@@ -174,10 +205,11 @@ class ObjectTransfer:
             for f in reserved:
                 f.cancel()
             view.release()
-            try:
-                mm.close()
-            except BufferError:  # a late chunk view still exists: the GC unmaps it
-                pass
+            if not pooled:  # (the pool's mapping is kept, to receive into again)
+                try:
+                    mm.close()
+                except BufferError:  # a late chunk view still exists: the GC unmaps it
+                    pass
         entry = self.store.manager.entries.get(oid)
         if entry is None or entry.primary or entry.state not in (CREATING, FALLBACK):
             _unlink(tmp)  # freed while being pulled
@@ -189,6 +221,7 @@ class ObjectTransfer:
         else:
             os.rename(tmp, path)
         self.store.add_secondary(oid, size)
+        entry.ino = pooled[1] if pooled else _inode(path)  # so the pool may take it back
         self.num_pulls += 1
         self.bytes_pulled += size
         return None
@@ -203,7 +236,7 @@ class ObjectTransfer:
     ) -> None:
         """Receive ``size`` bytes into ``view``, WINDOW chunk requests in flight; chunk
         ``i`` is asked for once ``reserved[i]`` is done."""
-        offsets = iter(enumerate(range(0, size, CHUNK_BYTES)))
+        offsets = iter(enumerate(range(object_store.SEAL_BYTES, size, CHUNK_BYTES)))
         in_flight: dict[asyncio.Future[Any], memoryview] = {}  # chunk request -> its place
         try:
             while True:
@@ -243,7 +276,7 @@ class ObjectTransfer:
         entry = self.serving.get(oid)
         if entry is None:
             try:
-                view = _map_readonly(self.store.segment(oid))
+                view = object_store.map_segment(self.store.segment(oid), oid)
             except FileNotFoundError:
                 reply = self.store.restore_object(oid)  # spilled: bring it back first
                 if isinstance(reply, asyncio.Future):
@@ -251,7 +284,7 @@ class ObjectTransfer:
                 if reply is not None:
                     return list(reply)
                 try:
-                    view = _map_readonly(self.store.segment(oid))
+                    view = object_store.map_segment(self.store.segment(oid), oid)
                 except FileNotFoundError:
                     return ["ObjectLostError", f"object {oid.hex()} left node {self._me()}"]
             entry = self.serving.get(oid) or [view, 0]

@@ -9,22 +9,29 @@ name and renamed into place, so a reader never sees a half-written file.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 
 _CHUNK = 1 << 30  # sendfile moves at most ~2 GiB per call
 
 
-def copy_file(src: str, dst: str) -> int:
+def copy_file(src: str, dst: str, size: int | None = None) -> int:
     """Copy ``src`` to ``dst`` (which must not exist); return the bytes copied.
 
+    ``size``: copy a segment's first ``size`` bytes (its object), holding a reader's
+    lock on it meanwhile, so the segment pool cannot reuse it under the copy.
     Raises FileNotFoundError if ``src`` is gone, OSError (ENOSPC, ...) on a full disk;
     ``dst`` is never left half-written.
     """
     tmp = dst + ".part"
     fin = os.open(src, os.O_RDONLY)
     try:
-        size = os.fstat(fin).st_size
+        if size is None:
+            size = os.fstat(fin).st_size
+        else:
+            fcntl.flock(fin, fcntl.LOCK_SH)
+            size = min(size, os.fstat(fin).st_size)
         fout = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
         try:
             _copy_fd(fin, fout, size)
@@ -51,12 +58,12 @@ def _copy_fd(fin: int, fout: int, size: int) -> None:
         if e.errno not in (errno.EINVAL, errno.ENOSYS) or done:
             raise
         # sendfile to this kind of file is not supported: copy through user space.
-        os.lseek(fin, 0, os.SEEK_SET)
-        while True:
-            chunk = os.read(fin, 1 << 24)
+        while done < size:
+            chunk = os.pread(fin, min(1 << 24, size - done), done)
             if not chunk:
-                break
+                raise OSError(errno.EIO, "source file shrank while being copied") from None
             os.write(fout, chunk)
+            done += len(chunk)
 
 
 def remove(path: str | None) -> None:

@@ -1,0 +1,269 @@
+"""A node's pool of pre-faulted shared-memory segments, as files: size classes, names,
+the claim a writer makes without asking the raylet, and the raylet's steps to reuse one.
+
+The first write into a fresh /dev/shm file pays for every page (the kernel allocates
+and zeroes it inside the write); a pooled segment's pages exist already, so a put only
+copies. Free segments of size class ``c`` are files ``<pool>/<c>/<inode>`` in the node's
+pool directory. A writer takes one by renaming it to its object's segment path (an
+atomic claim: of two writers, one gets ENOENT and tries the next), trims it to the
+object's size (the store counts an object's own bytes, as for a fresh file), writes the
+object and its seal last (``object_store``), and names the inode to the raylet in
+``create_object`` / ``object_sealed``.
+
+When the object is freed, the raylet ``park``s the file under ``<pool>/h<inode>``, away
+from the object's name, and ``reuse``s it only once it can take the file's lock
+exclusively, i.e. once no reader maps it: readers hold a shared lock as long as their
+mapping lives, released by the kernel on unmap or process death. Reuse zeroes the seal
+before the file can be claimed again, so a reader that opened it earlier finds it no
+longer holds its object. The raylet's bookkeeping is ``daemons/raylet/segment_pool.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from aioray._private.wire import config, object_store
+from aioray._private.wire.protocol import Buffer
+
+MIN_BYTES = int(config._env("SHM_POOL_MIN_BYTES", 1 << 20))  # smaller objects: fresh files
+STEPS = 16  # size classes per doubling: a class is at most 1/16 larger than its object
+HEADROOM = 64 * 1024  # a class holds its round size plus a header: 100 MiB arrays fit 100 MiB
+HELD = "h"  # prefix of parked segments (freed, maybe still mapped by readers)
+
+
+def class_of(size: int) -> int:
+    """The size class (bytes of its segments) for an object of ``size`` bytes, or 0 if
+    the object is too small to be pooled."""
+    if size < MIN_BYTES:
+        return 0
+    n = max(size - HEADROOM, MIN_BYTES)
+    base = 1 << ((n - 1).bit_length() - 1)  # base < n <= 2 * base
+    step = base // STEPS
+    return base + -(-(n - base) // step) * step + HEADROOM
+
+
+def pool_dir(session_id: str, node_id: bytes) -> str:
+    """The directory that holds one node's pooled segments."""
+    return os.path.join(
+        object_store.shm_dir(), object_store.node_prefix(session_id, node_id) + "pool"
+    )
+
+
+def free_path(pool: str, cls: int, ino: int) -> str:
+    return os.path.join(pool, str(cls), str(ino))
+
+
+def held_path(pool: str, ino: int) -> str:
+    return os.path.join(pool, f"{HELD}{ino}")
+
+
+# -- the writer's side -----------------------------------------------------------------------
+def claim(pool: str, cls: int, dst: str, prefer: Sequence[int] = ()) -> int:
+    """Take a free segment of class ``cls``, renamed to ``dst``: its inode, or 0 when the
+    pool has none (write a fresh file then).
+
+    ``prefer``: inodes to try first (segments this process has mapped already)."""
+    folder = os.path.join(pool, str(cls))
+    for ino in prefer:
+        try:
+            os.rename(os.path.join(folder, str(ino)), dst)
+            return ino
+        except FileNotFoundError:
+            pass
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                try:
+                    os.rename(entry.path, dst)
+                except FileNotFoundError:
+                    continue  # another writer took it first
+                return int(entry.name)
+    except FileNotFoundError:
+        pass  # no pool for this class (or none at all) on this node
+    return 0
+
+
+class WriterMaps:
+    """Mappings of pooled segments this process wrote before, kept to write into again.
+
+    Copying into pages already mapped here runs at memcpy speed; mapping them costs a
+    page fault per page, about as much as the copy. A segment is mapped on its second
+    claim by this process (a one-off write goes through ``pwritev``), and at most
+    ``max_bytes`` stay mapped (least recently used dropped first). A segment the raylet
+    unlinked (the store needed its room) is dropped by ``drop_stale``, so this process
+    does not keep its memory alive for long.
+    """
+
+    def __init__(self, max_bytes: int, max_maps: int = 8) -> None:
+        self.max_bytes = max_bytes
+        self.max_maps = max_maps
+        self._lock = threading.Lock()
+        self._maps: OrderedDict[int, tuple[Any, int]] = OrderedDict()  # ino -> (mmap, fd)
+        self._seen: OrderedDict[int, None] = OrderedDict()  # claimed once, not mapped
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def prefer(self, cls: int) -> list[int]:
+        """Inodes of mapped segments of class ``cls``, most recently used first."""
+        with self._lock:
+            return [ino for ino, (mm, _) in reversed(self._maps.items()) if len(mm) == cls]
+
+    def write(
+        self, fd: int, ino: int, cls: int, object_id: bytes, data: Buffer, buffers: Sequence[Buffer]
+    ) -> int:
+        """Write the object into the claimed segment ``fd``; return its size."""
+        mm = self._mapping(fd, ino, cls)
+        if mm is None:
+            return object_store.write_parts(fd, object_id, data, buffers)
+        return _copy_into(mm, object_id, data, buffers)
+
+    def mapped(self, fd: int, ino: int, cls: int) -> Any:
+        """A writable mapping of the claimed segment ``fd``, kept (within the bounds) to
+        write into again; a fresh one if this segment is new here."""
+        return self._mapping(fd, ino, cls, eager=True)
+
+    def _mapping(self, fd: int, ino: int, cls: int, eager: bool = False) -> Any:
+        import mmap
+
+        with self._lock:
+            found = self._maps.get(ino)
+            if found is not None and len(found[0]) == cls:
+                self._maps.move_to_end(ino)
+                return found[0]
+            if ino not in self._seen and not eager:
+                self._seen[ino] = None
+                if len(self._seen) > 4 * self.max_maps:
+                    self._seen.popitem(last=False)
+                return None
+            if cls > self.max_bytes:
+                return mmap.mmap(fd, cls) if eager else None
+        mm = mmap.mmap(fd, cls)
+        own = os.dup(fd)
+        with self._lock:
+            old = self._maps.pop(ino, None)
+            self._maps[ino] = (mm, own)
+            dropped = [old] if old else []
+            while len(self._maps) > self.max_maps or self._bytes() > self.max_bytes:
+                dropped.append(self._maps.popitem(last=False)[1])
+        _close(dropped)
+        return mm
+
+    def _bytes(self) -> int:
+        return sum(len(mm) for mm, _ in self._maps.values())
+
+    def drop_stale(self) -> None:
+        """Forget mappings of segments that are no longer linked anywhere."""
+        with self._lock:
+            stale = [ino for ino, (_, fd) in self._maps.items() if _unlinked(fd)]
+            dropped = [self._maps.pop(ino) for ino in stale]
+        _close(dropped)
+
+    def clear(self) -> None:
+        with self._lock:
+            dropped = list(self._maps.values())
+            self._maps.clear()
+            self._seen.clear()
+        _close(dropped)
+
+
+def _unlinked(fd: int) -> bool:
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return True
+
+
+def _close(maps: list[tuple[Any, int]]) -> None:
+    for mm, fd in maps:
+        os.close(fd)
+        try:
+            mm.close()
+        except BufferError:  # a copy into it is still running in another thread: GC unmaps
+            pass
+
+
+def _copy_into(mm: Any, object_id: bytes, data: Buffer, buffers: Sequence[Buffer]) -> int:
+    """Copy the object into a writable mapping of its segment, the seal last."""
+    import numpy as np
+
+    offset = object_store.SEAL_BYTES
+    for part in object_store.body_parts(data, buffers):
+        n = part.nbytes if isinstance(part, memoryview) else len(part)
+        if n >= 1 << 16:  # numpy copies without the GIL
+            dst = np.frombuffer(mm, dtype=np.uint8, count=n, offset=offset)
+            np.copyto(dst, np.frombuffer(part, dtype=np.uint8))
+        else:
+            mm[offset : offset + n] = part
+        offset += n
+    mm[: object_store.SEAL_BYTES] = object_store.seal_of(object_id)
+    return offset
+
+
+# -- the raylet's side ------------------------------------------------------------------------
+def grow(pool: str, cls: int, name: str) -> int:
+    """Create a free segment of class ``cls`` with all its pages allocated; its inode.
+
+    Blocking (the kernel zeroes every page): run it off the event loop."""
+    tmp = os.path.join(pool, name)
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, cls)
+        ino = os.fstat(fd).st_ino
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.makedirs(os.path.join(pool, str(cls)), exist_ok=True)
+    os.rename(tmp, free_path(pool, cls, ino))
+    return ino
+
+
+def park(path: str, pool: str, ino: int) -> bool:
+    """Move a freed object's segment ``path`` out of readers' sight, to its held name.
+
+    False (and nothing moved) if the file there is not inode ``ino`` any more: a newer
+    copy of the object replaced it, which is not ours to take."""
+    held = held_path(pool, ino)
+    try:
+        os.rename(path, held)
+    except FileNotFoundError:
+        return False
+    if os.stat(held).st_ino != ino:
+        os.rename(held, path)  # someone else's: put it back
+        return False
+    return True
+
+
+def reuse(pool: str, ino: int, cls: int) -> bool:
+    """Return a parked segment to the free list if no reader maps it (its lock is free):
+    seal zeroed, grown back to its class; False while readers still hold it.
+
+    Blocking when the segment must be grown back: run it off the event loop."""
+    held = held_path(pool, ino)
+    fd = os.open(held, os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        os.pwrite(fd, bytes(object_store.SEAL_BYTES), 0)  # before anyone can claim it
+        size = os.fstat(fd).st_size
+        if size < cls:
+            os.posix_fallocate(fd, size, cls - size)
+        elif size > cls:
+            os.ftruncate(fd, cls)
+    finally:
+        os.close(fd)  # (releases the lock)
+    os.makedirs(os.path.join(pool, str(cls)), exist_ok=True)
+    os.rename(held, free_path(pool, cls, ino))
+    return True
