@@ -79,7 +79,7 @@ def _open_pooled(path: str, size: int, cls: int, ino: int, maps: Any) -> tuple[i
     """Open and map a pooled segment claimed for a pulled copy, trimmed to ``size``."""
     fd = os.open(path, os.O_RDWR)
     try:
-        mm = maps.mapped(fd, ino, cls)  # (before trimming: a mapping fits in its file)
+        mm = maps.mapped(path, ino, cls)  # (before trimming: a mapping fits in its file)
         if size < cls:
             os.ftruncate(fd, size)
         return fd, mm

@@ -78,6 +78,7 @@ class SegmentPool:
         self.num_reused = 0
         self.num_claimed = 0
         self.num_dropped = 0
+        self.num_busy = 0  # reuse attempts that found a reader still mapping the segment
 
     def __repr__(self) -> str:
         return (
@@ -149,6 +150,7 @@ class SegmentPool:
             self.num_reused += 1
         else:
             s.state = HELD
+            self.num_busy += 1
             s.retry_at = now + s.backoff
             s.backoff = min(RETRY_MAX_S, s.backoff * 2)
 
@@ -251,4 +253,5 @@ class SegmentPool:
             "pool_reused_total": self.num_reused,
             "pool_claimed_total": self.num_claimed,
             "pool_dropped_total": self.num_dropped,
+            "pool_busy_total": self.num_busy,
         }

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import fcntl
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -146,11 +147,15 @@ class PoolWriter:
         store counts the object's bytes, as for a fresh file)."""
         fd = os.open(path, os.O_RDWR)
         try:
-            size = self.maps.write(fd, ino, cls, oid, data, buffers)
+            # Held while writing, as a reader holds it: should the raylet think the
+            # object freed meanwhile (its creator's connection closed), it cannot reuse
+            # the segment under this write.
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            size = self.maps.write(path, fd, ino, cls, oid, data, buffers)
             if size < cls:
                 os.ftruncate(fd, size)
         finally:
-            os.close(fd)
+            os.close(fd)  # (releases the lock)
         if self.maps and not self.checking:
             self.checking = True
             cw.post(self._check_later, cw)

@@ -153,13 +153,19 @@ def map_segment(path: str, object_id: bytes) -> memoryview:
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        size = os.fstat(fd).st_size
-        if size < SEAL_BYTES + _HEAD.size:
-            raise FileNotFoundError(f"{path} is not complete")
-        mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        return map_open(fd, path, object_id)
     finally:
         os.close(fd)
+
+
+def map_open(fd: int, path: str, object_id: bytes) -> memoryview:
+    """A reader's steps once it has opened ``path`` as ``fd`` (``map_segment``): lock,
+    map, then check the seal, which no one can change while the lock is held."""
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    size = os.fstat(fd).st_size
+    if size < SEAL_BYTES + _HEAD.size:
+        raise FileNotFoundError(f"{path} is not complete")
+    mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
     if mm[:SEAL_BYTES] != seal_of(object_id):
         mm.close()  # reused for another object since it was opened, or still being written
         raise FileNotFoundError(f"{path} does not hold object {object_id.hex()}")

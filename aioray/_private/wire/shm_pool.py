@@ -116,20 +116,29 @@ class WriterMaps:
             return [ino for ino, (mm, _) in reversed(self._maps.items()) if len(mm) == cls]
 
     def write(
-        self, fd: int, ino: int, cls: int, object_id: bytes, data: Buffer, buffers: Sequence[Buffer]
+        self,
+        path: str,
+        fd: int,
+        ino: int,
+        cls: int,
+        object_id: bytes,
+        data: Buffer,
+        buffers: Sequence[Buffer],
     ) -> int:
-        """Write the object into the claimed segment ``fd``; return its size."""
-        mm = self._mapping(fd, ino, cls)
+        """Write the object into the claimed segment ``path`` (open as ``fd``); its size."""
+        mm = self._mapping(path, ino, cls)
         if mm is None:
             return object_store.write_parts(fd, object_id, data, buffers)
         return _copy_into(mm, object_id, data, buffers)
 
-    def mapped(self, fd: int, ino: int, cls: int) -> Any:
-        """A writable mapping of the claimed segment ``fd``, kept (within the bounds) to
+    def mapped(self, path: str, ino: int, cls: int) -> Any:
+        """A writable mapping of the claimed segment ``path``, kept (within the bounds) to
         write into again; a fresh one if this segment is new here."""
-        return self._mapping(fd, ino, cls, eager=True)
+        return self._mapping(path, ino, cls, eager=True)
 
-    def _mapping(self, fd: int, ino: int, cls: int, eager: bool = False) -> Any:
+    def _mapping(self, path: str, ino: int, cls: int, eager: bool = False) -> Any:
+        """A kept mapping of the segment, or a new one (on a file description of its own:
+        the writer's locked one must close when the write ends)."""
         import mmap
 
         with self._lock:
@@ -142,10 +151,18 @@ class WriterMaps:
                 if len(self._seen) > 4 * self.max_maps:
                     self._seen.popitem(last=False)
                 return None
-            if cls > self.max_bytes:
-                return mmap.mmap(fd, cls) if eager else None
-        mm = mmap.mmap(fd, cls)
-        own = os.dup(fd)
+            keep = cls <= self.max_bytes
+            if not keep and not eager:
+                return None
+        own = os.open(path, os.O_RDWR)
+        try:
+            mm = mmap.mmap(own, cls)
+        except BaseException:
+            os.close(own)
+            raise
+        if not keep:
+            os.close(own)
+            return mm
         with self._lock:
             old = self._maps.pop(ino, None)
             self._maps[ino] = (mm, own)
