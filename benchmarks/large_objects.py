@@ -10,13 +10,16 @@
 - "transfer 100 MiB between nodes": a task on a second node of a ``cluster_utils.Cluster``
   makes a 100 MiB array; once it exists the driver, on the head, times ``ray.get`` of it
   (one pull into the head's store, then a zero-copy read); GiB/s.
+- Beside the put and transfer rows, the CPU time (user + system) the processes that do
+  the work spent per operation: the driver and its raylet for a put, the pulling and the
+  source raylet for a transfer. On a shared machine these move less than the rates.
 - ``--profile``: where a 100 MiB put's time goes, measured in this process on this node's
   shared memory: serializing, writing into a fresh /dev/shm file (the kernel allocates
   and zeroes each page inside the write: first touch), writing into a file whose pages
   exist already (warm), and a plain memcpy between two warm buffers.
 
-The first puts (WARMUP_PUTS) and the first transfer warm workers, connections and the
-store's segment pool, and are not counted. The machine is shared: the figures are
+The first puts (WARMUP_PUTS) and transfers (WARMUP_TRANSFERS) warm workers, connections
+and the stores' segment pools, and are not counted. The machine is shared: the figures are
 approximate.
 """
 
@@ -29,6 +32,7 @@ import time
 from typing import Any
 
 import numpy as np
+import psutil
 
 import aioray as ray
 from aioray._private.wire import object_store, serialization
@@ -39,6 +43,8 @@ MiB = 1024 * 1024
 SIZE = 100 * MiB
 STORE = 2 * 1024 * MiB
 WARMUP_PUTS = 5  # (as Ray's microbenchmark warms up for a second before its trials)
+WARMUP_TRANSFERS = 4
+HEAD_IP = "127.0.0.1"
 
 
 def fmt(values: list[float], digits: int = 2) -> str:
@@ -46,16 +52,66 @@ def fmt(values: list[float], digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
-def put_rates(arr: np.ndarray, trials: int, rounds: int) -> list[float]:
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def raylets() -> dict[str, psutil.Process]:
+    """This process's raylets (the local node's, or every node of a local Cluster)."""
+    found = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = proc.cmdline()
+        except psutil.Error:
+            continue
+        if "aioray.daemons.raylet" in cmd:
+            found[cmd[cmd.index("--node-ip") + 1] if "--node-ip" in cmd else HEAD_IP] = proc
+    return found
+
+
+class Cpu:
+    """CPU time (user + system) each process spent over a section, per operation."""
+
+    def __init__(self, procs: dict[str, psutil.Process]) -> None:
+        self.procs = procs
+        self.spent = dict.fromkeys(procs, 0.0)
+        self.ops = 0
+
+    def measure(self, ops: int, run: Any) -> Any:
+        before = {k: cpu_seconds([p]) for k, p in self.procs.items()}
+        result = run()
+        for k, p in self.procs.items():
+            self.spent[k] += cpu_seconds([p]) - before[k]
+        self.ops += ops
+        return result
+
+    def line(self) -> str:
+        per = {k: 1e3 * v / max(self.ops, 1) for k, v in self.spent.items()}
+        return ", ".join(f"{k} {v:.0f} ms" for k, v in per.items())
+
+
+def put_rates(arr: np.ndarray, trials: int, rounds: int) -> tuple[list[float], Cpu]:
     for _ in range(WARMUP_PUTS):
         ray.put(arr)
+    cpu = Cpu({"driver": psutil.Process(), "raylet": raylets()[HEAD_IP]})
     rates = []
     for _ in range(trials):
-        start = time.perf_counter()
-        for _ in range(rounds):
-            ray.put(arr)
-        rates.append(rounds * arr.nbytes / (time.perf_counter() - start) / 2**30)
-    return rates
+
+        def run() -> float:
+            start = time.perf_counter()
+            for _ in range(rounds):
+                ray.put(arr)
+            return time.perf_counter() - start
+
+        rates.append(rounds * arr.nbytes / cpu.measure(rounds, run) / 2**30)
+    return rates, cpu
 
 
 def get_rates(arr: np.ndarray, trials: int, rounds: int) -> list[float]:
@@ -75,7 +131,7 @@ def make(nbytes: int) -> Any:
     return np.ones(nbytes, dtype=np.uint8)
 
 
-def transfer_rates(trials: int) -> list[float]:
+def transfer_rates(trials: int) -> tuple[list[float], Cpu]:
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": STORE}
     )
@@ -84,16 +140,21 @@ def transfer_rates(trials: int) -> list[float]:
         cluster.wait_for_nodes()
         cluster.connect()
         where = NodeAffinitySchedulingStrategy(other.node_id, soft=False)
+        found = raylets()
+        cpu = Cpu({"puller": found[HEAD_IP], "source": found[other.node_ip_address]})
         rates = []
-        for _ in range(trials + 1):  # the first round warms the worker and connections
+        for i in range(WARMUP_TRANSFERS + trials):
             ref = make.options(scheduling_strategy=where).remote(SIZE)
             ray.wait([ref], fetch_local=False)
             start = time.perf_counter()
-            got = ray.get(ref)
-            rates.append(SIZE / (time.perf_counter() - start) / 2**30)
+            if i < WARMUP_TRANSFERS:
+                got = ray.get(ref)
+            else:
+                got = cpu.measure(1, lambda ref=ref: ray.get(ref))
+                rates.append(SIZE / (time.perf_counter() - start) / 2**30)
             assert got.nbytes == SIZE
             del got, ref
-        return rates[1:]
+        return rates, cpu
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -153,19 +214,27 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--profile", action="store_true", help="only the breakdown of one put")
+    p.add_argument("--only", choices=["put", "get", "transfer"], help="one row")
     a = p.parse_args()
     arr = np.ones(SIZE, dtype=np.uint8)
     if a.profile:
         print("profile of a 100 MiB put, ms (GiB/s):")
         profile(arr, a.trials)
         return
-    ray.init(num_cpus=1, object_store_memory=STORE, include_dashboard=False)
-    try:
-        print(f"put 100 MiB (GiB/s) = {fmt(put_rates(arr, a.trials, a.rounds))}")
-        print(f"get 100 MiB (per second) = {fmt(get_rates(arr, a.trials, a.rounds), 0)}")
-    finally:
-        ray.shutdown()
-    print(f"transfer 100 MiB between nodes (GiB/s) = {fmt(transfer_rates(a.trials))}")
+    if a.only in (None, "put", "get"):
+        ray.init(num_cpus=1, object_store_memory=STORE, include_dashboard=False)
+        try:
+            if a.only in (None, "put"):
+                rates, cpu = put_rates(arr, a.trials, a.rounds)
+                print(f"put 100 MiB (GiB/s) = {fmt(rates)}   [CPU per put: {cpu.line()}]")
+            if a.only in (None, "get"):
+                rates = get_rates(arr, a.trials, a.rounds)
+                print(f"get 100 MiB (per second) = {fmt(rates, 0)}")
+        finally:
+            ray.shutdown()
+    if a.only in (None, "transfer"):
+        rates, cpu = transfer_rates(a.trials)
+        print(f"transfer 100 MiB between nodes (GiB/s) = {fmt(rates)}   [CPU: {cpu.line()}]")
 
 
 if __name__ == "__main__":

@@ -111,7 +111,8 @@ class ObjectTransfer:
         self._opening: dict[bytes, asyncio.Future[rpc.Connection]] = {}
         self.pulls: dict[bytes, asyncio.Future[Reply]] = {}
         self.copies: dict[bytes, set[bytes]] = {}  # our objects -> nodes that pulled them
-        self.serving: dict[bytes, list[Any]] = {}  # oid -> [view of the segment, pullers]
+        # oid -> [view of the segment, pullers, descriptor holding a reader's lock or -1]
+        self.serving: dict[bytes, list[Any]] = {}
         self._sending: set[asyncio.Future[None]] = set()
         self.io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aioray-pull")
         self.num_pulls = 0
@@ -276,7 +277,7 @@ class ObjectTransfer:
         entry = self.serving.get(oid)
         if entry is None:
             try:
-                view = object_store.map_segment(self.store.segment(oid), oid)
+                view, lock = self._map(oid)
             except FileNotFoundError:
                 reply = self.store.restore_object(oid)  # spilled: bring it back first
                 if isinstance(reply, asyncio.Future):
@@ -284,11 +285,14 @@ class ObjectTransfer:
                 if reply is not None:
                     return list(reply)
                 try:
-                    view = object_store.map_segment(self.store.segment(oid), oid)
+                    view, lock = self._map(oid)
                 except FileNotFoundError:
                     return ["ObjectLostError", f"object {oid.hex()} left node {self._me()}"]
-            entry = self.serving.get(oid) or [view, 0]
-            self.serving[oid] = entry
+            entry = self.serving.get(oid)
+            if entry is None:
+                entry = self.serving[oid] = [view, 0, lock]
+            elif lock >= 0:
+                os.close(lock)
         entry[1] += 1
         served: list[bytes] = conn.state.setdefault("serving", [])
         if not served:
@@ -300,6 +304,19 @@ class ObjectTransfer:
             self._remember(peer, conn)
         self.num_served += 1
         return [entry[0].nbytes]
+
+    def _map(self, oid: bytes) -> tuple[memoryview, int]:
+        """A view of this node's copy of ``oid`` to send from, and the descriptor holding
+        its reader's lock (-1: the view holds it). A pooled segment is sent from the
+        raylet's kept mapping, so its pages fault once per segment, not per transfer."""
+        path = self.store.segment(oid)
+        e = self.store.manager.entries.get(oid)
+        if e is not None and e.ino and self.store.pool.enabled:
+            try:
+                return self.store.pool.maps.view(path, e.ino, oid)
+            except FileNotFoundError:
+                pass  # not that file (a rerun's copy replaced it): map it as any reader
+        return object_store.map_segment(path, oid), -1
 
     def chunk(self, oid: bytes, offset: int, length: int) -> rpc.Reply:
         entry = self.serving.get(oid)
@@ -322,6 +339,8 @@ class ObjectTransfer:
             entry[1] -= 1
             if entry[1] <= 0:
                 del self.serving[oid]  # unmapped once the last chunk in flight is sent
+                if entry[2] >= 0:  # every chunk was received: the pool may reuse it now
+                    os.close(entry[2])
 
     def _puller_gone(self, conn: rpc.Connection) -> None:
         for oid in conn.state.get("serving", []):
@@ -450,4 +469,8 @@ class ObjectTransfer:
         self.peers.clear()
         for fut in self.pulls.values():
             fut.cancel()
+        for entry in self.serving.values():
+            if entry[2] >= 0:
+                os.close(entry[2])
+        self.serving.clear()
         self.io.shutdown(wait=False, cancel_futures=True)

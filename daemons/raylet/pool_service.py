@@ -38,7 +38,7 @@ class PoolService:
         self.enabled = enabled and SPARE > 0
         self.dir = ""
         self.io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aioray-pool")
-        self.maps = shm_pool.WriterMaps(RAYLET_MAPS_BYTES)  # this raylet's, for pulled copies
+        self.maps = shm_pool.SegmentMaps(RAYLET_MAPS_BYTES)  # this raylet's, for pulled copies
         self._keys = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -115,6 +115,8 @@ class PoolService:
         """Plan and perform: drop what does not fit, retry held segments, grow."""
         if self._stopped or not self.enabled:
             return
+        if self.maps:  # (a few fstat calls) let go of mappings of segments unlinked since
+            self.maps.drop_stale()
         now = time.monotonic()
         act = self.pool.plan(self.used, self.room_wanted, now)
         for s in act.drop:

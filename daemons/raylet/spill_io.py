@@ -1,4 +1,5 @@
-"""Spill I/O: copying object segments between shared memory and the spill disk.
+"""Spill I/O: copying object segments between shared memory and the spill disk, and
+the settings of where and whether to spill.
 
 Blocking functions, run on the store service's I/O threads, never on the
 raylet's loop. The copy stays in the kernel (``sendfile`` between two regular
@@ -10,10 +11,46 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import shutil
+from dataclasses import dataclass
+from typing import Any
 
 _CHUNK = 1 << 30  # sendfile moves at most ~2 GiB per call
+
+
+@dataclass
+class SpillConfig:
+    """Where and whether to spill; Ray's option names."""
+
+    directory: str = ""  # object_spilling_directory; "" = <session_dir>/spill
+    enabled: bool = True  # _system_config automatic_object_spilling_enabled
+    local_fs_capacity_threshold: float = 0.95
+
+
+def spill_config_from(directory: str | None, system_config: dict[str, Any]) -> SpillConfig:
+    """Build the spill settings from ``object_spilling_directory`` and ``_system_config``.
+
+    Ray's ``object_spilling_config`` (a JSON string ``{"type": "filesystem",
+    "params": {"directory_path": ...}}``) is accepted too.
+    """
+    cfg = SpillConfig(directory=directory or "")
+    raw = system_config.get("object_spilling_config")
+    if raw and not cfg.directory:
+        spec = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        if spec.get("type", "filesystem") != "filesystem":
+            raise ValueError(
+                f"object_spilling_config type {spec.get('type')!r} is not supported "
+                "(only 'filesystem')"
+            )
+        path = spec.get("params", {}).get("directory_path", "")
+        cfg.directory = path[0] if isinstance(path, list) else str(path)
+    if "automatic_object_spilling_enabled" in system_config:
+        cfg.enabled = bool(system_config["automatic_object_spilling_enabled"])
+    if "local_fs_capacity_threshold" in system_config:
+        cfg.local_fs_capacity_threshold = float(system_config["local_fs_capacity_threshold"])
+    return cfg
 
 
 def copy_file(src: str, dst: str, size: int | None = None) -> int:

@@ -35,12 +35,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aioray.daemons.raylet import spill_io
@@ -62,6 +60,7 @@ from aioray.daemons.raylet.object_manager import (
     Request,
 )
 from aioray.daemons.raylet.pool_service import PoolService
+from aioray.daemons.raylet.spill_io import SpillConfig, spill_config_from
 
 from aioray._private.rpc import rpc
 from aioray._private.wire import config, object_store
@@ -72,39 +71,6 @@ Reply = list[str] | None  # None: done; [error class name, message]: failed
 # After a spill failed (disk full, directory unusable), requests that need a
 # spill fail at once for this long before the disk is tried again.
 SPILL_RETRY_S = 5.0
-
-
-@dataclass
-class SpillConfig:
-    """Where and whether to spill; Ray's option names."""
-
-    directory: str = ""  # object_spilling_directory; "" = <session_dir>/spill
-    enabled: bool = True  # _system_config automatic_object_spilling_enabled
-    local_fs_capacity_threshold: float = 0.95
-
-
-def spill_config_from(directory: str | None, system_config: dict[str, Any]) -> SpillConfig:
-    """Build the spill settings from ``object_spilling_directory`` and ``_system_config``.
-
-    Ray's ``object_spilling_config`` (a JSON string ``{"type": "filesystem",
-    "params": {"directory_path": ...}}``) is accepted too.
-    """
-    cfg = SpillConfig(directory=directory or "")
-    raw = system_config.get("object_spilling_config")
-    if raw and not cfg.directory:
-        spec = json.loads(raw) if isinstance(raw, str) else dict(raw)
-        if spec.get("type", "filesystem") != "filesystem":
-            raise ValueError(
-                f"object_spilling_config type {spec.get('type')!r} is not supported "
-                "(only 'filesystem')"
-            )
-        path = spec.get("params", {}).get("directory_path", "")
-        cfg.directory = path[0] if isinstance(path, list) else str(path)
-    if "automatic_object_spilling_enabled" in system_config:
-        cfg.enabled = bool(system_config["automatic_object_spilling_enabled"])
-    if "local_fs_capacity_threshold" in system_config:
-        cfg.local_fs_capacity_threshold = float(system_config["local_fs_capacity_threshold"])
-    return cfg
 
 
 def fmt_bytes(n: int) -> str:

@@ -38,12 +38,12 @@ def array(i: int, nbytes: int = 3 * MB) -> np.ndarray:
     return np.full(nbytes, i, dtype=np.uint8)
 
 
-def write(pool: str, i: int, maps: shm_pool.WriterMaps | None = None) -> int:
+def write(pool: str, i: int, maps: shm_pool.SegmentMaps | None = None) -> int:
     """Put object ``i`` into a claimed pooled segment as a writer does; its inode."""
     data = array(i)
     cls = shm_pool.class_of(data.nbytes + 4096)
     if maps is None:
-        maps = shm_pool.WriterMaps(1 << 30)
+        maps = shm_pool.SegmentMaps(1 << 30)
     ino = shm_pool.claim(pool, cls, segment(i), maps.prefer(cls))
     assert ino, "no free segment to claim"
     fd = os.open(segment(i), os.O_RDWR)
@@ -137,7 +137,7 @@ def test_a_write_that_fails_midway_leaves_no_seal(
     mapping (numpy copies)."""
     cls = shm_pool.class_of(3 * MB + 4096)
     ino = shm_pool.grow(pool, cls, "g1")
-    maps = shm_pool.WriterMaps(1 << 30)
+    maps = shm_pool.SegmentMaps(1 << 30)
 
     pwrite = os.pwrite
 
@@ -190,7 +190,7 @@ def test_park_leaves_a_newer_copy_of_the_object_alone(pool: str) -> None:
 def test_writer_maps_map_on_the_second_claim_and_write_the_same_bytes(pool: str) -> None:
     cls = shm_pool.class_of(3 * MB + 4096)
     ino = shm_pool.grow(pool, cls, "g1")
-    maps = shm_pool.WriterMaps(1 << 30)
+    maps = shm_pool.SegmentMaps(1 << 30)
     write(pool, 1, maps)
     assert len(maps) == 0  # a one-off write goes through pwritev
     free(pool, 1, ino)
@@ -205,7 +205,7 @@ def test_writer_maps_map_on_the_second_claim_and_write_the_same_bytes(pool: str)
 def test_writer_maps_let_go_of_segments_unlinked_since(pool: str) -> None:
     cls = shm_pool.class_of(3 * MB + 4096)
     ino = shm_pool.grow(pool, cls, "g1")
-    maps = shm_pool.WriterMaps(1 << 30)
+    maps = shm_pool.SegmentMaps(1 << 30)
     write(pool, 1, maps)
     free(pool, 1, ino)
     write(pool, 2, maps)
@@ -219,7 +219,7 @@ def test_writer_maps_let_go_of_segments_unlinked_since(pool: str) -> None:
 def test_writer_maps_stay_within_their_bytes(pool: str) -> None:
     cls = shm_pool.class_of(3 * MB + 4096)
     inos = [shm_pool.grow(pool, cls, f"g{i}") for i in range(3)]
-    maps = shm_pool.WriterMaps(2 * cls)
+    maps = shm_pool.SegmentMaps(2 * cls)
     for ino in inos:
         maps._seen[ino] = None  # each claimed once before
     for i in range(1, 4):

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 # A restored object can be spilled again before this reader maps it (when others
 # keep the store full); after this many restores the reader gives up.
 RESTORE_ATTEMPTS = 8
-# Pooled segments a process keeps mapped to write into again (shm_pool.WriterMaps).
+# Pooled segments a process keeps mapped to write into again (shm_pool.SegmentMaps).
 WRITER_MAPS_BYTES = int(config._env("SHM_POOL_WRITER_MAPS_BYTES", 2 << 30))
 STALE_CHECK_S = 2.0  # how often mapped segments the raylet dropped are let go
 
@@ -126,7 +126,7 @@ class PoolWriter:
 
     def __init__(self, cw: CoreWorker) -> None:
         self.dir = shm_pool.pool_dir(cw.session_id, cw.node_id)
-        self.maps = shm_pool.WriterMaps(WRITER_MAPS_BYTES)
+        self.maps = shm_pool.SegmentMaps(WRITER_MAPS_BYTES)
         self.checking = False
 
     def claim(self, cls: int, path: str) -> int:

@@ -166,16 +166,26 @@ def map_open(fd: int, path: str, object_id: bytes) -> memoryview:
     if size < SEAL_BYTES + _HEAD.size:
         raise FileNotFoundError(f"{path} is not complete")
     mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-    if mm[:SEAL_BYTES] != seal_of(object_id):
-        mm.close()  # reused for another object since it was opened, or still being written
-        raise FileNotFoundError(f"{path} does not hold object {object_id.hex()}")
-    magic, nbuf, data_len = _HEAD.unpack_from(mm, SEAL_BYTES)
-    if magic != MAGIC:
+    try:
+        return object_view(mm, path, object_id)
+    except BaseException:
         mm.close()
+        raise
+
+
+def object_view(mapping: mmap.mmap, path: str, object_id: bytes) -> memoryview:
+    """The view of ``object_id`` in a mapping of its segment, once the seal says it is there.
+
+    Call it holding a reader's lock on the file (``map_open``), or the seal may change."""
+    if mapping[:SEAL_BYTES] != seal_of(object_id):
+        # Reused for another object since it was opened, or still being written.
+        raise FileNotFoundError(f"{path} does not hold object {object_id.hex()}")
+    magic, nbuf, data_len = _HEAD.unpack_from(mapping, SEAL_BYTES)
+    if magic != MAGIC:
         raise ValueError(f"{path} is not an aioray object segment")
-    lens = struct.unpack_from(f"<{nbuf}Q", mm, SEAL_BYTES + _HEAD.size)
+    lens = struct.unpack_from(f"<{nbuf}Q", mapping, SEAL_BYTES + _HEAD.size)
     total, _ = layout(data_len, lens)
-    return memoryview(mm)[:total]
+    return memoryview(mapping)[:total]
 
 
 def read_segment(path: str, object_id: bytes) -> tuple[memoryview, list[memoryview]]:

@@ -89,22 +89,24 @@ def claim(pool: str, cls: int, dst: str, prefer: Sequence[int] = ()) -> int:
     return 0
 
 
-class WriterMaps:
-    """Mappings of pooled segments this process wrote before, kept to write into again.
+class SegmentMaps:
+    """Mappings of pooled segments this process used before, kept to use again.
 
     Copying into pages already mapped here runs at memcpy speed; mapping them costs a
-    page fault per page, about as much as the copy. A segment is mapped on its second
-    claim by this process (a one-off write goes through ``pwritev``), and at most
-    ``max_bytes`` stay mapped (least recently used dropped first). A segment the raylet
-    unlinked (the store needed its room) is dropped by ``drop_stale``, so this process
-    does not keep its memory alive for long.
+    page fault per page, about as much as the copy. A writer maps a segment on its
+    second claim by this process (a one-off write goes through ``pwritev``); the raylet
+    maps the segments it receives pulled copies into, and those it sends copies from
+    (``view``). At most ``max_bytes`` stay mapped (least recently used dropped
+    first). A segment the raylet unlinked (the store needed its room) is dropped by
+    ``drop_stale``, so this process does not keep its memory alive for long.
     """
 
     def __init__(self, max_bytes: int, max_maps: int = 8) -> None:
         self.max_bytes = max_bytes
         self.max_maps = max_maps
         self._lock = threading.Lock()
-        self._maps: OrderedDict[int, tuple[Any, int]] = OrderedDict()  # ino -> (mmap, fd)
+        # inode -> (mapping, its own descriptor, writable)
+        self._maps: OrderedDict[int, tuple[Any, int, bool]] = OrderedDict()
         self._seen: OrderedDict[int, None] = OrderedDict()  # claimed once, not mapped
 
     def __len__(self) -> int:
@@ -113,7 +115,7 @@ class WriterMaps:
     def prefer(self, cls: int) -> list[int]:
         """Inodes of mapped segments of class ``cls``, most recently used first."""
         with self._lock:
-            return [ino for ino, (mm, _) in reversed(self._maps.items()) if len(mm) == cls]
+            return [ino for ino, (mm, _, w) in reversed(self._maps.items()) if w and len(mm) == cls]
 
     def write(
         self,
@@ -143,7 +145,7 @@ class WriterMaps:
 
         with self._lock:
             found = self._maps.get(ino)
-            if found is not None and len(found[0]) == cls:
+            if found is not None and found[2] and len(found[0]) == cls:
                 self._maps.move_to_end(ino)
                 return found[0]
             if ino not in self._seen and not eager:
@@ -163,22 +165,55 @@ class WriterMaps:
         if not keep:
             os.close(own)
             return mm
+        self._keep(ino, mm, own, True)
+        return mm
+
+    def view(self, path: str, ino: int, object_id: bytes) -> tuple[memoryview, int]:
+        """A reader's view of ``object_id`` in segment ``path`` (inode ``ino``) through a
+        kept mapping, and the descriptor holding the reader's lock: close it when done
+        with the view. FileNotFoundError if the file there is not that object."""
+        import mmap
+
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            st = os.fstat(fd)
+            if st.st_ino != ino:
+                raise FileNotFoundError(f"{path} is not segment {ino}")
+            with self._lock:
+                found = self._maps.get(ino)
+                mm = found[0] if found is not None and len(found[0]) >= st.st_size else None
+                if mm is not None:
+                    self._maps.move_to_end(ino)
+            if mm is None:
+                own = os.open(path, os.O_RDONLY)
+                try:
+                    mm = mmap.mmap(own, st.st_size, prot=mmap.PROT_READ)
+                except BaseException:
+                    os.close(own)
+                    raise
+                self._keep(ino, mm, own, False)
+            return object_store.object_view(mm, path, object_id), fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _keep(self, ino: int, mm: Any, fd: int, writable: bool) -> None:
         with self._lock:
             old = self._maps.pop(ino, None)
-            self._maps[ino] = (mm, own)
+            self._maps[ino] = (mm, fd, writable)
             dropped = [old] if old else []
             while len(self._maps) > self.max_maps or self._bytes() > self.max_bytes:
                 dropped.append(self._maps.popitem(last=False)[1])
         _close(dropped)
-        return mm
 
     def _bytes(self) -> int:
-        return sum(len(mm) for mm, _ in self._maps.values())
+        return sum(len(m[0]) for m in self._maps.values())
 
     def drop_stale(self) -> None:
         """Forget mappings of segments that are no longer linked anywhere."""
         with self._lock:
-            stale = [ino for ino, (_, fd) in self._maps.items() if _unlinked(fd)]
+            stale = [ino for ino, m in self._maps.items() if _unlinked(m[1])]
             dropped = [self._maps.pop(ino) for ino in stale]
         _close(dropped)
 
@@ -197,8 +232,8 @@ def _unlinked(fd: int) -> bool:
         return True
 
 
-def _close(maps: list[tuple[Any, int]]) -> None:
-    for mm, fd in maps:
+def _close(maps: list[tuple[Any, int, bool]]) -> None:
+    for mm, fd, _ in maps:
         os.close(fd)
         try:
             mm.close()
