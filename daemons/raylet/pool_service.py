@@ -128,8 +128,9 @@ class PoolService:
         for cls in act.grow:
             key = next(self._keys)
             held = self.pool.placeholder(cls, -key)
-            grow = loop.run_in_executor(self.io, shm_pool.grow, self.dir, cls, f"g{key}")
-            grow.add_done_callback(functools.partial(self._grown, cls, held))
+            path = os.path.join(self.dir, f"g{key}")
+            grow = loop.run_in_executor(self.io, shm_pool.grow, path, cls)
+            grow.add_done_callback(functools.partial(self._grown, path, cls, held))
         self._schedule(now)
 
     def _drop(self, s: Segment) -> None:
@@ -156,10 +157,13 @@ class PoolService:
             self.pool.dropped(s)
             self.io.submit(object_store.delete_segment, shm_pool.held_path(self.dir, s.ino))
         else:
-            self.pool.reused(s, bool(f.result()), time.monotonic())
+            ok = bool(f.result())
+            if ok:  # into the free list here, on the loop: claims then name a known segment
+                shm_pool.add_free(self.dir, shm_pool.held_path(self.dir, s.ino), s.cls, s.ino)
+            self.pool.reused(s, ok, time.monotonic())
         self.run()
 
-    def _grown(self, cls: int, held: Segment, f: asyncio.Future[int]) -> None:
+    def _grown(self, path: str, cls: int, held: Segment, f: asyncio.Future[int]) -> None:
         if f.cancelled() or self._stopped:
             return
         exc = f.exception()
@@ -168,6 +172,7 @@ class PoolService:
             self.pool.grow_failed(held)
             return
         self.pool.grown(f.result(), cls, held)
+        shm_pool.add_free(self.dir, path, cls, f.result())
         self.run()
 
     def _schedule(self, now: float) -> None:

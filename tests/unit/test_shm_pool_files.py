@@ -59,10 +59,26 @@ def read(i: int) -> np.ndarray:
     return np.frombuffer(bufs[0], dtype=np.uint8)
 
 
+def grow(pool: str, cls: int, name: str) -> int:
+    """The raylet's side of growing the pool by one free segment; its inode."""
+    path = os.path.join(pool, name)
+    ino = shm_pool.grow(path, cls)
+    shm_pool.add_free(pool, path, cls, ino)
+    return ino
+
+
+def reuse(pool: str, ino: int, cls: int) -> bool:
+    """The raylet's side of returning a parked segment to the free list."""
+    if not shm_pool.reuse(pool, ino, cls):
+        return False
+    shm_pool.add_free(pool, shm_pool.held_path(pool, ino), cls, ino)
+    return True
+
+
 def free(pool: str, i: int, ino: int) -> bool:
     """The raylet's side of freeing object ``i``: park, then try to reuse."""
     assert shm_pool.park(segment(i), pool, ino)
-    return shm_pool.reuse(pool, ino, shm_pool.class_of(3 * MB + 4096))
+    return reuse(pool, ino, shm_pool.class_of(3 * MB + 4096))
 
 
 def test_size_classes_fit_their_objects_closely() -> None:
@@ -78,7 +94,7 @@ def test_size_classes_fit_their_objects_closely() -> None:
 
 def test_a_claim_takes_one_free_segment_once(pool: str) -> None:
     cls = shm_pool.class_of(3 * MB + 4096)
-    ino = shm_pool.grow(pool, cls, "g1")
+    ino = grow(pool, cls, "g1")
     assert os.path.getsize(shm_pool.free_path(pool, cls, ino)) == cls
     assert shm_pool.claim(pool, cls, segment(1)) == ino
     assert os.stat(segment(1)).st_ino == ino
@@ -88,7 +104,7 @@ def test_a_claim_takes_one_free_segment_once(pool: str) -> None:
 
 def test_a_reused_segment_holds_the_next_object(pool: str) -> None:
     cls = shm_pool.class_of(3 * MB + 4096)
-    ino = shm_pool.grow(pool, cls, "g1")
+    ino = grow(pool, cls, "g1")
     assert write(pool, 1) == ino
     assert read(1)[0] == 1
     assert free(pool, 1, ino)  # nobody maps it
@@ -101,22 +117,22 @@ def test_a_reused_segment_holds_the_next_object(pool: str) -> None:
 
 def test_a_reader_holding_a_view_blocks_reuse_and_keeps_its_bytes(pool: str) -> None:
     cls = shm_pool.class_of(3 * MB + 4096)
-    ino = shm_pool.grow(pool, cls, "g1")
+    ino = grow(pool, cls, "g1")
     write(pool, 1)
     held = read(1)
     assert shm_pool.park(segment(1), pool, ino)
-    assert not shm_pool.reuse(pool, ino, cls)  # mapped: stays parked
+    assert not reuse(pool, ino, cls)  # mapped: stays parked
     assert shm_pool.claim(pool, cls, segment(2)) == 0  # so no writer can take it
     assert held.min() == held.max() == 1
     del held
     gc.collect()
-    assert shm_pool.reuse(pool, ino, cls)  # the last view went: reusable
+    assert reuse(pool, ino, cls)  # the last view went: reusable
     assert write(pool, 2) == ino
 
 
 def test_an_old_reader_that_opened_before_the_reuse_finds_the_object_gone(pool: str) -> None:
     cls = shm_pool.class_of(3 * MB + 4096)
-    ino = shm_pool.grow(pool, cls, "g1")
+    ino = grow(pool, cls, "g1")
     write(pool, 1)
     late = os.open(segment(1), os.O_RDONLY)  # opened, not yet locked and mapped
     try:
@@ -136,7 +152,7 @@ def test_a_write_that_fails_midway_leaves_no_seal(
     """The seal comes last, on both ways of writing: through pwritev, and into a kept
     mapping (numpy copies)."""
     cls = shm_pool.class_of(3 * MB + 4096)
-    ino = shm_pool.grow(pool, cls, "g1")
+    ino = grow(pool, cls, "g1")
     maps = shm_pool.SegmentMaps(1 << 30)
 
     pwrite = os.pwrite
@@ -162,7 +178,7 @@ def test_a_write_that_fails_midway_leaves_no_seal(
 
 def test_a_segment_being_written_reads_as_missing_until_its_seal(pool: str) -> None:
     cls = shm_pool.class_of(3 * MB + 4096)
-    ino = shm_pool.grow(pool, cls, "g1")
+    ino = grow(pool, cls, "g1")
     assert shm_pool.claim(pool, cls, segment(1)) == ino
     fd = os.open(segment(1), os.O_RDWR)
     try:
@@ -178,8 +194,8 @@ def test_a_segment_being_written_reads_as_missing_until_its_seal(pool: str) -> N
 
 def test_park_leaves_a_newer_copy_of_the_object_alone(pool: str) -> None:
     cls = shm_pool.class_of(3 * MB + 4096)
-    shm_pool.grow(pool, cls, "g1")
-    shm_pool.grow(pool, cls, "g2")
+    grow(pool, cls, "g1")
+    grow(pool, cls, "g2")
     old = write(pool, 1)
     newer = write(pool, 1)  # a rerun of its task: renamed over the old copy
     assert newer != old
@@ -189,7 +205,7 @@ def test_park_leaves_a_newer_copy_of_the_object_alone(pool: str) -> None:
 
 def test_writer_maps_map_on_the_second_claim_and_write_the_same_bytes(pool: str) -> None:
     cls = shm_pool.class_of(3 * MB + 4096)
-    ino = shm_pool.grow(pool, cls, "g1")
+    ino = grow(pool, cls, "g1")
     maps = shm_pool.SegmentMaps(1 << 30)
     write(pool, 1, maps)
     assert len(maps) == 0  # a one-off write goes through pwritev
@@ -204,7 +220,7 @@ def test_writer_maps_map_on_the_second_claim_and_write_the_same_bytes(pool: str)
 
 def test_writer_maps_let_go_of_segments_unlinked_since(pool: str) -> None:
     cls = shm_pool.class_of(3 * MB + 4096)
-    ino = shm_pool.grow(pool, cls, "g1")
+    ino = grow(pool, cls, "g1")
     maps = shm_pool.SegmentMaps(1 << 30)
     write(pool, 1, maps)
     free(pool, 1, ino)
@@ -218,7 +234,7 @@ def test_writer_maps_let_go_of_segments_unlinked_since(pool: str) -> None:
 
 def test_writer_maps_stay_within_their_bytes(pool: str) -> None:
     cls = shm_pool.class_of(3 * MB + 4096)
-    inos = [shm_pool.grow(pool, cls, f"g{i}") for i in range(3)]
+    inos = [grow(pool, cls, f"g{i}") for i in range(3)]
     maps = shm_pool.SegmentMaps(2 * cls)
     for ino in inos:
         maps._seen[ino] = None  # each claimed once before

@@ -259,23 +259,32 @@ def _copy_into(mm: Any, object_id: bytes, data: Buffer, buffers: Sequence[Buffer
 
 
 # -- the raylet's side ------------------------------------------------------------------------
-def grow(pool: str, cls: int, name: str) -> int:
-    """Create a free segment of class ``cls`` with all its pages allocated; its inode.
+def grow(path: str, cls: int) -> int:
+    """Create segment file ``path`` of class ``cls`` with all its pages allocated; its
+    inode. ``add_free`` then puts it in the free list.
 
     Blocking (the kernel zeroes every page): run it off the event loop."""
-    tmp = os.path.join(pool, name)
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.posix_fallocate(fd, 0, cls)
         ino = os.fstat(fd).st_ino
     except BaseException:
         os.close(fd)
-        os.unlink(tmp)
+        os.unlink(path)
         raise
     os.close(fd)
-    os.makedirs(os.path.join(pool, str(cls)), exist_ok=True)
-    os.rename(tmp, free_path(pool, cls, ino))
     return ino
+
+
+def add_free(pool: str, path: str, cls: int, ino: int) -> None:
+    """Put segment file ``path`` (class ``cls``, inode ``ino``) in the free list, where
+    writers claim it: the raylet does it on its loop, having counted it first, so that
+    every claim it hears of names a segment it knows."""
+    try:
+        os.rename(path, free_path(pool, cls, ino))
+    except FileNotFoundError:
+        os.makedirs(os.path.join(pool, str(cls)), exist_ok=True)  # the class's first
+        os.rename(path, free_path(pool, cls, ino))
 
 
 def park(path: str, pool: str, ino: int) -> bool:
@@ -295,8 +304,9 @@ def park(path: str, pool: str, ino: int) -> bool:
 
 
 def reuse(pool: str, ino: int, cls: int) -> bool:
-    """Return a parked segment to the free list if no reader maps it (its lock is free):
-    seal zeroed, grown back to its class; False while readers still hold it.
+    """Make a parked segment ready for the free list if no reader maps it (its lock is
+    free): seal zeroed, grown back to its class; False while readers still hold it.
+    ``add_free`` then puts it in the free list.
 
     Blocking when the segment must be grown back: run it off the event loop."""
     held = held_path(pool, ino)
@@ -316,6 +326,4 @@ def reuse(pool: str, ino: int, cls: int) -> bool:
             os.ftruncate(fd, cls)
     finally:
         os.close(fd)  # (releases the lock)
-    os.makedirs(os.path.join(pool, str(cls)), exist_ok=True)
-    os.rename(held, free_path(pool, cls, ino))
     return True
