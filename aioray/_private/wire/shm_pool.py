@@ -319,11 +319,12 @@ def reuse(pool: str, ino: int, cls: int) -> bool:
                 return False
             raise
         os.pwrite(fd, bytes(object_store.SEAL_BYTES), 0)  # before anyone can claim it
+        fcntl.flock(fd, fcntl.LOCK_UN)  # (a late reader finds no seal from now on)
         size = os.fstat(fd).st_size
         if size < cls:
             os.posix_fallocate(fd, size, cls - size)
         elif size > cls:
             os.ftruncate(fd, cls)
     finally:
-        os.close(fd)  # (releases the lock)
+        os.close(fd)
     return True
