@@ -42,7 +42,7 @@ from aioray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 MiB = 1024 * 1024
 SIZE = 100 * MiB
 STORE = 2 * 1024 * MiB
-WARMUP_PUTS = 5  # (as Ray's microbenchmark warms up for a second before its trials)
+WARMUP_PUTS = 10  # (Ray's microbenchmark warms up for a second before its trials)
 WARMUP_TRANSFERS = 4
 HEAD_IP = "127.0.0.1"
 

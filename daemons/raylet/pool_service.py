@@ -82,7 +82,8 @@ class PoolService:
         if not cls or not self.enabled:
             return None
         self.pool.wanted(cls, time.monotonic())
-        while (s := self.pool.take(cls)) is not None:
+        warm = self.maps.prefer(cls)  # its pages are mapped here already
+        while (s := self.pool.take(cls, warm)) is not None:
             try:
                 os.rename(shm_pool.free_path(self.dir, cls, s.ino), dst)
             except FileNotFoundError:

@@ -24,6 +24,7 @@ the room the objects leave; a class nobody asked for in ``idle_s`` is dropped.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 GROWING = "GROWING"
@@ -112,13 +113,17 @@ class SegmentPool:
         self.num_claimed += 1
         return s.cls
 
-    def take(self, cls: int) -> Segment | None:
-        """A free segment of class ``cls`` for the raylet's own use (a pulled copy):
-        the shell renames it out of the free list, then calls ``claimed``."""
+    def take(self, cls: int, warm: Container[int] = ()) -> Segment | None:
+        """A free segment of class ``cls`` for the raylet's own use (a pulled copy),
+        one of ``warm`` (mapped already) if it can: the shell renames it out of the free
+        list, then calls ``claimed``."""
+        found = None
         for s in self.segments.values():
             if s.state == FREE and s.cls == cls:
-                return s
-        return None
+                if s.ino in warm:
+                    return s
+                found = found or s
+        return found
 
     def keep(self, ino: int, cls: int, size: int, used: int) -> bool:
         """An object of ``size`` bytes in segment ``ino`` was freed: hold the segment for

@@ -162,3 +162,14 @@ def test_next_retry_names_the_earliest_held_segment() -> None:
     p.wanted(C, 0.0)
     p.keep(7, C, C, used=0)
     assert p.next_retry() == 0.0
+
+
+def test_take_prefers_a_segment_mapped_already() -> None:
+    p = pool()
+    p.wanted(C, 0.0)
+    first, second = grow_all(p)
+    taken = p.take(C, warm=[second])
+    assert taken is not None and taken.ino == second
+    taken = p.take(C)
+    assert taken is not None and taken.ino in (first, second)
+    assert p.take(2 * C) is None
