@@ -232,12 +232,18 @@ def test_writer_maps_let_go_of_segments_unlinked_since(pool: str) -> None:
     assert len(maps) == 0
 
 
-def test_writer_maps_stay_within_their_bytes(pool: str) -> None:
+def test_writer_maps_stay_within_their_bytes_and_keep_what_they_have(pool: str) -> None:
     cls = shm_pool.class_of(3 * MB + 4096)
     inos = [grow(pool, cls, f"g{i}") for i in range(3)]
     maps = shm_pool.SegmentMaps(2 * cls)
     for ino in inos:
         maps._seen[ino] = None  # each claimed once before
-    for i in range(1, 4):
-        write(pool, i, maps)
+    written = [write(pool, i, maps) for i in range(1, 4)]
     assert len(maps) == 2
+    assert sorted(maps.prefer(cls)) == sorted(written[:2])  # the third went by pwritev
+    assert read(3).min() == read(3).max() == 3
+    os.unlink(segment(1))  # the raylet let one go: its room is free again
+    maps.drop_stale()
+    free(pool, 3, written[2])
+    assert write(pool, 4, maps) == written[2]
+    assert len(maps) == 2 and written[2] in maps.prefer(cls)

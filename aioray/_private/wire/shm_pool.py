@@ -94,11 +94,14 @@ class SegmentMaps:
 
     Copying into pages already mapped here runs at memcpy speed; mapping them costs a
     page fault per page, about as much as the copy. A writer maps a segment on its
-    second claim by this process (a one-off write goes through ``pwritev``); the raylet
-    maps the segments it receives pulled copies into, and those it sends copies from
-    (``view``). At most ``max_bytes`` stay mapped (least recently used dropped
-    first). A segment the raylet unlinked (the store needed its room) is dropped by
-    ``drop_stale``, so this process does not keep its memory alive for long.
+    second claim by this process (a one-off write goes through ``pwritev``), if the
+    mapping fits in ``max_bytes`` and ``max_maps`` beside those it keeps: a writer
+    never drops a mapping for another, or segments of a class that rotate through
+    more than fits would each be mapped again and again. The raylet maps the segments
+    it receives pulled copies into, and those it sends copies from (``view``),
+    dropping the least recently used. A segment the raylet unlinked (the store needed
+    its room, or its class went idle) is dropped by ``drop_stale``, so no process
+    keeps its memory alive for long.
     """
 
     def __init__(self, max_bytes: int, max_maps: int = 8) -> None:
@@ -153,9 +156,14 @@ class SegmentMaps:
                 if len(self._seen) > 4 * self.max_maps:
                     self._seen.popitem(last=False)
                 return None
-            keep = cls <= self.max_bytes
-            if not keep and not eager:
+            room = self.max_bytes - self._bytes()
+            if found is not None:
+                room += len(found[0])  # (replaced)
+            if not eager and (cls > room or len(self._maps) >= self.max_maps):
+                # Full: a writer does not evict a mapping it may use next (segments of
+                # one class rotate); one the raylet let go of is dropped by drop_stale.
                 return None
+            keep = cls <= self.max_bytes
         own = os.open(path, os.O_RDWR)
         try:
             mm = mmap.mmap(own, cls)
