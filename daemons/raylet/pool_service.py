@@ -44,7 +44,7 @@ class PoolService:
         self._timer_at = 0.0
         self._stopped = False
         self.used = 0  # bytes of the store's objects, set by the store before each run
-        self.room_wanted = False
+        self.busy = False  # objects are being written or wait for room: do not grow
 
     def __repr__(self) -> str:
         return f"<PoolService {self.pool!r}>"
@@ -119,7 +119,7 @@ class PoolService:
         if self.maps:  # (a few fstat calls) let go of mappings of segments unlinked since
             self.maps.drop_stale()
         now = time.monotonic()
-        act = self.pool.plan(self.used, self.room_wanted, now)
+        act = self.pool.plan(self.used, self.busy, now)
         for s in act.drop:
             self._drop(s)
         loop = asyncio.get_running_loop()

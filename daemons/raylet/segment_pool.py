@@ -19,7 +19,8 @@ gives way to objects: when both exceed the capacity, free and held segments are 
 unlinked; its memory goes when its last reader unmaps it, as a freed object's did
 before the pool existed. Growth: a class that writers asked for in the last
 ``idle_s`` keeps ``spare`` free segments, within ``max_fraction`` of the capacity and
-the room the objects leave; a class nobody asked for in ``idle_s`` is dropped.
+the room the objects leave, one segment at a time and only while no object is being
+written (``plan``'s ``busy``); a class nobody asked for in ``idle_s`` is dropped.
 """
 
 from __future__ import annotations
@@ -177,9 +178,11 @@ class SegmentPool:
             self.num_dropped += 1
 
     # -- decisions ---------------------------------------------------------------------
-    def plan(self, used: int, room_wanted: bool, now: float) -> PoolActions:
-        """What to do now, with ``used`` bytes of objects in the store; ``room_wanted``:
-        requests wait for room (the pool grows only when none do)."""
+    def plan(self, used: int, busy: bool, now: float) -> PoolActions:
+        """What to do now, with ``used`` bytes of objects in the store; ``busy``: objects
+        are being written or restored, or requests wait for room (the pool grows only
+        when the store is quiet: pre-faulting a segment beside a write into a fresh
+        file slows both, the kernel allocating pages for each)."""
         act = PoolActions()
         over = used + self.nbytes - self.capacity
         if over > 0:
@@ -198,7 +201,7 @@ class SegmentPool:
             if s.state == HELD and s.retry_at <= now and id(s) not in chosen:
                 s.state = REUSING
                 act.reuse.append(s)
-        if not room_wanted:
+        if not busy:
             act.grow = self._growth(used)
         return act
 
@@ -222,18 +225,18 @@ class SegmentPool:
         return chosen
 
     def _growth(self, used: int) -> list[int]:
-        grow = []
+        """One segment to grow, of the most recently wanted class short of spares (one at
+        a time: each takes a core's worth of page zeroing)."""
+        if any(s.state == GROWING for s in self.segments.values()):
+            return []
         room = self.limit(used) - self.nbytes
-        for cls in sorted(self.demand):
+        for cls in sorted(self.demand, key=self.demand.__getitem__, reverse=True):
             have = sum(
                 1 for s in self.segments.values() if s.cls == cls and s.state in (FREE, GROWING)
             )
-            for _ in range(self.spare - have):
-                if cls > room:
-                    break
-                room -= cls
-                grow.append(cls)
-        return grow
+            if have < self.spare and cls <= room:
+                return [cls]
+        return []
 
     def placeholder(self, cls: int, key: int) -> Segment:
         """Count a segment about to be grown (``key``: a unique negative stand-in inode)."""

@@ -307,7 +307,8 @@ class StoreService:
         act = self.manager.schedule(self._can_spill)
         self._perform(act)
         # The pool gives way to objects: it drops what does not fit beside them.
-        self.pool.used, self.pool.room_wanted = self.manager.used, bool(self.manager.queue)
+        self.pool.used = self.manager.used
+        self.pool.busy = bool(self.manager.queue) or self.manager.in_flight > 0
         self.pool.run()
         self.on_change()  # cheap: the raylet reports usage at most every RESOURCE_REPORT_S
 

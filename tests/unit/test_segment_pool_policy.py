@@ -14,11 +14,12 @@ def pool(capacity: int = 100 * MB, **kw: float) -> SegmentPool:
 
 
 def grow_all(p: SegmentPool, used: int = 0, now: float = 0.0) -> list[int]:
-    """Plan, and complete every growth it asks for; the new segments' inodes."""
+    """Plan and complete growths until the plan asks for none; the new segments' inodes."""
     inos = []
-    for i, cls in enumerate(p.plan(used, False, now).grow):
-        held = p.placeholder(cls, -(i + 1))
-        ino = 1000 + len(p.segments) + i
+    while grow := p.plan(used, False, now).grow:
+        (cls,) = grow  # one at a time
+        held = p.placeholder(cls, -(len(inos) + 1))
+        ino = 1000 + len(inos)
         p.grown(ino, cls, held)
         inos.append(ino)
     return inos
@@ -28,33 +29,44 @@ def test_nothing_grows_before_a_writer_wants_a_class() -> None:
     p = pool()
     assert p.plan(0, False, 0.0).grow == []
     p.wanted(C, 0.0)
-    assert p.plan(0, False, 0.0).grow == [C, C]  # spare segments of the class in demand
+    assert p.plan(0, False, 0.0).grow == [C]  # a spare segment of the class in demand
+    assert len(grow_all(p)) == 2  # one at a time, up to spare
 
 
 def test_growth_stays_within_the_room_objects_leave_and_max_fraction() -> None:
     p = pool()
     p.wanted(C, 0.0)
-    assert p.plan(85 * MB, False, 0.0).grow == [C]  # 15 MB of room: one segment
+    assert len(grow_all(p, used=85 * MB)) == 1  # 15 MB of room: one segment
     p = pool()
     p.wanted(30 * MB, 0.0)
-    assert p.plan(0, False, 0.0).grow == [30 * MB]  # 50% of 100 MB holds one, not two
+    assert len(grow_all(p)) == 1  # 50% of 100 MB holds one, not two
 
 
-def test_no_growth_while_requests_wait_for_room() -> None:
+def test_no_growth_while_the_store_is_busy() -> None:
     p = pool()
     p.wanted(C, 0.0)
-    assert p.plan(0, True, 0.0).grow == []
+    assert p.plan(0, True, 0.0).grow == []  # objects being written, or waiting for room
+    assert p.plan(0, False, 0.0).grow == [C]
+
+
+def test_the_most_recently_wanted_class_grows_first() -> None:
+    p = pool()
+    p.wanted(C, 0.0)
+    p.wanted(2 * C, 1.0)
+    assert p.plan(0, False, 1.0).grow == [2 * C]
 
 
 def test_growth_counts_placeholders_and_stops_at_spare() -> None:
     p = pool()
     p.wanted(C, 0.0)
-    act = p.plan(0, False, 0.0)
-    holders = [p.placeholder(cls, -(i + 1)) for i, cls in enumerate(act.grow)]
-    assert p.nbytes == 2 * C and p.plan(0, False, 0.0).grow == []  # under way: counted
-    p.grown(11, C, holders[0])
-    p.grow_failed(holders[1])
-    assert p.nbytes == C and p.plan(0, False, 0.0).grow == [C]  # one failed: again
+    (cls,) = p.plan(0, False, 0.0).grow
+    held = p.placeholder(cls, -1)
+    assert p.nbytes == C and p.plan(0, False, 0.0).grow == []  # under way: counted
+    p.grow_failed(held)
+    assert p.nbytes == 0 and p.plan(0, False, 0.0).grow == [C]  # it failed: again
+    p.grown(11, C, p.placeholder(C, -2))
+    p.grown(12, C, p.placeholder(C, -3))
+    assert p.nbytes == 2 * C and p.plan(0, False, 0.0).grow == []  # spare reached
 
 
 def test_a_claim_takes_the_segment_and_its_bytes_out_of_the_pool() -> None:
