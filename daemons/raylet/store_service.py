@@ -6,13 +6,14 @@ Protocol with the processes of this node (each message names one object):
    fits: at once in the common case (and always for a creator that claimed a
    pooled segment and names its inode: the pool held its room), after evictions
    and spills when the store is full. An int (the bytes still free) means keep
-   it; ``[error class name, message]`` means it can never fit, or it does not fit and nothing can be
-   spilled (ObjectStoreFullError, OutOfDiskError). A creator that knows the
-   store has plenty of room (from the last reply) does not wait for the answer.
-2. ``object_sealed [oid, size, worker, inode?]`` (notify, on the same connection): the
-   segment (that inode) is complete; from now on it may be spilled. A seal with no room asked
-   first (a creator on its own event loop cannot wait) is taken as is, and room
-   is made after the fact.
+   it; ``[error class name, message]`` means it can never fit, or it does not fit
+   and nothing can be spilled (ObjectStoreFullError, OutOfDiskError). A creator
+   that knows the store has plenty of room (from the last reply) does not wait
+   for the answer.
+2. ``object_sealed [oid, size, worker, inode?]`` (notify, on the same connection):
+   the segment (that inode) is complete; from now on it may be spilled. A seal
+   with no room asked first (a creator on its own event loop cannot wait) is
+   taken as is, and room is made after the fact.
    An object larger than the whole store gets, instead of room, a str: the path
    of a file in the spill directory to write it to (Ray's fallback allocation).
    The creator writes the segment there and links it from its usual place in
