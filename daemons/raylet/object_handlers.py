@@ -47,16 +47,17 @@ class ObjectHandlers:
     def handle_create_object(
         self, conn: rpc.Connection, body: CreateObject, _: list[Buffer]
     ) -> CreateObjectReply | asyncio.Future[CreateObjectReply]:
-        """``create_object`` [oid, size] from a writer -> once room is granted (at once, or after
-        spilling or eviction): the bytes left free, or the path of a file on disk to write an
-        object larger than the store to; an error reply if no room comes."""
+        """``create_object`` [oid, size, pooled segment's inode?] from a writer -> once room is
+        granted (at once, or after spilling or eviction; at once for a pooled segment): the bytes
+        left free, or the path of a file on disk to write an object larger than the store to; an
+        error reply if no room comes."""
         return self.raylet.store.create_object(conn, body)
 
     def handle_object_sealed(
         self, conn: rpc.Connection, body: ObjectSealed, _: list[Buffer]
     ) -> None:
-        """``object_sealed`` [oid, size, owner worker id?] (notice, from the writer): the segment is
-        written; the object now counts in the store, under its owner."""
+        """``object_sealed`` [oid, size, owner worker id?, segment inode?] (notice, from the
+        writer): the segment is written; the object now counts in the store, under its owner."""
         if self.raylet.store.object_sealed(conn, body):  # not freed already: it has an owner
             self.raylet.owners.sealed(body[0], body[2] if len(body) > 2 else None)
 

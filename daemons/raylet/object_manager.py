@@ -65,6 +65,7 @@ class Entry:
     spill_path: str | None = None  # set once a spill finished; kept after a restore
     pins: int = 0  # readers of a secondary copy; a pinned copy is not evicted
     source: bytes | None = None  # a secondary copy: the node it was pulled from
+    ino: int = 0  # its segment file's inode (0: unknown), so the pool can take it back
 
 
 @dataclass(slots=True)
@@ -138,6 +139,14 @@ class ObjectManager:
             self.used += size - e.size
             e.size = size
             e.state = IN_SHM
+
+    def adopt(self, oid: bytes, size: int) -> Entry:
+        """A creator is writing ``oid`` into a pooled segment it claimed: its room came
+        from the pool (which counted it), so it is granted at once, queue or not."""
+        e = self.entries[oid] = Entry(size, True, CREATING)
+        self.used += size
+        self.in_flight += 1
+        return e
 
     def add_secondary(self, oid: bytes, size: int) -> None:
         """A cached copy of a remote object is now complete in its segment here."""

@@ -9,11 +9,15 @@ which copies the object from that node's raylet:
    it from its spill file first if needed) and remembers who pulled it.
 2. Room is reserved in this node's store as a *secondary* copy (evictable while
    no one reads it; the store may evict or spill to make the room).
-3. The copy is written into ``<segment>.pulling``, preallocated to its size and
-   mapped: ``transfer_chunk [oid, offset, length]`` requests, CHUNK_BYTES each,
-   WINDOW of them in flight, and each reply's bytes are received by the socket
-   straight into the mapped destination (``Connection.call_into``). No part of
-   the object passes through Python memory of its own.
+3. The copy is written into ``<segment>.pulling``: a pre-faulted segment from the
+   node's pool when it has one (kept mapped by the raylet, so the next pull into it
+   faults no page), else a fresh file preallocated chunk by chunk. It is mapped, and
+   ``transfer_chunk [oid, offset, length]`` requests, CHUNK_BYTES each, WINDOW of
+   them in flight, have each reply's bytes received by the socket straight into the
+   mapped destination (``Connection.call_into``). No part of the object passes
+   through Python memory of its own. The seal (the object id at offset 0) is not
+   requested: it is written last, here, so a reader that opened the segment in an
+   earlier life never takes a partial copy for the object.
 4. ``transfer_end oid``; the file is renamed into place (a reader never maps a
    half-written copy) and sealed as a secondary copy. A copy larger than this
    node's whole store is written to a file on disk instead, linked from the
@@ -48,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from aioray.daemons.raylet.object_manager import CREATING, FALLBACK, IN_SHM
 
 from aioray._private.rpc import rpc
-from aioray._private.wire import config
+from aioray._private.wire import config, object_store
 from aioray._private.wire.schema import FreeObjectsAt
 
 if TYPE_CHECKING:
@@ -74,13 +78,18 @@ def _create(path: str, size: int) -> tuple[int, mmap.mmap]:
         raise
 
 
-def _map_readonly(path: str) -> memoryview:
-    fd = os.open(path, os.O_RDONLY)
+def _open_pooled(path: str, size: int, cls: int, ino: int, maps: Any) -> tuple[int, Any]:
+    """Open and map a pooled segment claimed for a pulled copy, trimmed to ``size``."""
+    fd = os.open(path, os.O_RDWR)
     try:
-        size = os.fstat(fd).st_size
-        return memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ))
-    finally:
+        mm = maps.mapped(path, ino, cls)  # (before trimming: a mapping fits in its file)
+        if size < cls:
+            os.ftruncate(fd, size)
+        return fd, mm
+    except BaseException:
         os.close(fd)
+        os.unlink(path)
+        raise
 
 
 def _unlink(path: str) -> None:
@@ -88,6 +97,13 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return 0
 
 
 class ObjectTransfer:
@@ -98,7 +114,8 @@ class ObjectTransfer:
         self._opening: dict[bytes, asyncio.Future[rpc.Connection]] = {}
         self.pulls: dict[bytes, asyncio.Future[Reply]] = {}
         self.copies: dict[bytes, set[bytes]] = {}  # our objects -> nodes that pulled them
-        self.serving: dict[bytes, list[Any]] = {}  # oid -> [view of the segment, pullers]
+        # oid -> [view of the segment, pullers, descriptor holding a reader's lock or -1]
+        self.serving: dict[bytes, list[Any]] = {}
         self._sending: set[asyncio.Future[None]] = set()
         self.io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aioray-pull")
         self.num_pulls = 0
@@ -156,23 +173,38 @@ class ObjectTransfer:
         path = self.store.segment(oid)
         on_disk = self.store.on_disk(oid)  # too large for the store: a file on disk
         tmp = (on_disk or path) + ".pulling"
+        pooled = None if on_disk else self.store.pool.take(size, tmp)
+        loop = asyncio.get_running_loop()
         try:
-            fd, mm = _create(tmp, size)
+            if pooled:
+                fd, mm = _open_pooled(tmp, size, pooled[0], pooled[1], self.store.pool.maps)
+            else:
+                fd, mm = _create(tmp, size)
         except OSError as e:
             self._give_back(oid)
             return ["ObjectStoreFullError", f"cannot create the copy of {oid.hex()} here: {e}"]
-        # Reserve each chunk's pages (posix_fallocate, on the I/O thread, in order) before
-        # asking for it: a full /dev/shm is then an error here, not a SIGBUS while
-        # receiving, and the allocation of the next chunks overlaps this one's transfer.
-        loop = asyncio.get_running_loop()
-        reserved = [
-            loop.run_in_executor(self.io, os.posix_fallocate, fd, off, min(CHUNK_BYTES, size - off))
-            for off in range(0, size, CHUNK_BYTES)
-        ]
-        loop.run_in_executor(self.io, os.close, fd)  # after them: one thread, FIFO
+        starts = range(object_store.SEAL_BYTES, size, CHUNK_BYTES)
+        if pooled:  # its pages exist
+            reserved = [loop.create_future() for _ in starts]
+            for f in reserved:
+                f.set_result(None)
+            os.close(fd)
+        else:
+            # Reserve each chunk's pages (posix_fallocate, on the I/O thread, in order)
+            # before asking for it: a full /dev/shm is then an error here, not a SIGBUS
+            # while receiving, and the allocation of the next chunks overlaps this one's
+            # transfer.
+            reserved = [
+                loop.run_in_executor(
+                    self.io, os.posix_fallocate, fd, off, min(CHUNK_BYTES, size - off)
+                )
+                for off in starts
+            ]
+            loop.run_in_executor(self.io, os.close, fd)  # after them: one thread, FIFO
         view = memoryview(mm)
         try:
             await self._chunks(conn, oid, view, size, reserved)
+            view[: object_store.SEAL_BYTES] = object_store.seal_of(oid)  # last: complete
         except (ConnectionError, rpc.RpcError, OSError) as e:
             _unlink(tmp)
             self._give_back(oid)
@@ -185,10 +217,11 @@ class ObjectTransfer:
             for f in reserved:
                 f.cancel()
             view.release()
-            try:
-                mm.close()
-            except BufferError:  # a late chunk view still exists: the GC unmaps it
-                pass
+            if not pooled:  # (the pool's mapping is kept, to receive into again)
+                try:
+                    mm.close()
+                except BufferError:  # a late chunk view still exists: the GC unmaps it
+                    pass
         entry = self.store.manager.entries.get(oid)
         if entry is None or entry.primary or entry.state not in (CREATING, FALLBACK):
             _unlink(tmp)  # freed while being pulled
@@ -200,6 +233,7 @@ class ObjectTransfer:
         else:
             os.rename(tmp, path)
         self.store.add_secondary(oid, size)
+        entry.ino = pooled[1] if pooled else _inode(path)  # so the pool may take it back
         self.num_pulls += 1
         self.bytes_pulled += size
         return None
@@ -214,7 +248,7 @@ class ObjectTransfer:
     ) -> None:
         """Receive ``size`` bytes into ``view``, WINDOW chunk requests in flight; chunk
         ``i`` is asked for once ``reserved[i]`` is done."""
-        offsets = iter(enumerate(range(0, size, CHUNK_BYTES)))
+        offsets = iter(enumerate(range(object_store.SEAL_BYTES, size, CHUNK_BYTES)))
         in_flight: dict[asyncio.Future[Any], memoryview] = {}  # chunk request -> its place
         try:
             while True:
@@ -267,7 +301,7 @@ class ObjectTransfer:
         entry = self.serving.get(oid)
         if entry is None:
             try:
-                view = _map_readonly(self.store.segment(oid))
+                view, lock = self._map(oid)
             except FileNotFoundError:
                 reply = self.store.restore_object(oid)  # spilled: bring it back first
                 if isinstance(reply, asyncio.Future):
@@ -275,11 +309,14 @@ class ObjectTransfer:
                 if reply is not None:
                     return list(reply)
                 try:
-                    view = _map_readonly(self.store.segment(oid))
+                    view, lock = self._map(oid)
                 except FileNotFoundError:
                     return ["ObjectLostError", f"object {oid.hex()} left node {self._me()}"]
-            entry = self.serving.get(oid) or [view, 0]
-            self.serving[oid] = entry
+            entry = self.serving.get(oid)
+            if entry is None:
+                entry = self.serving[oid] = [view, 0, lock]
+            elif lock >= 0:
+                os.close(lock)
         entry[1] += 1
         served: list[bytes] = conn.state.setdefault("serving", [])
         if not served:
@@ -291,6 +328,19 @@ class ObjectTransfer:
             self._remember(peer, conn)
         self.num_served += 1
         return [entry[0].nbytes]
+
+    def _map(self, oid: bytes) -> tuple[memoryview, int]:
+        """A view of this node's copy of ``oid`` to send from, and the descriptor holding
+        its reader's lock (-1: the view holds it). A pooled segment is sent from the
+        raylet's kept mapping, so its pages fault once per segment, not per transfer."""
+        path = self.store.segment(oid)
+        e = self.store.manager.entries.get(oid)
+        if e is not None and e.ino and self.store.pool.enabled:
+            try:
+                return self.store.pool.maps.view(path, e.ino, oid)
+            except FileNotFoundError:
+                pass  # not that file (a rerun's copy replaced it): map it as any reader
+        return object_store.map_segment(path, oid), -1
 
     def chunk(self, oid: bytes, offset: int, length: int) -> rpc.Reply:
         entry = self.serving.get(oid)
@@ -313,6 +363,8 @@ class ObjectTransfer:
             entry[1] -= 1
             if entry[1] <= 0:
                 del self.serving[oid]  # unmapped once the last chunk in flight is sent
+                if entry[2] >= 0:  # every chunk was received: the pool may reuse it now
+                    os.close(entry[2])
 
     def _puller_gone(self, conn: rpc.Connection) -> None:
         for oid in conn.state.get("serving", []):
@@ -441,4 +493,8 @@ class ObjectTransfer:
         self.peers.clear()
         for fut in self.pulls.values():
             fut.cancel()
+        for entry in self.serving.values():
+            if entry[2] >= 0:
+                os.close(entry[2])
+        self.serving.clear()
         self.io.shutdown(wait=False, cancel_futures=True)

@@ -594,6 +594,7 @@ class Raylet:
         conn.on_close.append(self._peer_gone)
 
     def _peer_gone(self, conn: rpc.Connection) -> None:
+        self.store.pool.process_exited()  # its mappings are gone: held segments may be free
         owner = (conn.peer_info or {}).get("worker_id")
         if owner and not self._stopped.is_set():
             orphans = self.owners.owner_died(owner)

@@ -1,17 +1,19 @@
 """The raylet's object store service: the async shell around ``ObjectManager``.
 
 Protocol with the processes of this node (each message names one object):
-1. ``create_object [oid, size]`` (request): the creator asks for room, writing
+1. ``create_object [oid, size, inode?]`` (request): the creator asks for room, writing
    the segment while the request is in flight. The reply comes when the object
-   fits: at once in the common case, after evictions and spills when the store
-   is full. An int (the bytes still free) means keep it; ``[error class name,
-   message]`` means it can never fit, or it does not fit and nothing can be
-   spilled (ObjectStoreFullError, OutOfDiskError). A creator that knows the
-   store has plenty of room (from the last reply) does not wait for the answer.
-2. ``object_sealed [oid, size, worker]`` (notify, on the same connection): the
-   segment is complete; from now on it may be spilled. A seal with no room asked
-   first (a creator on its own event loop cannot wait) is taken as is, and room
-   is made after the fact.
+   fits: at once in the common case (and always for a creator that claimed a
+   pooled segment and names its inode: the pool held its room), after evictions
+   and spills when the store is full. An int (the bytes still free) means keep
+   it; ``[error class name, message]`` means it can never fit, or it does not fit
+   and nothing can be spilled (ObjectStoreFullError, OutOfDiskError). A creator
+   that knows the store has plenty of room (from the last reply) does not wait
+   for the answer.
+2. ``object_sealed [oid, size, worker, inode?]`` (notify, on the same connection):
+   the segment (that inode) is complete; from now on it may be spilled. A seal
+   with no room asked first (a creator on its own event loop cannot wait) is
+   taken as is, and room is made after the fact.
    An object larger than the whole store gets, instead of room, a str: the path
    of a file in the spill directory to write it to (Ray's fallback allocation).
    The creator writes the segment there and links it from its usual place in
@@ -19,8 +21,8 @@ Protocol with the processes of this node (each message names one object):
 3. ``restore_object oid`` (request): a reader found the segment gone. Answered
    ``None`` once the segment exists again (restored from the spill file), or
    ``[class name, message]`` when it cannot be (the spill file vanished, ...).
-4. ``free_objects [oid, ...]`` (notify, from the owner): delete the segment and
-   the spill file.
+4. ``free_objects [oid, ...]`` (notify, from the owner): delete the segment (or give
+   it back to the segment pool, pool_service.py) and the spill file.
 If a creator's connection closes before it sealed, its room is given back.
 
 Spills and restores copy files on a small thread pool (``spill_io``), so the loop
@@ -34,12 +36,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aioray.daemons.raylet import spill_io
@@ -60,6 +60,8 @@ from aioray.daemons.raylet.object_manager import (
     ObjectManager,
     Request,
 )
+from aioray.daemons.raylet.pool_service import PoolService
+from aioray.daemons.raylet.spill_io import SpillConfig, spill_config_from
 
 from aioray._private.rpc import rpc
 from aioray._private.wire import config, object_store
@@ -73,39 +75,6 @@ Reply = list[str] | None  # None: done; [error class name, message]: failed
 SPILL_RETRY_S = 5.0
 
 
-@dataclass
-class SpillConfig:
-    """Where and whether to spill; Ray's option names."""
-
-    directory: str = ""  # object_spilling_directory; "" = <session_dir>/spill
-    enabled: bool = True  # _system_config automatic_object_spilling_enabled
-    local_fs_capacity_threshold: float = 0.95
-
-
-def spill_config_from(directory: str | None, system_config: dict[str, Any]) -> SpillConfig:
-    """Build the spill settings from ``object_spilling_directory`` and ``_system_config``.
-
-    Ray's ``object_spilling_config`` (a JSON string ``{"type": "filesystem",
-    "params": {"directory_path": ...}}``) is accepted too.
-    """
-    cfg = SpillConfig(directory=directory or "")
-    raw = system_config.get("object_spilling_config")
-    if raw and not cfg.directory:
-        spec = json.loads(raw) if isinstance(raw, str) else dict(raw)
-        if spec.get("type", "filesystem") != "filesystem":
-            raise ValueError(
-                f"object_spilling_config type {spec.get('type')!r} is not supported "
-                "(only 'filesystem')"
-            )
-        path = spec.get("params", {}).get("directory_path", "")
-        cfg.directory = path[0] if isinstance(path, list) else str(path)
-    if "automatic_object_spilling_enabled" in system_config:
-        cfg.enabled = bool(system_config["automatic_object_spilling_enabled"])
-    if "local_fs_capacity_threshold" in system_config:
-        cfg.local_fs_capacity_threshold = float(system_config["local_fs_capacity_threshold"])
-    return cfg
-
-
 def fmt_bytes(n: int) -> str:
     return f"{n / 2**20:.1f} MiB ({n} bytes)"
 
@@ -115,6 +84,7 @@ class StoreService:
         self, capacity: int, spill: SpillConfig, on_change: Callable[[], None] = lambda: None
     ) -> None:
         self.manager = ObjectManager(capacity, spill.enabled)
+        self.pool = PoolService(capacity)
         self.spill = spill
         self.on_change = on_change
         self.session_id = ""
@@ -141,6 +111,7 @@ class StoreService:
     def start(self, session_id: str, session_dir: str, node_id: bytes) -> None:
         self.session_id = session_id
         self.node_id = node_id
+        self.pool.start(session_id, node_id)
         try:
             st = os.statvfs(object_store.shm_dir())
             if self.manager.capacity > st.f_blocks * st.f_frsize:
@@ -166,6 +137,7 @@ class StoreService:
         whole session's: the head sweeps what other nodes on this machine left)."""
         self._stopped = True
         self.io.shutdown(wait=True, cancel_futures=True)
+        self.pool.stop()
         if every_segment:
             for path in object_store.list_segments(self.session_id):
                 object_store.delete_segment(path)
@@ -186,11 +158,17 @@ class StoreService:
     def create_object(
         self, conn: rpc.Connection, body: CreateObject
     ) -> CreateObjectReply | asyncio.Future[CreateObjectReply]:
-        oid, size = body
+        oid, size = body[0], int(body[1])
         e = self.manager.entries.get(oid)
         if e is not None:
             self._replaced(oid, e)
-        return self._ask(Request(oid, int(size), CREATE, conn))
+        self.pool.wanted(size)
+        if len(body) > 2 and self.pool.claimed(body[2]):  # room taken from the pool
+            self.manager.adopt(oid, size).ino = body[2]
+            self._track_creating(conn, oid)
+            self._run()
+            return self.manager.available
+        return self._ask(Request(oid, size, CREATE, conn))
 
     def _replaced(self, oid: bytes, e: Entry) -> None:
         """A new copy of ``oid`` is being created: its task ran again (lineage, or a
@@ -225,7 +203,11 @@ class StoreService:
             # its request, if still queued, is moot; room is made after the fact.
             for req in self.manager.drop_requests(oid):
                 self._answer(req, None)
+            if len(body) > 3 and self.pool.claimed(body[3]):  # (a creator on its own loop)
+                self.manager.adopt(oid, size)
         self.manager.seal(oid, size)
+        if len(body) > 3:
+            self.manager.entries[oid].ino = body[3]
         self._run()
         return True
 
@@ -235,7 +217,10 @@ class StoreService:
             for req in self.manager.drop_requests(oid):
                 self._answer(req, ["ObjectLostError", "it was freed"])
             e = self.manager.free(oid)
-            object_store.delete_segment(self.segment(oid))
+            if e is not None and e.state in (CREATING, IN_SHM, SPILLING):
+                self._release(oid, e.ino, e.size)
+            else:
+                object_store.delete_segment(self.segment(oid))
             if e is not None:
                 if e.state != SPILLING:  # a spill in flight deletes its own file when done
                     spill_io.remove(e.spill_path)
@@ -325,15 +310,24 @@ class StoreService:
             return
         act = self.manager.schedule(self._can_spill)
         self._perform(act)
+        # The pool gives way to objects: it drops what does not fit beside them.
+        self.pool.used = self.manager.used
+        self.pool.busy = bool(self.manager.queue) or self.manager.in_flight > 0
+        self.pool.run()
         self.on_change()  # cheap: the raylet reports usage at most every RESOURCE_REPORT_S
+
+    def _release(self, oid: bytes, ino: int, size: int) -> None:
+        """The segment of ``oid`` here is no longer the object's: to the pool, or deleted."""
+        self.pool.release(self.segment(oid), ino, size)
 
     def _perform(self, act: Actions) -> None:
         for req in act.granted:
             self._granted(req)
         for req in act.fallback:
             self._granted_on_disk(req)
-        for oid, _ in act.evict:
-            object_store.delete_segment(self.segment(oid))
+        for oid, e in act.evict:
+            self._release(oid, e.ino, e.size)
+            e.ino = 0
         for oid, e in act.spill:
             self._start_spill(oid, e)
         for req, reason in act.failed:
@@ -479,7 +473,9 @@ class StoreService:
         segment = self.segment(oid)
         dst = os.path.join(self.spill_dir, oid.hex())
         started = time.monotonic()
-        fut = asyncio.get_running_loop().run_in_executor(self.io, spill_io.copy_file, segment, dst)
+        fut = asyncio.get_running_loop().run_in_executor(
+            self.io, spill_io.copy_file, segment, dst, e.size
+        )
         fut.add_done_callback(lambda f: self._spill_finished(oid, dst, f, started))
 
     def _spill_finished(self, oid: bytes, dst: str, f: asyncio.Future[int], started: float) -> None:
@@ -494,7 +490,9 @@ class StoreService:
                 logger.error("spilling object %s failed: %s", oid.hex(), exc)
                 self._set_spill_error(f"spilling to {self.spill_dir} failed: {exc}")
         elif self.manager.spill_done(oid, dst):
-            object_store.delete_segment(self.segment(oid))
+            e = self.manager.entries[oid]
+            self._release(oid, e.ino, e.size)
+            e.ino = 0
             self._spill_error = None
             size, took = f.result(), max(time.monotonic() - started, 1e-6)
             self.io_totals["spill_bytes"] += size
@@ -534,6 +532,8 @@ class StoreService:
             )
             if not self.manager.restore_done(oid):
                 object_store.delete_segment(self.segment(oid))  # freed meanwhile
+            else:
+                self.manager.entries[oid].ino = _inode(self.segment(oid))
         elif isinstance(exc, FileNotFoundError) and exc.filename == src:
             reply = ["ObjectLostError", self.object_gone(oid, src)]
         else:
@@ -563,7 +563,19 @@ class StoreService:
         return any(e.primary for e in self.manager.entries.values())
 
     def stats(self) -> dict[str, Any]:
-        return {**self.manager.stats(), **self.io_totals, "spill_dir": self.spill_dir}
+        return {
+            **self.manager.stats(),
+            **self.pool.stats(),
+            **self.io_totals,
+            "spill_dir": self.spill_dir,
+        }
+
+
+def _inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return 0
 
 
 __all__ = ["SECONDARY", "SPILLED", "SpillConfig", "StoreService", "spill_config_from"]

@@ -57,9 +57,9 @@ def worker_pids(raylet: psutil.Process) -> list[int]:
 
 
 def session_segments(ctx: Any) -> list[str]:
-    """This cluster's shared-memory segments."""
+    """This cluster's object segments (not its nodes' segment-pool directories)."""
     prefix = f"aioray_{ctx.address_info['session_id']}_"
-    return [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
+    return [n for n in os.listdir("/dev/shm") if n.startswith(prefix) and not n.endswith("_pool")]
 
 
 def is_descendant(pid: int, ancestor: psutil.Process) -> bool:

@@ -31,8 +31,11 @@ def store_stats() -> dict[str, Any]:
 
 
 def shm_files() -> list[str]:
+    """The session's object segments (the node's segment pool keeps freed memory for
+    reuse, in a directory of its own, so it is not one of them)."""
     sid = worker_context.core_worker.session_id  # type: ignore[union-attr]
-    return [n for n in os.listdir("/dev/shm") if n.startswith(f"aioray_{sid}_")]
+    prefix = f"aioray_{sid}_"
+    return [n for n in os.listdir("/dev/shm") if n.startswith(prefix) and not n.endswith("_pool")]
 
 
 def spill_files(root: str) -> list[str]:

@@ -147,6 +147,25 @@ def digests(*arrays: Any) -> list[str]:
     return [hashlib.blake2b(memoryview(x)).hexdigest() for x in arrays]
 
 
+def test_pulled_copies_are_written_into_the_segment_pool(nodes: Any) -> None:
+    """A pull wants a segment of its class on the puller's node: once the pool has one,
+    the next pull of that class is received into it (issue 21), bytes intact."""
+    head, a, _ = nodes
+    size = 12 * MiB  # a size class no other test here pulls
+
+    def head_store() -> dict[str, Any]:
+        return dict(node_state(head)["object_store"])
+
+    claimed = head_store()["pool_claimed_total"]
+    first = make.options(scheduling_strategy=on(a)).remote(size, seed=11)
+    assert digest(ray.get(first, timeout=GET_TIMEOUT)) == expected(size, 11)
+    wait_for_condition(lambda: head_store()["pool_free"] >= 1, message=lambda: str(head_store()))
+    second = make.options(scheduling_strategy=on(a)).remote(size, seed=12)
+    assert digest(ray.get(second, timeout=GET_TIMEOUT)) == expected(size, 12)
+    assert head_store()["pool_claimed_total"] > claimed
+    assert digest(ray.get(first, timeout=GET_TIMEOUT)) == expected(size, 11)  # untouched
+
+
 def test_several_remote_objects_in_one_get_or_task(nodes: Any) -> None:
     head, a, b = nodes
     before = transfer_stats(head)["pulls"]

@@ -34,6 +34,11 @@ def oid(i: int) -> bytes:
     return bytes([i]) * 20
 
 
+def object_segments() -> list[str]:
+    """The session's object segments (not the node's segment-pool directory)."""
+    return [p for p in object_store.list_segments("sess") if not p.endswith("_pool")]
+
+
 async def put(svc: StoreService, conn: FakeConnection, i: int, size: int) -> None:
     reply = svc.create_object(conn, [oid(i), size])  # type: ignore[arg-type]
     if isinstance(reply, asyncio.Future):
@@ -60,7 +65,7 @@ async def test_spill_restore_and_free_move_real_files(service: StoreService) -> 
     assert service.manager.entries[oid(1)].state == "IN_SHM"
     service.free_objects([oid(1), oid(2), oid(4)])
     assert os.listdir(service.spill_dir) == []
-    assert object_store.list_segments("sess") == []
+    assert object_segments() == []
     assert service.manager.used == 0
 
 
@@ -188,7 +193,7 @@ async def test_a_free_that_overtakes_the_create_leaves_no_entry(service: StoreSe
     assert service.object_sealed(conn, [oid(1), MB, b""]) is False  # type: ignore[arg-type]
     assert oid(1) not in service.manager.entries
     assert service.manager.used == 0 and service.manager.in_flight == 0
-    assert object_store.list_segments("sess") == []
+    assert object_segments() == []
 
 
 async def test_a_free_that_overtakes_a_queued_create_drops_the_request(

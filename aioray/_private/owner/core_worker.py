@@ -117,6 +117,7 @@ class CoreWorker:
         self.namespace = namespace
         self.node_id = b""
         self.session_id = ""
+        self.pool_writer: Any = None  # store_client.PoolWriter, made on the first large put
         self.canceled_tasks: set[bytes] = set()  # running tasks asked to stop
         self.ids = ids.IdGenerator(self.worker_id)
         self.refs: ReferenceCounter = ReferenceCounter(self._out_of_scope)
@@ -271,6 +272,7 @@ class CoreWorker:
 
     async def stop(self) -> None:
         self.closing = True
+        store_client.close(self)
         self.event_buffer.stop()
         self.submitter.shutdown()
         self._flush_frees()
@@ -446,10 +448,13 @@ class CoreWorker:
         size = store_client.write_object(self, oid, so.data, so.buffers)
         return StoredObject(node_id=self.node_id, size=size, is_error=so.is_error)
 
-    def notify_sealed(self, oid: bytes, size: int, owner: bytes | None = None) -> None:
-        """(loop) Tell the raylet an object's segment is written (store_client)."""
+    def notify_sealed(
+        self, oid: bytes, size: int, owner: bytes | None = None, ino: int = 0
+    ) -> None:
+        """(loop) Tell the raylet an object's segment is written (store_client); ``ino``:
+        the pooled segment it was written into, if any."""
         if not self.raylet.is_closed:
-            self.raylet.notify("object_sealed", [oid, size, owner or self.worker_id])
+            self.raylet.notify("object_sealed", [oid, size, owner or self.worker_id, ino])
 
     # -- objects: get ------------------------------------------------------------------
     def get(self, refs: Sequence[ObjectRef], timeout: float | None = None) -> list[Any]:

@@ -209,6 +209,11 @@ class StoreHost(Posts, Protocol):
     """What ``store_client`` uses: the raylet, this node's store, the room it last had."""
 
     store_room: int  # bytes free at the raylet's last answer
+    pool_writer: Any  # store_client.PoolWriter, made on the first pooled put
+    closing: bool
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
 
     @property
     def raylet(self) -> rpc.Connection: ...
@@ -221,7 +226,9 @@ class StoreHost(Posts, Protocol):
 
     def in_loop_thread(self) -> bool: ...
 
-    def notify_sealed(self, oid: bytes, size: int, owner: bytes | None = None) -> None: ...
+    def notify_sealed(
+        self, oid: bytes, size: int, owner: bytes | None = None, ino: int = 0
+    ) -> None: ...
 
 
 class WaitHost(PeerConnector, Protocol):

@@ -4,11 +4,14 @@ restore before reading, and the one place that declares an object lost.
 Writing a large object (put, task return) asks the local raylet for room
 (``create_object``) while the segment is being written: the raylet answers at
 once when the object fits, or after evicting cached copies and spilling older
-objects to disk, and the writer waits for that answer before sealing. Small
-objects never come here. Reading needs no round trip unless the segment is gone: then
-the raylet restores it from its spill file (``restore_object``), or, for an
-object whose primary copy is on another node, pulls a copy into this node's
-store (``pull_object``), and the read is tried again. The raylet's side is
+objects to disk, and the writer waits for that answer before sealing. A writer
+first tries to claim a pre-faulted segment from the node's pool (``shm_pool``),
+whose room the pool already holds, and keeps the segments it wrote twice mapped,
+so writing into them again is a plain copy. Small objects never come here.
+Reading needs no round trip unless the segment is gone: then the raylet restores
+it from its spill file (``restore_object``), or, for an object whose primary copy
+is on another node, pulls a copy into this node's store (``pull_object``), and the
+read is tried again. The raylet's side is
 ``daemons/raylet/store_service.py`` and ``daemons/raylet/object_transfer.py``.
 """
 
@@ -17,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import fcntl
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aioray._private.rpc.loop import result_interruptibly
-from aioray._private.wire import object_store
+from aioray._private.wire import config, object_store, shm_pool
 from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import CreateObjectReply, FreeObjectsAt, RestoreReply
 from aioray.exceptions import (
@@ -41,6 +45,9 @@ if TYPE_CHECKING:
 # A restored object can be spilled again before this reader maps it (when others
 # keep the store full); after this many restores the reader gives up.
 RESTORE_ATTEMPTS = 8
+# Pooled segments a process keeps mapped to write into again (shm_pool.SegmentMaps).
+WRITER_MAPS_BYTES = int(config.env_float("SHM_POOL_WRITER_MAPS_BYTES", 2 << 30))
+STALE_CHECK_S = 2.0  # how often mapped segments the raylet dropped are let go
 
 _ERRORS: dict[str, type[RayError]] = {
     "ObjectStoreFullError": ObjectStoreFullError,
@@ -70,31 +77,40 @@ def write_object(
     """
     size, _ = object_store.layout(_nbytes(data), [_nbytes(b) for b in buffers])
     path = object_store.segment_path(cw.session_id, oid, cw.node_id)
+    pool = _pool_writer(cw)
+    cls = shm_pool.class_of(size)
+    ino = pool.claim(cls, path) if cls else 0
     if cw.in_loop_thread():  # the loop cannot wait for itself: room is made after the seal
-        _write(cw, oid, path, data, buffers, size)
-        cw.post(cw.notify_sealed, oid, size, owner)
+        if ino:
+            pool.write(cw, path, ino, cls, oid, data, buffers)
+        else:
+            ino = _write(cw, oid, path, data, buffers, size)
+        cw.post(cw.notify_sealed, oid, size, owner, ino)
         return size
-    room = _send_to_raylet(cw, "create_object", [oid, size])
+    room = _send_to_raylet(cw, "create_object", [oid, size, ino] if ino else [oid, size])
     room.add_done_callback(lambda f: _learn_room(cw, f))
     # Plenty of room at the last answer: do not wait for this one (the raylet takes
     # the seal as is if it comes first). Half the room, so that several writers
     # racing on a stale figure cannot overshoot much; the raylet spills any excess.
-    wait = size > cw.store_room // 2
-    if not wait:
+    # A pooled segment's room is the pool's already.
+    wait = not ino and size > cw.store_room // 2
+    if not wait and not ino:
         cw.store_room -= size
     try:
-        if 0 < cw.store_capacity < size:
+        if ino:
+            pool.write(cw, path, ino, cls, oid, data, buffers)
+        elif 0 < cw.store_capacity < size:
             # Can never fit in memory: the raylet answers with a file on disk to write
             # it to (Ray's fallback allocation), or says why not.
             on_disk = result_interruptibly(room, None)
             _raise_if_error(oid, on_disk)
-            object_store.write_fallback(path, on_disk, data, buffers)
+            object_store.write_fallback(path, on_disk, oid, data, buffers)
         else:
             try:
-                _write(cw, oid, path, data, buffers, size)
+                ino = _write(cw, oid, path, data, buffers, size)
             except _ShmFull:
                 _raise_if_error(oid, result_interruptibly(room, None))
-                _write(cw, oid, path, data, buffers, size, final=True)
+                ino = _write(cw, oid, path, data, buffers, size, final=True)
             else:
                 if wait:
                     _raise_if_error(oid, result_interruptibly(room, None))
@@ -104,8 +120,71 @@ def write_object(
         object_store.delete_segment(path)
         cw.post(_notify_raylet, cw, "free_objects", [oid])
         raise
-    cw.post(cw.notify_sealed, oid, size, owner)
+    cw.post(cw.notify_sealed, oid, size, owner, ino)
     return size
+
+
+class PoolWriter:
+    """This process's side of its node's segment pool: claims, and its mapped segments."""
+
+    def __init__(self, cw: StoreHost) -> None:
+        self.dir = shm_pool.pool_dir(cw.session_id, cw.node_id)
+        self.maps = shm_pool.SegmentMaps(WRITER_MAPS_BYTES)
+        self.checking = False
+
+    def claim(self, cls: int, path: str) -> int:
+        """A free segment of class ``cls`` renamed to ``path``: its inode, or 0."""
+        return shm_pool.claim(self.dir, cls, path, self.maps.prefer(cls) if self.maps else ())
+
+    def write(
+        self,
+        cw: StoreHost,
+        path: str,
+        ino: int,
+        cls: int,
+        oid: bytes,
+        data: Buffer,
+        buffers: list[Buffer],
+    ) -> None:
+        """Write the object into the claimed segment at ``path``, trimmed to its size (the
+        store counts the object's bytes, as for a fresh file)."""
+        fd = os.open(path, os.O_RDWR)
+        try:
+            # Held while writing, as a reader holds it: should the raylet think the
+            # object freed meanwhile (its creator's connection closed), it cannot reuse
+            # the segment under this write.
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            size = self.maps.write(path, fd, ino, cls, oid, data, buffers)
+            if size < cls:
+                os.ftruncate(fd, size)
+        finally:
+            os.close(fd)  # (releases the lock)
+        if self.maps and not self.checking:
+            self.checking = True
+            cw.post(self._check_later, cw)
+
+    def _check_later(self, cw: StoreHost) -> None:
+        cw.loop.call_later(STALE_CHECK_S, self._check, cw)
+
+    def _check(self, cw: StoreHost) -> None:
+        self.maps.drop_stale()
+        if self.maps and not cw.closing:
+            cw.loop.call_later(STALE_CHECK_S, self._check, cw)
+        else:
+            self.checking = False
+
+
+def _pool_writer(cw: StoreHost) -> PoolWriter:
+    pool: PoolWriter | None = cw.pool_writer
+    if pool is None:
+        pool = cw.pool_writer = PoolWriter(cw)
+    return pool
+
+
+def close(cw: StoreHost) -> None:
+    """Let go of the segments this process kept mapped (at shutdown)."""
+    if cw.pool_writer is not None:
+        cw.pool_writer.maps.clear()
 
 
 def _learn_room(cw: StoreHost, f: concurrent.futures.Future[CreateObjectReply]) -> None:
@@ -127,13 +206,14 @@ def _write(
     buffers: list[Buffer],
     size: int,
     final: bool = False,
-) -> None:
+) -> int:
+    """Write a fresh segment file; its inode."""
     try:
         try:
-            object_store.write_segment(path, data, buffers)
+            return object_store.write_segment(path, oid, data, buffers)[1]
         except FileExistsError:  # a copy of an earlier run of this task (lineage)
             object_store.delete_segment(path)
-            object_store.write_segment(path, data, buffers)
+            return object_store.write_segment(path, oid, data, buffers)[1]
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.ENOMEM):
             raise
@@ -157,7 +237,7 @@ def read_object(
     remote = node_id is not None and node_id != cw.node_id
     for _ in range(RESTORE_ATTEMPTS):
         try:
-            return object_store.read_segment(path)
+            return object_store.read_segment(path, oid)
         except FileNotFoundError:
             pass
         if cw.in_loop_thread():

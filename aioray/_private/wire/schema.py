@@ -212,9 +212,11 @@ BorrowEntry = tuple[bytes, int] | tuple[bytes, int, int]
 ErrorPair = tuple[str, str]  # [error class name, message]
 # ``create_object`` [oid, size] (a writer -> its raylet) -> the bytes left free once there
 # is room, or the path of a file on disk for an object larger than the store, or why not.
-CreateObject = tuple[bytes, int]
+# [oid, size] or [oid, size, inode of the pooled segment it was written into]
+CreateObject = tuple[bytes, int] | tuple[bytes, int, int]
 CreateObjectReply = int | str | ErrorPair
-ObjectSealed = tuple[bytes, int, bytes | None]  # [oid, size, owner worker id]
+# [oid, size, owner worker id] or with the pooled segment's inode after it
+ObjectSealed = tuple[bytes, int, bytes | None] | tuple[bytes, int, bytes | None, int]
 # ``pull_object`` [oid, source node id], ``restore_object`` oid -> None once the object is
 # in this node's shared memory, or why not.
 PullObject = tuple[bytes, bytes]
