@@ -209,7 +209,10 @@ class Raylet:
         port: int,
         lifeline_fd: int | None,
         metrics_fd: int | None = None,
+        forkserver_fd: int | None = None,
     ) -> None:
+        """Serve until stopped. ``forkserver_fd``: the control channel of a fork server
+        started beside this raylet (else it starts its own)."""
         watch_lifeline(lifeline_fd, self._stopped.set)
         install_signal_handlers(self._stopped.set)
         self.pool = WorkerPool(
@@ -218,7 +221,7 @@ class Raylet:
             on_lost_start=lambda _: self._schedule(),  # start another in its place
         )
         self.pool.on_setup_failed = self._runtime_env_failed
-        fork_server = asyncio.ensure_future(self.pool.start())
+        fork_server = asyncio.ensure_future(self.pool.start(forkserver_fd))
         sock = listening_socket(listen_fd, self.node_ip, port)
         if sock is None:
             sock = socket.socket()

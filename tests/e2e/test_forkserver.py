@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -104,3 +105,24 @@ def test_pool_forgets_a_worker_killed_before_it_registered(tmp_path: Path) -> No
             await pool.stop()
 
     asyncio.run(main())
+
+
+def test_the_node_starts_the_fork_server_beside_the_raylet(ray_start: Any) -> None:
+    """init() starts the fork server itself, with the GCS and the raylet, instead of the
+    raylet starting it once its own imports are done (the first task waits for a worker,
+    and so for the fork server's imports): the raylet's workers are that server's children."""
+    import aioray as ray
+
+    session = ray_start.address_info["session_dir"]
+    servers = [
+        p
+        for p in psutil.Process().children()
+        if p.cmdline()[1:3] == ["-m", "aioray.daemons.forkserver"] and session in p.cmdline()
+    ]
+    assert len(servers) == 1, [p.cmdline() for p in psutil.Process().children()]
+
+    @ray.remote
+    def parent_pid() -> int:
+        return os.getppid()
+
+    assert ray.get(parent_pid.remote(), timeout=DEADLINE_S) == servers[0].pid

@@ -1,11 +1,13 @@
 """Starting and finding a node's daemons (GCS, raylet) as real processes.
 
 ``LocalNode.start`` binds the listening sockets itself and hands them to the
-children (``pass_fds``), so both daemons start in parallel with no port race and
+children (``pass_fds``), so the daemons start in parallel with no port race and
 clients can connect at once (the kernel queues connections until the daemon
-accepts). A daemon started by ``init()`` holds the read end of a "lifeline" pipe
-whose write end only the driver has: when the driver exits for any reason the
-pipe closes and the daemons shut down, so nothing outlives its driver.
+accepts). The raylet's fork server starts beside them too, on a socketpair the
+raylet adopts, rather than after the raylet's own imports. A daemon started by
+``init()`` holds the read end of a "lifeline" pipe whose write end only the driver
+has: when the driver exits for any reason the pipe closes and the daemons shut
+down, so nothing outlives its driver.
 """
 
 from __future__ import annotations
@@ -381,13 +383,21 @@ class LocalNode:
                 "--metrics-export-port",
                 str(self.metrics_export_port),
             ]
+            # The fork server starts now, beside the raylet rather than after its imports:
+            # the first task waits for a worker, which waits for the fork server's imports.
+            ours, theirs = socket.socketpair()
+            socks += [ours, theirs]
+            fork_args = ["--control-fd", str(theirs.fileno()), "--session-dir", self.session_dir]
+            self._spawn("forkserver", fork_args, [theirs.fileno()], logs, detached)
+            args += ["--forkserver-fd", str(ours.fileno())]
             if object_spilling_directory:
                 args += ["--object-spilling-directory", object_spilling_directory]
             if system_config:
                 args += ["--system-config", json.dumps(system_config)]
             if head:
                 args.append("--head")
-            self._spawn("raylet", args, [*fds, rsock.fileno(), msock.fileno()], logs, detached)
+            raylet_fds = [*fds, rsock.fileno(), msock.fileno(), ours.fileno()]
+            self._spawn("raylet", args, raylet_fds, logs, detached)
             if head and autoscaling_config:
                 autoscaler = ["--gcs-address", self.gcs_address, "--head-ip", node_ip]
                 autoscaler += ["--config", os.path.abspath(autoscaling_config)]
