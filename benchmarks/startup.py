@@ -103,8 +103,8 @@ while time.monotonic() < deadline:
 def role(p):
     words = " ".join(p.cmdline())
     if "aioray.daemons.forkserver" in words:
-        parent = " ".join(p.parent().cmdline())
-        return "worker" if "aioray.daemons.forkserver" in parent else "forkserver"
+        parent = p.parent().cmdline()[1:3]
+        return "worker" if parent == ["-m", "aioray.daemons.forkserver"] else "forkserver"
     for name in ("gcs", "raylet", "autoscaler"):
         if "aioray.daemons." + name in words:
             return name

@@ -10,21 +10,33 @@ no event loop, so forking is safe. Children are reaped by the kernel
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import signal
-import socket
-import sys
-from typing import Any
+import gc
+
+# No collection while the template is built: one would leave freed holes in pages the
+# workers share, and would touch every object's header (see _fork).
+gc.disable()
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
 
 # Imported here so that every forked worker starts with them loaded.
-import cloudpickle  # noqa: F401
-import msgpack  # noqa: F401
-import numpy
-from aioray.daemons import worker
+import cloudpickle  # noqa: E402, F401
+import msgpack  # noqa: E402, F401
+import numpy  # noqa: E402
+import numpy.random  # noqa: E402  (numpy loads it on first use: in each worker, privately)
+from aioray.daemons import worker  # noqa: E402
 
-from aioray._private.owner import core_worker, worker_context  # noqa: F401  (aioray loads the API)
+from aioray._private.owner import worker_context  # noqa: E402
+
+# The public API, which tasks use: ``import aioray`` loads it on first use of a name. It
+# is named, not imported: the daemons sit below it, the user's code above it.
+USER_API = ("aioray", "init")
 
 
 def main() -> None:
@@ -32,6 +44,8 @@ def main() -> None:
     p.add_argument("--control-fd", type=int, required=True)
     p.add_argument("--session-dir", default="")
     a = p.parse_args()
+    module, name = USER_API
+    getattr(importlib.import_module(module), name)
     control = socket.socket(fileno=a.control_fd)
     stream = control.makefile("rwb")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
@@ -46,6 +60,9 @@ def main() -> None:
         except ValueError as e:
             _answer(stream, {"error": f"malformed fork request {line[:80]!r}: {e!r}"})
             continue
+        # Every object so far moves to the permanent generation: a worker's collections
+        # never write to their headers, so the pages holding them stay shared.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             stream.close()
@@ -76,6 +93,7 @@ def _become_worker(request: dict[str, Any]) -> None:
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        gc.enable()  # (the template's objects stay frozen)
         os.environ.update(request.get("env") or {})
         worker_context.job_runtime_env = dict(request.get("runtime_env") or {})  # inherited
         if request.get("path"):  # the runtime env's working_dir first, then its py_modules
