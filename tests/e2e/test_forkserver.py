@@ -126,3 +126,35 @@ def test_the_node_starts_the_fork_server_beside_the_raylet(ray_start: Any) -> No
         return os.getppid()
 
     assert ray.get(parent_pid.remote(), timeout=DEADLINE_S) == servers[0].pid
+
+
+def test_a_worker_shares_the_template_and_starts_nothing_of_its_own(ray_start: Any) -> None:
+    """What keeps an idle worker's private memory small, checked by state, not by size:
+    the fork server froze its objects before forking (a worker's collections never write
+    to their headers, so those pages stay shared), it loaded numpy.random (numpy loads it
+    on first use: otherwise in each worker, privately) and the public API, which tasks
+    use; a worker runs no hidden native threads (a loop resolving its server's address
+    starts four, each with its own malloc arena) and never loads the dashboard."""
+    import gc
+    import threading
+
+    import aioray as ray
+
+    @ray.remote
+    def state() -> dict[str, Any]:
+        return {
+            "frozen": gc.get_freeze_count(),
+            "threads": psutil.Process().num_threads(),
+            "python_threads": threading.active_count(),
+            "loaded": sorted(
+                m for m in ("aioray.api", "aioray.dashboard", "aiohttp") if m in sys.modules
+            ),
+            "server": os.getppid(),
+        }
+
+    got = ray.get(state.remote(), timeout=DEADLINE_S)
+    assert got["frozen"] > 10_000, got
+    assert got["threads"] == got["python_threads"], got
+    assert got["loaded"] == ["aioray.api"], got
+    maps = Path(f"/proc/{got['server']}/maps").read_text()
+    assert "numpy/random/" in maps  # its extension modules are mapped in the template
