@@ -6,7 +6,8 @@ Every measurement runs in fresh interpreters, several times, and reports the med
 - ``first``: seconds from ``aioray.init()`` to ``aioray.get(f.remote())`` (import
   excluded), with the dashboard as ``init()`` starts it by default and without it;
 - ``idle``: USS (``psutil`` ``memory_full_info().uss``) of every process of an idle
-  cluster after init and one task, by role, and the CPU seconds each used to get there.
+  cluster after init and one task, by role, and the CPU seconds each used to get there:
+  with the dashboard never visited, after one request to it, and without it.
 
     python benchmarks/startup.py                   # all three, 7 runs each
     python benchmarks/startup.py --what first --runs 11
@@ -21,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -66,7 +68,7 @@ def f():
     return 1
 
 assert ray.get(f.remote()) == 1
-if {dashboard}:  # the dashboard serves once its imports are done: wait for its answer
+if {visit}:  # a first visit: the dashboard answers once it has started
     import urllib.request
     from aioray._private.wire import auth
     url = "http://" + ray.init(ignore_reinit_error=True).dashboard_url + "/api/version"
@@ -121,8 +123,16 @@ ray.shutdown()
 
 def _run(args: list[str]) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AIORAY_ADDRESS")}
+    # cwd: not a checkout, whose aioray/ a `python -c` would import instead of the
+    # interpreter's installed one.
     out = subprocess.run(
-        args, capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL
+        args,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        cwd=tempfile.gettempdir(),
     )
     if out.returncode != 0:
         raise RuntimeError(f"{args[:3]} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
@@ -160,9 +170,10 @@ def first_result(python: str, dashboard: bool) -> tuple[float, float]:
     return float(init), float(first)
 
 
-def idle(python: str, dashboard: bool) -> list[dict[str, Any]]:
-    """One idle cluster's processes: role, pid, USS, RSS and CPU seconds used so far."""
-    out = _run([python, "-c", _IDLE.format(dashboard=dashboard)])
+def idle(python: str, dashboard: bool, visit: bool) -> list[dict[str, Any]]:
+    """One idle cluster's processes: role, pid, USS, RSS and CPU seconds used so far;
+    ``visit``: after one request to the dashboard."""
+    out = _run([python, "-c", _IDLE.format(dashboard=dashboard, visit=visit)])
     line = next(ln for ln in out.splitlines() if ln.startswith("ROWS"))
     return list(json.loads(line.split(" ", 1)[1]))
 
@@ -205,16 +216,23 @@ def run_first(pythons: list[str], runs: int) -> None:
             )
 
 
+IDLE_CASES = {  # label: (include_dashboard, visit it)
+    "default, dashboard not visited": (True, False),
+    "default, after one dashboard request": (True, True),
+    "include_dashboard=False": (False, False),
+}
+
+
 def run_idle(pythons: list[str], runs: int) -> None:
     print(f"## idle cluster USS, MiB (median of {runs} clusters; CPU s used until idle)")
-    got: dict[tuple[str, bool], list[list[dict[str, Any]]]] = {}
+    got: dict[tuple[str, str], list[list[dict[str, Any]]]] = {}
     for _ in range(runs):
         for py in pythons:
-            for dashboard in (True, False):
-                got.setdefault((py, dashboard), []).append(idle(py, dashboard))
+            for label, (dashboard, visit) in IDLE_CASES.items():
+                got.setdefault((py, label), []).append(idle(py, dashboard, visit))
     for py in pythons:
-        for dashboard in (True, False):
-            _print_idle(_tag(py, pythons) + _label(dashboard), got[(py, dashboard)])
+        for label in IDLE_CASES:
+            _print_idle(_tag(py, pythons) + label, got[(py, label)])
 
 
 def _print_idle(label: str, clusters: list[list[dict[str, Any]]]) -> None:
