@@ -40,19 +40,29 @@ IMPORTS = [
 ]
 
 _FIRST_RESULT = """
-import sys, time
+import os, sys, time
+import psutil
 import aioray as ray
 
 @ray.remote
 def f():
     return 1
 
+def cpu(p):
+    t = p.cpu_times()
+    return t.user + t.system
+
+me = psutil.Process()
+start_cpu = cpu(me)
 start = time.perf_counter()
 ray.init(include_dashboard={dashboard})
 inited = time.perf_counter()
 assert ray.get(f.remote()) == 1
 done = time.perf_counter()
-print("TIMES", inited - start, done - start, flush=True)
+# CPU seconds every process spent until the first result (the driver's since init):
+# what 2 cores must fit, whatever else the machine runs.
+used = cpu(me) - start_cpu + sum(cpu(p) for p in me.children(recursive=True))
+print("TIMES", inited - start, done - start, used, flush=True)
 ray.shutdown()
 """
 
@@ -162,12 +172,13 @@ def import_ms(python: str, statement: str) -> tuple[float, int]:
     return total / 1000, modules
 
 
-def first_result(python: str, dashboard: bool) -> tuple[float, float]:
-    """(init returned, first result) in seconds after ``init()`` is called."""
+def first_result(python: str, dashboard: bool) -> tuple[float, float, float]:
+    """(init returned, first result) in seconds after ``init()`` is called, and the CPU
+    seconds all the cluster's processes used until then."""
     out = _run([python, "-c", _FIRST_RESULT.format(dashboard=dashboard)])
     line = next(ln for ln in out.splitlines() if ln.startswith("TIMES"))
-    init, first = line.split()[1:]
-    return float(init), float(first)
+    init, first, cpu = line.split()[1:]
+    return float(init), float(first), float(cpu)
 
 
 def idle(python: str, dashboard: bool, visit: bool) -> list[dict[str, Any]]:
@@ -200,7 +211,7 @@ def run_imports(pythons: list[str], runs: int) -> None:
 
 def run_first(pythons: list[str], runs: int) -> None:
     print(f"## init to first result, s (median of {runs}; runs alternate)")
-    got: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    got: dict[tuple[str, bool], list[tuple[float, float, float]]] = {}
     for _ in range(runs):
         for py in pythons:
             for dashboard in (True, False):
@@ -213,6 +224,10 @@ def run_first(pythons: list[str], runs: int) -> None:
             print(
                 f"{tag}init to first result, {_label(dashboard)}: "
                 f"{_median([s[1] for s in samples])}"
+            )
+            print(
+                f"{tag}CPU s of all processes until the first result, {_label(dashboard)}: "
+                f"{_median([s[2] for s in samples])}"
             )
 
 
