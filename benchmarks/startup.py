@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,10 @@ IMPORTS = [
     ("import aioray; aioray.init (the public API)", "import aioray; aioray.init"),
     ("gcs (aioray.daemons.gcs.__main__)", "import aioray.daemons.gcs.__main__"),
     ("raylet (aioray.daemons.raylet.__main__)", "import aioray.daemons.raylet.__main__"),
-    ("fork server (aioray.daemons.forkserver)", "import aioray.daemons.forkserver"),
+    (
+        "fork server (aioray.daemons.forkserver, and the API it preloads)",
+        "import aioray.daemons.forkserver, aioray; aioray.init",
+    ),
     ("dashboard (aioray.dashboard.__main__)", "import aioray.dashboard.__main__"),
 ]
 
@@ -161,15 +165,19 @@ def _top_level(importtime: str) -> dict[str, int]:
     return found
 
 
-def import_ms(python: str, statement: str) -> tuple[float, int]:
+def import_ms(python: str, statement: str) -> tuple[float, int, float]:
     """Milliseconds the statement's imports take (beyond the interpreter's own start, by
-    ``-X importtime``), and the number of modules it adds to sys.modules."""
+    ``-X importtime``), the number of modules it adds to sys.modules, and the CPU
+    milliseconds of the whole interpreter (its start included; less moved by load)."""
     base = _top_level(_run([python, "-X", "importtime", "-c", "pass"]))
     code = f"import sys; n = len(sys.modules); {statement}; print('MODULES', len(sys.modules) - n)"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = _run([python, "-X", "importtime", "-c", code])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     total = sum(us for name, us in _top_level(out).items() if name not in base)
     modules = int(next(ln for ln in out.splitlines() if ln.startswith("MODULES")).split()[1])
-    return total / 1000, modules
+    return total / 1000, modules, cpu * 1000
 
 
 def first_result(python: str, dashboard: bool) -> tuple[float, float, float]:
@@ -200,13 +208,17 @@ def _label(dashboard: bool) -> str:
 def run_imports(pythons: list[str], runs: int) -> None:
     print(f"## import time, ms (-X importtime beyond `-c pass`; median of {runs})")
     for label, statement in IMPORTS:
-        got: dict[str, list[tuple[float, int]]] = {py: [] for py in pythons}
+        got: dict[str, list[tuple[float, int, float]]] = {py: [] for py in pythons}
         for _ in range(runs):
             for py in pythons:
                 got[py].append(import_ms(py, statement))
         for py in pythons:
             ms = [s[0] for s in got[py]]
-            print(f"{_tag(py, pythons)}{label}: {_median(ms)} ms, {got[py][-1][1]} modules")
+            cpu = statistics.median(s[2] for s in got[py])
+            print(
+                f"{_tag(py, pythons)}{label}: {_median(ms)} ms, {got[py][-1][1]} modules; "
+                f"interpreter CPU {cpu:.0f} ms"
+            )
 
 
 def run_first(pythons: list[str], runs: int) -> None:
