@@ -1,6 +1,7 @@
 """Start-up and idle footprint (issue 21): import times, init to first result, idle USS.
 
-Every measurement runs in fresh interpreters, several times, and reports the median:
+Every measurement runs in fresh interpreters, several times, and reports the median,
+with bytecode caches as an installed package has them (``--no-bytecode-cache``: without):
 - ``import``: ``python -X importtime -c "import M"`` for ``aioray`` and each daemon's
   entry module; the import's own total (what ``-c pass`` imports is left out);
 - ``first``: seconds from ``aioray.init()`` to ``aioray.get(f.remote())`` (import
@@ -135,8 +136,33 @@ ray.shutdown()
 """
 
 
-def _run(args: list[str]) -> str:
+_ENV: dict[str, str] = {}  # what every measured interpreter runs with (main sets it)
+
+
+def measured_env(bytecode_cache: bool) -> dict[str, str]:
+    """This environment without a cluster address; with ``bytecode_cache``, one where
+    Python reads and writes .pyc files, as an installed package has them (pip compiles
+    at install): PYTHONDONTWRITEBYTECODE dropped, the caches kept under the temp dir
+    (PYTHONPYCACHEPREFIX), not in the checkout. Without caches every process compiles
+    aioray's sources again (~0.1 s of CPU for the fork server's alone)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AIORAY_ADDRESS")}
+    if bytecode_cache:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env.setdefault(
+            "PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "aioray-startup-pycache")
+        )
+    return env
+
+
+def warm_up(python: str) -> None:
+    """Import every measured module and start a cluster once, so that the runs that
+    count find their caches."""
+    _run([python, "-c", "; ".join(statement for _, statement in IMPORTS)])
+    first_result(python, True)
+
+
+def _run(args: list[str]) -> str:
+    env = _ENV or measured_env(True)
     # cwd: not a checkout, whose aioray/ a `python -c` would import instead of the
     # interpreter's installed one.
     out = subprocess.run(
@@ -294,8 +320,16 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         help="an interpreter (venv) to measure; give several to alternate them run by run",
     )
+    p.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="run as PYTHONDONTWRITEBYTECODE=1 leaves it: every process compiles its sources",
+    )
     a = p.parse_args(argv)
     pythons = a.python or [sys.executable]
+    _ENV.update(measured_env(not a.no_bytecode_cache))
+    for py in pythons:
+        warm_up(py)
     steps: dict[str, Callable[[list[str], int], None]] = {
         "import": run_imports,
         "first": run_first,
