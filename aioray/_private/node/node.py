@@ -386,12 +386,10 @@ class LocalNode:
                 "--metrics-export-port",
                 str(self.metrics_export_port),
             ]
-            # The fork server starts now, beside the raylet rather than after its imports:
-            # the first task waits for a worker, which waits for the fork server's imports.
+            # The fork server starts beside the raylet rather than after its imports: the
+            # first task waits for a worker, which waits for the fork server's imports.
             ours, theirs = socket.socketpair()
             socks += [ours, theirs]
-            fork_args = ["--control-fd", str(theirs.fileno()), "--session-dir", self.session_dir]
-            self._spawn("forkserver", fork_args, [theirs.fileno()], logs, detached)
             args += ["--forkserver-fd", str(ours.fileno())]
             if object_spilling_directory:
                 args += ["--object-spilling-directory", object_spilling_directory]
@@ -401,6 +399,10 @@ class LocalNode:
                 args.append("--head")
             raylet_fds = [*fds, rsock.fileno(), msock.fileno(), ours.fileno()]
             self._spawn("raylet", args, raylet_fds, logs, detached)
+            # (after the raylet: a node serving in the foreground names the first of its
+            # children to exit, and the fork server exits when its raylet does)
+            fork_args = ["--control-fd", str(theirs.fileno()), "--session-dir", self.session_dir]
+            self._spawn("forkserver", fork_args, [theirs.fileno()], logs, detached)
             if head and autoscaling_config:
                 autoscaler = ["--gcs-address", self.gcs_address, "--head-ip", node_ip]
                 autoscaler += ["--config", os.path.abspath(autoscaling_config)]
