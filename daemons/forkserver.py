@@ -1,38 +1,41 @@
 """The fork server: a warm template that forks workers in milliseconds.
 
-It imports what a worker needs, then waits on its control socket for one JSON
-line per worker: ``{"args": {...}, "env": {...}, "runtime_env": {...}, "cwd": ..., "path":
-[...]}`` (the last three from the node's runtime-env agent); it forks, answers
+It imports what a worker needs (and freezes it: see main), then waits on its control
+socket for one JSON line per worker: ``{"args": {...}, "env": {...}, "runtime_env":
+{...}, "cwd": ..., "path": [...]}`` (the last three from the node's runtime-env
+agent); it forks, answers
 ``{"pid": N}``, and the child becomes a worker. The server holds no threads and
 no event loop, so forking is safe. Children are reaped by the kernel
 (SIGCHLD ignored); a child restores default signal handling first.
 """
 
+# ruff: noqa: E402  (the collector is disabled before the imports)
+
 from __future__ import annotations
 
 import gc
 
-# No collection while the template is built: one would leave freed holes in pages the
-# workers share, and would touch every object's header (see _fork).
+# No collection while the template is built: one would leave freed holes in the pages
+# the workers share, and write to every object's header (main freezes them all).
 gc.disable()
 
-import argparse  # noqa: E402
-import importlib  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import sys  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import importlib
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any
 
 # Imported here so that every forked worker starts with them loaded.
-import cloudpickle  # noqa: E402, F401
-import msgpack  # noqa: E402, F401
-import numpy  # noqa: E402
-import numpy.random  # noqa: E402  (numpy loads it on first use: in each worker, privately)
-from aioray.daemons import worker  # noqa: E402
+import cloudpickle  # noqa: F401
+import msgpack  # noqa: F401
+import numpy
+import numpy.random  # (numpy loads it on first use: otherwise in each worker, privately)
+from aioray.daemons import worker
 
-from aioray._private.owner import worker_context  # noqa: E402
+from aioray._private.owner import worker_context
 
 # The public API, which tasks use: ``import aioray`` loads it on first use of a name. It
 # is named, not imported: the daemons sit below it, the user's code above it.

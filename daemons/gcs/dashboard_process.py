@@ -40,7 +40,8 @@ class DashboardProcess:
         return f"<DashboardProcess {state}>"
 
     async def run(self, stopped: asyncio.Event) -> None:
-        """Start the dashboard once a connection waits (never if ``stopped`` comes first)."""
+        """Start the dashboard once a connection waits (never if ``stopped`` comes first);
+        stop it when ``stopped`` is set."""
         try:
             if await wait_first_connection(self.sock, stopped):
                 self.proc = self._spawn()
@@ -49,6 +50,8 @@ class DashboardProcess:
             logger.exception("cannot start the dashboard")
         finally:
             self.sock.close()  # the dashboard has its own copy: if it dies, the port closes
+        await stopped.wait()
+        await self.stop()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         fds = [self.sock.fileno()]

@@ -91,12 +91,12 @@ class GcsServer:
         listening socket, which starts the dashboard when first connected to."""
         await self.server.start(host, port, sock=listening_socket(listen_fd, host, port))
         logger.info("GCS listening on %s:%d", self.server.host, self.server.port)
-        dashboard = None
+        dashboard = None  # it runs until we stop, and stops the dashboard if it started it
         if dashboard_fd is not None:
             address = f"{self.server.host}:{self.server.port}"
             sock = socket.socket(fileno=dashboard_fd)
-            dashboard = DashboardProcess(sock, address, self.session_dir, lifeline_fd)
-            waiting = asyncio.ensure_future(dashboard.run(self._stopped))
+            starter = DashboardProcess(sock, address, self.session_dir, lifeline_fd)
+            dashboard = asyncio.ensure_future(starter.run(self._stopped))
         self.persistence.save_session(self.session_id, self.session_dir)
         self.persistence.start()
         if self.persistence.placement_groups:  # a restart: take the saved groups back
@@ -106,8 +106,7 @@ class GcsServer:
         await self._stopped.wait()
         logger.info("GCS stopping")
         if dashboard is not None:
-            await waiting
-            await dashboard.stop()
+            await dashboard
         self.health.stop()
         await self.server.stop()
         self.store.close()
