@@ -5,8 +5,6 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-import cloudpickle
-
 
 class RayError(Exception):
     """Base of every aioray error."""
@@ -119,6 +117,8 @@ class RayTaskError(RayError):
 def _pickle_cause(cause: BaseException | None) -> bytes | None:
     if cause is None:
         return None
+    import cloudpickle  # (here: the daemons import this module, and never pickle a cause)
+
     try:
         return cloudpickle.dumps(cause, protocol=5)
     except Exception as e:  # as Ray: the cause is replaced by a RayError saying why

@@ -1,4 +1,5 @@
-"""What every daemon shares: logging to the session, the fd limit, the lifeline, signals."""
+"""What every daemon shares: logging to the session, the fd limit, the lifeline, signals,
+and services started on their first connection."""
 
 from __future__ import annotations
 
@@ -83,3 +84,20 @@ def listening_socket(fd: int | None, host: str, port: int) -> socket.socket | No
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     return sock
+
+
+async def wait_first_connection(sock: socket.socket, stopped: asyncio.Event) -> bool:
+    """Wait until a connection waits in the listening ``sock``'s backlog (True), or until
+    ``stopped`` is set (False). Nothing is accepted: whoever serves ``sock`` next does,
+    so a service costs nothing until someone first asks for it."""
+    loop = asyncio.get_running_loop()
+    asked = asyncio.Event()
+    loop.add_reader(sock.fileno(), asked.set)
+    waits = [asyncio.ensure_future(asked.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loop.remove_reader(sock.fileno())
+        for w in waits:
+            w.cancel()
+    return asked.is_set() and not stopped.is_set()

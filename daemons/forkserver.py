@@ -1,16 +1,26 @@
 """The fork server: a warm template that forks workers in milliseconds.
 
-It imports what a worker needs, then waits on its control socket for one JSON
-line per worker: ``{"args": {...}, "env": {...}, "runtime_env": {...}, "cwd": ..., "path":
-[...]}`` (the last three from the node's runtime-env agent); it forks, answers
+It imports what a worker needs (and freezes it: see main), then waits on its control
+socket for one JSON line per worker: ``{"args": {...}, "env": {...}, "runtime_env":
+{...}, "cwd": ..., "path": [...]}`` (the last three from the node's runtime-env
+agent); it forks, answers
 ``{"pid": N}``, and the child becomes a worker. The server holds no threads and
 no event loop, so forking is safe. Children are reaped by the kernel
 (SIGCHLD ignored); a child restores default signal handling first.
 """
 
+# ruff: noqa: E402  (the collector is disabled before the imports)
+
 from __future__ import annotations
 
+import gc
+
+# No collection while the template is built: one would leave freed holes in the pages
+# the workers share, and write to every object's header (main freezes them all).
+gc.disable()
+
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -22,9 +32,14 @@ from typing import Any
 import cloudpickle  # noqa: F401
 import msgpack  # noqa: F401
 import numpy
+import numpy.random  # (numpy loads it on first use: otherwise in each worker, privately)
 from aioray.daemons import worker
 
-from aioray._private.owner import core_worker, worker_context  # noqa: F401  (aioray loads the API)
+from aioray._private.owner import worker_context
+
+# The public API, which tasks use: ``import aioray`` loads it on first use of a name. It
+# is named, not imported: the daemons sit below it, the user's code above it.
+USER_API = ("aioray", "init")
 
 
 def main() -> None:
@@ -32,6 +47,8 @@ def main() -> None:
     p.add_argument("--control-fd", type=int, required=True)
     p.add_argument("--session-dir", default="")
     a = p.parse_args()
+    module, name = USER_API
+    getattr(importlib.import_module(module), name)
     control = socket.socket(fileno=a.control_fd)
     stream = control.makefile("rwb")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
@@ -46,6 +63,9 @@ def main() -> None:
         except ValueError as e:
             _answer(stream, {"error": f"malformed fork request {line[:80]!r}: {e!r}"})
             continue
+        # Every object so far moves to the permanent generation: a worker's collections
+        # never write to their headers, so the pages holding them stay shared.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             stream.close()
@@ -76,6 +96,7 @@ def _become_worker(request: dict[str, Any]) -> None:
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        gc.enable()  # (the template's objects stay frozen)
         os.environ.update(request.get("env") or {})
         worker_context.job_runtime_env = dict(request.get("runtime_env") or {})  # inherited
         if request.get("path"):  # the runtime env's working_dir first, then its py_modules

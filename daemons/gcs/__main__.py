@@ -19,6 +19,7 @@ def main() -> None:
     p.add_argument("--lifeline-fd", type=int)
     p.add_argument("--session-dir", default="")
     p.add_argument("--session-id", default="")
+    p.add_argument("--dashboard-fd", type=int, help="the dashboard's socket: started on use")
     a = p.parse_args()
     setup_logging(a.session_dir, "gcs")
     raise_fd_limit()
@@ -33,7 +34,7 @@ def main() -> None:
             auth.write_token_file(a.session_dir, token)
     auth.set_token(token)
     server = GcsServer(a.session_dir, a.session_id)
-    _loop.run(server.run(a.host, a.port, a.listen_fd, a.lifeline_fd))
+    _loop.run(server.run(a.host, a.port, a.listen_fd, a.lifeline_fd, a.dashboard_fd))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from aioray.daemons.raylet.scheduler import UNSCHEDULABLE, strategy_from_wire
 
 from aioray._private.rpc import rpc
-from aioray._private.wire import serialization
 from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import (
     ActorExiting,
@@ -246,6 +245,9 @@ class ActorManager:
             logger.warning("creating actor %s failed: %s", rec.aid.hex()[:8], e)
             return  # the raylet reports the worker's death; restart logic runs from there
         if body.get("error"):
+            # (here: the GCS loads the unpickler, cloudpickle with it, only if it needs it)
+            from aioray._private.wire import serialization
+
             err = serialization.deserialize(bufs[0], bufs[1:])
             rec.no_restart = True
             self._set_dead(

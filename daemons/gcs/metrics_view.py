@@ -16,8 +16,6 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from aioray._private.rpc import rpc
 from aioray._private.wire.protocol import Buffer
 
@@ -33,7 +31,6 @@ class MetricsView:
     def __init__(self, gcs: GcsServer) -> None:
         self.gcs = gcs
         self.running_jobs: set[bytes] = set()
-        self._process = psutil.Process()
 
     def __repr__(self) -> str:
         return f"<MetricsView running_jobs={len(self.running_jobs)}>"
@@ -69,8 +66,10 @@ class MetricsView:
             if node["Alive"]:
                 kind = "head" if node["IsHead"] else "worker"
                 active[kind] = active.get(kind, 0) + 1
+        import psutil  # (here: on the first scrape, not in every GCS)
+
         try:
-            uss = float(self._process.memory_full_info().uss)
+            uss = float(psutil.Process().memory_full_info().uss)
         except (psutil.Error, OSError):
             uss = 0.0
         return {

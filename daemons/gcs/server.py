@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from typing import Any
 
 from aioray.daemons._common import install_signal_handlers, listening_socket, watch_lifeline
 from aioray.daemons.gcs.actor_manager import ActorManager
 from aioray.daemons.gcs.cluster_view import ClusterViewPublisher
+from aioray.daemons.gcs.dashboard_process import DashboardProcess
 from aioray.daemons.gcs.demand import DemandTable
 from aioray.daemons.gcs.metrics_view import MetricsView
 from aioray.daemons.gcs.node_health import NodeHealth
@@ -92,10 +94,23 @@ class GcsServer:
         return {"session_id": self.session_id, "session_dir": self.session_dir}
 
     async def run(
-        self, host: str, port: int, listen_fd: int | None, lifeline_fd: int | None
+        self,
+        host: str,
+        port: int,
+        listen_fd: int | None,
+        lifeline_fd: int | None,
+        dashboard_fd: int | None = None,
     ) -> None:
+        """Serve until the lifeline closes or SIGTERM. ``dashboard_fd``: the dashboard's
+        listening socket, which starts the dashboard when first connected to."""
         await self.server.start(host, port, sock=listening_socket(listen_fd, host, port))
         logger.info("GCS listening on %s:%d", self.server.host, self.server.port)
+        dashboard = None  # it runs until we stop, and stops the dashboard if it started it
+        if dashboard_fd is not None:
+            address = f"{self.server.host}:{self.server.port}"
+            sock = socket.socket(fileno=dashboard_fd)
+            starter = DashboardProcess(sock, address, self.session_dir, lifeline_fd)
+            dashboard = asyncio.ensure_future(starter.run(self._stopped))
         self.persistence.save_session(self.session_id, self.session_dir)
         self.persistence.start()
         if self.persistence.placement_groups:  # a restart: take the saved groups back
@@ -104,6 +119,8 @@ class GcsServer:
         install_signal_handlers(self._stopped.set)
         await self._stopped.wait()
         logger.info("GCS stopping")
+        if dashboard is not None:
+            await dashboard
         self.health.stop()
         await self.server.stop()
         self.store.close()

@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--head", action="store_true")
     p.add_argument("--metrics-export-port", type=int, default=0)
     p.add_argument("--metrics-listen-fd", type=int)
+    p.add_argument("--forkserver-fd", type=int, help="a fork server's control channel")
     a = p.parse_args()
     setup_logging(a.session_dir, "raylet")
     raise_fd_limit()
@@ -58,7 +59,9 @@ def main() -> None:
         metrics_export_port=a.metrics_export_port,
     )
     try:
-        _loop.run(raylet.run(a.listen_fd, a.port, a.lifeline_fd, a.metrics_listen_fd))
+        _loop.run(
+            raylet.run(a.listen_fd, a.port, a.lifeline_fd, a.metrics_listen_fd, a.forkserver_fd)
+        )
     except ConnectionError as e:  # the GCS is unreachable or refused us: say why, briefly
         logging.getLogger("aioray.raylet").error("cannot join the cluster: %s", e)
         sys.exit(1)

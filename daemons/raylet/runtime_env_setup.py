@@ -19,7 +19,6 @@ import shutil
 import site
 import stat
 import sys
-import zipfile
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -44,6 +43,8 @@ def dir_size(path: str) -> int:
 
 def extract(data: bytes, dest: str) -> None:
     """(thread) Unzip into ``dest`` (atomically: built beside it, then renamed)."""
+    import zipfile  # (here: a raylet that never sets up a package need not load it)
+
     tmp = f"{dest}.tmp-{os.getpid()}-{id(data)}"
     shutil.rmtree(tmp, ignore_errors=True)
     with zipfile.ZipFile(io.BytesIO(data)) as z:

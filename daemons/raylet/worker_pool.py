@@ -4,7 +4,9 @@ Starting a Python interpreter and importing numpy costs ~0.3 s, so the raylet
 keeps a fork server: a process that has imported aioray, cloudpickle, numpy and
 uvloop, holds no threads and no loop, and forks a worker on request. The control
 channel is a socketpair with one JSON line per request and per answer; workers
-keep the raylet's stdout and stderr, so their prints reach the driver's terminal.
+keep the fork server's stdout and stderr (the raylet's), so their prints reach the
+driver's terminal. ``LocalNode`` starts the default fork server beside the raylet
+and hands it the socketpair (``--forkserver-fd``); a raylet run alone starts its own.
 
 A registered worker's death is its connection closing. One that dies before it
 registers (killed while starting) has no connection yet: the pool watches each
@@ -93,7 +95,13 @@ class ForkServer:
         cmd += [str(theirs.fileno()), "--session-dir", self.session_dir]
         self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        await self.adopt(ours)
+
+    async def adopt(self, control: socket.socket) -> None:
+        """Use a fork server started by someone else (``LocalNode`` starts it beside the
+        raylet, not after it): ``control`` is our end of its control channel. It exits
+        when we close that, so it is not ours to wait for."""
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=control)
 
     async def fork(self, request: dict[str, Any]) -> int:
         """Ask for one worker; its pid."""
@@ -155,9 +163,13 @@ class WorkerPool:
         idle = sum(len(v) for v in self.idle.values())
         return f"<WorkerPool workers={len(self.workers)} idle={idle} starting={self.starting}>"
 
-    async def start(self) -> None:
+    async def start(self, control_fd: int | None = None) -> None:
+        """Start this interpreter's fork server, or adopt the one on ``control_fd``."""
         server = ForkServer(sys.executable, self.session_dir)
-        await server.start()
+        if control_fd is None:
+            await server.start()
+        else:
+            await server.adopt(socket.socket(fileno=control_fd))
         self.servers[""] = server
 
     async def _server(self, python: str) -> ForkServer:

@@ -41,16 +41,28 @@ def raylet_process(ctx: Any) -> psutil.Process:
     return psutil.Process(pid)
 
 
+def fork_servers(raylet: psutil.Process) -> list[psutil.Process]:
+    """The fork servers of the raylet's node: its sibling of the same session (the node
+    starts one beside the raylet) and any it started itself (its children)."""
+    words = raylet.cmdline()
+    session = words[words.index("--session-dir") + 1]
+    parent = raylet.parent()
+    siblings = parent.children() if parent is not None else []
+    return [
+        p
+        for p in [*raylet.children(), *siblings]
+        if FORKSERVER_MARK in " ".join(cmdline := p.cmdline())
+        and f"--session-dir {session}" in " ".join(cmdline)
+    ]
+
+
 def worker_pids(raylet: psutil.Process) -> list[int]:
-    """The raylet's workers: the forkserver's children (or workers it started itself)."""
+    """The raylet's workers: its fork servers' children, or workers it started itself."""
     found: list[int] = []
     try:
-        for child in raylet.children():
-            cmdline = " ".join(child.cmdline())
-            if FORKSERVER_MARK in cmdline:
-                found += [p.pid for p in child.children()]
-            elif WORKER_MARK in cmdline:
-                found.append(child.pid)
+        for server in fork_servers(raylet):
+            found += [p.pid for p in server.children()]
+        found += [p.pid for p in raylet.children() if WORKER_MARK in " ".join(p.cmdline())]
     except psutil.Error:
         pass
     return found
@@ -62,9 +74,11 @@ def session_segments(ctx: Any) -> list[str]:
     return [n for n in os.listdir("/dev/shm") if n.startswith(prefix) and not n.endswith("_pool")]
 
 
-def is_descendant(pid: int, ancestor: psutil.Process) -> bool:
+def is_on_node(pid: int, raylet: psutil.Process) -> bool:
+    """The process descends from the raylet or from its node's fork server."""
     try:
-        return any(p.pid == ancestor.pid for p in psutil.Process(pid).parents())
+        ancestors = {p.pid for p in psutil.Process(pid).parents()}
+        return bool(ancestors & {raylet.pid, *(s.pid for s in fork_servers(raylet))})
     except psutil.Error:
         return False
 
@@ -82,7 +96,7 @@ class Killer(threading.Thread):
     def run(self) -> None:
         while len(self.kills) < MAX_KILLS and not self.done.wait(KILL_EVERY_S):
             pid = self.pick()
-            if pid is None or not is_descendant(pid, self.raylet):
+            if pid is None or not is_on_node(pid, self.raylet):
                 continue  # never anything outside this cluster
             try:
                 os.kill(pid, signal.SIGKILL)

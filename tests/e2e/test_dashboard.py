@@ -1,4 +1,4 @@
-"""The dashboard on a local cluster: started by init(), the token, the Jobs API and
+"""The dashboard on a local cluster: started on its first request, the token, the Jobs API and
 routes, the State API routes, log confinement, the Origin check, the port fallback."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import psutil
 import pytest
 from conftest import wait_for_condition
 
@@ -61,6 +62,25 @@ def test_port_taken_falls_forward() -> None:
 def test_init_returns_the_url(ray_start: Any) -> None:
     assert ray_start.dashboard_url.startswith("127.0.0.1:")
     assert ray_start.dashboard_url in ray_start._repr_html_()
+
+
+def _dashboard_processes() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.cmdline()[1:3] == ["-m", "aioray.dashboard"]
+    ]
+
+
+def test_the_dashboard_starts_on_its_first_request(ray_start: Any) -> None:
+    """init() prints the URL at once but starts no dashboard process: the GCS holds the
+    port and starts it when a first connection waits (an unvisited cluster never pays
+    its memory, and init() never waits for its imports); it then serves that request."""
+    assert _dashboard_processes() == []
+    status, text = call("http://" + ray_start.dashboard_url, "/api/version")
+    assert status == 200 and json.loads(text)["aioray_version"]
+    (dashboard,) = _dashboard_processes()
+    assert "aioray.daemons.gcs" in " ".join(dashboard.parent().cmdline())
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +151,12 @@ def test_tasks_listed_filtered_at_the_source_summarized_and_traced(url: str) -> 
     with pytest.raises(ValueError):
         ray.get(dash_boom.remote())
     q = "tasks?detail=true&filter_keys=state&filter_predicates=%3D&filter_values=FAILED"
-    # The owner reports FAILED first; the executor's report brings the error message.
-    wait_for_condition(lambda: any(t["error_message"] for t in v0(url, q)["result"]), timeout=30)
+    # The owner's report brings the name, the executor's the error message: either may
+    # reach the GCS first (each process flushes its events on its own interval).
+    wait_for_condition(
+        lambda: any(t["error_message"] and t["func_or_class_name"] for t in v0(url, q)["result"]),
+        timeout=30,
+    )
     failed = v0(url, q)
     assert {t["func_or_class_name"] for t in failed["result"]} == {"dash_boom"}
     assert "dashboard-boom" in failed["result"][0]["error_message"]

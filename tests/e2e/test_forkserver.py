@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -104,3 +105,56 @@ def test_pool_forgets_a_worker_killed_before_it_registered(tmp_path: Path) -> No
             await pool.stop()
 
     asyncio.run(main())
+
+
+def test_the_node_starts_the_fork_server_beside_the_raylet(ray_start: Any) -> None:
+    """init() starts the fork server itself, with the GCS and the raylet, instead of the
+    raylet starting it once its own imports are done (the first task waits for a worker,
+    and so for the fork server's imports): the raylet's workers are that server's children."""
+    import aioray as ray
+
+    session = ray_start.address_info["session_dir"]
+    servers = [
+        p
+        for p in psutil.Process().children()
+        if p.cmdline()[1:3] == ["-m", "aioray.daemons.forkserver"] and session in p.cmdline()
+    ]
+    assert len(servers) == 1, [p.cmdline() for p in psutil.Process().children()]
+
+    @ray.remote
+    def parent_pid() -> int:
+        return os.getppid()
+
+    assert ray.get(parent_pid.remote(), timeout=DEADLINE_S) == servers[0].pid
+
+
+def test_a_worker_shares_the_template_and_starts_nothing_of_its_own(ray_start: Any) -> None:
+    """What keeps an idle worker's private memory small, checked by state, not by size:
+    the fork server froze its objects before forking (a worker's collections never write
+    to their headers, so those pages stay shared), it loaded numpy.random (numpy loads it
+    on first use: otherwise in each worker, privately) and the public API, which tasks
+    use; a worker runs no hidden native threads (a loop resolving its server's address
+    starts four, each with its own malloc arena) and never loads the dashboard."""
+    import gc
+    import threading
+
+    import aioray as ray
+
+    @ray.remote
+    def state() -> dict[str, Any]:
+        return {
+            "frozen": gc.get_freeze_count(),
+            "threads": psutil.Process().num_threads(),
+            "python_threads": threading.active_count(),
+            "loaded": sorted(
+                m for m in ("aioray.api", "aioray.dashboard", "aiohttp") if m in sys.modules
+            ),
+            "server": os.getppid(),
+        }
+
+    got = ray.get(state.remote(), timeout=DEADLINE_S)
+    assert got["frozen"] > 10_000, got
+    assert got["threads"] == got["python_threads"], got
+    assert got["loaded"] == ["aioray.api"], got
+    maps = Path(f"/proc/{got['server']}/maps").read_text()
+    assert "numpy/random/" in maps  # its extension modules are mapped in the template

@@ -57,6 +57,10 @@ class Head:
     def address(self) -> str:
         return self.node.gcs_address
 
+    @property
+    def raylet(self) -> subprocess.Popen[bytes]:
+        return next(p for p in self.node.procs if "aioray.daemons.raylet" in str(p.args))
+
     def kill_gcs(self) -> None:
         self.gcs.send_signal(signal.SIGKILL)
         self.gcs.wait(10)
@@ -177,7 +181,7 @@ def test_raylet_gives_up_after_the_reconnect_timeout(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("AIORAY_GCS_RECONNECT_TIMEOUT_S", "1")
     h = Head(monkeypatch)
     try:
-        raylet = h.node.procs[1]
+        raylet = h.raylet
         h.kill_gcs()
         raylet.wait(15)  # it stopped by itself, cleanly
         assert raylet.returncode == 0
@@ -191,7 +195,7 @@ def test_a_saved_node_that_never_comes_back_is_declared_dead(head: Head) -> None
     wakes up after that is refused and stops (a dead node never comes back)."""
     ray.init(address=head.address)
     [before] = ray.nodes()
-    raylet = head.node.procs[1]
+    raylet = head.raylet
     raylet.send_signal(signal.SIGSTOP)
     try:
         head.kill_gcs()

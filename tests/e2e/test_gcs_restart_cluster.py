@@ -55,7 +55,7 @@ def restart_gcs(cluster: Cluster) -> subprocess.Popen[bytes]:
 
 
 def raylet_pid(n: ClusterNode) -> int:
-    return n._local.procs[-1].pid  # the head's daemons: [GCS, raylet]
+    return next(p.pid for p in n._local.procs if "aioray.daemons.raylet" in str(p.args))
 
 
 def rejoined(n: ClusterNode) -> bool:

@@ -54,8 +54,9 @@ def _import_alone(module: str) -> tuple[str, int, str]:
     return module, done.returncode, done.stderr
 
 
-# ~100 interpreters that each load the whole package (importing any module imports
-# ``aioray`` first): 0.15-0.2 s of CPU each, of which ~40 ms is the bare interpreter,
+# ~100 interpreters that each load much of the package (importing any module imports the
+# ``aioray`` package first, which loads its public API on first use only): 0.15-0.2 s of
+# CPU each, of which ~40 ms is the bare interpreter,
 # ~100 ms the standard library and third-party modules (asyncio, ssl, uvloop, msgpack,
 # psutil, cloudpickle) and the rest aioray's own modules; 14-20 s of CPU in all, spread
 # over one interpreter per core. Several times that on a loaded machine: a bound of its own.

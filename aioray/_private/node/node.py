@@ -1,11 +1,13 @@
 """Starting and finding a node's daemons (GCS, raylet) as real processes.
 
 ``LocalNode.start`` binds the listening sockets itself and hands them to the
-children (``pass_fds``), so both daemons start in parallel with no port race and
+children (``pass_fds``), so the daemons start in parallel with no port race and
 clients can connect at once (the kernel queues connections until the daemon
-accepts). A daemon started by ``init()`` holds the read end of a "lifeline" pipe
-whose write end only the driver has: when the driver exits for any reason the
-pipe closes and the daemons shut down, so nothing outlives its driver.
+accepts). The raylet's fork server starts beside them too, on a socketpair the
+raylet adopts, rather than after the raylet's own imports. A daemon started by
+``init()`` holds the read end of a "lifeline" pipe whose write end only the driver
+has: when the driver exits for any reason the pipe closes and the daemons shut
+down, so nothing outlives its driver.
 """
 
 from __future__ import annotations
@@ -335,7 +337,8 @@ class LocalNode:
         ``autoscaling_config``: a head also runs the autoscaler with this config file
         (``aioray.daemons.autoscaler``), tied to the node's life like the other daemons.
         ``include_dashboard`` (head only): serve the dashboard on ``dashboard_host``, at
-        ``dashboard_port`` or the next free port; the daemons do not wait for it.
+        ``dashboard_port`` or the next free port; the GCS holds the port and starts the
+        dashboard on its first connection (``daemons/gcs/dashboard_process.py``).
         """
         config.memory_monitor_settings()  # a bad setting fails here, not in the raylet
         if head and include_dashboard and not _is_loopback(dashboard_host) and not auth.enabled():
@@ -378,13 +381,15 @@ class LocalNode:
                     _started_tokens[self.gcs_address] = self.token
                 with open(os.path.join(self.session_dir, GCS_ADDRESS_FILE), "w") as f:
                     f.write(self.gcs_address)
-                self._spawn(
-                    "gcs",
-                    [*common, "--listen-fd", str(gsock.fileno()), "--session-id", self.session_id],
-                    [*fds, gsock.fileno()],
-                    logs,
-                    detached,
-                )
+                gcs_args = [*common, "--listen-fd", str(gsock.fileno())]
+                gcs_args += ["--session-id", self.session_id]
+                gcs_fds = [*fds, gsock.fileno()]
+                if include_dashboard:  # the GCS starts it when its port is first connected to
+                    dsock = self._dashboard_socket(dashboard_host, dashboard_port)
+                    socks.append(dsock)
+                    gcs_args += ["--dashboard-fd", str(dsock.fileno())]
+                    gcs_fds.append(dsock.fileno())
+                self._spawn("gcs", gcs_args, gcs_fds, logs, detached)
             else:
                 assert gcs_address is not None
                 self.gcs_address = gcs_address
@@ -417,21 +422,27 @@ class LocalNode:
                 "--metrics-export-port",
                 str(self.metrics_export_port),
             ]
+            # The fork server starts beside the raylet rather than after its imports: the
+            # first task waits for a worker, which waits for the fork server's imports.
+            ours, theirs = socket.socketpair()
+            socks += [ours, theirs]
+            args += ["--forkserver-fd", str(ours.fileno())]
             if object_spilling_directory:
                 args += ["--object-spilling-directory", object_spilling_directory]
             if system_config:
                 args += ["--system-config", json.dumps(system_config)]
             if head:
                 args.append("--head")
-            self._spawn("raylet", args, [*fds, rsock.fileno(), msock.fileno()], logs, detached)
+            raylet_fds = [*fds, rsock.fileno(), msock.fileno(), ours.fileno()]
+            self._spawn("raylet", args, raylet_fds, logs, detached)
+            # (after the raylet: a node serving in the foreground names the first of its
+            # children to exit, and the fork server exits when its raylet does)
+            fork_args = ["--control-fd", str(theirs.fileno()), "--session-dir", self.session_dir]
+            self._spawn("forkserver", fork_args, [theirs.fileno()], logs, detached)
             if head and autoscaling_config:
                 autoscaler = ["--gcs-address", self.gcs_address, "--head-ip", node_ip]
                 autoscaler += ["--config", os.path.abspath(autoscaling_config)]
                 self._spawn("autoscaler", [*common, *autoscaler], fds, logs, detached)
-            if head and include_dashboard:
-                dsock = _listen_from(dashboard_host, dashboard_port)
-                socks.append(dsock)
-                self._start_dashboard(dsock, common, fds, logs, detached)
         except BaseException:
             self.stop()
             raise
@@ -442,32 +453,18 @@ class LocalNode:
                 os.close(lifeline_r)
         return self
 
-    def _start_dashboard(
-        self, sock: socket.socket, common: list[str], fds: list[int], logs: str, detached: bool
-    ) -> None:
-        host, port = sock.getsockname()[:2]
-        self.dashboard_url = f"{host}:{port}"
-        args = [*common, "--listen-fd", str(sock.fileno()), "--gcs-address", self.gcs_address]
-        self._spawn(
-            "dashboard", args, [*fds, sock.fileno()], logs, detached, "aioray.dashboard", nice=10
-        )
+    def _dashboard_socket(self, host: str, port: int) -> socket.socket:
+        """The dashboard's listening socket (``port`` or the next free one); its URL is
+        known, and written to the session, before any process serves it."""
+        sock = _listen_from(host, port)
+        bound_host, bound_port = sock.getsockname()[:2]
+        self.dashboard_url = f"{bound_host}:{bound_port}"
         with open(os.path.join(self.session_dir, DASHBOARD_URL_FILE), "w") as f:
             f.write(self.dashboard_url)
+        return sock
 
-    def _spawn(
-        self,
-        name: str,
-        args: list[str],
-        fds: list[int],
-        logs: str,
-        detached: bool,
-        module: str = "",
-        nice: int = 0,
-    ) -> None:
-        cmd = [sys.executable, "-m", module or f"aioray.daemons.{name}", *args]
-        # The dashboard starts beside the daemons on a machine that may have 2 cores: at a
-        # lower priority it costs the first tasks nothing (it is idle until a browser asks).
-        lower = (lambda: os.nice(nice)) if nice else None
+    def _spawn(self, name: str, args: list[str], fds: list[int], logs: str, detached: bool) -> None:
+        cmd = [sys.executable, "-m", f"aioray.daemons.{name}", *args]
         out: Any = None
         if detached:
             out = open(os.path.join(logs, f"{name}.out"), "ab")  # noqa: SIM115 - handed to the child
@@ -481,7 +478,6 @@ class LocalNode:
             # Their own session: a Ctrl-C in the driver's terminal interrupts the driver,
             # not the cluster (the lifeline still ties them to the driver's life).
             start_new_session=True,
-            preexec_fn=lower,  # (only os.nice: safe between fork and exec)
         )
         if out is not None:
             out.close()

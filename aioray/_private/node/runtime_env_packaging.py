@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import stat
-import zipfile
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -135,6 +134,8 @@ def content_hash(files: list[tuple[str, str]], field: str) -> str:
 
 
 def zip_files(files: list[tuple[str, str]]) -> bytes:
+    import zipfile  # (here: the GCS imports this module, and never zips)
+
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         for rel, path in files:

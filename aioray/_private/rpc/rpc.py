@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ipaddress
 import itertools
 import logging
 import resource
@@ -564,6 +565,12 @@ class Server:
         elif sock is not None:
             self._server = await loop.create_server(self._make, sock=sock)
             name = self._server.sockets[0].getsockname()
+        elif _is_ip(host):
+            # Bound here: the loop would resolve the address on a thread pool (uvloop starts
+            # four threads for it, each with its own malloc arena: ~3 MiB per worker).
+            sock = socket.create_server((host, port), family=_family(host), reuse_port=False)
+            self._server = await loop.create_server(self._make, sock=sock)
+            name = self._server.sockets[0].getsockname()
         else:
             self._server = await loop.create_server(self._make, host, port, reuse_address=True)
             name = self._server.sockets[0].getsockname()
@@ -578,6 +585,18 @@ class Server:
             conn.close()
         if self._server is not None:
             await self._server.wait_closed()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
 
 
 async def gather_settled(aws: Sequence[Awaitable[Any]]) -> list[Any]:
