@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
 import aioray as ray
@@ -23,6 +24,10 @@ CLUSTER_NODES = [
 ]
 
 
+def cmdline(pid: int) -> str:
+    return " ".join(psutil.Process(pid).cmdline())
+
+
 @ray.remote
 def make(nbytes: int) -> Any:
     return np.ones(nbytes, dtype=np.uint8)  # in the source node's shared memory
@@ -33,7 +38,7 @@ def test_pull_from_a_silent_node_times_out(ray_cluster: Any) -> None:
     ref = make.remote(1024 * 1024)
     ready, _ = ray.wait([ref], timeout=60, fetch_local=False)
     assert ready, "the object was never made"
-    (raylet,) = source.pids
+    (raylet,) = [p for p in source.pids if "aioray.daemons.raylet" in cmdline(p)]
     os.kill(raylet, signal.SIGSTOP)
     try:
         start = time.monotonic()
