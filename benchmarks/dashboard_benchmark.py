@@ -1,8 +1,10 @@
 """What the dashboard costs: its process's USS idle (before and after it joins the
-cluster), each API route's latency (p50/max over N requests), 1,000 actors in the
-GCS optionally, and a job's submit → RUNNING time on a warm cluster.
+cluster), each API route's latency (p50/max over N requests), optionally with
+``--tasks`` finished tasks and ``--actors`` actors in the GCS (made in batches of 20
+and killed: their records stay, as DEAD), and a job's submit → RUNNING time on a warm
+cluster.
 
-    python benchmarks/dashboard_benchmark.py [--requests 20] [--actors 0] [--jobs 5]
+    python benchmarks/dashboard_benchmark.py [--requests 20] [--tasks 0] [--actors 0] [--jobs 5]
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import argparse
 import statistics
 import time
 import urllib.request
-from typing import Any
 
 import psutil
 
@@ -28,6 +29,9 @@ ROUTES = [
     "/api/v0/placement_groups",
     "/api/v0/jobs",
     "/api/v0/actors/summarize",
+    "/api/v0/tasks?limit=100",
+    "/api/v0/tasks?filter_keys=state&filter_predicates=%3D&filter_values=FAILED&limit=100",
+    "/api/v0/tasks/summarize",
     "/api/cluster_status",
     "/nodes?view=summary",
     "/logical/actors",
@@ -59,9 +63,15 @@ class Idle:
         return 1
 
 
+@ray.remote
+def tiny() -> int:
+    return 1
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--requests", type=int, default=20)
+    p.add_argument("--tasks", type=int, default=0)
     p.add_argument("--actors", type=int, default=0)
     p.add_argument("--jobs", type=int, default=5)
     a = p.parse_args()
@@ -79,10 +89,17 @@ def main() -> None:
     get(url + "/api/v0/nodes", headers)  # joins the cluster
     time.sleep(1)
     print(f"dashboard USS idle, joined:        {dashboard_uss():.1f} MiB")
-    actors: list[Any] = [Idle.remote() for _ in range(a.actors)]
-    if actors:
-        ray.get([h.ping.remote() for h in actors])
-        print(f"{len(actors)} actors alive; USS {dashboard_uss():.1f} MiB")
+    for start in range(0, a.tasks, 10_000):
+        ray.get([tiny.remote() for _ in range(min(10_000, a.tasks - start))])
+    for start in range(0, a.actors, 20):
+        batch = [Idle.remote() for _ in range(min(20, a.actors - start))]
+        ray.get([h.ping.remote() for h in batch])
+        for h in batch:
+            ray.kill(h)
+    if a.tasks or a.actors:
+        time.sleep(2.5)  # (the last task events reach the GCS: one interval, sent late)
+        get(url + "/api/v0/tasks/summarize", headers)  # the GCS merges what it received
+        print(f"{a.tasks} tasks, {a.actors} actors made; USS {dashboard_uss():.1f} MiB")
     for route in ROUTES:
         times = [get(url + route, headers) for _ in range(a.requests)]
         print(
