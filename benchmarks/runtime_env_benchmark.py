@@ -50,7 +50,7 @@ def raylet_state(node: Any) -> dict[str, Any]:
 
 
 def upload(root: Path) -> str:
-    uri: str = runtime_env_packaging.upload_env({"working_dir": str(root)}, api._gcs_call)[
+    uri: str = runtime_env_packaging.upload_env({"working_dir": str(root)}, api.gcs_call)[
         "working_dir"
     ]
     return uri
