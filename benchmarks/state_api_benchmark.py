@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--running", type=int, default=5)
     a = p.parse_args()
     ray.init(num_cpus=1, _system_config={"task_events_max_num_task_in_gcs": a.tasks})
-    address = api._gcs_address
+    address = api.connected_gcs_address()
     assert address is not None
     before = gcs_rss()
     start = time.perf_counter()
