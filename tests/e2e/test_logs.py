@@ -293,6 +293,10 @@ def test_output_keeps_the_name_of_the_task_that_wrote_it(ray_start, capfd):
     assert f"(second pid={pid}, ip={NODE_IP}) {token}-second" in lines
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_worker_log_files_and_the_logs_command(ray_start, tmp_path):
     token = _token("file")
 
@@ -347,6 +351,9 @@ def test_worker_log_files_and_the_logs_command(ray_start, tmp_path):
             [sys.executable, "-m", "aioray.cli", "logs", str(pid), "-f", "-n", "1"],
             stdout=sink,
             stderr=subprocess.STDOUT,
+            # Ctrl-C as a terminal delivers it: a suite started in the background (`cmd &`
+            # in a script) runs with SIGINT ignored, which the child would inherit.
+            preexec_fn=_default_sigint,
         )
     try:
         wait_for_condition(lambda: f"err {token}" in followed.read_text(), 20)
