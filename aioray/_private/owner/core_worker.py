@@ -44,9 +44,9 @@ from aioray._private.core.reference_counter import ReferenceCounter
 from aioray._private.owner import (
     log_monitor,
     memory_report,
-    object_waits,
     store_client,
     task_events,
+    thread_waits,
 )
 from aioray._private.owner.actor_submitter import ActorSubmitter
 from aioray._private.owner.blocked_gets import BlockedGets
@@ -441,7 +441,7 @@ class CoreWorker:
             if self.mode == WORKER:
                 found = self.blocked_gets.get(missing, timeout)
             else:
-                found = self.run_sync(object_waits.fetch_many(self, missing), timeout)
+                found = thread_waits.wait_missing(self, missing, timeout)
             objs = [o if o is not None else found[r._id] for r, o in zip(refs, objs, strict=True)]
         if len(objs) > 1:  # objects on other nodes: pulled together, not one by one
             store_client.prefetch(self, ((r._id, o) for r, o in zip(refs, objs, strict=True)))  # type: ignore[misc]
