@@ -1,13 +1,15 @@
 """One sync round trip, taken apart: latency, CPU and thread wake-ups per call (#21).
 
 A loop of ``ray.get(f.remote())`` (``--kind task``) or ``ray.get(a.m.remote())``
-(``--kind actor``), as the microbenchmark's sync rows. Besides the median latency it
-reports what does not depend on how loaded the machine is: the CPU time each process
-spends per call (the driver, and the worker that runs the calls) and the context
-switches of all their threads per call (voluntary: a thread went to sleep waiting for
-another; involuntary: the scheduler took the core away).
+(``--kind actor``), as the microbenchmark's sync rows; ``task-batch`` and
+``actor-batch`` are its async rows (a get of 1,000 at a time), counted per call.
+Besides the rate and the median latency it reports what depends less on how loaded
+the machine is: the CPU time each process spends per call (the driver, and the
+workers that run the calls) and the context switches of all their threads per call
+(voluntary: a thread went to sleep waiting for another; involuntary: the scheduler
+took the core away).
 
-    python benchmarks/sync_path.py [--kind task|actor|both] [--n 3000] [--rounds 3]
+    python benchmarks/sync_path.py [--kind task,actor,...] [--n 3000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 import aioray as ray
+
+BATCH = 1000  # calls per get in the batch kinds (the microbenchmark's async rows)
 
 
 def switches(pid: int) -> tuple[int, int]:
@@ -44,35 +48,44 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(call: Callable[[], Any], worker_pid: int, n: int) -> dict[str, float]:
-    me = os.getpid()
+def totals(pids: set[int]) -> tuple[float, int, int]:
+    """(CPU seconds, voluntary, involuntary switches) summed over ``pids``."""
+    cpu, vol, invol = 0.0, 0, 0
+    for pid in pids:
+        cpu += cpu_seconds(pid)
+        v, i = switches(pid)
+        vol, invol = vol + v, invol + i
+    return cpu, vol, invol
+
+
+def measure(call: Callable[[], Any], workers: set[int], n: int, per: int) -> dict[str, float]:
+    """``call()`` ``n // per`` times, each making ``per`` calls; figures per call."""
+    me = {os.getpid()}
     lat = []
-    s0, w0 = switches(me), switches(worker_pid)
-    c0, cw0 = cpu_seconds(me), cpu_seconds(worker_pid)
+    d0, w0 = totals(me), totals(workers)
     start = time.perf_counter()
-    for _ in range(n):
+    for _ in range(n // per):
         t = time.perf_counter()
         call()
         lat.append(time.perf_counter() - t)
     wall = time.perf_counter() - start
-    s1, w1 = switches(me), switches(worker_pid)
-    c1, cw1 = cpu_seconds(me), cpu_seconds(worker_pid)
+    d1, w1 = totals(me), totals(workers)
     return {
         "per_s": n / wall,
-        "median_us": statistics.median(lat) * 1e6,
-        "p10_us": statistics.quantiles(lat, n=10)[0] * 1e6,
-        "driver_cpu_us": (c1 - c0) / n * 1e6,
-        "worker_cpu_us": (cw1 - cw0) / n * 1e6,
-        "driver_vol": (s1[0] - s0[0]) / n,
-        "driver_invol": (s1[1] - s0[1]) / n,
-        "worker_vol": (w1[0] - w0[0]) / n,
-        "worker_invol": (w1[1] - w0[1]) / n,
+        "median_us": statistics.median(lat) / per * 1e6,
+        "p10_us": statistics.quantiles(lat, n=10)[0] / per * 1e6,
+        "driver_cpu_us": (d1[0] - d0[0]) / n * 1e6,
+        "worker_cpu_us": (w1[0] - w0[0]) / n * 1e6,
+        "driver_vol": (d1[1] - d0[1]) / n,
+        "driver_invol": (d1[2] - d0[2]) / n,
+        "worker_vol": (w1[1] - w0[1]) / n,
+        "worker_invol": (w1[2] - w0[2]) / n,
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kind", choices=["task", "actor", "both"], default="both")
+    p.add_argument("--kind", default="task,actor", help="of task, actor, task-batch, actor-batch")
     p.add_argument("--n", type=int, default=3000)
     p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args()
@@ -87,24 +100,27 @@ def main() -> None:
         def m(self) -> int:
             return os.getpid()
 
-    kinds = ["task", "actor"] if a.kind == "both" else [a.kind]
-    actor = A.remote() if "actor" in kinds else None
-    calls: dict[str, Callable[[], Any]] = {"task": lambda: ray.get(f.remote())}
+    kinds = a.kind.split(",")
+    actor = A.remote() if any(k.startswith("actor") for k in kinds) else None
+    calls: dict[str, tuple[Callable[[], Any], int]] = {
+        "task": (lambda: [ray.get(f.remote())], 1),
+        "task-batch": (lambda: ray.get([f.remote() for _ in range(BATCH)]), BATCH),
+    }
     if actor is not None:
-        calls["actor"] = lambda: ray.get(actor.m.remote())
+        calls["actor"] = (lambda: [ray.get(actor.m.remote())], 1)
+        calls["actor-batch"] = (lambda: ray.get([actor.m.remote() for _ in range(BATCH)]), BATCH)
     for kind in kinds:
-        call = calls[kind]
-        pids = {call() for _ in range(300)}  # warm up; one lease serves a sync loop
-        if len(pids) != 1:
-            print(f"{kind}: calls ran in {len(pids)} workers; the worker figures are one of them")
-        pid = pids.pop()
+        call, per = calls[kind]
+        workers: set[int] = set()
+        for _ in range(max(1, 300 // per)):  # warm up: workers leased, functions exported
+            workers.update(call())
         for _ in range(a.rounds):
-            r = measure(call, pid, a.n)
+            r = measure(call, workers, max(a.n, per), per)
             print(
-                f"{kind:5} {r['per_s']:7.0f}/s  median {r['median_us']:6.1f} us "
+                f"{kind:11} {r['per_s']:7.0f}/s  median {r['median_us']:6.1f} us "
                 f"(p10 {r['p10_us']:6.1f})  cpu us/call driver {r['driver_cpu_us']:6.1f} "
-                f"worker {r['worker_cpu_us']:6.1f}  switches/call driver "
-                f"{r['driver_vol']:.2f}+{r['driver_invol']:.2f} worker "
+                f"workers {r['worker_cpu_us']:6.1f}  switches/call driver "
+                f"{r['driver_vol']:.2f}+{r['driver_invol']:.2f} workers "
                 f"{r['worker_vol']:.2f}+{r['worker_invol']:.2f}",
                 flush=True,
             )

@@ -52,7 +52,7 @@ class Job:
         self,
         spec: dict[str, Any],
         buffers: list[Buffer],
-        fut: asyncio.Future[Any],
+        fut: rpc.Answer,
         conn: rpc.Connection | None = None,
     ) -> None:
         self.spec = spec
@@ -92,7 +92,7 @@ class ActorHost:
     # -- creation --------------------------------------------------------------------------
     def handle_create_actor(
         self, conn: rpc.Connection, spec: dict[str, Any], bufs: list[Buffer]
-    ) -> asyncio.Future[Any]:
+    ) -> rpc.Answer:
         """``create_actor`` spec (with ``aid``, ``meta``, ``ns``) + argument buffers, from the GCS
         -> the push reply of running the actor's ``__init__`` (as ``push_task``)."""
         self.meta = spec["meta"]
@@ -124,11 +124,11 @@ class ActorHost:
     # -- calls -----------------------------------------------------------------------------
     def handle_push_actor_task(
         self, conn: rpc.Connection, spec: dict[str, Any], bufs: list[Buffer]
-    ) -> asyncio.Future[Any]:
+    ) -> rpc.Answer:
         """``push_actor_task`` spec + buffers, from a caller -> the push reply ({r, ...} and the
         return values' buffers). Calls from one caller run in their sequence order; arguments
         held by their owners are fetched first."""
-        fut: asyncio.Future[Any] = self.cw.loop.create_future()
+        fut = rpc.Answer()
         job = Job(spec, bufs, fut, conn)
         if "cr" in spec:
             job.hold(self.cw, spec["cr"])
@@ -229,7 +229,7 @@ class ActorHost:
             self.cw.post(self.ex.fail, job, e)
             return
         record_end(self.cw, job.spec, reply_failed(body))
-        self.cw.post(self.ex.reply, job, body, bufs)
+        self.ex.answer(job, body, bufs)
 
     async def _run_async(self, job: Job, group: str | None) -> None:
         try:
@@ -273,7 +273,7 @@ class ActorHost:
             finally:
                 self.running.pop(task_id, None)
         record_end(self.cw, spec, reply_failed(body))
-        self.cw.post(self.ex.reply, job, body, bufs)
+        self.ex.answer(job, body, bufs)
 
     async def _stream_async(self, job: Job, gen: Any) -> tuple[dict[str, Any], list[Buffer]]:
         task_id, limit, count = job.spec["tid"], job.spec.get("bp") or 0, 0

@@ -21,7 +21,11 @@ Warnings a peer can cause are rate-limited (``peer_log``).
 
 Handlers are methods named ``handle_<method>`` on a service object, plain or
 ``async``; they receive ``(conn, body, buffers)`` and return a body, or
-``Reply(body, buffers)`` to attach raw buffers.
+``Reply(body, buffers)`` to attach raw buffers, or a future or an ``Answer`` to reply
+later. An ``Answer`` may be given from another thread, which then writes the response
+itself (``write_now``) when nothing is queued before it: every write to the socket
+holds the connection's write lock, and the thread writes to a descriptor of its own
+(a dup), which the loop closing its own cannot hand to another file meanwhile.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ import asyncio
 import inspect
 import itertools
 import logging
+import os
 import resource
 import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aioray._private.rpc import tls
+from aioray._private.rpc.answer import Answer
 from aioray._private.rpc.peer_log import RateLimitedLog
 from aioray._private.rpc.tls_listener import TLSListener
 from aioray._private.wire import auth, config, protocol
@@ -114,6 +121,9 @@ class Connection(asyncio.BufferedProtocol):
         self._pending: dict[int, asyncio.Future[tuple[Any, list[Buffer]]]] = {}
         self._out: list[Buffer] = []
         self._flush_scheduled = False
+        self._wlock = threading.Lock()  # held by every write to the socket (write_now)
+        self._fd = -1  # a plain TCP socket's descriptor: other threads may write to it
+        self._wfd = -1  # their own duplicate of it, made on first use
         self._server_side = server_side
         self._hello_check = hello_check
         self._greeted = not server_side
@@ -147,6 +157,8 @@ class Connection(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if transport.get_extra_info("sslcontext") is None:  # (TLS: through the loop)
+                self._fd = sock.fileno()
         if self._server_side:
             refused = _admission(sock)
             if refused is not None:
@@ -187,6 +199,10 @@ class Connection(asyncio.BufferedProtocol):
         self._transport = None
         self._dead = True
         self._uncount()
+        if self._wfd >= 0:
+            with self._wlock:
+                os.close(self._wfd)
+                self._wfd = -1
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         if not self.challenge.done():
@@ -254,13 +270,15 @@ class Connection(asyncio.BufferedProtocol):
         try:
             result = handler(self, body, buffers)
         except Exception as e:
-            self._reply_error(kind, seq, method, e)
+            self.reply_error(kind, seq, method, e)
             return
-        if isinstance(result, asyncio.Future):
+        if result.__class__ is Answer:
+            result.bind(self, kind, seq, method)
+        elif isinstance(result, asyncio.Future):
             # A handler that answers later (e.g. when a task finishes) returns a future.
             result.add_done_callback(lambda f: self._finish(kind, seq, method, f))
         elif kind == REQUEST:
-            self._reply(seq, method, result)
+            self.reply(seq, method, result)
 
     def _finish(self, kind: int, seq: int, method: str, task: asyncio.Future[Any]) -> None:
         if self._transport is None or self._dead:
@@ -273,11 +291,12 @@ class Connection(asyncio.BufferedProtocol):
             return
         exc = task.exception()
         if exc is not None:
-            self._reply_error(kind, seq, method, exc)
+            self.reply_error(kind, seq, method, exc)
         elif kind == REQUEST:
-            self._reply(seq, method, task.result())
+            self.reply(seq, method, task.result())
 
-    def _reply(self, seq: int, method: str, result: Any) -> None:
+    def reply(self, seq: int, method: str, result: Any) -> None:
+        """(loop) Send the response to request ``seq``: a body, or a ``Reply``."""
         try:
             if isinstance(result, Reply):
                 self._send(RESPONSE, seq, None, result.body, result.buffers)
@@ -287,7 +306,8 @@ class Connection(asyncio.BufferedProtocol):
             logger.error("handler %s returned an unencodable result: %s", method, e)
             self._send(ERROR, seq, method, ["EncodeError", f"unencodable result: {e}"])
 
-    def _reply_error(self, kind: int, seq: int, method: str, exc: BaseException) -> None:
+    def reply_error(self, kind: int, seq: int, method: str, exc: BaseException) -> None:
+        """(loop) Answer request ``seq`` with an error (a notification's is logged)."""
         if kind == REQUEST:
             self._send(ERROR, seq, method, [type(exc).__name__, str(exc)])
         elif not isinstance(exc, ConnectionError):
@@ -359,8 +379,42 @@ class Connection(asyncio.BufferedProtocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._out and self._transport is not None:
-            out, self._out = self._out, []
-            self._transport.writelines(out)
+            with self._wlock:
+                out, self._out = self._out, []
+                self._transport.writelines(out)
+
+    def write_now(self, frames: list[Buffer], answer: Answer) -> bool:
+        """(any thread) Write ``answer``'s frames from this thread if nothing is queued
+        before them (True: answered); False, with nothing written, when they must go
+        through the loop: TLS, frames or bytes waiting, the connection closing."""
+        if self._fd < 0 or len(frames) > MAX_DIRECT_PARTS:
+            return False
+        with self._wlock:
+            transport = self._transport
+            if (
+                self._out
+                or transport is None
+                or self._dead
+                or transport.is_closing()
+                or transport.get_write_buffer_size()
+            ):
+                return False
+            if answer.answered:
+                return True
+            if self._wfd < 0:
+                self._wfd = os.dup(self._fd)
+            try:
+                written = os.writev(self._wfd, frames)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                return False  # (the loop sees the connection fail and drops the answer)
+            answer.answered = True
+            rest = _unwritten(frames, written)
+            if rest:  # the socket's buffer is full: the loop writes the rest, first
+                self._out[:0] = rest
+                self.loop.call_soon_threadsafe(self._flush)
+        return True
 
     def call_nowait(
         self, method: str, body: Any = None, buffers: Sequence[Buffer] = ()
@@ -416,6 +470,23 @@ class Connection(asyncio.BufferedProtocol):
         if self._transport is not None:
             self._flush()
             self._transport.close()
+
+
+# A response written from another thread goes out in one writev of at most this many parts.
+MAX_DIRECT_PARTS = 64
+
+
+def _unwritten(frames: list[Buffer], written: int) -> list[Buffer]:
+    """What is left of ``frames`` after the first ``written`` bytes went out."""
+    rest: list[Buffer] = []
+    for part in frames:
+        size = part.nbytes if isinstance(part, memoryview) else len(part)
+        if written >= size:
+            written -= size
+            continue
+        rest.append(memoryview(part).cast("B")[written:] if written else part)
+        written = 0
+    return rest
 
 
 def async_table(handlers: dict[str, Handler]) -> dict[str, bool]:
