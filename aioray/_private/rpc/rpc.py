@@ -21,11 +21,8 @@ Warnings a peer can cause are rate-limited (``peer_log``).
 
 Handlers are methods named ``handle_<method>`` on a service object, plain or
 ``async``; they receive ``(conn, body, buffers)`` and return a body, or
-``Reply(body, buffers)`` to attach raw buffers, or a future or an ``Answer`` to reply
-later. An ``Answer`` may be given from another thread, which then writes the response
-itself (``write_now``) when nothing is queued before it: every write to the socket
-holds the connection's write lock, and the thread writes to a descriptor of its own
-(a dup), which the loop closing its own cannot hand to another file meanwhile.
+``Reply(body, buffers)`` to attach raw buffers, or a future or an ``Answer`` (answer.py,
+which may answer from another thread) to reply later.
 """
 
 from __future__ import annotations
@@ -121,7 +118,7 @@ class Connection(asyncio.BufferedProtocol):
         self._pending: dict[int, asyncio.Future[tuple[Any, list[Buffer]]]] = {}
         self._out: list[Buffer] = []
         self._flush_scheduled = False
-        self._wlock = threading.Lock()  # held by every write to the socket (write_now)
+        self._wlock = threading.Lock()  # held by every write to the socket (answer.py)
         self._fd = -1  # a plain TCP socket's descriptor: other threads may write to it
         self._wfd = -1  # their own duplicate of it, made on first use
         self._server_side = server_side
@@ -383,39 +380,6 @@ class Connection(asyncio.BufferedProtocol):
                 out, self._out = self._out, []
                 self._transport.writelines(out)
 
-    def write_now(self, frames: list[Buffer], answer: Answer) -> bool:
-        """(any thread) Write ``answer``'s frames from this thread if nothing is queued
-        before them (True: answered); False, with nothing written, when they must go
-        through the loop: TLS, frames or bytes waiting, the connection closing."""
-        if self._fd < 0 or len(frames) > MAX_DIRECT_PARTS:
-            return False
-        with self._wlock:
-            transport = self._transport
-            if (
-                self._out
-                or transport is None
-                or self._dead
-                or transport.is_closing()
-                or transport.get_write_buffer_size()
-            ):
-                return False
-            if answer.answered:
-                return True
-            if self._wfd < 0:
-                self._wfd = os.dup(self._fd)
-            try:
-                written = os.writev(self._wfd, frames)
-            except BlockingIOError:
-                written = 0
-            except OSError:
-                return False  # (the loop sees the connection fail and drops the answer)
-            answer.answered = True
-            rest = _unwritten(frames, written)
-            if rest:  # the socket's buffer is full: the loop writes the rest, first
-                self._out[:0] = rest
-                self.loop.call_soon_threadsafe(self._flush)
-        return True
-
     def call_nowait(
         self, method: str, body: Any = None, buffers: Sequence[Buffer] = ()
     ) -> asyncio.Future[tuple[Any, list[Buffer]]]:
@@ -470,23 +434,6 @@ class Connection(asyncio.BufferedProtocol):
         if self._transport is not None:
             self._flush()
             self._transport.close()
-
-
-# A response written from another thread goes out in one writev of at most this many parts.
-MAX_DIRECT_PARTS = 64
-
-
-def _unwritten(frames: list[Buffer], written: int) -> list[Buffer]:
-    """What is left of ``frames`` after the first ``written`` bytes went out."""
-    rest: list[Buffer] = []
-    for part in frames:
-        size = part.nbytes if isinstance(part, memoryview) else len(part)
-        if written >= size:
-            written -= size
-            continue
-        rest.append(memoryview(part).cast("B")[written:] if written else part)
-        written = 0
-    return rest
 
 
 def async_table(handlers: dict[str, Handler]) -> dict[str, bool]:
