@@ -435,13 +435,15 @@ class CoreWorker:
     def get(self, refs: Sequence[ObjectRef], timeout: float | None = None) -> list[Any]:
         """Values of ``refs`` in order (caller's thread); raises the first error."""
         store = self.memory_store
+        if len(refs) == 1:  # (a sync round trip: no list built and walked three times)
+            ref = refs[0]
+            obj = store.get(ref._id) or thread_waits.wait_missing(self, [ref], timeout)[ref._id]
+            return [self.materialize(ref._id, obj, ref._owner)]
         objs: list[StoredObject | None] = [store.get(r._id) for r in refs]
         if None in objs:
-            missing = [r for r, o in zip(refs, objs, strict=True) if o is None]
-            if self.mode == WORKER:
-                found = self.blocked_gets.get(missing, timeout)
-            else:
-                found = thread_waits.wait_missing(self, missing, timeout)
+            found = thread_waits.wait_missing(
+                self, [r for r, o in zip(refs, objs, strict=True) if o is None], timeout
+            )
             objs = [o if o is not None else found[r._id] for r, o in zip(refs, objs, strict=True)]
         if len(objs) > 1:  # objects on other nodes: pulled together, not one by one
             store_client.prefetch(self, ((r._id, o) for r, o in zip(refs, objs, strict=True)))  # type: ignore[misc]

@@ -77,10 +77,15 @@ def _deliver_taken(cw: CoreWorker, oid: bytes, entry: tuple[Any, Any, Any]) -> N
 def wait_missing(
     cw: CoreWorker, missing: list[ObjectRef], timeout: float | None
 ) -> dict[bytes, StoredObject]:
-    """(a driver's thread) Wait for objects not stored yet, by id: the ones this process
-    owns in the caller's thread (``wait_owned``), any others through the loop."""
+    """(a user's thread) Wait for objects not stored yet, by id. In a driver, the ones
+    this process owns in the caller's thread (``wait_owned``), any others through the
+    loop; in a worker, through the loop (blocked_gets: the task's CPUs may be lent)."""
+    if cw.mode == "worker":  # (core_worker.WORKER, which imports this module)
+        return cw.blocked_gets.get(missing, timeout)
     owned = cw.owned
-    if not cw.in_loop_thread() and all(r._id in owned for r in missing):
+    one = len(missing) == 1
+    mine = missing[0]._id in owned if one else all(r._id in owned for r in missing)
+    if mine and not cw.in_loop_thread():
         found = wait_owned(cw, missing, timeout)
         if found is not None:
             return found
