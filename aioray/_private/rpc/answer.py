@@ -1,12 +1,13 @@
-"""A request answered later, maybe from another thread: what a handler returns when its
-reply is not ready yet (a worker's ``push_task``: the reply comes when the task ends).
+"""Replies without futures, both ways: a request answered later, maybe from another
+thread (``Answer``), and a reply handed to a callback as soon as it is read (``Then``).
 
-On the connection's loop, ``send`` and ``fail`` answer as a returned future's result
-would. From any other thread, ``send_now`` writes the response to the socket itself
-when nothing is queued on the connection before it (``write_now``): a task's reply
-then leaves from the thread that ran the task, without a hand-off to the loop and a
-wake-up of it. When that cannot be done it returns False, and the caller answers
-through the loop instead.
+``Answer`` is what a handler returns when its reply is not ready yet (a worker's
+``push_task``: the reply comes when the task ends). On the connection's loop, ``send``
+and ``fail`` answer as a returned future's result would. From any other thread,
+``send_now`` writes the response to the socket itself when nothing is queued on the
+connection before it (``write_now``): a task's reply then leaves from the thread that
+ran the task, without a hand-off to the loop and a wake-up of it. When that cannot be
+done it returns False, and the caller answers through the loop instead.
 
 Writing from a thread that is not the loop's is safe because every write to the
 socket holds the connection's write lock (``Connection._flush`` too), because the
@@ -15,18 +16,52 @@ can be ahead of it, and because it writes to its own duplicate of the descriptor
 which the loop closing its own cannot hand over to another file meanwhile. What the
 socket does not take at once goes to the front of the connection's queue, for the
 loop to write before anything else. TLS connections are the loop's alone.
+
+``Then`` stands where a pending request's future would (``Connection.call_then``):
+the reply runs the callback while its frame is being read, not one loop iteration
+later through the future's callbacks; an error (the connection lost) still runs it
+one iteration later, as a future's callback would have.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aioray._private.wire.protocol import REQUEST, RESPONSE, Buffer, encode_frame
 
 if TYPE_CHECKING:
     from aioray._private.rpc.rpc import Connection
+
+logger = logging.getLogger(__name__)
+
+# then(reply, error): the reply as (body, buffers), or None and the error.
+ThenFn = Callable[[Any, BaseException | None], None]
+
+
+class Then:
+    """A pending request's callback, in the place of its future (``call_then``)."""
+
+    __slots__ = ("fn", "loop")
+
+    def __init__(self, fn: ThenFn, loop: asyncio.AbstractEventLoop) -> None:
+        self.fn = fn
+        self.loop = loop
+
+    def done(self) -> bool:
+        return False  # (the connection drops it once it has run)
+
+    def set_result(self, reply: tuple[Any, list[Buffer]]) -> None:
+        try:
+            self.fn(reply, None)
+        except Exception:  # (the frames read with it must still be dispatched)
+            logger.exception("reply callback %r failed", self.fn)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.loop.call_soon(self.fn, None, exc)
 
 
 class Answer:

@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aioray._private.rpc import tls
-from aioray._private.rpc.answer import Answer
+from aioray._private.rpc.answer import Answer, Then, ThenFn
 from aioray._private.rpc.peer_log import RateLimitedLog
 from aioray._private.rpc.tls_listener import TLSListener
 from aioray._private.wire import auth, config, protocol
@@ -389,6 +389,13 @@ class Connection(asyncio.BufferedProtocol):
         self._send(REQUEST, seq, method, body, buffers)
         self._pending[seq] = fut
         return fut
+
+    def call_then(self, method: str, body: Any, buffers: Sequence[Buffer], then: ThenFn) -> None:
+        """Send a request; ``then((body, buffers), None)`` runs as soon as the reply is
+        read, ``then(None, error)`` one loop iteration after it failed (answer.py)."""
+        seq = next(self._seq)
+        self._send(REQUEST, seq, method, body, buffers)
+        self._pending[seq] = Then(then, self.loop)  # type: ignore[assignment]
 
     def call_into(
         self, method: str, body: Any, destinations: list[memoryview]
