@@ -51,6 +51,7 @@ from aioray._private.owner import (
 from aioray._private.owner.actor_submitter import ActorSubmitter
 from aioray._private.owner.blocked_gets import BlockedGets
 from aioray._private.owner.gcs_client import GcsClient
+from aioray._private.owner.lazy_posts import LazyPosts
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.owner.owner_service import OwnerService
 from aioray._private.owner.streaming import StreamManager
@@ -134,6 +135,7 @@ class CoreWorker:
             collections.deque()
         )
         self._post_scheduled = False
+        self.lazy_posts = LazyPosts(self)  # posts that need not wake the loop
         self._submitted = itertools.count(1)  # tasks and actor calls posted (post_task)
         self._peers: dict[tuple[str, int], rpc.Connection] = {}
         self._connecting: dict[tuple[str, int], asyncio.Future[rpc.Connection]] = {}
@@ -524,7 +526,7 @@ class CoreWorker:
     # -- freeing ----------------------------------------------------------------------------
     def _out_of_scope(self, oid: bytes) -> None:
         if self.loop is not None and not self.closing:
-            self.post(self._free, oid)
+            self.lazy_posts.free(oid)
 
     def free_unreferenced(self, oid: bytes) -> None:
         """(loop) Free an owned object that no ObjectRef in this process names."""
