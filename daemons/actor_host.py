@@ -229,7 +229,7 @@ class ActorHost:
             self.cw.post(self.ex.fail, job, e)
             return
         record_end(self.cw, job.spec, reply_failed(body))
-        self.ex.answer(job, body, bufs)
+        self.ex.answer(job, body, bufs, more=True)  # (a pool's calls: their replies go together)
 
     async def _run_async(self, job: Job, group: str | None) -> None:
         try:
@@ -273,7 +273,7 @@ class ActorHost:
             finally:
                 self.running.pop(task_id, None)
         record_end(self.cw, spec, reply_failed(body))
-        self.ex.answer(job, body, bufs)
+        self.ex.answer(job, body, bufs, more=bool(self.running))  # (other calls still run)
 
     async def _stream_async(self, job: Job, gen: Any) -> tuple[dict[str, Any], list[Buffer]]:
         task_id, limit, count = job.spec["tid"], job.spec.get("bp") or 0, 0

@@ -4,10 +4,11 @@ The loop keeps answering (pushes, cancels, owner requests, the raylet) while use
 code computes. ``push_task`` resolves arguments that must be fetched, then hands
 the task to the execution thread through a queue. The thread that ran the task
 writes its reply to the caller's socket itself (``rpc.Answer.send_now``) when nothing
-must happen on the loop first; otherwise the reply goes through the CoreWorker's
-batched ``post`` and is sent from the loop: when refs inside the return values are
-lent to the caller, when the task's arguments held borrowed refs, for a streaming
-task (its items go out from the loop and must precede the reply). A task is
+must happen on the loop first and no other task waits behind it; otherwise the reply
+goes through the CoreWorker's batched ``post`` and is sent from the loop: when refs
+inside the return values are lent to the caller, when the task's arguments held
+borrowed refs, for a streaming task (its items go out from the loop and must precede
+the reply), and while tasks queue here (their replies leave together). A task is
 cancelled by raising KeyboardInterrupt in the execution thread; ``force`` exits
 the process, which its owner sees as a crash of a task it cancelled.
 """
@@ -182,11 +183,16 @@ class TaskExecutor:
         else:
             self._send_reply(job, body, buffers)
 
-    def answer(self, job: Job, body: dict[str, Any], buffers: list[Buffer]) -> None:
+    def answer(
+        self, job: Job, body: dict[str, Any], buffers: list[Buffer], more: bool = False
+    ) -> None:
         """(the thread that ran the job) Reply from this thread when nothing must happen on
-        the loop before the reply leaves; else through the loop (``reply``)."""
+        the loop before the reply leaves; else through the loop (``reply``). ``more``:
+        other calls are queued or running here, so replies will follow; through the
+        loop they leave together (one write for many), as a caller's batch wants."""
         if (
-            "_lend" not in body
+            not more
+            and "_lend" not in body
             and not job.holds
             and job.spec.get("nret") != STREAMING
             and job.fut.send_now(body, buffers)
@@ -231,7 +237,7 @@ class TaskExecutor:
                 record_end(self.cw, spec, failed)
             except Exception:  # bookkeeping of a malformed spec: the reply still goes
                 logger.exception("recording the end of %s failed", name)
-            self.answer(job, body, bufs)
+            self.answer(job, body, bufs, not self.queue.empty())
 
     def fail(self, job: Job, exc: BaseException) -> None:
         """(loop) Answer a job whose spec cannot even carry an error (a malformed request)
