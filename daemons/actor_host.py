@@ -61,7 +61,7 @@ class Job:
         self,
         spec: TaskSpec,
         buffers: list[Buffer],
-        fut: asyncio.Future[rpc.Reply],
+        fut: rpc.Answer,
         conn: rpc.Connection | None = None,
     ) -> None:
         self.spec = spec
@@ -102,7 +102,7 @@ class ActorHost:
     # -- creation --------------------------------------------------------------------------
     def handle_create_actor(
         self, conn: rpc.Connection, spec: TaskSpec, bufs: list[Buffer]
-    ) -> asyncio.Future[rpc.Reply]:
+    ) -> rpc.Answer:
         """``create_actor`` spec (with ``aid``, ``meta``, ``ns``) + argument buffers, from the GCS
         -> the push reply of running the actor's ``__init__`` (as ``push_task``)."""
         self.meta = spec["meta"]
@@ -135,11 +135,11 @@ class ActorHost:
     # -- calls -----------------------------------------------------------------------------
     def handle_push_actor_task(
         self, conn: rpc.Connection, spec: TaskSpec, bufs: list[Buffer]
-    ) -> asyncio.Future[rpc.Reply]:
+    ) -> rpc.Answer:
         """``push_actor_task`` spec + buffers, from a caller -> the push reply ({r, ...} and the
         return values' buffers). Calls from one caller run in their sequence order; arguments
         held by their owners are fetched first."""
-        fut: asyncio.Future[rpc.Reply] = self.cw.loop.create_future()
+        fut = rpc.Answer()
         job = Job(spec, bufs, fut, conn)
         if "cr" in spec:
             job.hold(self.cw, spec["cr"])
@@ -240,7 +240,7 @@ class ActorHost:
             self.cw.post(self.ex.fail, job, e)
             return
         record_end(self.cw, job.spec, reply_failed(body))
-        self.cw.post(self.ex.reply, job, body, bufs)
+        self.ex.answer(job, body, bufs, more=True)  # (a pool's calls: their replies go together)
 
     async def _run_async(self, job: Job, group: str | None) -> None:
         try:
@@ -287,7 +287,7 @@ class ActorHost:
             self.exit()
             return
         record_end(self.cw, spec, reply_failed(body))
-        self.cw.post(self.ex.reply, job, body, bufs)
+        self.ex.answer(job, body, bufs, more=bool(self.running))  # (other calls still run)
 
     async def _stream_async(self, job: Job, gen: Any) -> tuple[PushReply, list[Buffer]]:
         task_id, limit, count = job.spec["tid"], job.spec.get("bp") or 0, 0

@@ -2,8 +2,13 @@
 
 The loop keeps answering (pushes, cancels, owner requests, the raylet) while user
 code computes. ``push_task`` resolves arguments that must be fetched, then hands
-the task to the execution thread through a queue; results come back through the
-CoreWorker's batched ``post`` and the reply is sent from the loop. A task is
+the task to the execution thread through a queue. The thread that ran the task
+writes its reply to the caller's socket itself (``rpc.Answer.send_now``) when nothing
+must happen on the loop first and no other task waits behind it; otherwise the reply
+goes through the CoreWorker's batched ``post`` and is sent from the loop: when refs
+inside the return values are lent to the caller, when the task's arguments held
+borrowed refs, for a streaming task (its items go out from the loop and must precede
+the reply), and while tasks queue here (their replies leave together). A task is
 cancelled by raising KeyboardInterrupt in the execution thread; ``force`` exits
 the process, which its owner sees as a crash of a task it cancelled. A worker that
 exits on purpose (forced cancel, ``exit_worker`` from the raylet) sends its task
@@ -134,11 +139,11 @@ class TaskExecutor:
     # -- loop side --------------------------------------------------------------------------
     def handle_push_task(
         self, conn: rpc.Connection, spec: TaskSpec, buffers: list[Buffer]
-    ) -> asyncio.Future[rpc.Reply]:
+    ) -> rpc.Answer:
         """``push_task`` task spec (task_spec.py; ``fn`` with the function the first time) +
         argument buffers, from the owner -> the push reply {r: return descriptors, t: execution
         time, o?: output to wait for, x?: an application error} + the return values' buffers."""
-        fut: asyncio.Future[rpc.Reply] = self.cw.loop.create_future()
+        fut = rpc.Answer()
         fn = spec.pop("fn", None)
         if fn is not None:
             self.fn_bytes[spec["fid"]] = fn
@@ -217,9 +222,23 @@ class TaskExecutor:
         else:
             self._send_reply(job, body, buffers)
 
+    def answer(self, job: Job, body: PushReply, buffers: list[Buffer], more: bool = False) -> None:
+        """(the thread that ran the job) Reply from this thread when nothing must happen on
+        the loop before the reply leaves; else through the loop (``reply``). ``more``:
+        other calls are queued or running here, so replies will follow; through the
+        loop they leave together (one write for many), as a caller's batch wants."""
+        if (
+            not more
+            and "_lend" not in body
+            and not job.holds
+            and job.spec.get("nret") != STREAMING
+            and job.fut.send_now(body, buffers)
+        ):
+            return
+        self.cw.post(self.reply, job, body, buffers)
+
     def _send_reply(self, job: Job, body: PushReply, buffers: list[Buffer]) -> None:
-        if not job.fut.done():
-            job.fut.set_result(rpc.Reply(body, buffers))
+        job.fut.send(rpc.Reply(body, buffers))
         if job.holds:
             holds, job.holds = job.holds, []
             self.cw.refs.remove_contained(holds)
@@ -255,13 +274,12 @@ class TaskExecutor:
                 record_end(self.cw, spec, failed)
             except Exception:  # bookkeeping of a malformed spec: the reply still goes
                 logger.exception("recording the end of %s failed", name)
-            self.cw.post(self.reply, job, body, bufs)
+            self.answer(job, body, bufs, not self.queue.empty())
 
     def fail(self, job: Job, exc: BaseException) -> None:
         """(loop) Answer a job whose spec cannot even carry an error (a malformed request)
         with an RPC error, and let go of what it held."""
-        if not job.fut.done():
-            job.fut.set_exception(ValueError(f"malformed task: {exc!r}"))
+        job.fut.fail(ValueError(f"malformed task: {exc!r}"))
         if job.holds:
             holds, job.holds = job.holds, []
             self.cw.refs.remove_contained(holds)

@@ -96,6 +96,21 @@ class FakeConnection:
             if s.reply is not None and not s.reply.done() and method in (None, s.method)
         ]
 
+    def call_then(
+        self, method: str, body: Any, buffers: Sequence[Any], then: Callable[[Any, Any], None]
+    ) -> None:
+        """As ``rpc.Connection.call_then``: ``then(reply, None)`` or ``then(None, error)``."""
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled():
+                then(None, ConnectionLost("cancelled"))
+            elif fut.exception() is not None:
+                then(None, fut.exception())
+            else:
+                then(fut.result(), None)
+
+        self.call_nowait(method, body, buffers).add_done_callback(done)
+
     def reply(self, sent: Sent, body: Any, buffers: Sequence[Any] = ()) -> None:
         assert sent.reply is not None and not sent.reply.done(), sent
         sent.reply.set_result((body, list(buffers)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aioray._private.rpc import rpc
 from aioray._private.wire.protocol import Buffer
@@ -27,7 +27,7 @@ from aioray._private.wire.schema import ContainedRef, ObjectReply
 from aioray.exceptions import ReferenceCountingAssertionError
 
 if TYPE_CHECKING:
-    from aioray._private.owner.object_ref import ObjectRef
+    pass
 
 
 class StoredObject:
@@ -66,9 +66,11 @@ Outcome = StoredObject | BaseException  # what a wait for an object ends with
 
 
 class Watcher(Protocol):
-    """A caller loop's fetcher (async_api.LoopFetcher), told when a watched object is stored."""
+    """Told when a watched object is stored: a caller loop's fetcher (async_api.LoopFetcher,
+    ``key`` its ObjectRef) or a thread blocked in get (thread_waits.ThreadWait, ``key``
+    the object id)."""
 
-    def arrived(self, ref: ObjectRef, target: object, outcome: Outcome) -> None: ...
+    def arrived(self, key: Any, target: object, outcome: Outcome) -> None: ...
 
 
 def encode_object(obj: StoredObject) -> rpc.Reply:
@@ -101,7 +103,7 @@ class MemoryStore:
         self.get: Callable[[bytes], StoredObject | None] = self._objects.get
         # Watches registered from caller loops' threads: object id -> (fetcher, ref,
         # future), delivered with fetcher.arrived(ref, future, object or error).
-        self.watched: dict[bytes, tuple[Watcher, ObjectRef, object]] = {}
+        self.watched: dict[bytes, tuple[Watcher, Any, object]] = {}
 
     def __len__(self) -> int:
         return len(self._objects)

@@ -224,7 +224,8 @@ class ActorSubmitter:
             if task.state == "finished":  # cancelled before it was sent
                 continue
             try:
-                fut = conn.call_nowait("push_actor_task", task.spec, task.out_buffers)
+                reply = partial(self._on_reply, a, task)
+                conn.call_then("push_actor_task", task.spec, task.out_buffers, reply)
             except ConnectionError:
                 a.queue.appendleft(task)
                 return
@@ -234,16 +235,19 @@ class ActorSubmitter:
             if events is not None and "noev" not in task.spec:
                 spec = task.spec
                 events += pack_row(spec["tid"], SUBMITTED_TO_WORKER, spec.get("at", 0), time.time())
-            fut.add_done_callback(partial(self._on_reply, a, task))
 
     def _on_reply(
-        self, a: _Actor, task: TaskEntry, fut: asyncio.Future[tuple[PushReply, list[Buffer]]]
+        self,
+        a: _Actor,
+        task: TaskEntry,
+        reply: tuple[PushReply, list[Buffer]] | None,
+        exc: BaseException | None,
     ) -> None:
-        exc = None if fut.cancelled() else fut.exception()  # always retrieve it
+        """The call's reply, as soon as it is read (rpc.Connection.call_then), or its error."""
         if task.state == "finished":  # already failed when the actor was declared dead
             return
         a.inflight.pop(task.task_id, None)
-        if fut.cancelled() or isinstance(exc, ConnectionError):
+        if isinstance(exc, ConnectionError):
             if a.state == DEAD or task.cancelled:
                 self._fail(a, task, "The actor died unexpectedly before finishing this task.")
             elif task.attempts_left == 0:
@@ -257,7 +261,7 @@ class ActorSubmitter:
         if exc is not None:
             self.cw.submitter.fail(task, ActorDiedError(f"actor call failed: {exc}"))
             return
-        body, bufs = fut.result()
+        body, bufs = reply  # type: ignore[misc]  # (no error: a reply)
         if "o" in body:
             self.cw.expect_logs(body)
         self.cw.submitter.finish(task, parse_returns(body, bufs))

@@ -44,13 +44,14 @@ from aioray._private.core.reference_counter import ReferenceCounter
 from aioray._private.owner import (
     log_monitor,
     memory_report,
-    object_waits,
     store_client,
     task_events,
+    thread_waits,
 )
 from aioray._private.owner.actor_submitter import ActorSubmitter
 from aioray._private.owner.blocked_gets import BlockedGets
 from aioray._private.owner.gcs_client import GcsClient
+from aioray._private.owner.lazy_posts import LazyPosts
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.owner.owner_service import OwnerService
 from aioray._private.owner.streaming import StreamManager
@@ -146,6 +147,7 @@ class CoreWorker:
             collections.deque()
         )
         self._post_scheduled = False
+        self.lazy_posts = LazyPosts(self)  # posts that need not wake the loop
         self._submitted = itertools.count(1)  # tasks and actor calls posted (post_task)
         self._peers: dict[tuple[str, int], rpc.Connection] = {}
         self._connecting: dict[tuple[str, int], asyncio.Future[rpc.Connection]] = {}
@@ -460,13 +462,15 @@ class CoreWorker:
     def get(self, refs: Sequence[ObjectRef], timeout: float | None = None) -> list[Any]:
         """Values of ``refs`` in order (caller's thread); raises the first error."""
         store = self.memory_store
+        if len(refs) == 1:  # (a sync round trip: no list built and walked three times)
+            ref = refs[0]
+            obj = store.get(ref._id) or thread_waits.wait_missing(self, [ref], timeout)[ref._id]
+            return [self.materialize(ref._id, obj, ref._owner)]
         objs: list[StoredObject | None] = [store.get(r._id) for r in refs]
         if None in objs:
-            missing = [r for r, o in zip(refs, objs, strict=True) if o is None]
-            if self.mode == WORKER:
-                found = self.blocked_gets.get(missing, timeout)
-            else:
-                found = self.run_sync(object_waits.fetch_many(self, missing), timeout)
+            found = thread_waits.wait_missing(
+                self, [r for r, o in zip(refs, objs, strict=True) if o is None], timeout
+            )
             objs = [o if o is not None else found[r._id] for r, o in zip(refs, objs, strict=True)]
         if len(objs) > 1:  # objects on other nodes: pulled together, not one by one
             store_client.prefetch(self, ((r._id, o) for r, o in zip(refs, objs, strict=True)))  # type: ignore[misc]
@@ -551,7 +555,7 @@ class CoreWorker:
     # -- freeing ----------------------------------------------------------------------------
     def _out_of_scope(self, oid: bytes) -> None:
         if self.loop is not None and not self.closing:
-            self.post(self._free, oid)
+            self.lazy_posts.free(oid)
 
     def free_unreferenced(self, oid: bytes) -> None:
         """(loop) Free an owned object that no ObjectRef in this process names."""

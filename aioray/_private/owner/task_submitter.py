@@ -404,32 +404,32 @@ class TaskSubmitter:
         lease.inflight += 1
         lease.unknown += not tiny
         try:
-            fut = lease.conn.call_nowait("push_task", spec, task.out_buffers)
+            reply = partial(self._on_reply, task, lease, tiny)
+            lease.conn.call_then("push_task", spec, task.out_buffers, reply)
         except ConnectionError:
             lease.inflight -= 1
             self._lease_lost(lease)
             self._crashed(task)
-            return
-        fut.add_done_callback(partial(self._on_reply, task, lease, tiny))
 
     def _on_reply(
         self,
         task: TaskEntry,
         lease: Lease,
         tiny: bool,
-        fut: asyncio.Future[tuple[PushReply, list[Buffer]]],
+        reply: tuple[PushReply, list[Buffer]] | None,
+        exc: BaseException | None,
     ) -> None:
+        """The push's reply, as soon as it is read (rpc.Connection.call_then), or its error."""
         lease.inflight -= 1
         lease.unknown -= not tiny
-        exc = None if fut.cancelled() else fut.exception()
         replied = None  # (after an error every lease is walked again)
-        if fut.cancelled() or isinstance(exc, ConnectionError):
+        if isinstance(exc, ConnectionError):
             self._lease_lost(lease)
             self._crashed(task)
         elif exc is not None:
             self.fail(task, RaySystemError(f"push_task failed: {exc}"))
         else:
-            body, bufs = fut.result()
+            body, bufs = reply  # type: ignore[misc]  # (no error: a reply)
             if "o" in body:
                 self.cw.expect_logs(body)
             t = body.get("t")

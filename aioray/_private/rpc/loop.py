@@ -45,3 +45,17 @@ def result_interruptibly(fut: concurrent.futures.Future[Any], timeout: float | N
         except concurrent.futures.TimeoutError:
             if deadline is not None and time.monotonic() >= deadline:
                 raise
+
+
+def acquire_interruptibly(lock: Any, timeout: float | None) -> bool:
+    """lock.acquire(timeout=...) (False when it timed out), in the main thread in slices
+    as ``result_interruptibly``, so a Ctrl-C always gets through."""
+    if threading.get_ident() != threading.main_thread().ident:
+        return bool(lock.acquire(True, -1 if timeout is None else timeout))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = INTERRUPT_SLICE_S if deadline is None else deadline - time.monotonic()
+        if lock.acquire(True, max(0.0, min(INTERRUPT_SLICE_S, left))):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False

@@ -21,7 +21,8 @@ Warnings a peer can cause are rate-limited (``peer_log``).
 
 Handlers are methods named ``handle_<method>`` on a service object, plain or
 ``async``; they receive ``(conn, body, buffers)`` and return a body, or
-``Reply(body, buffers)`` to attach raw buffers.
+``Reply(body, buffers)`` to attach raw buffers, or a future or an ``Answer`` (answer.py,
+which may answer from another thread) to reply later.
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ import inspect
 import ipaddress
 import itertools
 import logging
+import os
 import resource
 import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 from aioray._private.rpc import tls
+from aioray._private.rpc.answer import Answer, Then, ThenFn
 from aioray._private.rpc.peer_log import RateLimitedLog
 from aioray._private.rpc.tls_listener import TLSListener
 from aioray._private.wire import auth, config, protocol
@@ -126,6 +130,9 @@ class Connection(asyncio.BufferedProtocol):
         self._pending: dict[int, asyncio.Future[tuple[Any, list[Buffer]]]] = {}
         self._out: list[Buffer] = []
         self._flush_scheduled = False
+        self._wlock = threading.Lock()  # held by every write to the socket (answer.py)
+        self._fd = -1  # a plain TCP socket's descriptor: other threads may write to it
+        self._wfd = -1  # their own duplicate of it, made on first use
         self._server_side = server_side
         self._hello_check = hello_check
         self._greeted = not server_side
@@ -159,6 +166,8 @@ class Connection(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if transport.get_extra_info("sslcontext") is None:  # (TLS: through the loop)
+                self._fd = sock.fileno()
         if self._server_side:
             refused = _admission(sock)
             if refused is not None:
@@ -199,6 +208,10 @@ class Connection(asyncio.BufferedProtocol):
         self._transport = None
         self._dead = True
         self._uncount()
+        if self._wfd >= 0:
+            with self._wlock:
+                os.close(self._wfd)
+                self._wfd = -1
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         if not self.challenge.done():
@@ -266,13 +279,15 @@ class Connection(asyncio.BufferedProtocol):
         try:
             result = handler(self, body, buffers)
         except Exception as e:
-            self._reply_error(kind, seq, method, e)
+            self.reply_error(kind, seq, method, e)
             return
-        if isinstance(result, asyncio.Future):
+        if result.__class__ is Answer:
+            result.bind(self, kind, seq, method)
+        elif isinstance(result, asyncio.Future):
             # A handler that answers later (e.g. when a task finishes) returns a future.
             result.add_done_callback(lambda f: self._finish(kind, seq, method, f))
         elif kind == REQUEST:
-            self._reply(seq, method, result)
+            self.reply(seq, method, result)
 
     def _finish(self, kind: int, seq: int, method: str, task: asyncio.Future[Any]) -> None:
         if self._transport is None or self._dead:
@@ -285,11 +300,12 @@ class Connection(asyncio.BufferedProtocol):
             return
         exc = task.exception()
         if exc is not None:
-            self._reply_error(kind, seq, method, exc)
+            self.reply_error(kind, seq, method, exc)
         elif kind == REQUEST:
-            self._reply(seq, method, task.result())
+            self.reply(seq, method, task.result())
 
-    def _reply(self, seq: int, method: str, result: Any) -> None:
+    def reply(self, seq: int, method: str, result: Any) -> None:
+        """(loop) Send the response to request ``seq``: a body, or a ``Reply``."""
         try:
             if isinstance(result, Reply):
                 self._send(RESPONSE, seq, None, result.body, result.buffers)
@@ -299,7 +315,8 @@ class Connection(asyncio.BufferedProtocol):
             logger.error("handler %s returned an unencodable result: %s", method, e)
             self._send(ERROR, seq, method, ["EncodeError", f"unencodable result: {e}"])
 
-    def _reply_error(self, kind: int, seq: int, method: str, exc: BaseException) -> None:
+    def reply_error(self, kind: int, seq: int, method: str, exc: BaseException) -> None:
+        """(loop) Answer request ``seq`` with an error (a notification's is logged)."""
         if kind == REQUEST:
             self._send(ERROR, seq, method, [type(exc).__name__, str(exc)])
         elif not isinstance(exc, ConnectionError):
@@ -371,8 +388,9 @@ class Connection(asyncio.BufferedProtocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._out and self._transport is not None:
-            out, self._out = self._out, []
-            self._transport.writelines(out)
+            with self._wlock:
+                out, self._out = self._out, []
+                self._transport.writelines(out)
 
     def call_nowait(
         self, method: str, body: Any = None, buffers: Sequence[Buffer] = ()
@@ -383,6 +401,13 @@ class Connection(asyncio.BufferedProtocol):
         self._send(REQUEST, seq, method, body, buffers)
         self._pending[seq] = fut
         return fut
+
+    def call_then(self, method: str, body: Any, buffers: Sequence[Buffer], then: ThenFn) -> None:
+        """Send a request; ``then((body, buffers), None)`` runs as soon as the reply is
+        read, ``then(None, error)`` one loop iteration after it failed (answer.py)."""
+        seq = next(self._seq)
+        self._send(REQUEST, seq, method, body, buffers)
+        self._pending[seq] = Then(then, self.loop)  # type: ignore[assignment]
 
     def call_into(
         self, method: str, body: Any, destinations: list[memoryview]

@@ -54,7 +54,10 @@ def encode_frame(
     n = len(buffers)
     if n == 0:
         return [PREFIX.pack(len(header), 0) + header]
-    lengths = struct.pack(f"<{n}Q", *[_nbytes(b) for b in buffers])
+    if n == 1:  # (a reply's one value, a call's arguments: no format string to build)
+        lengths = _LENGTH.pack(_nbytes(buffers[0]))
+    else:
+        lengths = struct.pack(f"<{n}Q", *[_nbytes(b) for b in buffers])
     return [PREFIX.pack(len(header), n) + lengths + header, *buffers]
 
 
