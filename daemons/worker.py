@@ -227,14 +227,12 @@ class TaskExecutor:
         the loop before the reply leaves; else through the loop (``reply``). ``more``:
         other calls are queued or running here, so replies will follow; through the
         loop they leave together (one write for many), as a caller's batch wants."""
-        if (
-            not more
-            and "_lend" not in body
-            and not job.holds
-            and job.spec.get("nret") != STREAMING
-            and job.fut.send_now(body, buffers)
-        ):
-            return
+        if not more and "_lend" not in body and not job.holds and job.spec.get("nret") != STREAMING:
+            try:
+                if job.fut.send_now(body, buffers):
+                    return
+            except Exception:  # a bug of ours: the loop still answers, the thread lives on
+                logger.exception("answering %s from its thread failed", _name_of(job.spec))
         self.cw.post(self.reply, job, body, buffers)
 
     def _send_reply(self, job: Job, body: PushReply, buffers: list[Buffer]) -> None:

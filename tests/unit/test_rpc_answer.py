@@ -181,6 +181,29 @@ async def test_an_answer_to_a_peer_that_left_is_dropped(setup: Any) -> None:
     assert answer.done()
 
 
+async def test_the_duplicate_answers_are_written_to_lives_and_dies_with_the_socket(
+    setup: Any,
+) -> None:
+    """Made on the loop when an answer is bound (a thread making it could dup a number the
+    loop had just closed, or that already names another file), closed with the connection."""
+    service, server_side, client, _ = setup
+    assert server_side._wfd < 0  # no answer owed yet: no duplicate
+    pending = client.call_nowait("later")
+    answer = await service.next_answer()
+    wfd = server_side._wfd
+    inode = os.fstat(server_side._fd).st_ino
+    assert wfd >= 0 and os.fstat(wfd).st_ino == inode
+    assert await in_thread(answer.send_now, "ok", [])
+    assert (await bounded(pending))[0] == "ok"
+    client.close()
+    await bounded(server_side.closed)
+    assert server_side._wfd < 0
+    try:  # closed, not leaked (its number may name a newer file by now, not this socket)
+        assert os.fstat(wfd).st_ino != inode
+    except OSError:
+        pass
+
+
 async def test_a_tls_connection_is_answered_through_the_loop() -> None:
     """TLS frames are the loop's to write: another thread must never touch the socket."""
 

@@ -70,3 +70,19 @@ def test_replies_that_must_wait_for_the_loop_go_through_it(
     spec: dict[str, Any], body: dict[str, Any], holds: bool, more: bool
 ) -> None:
     assert answer(spec, body, holds=holds, more=more) == ("loop", body)
+
+
+class BrokenAnswer(FakeAnswer):
+    def send_now(self, body: Any, buffers: Any) -> bool:
+        raise OSError(9, "Bad file descriptor")
+
+
+def test_a_reply_the_thread_cannot_write_goes_through_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An error writing from the thread (a bug of ours) must not kill the execution thread
+    and leave the caller waiting forever: the loop answers instead, and it is logged."""
+    ex, job = Executor(), Job({"nret": 1}, [], BrokenAnswer())
+    TaskExecutor.answer(ex, job, {"r": []}, [], False)  # type: ignore[arg-type]
+    assert ex.cw.posted == [{"r": []}]
+    assert "answering" in caplog.text

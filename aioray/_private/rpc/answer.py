@@ -12,8 +12,9 @@ done it returns False, and the caller answers through the loop instead.
 Writing from a thread that is not the loop's is safe because every write to the
 socket holds the connection's write lock (``Connection._flush`` too), because the
 thread writes only when the connection has no frame and no byte waiting, so nothing
-can be ahead of it, and because it writes to its own duplicate of the descriptor,
-which the loop closing its own cannot hand over to another file meanwhile. What the
+can be ahead of it, and because it writes to a duplicate of the descriptor, made on
+the loop when the first answer is bound and closed under the write lock, which the
+loop closing its own cannot hand over to another file meanwhile. What the
 socket does not take at once goes to the front of the connection's queue, for the
 loop to write before anything else. TLS connections are the loop's alone.
 
@@ -84,8 +85,10 @@ class Answer:
         return f"<Answer {self.method} seq={self.seq} answered={self.answered}>"
 
     def bind(self, conn: Connection, kind: int, seq: int, method: str) -> None:
-        """(loop) The request this answers (called by the connection)."""
-        self.conn, self.kind, self.seq, self.method = conn, kind, seq, method
+        """(loop) The request this answers (called by the connection). ``conn`` is set
+        last: a thread that sees it set sees the rest (``send_now``)."""
+        self.kind, self.seq, self.method = kind, seq, method
+        self.conn = conn
 
     def done(self) -> bool:
         return self.answered
@@ -146,8 +149,8 @@ def write_now(conn: Connection, frames: list[Buffer], answer: Answer) -> bool:
             return False
         if answer.answered:
             return True
-        if conn._wfd < 0:
-            conn._wfd = os.dup(conn._fd)
+        if conn._wfd < 0:  # (closed: the loop drops the answer; made when it was bound)
+            return False
         try:
             written = os.writev(conn._wfd, frames)
         except BlockingIOError:

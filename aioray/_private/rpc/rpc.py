@@ -208,8 +208,8 @@ class Connection(asyncio.BufferedProtocol):
         self._transport = None
         self._dead = True
         self._uncount()
-        if self._wfd >= 0:
-            with self._wlock:
+        with self._wlock:  # (a thread writing an answer holds it: the dup stays open)
+            if self._wfd >= 0:
                 os.close(self._wfd)
                 self._wfd = -1
         if self._hello_timer is not None:
@@ -282,6 +282,11 @@ class Connection(asyncio.BufferedProtocol):
             self.reply_error(kind, seq, method, e)
             return
         if result.__class__ is Answer:
+            if self._wfd < 0 and self._fd >= 0:
+                # (loop) The duplicate other threads write answers to, made here, where
+                # the socket is surely open: made from a thread, the loop could close
+                # the socket first, and its number could belong to another file by then.
+                self._wfd = os.dup(self._fd)
             result.bind(self, kind, seq, method)
         elif isinstance(result, asyncio.Future):
             # A handler that answers later (e.g. when a task finishes) returns a future.
