@@ -63,13 +63,20 @@ class RateLimitedLog:
             return max(0.0, w.start + self.window_s - now)
         return None
 
-    def flush(self) -> None:
-        """Summarise and close every window that has ended."""
+    def flush(self) -> float | None:
+        """Summarise and close every window that has ended. Returns the delay after which
+        ``flush`` is due again when a window holding warnings back has not ended yet (a
+        timer can fire a little early: uvloop's run to the millisecond), else None."""
         now = self.clock()
+        due: float | None = None
         for kind, w in list(self._windows.items()):
-            if now >= w.start + self.window_s:
+            end = w.start + self.window_s
+            if now >= end:
                 self._summarise(kind, w)
                 del self._windows[kind]
+            elif w.suppressed:
+                due = end - now if due is None else min(due, end - now)
+        return due
 
     def reset(self) -> None:
         """Forget every window (tests)."""

@@ -377,7 +377,7 @@ class Connection(asyncio.BufferedProtocol):
     def _peer_warning(self, kind: str, msg: str, *args: Any) -> None:
         due = peer_warnings.warning(kind, msg, *args)
         if due is not None:
-            self.loop.call_later(due, peer_warnings.flush)
+            self.loop.call_later(due, _flush_peer_warnings, self.loop)
 
     # -- sending ------------------------------------------------------------------
     def _send(
@@ -468,7 +468,15 @@ def async_table(handlers: dict[str, Handler]) -> dict[str, bool]:
 def _refused(peer: object, reason: str) -> None:
     due = peer_warnings.warning("refused", "refused a connection from %s: %s", peer, reason)
     if due is not None:
-        asyncio.get_running_loop().call_later(due, peer_warnings.flush)
+        loop = asyncio.get_running_loop()
+        loop.call_later(due, _flush_peer_warnings, loop)
+
+
+def _flush_peer_warnings(loop: asyncio.AbstractEventLoop) -> None:
+    """Write the summaries of the windows that ended; again later if one has not yet."""
+    due = peer_warnings.flush()
+    if due is not None:
+        loop.call_later(due, _flush_peer_warnings, loop)
 
 
 def _max_handshakes() -> int:
