@@ -57,6 +57,18 @@ class JobManager:
             raise JobNotFound(submission_id)
         return JobDetails.from_json(record)
 
+    async def find(self, job_or_submission_id: str) -> JobDetails:
+        """A job by its submission id, else by its job id (Ray's ``GET /api/jobs/{id}``
+        takes either: a driver that was not submitted has only the latter)."""
+        try:
+            return await self.get(job_or_submission_id)
+        except JobNotFound:
+            pass
+        for job in await self.list():
+            if job.job_id == job_or_submission_id:
+                return job
+        raise JobNotFound(job_or_submission_id)
+
     async def list(self) -> list[JobDetails]:
         """Every job as Ray's ``GET /api/jobs/`` lists them: the submitted ones (type
         SUBMISSION) and the drivers that were not submitted (type DRIVER, no submission

@@ -36,7 +36,7 @@ def routes(jobs: JobManager) -> list[web.RouteDef]:
         return web.json_response([j.to_json() for j in await jobs.list()])
 
     async def get_job(request: web.Request) -> web.Response:
-        details = await jobs.get(request.match_info["job_id"])
+        details = await jobs.find(request.match_info["job_id"])
         return web.json_response(details.to_json())
 
     async def stop(request: web.Request) -> web.Response:

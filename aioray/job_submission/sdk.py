@@ -1,8 +1,10 @@
 """``JobSubmissionClient``: Ray's job client over the dashboard's REST routes.
 
-It finds the dashboard and the cluster token as drivers find a cluster: an explicit
-``http://host:port`` (token from ``$AIORAY_TOKEN`` or the local session serving that
-address), or None/"auto" for this machine's cluster. ``headers`` may carry the token
+It finds the dashboard and the cluster token as Ray's client does: ``$RAY_ADDRESS``
+(``$AIORAY_ADDRESS`` first) over the address given; an explicit ``http://host:port``
+(token from ``$AIORAY_TOKEN`` or the local session serving that address); a cluster's
+GCS ``host:port`` (its dashboard's address is in the GCS's KV store, Ray's key); or
+None/"auto" for this machine's cluster. ``headers`` may carry the token
 (``Authorization: Bearer ...``) for a remote cluster. A local ``working_dir`` or
 ``py_modules`` entry is packaged (runtime_env_packaging: zipped, content-hashed) and
 uploaded through the package routes unless the cluster has it already, as Ray's client.
@@ -10,18 +12,43 @@ uploaded through the package routes unless the cluster has it already, as Ray's 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aioray._private.core import runtime_env as _runtime_env
-from aioray._private.node import node
+from aioray._private.node import node, node_commands
 from aioray._private.node import runtime_env_packaging as packaging
+from aioray._private.wire.job_records import DASHBOARD_KV
 from aioray.job_submission.models import JobDetails, JobStatus
 
 UPLOAD_TIMEOUT_S = 300
+GCS_ASK_TIMEOUT_S = 10  # asking a GCS given as the address where its dashboard is
+
+
+def dashboard_address(address: str | None) -> str | None:
+    """The dashboard a client's ``address`` names, read as Ray's client reads it:
+    ``$AIORAY_ADDRESS``/``$RAY_ADDRESS`` always override it; ``http(s)://...`` is the
+    dashboard; None/"auto" this machine's cluster; ``host:port`` a dashboard on this
+    machine, else a cluster's GCS, asked where its dashboard listens."""
+    for name in node.ADDRESS_ENV:
+        if os.environ.get(name):
+            address = os.environ[name]
+            break
+    if address in (None, "", "auto") or "://" in address or node.is_local_dashboard(address):
+        return address
+    local = node.local_dashboard_of(address)
+    if local is not None:
+        return local
+    try:
+        url = node_commands.gcs_call(address, "kv_get", GCS_ASK_TIMEOUT_S, list(DASHBOARD_KV))
+    except (ConnectionError, OSError, RuntimeError, asyncio.TimeoutError):
+        url = None  # (no GCS there: taken as a dashboard's address, as before)
+    return "http://" + url.decode() if url else address
 
 
 class JobSubmissionClient:
@@ -36,7 +63,7 @@ class JobSubmissionClient:
         headers: dict[str, Any] | None = None,
         verify: bool | str | None = True,
     ) -> None:
-        self._address, token = node.find_dashboard(address)
+        self._address, token = node.find_dashboard(dashboard_address(address))
         self._headers = {str(k): str(v) for k, v in (headers or {}).items()}
         if token and not any(k.lower() == "authorization" for k in self._headers):
             self._headers["Authorization"] = f"Bearer {token}"

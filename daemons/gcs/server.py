@@ -34,6 +34,7 @@ from aioray.daemons.gcs.store import GcsStore
 
 from aioray._private.rpc import rpc
 from aioray._private.wire import config
+from aioray._private.wire.job_records import DASHBOARD_KV
 from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import (
     GcsHello,
@@ -109,6 +110,12 @@ class GcsServer:
         if dashboard_fd is not None:
             address = f"{self.server.host}:{self.server.port}"
             sock = socket.socket(fileno=dashboard_fd)
+            # Where clients given only this GCS's address find the dashboard (Ray's key:
+            # the job SDK reads it), in memory only: a restarted GCS writes it again.
+            dash_host, dash_port = sock.getsockname()[:2]
+            self.kv.setdefault(DASHBOARD_KV[0], {})[DASHBOARD_KV[1]] = (
+                f"{dash_host}:{dash_port}".encode()
+            )
             starter = DashboardProcess(sock, address, self.session_dir, lifeline_fd)
             dashboard = asyncio.ensure_future(starter.run(self._stopped))
         self.persistence.save_session(self.session_id, self.session_dir)

@@ -515,3 +515,29 @@ def test_jobs_are_the_drivers_and_the_submissions_each_once(url: str, ray_shared
     )  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     assert {r["job_id"] for r in json.loads(cli.stdout)} == set(drivers)
+    # Ray's GET /api/jobs/{id} takes a job id as well as a submission id.
+    assert client.get_job_info(this_id).type == "DRIVER"
+    assert client.get_job_info(this_id).job_id == this_id
+    assert client.get_job_info(submitted["job_id"]).submission_id == sid
+    with pytest.raises(RuntimeError, match="404: Job 0badc0de does not exist"):
+        client.get_job_info("0badc0de")
+
+
+def test_the_client_finds_the_dashboard_as_rays_does(
+    url: str, ray_shared: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$RAY_ADDRESS overrides the address given (a submitted job's driver has it: the GCS's
+    address); a GCS ``host:port`` names its dashboard through the GCS's KV (Ray's key)."""
+    from aioray.experimental import internal_kv
+    from aioray.job_submission import sdk
+
+    gcs = ray_shared.address_info["gcs_address"]
+    assert internal_kv._internal_kv_get("dashboard", namespace="dashboard") == url[7:].encode()
+    monkeypatch.delenv("AIORAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", gcs)
+    client = JobSubmissionClient("http://127.0.0.1:1")  # overridden, as in Ray
+    assert client.get_address() == url
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr(node, "local_dashboard_of", lambda gcs_address: None)  # a remote head
+    assert JobSubmissionClient(gcs).get_address() == url
+    assert sdk.dashboard_address(url[7:]) == url[7:]  # a dashboard's own host:port, as before

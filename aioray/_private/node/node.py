@@ -252,6 +252,21 @@ def find_dashboard(address: str | None) -> tuple[str, str | None]:
     return url.rstrip("/"), token
 
 
+def local_dashboard_of(gcs_address: str) -> str | None:
+    """The ``http://host:port`` of the dashboard of the cluster whose GCS is at
+    ``gcs_address``, when that head runs on this machine; else None."""
+    for path in _session_dirs():
+        if _read(os.path.join(path, GCS_ADDRESS_FILE)) == gcs_address:
+            url = _read(os.path.join(path, DASHBOARD_URL_FILE))
+            return "http://" + url if url else None
+    return None
+
+
+def is_local_dashboard(hostport: str) -> bool:
+    """Whether a head on this machine serves its dashboard at ``hostport``."""
+    return any(_read(os.path.join(p, DASHBOARD_URL_FILE)) == hostport for p in _session_dirs())
+
+
 def _read(path: str) -> str:
     try:
         with open(path) as f:

@@ -320,7 +320,9 @@ def _read_started() -> list[dict[str, Any]]:
         return []
 
 
-def gcs_call(address: str, method: str, timeout: float | None = None) -> Any:
+def gcs_call(address: str, method: str, timeout: float | None = None, body: Any = None) -> Any:
+    """One request to the GCS at ``address`` on a connection of its own; the reply's body."""
+
     async def call() -> Any:
         conn, _ = await rpc.connect(
             *node.split_address(address),
@@ -328,7 +330,7 @@ def gcs_call(address: str, method: str, timeout: float | None = None) -> Any:
             timeout=timeout or config.CONNECT_TIMEOUT_S,
         )
         try:
-            return await conn.call(method)
+            return await conn.call(method, body)
         finally:
             conn.close()
 

@@ -1,6 +1,7 @@
 """Submitted jobs' records as they cross processes: one JSON record per submission id in
 the GCS's key-value store (durable), written by the dashboard and the job's supervisor,
-read by the GCS's State API; and the variable that tells a job's driver its submission."""
+read by the GCS's State API; the variable that tells a job's driver its submission; and
+the key where the GCS says its dashboard listens (clients given only the GCS address)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ PREFIX = b"job:"
 SUBMISSION_ID_ENV = "RAY_JOB_SUBMISSION_ID"
 # Drivers in namespaces with this prefix are aioray's own (the dashboard's), not jobs.
 INTERNAL_NAMESPACE_PREFIX = "_aioray_"
+# (namespace, key) of the dashboard's "host:port" in the GCS's KV store (Ray's).
+DASHBOARD_KV = ("dashboard", b"dashboard")
 
 
 def key(submission_id: str) -> bytes:
