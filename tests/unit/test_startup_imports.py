@@ -82,3 +82,26 @@ def test_a_daemon_loads_neither_the_api_nor_what_a_first_task_does_not_need(entr
     assert not loaded & (PUBLIC_API | NOT_FOR_A_FIRST_TASK), sorted(
         loaded & (PUBLIC_API | NOT_FOR_A_FIRST_TASK)
     )
+
+
+def test_the_type_checkers_names_are_the_public_table() -> None:
+    """aioray/__init__.py lists its public names once (``_PUBLIC``, loaded lazily) and
+    repeats them for type checkers under TYPE_CHECKING: the two must name the same
+    things from the same modules."""
+    import ast
+
+    import aioray
+
+    tree = ast.parse(Path(aioray.__file__).read_text())
+    block = next(
+        n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)
+    )
+    imported: dict[str, str] = {}
+    for node in ast.walk(block):
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if alias.name != "_html":
+                    submodule = f"{node.module}.{alias.name}"
+                    is_module = node.module == "aioray"
+                    imported[alias.name] = submodule if is_module else str(node.module)
+    assert imported == aioray._PUBLIC
