@@ -94,6 +94,7 @@ class TaskExecutor:
         self._exit_task: asyncio.Task[None] | None = None
         self.actor = ActorHost(self)
         self.task_counts = TaskCounts()  # ray_tasks, as this executor sees them
+        cw.task_counts = self.task_counts  # (its gets and waits that block say so)
         REGISTRY.collectors.append(self.task_counts.collect)
         REGISTRY.start()  # a worker reports its task counts (only when they changed)
 

@@ -315,3 +315,19 @@ def tree(depth: int) -> int:
 def test_a_task_tree_deeper_than_the_cpus_does_not_deadlock(lend_soon: Any) -> None:
     """Every level blocks in get, longer than the delay: the CPUs go to the children."""
     assert ray.get(tree.remote(6), timeout=GET_TIMEOUT) == 4 + 7
+
+
+@ray.remote(num_cpus=1)
+def wait_chain(depth: int) -> int:
+    """1 + its child's count, the child waited for with ray.wait first (not get)."""
+    if depth == 0:
+        return 1
+    ready, _ = ray.wait([wait_chain.remote(depth - 1)], timeout=GET_TIMEOUT)
+    assert ready, "the child never ran: the waiting parents kept their CPUs"
+    return 1 + int(ray.get(ready[0]))
+
+
+def test_a_task_blocked_in_wait_lends_its_cpus_too(lend_soon: Any) -> None:
+    """Ray's workers lend their CPUs in a blocking ray.wait as in a get: a chain of
+    waits deeper than the 4 CPUs completes."""
+    assert ray.get(wait_chain.remote(6), timeout=GET_TIMEOUT) == 7

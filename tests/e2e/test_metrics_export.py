@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -140,6 +141,42 @@ def test_failed_tasks_and_an_exiting_actors_last_points_are_counted(ray_start: A
         return failed == [1.0] and values(samples, "ray_test_last_words_total") == [5.0]
 
     wait_for_condition(counted, 20)
+
+
+@ray.remote(num_cpus=0)
+class Signal:
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    async def wait(self) -> None:
+        await self.event.wait()
+
+    async def send(self) -> None:
+        self.event.set()
+
+
+@ray.remote
+def blocks(signal: Any) -> int:
+    ray.get(signal.wait.remote())
+    return 1
+
+
+def test_a_task_blocked_in_get_is_counted_in_rays_state_until_it_resumes(ray_start: Any) -> None:
+    port = ray_start.address_info["metrics_export_port"]
+
+    def shows(**counts: float) -> bool:
+        samples = parse(scrape(port))[1]
+        return all(
+            values(samples, "ray_tasks", State=state, Name="blocks") == [n]
+            for state, n in counts.items()
+        )
+
+    signal = Signal.remote()  # type: ignore[call-arg]
+    ref = blocks.remote(signal)
+    wait_for_condition(lambda: shows(RUNNING_IN_RAY_GET=1.0, RUNNING=0.0), 20)
+    ray.get(signal.send.remote())
+    assert ray.get(ref, timeout=30) == 1
+    wait_for_condition(lambda: shows(RUNNING_IN_RAY_GET=0.0, FINISHED=1.0), 20)
 
 
 def test_bad_metrics_export_port_is_refused() -> None:

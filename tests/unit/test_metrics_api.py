@@ -159,6 +159,28 @@ def test_task_counts_report_running_finished_failed_when_changed() -> None:
     assert report == {}  # nothing changed: nothing sent
 
 
+def test_a_task_blocked_in_get_or_wait_is_counted_in_rays_state_then_running_again() -> None:
+    counts = TaskCounts()
+    counts.started("f", b"\x01")
+    counts.blocked("RUNNING_IN_RAY_GET")
+    report: dict[str, Any] = {}
+    counts.collect(report)
+    assert sorted(report["t"]) == [["RUNNING", "f", "01", 0], ["RUNNING_IN_RAY_GET", "f", "01", 1]]
+    counts.blocked(None)
+    report = {}
+    counts.collect(report)  # resumed: the blocked row is reported again, at 0
+    assert sorted(report["t"]) == [["RUNNING", "f", "01", 1], ["RUNNING_IN_RAY_GET", "f", "01", 0]]
+    counts.blocked("RUNNING_IN_RAY_WAIT")
+    counts.ended("f", b"\x01", failed=False)  # (a task that ends blocked: not blocked any more)
+    report = {}
+    counts.collect(report)
+    assert sorted(report["t"]) == [
+        ["FINISHED", "f", "01", 1],
+        ["RUNNING", "f", "01", 0],
+        ["RUNNING_IN_RAY_GET", "f", "01", 0],
+    ]
+
+
 def _render(user: UserMetrics) -> dict[Any, float]:
     out = Exposition()
     user.render(out, user.snapshot())

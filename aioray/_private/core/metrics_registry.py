@@ -210,14 +210,24 @@ class TaskCounts:
     def __init__(self) -> None:
         self.done: dict[tuple[bool, str, bytes], int] = {}  # (failed, name, job) -> tasks
         self.running: tuple[str, bytes] | None = None
+        # RUNNING_IN_RAY_GET / _WAIT while the running task blocks (Ray's states), and every
+        # (state, name, job) shown so far: each is reported again, 0 once it has ended.
+        self.blocked_in: str | None = None
+        self.blocked_rows: set[tuple[str, str, bytes]] = set()
         self.changed = False
 
     def started(self, name: str, job: bytes) -> None:
         self.running = (name, job)
         self.changed = True
 
+    def blocked(self, state: str | None) -> None:
+        """The running task blocks in ray.get or ray.wait (``state``), or resumes (None)."""
+        self.blocked_in = state
+        self.changed = True
+
     def ended(self, name: str, job: bytes, failed: bool) -> None:
         self.running = None
+        self.blocked_in = None
         key = (failed, name, job)
         self.done[key] = self.done.get(key, 0) + 1
 
@@ -225,13 +235,19 @@ class TaskCounts:
         if not self.changed:
             return
         self.changed = False
-        running, done = self.running, dict(self.done)  # a copy: the thread may add a key
+        running, blocked = self.running, self.blocked_in
+        done = dict(self.done)  # a copy: the thread may add a key
         rows: list[list[object]] = [
             ["FAILED" if failed else "FINISHED", name, job.hex(), n]
             for (failed, name, job), n in done.items()
         ]
         names = {(name, job) for _, name, job in done}
+        current = None
         if running is not None:
             names.add(running)
-        rows += [["RUNNING", n, j.hex(), int((n, j) == running)] for n, j in names]
+            if blocked is not None:
+                current = (blocked, *running)
+                self.blocked_rows.add(current)
+        rows += [["RUNNING", n, j.hex(), int((n, j) == running and not current)] for n, j in names]
+        rows += [[st, n, j.hex(), int((st, n, j) == current)] for st, n, j in self.blocked_rows]
         report["t"] = rows

@@ -20,6 +20,7 @@ from aioray._private.owner.task_events import (
     RUNNING,
     RUNNING_IN_RAY_GET,
     RUNNING_IN_RAY_WAIT,
+    STATE_NAMES,
     pack_row,
 )
 from aioray._private.wire import config
@@ -41,8 +42,9 @@ class BlockedGets:
         return self._blocked(self.fetch(missing), timeout, RUNNING_IN_RAY_GET)
 
     def wait(self, waiting: Coroutine[Any, Any, Any]) -> Any:
-        """(the task's thread) Run a ``ray.wait`` that must wait, the task RUNNING_IN_RAY_WAIT."""
-        return self._blocked(waiting, None, RUNNING_IN_RAY_WAIT)
+        """(the task's thread) Run a ``ray.wait`` that must wait, the task RUNNING_IN_RAY_WAIT;
+        its CPUs are lent after a while as in a get (Ray's workers blocked in either)."""
+        return self._blocked(self._lending(waiting), None, RUNNING_IN_RAY_WAIT)
 
     def _blocked(self, coro: Coroutine[Any, Any, Any], timeout: float | None, state: int) -> Any:
         cw = self.cw
@@ -52,19 +54,31 @@ class BlockedGets:
         task_id, attempt = key
         events = cw.task_events
         events += pack_row(task_id, EXEC + state, attempt, time.time())
+        counts = cw.task_counts
+        if counts is not None:
+            counts.blocked(STATE_NAMES[state])
         try:
             return cw.run_sync(coro, timeout)
         finally:
+            if counts is not None:
+                counts.blocked(None)
             events = cw.task_events  # (the buffer may have been swapped meanwhile)
             if events is not None:
                 events += pack_row(task_id, EXEC + RUNNING, attempt, time.time())
 
     async def fetch(self, missing: list[ObjectRef]) -> dict[bytes, StoredObject]:
         """(loop) ``object_waits.fetch_many``, lending this worker's CPUs while it waits."""
+        result: dict[bytes, StoredObject] = await self._lending(
+            object_waits.fetch_many(self.cw, missing)
+        )
+        return result
+
+    async def _lending(self, blocking: Coroutine[Any, Any, Any]) -> Any:
+        """(loop) Await ``blocking``, lending this worker's CPUs once it waited a while."""
         if self.lending.get_started() is Lend.ARM:
             self._timer = self.cw.loop.call_later(config.LEND_CPUS_AFTER_S, self._lend)
         try:
-            return await object_waits.fetch_many(self.cw, missing)
+            return await blocking
         finally:
             action = self.lending.get_finished()
             if action is Lend.RECLAIM:

@@ -39,7 +39,7 @@ from aioray._private.core.memory_store import (
     StoredObject,
     decode_object,
 )
-from aioray._private.core.metrics_registry import MetricsReporter, Report
+from aioray._private.core.metrics_registry import MetricsReporter, Report, TaskCounts
 from aioray._private.core.reference_counter import ReferenceCounter
 from aioray._private.owner import (
     log_monitor,
@@ -155,6 +155,7 @@ class CoreWorker:
         self.fetching: dict[bytes, asyncio.Future[StoredObject]] = {}
         self._free_shm: list[tuple[bytes, bytes | None]] = []
         self.blocked_gets = BlockedGets(self)  # a worker's gets lend its CPUs after a while
+        self.task_counts: TaskCounts | None = None  # a worker's executor's, for ray_tasks
         self._blocking: dict[int, concurrent.futures.Future[Any]] = {}
         self._warned: set[str] = set()
         self.closing = False

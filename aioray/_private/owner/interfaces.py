@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from aioray._private.core.borrowing import Borrowing
     from aioray._private.core.lineage import Lineage
     from aioray._private.core.memory_store import MemoryStore, StoredObject
+    from aioray._private.core.metrics_registry import TaskCounts
     from aioray._private.owner.core_worker import TaskContext
     from aioray._private.owner.object_ref import ObjectRef
     from aioray._private.owner.streaming import StreamManager
@@ -258,5 +259,7 @@ class BlockedGetsHost(WaitHost, Protocol):
     def task_context(self) -> TaskContext: ...
     @property
     def task_events(self) -> TaskEventRows | None: ...
+    @property
+    def task_counts(self) -> TaskCounts | None: ...
 
     def run_sync(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any: ...
