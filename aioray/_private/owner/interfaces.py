@@ -46,6 +46,19 @@ class PeerConnector(Protocol):
     async def connect_peer(self, ip: str, port: int) -> rpc.Connection: ...
 
 
+class PeersHost(Protocol):
+    """What ``PeerConnections`` uses: the loop, and what a new connection serves and says."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def worker_id(self) -> bytes: ...
+    @property
+    def streams(self) -> StreamManager: ...
+    @property
+    def extra_handlers(self) -> dict[str, rpc.Handler]: ...
+
+
 class RayletClientsHost(PeerConnector, Protocol):
     """What ``RayletClients`` uses: the local raylet, the handlers other raylets may call."""
 
