@@ -92,6 +92,17 @@ class RayletClientsHost(PeerConnector, Protocol):
     def peers_on(self, ip: str) -> list[rpc.Connection]: ...
 
 
+class LeasesHost(PeerConnector, Protocol):
+    """What ``Leases`` uses: the loop, the local raylet, whether the process is closing."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def raylet(self) -> rpc.Connection: ...
+    @property
+    def closing(self) -> bool: ...
+
+
 class SubmitterHost(RayletClientsHost, Protocol):
     """What ``TaskSubmitter`` uses (and its ``RayletClients``): objects, counts, borrowing,
     lineage, streams and the task events."""
