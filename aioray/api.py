@@ -20,12 +20,24 @@ from typing import Any
 
 from aioray._private.core import runtime_env as _runtime_env
 from aioray._private.node import node, runtime_env_packaging
+from aioray._private.node.init_options import (
+    check_store_options,
+    dashboard_port,
+    metrics_port,
+    resources_check,
+)
 from aioray._private.owner import object_waits, worker_context
 from aioray._private.owner.core_worker import DRIVER, CoreWorker
 from aioray._private.owner.object_ref import ObjectRef, set_core_worker
 from aioray._private.owner.worker_context import ensure_connected
-from aioray._private.wire import auth, config
-from aioray.exceptions import ActorHandleNotFoundError
+from aioray._private.wire import auth
+from aioray.gcs_calls import available_resources as available_resources
+from aioray.gcs_calls import cluster_resources as cluster_resources
+from aioray.gcs_calls import gcs_call
+from aioray.gcs_calls import get_actor as get_actor
+from aioray.gcs_calls import kill as kill
+from aioray.gcs_calls import list_named_actors as list_named_actors
+from aioray.gcs_calls import nodes as nodes
 from aioray.remote_function import RemoteFunction
 from aioray.runtime_context import RuntimeContext
 
@@ -117,10 +129,10 @@ def init(
     # Bad fields fail here naming the field; sizes are checked before anything starts.
     runtime_env = _runtime_env.with_the_jobs_env(runtime_env)  # a submitted job's driver
     job_env, packages = runtime_env_packaging.plan_env(_runtime_env.normalize(runtime_env))
-    system_config = _check_store_options(
+    system_config = check_store_options(
         object_store_memory, object_spilling_directory, kwargs.get("_system_config")
     )
-    validate({"resources": resources or {}}, {"resources": _resources_check})
+    validate({"resources": resources or {}}, {"resources": resources_check})
     with _lock:
         if driver() is not None:
             if ignore_reinit_error:
@@ -140,10 +152,10 @@ def init(
                 object_spilling_directory=object_spilling_directory,
                 system_config=system_config,
                 node_ip=_node_ip_address,
-                metrics_export_port=_metrics_port(kwargs.get("_metrics_export_port")),
+                metrics_export_port=metrics_port(kwargs.get("_metrics_export_port")),
                 include_dashboard=include_dashboard is not False,
                 dashboard_host=kwargs.get("dashboard_host") or "127.0.0.1",
-                dashboard_port=_dashboard_port(kwargs.get("dashboard_port")),
+                dashboard_port=dashboard_port(kwargs.get("dashboard_port")),
             )
             if _local_node.dashboard_url:
                 print(f"View the dashboard at http://{_local_node.dashboard_url}", file=sys.stderr)
@@ -202,56 +214,6 @@ def _start_job_env(env: dict[str, Any], packages: list[runtime_env_packaging.Pac
     runtime_env_packaging.upload(packages, gcs_call)
     if _runtime_env.needs_setup(env) and (env.get("config") or {}).get("eager_install", True):
         gcs_call("prepare_runtime_env", env)
-
-
-OBJECT_STORE_MINIMUM_MEMORY_BYTES = 75 * 1024 * 1024  # Ray's minimum
-
-
-def _dashboard_port(port: Any) -> int:
-    if port is None:
-        return node.DASHBOARD_PORT
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"dashboard_port must be a port number (0-65535); got {port!r}.")
-    return port
-
-
-def _metrics_port(port: Any) -> int:
-    """``_metrics_export_port``: None (a free port) or a port number."""
-    if port is None:
-        return 0
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"_metrics_export_port must be an int, got {type(port).__name__}")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"_metrics_export_port must be a port number (0-65535), got {port}")
-    return port
-
-
-def _check_store_options(
-    object_store_memory: Any, spilling_directory: Any, system_config: Any
-) -> dict[str, Any]:
-    if object_store_memory is not None:
-        if not isinstance(object_store_memory, int) or isinstance(object_store_memory, bool):
-            raise TypeError(
-                f"object_store_memory must be an int (bytes), got {object_store_memory!r}"
-            )
-        if object_store_memory < OBJECT_STORE_MINIMUM_MEMORY_BYTES:
-            raise ValueError(
-                f"Attempting to cap object store memory usage at {object_store_memory} bytes, "
-                f"but the minimum allowed is {OBJECT_STORE_MINIMUM_MEMORY_BYTES} bytes."
-            )
-    if spilling_directory is not None and not isinstance(spilling_directory, str):
-        raise TypeError(f"object_spilling_directory must be a str path, got {spilling_directory!r}")
-    if system_config is None:
-        return {}
-    if not isinstance(system_config, dict):
-        raise TypeError(f"_system_config must be a dict, got {type(system_config).__name__}")
-    return system_config
-
-
-def _resources_check(name: str, value: Any) -> None:
-    from aioray._private.core.options import check_resources
-
-    check_resources(name, value)
 
 
 _address_cache: dict[str, Any] = {}
@@ -476,85 +438,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     cw.post(cw.cancel, object_ref.binary(), force, recursive)
 
 
-# -- cluster state ------------------------------------------------------------------------------
-def gcs_call(method: str, body: Any = None) -> Any:
-    """One request to the GCS from this process (any thread but the CoreWorker's loop): its
-    reply, ``body`` being the method's message (wire/schema.py); connects first if needed."""
-    cw = ensure_connected()
-
-    async def call() -> Any:
-        gcs = await cw.gcs_connection()
-        return await gcs.call(method, body)
-
-    return cw.run_sync(call(), config.DAEMON_START_TIMEOUT_S)
-
-
-def kill(actor: Any, *, no_restart: bool = True) -> None:
-    """Kill an actor at once; with ``no_restart=False`` it may restart (max_restarts)."""
-    from aioray.actor import ActorHandle
-
-    if not isinstance(actor, ActorHandle):
-        raise ValueError(f"ray.kill() only supports actors; got {type(actor).__name__}.")
-    cw = worker_context.core_worker
-    if actor._cw is not cw:  # made before a shutdown(): Ray's handles are per session too
-        now = cw.job_id.hex() if cw is not None else "(none: not connected)"
-        raise ActorHandleNotFoundError(
-            "ActorHandle objects are not valid across Ray sessions. The actor handle was "
-            f"created in job {actor._cw.job_id.hex()}, but the current job is {now}. This "
-            "typically happens when you try to use an actor handle from a previous session "
-            "after calling ray.shutdown() and ray.init(). Please create a new actor handle in "
-            "the current session."
-        )
-    gcs_call("kill_actor", [actor._actor_id, no_restart])
-
-
-def get_actor(name: str, namespace: str | None = None) -> Any:
-    """The handle of the named actor in ``namespace`` (default: this job's)."""
-    from aioray.actor import ActorHandle
-
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"Please supply a non-empty actor name, got {name!r}.")
-    cw = ensure_connected()
-    ns = namespace if namespace is not None else cw.namespace
-    info = gcs_call("get_named_actor", [name, ns])
-    if info is None:
-        raise ValueError(f"Failed to look up actor with name '{name}' in namespace '{ns}'.")
-    return ActorHandle(info["aid"], info["meta"])
-
-
-def list_named_actors(all_namespaces: bool = False) -> list[Any]:
-    """Names of live named actors: this namespace's, or dicts for all namespaces."""
-    cw = ensure_connected()
-    found = gcs_call("list_named_actors", [cw.namespace, all_namespaces])
-    if all_namespaces:
-        return [{"name": a["name"], "namespace": a["namespace"]} for a in found]
-    return [a["name"] for a in found]
-
-
-def nodes() -> list[dict[str, Any]]:
-    """One dict per node, with Ray's keys (NodeID, Alive, Resources, ...)."""
-    return list(gcs_call("get_nodes"))
-
-
-def cluster_resources() -> dict[str, float]:
-    """Total resources of all alive nodes."""
-    return _sum_resources("Resources")
-
-
-def available_resources() -> dict[str, float]:
-    """Resources not currently in use, over all alive nodes."""
-    return _sum_resources("Available")
-
-
-def _sum_resources(key: str) -> dict[str, float]:
-    total: dict[str, float] = {}
-    for n in nodes():
-        if n["Alive"]:
-            for k, v in n[key].items():
-                total[k] = total.get(k, 0.0) + v
-    return {k: v for k, v in total.items() if v > 0 or key == "Resources"}
-
-
+# -- this process's context ------------------------------------------------------------------
 def get_gpu_ids() -> list[int]:
     """GPU ids assigned to the current task (empty in a driver or a CPU task)."""
     cw = ensure_connected()

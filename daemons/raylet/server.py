@@ -16,7 +16,8 @@ Before a request is granted here, the cluster policy may send it to another node
 (``spillback.py``: the reply is ``{"spill": [node_id, ip, port]}``); the cluster
 view it decides on comes from the GCS (``cluster_view`` notices).
 
-The node's object store (capacity, spilling, restoring) is ``StoreService``
+Its records are in leases.py; its workers and owners coming and going in
+worker_handlers.py. The node's object store (capacity, spilling, restoring) is ``StoreService``
 (store_service.py); the object handlers below delegate to it.
 The memory monitor (``memory_monitor.py``) kills a leased worker when the node
 runs low on memory.
@@ -30,7 +31,6 @@ import itertools
 import logging
 import os
 import socket
-import time
 from typing import TYPE_CHECKING
 
 from aioray.daemons._common import (
@@ -42,6 +42,8 @@ from aioray.daemons._common import (
 from aioray.daemons.raylet.bundles import BundleService
 from aioray.daemons.raylet.demand_report import DemandReporter
 from aioray.daemons.raylet.gcs_link import GcsLink
+from aioray.daemons.raylet.leases import Lease as Lease
+from aioray.daemons.raylet.leases import LeaseRequest as LeaseRequest
 from aioray.daemons.raylet.memory_monitor import MemoryMonitor
 from aioray.daemons.raylet.metrics_export import NodeMetrics
 from aioray.daemons.raylet.object_handlers import ObjectHandlers
@@ -53,7 +55,8 @@ from aioray.daemons.raylet.scheduler import strategy_from_wire
 from aioray.daemons.raylet.spillback import ANSWERED, NOWHERE, Spillback
 from aioray.daemons.raylet.state_handlers import StateHandlers
 from aioray.daemons.raylet.store_service import SpillConfig, StoreService
-from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool, env_key_of
+from aioray.daemons.raylet.worker_handlers import WorkerHandlers
+from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool
 
 from aioray._private.core.bundle_resources import is_group_resource
 from aioray._private.rpc import rpc
@@ -64,82 +67,15 @@ from aioray._private.wire.schema import (
     LeaseReply,
     NodeEntry,
     RayletHello,
-    RegisterWorker,
     RequestLease,
     ReturnLease,
     RuntimeEnv,
-    Strategy,
 )
 
 if TYPE_CHECKING:
     from aioray._private.rpc.http_service import HttpService
 
 logger = logging.getLogger(__name__)
-
-
-class LeaseRequest:
-    __slots__ = (
-        "actor",
-        "conn",
-        "env",
-        "env_key",
-        "fut",
-        "hold",
-        "hops",
-        "placed",
-        "res",
-        "retriable",
-        "strategy",
-        "warned",
-    )
-
-    def __init__(
-        self,
-        conn: rpc.Connection,
-        res: dict[str, float],
-        env: RuntimeEnv | None,
-        hold: dict[str, float] | None = None,
-        actor: bytes | None = None,
-    ) -> None:
-        self.conn = conn
-        self.res = res  # must fit to grant
-        self.hold = res if hold is None else hold  # held while the lease lives
-        self.actor = actor
-        self.env = env
-        self.env_key = env_key_of(env)
-        self.fut: asyncio.Future[LeaseReply] = asyncio.get_running_loop().create_future()
-        self.warned = False
-        self.strategy: Strategy = None  # scheduler.py's wire form; None is DEFAULT
-        self.hops = 0  # times it was spilled before reaching this raylet
-        self.placed = False  # the policy chose this node
-        self.retriable = False  # the task it is requested for may be retried (memory monitor)
-
-
-class Lease:
-    __slots__ = (
-        "actor",
-        "blocked",
-        "conn",
-        "gpus",
-        "granted_at",
-        "lease_id",
-        "res",
-        "retriable",
-        "worker",
-    )
-
-    def __init__(
-        self, lease_id: int, worker: WorkerHandle, res: dict[str, float], conn: rpc.Connection
-    ) -> None:
-        self.lease_id = lease_id
-        self.worker = worker
-        self.res = res
-        self.conn = conn
-        self.blocked = False
-        self.gpus: list[tuple[int, float]] = []
-        self.actor: bytes | None = None
-        self.retriable = False
-        self.granted_at = time.monotonic()
 
 
 class Raylet:
@@ -172,6 +108,7 @@ class Raylet:
         self.metrics = NodeMetrics(self)  # Prometheus, on the node's HTTP service
         self.http: HttpService | None = None  # started after start-up: _serve_http
         self.metrics_export_port = metrics_export_port
+        self.clients = WorkerHandlers(self)  # workers and owners coming and going
         self.server_handlers = self._handlers()  # also serves other raylets' connections
         self.gcs_link = GcsLink(self)  # registration; reconnects after a GCS restart
         self.server = rpc.Server(
@@ -206,6 +143,7 @@ class Raylet:
             "report_metrics": self.metrics.handle_report_metrics,
             **StateHandlers(self).handlers(),
             **ObjectHandlers(self).handlers(),
+            **self.clients.handlers(),
         }
 
     def _hello(self, body: Hello) -> RayletHello:
@@ -235,7 +173,7 @@ class Raylet:
         self.pool = WorkerPool(
             {"node_ip": self.node_ip, "raylet_port": 0, "session_dir": self.session_dir},
             self.session_dir,
-            on_lost_start=lambda _: self._schedule(),  # start another in its place
+            on_lost_start=lambda _: self.schedule(),  # start another in its place
         )
         self.pool.on_setup_failed = self._runtime_env_failed
         fork_server = asyncio.ensure_future(self.pool.start(forkserver_fd))
@@ -339,53 +277,6 @@ class Raylet:
         if self.gcs is not None:
             self.gcs.close()
 
-    # -- connections --------------------------------------------------------------------------
-    def handle_register_worker(
-        self, conn: rpc.Connection, body: RegisterWorker, _: list[Buffer]
-    ) -> bool:
-        """``register_worker`` {worker_id, port} from a worker this raylet started -> True; the
-        worker joins the pool (ValueError for an unknown worker id)."""
-        assert self.pool is not None
-        w = self.pool.register(body["worker_id"], body["port"], conn)
-        if w is None:
-            raise ValueError("unknown worker id")
-        conn.state["worker"] = w
-        conn.on_close.append(lambda _: self._worker_dead(w))
-        self._schedule()
-        return True
-
-    def handle_register_client(self, conn: rpc.Connection, body: object, _: list[Buffer]) -> bool:
-        """``register_client`` (any body) from a driver or owner -> True; its leases are returned if
-        its connection closes."""
-        conn.on_close.append(self._owner_gone)
-        return True
-
-    def _worker_dead(self, w: WorkerHandle) -> None:
-        assert self.pool is not None
-        self.pool.remove(w.worker_id)
-        oom = self.memory_monitor.worker_dead(w)
-        if w.lease_id is not None:
-            lease = self.leases.pop(w.lease_id, None)
-            if lease is not None:
-                self._release_gpus(lease)
-                if not lease.blocked:
-                    self.resources.release(lease.res)
-                if lease.actor is not None:
-                    why = oom or f"worker pid {w.pid} died"
-                    # Named by worker: the GCS ignores the death of a replaced incarnation.
-                    self.gcs_link.notify("actor_worker_died", [lease.actor, w.worker_id, why])
-                self._report()
-        if not self._stopped.is_set():
-            logger.info("worker %s (pid %d) exited", w.worker_id.hex()[:8], w.pid)
-            self._schedule()
-
-    def _owner_gone(self, conn: rpc.Connection) -> None:
-        for req in [r for r in self.requests if r.conn is conn]:
-            self.requests.remove(req)
-        for lease in [x for x in self.leases.values() if x.conn is conn]:
-            self._end_lease(lease.lease_id, worker_ok=True)
-        self._schedule()
-
     # -- leases -----------------------------------------------------------------------------------
     def handle_request_lease(
         self, conn: rpc.Connection, body: RequestLease, _: list[Buffer]
@@ -396,7 +287,7 @@ class Raylet:
         # The GCS's actor leases outlive its connection: the GCS may restart (gcs_link).
         if "owner_watch" not in conn.state and conn is not self.gcs:
             conn.state["owner_watch"] = True
-            conn.on_close.append(self._owner_gone)
+            conn.on_close.append(self.clients.owner_gone)
         hold = body.get("hold")
         req = LeaseRequest(
             conn,
@@ -409,7 +300,7 @@ class Raylet:
         req.strategy = strategy_from_wire(body.get("ss"))
         req.hops = body.get("hops", 0)
         self.requests.append(req)
-        self._schedule()
+        self.schedule()
         self.demand.changed()
         return req.fut
 
@@ -417,16 +308,17 @@ class Raylet:
         """``return_lease`` [lease id, worker_dead] (notice, from the lessee): the lease ends; the
         worker goes back to the pool unless it is dead."""
         lease_id, worker_dead = body
-        self._end_lease(lease_id, worker_ok=not worker_dead)
-        self._schedule()
+        self.end_lease(lease_id, worker_ok=not worker_dead)
+        self.schedule()
 
-    def _end_lease(self, lease_id: int, worker_ok: bool) -> None:
+    def end_lease(self, lease_id: int, worker_ok: bool) -> None:
+        """A lease ends: its resources and GPUs come back; its worker is reused if it can be."""
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return
         if not lease.blocked:
             self.resources.release(lease.res)
-        self._release_gpus(lease)
+        self.release_gpus(lease)
         self._report()
         w = lease.worker
         if lease.actor is not None:
@@ -435,29 +327,13 @@ class Raylet:
         elif worker_ok and w.conn is not None and not w.conn.is_closed and self.pool is not None:
             self.pool.push_idle(w)
 
-    def _release_gpus(self, lease: Lease) -> None:
+    def release_gpus(self, lease: Lease) -> None:
+        """Give back the GPUs a lease held (a placement group bundle's, or the node's)."""
         if lease.gpus and not self.bundles.release_gpus(lease.lease_id, lease.gpus):
             self.resources.release_gpus(lease.gpus)
 
-    def handle_worker_blocked(self, conn: rpc.Connection, blocked: bool, _: list[Buffer]) -> None:
-        """``worker_blocked`` bool (notice, from a leased worker): it is blocked in get (True: lend
-        its CPUs to other tasks) or runs again (False: take them back)."""
-        w = conn.state.get("worker")
-        lease = self.leases.get(w.lease_id) if w is not None and w.lease_id else None
-        if lease is None or lease.blocked == blocked:
-            return
-        lease.blocked = blocked
-        # A placement group's CPUs too, so nested tasks in one bundle cannot deadlock.
-        cpu = {k: v for k, v in lease.res.items() if k == "CPU" or k.startswith("CPU_group_")}
-        if blocked:
-            self.lendings += 1
-            self.resources.release(cpu)
-        else:
-            self.resources.acquire(cpu)
-        self._report()
-        self._schedule()
-
-    def _schedule(self) -> None:
+    def schedule(self) -> None:
+        """Run a scheduling pass soon (one per loop iteration, however many ask)."""
         if not self._schedule_soon:
             self._schedule_soon = True
             asyncio.get_running_loop().call_soon(self._run_scheduler)
@@ -540,7 +416,7 @@ class Raylet:
     def resources_changed(self) -> None:
         """The node's resources changed outside a lease (placement-group bundles)."""
         self._report()
-        self._schedule()
+        self.schedule()
 
     def _report(self) -> None:
         if not self._report_soon:
@@ -584,23 +460,7 @@ class Raylet:
                 for event in news:
                     peer.notify("node_event", event)
         if self.requests:
-            self._schedule()
-
-    def handle_kill_actor_worker(self, conn: rpc.Connection, aid: bytes, _: list[Buffer]) -> None:
-        """``kill_actor_worker`` aid (notice, from the GCS): end the worker hosting that actor
-        here (told to exit, it sends its last task events first; SIGKILLed if it does not)."""
-        assert self.pool is not None
-        for lease in self.leases.values():
-            if lease.actor == aid:
-                self.pool.end(lease.worker, 1)
-
-    def handle_actor_exiting(self, conn: rpc.Connection, aid: bytes, _: list[Buffer]) -> None:
-        """``actor_exiting`` aid (notice, from the actor's worker): forwarded to the GCS with the
-        worker id, before the worker's death is reported, so the actor is not restarted."""
-        # Forwarded before the worker's death is reported: the GCS will not restart it.
-        w = conn.state.get("worker")
-        if w is not None:
-            self.gcs_link.notify("actor_exiting", [aid, w.worker_id])
+            self.schedule()
 
     # -- objects (their handlers: object_handlers.py) ------------------------------------
     def _on_connect(self, conn: rpc.Connection) -> None:

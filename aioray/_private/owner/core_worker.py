@@ -21,12 +21,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextvars
 import itertools
 import logging
-import os
-import shlex
-import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -39,11 +35,10 @@ from aioray._private.core.memory_store import (
     StoredObject,
     decode_object,
 )
-from aioray._private.core.metrics_registry import MetricsReporter, Report, TaskCounts
+from aioray._private.core.metrics_registry import MetricsReporter, TaskCounts
 from aioray._private.core.reference_counter import ReferenceCounter
 from aioray._private.owner import (
     log_monitor,
-    memory_report,
     store_client,
     task_events,
     thread_waits,
@@ -52,27 +47,25 @@ from aioray._private.owner.actor_submitter import ActorSubmitter
 from aioray._private.owner.blocked_gets import BlockedGets
 from aioray._private.owner.gcs_client import GcsClient
 from aioray._private.owner.lazy_posts import LazyPosts
+from aioray._private.owner.lifecycle import Lifecycle
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.owner.owner_service import OwnerService
+from aioray._private.owner.peer_connections import PeerConnections
 from aioray._private.owner.streaming import StreamManager
 from aioray._private.owner.task_submitter import TaskSubmitter
 from aioray._private.rpc import rpc
 from aioray._private.rpc.loop import result_interruptibly
-from aioray._private.wire import config, ids, job_records, serialization
+from aioray._private.wire import config, ids, serialization
 from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import (
     Address,
-    Hello,
     LeaseInfeasible,
     PushReply,
     RayletHelloReply,
-    RegisterJob,
-    RegisterJobReply,
     WorkerLog,
 )
 from aioray.exceptions import (
     GetTimeoutError,
-    LocalRayletDiedError,
     ObjectFetchTimedOutError,
     ObjectFreedError,
     ObjectLostError,
@@ -119,6 +112,7 @@ class CoreWorker:
         self.node_id = b""
         self.session_id = ""
         self.pool_writer: Any = None  # store_client.PoolWriter, made on the first large put
+        self.store_capacity = self.store_room = 0  # set by the raylet's hello (lifecycle.py)
         self.canceled_tasks: set[bytes] = set()  # running tasks asked to stop
         self.ids = ids.IdGenerator(self.worker_id)
         self.refs: ReferenceCounter = ReferenceCounter(self._out_of_scope)
@@ -142,15 +136,19 @@ class CoreWorker:
         self.extra_handlers: dict[str, rpc.Handler] = {}
         self.task_context = TaskContext()
         self._loop_thread_id = -1
-        self._thread: threading.Thread | None = None
         self._posted: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
             collections.deque()
         )
         self._post_scheduled = False
         self.lazy_posts = LazyPosts(self)  # posts that need not wake the loop
         self._submitted = itertools.count(1)  # tasks and actor calls posted (post_task)
-        self._peers: dict[tuple[str, int], rpc.Connection] = {}
-        self._connecting: dict[tuple[str, int], asyncio.Future[rpc.Connection]] = {}
+        self._peers: dict[tuple[str, int], rpc.Connection] = {}  # open, by address
+        # Bound to the service's own methods: a caller's call goes straight to them.
+        self.peer_connections = PeerConnections(self, self._peers)
+        self.connect_peer = self.peer_connections.connect
+        self.peer = self.peer_connections.get
+        self.peers_on = self.peer_connections.on
+        self.lifecycle = Lifecycle(self)
         # Objects being fetched from their owners (shared by every get and wait of them).
         self.fetching: dict[bytes, asyncio.Future[StoredObject]] = {}
         self._free_shm: list[tuple[bytes, bytes | None]] = []
@@ -174,60 +172,12 @@ class CoreWorker:
             f"objects={len(self.memory_store)} tasks={len(self.submitter.tasks)}>"
         )
 
-    # -- lifecycle ----------------------------------------------------------------
+    # -- lifecycle (lifecycle.py) -----------------------------------------------------
     async def start(self) -> RayletHelloReply:
         """Start the owner's RPC server and register with the local raylet."""
         self.loop = asyncio.get_running_loop()
         self._loop_thread_id = threading.get_ident()
-        handlers = {
-            **rpc.handlers_of(self),
-            "borrow": self.borrowing.handle_borrow,
-            **rpc.handlers_of(self.owner_service),
-            **self.extra_handlers,
-        }
-        self.server = rpc.Server(handlers)
-        await self.server.start(self.node_ip, 0)
-        self.address = (self.node_ip, self.server.port, self.worker_id)
-        raylet_handlers: dict[str, rpc.Handler] = {
-            "lease_infeasible": self.handle_lease_infeasible,
-            "worker_log": self.handle_worker_log,
-            "worker_oom_killed": self.submitter.handle_worker_oom_killed,
-            "memory_summary": lambda c, b, _: memory_report.process_summary(self),
-            "node_event": self.submitter.remote_raylets.handle_node_event,
-            **self.extra_handlers,
-        }
-        hello: Hello = {
-            "role": self.mode,
-            "worker_id": self.worker_id,
-            "pid": os.getpid(),
-            "port": self.server.port,
-            "logs": self.log_to_driver,
-        }
-        info: RayletHelloReply
-        self.raylet, info = await rpc.connect(
-            *self.raylet_address, handlers=raylet_handlers, hello=hello, name="raylet"
-        )
-        self.node_id = info["node_id"]
-        self.session_id = info["session_id"]
-        # object_store_memory, and its free bytes at the last answer (store_client)
-        self.store_capacity, self.store_room = int(info.get("object_store_memory") or 0), 0
-        if self.gcs_address is None and info.get("gcs_address"):
-            host, port = info["gcs_address"]
-            self.gcs_address = (host, int(port))
-        self.raylet.on_close.append(self._raylet_lost)
-        self.metrics_reporter = MetricsReporter(self.loop, self._send_metrics)
-        if self.mode == DRIVER and self.gcs_address is not None:
-            gcs = await self.gcs_connection()
-            body: RegisterJob = {"pid": os.getpid(), "ns": self.namespace, "ip": self.node_ip}
-            body["cmd"] = shlex.join(sys.orig_argv)  # Ray's entrypoint of a driver job
-            body["sid"] = os.environ.get(job_records.SUBMISSION_ID_ENV)  # in a submitted job
-            job: RegisterJobReply = await gcs.call("register_job", body)
-            self.job_id = job["job_id"]
-            self.namespace = self.namespace or job["namespace"]
-            if "task_events_ms" in job:  # the cluster's setting wins
-                self.event_buffer.set_interval(job["task_events_ms"])
-        self.event_buffer.start()
-        return info
+        return await self.lifecycle.start()
 
     async def gcs_connection(self) -> rpc.Connection:
         """The GCS connection: opened on first use in a worker, reopened after a restart."""
@@ -246,32 +196,7 @@ class CoreWorker:
 
     def start_in_thread(self, timeout: float = config.DAEMON_START_TIMEOUT_S) -> RayletHelloReply:
         """Run the loop in a daemon thread (driver mode) and start the CoreWorker on it."""
-        from aioray._private.rpc.loop import new_event_loop
-
-        loop = new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                # Its descriptors (epoll, eventfd, self-pipe, io_uring) would otherwise
-                # stay open: six more per init/shutdown cycle of a long-lived driver.
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="aioray-core-worker", daemon=True)
-        self._thread.start()
-        ready.wait()
-        # An empty context: run_coroutine_threadsafe copies the caller's contextvars into
-        # all the loop does; in Jupyter they route output to the init cell (prints land there).
-        fut = contextvars.Context().run(asyncio.run_coroutine_threadsafe, self.start(), loop)
-        try:
-            return fut.result(timeout)
-        except BaseException:
-            self.stop_thread()
-            raise
+        return self.lifecycle.start_in_thread(timeout)
 
     async def stop(self) -> None:
         self.closing = True
@@ -289,26 +214,7 @@ class CoreWorker:
         self._peers.clear()
 
     def stop_thread(self) -> None:
-        if self._thread is None:
-            return
-        loop = self.loop or None
-        if loop is not None and loop.is_running():
-            try:
-                asyncio.run_coroutine_threadsafe(self.stop(), loop).result(5)
-            except Exception:
-                logger.debug("core worker stop failed", exc_info=True)
-            loop.call_soon_threadsafe(loop.stop)
-        self._thread.join(5)
-        self._thread = None
-
-    def _send_metrics(self, report: Report) -> None:
-        if not self.raylet.is_closed:
-            self.raylet.notify("report_metrics", report)
-
-    def _raylet_lost(self, conn: rpc.Connection) -> None:
-        if not self.closing:
-            logger.error("lost the connection to the local raylet")
-            self.submitter.fail_all(LocalRayletDiedError())
+        self.lifecycle.stop_thread()
 
     # -- crossing threads ----------------------------------------------------------
     def in_loop_thread(self) -> bool:
@@ -375,52 +281,6 @@ class CoreWorker:
         fut = self._blocking.get(thread_id)
         if fut is not None:
             fut.cancel()
-
-    # -- connections to peers (workers, owners) ------------------------------------
-    async def connect_peer(self, ip: str, port: int) -> rpc.Connection:
-        key = (ip, port)
-        conn = self._peers.get(key)
-        if conn is not None and not conn.is_closed:
-            return conn
-        pending = self._connecting.get(key)
-        if pending is None:
-            pending = self.loop.create_future()
-            self._connecting[key] = pending
-            try:
-                conn, _ = await rpc.connect(
-                    ip,
-                    port,
-                    handlers={
-                        "stream_item": self.streams.handle_stream_item,
-                        **self.extra_handlers,
-                    },
-                    hello={"role": "peer", "worker_id": self.worker_id},
-                    name=f"peer {ip}:{port}",
-                )
-            except BaseException as e:
-                del self._connecting[key]
-                pending.set_exception(e)
-                pending.exception()  # mark retrieved
-                raise
-            del self._connecting[key]
-            self._peers[key] = conn
-            conn.on_close.append(lambda c: self._forget_peer(key, c))
-            pending.set_result(conn)
-            return conn
-        return await asyncio.shield(pending)
-
-    def peer(self, ip: str, port: int) -> rpc.Connection | None:
-        """The connection to the worker or owner at ``ip:port``, if one is open."""
-        conn = self._peers.get((ip, port))
-        return conn if conn is not None and not conn.is_closed else None
-
-    def peers_on(self, ip: str) -> list[rpc.Connection]:
-        """The connections to workers and owners at ``ip`` (on that node)."""
-        return [c for (host, _port), c in self._peers.items() if host == ip]
-
-    def _forget_peer(self, key: tuple[str, int], conn: rpc.Connection) -> None:
-        if self._peers.get(key) is conn:
-            del self._peers[key]
 
     # -- objects: put ----------------------------------------------------------------
     def put(self, value: Any) -> ObjectRef:

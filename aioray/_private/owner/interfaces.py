@@ -47,6 +47,19 @@ class PeerConnector(Protocol):
     async def connect_peer(self, ip: str, port: int) -> rpc.Connection: ...
 
 
+class PeersHost(Protocol):
+    """What ``PeerConnections`` uses: the loop, and what a new connection serves and says."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def worker_id(self) -> bytes: ...
+    @property
+    def streams(self) -> StreamManager: ...
+    @property
+    def extra_handlers(self) -> dict[str, rpc.Handler]: ...
+
+
 class RayletClientsHost(PeerConnector, Protocol):
     """What ``RayletClients`` uses: the local raylet, the handlers other raylets may call."""
 
@@ -78,6 +91,17 @@ class RayletClientsHost(PeerConnector, Protocol):
         """``worker_log`` from another raylet: the CoreWorker prints the lines."""
 
     def peers_on(self, ip: str) -> list[rpc.Connection]: ...
+
+
+class LeasesHost(PeerConnector, Protocol):
+    """What ``Leases`` uses: the loop, the local raylet, whether the process is closing."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def raylet(self) -> rpc.Connection: ...
+    @property
+    def closing(self) -> bool: ...
 
 
 class SubmitterHost(RayletClientsHost, Protocol):

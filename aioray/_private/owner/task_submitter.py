@@ -16,7 +16,7 @@ All on the CoreWorker's loop:
    Nothing queues behind a task not known to be tiny, and a few tasks never queue
    behind each other while another worker could be leased.
 5. A reply stores the results; an idle lease lingers LEASE_LINGER_S for the next
-   task of its class, then goes back to the raylet.
+   task of its class, then goes back to the raylet. (A lease's life: leases.py.)
 
 Failures: a connection to a worker that drops with tasks in flight means the worker
 died; those tasks are retried on a new lease while ``max_retries`` allows, else
@@ -29,7 +29,6 @@ an OutOfMemoryError carrying its message instead. Application errors retry only 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Callable
@@ -38,6 +37,9 @@ from typing import TYPE_CHECKING
 
 from aioray._private.core.borrowing import pairs_of
 from aioray._private.core.memory_store import StoredObject
+from aioray._private.owner.leases import Lease as Lease
+from aioray._private.owner.leases import Leases
+from aioray._private.owner.leases import SchedulingClass as SchedulingClass
 from aioray._private.owner.raylet_clients import RayletClients, lease_body, raylet_answers
 from aioray._private.owner.task_events import (
     FAILED,
@@ -52,11 +54,8 @@ from aioray._private.wire import config, ids, serialization
 from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import (
     Dependency,
-    LeaseReply,
     PushReply,
     RequestLease,
-    RuntimeEnv,
-    Strategy,
     WorkerOomKilled,
 )
 from aioray._private.wire.task_spec import (
@@ -68,15 +67,11 @@ from aioray._private.wire.task_spec import (
     TaskEntry,
 )
 from aioray.exceptions import (
-    LocalRayletDiedError,
     NodeDiedError,
     OutOfMemoryError,
     RaySystemError,
     RayTaskError,
-    RuntimeEnvSetupError,
     TaskCancelledError,
-    TaskPlacementGroupRemoved,
-    TaskUnschedulableError,
     WorkerCrashedError,
 )
 
@@ -109,64 +104,6 @@ def parse_returns(body: PushReply, bufs: list[Buffer]) -> list[StoredObject]:
     return objs
 
 
-class Lease:
-    """A worker leased from a raylet for one scheduling class."""
-
-    __slots__ = (
-        "cls",
-        "conn",
-        "gpus",
-        "inflight",
-        "lease_id",
-        "linger",
-        "oom",
-        "raylet",
-        "unknown",
-        "worker_id",
-    )
-
-    def __init__(
-        self,
-        cls: SchedulingClass,
-        lease_id: int,
-        worker_id: bytes,
-        conn: rpc.Connection,
-        raylet: rpc.Connection,
-    ) -> None:
-        self.cls = cls
-        self.raylet = raylet  # the raylet that granted it (spilled leases: another node's)
-        self.lease_id = lease_id
-        self.worker_id = worker_id
-        self.conn = conn
-        self.inflight = 0
-        self.unknown = 0  # tasks in flight not known to be tiny: nothing may queue behind
-        self.gpus: list[int] = []
-        self.linger: asyncio.TimerHandle | None = None
-        self.oom: str | None = None  # why the memory monitor killed the worker
-
-    def __repr__(self) -> str:
-        return f"<Lease {self.lease_id} worker={self.worker_id.hex()[:8]} inflight={self.inflight}>"
-
-
-class SchedulingClass:
-    __slots__ = ("env", "key", "leases", "pending_leases", "queue", "resources", "strategy")
-
-    def __init__(
-        self,
-        key: tuple[object, ...],
-        resources: dict[str, float],
-        env: RuntimeEnv | None,
-        strategy: Strategy = None,
-    ) -> None:
-        self.key = key
-        self.resources = resources
-        self.env = env
-        self.strategy = strategy
-        self.queue: collections.deque[TaskEntry] = collections.deque()
-        self.leases: list[Lease] = []
-        self.pending_leases = 0
-
-
 class TaskSubmitter:
     def __init__(self, cw: SubmitterHost) -> None:
         self.cw = cw
@@ -174,6 +111,7 @@ class TaskSubmitter:
         self.classes: dict[tuple[object, ...], SchedulingClass] = {}
         self.exec_time: dict[bytes, float] = {}  # function id -> moving average (s)
         self.remote_raylets = RayletClients(cw)
+        self.leases = Leases(cw, self._dispatch, self.fail)  # their life after the answer
 
     def _pipeline_limit(self, fid: bytes) -> int:
         """Tasks of ``fid`` one worker may have in flight: 1 unless they are tiny."""
@@ -326,64 +264,14 @@ class TaskSubmitter:
                 if lease.inflight == 0 and lease.linger is None:
                     # SPREAD places each lease anew: a lingering one would pin the next task.
                     linger = 0.0 if cls.strategy == "SPREAD" else config.LEASE_LINGER_S
-                    lease.linger = self.cw.loop.call_later(linger, self._return_lease, lease)
+                    lease.linger = self.cw.loop.call_later(linger, self.leases.give_back, lease)
 
     def _request_lease(self, cls: SchedulingClass) -> None:
         cls.pending_leases += 1
         body: RequestLease = lease_body(cls.resources, cls.env, self.cw.worker_id, cls.strategy)
         # The memory monitor kills retriable work first.
         body["retriable"] = bool(cls.queue) and cls.queue[0].attempts_left != 0
-        self.remote_raylets.request_lease(body, partial(self._on_lease, cls))
-
-    def _on_lease(
-        self, cls: SchedulingClass, raylet: rpc.Connection, reply: LeaseReply | BaseException
-    ) -> None:
-        """The final answer to a lease request (spills already followed, raylet_clients.py)."""
-        cls.pending_leases -= 1
-        if isinstance(reply, BaseException):
-            if self.cw.closing:
-                return
-            if isinstance(reply, ConnectionError) and raylet is self.cw.raylet:
-                self._fail_queue(cls, LocalRayletDiedError())  # as Ray: LOCAL_RAYLET_DIED
-            else:
-                self._fail_queue(cls, RaySystemError(f"worker lease failed: {reply}"))
-            return
-        if "error" in reply:
-            error: type[Exception] = TaskUnschedulableError
-            if reply.get("pg_removed"):
-                error = TaskPlacementGroupRemoved
-            elif reply.get("runtime_env_setup_failed"):
-                error = RuntimeEnvSetupError
-            self._fail_queue(cls, error(reply["error"]))
-            return
-        host, port = reply["addr"]
-        self.cw.loop.create_task(
-            self._connect_lease(
-                cls, raylet, reply["lid"], reply["wid"], host, port, reply.get("gpus", [])
-            )
-        )
-
-    async def _connect_lease(
-        self,
-        cls: SchedulingClass,
-        raylet: rpc.Connection,
-        lease_id: int,
-        worker_id: bytes,
-        host: str,
-        port: int,
-        gpus: list[int],
-    ) -> None:
-        try:
-            conn = await self.cw.connect_peer(host, port)
-        except ConnectionError:
-            if not raylet.is_closed:
-                raylet.notify("return_lease", [lease_id, True])
-            self._dispatch(cls)
-            return
-        lease = Lease(cls, lease_id, worker_id, conn, raylet)
-        lease.gpus = gpus
-        cls.leases.append(lease)
-        self._dispatch(cls)
+        self.remote_raylets.request_lease(body, partial(self.leases.granted, cls))
 
     def _push(self, task: TaskEntry, lease: Lease, tiny: bool) -> None:
         if lease.linger is not None:
@@ -408,7 +296,7 @@ class TaskSubmitter:
             lease.conn.call_then("push_task", spec, task.out_buffers, reply)
         except ConnectionError:
             lease.inflight -= 1
-            self._lease_lost(lease)
+            self.leases.lost(lease)
             self._crashed(task)
 
     def _on_reply(
@@ -424,7 +312,7 @@ class TaskSubmitter:
         lease.unknown -= not tiny
         replied = None  # (after an error every lease is walked again)
         if isinstance(exc, ConnectionError):
-            self._lease_lost(lease)
+            self.leases.lost(lease)
             self._crashed(task)
         elif exc is not None:
             self.fail(task, RaySystemError(f"push_task failed: {exc}"))
@@ -440,20 +328,6 @@ class TaskSubmitter:
             self._finished(task, body, bufs)
             replied = lease
         self._dispatch(lease.cls, replied)
-
-    def _return_lease(self, lease: Lease) -> None:
-        lease.linger = None
-        if lease.inflight or lease not in lease.cls.leases:
-            return
-        lease.cls.leases.remove(lease)
-        if not lease.raylet.is_closed:
-            lease.raylet.notify("return_lease", [lease.lease_id, False])
-
-    def _lease_lost(self, lease: Lease) -> None:
-        if lease in lease.cls.leases:
-            lease.cls.leases.remove(lease)
-        if lease.linger is not None:
-            lease.linger.cancel()
 
     # -- 5. results and failures ------------------------------------------------------------------
     def _finished(self, task: TaskEntry, body: PushReply, bufs: list[Buffer]) -> None:
@@ -576,10 +450,6 @@ class TaskSubmitter:
             return  # its arguments stay: it may run again to rebuild a lost result
         task.dep_refs = ()  # drop the argument pins (in the loop: frees are posted)
         task.args_blob = None
-
-    def _fail_queue(self, cls: SchedulingClass, exc: BaseException) -> None:
-        while cls.queue:
-            self.fail(cls.queue.popleft(), exc)
 
     # -- cancellation and shutdown ---------------------------------------------------------
     def cancel(self, object_id: bytes, force: bool, recursive: bool = True) -> None:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from aioray._private.wire.protocol import REQUEST, RESPONSE, Buffer, encode_frame
 
 if TYPE_CHECKING:
-    from aioray._private.rpc.rpc import Connection
+    from aioray._private.rpc.connection import Connection
 
 logger = logging.getLogger(__name__)
 

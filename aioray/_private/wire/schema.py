@@ -20,7 +20,7 @@ Conventions:
 
 Protocol version (``protocol.PROTOCOL_VERSION``). Every connection starts with a
 ``hello`` carrying the sender's version; a server refuses another version with the
-reason, which the client raises (``rpc._greet``, ``rpc.connect``). Bump it when a
+reason, which the client raises (``handshake.check_hello``, ``rpc.connect``). Bump it when a
 message changes so that a peer of the old version would misread it:
 - a key or array position renamed, removed, reordered, or its type or meaning changed;
 - a key or position becomes required, or a method is removed or renamed.
