@@ -118,7 +118,13 @@ class TaskExecutor:
     def handle_exit_worker(self, conn: rpc.Connection, code: int, _: list[Buffer]) -> None:
         """``exit_worker`` exit code (notice, from the raylet: ``ray.kill`` of this worker's
         actor, or an idle worker let go): exit now, once the task events not yet sent are
-        (the raylet SIGKILLs a worker still there after its grace period)."""
+        (the raylet SIGKILLs a worker still there after its grace period). Only this
+        worker's raylet may send it, with an int code: anything else is refused, and the
+        worker keeps serving."""
+        if conn is not self.cw.raylet:
+            raise PermissionError("exit_worker is for this worker's raylet to send")
+        if type(code) is not int:
+            raise TypeError(f"exit_worker takes an int exit code, not {type(code).__name__}")
         self.exit_soon(code)
 
     def exit_soon(self, code: int) -> None:
@@ -134,8 +140,10 @@ class TaskExecutor:
             self._exit_task = self.cw.loop.create_task(self._exit(code))
 
     async def _exit(self, code: int) -> None:
-        await self.cw.event_buffer.send_remaining(EXIT_SEND_TIMEOUT_S)
-        os._exit(code)
+        try:
+            await self.cw.event_buffer.send_remaining(EXIT_SEND_TIMEOUT_S)
+        finally:  # (its thread has stopped: a worker that does not exit now hangs)
+            os._exit(code)
 
     # -- loop side --------------------------------------------------------------------------
     def handle_push_task(

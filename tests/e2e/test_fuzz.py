@@ -278,3 +278,22 @@ def test_a_malformed_call_is_answered_and_the_actor_keeps_serving(
     assert "malformed task" in body[1]
     assert ray.get(t.target.add.remote(1, 2), timeout=GET_TIMEOUT) == 3
     t.check_alive()
+
+
+@pytest.mark.parametrize("code", [0, "x"])
+def test_exit_worker_from_a_peer_that_is_not_its_raylet_is_refused(
+    targets: Targets, code: Any
+) -> None:
+    """Only a worker's raylet tells it to exit: from any other (authenticated) peer, even
+    well formed, the request is refused and the actor keeps serving."""
+    t = targets
+    peer = RawPeer(t.ports["worker"], auth.cluster_token(), True)
+    peer.send(encode(protocol.REQUEST, 98, "exit_worker", code, []))
+    assert peer.sock is not None
+    peer.sock.settimeout(30)
+    [(reply_kind, seq, _, body, _)] = read_frames(peer.sock, FrameDecoder(), 1)
+    peer.close()
+    assert (reply_kind, seq) == (protocol.ERROR, 98)
+    assert body[0] == "PermissionError" and "raylet" in body[1]
+    assert ray.get(t.target.add.remote(1, 2), timeout=GET_TIMEOUT) == 3
+    t.check_alive()
