@@ -26,6 +26,7 @@ buffer, each at a 64-byte boundary.
 from __future__ import annotations
 
 import fcntl
+import functools
 import mmap
 import os
 import shutil
@@ -43,13 +44,27 @@ _ZEROS = bytes(ALIGN)
 _IOV_MAX = 512
 
 
+_shm_dirs: dict[str, str] = {}  # the configured directory -> the one used
+
+
 def shm_dir() -> str:
-    return config.SHM_DIR if os.path.isdir(config.SHM_DIR) else "/tmp"
+    """Where segments live: ``config.SHM_DIR`` (/dev/shm), else /tmp. Looked up once per
+    configured path (every get names a segment: a stat each time cost ~3 µs)."""
+    wanted = config.SHM_DIR
+    found = _shm_dirs.get(wanted)
+    if found is None:
+        found = _shm_dirs[wanted] = wanted if os.path.isdir(wanted) else "/tmp"
+    return found
 
 
 def node_prefix(session_id: str, node_id: bytes) -> str:
     """The file name prefix of every segment in one node's store."""
     return f"{config.SHM_PREFIX}{session_id}_{node_id.hex()[:16]}_"
+
+
+@functools.lru_cache(maxsize=64)
+def _store_prefix(directory: str, session_id: str, node_id: bytes) -> str:
+    return os.path.join(directory, node_prefix(session_id, node_id))
 
 
 def segment_path(session_id: str, object_id: bytes, node_id: bytes) -> str:
@@ -58,7 +73,7 @@ def segment_path(session_id: str, object_id: bytes, node_id: bytes) -> str:
     Each node's store is its own namespace (the node id is in the name): nodes of
     a test cluster share one /dev/shm, and a node must read only its own copies.
     """
-    return os.path.join(shm_dir(), node_prefix(session_id, node_id) + object_id.hex())
+    return _store_prefix(shm_dir(), session_id, node_id) + object_id.hex()
 
 
 def _pad(n: int) -> int:
@@ -173,10 +188,12 @@ def map_open(fd: int, path: str, object_id: bytes) -> memoryview:
         raise
 
 
-def object_view(mapping: mmap.mmap, path: str, object_id: bytes) -> memoryview:
-    """The view of ``object_id`` in a mapping of its segment, once the seal says it is there.
-
-    Call it holding a reader's lock on the file (``map_open``), or the seal may change."""
+def _contents(
+    mapping: mmap.mmap, path: str, object_id: bytes
+) -> tuple[int, tuple[int, ...], int, list[int]]:
+    """(pickle stream's length, buffers' lengths, total size, offsets) of ``object_id``
+    in a mapping of its segment, once the seal says it is there. Call it holding a
+    reader's lock on the file (``map_open``), or the seal may change."""
     if mapping[:SEAL_BYTES] != seal_of(object_id):
         # Reused for another object since it was opened, or still being written.
         raise FileNotFoundError(f"{path} does not hold object {object_id.hex()}")
@@ -184,20 +201,40 @@ def object_view(mapping: mmap.mmap, path: str, object_id: bytes) -> memoryview:
     if magic != MAGIC:
         raise ValueError(f"{path} is not an aioray object segment")
     lens = struct.unpack_from(f"<{nbuf}Q", mapping, SEAL_BYTES + _HEAD.size)
-    total, _ = layout(data_len, lens)
-    return memoryview(mapping)[:total]
+    total, offsets = layout(data_len, lens)
+    return data_len, lens, total, offsets
+
+
+def object_view(mapping: mmap.mmap, path: str, object_id: bytes) -> memoryview:
+    """The view of ``object_id`` in a mapping of its segment, once the seal says it is there.
+
+    Call it holding a reader's lock on the file (``map_open``), or the seal may change."""
+    return memoryview(mapping)[: _contents(mapping, path, object_id)[2]]
 
 
 def read_segment(path: str, object_id: bytes) -> tuple[memoryview, list[memoryview]]:
     """Map a segment read-only; return views of its pickle stream and buffers.
 
-    The views keep the mapping (and the reader's lock) alive on their own.
+    The views keep the mapping (and the reader's lock) alive on their own. (``map_segment``'s
+    steps, the header read once: every get of an object in shared memory comes here.)
     """
-    view = map_segment(path, object_id)
-    nbuf, data_len = _HEAD.unpack_from(view, SEAL_BYTES)[1:]
-    lens = list(struct.unpack_from(f"<{nbuf}Q", view, SEAL_BYTES + _HEAD.size))
-    _, offsets = layout(data_len, lens)
-    data = view[offsets[0] : offsets[0] + data_len]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        size = os.fstat(fd).st_size
+        if size < SEAL_BYTES + _HEAD.size:
+            raise FileNotFoundError(f"{path} is not complete")
+        mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    try:
+        data_len, lens, _, offsets = _contents(mm, path, object_id)
+    except BaseException:
+        mm.close()
+        raise
+    view = memoryview(mm)
+    start = offsets[0]
+    data = view[start : start + data_len]
     bufs = [view[o : o + n] for o, n in zip(offsets[1:], lens, strict=True)]
     return data, bufs
 
