@@ -12,6 +12,7 @@ from typing import Any
 from aioray._private.owner import worker_context
 from aioray._private.owner.worker_context import ensure_connected
 from aioray._private.wire import config
+from aioray._private.wire.schema import KILLED_BY_RAY_KILL
 from aioray.exceptions import ActorHandleNotFoundError
 
 
@@ -43,7 +44,10 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
             "after calling ray.shutdown() and ray.init(). Please create a new actor handle in "
             "the current session."
         )
-    gcs_call("kill_actor", [actor._actor_id, no_restart])
+    if gcs_call("kill_actor", [actor._actor_id, no_restart]) and no_restart:
+        # Calls made from here on fail, as in Ray, though the worker may still be exiting
+        # (posted: it runs before any call this thread submits next).
+        cw.post(cw.actors.killed, actor._actor_id, KILLED_BY_RAY_KILL)
 
 
 def get_actor(name: str, namespace: str | None = None) -> Any:

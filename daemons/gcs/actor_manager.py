@@ -29,6 +29,7 @@ from aioray.daemons.raylet.scheduler import UNSCHEDULABLE, strategy_from_wire
 from aioray._private.rpc import rpc
 from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import (
+    KILLED_BY_RAY_KILL,
     ActorExiting,
     ActorInfo,
     ActorMeta,
@@ -315,7 +316,7 @@ class ActorManager:
         rec = self.actors.get(aid)
         if rec is None or rec.state == DEAD:
             return False
-        self.kill(rec, no_restart, "The actor was killed by ray.kill().")
+        self.kill(rec, no_restart, KILLED_BY_RAY_KILL)
         return True
 
     def kill(self, rec: ActorRecord, no_restart: bool, why: str) -> None:

@@ -336,11 +336,23 @@ def test_kill_ends_the_actor_without_restart(ray_shared):
     counter = Counter.options(max_restarts=2).remote()
     pid = ray.get(counter.pid.remote(), timeout=GET_TIMEOUT)
     assert ray.get(counter.increment.remote(), timeout=GET_TIMEOUT) == 1
-    ray.kill(counter)  # asynchronous in Ray: a call racing it may still be served
+    ray.kill(counter)
     _wait_actor_died(lambda: counter.increment.remote())
     _wait_gone(pid, "killed actor")
     for _ in range(3):  # and no restart comes, despite max_restarts
         with pytest.raises(ActorDiedError):
+            ray.get(counter.increment.remote(), timeout=GET_TIMEOUT)
+
+
+def test_a_call_made_after_ray_kill_returns_fails(ray_shared):
+    """The worker may still be exiting when ray.kill returns (the raylet tells it to go,
+    and it sends its last task events first), but the killer's calls fail from then on:
+    none may reach the worker in that window and be served."""
+    for _ in range(10):
+        counter = Counter.remote()
+        assert ray.get(counter.increment.remote(), timeout=GET_TIMEOUT) == 1
+        ray.kill(counter)
+        with pytest.raises(ActorDiedError, match=r"killed by ray\.kill"):
             ray.get(counter.increment.remote(), timeout=GET_TIMEOUT)
 
 

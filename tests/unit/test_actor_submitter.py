@@ -145,6 +145,24 @@ async def test_death_fails_calls_in_flight_queued_and_later(offline: OfflineClus
     assert offline.gcs.pending("wait_actor") == []  # a dead actor is not polled
 
 
+async def test_calls_after_this_process_killed_the_actor_fail_without_the_gcs(
+    offline: OfflineCluster,
+) -> None:
+    """ray.kill: the killer's later calls fail at once, and none is sent to the worker
+    (it may still be exiting), before the GCS reports the death."""
+    _, first = call(offline)
+    await gcs_says(offline, "ALIVE", 1)
+    worker = offline.peers.at("127.0.0.1", 6001)
+    offline.cw.actors.killed(AID, "The actor was killed by ray.kill().")
+    task, later = call(offline)
+    await settle()
+    assert task.task_id not in sent_ids(worker)
+    for ref in (first, later):
+        with pytest.raises(ActorDiedError, match=r"killed by ray\.kill"):
+            result(offline, ref)
+    offline.cw.actors.killed(b"B" * 16, "unknown actor: nothing to do")
+
+
 async def test_an_actor_that_cannot_be_placed_fails_its_calls_so(
     offline: OfflineCluster,
 ) -> None:

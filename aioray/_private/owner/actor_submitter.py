@@ -344,6 +344,14 @@ class ActorSubmitter:
             if a.state == ALIVE:
                 a.state = "UNREACHABLE"
 
+    def killed(self, aid: bytes, death: str) -> None:
+        """(loop) This process killed the actor for good (``ray.kill``): its calls fail
+        from now on, as the GCS will say, without waiting for the GCS to say it (a call
+        made right after the kill could otherwise reach the worker before its exit)."""
+        a = self.actors.get(aid)
+        if a is not None and a.state != DEAD:
+            self._apply_dead(a, death)
+
     def _apply_dead(self, a: _Actor, death: str) -> None:
         a.state = DEAD
         a.death = death

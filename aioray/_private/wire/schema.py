@@ -354,6 +354,8 @@ ReportDemand = tuple[bytes, list[tuple[Resources, int]], bool]  # [node, [[shape
 ActorWorkerDied = tuple[bytes, bytes, str]  # [aid, worker id, reason]
 ActorExiting = tuple[bytes, bytes]  # [aid, worker id] (raylet -> GCS)
 KillActor = tuple[bytes, bool]  # [aid, no_restart]
+# The death of an actor ray.kill ended for good (the GCS's record, and its killer's own).
+KILLED_BY_RAY_KILL = "The actor was killed by ray.kill()."
 WaitActor = tuple[bytes, int]  # [aid, version]
 NameNamespace = tuple[str, str]  # ``get_named_actor``, ``get_placement_group`` [name, ns]
 ListNamedActors = tuple[str, bool]  # [namespace, all namespaces]
