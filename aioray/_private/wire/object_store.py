@@ -173,14 +173,19 @@ def map_segment(path: str, object_id: bytes) -> memoryview:
         os.close(fd)
 
 
-def map_open(fd: int, path: str, object_id: bytes) -> memoryview:
-    """A reader's steps once it has opened ``path`` as ``fd`` (``map_segment``): lock,
-    map, then check the seal, which no one can change while the lock is held."""
+def _lock_and_map(fd: int, path: str) -> mmap.mmap:
+    """A reader's shared lock on ``path`` (open as ``fd``), then a read-only mapping of it."""
     fcntl.flock(fd, fcntl.LOCK_SH)
     size = os.fstat(fd).st_size
     if size < SEAL_BYTES + _HEAD.size:
         raise FileNotFoundError(f"{path} is not complete")
-    mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    return mmap.mmap(fd, size, prot=mmap.PROT_READ)
+
+
+def map_open(fd: int, path: str, object_id: bytes) -> memoryview:
+    """A reader's steps once it has opened ``path`` as ``fd`` (``map_segment``): lock,
+    map, then check the seal, which no one can change while the lock is held."""
+    mm = _lock_and_map(fd, path)
     try:
         return object_view(mm, path, object_id)
     except BaseException:
@@ -220,11 +225,7 @@ def read_segment(path: str, object_id: bytes) -> tuple[memoryview, list[memoryvi
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        size = os.fstat(fd).st_size
-        if size < SEAL_BYTES + _HEAD.size:
-            raise FileNotFoundError(f"{path} is not complete")
-        mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        mm = _lock_and_map(fd, path)
     finally:
         os.close(fd)
     try:
