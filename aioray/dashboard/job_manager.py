@@ -58,14 +58,11 @@ class JobManager:
         return JobDetails.from_json(record)
 
     async def find(self, job_or_submission_id: str) -> JobDetails:
-        """A job by its submission id, else by its job id (Ray's ``GET /api/jobs/{id}``
-        takes either: a driver that was not submitted has only the latter)."""
-        try:
-            return await self.get(job_or_submission_id)
-        except JobNotFound:
-            pass
+        """A job by its submission id or its job id, as ``list`` has it (Ray's ``GET
+        /api/jobs/{id}`` takes either: a driver that was not submitted has only a job id,
+        and a submission's row carries its driver's job id once the driver started)."""
         for job in await self.list():
-            if job.job_id == job_or_submission_id:
+            if job_or_submission_id in (job.submission_id, job.job_id):
                 return job
         raise JobNotFound(job_or_submission_id)
 

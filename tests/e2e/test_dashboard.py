@@ -199,6 +199,7 @@ def test_job_runs_joins_the_cluster_and_succeeds(url: str) -> None:
     assert info.status == JobStatus.SUCCEEDED, client.get_job_logs(sid)
     assert info.driver_exit_code == 0 and info.end_time >= info.start_time
     assert set(info.driver_info or {}) == {"id", "node_ip_address", "pid"}  # Ray's DriverInfo
+    assert info.job_id == info.driver_info["id"]  # its driver's job id, as Ray's JobDetails
     assert client.get_job_logs(sid) == "hello-x\n1\n"
     assert sid in [j.submission_id for j in client.list_jobs()]
     assert client.delete_job(sid)
