@@ -293,11 +293,13 @@ class ActorHost:
         task_id, limit, count = job.spec["tid"], job.spec.get("bp") or 0, 0
         items = gen if hasattr(gen, "__aiter__") else _as_async(gen)
         async for item in items:
-            self.ex.send_item(job, count, item)
+            self.ex.streams.send_item(job, count, item)
             count += 1
-            if limit > 0 and count - self.ex.stream_acks.get(task_id, 0) >= limit:
+            if limit > 0 and count - self.ex.streams.acks.get(task_id, 0) >= limit:
                 # Off this loop: other calls of the actor keep running meanwhile.
-                await asyncio.to_thread(self.ex.wait_for_consumer, task_id, count - limit + 1)
+                await asyncio.to_thread(
+                    self.ex.streams.wait_for_consumer, task_id, count - limit + 1
+                )
         return {"r": [], "n": count}, []
 
     def cancel(self, task_id: bytes) -> bool:

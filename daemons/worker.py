@@ -32,6 +32,7 @@ from typing import Any
 from aioray.daemons import worker_output
 from aioray.daemons._common import setup_worker_logging
 from aioray.daemons.actor_host import ActorHost, Job, run_terminate
+from aioray.daemons.worker_streams import StreamSender
 
 from aioray._private.core.borrowing import pairs_of
 from aioray._private.core.memory_store import StoredObject
@@ -58,7 +59,6 @@ from aioray._private.wire.schema import (
     DepOwner,
     PushReply,
     Return,
-    StreamAck,
     TaskSpec,
 )
 from aioray._private.wire.task_spec import (
@@ -85,8 +85,7 @@ class TaskExecutor:
         self.current: bytes | None = None
         self.cancelled: set[bytes] = set()
         self.queued: dict[bytes, Job] = {}  # waiting for the execution thread
-        self.stream_acks: dict[bytes, int] = {}  # streaming task -> items its caller took
-        self.stream_cond = threading.Condition()
+        self.streams = StreamSender(cw, self.pack_value)  # num_returns="streaming" items
         self.thread = threading.Thread(target=self._run, name="aioray-exec", daemon=True)
         self.pid = os.getpid()
         self.cuda_env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -102,7 +101,7 @@ class TaskExecutor:
         return {
             "push_task": self.handle_push_task,
             "cancel_task": self.handle_cancel_task,
-            "stream_ack": self.handle_stream_ack,
+            "stream_ack": self.streams.handle_stream_ack,
             "exit_if_idle": self.handle_exit_if_idle,
             "exit_worker": self.handle_exit_worker,
             **self.actor.handlers(),
@@ -331,7 +330,7 @@ class TaskExecutor:
                 args, kwargs = self.arguments(spec, job)
                 result = fn(*args, **kwargs)
                 if spec["nret"] == STREAMING:
-                    result = self._stream(spec, job, result)
+                    result = self.streams.run(spec, job, result)
             finally:
                 self.current = None
                 elapsed = time.perf_counter() - start
@@ -465,58 +464,6 @@ class TaskExecutor:
         owner = spec["owner"][2] if spec.get("owner") else None  # the caller owns returns
         size = store_client.write_object(self.cw, oid, so.data, so.buffers, owner)
         return (RET_SHM, size, self.cw.node_id, contained)
-
-    # -- streaming generators (the protocol: aioray/_private/owner/streaming.py) -----------
-    def _stream(self, spec: TaskSpec, job: Job, gen: Any) -> tuple[PushReply, list[Buffer]]:
-        if not hasattr(gen, "__iter__") or isinstance(gen, (str, bytes, dict)):
-            raise TypeError(
-                f"{spec['name']} has num_returns='streaming' but returned "
-                f"{type(gen).__name__}, not a generator"
-            )
-        task_id, limit, count = spec["tid"], spec.get("bp") or 0, 0
-        try:
-            for item in gen:
-                self.send_item(job, count, item)
-                count += 1
-                if limit > 0:  # Ray: pause while produced - consumed >= limit
-                    self.wait_for_consumer(task_id, count - limit + 1)
-        finally:
-            with self.stream_cond:
-                self.stream_acks.pop(task_id, None)
-        return {"r": [], "n": count}, []
-
-    def send_item(self, job: Job, index: int, value: Any) -> None:
-        """(any thread) Serialize one streamed item and send it to the caller."""
-        bufs: list[Buffer] = []
-        lend: list[ObjectRef] = []
-        desc = self.pack_value(job.spec, index, value, bufs, lend)
-        self.cw.post(self._notify_item, job, [job.spec["tid"], index, *desc], bufs, lend)
-
-    def _notify_item(
-        self, job: Job, body: list[Any], bufs: list[Buffer], lend: list[ObjectRef]
-    ) -> None:
-        def send() -> None:
-            if job.conn is not None and not job.conn.is_closed:
-                job.conn.notify("stream_item", body, bufs)
-
-        if lend:
-            self.cw.borrowing.lend(pairs_of(lend), send)
-        else:
-            send()
-
-    def wait_for_consumer(self, task_id: bytes, at_least: int) -> None:
-        with self.stream_cond:
-            while self.stream_acks.get(task_id, 0) < at_least:
-                # A timeout, so a cancel (an exception raised in this thread) gets through.
-                self.stream_cond.wait(0.1)
-
-    def handle_stream_ack(self, conn: rpc.Connection, body: StreamAck, _: list[Buffer]) -> None:
-        """``stream_ack`` [task id, items consumed] (notice, from the owner): a streaming task
-        blocked by backpressure may yield again."""
-        task_id, consumed = body
-        with self.stream_cond:
-            self.stream_acks[task_id] = max(consumed, self.stream_acks.get(task_id, 0))
-            self.stream_cond.notify_all()
 
     def task_error(self, spec: TaskSpec, e: BaseException) -> tuple[PushReply, list[Buffer]]:
         tb = "".join(traceback.format_exception(type(e), e, user_frames(e.__traceback__)))
