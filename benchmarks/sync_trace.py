@@ -72,13 +72,13 @@ def install(side: str) -> list[tuple[int, str]]:
 
     rpc.Connection._flush = stamped_flush  # type: ignore[method-assign]
     rpc.Connection._dispatch = stamped_dispatch  # type: ignore[method-assign]
-    drain = cw._drain_posted
+    drain = cw.drain_posted
 
     def stamped_drain() -> None:
         stamps.append((clock(), side + ":drain"))
         drain()
 
-    cw._drain_posted = stamped_drain  # type: ignore[method-assign]
+    cw.drain_posted = stamped_drain  # type: ignore[method-assign]
     if side == "D":
         store = cw.store_result
 

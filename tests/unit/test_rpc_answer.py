@@ -1,5 +1,5 @@
 """rpc.Answer on real loopback sockets, under asyncio and uvloop: a request answered later,
-from the loop or straight from another thread (``send_now``, ``write_now``),
+from the loop or straight from another thread (``send_now``, ``Connection.write_now``),
 never ahead of frames queued before it and never twice.
 
 Every wait is bounded; nothing sleeps."""
@@ -17,7 +17,7 @@ import pytest
 import uvloop
 
 from aioray._private.rpc import rpc
-from aioray._private.rpc.answer import Answer, write_now
+from aioray._private.rpc.answer import Answer
 from aioray._private.rpc.rpc import Connection, Reply, RpcError, Server, connect
 from aioray._private.wire.protocol import Buffer
 
@@ -229,7 +229,7 @@ async def test_a_tls_connection_is_answered_through_the_loop() -> None:
             conn.connection_made(TlsTransport(sock))
             answer = Answer()
             answer.bind(conn, 0, 1, "later")
-            assert not write_now(conn, [b"frame"], answer) and not answer.done()
+            assert not conn.write_now([b"frame"], answer) and not answer.done()
             peer.setblocking(False)
             with pytest.raises(BlockingIOError):  # nothing reached the peer
                 peer.recv(16)

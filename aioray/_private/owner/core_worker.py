@@ -226,12 +226,17 @@ class CoreWorker:
         if not self._post_scheduled:
             self._post_scheduled = True
             if self.in_loop_thread():
-                self.loop.call_soon(self._drain_posted)
+                self.loop.call_soon(self.drain_posted)
             else:
                 try:
-                    self.loop.call_soon_threadsafe(self._drain_posted)
+                    self.loop.call_soon_threadsafe(self.drain_posted)
                 except RuntimeError:  # loop closed during shutdown
                     pass
+
+    def post_quietly(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)`` with the posts without waking the loop: it runs with the next
+        drain (``LazyPosts`` bounds the wait)."""
+        self._posted.append((fn, args))
 
     def post_task(self, submit: Callable[[Any], None], task: Any) -> None:
         """``post`` a task or actor call a caller thread submits.
@@ -245,7 +250,8 @@ class CoreWorker:
         if not next(self._submitted) % config.SUBMIT_YIELD_EVERY and not self.in_loop_thread():
             release_gil()
 
-    def _drain_posted(self) -> None:
+    def drain_posted(self) -> None:
+        """(loop) Run the posted calls, in order."""
         self._post_scheduled = False
         posted = self._posted
         while posted:

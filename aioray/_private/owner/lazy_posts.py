@@ -60,7 +60,7 @@ class LazyPosts:
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """(any thread but the loop's) Run ``fn(*args)`` on the loop within DELAY_S: with
         the next drain of its posts (``CoreWorker.post``), or at the latest at a tick."""
-        self.cw._posted.append((fn, args))  # (1)
+        self.cw.post_quietly(fn, *args)  # (1)
         self.count += 1  # (2)
         if self.tick is None:  # (3) no timer runs: wake the loop now, which starts one
             self.cw.post(self._start)
@@ -72,7 +72,7 @@ class LazyPosts:
 
     def _tick(self) -> None:
         self.tick = None  # (a) from here on a lazy post wakes the loop itself
-        self.cw._drain_posted()  # (b)
+        self.cw.drain_posted()  # (b)
         if self.count != self.seen and not self.cw.closing:  # (c) some came since
             self.seen = self.count
             self.tick = self.cw.loop.call_later(DELAY_S, self._tick)

@@ -5,7 +5,7 @@ thread (``Answer``), and a reply handed to a callback as soon as it is read (``T
 ``push_task``: the reply comes when the task ends). On the connection's loop, ``send``
 and ``fail`` answer as a returned future's result would. From any other thread,
 ``send_now`` writes the response to the socket itself when nothing is queued on the
-connection before it (``write_now``): a task's reply then leaves from the thread that
+connection before it (``Connection.write_now``): a task's reply then leaves from the thread that
 ran the task, without a hand-off to the loop and a wake-up of it. When that cannot be
 done it returns False, and the caller answers through the loop instead.
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -124,55 +123,4 @@ class Answer:
             frames = encode_frame(RESPONSE, self.seq, None, body, buffers)
         except (TypeError, ValueError, OverflowError):
             return False  # the loop's answer reports it
-        return write_now(conn, frames, self)
-
-
-# A response written from another thread goes out in one writev of at most this many parts.
-MAX_DIRECT_PARTS = 64
-
-
-def write_now(conn: Connection, frames: list[Buffer], answer: Answer) -> bool:
-    """(any thread) Write ``answer``'s frames on ``conn`` from this thread if nothing is
-    queued before them (True: answered); False, with nothing written, when they must go
-    through the loop: TLS, frames or bytes waiting, the connection closing."""
-    if conn._fd < 0 or len(frames) > MAX_DIRECT_PARTS:
-        return False
-    with conn._wlock:
-        transport = conn._transport
-        if (
-            conn._out
-            or transport is None
-            or conn._dead
-            or transport.is_closing()
-            or transport.get_write_buffer_size()
-        ):
-            return False
-        if answer.answered:
-            return True
-        if conn._wfd < 0:  # (closed: the loop drops the answer; made when it was bound)
-            return False
-        try:
-            written = os.writev(conn._wfd, frames)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            return False  # (the loop sees the connection fail and drops the answer)
-        answer.answered = True
-        rest = _unwritten(frames, written)
-        if rest:  # the socket's buffer is full: the loop writes the rest, first
-            conn._out[:0] = rest
-            conn.loop.call_soon_threadsafe(conn._flush)
-    return True
-
-
-def _unwritten(frames: list[Buffer], written: int) -> list[Buffer]:
-    """What is left of ``frames`` after the first ``written`` bytes went out."""
-    rest: list[Buffer] = []
-    for part in frames:
-        size = part.nbytes if isinstance(part, memoryview) else len(part)
-        if written >= size:
-            written -= size
-            continue
-        rest.append(memoryview(part).cast("B")[written:] if written else part)
-        written = 0
-    return rest
+        return conn.write_now(frames, self)

@@ -368,6 +368,39 @@ class Connection(asyncio.BufferedProtocol):
                 out, self._out = self._out, []
                 self._transport.writelines(out)
 
+    def write_now(self, frames: list[Buffer], answer: Answer) -> bool:
+        """(any thread) Write ``answer``'s frames from this thread if nothing is queued
+        before them (True: answered); False, with nothing written, when they must go
+        through the loop: TLS, frames or bytes waiting, the connection closing."""
+        if self._fd < 0 or len(frames) > MAX_DIRECT_PARTS:
+            return False
+        with self._wlock:
+            transport = self._transport
+            if (
+                self._out
+                or transport is None
+                or self._dead
+                or transport.is_closing()
+                or transport.get_write_buffer_size()
+            ):
+                return False
+            if answer.answered:
+                return True
+            if self._wfd < 0:  # (closed: the loop drops the answer; made when it was bound)
+                return False
+            try:
+                written = os.writev(self._wfd, frames)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                return False  # (the loop sees the connection fail and drops the answer)
+            answer.answered = True
+            rest = _unwritten(frames, written)
+            if rest:  # the socket's buffer is full: the loop writes the rest, first
+                self._out[:0] = rest
+                self.loop.call_soon_threadsafe(self._flush)
+        return True
+
     def call_nowait(
         self, method: str, body: Any = None, buffers: Sequence[Buffer] = ()
     ) -> asyncio.Future[tuple[Any, list[Buffer]]]:
@@ -447,3 +480,20 @@ def _error_fields(body: Any) -> tuple[str, str]:
     if isinstance(body, list) and len(body) == 2:
         return str(body[0]), str(body[1])
     return "RemoteError", repr(body)
+
+
+# A response written from another thread goes out in one writev of at most this many parts.
+MAX_DIRECT_PARTS = 64
+
+
+def _unwritten(frames: list[Buffer], written: int) -> list[Buffer]:
+    """What is left of ``frames`` after the first ``written`` bytes went out."""
+    rest: list[Buffer] = []
+    for part in frames:
+        size = part.nbytes if isinstance(part, memoryview) else len(part)
+        if written >= size:
+            written -= size
+            continue
+        rest.append(memoryview(part).cast("B")[written:] if written else part)
+        written = 0
+    return rest
