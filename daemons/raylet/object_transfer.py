@@ -47,6 +47,7 @@ import concurrent.futures
 import logging
 import mmap
 import os
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aioray.daemons.raylet.object_manager import CREATING, FALLBACK, IN_SHM
@@ -388,14 +389,27 @@ class ObjectTransfer:
                 continue
             view = self.raylet.spillback.view.nodes.get(node)
             if view is not None and view.alive:
-                self.send(node, "free_objects", oids)
-            else:  # its copies elsewhere lost their way to the frees: tell everyone
-                # Only the copies pulled from the dead node: the owner may be rebuilding
-                # the object under this id right now, here or anywhere (issue 14).
-                self.store.free_copies(node, oids)
-                for other in self.raylet.spillback.view.nodes.values():
-                    if other.alive and other.node_id != self.raylet.node_id:
-                        self.send(other.node_id, "free_copies", [node, oids])
+                self._spawn(self._free_at_node(node, oids))
+            else:
+                self._free_orphans(node, oids)
+
+    async def _free_at_node(self, node: bytes, oids: list[bytes]) -> None:
+        """Tell the primary's node, which forwards the free to its copies. A call, not a
+        notice: our view of a node that just died may still say alive, and a free that
+        never reached it would leave its copies elsewhere forever."""
+        try:
+            await (await self.connect(node)).call("free_objects", oids)
+        except ConnectionError:
+            self._free_orphans(node, oids)
+
+    def _free_orphans(self, node: bytes, oids: list[bytes]) -> None:
+        """The primary's node is dead: its copies lost their way to the frees, so every
+        node is told. Only the copies pulled from the dead node: the owner may be
+        rebuilding the object under this id right now, here or anywhere (issue 14)."""
+        self.store.free_copies(node, oids)
+        for other in self.raylet.spillback.view.nodes.values():
+            if other.alive and other.node_id not in (self.raylet.node_id, node):
+                self.send(other.node_id, "free_copies", [node, oids])
 
     def send(self, node: bytes, method: str, body: Any) -> None:
         conn = self.peers.get(node)
@@ -409,7 +423,10 @@ class ObjectTransfer:
             except ConnectionError as e:
                 logger.info("cannot tell node %s %s: %s", node.hex()[:8], method, e)
 
-        task = asyncio.ensure_future(later())
+        self._spawn(later())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
