@@ -39,6 +39,15 @@ LEAK_DEADLINE_S = 10.0
 DEFAULT_INIT_KWARGS: dict[str, Any] = {"num_cpus": 2}
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Move what collection imported (every module, function and class of the suite) to
+    the collector's permanent generation: each test's leak check runs ``gc.collect``,
+    which then walks only what tests made since, not ~100,000 objects that live as long
+    as the run anyway (20 ms more per test otherwise)."""
+    gc.collect()
+    gc.freeze()
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -83,15 +92,29 @@ def aioray_processes() -> dict[tuple[int, float], str]:
     """Live (non-zombie) processes whose command line mentions aioray.daemons (or the dashboard).
 
     Keyed by (pid, create_time) so a recycled pid is never mistaken for an old one.
+    Command lines are read from /proc first and psutil asked only about this run's
+    processes: the check runs twice per test, and psutil's full scan costs 5 ms.
     """
+    root = SESSION_ROOT.encode()
     found: dict[tuple[int, float], str] = {}
-    for proc in psutil.process_iter(["pid", "cmdline", "create_time", "status"]):
-        info = proc.info
-        if info["status"] == psutil.STATUS_ZOMBIE:
+    for pid in psutil.pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                raw = f.read()
+        except OSError:  # gone, or not ours to read
             continue
-        cmdline = " ".join(info["cmdline"] or ())
-        if (DAEMON_MARK in cmdline or DASHBOARD_MARK in cmdline) and SESSION_ROOT in cmdline:
-            found[(info["pid"], info["create_time"])] = cmdline
+        if root not in raw:
+            continue
+        cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+        if DAEMON_MARK not in cmdline and DASHBOARD_MARK not in cmdline:
+            continue
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            found[(pid, proc.create_time())] = cmdline
+        except psutil.Error:
+            continue
     return found
 
 
