@@ -194,7 +194,7 @@ class ActorSubmitter:
             a = self.actors[aid] = _Actor(aid)
         if not a.watching and a.state != DEAD:
             a.watching = True
-            self.cw.loop.create_task(self._watch(a))
+            self.cw.spawn(self._watch(a))
         return a
 
     def submit(self, task: TaskEntry) -> None:

@@ -140,6 +140,9 @@ class CoreWorker:
             collections.deque()
         )
         self._post_scheduled = False
+        # The loop holds its tasks weakly: one awaiting a future nothing else holds would
+        # be destroyed pending. Background tasks live here until they end (or stop()).
+        self._background: set[asyncio.Task[Any]] = set()
         self.lazy_posts = LazyPosts(self)  # posts that need not wake the loop
         self._submitted = itertools.count(1)  # tasks and actor calls posted (post_task)
         self._peers: dict[tuple[str, int], rpc.Connection] = {}  # open, by address
@@ -212,6 +215,11 @@ class CoreWorker:
             if conn is not None:
                 conn.close()
         self._peers.clear()
+        background = [t for t in self._background if t is not asyncio.current_task()]
+        for task in background:
+            task.cancel()
+        if background:  # (their connections are closed: they end at their next await)
+            await asyncio.wait(background, timeout=1.0)
 
     def stop_thread(self) -> None:
         self.lifecycle.stop_thread()
@@ -232,6 +240,13 @@ class CoreWorker:
                     self.loop.call_soon_threadsafe(self.drain_posted)
                 except RuntimeError:  # loop closed during shutdown
                     pass
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """(loop) Run ``coro`` in the background, held until it ends; cancelled by stop()."""
+        task = self.loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     def post_quietly(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)`` with the posts without waking the loop: it runs with the next

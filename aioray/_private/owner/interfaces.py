@@ -42,9 +42,11 @@ class Posts(Protocol):
 
 
 class PeerConnector(Protocol):
-    """Opens (or reuses) the connection to another worker or owner."""
+    """Opens (or reuses) the connection to another worker or owner; runs background work."""
 
     async def connect_peer(self, ip: str, port: int) -> rpc.Connection: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
 
 
 class PeersHost(Protocol):

@@ -121,7 +121,7 @@ class Leases:
             self._fail_queue(cls, error(reply["error"]))
             return
         host, port = reply["addr"]
-        self.cw.loop.create_task(
+        self.cw.spawn(
             self._connect(
                 cls, raylet, reply["lid"], reply["wid"], host, port, reply.get("gpus", [])
             )

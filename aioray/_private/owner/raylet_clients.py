@@ -131,7 +131,7 @@ class RayletClients:
             return
         reply, _ = fut.result()
         if "spill" in reply:
-            self.cw.loop.create_task(self._follow_spill(reply, sent, done))
+            self.cw.spawn(self._follow_spill(reply, sent, done))
         elif "error" in reply and not reply.get("unschedulable") and not local:
             self._send(self.cw.raylet, _unspilled(sent), done)  # that raylet is stopping
         else:
@@ -157,7 +157,7 @@ class RayletClients:
             self.node_dead(body[1:])
         elif body[0] == "added" and self.following:
             _node_id, ip, port = body[1:4]
-            self.cw.loop.create_task(self._follow(ip, port))
+            self.cw.spawn(self._follow(ip, port))
 
     def follow_logs(self) -> None:
         """(loop) In a driver that prints its workers' output: hear every node's workers.
@@ -168,7 +168,7 @@ class RayletClients:
         if self.cw.mode != "driver" or not self.cw.log_to_driver:
             return
         self.following = True
-        self.cw.loop.create_task(self._follow_all())
+        self.cw.spawn(self._follow_all())
 
     async def _follow_all(self) -> None:
         try:

@@ -384,7 +384,7 @@ class TaskSubmitter:
         if lease is None:
             self.fail(task, WorkerCrashedError())
             return
-        self.cw.loop.create_task(self._fail_after_asking(task, lease.raylet))
+        self.cw.spawn(self._fail_after_asking(task, lease.raylet))
 
     async def _fail_after_asking(self, task: TaskEntry, raylet: rpc.Connection) -> None:
         alive = await raylet_answers(raylet, 2 * config.NODE_TIMEOUT_S)
