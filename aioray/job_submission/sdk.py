@@ -35,20 +35,29 @@ def dashboard_address(address: str | None) -> str | None:
     ``$AIORAY_ADDRESS``/``$RAY_ADDRESS`` always override it; ``http(s)://...`` is the
     dashboard; None/"auto" this machine's cluster; ``host:port`` a dashboard on this
     machine, else a cluster's GCS, asked where its dashboard listens."""
+    return resolve_dashboard(address)[0]
+
+
+def resolve_dashboard(address: str | None) -> tuple[str | None, str]:
+    """``dashboard_address``, and why a ``host:port`` was taken as a dashboard's own ("" if
+    it was not): no GCS answered there either, which a failure to connect should say."""
     for name in node.ADDRESS_ENV:
         if os.environ.get(name):
             address = os.environ[name]
             break
     if address in (None, "", "auto") or "://" in address or node.is_local_dashboard(address):
-        return address
+        return address, ""
     local = node.local_dashboard_of(address)
     if local is not None:
-        return local
+        return local, ""
     try:
         url = node_commands.gcs_call(address, "kv_get", GCS_ASK_TIMEOUT_S, list(DASHBOARD_KV))
-    except (ConnectionError, OSError, RuntimeError, asyncio.TimeoutError):
-        url = None  # (no GCS there: taken as a dashboard's address, as before)
-    return "http://" + url.decode() if url else address
+    except (ConnectionError, OSError, RuntimeError, asyncio.TimeoutError) as e:
+        # No GCS there: taken as a dashboard's address, as before.
+        return address, f"nor is a cluster's GCS listening at {address}: {e or type(e).__name__}"
+    if url:
+        return "http://" + url.decode(), ""
+    return address, f"the GCS at {address} names no dashboard"
 
 
 class JobSubmissionClient:
@@ -63,7 +72,8 @@ class JobSubmissionClient:
         headers: dict[str, Any] | None = None,
         verify: bool | str | None = True,
     ) -> None:
-        self._address, token = node.find_dashboard(dashboard_address(address))
+        where, self._not_a_gcs = resolve_dashboard(address)
+        self._address, token = node.find_dashboard(where)
         self._headers = {str(k): str(v) for k, v in (headers or {}).items()}
         if token and not any(k.lower() == "authorization" for k in self._headers):
             self._headers["Authorization"] = f"Bearer {token}"
@@ -93,8 +103,9 @@ class JobSubmissionClient:
             text = e.read().decode(errors="replace")
             raise RuntimeError(f"Request failed with status code {e.code}: {text}.") from None
         except urllib.error.URLError as e:
+            also = f"; {self._not_a_gcs}" if self._not_a_gcs else ""
             raise ConnectionError(
-                f"Failed to connect to the dashboard at {self._address}: {e.reason}"
+                f"Failed to connect to the dashboard at {self._address}: {e.reason}{also}"
             ) from None
         return json.loads(text) if text else None
 

@@ -47,3 +47,20 @@ def test_a_dashboard_url_names_its_gcs_when_its_head_is_here(
         node.find_gcs_address("http://10.1.1.1:8265")
     with pytest.raises(ValueError, match="Invalid address 'nonsense'"):
         node.find_gcs_address("nonsense")
+
+
+def test_a_job_client_pointed_at_nothing_says_it_is_neither_dashboard_nor_gcs(
+    no_env: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    from aioray.job_submission import JobSubmissionClient
+
+    with socket.socket() as s:  # a port nothing listens on (bound, never listening)
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+        with pytest.raises(ConnectionError) as info:
+            JobSubmissionClient(address)
+    text = str(info.value)
+    assert text.startswith(f"Failed to connect to the dashboard at http://{address}: ")
+    assert f"nor is a cluster's GCS listening at {address}: " in text
