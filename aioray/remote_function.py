@@ -212,7 +212,8 @@ class RemoteFunction:
             fn_bytes,
             sched_key,
         )
-        cw.post_task(cw.submitter.submit, task)
+        if not cw.push_task_now(task):  # (on an idle lease, from this thread)
+            cw.post_task(cw.submitter.submit, task)
         if nret == 1:
             return refs[0]
         return refs if nret else None

@@ -52,6 +52,13 @@ class FakeConnection:
         self.on_close: list[Any] = []
         self.is_closed = False
         self.sent: list[Sent] = []
+        # Requests other threads wrote themselves (call_then_now); False: they cannot.
+        self.thread_writes = True
+        self.written_by_threads = 0
+        try:
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # (made outside a loop: no thread writes to it)
+            self.loop = None
 
     def __repr__(self) -> str:
         return f"<FakeConnection {self.name} sent={len(self.sent)} closed={self.is_closed}>"
@@ -110,6 +117,21 @@ class FakeConnection:
                 then(fut.result(), None)
 
         self.call_nowait(method, body, buffers).add_done_callback(done)
+
+    def call_then_now(
+        self, method: str, body: Any, buffers: Sequence[Any], then: Callable[[Any, Any], None]
+    ) -> bool:
+        """As ``rpc.Connection.call_then_now`` (from a thread that is not the loop's): the
+        request is recorded on the loop soon (run ``settle``); False when it cannot be
+        written from the thread (``thread_writes`` off, or the connection closed)."""
+        if not self.thread_writes or self.is_closed or self.loop is None:
+            return False
+        self.written_by_threads += 1
+        self.loop.call_soon_threadsafe(self.call_then, method, body, buffers, then)
+        return True
+
+    def allow_thread_writes(self) -> None:
+        """As ``rpc.Connection.allow_thread_writes`` (nothing to make here)."""
 
     def reply(self, sent: Sent, body: Any, buffers: Sequence[Any] = ()) -> None:
         assert sent.reply is not None and not sent.reply.done(), sent

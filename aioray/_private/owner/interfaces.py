@@ -104,9 +104,9 @@ class LeasesHost(PeerConnector, Protocol):
     def closing(self) -> bool: ...
 
 
-class SubmitterHost(RayletClientsHost, Protocol):
+class SubmitterHost(RayletClientsHost, Posts, Protocol):
     """What ``TaskSubmitter`` uses (and its ``RayletClients``): objects, counts, borrowing,
-    lineage, streams and the task events."""
+    lineage, streams, the task events, and posts (a caller thread's push handed over)."""
 
     @property
     def memory_store(self) -> MemoryStore: ...

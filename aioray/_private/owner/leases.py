@@ -1,7 +1,22 @@
 """Worker leases for normal tasks: a scheduling class (its queue, its leases, its
 lease requests in flight), a lease, and a lease's life after the raylet's answer:
-granted (spills already followed, raylet_clients.py), connected, returned when idle,
-or lost. The task submitter queues and dispatches over them (task_submitter.py).
+granted (spills already followed, raylet_clients.py), connected, parked when idle,
+returned when idle long enough, or lost. The task submitter queues and dispatches
+over them (task_submitter.py).
+
+Parked leases are shared with caller threads, without a lock. A lease the loop leaves
+idle with nothing queued is *parked*: ``lease.parked`` set and the lease appended to
+``cls.parked``. Whoever removes it from that list owns it: a caller thread with
+``cls.parked.pop()`` (``claim``; atomic under the GIL, IndexError: none idle), which
+then pushes its task on it itself (TaskSubmitter.push_now); the loop with
+``cls.parked.remove(lease)`` (``_unpark``; ValueError: a thread took it first) before it
+pushes on the lease or gives it back. So the loop's rule: a lease with ``parked`` set
+is not the loop's to use or to count until the loop claimed it, or until the claiming
+thread's push reaches the loop (its reply, or its hand-over when the thread could not
+write), which clears ``parked``. The thread never touches the linger timer (uvloop's
+``TimerHandle.cancel`` is not thread-safe): a linger that fires on a lease a thread
+took finds it gone from the list and does nothing; the loop cancels it when the
+thread's push reaches it.
 """
 
 from __future__ import annotations
@@ -37,6 +52,7 @@ class Lease:
         "lease_id",
         "linger",
         "oom",
+        "parked",
         "raylet",
         "unknown",
         "worker_id",
@@ -60,13 +76,25 @@ class Lease:
         self.gpus: list[int] = []
         self.linger: asyncio.TimerHandle | None = None
         self.oom: str | None = None  # why the memory monitor killed the worker
+        self.parked = False  # (loop) idle and offered to caller threads: see above
 
     def __repr__(self) -> str:
         return f"<Lease {self.lease_id} worker={self.worker_id.hex()[:8]} inflight={self.inflight}>"
 
 
 class SchedulingClass:
-    __slots__ = ("env", "key", "leases", "pending_leases", "queue", "resources", "strategy")
+    """Tasks of one resource shape, runtime env and strategy: their queue and leases."""
+
+    __slots__ = (
+        "env",
+        "key",
+        "leases",
+        "parked",
+        "pending_leases",
+        "queue",
+        "resources",
+        "strategy",
+    )
 
     def __init__(
         self,
@@ -81,6 +109,7 @@ class SchedulingClass:
         self.strategy = strategy
         self.queue: collections.deque[TaskEntry] = collections.deque()
         self.leases: list[Lease] = []
+        self.parked: list[Lease] = []  # idle leases a caller thread may claim (above)
         self.pending_leases = 0
 
 
@@ -146,13 +175,53 @@ class Leases:
             return
         lease = Lease(cls, lease_id, worker_id, conn, raylet)
         lease.gpus = gpus
+        conn.allow_thread_writes()  # (caller threads may push on it once it is parked)
         cls.leases.append(lease)
         self.dispatch(cls)
+
+    def park(self, lease: Lease) -> None:
+        """(loop) Offer an idle lease (nothing queued) to caller threads."""
+        lease.parked = True
+        lease.cls.parked.append(lease)
+
+    def unpark(self, cls: SchedulingClass) -> None:
+        """(loop) Take back every parked lease no thread claimed (tasks are queued)."""
+        parked = cls.parked
+        while parked:
+            try:
+                parked.pop().parked = False
+            except IndexError:  # (a thread took the last one meanwhile)
+                return
+
+    @staticmethod
+    def claim(cls: SchedulingClass) -> Lease | None:
+        """(a caller thread) An idle lease of ``cls``, now this thread's, or None."""
+        try:
+            return cls.parked.pop()
+        except IndexError:
+            return None
+
+    @staticmethod
+    def settle(lease: Lease) -> None:
+        """(loop) A push a thread made on the lease it claimed reached the loop: the
+        lease is the loop's again, and its linger (the thread left it) goes."""
+        lease.parked = False
+        if lease.linger is not None:
+            lease.linger.cancel()
+            lease.linger = None
 
     def give_back(self, lease: Lease) -> None:
         """An idle lease lingered long enough: return it to its raylet."""
         lease.linger = None
-        if lease.inflight or lease not in lease.cls.leases:
+        if lease.parked:
+            try:
+                lease.cls.parked.remove(lease)
+            except ValueError:
+                return  # a caller thread claimed it: its push settles it
+            lease.parked = False
+        elif lease.inflight:
+            return
+        if lease not in lease.cls.leases:
             return
         lease.cls.leases.remove(lease)
         if not lease.raylet.is_closed:
@@ -162,6 +231,11 @@ class Leases:
         """The leased worker's connection dropped: forget the lease."""
         if lease in lease.cls.leases:
             lease.cls.leases.remove(lease)
+        if lease.parked and lease in lease.cls.parked:
+            try:
+                lease.cls.parked.remove(lease)  # (a thread that takes it first finds
+            except ValueError:  # the connection closed and hands its push to the loop)
+                pass
         if lease.linger is not None:
             lease.linger.cancel()
 

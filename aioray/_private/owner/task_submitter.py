@@ -239,6 +239,8 @@ class TaskSubmitter:
         leases = cls.leases
         if replied is not None:
             leases = [replied] if replied in leases else []
+        elif queue and cls.parked:
+            self.leases.unpark(cls)  # (the loop's claim: a lease still parked is a thread's)
         limit_fid, limit = None, 1
         while queue:
             if len(queue) >= BACKLOG_PER_LEASE * max(1, len(cls.leases)):  # tiny tasks may queue
@@ -251,7 +253,7 @@ class TaskSubmitter:
             best = None
             for lease in leases:
                 ok = lease.inflight == 0 or (tiny and not lease.unknown and lease.inflight < limit)
-                if ok and (best is None or lease.inflight < best.inflight):
+                if ok and not lease.parked and (best is None or lease.inflight < best.inflight):
                     best = lease
             if best is None:
                 break
@@ -261,10 +263,15 @@ class TaskSubmitter:
             self._request_lease(cls)
         if not queue:
             for lease in cls.leases:
-                if lease.inflight == 0 and lease.linger is None:
-                    # SPREAD places each lease anew: a lingering one would pin the next task.
-                    linger = 0.0 if cls.strategy == "SPREAD" else config.LEASE_LINGER_S
+                if lease.inflight or lease.parked:  # (parked: idle already, or a thread's)
+                    continue
+                # SPREAD places each lease anew: a lingering one would pin the next task.
+                spread = cls.strategy == "SPREAD"
+                if lease.linger is None:
+                    linger = 0.0 if spread else config.LEASE_LINGER_S
                     lease.linger = self.cw.loop.call_later(linger, self.leases.give_back, lease)
+                if not spread:
+                    self.leases.park(lease)
 
     def _request_lease(self, cls: SchedulingClass) -> None:
         cls.pending_leases += 1
@@ -299,6 +306,60 @@ class TaskSubmitter:
             self.leases.lost(lease)
             self._crashed(task)
 
+    def push_now(self, task: TaskEntry) -> bool:
+        """(a caller thread, never the loop's) Push ``task`` from this thread on an idle
+        lease of its class that it claims (leases.py), without waking the loop; False,
+        with nothing done, if the task must be submitted through the loop: it has
+        dependencies or refs to lend, its class has tasks queued or no lease parked.
+
+        Once the lease is claimed the task is pushed exactly once: from here, or, when
+        the connection cannot be written now (frames queued, closing, TLS), by the loop
+        (``_push_claimed``). The task is registered and the lease counted busy before
+        the write: its reply can be read before ``writev`` returns."""
+        if task.dep_ids:
+            return False
+        blob = task.args_blob
+        if blob is not None and blob.contained_refs:
+            return False
+        cls = self.classes.get(task.sched_key)
+        if cls is None or cls.queue or not cls.parked:
+            return False
+        lease = self.leases.claim(cls)
+        if lease is None:
+            return False
+        spec = task.spec
+        if blob is not None:
+            task.out_buffers = [blob.data, *blob.buffers]
+        self.tasks[task.task_id] = task
+        task.state = "running"
+        task.lease = lease
+        lease.inflight = lease.unknown = 1  # (the loop leaves a parked lease alone)
+        events = self.cw.task_events
+        if events is not None and "noev" not in spec:
+            now = time.time()
+            events += pack_row(spec["tid"], PENDING_NODE_ASSIGNMENT, spec.get("at", 0), now)
+        sent = lease.conn.state.setdefault("fids", set())
+        fid = spec["fid"]
+        if fid not in sent:
+            spec = {**spec, "fn": task.fn_bytes}
+        if lease.gpus:
+            spec = {**spec, "gpu": lease.gpus}
+        reply = partial(self._on_reply, task, lease, False)
+        if not lease.conn.call_then_now("push_task", spec, task.out_buffers, reply):
+            self.cw.post(self._push_claimed, task, lease)
+            return True
+        sent.add(fid)
+        if events is not None and "noev" not in spec:
+            events += pack_row(spec["tid"], SUBMITTED_TO_WORKER, spec.get("at", 0), time.time())
+        return True
+
+    def _push_claimed(self, task: TaskEntry, lease: Lease) -> None:
+        """(loop) A push the thread that claimed ``lease`` could not write: the loop's."""
+        self.leases.settle(lease)
+        lease.inflight -= 1
+        lease.unknown -= 1
+        self._push(task, lease, False)
+
     def _on_reply(
         self,
         task: TaskEntry,
@@ -308,6 +369,8 @@ class TaskSubmitter:
         exc: BaseException | None,
     ) -> None:
         """The push's reply, as soon as it is read (rpc.Connection.call_then), or its error."""
+        if lease.parked:  # pushed by the caller thread that claimed the idle lease
+            self.leases.settle(lease)
         lease.inflight -= 1
         lease.unknown -= not tiny
         replied = None  # (after an error every lease is walked again)
@@ -481,4 +544,5 @@ class TaskSubmitter:
                 if lease.linger is not None:
                     lease.linger.cancel()
             cls.leases.clear()
+            cls.parked.clear()
         self.remote_raylets.close()

@@ -1,0 +1,200 @@
+"""A caller thread pushing a task itself on an idle lease it claims (leases.py, parked
+leases; TaskSubmitter.push_now), on an offline CoreWorker: the claim against the
+loop's and against the linger, the hand-over when the thread cannot write, the retry
+when the worker dies under a thread's push. The thread is a real one
+(``asyncio.to_thread``); everything else runs on the test's loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fakes import (
+    FakeConnection,
+    OfflineCluster,
+    normal_task,
+    offline_fixture,  # noqa: F401  (the fixture)
+    settle,
+    value_reply,
+)
+from test_task_submitter import grant, result, submit
+
+from aioray._private.owner.leases import Lease, SchedulingClass
+from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.wire.task_spec import TaskEntry
+from aioray.exceptions import TaskCancelledError
+
+
+async def from_thread(offline: OfflineCluster, task: TaskEntry) -> bool:
+    """``push_task_now`` from a thread that is not the loop's; its answer."""
+    pushed = await asyncio.wait_for(asyncio.to_thread(offline.cw.push_task_now, task), 10)
+    await settle()
+    return pushed
+
+
+async def parked_lease(offline: OfflineCluster) -> tuple[SchedulingClass, Lease, FakeConnection]:
+    """Run one task through the loop: its lease is left idle and parked."""
+    cw = offline.cw
+    ref = submit(offline, normal_task(cw))
+    worker = await grant(offline, 5001)
+    [push] = worker.pending("push_task")
+    worker.reply(push, *value_reply(0))
+    await settle()
+    assert result(offline, ref) == 0
+    cls = cw.submitter.classes[("k",)]
+    [lease] = cls.leases
+    assert cls.parked == [lease] and lease.parked and lease.linger is not None
+    return cls, lease, worker
+
+
+def held(offline: OfflineCluster, task: TaskEntry) -> ObjectRef:
+    """The ref to ``task``'s result (held, so the result is kept), as ``.remote()`` returns."""
+    return ObjectRef(task.return_ids[0], offline.cw.address)
+
+
+async def test_a_thread_pushes_on_the_idle_lease_it_claims(offline: OfflineCluster) -> None:
+    cw = offline.cw
+    cls, lease, worker = await parked_lease(offline)
+    task = normal_task(cw)
+    ref = held(offline, task)
+    assert await from_thread(offline, task)
+    assert worker.written_by_threads == 1 and cls.parked == [] and lease.inflight == 1
+    [push] = worker.pending("push_task")
+    assert push.body["tid"] == task.task_id and "fn" not in push.body  # sent once per worker
+    assert offline.raylet.pending("request_lease") == []  # no new lease asked for
+    worker.reply(push, *value_reply(7))
+    await settle()
+    assert result(offline, ref) == 7 and task.task_id not in cw.submitter.tasks
+    assert cls.parked == [lease] and lease.inflight == 0  # idle again, offered again
+
+
+async def test_a_thread_takes_the_loop_path_when_nothing_is_parked(
+    offline: OfflineCluster,
+) -> None:
+    cw = offline.cw
+    assert not await from_thread(offline, normal_task(cw))  # no class yet
+    cls, lease, _ = await parked_lease(offline)
+    dep = normal_task(cw, dep_refs=[submit(offline, normal_task(cw))])
+    assert cls.parked == [] and lease.inflight == 1  # the loop claimed it for its task
+    assert not await from_thread(offline, normal_task(cw))  # nothing idle
+    cls.parked.append(lease)  # (as if idle: a task with dependencies still goes by the loop)
+    assert not await from_thread(offline, dep)
+    cls.parked.clear()
+
+
+async def test_the_loop_never_pushes_on_a_lease_a_thread_claimed(offline: OfflineCluster) -> None:
+    """Claimed (popped from ``parked``) but not written yet: the loop's dispatch skips it
+    and asks for a lease for its own task instead."""
+    cw = offline.cw
+    cls, lease, worker = await parked_lease(offline)
+    assert cw.submitter.leases.claim(cls) is lease  # a thread's claim, its push still to come
+    ref = submit(offline, normal_task(cw))
+    await settle()
+    assert worker.pending("push_task") == [] and lease.inflight == 0
+    assert len(offline.raylet.pending("request_lease")) == 1
+    other = await grant(offline, 5002)
+    [push] = other.pending("push_task")
+    other.reply(push, *value_reply(3))
+    await settle()
+    assert result(offline, ref) == 3
+    assert cw.submitter.leases.claim(cls) is not lease  # the new idle lease, not the claimed
+
+
+async def test_a_linger_that_fires_on_a_claimed_lease_does_nothing(
+    offline: OfflineCluster,
+) -> None:
+    cw = offline.cw
+    cls, lease, worker = await parked_lease(offline)
+    old_linger = lease.linger
+    task = normal_task(cw)
+    ref = held(offline, task)
+    assert await from_thread(offline, task)
+    cw.submitter.leases.give_back(lease)  # the linger fires while the thread's task runs
+    assert "return_lease" not in offline.raylet.methods() and lease in cls.leases
+    [push] = worker.pending("push_task")
+    worker.reply(push, *value_reply(1))
+    await settle()
+    assert result(offline, ref) == 1
+    assert cls.parked == [lease] and lease.linger is not None and lease.linger is not old_linger
+
+
+async def test_the_linger_cancelled_when_the_thread_s_reply_comes(offline: OfflineCluster) -> None:
+    """A lease in use by threads call after call must not be returned by a linger armed
+    before one of their pushes (the thread leaves the timer alone; the reply cancels it)."""
+    cw = offline.cw
+    _, lease, worker = await parked_lease(offline)
+    old_linger = lease.linger
+    assert old_linger is not None
+    assert await from_thread(offline, normal_task(cw))
+    [push] = worker.pending("push_task")
+    worker.reply(push, *value_reply(1))
+    await settle()
+    assert old_linger.cancelled() and not lease.linger.cancelled()  # type: ignore[union-attr]
+
+
+async def test_an_idle_lease_nobody_claimed_is_given_back(offline: OfflineCluster) -> None:
+    cw = offline.cw
+    cls, lease, _ = await parked_lease(offline)
+    cw.submitter.leases.give_back(lease)  # the linger fires
+    assert offline.raylet.sent[-1].method == "return_lease"
+    assert cls.leases == [] and cls.parked == [] and not lease.parked
+    assert not await from_thread(offline, normal_task(cw))
+
+
+async def test_a_push_the_thread_cannot_write_is_handed_to_the_loop(
+    offline: OfflineCluster,
+) -> None:
+    """A lease granted after its task was cancelled is parked before any push: the
+    function's code must still go with the first push, which the loop writes."""
+    cw = offline.cw
+    first = normal_task(cw)
+    cancelled = submit(offline, first)
+    cw.submitter.cancel_task(first.task_id, force=False)
+    worker = await grant(offline, 5001)
+    cls = cw.submitter.classes[("k",)]
+    [lease] = cls.parked
+    worker.thread_writes = False  # e.g. frames queued on the connection
+    task = normal_task(cw)
+    ref = held(offline, task)
+    assert await from_thread(offline, task)  # claimed: pushed exactly once, by the loop
+    assert worker.written_by_threads == 0
+    [push] = worker.pending("push_task")
+    assert push.body["tid"] == task.task_id and push.body["fn"] == b"fn"
+    assert not lease.parked and lease.inflight == 1
+    worker.reply(push, *value_reply(5))
+    await settle()
+    assert result(offline, ref) == 5 and cls.parked == [lease]
+    with pytest.raises(TaskCancelledError):
+        result(offline, cancelled)
+
+
+async def test_a_worker_dead_under_a_thread_s_push_is_retried(offline: OfflineCluster) -> None:
+    cw = offline.cw
+    cls, lease, worker = await parked_lease(offline)
+    task = normal_task(cw, max_retries=1)
+    ref = held(offline, task)
+    assert await from_thread(offline, task)
+    worker.drop()
+    await settle()
+    assert lease not in cls.leases and cls.parked == []
+    second = await grant(offline, 5002)
+    [push] = second.pending("push_task")
+    assert push.body["tid"] == task.task_id and push.body["at"] == 1
+    second.reply(push, *value_reply(9))
+    await settle()
+    assert result(offline, ref) == 9
+
+
+async def test_a_spread_class_parks_nothing(offline: OfflineCluster) -> None:
+    """SPREAD places each lease anew: a thread must not pin the next task to this one."""
+    cw = offline.cw
+    task = normal_task(cw)
+    task.spec["ss"] = "SPREAD"
+    task.sched_key = ("spread",)
+    submit(offline, task)
+    worker = await grant(offline, 5001)
+    [push] = worker.pending("push_task")
+    worker.reply(push, *value_reply(0))
+    await settle()
+    cls = cw.submitter.classes[("spread",)]
+    assert cls.strategy == "SPREAD" and cls.parked == [] and cls.leases == []  # given back
