@@ -401,6 +401,7 @@ class ActorMethod:
         if streaming:
             spec["bp"] = self._mopts.get("bp", 0)
             gen = cw.streams.create(task_id)
+            spec["seq"] = cw.actors.ticket(h._actor_id)  # (submitted right after: no gap)
             cw.post(cw.actors.submit, TaskEntry(spec, [], blob, dep_refs, {}, 0, False, None, ()))
             return gen
         return_ids = [ids.object_id(task_id, i + 1) for i in range(nret)]
@@ -417,7 +418,9 @@ class ActorMethod:
             None,
             (),
         )
-        cw.post_task(cw.actors.submit, task)
+        spec["seq"] = cw.actors.ticket(h._actor_id)  # (submitted right after: no gap)
+        if not cw.push_call_now(task):  # (its turn has come: from this thread)
+            cw.post_task(cw.actors.submit, task)
         if nret == 1:
             return refs[0]
         return refs if nret else None
