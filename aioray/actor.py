@@ -263,6 +263,7 @@ class ActorHandle:
         self._creator = creator
         # method -> (event buffer, job id, index of its task description): see remote()
         self._described: dict[str, tuple[Any, bytes, int]] = {}
+        self._tickets = self._cw.actors.tickets_of(actor_id)  # its calls' sequence numbers
         self._cw.actors.add_handle(actor_id, creator)
 
     def __del__(self) -> None:
@@ -401,7 +402,7 @@ class ActorMethod:
         if streaming:
             spec["bp"] = self._mopts.get("bp", 0)
             gen = cw.streams.create(task_id)
-            spec["seq"] = cw.actors.ticket(h._actor_id)  # (submitted right after: no gap)
+            spec["seq"] = next(h._tickets)  # (submitted right after: no gap)
             cw.post(cw.actors.submit, TaskEntry(spec, [], blob, dep_refs, {}, 0, False, None, ()))
             return gen
         return_ids = [ids.object_id(task_id, i + 1) for i in range(nret)]
@@ -418,8 +419,8 @@ class ActorMethod:
             None,
             (),
         )
-        spec["seq"] = cw.actors.ticket(h._actor_id)  # (submitted right after: no gap)
-        if not cw.push_call_now(task):  # (its turn has come: from this thread)
+        spec["seq"] = next(h._tickets)  # (submitted right after: no gap)
+        if not cw.actors.push_now(task):  # (its turn has come: from this thread)
             cw.post_task(cw.actors.submit, task)
         if nret == 1:
             return refs[0]

@@ -212,7 +212,7 @@ class RemoteFunction:
             fn_bytes,
             sched_key,
         )
-        if not cw.push_task_now(task):  # (on an idle lease, from this thread)
+        if not cw.submitter.push_now(task):  # (on an idle lease, from this thread)
             cw.post_task(cw.submitter.submit, task)
         if nret == 1:
             return refs[0]

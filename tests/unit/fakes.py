@@ -264,7 +264,7 @@ def actor_call(cw: CoreWorker, aid: bytes, *, max_task_retries: int = 0) -> Task
     """A call of a method of actor ``aid`` with no arguments, owned by ``cw``."""
     tid = cw.ids.task_id(cw.job_id)
     spec = {"tid": tid, "aid": aid, "m": "f", "name": "A.f", "nret": 1}
-    spec["seq"] = cw.actors.ticket(aid)  # (numbered as .remote() numbers it: submit it next)
+    spec["seq"] = next(cw.actors.tickets_of(aid))  # (numbered as .remote() does: submit it next)
     rid = ids.object_id(tid, 1)
     cw.owned.add(rid)
     return TaskEntry(spec, (rid,), None, (), {}, max_task_retries, False, None, ())

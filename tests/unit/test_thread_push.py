@@ -12,6 +12,7 @@ import pytest
 from fakes import (
     FakeConnection,
     OfflineCluster,
+    actor_call,
     normal_task,
     offline_fixture,  # noqa: F401  (the fixture)
     settle,
@@ -19,15 +20,17 @@ from fakes import (
 )
 from test_task_submitter import grant, result, submit
 
+from aioray._private.core.memory_store import StoredObject
 from aioray._private.owner.leases import Lease, SchedulingClass
 from aioray._private.owner.object_ref import ObjectRef
+from aioray._private.wire import serialization
 from aioray._private.wire.task_spec import TaskEntry
 from aioray.exceptions import TaskCancelledError
 
 
 async def from_thread(offline: OfflineCluster, task: TaskEntry) -> bool:
-    """``push_task_now`` from a thread that is not the loop's; its answer."""
-    pushed = await asyncio.wait_for(asyncio.to_thread(offline.cw.push_task_now, task), 10)
+    """``TaskSubmitter.push_now`` from a thread that is not the loop's; its answer."""
+    pushed = await asyncio.wait_for(asyncio.to_thread(offline.cw.submitter.push_now, task), 10)
     await settle()
     return pushed
 
@@ -198,3 +201,98 @@ async def test_a_spread_class_parks_nothing(offline: OfflineCluster) -> None:
     await settle()
     cls = cw.submitter.classes[("spread",)]
     assert cls.strategy == "SPREAD" and cls.parked == [] and cls.leases == []  # given back
+
+
+# -- actor calls: a thread pushes a call whose turn has come -------------------------------
+AID = b"A" * 16
+
+
+async def alive_actor(offline: OfflineCluster) -> FakeConnection:
+    """An actor this process called once (through the loop), now ALIVE and idle."""
+    cw = offline.cw
+    first = actor_call(cw, AID)
+    ref = held(offline, first)
+    cw.actors.submit(first)
+    await settle()
+    [poll] = offline.gcs.pending("wait_actor")
+    offline.gcs.reply(poll, {"state": "ALIVE", "version": 1, "addr": ["127.0.0.1", 6001, b"w"]})
+    await settle()
+    worker = offline.peers.at("127.0.0.1", 6001)
+    [push] = worker.pending("push_actor_task")
+    worker.reply(push, *value_reply(0))
+    await settle()
+    assert result(offline, ref) == 0
+    return worker
+
+
+async def call_from_thread(offline: OfflineCluster, task: TaskEntry) -> bool:
+    """``ActorSubmitter.push_now`` from a thread that is not the loop's; its answer."""
+    pushed = await asyncio.wait_for(asyncio.to_thread(offline.cw.actors.push_now, task), 10)
+    await settle()
+    return pushed
+
+
+def pushed_seqs(worker: FakeConnection) -> list[int]:
+    return [s.body["seq"] for s in worker.sent if s.method == "push_actor_task"]
+
+
+async def test_a_thread_pushes_an_actor_call_whose_turn_has_come(offline: OfflineCluster) -> None:
+    cw = offline.cw
+    worker = await alive_actor(offline)
+    task = actor_call(cw, AID)
+    ref = held(offline, task)
+    assert await call_from_thread(offline, task)
+    assert worker.written_by_threads == 1 and pushed_seqs(worker) == [0, 1]
+    [push] = worker.pending("push_actor_task")
+    worker.reply(push, *value_reply(8))
+    await settle()
+    assert result(offline, ref) == 8
+    a = cw.actors.actors[AID]
+    assert a.next_send == 2 and a.sent_seq == 1 and not a.inflight
+
+
+async def test_a_call_never_overtakes_an_earlier_one_still_waiting(
+    offline: OfflineCluster,
+) -> None:
+    """The earlier call waits for its argument on the loop: the later one, from a thread,
+    goes through the loop too, and both are sent in order once the argument is there."""
+    cw = offline.cw
+    worker = await alive_actor(offline)
+    producer = normal_task(cw)
+    arg = ObjectRef(producer.return_ids[0], cw.address)
+    earlier = actor_call(cw, AID)
+    earlier.dep_refs, earlier.dep_ids = [arg], (arg.binary(),)
+    cw.actors.submit(earlier)
+    later = actor_call(cw, AID)
+    assert not await call_from_thread(offline, later)  # not its turn
+    cw.actors.submit(later)  # (what .remote() does next: post it)
+    await settle()
+    assert pushed_seqs(worker) == [0]
+    so = serialization.serialize(1)
+    cw.submitter.finish(producer, [StoredObject(so.data, so.buffers)])
+    await settle()
+    assert pushed_seqs(worker) == [0, 1, 2] and worker.written_by_threads == 0
+
+
+async def test_a_call_that_came_during_a_thread_s_turn_is_sent_after_it(
+    offline: OfflineCluster,
+) -> None:
+    """Numbered after the thread's call and submitted through the loop while the thread
+    held the turn: it waits in ``ready``; the thread, once its call is written, hands
+    the turn on and wakes the loop to send it."""
+    cw = offline.cw
+    worker = await alive_actor(offline)
+    mine, next_one = actor_call(cw, AID), actor_call(cw, AID)
+    cw.actors.submit(next_one)  # seq 2 while seq 1 is not submitted yet: it waits
+    await settle()
+    assert pushed_seqs(worker) == [0]
+    assert await call_from_thread(offline, mine)
+    assert pushed_seqs(worker) == [0, 1, 2] and worker.written_by_threads == 1
+
+
+async def test_no_thread_push_to_an_actor_this_process_killed(offline: OfflineCluster) -> None:
+    cw = offline.cw
+    await alive_actor(offline)
+    cw.actors.doom(AID)  # ray.kill: the marking is posted, calls must not overtake it
+    task = actor_call(cw, AID)
+    assert not await call_from_thread(offline, task)

@@ -190,13 +190,15 @@ class ActorSubmitter:
         with self._lock:
             self._pending_calls[aid] = max(0, self._pending_calls.get(aid, 0) - 1)
 
-    def ticket(self, aid: bytes) -> int:
-        """(any thread) The sequence number of the next call to ``aid``; the caller must
-        submit that call (a number never submitted would hold back every later call)."""
+    def tickets_of(self, aid: bytes) -> itertools.count[int]:
+        """(any thread) The sequence numbers of this process's calls to ``aid``: ``next``
+        of it numbers a call, which the caller must then submit (a number never
+        submitted would hold back every later call). One counter per actor, shared by
+        its handles here (a handle keeps it: one C call per call)."""
         counter = self._tickets.get(aid)
         if counter is None:  # (setdefault is atomic: racing threads share one counter)
             counter = self._tickets.setdefault(aid, itertools.count())
-        return next(counter)
+        return counter
 
     def doom(self, aid: bytes) -> None:
         """(any thread) This process killed ``aid`` (``ray.kill``) and posted ``killed``:
@@ -212,7 +214,7 @@ class ActorSubmitter:
             "job": self.cw.job_id,
         }
         spec["tid"] = self.cw.ids.task_id(self.cw.job_id)
-        spec["seq"] = self.ticket(aid)
+        spec["seq"] = next(self.tickets_of(aid))
         self._pending_calls[aid] = self._pending_calls.get(aid, 0) + 1
         self.submit(TaskEntry(spec, [], None, [], {}, 0, False, None, ()))
 
@@ -232,22 +234,22 @@ class ActorSubmitter:
         self.cw.submitter.prepare(task, partial(self._ready, a, task.spec["seq"]))
 
     def push_now(self, task: TaskEntry) -> bool:
-        """(a caller thread, never the loop's) Push a numbered call from this thread if
+        """(a caller thread) Push a numbered call from this thread if
         its turn has come and the actor is connected (the module's essay); False, with
         nothing left behind, if it must be submitted through the loop."""
-        if task.dep_ids:
+        spec = task.spec
+        a = self.actors.get(spec["aid"])
+        seq = spec["seq"]
+        # (in a burst of calls the first test fails: it comes first, the others cost)
+        if a is None or a.next_send != seq or a.inflight or a.sent_seq != seq - 1:
+            return False  # (calls in flight: a burst, which the loop writes together)
+        conn = a.conn
+        if conn is None or a.state != ALIVE or a.queue or task.dep_ids:
             return False
         blob = task.args_blob
         if blob is not None and blob.contained_refs:
             return False
-        spec = task.spec
-        a = self.actors.get(spec["aid"])
-        if a is None or a.state != ALIVE or a.queue or a.inflight:
-            return False  # (calls in flight: a burst, which the loop writes together)
-        conn, seq = a.conn, spec["seq"]
-        if conn is None or a.next_send != seq or a.sent_seq != seq - 1:
-            return False
-        if spec["aid"] in self._doomed:
+        if spec["aid"] in self._doomed or self.cw.closing or self.cw.in_loop_thread():
             return False
         if blob is not None:
             task.out_buffers = [blob.data, *blob.buffers]

@@ -250,20 +250,6 @@ class CoreWorker:
         if not next(self._submitted) % config.SUBMIT_YIELD_EVERY and not self.in_loop_thread():
             release_gil()
 
-    def push_task_now(self, task: Any) -> bool:
-        """(a caller thread) Push a normal task from this thread, on an idle lease it claims,
-        without waking the loop (``TaskSubmitter.push_now``); False if it must be posted."""
-        if threading.get_ident() == self._loop_thread_id or self.closing:
-            return False
-        return self.submitter.push_now(task)
-
-    def push_call_now(self, task: Any) -> bool:
-        """(a caller thread) Push a numbered actor call from this thread when its turn has
-        come (``ActorSubmitter.push_now``); False if it must be posted."""
-        if threading.get_ident() == self._loop_thread_id or self.closing:
-            return False
-        return self.actors.push_now(task)
-
     def drain_posted(self) -> None:
         """(loop) Run the posted calls, in order."""
         self._post_scheduled = False

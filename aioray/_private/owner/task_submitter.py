@@ -307,22 +307,23 @@ class TaskSubmitter:
             self._crashed(task)
 
     def push_now(self, task: TaskEntry) -> bool:
-        """(a caller thread, never the loop's) Push ``task`` from this thread on an idle
+        """(a caller thread) Push ``task`` from this thread on an idle
         lease of its class that it claims (leases.py), without waking the loop; False,
         with nothing done, if the task must be submitted through the loop: it has
-        dependencies or refs to lend, its class has tasks queued or no lease parked.
+        dependencies or refs to lend, its class has tasks queued or no lease parked,
+        this is the loop's thread, or the process is closing.
 
         Once the lease is claimed the task is pushed exactly once: from here, or, when
         the connection cannot be written now (frames queued, closing, TLS), by the loop
         (``_push_claimed``). The task is registered and the lease counted busy before
         the write: its reply can be read before ``writev`` returns."""
-        if task.dep_ids:
-            return False
+        cls = self.classes.get(task.sched_key)
+        if cls is None or not cls.parked or cls.queue or task.dep_ids:
+            return False  # (in a burst of tasks ``parked`` is empty: the rest is not paid)
         blob = task.args_blob
         if blob is not None and blob.contained_refs:
             return False
-        cls = self.classes.get(task.sched_key)
-        if cls is None or cls.queue or not cls.parked:
+        if self.cw.closing or self.cw.in_loop_thread():
             return False
         lease = self.leases.claim(cls)
         if lease is None:
