@@ -1,6 +1,8 @@
 """Owner-driven, lease-based submission of normal tasks (docs/architecture.md, "Task path").
 
-All on the CoreWorker's loop:
+All on the CoreWorker's loop, but for one shortcut: a caller thread pushes a task
+with nothing to prepare itself, on an idle lease of its class that it claims
+(``push_now``; the claim protocol is in leases.py), without waking the loop.
 
 1. ``submit``: wait for the task's owned dependencies; inline small values.
 2. Queue it under its scheduling class (resource shape + runtime env).
