@@ -23,7 +23,7 @@ from test_task_submitter import grant, result, submit
 from aioray._private.core.memory_store import StoredObject
 from aioray._private.owner.leases import Lease, SchedulingClass
 from aioray._private.owner.object_ref import ObjectRef
-from aioray._private.wire import serialization
+from aioray._private.wire import config, serialization
 from aioray._private.wire.task_spec import TaskEntry
 from aioray.exceptions import TaskCancelledError
 
@@ -121,24 +121,36 @@ async def test_a_linger_that_fires_on_a_claimed_lease_does_nothing(
     assert cls.parked == [lease] and lease.linger is not None and lease.linger is not old_linger
 
 
-async def test_the_linger_cancelled_when_the_thread_s_reply_comes(offline: OfflineCluster) -> None:
-    """A lease in use by threads call after call must not be returned by a linger armed
-    before one of their pushes (the thread leaves the timer alone; the reply cancels it)."""
+async def test_a_linger_armed_before_the_last_use_does_not_return_the_lease(
+    offline: OfflineCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease in use by threads call after call keeps the timer armed at its first idle
+    spell (nothing cancels it: a thread cannot); when it fires on a lease parked again
+    since, idle for less than the linger, it is armed again for the rest."""
     cw = offline.cw
-    _, lease, worker = await parked_lease(offline)
+    cls, lease, worker = await parked_lease(offline)
     old_linger = lease.linger
-    assert old_linger is not None
     assert await from_thread(offline, normal_task(cw))
     [push] = worker.pending("push_task")
     worker.reply(push, *value_reply(1))
     await settle()
-    assert old_linger.cancelled() and not lease.linger.cancelled()  # type: ignore[union-attr]
+    assert lease.linger is old_linger and cls.parked == [lease]  # (no timer per task)
+    monkeypatch.setattr(config, "LEASE_LINGER_S", 60.0)
+    cw.submitter.leases.give_back(lease)  # fires: the lease was idle for less than that
+    assert "return_lease" not in offline.raylet.methods() and cls.parked == [lease]
+    assert lease.linger is not None and lease.linger is not old_linger
+    monkeypatch.setattr(config, "LEASE_LINGER_S", 0.0)
+    cw.submitter.leases.give_back(lease)  # fires again, the lease idle long enough now
+    assert offline.raylet.sent[-1].method == "return_lease" and cls.leases == []
 
 
-async def test_an_idle_lease_nobody_claimed_is_given_back(offline: OfflineCluster) -> None:
+async def test_an_idle_lease_nobody_claimed_is_given_back(
+    offline: OfflineCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cw = offline.cw
     cls, lease, _ = await parked_lease(offline)
-    cw.submitter.leases.give_back(lease)  # the linger fires
+    monkeypatch.setattr(config, "LEASE_LINGER_S", 0.0)
+    cw.submitter.leases.give_back(lease)  # the linger fires, the lease idle long enough
     assert offline.raylet.sent[-1].method == "return_lease"
     assert cls.leases == [] and cls.parked == [] and not lease.parked
     assert not await from_thread(offline, normal_task(cw))

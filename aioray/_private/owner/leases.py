@@ -13,10 +13,15 @@ then pushes its task on it itself (TaskSubmitter.push_now); the loop with
 pushes on the lease or gives it back. So the loop's rule: a lease with ``parked`` set
 is not the loop's to use or to count until the loop claimed it, or until the claiming
 thread's push reaches the loop (its reply, or its hand-over when the thread could not
-write), which clears ``parked``. The thread never touches the linger timer (uvloop's
-``TimerHandle.cancel`` is not thread-safe): a linger that fires on a lease a thread
-took finds it gone from the list and does nothing; the loop cancels it when the
-thread's push reaches it.
+write), which clears ``parked``.
+
+The linger is one timer per idle spell, not one per task: parking stamps the time
+(``idle_since``) and arms the timer only if none is armed; nothing cancels it when the
+lease is used (a thread could not: uvloop's ``TimerHandle.cancel`` is not
+thread-safe; and re-arming per task cost the loop a timer each round trip). When it
+fires it gives the lease back only if the lease has been idle and parked for
+LEASE_LINGER_S; parked for less, it is armed again for the rest; busy, or taken by a
+thread, it is left alone and armed again when the lease is next parked.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aioray._private.rpc import rpc
+from aioray._private.wire import config
 from aioray._private.wire.schema import LeaseReply, RuntimeEnv, Strategy
 from aioray._private.wire.task_spec import TaskEntry
 from aioray.exceptions import (
@@ -48,6 +54,7 @@ class Lease:
         "cls",
         "conn",
         "gpus",
+        "idle_since",
         "inflight",
         "lease_id",
         "linger",
@@ -77,6 +84,7 @@ class Lease:
         self.linger: asyncio.TimerHandle | None = None
         self.oom: str | None = None  # why the memory monitor killed the worker
         self.parked = False  # (loop) idle and offered to caller threads: see above
+        self.idle_since = 0.0  # (loop time) when it was last parked
 
     def __repr__(self) -> str:
         return f"<Lease {self.lease_id} worker={self.worker_id.hex()[:8]} inflight={self.inflight}>"
@@ -180,7 +188,12 @@ class Leases:
         self.dispatch(cls)
 
     def park(self, lease: Lease) -> None:
-        """(loop) Offer an idle lease (nothing queued) to caller threads."""
+        """(loop) Offer an idle lease (nothing queued) to caller threads; it goes back to
+        its raylet once idle LEASE_LINGER_S."""
+        loop = self.cw.loop
+        lease.idle_since = loop.time()
+        if lease.linger is None:
+            lease.linger = loop.call_later(config.LEASE_LINGER_S, self.give_back, lease)
         lease.parked = True
         lease.cls.parked.append(lease)
 
@@ -204,23 +217,26 @@ class Leases:
     @staticmethod
     def settle(lease: Lease) -> None:
         """(loop) A push a thread made on the lease it claimed reached the loop: the
-        lease is the loop's again, and its linger (the thread left it) goes."""
+        lease is the loop's again."""
         lease.parked = False
-        if lease.linger is not None:
-            lease.linger.cancel()
-            lease.linger = None
 
     def give_back(self, lease: Lease) -> None:
-        """An idle lease lingered long enough: return it to its raylet."""
+        """(the linger) Return the lease to its raylet if it has been idle long enough."""
         lease.linger = None
         if lease.parked:
             try:
                 lease.cls.parked.remove(lease)
             except ValueError:
-                return  # a caller thread claimed it: its push settles it
+                return  # a caller thread claimed it: armed again when next parked
             lease.parked = False
+            left = lease.idle_since + config.LEASE_LINGER_S - self.cw.loop.time()
+            if left > 0:  # used since the timer was armed: idle for less
+                lease.parked = True
+                lease.cls.parked.append(lease)
+                lease.linger = self.cw.loop.call_later(left, self.give_back, lease)
+                return
         elif lease.inflight:
-            return
+            return  # busy: armed again when next parked
         if lease not in lease.cls.leases:
             return
         lease.cls.leases.remove(lease)

@@ -267,13 +267,11 @@ class TaskSubmitter:
             for lease in cls.leases:
                 if lease.inflight or lease.parked:  # (parked: idle already, or a thread's)
                     continue
-                # SPREAD places each lease anew: a lingering one would pin the next task.
-                spread = cls.strategy == "SPREAD"
-                if lease.linger is None:
-                    linger = 0.0 if spread else config.LEASE_LINGER_S
-                    lease.linger = self.cw.loop.call_later(linger, self.leases.give_back, lease)
-                if not spread:
-                    self.leases.park(lease)
+                if cls.strategy == "SPREAD":  # placed anew each time: a lingering lease
+                    if lease.linger is None:  # would pin the next task
+                        lease.linger = self.cw.loop.call_later(0.0, self.leases.give_back, lease)
+                    continue
+                self.leases.park(lease)
 
     def _request_lease(self, cls: SchedulingClass) -> None:
         cls.pending_leases += 1
@@ -283,10 +281,7 @@ class TaskSubmitter:
         self.remote_raylets.request_lease(body, partial(self.leases.granted, cls))
 
     def _push(self, task: TaskEntry, lease: Lease, tiny: bool) -> None:
-        if lease.linger is not None:
-            lease.linger.cancel()
-            lease.linger = None
-        spec = task.spec
+        spec = task.spec  # (a linger armed stays: it finds the lease busy, leases.py)
         sent = lease.conn.state.setdefault("fids", set())
         if spec["fid"] not in sent:
             sent.add(spec["fid"])
