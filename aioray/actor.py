@@ -402,8 +402,14 @@ class ActorMethod:
         if streaming:
             spec["bp"] = self._mopts.get("bp", 0)
             gen = cw.streams.create(task_id)
-            spec["seq"] = next(h._tickets)  # (submitted right after: no gap)
-            cw.post(cw.actors.submit, TaskEntry(spec, [], blob, dep_refs, {}, 0, False, None, ()))
+            call = TaskEntry(spec, [], blob, dep_refs, {}, 0, False, None, ())
+            try:
+                cw.actors.number(spec, h._tickets)
+                cw.post(cw.actors.submit, call)
+            except BaseException:  # (Ctrl-C: a number taken must be submitted, or no
+                if "seq" in spec:  # later call of this process would ever be sent)
+                    cw.post(cw.actors.submit_if_lost, call)
+                raise
             return gen
         return_ids = [ids.object_id(task_id, i + 1) for i in range(nret)]
         cw.owned.update(return_ids)
@@ -419,9 +425,14 @@ class ActorMethod:
             None,
             (),
         )
-        spec["seq"] = next(h._tickets)  # (submitted right after: no gap)
-        if not cw.actors.push_now(task):  # (its turn has come: from this thread)
-            cw.post_task(cw.actors.submit, task)
+        try:
+            cw.actors.number(spec, h._tickets)
+            if not cw.actors.push_now(task):  # (its turn has come: from this thread)
+                cw.post_task(cw.actors.submit, task)
+        except BaseException:  # (Ctrl-C: a number taken must be submitted, or no later
+            if "seq" in spec:  # call of this process would ever be sent)
+                cw.post(cw.actors.submit_if_lost, task)
+            raise
         if nret == 1:
             return refs[0]
         return refs if nret else None

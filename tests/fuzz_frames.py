@@ -66,9 +66,11 @@ def record(corpus: dict[int, list[Frame]]) -> Iterator[None]:
             )
         return dispatch(self, kind, seq, method, body, bufs)
 
-    def sending_now(self: rpc.Connection, method: str, body: Any, bufs: Any, then: Any) -> bool:
+    def sending_now(  # type: ignore[no-untyped-def]
+        self: rpc.Connection, method: str, body: Any, bufs: Any, then: Any, written: Any
+    ):
         # (a request a caller thread writes itself: recorded as if sent, seq unknown yet)
-        sent = call_then_now(self, method, body, bufs, then)
+        sent = call_then_now(self, method, body, bufs, then, written)
         if sent:
             corpus.setdefault(port(self, "peername"), []).append(
                 (REQUEST, 1, method, body, keep(bufs))

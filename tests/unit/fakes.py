@@ -55,6 +55,7 @@ class FakeConnection:
         # Requests other threads wrote themselves (call_then_now); False: they cannot.
         self.thread_writes = True
         self.written_by_threads = 0
+        self.interrupt: str | None = None  # a Ctrl-C in call_then_now: "before" / "after"
         try:
             self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:  # (made outside a loop: no thread writes to it)
@@ -119,15 +120,27 @@ class FakeConnection:
         self.call_nowait(method, body, buffers).add_done_callback(done)
 
     def call_then_now(
-        self, method: str, body: Any, buffers: Sequence[Any], then: Callable[[Any, Any], None]
+        self,
+        method: str,
+        body: Any,
+        buffers: Sequence[Any],
+        then: Callable[[Any, Any], None],
+        written: list[int],
     ) -> bool:
         """As ``rpc.Connection.call_then_now`` (from a thread that is not the loop's): the
         request is recorded on the loop soon (run ``settle``); False when it cannot be
-        written from the thread (``thread_writes`` off, or the connection closed)."""
+        written from the thread (``thread_writes`` off, or the connection closed).
+        ``interrupt``: raise KeyboardInterrupt "before" the write or "after" it, as a
+        Ctrl-C landing there would."""
+        if self.interrupt == "before":
+            raise KeyboardInterrupt
         if not self.thread_writes or self.is_closed or self.loop is None:
             return False
         self.written_by_threads += 1
         self.loop.call_soon_threadsafe(self.call_then, method, body, buffers, then)
+        written.append(1)
+        if self.interrupt == "after":
+            raise KeyboardInterrupt
         return True
 
     def allow_thread_writes(self) -> None:

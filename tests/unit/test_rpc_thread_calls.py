@@ -8,6 +8,7 @@ Every wait is bounded; nothing sleeps."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -66,7 +67,7 @@ async def test_a_request_from_another_thread_is_written_by_that_thread(setup: An
     service, _, client = setup
     client.allow_thread_writes()
     flushes, replies = flushes_of(client), Replies()
-    assert await in_thread(client.call_then_now, "later", "x", [b"arg"], replies)
+    assert await in_thread(client.call_then_now, "later", "x", [b"arg"], replies, [])
     answer = await service.next_answer()
     answer.send({"done": 1})
     reply, exc, thread = await replies.next()
@@ -83,7 +84,7 @@ async def test_no_thread_writes_without_the_duplicate(setup: Any) -> None:
     hands the request back, with nothing sent and nothing registered."""
     _, _, client = setup
     assert client._wfd < 0
-    assert not await in_thread(client.call_then_now, "later", "x", [], Replies())
+    assert not await in_thread(client.call_then_now, "later", "x", [], Replies(), [])
     assert client._pending == {}
 
 
@@ -92,7 +93,7 @@ async def test_a_request_never_overtakes_frames_queued_before_it(setup: Any) -> 
     client.allow_thread_writes()
     first = client.call_nowait("later", "first")  # in this loop iteration: not written yet
     replies = Replies()
-    assert not in_thread_now(client.call_then_now, "later", "second", [], replies)
+    assert not in_thread_now(client.call_then_now, "later", "second", [], replies, [])
     assert len(client._pending) == 1  # nothing registered for the thread's request
     (await service.next_answer()).send("one")
     assert (await bounded(first))[0] == "one"
@@ -103,9 +104,36 @@ async def test_a_request_from_a_thread_fails_when_the_connection_drops(setup: An
     service, server_side, client = setup
     client.allow_thread_writes()
     replies = Replies()
-    assert await in_thread(client.call_then_now, "later", "x", [], replies)
+    assert await in_thread(client.call_then_now, "later", "x", [], replies, [])
     await service.next_answer()  # it reached the server; the server now goes away
     server_side.close()
     reply, exc, _ = await replies.next()
     assert reply is None and isinstance(exc, ConnectionLost)
-    assert not await in_thread(client.call_then_now, "later", "y", [], Replies())
+    assert not await in_thread(client.call_then_now, "later", "y", [], Replies(), [])
+
+
+async def test_a_request_interrupted_at_its_write_is_neither_sent_nor_registered(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C raised in the write (KeyboardInterrupt out of ``os.writev``): the caller
+    learns nothing went out from ``written`` staying empty, and no callback is left
+    waiting for a reply that will never come."""
+    _, _, client = setup
+    client.allow_thread_writes()
+    pending_before = dict(client._pending)
+
+    def interrupted_writev(fd: int, frames: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "writev", interrupted_writev)
+    written: list[int] = []
+
+    def call() -> str:
+        try:
+            client.call_then_now("later", "x", [], Replies(), written)
+        except KeyboardInterrupt:
+            return "interrupted"
+        return "returned"
+
+    assert in_thread_now(call) == "interrupted"
+    assert written == [] and client._pending == pending_before

@@ -7,6 +7,7 @@ when the worker dies under a thread's push. The thread is a real one
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from fakes import (
@@ -90,7 +91,8 @@ async def test_the_loop_never_pushes_on_a_lease_a_thread_claimed(offline: Offlin
     and asks for a lease for its own task instead."""
     cw = offline.cw
     cls, lease, worker = await parked_lease(offline)
-    assert cw.submitter.leases.claim(cls) is lease  # a thread's claim, its push still to come
+    claimed: list[Lease] = []
+    assert cw.submitter.leases.claim(cls, claimed) and claimed == [lease]  # a thread's claim
     ref = submit(offline, normal_task(cw))
     await settle()
     assert worker.pending("push_task") == [] and lease.inflight == 0
@@ -100,7 +102,7 @@ async def test_the_loop_never_pushes_on_a_lease_a_thread_claimed(offline: Offlin
     other.reply(push, *value_reply(3))
     await settle()
     assert result(offline, ref) == 3
-    assert cw.submitter.leases.claim(cls) is not lease  # the new idle lease, not the claimed
+    assert cw.submitter.leases.claim(cls, claimed) and claimed[1] is not lease  # the new one
 
 
 async def test_a_linger_that_fires_on_a_claimed_lease_does_nothing(
@@ -308,3 +310,84 @@ async def test_no_thread_push_to_an_actor_this_process_killed(offline: OfflineCl
     cw.actors.doom(AID)  # ray.kill: the marking is posted, calls must not overtake it
     task = actor_call(cw, AID)
     assert not await call_from_thread(offline, task)
+
+
+# -- a Ctrl-C (KeyboardInterrupt) landing in the middle of a thread's push ------------------
+async def interrupted(offline: OfflineCluster, push_now: Any, task: TaskEntry, post: Any) -> None:
+    """Run ``push_now`` in a thread as ``.remote()`` does, with its handler: the interrupt
+    propagates, and ``submit_if_lost`` is posted after whatever the push posted."""
+    cw = offline.cw
+
+    def remote() -> str:
+        try:
+            try:
+                if not push_now(task):
+                    cw.post(post, task)
+            except BaseException:
+                cw.post(post.__self__.submit_if_lost, task)
+                raise
+        except KeyboardInterrupt:  # (handed back as a value: asyncio re-raises it)
+            return "interrupted"
+        return "not interrupted"
+
+    assert await asyncio.wait_for(asyncio.to_thread(remote), 10) == "interrupted"
+    await settle()
+
+
+async def test_a_task_interrupted_before_its_write_is_pushed_once_by_the_loop(
+    offline: OfflineCluster,
+) -> None:
+    cw = offline.cw
+    cls, lease, worker = await parked_lease(offline)
+    worker.interrupt = "before"
+    task = normal_task(cw)
+    ref = held(offline, task)
+    await interrupted(offline, cw.submitter.push_now, task, cw.submitter.submit)
+    [push] = worker.pending("push_task")  # the claimed lease, pushed by the loop, once
+    assert push.body["tid"] == task.task_id and not lease.parked and lease.inflight == 1
+    worker.reply(push, *value_reply(4))
+    await settle()
+    assert result(offline, ref) == 4 and cls.parked == [lease]  # not stuck claimed
+    assert offline.raylet.pending("request_lease") == []
+
+
+async def test_a_task_interrupted_after_its_write_is_not_pushed_again(
+    offline: OfflineCluster,
+) -> None:
+    cw = offline.cw
+    cls, lease, worker = await parked_lease(offline)
+    worker.interrupt = "after"
+    task = normal_task(cw)
+    ref = held(offline, task)
+    await interrupted(offline, cw.submitter.push_now, task, cw.submitter.submit)
+    [push] = worker.pending("push_task")
+    assert worker.written_by_threads == 1
+    worker.reply(push, *value_reply(6))
+    await settle()
+    assert result(offline, ref) == 6 and cls.parked == [lease]
+    assert worker.pending("push_task") == []
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+async def test_an_actor_call_interrupted_mid_push_keeps_the_order_going(
+    offline: OfflineCluster, where: str
+) -> None:
+    """Its number taken, the call is sent once (by the thread or by the loop), and the
+    next call's turn comes: no number is left behind to hold back later calls."""
+    cw = offline.cw
+    worker = await alive_actor(offline)
+    worker.interrupt = where
+    task = actor_call(cw, AID)
+    ref = held(offline, task)
+    await interrupted(offline, cw.actors.push_now, task, cw.actors.submit)
+    worker.interrupt = None
+    later = actor_call(cw, AID)
+    if not await call_from_thread(offline, later):
+        cw.actors.submit(later)
+    await settle()
+    assert pushed_seqs(worker) == [0, 1, 2]
+    [first, second] = worker.pending("push_actor_task")
+    worker.reply(first, *value_reply(1))
+    worker.reply(second, *value_reply(2))
+    await settle()
+    assert result(offline, ref) == 1

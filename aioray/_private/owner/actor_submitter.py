@@ -200,6 +200,13 @@ class ActorSubmitter:
             counter = self._tickets.setdefault(aid, itertools.count())
         return counter
 
+    @staticmethod
+    def number(spec: TaskSpec, tickets: itertools.count[int]) -> None:
+        """(any thread) Give a call its sequence number (``tickets_of``): taken and stored
+        in one C call, so an interrupt (Ctrl-C) raised right after finds it in ``spec``,
+        and the caller's handler then submits the call (``submit_if_lost``)."""
+        spec.update(zip(("seq",), tickets, strict=False))  # type: ignore[typeddict-item]
+
     def doom(self, aid: bytes) -> None:
         """(any thread) This process killed ``aid`` (``ray.kill``) and posted ``killed``:
         from now on its calls go through the loop, which fails them once that ran."""
@@ -251,25 +258,54 @@ class ActorSubmitter:
             return False
         if spec["aid"] in self._doomed or self.cw.closing or self.cw.in_loop_thread():
             return False
-        if blob is not None:
-            task.out_buffers = [blob.data, *blob.buffers]
         tid = task.task_id
-        a.inflight[tid] = task  # (before the write: the reply may be read before it returns)
-        task.state = "running"
-        reply = partial(self._on_reply, a, task)
-        if not conn.call_then_now("push_actor_task", spec, task.out_buffers, reply):
+        written: list[int] = []
+        try:
+            if blob is not None:
+                task.out_buffers = [blob.data, *blob.buffers]
+            a.inflight[tid] = task  # (before the write: the reply may be read before it)
+            task.state = "running"
+            reply = partial(self._on_reply, a, task)
+            pushed = conn.call_then_now("push_actor_task", spec, task.out_buffers, reply, written)
+            if pushed:
+                self._turn_taken(a, seq)
+        except BaseException:  # (Ctrl-C in the middle: .remote() posts submit_if_lost)
+            if written:
+                self._turn_taken(a, seq)  # (again: it changes nothing the second time)
+            else:
+                a.inflight.pop(tid, None)
+            raise
+        if not pushed:
             # (if the actor was declared dead meanwhile, the loop failed the call: its
             # submission then only moves the turn on, _flush skips a finished call)
             a.inflight.pop(tid, None)
             return False
-        a.sent_seq = seq
-        a.next_send = seq + 1  # (after the write: the loop may send the next one now)
-        if seq + 1 in a.ready:  # it came while this thread held the turn
-            self.cw.post(self._move_ready, a)
         events = self.cw.task_events
         if events is not None and "noev" not in spec:
             events += pack_row(tid, SUBMITTED_TO_WORKER, spec.get("at", 0), time.time())
         return True
+
+    def _turn_taken(self, a: _Actor, seq: int) -> None:
+        """(the thread that wrote call ``seq``) The next number's turn; wake the loop if
+        that call already waits in ``ready`` (it came while this thread held the turn)."""
+        a.sent_seq = seq
+        if a.next_send == seq:  # (after the write: the loop may send the next one now)
+            a.next_send = seq + 1
+        if seq + 1 in a.ready:
+            self.cw.post(self._move_ready, a)
+
+    def submit_if_lost(self, task: TaskEntry) -> None:
+        """(loop) Submit a numbered call unless it already was: its thread was
+        interrupted (Ctrl-C) between numbering it and posting it. Posted after whatever
+        that thread posted before, so a submission made is seen here (a call waiting
+        for its arguments may be prepared twice: its turn takes it once)."""
+        a = self._actor(task.spec["aid"])
+        seq = task.spec["seq"]
+        if task.state == "finished" or task.task_id in a.inflight:
+            return
+        if seq < a.next_send or seq in a.ready:
+            return
+        self.submit(task)
 
     def _ready(self, a: _Actor, seq: int, task: TaskEntry) -> None:
         a.ready[seq] = task

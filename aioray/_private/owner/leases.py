@@ -9,11 +9,16 @@ idle with nothing queued is *parked*: ``lease.parked`` set and the lease appende
 ``cls.parked``. Whoever removes it from that list owns it: a caller thread with
 ``cls.parked.pop()`` (``claim``; atomic under the GIL, IndexError: none idle), which
 then pushes its task on it itself (TaskSubmitter.push_now); the loop with
-``cls.parked.remove(lease)`` (``_unpark``; ValueError: a thread took it first) before it
-pushes on the lease or gives it back. So the loop's rule: a lease with ``parked`` set
-is not the loop's to use or to count until the loop claimed it, or until the claiming
-thread's push reaches the loop (its reply, or its hand-over when the thread could not
-write), which clears ``parked``.
+``cls.parked.remove(lease)`` or ``pop()`` (``unpark``, ``give_back``; ValueError: a
+thread took it first) before it pushes on the lease or gives it back. So the loop's
+rule: a lease with ``parked`` set is not the loop's to use or to count until the loop
+claimed it, or until the claiming thread's push reaches the loop (its reply, or its
+hand-over when the thread did not write it), which clears ``parked``.
+
+A Ctrl-C can raise KeyboardInterrupt in the main thread between any two bytecodes: the
+claim pops and stores the lease in one C call, the write stores its byte count in one
+C call (``Connection.call_then_now``), and the thread's handler hands a claimed push it
+did not write to the loop, so an interrupt never leaves a lease claimed for good.
 
 The linger is one timer per idle spell, not one per task: parking stamps the time
 (``idle_since``) and arms the timer only if none is armed; nothing cancels it when the
@@ -207,12 +212,15 @@ class Leases:
                 return
 
     @staticmethod
-    def claim(cls: SchedulingClass) -> Lease | None:
-        """(a caller thread) An idle lease of ``cls``, now this thread's, or None."""
+    def claim(cls: SchedulingClass, claimed: list[Lease]) -> bool:
+        """(a caller thread) Claim an idle lease of ``cls`` into ``claimed``; False if none.
+        Popped and stored in one C call: an interrupt (Ctrl-C) raised right after it
+        finds the lease in ``claimed``, never lost between the two."""
         try:
-            return cls.parked.pop()
+            claimed.extend(map(list.pop, (cls.parked,)))
         except IndexError:
-            return None
+            return False
+        return True
 
     @staticmethod
     def settle(lease: Lease) -> None:

@@ -322,28 +322,40 @@ class TaskSubmitter:
             return False
         if self.cw.closing or self.cw.in_loop_thread():
             return False
-        lease = self.leases.claim(cls)
-        if lease is None:
-            return False
-        spec = task.spec
-        if blob is not None:
-            task.out_buffers = [blob.data, *blob.buffers]
-        self.tasks[task.task_id] = task
-        task.state = "running"
-        task.lease = lease
-        lease.inflight = lease.unknown = 1  # (the loop leaves a parked lease alone)
-        events = self.cw.task_events
-        if events is not None and "noev" not in spec:
-            now = time.time()
-            events += pack_row(spec["tid"], PENDING_NODE_ASSIGNMENT, spec.get("at", 0), now)
-        sent = lease.conn.state.setdefault("fids", set())
-        fid = spec["fid"]
-        if fid not in sent:
-            spec = {**spec, "fn": task.fn_bytes}
-        if lease.gpus:
-            spec = {**spec, "gpu": lease.gpus}
-        reply = partial(self._on_reply, task, lease, False)
-        if not lease.conn.call_then_now("push_task", spec, task.out_buffers, reply):
+        claimed: list[Lease] = []
+        written: list[int] = []
+        try:
+            if not self.leases.claim(cls, claimed):
+                return False
+            lease = claimed[0]
+            spec = task.spec
+            if blob is not None:
+                task.out_buffers = [blob.data, *blob.buffers]
+            self.tasks[task.task_id] = task
+            task.state = "running"
+            task.lease = lease
+            lease.inflight = lease.unknown = 1  # (the loop leaves a parked lease alone)
+            events = self.cw.task_events
+            if events is not None and "noev" not in spec:
+                now = time.time()
+                events += pack_row(spec["tid"], PENDING_NODE_ASSIGNMENT, spec.get("at", 0), now)
+            sent = lease.conn.state.setdefault("fids", set())
+            fid = spec["fid"]
+            if fid not in sent:
+                spec = {**spec, "fn": task.fn_bytes}
+            if lease.gpus:
+                spec = {**spec, "gpu": lease.gpus}
+            reply = partial(self._on_reply, task, lease, False)
+            pushed = lease.conn.call_then_now("push_task", spec, task.out_buffers, reply, written)
+        except BaseException:
+            if not claimed:
+                raise
+            # Interrupted (Ctrl-C) after the claim: unless the push went out, the loop
+            # pushes it; either way the claim is settled and the task pushed once.
+            if not written:
+                self.cw.post(self._push_claimed, task, claimed[0])
+            raise
+        if not pushed:
             self.cw.post(self._push_claimed, task, lease)
             return True
         sent.add(fid)
@@ -352,11 +364,21 @@ class TaskSubmitter:
         return True
 
     def _push_claimed(self, task: TaskEntry, lease: Lease) -> None:
-        """(loop) A push the thread that claimed ``lease`` could not write: the loop's."""
+        """(loop) A push the thread that claimed ``lease`` did not write: the loop's."""
         self.leases.settle(lease)
-        lease.inflight -= 1
-        lease.unknown -= 1
+        lease.inflight = lease.unknown = 0  # (idle when claimed; maybe not counted yet)
+        self.tasks[task.task_id] = task
+        blob = task.args_blob
+        if blob is not None:
+            task.out_buffers = [blob.data, *blob.buffers]
         self._push(task, lease, False)
+
+    def submit_if_lost(self, task: TaskEntry) -> None:
+        """(loop) Submit ``task`` unless it already was: its submitting thread was
+        interrupted (Ctrl-C) somewhere between ``push_now`` and ``post``. Posted after
+        whatever that thread posted before, so a submission made is seen here."""
+        if task.state == "pending_deps" and task.task_id not in self.tasks:
+            self.submit(task)
 
     def _on_reply(
         self,

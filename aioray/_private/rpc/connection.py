@@ -382,14 +382,23 @@ class Connection(asyncio.BufferedProtocol):
         return True
 
     def call_then_now(
-        self, method: str, body: Any, buffers: Sequence[Buffer], then: ThenFn
+        self,
+        method: str,
+        body: Any,
+        buffers: Sequence[Buffer],
+        then: ThenFn,
+        written: list[int],
     ) -> bool:
         """(any thread but the loop's) ``call_then``, the request written from this thread
         (``write_now``'s way); False, with nothing sent or registered, when it must go
         through the loop: TLS, no duplicate made (``allow_thread_writes``), frames or
         bytes waiting, the connection closing. The reply's callback is registered before
         the write (a reply may be read before ``writev`` returns), under the write lock
-        (``connection_lost`` takes it before failing what is pending)."""
+        (``connection_lost`` takes it before failing what is pending).
+
+        ``written`` gets the bytes the write took, in the same C call as the write: if
+        an interrupt (KeyboardInterrupt, in the main thread) raises out of here, the
+        request went out (and is owed its reply) exactly when ``written`` is not empty."""
         if self._wfd < 0:  # (read without the lock: looked at again under it)
             return False
         seq = next(self._seq)  # (atomic: a number lost on the way back is only a gap)
@@ -400,9 +409,19 @@ class Connection(asyncio.BufferedProtocol):
             if not self._writable_now():
                 return False
             self._pending[seq] = Then(then, self.loop)  # type: ignore[assignment]
-            if not self._writev_now(frames):
-                del self._pending[seq]  # (nothing written: the loop sends it, and sees why)
-                return False
+            try:
+                written.extend(map(os.writev, (self._wfd,), (frames,)))  # (one C call)
+            except BlockingIOError:
+                written.append(0)
+            except BaseException as e:
+                if not written:  # nothing went out: the loop sends it (and sees why)
+                    self._pending.pop(seq, None)
+                    if isinstance(e, OSError):
+                        return False
+                    raise
+                self._queue_rest(frames, written[0])  # (interrupted after the write)
+                raise
+            self._queue_rest(frames, written[0])
         return True
 
     def allow_thread_writes(self) -> None:
@@ -436,11 +455,16 @@ class Connection(asyncio.BufferedProtocol):
             written = 0
         except OSError:
             return False
+        self._queue_rest(frames, written)
+        return True
+
+    def _queue_rest(self, frames: list[Buffer], written: int) -> None:
+        """(write lock held) What the socket did not take of a thread's frames goes to
+        the front of the queue, for the loop to write before anything else."""
         rest = _unwritten(frames, written)
-        if rest:  # the socket's buffer is full: the loop writes the rest, first
+        if rest:  # the socket's buffer is full
             self._out[:0] = rest
             self.loop.call_soon_threadsafe(self._flush)
-        return True
 
     def call_nowait(
         self, method: str, body: Any = None, buffers: Sequence[Buffer] = ()
