@@ -403,8 +403,8 @@ class ActorMethod:
             spec["bp"] = self._mopts.get("bp", 0)
             gen = cw.streams.create(task_id)
             call = TaskEntry(spec, [], blob, dep_refs, {}, 0, False, None, ())
-            try:
-                cw.actors.number(spec, h._tickets)
+            try:  # (the number taken and kept in one C call: see below)
+                spec.update(zip(("seq",), h._tickets, strict=False))  # type: ignore[typeddict-item]
                 cw.post(cw.actors.submit, call)
             except BaseException:  # (Ctrl-C: a number taken must be submitted, or no
                 if "seq" in spec:  # later call of this process would ever be sent)
@@ -426,7 +426,9 @@ class ActorMethod:
             (),
         )
         try:
-            cw.actors.number(spec, h._tickets)
+            # The call's number, taken and kept in one C call: an interrupt (Ctrl-C) raised
+            # right after finds it in spec, and the handler submits the call.
+            spec.update(zip(("seq",), h._tickets, strict=False))  # type: ignore[typeddict-item]
             if not cw.actors.push_now(task):  # (its turn has come: from this thread)
                 cw.post_task(cw.actors.submit, task)
         except BaseException:  # (Ctrl-C: a number taken must be submitted, or no later

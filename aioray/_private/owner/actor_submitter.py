@@ -200,13 +200,6 @@ class ActorSubmitter:
             counter = self._tickets.setdefault(aid, itertools.count())
         return counter
 
-    @staticmethod
-    def number(spec: TaskSpec, tickets: itertools.count[int]) -> None:
-        """(any thread) Give a call its sequence number (``tickets_of``): taken and stored
-        in one C call, so an interrupt (Ctrl-C) raised right after finds it in ``spec``,
-        and the caller's handler then submits the call (``submit_if_lost``)."""
-        spec.update(zip(("seq",), tickets, strict=False))  # type: ignore[typeddict-item]
-
     def doom(self, aid: bytes) -> None:
         """(any thread) This process killed ``aid`` (``ray.kill``) and posted ``killed``:
         from now on its calls go through the loop, which fails them once that ran."""
@@ -309,7 +302,10 @@ class ActorSubmitter:
 
     def _ready(self, a: _Actor, seq: int, task: TaskEntry) -> None:
         a.ready[seq] = task
-        self._move_ready(a)
+        while a.next_send in a.ready:  # (_move_ready, without a call per call)
+            a.queue.append(a.ready.pop(a.next_send))
+            a.next_send += 1
+        self._flush(a)
 
     def _move_ready(self, a: _Actor) -> None:
         """(loop) Calls whose turn has come enter the send queue, in order; send them."""
