@@ -415,9 +415,7 @@ class TaskTable:
         summary: dict[str, Any] = {}
         totals = {"NORMAL_TASK": 0, "ACTOR_TASK": 0, "ACTOR_CREATION_TASK": 0}
         for (name, kind, rank), n in self.counts.items():
-            if n <= 0 or not kind:
-                # Not described yet: the executor's rows came before the owner's first
-                # (each process sends every second); counted under its name once it is.
+            if n <= 0:
                 continue
             entry = summary.setdefault(
                 name, {"func_or_class_name": name, "type": kind, "state_counts": {}}

@@ -199,17 +199,3 @@ def test_a_task_blocked_in_get_shows_so_until_it_runs_again() -> None:
     ]
     assert row["start_time_ms"] == 2000  # the first RUNNING
     assert table.summary()["summary"]["f"]["state_counts"] == {"FINISHED": 1}
-
-
-def test_the_summary_counts_a_task_once_its_owner_has_described_it() -> None:
-    """The executor's rows may come first: no nameless row in the summary meanwhile."""
-    table = TaskTable(100)
-    tid = b"\x08" * 16
-    table.add(wire_row(tid, 0, te.EXEC + te.RUNNING, 2.0, None), EXECUTOR)
-    table.add(wire_row(tid, 0, te.EXEC + te.FINISHED, 3.0, None), EXECUTOR)
-    assert table.summary()["summary"] == {} and table.summary()["total_tasks"] == 0
-    assert [r["state"] for r in table.list([], 10, False)["result"]] == ["FINISHED"]  # listed
-    table.add(wire_row(tid, 0, te.PENDING_ARGS_AVAIL, 1.0, info()), OWNER)
-    summary = table.summary()
-    assert summary["summary"]["f"]["state_counts"] == {"FINISHED": 1}
-    assert summary["total_tasks"] == 1
