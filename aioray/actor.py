@@ -263,6 +263,7 @@ class ActorHandle:
         self._creator = creator
         # method -> (event buffer, job id, index of its task description): see remote()
         self._described: dict[str, tuple[Any, bytes, int]] = {}
+        self._tickets = self._cw.actors.tickets_of(actor_id)  # its calls' sequence numbers
         self._cw.actors.add_handle(actor_id, creator)
 
     def __del__(self) -> None:
@@ -401,7 +402,14 @@ class ActorMethod:
         if streaming:
             spec["bp"] = self._mopts.get("bp", 0)
             gen = cw.streams.create(task_id)
-            cw.post(cw.actors.submit, TaskEntry(spec, [], blob, dep_refs, {}, 0, False, None, ()))
+            call = TaskEntry(spec, [], blob, dep_refs, {}, 0, False, None, ())
+            try:  # (the number taken and kept in one C call: see below)
+                spec.update(zip(("seq",), h._tickets, strict=False))  # type: ignore[typeddict-item]
+                cw.post(cw.actors.submit, call)
+            except BaseException:  # (Ctrl-C: a number taken must be submitted, or no
+                if "seq" in spec:  # later call of this process would ever be sent)
+                    cw.post(cw.actors.submit_if_lost, call)
+                raise
             return gen
         return_ids = [ids.object_id(task_id, i + 1) for i in range(nret)]
         cw.owned.update(return_ids)
@@ -417,7 +425,16 @@ class ActorMethod:
             None,
             (),
         )
-        cw.post_task(cw.actors.submit, task)
+        try:
+            # The call's number, taken and kept in one C call: an interrupt (Ctrl-C) raised
+            # right after finds it in spec, and the handler submits the call.
+            spec.update(zip(("seq",), h._tickets, strict=False))  # type: ignore[typeddict-item]
+            if not cw.actors.push_now(task):  # (its turn has come: from this thread)
+                cw.post_task(cw.actors.submit, task)
+        except BaseException:  # (Ctrl-C: a number taken must be submitted, or no later
+            if "seq" in spec:  # call of this process would ever be sent)
+                cw.post(cw.actors.submit_if_lost, task)
+            raise
         if nret == 1:
             return refs[0]
         return refs if nret else None

@@ -47,6 +47,7 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
     if gcs_call("kill_actor", [actor._actor_id, no_restart]) and no_restart:
         # Calls made from here on fail, as in Ray, though the worker may still be exiting
         # (posted: it runs before any call this thread submits next).
+        cw.actors.doom(actor._actor_id)  # (no call of this thread may overtake the post)
         cw.post(cw.actors.killed, actor._actor_id, KILLED_BY_RAY_KILL)
 
 

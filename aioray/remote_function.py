@@ -212,7 +212,12 @@ class RemoteFunction:
             fn_bytes,
             sched_key,
         )
-        cw.post_task(cw.submitter.submit, task)
+        try:
+            if not cw.submitter.push_now(task):  # (on an idle lease, from this thread)
+                cw.post_task(cw.submitter.submit, task)
+        except BaseException:  # (Ctrl-C in the middle: the task is submitted once all the same)
+            cw.post(cw.submitter.submit_if_lost, task)
+            raise
         if nret == 1:
             return refs[0]
         return refs if nret else None

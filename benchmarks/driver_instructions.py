@@ -8,6 +8,7 @@ call: start-up and shutdown cancel out. Compare two checkouts by running this wi
 each one's interpreter, or one checkout with task events on and off:
 
     python benchmarks/driver_instructions.py [--kind task|actor] [--small 500 --large 3000]
+    AIORAY_LEASE_LINGER_S=10 python benchmarks/driver_instructions.py --sync
     AIORAY_TASK_EVENTS_REPORT_INTERVAL_MS=0 python benchmarks/driver_instructions.py
 
 Needs valgrind (``apt-get install valgrind``). Each run takes about a minute.
@@ -28,7 +29,7 @@ DRIVER = r"""
 import sys
 import aioray as ray
 ray.init(num_cpus=2, include_dashboard=False)
-kind, n = sys.argv[1], int(sys.argv[2])
+kind, n, sync = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "sync"
 
 @ray.remote
 def f():
@@ -45,13 +46,19 @@ if kind == "actor":
 else:
     call = f.remote
 ray.get([call() for _ in range(200)])  # warm: workers up, the function exported
-for _ in range(n // 500):
-    ray.get([call() for _ in range(500)])
+if sync:
+    for _ in range(200):
+        ray.get(call())
+    for _ in range(n):
+        ray.get(call())
+else:
+    for _ in range(n // 500):
+        ray.get([call() for _ in range(500)])
 ray.shutdown()
 """
 
 
-def instructions(kind: str, n: int) -> int:
+def instructions(kind: str, n: int, sync: bool) -> int:
     """Instructions the driver process executed for a run of ``n`` calls."""
     with tempfile.TemporaryDirectory(prefix="aioray-callgrind-") as tmp:
         out = os.path.join(tmp, "callgrind.out")
@@ -66,6 +73,7 @@ def instructions(kind: str, n: int) -> int:
                 DRIVER,
                 kind,
                 str(n),
+                "sync" if sync else "batch",
             ],
             capture_output=True,
             text=True,
@@ -83,15 +91,23 @@ def main() -> None:
     p.add_argument("--kind", choices=("task", "actor"), default="task")
     p.add_argument("--small", type=int, default=500)
     p.add_argument("--large", type=int, default=3000)
+    p.add_argument(
+        "--sync",
+        action="store_true",
+        help="one get(call()) at a time (the sync rows) instead of gets of 500 calls; "
+        "run it with AIORAY_LEASE_LINGER_S=10: under valgrind a call takes milliseconds, "
+        "and a lease returned between two calls would add a lease request to each",
+    )
     a = p.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     if a.large <= a.small or a.small % 500 or a.large % 500:
         raise SystemExit("--small and --large are multiples of 500, --large the bigger")
-    small, large = instructions(a.kind, a.small), instructions(a.kind, a.large)
+    small, large = instructions(a.kind, a.small, a.sync), instructions(a.kind, a.large, a.sync)
     per_call = (large - small) / (a.large - a.small)
     events = os.environ.get("AIORAY_TASK_EVENTS_REPORT_INTERVAL_MS", "default")
-    print(f"driver instructions per {a.kind} call: {per_call:,.0f} (task events: {events})")
+    how = "sync" if a.sync else "in gets of 500"
+    print(f"driver instructions per {a.kind} call ({how}): {per_call:,.0f} (task events: {events})")
 
 
 if __name__ == "__main__":

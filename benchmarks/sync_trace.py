@@ -6,6 +6,7 @@ It wraps a few internals of both processes (so it measures them with a little ov
     D:remote  the caller calls .remote()        W:exec   the execution thread starts it
     D:drain   the driver's loop drains posts    W:done   ... and has the reply to send
     D:write   ... writes the push               W:drain  the worker's loop drains posts
+    D:send    the caller writes the push itself (instead of D:drain, D:write)
     W:read    the worker's loop reads it        W:write  ... writes the reply
     W:send    the execution thread writes the reply itself (instead of W:drain, W:write)
     D:read    the driver's loop reads the reply D:store  ... stores the result
@@ -30,6 +31,7 @@ ORDER = [
     "D:remote",
     "D:drain",
     "D:write",
+    "D:send",
     "W:read",
     "W:exec",
     "W:done",
@@ -87,6 +89,14 @@ def install(side: str) -> list[tuple[int, str]]:
             store(oid, obj)
 
         cw.store_result = stamped_store  # type: ignore[method-assign]
+        call_then_now = getattr(rpc.Connection, "call_then_now", None)
+        if call_then_now is not None:
+
+            def stamped_call_then_now(conn: Any, *args: Any) -> bool:
+                stamps.append((clock(), "D:send"))  # (before: the reply may come first)
+                return bool(call_then_now(conn, *args))
+
+            rpc.Connection.call_then_now = stamped_call_then_now  # type: ignore[method-assign]
         for module, name in ((core_worker, "result_interruptibly"),):
             _wrap_woken(module, name, stamps)
         waits = sys.modules.get("aioray._private.owner.thread_waits")
@@ -138,6 +148,8 @@ def breakdown(stamps: list[tuple[int, str]], n: int) -> None:
     present = {label for _, label in stamps}
     if "W:send" in present:  # replies leave from the execution thread: the worker's
         present -= {"W:drain", "W:write"}  # loop drains and writes for other things only
+    if "D:send" in present:  # pushes leave from the caller's thread (likewise)
+        present -= {"D:drain", "D:write"}
     order = [label for label in ORDER if label in present]
     deltas: dict[str, list[float]] = {label: [] for label in order[1:]}
     complete = 0

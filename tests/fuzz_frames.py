@@ -66,13 +66,27 @@ def record(corpus: dict[int, list[Frame]]) -> Iterator[None]:
             )
         return dispatch(self, kind, seq, method, body, bufs)
 
+    def sending_now(  # type: ignore[no-untyped-def]
+        self: rpc.Connection, method: str, body: Any, bufs: Any, then: Any, written: Any
+    ):
+        # (a request a caller thread writes itself: recorded as if sent, seq unknown yet)
+        sent = call_then_now(self, method, body, bufs, then, written)
+        if sent:
+            corpus.setdefault(port(self, "peername"), []).append(
+                (REQUEST, 1, method, body, keep(bufs))
+            )
+        return sent
+
+    call_then_now = rpc.Connection.call_then_now
     rpc.Connection._send = sending  # type: ignore[method-assign]
     rpc.Connection._dispatch = receiving  # type: ignore[method-assign]
+    rpc.Connection.call_then_now = sending_now  # type: ignore[method-assign]
     try:
         yield
     finally:
         rpc.Connection._send = send  # type: ignore[method-assign]
         rpc.Connection._dispatch = dispatch  # type: ignore[method-assign]
+        rpc.Connection.call_then_now = call_then_now  # type: ignore[method-assign]
 
 
 def encode(kind: Any, seq: Any, method: Any, body: Any, buffers: list[bytes] = ()) -> bytes:  # type: ignore[assignment]

@@ -52,6 +52,14 @@ class FakeConnection:
         self.on_close: list[Any] = []
         self.is_closed = False
         self.sent: list[Sent] = []
+        # Requests other threads wrote themselves (call_then_now); False: they cannot.
+        self.thread_writes = True
+        self.written_by_threads = 0
+        self.interrupt: str | None = None  # a Ctrl-C in call_then_now: "before" / "after"
+        try:
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # (made outside a loop: no thread writes to it)
+            self.loop = None
 
     def __repr__(self) -> str:
         return f"<FakeConnection {self.name} sent={len(self.sent)} closed={self.is_closed}>"
@@ -110,6 +118,33 @@ class FakeConnection:
                 then(fut.result(), None)
 
         self.call_nowait(method, body, buffers).add_done_callback(done)
+
+    def call_then_now(
+        self,
+        method: str,
+        body: Any,
+        buffers: Sequence[Any],
+        then: Callable[[Any, Any], None],
+        written: list[int],
+    ) -> bool:
+        """As ``rpc.Connection.call_then_now`` (from a thread that is not the loop's): the
+        request is recorded on the loop soon (run ``settle``); False when it cannot be
+        written from the thread (``thread_writes`` off, or the connection closed).
+        ``interrupt``: raise KeyboardInterrupt "before" the write or "after" it, as a
+        Ctrl-C landing there would."""
+        if self.interrupt == "before":
+            raise KeyboardInterrupt
+        if not self.thread_writes or self.is_closed or self.loop is None:
+            return False
+        self.written_by_threads += 1
+        self.loop.call_soon_threadsafe(self.call_then, method, body, buffers, then)
+        written.append(1)
+        if self.interrupt == "after":
+            raise KeyboardInterrupt
+        return True
+
+    def allow_thread_writes(self) -> None:
+        """As ``rpc.Connection.allow_thread_writes`` (nothing to make here)."""
 
     def reply(self, sent: Sent, body: Any, buffers: Sequence[Any] = ()) -> None:
         assert sent.reply is not None and not sent.reply.done(), sent
@@ -242,6 +277,7 @@ def actor_call(cw: CoreWorker, aid: bytes, *, max_task_retries: int = 0) -> Task
     """A call of a method of actor ``aid`` with no arguments, owned by ``cw``."""
     tid = cw.ids.task_id(cw.job_id)
     spec = {"tid": tid, "aid": aid, "m": "f", "name": "A.f", "nret": 1}
+    spec["seq"] = next(cw.actors.tickets_of(aid))  # (numbered as .remote() does: submit it next)
     rid = ids.object_id(tid, 1)
     cw.owned.add(rid)
     return TaskEntry(spec, (rid,), None, (), {}, max_task_retries, False, None, ())

@@ -2,8 +2,10 @@
 
 For each actor this process talks to, one ``_Actor`` record on the CoreWorker loop:
 
-1. Calls get a sequence number at submission; once their dependencies are ready
-   they enter the send queue in that order, so one caller's calls run in order.
+1. Calls get a sequence number in the caller's thread (``ticket``, an atomic counter
+   per actor), just before they are submitted; once their dependencies are ready
+   they enter the send queue in that order, so one caller's calls run in order (the
+   actor's worker runs them in the order they arrive).
 2. The state comes from the GCS by long poll (``wait_actor [aid, version]``
    answers when the version moves past ours): PENDING, ALIVE at an address,
    RESTARTING, or DEAD with a cause. While not ALIVE, calls wait in the queue.
@@ -12,6 +14,16 @@ For each actor this process talks to, one ``_Actor`` record on the CoreWorker lo
    allows. Otherwise they wait for the GCS's verdict: ActorUnavailableError if the
    actor is restarting (the call may or may not have run), ActorDiedError if it is
    dead. Once DEAD, every call fails fast.
+
+A caller thread pushes a call itself (``push_now``, without waking the loop) only when
+no call is in flight (a burst of calls is the loop's: it writes them together) and
+every call numbered before it has been handed to the connection already: ``next_send``
+is its number and ``sent_seq`` the one before (both move only when a call is sent,
+and a call waiting for its turn in ``ready`` cannot be sent until ``next_send`` moves).
+It registers the call, writes it (``Connection.call_then_now``, which refuses while the
+loop has frames queued, so a call the loop sent but has not written yet is never
+overtaken), then moves ``next_send`` on, and wakes the loop if the next call already
+waits in ``ready``. A call it cannot write goes through the loop as any other.
 
 Handles are counted per process. When the creator's last handle goes and no
 copy has left the process, the actor gets ``__ray_terminate__``, which runs after
@@ -22,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -70,9 +83,9 @@ class _Actor:
         "inflight",
         "lost",
         "next_send",
-        "next_seq",
         "queue",
         "ready",
+        "sent_seq",
         "state",
         "unschedulable",
         "version",
@@ -85,8 +98,8 @@ class _Actor:
         self.version = 0
         self.conn: rpc.Connection | None = None
         self.death = ""
-        self.next_seq = 0  # given at submission
         self.next_send = 0  # next sequence number allowed into the queue
+        self.sent_seq = -1  # the last call handed to the connection (for push_now)
         self.ready: dict[int, TaskEntry] = {}
         self.queue: collections.deque[TaskEntry] = collections.deque()
         self.inflight: dict[bytes, TaskEntry] = {}
@@ -116,6 +129,8 @@ class ActorSubmitter:
         self._pending_calls: dict[bytes, int] = {}
         self._escaped: set[bytes] = set()
         self._created: dict[bytes, bool] = {}  # actors this process created -> detached
+        self._tickets: dict[bytes, itertools.count[int]] = {}  # sequence numbers, by actor
+        self._doomed: set[bytes] = set()  # killed by this process: no call pushed directly
 
     def __repr__(self) -> str:
         return f"<ActorSubmitter actors={len(self.actors)}>"
@@ -175,6 +190,21 @@ class ActorSubmitter:
         with self._lock:
             self._pending_calls[aid] = max(0, self._pending_calls.get(aid, 0) - 1)
 
+    def tickets_of(self, aid: bytes) -> itertools.count[int]:
+        """(any thread) The sequence numbers of this process's calls to ``aid``: ``next``
+        of it numbers a call, which the caller must then submit (a number never
+        submitted would hold back every later call). One counter per actor, shared by
+        its handles here (a handle keeps it: one C call per call)."""
+        counter = self._tickets.get(aid)
+        if counter is None:  # (setdefault is atomic: racing threads share one counter)
+            counter = self._tickets.setdefault(aid, itertools.count())
+        return counter
+
+    def doom(self, aid: bytes) -> None:
+        """(any thread) This process killed ``aid`` (``ray.kill``) and posted ``killed``:
+        from now on its calls go through the loop, which fails them once that ran."""
+        self._doomed.add(aid)
+
     def _terminate(self, aid: bytes) -> None:
         spec: TaskSpec = {
             "aid": aid,
@@ -184,6 +214,7 @@ class ActorSubmitter:
             "job": self.cw.job_id,
         }
         spec["tid"] = self.cw.ids.task_id(self.cw.job_id)
+        spec["seq"] = next(self.tickets_of(aid))
         self._pending_calls[aid] = self._pending_calls.get(aid, 0) + 1
         self.submit(TaskEntry(spec, [], None, [], {}, 0, False, None, ()))
 
@@ -198,14 +229,86 @@ class ActorSubmitter:
         return a
 
     def submit(self, task: TaskEntry) -> None:
+        """(loop) Submit a call numbered by ``ticket``: it is sent in its number's turn."""
         a = self._actor(task.spec["aid"])
-        seq = a.next_seq
-        a.next_seq += 1
-        task.spec["seq"] = seq
-        self.cw.submitter.prepare(task, partial(self._ready, a, seq))
+        self.cw.submitter.prepare(task, partial(self._ready, a, task.spec["seq"]))
+
+    def push_now(self, task: TaskEntry) -> bool:
+        """(a caller thread) Push a numbered call from this thread if
+        its turn has come and the actor is connected (the module's essay); False, with
+        nothing left behind, if it must be submitted through the loop."""
+        spec = task.spec
+        a = self.actors.get(spec["aid"])
+        seq = spec["seq"]
+        # (in a burst of calls the first test fails: it comes first, the others cost)
+        if a is None or a.next_send != seq or a.inflight or a.sent_seq != seq - 1:
+            return False  # (calls in flight: a burst, which the loop writes together)
+        conn = a.conn
+        if conn is None or a.state != ALIVE or a.queue or task.dep_ids:
+            return False
+        blob = task.args_blob
+        if blob is not None and blob.contained_refs:
+            return False
+        if spec["aid"] in self._doomed or self.cw.closing or self.cw.in_loop_thread():
+            return False
+        tid = task.task_id
+        written: list[int] = []
+        try:
+            if blob is not None:
+                task.out_buffers = [blob.data, *blob.buffers]
+            a.inflight[tid] = task  # (before the write: the reply may be read before it)
+            task.state = "running"
+            reply = partial(self._on_reply, a, task)
+            pushed = conn.call_then_now("push_actor_task", spec, task.out_buffers, reply, written)
+            if pushed:
+                self._turn_taken(a, seq)
+        except BaseException:  # (Ctrl-C in the middle: .remote() posts submit_if_lost)
+            if written:
+                self._turn_taken(a, seq)  # (again: it changes nothing the second time)
+            else:
+                a.inflight.pop(tid, None)
+            raise
+        if not pushed:
+            # (if the actor was declared dead meanwhile, the loop failed the call: its
+            # submission then only moves the turn on, _flush skips a finished call)
+            a.inflight.pop(tid, None)
+            return False
+        events = self.cw.task_events
+        if events is not None and "noev" not in spec:
+            events += pack_row(tid, SUBMITTED_TO_WORKER, spec.get("at", 0), time.time())
+        return True
+
+    def _turn_taken(self, a: _Actor, seq: int) -> None:
+        """(the thread that wrote call ``seq``) The next number's turn; wake the loop if
+        that call already waits in ``ready`` (it came while this thread held the turn)."""
+        a.sent_seq = seq
+        if a.next_send == seq:  # (after the write: the loop may send the next one now)
+            a.next_send = seq + 1
+        if seq + 1 in a.ready:
+            self.cw.post(self._move_ready, a)
+
+    def submit_if_lost(self, task: TaskEntry) -> None:
+        """(loop) Submit a numbered call unless it already was: its thread was
+        interrupted (Ctrl-C) between numbering it and posting it. Posted after whatever
+        that thread posted before, so a submission made is seen here (a call waiting
+        for its arguments may be prepared twice: its turn takes it once)."""
+        a = self._actor(task.spec["aid"])
+        seq = task.spec["seq"]
+        if task.state == "finished" or task.task_id in a.inflight:
+            return
+        if seq < a.next_send or seq in a.ready:
+            return
+        self.submit(task)
 
     def _ready(self, a: _Actor, seq: int, task: TaskEntry) -> None:
         a.ready[seq] = task
+        while a.next_send in a.ready:  # (_move_ready, without a call per call)
+            a.queue.append(a.ready.pop(a.next_send))
+            a.next_send += 1
+        self._flush(a)
+
+    def _move_ready(self, a: _Actor) -> None:
+        """(loop) Calls whose turn has come enter the send queue, in order; send them."""
         while a.next_send in a.ready:
             a.queue.append(a.ready.pop(a.next_send))
             a.next_send += 1
@@ -214,7 +317,9 @@ class ActorSubmitter:
     def _flush(self, a: _Actor) -> None:
         if a.state == DEAD:
             while a.queue:
-                self._fail(a, a.queue.popleft())
+                task = a.queue.popleft()
+                if task.state != "finished":  # (failed already, e.g. cancelled)
+                    self._fail(a, task)
             return
         conn = a.conn
         if a.state != ALIVE or conn is None or conn.is_closed:
@@ -230,6 +335,7 @@ class ActorSubmitter:
                 a.queue.appendleft(task)
                 return
             a.inflight[task.task_id] = task
+            a.sent_seq = task.spec["seq"]
             task.state = "running"
             events = self.cw.task_events
             if events is not None and "noev" not in task.spec:
@@ -335,6 +441,7 @@ class ActorSubmitter:
             a.state = "UNREACHABLE"  # the GCS will report the death or the restart
             return
         a.conn = conn
+        conn.allow_thread_writes()  # (a caller thread may push calls itself: push_now)
         conn.on_close.append(lambda c: self._disconnected(a, c))
         self._flush(a)
 

@@ -1,6 +1,8 @@
 """Owner-driven, lease-based submission of normal tasks (docs/architecture.md, "Task path").
 
-All on the CoreWorker's loop:
+All on the CoreWorker's loop, but for one shortcut: a caller thread pushes a task
+with nothing to prepare itself, on an idle lease of its class that it claims
+(``push_now``; the claim protocol is in leases.py), without waking the loop.
 
 1. ``submit``: wait for the task's owned dependencies; inline small values.
 2. Queue it under its scheduling class (resource shape + runtime env).
@@ -239,6 +241,8 @@ class TaskSubmitter:
         leases = cls.leases
         if replied is not None:
             leases = [replied] if replied in leases else []
+        elif queue and cls.parked:
+            self.leases.unpark(cls)  # (the loop's claim: a lease still parked is a thread's)
         limit_fid, limit = None, 1
         while queue:
             if len(queue) >= BACKLOG_PER_LEASE * max(1, len(cls.leases)):  # tiny tasks may queue
@@ -251,7 +255,7 @@ class TaskSubmitter:
             best = None
             for lease in leases:
                 ok = lease.inflight == 0 or (tiny and not lease.unknown and lease.inflight < limit)
-                if ok and (best is None or lease.inflight < best.inflight):
+                if ok and not lease.parked and (best is None or lease.inflight < best.inflight):
                     best = lease
             if best is None:
                 break
@@ -261,10 +265,13 @@ class TaskSubmitter:
             self._request_lease(cls)
         if not queue:
             for lease in cls.leases:
-                if lease.inflight == 0 and lease.linger is None:
-                    # SPREAD places each lease anew: a lingering one would pin the next task.
-                    linger = 0.0 if cls.strategy == "SPREAD" else config.LEASE_LINGER_S
-                    lease.linger = self.cw.loop.call_later(linger, self.leases.give_back, lease)
+                if lease.inflight or lease.parked:  # (parked: idle already, or a thread's)
+                    continue
+                if cls.strategy == "SPREAD":  # placed anew each time: a lingering lease
+                    if lease.linger is None:  # would pin the next task
+                        lease.linger = self.cw.loop.call_later(0.0, self.leases.give_back, lease)
+                    continue
+                self.leases.park(lease)
 
     def _request_lease(self, cls: SchedulingClass) -> None:
         cls.pending_leases += 1
@@ -274,10 +281,7 @@ class TaskSubmitter:
         self.remote_raylets.request_lease(body, partial(self.leases.granted, cls))
 
     def _push(self, task: TaskEntry, lease: Lease, tiny: bool) -> None:
-        if lease.linger is not None:
-            lease.linger.cancel()
-            lease.linger = None
-        spec = task.spec
+        spec = task.spec  # (a linger armed stays: it finds the lease busy, leases.py)
         sent = lease.conn.state.setdefault("fids", set())
         if spec["fid"] not in sent:
             sent.add(spec["fid"])
@@ -299,6 +303,83 @@ class TaskSubmitter:
             self.leases.lost(lease)
             self._crashed(task)
 
+    def push_now(self, task: TaskEntry) -> bool:
+        """(a caller thread) Push ``task`` from this thread on an idle
+        lease of its class that it claims (leases.py), without waking the loop; False,
+        with nothing done, if the task must be submitted through the loop: it has
+        dependencies or refs to lend, its class has tasks queued or no lease parked,
+        this is the loop's thread, or the process is closing.
+
+        Once the lease is claimed the task is pushed exactly once: from here, or, when
+        the connection cannot be written now (frames queued, closing, TLS), by the loop
+        (``_push_claimed``). The task is registered and the lease counted busy before
+        the write: its reply can be read before ``writev`` returns."""
+        cls = self.classes.get(task.sched_key)
+        if cls is None or not cls.parked or cls.queue or task.dep_ids:
+            return False  # (in a burst of tasks ``parked`` is empty: the rest is not paid)
+        blob = task.args_blob
+        if blob is not None and blob.contained_refs:
+            return False
+        if self.cw.closing or self.cw.in_loop_thread():
+            return False
+        claimed: list[Lease] = []
+        written: list[int] = []
+        try:
+            if not self.leases.claim(cls, claimed):
+                return False
+            lease = claimed[0]
+            spec = task.spec
+            if blob is not None:
+                task.out_buffers = [blob.data, *blob.buffers]
+            self.tasks[task.task_id] = task
+            task.state = "running"
+            task.lease = lease
+            lease.inflight = lease.unknown = 1  # (the loop leaves a parked lease alone)
+            events = self.cw.task_events
+            if events is not None and "noev" not in spec:
+                now = time.time()
+                events += pack_row(spec["tid"], PENDING_NODE_ASSIGNMENT, spec.get("at", 0), now)
+            sent = lease.conn.state.setdefault("fids", set())
+            fid = spec["fid"]
+            if fid not in sent:
+                spec = {**spec, "fn": task.fn_bytes}
+            if lease.gpus:
+                spec = {**spec, "gpu": lease.gpus}
+            reply = partial(self._on_reply, task, lease, False)
+            pushed = lease.conn.call_then_now("push_task", spec, task.out_buffers, reply, written)
+        except BaseException:
+            if not claimed:
+                raise
+            # Interrupted (Ctrl-C) after the claim: unless the push went out, the loop
+            # pushes it; either way the claim is settled and the task pushed once.
+            if not written:
+                self.cw.post(self._push_claimed, task, claimed[0])
+            raise
+        if not pushed:
+            self.cw.post(self._push_claimed, task, lease)
+            return True
+        sent.add(fid)
+        if events is not None and "noev" not in spec:
+            events += pack_row(spec["tid"], SUBMITTED_TO_WORKER, spec.get("at", 0), time.time())
+        return True
+
+    def _push_claimed(self, task: TaskEntry, lease: Lease) -> None:
+        """(loop) A push the thread that claimed ``lease`` did not write: the loop's."""
+        self.leases.settle(lease)
+        lease.inflight = lease.unknown = 0  # (idle when claimed; maybe not counted yet)
+        self.tasks[task.task_id] = task
+        blob = task.args_blob
+        if blob is not None:
+            task.out_buffers = [blob.data, *blob.buffers]
+        self._push(task, lease, False)
+
+    def submit_if_lost(self, task: TaskEntry) -> None:
+        """(loop) Submit ``task`` unless it already was: its submitting thread was
+        interrupted (Ctrl-C) somewhere between ``push_now`` and ``post``. Posted after
+        whatever that thread posted before, so a submission made is seen here."""
+        if task.state == "pending_deps" and task.task_id not in self.tasks:
+            self.submit(task)
+
     def _on_reply(
         self,
         task: TaskEntry,
@@ -308,6 +389,8 @@ class TaskSubmitter:
         exc: BaseException | None,
     ) -> None:
         """The push's reply, as soon as it is read (rpc.Connection.call_then), or its error."""
+        if lease.parked:  # pushed by the caller thread that claimed the idle lease
+            self.leases.settle(lease)
         lease.inflight -= 1
         lease.unknown -= not tiny
         replied = None  # (after an error every lease is walked again)
@@ -481,4 +564,5 @@ class TaskSubmitter:
                 if lease.linger is not None:
                     lease.linger.cancel()
             cls.leases.clear()
+            cls.parked.clear()
         self.remote_raylets.close()

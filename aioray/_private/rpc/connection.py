@@ -264,11 +264,8 @@ class Connection(asyncio.BufferedProtocol):
             self.reply_error(kind, seq, method, e)
             return
         if result.__class__ is Answer:
-            if self._wfd < 0 and self._fd >= 0:
-                # (loop) The duplicate other threads write answers to, made here, where
-                # the socket is surely open: made from a thread, the loop could close
-                # the socket first, and its number could belong to another file by then.
-                self._wfd = os.dup(self._fd)
+            if self._wfd < 0:
+                self.allow_thread_writes()  # (the execution thread may answer itself)
             result.bind(self, kind, seq, method)
         elif isinstance(result, asyncio.Future):
             # A handler that answers later (e.g. when a task finishes) returns a future.
@@ -375,31 +372,99 @@ class Connection(asyncio.BufferedProtocol):
         if self._fd < 0 or len(frames) > MAX_DIRECT_PARTS:
             return False
         with self._wlock:
-            transport = self._transport
-            if (
-                self._out
-                or transport is None
-                or self._dead
-                or transport.is_closing()
-                or transport.get_write_buffer_size()
-            ):
+            if not self._writable_now():
                 return False
             if answer.answered:
                 return True
-            if self._wfd < 0:  # (closed: the loop drops the answer; made when it was bound)
-                return False
-            try:
-                written = os.writev(self._wfd, frames)
-            except BlockingIOError:
-                written = 0
-            except OSError:
+            if not self._writev_now(frames):
                 return False  # (the loop sees the connection fail and drops the answer)
             answer.answered = True
-            rest = _unwritten(frames, written)
-            if rest:  # the socket's buffer is full: the loop writes the rest, first
-                self._out[:0] = rest
-                self.loop.call_soon_threadsafe(self._flush)
         return True
+
+    def call_then_now(
+        self,
+        method: str,
+        body: Any,
+        buffers: Sequence[Buffer],
+        then: ThenFn,
+        written: list[int],
+    ) -> bool:
+        """(any thread but the loop's) ``call_then``, the request written from this thread
+        (``write_now``'s way); False, with nothing sent or registered, when it must go
+        through the loop: TLS, no duplicate made (``allow_thread_writes``), frames or
+        bytes waiting, the connection closing. The reply's callback is registered before
+        the write (a reply may be read before ``writev`` returns), under the write lock
+        (``connection_lost`` takes it before failing what is pending).
+
+        ``written`` gets the bytes the write took, in the same C call as the write: if
+        an interrupt (KeyboardInterrupt, in the main thread) raises out of here, the
+        request went out (and is owed its reply) exactly when ``written`` is not empty."""
+        if self._wfd < 0:  # (read without the lock: looked at again under it)
+            return False
+        seq = next(self._seq)  # (atomic: a number lost on the way back is only a gap)
+        frames = protocol.encode_frame(REQUEST, seq, method, body, buffers)
+        if len(frames) > MAX_DIRECT_PARTS:
+            return False
+        with self._wlock:
+            if not self._writable_now():
+                return False
+            self._pending[seq] = Then(then, self.loop)  # type: ignore[assignment]
+            try:
+                written.extend(map(os.writev, (self._wfd,), (frames,)))  # (one C call)
+            except BlockingIOError:
+                written.append(0)
+            except BaseException as e:
+                if not written:  # nothing went out: the loop sends it (and sees why)
+                    self._pending.pop(seq, None)
+                    if isinstance(e, OSError):
+                        return False
+                    raise
+                self._queue_rest(frames, written[0])  # (interrupted after the write)
+                raise
+            self._queue_rest(frames, written[0])
+        return True
+
+    def allow_thread_writes(self) -> None:
+        """(loop) Make the duplicate of a plain TCP socket's descriptor that other threads
+        write to (``write_now``, ``call_then_now``), once. Made on the loop, where the
+        socket is surely open: made from a thread, the loop could close the socket
+        first, and its number could belong to another file by then."""
+        if self._wfd < 0 and self._fd >= 0 and self._transport is not None:
+            self._wfd = os.dup(self._fd)
+
+    def _writable_now(self) -> bool:
+        """(write lock held) Nothing waits to be written before a thread's frames, and
+        the connection is open with its duplicate made."""
+        transport = self._transport
+        return not (
+            self._out
+            or transport is None
+            or self._dead
+            or self._wfd < 0
+            or transport.is_closing()
+            or transport.get_write_buffer_size()
+        )
+
+    def _writev_now(self, frames: list[Buffer]) -> bool:
+        """(write lock held, ``_writable_now``) Write ``frames`` to the duplicate; what the
+        socket does not take at once goes to the front of the queue, for the loop to
+        write first. False if nothing could be written (the socket failed)."""
+        try:
+            written = os.writev(self._wfd, frames)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return False
+        self._queue_rest(frames, written)
+        return True
+
+    def _queue_rest(self, frames: list[Buffer], written: int) -> None:
+        """(write lock held) What the socket did not take of a thread's frames goes to
+        the front of the queue, for the loop to write before anything else."""
+        rest = _unwritten(frames, written)
+        if rest:  # the socket's buffer is full
+            self._out[:0] = rest
+            self.loop.call_soon_threadsafe(self._flush)
 
     def call_nowait(
         self, method: str, body: Any = None, buffers: Sequence[Buffer] = ()
