@@ -17,6 +17,7 @@ import aioray as ray
 from aioray._private.wire import auth, protocol
 from aioray._private.wire.protocol import FrameDecoder
 from aioray.experimental import internal_kv
+from aioray.util.placement_group import placement_group_table
 
 RAY_SHARED_INIT_KWARGS = {"num_cpus": 2}
 GET_TIMEOUT = 60
@@ -107,11 +108,11 @@ def test_a_lease_is_returned_only_by_the_connection_it_was_granted_to(ray_shared
     ]
     frames += [encode(protocol.NOTIFY, 0, "return_lease", [True, True])]
     tell(raylet_port(ray_shared), frames)
+    assert ray.get(counter.add.remote(1, 2), timeout=GET_TIMEOUT) == 3
+    assert psutil.pid_exists(pid)
     kind, reply = ask(raylet_port(ray_shared), "return_lease", [1, False])
     assert kind == protocol.ERROR  # (lease 1 was the first granted: the driver's or the actor's)
     assert reply == ["PermissionError", "lease 1 was not granted to this connection"]
-    assert ray.get(counter.add.remote(1, 2), timeout=GET_TIMEOUT) == 3
-    assert psutil.pid_exists(pid)
     assert ray.get([square.remote(i) for i in range(4)], timeout=GET_TIMEOUT) == [0, 1, 4, 9]
     assert ray.available_resources().get("CPU", 0) <= 2  # (never more than the node has)
     ray.kill(counter)
@@ -136,3 +137,38 @@ def test_a_lease_request_for_amounts_no_node_can_account_is_refused(
     assert kind == protocol.ERROR, reply
     assert message in reply[1]
     assert ray.get([square.remote(i) for i in range(4)], timeout=GET_TIMEOUT) == [0, 1, 4, 9]
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [
+        ("prepare_bundles", [b"g" * 18, [[0, {"CPU": 2.0}]]]),
+        ("commit_bundles", [b"g" * 18, [0]]),
+        ("cancel_bundles", [b"g" * 18, [0], True]),
+    ],
+)
+def test_a_bundle_step_from_a_peer_that_is_not_the_gcs_is_refused(
+    ray_shared: Any, method: str, body: list[Any]
+) -> None:
+    """Only the GCS reserves a node's bundles: another peer's prepare_bundles, well formed,
+    would hold the node's CPUs with no group to ever release them."""
+    kind, reply = ask(raylet_port(ray_shared), method, body)
+    assert kind == protocol.ERROR, reply
+    assert reply == ["PermissionError", f"{method} is for the GCS to send"]
+    assert ray.get([square.remote(i) for i in range(4)], timeout=GET_TIMEOUT) == [0, 1, 4, 9]
+
+
+def test_a_placement_group_of_infinite_amounts_is_refused(ray_shared: Any) -> None:
+    body = {
+        "id": b"i" * 18,
+        "name": "infinite",
+        "ns": "",
+        "bundles": [{"CPU": float("inf")}],
+        "strategy": "PACK",
+        "detached": False,
+        "job": b"\x01\x00\x00\x00",
+    }
+    kind, reply = ask(gcs_port(ray_shared), "create_placement_group", body)
+    assert kind == protocol.ERROR, reply
+    assert "create_placement_group: bundle['CPU'] must be a finite amount >= 0, got inf" in reply[1]
+    assert (b"i" * 18).hex() not in placement_group_table()
