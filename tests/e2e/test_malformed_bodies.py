@@ -11,12 +11,13 @@ from typing import Any
 import psutil
 import pytest
 from conftest import port_of
-from fuzz_frames import RawPeer, encode, read_frames
+from fuzz_frames import Frame, RawPeer, encode, read_frames, record
 
 import aioray as ray
 from aioray._private.wire import auth, protocol
 from aioray._private.wire.protocol import FrameDecoder
 from aioray.experimental import internal_kv
+from aioray.util import state
 from aioray.util.placement_group import placement_group_table
 
 RAY_SHARED_INIT_KWARGS = {"num_cpus": 2}
@@ -172,3 +173,28 @@ def test_a_placement_group_of_infinite_amounts_is_refused(ray_shared: Any) -> No
     assert kind == protocol.ERROR, reply
     assert "create_placement_group: bundle['CPU'] must be a finite amount >= 0, got inf" in reply[1]
     assert (b"i" * 18).hex() not in placement_group_table()
+
+
+def test_a_second_creation_of_an_existing_actor_is_refused(ray_shared: Any) -> None:
+    """Another peer replaying an actor's create_actor (its name changed, so the name is not
+    what refuses it) must not take the actor over: the GCS would own it by the replaying
+    connection and kill it when that closes."""
+    corpus: dict[int, list[Frame]] = {}
+    with record(corpus):
+        counter = Counter.remote()  # type: ignore[attr-defined]
+        pid = ray.get(counter.where.remote(), timeout=GET_TIMEOUT)
+    [(_, _, _, body, bufs)] = [f for f in corpus[gcs_port(ray_shared)] if f[2] == "create_actor"]
+    replay = encode(protocol.REQUEST, 77, "create_actor", {**body, "name": "replayed"}, bufs)
+    peer = RawPeer(gcs_port(ray_shared), auth.cluster_token(), True)
+    peer.send(replay)
+    assert peer.sock is not None
+    peer.sock.settimeout(30)
+    [(kind, _, _, reply, _)] = read_frames(peer.sock, FrameDecoder(), 1)
+    peer.finish()  # (its connection closes: an actor it owned would die now)
+    row = state.get_actor(body["aid"].hex())
+    assert row is not None and (row.state, row.pid) == ("ALIVE", pid)  # (the GCS's record)
+    assert ray.get(counter.add.remote(1, 2), timeout=GET_TIMEOUT) == 3
+    assert psutil.pid_exists(pid)
+    assert kind == protocol.RESPONSE
+    assert reply == {"error": f"an actor with id {body['aid'].hex()} was already created"}
+    ray.kill(counter)
