@@ -97,7 +97,12 @@ class PlacementGroupManager:
         True} once registered (reservation goes on), or {error} for an invalid group or a taken
         name."""
         pgid, name, ns = body["id"], body.get("name") or "", body.get("ns") or ""
-        bundles = [checks.resources("create_placement_group", "bundle", b) for b in body["bundles"]]
+        try:  # (finite amounts: an infinite bundle would wait for a node forever)
+            bundles = [
+                checks.resources("create_placement_group", "bundle", b) for b in body["bundles"]
+            ]
+        except (TypeError, ValueError) as e:
+            return {"error": f"invalid placement group: {e}"}
         strategy = body["strategy"]
         if (
             strategy not in STRATEGIES

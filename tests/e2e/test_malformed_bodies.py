@@ -170,8 +170,13 @@ def test_a_placement_group_of_infinite_amounts_is_refused(ray_shared: Any) -> No
         "job": b"\x01\x00\x00\x00",
     }
     kind, reply = ask(gcs_port(ray_shared), "create_placement_group", body)
-    assert kind == protocol.ERROR, reply
-    assert "create_placement_group: bundle['CPU'] must be a finite amount >= 0, got inf" in reply[1]
+    assert (kind, reply) == (
+        protocol.RESPONSE,
+        {
+            "error": "invalid placement group: create_placement_group: bundle['CPU'] must be "
+            "a finite amount >= 0, got inf"
+        },
+    )
     assert (b"i" * 18).hex() not in placement_group_table()
 
 
