@@ -34,7 +34,7 @@ def _internal_kv_put(
 ) -> bool:
     """Store ``value``; True when the key already existed (Ray's return value)."""
     existed = _internal_kv_exists(key, namespace=namespace)
-    gcs_call("kv_put", [_ns(namespace), _bytes(key), _bytes(value), overwrite])
+    gcs_call("kv_put", [_ns(namespace), _bytes(key), _bytes(value), bool(overwrite)])
     return existed
 
 

@@ -138,7 +138,13 @@ class ActorManager:
     ) -> CreateActorReply:
         """``create_actor`` {aid, spec, name?, ns?, get_if_exists?, detached, ...} + argument
         buffers, from the owner -> {aid, meta} once registered (scheduling goes on), or {error}
-        if the name is taken."""
+        if the name is taken, or the actor id is (a creation is sent once: another with the
+        same id, from any peer, would take over the actor and kill it with its connection)."""
+        aid = body["aid"]
+        if type(aid) is not bytes:
+            raise TypeError(f"create_actor: aid must be bytes, not {type(aid).__name__}")
+        if aid in self.actors:
+            return {"error": f"an actor with id {aid.hex()} was already created"}
         name, ns = body.get("name"), body.get("ns") or ""
         if name:
             existing = self.names.get((ns, name))

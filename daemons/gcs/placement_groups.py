@@ -40,6 +40,7 @@ from aioray.daemons.gcs.pg_policy import STRATEGIES, infeasible_reason, place
 
 from aioray._private.core.bundle_resources import add, group_resources, is_group_resource
 from aioray._private.rpc import rpc
+from aioray._private.wire import checks
 from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import (
     CreatePlacementGroup,
@@ -96,7 +97,12 @@ class PlacementGroupManager:
         True} once registered (reservation goes on), or {error} for an invalid group or a taken
         name."""
         pgid, name, ns = body["id"], body.get("name") or "", body.get("ns") or ""
-        bundles = [{str(k): float(v) for k, v in b.items()} for b in body["bundles"]]
+        try:  # (finite amounts: an infinite bundle would wait for a node forever)
+            bundles = [
+                checks.resources("create_placement_group", "bundle", b) for b in body["bundles"]
+            ]
+        except (TypeError, ValueError) as e:
+            return {"error": f"invalid placement group: {e}"}
         strategy = body["strategy"]
         if (
             strategy not in STRATEGIES

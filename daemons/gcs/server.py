@@ -33,7 +33,7 @@ from aioray.daemons.gcs.state_service import StateService
 from aioray.daemons.gcs.store import GcsStore
 
 from aioray._private.rpc import rpc
-from aioray._private.wire import config
+from aioray._private.wire import checks, config
 from aioray._private.wire.job_records import DASHBOARD_KV
 from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import (
@@ -51,6 +51,17 @@ from aioray._private.wire.schema import (
 )
 
 logger = logging.getLogger(__name__)
+
+# The KV store's bodies (schema.KvPut, schema.KvKey), checked before anything is stored:
+# a value of another type would be handed to every later reader.
+KV_PUT_FIELDS: list[checks.Field] = [
+    ("namespace", str),
+    ("key", bytes),
+    ("value", bytes),
+    ("overwrite", bool),
+]
+KV_KEY_FIELDS: list[checks.Field] = [("namespace", str), ("key", bytes)]
+KV_PREFIX_FIELDS: list[checks.Field] = [("namespace", str), ("prefix", bytes)]
 
 
 class GcsServer:
@@ -271,7 +282,7 @@ class GcsServer:
     def handle_kv_put(self, conn: rpc.Connection, body: KvPut, _: list[Buffer]) -> bool:
         """``kv_put`` [namespace, key, value, overwrite] -> True if stored, False if the key exists
         and overwrite is false."""
-        ns, key, value, overwrite = body
+        ns, key, value, overwrite = checks.array("kv_put", body, KV_PUT_FIELDS)
         table = self.kv.setdefault(ns, {})
         if key in table and not overwrite:
             return False
@@ -281,12 +292,12 @@ class GcsServer:
 
     def handle_kv_get(self, conn: rpc.Connection, body: KvKey, _: list[Buffer]) -> bytes | None:
         """``kv_get`` [namespace, key] -> the value, or None."""
-        ns, key = body
+        ns, key = checks.array("kv_get", body, KV_KEY_FIELDS)
         return self.kv.get(ns, {}).get(key)
 
     def handle_kv_del(self, conn: rpc.Connection, body: KvKey, _: list[Buffer]) -> bool:
         """``kv_del`` [namespace, key] -> True if the key existed."""
-        ns, key = body
+        ns, key = checks.array("kv_del", body, KV_KEY_FIELDS)
         return self.kv_delete(ns, key) is not None
 
     def kv_delete(self, ns: str, key: bytes) -> bytes | None:
@@ -296,7 +307,7 @@ class GcsServer:
 
     def handle_kv_keys(self, conn: rpc.Connection, body: KvKey, _: list[Buffer]) -> list[bytes]:
         """``kv_keys`` [namespace, prefix] -> the keys that start with ``prefix``."""
-        ns, prefix = body
+        ns, prefix = checks.array("kv_keys", body, KV_PREFIX_FIELDS)
         return [k for k in self.kv.get(ns, {}) if k.startswith(prefix)]
 
     def handle_owner_reconnected(

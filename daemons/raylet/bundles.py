@@ -63,11 +63,19 @@ class BundleService:
             "cancel_bundles": self.handle_cancel_bundles,
         }
 
+    def _from_gcs(self, conn: rpc.Connection, method: str) -> None:
+        """Only the GCS reserves and releases bundles: from any other peer (even well
+        formed) a bundle step is refused, else it could hold a node's resources with no
+        group to ever release them, or kill a group's workers."""
+        if conn is not self.raylet.gcs:
+            raise PermissionError(f"{method} is for the GCS to send")
+
     def handle_prepare_bundles(
         self, conn: rpc.Connection, body: PrepareBundles, _: list[Buffer]
     ) -> bool:
         """``prepare_bundles`` [group id, [[index, resources], ...]] from the GCS -> True if every
         bundle fits and is now held (phase 1 of 2), False if not (nothing is held)."""
+        self._from_gcs(conn, "prepare_bundles")
         pg, bundles = body
         new = [
             (int(i), {k: float(v) for k, v in res.items()})
@@ -95,6 +103,7 @@ class BundleService:
     ) -> bool:
         """``commit_bundles`` [group id, indexes] from the GCS -> True; the prepared bundles become
         the group's resources (phase 2)."""
+        self._from_gcs(conn, "commit_bundles")
         pg, indexes = body
         resources = self.raylet.resources
         for i in indexes:
@@ -116,6 +125,7 @@ class BundleService:
         """``cancel_bundles`` [group id, indexes, removed?] (notice, from the GCS): release those
         bundles, prepared or committed, killing the workers that use them; ``removed``: the whole
         group is gone."""
+        self._from_gcs(conn, "cancel_bundles")
         pg, indexes = body[0], body[1]
         if len(body) > 2 and body[2]:  # the group was removed (sent to every raylet)
             self.removed.add(pg.hex())

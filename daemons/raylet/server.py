@@ -60,7 +60,7 @@ from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool
 
 from aioray._private.core.bundle_resources import is_group_resource
 from aioray._private.rpc import rpc
-from aioray._private.wire import config
+from aioray._private.wire import checks, config
 from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import (
     Hello,
@@ -76,6 +76,9 @@ if TYPE_CHECKING:
     from aioray._private.rpc.http_service import HttpService
 
 logger = logging.getLogger(__name__)
+
+# (an exact int: 3.0 or True would find lease 3 or 1 in the table all the same)
+RETURN_LEASE_FIELDS: list[checks.Field] = [("lease id", int), ("worker died", bool)]
 
 
 class Raylet:
@@ -288,12 +291,15 @@ class Raylet:
         if "owner_watch" not in conn.state and conn is not self.gcs:
             conn.state["owner_watch"] = True
             conn.on_close.append(self.clients.owner_gone)
-        hold = body.get("hold")
+        res = checks.resources("request_lease", "res", body["res"])
+        hold, env = body.get("hold"), body.get("env")
+        if env is not None and type(env) is not dict:  # (the worker pool reads it as one)
+            raise TypeError(f"request_lease: env must be a map or None, not {type(env).__name__}")
         req = LeaseRequest(
             conn,
-            {k: float(v) for k, v in body["res"].items()},
-            body.get("env"),
-            None if hold is None else {k: float(v) for k, v in hold.items()},
+            res,
+            env,
+            None if hold is None else checks.resources("request_lease", "hold", hold),
             body.get("actor"),
         )
         req.retriable = bool(body.get("retriable"))
@@ -306,8 +312,13 @@ class Raylet:
 
     def handle_return_lease(self, conn: rpc.Connection, body: ReturnLease, _: list[Buffer]) -> None:
         """``return_lease`` [lease id, worker_dead] (notice, from the lessee): the lease ends; the
-        worker goes back to the pool unless it is dead."""
-        lease_id, worker_dead = body
+        worker goes back to the pool unless it is dead. Only the connection the lease was
+        granted to returns it: from any other peer (another owner's lease, an actor's) the
+        notice is refused and the lease goes on."""
+        lease_id, worker_dead = checks.array("return_lease", body, RETURN_LEASE_FIELDS)
+        lease = self.leases.get(lease_id)
+        if lease is not None and lease.conn is not conn:
+            raise PermissionError(f"lease {lease_id} was not granted to this connection")
         self.end_lease(lease_id, worker_ok=not worker_dead)
         self.schedule()
 
