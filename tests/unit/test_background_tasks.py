@@ -8,6 +8,7 @@ import asyncio
 import gc
 import weakref
 
+import pytest
 from fakes import (
     OfflineCluster,
     offline_fixture,  # noqa: F401  (the fixture)
@@ -43,3 +44,27 @@ async def test_stop_cancels_background_work(offline: OfflineCluster) -> None:
     await settle()
     await asyncio.wait_for(cw.stop(), 5)
     assert task.cancelled() and not cw._background
+
+
+def test_a_blocking_call_after_the_loop_stopped_says_so_and_leaves_no_coroutine() -> None:
+    """(no running loop: a driver's after shutdown) The coroutine is closed at once, not
+    left for the collector to warn that it was never awaited."""
+    import warnings
+
+    from aioray._private.owner.core_worker import CoreWorker
+
+    cw = CoreWorker("driver", "127.0.0.1", ("127.0.0.1", 1), ("127.0.0.1", 2))
+    cw.loop = asyncio.new_event_loop()  # never run
+    try:
+
+        async def call() -> int:
+            return 1
+
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with pytest.raises(RuntimeError, match="CoreWorker is not running"):
+                cw.run_sync(call())
+            gc.collect()
+        assert not [w for w in seen if "never awaited" in str(w.message)]
+    finally:
+        cw.loop.close()

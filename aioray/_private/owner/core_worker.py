@@ -281,6 +281,11 @@ class CoreWorker:
         if self.in_loop_thread():
             coro.close()
             raise RuntimeError("blocking aioray call on the CoreWorker's own event loop")
+        if self.loop is None or not self.loop.is_running():
+            # (a loop stopped by shutdown would never start it: closed here, not left for
+            # the collector to warn "coroutine ... was never awaited")
+            coro.close()
+            raise RuntimeError("aioray's CoreWorker is not running (aioray.shutdown() ran?)")
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         me = threading.get_ident()
         self._blocking[me] = fut
