@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import uvloop
 
 from aioray._private.owner.core_worker import CoreWorker
 from aioray._private.owner.object_ref import set_core_worker
@@ -228,6 +229,16 @@ def offline_core_worker(worker_id: bytes | None = None) -> OfflineCluster:
 
     cw.gcs_connection = gcs_connection  # type: ignore[method-assign]
     return OfflineCluster(cw, raylet, gcs, peers)
+
+
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Runs a module's async tests under asyncio and under uvloop: a module imports
+    ``event_loop_policy`` to use it (and filters pytest-asyncio's deprecation of
+    overriding it, which only a conftest.py could avoid)."""
+    if request.param == "uvloop":
+        return uvloop.EventLoopPolicy()
+    return asyncio.DefaultEventLoopPolicy()
 
 
 @pytest.fixture(name="offline")

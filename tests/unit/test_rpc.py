@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-import uvloop
+from fakes import event_loop_policy  # noqa: F401  (the fixture: asyncio and uvloop)
 
 from aioray import exceptions as ray_exceptions
 from aioray._private.rpc import rpc
@@ -48,13 +48,6 @@ SECRET = "s3cret"
 pytestmark = pytest.mark.filterwarnings(
     'ignore:Overriding the "event_loop_policy" fixture:pytest.PytestDeprecationWarning'
 )
-
-
-@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
 
 
 async def bounded(aw: Awaitable[T], timeout: float = TIMEOUT) -> T:

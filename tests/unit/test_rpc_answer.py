@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import pytest
-import uvloop
+from fakes import event_loop_policy  # noqa: F401  (the fixture: asyncio and uvloop)
 
 from aioray._private.rpc import rpc
 from aioray._private.rpc.answer import Answer
@@ -27,13 +27,6 @@ TIMEOUT = 10.0
 pytestmark = pytest.mark.filterwarnings(
     'ignore:Overriding the "event_loop_policy" fixture:pytest.PytestDeprecationWarning'
 )
-
-
-@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
 
 
 async def bounded(aw: Awaitable[T]) -> T:

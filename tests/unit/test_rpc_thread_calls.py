@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvloop
+from fakes import event_loop_policy  # noqa: F401  (the fixture: asyncio and uvloop)
 from test_rpc_answer import TIMEOUT, Service, bounded, flushes_of, in_thread, in_thread_now
 
 from aioray._private.rpc import rpc
@@ -23,13 +23,6 @@ from aioray._private.rpc.rpc import Connection, ConnectionLost, Server, connect
 pytestmark = pytest.mark.filterwarnings(
     'ignore:Overriding the "event_loop_policy" fixture:pytest.PytestDeprecationWarning'
 )
-
-
-@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
 
 
 @pytest.fixture
