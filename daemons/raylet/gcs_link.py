@@ -34,6 +34,10 @@ from aioray._private.wire import config
 if TYPE_CHECKING:
     from aioray.daemons.raylet.server import Raylet
 
+# The mark on this raylet's own connection to the GCS, made when it opens: the GCS's
+# requests arrive on it (bundles.py accepts bundle steps only there).
+GCS_LINK = "gcs_link"
+
 logger = logging.getLogger(__name__)
 
 
@@ -65,6 +69,9 @@ class GcsLink:
             timeout=config.CONNECT_TIMEOUT_S,
             name="gcs",
         )
+        # The GCS's requests on it are the GCS's from now on: it may send some (a waiting
+        # placement group's bundles) before the registration's answer is read.
+        conn.state[GCS_LINK] = True
         undelivered, self._undelivered = self._undelivered, []
         for method, body in undelivered:
             conn.notify(method, body)
