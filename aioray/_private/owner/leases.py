@@ -255,7 +255,7 @@ class Leases:
         """The leased worker's connection dropped: forget the lease."""
         if lease in lease.cls.leases:
             lease.cls.leases.remove(lease)
-        if lease.parked and lease in lease.cls.parked:
+        if lease.parked:
             try:
                 lease.cls.parked.remove(lease)  # (a thread that takes it first finds
             except ValueError:  # the connection closed and hands its push to the loop)
