@@ -12,7 +12,8 @@ An actor's life, driven here:
    was intentional (``exit_actor``, ``kill(no_restart=True)``). Otherwise DEAD.
    An exception in ``__init__`` is DEAD at once, with that error as the cause.
    A death (and an intentional exit) names the worker it happened to: one of an
-   incarnation already replaced (its node's death restarted it first) is ignored.
+   incarnation already replaced (its node's death restarted it first) is ignored;
+   one read before the grant of that worker's lease is kept until the grant lands.
 4. A non-detached actor dies with its owner (the owner's GCS connection closes).
 
 Every change bumps ``version``; callers long-poll ``wait_actor [aid, version]``.
