@@ -12,7 +12,8 @@ An actor's life, driven here:
    was intentional (``exit_actor``, ``kill(no_restart=True)``). Otherwise DEAD.
    An exception in ``__init__`` is DEAD at once, with that error as the cause.
    A death (and an intentional exit) names the worker it happened to: one of an
-   incarnation already replaced (its node's death restarted it first) is ignored.
+   incarnation already replaced (its node's death restarted it first) is ignored;
+   one read before the grant of that worker's lease is kept until the grant lands.
 4. A non-detached actor dies with its owner (the owner's GCS connection closes).
 
 Every change bumps ``version``; callers long-poll ``wait_actor [aid, version]``.
@@ -83,6 +84,9 @@ class ActorRecord:
         self.addr: Address | None = None
         self.node_id: bytes | None = None
         self.worker_id: bytes | None = None  # the current incarnation's worker, once leased
+        # Deaths reported while a lease is being granted, by worker: read before the grant
+        # (the raylet's notice can overtake its reply, or be read with it), still news.
+        self.early_deaths: dict[bytes, str] = {}
         self.num_restarts = 0
         self.created = False  # ALIVE once: its creation task FINISHED
         self.death = ""
@@ -242,6 +246,10 @@ class ActorManager:
         host, port = lease["addr"]
         rec.node_id = self.gcs.node_of(raylet)  # from here its node's death restarts it
         rec.worker_id = lease["wid"]  # and from here this worker's death does
+        early, rec.early_deaths = rec.early_deaths, {}
+        if rec.worker_id in early:  # it died as it was granted: not a worker to create on
+            self.retry_or_die(rec, early[rec.worker_id])
+            return
         spec: TaskSpec = {**rec.spec, "gpu": lease.get("gpus", []), "restarts": rec.num_restarts}
         try:
             worker, _ = await rpc.connect(host, port, hello={"role": "gcs"}, name="actor worker")
@@ -287,8 +295,12 @@ class ActorManager:
         # which restarts its actors at once) before it stops its workers, whose deaths
         # it reports after. Applied to the record already restarting, such a death
         # counted twice and used up the next restart (issue 14).
-        if rec is not None and rec.state != DEAD and worker_id == rec.worker_id:
+        if rec is None or rec.state == DEAD:
+            return
+        if worker_id == rec.worker_id:
             self.retry_or_die(rec, reason)
+        elif rec.worker_id is None:  # its lease may be on its way here: see _schedule
+            rec.early_deaths[worker_id] = reason
 
     def handle_actor_exiting(
         self, conn: rpc.Connection, body: ActorExiting, _: list[Buffer]

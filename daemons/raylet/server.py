@@ -41,7 +41,7 @@ from aioray.daemons._common import (
 )
 from aioray.daemons.raylet.bundles import BundleService
 from aioray.daemons.raylet.demand_report import DemandReporter
-from aioray.daemons.raylet.gcs_link import GcsLink
+from aioray.daemons.raylet.gcs_link import GCS_LINK, GcsLink
 from aioray.daemons.raylet.leases import Lease as Lease
 from aioray.daemons.raylet.leases import LeaseRequest as LeaseRequest
 from aioray.daemons.raylet.memory_monitor import MemoryMonitor
@@ -288,7 +288,9 @@ class Raylet:
         grant {lid, wid, addr, gpus?}, a spill {spill: [node id, ip, port], hops} to another
         node, or {error, unschedulable?, pg_removed?}."""
         # The GCS's actor leases outlive its connection: the GCS may restart (gcs_link).
-        if "owner_watch" not in conn.state and conn is not self.gcs:
+        # (Its link is known by its mark, not as ``self.gcs``: that is set only once the
+        # registration's answer is read, and the GCS may ask for a lease before that.)
+        if "owner_watch" not in conn.state and not conn.state.get(GCS_LINK):
             conn.state["owner_watch"] = True
             conn.on_close.append(self.clients.owner_gone)
         res = checks.resources("request_lease", "res", body["res"])

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("aioray")
 
+# Tasks pending on a driver's stopped loop: cancelled, then given this long to end, in
+# up to this many rounds (each may start more, e.g. a cancelled wait_for's inner call).
+LEFTOVER_WAIT_S = 1.0
+LEFTOVER_ROUNDS = 3
+
 
 class Lifecycle:
     """Starts a CoreWorker on its loop (``start``), or on a thread of its own."""
@@ -103,12 +108,7 @@ class Lifecycle:
         def run() -> None:
             asyncio.set_event_loop(loop)
             ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                # Its descriptors (epoll, eventfd, self-pipe, io_uring) would otherwise
-                # stay open: six more per init/shutdown cycle of a long-lived driver.
-                loop.close()
+            run_until_stopped(loop)
 
         self.thread = threading.Thread(target=run, name="aioray-core-worker", daemon=True)
         self.thread.start()
@@ -144,3 +144,35 @@ class Lifecycle:
         if not self.cw.closing:
             logger.error("lost the connection to the local raylet")
             self.cw.submitter.fail_all(LocalRayletDiedError())
+
+
+def run_until_stopped(loop: asyncio.AbstractEventLoop) -> None:
+    """Run a driver's loop until ``stop``, end the work still pending on it, close it."""
+    try:
+        loop.run_forever()
+        _end_leftovers(loop)
+    finally:
+        # Its descriptors (epoll, eventfd, self-pipe, io_uring) would otherwise
+        # stay open: six more per init/shutdown cycle of a long-lived driver.
+        loop.close()
+
+
+def _end_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks still pending on a stopped loop and let them end, as asyncio.run
+    does. The stop lands at whatever turn the loop has reached: the connections
+    ``CoreWorker.stop`` closed go on failing calls and starting tasks over the next
+    turns (an owner asking a dead worker's raylet about its node), and a task never
+    stepped leaves its coroutine unawaited (the collector's "coroutine ... was never
+    awaited"). Callbacks queued in the last turn run first: they may start tasks."""
+    for _ in range(LEFTOVER_ROUNDS):
+        loop.run_until_complete(asyncio.sleep(0))
+        tasks = asyncio.all_tasks(loop)
+        if not tasks:
+            return
+        for task in tasks:
+            task.cancel()
+        done, _ = loop.run_until_complete(asyncio.wait(tasks, timeout=LEFTOVER_WAIT_S))
+        for task in done:  # (retrieved: an error while cancelled is not news at shutdown)
+            if not task.cancelled() and task.exception() is not None:
+                logger.debug("a task ended with an error as the loop closed: %r", task)
+    logger.debug("tasks still pending as the loop closes: %s", asyncio.all_tasks(loop))

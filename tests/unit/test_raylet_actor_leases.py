@@ -1,0 +1,73 @@
+"""An actor's lease at the raylet is the GCS's, held on the raylet's link to it: the
+GCS going away (a restart) must not end it, however early on that link it was asked
+for. A real Raylet, never started, with a fake worker and a fake GCS link."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aioray.daemons.raylet import worker_pool
+from aioray.daemons.raylet.gcs_link import GCS_LINK
+from aioray.daemons.raylet.server import Raylet
+from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool
+from fakes import FakeConnection
+
+ACTOR = b"\xaa" * 16
+
+
+def a_raylet_with_one_idle_worker(session_dir: Path) -> tuple[Raylet, FakeConnection]:
+    raylet = Raylet(
+        node_ip="127.0.0.1",
+        gcs_address=("127.0.0.1", 1),
+        resources={"CPU": 1.0},
+        object_store_memory=10**8,
+        session_dir=str(session_dir),
+        head=True,
+        labels={},
+        prestart=0,
+    )
+    raylet.pool = WorkerPool({}, str(session_dir))
+    w = WorkerHandle(b"\x01" * 16, "", 2**30)
+    raylet.pool.workers[w.worker_id] = w
+    worker = FakeConnection("worker")
+    raylet.pool.register(w.worker_id, 5555, worker)  # type: ignore[arg-type]
+    return raylet, worker
+
+
+async def test_an_actor_lease_asked_before_the_registration_is_answered_survives_the_gcs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted GCS schedules the actors it had pending as the raylet registers again,
+    before the raylet has read the answer and taken the link as its ``gcs``: the link was
+    then watched as an owner's, and when it closed (the next GCS restart) the raylet told
+    every actor worker whose lease it held to exit, telling nobody."""
+    kills: list[int] = []
+    monkeypatch.setattr(worker_pool, "_kill", kills.append)
+    raylet, worker = a_raylet_with_one_idle_worker(tmp_path)
+    link = FakeConnection("gcs link")
+    link.state[GCS_LINK] = True  # marked as it opens; raylet.gcs is still None here
+    body: Any = {"res": {"CPU": 1.0}, "hold": {"CPU": 1.0}, "env": None, "actor": ACTOR}
+    grant = await raylet.handle_request_lease(link, body, [])  # type: ignore[arg-type]
+    assert grant["wid"] == b"\x01" * 16
+    link.drop()  # the GCS is gone (to be restarted): the raylet keeps the actor serving
+    assert worker.methods() == [] and kills == []
+    [lease] = raylet.leases.values()
+    assert lease.actor == ACTOR
+
+
+async def test_an_owners_task_lease_still_returns_when_its_owner_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(The other side of it) an owner's connection closing returns its leases: the
+    worker goes back to the pool."""
+    monkeypatch.setattr(worker_pool, "_kill", lambda pid: None)
+    raylet, worker = a_raylet_with_one_idle_worker(tmp_path)
+    owner = FakeConnection("owner")
+    body: Any = {"res": {"CPU": 1.0}, "env": None}
+    await raylet.handle_request_lease(owner, body, [])  # type: ignore[arg-type]
+    assert raylet.leases
+    owner.drop()
+    assert not raylet.leases and raylet.pool is not None and raylet.pool.idle[""]
+    assert worker.methods() == []  # reused, not ended
