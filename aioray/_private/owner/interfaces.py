@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from aioray._private.core.memory_store import MemoryStore, StoredObject
     from aioray._private.core.metrics_registry import TaskCounts
     from aioray._private.owner.core_worker import TaskContext
+    from aioray._private.owner.lazy_posts import LazyPosts
     from aioray._private.owner.object_ref import ObjectRef
     from aioray._private.owner.streaming import StreamManager
     from aioray._private.owner.task_submitter import TaskSubmitter
@@ -133,6 +134,9 @@ class SubmitterHost(RayletClientsHost, Posts, Protocol):
     def expect_logs(self, body: PushReply) -> None: ...
 
     def store_result(self, oid: bytes, obj: StoredObject) -> None: ...
+
+    @property
+    def lazy_posts(self) -> LazyPosts: ...
 
 
 class ActorSubmitterHost(PeerConnector, Posts, Protocol):

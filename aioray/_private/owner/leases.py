@@ -188,7 +188,8 @@ class Leases:
             return
         lease = Lease(cls, lease_id, worker_id, conn, raylet)
         lease.gpus = gpus
-        conn.allow_thread_writes()  # (caller threads may push on it once it is parked)
+        conn.allow_thread_writes()  # (caller threads may push on it once it is parked,
+        conn.allow_thread_reads()  # and read the reply themselves)
         cls.leases.append(lease)
         self.dispatch(cls)
 
@@ -200,16 +201,28 @@ class Leases:
         if lease.linger is None:
             lease.linger = loop.call_later(config.LEASE_LINGER_S, self.give_back, lease)
         lease.parked = True
+        lease.conn.pause_reads()  # (lent: the claimer reads its reply, rpc/thread_reads.py)
         lease.cls.parked.append(lease)
+
+    def parked_by_thread(self, lease: Lease) -> None:
+        """(loop) A caller thread that read its reply itself parked the lease again
+        (owner/reply_reads.py): idle from about now; the linger armed if none is."""
+        if lease.parked and lease.linger is None:
+            lease.idle_since = self.cw.loop.time()
+            lease.linger = self.cw.loop.call_later(config.LEASE_LINGER_S, self.give_back, lease)
+        else:
+            lease.idle_since = self.cw.loop.time()
 
     def unpark(self, cls: SchedulingClass) -> None:
         """(loop) Take back every parked lease no thread claimed (tasks are queued)."""
         parked = cls.parked
         while parked:
             try:
-                parked.pop().parked = False
+                lease = parked.pop()
             except IndexError:  # (a thread took the last one meanwhile)
                 return
+            lease.parked = False
+            lease.conn.resume_reads()
 
     @staticmethod
     def claim(cls: SchedulingClass, claimed: list[Lease]) -> bool:
@@ -225,8 +238,9 @@ class Leases:
     @staticmethod
     def settle(lease: Lease) -> None:
         """(loop) A push a thread made on the lease it claimed reached the loop: the
-        lease is the loop's again."""
+        lease is the loop's again, and so is its connection's reading."""
         lease.parked = False
+        lease.conn.resume_reads()
 
     def give_back(self, lease: Lease) -> None:
         """(the linger) Return the lease to its raylet if it has been idle long enough."""
@@ -248,6 +262,7 @@ class Leases:
         if lease not in lease.cls.leases:
             return
         lease.cls.leases.remove(lease)
+        lease.conn.resume_reads()  # (the connection stays, for whatever comes next)
         if not lease.raylet.is_closed:
             lease.raylet.notify("return_lease", [lease.lease_id, False])
 
