@@ -15,8 +15,9 @@ import time
 from typing import Any
 
 import pytest
+import test_rpc_answer
 from fakes import event_loop_policy  # noqa: F401  (the fixture: asyncio and uvloop)
-from test_rpc_answer import TIMEOUT, bounded, in_thread, setup  # noqa: F401  (setup: fixture)
+from test_rpc_answer import TIMEOUT, bounded, in_thread
 from test_rpc_thread_calls import Replies
 
 from aioray._private.rpc.rpc import ConnectionLost
@@ -26,6 +27,10 @@ from aioray._private.wire.protocol import NOTIFY, RESPONSE
 pytestmark = pytest.mark.filterwarnings(
     'ignore:Overriding the "event_loop_policy" fixture:pytest.PytestDeprecationWarning'
 )
+
+
+# (service, the server's side, the client's side, the notes the client got): as there
+setup = pytest.fixture(test_rpc_answer.setup.__wrapped__)  # type: ignore[attr-defined]
 
 
 def lent(client: Any) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -89,7 +90,7 @@ class Lease:
         self.linger: asyncio.TimerHandle | None = None
         self.oom: str | None = None  # why the memory monitor killed the worker
         self.parked = False  # (loop) idle and offered to caller threads: see above
-        self.idle_since = 0.0  # (loop time) when it was last parked
+        self.idle_since = 0.0  # (time.monotonic: threads park it too) when it was last parked
 
     def __repr__(self) -> str:
         return f"<Lease {self.lease_id} worker={self.worker_id.hex()[:8]} inflight={self.inflight}>"
@@ -197,7 +198,7 @@ class Leases:
         """(loop) Offer an idle lease (nothing queued) to caller threads; it goes back to
         its raylet once idle LEASE_LINGER_S."""
         loop = self.cw.loop
-        lease.idle_since = loop.time()
+        lease.idle_since = time.monotonic()
         if lease.linger is None:
             lease.linger = loop.call_later(config.LEASE_LINGER_S, self.give_back, lease)
         lease.parked = True
@@ -205,13 +206,10 @@ class Leases:
         lease.cls.parked.append(lease)
 
     def parked_by_thread(self, lease: Lease) -> None:
-        """(loop) A caller thread that read its reply itself parked the lease again
-        (owner/reply_reads.py): idle from about now; the linger armed if none is."""
+        """(loop) A caller thread that read its reply itself parked the lease again, and
+        stamped when (owner/reply_reads.py): the linger armed if none is."""
         if lease.parked and lease.linger is None:
-            lease.idle_since = self.cw.loop.time()
             lease.linger = self.cw.loop.call_later(config.LEASE_LINGER_S, self.give_back, lease)
-        else:
-            lease.idle_since = self.cw.loop.time()
 
     def unpark(self, cls: SchedulingClass) -> None:
         """(loop) Take back every parked lease no thread claimed (tasks are queued)."""
@@ -251,7 +249,7 @@ class Leases:
             except ValueError:
                 return  # a caller thread claimed it: armed again when next parked
             lease.parked = False
-            left = lease.idle_since + config.LEASE_LINGER_S - self.cw.loop.time()
+            left = lease.idle_since + config.LEASE_LINGER_S - time.monotonic()
             if left > 0:  # used since the timer was armed: idle for less
                 lease.parked = True
                 lease.cls.parked.append(lease)

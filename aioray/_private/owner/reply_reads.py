@@ -86,6 +86,7 @@ def _keep(
             cw = sub.cw
             cw.memory_store.put_quietly(oid, obj)
             lease.inflight = lease.unknown = 0
+            lease.idle_since = time.monotonic()
             conn.release_reads(keep=True)
             cls = lease.cls
             cls.parked.append(lease)  # (still ``parked``: the loop leaves it to threads)
