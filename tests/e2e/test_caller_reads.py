@@ -1,8 +1,8 @@
-"""A caller thread reading its own task's reply (owner/reply_reads.py over
-rpc/thread_reads.py), with real daemons: every kind of result still right whichever
-way it was read, a reply no thread reads still read by the loop, a get that times out
-or is interrupted (Ctrl-C) leaving the reply to the loop, a worker killed under a
-thread reading its reply.
+"""A caller thread reading its own task's or actor call's reply (owner/reply_reads.py
+over rpc/thread_reads.py), with real daemons: every kind of result still right whichever
+way it was read, actor calls in order, a reply no thread reads still read by the loop,
+a get that times out or is interrupted (Ctrl-C) leaving the reply to the loop, a
+worker or actor killed under a thread reading its reply.
 
 Each test counts the gets a thread served by reading the reply itself, so that it is
 known to exercise that path."""
@@ -22,7 +22,7 @@ from conftest import wait_for_condition
 import aioray as ray
 from aioray._private.owner import reply_reads
 from aioray._private.wire import config
-from aioray.exceptions import GetTimeoutError, RayTaskError, WorkerCrashedError
+from aioray.exceptions import ActorDiedError, GetTimeoutError, RayTaskError, WorkerCrashedError
 
 GET_TIMEOUT = 30
 
@@ -218,3 +218,101 @@ def test_a_killed_worker_without_retries_fails_the_reading_get(reads: Reads, tmp
     os.kill(int(started.read_text()), signal.SIGKILL)
     getter.join(GET_TIMEOUT)
     assert len(errors) == 1 and isinstance(errors[0], WorkerCrashedError), errors
+
+
+@ray.remote(num_cpus=0)
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def inc(self) -> int:
+        self.n += 1
+        return self.n
+
+    def fail(self) -> None:
+        raise ValueError("no good")
+
+    def talk(self) -> int:
+        print("talking", self.n)
+        return self.n
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def wait_for(self, path: str, started: str) -> int:
+        open(started, "w").close()
+        while not os.path.exists(path):
+            threading.Event().wait(0.005)
+        return self.inc()
+
+
+def test_sync_actor_calls_read_by_the_caller_stay_in_order(reads: Reads) -> None:
+    c = Counter.remote()
+    assert ray.get(c.inc.remote(), timeout=GET_TIMEOUT) == 1
+    for i in range(2, 202):
+        assert ray.get(c.inc.remote(), timeout=GET_TIMEOUT) == i
+    assert reads.read > 100
+    burst = [c.inc.remote() for _ in range(50)]  # the loop's way, in between
+    assert ray.get(burst, timeout=GET_TIMEOUT) == list(range(202, 252))
+    with pytest.raises(RayTaskError, match="no good"):
+        ray.get(c.fail.remote(), timeout=GET_TIMEOUT)
+    assert ray.get(c.talk.remote(), timeout=GET_TIMEOUT) == 251
+    for i in range(252, 282):
+        assert ray.get(c.inc.remote(), timeout=GET_TIMEOUT) == i
+
+
+def test_ctrl_c_in_a_get_reading_an_actor_reply(reads: Reads, tmp_path: Any) -> None:
+    release, started = tmp_path / "release", tmp_path / "started"
+    c = Counter.remote()
+    for i in range(1, 4):
+        assert ray.get(c.inc.remote(), timeout=GET_TIMEOUT) == i
+    ref = c.wait_for.remote(str(release), str(started))
+
+    def interrupt() -> None:
+        wait_for_condition(lambda: _reading_call(ref), GET_TIMEOUT, message="the get never read")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    sender = threading.Thread(target=interrupt)
+    sender.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ray.get(ref, timeout=GET_TIMEOUT)
+    finally:
+        sender.join(GET_TIMEOUT)
+    assert reads.raised == 1
+    release.touch()
+    assert ray.get(ref, timeout=GET_TIMEOUT) == 4
+    for i in range(5, 25):  # the order holds after the interrupt
+        assert ray.get(c.inc.remote(), timeout=GET_TIMEOUT) == i
+
+
+def test_an_actor_killed_while_a_thread_reads_its_reply(reads: Reads, tmp_path: Any) -> None:
+    release, started = tmp_path / "release", tmp_path / "started"
+    c = Counter.remote()
+    pid = ray.get(c.pid.remote(), timeout=GET_TIMEOUT)
+    ref = c.wait_for.remote(str(release), str(started))
+    errors: list[BaseException] = []
+
+    def get() -> None:
+        try:
+            ray.get(ref, timeout=GET_TIMEOUT)
+        except BaseException as e:
+            errors.append(e)
+
+    getter = threading.Thread(target=get)
+    getter.start()
+    wait_for_condition(
+        lambda: started.exists() and _reading_call(ref), GET_TIMEOUT, message="no read"
+    )
+    os.kill(pid, signal.SIGKILL)
+    getter.join(GET_TIMEOUT)
+    assert len(errors) == 1 and isinstance(errors[0], ActorDiedError), errors
+
+
+def _reading_call(ref: ray.ObjectRef) -> bool:
+    """A caller thread reads the reply to actor call ``ref`` right now."""
+    from aioray import api
+
+    actors = api.ensure_connected().actors
+    a = actors.thread_pushed.get(ref.task_id().binary())
+    return a is not None and a.conn is not None and bool(a.conn._reading)

@@ -160,6 +160,9 @@ class ActorSubmitterHost(PeerConnector, Posts, Protocol):
 
     def in_loop_thread(self) -> bool: ...
 
+    @property
+    def lazy_posts(self) -> LazyPosts: ...
+
     def expect_logs(self, body: PushReply) -> None: ...
 
 

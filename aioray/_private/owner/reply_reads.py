@@ -32,7 +32,7 @@ from aioray.exceptions import GetTimeoutError
 
 if TYPE_CHECKING:
     from aioray._private.core.memory_store import StoredObject
-    from aioray._private.owner.task_submitter import Lease, TaskSubmitter
+    from aioray._private.owner.core_worker import CoreWorker
     from aioray._private.rpc import rpc
     from aioray._private.wire.task_spec import TaskEntry
 
@@ -44,56 +44,62 @@ def read_check(conn: rpc.Connection, seq: int) -> None:
         conn.resume_reads()
 
 
-def read_own_reply(sub: TaskSubmitter, oid: bytes, timeout: float | None) -> StoredObject | None:
+def read_own_reply(cw: CoreWorker, oid: bytes, timeout: float | None) -> StoredObject | None:
     """(a caller thread in ``get``, the object not stored) ``oid``'s value, from the reply
     this thread read itself; None when the caller must wait as before: the push was not
     a thread's, its connection is not lent or another thread reads it, or the reply is
     not a plain success (then the loop deals with it). GetTimeoutError after ``timeout``."""
-    task = sub.tasks.get(ids.task_id_of(oid))
-    if task is None or not task.push_seq or len(task.return_ids) != 1:
+    tid = ids.task_id_of(oid)
+    task = cw.submitter.tasks.get(tid)
+    actor = None
+    if task is not None:  # a task's
+        conn = task.lease.conn if task.lease is not None else None
+    else:  # an actor call's
+        actor = cw.actors.thread_pushed.get(tid)
+        if actor is None:
+            return None
+        task = actor.inflight.get(tid)
+        conn = actor.conn
+    if task is None or conn is None or not task.push_seq or len(task.return_ids) != 1:
         return None
-    lease = task.lease
-    if lease is None or not lease.conn.take_reads():
+    if not conn.take_reads():
         return None
     held = InterruptHold()
     deadline = None if timeout is None else time.monotonic() + timeout
-    frame = lease.conn.read_reply(task.push_seq, deadline, held)
+    frame = conn.read_reply(task.push_seq, deadline, held)
     if frame is None:
         if deadline is not None and time.monotonic() >= deadline:
             raise GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout}s.")
         return None
     try:
-        return _keep(sub, task, lease, frame, oid)
+        obj = _plain_success(cw, task, conn, frame, oid)
+        if obj is not None:
+            at = time.time()
+            if actor is None:
+                cw.submitter.thread_read(task, frame[3], [obj], at)
+            else:
+                cw.actors.thread_read(actor, task, frame[3], [obj], at)
+        return obj
     finally:
         held.release()  # (a Ctrl-C that came while the reply was dealt with raises here)
 
 
-def _keep(
-    sub: TaskSubmitter, task: TaskEntry, lease: Lease, frame: Frame, oid: bytes
+def _plain_success(
+    cw: CoreWorker, task: TaskEntry, conn: rpc.Connection, frame: Frame, oid: bytes
 ) -> StoredObject | None:
-    """(the reading thread, Ctrl-C held off) The value of a plain success, the reply's
-    end posted to the loop; else None, the reply handed to the loop."""
+    """(the reading thread, Ctrl-C held off) The value of a plain success, stored quietly,
+    the request forgotten and the read side given up but kept lent; else None, the
+    reply handed to the loop."""
     kind, seq, _, body, bufs = frame
-    conn = lease.conn
-    if kind == RESPONSE and "x" not in body and "o" not in body:
+    if kind == RESPONSE and "x" not in body and "o" not in body and task.state != "finished":
         objs = parse_returns(body, bufs)
         obj = objs[0]
         if len(objs) == 1 and obj.data is not None and not obj.is_error and not obj.contained:
             if not conn.forget(seq):  # (failed by the connection's loss: the loop retries it)
                 conn.release_reads(keep=False)
                 return None
-            at = time.time()
-            cw = sub.cw
             cw.memory_store.put_quietly(oid, obj)
-            lease.inflight = lease.unknown = 0
-            lease.idle_since = time.monotonic()
             conn.release_reads(keep=True)
-            cls = lease.cls
-            cls.parked.append(lease)  # (still ``parked``: the loop leaves it to threads)
-            if cls.queue:  # (tasks wait for a lease: the loop should have this one now)
-                cw.post(sub.replied, task, lease, body, objs, at)
-            else:
-                cw.lazy_posts.post(sub.replied, task, lease, body, objs, at)
             return obj
     conn.hand_over(frame)
     return None

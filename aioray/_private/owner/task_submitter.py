@@ -404,6 +404,23 @@ class TaskSubmitter:
             replied = lease
         self._dispatch(lease.cls, replied)
 
+    def thread_read(
+        self, task: TaskEntry, body: PushReply, objs: list[StoredObject], at: float
+    ) -> None:
+        """(the caller thread that read ``task``'s reply itself, reply_reads.py) The lease
+        idle and parked again, the task's end posted to the loop, lazily unless tasks of
+        its class wait for a lease."""
+        lease = task.lease
+        assert lease is not None
+        lease.inflight = lease.unknown = 0
+        lease.idle_since = time.monotonic()
+        cls = lease.cls
+        cls.parked.append(lease)  # (still ``parked``: the loop leaves it to threads)
+        if cls.queue:
+            self.cw.post(self.replied, task, lease, body, objs, at)
+        else:
+            self.cw.lazy_posts.post(self.replied, task, lease, body, objs, at)
+
     def replied(
         self, task: TaskEntry, lease: Lease, body: PushReply, objs: list[StoredObject], at: float
     ) -> None:

@@ -86,8 +86,8 @@ def wait_missing(
     one = len(missing) == 1
     mine = missing[0]._id in owned if one else all(r._id in owned for r in missing)
     if mine and not cw.in_loop_thread():
-        if one:  # (a task this thread pushed itself: it may read the reply itself)
-            obj = reply_reads.read_own_reply(cw.submitter, missing[0]._id, timeout)
+        if one:  # (a call this thread pushed itself: it may read the reply itself)
+            obj = reply_reads.read_own_reply(cw, missing[0]._id, timeout)
             if obj is not None:
                 return {missing[0]._id: obj}
         found = wait_owned(cw, missing, timeout)
