@@ -316,3 +316,46 @@ def _reading_call(ref: ray.ObjectRef) -> bool:
     actors = api.ensure_connected().actors
     a = actors.thread_pushed.get(ref.task_id().binary())
     return a is not None and a.conn is not None and bool(a.conn._reading)
+
+
+def test_waits_that_do_not_read_the_reply_have_the_loop_read_it(
+    reads: Reads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``await``, a get of several objects or of a call with two returns does not
+    read the reply itself: the loop is told to read it at once, not at its lazy check
+    (made an hour here, so a wait left to it would time out)."""
+    import asyncio
+
+    from aioray import api
+    from aioray._private.owner import lazy_posts
+
+    cw = api.ensure_connected()
+    monkeypatch.setattr(lazy_posts, "DELAY_S", 3600.0)
+    ray.get(echo.remote(0), timeout=GET_TIMEOUT)
+    wait_for_condition(  # (a tick armed before the change fires, and the next is an hour off)
+        lambda: cw.lazy_posts.tick is None or cw.lazy_posts.tick.when() > cw.loop.time() + 60,
+        GET_TIMEOUT,
+        message="the lazy posts' tick never moved to an hour",
+    )
+    assert ray.get(list(pair.remote(4)), timeout=GET_TIMEOUT) == [4, -4]
+    ref = echo.remote("twice")
+    assert ray.get([ref, ref], timeout=GET_TIMEOUT) == ["twice", "twice"]
+
+    async def awaits() -> list[Any]:
+        return [await echo.remote(i) for i in range(10)]
+
+    got: list[Any] = []
+    app = threading.Thread(target=lambda: got.append(asyncio.run(awaits())))
+    app.start()
+    app.join(GET_TIMEOUT)
+    assert got == [list(range(10))]
+    c = Counter.remote()
+    ray.get(c.inc.remote(), timeout=GET_TIMEOUT)
+
+    async def actor_awaits() -> list[Any]:
+        return [await c.inc.remote() for _ in range(10)]
+
+    app = threading.Thread(target=lambda: got.append(asyncio.run(actor_awaits())))
+    app.start()
+    app.join(GET_TIMEOUT)
+    assert got[1:] == [list(range(2, 12))]

@@ -56,7 +56,7 @@ from aioray._private.wire.schema import (
     PushReply,
     TaskSpec,
 )
-from aioray._private.wire.task_spec import TaskEntry
+from aioray._private.wire.task_spec import STREAMING, TaskEntry
 from aioray.exceptions import (
     ActorAlreadyExistsError,
     ActorDiedError,
@@ -249,6 +249,8 @@ class ActorSubmitter:
             return False  # (calls in flight: a burst, which the loop writes together)
         conn = a.conn
         if conn is None or a.state != ALIVE or a.queue or task.dep_ids:
+            return False
+        if spec.get("nret") == STREAMING:  # (its items come as notices the loop must read)
             return False
         blob = task.args_blob
         if blob is not None and blob.contained_refs:

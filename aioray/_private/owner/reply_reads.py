@@ -16,7 +16,9 @@ Any other reply it hands to the loop as read, and waits as before.
 
 A reply no thread reads is the loop's: each push a thread makes posts ``read_check``
 lazily, which takes the read side back if that reply is still pending, so it is read
-within LazyPosts.DELAY_S (or at once, when the loop wakes for something else).
+within LazyPosts.DELAY_S (or at once, when the loop wakes for something else). A thread
+that waits for the object without reading the reply (a get of several objects, an
+``await``) posts it at once (``read_soon``): the loop then reads the reply as before.
 """
 
 from __future__ import annotations
@@ -42,6 +44,23 @@ def read_check(conn: rpc.Connection, seq: int) -> None:
     thread has (a thread reading it now gives the read side back when done)."""
     if conn.awaits(seq):
         conn.resume_reads()
+
+
+def read_soon(cw: CoreWorker, oid: bytes) -> None:
+    """(a thread about to wait for ``oid`` without reading its reply: a get of several
+    objects, an ``await``, a call with more than one return) If that reply waits unread
+    on a connection lent to threads, have the loop read it now, not at its lazy check."""
+    tid = ids.task_id_of(oid)
+    task = cw.submitter.tasks.get(tid)
+    if task is not None:
+        if task.push_seq and task.lease is not None:
+            cw.post(read_check, task.lease.conn, task.push_seq)
+        return
+    actor = cw.actors.thread_pushed.get(tid)
+    if actor is not None and actor.conn is not None:
+        task = actor.inflight.get(tid)
+        if task is not None:
+            cw.post(read_check, actor.conn, task.push_seq)
 
 
 def read_own_reply(cw: CoreWorker, oid: bytes, timeout: float | None) -> StoredObject | None:

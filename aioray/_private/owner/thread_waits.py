@@ -118,6 +118,8 @@ def wait_owned(
             taken = watched.pop(oid, None)
             if taken is not None:  # (ours, or another waiter's registered since: same)
                 cw.post(_deliver_taken, cw, oid, taken)
+        else:  # (a reply a thread could have read itself: the loop reads it now)
+            reply_reads.read_soon(cw, oid)
     try:
         woken = acquire_interruptibly(wait.lock, timeout)
     except BaseException:
