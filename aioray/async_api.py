@@ -18,7 +18,7 @@ from typing import Any
 
 import aioray.api as api
 from aioray._private.core.memory_store import StoredObject
-from aioray._private.owner import object_ref, object_waits, store_client
+from aioray._private.owner import object_ref, object_waits, reply_reads, store_client
 from aioray._private.owner.core_worker import CoreWorker
 from aioray._private.owner.object_ref import ObjectRef
 from aioray._private.wire import serialization
@@ -226,6 +226,8 @@ class LoopFetcher:
                     taken = self._watched.pop(oid, None)
                     if taken is not None:
                         self.cw.post(_deliver_taken, self.cw, oid, taken)
+                else:  # (a reply a caller thread could have read: the core loop reads it)
+                    reply_reads.read_soon(self.cw, oid)
                 return
             # (another loop watches this object: the core loop serves this one)
         self._asked.append((ref, fut))

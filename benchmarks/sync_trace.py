@@ -11,6 +11,7 @@ It wraps a few internals of both processes (so it measures them with a little ov
     W:send    the execution thread writes the reply itself (instead of W:drain, W:write)
     D:read    the driver's loop reads the reply D:store  ... stores the result
     D:woken   the caller's wait returns         D:return get returns
+    D:own     the caller read the reply itself (instead of D:read, D:store, D:woken)
 
 and prints the median time between consecutive stamps over the calls. It works on the
 main branch at ce966f7 and after (stamps a version lacks are left out).
@@ -41,6 +42,7 @@ ORDER = [
     "D:read",
     "D:store",
     "D:woken",
+    "D:own",
     "D:return",
 ]
 
@@ -92,11 +94,21 @@ def install(side: str) -> list[tuple[int, str]]:
         call_then_now = getattr(rpc.Connection, "call_then_now", None)
         if call_then_now is not None:
 
-            def stamped_call_then_now(conn: Any, *args: Any) -> bool:
+            def stamped_call_then_now(conn: Any, *args: Any) -> int:
                 stamps.append((clock(), "D:send"))  # (before: the reply may come first)
-                return bool(call_then_now(conn, *args))
+                return int(call_then_now(conn, *args))  # (its number: 0 when not sent)
 
             rpc.Connection.call_then_now = stamped_call_then_now  # type: ignore[method-assign]
+        read_reply = getattr(rpc.Connection, "read_reply", None)
+        if read_reply is not None:
+
+            def stamped_read_reply(conn: Any, *args: Any) -> Any:
+                frame = read_reply(conn, *args)
+                if frame is not None:
+                    stamps.append((clock(), "D:own"))
+                return frame
+
+            rpc.Connection.read_reply = stamped_read_reply  # type: ignore[method-assign]
         for module, name in ((core_worker, "result_interruptibly"),):
             _wrap_woken(module, name, stamps)
         waits = sys.modules.get("aioray._private.owner.thread_waits")
@@ -150,6 +162,8 @@ def breakdown(stamps: list[tuple[int, str]], n: int) -> None:
         present -= {"W:drain", "W:write"}  # loop drains and writes for other things only
     if "D:send" in present:  # pushes leave from the caller's thread (likewise)
         present -= {"D:drain", "D:write"}
+    if "D:own" in present:  # replies read by the caller's thread: the loop's stamps are
+        present -= {"D:read", "D:store", "D:woken"}  # the odd call's that went its way
     order = [label for label in ORDER if label in present]
     deltas: dict[str, list[float]] = {label: [] for label in order[1:]}
     complete = 0

@@ -66,6 +66,19 @@ def _watched_by_a_thread(cw, ref) -> bool:
     return isinstance((cw.memory_store.watched.get(ref.binary()) or [None])[0], ThreadWait)
 
 
+def _read_by_a_thread(cw, ref) -> bool:
+    """A caller thread reads the task's reply from the lease itself (owner/reply_reads.py)."""
+    task = cw.submitter.tasks.get(ref.task_id().binary())
+    return task is not None and task.lease is not None and task.lease.conn._reading
+
+
+def _waiting_threads(cw, ref) -> int:
+    """Threads blocked in get for ``ref``: the one reading the reply, the one watching
+    the store, and those waiting through the core loop."""
+    callbacks = len(cw.memory_store._callbacks.get(ref.binary(), ()))
+    return _read_by_a_thread(cw, ref) + _watched_by_a_thread(cw, ref) + callbacks
+
+
 def test_threads_waiting_for_one_result_all_get_it(ray_shared, tmp_path):
     from aioray import api
 
@@ -75,11 +88,10 @@ def test_threads_waiting_for_one_result_all_get_it(ray_shared, tmp_path):
     oid = ref.binary()
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         gets = [pool.submit(ray.get, ref) for _ in range(3)]
-        # One thread watches the store; the other two wait through the core loop.
+        # One thread may read the reply itself, one watches the store, the others wait
+        # through the core loop.
         wait_for_condition(
-            lambda: (
-                _watched_by_a_thread(cw, ref) and len(cw.memory_store._callbacks.get(oid, ())) == 2
-            ),
+            lambda: _watched_by_a_thread(cw, ref) and _waiting_threads(cw, ref) == 3,
             GET_TIMEOUT,
             message="three threads never waited for the result",
         )
@@ -122,7 +134,7 @@ def test_cancel_wakes_a_get_blocked_in_another_thread(ray_shared, tmp_path, forc
     try:
         wait_for_condition(started.exists, GET_TIMEOUT, message="the task never started")
         wait_for_condition(
-            lambda: _watched_by_a_thread(cw, ref),
+            lambda: _watched_by_a_thread(cw, ref) or _read_by_a_thread(cw, ref),
             GET_TIMEOUT,
             message="the thread never waited",
         )

@@ -127,25 +127,44 @@ class FakeConnection:
         buffers: Sequence[Any],
         then: Callable[[Any, Any], None],
         written: list[int],
-    ) -> bool:
+    ) -> int:
         """As ``rpc.Connection.call_then_now`` (from a thread that is not the loop's): the
-        request is recorded on the loop soon (run ``settle``); False when it cannot be
+        request is recorded on the loop soon (run ``settle``); its number, 0 when it cannot be
         written from the thread (``thread_writes`` off, or the connection closed).
         ``interrupt``: raise KeyboardInterrupt "before" the write or "after" it, as a
         Ctrl-C landing there would."""
         if self.interrupt == "before":
             raise KeyboardInterrupt
         if not self.thread_writes or self.is_closed or self.loop is None:
-            return False
+            return 0
         self.written_by_threads += 1
         self.loop.call_soon_threadsafe(self.call_then, method, body, buffers, then)
         written.append(1)
         if self.interrupt == "after":
             raise KeyboardInterrupt
-        return True
+        return self.written_by_threads
 
     def allow_thread_writes(self) -> None:
         """As ``rpc.Connection.allow_thread_writes`` (nothing to make here)."""
+
+    # The read side lent to caller threads (rpc/thread_reads.py): recorded, never taken
+    # (no socket here: every reply reaches the loop).
+    reads_paused = False
+
+    def allow_thread_reads(self) -> None:
+        """As ``rpc.Connection.allow_thread_reads`` (nothing to make here)."""
+
+    def pause_reads(self) -> None:
+        self.reads_paused = True
+
+    def resume_reads(self) -> None:
+        self.reads_paused = False
+
+    def take_reads(self) -> bool:
+        return False
+
+    def awaits(self, seq: int) -> bool:
+        return False
 
     def reply(self, sent: Sent, body: Any, buffers: Sequence[Any] = ()) -> None:
         assert sent.reply is not None and not sent.reply.done(), sent

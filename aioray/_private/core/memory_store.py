@@ -23,7 +23,8 @@ from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import OBJ_FREED as OBJ_FREED
 from aioray._private.wire.schema import OBJ_INLINE as OBJ_INLINE
 from aioray._private.wire.schema import OBJ_SHM as OBJ_SHM
-from aioray._private.wire.schema import ContainedRef, ObjectReply
+from aioray._private.wire.schema import ContainedRef, ObjectReply, PushReply
+from aioray._private.wire.task_spec import RET_INLINE
 from aioray.exceptions import ReferenceCountingAssertionError
 
 if TYPE_CHECKING:
@@ -93,6 +94,23 @@ def decode_object(oid: bytes, body: ObjectReply, buffers: list[Buffer]) -> Store
     raise ReferenceCountingAssertionError(oid.hex())
 
 
+def parse_returns(body: PushReply, bufs: list[Buffer]) -> list[StoredObject]:
+    """The return values in a push reply: inline (pickle + buffers) or in shm."""
+    objs = []
+    off = 0
+    for ret in body["r"]:
+        contained = ret[3] if len(ret) > 3 else None
+        if ret[0] == RET_INLINE:
+            n = ret[1]
+            objs.append(
+                StoredObject(bufs[off], bufs[off + 1 : off + 1 + n], ret[2], contained=contained)
+            )
+            off += 1 + n
+        else:
+            objs.append(StoredObject(node_id=ret[2], size=ret[1], contained=contained))
+    return objs
+
+
 class MemoryStore:
     def __init__(self) -> None:
         self._objects: dict[bytes, StoredObject] = {}
@@ -125,6 +143,11 @@ class MemoryStore:
             watch = self.watched.pop(oid, None)
             if watch is not None:
                 watch[0].arrived(watch[1], watch[2], obj)
+
+    def put_quietly(self, oid: bytes, obj: StoredObject) -> None:
+        """(any thread) Store ``oid`` without telling its waiters: a caller thread read its
+        task's reply itself (owner/reply_reads.py); the loop's ``put`` tells them."""
+        self._objects[oid] = obj
 
     def wait_for(self, oid: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[StoredObject]:
         """A future resolved when ``oid`` is stored (at once if it already is)."""

@@ -41,8 +41,9 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING
 
+from aioray._private.core.memory_store import StoredObject, parse_returns
+from aioray._private.owner import reply_reads
 from aioray._private.owner.task_events import SUBMITTED_TO_WORKER, pack_row
-from aioray._private.owner.task_submitter import parse_returns
 from aioray._private.rpc import rpc
 from aioray._private.wire import ids
 from aioray._private.wire.protocol import Buffer
@@ -55,7 +56,7 @@ from aioray._private.wire.schema import (
     PushReply,
     TaskSpec,
 )
-from aioray._private.wire.task_spec import TaskEntry
+from aioray._private.wire.task_spec import STREAMING, TaskEntry
 from aioray.exceptions import (
     ActorAlreadyExistsError,
     ActorDiedError,
@@ -131,6 +132,9 @@ class ActorSubmitter:
         self._created: dict[bytes, bool] = {}  # actors this process created -> detached
         self._tickets: dict[bytes, itertools.count[int]] = {}  # sequence numbers, by actor
         self._doomed: set[bytes] = set()  # killed by this process: no call pushed directly
+        # Calls a caller thread wrote, by task id, while in flight: that thread may read
+        # the reply itself (reply_reads.py).
+        self.thread_pushed: dict[bytes, _Actor] = {}
 
     def __repr__(self) -> str:
         return f"<ActorSubmitter actors={len(self.actors)}>"
@@ -246,6 +250,8 @@ class ActorSubmitter:
         conn = a.conn
         if conn is None or a.state != ALIVE or a.queue or task.dep_ids:
             return False
+        if spec.get("nret") == STREAMING:  # (its items come as notices the loop must read)
+            return False
         blob = task.args_blob
         if blob is not None and blob.contained_refs:
             return False
@@ -261,10 +267,14 @@ class ActorSubmitter:
             reply = partial(self._on_reply, a, task)
             pushed = conn.call_then_now("push_actor_task", spec, task.out_buffers, reply, written)
             if pushed:
+                task.push_seq = pushed  # (the caller may read the reply itself)
+                self.thread_pushed[tid] = a
+                self.cw.lazy_posts.post(reply_reads.read_check, conn, pushed)
                 self._turn_taken(a, seq)
         except BaseException:  # (Ctrl-C in the middle: .remote() posts submit_if_lost)
             if written:
                 self._turn_taken(a, seq)  # (again: it changes nothing the second time)
+                self.cw.post(conn.resume_reads)  # (its reply is the loop's to read)
             else:
                 a.inflight.pop(tid, None)
             raise
@@ -353,6 +363,8 @@ class ActorSubmitter:
         if task.state == "finished":  # already failed when the actor was declared dead
             return
         a.inflight.pop(task.task_id, None)
+        if task.push_seq:  # (a thread wrote it: none reads it now)
+            self.thread_pushed.pop(task.task_id, None)
         if isinstance(exc, ConnectionError):
             if a.state == DEAD or task.cancelled:
                 self._fail(a, task, "The actor died unexpectedly before finishing this task.")
@@ -371,6 +383,24 @@ class ActorSubmitter:
         if "o" in body:
             self.cw.expect_logs(body)
         self.cw.submitter.finish(task, parse_returns(body, bufs))
+        if not a.inflight and a.conn is not None:  # idle: lent to the next caller thread
+            a.conn.pause_reads()
+
+    def thread_read(
+        self, a: _Actor, task: TaskEntry, body: PushReply, objs: list[StoredObject], at: float
+    ) -> None:
+        """(the caller thread that read the call's reply itself, reply_reads.py) The call
+        out of flight, the end of it posted to the loop lazily."""
+        tid = task.task_id
+        a.inflight.pop(tid, None)
+        self.thread_pushed.pop(tid, None)
+        self._release_call(a.aid)
+        self.cw.lazy_posts.post(self._replied, task, objs, at)
+
+    def _replied(self, task: TaskEntry, objs: list[StoredObject], at: float) -> None:
+        """(loop) The end of a call whose reply a caller thread read itself."""
+        if task.state != "finished":
+            self.cw.submitter.finish(task, objs, at=at)
 
     def _fail(self, a: _Actor, task: TaskEntry, why: str = "") -> None:
         self._release_call(a.aid)
@@ -441,7 +471,8 @@ class ActorSubmitter:
             a.state = "UNREACHABLE"  # the GCS will report the death or the restart
             return
         a.conn = conn
-        conn.allow_thread_writes()  # (a caller thread may push calls itself: push_now)
+        conn.allow_thread_writes()  # (a caller thread may push calls itself: push_now,
+        conn.allow_thread_reads()  # and read the reply itself: reply_reads.py)
         conn.on_close.append(lambda c: self._disconnected(a, c))
         self._flush(a)
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from aioray._private.core.memory_store import MemoryStore, StoredObject
     from aioray._private.core.metrics_registry import TaskCounts
     from aioray._private.owner.core_worker import TaskContext
+    from aioray._private.owner.lazy_posts import LazyPosts
     from aioray._private.owner.object_ref import ObjectRef
     from aioray._private.owner.streaming import StreamManager
     from aioray._private.owner.task_submitter import TaskSubmitter
@@ -134,6 +135,9 @@ class SubmitterHost(RayletClientsHost, Posts, Protocol):
 
     def store_result(self, oid: bytes, obj: StoredObject) -> None: ...
 
+    @property
+    def lazy_posts(self) -> LazyPosts: ...
+
 
 class ActorSubmitterHost(PeerConnector, Posts, Protocol):
     """What ``ActorSubmitter`` uses: the GCS (creation, the actor's state), the task
@@ -155,6 +159,9 @@ class ActorSubmitterHost(PeerConnector, Posts, Protocol):
     async def gcs_connection(self) -> rpc.Connection: ...
 
     def in_loop_thread(self) -> bool: ...
+
+    @property
+    def lazy_posts(self) -> LazyPosts: ...
 
     def expect_logs(self, body: PushReply) -> None: ...
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -89,7 +90,7 @@ class Lease:
         self.linger: asyncio.TimerHandle | None = None
         self.oom: str | None = None  # why the memory monitor killed the worker
         self.parked = False  # (loop) idle and offered to caller threads: see above
-        self.idle_since = 0.0  # (loop time) when it was last parked
+        self.idle_since = 0.0  # (time.monotonic: threads park it too) when it was last parked
 
     def __repr__(self) -> str:
         return f"<Lease {self.lease_id} worker={self.worker_id.hex()[:8]} inflight={self.inflight}>"
@@ -188,7 +189,8 @@ class Leases:
             return
         lease = Lease(cls, lease_id, worker_id, conn, raylet)
         lease.gpus = gpus
-        conn.allow_thread_writes()  # (caller threads may push on it once it is parked)
+        conn.allow_thread_writes()  # (caller threads may push on it once it is parked,
+        conn.allow_thread_reads()  # and read the reply themselves)
         cls.leases.append(lease)
         self.dispatch(cls)
 
@@ -196,20 +198,29 @@ class Leases:
         """(loop) Offer an idle lease (nothing queued) to caller threads; it goes back to
         its raylet once idle LEASE_LINGER_S."""
         loop = self.cw.loop
-        lease.idle_since = loop.time()
+        lease.idle_since = time.monotonic()
         if lease.linger is None:
             lease.linger = loop.call_later(config.LEASE_LINGER_S, self.give_back, lease)
         lease.parked = True
+        lease.conn.pause_reads()  # (lent: the claimer reads its reply, rpc/thread_reads.py)
         lease.cls.parked.append(lease)
+
+    def parked_by_thread(self, lease: Lease) -> None:
+        """(loop) A caller thread that read its reply itself parked the lease again, and
+        stamped when (owner/reply_reads.py): the linger armed if none is."""
+        if lease.parked and lease.linger is None:
+            lease.linger = self.cw.loop.call_later(config.LEASE_LINGER_S, self.give_back, lease)
 
     def unpark(self, cls: SchedulingClass) -> None:
         """(loop) Take back every parked lease no thread claimed (tasks are queued)."""
         parked = cls.parked
         while parked:
             try:
-                parked.pop().parked = False
+                lease = parked.pop()
             except IndexError:  # (a thread took the last one meanwhile)
                 return
+            lease.parked = False
+            lease.conn.resume_reads()
 
     @staticmethod
     def claim(cls: SchedulingClass, claimed: list[Lease]) -> bool:
@@ -225,8 +236,9 @@ class Leases:
     @staticmethod
     def settle(lease: Lease) -> None:
         """(loop) A push a thread made on the lease it claimed reached the loop: the
-        lease is the loop's again."""
+        lease is the loop's again, and so is its connection's reading."""
         lease.parked = False
+        lease.conn.resume_reads()
 
     def give_back(self, lease: Lease) -> None:
         """(the linger) Return the lease to its raylet if it has been idle long enough."""
@@ -237,7 +249,7 @@ class Leases:
             except ValueError:
                 return  # a caller thread claimed it: armed again when next parked
             lease.parked = False
-            left = lease.idle_since + config.LEASE_LINGER_S - self.cw.loop.time()
+            left = lease.idle_since + config.LEASE_LINGER_S - time.monotonic()
             if left > 0:  # used since the timer was armed: idle for less
                 lease.parked = True
                 lease.cls.parked.append(lease)
@@ -248,6 +260,7 @@ class Leases:
         if lease not in lease.cls.leases:
             return
         lease.cls.leases.remove(lease)
+        lease.conn.resume_reads()  # (the connection stays, for whatever comes next)
         if not lease.raylet.is_closed:
             lease.raylet.notify("return_lease", [lease.lease_id, False])
 

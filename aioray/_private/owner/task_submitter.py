@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING
 
 from aioray._private.core.borrowing import pairs_of
 from aioray._private.core.memory_store import StoredObject
+from aioray._private.core.memory_store import parse_returns as parse_returns
+from aioray._private.owner import reply_reads
 from aioray._private.owner.leases import Lease as Lease
 from aioray._private.owner.leases import Leases
 from aioray._private.owner.leases import SchedulingClass as SchedulingClass
@@ -64,7 +66,6 @@ from aioray._private.wire.task_spec import (
     DEP_INLINE,
     DEP_OWNER,
     DEP_SHM,
-    RET_INLINE,
     STREAMING,
     TaskEntry,
 )
@@ -87,23 +88,6 @@ logger = logging.getLogger("aioray")
 BACKLOG_PER_LEASE = 4
 # A task whose result is an error it raised: the executor's row has the message.
 APP_ERROR = ("TASK_EXECUTION_EXCEPTION", "")
-
-
-def parse_returns(body: PushReply, bufs: list[Buffer]) -> list[StoredObject]:
-    """The return values in a push reply: inline (pickle + buffers) or in shm."""
-    objs = []
-    off = 0
-    for ret in body["r"]:
-        contained = ret[3] if len(ret) > 3 else None
-        if ret[0] == RET_INLINE:
-            n = ret[1]
-            objs.append(
-                StoredObject(bufs[off], bufs[off + 1 : off + 1 + n], ret[2], contained=contained)
-            )
-            off += 1 + n
-        else:
-            objs.append(StoredObject(node_id=ret[2], size=ret[1], contained=contained))
-    return objs
 
 
 class TaskSubmitter:
@@ -320,6 +304,9 @@ class TaskSubmitter:
         blob = task.args_blob
         if blob is not None and blob.contained_refs:
             return False
+        spec = task.spec
+        if spec.get("nret") == STREAMING:  # (its items come as notices the loop must read)
+            return False
         if self.cw.closing or self.cw.in_loop_thread():
             return False
         claimed: list[Lease] = []
@@ -328,7 +315,6 @@ class TaskSubmitter:
             if not self.leases.claim(cls, claimed):
                 return False
             lease = claimed[0]
-            spec = task.spec
             if blob is not None:
                 task.out_buffers = [blob.data, *blob.buffers]
             self.tasks[task.task_id] = task
@@ -346,16 +332,22 @@ class TaskSubmitter:
             if lease.gpus:
                 spec = {**spec, "gpu": lease.gpus}
             reply = partial(self._on_reply, task, lease, False)
-            pushed = lease.conn.call_then_now("push_task", spec, task.out_buffers, reply, written)
+            seq = lease.conn.call_then_now("push_task", spec, task.out_buffers, reply, written)
+            if seq:
+                task.push_seq = seq  # (the caller may read the reply itself: reply_reads.py)
+                self.cw.lazy_posts.post(reply_reads.read_check, lease.conn, seq)
         except BaseException:
             if not claimed:
                 raise
             # Interrupted (Ctrl-C) after the claim: unless the push went out, the loop
-            # pushes it; either way the claim is settled and the task pushed once.
+            # pushes it; either way the claim is settled and the task pushed once. A
+            # push that went out has its reply read by the loop.
             if not written:
                 self.cw.post(self._push_claimed, task, claimed[0])
+            else:
+                self.cw.post(claimed[0].conn.resume_reads)
             raise
-        if not pushed:
+        if not seq:
             self.cw.post(self._push_claimed, task, lease)
             return True
         sent.add(fid)
@@ -411,6 +403,38 @@ class TaskSubmitter:
             self._finished(task, body, bufs)
             replied = lease
         self._dispatch(lease.cls, replied)
+
+    def thread_read(
+        self, task: TaskEntry, body: PushReply, objs: list[StoredObject], at: float
+    ) -> None:
+        """(the caller thread that read ``task``'s reply itself, reply_reads.py) The lease
+        idle and parked again, the task's end posted to the loop, lazily unless tasks of
+        its class wait for a lease."""
+        lease = task.lease
+        assert lease is not None
+        lease.inflight = lease.unknown = 0
+        lease.idle_since = time.monotonic()
+        cls = lease.cls
+        cls.parked.append(lease)  # (still ``parked``: the loop leaves it to threads)
+        if cls.queue:
+            self.cw.post(self.replied, task, lease, body, objs, at)
+        else:
+            self.cw.lazy_posts.post(self.replied, task, lease, body, objs, at)
+
+    def replied(
+        self, task: TaskEntry, lease: Lease, body: PushReply, objs: list[StoredObject], at: float
+    ) -> None:
+        """(loop) The reply a caller thread read itself at ``at`` (reply_reads.py): the
+        task's end. The thread counted the lease idle and parked it again already."""
+        t = body.get("t")
+        if t is not None:
+            fid = task.spec["fid"]
+            avg = self.exec_time.get(fid)
+            self.exec_time[fid] = t if avg is None else 0.8 * avg + 0.2 * t
+        self.finish(task, objs, at=at)
+        self.leases.parked_by_thread(lease)
+        if lease.cls.queue:
+            self._dispatch(lease.cls)
 
     # -- 5. results and failures ------------------------------------------------------------------
     def _finished(self, task: TaskEntry, body: PushReply, bufs: list[Buffer]) -> None:
@@ -507,11 +531,16 @@ class TaskSubmitter:
         self.finish(task, [obj] * max(1, len(task.return_ids)), exc)
 
     def finish(
-        self, task: TaskEntry, objs: list[StoredObject], exc: BaseException | None = None
+        self,
+        task: TaskEntry,
+        objs: list[StoredObject],
+        exc: BaseException | None = None,
+        at: float | None = None,
     ) -> None:
         """Store the task's return values and release what it pinned.
 
-        ``exc``: the failure stored as its values, if it failed here (not in its code)."""
+        ``exc``: the failure stored as its values, if it failed here (not in its code);
+        ``at``: when its reply was read, if not now."""
         task.state = "finished"
         events, extras = self.cw.task_events, self.cw.task_event_extras
         if events is not None and extras is not None and "noev" not in task.spec:
@@ -521,7 +550,7 @@ class TaskSubmitter:
             elif objs and objs[0].is_error:  # raised in the task (the executor says how)
                 extras.append((spec["tid"], spec.get("at", 0), FAILED, time.time(), *APP_ERROR))
             else:
-                events += pack_row(spec["tid"], FINISHED, spec.get("at", 0), time.time())
+                events += pack_row(spec["tid"], FINISHED, spec.get("at", 0), at or time.time())
         self.tasks.pop(task.task_id, None)
         if task.spec.get("nret") == STREAMING:
             self.cw.streams.task_done(task.task_id, objs)

@@ -25,7 +25,7 @@ from _thread import allocate_lock
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from aioray._private.owner import object_waits
+from aioray._private.owner import object_waits, reply_reads
 from aioray._private.rpc.loop import acquire_interruptibly
 from aioray.exceptions import GetTimeoutError, ObjectFreedError
 
@@ -86,6 +86,10 @@ def wait_missing(
     one = len(missing) == 1
     mine = missing[0]._id in owned if one else all(r._id in owned for r in missing)
     if mine and not cw.in_loop_thread():
+        if one:  # (a call this thread pushed itself: it may read the reply itself)
+            obj = reply_reads.read_own_reply(cw, missing[0]._id, timeout)
+            if obj is not None:
+                return {missing[0]._id: obj}
         found = wait_owned(cw, missing, timeout)
         if found is not None:
             return found
@@ -114,6 +118,8 @@ def wait_owned(
             taken = watched.pop(oid, None)
             if taken is not None:  # (ours, or another waiter's registered since: same)
                 cw.post(_deliver_taken, cw, oid, taken)
+        else:  # (a reply a thread could have read itself: the loop reads it now)
+            reply_reads.read_soon(cw, oid)
     try:
         woken = acquire_interruptibly(wait.lock, timeout)
     except BaseException:

@@ -28,6 +28,7 @@ from aioray._private.rpc import handshake
 from aioray._private.rpc.answer import Answer, Then, ThenFn
 from aioray._private.rpc.handshake import HelloCheck
 from aioray._private.rpc.peer_log import RateLimitedLog
+from aioray._private.rpc.thread_reads import ThreadReads
 from aioray._private.wire import auth, config, protocol
 from aioray._private.wire.protocol import ERROR, NOTIFY, REQUEST, RESPONSE, Buffer, ProtocolError
 from aioray._private.wire.schema import Hello
@@ -86,7 +87,7 @@ def handlers_of(service: object) -> dict[str, Handler]:
     }
 
 
-class Connection(asyncio.BufferedProtocol):
+class Connection(ThreadReads, asyncio.BufferedProtocol):
     """One TCP connection: framing, request/response matching, batched writes."""
 
     def __init__(
@@ -194,13 +195,14 @@ class Connection(asyncio.BufferedProtocol):
             if self._wfd >= 0:
                 os.close(self._wfd)
                 self._wfd = -1
+            self._close_reads()
+            pending, self._pending = self._pending, {}  # (a reading thread's ``forget``)
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         if not self.challenge.done():
             self.challenge.set_result(b"")  # a connect() waiting for it then sees the loss
         label = f"connection {self.name}" if self.name else "connection"
         err = ConnectionLost(f"{label} lost" + (f": {exc}" if exc else ""))
-        pending, self._pending = self._pending, {}
         self._decoder.destinations.clear()
         for fut in pending.values():
             if not fut.done():
@@ -388,11 +390,11 @@ class Connection(asyncio.BufferedProtocol):
         buffers: Sequence[Buffer],
         then: ThenFn,
         written: list[int],
-    ) -> bool:
+    ) -> int:
         """(any thread but the loop's) ``call_then``, the request written from this thread
-        (``write_now``'s way); False, with nothing sent or registered, when it must go
-        through the loop: TLS, no duplicate made (``allow_thread_writes``), frames or
-        bytes waiting, the connection closing. The reply's callback is registered before
+        (``write_now``'s way): its sequence number; 0, with nothing sent or registered,
+        when it must go through the loop: TLS, no duplicate made (``allow_thread_writes``),
+        frames or bytes waiting, the connection closing. The reply's callback is registered before
         the write (a reply may be read before ``writev`` returns), under the write lock
         (``connection_lost`` takes it before failing what is pending).
 
@@ -400,14 +402,14 @@ class Connection(asyncio.BufferedProtocol):
         an interrupt (KeyboardInterrupt, in the main thread) raises out of here, the
         request went out (and is owed its reply) exactly when ``written`` is not empty."""
         if self._wfd < 0:  # (read without the lock: looked at again under it)
-            return False
+            return 0
         seq = next(self._seq)  # (atomic: a number lost on the way back is only a gap)
         frames = protocol.encode_frame(REQUEST, seq, method, body, buffers)
         if len(frames) > MAX_DIRECT_PARTS:
-            return False
+            return 0
         with self._wlock:
             if not self._writable_now():
-                return False
+                return 0
             self._pending[seq] = Then(then, self.loop)  # type: ignore[assignment]
             try:
                 written.extend(map(os.writev, (self._wfd,), (frames,)))  # (one C call)
@@ -417,12 +419,12 @@ class Connection(asyncio.BufferedProtocol):
                 if not written:  # nothing went out: the loop sends it (and sees why)
                     self._pending.pop(seq, None)
                     if isinstance(e, OSError):
-                        return False
+                        return 0
                     raise
                 self._queue_rest(frames, written[0])  # (interrupted after the write)
                 raise
             self._queue_rest(frames, written[0])
-        return True
+        return seq
 
     def allow_thread_writes(self) -> None:
         """(loop) Make the duplicate of a plain TCP socket's descriptor that other threads
@@ -474,6 +476,8 @@ class Connection(asyncio.BufferedProtocol):
         fut: asyncio.Future[tuple[Any, list[Buffer]]] = self.loop.create_future()
         self._send(REQUEST, seq, method, body, buffers)
         self._pending[seq] = fut
+        if self._reads_paused:  # (lent to caller threads: this reply is the loop's)
+            self.resume_reads()
         return fut
 
     def call_then(self, method: str, body: Any, buffers: Sequence[Buffer], then: ThenFn) -> None:
@@ -482,6 +486,8 @@ class Connection(asyncio.BufferedProtocol):
         seq = next(self._seq)
         self._send(REQUEST, seq, method, body, buffers)
         self._pending[seq] = Then(then, self.loop)  # type: ignore[assignment]
+        if self._reads_paused:
+            self.resume_reads()
 
     def call_into(
         self, method: str, body: Any, destinations: list[memoryview]
@@ -495,6 +501,8 @@ class Connection(asyncio.BufferedProtocol):
         self._send(REQUEST, seq, method, body)
         self._pending[seq] = fut
         self._decoder.destinations[seq] = destinations
+        if self._reads_paused:
+            self.resume_reads()
         return fut
 
     async def call(self, method: str, body: Any = None, buffers: Sequence[Buffer] = ()) -> Any:

@@ -115,6 +115,7 @@ class TaskEntry:
         "fn_bytes",
         "lease",
         "out_buffers",
+        "push_seq",
         "resources",
         "retry_exceptions",
         "return_ids",
@@ -150,6 +151,7 @@ class TaskEntry:
         self.sched_key = sched_key
         self.cancelled = False
         self.lease: Lease | None = None
+        self.push_seq = 0  # a push a caller thread wrote: its request's number
         self.state = "pending_deps"
 
     @property
