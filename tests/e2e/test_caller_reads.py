@@ -141,16 +141,12 @@ def test_a_get_that_times_out_leaves_the_reply_to_the_loop(reads: Reads, tmp_pat
     assert ray.get(echo.remote(5), timeout=GET_TIMEOUT) == 5
 
 
-def test_ctrl_c_in_a_get_reading_its_reply(reads: Reads, tmp_path: Any) -> None:
-    """The main thread blocked reading its reply is interrupted: KeyboardInterrupt, and
-    the reply is the loop's to read (a later get returns it)."""
-    assert threading.current_thread() is threading.main_thread()
-    release, started = tmp_path / "release", tmp_path / "started"
-    ray.get(echo.remote(0), timeout=GET_TIMEOUT)
-    ref = wait_for.remote(str(release), str(started))
+def _interrupted_get(ref: ray.ObjectRef, reading: Any) -> None:
+    """``ray.get(ref)`` in the main thread, sent SIGINT once it reads its reply itself
+    (``reading(ref)``): it raises KeyboardInterrupt."""
 
     def interrupt() -> None:
-        wait_for_condition(lambda: _reading(ref), GET_TIMEOUT, message="the get never read")
+        wait_for_condition(lambda: reading(ref), GET_TIMEOUT, message="the get never read")
         os.kill(os.getpid(), signal.SIGINT)
 
     sender = threading.Thread(target=interrupt)
@@ -160,6 +156,17 @@ def test_ctrl_c_in_a_get_reading_its_reply(reads: Reads, tmp_path: Any) -> None:
             ray.get(ref, timeout=GET_TIMEOUT)
     finally:
         sender.join(GET_TIMEOUT)
+
+
+def test_ctrl_c_in_a_get_reading_its_reply(reads: Reads, tmp_path: Any) -> None:
+    """The main thread blocked reading its reply is interrupted: KeyboardInterrupt, and
+    the reply is the loop's to read (a later get returns it)."""
+    assert threading.current_thread() is threading.main_thread()
+    release, started = tmp_path / "release", tmp_path / "started"
+    ray.get(echo.remote(0), timeout=GET_TIMEOUT)
+    ref = wait_for.remote(str(release), str(started))
+
+    _interrupted_get(ref, _reading)
     assert reads.raised == 1  # interrupted while reading
     release.touch()
     assert ray.get(ref, timeout=GET_TIMEOUT) == "released"
@@ -268,17 +275,7 @@ def test_ctrl_c_in_a_get_reading_an_actor_reply(reads: Reads, tmp_path: Any) -> 
         assert ray.get(c.inc.remote(), timeout=GET_TIMEOUT) == i
     ref = c.wait_for.remote(str(release), str(started))
 
-    def interrupt() -> None:
-        wait_for_condition(lambda: _reading_call(ref), GET_TIMEOUT, message="the get never read")
-        os.kill(os.getpid(), signal.SIGINT)
-
-    sender = threading.Thread(target=interrupt)
-    sender.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            ray.get(ref, timeout=GET_TIMEOUT)
-    finally:
-        sender.join(GET_TIMEOUT)
+    _interrupted_get(ref, _reading_call)
     assert reads.raised == 1
     release.touch()
     assert ray.get(ref, timeout=GET_TIMEOUT) == 4
