@@ -391,7 +391,7 @@ class ActorSubmitter:
     def cancel(self, object_id: bytes, force: bool) -> bool:
         """Cancel an actor call producing ``object_id``; False if it is not one of ours."""
         tid = ids.task_id_of(object_id)
-        for a in self.actors.values():
+        for a in list(self.actors.values()):  # (a copy: handles add records from any thread)
             waiting = [t for t in (*a.queue, *a.ready.values()) if t.task_id == tid]
             if waiting:  # not sent yet: fail it where it stands; _flush skips it
                 self._release_call(a.aid)
