@@ -364,7 +364,8 @@ class ActorMethod:
         sig = self._mopts.get("sig")
         if sig is not None and (kwargs or not sig[0] <= len(args) <= sig[1]):
             signatures.check(h._signature(self._name), args, kwargs)
-        cw = h._cw
+        # (a handle's attributes are read through its __getattr__ hook: each once)
+        cw, aid, meta = h._cw, h._actor_id, h._meta
         nret = self._mopts.get("nret", 1)
         streaming = nret == "streaming"
         if streaming:
@@ -372,9 +373,9 @@ class ActorMethod:
         elif not isinstance(nret, int):
             raise ValueError(f"num_returns={nret!r} is not supported (use an int or 'streaming')")
         spec: TaskSpec = {
-            "aid": h._actor_id,
+            "aid": aid,
             "m": self._name,
-            "name": f"{h._meta['cls']}.{self._name}",
+            "name": f"{meta['cls']}.{self._name}",
             "nret": nret,
             "job": cw.job_id,
             "ns": cw.namespace,
@@ -382,10 +383,10 @@ class ActorMethod:
         }
         if self._mopts.get("cg"):
             spec["cg"] = self._mopts["cg"]
-        if self._mopts.get("noev", "noev" in h._meta):
+        if self._mopts.get("noev", "noev" in meta):
             spec["noev"] = True
         blob, dep_refs = pack_arguments(cw, spec["name"], args, kwargs, spec)
-        cw.actors.reserve_call(h._actor_id, h._meta)
+        cw.actors.reserve_call(aid, meta)
         task_id = cw.ids.task_id(cw.job_id)
         spec["tid"] = task_id
         infos = cw.task_event_infos
@@ -393,7 +394,7 @@ class ActorMethod:
             known = h._described.get(self._name)  # (describing costs a tuple and its hash)
             if known is None or known[0] is not cw.event_buffer or known[1] != cw.job_id:
                 number = cw.event_buffer.describe(
-                    spec["name"], ACTOR_TASK, cw.job_id, h._actor_id, None, None
+                    spec["name"], ACTOR_TASK, cw.job_id, aid, None, None
                 )
                 known = h._described[self._name] = (cw.event_buffer, cw.job_id, number)
             number = known[2]
@@ -421,7 +422,7 @@ class ActorMethod:
             blob,
             dep_refs,
             {},
-            h._meta.get("max_task_retries", 0),
+            meta.get("max_task_retries", 0),
             False,
             None,
             (),
