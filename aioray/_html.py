@@ -179,7 +179,9 @@ def _local_state(handle: Any) -> str | None:
     """The state this process last learned, without a round trip."""
     try:
         record = handle._cw.actors.actors.get(handle._actor_id)
-        return None if record is None else str(record.state)
+        if record is None or (record.version == 0 and record.state == "PENDING_CREATION"):
+            return None  # (a handle's record, its state not learned yet)
+        return str(record.state)
     except Exception:
         return None
 

@@ -4,8 +4,9 @@ A load-independent measure of the Python work of ``get(f.remote())`` (``--kind t
 or ``get(a.m.remote())`` (``--kind actor``): ``sys.settrace`` opcode events in the
 driver's caller thread and core loop, and in the worker's loop and execution thread
 (installed there by a call, which also brings the counts back), divided by the calls.
+``--burst B`` counts the async rows' way instead: ``get`` of ``B`` calls submitted at once.
 
-    python benchmarks/sync_bytecodes.py [--kind task|actor] [--n 500] [--top 0]
+    python benchmarks/sync_bytecodes.py [--kind task|actor] [--n 500] [--burst 0] [--top 0]
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def stop_counting() -> None:
 
 def report(side: str, counts: dict[str, Any], n: int, top: int) -> None:
     for thread, c in counts.items():
-        print(f"{side} {thread}: {sum(c.values()) / n:.0f} bytecodes per round trip")
+        print(f"{side} {thread}: {sum(c.values()) / n:.0f} bytecodes per call")
         for (file, fn), v in collections.Counter(c).most_common(top):
             print(f"    {v / n:7.1f} {file}:{fn}")
 
@@ -73,6 +74,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kind", choices=["task", "actor"], default="task")
     p.add_argument("--n", type=int, default=500)
+    p.add_argument("--burst", type=int, default=0, help="calls per get (0: one at a time)")
     p.add_argument("--top", type=int, default=0, help="also list the top functions")
     a = p.parse_args()
     ray.init(num_cpus=1, include_dashboard=False)
@@ -98,13 +100,17 @@ def main() -> None:
     for _ in range(300):
         ray.get(call())
     ray.get(call(1))
+    burst = max(a.burst, 1)
+    for _ in range(max(300 // burst, 2)):
+        ray.get([call() for _ in range(burst)])
     driver = start_counting()
-    for _ in range(a.n):
-        ray.get(call())
+    for _ in range(a.n // burst):
+        ray.get([call() for _ in range(burst)] if a.burst else call())
     stop_counting()
     worker = ray.get(call(2))
-    report("driver", {"caller" if k == "thread" else k: v for k, v in driver.items()}, a.n, a.top)
-    report("worker", {"exec" if k == "thread" else k: v for k, v in worker.items()}, a.n, a.top)
+    n = a.n // burst * burst
+    report("driver", {"caller" if k == "thread" else k: v for k, v in driver.items()}, n, a.top)
+    report("worker", {"exec" if k == "thread" else k: v for k, v in worker.items()}, n, a.top)
     ray.shutdown()
 
 

@@ -1,8 +1,9 @@
 """Caller side of actors: creation, ordered calls, and following the actor's state.
 
-For each actor this process talks to, one ``_Actor`` record on the CoreWorker loop:
+For each actor this process talks to, one ``_Actor`` record, kept by the CoreWorker
+loop (a handle keeps its actor's record too: ``record_of``):
 
-1. Calls get a sequence number in the caller's thread (``ticket``, an atomic counter
+1. Calls get a sequence number in the caller's thread (``tickets``, an atomic counter
    per actor), just before they are submitted; once their dependencies are ready
    they enter the send queue in that order, so one caller's calls run in order (the
    actor's worker runs them in the order they arrive).
@@ -16,7 +17,8 @@ For each actor this process talks to, one ``_Actor`` record on the CoreWorker lo
    dead. Once DEAD, every call fails fast.
 
 A caller thread pushes a call itself (``push_now``, without waking the loop) only when
-no call is in flight (a burst of calls is the loop's: it writes them together) and
+no call is in flight (a burst of calls is the loop's: it writes them together; ``.remote()``
+looks at ``inflight`` before it calls ``push_now``, so a burst's call pays no more) and
 every call numbered before it has been handed to the connection already: ``next_send``
 is its number and ``sent_seq`` the one before (both move only when a call is sent,
 and a call waiting for its turn in ``ready`` cannot be sent until ``next_send`` moves).
@@ -88,6 +90,7 @@ class _Actor:
         "ready",
         "sent_seq",
         "state",
+        "tickets",
         "unschedulable",
         "version",
         "watching",
@@ -101,6 +104,7 @@ class _Actor:
         self.death = ""
         self.next_send = 0  # next sequence number allowed into the queue
         self.sent_seq = -1  # the last call handed to the connection (for push_now)
+        self.tickets = itertools.count()  # sequence numbers, taken in callers' threads
         self.ready: dict[int, TaskEntry] = {}
         self.queue: collections.deque[TaskEntry] = collections.deque()
         self.inflight: dict[bytes, TaskEntry] = {}
@@ -130,7 +134,6 @@ class ActorSubmitter:
         self._pending_calls: dict[bytes, int] = {}
         self._escaped: set[bytes] = set()
         self._created: dict[bytes, bool] = {}  # actors this process created -> detached
-        self._tickets: dict[bytes, itertools.count[int]] = {}  # sequence numbers, by actor
         self._doomed: set[bytes] = set()  # killed by this process: no call pushed directly
         # Calls a caller thread wrote, by task id, while in flight: that thread may read
         # the reply itself (reply_reads.py).
@@ -194,15 +197,21 @@ class ActorSubmitter:
         with self._lock:
             self._pending_calls[aid] = max(0, self._pending_calls.get(aid, 0) - 1)
 
+    def record_of(self, aid: bytes) -> _Actor:
+        """(any thread) The record of this process's calls to ``aid``, made if need be. A
+        handle keeps it: ``.remote()`` numbers a call with its ``tickets`` and, when calls
+        are in flight (a burst), posts the call without asking ``push_now``."""
+        a = self.actors.get(aid)
+        if a is None:  # (setdefault is atomic: racing threads share one record)
+            a = self.actors.setdefault(aid, _Actor(aid))
+        return a
+
     def tickets_of(self, aid: bytes) -> itertools.count[int]:
         """(any thread) The sequence numbers of this process's calls to ``aid``: ``next``
         of it numbers a call, which the caller must then submit (a number never
         submitted would hold back every later call). One counter per actor, shared by
-        its handles here (a handle keeps it: one C call per call)."""
-        counter = self._tickets.get(aid)
-        if counter is None:  # (setdefault is atomic: racing threads share one counter)
-            counter = self._tickets.setdefault(aid, itertools.count())
-        return counter
+        its handles here."""
+        return self.record_of(aid).tickets
 
     def doom(self, aid: bytes) -> None:
         """(any thread) This process killed ``aid`` (``ray.kill``) and posted ``killed``:
@@ -225,8 +234,8 @@ class ActorSubmitter:
     # -- calls (loop) ----------------------------------------------------------------------
     def _actor(self, aid: bytes) -> _Actor:
         a = self.actors.get(aid)
-        if a is None:
-            a = self.actors[aid] = _Actor(aid)
+        if a is None:  # (a handle made it, usually: no call to record_of per call)
+            a = self.record_of(aid)
         if not a.watching and a.state != DEAD:
             a.watching = True
             self.cw.spawn(self._watch(a))
@@ -412,7 +421,7 @@ class ActorSubmitter:
     def cancel(self, object_id: bytes, force: bool) -> bool:
         """Cancel an actor call producing ``object_id``; False if it is not one of ours."""
         tid = ids.task_id_of(object_id)
-        for a in self.actors.values():
+        for a in list(self.actors.values()):  # (a copy: handles add records from any thread)
             waiting = [t for t in (*a.queue, *a.ready.values()) if t.task_id == tid]
             if waiting:  # not sent yet: fail it where it stands; _flush skips it
                 self._release_call(a.aid)
