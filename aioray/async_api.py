@@ -226,8 +226,8 @@ class LoopFetcher:
                     taken = self._watched.pop(oid, None)
                     if taken is not None:
                         self.cw.post(_deliver_taken, self.cw, oid, taken)
-                else:  # (a reply a caller thread could have read: the core loop reads it)
-                    reply_reads.read_soon(self.cw, oid)
+                elif self.cw.posts_waiting:  # (a reply a caller thread could have read,
+                    reply_reads.read_soon(self.cw, oid)  # its check not run: read it now)
                 return
             # (another loop watches this object: the core loop serves this one)
         self._asked.append((ref, fut))

@@ -265,6 +265,13 @@ class CoreWorker:
         if not next(self._submitted) % config.SUBMIT_YIELD_EVERY and not self.in_loop_thread():
             release_gil()
 
+    @property
+    def posts_waiting(self) -> bool:
+        """(any thread) Posted calls the loop has not taken yet: a lazy ``read_check``
+        among them means a reply a caller thread pushed for may wait unread
+        (owner/reply_reads.py)."""
+        return bool(self._posted)
+
     def drain_posted(self) -> None:
         """(loop) Run the posted calls, in order."""
         self._post_scheduled = False

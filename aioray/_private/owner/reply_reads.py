@@ -18,7 +18,8 @@ A reply no thread reads is the loop's: each push a thread makes posts ``read_che
 lazily, which takes the read side back if that reply is still pending, so it is read
 within LazyPosts.DELAY_S (or at once, when the loop wakes for something else). A thread
 that waits for the object without reading the reply (a get of several objects, an
-``await``) posts it at once (``read_soon``): the loop then reads the reply as before.
+``await``) posts it at once (``read_soon``), unless the loop took every post already
+(then every such check ran): the loop then reads the reply as before.
 """
 
 from __future__ import annotations
