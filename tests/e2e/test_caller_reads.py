@@ -57,6 +57,25 @@ def reads(ray_shared: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Reads]:
     yield counter
 
 
+@pytest.fixture
+def own_reads(reads: Reads, monkeypatch: pytest.MonkeyPatch) -> Reads:
+    """``reads``, with the loop's lazy checks an hour off: a reply a caller thread pushed
+    for is never taken back by a check that runs before that thread reads it (a slow
+    thread start, on a loaded machine, could outlast the 50 ms)."""
+    from aioray import api
+    from aioray._private.owner import lazy_posts
+
+    cw = api.ensure_connected()
+    monkeypatch.setattr(lazy_posts, "DELAY_S", 3600.0)
+    ray.get(echo.remote(0), timeout=GET_TIMEOUT)
+    wait_for_condition(  # (a tick armed before the change fires, and the next is an hour off)
+        lambda: cw.lazy_posts.tick is None or cw.lazy_posts.tick.when() > cw.loop.time() + 60,
+        GET_TIMEOUT,
+        message="the lazy posts' tick never moved to an hour",
+    )
+    return reads
+
+
 @ray.remote
 def echo(x: Any) -> Any:
     return x
@@ -129,13 +148,13 @@ def _reading(ref: ray.ObjectRef) -> bool:
     return task is not None and task.lease is not None and bool(task.lease.conn._reading)
 
 
-def test_a_get_that_times_out_leaves_the_reply_to_the_loop(reads: Reads, tmp_path: Any) -> None:
+def test_a_get_that_times_out_leaves_the_reply_to_the_loop(own_reads: Reads, tmp_path: Any) -> None:
     release, started = tmp_path / "release", tmp_path / "started"
     ray.get(echo.remote(0), timeout=GET_TIMEOUT)
     ref = wait_for.remote(str(release), str(started))
     with pytest.raises(GetTimeoutError):
         ray.get(ref, timeout=0.2)
-    assert reads.raised == 1  # the thread read until the timeout
+    assert own_reads.raised == 1  # the thread read until the timeout
     release.touch()
     assert ray.get(ref, timeout=GET_TIMEOUT) == "released"
     assert ray.get(echo.remote(5), timeout=GET_TIMEOUT) == 5
@@ -158,7 +177,7 @@ def _interrupted_get(ref: ray.ObjectRef, reading: Any) -> None:
         sender.join(GET_TIMEOUT)
 
 
-def test_ctrl_c_in_a_get_reading_its_reply(reads: Reads, tmp_path: Any) -> None:
+def test_ctrl_c_in_a_get_reading_its_reply(own_reads: Reads, tmp_path: Any) -> None:
     """The main thread blocked reading its reply is interrupted: KeyboardInterrupt, and
     the reply is the loop's to read (a later get returns it)."""
     assert threading.current_thread() is threading.main_thread()
@@ -167,7 +186,7 @@ def test_ctrl_c_in_a_get_reading_its_reply(reads: Reads, tmp_path: Any) -> None:
     ref = wait_for.remote(str(release), str(started))
 
     _interrupted_get(ref, _reading)
-    assert reads.raised == 1  # interrupted while reading
+    assert own_reads.raised == 1  # interrupted while reading
     release.touch()
     assert ray.get(ref, timeout=GET_TIMEOUT) == "released"
     for i in range(20):
@@ -185,7 +204,7 @@ def die_once(marker: str, started: str) -> str:
     return "second attempt"
 
 
-def test_a_worker_killed_while_a_thread_reads_its_reply(reads: Reads, tmp_path: Any) -> None:
+def test_a_worker_killed_while_a_thread_reads_its_reply(own_reads: Reads, tmp_path: Any) -> None:
     started = tmp_path / "started"
     ray.get(echo.remote(0), timeout=GET_TIMEOUT)
     ref = die_once.remote(str(tmp_path / "marker"), str(started))
@@ -207,7 +226,9 @@ def die(started: str) -> None:
     threading.Event().wait(4 * GET_TIMEOUT)
 
 
-def test_a_killed_worker_without_retries_fails_the_reading_get(reads: Reads, tmp_path: Any) -> None:
+def test_a_killed_worker_without_retries_fails_the_reading_get(
+    own_reads: Reads, tmp_path: Any
+) -> None:
     started = tmp_path / "started"
     ray.get(echo.remote(0), timeout=GET_TIMEOUT)
     ref = die.remote(str(started))
@@ -268,7 +289,7 @@ def test_sync_actor_calls_read_by_the_caller_stay_in_order(reads: Reads) -> None
         assert ray.get(c.inc.remote(), timeout=GET_TIMEOUT) == i
 
 
-def test_ctrl_c_in_a_get_reading_an_actor_reply(reads: Reads, tmp_path: Any) -> None:
+def test_ctrl_c_in_a_get_reading_an_actor_reply(own_reads: Reads, tmp_path: Any) -> None:
     release, started = tmp_path / "release", tmp_path / "started"
     c = Counter.remote()
     for i in range(1, 4):
@@ -276,14 +297,14 @@ def test_ctrl_c_in_a_get_reading_an_actor_reply(reads: Reads, tmp_path: Any) -> 
     ref = c.wait_for.remote(str(release), str(started))
 
     _interrupted_get(ref, _reading_call)
-    assert reads.raised == 1
+    assert own_reads.raised == 1
     release.touch()
     assert ray.get(ref, timeout=GET_TIMEOUT) == 4
     for i in range(5, 25):  # the order holds after the interrupt
         assert ray.get(c.inc.remote(), timeout=GET_TIMEOUT) == i
 
 
-def test_an_actor_killed_while_a_thread_reads_its_reply(reads: Reads, tmp_path: Any) -> None:
+def test_an_actor_killed_while_a_thread_reads_its_reply(own_reads: Reads, tmp_path: Any) -> None:
     release, started = tmp_path / "release", tmp_path / "started"
     c = Counter.remote()
     pid = ray.get(c.pid.remote(), timeout=GET_TIMEOUT)
@@ -315,25 +336,12 @@ def _reading_call(ref: ray.ObjectRef) -> bool:
     return a is not None and a.conn is not None and bool(a.conn._reading)
 
 
-def test_waits_that_do_not_read_the_reply_have_the_loop_read_it(
-    reads: Reads, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_waits_that_do_not_read_the_reply_have_the_loop_read_it(own_reads: Reads) -> None:
     """An ``await``, a get of several objects or of a call with two returns does not
     read the reply itself: the loop is told to read it at once, not at its lazy check
     (made an hour here, so a wait left to it would time out)."""
     import asyncio
 
-    from aioray import api
-    from aioray._private.owner import lazy_posts
-
-    cw = api.ensure_connected()
-    monkeypatch.setattr(lazy_posts, "DELAY_S", 3600.0)
-    ray.get(echo.remote(0), timeout=GET_TIMEOUT)
-    wait_for_condition(  # (a tick armed before the change fires, and the next is an hour off)
-        lambda: cw.lazy_posts.tick is None or cw.lazy_posts.tick.when() > cw.loop.time() + 60,
-        GET_TIMEOUT,
-        message="the lazy posts' tick never moved to an hour",
-    )
     assert ray.get(list(pair.remote(4)), timeout=GET_TIMEOUT) == [4, -4]
     ref = echo.remote("twice")
     assert ray.get([ref, ref], timeout=GET_TIMEOUT) == ["twice", "twice"]
