@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from aioray._private.core.memory_store import parse_returns
 from aioray._private.rpc.thread_reads import Frame, InterruptHold
 from aioray._private.wire import ids
+from aioray._private.wire.ids import TASK_ID_SIZE
 from aioray._private.wire.protocol import RESPONSE
 from aioray.exceptions import GetTimeoutError
 
@@ -62,6 +63,20 @@ def read_soon(cw: CoreWorker, oid: bytes) -> None:
         task = actor.inflight.get(tid)
         if task is not None:
             cw.post(read_check, actor.conn, task.push_seq)
+
+
+def read_all_soon(cw: CoreWorker, oids: list[bytes]) -> None:
+    """``read_soon`` for each of ``oids`` not stored yet (a get of several objects), in
+    one call: most are no thread's push, and a burst's get pays per object."""
+    tasks, pushed, lookup = cw.submitter.tasks, cw.actors.thread_pushed, cw.memory_store.get
+    for oid in oids:
+        tid = oid[:TASK_ID_SIZE]
+        task = tasks.get(tid)
+        if task is not None:
+            if task.push_seq and task.lease is not None and lookup(oid) is None:
+                cw.post(read_check, task.lease.conn, task.push_seq)
+        elif tid in pushed:
+            read_soon(cw, oid)
 
 
 def read_own_reply(cw: CoreWorker, oid: bytes, timeout: float | None) -> StoredObject | None:

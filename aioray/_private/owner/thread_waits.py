@@ -113,14 +113,13 @@ def wait_owned(
         if watched.setdefault(oid, entry) is not entry:
             wait.abandon()  # (the watches already made are dropped when their objects come)
             return None
-    unread = cw.posts_waiting  # (else every reply a thread pushed for is the loop's)
     for oid in oids:  # stored while we registered: whoever pops the watch delivers it
         if lookup(oid) is not None:
             taken = watched.pop(oid, None)
             if taken is not None:  # (ours, or another waiter's registered since: same)
                 cw.post(_deliver_taken, cw, oid, taken)
-        elif unread:  # (a reply a thread could have read itself: the loop reads it now)
-            reply_reads.read_soon(cw, oid)
+    if cw.posts_waiting:  # (else every reply a thread pushed for is the loop's already)
+        reply_reads.read_all_soon(cw, oids)
     try:
         woken = acquire_interruptibly(wait.lock, timeout)
     except BaseException:
