@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aioray._private.node import node
-from aioray._private.wire import config
+from aioray._private.wire import auth, config
 
 
 @pytest.fixture
@@ -64,3 +64,22 @@ def test_a_job_client_pointed_at_nothing_says_it_is_neither_dashboard_nor_gcs(
     text = str(info.value)
     assert text.startswith(f"Failed to connect to the dashboard at http://{address}: ")
     assert f"nor is a cluster's GCS listening at {address}: " in text
+
+
+def test_a_stopped_head_no_longer_names_the_token_of_its_address(
+    no_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A head this process started and stopped: the OS may give its GCS port to another
+    cluster next (a CI run saw it), whose token the cluster file holds; the stopped
+    head's token is forgotten, or it would be sent there and refused."""
+    no_env.setattr(config, "SESSION_ROOT", str(tmp_path))
+    no_env.setattr(node, "CLUSTER_FILE", str(tmp_path / "aioray_current_cluster"))
+    no_env.delenv(auth.TOKEN_ENV, raising=False)
+    stopped = node.LocalNode()
+    stopped.gcs_address, stopped.token = "127.0.0.1:4242", "the stopped head's"
+    stopped.session_dir, stopped.session_id = str(tmp_path), "no-such-session"
+    no_env.setitem(node._started_tokens, stopped.gcs_address, stopped.token)
+    assert node.token_for("127.0.0.1:4242") == "the stopped head's"
+    stopped.stop()
+    node.write_cluster_file({"gcs_address": "127.0.0.1:4242", "token": "the new head's"})
+    assert node.token_for("127.0.0.1:4242") == "the new head's"

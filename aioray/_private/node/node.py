@@ -511,6 +511,10 @@ class LocalNode:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close the lifeline, wait for the daemons to exit, kill what remains, sweep shm."""
+        # Its address is no longer its: the OS may give its port to another cluster's GCS
+        # next, and a join or a tool must not send that one this head's token.
+        if self.token is not None and _started_tokens.get(self.gcs_address) == self.token:
+            del _started_tokens[self.gcs_address]
         if self._lifeline_w is not None:
             os.close(self._lifeline_w)
             self._lifeline_w = None
