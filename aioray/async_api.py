@@ -227,7 +227,7 @@ class LoopFetcher:
                     if taken is not None:
                         self.cw.post(_deliver_taken, self.cw, oid, taken)
                 elif self.cw.posts_waiting:  # (a reply a caller thread could have read,
-                    reply_reads.read_soon(self.cw, oid)  # its check not run: read it now)
+                    reply_reads.read_soon(self.cw, (oid,))  # its check not run: read it now)
                 return
             # (another loop watches this object: the core loop serves this one)
         self._asked.append((ref, fut))

@@ -204,17 +204,34 @@ def die_once(marker: str, started: str) -> str:
     return "second attempt"
 
 
+def _killed_under_a_read(ref: ray.ObjectRef, started: Any, reading: Any, pid: Any) -> Any:
+    """``ray.get(ref)`` in another thread; once the task started and that thread reads its
+    reply itself (``reading(ref)``), SIGKILL ``pid()``: what the get returned or raised."""
+    outcome: list[Any] = []
+
+    def get() -> None:
+        try:
+            outcome.append(ray.get(ref, timeout=GET_TIMEOUT))
+        except BaseException as e:
+            outcome.append(e)
+
+    getter = threading.Thread(target=get)
+    getter.start()
+    wait_for_condition(
+        lambda: started.exists() and reading(ref), GET_TIMEOUT, message="the get never read"
+    )
+    os.kill(pid(), signal.SIGKILL)
+    getter.join(GET_TIMEOUT)
+    assert len(outcome) == 1, outcome
+    return outcome[0]
+
+
 def test_a_worker_killed_while_a_thread_reads_its_reply(own_reads: Reads, tmp_path: Any) -> None:
     started = tmp_path / "started"
     ray.get(echo.remote(0), timeout=GET_TIMEOUT)
     ref = die_once.remote(str(tmp_path / "marker"), str(started))
-    got: list[Any] = []
-    getter = threading.Thread(target=lambda: got.append(ray.get(ref, timeout=GET_TIMEOUT)))
-    getter.start()
-    wait_for_condition(lambda: started.exists() and _reading(ref), GET_TIMEOUT, message="no read")
-    os.kill(int(started.read_text()), signal.SIGKILL)
-    getter.join(GET_TIMEOUT)
-    assert got == ["second attempt"]  # retried on a new lease, its result read
+    got = _killed_under_a_read(ref, started, _reading, lambda: int(started.read_text()))
+    assert got == "second attempt"  # retried on a new lease, its result read
     assert ray.get(echo.remote(1), timeout=GET_TIMEOUT) == 1
 
 
@@ -232,20 +249,8 @@ def test_a_killed_worker_without_retries_fails_the_reading_get(
     started = tmp_path / "started"
     ray.get(echo.remote(0), timeout=GET_TIMEOUT)
     ref = die.remote(str(started))
-    errors: list[BaseException] = []
-
-    def get() -> None:
-        try:
-            ray.get(ref, timeout=GET_TIMEOUT)
-        except BaseException as e:
-            errors.append(e)
-
-    getter = threading.Thread(target=get)
-    getter.start()
-    wait_for_condition(lambda: started.exists() and _reading(ref), GET_TIMEOUT, message="no read")
-    os.kill(int(started.read_text()), signal.SIGKILL)
-    getter.join(GET_TIMEOUT)
-    assert len(errors) == 1 and isinstance(errors[0], WorkerCrashedError), errors
+    got = _killed_under_a_read(ref, started, _reading, lambda: int(started.read_text()))
+    assert isinstance(got, WorkerCrashedError), got
 
 
 @ray.remote(num_cpus=0)
@@ -309,22 +314,8 @@ def test_an_actor_killed_while_a_thread_reads_its_reply(own_reads: Reads, tmp_pa
     c = Counter.remote()
     pid = ray.get(c.pid.remote(), timeout=GET_TIMEOUT)
     ref = c.wait_for.remote(str(release), str(started))
-    errors: list[BaseException] = []
-
-    def get() -> None:
-        try:
-            ray.get(ref, timeout=GET_TIMEOUT)
-        except BaseException as e:
-            errors.append(e)
-
-    getter = threading.Thread(target=get)
-    getter.start()
-    wait_for_condition(
-        lambda: started.exists() and _reading_call(ref), GET_TIMEOUT, message="no read"
-    )
-    os.kill(pid, signal.SIGKILL)
-    getter.join(GET_TIMEOUT)
-    assert len(errors) == 1 and isinstance(errors[0], ActorDiedError), errors
+    got = _killed_under_a_read(ref, started, _reading_call, lambda: pid)
+    assert isinstance(got, ActorDiedError), got
 
 
 def _reading_call(ref: ray.ObjectRef) -> bool:

@@ -25,6 +25,7 @@ that waits for the object without reading the reply (a get of several objects, a
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from aioray._private.core.memory_store import parse_returns
@@ -48,35 +49,24 @@ def read_check(conn: rpc.Connection, seq: int) -> None:
         conn.resume_reads()
 
 
-def read_soon(cw: CoreWorker, oid: bytes) -> None:
-    """(a thread about to wait for ``oid`` without reading its reply: a get of several
-    objects, an ``await``, a call with more than one return) If that reply waits unread
-    on a connection lent to threads, have the loop read it now, not at its lazy check."""
-    tid = ids.task_id_of(oid)
-    task = cw.submitter.tasks.get(tid)
-    if task is not None:
-        if task.push_seq and task.lease is not None:
-            cw.post(read_check, task.lease.conn, task.push_seq)
-        return
-    actor = cw.actors.thread_pushed.get(tid)
-    if actor is not None and actor.conn is not None:
-        task = actor.inflight.get(tid)
-        if task is not None:
-            cw.post(read_check, actor.conn, task.push_seq)
-
-
-def read_all_soon(cw: CoreWorker, oids: list[bytes]) -> None:
-    """``read_soon`` for each of ``oids`` not stored yet (a get of several objects), in
-    one call: most are no thread's push, and a burst's get pays per object."""
+def read_soon(cw: CoreWorker, oids: Sequence[bytes]) -> None:
+    """(a thread about to wait for ``oids`` without reading their replies: a get of several
+    objects, an ``await``, a call with more than one return) Each of them not stored yet
+    whose reply waits unread on a connection lent to threads: have the loop read it now,
+    not at its lazy check. One call for all (a burst's get would pay per object)."""
     tasks, pushed, lookup = cw.submitter.tasks, cw.actors.thread_pushed, cw.memory_store.get
     for oid in oids:
         tid = oid[:TASK_ID_SIZE]
         task = tasks.get(tid)
-        if task is not None:
+        if task is not None:  # a task's
             if task.push_seq and task.lease is not None and lookup(oid) is None:
                 cw.post(read_check, task.lease.conn, task.push_seq)
-        elif tid in pushed:
-            read_soon(cw, oid)
+            continue
+        actor = pushed.get(tid)  # an actor call's
+        if actor is not None and actor.conn is not None:
+            call = actor.inflight.get(tid)
+            if call is not None:
+                cw.post(read_check, actor.conn, call.push_seq)
 
 
 def read_own_reply(cw: CoreWorker, oid: bytes, timeout: float | None) -> StoredObject | None:

@@ -119,7 +119,7 @@ def wait_owned(
             if taken is not None:  # (ours, or another waiter's registered since: same)
                 cw.post(_deliver_taken, cw, oid, taken)
     if cw.posts_waiting:  # (else every reply a thread pushed for is the loop's already)
-        reply_reads.read_all_soon(cw, oids)
+        reply_reads.read_soon(cw, oids)
     try:
         woken = acquire_interruptibly(wait.lock, timeout)
     except BaseException:

@@ -54,8 +54,9 @@ class InterruptHold:
     def hold(self) -> None:
         if threading.get_ident() == _MAIN:
             self.hit = False
-            self.old = _signal.signal(_SIGINT, self._held)  # (stored in the same C call's
-            # wake: an interrupt after the swap runs ``_held``, which only records it)
+            # (an interrupt after the swap, even before ``old`` is stored, runs ``_held``,
+            # which only records it)
+            self.old = _signal.signal(_SIGINT, self._held)
 
     def _held(self, signum: int, frame: Any) -> None:
         self.hit = True
