@@ -51,6 +51,7 @@ from aioray._private.owner.task_events import (
 )
 from aioray._private.rpc import loop as _loop
 from aioray._private.rpc import rpc
+from aioray._private.rpc.spin_wait import QueueSpin
 from aioray._private.wire import config, serialization
 from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import (
@@ -251,8 +252,9 @@ class TaskExecutor:
 
     # -- execution thread ------------------------------------------------------------------------
     def _run(self) -> None:
+        jobs = QueueSpin(self.queue)  # (spins a little while idle: rpc/spin_wait.py)
         while True:
-            job = self.queue.get()
+            job = jobs.get()
             if job is None:
                 return
             spec = job.spec  # may be malformed (a hostile peer): nothing here may raise

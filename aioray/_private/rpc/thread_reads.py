@@ -28,8 +28,11 @@ import os
 import select
 import threading
 import time
+from functools import partial
+from time import perf_counter
 from typing import Any
 
+from aioray._private.rpc.spin_wait import SpinBudget, spin
 from aioray._private.wire import protocol
 from aioray._private.wire.protocol import ERROR, RESPONSE, Buffer, ProtocolError
 
@@ -82,6 +85,7 @@ class ThreadReads:
     _reading = False  # (write lock) a thread holds the read side
     _want_back = False  # (write lock) the loop asked for it back while a thread read
     _rfd = -1  # the reading threads' duplicate of the socket
+    _spin: SpinBudget  # how long a reading thread polls before it sleeps (set when lent)
 
     # Provided by Connection:
     loop: asyncio.AbstractEventLoop
@@ -103,6 +107,7 @@ class ThreadReads:
         where the socket is surely open: see ``allow_thread_writes``)."""
         if self._rfd < 0 and self._fd >= 0 and self._transport is not None and not self._dead:
             self._rfd = os.dup(self._fd)
+            self._spin = SpinBudget()
 
     def pause_reads(self) -> None:
         """(loop) Lend the read side: stop reading, unless a reply to a request of the
@@ -158,7 +163,12 @@ class ThreadReads:
         fd = self._rfd
         poller = select.poll()
         poller.register(fd, select.POLLIN)
+        budget = self._spin
+        start = perf_counter()
         try:
+            if budget.now:  # (a reply that comes soon finds this CPU still running)
+                wait = budget.now if deadline is None else deadline - time.monotonic()
+                spin(partial(poller.poll, 0), min(wait, budget.now))
             while True:
                 wait = POLL_SLICE_S if deadline is None else deadline - time.monotonic()
                 if wait < 0 or self._dead:
@@ -170,6 +180,7 @@ class ThreadReads:
                 reply = self._read_frames(fd, seq)
                 if reply is not None:
                     if reply.__class__ is tuple:
+                        budget.waited(perf_counter() - start)
                         return reply
                     self.release_reads(keep=False)  # (closed, or a protocol error)
                     held.release()
