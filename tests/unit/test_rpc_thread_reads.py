@@ -2,7 +2,7 @@
 loopback sockets under asyncio and uvloop: the thread reads the reply to its own
 request while the loop does not; frames before it reach the loop in order; the loop
 takes the read side back for its own requests, after a deadline, on a closed
-connection; Ctrl-C held off while a reply is dealt with.
+connection; Ctrl-C held off while a reply is dealt with; the spin before it sleeps.
 
 Every wait is bounded; nothing sleeps."""
 
@@ -20,7 +20,9 @@ from fakes import event_loop_policy  # noqa: F401  (the fixture: asyncio and uvl
 from test_rpc_answer import TIMEOUT, bounded, in_thread
 from test_rpc_thread_calls import Replies
 
+from aioray._private.rpc import thread_reads
 from aioray._private.rpc.rpc import ConnectionLost
+from aioray._private.rpc.spin_wait import SpinBudget
 from aioray._private.rpc.thread_reads import InterruptHold
 from aioray._private.wire.protocol import NOTIFY, RESPONSE
 
@@ -217,3 +219,64 @@ async def test_a_notice_for_the_loop_is_not_taken_for_the_reply(setup: Any) -> N
     frame = await in_thread(read, client, seq)
     assert frame[0] == RESPONSE and frame[3] == "reply"
     await until(lambda: notes.seen == ["notice with the reply's number"])
+
+
+async def test_a_reply_the_spin_catches_keeps_its_budget_and_a_late_one_shrinks_it(
+    setup: Any,
+) -> None:
+    """The reading thread polls before it sleeps (rpc/spin_wait.py); what it waited
+    teaches the connection's budget."""
+    service, _, client, _ = setup
+    lent(client)
+    client._spin = SpinBudget(TIMEOUT)  # spins as long as any wait here takes
+    seq = await in_thread(client.call_then_now, "later", None, [], Replies(), [])
+    reading = asyncio.ensure_future(in_thread(read, client, seq))
+    (await service.next_answer()).send("soon")
+    assert (await reading)[3] == "soon"
+    assert client._spin.now == TIMEOUT  # caught by the spin
+    client._spin = SpinBudget(0.001)
+    seq = await in_thread(client.call_then_now, "later", None, [], Replies(), [])
+    answer = await service.next_answer()
+    reading = asyncio.ensure_future(in_thread(read, client, seq))
+    await until(lambda: client._reading)
+    late = time.monotonic() + 0.01  # ten times the limit
+    await until(lambda: time.monotonic() > late)
+    answer.send("late")
+    assert (await reading)[3] == "late"
+    assert client._spin.now == 0.0005
+
+
+async def test_a_deadline_sooner_than_the_spin_ends_the_read(setup: Any) -> None:
+    service, _, client, _ = setup
+    lent(client)
+    client._spin = SpinBudget(3600.0)
+    seq = await in_thread(client.call_then_now, "later", None, [], Replies(), [])
+    await service.next_answer()
+    start = time.monotonic()
+    assert await in_thread(read, client, seq, time.monotonic() + 0.05) is None
+    assert time.monotonic() - start < TIMEOUT
+    await until(lambda: not client._reads_paused)
+
+
+async def test_ctrl_c_in_the_spin_gives_the_read_side_back(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, _, client, _ = setup
+    lent(client)
+
+    class Interrupt(BaseException):
+        """KeyboardInterrupt's stand-in (asyncio would stop the test's loop with it)."""
+
+    def interrupted(ready: Any, seconds: float) -> bool:
+        raise Interrupt  # (where the main thread's Ctrl-C would land)
+
+    monkeypatch.setattr(thread_reads, "spin", interrupted)
+    replies = Replies()
+    seq = await in_thread(client.call_then_now, "later", None, [], replies, [])
+    answer = await service.next_answer()
+    with pytest.raises(Interrupt):
+        await in_thread(read, client, seq)
+    await until(lambda: not client._reads_paused)  # the loop reads again
+    answer.send("after the interrupt")
+    reply, exc, _ = await replies.next()
+    assert exc is None and reply[0] == "after the interrupt"
