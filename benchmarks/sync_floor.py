@@ -13,7 +13,15 @@ request itself (session 10); 3, it also reads the reply itself (session 11); 2, 
 worker's execution thread also reads the request itself (not done: a task's cancel
 must still be read while it runs).
 
+``--work``/``--cwork`` keep the worker (before it replies) and the caller (between
+calls) busy that many µs, so each side sleeps as long as in a real round trip;
+``--spin`` makes the waiting threads poll up to that many µs before they sleep, as
+rpc/spin_wait.py does (the caller in modes 3 and 2, the worker's execution thread, or
+its reading thread in mode 2). On a VM the difference is what waking a halted vCPU
+costs (session 12: ~125 against ~62 µs with ``--wakeups 2 --work 50 --cwork 30``).
+
     python benchmarks/sync_floor.py [--n 5000] [--rounds 3] [--wakeups 5|4|3|2]
+        [--work US] [--cwork US] [--spin US]
 """
 
 from __future__ import annotations
@@ -22,15 +30,33 @@ import argparse
 import asyncio
 import os
 import queue
+import select
 import socket
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 
 import uvloop
 
 MESSAGE = b"x" * 100
+WORK_S = 0.0  # --work
+SPIN_S = 0.0  # --spin
+
+
+def busy(seconds: float) -> None:
+    """Work (without sleeping) for ``seconds``."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def spin(ready: Callable[[], object]) -> None:
+    """Poll ``ready`` for up to --spin, yielding the CPU between polls."""
+    end = time.perf_counter() + SPIN_S
+    while not ready() and time.perf_counter() < end:
+        os.sched_yield()
 
 
 def worker(sock: socket.socket, direct: bool = False) -> None:
@@ -39,17 +65,23 @@ def worker(sock: socket.socket, direct: bool = False) -> None:
     jobs: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
     fd = sock.fileno()
     if direct:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
         while True:
+            spin(partial(poller.poll, 0))
             job = os.read(fd, 65536)
             if not job:
                 os._exit(0)
+            busy(WORK_S)
             os.write(fd, job)
 
     def execute() -> None:
         while True:
+            spin(jobs.qsize)
             job = jobs.get()
             if job is None:
                 return
+            busy(WORK_S)
             os.write(fd, job)  # the reply leaves from this thread (rpc.Answer.send_now)
 
     threading.Thread(target=execute, daemon=True).start()
@@ -113,9 +145,10 @@ class Driver:
         lock.acquire()
 
 
-def round_trip_own(fd: int) -> None:
+def round_trip_own(fd: int, poller: select.poll) -> None:
     """The caller writes the request and reads the reply itself (rpc/thread_reads.py)."""
     os.write(fd, MESSAGE)
+    spin(partial(poller.poll, 0))
     os.read(fd, 65536)
 
 
@@ -124,7 +157,12 @@ def main() -> None:
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--wakeups", type=int, choices=[5, 4, 3, 2], default=5)
+    p.add_argument("--work", type=float, default=0.0, help="µs the worker works a call")
+    p.add_argument("--cwork", type=float, default=0.0, help="µs the caller works between")
+    p.add_argument("--spin", type=float, default=0.0, help="µs a waiter polls first")
     a = p.parse_args()
+    global WORK_S, SPIN_S
+    WORK_S, SPIN_S = a.work / 1e6, a.spin / 1e6
     listener = socket.create_server(("127.0.0.1", 0))
     pid = os.fork()
     if pid == 0:
@@ -138,27 +176,28 @@ def main() -> None:
         driver = Driver(sock)
         round_trip = driver.round_trip if a.wakeups == 5 else driver.round_trip_written
     else:
-        round_trip = partial(round_trip_own, sock.fileno())
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        round_trip = partial(round_trip_own, sock.fileno(), poller)
     for _ in range(500):
         round_trip()
     for _ in range(a.rounds):
         lat = []
         start = time.perf_counter()
         for _ in range(a.n):
+            busy(a.cwork / 1e6)
             t = time.perf_counter()
             round_trip()
             lat.append(time.perf_counter() - t)
         wall = time.perf_counter() - start
         print(
-            f"floor, {a.wakeups} wake-ups {a.n / wall:7.0f}/s  "
+            f"floor, {a.wakeups} wake-ups, work {a.work:g}/{a.cwork:g} us, spin {a.spin:g} us "
+            f"{a.n / wall:7.0f}/s  "
             f"median {statistics.median(lat) * 1e6:6.1f} us  "
             f"p10 {statistics.quantiles(lat, n=10)[0] * 1e6:6.1f} us",
             flush=True,
         )
-    if driver is not None:
-        driver.loop.call_soon_threadsafe(driver.transport.close)  # type: ignore[union-attr]
-    else:
-        sock.close()
+    sock.shutdown(socket.SHUT_RDWR)  # (the worker sees the end and exits)
     os.waitpid(pid, 0)
 
 
