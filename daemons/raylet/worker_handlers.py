@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from aioray.daemons.raylet.gcs_link import check_from_gcs
+
 from aioray._private.rpc import rpc
 from aioray._private.wire.protocol import Buffer
 from aioray._private.wire.schema import RegisterWorker
@@ -104,7 +106,9 @@ class WorkerHandlers:
 
     def handle_kill_actor_worker(self, conn: rpc.Connection, aid: bytes, _: list[Buffer]) -> None:
         """``kill_actor_worker`` aid (notice, from the GCS): end the worker hosting that actor
-        here (told to exit, it sends its last task events first; SIGKILLed if it does not)."""
+        here (told to exit, it sends its last task events first; SIGKILLed if it does not).
+        From any other peer it is refused (PermissionError): only the GCS ends actors."""
+        check_from_gcs(conn, "kill_actor_worker")
         raylet = self.raylet
         assert raylet.pool is not None
         for lease in raylet.leases.values():

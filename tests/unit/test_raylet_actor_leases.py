@@ -71,3 +71,24 @@ async def test_an_owners_task_lease_still_returns_when_its_owner_goes(
     owner.drop()
     assert not raylet.leases and raylet.pool is not None and raylet.pool.idle[""]
     assert worker.methods() == []  # reused, not ended
+
+
+async def test_only_the_gcs_may_end_an_actors_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kill_actor_worker`` from any peer but the GCS (a driver, a worker, a fuzzer with the
+    token) is refused with a PermissionError, and the actor's worker keeps serving; the
+    GCS's own still ends it."""
+    kills: list[int] = []
+    monkeypatch.setattr(worker_pool, "_kill", kills.append)
+    raylet, worker = a_raylet_with_one_idle_worker(tmp_path)
+    link = FakeConnection("gcs link")
+    link.state[GCS_LINK] = True
+    body: Any = {"res": {"CPU": 1.0}, "hold": {"CPU": 1.0}, "env": None, "actor": ACTOR}
+    await raylet.handle_request_lease(link, body, [])  # type: ignore[arg-type]
+    stranger = FakeConnection("a driver")
+    with pytest.raises(PermissionError, match="kill_actor_worker is for the GCS to send"):
+        raylet.clients.handle_kill_actor_worker(stranger, ACTOR, [])  # type: ignore[arg-type]
+    assert worker.methods() == [] and kills == [] and len(raylet.leases) == 1
+    raylet.clients.handle_kill_actor_worker(link, ACTOR, [])  # type: ignore[arg-type]
+    assert worker.methods() == ["exit_worker"]
