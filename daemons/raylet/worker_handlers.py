@@ -1,7 +1,8 @@
 """A raylet's clients coming and going: a worker registering (it joins the pool),
 blocked in get (its CPUs lent to other tasks) and running again, exiting or dying
 (its lease ends, an actor's death goes to the GCS), an actor's worker ended; a driver
-or owner registering and leaving (its requests dropped, its leases returned)."""
+or owner registering and leaving (its requests dropped, its leases returned: a worker
+still running its task is ended)."""
 
 from __future__ import annotations
 
@@ -77,12 +78,13 @@ class WorkerHandlers:
             raylet.schedule()
 
     def owner_gone(self, conn: rpc.Connection) -> None:
-        """A driver's or owner's connection closed: drop its requests, end its leases."""
+        """A driver's or owner's connection closed: drop its requests, end its leases (a
+        worker still running the owner's task is ended, an idle one goes back to the pool)."""
         raylet = self.raylet
         for req in [r for r in raylet.requests if r.conn is conn]:
             raylet.requests.remove(req)
         for lease in [x for x in raylet.leases.values() if x.conn is conn]:
-            raylet.end_lease(lease.lease_id, worker_ok=True)
+            raylet.end_lease(lease.lease_id, worker_ok=True, owner_dead=True)
         raylet.schedule()
 
     def handle_worker_blocked(self, conn: rpc.Connection, blocked: bool, _: list[Buffer]) -> None:
