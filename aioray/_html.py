@@ -186,6 +186,15 @@ def _local_state(handle: Any) -> str | None:
         return None
 
 
+def _state_not_asked(handle: Any) -> str:
+    """The State cell when the GCS could not be asked: what this process learned, said as
+    such, or unknown (a handle's record starts PENDING_CREATION: that is not knowledge)."""
+    learned = _local_state(handle)
+    if learned is None:
+        return "<i>unknown (the GCS could not be asked)</i>"
+    return f"{html.escape(learned)} <i>(as last learned here: the GCS could not be asked)</i>"
+
+
 def actor_handle_html(handle: Any) -> str:
     """One actor: class, id, state (from the GCS), name, pid and restarts."""
     try:
@@ -198,8 +207,8 @@ def actor_handle_html(handle: Any) -> str:
         info = _actor_info(handle) if live else None
         if not live:
             rows.append(("State", "<i>unknown (not connected to the session that made it)</i>"))
-        elif info is None:
-            rows.append(("State", html.escape(_local_state(handle) or "unknown")))
+        elif info is None:  # (the GCS is down or slow, or this is the CoreWorker's loop)
+            rows.append(("State", _state_not_asked(handle)))
         else:
             rows.append(("State", html.escape(str(info.get("state", "unknown")))))
             if info.get("death"):

@@ -104,6 +104,7 @@ class TaskExecutor:
             "cancel_task": self.handle_cancel_task,
             "stream_ack": self.streams.handle_stream_ack,
             "exit_if_idle": self.handle_exit_if_idle,
+            "is_busy": self.handle_is_busy,
             "exit_worker": self.handle_exit_worker,
             **self.actor.handlers(),
         }
@@ -114,6 +115,11 @@ class TaskExecutor:
         cw = self.cw
         busy = self.current is not None or self.queued or cw.submitter.tasks
         return not (busy or cw.owned or cw.actors.owns_actors())
+
+    def handle_is_busy(self, conn: rpc.Connection, body: None, _: list[Buffer]) -> bool:
+        """``is_busy`` (raylet) -> whether a task runs or waits here: asked when the owner of
+        this worker's lease died (busy, it is ended: nobody will read the result)."""
+        return self.current is not None or bool(self.queued)
 
     def handle_exit_worker(self, conn: rpc.Connection, code: int, _: list[Buffer]) -> None:
         """``exit_worker`` exit code (notice, from the raylet: ``ray.kill`` of this worker's

@@ -31,7 +31,6 @@ DESTRUCTIVE = frozenset(
     {
         "shutdown",
         "kill_actor",
-        "kill_actor_worker",
         "node_stopping",
         "actor_exiting",
         "actor_worker_died",

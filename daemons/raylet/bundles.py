@@ -26,7 +26,7 @@ import os
 import signal
 from typing import TYPE_CHECKING
 
-from aioray.daemons.raylet.gcs_link import GCS_LINK
+from aioray.daemons.raylet.gcs_link import check_from_gcs
 from aioray.daemons.raylet.resources import give_back_gpus, take_gpus
 
 from aioray._private.core.bundle_resources import add, group_resources, is_group_resource
@@ -68,9 +68,7 @@ class BundleService:
         """Only the GCS reserves and releases bundles: from any other peer (even well
         formed) a bundle step is refused, else it could hold a node's resources with no
         group to ever release them, or kill a group's workers."""
-        if not conn.state.get(GCS_LINK):  # (not ``raylet.gcs``: set only once registered,
-            # and the GCS may place a waiting group on this node before its reply is read)
-            raise PermissionError(f"{method} is for the GCS to send")
+        check_from_gcs(conn, method)
 
     def handle_prepare_bundles(
         self, conn: rpc.Connection, body: PrepareBundles, _: list[Buffer]

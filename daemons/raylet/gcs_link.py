@@ -35,10 +35,19 @@ if TYPE_CHECKING:
     from aioray.daemons.raylet.server import Raylet
 
 # The mark on this raylet's own connection to the GCS, made when it opens: the GCS's
-# requests arrive on it (bundles.py accepts bundle steps only there).
+# requests arrive on it (bundle steps and ending actors' workers are accepted only there).
 GCS_LINK = "gcs_link"
 
 logger = logging.getLogger(__name__)
+
+
+def check_from_gcs(conn: rpc.Connection, method: str) -> None:
+    """Refuse ``method`` (PermissionError) unless it came on the link to the GCS: what only
+    the GCS may ask (hold a node's resources, end an actor's worker) is refused from any
+    other peer, however well formed. (Known by its mark, not as ``raylet.gcs``: that is
+    set only once registered, and the GCS may ask before its reply is read.)"""
+    if not conn.state.get(GCS_LINK):
+        raise PermissionError(f"{method} is for the GCS to send")
 
 
 class NodeRefused(Exception):

@@ -324,8 +324,9 @@ class Raylet:
         self.end_lease(lease_id, worker_ok=not worker_dead)
         self.schedule()
 
-    def end_lease(self, lease_id: int, worker_ok: bool) -> None:
-        """A lease ends: its resources and GPUs come back; its worker is reused if it can be."""
+    def end_lease(self, lease_id: int, worker_ok: bool, owner_dead: bool = False) -> None:
+        """A lease ends: its resources and GPUs come back; its worker is reused if it can be
+        (``owner_dead``: if it runs none of the dead owner's tasks, worker_pool.reclaim)."""
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return
@@ -337,6 +338,8 @@ class Raylet:
         if lease.actor is not None:
             assert self.pool is not None
             self.pool.end(w, 1)  # an actor's worker holds its state: never reused
+        elif owner_dead and self.pool is not None:
+            self.pool.reclaim(w)
         elif worker_ok and w.conn is not None and not w.conn.is_closed and self.pool is not None:
             self.pool.push_idle(w)
 

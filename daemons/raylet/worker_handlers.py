@@ -1,12 +1,15 @@
 """A raylet's clients coming and going: a worker registering (it joins the pool),
 blocked in get (its CPUs lent to other tasks) and running again, exiting or dying
 (its lease ends, an actor's death goes to the GCS), an actor's worker ended; a driver
-or owner registering and leaving (its requests dropped, its leases returned)."""
+or owner registering and leaving (its requests dropped, its leases returned: a worker
+still running its task is ended)."""
 
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING
+
+from aioray.daemons.raylet.gcs_link import check_from_gcs
 
 from aioray._private.rpc import rpc
 from aioray._private.wire.protocol import Buffer
@@ -75,12 +78,13 @@ class WorkerHandlers:
             raylet.schedule()
 
     def owner_gone(self, conn: rpc.Connection) -> None:
-        """A driver's or owner's connection closed: drop its requests, end its leases."""
+        """A driver's or owner's connection closed: drop its requests, end its leases (a
+        worker still running the owner's task is ended, an idle one goes back to the pool)."""
         raylet = self.raylet
         for req in [r for r in raylet.requests if r.conn is conn]:
             raylet.requests.remove(req)
         for lease in [x for x in raylet.leases.values() if x.conn is conn]:
-            raylet.end_lease(lease.lease_id, worker_ok=True)
+            raylet.end_lease(lease.lease_id, worker_ok=True, owner_dead=True)
         raylet.schedule()
 
     def handle_worker_blocked(self, conn: rpc.Connection, blocked: bool, _: list[Buffer]) -> None:
@@ -104,7 +108,9 @@ class WorkerHandlers:
 
     def handle_kill_actor_worker(self, conn: rpc.Connection, aid: bytes, _: list[Buffer]) -> None:
         """``kill_actor_worker`` aid (notice, from the GCS): end the worker hosting that actor
-        here (told to exit, it sends its last task events first; SIGKILLed if it does not)."""
+        here (told to exit, it sends its last task events first; SIGKILLed if it does not).
+        From any other peer it is refused (PermissionError): only the GCS ends actors."""
+        check_from_gcs(conn, "kill_actor_worker")
         raylet = self.raylet
         assert raylet.pool is not None
         for lease in raylet.leases.values():

@@ -154,6 +154,7 @@ class WorkerPool:
         self._spawning: set[asyncio.Future[None]] = set()
         self.reaped = 0  # idle env workers ended
         self.kept_idle = 0  # idle env workers that still owned something when asked
+        self.ended_busy = 0  # workers ended because their dead owner's task still ran
         # Called with (env key, message) when an env cannot be set up on this node.
         self.on_setup_failed: Callable[[str, str], None] | None = None
         if agent is not None:
@@ -303,6 +304,30 @@ class WorkerPool:
         self.idle.setdefault(w.env_key, []).append(w)
         if w.env_key:  # a runtime env's worker holds its env: it goes when unused a while
             asyncio.get_running_loop().call_later(ENV_WORKER_IDLE_S, self._reap, w, w.idle_since)
+
+    def reclaim(self, w: WorkerHandle) -> None:
+        """A task worker whose lease ended with its owner's death: back to idle if it runs
+        nothing, else ended, not reused (nobody will read its result: Ray's raylet kills a
+        dead owner's leased workers). Until it answers it is neither idle nor leased."""
+        if w.conn is None or w.conn.is_closed:
+            return
+        w.lease_id = None
+        task = asyncio.ensure_future(self._reclaim(w, w.conn))
+        self._spawning.add(task)
+        task.add_done_callback(self._spawn_done)
+
+    async def _reclaim(self, w: WorkerHandle, conn: rpc.Connection) -> None:
+        try:
+            busy = await conn.call("is_busy")
+        except (ConnectionError, rpc.RpcError):
+            busy = True  # (cannot tell: ending it is safe, reusing it may not be)
+        if conn.is_closed:
+            return
+        if busy is False:
+            self.push_idle(w)
+        else:
+            self.ended_busy += 1
+            self.end(w, 1)
 
     def _reap(self, w: WorkerHandle, idle_since: float) -> None:
         idle = self.idle.get(w.env_key, [])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -70,3 +72,75 @@ def test_get_of_a_pending_object_fails_when_its_owner_dies(ray_start: Any, tmp_p
         fut.result(timeout=GET_TIMEOUT)
     assert time.monotonic() - start < 10, "a borrower's get hung after its owner died"
     marker.write_text("go")  # let the orphaned task end now rather than at its deadline
+
+
+BLOCKED_DRIVER = """
+import os, sys, time
+import aioray as ray
+
+@ray.remote
+def block(pid_file, marker):
+    with open(pid_file, "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.time() + 120  # (bounded: a worker left running goes in the end)
+    while not os.path.exists(marker) and time.time() < deadline:
+        time.sleep(0.05)
+    return 1
+
+ray.init(address=sys.argv[1])
+ref = block.remote(sys.argv[2], sys.argv[3])
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.05)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+@ray.remote
+def worker_pid() -> int:
+    return os.getpid()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("ray_start", [{"num_cpus": 1}], indirect=True)
+def test_a_dead_drivers_running_task_worker_is_killed_not_reused(
+    ray_start: Any, tmp_path: Path
+) -> None:
+    """A driver SIGKILLed while its task runs: nobody will read that task's result, so its
+    worker is killed (as Ray's raylet kills a dead owner's leased workers), not put back
+    as idle still running it; the node's CPU comes back and the next task runs."""
+    pid_file, marker = tmp_path / "pid", tmp_path / "never"
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            BLOCKED_DRIVER,
+            ray_start.address_info["gcs_address"],
+            str(pid_file),
+            str(marker),
+        ],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert driver.stdout is not None and driver.stdout.readline().strip() == "ready"
+        busy = int(pid_file.read_text())
+        driver.kill()
+        driver.wait(10)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(10)
+        if driver.stdout is not None:
+            driver.stdout.close()
+    wait_for_condition(
+        lambda: _gone(busy), timeout=30, message="the dead driver's task worker still runs"
+    )
+    assert ray.get(worker_pid.remote(), timeout=GET_TIMEOUT) != busy

@@ -12,7 +12,7 @@ from aioray.daemons.raylet import worker_pool
 from aioray.daemons.raylet.gcs_link import GCS_LINK
 from aioray.daemons.raylet.server import Raylet
 from aioray.daemons.raylet.worker_pool import WorkerHandle, WorkerPool
-from fakes import FakeConnection
+from fakes import FakeConnection, settle
 
 ACTOR = b"\xaa" * 16
 
@@ -61,7 +61,7 @@ async def test_an_owners_task_lease_still_returns_when_its_owner_goes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """(The other side of it) an owner's connection closing returns its leases: the
-    worker goes back to the pool."""
+    worker, asked, runs none of its tasks, and goes back to the pool."""
     monkeypatch.setattr(worker_pool, "_kill", lambda pid: None)
     raylet, worker = a_raylet_with_one_idle_worker(tmp_path)
     owner = FakeConnection("owner")
@@ -69,5 +69,53 @@ async def test_an_owners_task_lease_still_returns_when_its_owner_goes(
     await raylet.handle_request_lease(owner, body, [])  # type: ignore[arg-type]
     assert raylet.leases
     owner.drop()
-    assert not raylet.leases and raylet.pool is not None and raylet.pool.idle[""]
-    assert worker.methods() == []  # reused, not ended
+    assert not raylet.leases and raylet.resources.available["CPU"] == 1.0
+    await settle()
+    [asked] = worker.pending("is_busy")
+    worker.reply(asked, False)
+    await settle()
+    assert raylet.pool is not None and raylet.pool.idle[""]
+    assert worker.methods() == ["is_busy"]  # reused, not ended
+
+
+async def test_a_worker_still_running_a_dead_owners_task_is_ended_not_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An owner dies while its task runs on its leased worker: nobody will read the
+    result, so the worker is ended (Ray's raylet kills a dead owner's leased workers), not
+    put back as idle, where the next lease would queue behind that task; the CPU comes
+    back at once."""
+    monkeypatch.setattr(worker_pool, "_kill", lambda pid: None)
+    raylet, worker = a_raylet_with_one_idle_worker(tmp_path)
+    owner = FakeConnection("owner")
+    body: Any = {"res": {"CPU": 1.0}, "env": None}
+    await raylet.handle_request_lease(owner, body, [])  # type: ignore[arg-type]
+    owner.drop()
+    assert not raylet.leases and raylet.resources.available["CPU"] == 1.0
+    await settle()
+    [asked] = worker.pending("is_busy")
+    worker.reply(asked, True)
+    await settle()
+    assert raylet.pool is not None and not raylet.pool.idle.get("")
+    assert worker.methods() == ["is_busy", "exit_worker"]
+
+
+async def test_only_the_gcs_may_end_an_actors_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kill_actor_worker`` from any peer but the GCS (a driver, a worker, a fuzzer with the
+    token) is refused with a PermissionError, and the actor's worker keeps serving; the
+    GCS's own still ends it."""
+    kills: list[int] = []
+    monkeypatch.setattr(worker_pool, "_kill", kills.append)
+    raylet, worker = a_raylet_with_one_idle_worker(tmp_path)
+    link = FakeConnection("gcs link")
+    link.state[GCS_LINK] = True
+    body: Any = {"res": {"CPU": 1.0}, "hold": {"CPU": 1.0}, "env": None, "actor": ACTOR}
+    await raylet.handle_request_lease(link, body, [])  # type: ignore[arg-type]
+    stranger = FakeConnection("a driver")
+    with pytest.raises(PermissionError, match="kill_actor_worker is for the GCS to send"):
+        raylet.clients.handle_kill_actor_worker(stranger, ACTOR, [])  # type: ignore[arg-type]
+    assert worker.methods() == [] and kills == [] and len(raylet.leases) == 1
+    raylet.clients.handle_kill_actor_worker(link, ACTOR, [])  # type: ignore[arg-type]
+    assert worker.methods() == ["exit_worker"]
