@@ -108,7 +108,9 @@ def test_an_item_already_queued_is_taken_without_spinning() -> None:
 
 
 @pytest.mark.parametrize("raw", ["lots", "-1", "2e6", "nan"])
-def test_a_malformed_setting_is_refused_naming_it(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_malformed_setting_is_refused_naming_it(
+    raw: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AIORAY_SPIN_WAIT_US", raw)
     with pytest.raises(ValueError, match=rf"AIORAY_SPIN_WAIT_US must be .* got {raw!r}"):
         config._spin_wait_s()
