@@ -86,6 +86,7 @@ class TaskExecutor:
         self.current: bytes | None = None
         self.cancelled: set[bytes] = set()
         self.queued: dict[bytes, Job] = {}  # waiting for the execution thread
+        self.fetching = 0  # tasks whose arguments are still fetched from their owners
         self.streams = StreamSender(cw, self.pack_value)  # num_returns="streaming" items
         self.thread = threading.Thread(target=self._run, name="aioray-exec", daemon=True)
         self.pid = os.getpid()
@@ -113,13 +114,14 @@ class TaskExecutor:
         """(raylet) May this idle worker go? Not while it owns objects, actors or tasks
         that others may still need (Ray's workers refuse such an exit too)."""
         cw = self.cw
-        busy = self.current is not None or self.queued or cw.submitter.tasks
+        busy = self.current is not None or self.queued or self.fetching or cw.submitter.tasks
         return not (busy or cw.owned or cw.actors.owns_actors())
 
     def handle_is_busy(self, conn: rpc.Connection, body: None, _: list[Buffer]) -> bool:
         """``is_busy`` (raylet) -> whether a task runs or waits here: asked when the owner of
-        this worker's lease died (busy, it is ended: nobody will read the result)."""
-        return self.current is not None or bool(self.queued)
+        this worker's lease died (busy, it is ended: nobody will read the result). A task
+        whose arguments are still being fetched counts: it runs once they are here."""
+        return self.current is not None or bool(self.queued) or self.fetching > 0
 
     def handle_exit_worker(self, conn: rpc.Connection, code: int, _: list[Buffer]) -> None:
         """``exit_worker`` exit code (notice, from the raylet: ``ray.kill`` of this worker's
@@ -167,6 +169,7 @@ class TaskExecutor:
             job.hold(self.cw, spec["cr"])
         remote: list[DepOwner] = [d for d in spec.get("d", ()) if d[0] == DEP_OWNER]
         if remote:
+            self.fetching += 1  # (now: the fetch starts on the loop's next turn)
             self.cw.loop.create_task(self._fetch_then_run(job, remote))
         else:
             self.enqueue(job)
@@ -178,7 +181,10 @@ class TaskExecutor:
         self.queue.put(job)
 
     async def _fetch_then_run(self, job: Job, deps: list[DepOwner]) -> None:
-        await self.fetch_deps(job, deps)
+        try:
+            await self.fetch_deps(job, deps)
+        finally:
+            self.fetching -= 1
         self.enqueue(job)
 
     async def fetch_deps(self, job: Job, deps: list[DepOwner]) -> None:
