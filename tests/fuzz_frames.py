@@ -25,19 +25,11 @@ from aioray._private.wire.protocol import PREFIX, REQUEST, FrameDecoder
 Frame = tuple[int, int, "str | None", Any, list[bytes]]
 MAX_RECORDED_BUFFER = 64 * 1024
 
-# Authenticated peers are trusted: these requests legitimately end processes or
-# rewrite the cluster's membership, so the fuzzer never sends them well-formed.
-DESTRUCTIVE = frozenset(
-    {
-        "shutdown",
-        "kill_actor",
-        "node_stopping",
-        "actor_exiting",
-        "actor_worker_died",
-        "register_node",
-        "register_worker",
-    }
-)
+# What any authenticated peer may legitimately ask, and which ends processes or rewrites
+# the cluster's membership, the fuzzer never sends well formed: ``kill_actor`` (Ray's
+# ray.kill, from any driver) and ``register_node`` (a new node joining). What only one
+# party may send (a node's raylet, the GCS) is refused from the fuzzer's peer: it is sent.
+DESTRUCTIVE = frozenset({"kill_actor", "register_node"})
 
 
 @contextlib.contextmanager

@@ -54,6 +54,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# A raylet back after a GCS restart delivers the deaths and exits that waited before it
+# registers again (so they land before the GCS settles its actors): kept per connection
+# until it registers, at most this many.
+EARLY_NOTICES = "early_actor_notices"
+MAX_EARLY_NOTICES = 1000
+
 PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
 MAX_PLACEMENT_ATTEMPTS = 10
 
@@ -288,8 +294,12 @@ class ActorManager:
         self, conn: rpc.Connection, body: ActorWorkerDied, _: list[Buffer]
     ) -> None:
         """``actor_worker_died`` [aid, worker id, reason] (notice, from a raylet): the actor's
-        worker died; restart it while max_restarts allows, else it is DEAD."""
+        worker died; restart it while max_restarts allows, else it is DEAD. Only that node's
+        raylet reports it (PermissionError from any other peer)."""
         aid, worker_id, reason = body
+        node = self._raylet_node(conn, "actor_worker_died", body)
+        if node is None:
+            return
         rec = self.actors.get(aid)
         # Why the worker id: a node that stops on purpose says so (``node_stopping``,
         # which restarts its actors at once) before it stops its workers, whose deaths
@@ -298,6 +308,7 @@ class ActorManager:
         if rec is None or rec.state == DEAD:
             return
         if worker_id == rec.worker_id:
+            self._check_node(rec, node, "actor_worker_died")
             self.retry_or_die(rec, reason)
         elif rec.worker_id is None:  # its lease may be on its way here: see _schedule
             rec.early_deaths[worker_id] = reason
@@ -306,12 +317,42 @@ class ActorManager:
         self, conn: rpc.Connection, body: ActorExiting, _: list[Buffer]
     ) -> None:
         """``actor_exiting`` [aid, worker id] (notice, from a raylet): the actor is exiting on
-        purpose (exit_actor, __ray_terminate__): it is not restarted."""
+        purpose (exit_actor, __ray_terminate__): it is not restarted. Only that node's raylet
+        reports it (PermissionError from any other peer)."""
         aid, worker_id = body
+        node = self._raylet_node(conn, "actor_exiting", body)
+        if node is None:
+            return
         rec = self.actors.get(aid)
         if rec is not None and worker_id == rec.worker_id:  # not a replaced incarnation
+            self._check_node(rec, node, "actor_exiting")
             rec.no_restart = True
             rec.death = "The actor exited intentionally (exit_actor or __ray_terminate__)."
+
+    def _raylet_node(self, conn: rpc.Connection, method: str, body: Any) -> bytes | None:
+        """The node whose raylet registered on ``conn``; None if none has yet: the notice is
+        then kept until one does (``raylet_registered``), refused past MAX_EARLY_NOTICES."""
+        node = self.gcs.node_of(conn)
+        if node is None:
+            early = conn.state.setdefault(EARLY_NOTICES, [])
+            if len(early) >= MAX_EARLY_NOTICES:
+                raise PermissionError(f"{method} is for a registered raylet to send")
+            early.append((method, body))
+        return node
+
+    @staticmethod
+    def _check_node(rec: ActorRecord, node: bytes, method: str) -> None:
+        if rec.node_id != node:  # a raylet speaks only of the workers of its own node
+            raise PermissionError(f"{method} is for the actor's own raylet to send")
+
+    def raylet_registered(self, conn: rpc.Connection) -> None:
+        """``conn`` registered its node: apply the deaths and exits it sent before."""
+        handlers = self.handlers()
+        for method, body in conn.state.pop(EARLY_NOTICES, []):
+            try:
+                handlers[method](conn, body, [])
+            except Exception as e:  # (one refused notice does not undo the registration)
+                logger.warning("%s sent before its registration refused: %s", method, e)
 
     def retry_or_die(self, rec: ActorRecord, reason: str, death: str = "") -> None:
         """The actor's worker or node is gone: restart it while it may, else it is DEAD."""

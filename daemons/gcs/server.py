@@ -179,6 +179,7 @@ class GcsServer:
         self.health.watch(node_id)
         self.placement_groups.kick()  # a pending group may fit on the new node
         logger.info("node %s registered at %s:%s", node_id.hex()[:8], body["ip"], body["port"])
+        self.actors.raylet_registered(conn)  # (before its actors are settled)
         self.persistence.reconcile_node(node_id, body.get("actors"))
         self.metrics.nodes_changed()
         return {"session_id": self.session_id, "session_dir": self.session_dir}
@@ -205,6 +206,13 @@ class GcsServer:
     def raylet_conn(self, node_id: bytes) -> rpc.Connection | None:
         return self.raylets.get(node_id)
 
+    def check_from_raylet_of(self, conn: rpc.Connection, node_id: bytes, method: str) -> None:
+        """Refuse ``method`` (PermissionError) unless ``conn`` is the connection that node's
+        raylet registered on: what only a node's raylet may say of it (it stops, its
+        resources) is refused from any other peer, however well formed."""
+        if self.raylets.get(node_id) is not conn:
+            raise PermissionError(f"{method} is for that node's own raylet to send")
+
     def node_of(self, conn: rpc.Connection) -> bytes | None:
         return next((n for n, c in self.raylets.items() if c is conn), None)
 
@@ -222,11 +230,13 @@ class GcsServer:
         self, conn: rpc.Connection, body: ReportResources, _: list[Buffer]
     ) -> None:
         """``report_resources`` [node id, available, total?] (notice, from a raylet): the node's
-        free (and, when changed, total) resources; it also counts as a heartbeat."""
+        free (and, when changed, total) resources; it also counts as a heartbeat. A live
+        node's figures from any peer but its raylet are refused (PermissionError)."""
         node_id, available = body[:2]
         total = body[2] if len(body) > 2 else None  # only when the node's totals changed
         node = self.nodes.get(node_id)
         if node is not None and node["Alive"]:
+            self.check_from_raylet_of(conn, node_id, "report_resources")
             node["Available"] = available
             if total is not None:
                 node["Resources"] = total
@@ -237,12 +247,18 @@ class GcsServer:
     def handle_node_stopping(
         self, conn: rpc.Connection, body: NodeStopping, _: list[Buffer]
     ) -> None:
-        """A raylet that stops on purpose says so first (Ray: EXPECTED_TERMINATION)."""
+        """``node_stopping`` [node id, reason] (notice, from that node's raylet): it stops on
+        purpose (Ray: EXPECTED_TERMINATION) and is dead from now on. From any other peer it
+        is refused (PermissionError): a live node would be declared dead for good."""
         node_id, why = body
+        self.check_from_raylet_of(conn, node_id, "node_stopping")
         self.node_dead(node_id, why, expected=True)
 
     def handle_heartbeat(self, conn: rpc.Connection, node_id: bytes, _: list[Buffer]) -> None:
-        """``heartbeat`` node id (notice, from a raylet): the node is alive (node_health)."""
+        """``heartbeat`` node id (notice, from that node's raylet): the node is alive
+        (node_health). From any other peer it is refused (PermissionError): it would keep a
+        hung node seen as alive."""
+        self.check_from_raylet_of(conn, node_id, "heartbeat")
         self.health.seen(node_id)
 
     def handle_get_nodes(
@@ -316,8 +332,3 @@ class GcsServer:
         """``owner_reconnected`` worker id (notice, from an owner after a GCS restart): its actors'
         owner connection is this one again."""
         self.persistence.owner_reconnected(conn, worker_id)
-
-    def handle_shutdown(self, conn: rpc.Connection, body: None, _: list[Buffer]) -> bool:
-        """``shutdown`` (no body) -> True; the GCS then stops."""
-        self._stopped.set()
-        return True

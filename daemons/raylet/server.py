@@ -41,7 +41,7 @@ from aioray.daemons._common import (
 )
 from aioray.daemons.raylet.bundles import BundleService
 from aioray.daemons.raylet.demand_report import DemandReporter
-from aioray.daemons.raylet.gcs_link import GCS_LINK, GcsLink
+from aioray.daemons.raylet.gcs_link import GCS_LINK, GcsLink, check_from_gcs
 from aioray.daemons.raylet.leases import Lease as Lease
 from aioray.daemons.raylet.leases import LeaseRequest as LeaseRequest
 from aioray.daemons.raylet.memory_monitor import MemoryMonitor
@@ -461,7 +461,10 @@ class Raylet:
     def handle_cluster_view(
         self, conn: rpc.Connection, entries: list[NodeEntry], _: list[Buffer]
     ) -> None:
-        """The GCS's batched news of other nodes (resources, joins, deaths)."""
+        """``cluster_view`` [node entries] (notice, from the GCS): its batched news of other
+        nodes (resources, joins, deaths). From any other peer it is refused (PermissionError):
+        a live node would be taken for dead, and the owners here told so."""
+        check_from_gcs(conn, "cluster_view")
         joined, died = self.spillback.apply_view(entries)
         for dead in died:
             self.transfer.node_died(dead.node_id)

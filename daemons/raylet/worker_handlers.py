@@ -40,9 +40,14 @@ class WorkerHandlers:
         self, conn: rpc.Connection, body: RegisterWorker, _: list[Buffer]
     ) -> bool:
         """``register_worker`` {worker_id, port} from a worker this raylet started -> True; the
-        worker joins the pool (ValueError for an unknown worker id)."""
+        worker joins the pool (ValueError for an unknown worker id). Once only: a peer that
+        registers a worker again is refused (PermissionError), else it would take the
+        worker's place (its leases' tasks sent to that peer, its death reported at its leaving)."""
         raylet = self.raylet
         assert raylet.pool is not None
+        known = raylet.pool.workers.get(body["worker_id"])
+        if known is not None and known.registered:
+            raise PermissionError("register_worker: that worker is registered already")
         w = raylet.pool.register(body["worker_id"], body["port"], conn)
         if w is None:
             raise ValueError("unknown worker id")

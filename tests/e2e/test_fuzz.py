@@ -67,6 +67,9 @@ class Target:
     def add(self, a: int, b: int) -> int:
         return a + b
 
+    def worker_id(self) -> str:
+        return ray.get_runtime_context().get_worker_id()
+
 
 @ray.remote
 def square(x: int) -> int:
@@ -299,4 +302,35 @@ def test_exit_worker_from_a_peer_that_is_not_its_raylet_is_refused(
     assert (reply_kind, seq) == (protocol.ERROR, 98)
     assert body[0] == "PermissionError" and "raylet" in body[1]
     assert ray.get(t.target.add.remote(1, 2), timeout=GET_TIMEOUT) == 3
+    t.check_alive()
+
+
+def refused(port: int, method: str, body: Any) -> list[Any]:
+    """Send ``method`` well formed from an authenticated peer that is not its sender; the
+    error it is answered with."""
+    peer = RawPeer(port, auth.cluster_token(), True)
+    peer.send(encode(protocol.REQUEST, 97, method, body, []))
+    assert peer.sock is not None
+    peer.sock.settimeout(30)
+    [(reply_kind, seq, _, answer, _)] = read_frames(peer.sock, FrameDecoder(), 1)
+    peer.close()
+    assert (reply_kind, seq) == (protocol.ERROR, 97)
+    return list(answer)
+
+
+def test_what_only_a_daemon_may_ask_is_refused_from_a_driver(targets: Targets) -> None:
+    """Well formed, with the token, from a peer that is not their sender: the GCS does not
+    stop (nobody stops it over the wire), a live node is not declared stopped, a registered
+    worker is not taken over; the cluster keeps serving."""
+    t = targets
+    node_id = bytes.fromhex(ray.get_runtime_context().get_node_id())
+    wid = bytes.fromhex(ray.get(t.target.worker_id.remote(), timeout=GET_TIMEOUT))
+    assert refused(t.ports["gcs"], "shutdown", None)[0] == "UnknownMethod"
+    answer = refused(t.ports["gcs"], "node_stopping", [node_id, "forged"])
+    assert answer[0] == "PermissionError" and "node_stopping" in answer[1]
+    answer = refused(t.ports["raylet"], "register_worker", {"worker_id": wid, "port": 1})
+    assert answer[0] == "PermissionError" and "register_worker" in answer[1]
+    assert [n["Alive"] for n in ray.nodes() if n["NodeID"] == node_id.hex()] == [True]
+    assert ray.get(t.target.add.remote(1, 2), timeout=GET_TIMEOUT) == 3
+    workload(t.target)
     t.check_alive()

@@ -119,3 +119,36 @@ async def test_only_the_gcs_may_end_an_actors_worker(
     assert worker.methods() == [] and kills == [] and len(raylet.leases) == 1
     raylet.clients.handle_kill_actor_worker(link, ACTOR, [])  # type: ignore[arg-type]
     assert worker.methods() == ["exit_worker"]
+
+
+async def test_a_registered_worker_cannot_be_registered_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``register_worker`` with the id of a worker already registered (a peer that learned
+    it) is refused with a PermissionError: the peer does not take the worker's place (its
+    tasks sent to that peer's port, its death reported when that peer leaves)."""
+    kills: list[int] = []
+    monkeypatch.setattr(worker_pool, "_kill", kills.append)
+    raylet, worker = a_raylet_with_one_idle_worker(tmp_path)
+    assert raylet.pool is not None
+    [w] = raylet.pool.workers.values()
+    stranger = FakeConnection("a driver")
+    body: Any = {"worker_id": w.worker_id, "port": 6666}
+    with pytest.raises(PermissionError, match="register_worker: that worker is registered"):
+        raylet.clients.handle_register_worker(stranger, body, [])  # type: ignore[arg-type]
+    assert (w.port, w.conn) == (5555, worker) and stranger.on_close == []
+    assert raylet.pool.idle[""] == [w]
+
+
+async def test_only_the_gcs_may_send_the_cluster_view(tmp_path: Path) -> None:
+    """``cluster_view`` from any peer but the GCS is refused (PermissionError): a forged
+    one would declare a live node dead here, and tell the owners here so."""
+    raylet, _ = a_raylet_with_one_idle_worker(tmp_path)
+    entry = [b"\x02" * 16, "127.0.0.2", 7, {"CPU": 1.0}, {"CPU": 1.0}, True, {}]
+    with pytest.raises(PermissionError, match="cluster_view is for the GCS to send"):
+        raylet.handle_cluster_view(FakeConnection("a driver"), [entry], [])  # type: ignore[arg-type]
+    assert b"\x02" * 16 not in raylet.spillback.view.nodes
+    link = FakeConnection("gcs link")
+    link.state[GCS_LINK] = True
+    raylet.handle_cluster_view(link, [entry], [])  # type: ignore[arg-type]
+    assert b"\x02" * 16 in raylet.spillback.view.nodes
