@@ -4,6 +4,7 @@ on a condition with a bounded timeout, never sleeping and hoping."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,3 +40,13 @@ def wait_for_file(path: os.PathLike[str] | str, timeout: float = 20.0) -> str:
     wait_for_condition(lambda: os.path.exists(path), timeout, message=f"{path} never appeared")
     with open(path) as f:
         return f.read()
+
+
+def reap(proc: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    """Kill ``proc`` if it still runs, wait for it (bounded) and close its stdout: a test's
+    child process (a second driver) is never left behind, whatever the test did."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout)
+    if proc.stdout is not None:
+        proc.stdout.close()

@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 import pytest
 from conftest import listening_ports, port_of, wait_for_condition, wait_ports_closed
+from helpers import reap
 from prometheus_text import parse, values
 
 import aioray as ray
@@ -255,11 +256,7 @@ def test_owners_that_come_back_keep_their_actors_and_the_others_lose_them(
         other.kill()  # its owner dies while the GCS is down: nobody tells the GCS
         other.wait(10)
     finally:
-        if other.poll() is None:
-            other.kill()
-            other.wait(10)
-        if other.stdout is not None:
-            other.stdout.close()
+        reap(other)
     head.restart_gcs({**os.environ, "AIORAY_GCS_RECONNECT_TIMEOUT_S": "2"})
     assert ray.get(mine.incr.remote(), timeout=GET_TIMEOUT) == 2
     wait_for_condition(lambda: "reconnect period over" in _gcs_log(head), timeout=20)

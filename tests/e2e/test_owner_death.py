@@ -13,6 +13,7 @@ import numpy as np
 import psutil
 import pytest
 from conftest import local_segment, wait_for_condition
+from helpers import reap
 
 import aioray as ray
 from aioray.exceptions import OwnerDiedError
@@ -135,11 +136,7 @@ def test_a_dead_drivers_running_task_worker_is_killed_not_reused(
         driver.kill()
         driver.wait(10)
     finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait(10)
-        if driver.stdout is not None:
-            driver.stdout.close()
+        reap(driver)
     wait_for_condition(
         lambda: _gone(busy), timeout=30, message="the dead driver's task worker still runs"
     )
