@@ -151,12 +151,18 @@ def test_tasks_listed_filtered_at_the_source_summarized_and_traced(url: str) -> 
     with pytest.raises(ValueError):
         ray.get(dash_boom.remote())
     q = "tasks?detail=true&filter_keys=state&filter_predicates=%3D&filter_values=FAILED"
-    # The owner's report brings the name, the executor's the error message: either may
-    # reach the GCS first (each process flushes its events on its own interval).
-    wait_for_condition(
-        lambda: any(t["error_message"] and t["func_or_class_name"] for t in v0(url, q)["result"]),
-        timeout=30,
-    )
+
+    # The owner's report brings the name, the executors' the states and the error
+    # message: any may reach the GCS first (each process flushes its events on its own
+    # interval), so wait until all four tasks are known as they ended.
+    def all_reported() -> bool:
+        nodes = v0(url, "tasks/summarize")["result"]["node_id_to_summary"]
+        ok = nodes.get("cluster", {}).get("summary", {}).get("dash_ok", {})
+        ok = ok.get("state_counts", {}).get("FINISHED")
+        failed = v0(url, q)["result"]
+        return ok == 3 and any(t["error_message"] and t["func_or_class_name"] for t in failed)
+
+    wait_for_condition(all_reported, timeout=30)
     failed = v0(url, q)
     assert {t["func_or_class_name"] for t in failed["result"]} == {"dash_boom"}
     assert "dashboard-boom" in failed["result"][0]["error_message"]
@@ -234,7 +240,8 @@ def test_stop_job_terms_its_process_group(url: str) -> None:
     wait_for_condition(lambda: "started" in client.get_job_logs(sid), timeout=60)
     assert client.stop_job(sid)
     wait_for_condition(lambda: client.get_job_status(sid).is_terminal(), timeout=30)
-    assert client.get_job_status(sid) == JobStatus.STOPPED
+    info = client.get_job_info(sid)
+    assert info.status == JobStatus.STOPPED, (info.message, info.error_type)
     assert not client.stop_job(sid)
 
 
