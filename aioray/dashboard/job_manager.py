@@ -38,6 +38,10 @@ class JobManager:
         self.link = link
         self.logs_dir = os.path.join(session_dir, "logs")
         self._starting: set[asyncio.Task[None]] = set()
+        # Jobs this manager was asked to stop: their supervisor's death is no failure. (A
+        # stop of a job still PENDING writes STOPPED and kills the supervisor; one that had
+        # started the entrypoint meanwhile may have written RUNNING over it.)
+        self._stopped: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<JobManager {self.link.gcs_address}>"
@@ -145,14 +149,20 @@ class JobManager:
             message, error_type = f"runtime_env setup failed: {e}", "RUNTIME_ENV_SETUP_FAILURE"
         except Exception as e:
             message, error_type = f"Job supervisor actor died: {e}", "JOB_SUPERVISOR_ACTOR_DIED"
+        finally:
+            stopped = submission_id in self._stopped
+            self._stopped.discard(submission_id)
         try:
             details = await self.get(submission_id)
         except JobNotFound:
             return  # deleted meanwhile
         if details.status.is_terminal():
             return
-        failed = {"status": "FAILED", "message": message, "error_type": error_type}
-        await self._put({**details.to_json(), **failed, "end_time": int(time.time() * 1000)})
+        if stopped:  # its supervisor was killed or died as it was stopped: as asked
+            ended = {"status": "STOPPED", "message": "Job was intentionally stopped."}
+        else:
+            ended = {"status": "FAILED", "message": message, "error_type": error_type}
+        await self._put({**details.to_json(), **ended, "end_time": int(time.time() * 1000)})
 
     def _start_supervisor(self, details: JobDetails, env: dict[str, str]) -> ObjectRef:
         sid = str(details.submission_id)
@@ -188,6 +198,7 @@ class JobManager:
         details = await self.get(submission_id)
         if details.status.is_terminal():
             return False
+        self._stopped.add(submission_id)
         if details.status == JobStatus.PENDING:  # its supervisor may wait for resources
             # STOPPED first: the supervisor's death is then no failure (``_watch``).
             stopped = {"status": "STOPPED", "message": "Job was stopped before it started."}
