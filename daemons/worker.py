@@ -114,13 +114,18 @@ class TaskExecutor:
         """(raylet) May this idle worker go? Not while it owns objects, actors or tasks
         that others may still need (Ray's workers refuse such an exit too)."""
         cw = self.cw
-        busy = self.current is not None or self.queued or self.fetching or cw.submitter.tasks
+        busy = self.busy or cw.submitter.tasks
         return not (busy or cw.owned or cw.actors.owns_actors())
 
     def handle_is_busy(self, conn: rpc.Connection, body: None, _: list[Buffer]) -> bool:
         """``is_busy`` (raylet) -> whether a task runs or waits here: asked when the owner of
-        this worker's lease died (busy, it is ended: nobody will read the result). A task
-        whose arguments are still being fetched counts: it runs once they are here."""
+        this worker's lease died (busy, it is ended: nobody will read the result)."""
+        return self.busy
+
+    @property
+    def busy(self) -> bool:
+        """A task runs or waits here (one whose arguments are still being fetched counts:
+        it runs once they are here)."""
         return self.current is not None or bool(self.queued) or self.fetching > 0
 
     def handle_exit_worker(self, conn: rpc.Connection, code: int, _: list[Buffer]) -> None:

@@ -154,7 +154,6 @@ class WorkerPool:
         self._spawning: set[asyncio.Future[None]] = set()
         self.reaped = 0  # idle env workers ended
         self.kept_idle = 0  # idle env workers that still owned something when asked
-        self.ended_busy = 0  # workers ended because their dead owner's task still ran
         # Called with (env key, message) when an env cannot be set up on this node.
         self.on_setup_failed: Callable[[str, str], None] | None = None
         if agent is not None:
@@ -326,7 +325,6 @@ class WorkerPool:
         if busy is False:
             self.push_idle(w)
         else:
-            self.ended_busy += 1
             self.end(w, 1)
 
     def _reap(self, w: WorkerHandle, idle_since: float) -> None:

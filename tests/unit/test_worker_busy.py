@@ -17,7 +17,8 @@ from aioray._private.wire.task_spec import DEP_OWNER
 
 class Executor:
     """The part of TaskExecutor that ``handle_push_task`` and ``handle_is_busy`` use (they
-    are called unbound on this); the fetch of arguments waits for the test."""
+    are called unbound on this, ``busy`` is its own); the fetch of arguments waits for
+    the test."""
 
     def __init__(self) -> None:
         self.cw = self
@@ -37,6 +38,8 @@ class Executor:
 
     def enqueue(self, job: Job) -> None:
         TaskExecutor.enqueue(self, job)  # type: ignore[arg-type]
+
+    busy = TaskExecutor.busy
 
     def is_busy(self) -> bool:
         return TaskExecutor.handle_is_busy(self, None, None, [])  # type: ignore[arg-type]
